@@ -1,0 +1,48 @@
+# Every target installs what it needs from this repository's own files.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: test lint types unit coverage corpus fuzz bench-core clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## make test: lint, format check, types and the whole default test suite
+test: $(STAMP) lint types unit
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check pgsansio tests examples fuzz scripts bench
+	$(VENV)/bin/ruff format --check pgsansio tests examples fuzz scripts bench
+
+types: $(STAMP)
+	$(VENV)/bin/mypy
+
+unit: $(STAMP)
+	$(PY) -m pytest -q --cov=pgsansio --cov-branch --cov-report=term:skip-covered -n 0 $(PYTEST_ARGS) 2>/dev/null || \
+	$(PY) -m pytest -q --cov=pgsansio --cov-branch --cov-report=term:skip-covered $(PYTEST_ARGS)
+
+## make coverage: branch coverage of the protocol package alone
+coverage: $(STAMP)
+	$(PY) -m pytest -q --cov=pgsansio.protocol --cov-branch --cov-report=term-missing tests/
+
+## make corpus: re-record the traffic corpus against throwaway clusters
+corpus: $(STAMP)
+	$(PY) scripts/make_corpus.py --out tests/corpus
+
+## make fuzz FUZZ_SECONDS=300: run the atheris harnesses
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[fuzz]'
+	$(PY) fuzz/run.py --seconds $(FUZZ_SECONDS)
+
+## make bench-core: pytest-benchmark figures for the protocol core
+bench-core: $(STAMP)
+	$(PY) -m pytest -q bench/ --benchmark-enable --benchmark-only --benchmark-columns=min,mean,ops
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov

@@ -1,0 +1,253 @@
+"""The ``pgsansio`` command line.
+
+typer is an optional dependency (the ``cli`` extra) because the protocol library itself
+must install with no dependencies at all. So nothing here imports typer at module level:
+:func:`main` imports it, and tells the operator how to install it if it is missing.
+
+Adding a command: write a ``register(app: typer.Typer) -> None`` function that declares
+it with ``@app.command(...)`` (import typer and your own heavy modules inside it, so that
+``pgsansio --help`` stays fast and one broken optional dependency does not take down the
+other commands), then append it to :data:`COMMANDS`. ``run``, ``check``, ``demo`` and
+``conformance`` are meant to be added that way.
+
+No ``from __future__ import annotations`` here on purpose: typer reads the command
+functions' annotations at runtime, and those mention ``typer`` and ``Annotated``, which
+are only local names inside the register functions.
+"""
+
+import asyncio
+import logging
+import pathlib
+import re
+import signal
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated
+
+from pgsansio.recorder import RECORDER_ID, AsyncRecordingRelay
+
+if TYPE_CHECKING:
+    import typer
+
+__all__ = ["COMMANDS", "build_app", "main", "parse_host_port"]
+
+_TRACE_FILE = re.compile(r"^c\d+\.jsonl(\.gz)?$")
+
+_TYPER_MISSING = (
+    "pgsansio: the command-line tool needs the 'typer' package, which is not installed; "
+    "install it with: pip install 'pgsansio[cli]'"
+)
+
+
+def parse_host_port(value: str, *, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """Split ``HOST:PORT`` (also ``[v6addr]:PORT``, ``:PORT`` or a bare ``PORT``).
+
+    Raises ValueError with a message meant for the operator.
+    """
+    text = value.strip()
+    if text.isdigit():
+        host, port_s = default_host, text
+    else:
+        host, sep, port_s = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"{value!r} is not HOST:PORT (for example 127.0.0.1:6432)")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        host = host or default_host
+    if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+        raise ValueError(f"{value!r}: the port must be a number from 0 to 65535")
+    return host, int(port_s)
+
+
+def _register_record(app: "typer.Typer") -> None:
+    import typer  # noqa: PLC0415 - optional dependency, see the module docstring
+
+    def host_port(value: str) -> tuple[str, int]:
+        try:
+            return parse_host_port(value)
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from None
+
+    @app.command(
+        "record",
+        no_args_is_help=True,
+        help=(
+            "Record PostgreSQL traffic byte for byte.\n\n"
+            "Listens on --listen and forwards every connection unchanged to the PostgreSQL "
+            "server (or pooler) at --target. Point your client at the --listen address; it "
+            "will not notice the difference. Each client connection is written to "
+            "DIR/c1.jsonl, DIR/c2.jsonl, ... (compressed to .jsonl.gz above 256 KiB) in "
+            "the pgsansio trace format, which the conformance tests and "
+            "pgsansio.trace.read_trace() read.\n\n"
+            "Runs until Ctrl-C or SIGTERM, then waits for open connections to finish "
+            "(see --grace) so that every trace is complete.\n\n"
+            "The relay sees plain bytes only: connect the client with sslmode=disable (or "
+            "prefer against a server without TLS). Traces contain everything the client "
+            "and server said, including passwords sent in clear text and query results; "
+            "treat them like a database dump."
+        ),
+    )
+    def record(
+        *,
+        target: Annotated[
+            str,
+            typer.Option(
+                "--target",
+                metavar="HOST:PORT",
+                help="The PostgreSQL server (or pooler) to forward connections to.",
+            ),
+        ],
+        out: Annotated[
+            pathlib.Path,
+            typer.Option(
+                "--out",
+                metavar="DIR",
+                file_okay=False,
+                help="Directory for the trace files; created if missing.",
+            ),
+        ],
+        listen: Annotated[
+            str,
+            typer.Option(
+                "--listen",
+                metavar="HOST:PORT",
+                help=(
+                    "Address to accept client connections on. Port 0 picks a free port "
+                    "(printed at start)."
+                ),
+            ),
+        ] = "127.0.0.1:6433",
+        meta: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--meta",
+                metavar="KEY=VALUE",
+                help="Extra text stored in every trace's header line; repeat as needed.",
+            ),
+        ] = None,
+        overwrite: Annotated[
+            bool,
+            typer.Option(
+                "--overwrite",
+                help="Delete trace files already in DIR instead of refusing to start.",
+            ),
+        ] = False,
+        grace: Annotated[
+            float,
+            typer.Option(
+                "--grace",
+                metavar="SECONDS",
+                min=0,
+                help=(
+                    "On Ctrl-C/SIGTERM, how long to wait for open connections to end "
+                    "before closing them."
+                ),
+            ),
+        ] = 10.0,
+    ) -> None:
+        listen_host, listen_port = host_port(listen)
+        target_host, target_port = host_port(target)
+        header: dict[str, str] = {"recorder": RECORDER_ID}
+        for item in meta or []:
+            key, sep, val = item.partition("=")
+            if not sep or not key:
+                raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--meta")
+            if key in ("format", "version", "connection"):
+                raise typer.BadParameter(
+                    f"{key!r} is reserved by the trace format", param_hint="--meta"
+                )
+            header[key] = val
+        if out.is_dir():
+            existing = sorted(
+                p for p in out.iterdir() if p.name.startswith("c") and ".jsonl" in p.name
+            )
+            if existing and not overwrite:
+                typer.echo(
+                    f"pgsansio record: {out} already holds traces ({existing[0].name} ...); "
+                    "choose an empty directory, or pass --overwrite to delete them first.",
+                    err=True,
+                )
+                raise typer.Exit(1)
+            for p in existing:
+                p.unlink()
+
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr
+        )
+
+        async def serve() -> int:
+            relay = AsyncRecordingRelay(
+                listen_host, listen_port, target_host, target_port, out, meta=header
+            )
+            try:
+                await relay.start()
+            except OSError as e:
+                typer.echo(
+                    f"pgsansio record: cannot listen on {listen_host}:{listen_port}: "
+                    f"{e.strerror or e}",
+                    err=True,
+                )
+                return 1
+            typer.echo(
+                f"pgsansio record: connect clients to {listen_host}:{relay.port}; "
+                "press Ctrl-C to stop.",
+                err=True,
+            )
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    loop.add_signal_handler(sig, stop.set)
+                except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows
+                    pass
+            await stop.wait()
+            if relay.active:
+                typer.echo(
+                    f"pgsansio record: stopping; waiting up to {grace:g}s for "
+                    f"{len(relay.active)} open connection(s).",
+                    err=True,
+                )
+            await relay.stop(grace)
+            written = sum(1 for r in relay.records if r.path is not None)
+            typer.echo(f"pgsansio record: wrote {written} trace(s) to {out}.", err=True)
+            return 0
+
+        code = asyncio.run(serve())
+        if code:
+            raise typer.Exit(code)
+
+
+COMMANDS: list[Callable[["typer.Typer"], None]] = [_register_record]
+"""Functions that add their command(s) to the app, in ``--help`` order."""
+
+
+def build_app() -> "typer.Typer":
+    """Create the typer app with every command in :data:`COMMANDS` (needs typer)."""
+    import typer  # noqa: PLC0415 - optional dependency, see the module docstring
+
+    app = typer.Typer(
+        name="pgsansio",
+        no_args_is_help=True,
+        add_completion=False,
+        help="pgsansio: a PostgreSQL connection pooler and wire-protocol toolkit.",
+    )
+
+    @app.callback()
+    def _root() -> None:
+        # A callback makes typer keep subcommands even while only one exists, so
+        # `pgsansio record ...` keeps working when more commands are added.
+        pass
+
+    for register in COMMANDS:
+        register(app)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``pgsansio`` script and of ``python -m pgsansio``."""
+    try:
+        import typer  # noqa: F401, PLC0415 - optional dependency
+    except ImportError:
+        print(_TYPER_MISSING, file=sys.stderr)
+        raise SystemExit(1) from None
+    build_app()(args=argv, prog_name="pgsansio")

@@ -1,0 +1,478 @@
+"""The sans-IO connection: bytes in, events out; events in, bytes out.
+
+Modelled on h11's ``Connection``. ``receive_data`` only buffers;
+``next_event`` frames and reads one message; ``send`` checks that an event is
+legal now and encodes it. A client-role connection is the frontend (it sends
+frontend messages and reads backend ones); a server-role connection is the
+reverse. Both share one :class:`ConversationState`, fed in the order this side
+sees things.
+
+For proxies, ``next_span`` returns every whole message buffered as one
+``bytes`` plus the decoded events that matter for pooling, without building an
+object per DataRow or CopyData; ``send_span`` forwards such a span through the
+connection on the other side, updating its state from those events alone.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from typing import Final
+
+from . import _events as ev
+from . import _events_query as qe
+from . import _readers
+from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from ._state import ConversationState, State
+
+__all__ = ["CLIENT", "NEED_DATA", "PAUSED", "SERVER", "Connection", "Role", "Span"]
+
+_hdr = struct.Struct("!ci").unpack_from
+_i32 = struct.Struct("!i").unpack_from
+
+#: PostgreSQL's MaxAllocSize - 1: the largest message it accepts.
+DEFAULT_MAX_MESSAGE_SIZE: Final = 0x3FFFFFFF
+#: MAX_STARTUP_PACKET_LENGTH in PostgreSQL.
+DEFAULT_MAX_STARTUP_SIZE: Final = 10000
+# PQ_SMALL_MESSAGE_LIMIT: the server's cap on frontend control messages.
+_SMALL = 10000
+# PG_MAX_AUTH_TOKEN_LENGTH: the cap on ``p`` messages.
+_AUTH = 65535
+
+
+class Role(enum.Enum):
+    CLIENT = "CLIENT"
+    SERVER = "SERVER"
+
+
+CLIENT: Final = Role.CLIENT
+SERVER: Final = Role.SERVER
+
+
+class _Sentinel(type):
+    def __repr__(cls) -> str:
+        return cls.__name__
+
+
+class NEED_DATA(metaclass=_Sentinel):
+    """``next_event`` found no whole message: call ``receive_data`` first."""
+
+
+class PAUSED(metaclass=_Sentinel):
+    """``next_event`` must wait for us to send something first (the SSL answer)."""
+
+
+# Length bounds (minimum, maximum, counting the length word itself) per type
+# byte. ``None`` as maximum means the configured max_message_size. A type not
+# listed is not a message of that direction.
+def _limits(fixed: str, small: str, large: str, cap: int) -> dict[bytes, tuple[int, int | None]]:
+    out: dict[bytes, tuple[int, int | None]] = {}
+    out.update({c.encode(): (4, 4) for c in fixed})
+    out.update({c.encode(): (4, cap) for c in small})
+    out.update({c.encode(): (4, None) for c in large})
+    return out
+
+
+_FRONTEND_LIMITS = _limits("SHXc", "CDEf", "QPBFd", _SMALL)
+_FRONTEND_LIMITS[b"p"] = (4, _AUTH + 4)
+_BACKEND_LIMITS = _limits("123nsIc", "", "RSvTDCtVANEGHWd", 0)
+_BACKEND_LIMITS[b"Z"] = (5, 5)
+_BACKEND_LIMITS[b"K"] = (12, 264)
+
+_P_READERS = {
+    ev.PasswordMessage: _readers.read_password,
+    ev.SASLInitialResponse: _readers.read_sasl_initial,
+    ev.SASLResponse: _readers.read_sasl_response,
+    ev.GSSResponse: _readers.read_gss_response,
+}
+
+
+class Span:
+    """A run of whole messages, as received, ready to forward in one write.
+
+    Attributes:
+        data: the messages' bytes, exactly as they arrived.
+        events: the decoded messages, except DataRow and CopyData, whose
+            bodies the pooler never needs (they stay inside ``data``).
+        offsets: where each of ``events`` starts in ``data``, so a proxy can
+            splice in a rewritten message.
+        bulk: how many DataRow/CopyData messages were passed over.
+    """
+
+    __slots__ = ("bulk", "data", "events", "offsets")
+
+    def __init__(
+        self, data: bytes, events: list[ev.Event], offsets: list[int], bulk: int = 0
+    ) -> None:
+        self.data = data
+        self.events = events
+        self.offsets = offsets
+        self.bulk = bulk
+
+    @property
+    def ready(self) -> str | None:
+        """The status of the last ReadyForQuery in the span, if any."""
+        for event in reversed(self.events):
+            if type(event) is ev.ReadyForQuery:
+                return event.status
+        return None
+
+    def __repr__(self) -> str:
+        names = ",".join(type(e).__name__ for e in self.events)
+        return f"Span({len(self.data)} bytes, bulk={self.bulk}, events=[{names}])"
+
+
+class Connection:
+    """One side of a PostgreSQL connection.
+
+    Args:
+        role: ``CLIENT`` to talk to a server, ``SERVER`` to talk to a client.
+        max_message_size: the largest message accepted from the peer (the
+            length word included); PostgreSQL's own limit by default.
+        max_startup_size: the largest startup packet accepted.
+    """
+
+    def __init__(
+        self,
+        role: Role,
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_startup_size: int = DEFAULT_MAX_STARTUP_SIZE,
+    ) -> None:
+        self.role = role
+        self.max_message_size = max_message_size
+        self.max_startup_size = max_startup_size
+        self._conv = ConversationState()
+        self._data: bytes | bytearray = b""
+        self._pos = 0
+        self._eof = False
+        if role is CLIENT:
+            self._readers = _readers.BACKEND_READERS
+            self._limits = _BACKEND_LIMITS
+            self._bulk = b"D"
+            self._process_received = self._conv.backend
+            self._process_sent = self._conv.frontend
+        else:
+            self._readers = _readers.FRONTEND_READERS
+            self._limits = _FRONTEND_LIMITS
+            self._bulk = b"d"
+            self._process_received = self._conv.frontend
+            self._process_sent = self._conv.backend
+
+    # --- what a pooler asks ------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._conv.state
+
+    @property
+    def transaction_status(self) -> str:
+        """I, T or E, as of the last ReadyForQuery."""
+        return self._conv.transaction_status
+
+    @property
+    def outstanding(self) -> int:
+        """ReadyForQuery messages still to come for requests already sent."""
+        return self._conv.outstanding
+
+    @property
+    def idle(self) -> bool:
+        """Nothing outstanding, no open COPY, no unsynced extended messages.
+
+        This is the moment a transaction pooler may hand the server to another
+        client (when ``transaction_status`` is also ``I``).
+        """
+        c = self._conv
+        ready = c.phase is State.READY and not c.pending
+        return ready and c.copy is None and not c.frontend_copy_open
+
+    @property
+    def frontend_copy_open(self) -> bool:
+        """The client has not ended its COPY FROM STDIN (see ConversationState)."""
+        return self._conv.frontend_copy_open
+
+    @property
+    def protocol_version(self) -> int:
+        return self._conv.protocol_version
+
+    @property
+    def their_closed(self) -> bool:
+        """The peer closed its side (EOF) and everything it sent has been read."""
+        return self._eof and self._pos >= len(self._data)
+
+    @property
+    def trailing_data(self) -> bytes:
+        """Bytes received but not yet read as messages."""
+        return bytes(self._data[self._pos :])
+
+    # --- receiving --------------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Buffer bytes from the peer; ``b""`` means the peer closed (EOF).
+
+        Raises:
+            RuntimeError: data after EOF.
+        """
+        if self._eof:
+            raise RuntimeError("received data after the peer closed the connection")
+        if not data:
+            self._eof = True
+            return
+        buf = self._data
+        if self._pos >= len(buf):
+            # The common case for a proxy: nothing left over. Keep the chunk
+            # itself, so that a span covering all of it is forwarded uncopied.
+            self._data = data if type(data) is bytes else bytes(data)
+        else:
+            if isinstance(buf, bytes):
+                buf = bytearray(memoryview(buf)[self._pos :])
+            else:
+                del buf[: self._pos]
+            buf += data
+            self._data = buf
+        self._pos = 0
+
+    def _fail(self, exc: ProtocolError) -> ProtocolError:
+        self._conv.phase = State.ERROR
+        if isinstance(exc, LocalProtocolError):
+            return exc._reraise_as_remote_protocol_error()
+        return exc
+
+    def next_event(self) -> ev.Event | type[NEED_DATA] | type[PAUSED]:
+        """Read the next message the peer sent.
+
+        Returns:
+            An event; ``ConnectionClosed`` after EOF; ``NEED_DATA`` when no
+            whole message is buffered; ``PAUSED`` while the peer must wait
+            for our answer to its SSLRequest/GSSENCRequest.
+
+        Raises:
+            RemoteProtocolError: the peer broke the protocol. The connection
+                is then in ``ERROR`` and every later call raises.
+        """
+        conv = self._conv
+        if conv.phase is State.ERROR:
+            raise RemoteProtocolError("can't read after a protocol error")
+        try:
+            event: ev.Event | type[NEED_DATA] | type[PAUSED]
+            if conv.phase is State.STARTUP and self.role is SERVER:
+                event = self._read_startup_packet()
+            elif conv.phase in (State.SSL_NEGOTIATION, State.GSS_NEGOTIATION):
+                event = self._read_negotiation_answer()
+            else:
+                event = self._read_message()
+            if event is NEED_DATA:
+                if self._eof:
+                    return self._closed()
+                return NEED_DATA
+            if event is PAUSED:
+                return PAUSED
+            assert isinstance(event, ev.Event)
+            self._process_received(event)
+            return event
+        except ProtocolError as exc:
+            raise self._fail(exc) from None
+
+    def _closed(self) -> qe.ConnectionClosed:
+        if self._pos < len(self._data):
+            raise RemoteProtocolError(
+                f"the peer closed the connection in the middle of a message "
+                f"({len(self._data) - self._pos} bytes left over)"
+            )
+        self._conv.closed()
+        return qe.ConnectionClosed()
+
+    def _read_startup_packet(self) -> ev.Event | type[NEED_DATA]:
+        buf, pos = self._data, self._pos
+        if len(buf) - pos < 4:
+            return NEED_DATA
+        (length,) = _i32(buf, pos)
+        if buf[pos] == 0x16:
+            raise RemoteProtocolError(
+                "received a TLS handshake instead of a startup packet "
+                "(direct SSL negotiation is not supported; use sslnegotiation=postgres)"
+            )
+        if not 8 <= length <= self.max_startup_size:
+            raise RemoteProtocolError(f"invalid startup packet length {length}")
+        if len(buf) - pos < length:
+            return NEED_DATA
+        self._pos = pos + length
+        return _readers.read_startup_packet(bytes(buf[pos + 4 : pos + length]))
+
+    def _read_negotiation_answer(self) -> ev.Event | type[NEED_DATA] | type[PAUSED]:
+        if self.role is SERVER:
+            return PAUSED  # the client waits for our S/N; read nothing until then
+        buf, pos = self._data, self._pos
+        if len(buf) - pos < 1:
+            return NEED_DATA
+        answer = buf[pos : pos + 1]
+        if answer == b"E":
+            # A server too old for SSL answers with an ErrorResponse.
+            return self._read_message()
+        ssl = self._conv.phase is State.SSL_NEGOTIATION
+        if answer not in (b"N", b"S" if ssl else b"G"):
+            raise RemoteProtocolError(f"invalid answer {bytes(answer)!r} to an encryption request")
+        self._pos = pos + 1
+        if answer != b"N" and len(buf) > pos + 1:
+            # CVE-2021-23222: bytes that arrive with the S before the TLS
+            # handshake come from whoever sits in the middle; never read them.
+            raise RemoteProtocolError("unencrypted data received after the server accepted TLS")
+        accepted = answer != b"N"
+        return ev.SSLResponse(accepted) if ssl else ev.GSSENCResponse(accepted)
+
+    def _header(self, buf: bytes | bytearray, pos: int) -> tuple[bytes, int]:
+        code, length = _hdr(buf, pos)
+        bounds = self._limits.get(code)
+        if bounds is None:
+            raise RemoteProtocolError(f"unknown message type {code!r}")
+        low, high = bounds
+        limit = self.max_message_size if high is None else high
+        if length < low or length > limit:
+            raise RemoteProtocolError(
+                f"invalid length {length} for a message of type {code.decode('latin-1')!r}",
+                "54000" if length > limit and high is None else "08P01",
+            )
+        return code, length
+
+    def _read_message(self) -> ev.Event | type[NEED_DATA]:
+        buf, pos = self._data, self._pos
+        if len(buf) - pos < 5:
+            return NEED_DATA
+        code, length = self._header(buf, pos)
+        end = pos + 1 + length
+        if end > len(buf):
+            return NEED_DATA
+        self._pos = end
+        body = buf[pos + 5 : end]
+        if type(body) is not bytes:
+            body = bytes(body)
+        return self._decode(code, body)
+
+    def _decode(self, code: bytes, body: bytes) -> ev.Event:
+        if code == b"p":
+            awaiting = self._conv.awaiting
+            if awaiting is None or self._conv.phase is not State.AUTHENTICATING:
+                raise LocalProtocolError("unexpected password message: no authentication asked")
+            return _P_READERS[awaiting](body)
+        return self._readers[code](body)
+
+    def next_span(self) -> Span | ev.Event | type[NEED_DATA] | type[PAUSED]:
+        """Read every whole message buffered, for forwarding as one piece.
+
+        In the query phase the span covers all whole messages buffered; during
+        startup, one message. DataRow (from a server) and CopyData (from a
+        client) are framed and checked but not decoded.
+
+        Returns:
+            A :class:`Span`; or, like ``next_event``, ``ConnectionClosed``,
+            ``NEED_DATA`` or ``PAUSED``.
+
+        Raises:
+            RemoteProtocolError: as ``next_event``.
+        """
+        conv = self._conv
+        if conv.phase is not State.READY:
+            start = self._pos
+            data = self._data
+            event = self.next_event()
+            if isinstance(event, ev.Event) and type(event) is not qe.ConnectionClosed:
+                return Span(bytes(data[start : self._pos]), [event], [0])
+            return event
+        buf, start = self._data, self._pos
+        pos, size = start, len(buf)
+        events: list[ev.Event] = []
+        offsets: list[int] = []
+        bulk = 0
+        bulk_code = self._bulk
+        server_rows = self.role is CLIENT
+        pending = conv.pending
+        try:
+            while size - pos >= 5:
+                code, length = self._header(buf, pos)
+                end = pos + 1 + length
+                if end > size:
+                    break
+                if code == bulk_code:
+                    if server_rows and not pending:
+                        raise RemoteProtocolError("DataRow received with no query outstanding")
+                    bulk += 1
+                else:
+                    body = buf[pos + 5 : end]
+                    if type(body) is not bytes:
+                        body = bytes(body)
+                    event = self._decode(code, body)
+                    self._process_received(event)
+                    events.append(event)
+                    offsets.append(pos - start)
+                    if conv.phase is not State.READY:
+                        pos = end
+                        break
+                pos = end
+        except ProtocolError as exc:
+            raise self._fail(exc) from None
+        if pos == start:
+            if self._eof:
+                try:
+                    return self._closed()
+                except ProtocolError as exc:
+                    raise self._fail(exc) from None
+            return NEED_DATA
+        self._pos = pos
+        # The whole chunk as received is forwarded without a copy.
+        if start == 0 and pos == size and isinstance(buf, bytes):
+            data = buf
+        else:
+            data = bytes(buf[start:pos])
+        return Span(data, events, offsets, bulk)
+
+    # --- sending ------------------------------------------------------------------------
+
+    def send(self, event: ev.Event) -> bytes:
+        """Check that ``event`` may be sent now and return its bytes.
+
+        Sending ``ConnectionClosed()`` marks our side closed and returns
+        ``b""`` (close the socket yourself).
+
+        Raises:
+            LocalProtocolError: the event is not legal for this role or
+                state, or its fields cannot be encoded. The connection is
+                then in ``ERROR``.
+        """
+        if type(event) is qe.ConnectionClosed:
+            self._conv.closed()
+            return b""
+        try:
+            self._check_direction(event)
+            data = bytes(event)
+            self._process_sent(event)
+        except LocalProtocolError:
+            self._conv.phase = State.ERROR
+            raise
+        if type(event) is ev.SSLResponse and event.accepted and self._pos < len(self._data):
+            # CVE-2021-23214: the client sent more after SSLRequest; those
+            # bytes were never encrypted and must not be read.
+            self._conv.phase = State.ERROR
+            raise RemoteProtocolError("unencrypted data received after SSLRequest")
+        return data
+
+    def _check_direction(self, event: ev.Event) -> None:
+        if self._conv.phase is State.ERROR:
+            raise LocalProtocolError("can't send after a protocol error")
+        if not (event.frontend if self.role is CLIENT else event.backend):
+            side = "client" if self.role is CLIENT else "server"
+            raise LocalProtocolError(f"a {side} can't send {type(event).__name__}")
+
+    def send_span(self, span: Span) -> bytes:
+        """Forward a span read from the connection on the other side of a proxy.
+
+        Only ``span.events`` are checked and fed to this side's state; the
+        bulk messages in between pass through untouched.
+        """
+        try:
+            for event in span.events:
+                self._check_direction(event)
+                self._process_sent(event)
+        except LocalProtocolError:
+            self._conv.phase = State.ERROR
+            raise
+        return span.data

@@ -1,0 +1,299 @@
+"""The conversation's state, as data.
+
+One :class:`ConversationState` tracks what both peers have said; it does not
+know which side we are. The connection feeds it every event in the order it
+sees them (what it sends and what it receives) and asks it what the peer may
+send next. A message that is not allowed raises ``LocalProtocolError``; the
+receive path turns that into ``RemoteProtocolError``.
+
+Startup is a strict exchange and lives in transition tables. After
+authentication, PostgreSQL is not a strict request/response protocol: a client
+may pipeline anything, and the server answers in order. There we keep the
+queue of outstanding requests that PgBouncer keeps ("Message Flow: Pipelining"):
+one entry per message that will be answered by ReadyForQuery (Query, Sync,
+FunctionCall), plus an "open batch" entry for extended-query messages not yet
+followed by a Sync. That is all a pooler needs to know whether a server may be
+handed to another client.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+
+from . import _events as ev
+from . import _events_query as qe
+from ._errors import LocalProtocolError
+
+__all__ = ["ConversationState", "State"]
+
+
+class State(enum.Enum):
+    """Where a conversation is; ``conn.state`` reports one of these."""
+
+    STARTUP = "STARTUP"  # the client's turn to send a startup packet
+    SSL_NEGOTIATION = "SSL_NEGOTIATION"  # SSLRequest sent; waiting for S or N
+    GSS_NEGOTIATION = "GSS_NEGOTIATION"  # GSSENCRequest sent; waiting for G or N
+    AUTHENTICATING = "AUTHENTICATING"  # StartupMessage sent; authentication exchange
+    AUTHENTICATED = "AUTHENTICATED"  # AuthenticationOk seen; parameters and key until Z
+    READY = "READY"  # idle: nothing outstanding
+    IN_QUERY = "IN_QUERY"  # requests outstanding
+    COPY_IN = "COPY_IN"
+    COPY_OUT = "COPY_OUT"
+    COPY_BOTH = "COPY_BOTH"
+    FAILED_EXTENDED = "FAILED_EXTENDED"  # server error in extended query: discarding until Sync
+    CLOSED = "CLOSED"  # Terminate or CancelRequest sent, a fatal error, or EOF
+    ERROR = "ERROR"  # we raised a ProtocolError; nothing more may happen
+
+
+# Entries of the outstanding-request queue.
+_QUERY = "Q"  # a simple Query: answered by ReadyForQuery
+_SYNC = "S"  # extended messages closed by a Sync: answered by ReadyForQuery
+_CALL = "F"  # FunctionCall: answered by ReadyForQuery
+_BATCH = "X"  # extended messages without a Sync yet: no ReadyForQuery until one comes
+
+# Startup transitions: (state, event class) -> next state. An event class not
+# listed for the current state is a protocol violation.
+_STARTUP_FRONTEND: dict[tuple[State, type[ev.Event]], State] = {
+    (State.STARTUP, ev.StartupMessage): State.AUTHENTICATING,
+    (State.STARTUP, ev.SSLRequest): State.SSL_NEGOTIATION,
+    (State.STARTUP, ev.GSSENCRequest): State.GSS_NEGOTIATION,
+    (State.STARTUP, ev.CancelRequest): State.CLOSED,
+}
+_STARTUP_BACKEND: dict[tuple[State, type[ev.Event]], State] = {
+    (State.SSL_NEGOTIATION, ev.SSLResponse): State.STARTUP,
+    (State.GSS_NEGOTIATION, ev.GSSENCResponse): State.STARTUP,
+    # "the frontend might receive an ErrorResponse in response to SSLRequest
+    # ... from a server that predates the addition of SSL support".
+    (State.SSL_NEGOTIATION, qe.ErrorResponse): State.CLOSED,
+    (State.GSS_NEGOTIATION, qe.ErrorResponse): State.CLOSED,
+    (State.AUTHENTICATING, ev.AuthenticationOk): State.AUTHENTICATED,
+    (State.AUTHENTICATING, qe.ErrorResponse): State.CLOSED,
+    (State.AUTHENTICATING, qe.NoticeResponse): State.AUTHENTICATING,
+    (State.AUTHENTICATING, ev.NegotiateProtocolVersion): State.AUTHENTICATING,
+    (State.AUTHENTICATED, ev.ParameterStatus): State.AUTHENTICATED,
+    (State.AUTHENTICATED, ev.BackendKeyData): State.AUTHENTICATED,
+    (State.AUTHENTICATED, qe.NoticeResponse): State.AUTHENTICATED,
+    (State.AUTHENTICATED, qe.ErrorResponse): State.CLOSED,
+    (State.AUTHENTICATED, ev.ReadyForQuery): State.READY,
+}
+# Each authentication request names the kind of ``p`` message that answers it.
+_AUTH_ANSWERS: dict[type[ev.Event], type[ev.Event] | None] = {
+    ev.AuthenticationCleartextPassword: ev.PasswordMessage,
+    ev.AuthenticationMD5Password: ev.PasswordMessage,
+    ev.AuthenticationSASL: ev.SASLInitialResponse,
+    ev.AuthenticationSASLContinue: ev.SASLResponse,
+    ev.AuthenticationSASLFinal: None,
+    ev.AuthenticationGSS: ev.GSSResponse,
+    ev.AuthenticationGSSContinue: ev.GSSResponse,
+    ev.AuthenticationSSPI: ev.GSSResponse,
+    ev.AuthenticationKerberosV5: None,
+}
+# Messages a server may send at any time after startup ("Asynchronous Operations").
+_ASYNC_BACKEND = (ev.ParameterStatus, qe.NoticeResponse, qe.NotificationResponse)
+_EXTENDED = (qe.Parse, qe.Bind, qe.Describe, qe.Execute, qe.Close)
+# The replies to a request; with nothing outstanding they are a violation.
+_REPLIES = (
+    qe.ParseComplete,
+    qe.BindComplete,
+    qe.CloseComplete,
+    qe.CommandComplete,
+    qe.DataRow,
+    qe.EmptyQueryResponse,
+    qe.NoData,
+    qe.PortalSuspended,
+    qe.ParameterDescription,
+    qe.RowDescription,
+    qe.FunctionCallResponse,
+)
+_COPY_STATES = {
+    qe.CopyInResponse: State.COPY_IN,
+    qe.CopyOutResponse: State.COPY_OUT,
+    qe.CopyBothResponse: State.COPY_BOTH,
+}
+
+
+class ConversationState:
+    """What has happened on one connection, seen from both peers.
+
+    Attributes:
+        phase: a startup state, READY (the query phase), CLOSED or ERROR.
+        pending: the outstanding-request queue (see the module docstring).
+        copy: COPY_IN / COPY_OUT / COPY_BOTH while the server is in a COPY.
+        frontend_copy_open: the client has not yet ended a COPY FROM STDIN
+            with CopyDone or CopyFail. It can outlive ``copy``: when a bad row
+            makes the server answer ErrorResponse and ReadyForQuery at once,
+            the client is still sending rows that the server will ignore.
+        failed: a server error in an extended-query batch; the server discards
+            messages until the next Sync.
+        transaction_status: I, T or E from the last ReadyForQuery.
+        awaiting: the ``p`` message the last authentication request asks for.
+        protocol_version: from the StartupMessage, lowered by NegotiateProtocolVersion.
+    """
+
+    __slots__ = (
+        "awaiting",
+        "copy",
+        "failed",
+        "frontend_copy_open",
+        "pending",
+        "phase",
+        "protocol_version",
+        "transaction_status",
+    )
+
+    def __init__(self) -> None:
+        self.phase = State.STARTUP
+        self.pending: deque[str] = deque()
+        self.copy: State | None = None
+        self.frontend_copy_open = False
+        self.failed = False
+        self.transaction_status = "I"
+        self.awaiting: type[ev.Event] | None = None
+        self.protocol_version = ev.PROTOCOL_3_0
+
+    @property
+    def state(self) -> State:
+        if self.phase is not State.READY:
+            return self.phase
+        if self.failed:
+            return State.FAILED_EXTENDED
+        if self.copy is not None:
+            return self.copy
+        return State.IN_QUERY if self.pending else State.READY
+
+    @property
+    def outstanding(self) -> int:
+        """How many ReadyForQuery messages the client still waits for."""
+        return sum(1 for p in self.pending if p != _BATCH)
+
+    def _violation(self, event: ev.Event, who: str) -> LocalProtocolError:
+        return LocalProtocolError(
+            f"{who} can't send {type(event).__name__} in state {self.state.name}"
+        )
+
+    # --- the frontend ---------------------------------------------------------------
+
+    def frontend(self, event: ev.Event) -> None:
+        phase = self.phase
+        if phase is State.READY or phase is State.AUTHENTICATED:
+            self._frontend_query_phase(event, phase)
+            return
+        cls = type(event)
+        if phase is State.AUTHENTICATING and self.awaiting is cls:
+            self.awaiting = None
+            return
+        nxt = _STARTUP_FRONTEND.get((phase, cls))
+        if nxt is None:
+            raise self._violation(event, "the client")
+        if cls is ev.StartupMessage:
+            assert isinstance(event, ev.StartupMessage)
+            self.protocol_version = event.protocol_version
+        self.phase = nxt
+
+    def _frontend_query_phase(self, event: ev.Event, phase: State) -> None:
+        # Queries may be pipelined behind the startup exchange, and the server
+        # will read them once it is ready; so AUTHENTICATED accepts them too.
+        pending = self.pending
+        if isinstance(event, _EXTENDED):
+            if not pending or pending[-1] != _BATCH:
+                pending.append(_BATCH)
+        elif isinstance(event, qe.Sync):
+            # "the backend will ignore Flush and Sync messages received during
+            # copy-in mode" (Message Flow: COPY Operations).
+            if self.frontend_copy_open and self.copy is State.COPY_IN:
+                return
+            if pending and pending[-1] == _BATCH:
+                pending[-1] = _SYNC
+            else:
+                pending.append(_SYNC)
+        elif isinstance(event, qe.Query):
+            pending.append(_QUERY)
+        elif isinstance(event, qe.FunctionCall):
+            pending.append(_CALL)
+        elif isinstance(event, (qe.CopyDone, qe.CopyFail)):
+            # Outside COPY the server ignores these "for robustness", which is
+            # what happens to a client's trailing rows after a failed COPY.
+            self.frontend_copy_open = False
+        elif isinstance(event, qe.Terminate):
+            self.phase = State.CLOSED
+        elif not isinstance(event, (qe.Flush, qe.CopyData)):
+            raise self._violation(event, "the client")
+
+    # --- the backend -----------------------------------------------------------------
+
+    def backend(self, event: ev.Event) -> None:
+        if self.phase is State.READY:
+            self._backend_query_phase(event)
+            return
+        phase = self.phase
+        cls = type(event)
+        if phase is State.AUTHENTICATING and cls in _AUTH_ANSWERS:
+            self.awaiting = _AUTH_ANSWERS[cls]
+            return
+        nxt = _STARTUP_BACKEND.get((phase, cls))
+        if nxt is None:
+            if phase is State.AUTHENTICATED and isinstance(event, _ASYNC_BACKEND):
+                return
+            raise self._violation(event, "the server")
+        if cls is ev.NegotiateProtocolVersion:
+            assert isinstance(event, ev.NegotiateProtocolVersion)
+            self.protocol_version = min(self.protocol_version, event.newest_version)
+        elif cls is ev.BackendKeyData:
+            assert isinstance(event, ev.BackendKeyData)
+            if self.protocol_version < ev.PROTOCOL_3_2 and len(event.secret_key) != 4:
+                raise LocalProtocolError("a 3.0 connection takes only 4-byte cancel keys")
+        elif cls is ev.ReadyForQuery:
+            assert isinstance(event, ev.ReadyForQuery)
+            self.transaction_status = event.status
+        self.awaiting = None
+        self.phase = nxt
+
+    def _backend_query_phase(self, event: ev.Event) -> None:
+        pending = self.pending
+        if isinstance(event, qe.DataRow):
+            if not pending:
+                raise self._violation(event, "the server")
+        elif isinstance(event, ev.ReadyForQuery):
+            # Pop up to and including the first entry that expects a ReadyForQuery.
+            while pending:
+                if pending.popleft() != _BATCH:
+                    break
+            self.transaction_status = event.status
+            self.failed = False
+            self.copy = None
+        elif isinstance(event, qe.ErrorResponse):
+            if pending and pending[0] != _QUERY and pending[0] != _CALL:
+                self.failed = True
+            self.copy = None
+        elif isinstance(event, _ASYNC_BACKEND):
+            pass
+        elif isinstance(event, _REPLIES):
+            if not pending:
+                raise self._violation(event, "the server")
+        elif isinstance(event, qe.CopyData):
+            if self.copy is not State.COPY_OUT and self.copy is not State.COPY_BOTH:
+                raise self._violation(event, "the server")
+        elif isinstance(event, qe.CopyDone):
+            if self.copy is not State.COPY_OUT and self.copy is not State.COPY_BOTH:
+                raise self._violation(event, "the server")
+            if self.copy is State.COPY_OUT:
+                self.copy = None
+        elif type(event) in _COPY_STATES:
+            if not pending:
+                raise self._violation(event, "the server")
+            self.copy = _COPY_STATES[type(event)]  # type: ignore[index]
+            if self.copy is State.COPY_IN:
+                self.frontend_copy_open = True
+                if pending[0] == _SYNC:
+                    # COPY started by Execute and the Sync is already sent: the
+                    # server read that Sync in copy-in mode and ignored it, so a
+                    # later Sync (libpq sends one after CopyDone) is the one
+                    # that will be answered.
+                    pending[0] = _BATCH
+        else:
+            raise self._violation(event, "the server")
+
+    def closed(self) -> None:
+        if self.phase is not State.ERROR:
+            self.phase = State.CLOSED
