@@ -81,6 +81,8 @@ class ConnectionRecord:
     """The trace file, final name once the connection is closed; None if none was written."""
     error: str | None = None
     """Why the connection ended abnormally (target unreachable, reset ...), if it did."""
+    forced_close: bool = False
+    """The relay closed it on stop() because it was still open after the grace period."""
 
     @property
     def closed(self) -> bool:
@@ -359,6 +361,8 @@ class AsyncRecordingRelay:
                     "%d connection(s) still open after %.1fs; closing them", len(pending), timeout
                 )
                 for c in list(self.active):
+                    if c.record is not None:
+                        c.record.forced_close = True
                     c.abort()
                 if self.active:
                     await asyncio.wait([c.done for c in list(self.active)], timeout=5)

