@@ -30,6 +30,7 @@ def next_event(sock: socket.socket, conn: pg.Connection) -> pg.Event:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Log in, run ``args.sql``, print the results; return the exit status."""
     sock: socket.socket = socket.create_connection((args.host, args.port), timeout=30)
     conn = pg.Connection(pg.CLIENT)
     sock.sendall(conn.send(pg.SSLRequest()))
@@ -54,9 +55,9 @@ def run(args: argparse.Namespace) -> int:
             reply = pg.SASLResponse(scram.client_final(event.data))
         elif isinstance(event, pg.AuthenticationSASLFinal):
             scram.verify_server_final(event.data)  # unmasks a server that faked the login
-        elif isinstance(event, pg.ErrorResponse):
+        elif isinstance(event, (pg.ErrorResponse, pg.NoticeResponse)):
             print(f"{event.severity} {event.sqlstate}: {event.message}", file=sys.stderr)
-            failed = True
+            failed = failed or isinstance(event, pg.ErrorResponse)
         elif isinstance(event, pg.DataRow):
             print("\t".join("\\N" if v is None else v.decode() for v in event.values))
         elif isinstance(event, pg.CommandComplete):

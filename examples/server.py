@@ -14,7 +14,7 @@ refuse a feature it lacks. Prints ``listening on HOST:PORT`` once ready.
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
 import secrets
 import socket
 import threading
@@ -24,30 +24,33 @@ import pgsansio as pg
 ROWS = ("SELECT", "VALUES", "SHOW", "WITH", "TABLE")
 EXTENDED = (pg.Parse, pg.Bind, pg.Describe, pg.Execute, pg.Close)
 UNSUPPORTED = "extended query protocol not supported by this example"
-PARAMS = {"server_version": "18.0", "server_encoding": "UTF8", "client_encoding": "UTF8",
-          "DateStyle": "ISO, MDY", "integer_datetimes": "on",
-          "standard_conforming_strings": "on"}  # fmt: skip
+# The parameters libpq reads at startup (it needs server_version, for one).
+PARAMS = {
+    "server_version": "18.0",
+    "server_encoding": "UTF8",
+    "client_encoding": "UTF8",
+    "DateStyle": "ISO, MDY",
+    "integer_datetimes": "on",
+    "standard_conforming_strings": "on",
+}
 
 
 def welcome() -> list[pg.Event]:
-    """What a server sends once the client is in: libpq needs the parameters."""
+    """What a server sends once the client is in, up to the first ReadyForQuery."""
     status = [pg.ParameterStatus(name, value) for name, value in PARAMS.items()]
-    key = pg.BackendKeyData(os.getpid(), secrets.token_bytes(4))
+    key = pg.BackendKeyData(threading.get_native_id(), secrets.token_bytes(4))
     return [pg.AuthenticationOk(), *status, key, pg.ReadyForQuery("I")]
 
 
 def serve(sock: socket.socket, password: str | None) -> None:
     """Run one session; a client that breaks the protocol gets a FATAL error."""
     conn = pg.Connection(pg.SERVER)
-    with sock:
+    with sock, contextlib.suppress(OSError):  # OSError: the client went away
         try:
             session(sock, conn, pg.ScramServer(password) if password else None)
-        except pg.ProtocolError as exc:
-            if conn.state is not pg.State.ERROR:  # a SCRAM payload was malformed
-                fatal = pg.ErrorResponse.build(exc.sqlstate, str(exc), severity="FATAL")
-                sock.sendall(conn.send(fatal))
-        except OSError:
-            pass  # the client went away
+        except pg.ProtocolError as exc:  # garbage, or a malformed SCRAM message
+            fatal = pg.ErrorResponse.build(exc.sqlstate, str(exc), severity="FATAL")
+            sock.sendall(bytes(fatal))  # not conn.send: conn may be in ERROR
 
 
 def session(sock: socket.socket, conn: pg.Connection, scram: pg.ScramServer | None) -> None:
@@ -87,7 +90,7 @@ def session(sock: socket.socket, conn: pg.Connection, scram: pg.ScramServer | No
 
 
 def answer(sql: str) -> list[pg.Event]:
-    """One result for the whole query string, the way psql shows one result."""
+    """One result for the whole string (a real server answers each statement)."""
     words = sql.replace(";", " ").split()
     if not words:
         return [pg.EmptyQueryResponse(), pg.ReadyForQuery("I")]
@@ -111,4 +114,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C stops it quietly
+        main()

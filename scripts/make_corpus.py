@@ -75,6 +75,8 @@ SERVER_SETTINGS = {
     "datestyle": "ISO, MDY",
     "lc_messages": "C",
     "max_connections": "40",
+    # For pg_recvlogical; also covers physical replication.
+    "wal_level": "logical",
 }
 
 

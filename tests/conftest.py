@@ -31,6 +31,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def _test_cluster(version: int) -> Cluster:
     """Start a cluster with the test roles and database, or fail with the reason."""
     cluster: Cluster | None = None
+    failure: ClusterError | None = None
     try:
         cluster = Cluster(version=version)
         cluster.init()
@@ -41,13 +42,17 @@ def _test_cluster(version: int) -> Cluster:
         # as the test roles expect to be able to create scratch tables.
         cluster.execute("GRANT CREATE ON SCHEMA public TO PUBLIC;", dbname=TEST_DATABASE)
     except ClusterError as exc:
-        if cluster is not None:
-            cluster.cleanup()
-        pytest.fail(f"PostgreSQL {version} test cluster: ClusterError: {exc}", pytrace=False)
+        failure = exc
     except BaseException:
         if cluster is not None:
             cluster.cleanup()
         raise
+    if failure is not None:
+        if cluster is not None:
+            cluster.cleanup()
+        # Outside the except block, so the report is the message alone, not a chain.
+        pytest.fail(f"PostgreSQL {version} test cluster: ClusterError: {failure}", pytrace=False)
+    assert cluster is not None
     return cluster
 
 

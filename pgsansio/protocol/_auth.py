@@ -371,10 +371,7 @@ class ScramClient(_Exchange):
         server_verified: True once the server's signature checked out.
     """
 
-    __slots__ = (
-        *("_bare", "_keys", "_max", "_nonce", "_password", "_signature", "_user"),
-        "server_verified",
-    )
+    __slots__ = ("_bare", "_keys", "_max", "_nonce", "_password", "_signature", "server_verified")
 
     def __init__(
         self,
@@ -397,8 +394,8 @@ class ScramClient(_Exchange):
         self._keys = (client_key, server_key)
         self._nonce = _nonce_argument(nonce)
         self._max = max_iterations
-        self._user = _utf8(username.replace("=", "=3D").replace(",", "=2C"))
-        self._bare = b""
+        user = _utf8(username.replace("=", "=3D").replace(",", "=2C"))
+        self._bare = b"n=" + user + b",r=" + self._nonce.encode("ascii")
         self._signature: bytes | None = None
         self.server_verified = False
 
@@ -410,12 +407,8 @@ class ScramClient(_Exchange):
 
         Returns:
             ``b"n,,n=,r=<nonce>"``.
-
-        Raises:
-            LocalProtocolError: called out of order.
         """
         self._step(_START, "client_first")
-        self._bare = b"n=" + self._user + b",r=" + self._nonce.encode("ascii")
         self._state = _FIRST
         return b"n,," + self._bare
 
@@ -432,7 +425,6 @@ class ScramClient(_Exchange):
             RemoteProtocolError: a malformed message, a nonce that does not
                 extend ours, an empty salt, an iteration count out of
                 1..max_iterations; ``0A000`` for a mandatory extension.
-            LocalProtocolError: called out of order.
         """
         self._step(_FIRST, "client_final")
         what = "server-first-message"
@@ -473,7 +465,6 @@ class ScramClient(_Exchange):
         Raises:
             AuthenticationFailed: ``e=...``, or a wrong signature.
             RemoteProtocolError: a malformed message.
-            LocalProtocolError: called out of order.
         """
         self._step(_FINAL, "verify_server_final")
         what = "server-final-message"
@@ -495,9 +486,10 @@ class ScramClient(_Exchange):
 class ScramServer(_Exchange):
     """The server side of SCRAM-SHA-256, as PostgreSQL runs it.
 
-    Call :meth:`server_first` then :meth:`server_final`, once each. We never
-    offer SCRAM-SHA-256-PLUS, so a client's ``y`` flag ("I could bind but you
-    don't offer it") is honest and accepted, and ``p=`` is refused (0A000).
+    Call :meth:`server_first` then :meth:`server_final`, once each, or they
+    raise :class:`LocalProtocolError`. We never offer SCRAM-SHA-256-PLUS, so
+    a client's ``y`` flag ("I could bind but you don't offer it") is honest
+    and accepted, and ``p=`` is refused (0A000).
 
     Args:
         secret: a :class:`ScramVerifier`, its text, or a plaintext password
@@ -546,7 +538,6 @@ class ScramServer(_Exchange):
         Raises:
             RemoteProtocolError: a malformed message; ``0A000`` for channel
                 binding, an authorization identity or a mandatory extension.
-            LocalProtocolError: called out of order.
         """
         self._step(_START, "server_first")
         what = "client-first-message"
@@ -556,7 +547,7 @@ class ScramServer(_Exchange):
         authzid, comma, bare = rest.partition(b",")
         if flag.startswith(b"p="):
             raise RemoteProtocolError("SCRAM channel binding is not supported", _UNSUPPORTED)
-        if flag not in (b"n", b"y") or not comma:
+        if flag not in (b"n", b"y") or not comma or authzid[:2] not in (b"", b"a="):
             raise RemoteProtocolError(f"malformed SCRAM {what}: bad GS2 header")
         if authzid:
             raise RemoteProtocolError(
@@ -588,7 +579,6 @@ class ScramServer(_Exchange):
             AuthenticationFailed: the proof is wrong (a wrong password).
             RemoteProtocolError: a malformed message, a channel binding other
                 than the client's GS2 header, a nonce other than the combined one.
-            LocalProtocolError: called out of order.
         """
         self._step(_FIRST, "server_final")
         what = "client-final-message"

@@ -183,8 +183,9 @@ class Connection:
         client (when ``transaction_status`` is also ``I``).
         """
         c = self._conv
-        ready = c.phase is State.READY and not c.pending
-        return ready and c.copy is None and not c.frontend_copy_open
+        # ``state`` is READY only with nothing pending, no COPY and neither side
+        # closed (after EOF the phase itself stays READY).
+        return c.state is State.READY and not c.frontend_copy_open
 
     @property
     def frontend_copy_open(self) -> bool:
@@ -293,7 +294,10 @@ class Connection:
                 "(direct SSL negotiation is not supported; use sslnegotiation=postgres)"
             )
         if not 8 <= length <= self.max_startup_size:
-            raise RemoteProtocolError(f"invalid startup packet length {length}")
+            raise RemoteProtocolError(
+                f"invalid startup packet length {length}",
+                "54000" if length > self.max_startup_size else "08P01",
+            )
         if len(buf) - pos < length:
             return NEED_DATA
         self._pos = pos + length
@@ -326,11 +330,12 @@ class Connection:
         if bounds is None:
             raise RemoteProtocolError(f"unknown message type {code!r}")
         low, high = bounds
-        limit = self.max_message_size if high is None else high
+        # max_message_size caps every type, those with a smaller cap of their own too.
+        limit = self.max_message_size if high is None else min(high, self.max_message_size)
         if length < low or length > limit:
             raise RemoteProtocolError(
                 f"invalid length {length} for a message of type {code.decode('latin-1')!r}",
-                "54000" if length > limit and high is None else "08P01",
+                "54000" if length > self.max_message_size else "08P01",
             )
         return code, length
 
@@ -448,12 +453,19 @@ class Connection:
         except LocalProtocolError:
             self._conv.phase = State.ERROR
             raise
-        if type(event) is ev.SSLResponse and event.accepted and self._pos < len(self._data):
-            # CVE-2021-23214: the client sent more after SSLRequest; those
-            # bytes were never encrypted and must not be read.
-            self._conv.phase = State.ERROR
-            raise RemoteProtocolError("unencrypted data received after SSLRequest")
+        self._check_encryption_answer(event)
         return data
+
+    def _check_encryption_answer(self, event: ev.Event) -> None:
+        if (
+            isinstance(event, (ev.SSLResponse, ev.GSSENCResponse))
+            and event.accepted
+            and self._pos < len(self._data)
+        ):
+            # CVE-2021-23214 (SSL and GSS alike): the client sent more after
+            # its request; those bytes were never encrypted and must not be read.
+            self._conv.phase = State.ERROR
+            raise RemoteProtocolError("unencrypted data received after an encryption request")
 
     def _check_direction(self, event: ev.Event) -> None:
         if self._conv.phase is State.ERROR:
@@ -475,4 +487,6 @@ class Connection:
         except LocalProtocolError:
             self._conv.phase = State.ERROR
             raise
+        for event in span.events:
+            self._check_encryption_answer(event)
         return span.data

