@@ -66,27 +66,41 @@ _VERIFIER: Final = pg.ScramVerifier.from_password(
 class Scenario:
     """Where the connection under test starts, decoded from the selector byte.
 
-    Bits 0-1 pick the variant (``CLIENT_VARIANTS`` / ``SERVER_VARIANTS``),
-    bits 2-3 the authentication a server-role connection asks for, bit 7 a
-    512-byte ``max_message_size`` instead of 1 MiB.
+    Bits 0-1 pick the variant (``CLIENT_VARIANTS`` / ``SERVER_VARIANTS``);
+    bits 2-3 the authentication a server-role connection asks for, or for a
+    client-role one, bit 2 asks for protocol 3.2 (long cancel keys); bit 7
+    sets a 512-byte ``max_message_size`` instead of 1 MiB.
     """
 
     role: pg.Role
     variant: str
     auth: str
     max_message_size: int
+    protocol: int = pg.PROTOCOL_3_0
 
     @classmethod
     def from_byte(cls, role: pg.Role, byte: int) -> Scenario:
-        variants = CLIENT_VARIANTS if role is pg.CLIENT else SERVER_VARIANTS
         size = SMALL_MESSAGE_SIZE if byte & 0x80 else MAX_MESSAGE_SIZE
-        return cls(role, variants[byte & 3], AUTH_METHODS[(byte >> 2) & 3], size)
+        if role is pg.CLIENT:
+            protocol = pg.PROTOCOL_3_2 if byte & 4 else pg.PROTOCOL_3_0
+            return cls(role, CLIENT_VARIANTS[byte & 3], "trust", size, protocol)
+        return cls(role, SERVER_VARIANTS[byte & 3], AUTH_METHODS[(byte >> 2) & 3], size)
 
 
-def selector(role: pg.Role, variant: str, auth: str = "trust", *, small: bool = False) -> int:
+def selector(
+    role: pg.Role,
+    variant: str,
+    auth: str = "trust",
+    *,
+    small: bool = False,
+    protocol: int = pg.PROTOCOL_3_0,
+) -> int:
     """The selector byte for a scenario: what seed files start with."""
-    variants = CLIENT_VARIANTS if role is pg.CLIENT else SERVER_VARIANTS
-    return variants.index(variant) | AUTH_METHODS.index(auth) << 2 | (0x80 if small else 0)
+    if role is pg.CLIENT:
+        index = CLIENT_VARIANTS.index(variant) | (4 if protocol == pg.PROTOCOL_3_2 else 0)
+    else:
+        index = SERVER_VARIANTS.index(variant) | AUTH_METHODS.index(auth) << 2
+    return index | (0x80 if small else 0)
 
 
 def requests(variant: str) -> Iterator[pg.Event]:
@@ -150,7 +164,8 @@ class Peer:
             assert isinstance(event, pg.Event), event
 
     def _setup_client(self) -> None:
-        self.conn.send(pg.StartupMessage({"user": USER, "database": USER}))
+        startup = pg.StartupMessage({"user": USER, "database": USER}, self.scenario.protocol)
+        self.conn.send(startup)
         if self.scenario.variant != "auth":
             self._feed_ours(pg.AuthenticationOk(), pg.ReadyForQuery("I"))
             self._send_requests()
@@ -277,14 +292,17 @@ class Outcome:
 _EXPECTED = (pg.RemoteProtocolError, pg.AuthenticationFailed)
 
 
-def _check_bound(conn: pg.Connection, scenario: Scenario) -> None:
-    """After NEED_DATA at most one partial message is buffered, within the caps.
+def _check_bound(conn: pg.Connection) -> None:
+    """After NEED_DATA at most one partial message is buffered, within the cap.
 
-    Reads private attributes: ``trailing_data`` copies, which would make the
+    A partial message is shorter than its length word says, and that word was
+    checked against the cap, so the buffer can never exceed the cap. Reads
+    private attributes: ``trailing_data`` copies, which would make the
     byte-by-byte run quadratic.
     """
     unread = len(conn._data) - conn._pos
-    limit = max(scenario.max_message_size, conn.max_startup_size)
+    startup = conn.role is pg.SERVER and conn.state is pg.State.STARTUP
+    limit = conn.max_startup_size if startup else conn.max_message_size
     assert unread <= limit, f"{unread} bytes buffered, over the {limit}-byte limit"
 
 
@@ -321,7 +339,7 @@ def feed_events(scenario: Scenario, chunks: list[bytes]) -> Outcome:
             while True:
                 event = conn.next_event()
                 if event is pg.NEED_DATA:
-                    _check_bound(conn, scenario)
+                    _check_bound(conn)
                     break
                 if event is pg.PAUSED:
                     assert not paused, "PAUSED twice: the answer did not unpause"
@@ -353,7 +371,7 @@ def feed_spans(scenario: Scenario, chunks: list[bytes]) -> Outcome:
             while True:
                 span = conn.next_span()
                 if span is pg.NEED_DATA:
-                    _check_bound(conn, scenario)
+                    _check_bound(conn)
                     break
                 if span is pg.PAUSED:
                     peer.on_paused()

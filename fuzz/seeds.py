@@ -55,8 +55,14 @@ def _wire(*events: pg.Event) -> bytes:
     return b"".join(bytes(e) for e in events)
 
 
-def _seed(role: pg.Role, variant: str, stream: bytes, auth: str = "trust") -> bytes:
-    return bytes([_drive.selector(role, variant, auth)]) + stream[: MAX_LEN - 1]
+def _seed(
+    role: pg.Role,
+    variant: str,
+    stream: bytes,
+    auth: str = "trust",
+    protocol: int = pg.PROTOCOL_3_0,
+) -> bytes:
+    return bytes([_drive.selector(role, variant, auth, protocol=protocol)]) + stream[: MAX_LEN - 1]
 
 
 # --- our own conversations ----------------------------------------------------------------
@@ -170,6 +176,10 @@ def own_client_seeds() -> Iterator[tuple[str, bytes]]:
     }
     for name, auth in auths.items():
         yield f"auth-{name}", _seed(c, "auth", auth + ready + query["simple"])
+    long_key = _ready().replace(
+        bytes(pg.BackendKeyData(4242, b"k3y!")), bytes(pg.BackendKeyData(4242, b"k" * 32))
+    )
+    yield "auth-3.2-long-key", _seed(c, "auth", long_key, protocol=pg.PROTOCOL_3_2)
     yield "auth-fatal", _seed(c, "auth", _wire(_drive._fatal("28P01", "bad password")))
     yield "auth-kerberos", _seed(c, "auth", _wire(pg.AuthenticationKerberosV5()))
     for name, stream in query.items():
@@ -380,19 +390,17 @@ def bug_server_seeds() -> Iterator[tuple[str, bytes]]:
 # --- the recorded corpus ------------------------------------------------------------------
 
 
-def _skip_untyped(stream: bytes) -> tuple[int, bool]:
-    """Offset after the frontend's startup packets; and whether it is a cancel."""
-    pos = 0
+def _skip_untyped(stream: bytes) -> tuple[int, int]:
+    """Offset after the frontend's startup packets; and the last one's code."""
+    pos, code = 0, 0
     while len(stream) - pos >= 8:
         length, code = struct.unpack_from("!iI", stream, pos)
         if length < 8:
             break
         pos += length
-        if code == _CANCEL:
-            return pos, True
         if code not in _SSL_OR_GSS:
             break
-    return pos, False
+    return pos, code
 
 
 def _skip_typed(stream: bytes, pos: int, stop: bytes) -> int:
@@ -435,8 +443,8 @@ def corpus_seeds(root: pathlib.Path = CORPUS) -> Iterator[tuple[str, str, bytes]
                 f"corpus-{name}",
                 _seed(pg.SERVER, "startup", front, _first_auth(back)),
             )
-            after_startup, cancel = _skip_untyped(front)
-            if not cancel:
+            after_startup, code = _skip_untyped(front)
+            if code != _CANCEL:
                 # Skip the password messages: what follows is the query phase.
                 pos = after_startup
                 while front[pos : pos + 1] == b"p":
@@ -454,11 +462,15 @@ def corpus_seeds(root: pathlib.Path = CORPUS) -> Iterator[tuple[str, str, bytes]
                     break
                 n_answers += 1
             auth = back[n_answers:]
+            _, code = _skip_untyped(front)
+            protocol = pg.PROTOCOL_3_2 if code == pg.PROTOCOL_3_2 else pg.PROTOCOL_3_0
             if auth:
-                yield "client_role", f"corpus-{name}", _seed(pg.CLIENT, "auth", auth)
+                seed = _seed(pg.CLIENT, "auth", auth, protocol=protocol)
+                yield "client_role", f"corpus-{name}", seed
                 query = auth[_skip_typed(auth, 0, b"Z") :]
                 if query:
-                    yield "client_role", f"corpus-{name}-query", _seed(pg.CLIENT, "mixed", query)
+                    seed = _seed(pg.CLIENT, "mixed", query, protocol=protocol)
+                    yield "client_role", f"corpus-{name}-query", seed
 
 
 def all_seeds() -> dict[str, dict[str, bytes]]:
@@ -469,6 +481,12 @@ def all_seeds() -> dict[str, dict[str, bytes]]:
     }
     for harness, name, seed in corpus_seeds():
         out[harness][name] = seed
+    # The same conversations under a 512-byte max_message_size (selector bit 7),
+    # so the limit's error path is reached from realistic traffic too.
+    for seeds in out.values():
+        for name, seed in list(seeds.items()):
+            if name.startswith(("query-", "startup-")):
+                seeds[f"{name}-small-limit"] = bytes([seed[0] | 0x80]) + seed[1:]
     return out
 
 

@@ -383,6 +383,11 @@ class RecordingRelay:
     :meth:`start` returns once the relay is listening (:attr:`port` is then valid);
     :meth:`stop` returns once every accepted connection has ended (or was closed after
     ``timeout`` seconds) and its trace file is complete on disk.
+
+    The relay thread needs the GIL to move bytes. A client in the same process that
+    blocks inside C code *without releasing the GIL* (psycopg's blocking ``pgconn``
+    methods, such as ``describe_prepared``, do) deadlocks against it; run such a client,
+    or the relay, in another process (``scripts/make_corpus.py`` does the latter).
     """
 
     def __init__(
