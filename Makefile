@@ -23,12 +23,11 @@ types: $(STAMP)
 	$(VENV)/bin/mypy
 
 unit: $(STAMP)
-	$(PY) -m pytest -q --cov=pgsansio --cov-branch --cov-report=term:skip-covered -n 0 $(PYTEST_ARGS) 2>/dev/null || \
 	$(PY) -m pytest -q --cov=pgsansio --cov-branch --cov-report=term:skip-covered $(PYTEST_ARGS)
 
 ## make coverage: branch coverage of the protocol package alone
 coverage: $(STAMP)
-	$(PY) -m pytest -q --cov=pgsansio.protocol --cov-branch --cov-report=term-missing tests/
+	$(PY) -m pytest -q --cov=pgsansio.protocol --cov-branch --cov-report=term-missing $(PYTEST_ARGS)
 
 ## make corpus: re-record the traffic corpus against throwaway clusters
 corpus: $(STAMP)

@@ -389,32 +389,42 @@ class Connection:
         offsets: list[int] = []
         bulk = 0
         bulk_code = self._bulk
+        bulk_max = self.max_message_size
         server_rows = self.role is CLIENT
         pending = conv.pending
+        # DataRow is legal only while a request is outstanding; only decoded
+        # events change that, so it is recomputed after each of them.
+        rows_ok = not server_rows or bool(pending)
         try:
             while size - pos >= 5:
+                code, length = _hdr(buf, pos)
+                if code == bulk_code and rows_ok and 4 <= length <= bulk_max:
+                    # The hot loop: a row is framed, counted and passed over.
+                    end = pos + 1 + length
+                    if end > size:
+                        break
+                    bulk += 1
+                    pos = end
+                    continue
                 code, length = self._header(buf, pos)
                 end = pos + 1 + length
                 if end > size:
                     break
                 if code == bulk_code:
-                    if server_rows and not pending:
-                        raise RemoteProtocolError("DataRow received with no query outstanding")
-                    bulk += 1
-                else:
-                    body = buf[pos + 5 : end]
-                    if type(body) is not bytes:
-                        body = bytes(body)
-                    event = self._decode(code, body)
-                    self._process_received(event)
-                    events.append(event)
-                    offsets.append(pos - start)
-                    # Defensive: no query-phase event changes the phase today
-                    # (Terminate sets frontend_closed); a span never crosses one.
-                    if conv.phase is not State.READY:  # pragma: no cover
-                        pos = end
-                        break
+                    raise RemoteProtocolError("DataRow received with no query outstanding")
+                body = buf[pos + 5 : end]
+                if type(body) is not bytes:
+                    body = bytes(body)
+                event = self._decode(code, body)
+                self._process_received(event)
+                events.append(event)
+                offsets.append(pos - start)
                 pos = end
+                rows_ok = not server_rows or bool(pending)
+                # Defensive: no query-phase event changes the phase today
+                # (Terminate sets frontend_closed); a span never crosses one.
+                if conv.phase is not State.READY:  # pragma: no cover
+                    break
         except ProtocolError as exc:
             raise self._fail(exc) from None
         if pos == start:
