@@ -160,9 +160,9 @@ class ConnectionPair:
         return data
 
 
-def ready_pair(version: int = PROTOCOL_3_0) -> ConnectionPair:
+def ready_pair() -> ConnectionPair:
     p = ConnectionPair()
-    p.send(CLIENT, StartupMessage({"user": "alice"}, version))
+    p.send(CLIENT, StartupMessage({"user": "alice"}))
     p.send(
         SERVER,
         [
@@ -648,7 +648,10 @@ def test_unsolicited_fatal_at_idle() -> None:
         "57P01", "terminating connection due to administrator command", "FATAL"
     )
     p.send(SERVER, fatal)
-    assert p.client.state is State.READY
+    # A FATAL means the server is closing: no pooler may hand it out any more.
+    assert p.client.state is State.CLOSED
+    assert not p.client.idle
+    assert p.server.state is State.CLOSED
     assert p.server.send(ConnectionClosed()) == b""
     assert receive_and_get(p.client, b"") == [ConnectionClosed()]
     assert p.client.state is State.CLOSED
@@ -1259,7 +1262,7 @@ def test_span_bulk_from_the_client_is_copy_data() -> None:
 def test_span_data_row_needs_a_query() -> None:
     client = ready_client()
     client.receive_data(bytes(DataRow([b"1"])))
-    with pytest.raises(RemoteProtocolError, match="DataRow received with no query outstanding"):
+    with pytest.raises(RemoteProtocolError, match="can't send DataRow in state READY"):
         client.next_span()
     assert client.state is State.ERROR
 

@@ -237,7 +237,7 @@ def test_fast_path_spans(
     ref = _reference(references, case_id, meta, trace)
     for direction in "FB":
         conn = pg.Connection(pg.SERVER if direction == "F" else pg.CLIENT)
-        bulk_type = pg.CopyData if direction == "F" else pg.DataRow
+        bulk_type = pg.CopyData if direction == "F" else (pg.DataRow, pg.CopyData)
         own, own_order = ref.events[direction], ref.order[direction]
         other, other_order = ref.events[_other(direction)], ref.order[_other(direction)]
         chunks = [

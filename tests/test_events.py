@@ -524,7 +524,8 @@ def test_read_as_span(setup: Setup, event: Event, wire: bytes) -> None:
     span = conn.next_span()
     assert isinstance(span, pg.Span)
     assert span.data == wire
-    bulk = (conn.role is CLIENT and type(event) is DataRow) or (
+    # Rows and COPY data from a server (inside a copy-out), COPY data from a client.
+    bulk = (conn.role is CLIENT and type(event) in (DataRow, CopyData)) or (
         conn.role is SERVER and type(event) is CopyData
     )
     if bulk:

@@ -471,9 +471,13 @@ def test_error_at_idle() -> None:
     # An unsolicited FATAL (admin shutdown, idle_session_timeout) at idle.
     s = ready()
     s.backend(ErrorResponse.build("57P01", "terminating connection", "FATAL"))
-    assert s.state is State.READY
+    # The server is closing: CLOSED at once, before the EOF.
+    assert s.state is State.CLOSED
     s.closed(frontend=False)
     assert s.state is State.CLOSED
+    t = ready()
+    t.backend(ErrorResponse.build("XX000", "not fatal"))
+    assert t.state is State.READY
 
 
 def test_async_messages_at_idle() -> None:

@@ -149,13 +149,11 @@ class Connection:
         if role is CLIENT:
             self._readers = _readers.BACKEND_READERS
             self._limits = _BACKEND_LIMITS
-            self._bulk = b"D"
             self._process_received = self._conv.backend
             self._process_sent = self._conv.frontend
         else:
             self._readers = _readers.FRONTEND_READERS
             self._limits = _FRONTEND_LIMITS
-            self._bulk = b"d"
             self._process_received = self._conv.frontend
             self._process_sent = self._conv.backend
 
@@ -388,17 +386,15 @@ class Connection:
         events: list[ev.Event] = []
         offsets: list[int] = []
         bulk = 0
-        bulk_code = self._bulk
         bulk_max = self.max_message_size
-        server_rows = self.role is CLIENT
-        pending = conv.pending
-        # DataRow is legal only while a request is outstanding; only decoded
-        # events change that, so it is recomputed after each of them.
-        rows_ok = not server_rows or bool(pending)
+        # Which bulk types are legal now; only decoded events change that, so
+        # it is recomputed after each of them. A bulk type that is not legal
+        # takes the slow path, where the state machine says what is wrong.
+        passable = self._passable()
         try:
             while size - pos >= 5:
                 code, length = _hdr(buf, pos)
-                if code == bulk_code and rows_ok and 4 <= length <= bulk_max:
+                if code in passable and 4 <= length <= bulk_max:
                     # The hot loop: a row is framed, counted and passed over.
                     end = pos + 1 + length
                     if end > size:
@@ -410,8 +406,6 @@ class Connection:
                 end = pos + 1 + length
                 if end > size:
                     break
-                if code == bulk_code:
-                    raise RemoteProtocolError("DataRow received with no query outstanding")
                 body = buf[pos + 5 : end]
                 if type(body) is not bytes:
                     body = bytes(body)
@@ -420,7 +414,7 @@ class Connection:
                 events.append(event)
                 offsets.append(pos - start)
                 pos = end
-                rows_ok = not server_rows or bool(pending)
+                passable = self._passable()
                 # Defensive: no query-phase event changes the phase today
                 # (Terminate sets frontend_closed); a span never crosses one.
                 if conv.phase is not State.READY:  # pragma: no cover
@@ -441,6 +435,16 @@ class Connection:
         else:
             data = bytes(buf[start:pos])
         return Span(data, events, offsets, bulk)
+
+    def _passable(self) -> tuple[bytes, ...]:
+        """The message types ``next_span`` may frame without decoding, now."""
+        if self.role is SERVER:
+            return (b"d",)  # CopyData from a client is ignored outside COPY
+        conv = self._conv
+        rows = (b"D",) if conv.pending else ()
+        if conv.copy is State.COPY_OUT or conv.copy is State.COPY_BOTH:
+            return (*rows, b"d")
+        return rows
 
     # --- sending ------------------------------------------------------------------------
 

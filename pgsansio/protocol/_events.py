@@ -71,10 +71,11 @@ def _values(values: tuple[bytes | None, ...]) -> bytes:
 class Event:
     """Base class of every message event.
 
-    Subclasses declare ``__slots__`` (the fields, in wire order), a
-    ``type_code`` and the directions that may carry them. Equality, hashing
-    and ``repr`` come from the fields, as with a frozen dataclass, but creating
-    one costs a third of what a frozen dataclass does.
+    Subclasses declare ``__slots__`` (the fields; sorted by ruff, so not in
+    wire or constructor order), a ``type_code`` and the directions that may
+    carry them. Equality, hashing and ``repr`` come from the fields, as with a
+    frozen dataclass, but creating one costs a third of what a frozen
+    dataclass does.
     """
 
     __slots__ = ()

@@ -281,6 +281,10 @@ class ConversationState:
             if pending and pending[0] != _QUERY and pending[0] != _CALL:
                 self.failed = True
             self.copy = None
+            if event.severity in ("FATAL", "PANIC"):
+                # "the backend will close the connection": the server is gone
+                # already for a pooler, even before its EOF arrives.
+                self.backend_closed = True
         elif isinstance(event, _ASYNC_BACKEND):
             pass
         elif isinstance(event, _REPLIES):
