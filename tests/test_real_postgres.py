@@ -246,6 +246,18 @@ def test_extended_pipeline_with_an_error(session: Session) -> None:
     assert (conn.state, conn.outstanding) == (pg.State.READY, 0)
 
 
+def test_query_behind_a_failed_batch_is_discarded(session: Session) -> None:
+    """After an extended-query error the server skips a Query too, up to the Sync."""
+    conn = session.conn
+    session.send(*batch("select 1/0"), pg.Query("select 42"), pg.Sync())
+    assert conn.outstanding == 2
+    events = session.read_until_ready()
+    assert [type(e) for e in events][-2:] == [pg.ErrorResponse, pg.ReadyForQuery]
+    assert (conn.state, conn.outstanding) == (pg.State.READY, 0)
+    # The next request is answered normally: nothing of the discarded Query is left.
+    assert only(session.query("select 7"), pg.DataRow) == [pg.DataRow([b"7"])]
+
+
 # --- COPY -----------------------------------------------------------------------
 
 

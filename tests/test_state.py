@@ -738,3 +738,37 @@ def test_eof(frontend: bool) -> None:
     s.phase = State.ERROR
     s.closed(frontend=frontend)
     assert s.state is State.ERROR
+
+
+def test_query_behind_a_failed_batch_is_discarded() -> None:
+    # P B E (no Sync), then Query, then Sync: when the batch fails the server
+    # discards everything up to the Sync, the Query included: one ReadyForQuery.
+    s = ready()
+    for event in (Parse("", "select 1/0"), Bind("", ""), Execute(), Query("select 1"), Sync()):
+        s.frontend(event)
+    assert s.outstanding == 2
+    s.backend(ParseComplete())
+    s.backend(ErrorResponse.build("22012", "division by zero"))
+    assert s.state is State.FAILED_EXTENDED
+    s.backend(ReadyForQuery("I"))
+    assert s.state is State.READY
+    assert s.outstanding == 0
+
+
+def test_several_syncs_before_copy_in_response_are_all_eaten() -> None:
+    s = ready()
+    for event in (Parse("", "copy t from stdin"), Bind("", ""), Execute(), Sync(), Sync()):
+        s.frontend(event)
+    assert s.outstanding == 2
+    s.backend(ParseComplete())
+    s.backend(BindComplete())
+    s.backend(CopyInResponse(0, ()))
+    assert s.outstanding == 0
+    s.frontend(CopyData(b"1\n"))
+    s.frontend(CopyDone())
+    s.frontend(Sync())
+    assert s.outstanding == 1
+    s.backend(CommandComplete("COPY 1"))
+    s.backend(ReadyForQuery("I"))
+    assert s.state is State.READY
+    assert s.outstanding == 0

@@ -270,9 +270,13 @@ class ConversationState:
             if not pending:
                 raise self._violation(event, "the server")
         elif isinstance(event, ev.ReadyForQuery):
-            # Pop up to and including the first entry that expects a ReadyForQuery.
+            # Pop up to and including the first entry that expects a
+            # ReadyForQuery. After an extended-query error the server "discards
+            # messages until a Sync", Query and FunctionCall included, so then
+            # only a Sync answers.
+            answers = (_SYNC,) if self.failed else (_SYNC, _QUERY, _CALL)
             while pending:
-                if pending.popleft() != _BATCH:
+                if pending.popleft() in answers:
                     break
             self.transaction_status = event.status
             self.failed = False
@@ -308,8 +312,11 @@ class ConversationState:
                     # COPY started by Execute and the Sync is already sent: the
                     # server read that Sync in copy-in mode and ignored it, so a
                     # later Sync (libpq sends one after CopyDone) is the one
-                    # that will be answered.
+                    # that will be answered. Any more Syncs sent before the
+                    # CopyInResponse arrived are read in copy-in mode too.
                     pending[0] = _BATCH
+                    while len(pending) > 1 and pending[1] == _SYNC:
+                        del pending[1]
         else:
             raise self._violation(event, "the server")
 
