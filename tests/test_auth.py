@@ -900,3 +900,34 @@ def test_fuzz_verify_server_final(message: bytes) -> None:
         client.verify_server_final(message)
     except ALLOWED:
         pass
+
+
+# --- mock exchange for unknown users ----------------------------------------------------
+
+
+def _mock_salt(server_first: bytes) -> bytes:
+    attrs = dict(part.split(b"=", 1) for part in server_first.split(b","))
+    assert attrs[b"i"] == b"4096"
+    return attrs[b"s"]
+
+
+@pytest.mark.parametrize("password", ["", "anything", "scram-secret"])
+def test_unknown_user_fails_like_a_wrong_password(password: str) -> None:
+    server = ScramServer.for_unknown_user("nobody", mock_seed=b"seed")
+    client = ScramClient(password or "x")
+    server_first = server.server_first(client.client_first())
+    with pytest.raises(AuthenticationFailed) as info:
+        server.server_final(client.client_final(server_first))
+    assert info.value.sqlstate == "28P01"
+    assert server.client_key is None
+
+
+def test_unknown_user_salt_is_stable_per_user_and_seed() -> None:
+    def salt(user: str, seed: bytes) -> bytes:
+        server = ScramServer.for_unknown_user(user, mock_seed=seed)
+        return _mock_salt(server.server_first(ScramClient("pw").client_first()))
+
+    # Stable across attempts, as a real user's salt is; different per user and seed.
+    assert salt("nobody", b"a") == salt("nobody", b"a")
+    assert salt("nobody", b"a") != salt("somebody", b"a")
+    assert salt("nobody", b"a") != salt("nobody", b"b")

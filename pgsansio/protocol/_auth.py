@@ -509,7 +509,16 @@ class ScramServer(_Exchange):
             checked out; feed it to ``ScramClient(client_key=...)``.
     """
 
-    __slots__ = ("_bare", "_first", "_gs2", "_nonce", "client_key", "username", "verifier")
+    __slots__ = (
+        "_bare",
+        "_first",
+        "_gs2",
+        "_mock",
+        "_nonce",
+        "client_key",
+        "username",
+        "verifier",
+    )
 
     def __init__(self, secret: str | bytes | ScramVerifier, *, nonce: str | None = None) -> None:
         super().__init__()
@@ -523,8 +532,30 @@ class ScramServer(_Exchange):
             self.verifier = ScramVerifier.from_password(secret)
         self._nonce = _nonce_argument(nonce)
         self._gs2 = self._bare = self._first = b""
+        self._mock = False
         self.username: str | None = None
         self.client_key: bytes | None = None
+
+    @classmethod
+    def for_unknown_user(
+        cls, user: str, *, mock_seed: bytes, nonce: str | None = None
+    ) -> ScramServer:
+        """An exchange that looks real but always fails, for a user we don't have.
+
+        PostgreSQL does the same ("mock authentication"): answering an unknown
+        user at once, or with a fresh random salt each time, would tell an
+        attacker which user names exist. The salt is derived from the user name
+        and ``mock_seed`` (keep one random seed per process), so it is stable
+        across attempts like a real user's; ``server_final`` then raises
+        :class:`AuthenticationFailed` exactly as for a wrong password.
+        """
+        salt = hashlib.sha256(b"pgsansio mock salt\0" + mock_seed + user.encode()).digest()[:16]
+        fake = ScramVerifier(
+            DEFAULT_ITERATIONS, salt, secrets.token_bytes(32), secrets.token_bytes(32)
+        )
+        server = cls(fake, nonce=nonce)
+        server._mock = True
+        return server
 
     def server_first(self, client_first: bytes) -> bytes:
         """Answer the client-first-message (in SASLInitialResponse).
@@ -596,7 +627,10 @@ class ScramServer(_Exchange):
         without_proof = text[: text.rindex(",p=")].encode("utf-8")
         auth_message = b",".join((self._bare, self._first, without_proof))
         client_key = _xor(proof, _hmac(self.verifier.stored_key, auth_message))
-        if not hmac.compare_digest(hashlib.sha256(client_key).digest(), self.verifier.stored_key):
+        matches = hmac.compare_digest(
+            hashlib.sha256(client_key).digest(), self.verifier.stored_key
+        )
+        if self._mock or not matches:
             raise AuthenticationFailed()
         self.client_key = client_key
         self._state = _DONE
