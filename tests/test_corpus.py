@@ -60,6 +60,20 @@ class Reference:
     tls: bool = False  # TLS or GSSAPI encryption was accepted: the rest is ciphertext
     truncated: set[str] = field(default_factory=set)
 
+    def catch_up(self, conn: pg.Connection, direction: str, i: int, j: int) -> int:
+        """Send the other side's events recorded before our event ``i``; return the new ``j``.
+
+        DataRows change no state and replay() already sent each one, so they
+        are left out: that keeps re-reading the 10 MB traces cheap.
+        """
+        other, other_order = self.events[_other(direction)], self.order[_other(direction)]
+        limit = self.order[direction][i]
+        while j < len(other) and other_order[j] < limit:
+            if type(other[j]) is not pg.DataRow:
+                conn.send(other[j])
+            j += 1
+        return j
+
     def add(self, direction: str, event: pg.Event, data: bytes) -> None:
         self.events[direction].append(event)
         self.order[direction].append(sum(len(v) for v in self.events.values()))
@@ -197,16 +211,10 @@ def _splits(stream: bytes, rng: random.Random) -> Iterator[list[bytes]]:
 def read_direction(ref: Reference, direction: str, chunks: list[bytes], eof: bool) -> None:
     """Read one direction at the given boundaries; the other side's events go in recorded order."""
     conn = pg.Connection(pg.SERVER if direction == "F" else pg.CLIENT)
-    own, own_order = ref.events[direction], ref.order[direction]
-    other, other_order = ref.events[_other(direction)], ref.order[_other(direction)]
     feed = iter([*chunks, b""] if eof else chunks)
     j = 0
-    for i, expected in enumerate(own):
-        while j < len(other) and other_order[j] < own_order[i]:
-            # DataRows change no state and replay() already sent each one.
-            if type(other[j]) is not pg.DataRow:
-                conn.send(other[j])
-            j += 1
+    for i, expected in enumerate(ref.events[direction]):
+        j = ref.catch_up(conn, direction, i, j)
         while True:
             event = conn.next_event()
             if event is not pg.NEED_DATA and event is not pg.PAUSED:
@@ -238,8 +246,7 @@ def test_fast_path_spans(
     for direction in "FB":
         conn = pg.Connection(pg.SERVER if direction == "F" else pg.CLIENT)
         bulk_type = pg.CopyData if direction == "F" else (pg.DataRow, pg.CopyData)
-        own, own_order = ref.events[direction], ref.order[direction]
-        other, other_order = ref.events[_other(direction)], ref.order[_other(direction)]
+        own = ref.events[direction]
         chunks = [
             c
             for c in trace.chunks
@@ -253,9 +260,7 @@ def test_fast_path_spans(
                 break
             conn.receive_data(b"" if chunk.eof else chunk.data)
             while i < len(own):
-                while j < len(other) and other_order[j] < own_order[i]:
-                    conn.send(other[j])
-                    j += 1
+                j = ref.catch_up(conn, direction, i, j)
                 span = conn.next_span()
                 if span is pg.NEED_DATA or span is pg.PAUSED:
                     break

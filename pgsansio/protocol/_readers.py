@@ -202,8 +202,7 @@ FRONTEND_READERS: dict[bytes, Reader] = {
 # --- the ``p`` family: chosen by the authentication request it answers ----------
 
 
-def read_password(body: bytes) -> ev.Event:
-    return _one_string(ev.PasswordMessage, "PasswordMessage")(body)
+read_password = _one_string(ev.PasswordMessage, "PasswordMessage")
 
 
 def read_sasl_initial(body: bytes) -> ev.Event:
