@@ -1,0 +1,141 @@
+"""The effective configuration the engine runs on: PgCat's ``pgcat.toml``, resolved.
+
+Every value here is already resolved (user -> pool -> general precedence applied) and
+validated; the engine never looks at TOML. Times are in **milliseconds** as in
+``pgcat.toml``; the engine converts. :mod:`pgsansio.config` builds these objects from
+a file; tests build them directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["Config", "General", "PoolConfig", "ServerAddress", "ShardConfig", "UserConfig"]
+
+
+@dataclass(frozen=True)
+class General:
+    host: str = "0.0.0.0"
+    port: int = 5432
+    connect_timeout: int = 1000
+    idle_timeout: int = 600000
+    server_lifetime: int = 3600000
+    idle_client_in_transaction_timeout: int = 0
+    healthcheck_timeout: int = 1000
+    healthcheck_delay: int = 30000
+    shutdown_timeout: int = 60000
+    ban_time: int = 60
+    log_client_connections: bool = False
+    log_client_disconnections: bool = False
+    enable_prometheus_exporter: bool = False
+    prometheus_exporter_port: int = 9930
+    worker_threads: int = 4
+    autoreload: int | None = None
+    tcp_keepalives_idle: int = 5
+    tcp_keepalives_count: int = 5
+    tcp_keepalives_interval: int = 5
+    tcp_user_timeout: int = 10000
+    tls_certificate: str | None = None
+    tls_private_key: str | None = None
+    server_tls: bool = False
+    verify_server_certificate: bool = False
+    admin_username: str = ""
+    admin_password: str = ""
+    admin_auth_type: str = "md5"
+    validate_config: bool = True
+    server_round_robin: bool = True
+    dns_cache_enabled: bool = False
+    dns_max_ttl: int = 30
+    auth_query: str | None = None
+    auth_query_user: str | None = None
+    auth_query_password: str | None = None
+    # pgsansio extensions (documented in the README)
+    server_reset_query: str = "DISCARD ALL"
+    max_client_conn: int = 0  # 0 = unlimited
+
+
+@dataclass(frozen=True)
+class ServerAddress:
+    host: str
+    port: int
+    role: str  # "primary" | "replica"
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    index: int
+    database: str
+    servers: tuple[ServerAddress, ...]
+    mirrors: tuple[tuple[str, int, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class UserConfig:
+    """One ``[pools.X.users.N]`` entry, with pool/general values folded in."""
+
+    username: str
+    password: str | None
+    pool_size: int
+    auth_type: str = "md5"  # "md5" | "trust" | "scram-sha-256"
+    server_username: str | None = None
+    server_password: str | None = None
+    min_pool_size: int = 0
+    pool_mode: str = "transaction"  # "transaction" | "session"
+    server_lifetime: int = 3600000
+    idle_timeout: int = 600000
+    connect_timeout: int = 1000
+    statement_timeout: int = 0
+
+    @property
+    def backend_username(self) -> str:
+        return self.server_username or self.username
+
+    @property
+    def backend_password(self) -> str | None:
+        return self.server_password if self.server_password is not None else self.password
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """One ``[pools.X]`` section; ``name`` is the database name clients connect to."""
+
+    name: str
+    users: dict[str, UserConfig]  # keyed by username (not by PgCat's label)
+    shards: tuple[ShardConfig, ...]
+    pool_mode: str = "transaction"
+    load_balancing_mode: str = "random"  # "random" | "loc"
+    default_role: str = "any"
+    query_parser_enabled: bool = False
+    query_parser_max_length: int | None = None
+    query_parser_read_write_splitting: bool = False
+    primary_reads_enabled: bool = False
+    connect_timeout: int | None = None
+    idle_timeout: int | None = None
+    server_lifetime: int | None = None
+    checkout_failure_limit: int | None = None
+    sharding_function: str = "pg_bigint_hash"
+    automatic_sharding_key: str | None = None
+    sharding_key_regex: str | None = None
+    shard_id_regex: str | None = None
+    regex_search_limit: int = 1000
+    default_shard: str = "shard_0"
+    auth_query: str | None = None
+    auth_query_user: str | None = None
+    auth_query_password: str | None = None
+    cleanup_server_connections: bool = True
+    log_client_parameter_status_changes: bool = False
+    # PgCat's default is 0 (off); pgsansio turns it on by default, as PgBouncer 1.24
+    # and PgDog do. 0 in the file turns it off.
+    prepared_statements_cache_size: int = 500
+    db_activity_based_routing: bool = False
+    db_activity_init_delay: int = 100
+    db_activity_ttl: int = 900
+    table_mutation_cache_ms_ttl: int = 50
+
+
+@dataclass(frozen=True)
+class Config:
+    general: General
+    pools: dict[str, PoolConfig]
+    path: str = "pgcat.toml"
+    warnings: tuple[str, ...] = field(default=())

@@ -1,0 +1,84 @@
+"""What the engine asks a frontend to do.
+
+Effects are small NamedTuples: cheap to make on the hot path, easy to match on. A
+frontend carries them out in order and never decides anything itself.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+__all__ = [
+    "CloseClient",
+    "CloseServer",
+    "Effect",
+    "Exit",
+    "Log",
+    "OpenServer",
+    "SendClient",
+    "SendServer",
+    "Wakeup",
+]
+
+
+class SendClient(NamedTuple):
+    """Write ``data`` to client ``cid``."""
+
+    cid: int
+    data: bytes
+
+
+class SendServer(NamedTuple):
+    """Write ``data`` to server connection ``sid``."""
+
+    sid: int
+    data: bytes
+
+
+class OpenServer(NamedTuple):
+    """Open a TCP connection to ``host:port`` and report it as server ``sid``.
+
+    Answer with ``engine.server_connected(sid, now)`` or
+    ``engine.server_failed(sid, error, now)``.
+    """
+
+    sid: int
+    host: str
+    port: int
+
+
+class CloseClient(NamedTuple):
+    """Close client ``cid`` after writing what was already asked for.
+
+    The frontend does not call ``client_closed`` for a close the engine asked for.
+    """
+
+    cid: int
+
+
+class CloseServer(NamedTuple):
+    """Close server connection ``sid`` (after pending writes); no ``server_closed``."""
+
+    sid: int
+
+
+class Wakeup(NamedTuple):
+    """Call ``engine.tick(now)`` at monotonic time ``at`` (replaces any earlier timer)."""
+
+    at: float
+
+
+class Log(NamedTuple):
+    """A line for the operator; ``level`` is a :mod:`logging` level number."""
+
+    level: int
+    message: str
+
+
+class Exit(NamedTuple):
+    """The engine has finished shutting down: stop listening and exit with ``code``."""
+
+    code: int = 0
+
+
+Effect = SendClient | SendServer | OpenServer | CloseClient | CloseServer | Wakeup | Log | Exit

@@ -1,0 +1,273 @@
+"""The engine's bookkeeping: clients, server connections, pools.
+
+Plain slotted classes with no behaviour beyond small helpers; the decisions live in
+:mod:`._engine` and :mod:`._relay`. Keeping them here lets the simulation tests and the
+admin console read the same objects the engine acts on.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from typing import TYPE_CHECKING
+
+from pgsansio.protocol import CLIENT, SERVER, Connection, Event
+
+if TYPE_CHECKING:
+    from pgsansio.config_model import PoolConfig, ServerAddress, UserConfig
+    from pgsansio.protocol import ScramServer
+
+__all__ = [
+    "Client",
+    "Entry",
+    "Pool",
+    "PoolGroup",
+    "Prepared",
+    "ServerConn",
+]
+
+# --- client states ---------------------------------------------------------------------
+C_STARTUP = 0  # waiting for the startup packet (SSL/GSS requests answered 'N')
+C_AUTH = 1  # we asked for a password / SASL exchange
+C_FETCH = 2  # waiting for auth_query to return the user's secret
+C_WELCOME = 3  # authenticated; waiting for the pool's first server login
+C_READY = 4  # logged in
+C_CLOSED = 5
+
+# --- server states ---------------------------------------------------------------------
+S_CONNECTING = 0  # OpenServer sent
+S_LOGIN = 1  # TCP up, StartupMessage sent, authenticating
+S_IDLE = 2  # in the pool's idle list
+S_ACTIVE = 3  # linked to a client
+S_INTERNAL = 4  # running our own queries (reset, rollback) with no client
+S_CLOSED = 5
+
+# --- what a server connection is for ---------------------------------------------------
+P_POOL = 0
+P_CANCEL = 1
+P_AUTH_QUERY = 2
+
+# --- response-queue entry kinds: which server message ends the request's answer ---------
+K_PARSE = 0  # ParseComplete
+K_BIND = 1  # BindComplete
+K_CLOSE = 2  # CloseComplete
+K_DESCRIBE = 3  # RowDescription or NoData (after ParameterDescription for a statement)
+K_EXECUTE = 4  # CommandComplete, EmptyQueryResponse or PortalSuspended
+K_SYNC = 5  # ReadyForQuery
+K_QUERY = 6  # ReadyForQuery (simple Query, FunctionCall)
+
+EXTENDED = frozenset({K_PARSE, K_BIND, K_CLOSE, K_DESCRIBE, K_EXECUTE})
+
+# --- entry modes -----------------------------------------------------------------------
+FWD = 0  # the client's request: forward the answer
+SKIP = 1  # our own request: swallow the answer
+FAKE = 2  # answered by us: emit ``Entry.fake`` when its turn comes
+
+
+class Entry:
+    """One request sent to a server (or answered by us) whose answer is still due.
+
+    PostgreSQL answers requests strictly in order, so a FIFO of these tells, for every
+    message coming back, whose answer it is: the client's (forward), ours (swallow,
+    e.g. the re-Parse of a shared prepared statement or a parameter-sync ``SET``), or
+    a gap where we must insert an answer ourselves (a client's Close of a statement
+    that stays prepared on the server).
+    """
+
+    __slots__ = ("error", "fake", "kind", "mode", "name", "tag", "value")
+
+    def __init__(
+        self,
+        kind: int,
+        mode: int = FWD,
+        *,
+        name: str | None = None,
+        fake: Event | None = None,
+        tag: str = "",
+        value: str | None = None,
+    ) -> None:
+        self.kind = kind
+        self.mode = mode
+        self.name = name  # the shared statement name a Parse/Close carries
+        self.fake = fake
+        self.tag = tag  # what an internal query was for, for logs and callbacks
+        self.value = value  # a tracked SET's value (SQL), committed when it succeeds
+        self.error: Event | None = None
+
+
+class Prepared:
+    """A statement shared by every client that prepared the same text and types."""
+
+    __slots__ = ("key", "name", "parse", "refs")
+
+    def __init__(self, key: tuple[str, tuple[int, ...]], name: str, parse: Event) -> None:
+        self.key = key
+        self.name = name  # e.g. PGSANSIO_12
+        self.parse = parse  # the Parse to send, already carrying ``name``
+        self.refs = 0
+
+
+class Client:
+    __slots__ = (
+        "admin",
+        "auth",
+        "cancel_key",
+        "cid",
+        "conn",
+        "database",
+        "group",
+        "idle_since",
+        "login_deadline",
+        "params",
+        "peer",
+        "pending",
+        "pending_set",
+        "pool",
+        "prepared",
+        "server",
+        "set_failed",
+        "settings",
+        "state",
+        "unnamed_pending",
+        "user",
+        "username",
+        "wait_gen",
+        "waiting_since",
+    )
+
+    def __init__(self, cid: int, peer: str, now: float) -> None:
+        self.cid = cid
+        self.peer = peer
+        self.conn = Connection(SERVER)
+        self.state = C_STARTUP
+        self.username = ""
+        self.database = ""
+        self.user: UserConfig | None = None
+        self.group: PoolGroup | None = None
+        self.pool: Pool | None = None  # the address pool it waits on or holds a server of
+        self.admin = False
+        self.auth: tuple[str, bytes | ScramServer | None] | None = None
+        self.cancel_key: tuple[int, bytes] = (0, b"")
+        # Reported parameters as the client should see them (startup + ParameterStatus).
+        self.params: dict[str, str] = {}
+        # Other settings from the startup packet or a plain session SET: re-applied.
+        self.settings: dict[str, str] = {}
+        self.pending_set: tuple[str, str | None] | None = None
+        self.set_failed = False
+        self.server: ServerConn | None = None
+        # Data that arrived while no server was linked: (bytes, events) in order.
+        self.pending: list[tuple[bytes, list[Event], list[int]]] = []
+        self.prepared: dict[str, Prepared] = {}
+        self.unnamed_pending = False
+        self.waiting_since: float | None = None
+        self.wait_gen = 0
+        self.idle_since = now
+        self.login_deadline = now
+
+
+class ServerConn:
+    __slots__ = (
+        "address",
+        "applied",
+        "backend_key",
+        "client",
+        "close_needed",
+        "conn",
+        "created",
+        "dirty",
+        "group",
+        "last_used",
+        "link_gen",
+        "login",
+        "params",
+        "pool",
+        "prepared",
+        "purpose",
+        "query_gen",
+        "queue",
+        "sid",
+        "state",
+        "syncing",
+    )
+
+    def __init__(
+        self,
+        sid: int,
+        pool: Pool | None,
+        address: ServerAddress,
+        now: float,
+        purpose: int = P_POOL,
+    ) -> None:
+        self.sid = sid
+        self.pool = pool
+        self.group = pool.group if pool is not None else None
+        self.address = address
+        self.purpose = purpose
+        self.conn = Connection(CLIENT)
+        self.state = S_CONNECTING
+        self.client: Client | None = None
+        self.created = now
+        self.last_used = now
+        self.params: dict[str, str] = {}
+        self.applied: dict[str, str] = {}  # non-reported settings we SET on it
+        self.backend_key: tuple[int, bytes] | None = None
+        self.prepared: OrderedDict[str, None] = OrderedDict()
+        self.queue: deque[Entry] = deque()
+        self.dirty = False  # a session-level SET/PREPARE we could not track: reset it
+        self.close_needed = False
+        self.link_gen = 0
+        self.query_gen = 0
+        self.login: object = None  # the login exchange in progress (ScramClient...)
+        self.syncing = False  # our SET is running; the client's data waits for it
+
+
+class Pool:
+    """The server connections of one (pool, user, shard, address), as PgCat keys them."""
+
+    __slots__ = ("address", "group", "idle", "opening", "servers", "shard", "waiters")
+
+    def __init__(self, group: PoolGroup, shard: int, address: ServerAddress) -> None:
+        self.group = group
+        self.shard = shard
+        self.address = address
+        self.servers: set[ServerConn] = set()
+        self.idle: deque[ServerConn] = deque()
+        self.waiters: deque[Client] = deque()
+        self.opening = 0
+
+    @property
+    def busy(self) -> int:
+        return len(self.servers) - len(self.idle)
+
+
+class PoolGroup:
+    """Everything of one (pool name, user): its address pools and what they share."""
+
+    __slots__ = (
+        "auth_secret",
+        "cfg",
+        "login_waiters",
+        "name",
+        "pools",
+        "removed",
+        "scram_keys",
+        "server_params",
+        "user",
+    )
+
+    def __init__(self, cfg: PoolConfig, user: UserConfig) -> None:
+        self.name = cfg.name
+        self.cfg = cfg
+        self.user = user
+        self.removed = False
+        self.pools: list[list[Pool]] = [
+            [Pool(self, shard.index, address) for address in shard.servers] for shard in cfg.shards
+        ]
+        # ParameterStatus of the first server login, shown to clients as they log in.
+        self.server_params: dict[str, str] | None = None
+        self.login_waiters: list[Client] = []
+        # auth_query pass-through: the secret fetched, and SCRAM keys a client proved.
+        self.auth_secret: str | None = None
+        self.scram_keys: tuple[bytes, bytes] | None = None
+
+    def all_pools(self) -> list[Pool]:
+        return [pool for shard in self.pools for pool in shard]

@@ -1,0 +1,450 @@
+"""Moving a linked client's requests to its server and the answers back.
+
+The hot path. A client's bytes go to the server unchanged unless a named prepared
+statement must be renamed (transaction mode shares statements between clients under
+``PGSANSIO_<n>`` names); a server's bytes go to the client unchanged unless we must
+swallow an answer to our own request or insert one of ours.
+
+Every request whose answer is still due is an :class:`Entry` in ``ServerConn.queue``,
+in the order sent; PostgreSQL answers in that order, so each answer is matched to its
+request by looking at the queue's head:
+
+- Parse/Bind/Close/Describe/Execute end with one known message each; Sync, Query and
+  FunctionCall with ReadyForQuery;
+- an ErrorResponse to an extended-protocol message makes the server skip everything up
+  to the next Sync, so those entries are dropped unanswered (an injected Parse that
+  never ran is forgotten, an eviction Close that never ran is remembered again);
+- ``FAKE`` entries (answers we give ourselves) are emitted as soon as everything ahead
+  of them has been answered, so they land exactly where the server's would have.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from pgsansio.protocol import (
+    Bind,
+    BindComplete,
+    Close,
+    CloseComplete,
+    CommandComplete,
+    CopyBothResponse,
+    CopyInResponse,
+    Describe,
+    EmptyQueryResponse,
+    ErrorResponse,
+    Event,
+    Execute,
+    FunctionCall,
+    NoData,
+    ParameterStatus,
+    Parse,
+    ParseComplete,
+    PortalSuspended,
+    Query,
+    ReadyForQuery,
+    RowDescription,
+    Span,
+    Sync,
+    Terminate,
+)
+
+from ._effects import SendClient, SendServer
+from ._objects import (
+    EXTENDED,
+    FAKE,
+    FWD,
+    K_BIND,
+    K_CLOSE,
+    K_DESCRIBE,
+    K_EXECUTE,
+    K_PARSE,
+    K_QUERY,
+    K_SYNC,
+    SKIP,
+    Client,
+    Entry,
+    Prepared,
+    ServerConn,
+)
+from ._params import TRACKED, parse_simple_set
+
+if TYPE_CHECKING:
+    from ._effects import Effect
+
+__all__ = ["ClientFatal", "Relay"]
+
+_TERMINAL: dict[int, tuple[type[Event], ...]] = {
+    K_PARSE: (ParseComplete,),
+    K_BIND: (BindComplete,),
+    K_CLOSE: (CloseComplete,),
+    K_DESCRIBE: (RowDescription, NoData),
+    K_EXECUTE: (CommandComplete, EmptyQueryResponse, PortalSuspended),
+    K_SYNC: (),
+    K_QUERY: (),
+}
+_CLEARS_PREPARED = re.compile(r"^\s*(DEALLOCATE\s+(PREPARE\s+)?ALL|DISCARD\s+ALL)\s*;?\s*$", re.I)
+_INTERNAL_NAME = re.compile(r"PGSANSIO_\d+")
+STATEMENT_PREFIX = "PGSANSIO_"
+_TRACKED_LOWER = frozenset(name.lower() for name in TRACKED)
+
+
+class ClientFatal(Exception):
+    """A client did something we must end its session for (with this error)."""
+
+    def __init__(self, sqlstate: str, message: str) -> None:
+        super().__init__(message)
+        self.error = ErrorResponse.build(sqlstate, message, "FATAL")
+
+
+def _splice_statement(raw: bytes, name: str) -> bytes:
+    """A Bind with another statement name; the parameters are copied, not decoded."""
+    body = raw[5:]
+    end_portal = body.index(0)
+    end_statement = body.index(0, end_portal + 1)
+    new = body[: end_portal + 1] + name.encode() + b"\0" + body[end_statement + 1 :]
+    return b"B" + (len(new) + 4).to_bytes(4, "big") + new
+
+
+def _message_end(data: bytes, offset: int) -> int:
+    return offset + 1 + int.from_bytes(data[offset + 1 : offset + 5], "big")
+
+
+class Relay:
+    """Mixed into the Engine; see the module docstring."""
+
+    _out: list[Effect]
+    _statements: dict[tuple[str, tuple[int, ...]], Prepared]
+    _statement_counter: int
+
+    # Provided by the Engine.
+    def _internal_done(self, s: ServerConn, entry: Entry) -> None:
+        raise NotImplementedError
+
+    def _release_if_done(self, s: ServerConn) -> None:
+        raise NotImplementedError
+
+    def _drop_client(self, c: Client, error: ErrorResponse | None = None) -> None:
+        raise NotImplementedError
+
+    def _cache_size(self, c: Client) -> int:
+        raise NotImplementedError
+
+    # --- client -> server ------------------------------------------------------------
+
+    def _to_server(self, c: Client, s: ServerConn, span: Span) -> None:
+        """Forward one span of client messages, renaming prepared statements."""
+        q = s.queue
+        data = span.data
+        events = span.events
+        offsets = span.offsets
+        rewrite = self._cache_size(c) > 0
+        out: list[bytes] | None = None
+        sent: list[Event] = []
+        copied = 0
+        for i, e in enumerate(events):
+            t = type(e)
+            new: list[Event | bytes] | None = None
+            if t is Sync:
+                q.append(Entry(K_SYNC))
+            elif t is Execute:
+                q.append(Entry(K_EXECUTE))
+            elif t is Query:
+                assert isinstance(e, Query)
+                q.append(self._query_entry(c, s, e.sql))
+                c.unnamed_pending = False
+            elif t is Bind:
+                assert isinstance(e, Bind)
+                if e.statement and rewrite:
+                    p = self._lookup(c, e.statement)
+                    new = self._ensure(s, p)
+                    new.append(
+                        _splice_statement(data[offsets[i] : _end(data, offsets, i)], p.name)
+                    )
+                elif not e.statement:
+                    c.unnamed_pending = False
+                q.append(Entry(K_BIND))
+            elif t is Parse:
+                assert isinstance(e, Parse)
+                if e.name and rewrite:
+                    new = self._client_parse(c, s, e)
+                else:
+                    if not e.name:
+                        c.unnamed_pending = True
+                    q.append(Entry(K_PARSE))
+            elif t is Describe:
+                assert isinstance(e, Describe)
+                if e.kind == "S" and e.name and rewrite:
+                    p = self._lookup(c, e.name)
+                    new = self._ensure(s, p)
+                    new.append(Describe("S", p.name))
+                q.append(Entry(K_DESCRIBE))
+            elif t is Close:
+                assert isinstance(e, Close)
+                if e.kind == "S" and e.name and rewrite:
+                    p_old = c.prepared.pop(e.name, None)
+                    if p_old is not None:
+                        self._unref(p_old)
+                    self._fake(c, s, K_CLOSE, CloseComplete())
+                    new = []
+                else:
+                    q.append(Entry(K_CLOSE))
+            elif t is FunctionCall:
+                q.append(Entry(K_QUERY))
+            elif t is Terminate:
+                new = []  # the client is leaving; the server stays ours to reuse
+            if new is not None:
+                if out is None:
+                    out = []
+                    sent = list(events[:i])
+                out.append(data[copied : offsets[i]])
+                for item in new:
+                    if isinstance(item, Event):
+                        out.append(bytes(item))
+                        sent.append(item)
+                    else:
+                        out.append(item)
+                        sent.append(e)
+                copied = _message_end(data, offsets[i])
+            elif out is not None:
+                sent.append(e)
+        if out is None:
+            s.conn.send_span(span)
+            payload = data
+        else:
+            out.append(data[copied:])
+            payload = b"".join(out)
+            s.conn.send_span(Span(payload, sent, []))
+        if payload:
+            self._out.append(SendServer(s.sid, payload))
+
+    def _query_entry(self, c: Client, s: ServerConn, sql: str) -> Entry:
+        if _CLEARS_PREPARED.match(sql):
+            for p in c.prepared.values():
+                self._unref(p)
+            c.prepared.clear()
+        if s.conn.transaction_status == "I" and ("SET" in sql[:16].upper()):
+            parsed = parse_simple_set(sql)
+            if parsed is not None:
+                return Entry(K_QUERY, tag="set", name=parsed[0], value=parsed[1])
+        return Entry(K_QUERY)
+
+    def _lookup(self, c: Client, name: str) -> Prepared:
+        p = c.prepared.get(name)
+        if p is None:
+            raise ClientFatal("26000", f'prepared statement "{name}" does not exist')
+        return p
+
+    def _client_parse(self, c: Client, s: ServerConn, e: Parse) -> list[Event | bytes]:
+        key = (e.query, e.param_types)
+        old = c.prepared.get(e.name)
+        if old is not None:
+            if old.key != key:
+                raise ClientFatal("42P05", f'prepared statement "{e.name}" already exists')
+            self._fake(c, s, K_PARSE, ParseComplete())
+            return []
+        p = self._statements.get(key)
+        if p is None:
+            self._statement_counter += 1
+            name = f"{STATEMENT_PREFIX}{self._statement_counter}"
+            p = Prepared(key, name, Parse(name, e.query, e.param_types))
+            self._statements[key] = p
+        p.refs += 1
+        c.prepared[e.name] = p
+        if p.name in s.prepared:
+            s.prepared.move_to_end(p.name)
+            self._fake(c, s, K_PARSE, ParseComplete())
+            return []
+        new = self._register(c, s, p)
+        s.queue.append(Entry(K_PARSE, FWD, name=p.name))
+        new.append(p.parse)
+        return new
+
+    def _ensure(self, s: ServerConn, p: Prepared) -> list[Event | bytes]:
+        """Messages to send first so that ``p`` exists on ``s`` (a silent re-Parse)."""
+        if p.name in s.prepared:
+            s.prepared.move_to_end(p.name)
+            return []
+        assert s.client is not None
+        new = self._register(s.client, s, p)
+        s.queue.append(Entry(K_PARSE, SKIP, name=p.name))
+        new.append(p.parse)
+        return new
+
+    def _register(self, c: Client, s: ServerConn, p: Prepared) -> list[Event | bytes]:
+        """Note ``p`` as prepared on ``s``, evicting the least recently used one."""
+        s.prepared[p.name] = None
+        new: list[Event | bytes] = []
+        limit = self._cache_size(c)
+        while len(s.prepared) > limit:
+            victim, _ = s.prepared.popitem(last=False)
+            s.queue.append(Entry(K_CLOSE, SKIP, name=victim))
+            new.append(Close("S", victim))
+        return new
+
+    def _unref(self, p: Prepared) -> None:
+        p.refs -= 1
+        if p.refs <= 0 and self._statements.get(p.key) is p:
+            # Servers keep it until their LRU evicts it; a new client preparing the
+            # same text gets a new name, which is harmless.
+            del self._statements[p.key]
+
+    def _fake(self, c: Client, s: ServerConn, kind: int, event: Event) -> None:
+        if s.queue:
+            s.queue.append(Entry(kind, FAKE, fake=event))
+        else:
+            self._out.append(SendClient(c.cid, c.conn.send(event)))
+
+    # --- server -> client ------------------------------------------------------------
+
+    def _to_client(self, s: ServerConn, span: Span) -> None:
+        """Forward one span of server messages to the linked client, if any."""
+        c = s.client
+        q = s.queue
+        data = span.data
+        events = span.events
+        offsets = span.offsets
+        out: list[bytes] | None = None
+        sent: list[Event] = []
+        copied = 0
+        done: list[Entry] = []
+        for i, e in enumerate(events):
+            t = type(e)
+            entry = q[0] if q else None
+            drop = c is None or (entry is not None and entry.mode == SKIP)
+            replacement: Event | None = None
+            if entry is not None and t in _TERMINAL[entry.kind]:
+                q.popleft()
+                if t is CommandComplete:
+                    self._command_tag(s, e, entry)
+            elif t is ReadyForQuery:
+                while q:
+                    x = q.popleft()
+                    if x.kind >= K_SYNC:
+                        done.append(x)
+                        drop = c is None or x.mode == SKIP
+                        if x.tag == "set" and c is not None and x.error is None:
+                            self._commit_set(c, s, x)
+                        break
+                    self._unanswered(s, x)
+            elif t is ErrorResponse:
+                assert isinstance(e, ErrorResponse)
+                if entry is not None:
+                    if entry.kind in EXTENDED:
+                        q.popleft()
+                        self._unanswered(s, entry, failed=True)
+                        while q and q[0].kind != K_SYNC:
+                            self._unanswered(s, q.popleft())
+                    else:
+                        entry.error = e
+                if not drop and c is not None and c.prepared:
+                    replacement = self._client_names(c, e)
+            elif t is ParameterStatus:
+                assert isinstance(e, ParameterStatus)
+                s.params[e.name] = e.value
+                if not drop and c is not None:
+                    c.params[e.name] = e.value
+            elif t is CommandComplete:
+                self._command_tag(s, e, entry)
+            elif (t is CopyInResponse or t is CopyBothResponse) and (
+                entry is not None and entry.kind == K_EXECUTE
+            ):
+                # "the backend will ignore Flush and Sync messages received during
+                # copy-in mode": libpq's Sync sent before the data is eaten.
+                for x in [x for x in q if x.kind == K_SYNC]:
+                    q.remove(x)
+            fakes: list[Event] = []
+            while q and q[0].mode == FAKE:
+                fake = q.popleft().fake
+                assert fake is not None
+                fakes.append(fake)
+            if drop or fakes or replacement is not None:
+                if out is None:
+                    out = []
+                    sent = list(events[:i])
+                out.append(data[copied : offsets[i]])
+                end = _message_end(data, offsets[i])
+                if not drop:
+                    if replacement is not None:
+                        out.append(bytes(replacement))
+                        sent.append(replacement)
+                    else:
+                        out.append(data[offsets[i] : end])
+                        sent.append(e)
+                for fake in fakes:
+                    if c is not None:
+                        out.append(bytes(fake))
+                        sent.append(fake)
+                copied = end
+            elif out is not None:
+                sent.append(e)
+        if c is not None:
+            if out is None:
+                c.conn.send_span(span)
+                payload = data
+            else:
+                out.append(data[copied:])
+                payload = b"".join(out)
+                c.conn.send_span(Span(payload, sent, []))
+            if payload:
+                self._out.append(SendClient(c.cid, payload))
+        for entry in done:
+            if entry.mode == SKIP:
+                self._internal_done(s, entry)
+        if s.client is not None:
+            self._release_if_done(s)
+
+    def _unanswered(self, s: ServerConn, x: Entry, *, failed: bool = False) -> None:
+        """A request skipped after an error (or the failed one itself)."""
+        if x.kind == K_PARSE and x.name is not None and x.mode != FAKE:
+            s.prepared.pop(x.name, None)
+        elif x.kind == K_CLOSE and x.name is not None and x.mode == SKIP and not failed:
+            # The eviction never ran: the statement is still there, least recent.
+            s.prepared[x.name] = None
+            s.prepared.move_to_end(x.name, last=False)
+
+    def _command_tag(self, s: ServerConn, e: Event, entry: Entry | None) -> None:
+        """Note session state a statement left on the server (see _params)."""
+        assert isinstance(e, CommandComplete)
+        tag = e.tag
+        ours = entry is not None and entry.mode == SKIP
+        if tag in {"SET", "RESET"}:
+            if not ours and (entry is None or entry.tag != "set"):
+                s.dirty = True
+        elif tag == "DISCARD ALL":
+            s.prepared.clear()
+            s.applied.clear()
+            s.dirty = False
+        elif tag == "DEALLOCATE ALL":
+            s.prepared.clear()
+        elif (tag in {"PREPARE", "LISTEN"}) and not ours:
+            s.dirty = True
+
+    def _commit_set(self, c: Client, s: ServerConn, x: Entry) -> None:
+        assert x.name is not None
+        if x.name in _TRACKED_LOWER:
+            return  # reported: its ParameterStatus already updated both sides
+        if x.value is None:
+            c.settings.pop(x.name, None)
+            s.applied.pop(x.name, None)
+        else:
+            c.settings[x.name] = x.value
+            s.applied[x.name] = x.value
+
+    def _client_names(self, c: Client, e: ErrorResponse) -> ErrorResponse | None:
+        """The error with our shared statement names replaced by the client's own."""
+        if not any(_INTERNAL_NAME.search(v) for k, v in e.fields if k in "MDH"):
+            return None
+        names = {p.name: name for name, p in c.prepared.items()}
+
+        def fix(m: re.Match[str]) -> str:
+            return names.get(m.group(0), m.group(0))
+
+        return ErrorResponse(
+            [(k, _INTERNAL_NAME.sub(fix, v) if k in "MDH" else v) for k, v in e.fields]
+        )
+
+
+def _end(data: bytes, offsets: list[int], i: int) -> int:
+    return _message_end(data, offsets[i])
