@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint types unit coverage corpus fuzz bench-core clean
+.PHONY: test lint types unit coverage corpus fuzz bench-core clean demo
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ fuzz: $(STAMP)
 ## make bench-core: pytest-benchmark figures for the protocol core
 bench-core: $(STAMP)
 	$(PY) -m pytest -q bench/ --benchmark-enable --benchmark-only --benchmark-columns=min,mean,ops
+
+## make demo: the pooler on 127.0.0.1:6432 in front of a throwaway primary and replica
+demo: $(STAMP)
+	$(PY) -m pgsansio demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov

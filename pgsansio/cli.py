@@ -217,8 +217,183 @@ def _register_record(app: "typer.Typer") -> None:
             raise typer.Exit(code)
 
 
-COMMANDS: list[Callable[["typer.Typer"], None]] = [_register_record]
+EX_CONFIG = 78
+"""Exit code for a configuration that does not load (``sysexits.h``; PgCat uses it too)."""
+
+
+def _frontend_options() -> tuple[object, object, object]:
+    """The --frontend, --log-level and --log-format options ``run`` and ``demo`` share."""
+    import typer  # noqa: PLC0415 - optional dependency, see the module docstring
+
+    from pgsansio.frontends import FRONTENDS  # noqa: PLC0415
+    from pgsansio.logconfig import LOG_FORMATS, LOG_LEVELS  # noqa: PLC0415
+
+    def choice(option: str, choices: tuple[str, ...], help: str) -> object:
+        # A str checked by a callback rather than an Enum or Literal: it works on every
+        # typer version the cli extra allows, and the command receives plain strings.
+        def check(value: str) -> str:
+            if value not in choices:
+                raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}")
+            return value
+
+        return typer.Option(option, metavar="|".join(choices), callback=check, help=help)
+
+    return (
+        choice(
+            "--frontend",
+            FRONTENDS,
+            "Runtime: uvloop, asyncio, or auto (uvloop when it is installed, else asyncio).",
+        ),
+        choice("--log-level", LOG_LEVELS, "Least severe level logged."),
+        choice(
+            "--log-format",
+            LOG_FORMATS,
+            "text: one readable line per record; json: one JSON object per line.",
+        ),
+    )
+
+
+def _register_run(app: "typer.Typer") -> None:
+    import typer  # noqa: PLC0415 - optional dependency, see the module docstring
+
+    frontend_opt, log_level_opt, log_format_opt = _frontend_options()
+
+    @app.command(
+        "run",
+        help=(
+            "Run the connection pooler.\n\n"
+            "CONFIG is a PgCat pgcat.toml (default: $CONFIG_FILE, else ./pgcat.toml). "
+            "SIGHUP re-reads it without dropping clients (a file that does not load is "
+            "logged and the running configuration stays); SIGINT or SIGTERM shut down "
+            "gracefully, and a second one exits at once.\n\n"
+            "Exit codes: 0 after a clean shutdown, 78 when the configuration does not "
+            "load, 1 when the pooler cannot start (address in use, runtime missing)."
+        ),
+    )
+    def run_command(
+        config: Annotated[
+            str,
+            typer.Argument(
+                envvar="CONFIG_FILE",
+                metavar="CONFIG",
+                show_default=False,
+                help="Path of pgcat.toml (default: $CONFIG_FILE, else pgcat.toml).",
+            ),
+        ] = "pgcat.toml",
+        frontend: Annotated[str, frontend_opt] = "auto",
+        log_level: Annotated[str, log_level_opt] = "info",
+        log_format: Annotated[str, log_format_opt] = "text",
+    ) -> None:
+        from pgsansio.config import ConfigError, load_config  # noqa: PLC0415
+        from pgsansio.frontends import FrontendError, run  # noqa: PLC0415
+        from pgsansio.logconfig import configure_logging  # noqa: PLC0415
+
+        configure_logging(log_level, log_format)
+        try:
+            loaded = load_config(config)
+        except ConfigError as e:
+            typer.echo(str(e), err=True)
+            raise typer.Exit(EX_CONFIG) from None
+        for warning in loaded.warnings:
+            logging.getLogger("pgsansio.config").warning("%s", warning)
+        try:
+            code = run(frontend, loaded, config_path=config)
+        except FrontendError as e:
+            typer.echo(f"pgsansio: {e}", err=True)
+            raise typer.Exit(1) from None
+        if code:
+            raise typer.Exit(code)
+
+
+def _register_demo(app: "typer.Typer") -> None:
+    import typer  # noqa: PLC0415 - optional dependency, see the module docstring
+
+    frontend_opt, log_level_opt, log_format_opt = _frontend_options()
+
+    @app.command(
+        "demo",
+        help=(
+            "Try the pooler on a throwaway PostgreSQL primary and streaming replica.\n\n"
+            "Starts both from this machine's PostgreSQL binaries in a temporary "
+            "directory, writes a pgcat.toml for them, runs the pooler in the foreground "
+            "and prints the psql command to connect. Ctrl-C stops everything and "
+            "deletes the temporary data."
+        ),
+    )
+    def demo_command(
+        port: Annotated[
+            int, typer.Option("--port", min=0, max=65535, help="Port the pooler listens on.")
+        ] = 6432,
+        frontend: Annotated[str, frontend_opt] = "auto",
+        log_level: Annotated[str, log_level_opt] = "info",
+        log_format: Annotated[str, log_format_opt] = "text",
+    ) -> None:
+        from pgsansio.demo import DemoError, run_demo  # noqa: PLC0415
+        from pgsansio.frontends import FrontendError  # noqa: PLC0415
+        from pgsansio.logconfig import configure_logging  # noqa: PLC0415
+
+        configure_logging(log_level, log_format)
+        try:
+            code = run_demo(port=port, frontend=frontend)
+        except (DemoError, FrontendError) as e:
+            typer.echo(f"pgsansio demo: {e}", err=True)
+            raise typer.Exit(1) from None
+        if code:
+            raise typer.Exit(code)
+
+
+def _register_check(app: "typer.Typer") -> None:
+    import typer  # noqa: PLC0415 - optional dependency, see the module docstring
+
+    @app.command(
+        "check",
+        help=(
+            "Check a pgcat.toml without starting the pooler.\n\n"
+            "CONFIG defaults to $CONFIG_FILE, else ./pgcat.toml, as in PgCat. The file is "
+            "validated as the pooler would at start. If it is valid, the effective "
+            "configuration goes to stdout, with every default and inherited value written "
+            "out and passwords masked, and warnings (unknown keys, settings pgsansio "
+            "ignores) go to stderr; the exit code is 0. If it is not, what is wrong and "
+            "where goes to stderr and the exit code is 78 (EX_CONFIG), as in PgCat."
+        ),
+    )
+    def check_command(
+        config: Annotated[
+            str,
+            typer.Argument(
+                envvar="CONFIG_FILE",
+                metavar="CONFIG",
+                show_default=False,
+                help="Path of pgcat.toml (default: $CONFIG_FILE, else pgcat.toml).",
+            ),
+        ] = "pgcat.toml",
+    ) -> None:
+        from pgsansio.config import (  # noqa: PLC0415 - keeps `pgsansio --help` fast
+            ConfigError,
+            effective_config_toml,
+            load_config,
+        )
+
+        try:
+            loaded = load_config(config)
+        except ConfigError as e:
+            typer.echo(str(e), err=True)
+            raise typer.Exit(78) from None  # EX_CONFIG, PgCat's exit code for a bad file
+        for warning in loaded.warnings:
+            typer.echo(f"warning: {warning}", err=True)
+        typer.echo(effective_config_toml(loaded), nl=False)
+        users = sum(len(p.users) for p in loaded.pools.values())
+        shards = sum(len(p.shards) for p in loaded.pools.values())
+        typer.echo(
+            f"{config}: OK ({len(loaded.pools)} pool(s), {users} user(s), {shards} shard(s), "
+            f"{len(loaded.warnings)} warning(s))",
+            err=True,
+        )
+
+
+COMMANDS: list[Callable[["typer.Typer"], None]] = [_register_record, _register_run, _register_demo]
 """Functions that add their command(s) to the app, in ``--help`` order."""
+COMMANDS.append(_register_check)
 
 
 def build_app() -> "typer.Typer":

@@ -1,0 +1,924 @@
+"""Read ``pgcat.toml`` into the resolved :class:`~pgsansio.config_model.Config`.
+
+pgsansio is meant to be a drop-in replacement for PgCat, so a file PgCat accepts should
+load here with the same meaning, and a file PgCat rejects should be rejected here too,
+but with a message that says *where* and *why* (PgCat logs "BadConfig" and often not
+much more). Every :class:`ConfigError` names the file, the dotted key and the problem::
+
+    pgcat.toml: pools.sharded_db.users.0.pool_size: must be a positive integer, got "ten"
+
+Defaults are PgCat's **code** defaults (``src/config.rs``), not the ones in its
+CONFIG.md, which is wrong about ten-odd keys (``port`` is 5432, ``idle_timeout`` 600000,
+``server_lifetime`` 3600000, ``server_round_robin`` true, ...). Precedence is PgCat's:
+``connect_timeout``, ``idle_timeout`` and ``server_lifetime`` resolve user -> pool ->
+general, ``pool_mode`` user -> pool, and each ``auth_query*`` key pool -> general. The
+resolved values are stored, so the engine never has to look anything up twice.
+
+Unknown keys are not errors, because PgCat ignores them (it has no
+``deny_unknown_fields``, and its own example file relies on that); each one becomes a
+warning in :attr:`Config.warnings`, with a "did you mean" suggestion, since a misspelt
+key silently falling back to its default is the most common way to misconfigure PgCat.
+
+pgsansio extensions to the format (PgCat ignores them, so one file can serve both):
+
+* ``general.server_reset_query`` (default ``"DISCARD ALL"``): run on a server
+  connection before another client gets it in session mode; ``""`` turns it off.
+* ``general.max_client_conn`` (default 0 = unlimited): refuse clients beyond this many.
+* ``auth_type`` / ``admin_auth_type`` also accept ``"scram-sha-256"``.
+* ``pools.X.prepared_statements_cache_size`` defaults to 500 (on) rather than PgCat's
+  0 (off), as PgBouncer 1.24 and PgDog do; ``0`` turns it off.
+
+Where pgsansio deliberately differs from PgCat:
+
+* ``general.prometheus_exporter_port`` accepts 1-65535. PgCat stores it in a signed
+  16-bit integer and so rejects anything above 32767; such values load here with a
+  warning, so that a file shared with PgCat does not break it by surprise.
+* A server whose role is ``"mirror"`` is rejected. PgCat's role type accepts that
+  spelling because it is the role it gives the hosts listed under ``mirrors``; what a
+  ``"mirror"`` entry in ``servers`` does is undocumented (it is neither primary nor
+  replica to the router), so rather than guess, the message points at ``mirrors``.
+* Two labels with the same ``username`` in one pool are an error (PgCat silently keeps
+  one of them), as are two servers with the same host and port in one shard (PgCat only
+  catches the same host, port *and* role).
+* ``general.tls_certificate`` / ``tls_private_key`` are checked to be readable files
+  by :func:`load_config` (PgCat also parses them; the TLS layer does that here).
+* ``[plugins]`` and ``[pools.X.plugins]`` are accepted but not implemented yet, which
+  each produces a warning. As in PgCat, a pool's own plugins need its query parser.
+* A pool's ``connect_timeout``, ``idle_timeout`` and ``server_lifetime`` are stored
+  resolved (pool -> general), never ``None``, in what :func:`parse_config` returns.
+
+Nothing here reads the environment: ``CONFIG_FILE`` is the command line's business.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pgsansio.config_model import (
+    Config,
+    General,
+    PoolConfig,
+    ServerAddress,
+    ShardConfig,
+    UserConfig,
+)
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+__all__ = ["ConfigError", "effective_config_toml", "load_config", "parse_config"]
+
+_U32_MAX = 2**32 - 1
+_MASK = "********"
+_ADMIN_DATABASES = ("pgcat", "pgbouncer")
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used, and the one thing wrong with it.
+
+    ``key`` is the dotted TOML path of the offending value (``None`` when the file as a
+    whole is at fault); ``line`` is set for TOML syntax errors, which have no key yet.
+    """
+
+    def __init__(
+        self, path: str, key: str | None, problem: str, *, line: int | None = None
+    ) -> None:
+        self.path = path
+        self.key = key
+        self.problem = problem
+        self.line = line
+        super().__init__(path, key, problem)
+
+    def __str__(self) -> str:
+        if self.key is not None:
+            return f"{self.path}: {self.key}: {self.problem}"
+        if self.line is not None:
+            return f"{self.path}: line {self.line}: {self.problem}"
+        return f"{self.path}: {self.problem}"
+
+
+# --------------------------------------------------------------------------------------
+# Key specifications
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Key:
+    """How one scalar key is checked; the messages are built from these fields."""
+
+    kind: str  # "str" | "bool" | "uint" | "posint" | "port" | "enum"
+    unit: str = ""  # shown in messages, e.g. "milliseconds"
+    maximum: int | None = None
+    minimum_port: int = 1
+    choices: Mapping[str, str] | None = None  # accepted spelling -> canonical value
+    required: bool = False
+    hint: str = ""  # said when a required key is missing
+    secret: bool = False  # never echo the value back, not even a mistyped one
+
+
+_MS = "milliseconds"
+_S = "seconds"
+
+_POOL_MODES = {"transaction": "transaction", "Transaction": "transaction"}
+_POOL_MODES |= {"session": "session", "Session": "session"}
+_AUTH_TYPES = {"md5": "md5", "MD5": "md5", "trust": "trust", "Trust": "trust"}
+_AUTH_TYPES |= {"scram-sha-256": "scram-sha-256"}
+
+_GENERAL_KEYS: dict[str, _Key] = {
+    "host": _Key("str"),
+    "port": _Key("port", minimum_port=0),
+    "enable_prometheus_exporter": _Key("bool"),
+    "prometheus_exporter_port": _Key("port"),
+    "connect_timeout": _Key("uint", _MS),
+    "idle_timeout": _Key("uint", _MS),
+    "server_lifetime": _Key("uint", _MS),
+    "idle_client_in_transaction_timeout": _Key("uint", _MS),
+    "healthcheck_timeout": _Key("uint", _MS),
+    "healthcheck_delay": _Key("uint", _MS),
+    "shutdown_timeout": _Key("uint", _MS),
+    "ban_time": _Key("uint", _S),
+    "log_client_connections": _Key("bool"),
+    "log_client_disconnections": _Key("bool"),
+    "autoreload": _Key("posint", _MS),
+    "worker_threads": _Key("posint"),
+    "tcp_keepalives_idle": _Key("uint", _S),
+    "tcp_keepalives_count": _Key("uint", maximum=_U32_MAX),
+    "tcp_keepalives_interval": _Key("uint", _S),
+    "tcp_user_timeout": _Key("uint", _MS),
+    "tls_certificate": _Key("str"),
+    "tls_private_key": _Key("str"),
+    "server_tls": _Key("bool"),
+    "verify_server_certificate": _Key("bool"),
+    "admin_username": _Key(
+        "str", required=True, hint="the user name for the admin console (pgcat/pgbouncer)"
+    ),
+    "admin_password": _Key(
+        "str", required=True, hint="the password for the admin console", secret=True
+    ),
+    "admin_auth_type": _Key("enum", choices=_AUTH_TYPES),
+    "validate_config": _Key("bool"),
+    "server_round_robin": _Key("bool"),
+    "dns_cache_enabled": _Key("bool"),
+    "dns_max_ttl": _Key("uint", _S),
+    "auth_query": _Key("str"),
+    "auth_query_user": _Key("str"),
+    "auth_query_password": _Key("str", secret=True),
+    "server_reset_query": _Key("str"),
+    "max_client_conn": _Key("uint"),
+}
+
+_POOL_KEYS: dict[str, _Key] = {
+    "pool_mode": _Key("enum", choices=_POOL_MODES),
+    "load_balancing_mode": _Key(
+        "enum",
+        choices={
+            "random": "random",
+            "Random": "random",
+            "loc": "loc",
+            "LOC": "loc",
+            "least_outstanding_connections": "loc",
+        },
+    ),
+    "default_role": _Key(
+        "enum", choices={"any": "any", "primary": "primary", "replica": "replica"}
+    ),
+    "query_parser_enabled": _Key("bool"),
+    "query_parser_max_length": _Key("uint"),
+    "query_parser_read_write_splitting": _Key("bool"),
+    "primary_reads_enabled": _Key("bool"),
+    "connect_timeout": _Key("uint", _MS),
+    "idle_timeout": _Key("uint", _MS),
+    "server_lifetime": _Key("uint", _MS),
+    "checkout_failure_limit": _Key("uint"),
+    "sharding_function": _Key(
+        "enum", choices={"pg_bigint_hash": "pg_bigint_hash", "sha1": "sha1"}
+    ),
+    "automatic_sharding_key": _Key("str"),
+    "sharding_key_regex": _Key("str"),
+    "shard_id_regex": _Key("str"),
+    "regex_search_limit": _Key("uint"),
+    "default_shard": _Key("str"),
+    "auth_query": _Key("str"),
+    "auth_query_user": _Key("str"),
+    "auth_query_password": _Key("str", secret=True),
+    "cleanup_server_connections": _Key("bool"),
+    "log_client_parameter_status_changes": _Key("bool"),
+    "prepared_statements_cache_size": _Key("uint"),
+    "db_activity_based_routing": _Key("bool"),
+    "db_activity_init_delay": _Key("uint", _MS),
+    "db_activity_ttl": _Key("uint", _S),
+    "table_mutation_cache_ms_ttl": _Key("uint", _MS),
+}
+_POOL_TABLES = ("users", "shards", "plugins")
+
+_USER_KEYS: dict[str, _Key] = {
+    "username": _Key("str", required=True, hint="the user name clients log in with"),
+    "password": _Key("str", secret=True),
+    "auth_type": _Key("enum", choices=_AUTH_TYPES),
+    "server_username": _Key("str"),
+    "server_password": _Key("str", secret=True),
+    "pool_size": _Key(
+        "posint",
+        maximum=_U32_MAX,
+        required=True,
+        hint="the most server connections this user may open to each server",
+    ),
+    "min_pool_size": _Key("uint", maximum=_U32_MAX),
+    "pool_mode": _Key("enum", choices=_POOL_MODES),
+    "server_lifetime": _Key("uint", _MS),
+    "idle_timeout": _Key("uint", _MS),
+    "connect_timeout": _Key("uint", _MS),
+    "statement_timeout": _Key("uint", _MS),
+}
+
+_SHARD_KEYS: dict[str, _Key] = {
+    "database": _Key("str", required=True, hint="the database name on the servers"),
+}
+_SHARD_LISTS = ("servers", "mirrors")
+
+_TOP_KEYS: dict[str, _Key] = {"path": _Key("str")}
+_TOP_TABLES = ("general", "pools", "plugins")
+
+
+def _sections() -> dict[str, str]:
+    """Where each key belongs, to tell an operator who put one in the wrong section.
+
+    Later sections win, so a key valid in several places points at [general] or the pool.
+    """
+    where: dict[str, str] = {}
+    for place, keys in (
+        ("a user setting: put it in [pools.<name>.users.<n>]", _USER_KEYS),
+        ("a shard setting: put it in [pools.<name>.shards.<n>]", _SHARD_KEYS),
+        ("a pool setting: put it in [pools.<name>]", _POOL_KEYS),
+        ("a general setting: put it in [general]", _GENERAL_KEYS),
+    ):
+        where |= dict.fromkeys(keys, place)
+    return where
+
+
+_SECTION_OF = _sections()
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_DEFAULT_SHARD = re.compile(r"^shard_(\d+)$")
+_TOML_ERROR = re.compile(r"^(?P<msg>.*?)\s*\(at line (?P<line>\d+), column (?P<col>\d+)\)$")
+
+
+# --------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate the file at ``path``; raise :class:`ConfigError` if unusable.
+
+    Unlike :func:`parse_config` this also checks that the TLS certificate and key the
+    file names can be read, since a pooler that starts and then cannot serve TLS is
+    worse than one that refuses to start.
+    """
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise ConfigError(name, None, "cannot read the configuration: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(name, None, "is a directory, not a configuration file") from None
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise ConfigError(name, None, f"cannot read the configuration ({reason})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            name,
+            None,
+            f"not UTF-8 text (byte 0x{raw[e.start]:02x}); TOML files must be UTF-8",
+            line=line,
+        ) from None
+    return parse_config(text, name, check_files=True)
+
+
+def parse_config(text: str, path: str = "pgcat.toml", *, check_files: bool = False) -> Config:
+    """Parse ``pgcat.toml`` text; ``path`` is only used to label messages.
+
+    ``check_files`` also verifies that the TLS files named in ``[general]`` are
+    readable (relative paths are relative to the current directory, as in PgCat).
+    """
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise _syntax_error(path, str(e)) from None
+    ctx = _Context(path)
+    config = _read_config(ctx, data)
+    if check_files:
+        for key in ("tls_certificate", "tls_private_key"):
+            file = getattr(config.general, key)
+            if file is not None:
+                try:
+                    with open(file, "rb"):
+                        pass
+                except OSError as e:
+                    reason = e.strerror or str(e)
+                    raise ConfigError(
+                        path, f"general.{key}", f'cannot read "{file}" ({reason})'
+                    ) from None
+    return config
+
+
+def _syntax_error(path: str, message: str) -> ConfigError:
+    m = _TOML_ERROR.match(message)
+    if m is None:
+        return ConfigError(path, None, f"not valid TOML: {_lower_first(message)}")
+    problem = f"not valid TOML: {_lower_first(m['msg'])} (column {m['col']})"
+    return ConfigError(path, None, problem, line=int(m["line"]))
+
+
+def _lower_first(s: str) -> str:
+    return s[:1].lower() + s[1:]
+
+
+class _Context:
+    """The file name, for messages, and the warnings collected so far."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.warnings: list[str] = []
+
+    def error(self, key: str | None, problem: str) -> ConfigError:
+        return ConfigError(self.path, key, problem)
+
+    def warn(self, key: str, problem: str) -> None:
+        self.warnings.append(f"{self.path}: {key}: {problem}")
+
+
+def _join(prefix: str, key: str) -> str:
+    """Dotted path of ``key`` under ``prefix``, quoting keys the way TOML would."""
+    part = key if _BARE_KEY.match(key) else _toml_str(key)
+    return f"{prefix}.{part}" if prefix else part
+
+
+def _show(value: object) -> str:
+    """Render a value the way it looks in the file, for "got ..." in messages."""
+    if isinstance(value, str):
+        return _toml_str(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        try:
+            shown = _toml_value(value)
+        except TypeError:
+            return "an array"
+        return shown if len(shown) <= 60 else "an array"
+    return f"a date/time ({value})"
+
+
+def _kind_of(value: object) -> str:
+    """Describe a value without showing it, for keys that hold secrets."""
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return "a date/time"
+
+
+def _table(ctx: _Context, key: str, value: object, header: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ctx.error(key, f"must be a table ({header}), got {_show(value)}")
+    return value
+
+
+def _check(ctx: _Context, key: str, spec: _Key, value: object) -> object:
+    """Return ``value`` converted to its canonical form, or raise naming the problem."""
+    unit = f" ({spec.unit})" if spec.unit else ""
+    if spec.kind == "str":
+        if not isinstance(value, str):
+            got = _kind_of(value) if spec.secret else _show(value)
+            raise ctx.error(key, f"must be a string (in quotes), got {got}")
+        return value
+    if spec.kind == "bool":
+        if not isinstance(value, bool):
+            raise ctx.error(key, f"must be true or false, got {_show(value)}")
+        return value
+    if spec.kind == "enum":
+        assert spec.choices is not None
+        if not isinstance(value, str) or value not in spec.choices:
+            listed = ", ".join(_toml_str(k) for k in spec.choices if k.islower())
+            raise ctx.error(key, f"must be one of {listed}, got {_show(value)}")
+        return spec.choices[value]
+    if spec.kind == "port":
+        low = spec.minimum_port
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 65535:
+            extra = " (0 picks a free port)" if low == 0 else ""
+            raise ctx.error(
+                key, f"must be a port number from {low} to 65535{extra}, got {_show(value)}"
+            )
+        return value
+    positive = spec.kind == "posint"
+    wanted = f"a positive integer{unit}" if positive else f"an integer, 0 or more{unit}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ctx.error(key, f"must be {wanted}, got {_show(value)}")
+    if value < (1 if positive else 0):
+        raise ctx.error(key, f"must be {wanted}, got {_show(value)}")
+    if spec.maximum is not None and value > spec.maximum:
+        raise ctx.error(key, f"must be at most {spec.maximum}, got {_show(value)}")
+    return value
+
+
+def _read_keys(
+    ctx: _Context,
+    prefix: str,
+    data: Mapping[str, Any],
+    spec: Mapping[str, _Key],
+    tables: Iterable[str] = (),
+) -> dict[str, Any]:
+    """Check the scalar keys of one section; warn about the keys nobody knows.
+
+    Keys named in ``tables`` are left to the caller. Checking happens in file order, so
+    the error reported is the first one in the file.
+    """
+    tables = tuple(tables)
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in spec:
+            out[key] = _check(ctx, _join(prefix, key), spec[key], value)
+        elif key not in tables:
+            _warn_unknown(ctx, _join(prefix, key), key, [*spec, *tables])
+    for key, s in spec.items():
+        if s.required and key not in data:
+            hint = f" ({s.hint})" if s.hint else ""
+            raise ctx.error(_join(prefix, key), f"is required but missing{hint}")
+    return out
+
+
+def _warn_unknown(ctx: _Context, dotted: str, key: str, known: list[str]) -> None:
+    close = difflib.get_close_matches(key, known, n=1)
+    if key in _SECTION_OF:
+        ctx.warn(dotted, f"unknown key here, ignored ({key} is {_SECTION_OF[key]})")
+    elif close:
+        ctx.warn(dotted, f"unknown key, ignored (did you mean {close[0]}?)")
+    else:
+        ctx.warn(dotted, "unknown key, ignored")
+
+
+def _read_config(ctx: _Context, data: dict[str, Any]) -> Config:
+    _read_keys(ctx, "", data, _TOP_KEYS, _TOP_TABLES)  # `path` is replaced, as in PgCat
+    if "general" not in data:
+        raise ctx.error(
+            "general",
+            "the [general] section is missing; it needs at least admin_username and "
+            "admin_password",
+        )
+    general = _read_general(ctx, _table(ctx, "general", data["general"], "[general]"))
+    if "plugins" in data:
+        _table(ctx, "plugins", data["plugins"], "[plugins]")
+        ctx.warn("plugins", "pgsansio does not implement PgCat's plugins yet; ignored")
+    if "pools" not in data:
+        raise ctx.error(
+            "pools", "no pools are configured; add at least one [pools.<database>] section"
+        )
+    pools_data = _table(ctx, "pools", data["pools"], "[pools.<database>]")
+    if not pools_data:
+        raise ctx.error(
+            "pools", "no pools are configured; add at least one [pools.<database>] section"
+        )
+    pools: dict[str, PoolConfig] = {}
+    for name, pool_data in pools_data.items():
+        prefix = _join("pools", name)
+        pools[name] = _read_pool(
+            ctx, general, name, prefix, _table(ctx, prefix, pool_data, f"[{prefix}]")
+        )
+    return Config(general=general, pools=pools, path=ctx.path, warnings=tuple(ctx.warnings))
+
+
+def _read_general(ctx: _Context, data: dict[str, Any]) -> General:
+    values = _read_keys(ctx, "general", data, _GENERAL_KEYS)
+    cert, key = values.get("tls_certificate"), values.get("tls_private_key")
+    if cert is not None and key is None:
+        raise ctx.error(
+            "general.tls_private_key",
+            "is missing: tls_certificate is set, and client TLS needs the certificate's "
+            "private key too",
+        )
+    if key is not None and cert is None:
+        raise ctx.error(
+            "general.tls_certificate",
+            "is missing: tls_private_key is set, and client TLS needs the certificate too",
+        )
+    _check_auth_query(ctx, "general", values)
+    port = values.get("prometheus_exporter_port", 9930)
+    if port > 32767:
+        ctx.warn(
+            "general.prometheus_exporter_port",
+            f"{port} is above 32767, which PgCat itself rejects (it stores this port as a "
+            "signed 16-bit number); pgsansio accepts it",
+        )
+    return General(**values)
+
+
+def _check_auth_query(ctx: _Context, prefix: str, values: Mapping[str, Any]) -> None:
+    if values.get("auth_query") is None:
+        return
+    for key in ("auth_query_user", "auth_query_password"):
+        if values.get(key) is None:
+            raise ctx.error(
+                f"{prefix}.{key}",
+                "is missing: auth_query is set, and running it needs both auth_query_user "
+                "and auth_query_password (the server login used to look passwords up)",
+            )
+
+
+def _read_pool(
+    ctx: _Context, general: General, name: str, prefix: str, data: dict[str, Any]
+) -> PoolConfig:
+    values = _read_keys(ctx, prefix, data, _POOL_KEYS, _POOL_TABLES)
+
+    # Inherited values are stored resolved, so the engine (and the effective config)
+    # never need to know where they came from.
+    for key in ("connect_timeout", "idle_timeout", "server_lifetime"):
+        values.setdefault(key, getattr(general, key))
+    for key in ("auth_query", "auth_query_user", "auth_query_password"):
+        if values.get(key) is None and getattr(general, key) is not None:
+            values[key] = getattr(general, key)
+    _check_auth_query(ctx, prefix, values)
+
+    parser = values.get("query_parser_enabled", False)
+    if values.get("query_parser_read_write_splitting") and not parser:
+        raise ctx.error(
+            _join(prefix, "query_parser_read_write_splitting"),
+            "needs query_parser_enabled = true in the same pool: read/write splitting "
+            "works by parsing each query",
+        )
+    if "plugins" in data:
+        _table(ctx, _join(prefix, "plugins"), data["plugins"], f"[{prefix}.plugins]")
+        if not parser:
+            raise ctx.error(
+                _join(prefix, "plugins"),
+                "plugins need query_parser_enabled = true in the same pool",
+            )
+        ctx.warn(
+            _join(prefix, "plugins"), "pgsansio does not implement PgCat's plugins yet; ignored"
+        )
+    for key in ("sharding_key_regex", "shard_id_regex"):
+        pattern = values.get(key)
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ctx.error(
+                    _join(prefix, key), f"is not a valid regular expression: {e}"
+                ) from None
+    sharding_key = values.get("automatic_sharding_key")
+    if sharding_key is not None:
+        unquoted = sharding_key.replace('"', "")
+        parts = unquoted.split(".")
+        if len(parts) != 2 or not all(parts):
+            raise ctx.error(
+                _join(prefix, "automatic_sharding_key"),
+                f"must be table.column, with exactly one dot, got {_show(sharding_key)}",
+            )
+        values["automatic_sharding_key"] = unquoted
+        if not parser:
+            ctx.warn(
+                _join(prefix, "automatic_sharding_key"),
+                "has no effect unless query_parser_enabled = true",
+            )
+    if values.get("db_activity_based_routing"):
+        for key in ("db_activity_init_delay", "db_activity_ttl", "table_mutation_cache_ms_ttl"):
+            if values.get(key) == 0:
+                raise ctx.error(
+                    _join(prefix, key), "must be above 0 while db_activity_based_routing is on"
+                )
+
+    pool_mode = values.get("pool_mode", "transaction")
+    users = _read_users(ctx, prefix, data, values, pool_mode)
+    shards = _read_shards(ctx, prefix, data)
+
+    default_shard = values.get("default_shard", "shard_0")
+    m = _DEFAULT_SHARD.match(default_shard)
+    if m is not None:
+        if int(m[1]) >= len(shards):
+            raise ctx.error(
+                _join(prefix, "default_shard"),
+                f"{_show(default_shard)} does not exist: this pool has {len(shards)} "
+                f"shard(s), numbered from shard_0",
+            )
+    elif default_shard not in ("random", "random_healthy"):
+        raise ctx.error(
+            _join(prefix, "default_shard"),
+            'must be "shard_<n>" (for example "shard_0"), "random" or "random_healthy", '
+            f"got {_show(default_shard)}",
+        )
+    if name in _ADMIN_DATABASES:
+        ctx.warn(
+            prefix,
+            f'clients connecting to database "{name}" reach the admin console, so this pool '
+            "cannot be used; rename it",
+        )
+    return PoolConfig(name=name, users=users, shards=shards, **values)
+
+
+def _read_users(
+    ctx: _Context,
+    prefix: str,
+    data: Mapping[str, Any],
+    pool: Mapping[str, Any],
+    pool_mode: str,
+) -> dict[str, UserConfig]:
+    if "users" not in data:
+        raise ctx.error(
+            _join(prefix, "users"),
+            f"is required but missing: add a [{prefix}.users.0] section with username, "
+            "password and pool_size",
+        )
+    users_key = _join(prefix, "users")
+    users_data = _table(ctx, users_key, data["users"], f"[{users_key}.<n>]")
+    if not users_data:
+        ctx.warn(users_key, "this pool has no users, so no client can connect to it")
+    has_auth_query = pool.get("auth_query") is not None
+    users: dict[str, UserConfig] = {}
+    labels: dict[str, str] = {}
+    for label, user_data in users_data.items():
+        uprefix = _join(users_key, label)
+        values = _read_keys(
+            ctx, uprefix, _table(ctx, uprefix, user_data, f"[{uprefix}]"), _USER_KEYS
+        )
+        username = values["username"]
+        if not username:
+            raise ctx.error(_join(uprefix, "username"), "must not be empty")
+        if username in labels:
+            raise ctx.error(
+                _join(uprefix, "username"),
+                f"user {_show(username)} is already defined in {labels[username]}; "
+                "each username may appear only once per pool",
+            )
+        labels[username] = uprefix
+        if values.get("password") is None and not has_auth_query:
+            raise ctx.error(
+                _join(uprefix, "password"),
+                "is missing: set the user's password, or configure auth_query (in this "
+                "pool or in [general]) so the pooler can look it up",
+            )
+        min_size = values.get("min_pool_size", 0)
+        if min_size > values["pool_size"]:
+            raise ctx.error(
+                _join(uprefix, "min_pool_size"),
+                f"is {min_size}, larger than pool_size ({values['pool_size']})",
+            )
+        values.setdefault("password", None)
+        values.setdefault("pool_mode", pool_mode)
+        for key in ("connect_timeout", "idle_timeout", "server_lifetime"):
+            values.setdefault(key, pool[key])
+        users[username] = UserConfig(**values)
+    return users
+
+
+def _read_shards(ctx: _Context, prefix: str, data: Mapping[str, Any]) -> tuple[ShardConfig, ...]:
+    shards_key = _join(prefix, "shards")
+    if "shards" not in data:
+        raise ctx.error(
+            shards_key,
+            f"is required but missing: add a [{prefix}.shards.0] section with database and "
+            "servers",
+        )
+    shards_data = _table(ctx, shards_key, data["shards"], f"[{shards_key}.<n>]")
+    if not shards_data:
+        raise ctx.error(
+            shards_key,
+            f"no shards are configured; add a [{prefix}.shards.0] section with database and "
+            "servers",
+        )
+    numbered: dict[int, ShardConfig] = {}
+    for key, shard_data in shards_data.items():
+        sprefix = _join(shards_key, key)
+        if not key.isascii() or not key.isdigit():
+            raise ctx.error(
+                sprefix,
+                f"shard names must be numbers (0, 1, 2, ...), got {_show(key)}",
+            )
+        index = int(key)
+        if index in numbered:
+            raise ctx.error(sprefix, f"shard {index} is defined twice")
+        shard = _table(ctx, sprefix, shard_data, f"[{sprefix}]")
+        numbered[index] = _read_shard(ctx, index, sprefix, shard)
+    ordered = tuple(numbered[i] for i in sorted(numbered))
+    if [s.index for s in ordered] != list(range(len(ordered))):
+        found = ", ".join(str(s.index) for s in ordered)
+        ctx.warn(
+            shards_key,
+            f"shards are numbered {found}; shards are chosen by position (the "
+            f"{len(ordered)} shards are reached as 0 to {len(ordered) - 1}, as in PgCat), so "
+            "number them 0, 1, 2, ... to avoid surprises",
+        )
+    return ordered
+
+
+def _read_shard(ctx: _Context, index: int, prefix: str, data: dict[str, Any]) -> ShardConfig:
+    values = _read_keys(ctx, prefix, data, _SHARD_KEYS, _SHARD_LISTS)
+    skey = _join(prefix, "servers")
+    if "servers" not in data:
+        raise ctx.error(
+            skey,
+            "is required but missing: list the shard's [host, port, role] entries, e.g. "
+            'servers = [["127.0.0.1", 5432, "primary"]]',
+        )
+    raw = data["servers"]
+    if not isinstance(raw, list):
+        raise ctx.error(skey, f"must be an array of [host, port, role] entries, got {_show(raw)}")
+    if not raw:
+        raise ctx.error(skey, "is empty; list at least one [host, port, role] entry")
+    servers: list[ServerAddress] = []
+    seen: dict[tuple[str, int], int] = {}
+    primaries: list[int] = []
+    for i, entry in enumerate(raw):
+        ekey = _join(skey, str(i))
+        if not isinstance(entry, list) or len(entry) != 3:
+            raise ctx.error(
+                ekey,
+                f'must be [host, port, role], e.g. ["127.0.0.1", 5432, "primary"], got '
+                f"{_show(entry)}",
+            )
+        host, port, role = entry
+        if not isinstance(host, str) or not host:
+            raise ctx.error(
+                ekey, f"the host (first item) must be a non-empty string, got {_show(host)}"
+            )
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise ctx.error(
+                ekey, f"the port (second item) must be a number from 1 to 65535, got {_show(port)}"
+            )
+        if role in ("mirror", "Mirror"):
+            raise ctx.error(
+                ekey,
+                'role "mirror" is not supported in servers: to copy traffic to another host, '
+                "list it in this shard's mirrors = [[host, port, server_index]]",
+            )
+        if role not in ("primary", "Primary", "replica", "Replica"):
+            raise ctx.error(
+                ekey, f'the role (third item) must be "primary" or "replica", got {_show(role)}'
+            )
+        role = role.lower()
+        if (host, port) in seen:
+            raise ctx.error(
+                ekey,
+                f"duplicate server {host}:{port} (also {_join(skey, str(seen[host, port]))})",
+            )
+        seen[host, port] = i
+        if role == "primary":
+            primaries.append(i)
+        servers.append(ServerAddress(host=host, port=port, role=role))
+    if len(primaries) > 1:
+        which = " and ".join(f"servers.{i}" for i in primaries)
+        raise ctx.error(
+            skey, f"has {len(primaries)} primaries ({which}); a shard can have at most one"
+        )
+    mirrors = _read_mirrors(ctx, prefix, data, len(servers))
+    return ShardConfig(
+        index=index, database=values["database"], servers=tuple(servers), mirrors=mirrors
+    )
+
+
+def _read_mirrors(
+    ctx: _Context, prefix: str, data: Mapping[str, Any], n_servers: int
+) -> tuple[tuple[str, int, int], ...]:
+    mkey = _join(prefix, "mirrors")
+    raw = data.get("mirrors", [])
+    if not isinstance(raw, list):
+        raise ctx.error(
+            mkey, f"must be an array of [host, port, server_index] entries, got {_show(raw)}"
+        )
+    mirrors: list[tuple[str, int, int]] = []
+    for i, entry in enumerate(raw):
+        ekey = _join(mkey, str(i))
+        ok = isinstance(entry, list) and len(entry) == 3
+        if ok:
+            host, port, target = entry
+            ok = (
+                isinstance(host, str)
+                and bool(host)
+                and isinstance(port, int)
+                and not isinstance(port, bool)
+                and 1 <= port <= 65535
+                and isinstance(target, int)
+                and not isinstance(target, bool)
+                and target >= 0
+            )
+        if not ok:
+            raise ctx.error(
+                ekey,
+                "must be [host, port, server_index], where server_index is the position of "
+                f'the mirrored server in servers (from 0), e.g. ["10.0.0.9", 5432, 0], got '
+                f"{_show(entry)}",
+            )
+        if target >= n_servers:
+            ctx.warn(
+                ekey,
+                f"server_index {target} does not match any entry in servers (0 to "
+                f"{n_servers - 1}), so this mirror never receives traffic",
+            )
+        mirrors.append((host, port, target))
+    return tuple(mirrors)
+
+
+# --------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------
+
+_SECRET_GENERAL = frozenset({"admin_password", "auth_query_password"})
+_SECRET_POOL = frozenset({"auth_query_password"})
+_SECRET_USER = frozenset({"password", "server_password"})
+
+
+def effective_config_toml(config: Config) -> str:
+    """Render ``config`` as ``pgcat.toml`` text with every default written out.
+
+    What ``pgsansio check`` prints, so an operator can see what the pooler will really
+    do, including the values inherited from [general] and the pool. Secrets are
+    replaced by ``"********"``: this output ends up in tickets and chat. Reading the
+    text back gives the same configuration, apart from those passwords.
+    """
+    lines = [
+        f"# The effective configuration read from {config.path}.",
+        "# Every default is filled in, inherited values are resolved, passwords are masked.",
+        "",
+        "[general]",
+    ]
+    lines += _emit_fields(config.general, (), _SECRET_GENERAL)
+    for name, pool in config.pools.items():
+        prefix = _join("pools", name)
+        lines += ["", f"[{prefix}]"]
+        lines += _emit_fields(pool, ("name", "users", "shards"), _SECRET_POOL)
+        for i, user in enumerate(pool.users.values()):
+            lines += ["", f"[{prefix}.users.{i}]"]
+            lines += _emit_fields(user, (), _SECRET_USER)
+        for shard in pool.shards:
+            lines += ["", f"[{prefix}.shards.{shard.index}]"]
+            lines.append(f"database = {_toml_str(shard.database)}")
+            servers = [[s.host, s.port, s.role] for s in shard.servers]
+            lines.append(f"servers = {_toml_value(servers)}")
+            lines.append(f"mirrors = {_toml_value([list(m) for m in shard.mirrors])}")
+    return "\n".join(lines) + "\n"
+
+
+def _emit_fields(
+    obj: DataclassInstance, skip: Iterable[str], secrets: frozenset[str]
+) -> list[str]:
+    out = []
+    for f in dataclasses.fields(obj):
+        if f.name in skip:
+            continue
+        value = getattr(obj, f.name)
+        if value is None:
+            out.append(f"# {f.name} is not set")
+        elif f.name in secrets:
+            out.append(f"{f.name} = {_toml_str(_MASK)}")
+        else:
+            out.append(f"{f.name} = {_toml_value(value)}")
+    return out
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        if "\\" in value and _LITERAL_OK.match(value):
+            return f"'{value}'"  # a literal string keeps regexes readable
+        return _toml_str(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+_LITERAL_OK = re.compile(r"^[^'\x00-\x08\x0a-\x1f\x7f]*$")
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f"}
+_ESCAPES["\r"] = "\\r"
+
+
+def _toml_str(s: str) -> str:
+    """A TOML basic string; control characters are escaped, other text kept as is."""
+    out = []
+    for ch in s:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'

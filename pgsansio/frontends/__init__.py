@@ -1,0 +1,172 @@
+"""Frontends: the runtimes that carry out what :class:`pgsansio.engine.Engine` decides.
+
+A frontend owns exactly what the engine cannot: sockets, tasks, the one timer, signals.
+It feeds every event to the engine with the current ``time.monotonic()`` and carries out
+the effects it gets back, in order. It never parses a message, never imports ``struct``
+or :mod:`pgsansio.protocol`, and never makes a decision the engine could make (a test
+enforces the imports). So every frontend behaves the same, and a difference between two
+of them is a bug in one of them.
+
+This module holds what all frontends share and that is not pooling logic: the engine's
+interface as a frontend sees it (:class:`EngineAPI`, so tests can drive a frontend with
+a fake engine), socket tuning from the ``[general]`` section, and :func:`run`, which
+picks a frontend by name and imports it lazily (as hypercorn's ``run.py`` picks its
+worker), so a missing optional runtime only matters when it is asked for.
+
+Choices a frontend makes the same way everywhere:
+
+* exit codes: what the engine's ``Exit(code)`` says; ``128 + signal number`` when a
+  second SIGINT/SIGTERM cuts a graceful shutdown short (as a shell reports a process
+  killed by that signal); :data:`EX_SOFTWARE` when the engine raised, which is a bug:
+  its state is unknown afterwards, so the frontend logs the traceback and stops rather
+  than limp on with a pooler that may hand one client's server to another;
+* SIGHUP re-reads the file the pooler was started with; a file that does not load is
+  logged and the running configuration stays. Listening address changes need a restart
+  (as in PgCat and PgBouncer), and the frontend says so;
+* no backpressure yet: the engine has no input for "this peer's write buffer is full",
+  so a frontend keeps buffering; when that input exists, ``pause_writing`` and
+  ``resume_writing`` are where it is fed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+if TYPE_CHECKING:
+    from pgsansio.config_model import Config, General
+    from pgsansio.engine import Effect
+
+__all__ = [
+    "EX_SOFTWARE",
+    "FRONTENDS",
+    "UVLOOP_MISSING",
+    "EngineAPI",
+    "FrontendError",
+    "Ready",
+    "peer_text",
+    "run",
+    "tune_socket",
+    "uvloop_available",
+]
+
+EX_SOFTWARE: Final = 70
+"""Exit code after an exception inside the engine (``sysexits.h``: internal software error)."""
+
+FRONTENDS: Final = ("auto", "asyncio", "uvloop")
+"""Names :func:`run` accepts; ``auto`` is uvloop when it is installed, else asyncio."""
+
+UVLOOP_MISSING: Final = (
+    "the uvloop frontend was asked for, but the 'uvloop' package is not installed; "
+    "install it with: pip install 'pgsansio[uvloop]' (or choose --frontend asyncio)"
+)
+
+Ready = Callable[[tuple[str, int]], None]
+"""Called once with the bound (host, port) when the pooler accepts connections."""
+
+
+class FrontendError(Exception):
+    """The pooler cannot start: a missing optional package, an address already in use.
+
+    ``str()`` is a complete message for the operator.
+    """
+
+
+class EngineAPI(Protocol):
+    """What a frontend calls on the engine (see :mod:`pgsansio.engine` for the meaning).
+
+    Every method takes the current monotonic time last and returns effects to carry
+    out in order.
+    """
+
+    def start(self, now: float) -> Iterable[Effect]: ...
+    def client_connected(self, cid: int, peer: str, now: float) -> Iterable[Effect]: ...
+    def client_data(self, cid: int, data: bytes, now: float) -> Iterable[Effect]: ...
+    def client_closed(self, cid: int, now: float) -> Iterable[Effect]: ...
+    def server_connected(self, sid: int, now: float) -> Iterable[Effect]: ...
+    def server_failed(self, sid: int, error: str, now: float) -> Iterable[Effect]: ...
+    def server_data(self, sid: int, data: bytes, now: float) -> Iterable[Effect]: ...
+    def server_closed(self, sid: int, now: float) -> Iterable[Effect]: ...
+    def tick(self, now: float) -> Iterable[Effect]: ...
+    def reload(self, config: Config, now: float) -> Iterable[Effect]: ...
+    def shutdown(self, now: float) -> Iterable[Effect]: ...
+
+
+class _SockOpts(Protocol):
+    """The part of a socket (or asyncio's TransportSocket, uvloop's PseudoSocket) we use."""
+
+    @property
+    def family(self) -> int: ...
+    def setsockopt(self, level: int, optname: int, value: int, /) -> None: ...
+
+
+class _HasExtraInfo(Protocol):
+    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
+
+
+def tune_socket(sock: _SockOpts | None, general: General) -> None:
+    """Set TCP_NODELAY and keepalives on a connected TCP socket (client or server side).
+
+    TCP_NODELAY because the protocol is request/response in small messages, where
+    Nagle's algorithm only adds latency. Keepalives and TCP_USER_TIMEOUT, with PgCat's
+    ``tcp_keepalives_*`` and ``tcp_user_timeout`` keys, so a peer that vanished without
+    a FIN (a crashed host, a dropped NAT entry) is noticed instead of holding a pool
+    slot forever. Options the platform lacks are skipped; a socket that is not TCP is
+    left alone.
+    """
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    # TCP_KEEPIDLE is TCP_KEEPALIVE on macOS; getattr keeps this portable.
+    for name, value in (
+        ("TCP_KEEPIDLE", general.tcp_keepalives_idle),
+        ("TCP_KEEPALIVE", general.tcp_keepalives_idle),
+        ("TCP_KEEPINTVL", general.tcp_keepalives_interval),
+        ("TCP_KEEPCNT", general.tcp_keepalives_count),
+        ("TCP_USER_TIMEOUT", general.tcp_user_timeout),
+    ):
+        option = getattr(socket, name, None)
+        if option is not None and value > 0:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+def peer_text(transport: _HasExtraInfo) -> str:
+    """The client's address as the engine logs it: ``host:port``, ``[v6]:port``, a path."""
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host, port = str(peer[0]), peer[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(peer or "unknown")
+
+
+def uvloop_available() -> bool:
+    """Whether uvloop is installed, without importing it."""
+    return importlib.util.find_spec("uvloop") is not None
+
+
+def run(
+    name: str,
+    config: Config,
+    *,
+    config_path: str | None,
+    ready: Ready | None = None,
+) -> int:
+    """Run the pooler on the frontend called ``name`` until it exits; return the exit code.
+
+    Raises:
+        FrontendError: the frontend cannot start (see its message).
+        ValueError: ``name`` is not one of :data:`FRONTENDS`.
+    """
+    if name not in FRONTENDS:
+        raise ValueError(f"unknown frontend {name!r}; choose one of {', '.join(FRONTENDS)}")
+    if name == "uvloop" and not uvloop_available():
+        raise FrontendError(UVLOOP_MISSING)
+    from pgsansio.frontends import asyncio as asyncio_frontend  # noqa: PLC0415 - lazy
+
+    use_uvloop = name == "uvloop" or (name == "auto" and uvloop_available())
+    return asyncio_frontend.run(
+        config, config_path=config_path, use_uvloop=use_uvloop, ready=ready
+    )

@@ -1,0 +1,322 @@
+"""Build a simulated deployment, run it, and check the invariants at the end.
+
+One call, :func:`simulate`, is a whole run: a config (one pool, three users with md5,
+SCRAM and trust authentication), one fake cluster whose roles log in with md5, SCRAM
+and cleartext, a few hundred scripted clients, optional faults, and the checks:
+
+* every invariant the world, the fake servers and the clients checked on the way;
+* every client finished its script (none waits forever);
+* the ledger: every row a client saw committed is in the database, and no row of a
+  transaction that was rolled back, failed or abandoned is;
+* afterwards, no server connection is left inside a transaction or running a query.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pgsansio.config_model import (
+    Config,
+    General,
+    PoolConfig,
+    ServerAddress,
+    ShardConfig,
+    UserConfig,
+)
+from pgsansio.testing.fakepg import Database, FakeServer, FakeUser
+from pgsansio.testing.fakesql import Plan
+
+from .client import Pause
+from .scenarios import Behaviour, Scripted
+from .world import NetProfile, World
+
+HOST, PORT, DATABASE = "pg1", 5432, "simdb"
+# (pooler auth, server auth, password) per user: every login path on both sides.
+USERS = {
+    "md5u": ("md5", "md5", "md5-secret"),
+    "scramu": ("scram-sha-256", "scram-sha-256", "scram-secret"),
+    "trustu": ("trust", "password", "clear-secret"),
+}
+
+
+def make_config(
+    pool_size: int = 6,
+    connect_timeout: int = 5000,
+    statement_timeout: int = 0,
+    **general: Any,
+) -> Config:
+    users = {
+        name: UserConfig(
+            name,
+            password,
+            pool_size,
+            auth_type=client_auth,
+            connect_timeout=connect_timeout,
+            statement_timeout=statement_timeout,
+        )
+        for name, (client_auth, _, password) in USERS.items()
+    }
+    shard = ShardConfig(0, DATABASE, (ServerAddress(HOST, PORT, "primary"),))
+    pool = PoolConfig(DATABASE, users, (shard,), connect_timeout=connect_timeout)
+    return Config(General(connect_timeout=connect_timeout, **general), {DATABASE: pool})
+
+
+def make_database(seed: int) -> Database:
+    users = {name: FakeUser(pw, server_auth) for name, (_, server_auth, pw) in USERS.items()}
+    return Database(users=users, databases=[DATABASE], seed=seed, name=f"{HOST}:{PORT}")
+
+
+@dataclass
+class Run:
+    """A finished simulation and what its checks found."""
+
+    world: World
+    clients: list[Scripted]
+    behaviour: Behaviour
+    db: Database
+    problems: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        ledger = Counter(self.behaviour.ledger.values())
+        outcomes = dict(sorted(self.behaviour.outcomes.items()))
+        return (
+            f"seed {self.world.seed}: {len(self.clients)} clients, t={self.world.now:.2f}s, "
+            f"{self.world.sched.events} events, db {dict(self.db.stats)}, ledger {dict(ledger)}, "
+            f"max server connections {dict(self.world.max_open_per_pool)}\n"
+            f"outcomes {outcomes}"
+        )
+
+    def failure_report(self, limit: int = 12, tail: int = 80) -> str:
+        shown = "\n".join(f"  - {p}" for p in self.problems[:limit])
+        more = len(self.problems) - limit
+        if more > 0:
+            shown += f"\n  ... and {more} more"
+        return (
+            f"simulation failed; replay with SIM_SEED={self.world.seed}\n{self.summary()}\n"
+            f"problems:\n{shown}\n{self.world.report(tail)}"
+        )
+
+
+Fault = Callable[[World, Database, random.Random], None]
+
+
+def simulate(
+    seed: int,
+    *,
+    clients: int = 200,
+    config: Config | None = None,
+    behaviour: Behaviour | None = None,
+    net: NetProfile | None = None,
+    faults: list[Fault] = (),  # type: ignore[assignment]
+    engine_factory: Callable[..., Any] | None = None,
+    horizon: float = 600.0,
+    verbose: bool = False,
+    trace_size: int = 600,
+) -> Run:
+    """Run one simulation from ``seed`` and check it; ``Run.problems`` lists what broke."""
+    rng = random.Random(seed)
+    config = config or make_config()
+    behaviour = behaviour or Behaviour()
+    db = make_database(seed)
+    kwargs: dict[str, Any] = {}
+    if engine_factory is not None:
+        kwargs = {"engine_factory": engine_factory, "check_pools": False}
+    kwargs["verbose"] = verbose
+    kwargs["trace_size"] = trace_size
+    world = World(seed, config, {(HOST, PORT): db}, net or NetProfile(), **kwargs)
+
+    def note_statement(server: FakeServer, plan: Plan) -> None:
+        if "pg_sleep(3)" in plan.text:
+            behaviour.started.add(plan.text)
+
+    db.on_statement = note_statement
+    users = sorted(USERS)
+    population = []
+    for n in range(1, clients + 1):
+        user = users[n % len(users)]
+        client_rng = random.Random(rng.getrandbits(64))
+        client = Scripted(
+            world,
+            n,
+            user,
+            USERS[user][2],
+            client_rng,
+            behaviour=behaviour,
+            database=DATABASE,
+        )
+        client.start(rng.uniform(0, behaviour.arrival))
+        population.append(client)
+    for fault in faults:
+        fault(world, db, random.Random(rng.getrandbits(64)))
+    world.start()
+    run = Run(world, population, behaviour, db)
+    try:
+        world.run(horizon)
+        if not world.failures:
+            # Let the pooler finish what the last clients left behind (rollbacks...).
+            world.run(world.now + 30.0)
+    except AssertionError:
+        pass  # recorded in world.failures
+    run.problems = check(run)
+    return run
+
+
+def check(run: Run) -> list[str]:
+    world, db = run.world, run.db
+    problems = world.violations()
+    if problems:
+        return problems
+    for client in run.clients:
+        if not client.done:
+            waiting = f"waiting since t={client.waiting_since:.3f}" if client.waiting else "paused"
+            problems.append(f"client {client.name} never finished ({waiting}, {client.last_step})")
+    rows = db.rows("ledger")
+    keys = Counter(row[0] for row in rows)
+    ledger = run.behaviour.ledger
+    for key, count in keys.items():
+        state = ledger.get(key or "")
+        if count > 1:
+            problems.append(f"ledger row {key} is in the database {count} times")
+        if state not in ("committed", "unknown"):
+            problems.append(f"ledger row {key} is in the database but its transaction {state}")
+    for key, state in ledger.items():
+        if state == "committed" and key not in keys:
+            problems.append(f"ledger row {key} was committed but is not in the database")
+        if state in ("open", "committing"):
+            problems.append(f"ledger row {key} still {state} at the end (scenario bug)")
+    for pid, server in db.backends.items():
+        if server.in_txn or server._sleep is not None or server.status != "I":
+            problems.append(
+                f"backend {pid} left {'in a transaction' if server.in_txn else 'busy'} "
+                f"(status {server.status}); recent: {list(server.history)[-4:]}"
+            )
+    return problems
+
+
+# --- faults ----------------------------------------------------------------------------
+
+
+def kill_servers(start: float, end: float, every: float) -> Fault:
+    """Now and then a random backend dies, with a FATAL or silently."""
+
+    def install(world: World, db: Database, rng: random.Random) -> None:
+        def strike() -> None:
+            links = [
+                link
+                for link in world.servers.values()
+                if link.server is not None and not link.server.closed and link.server.logged_in
+            ]
+            if links:
+                world.kill_server(rng.choice(links), fatal=rng.random() < 0.5)
+            if world.now + every < end:
+                world.sched.after(rng.expovariate(1 / every), strike)
+
+        world.sched.at(start, strike)
+
+    return install
+
+
+def refuse_logins(start: float, end: float, sqlstate: str, message: str) -> Fault:
+    """Between ``start`` and ``end`` the server refuses logins; at ``start`` it also
+    drops every connection, so the pooler has to log in again."""
+
+    def install(world: World, db: Database, rng: random.Random) -> None:
+        def begin() -> None:
+            world.log(f"FAULT: logins refused with {sqlstate}")
+            db.refuse_logins = (sqlstate, message)
+            for link in list(world.servers.values()):
+                if link.server is not None and not link.server.closed:
+                    world.kill_server(link, fatal=True)
+
+        def finish() -> None:
+            world.log("FAULT over: logins accepted again")
+            db.refuse_logins = None
+
+        world.sched.at(start, begin)
+        world.sched.at(end, finish)
+
+    return install
+
+
+def stall_servers(start: float, end: float, share: float, logins: bool = False) -> Fault:
+    """At ``start`` some backends hang (and, with ``logins``, new ones never answer
+    the startup packet); at ``end`` new backends behave again."""
+
+    def install(world: World, db: Database, rng: random.Random) -> None:
+        def begin() -> None:
+            world.log(f"FAULT: stalling {share:.0%} of backends (logins: {logins})")
+            db.stall_logins = logins
+            for link in world.servers.values():
+                if link.server is not None and not link.server.closed and rng.random() < share:
+                    link.server.stalled = True
+
+        def finish() -> None:
+            world.log("FAULT over: new backends answer again")
+            db.stall_logins = False
+
+        world.sched.at(start, begin)
+        world.sched.at(end, finish)
+
+    return install
+
+
+# --- one client, one script: minimal reproductions -------------------------------------
+
+
+class _OneScript(Scripted):
+    """Runs fixed steps; each step is a query string or a list of events."""
+
+    def __init__(self, world: World, steps: list[Any], out: list[Any], **kw: Any) -> None:
+        user = kw.pop("user", "md5u")
+        super().__init__(
+            world,
+            kw.pop("number", 1),
+            user,
+            USERS[user][2],
+            random.Random(0),
+            Behaviour(),
+            DATABASE,
+        )
+        self.steps = steps
+        self.out = out
+
+    def main(self) -> Any:
+        from pgsansio.protocol import Query, Sync
+
+        self.connect()
+        self.out.append((yield from self.login(self.database)))
+        for step in self.steps:
+            if isinstance(step, float):
+                yield Pause(step)
+                continue
+            events = [Query(step)] if isinstance(step, str) else list(step)
+            n = sum(1 for e in events if isinstance(e, (Query, Sync)))
+            if self.session is None or self.session.closed:
+                break
+            self.send(*events)
+            self.out.append((yield from self.replies(n, 30.0)))
+        self.close()
+
+
+def run_scripts(
+    *scripts: list[Any], config: Config | None = None, seed: int = 0, stagger: float = 0.0
+) -> tuple[list[list[Any]], World]:
+    """Run one client per script (started ``stagger`` seconds apart) against the engine.
+
+    Returns each client's replies (login first, then one per step) and the world.
+    Steps are SQL strings, lists of protocol events, or a float: a pause in seconds.
+    """
+    db = make_database(seed)
+    world = World(seed, config or make_config(pool_size=1), {(HOST, PORT): db}, NetProfile())
+    outs: list[list[Any]] = []
+    for i, steps in enumerate(scripts):
+        out: list[Any] = []
+        outs.append(out)
+        _OneScript(world, steps, out, number=i + 1).start(i * stagger)
+    world.start()
+    world.run(600.0)
+    return outs, world

@@ -1,0 +1,274 @@
+"""Deterministic simulation of the pooler: hundreds of clients, fake servers, faults.
+
+Every run is a pure function of its seed (see ``tests/sim``). A failing run prints
+``replay with SIM_SEED=n``; replay it alone with::
+
+    SIM_SEED=n pytest tests/test_simulation.py -k <test name>
+
+``SIM_CLIENTS`` changes the population (default 200). The long soak over many seeds
+and random configurations runs with ``pytest -m slow`` (``SIM_SOAK`` seeds, default
+40).
+
+Each scenario family also runs through :class:`tests.sim.direct.DirectProxy`, a
+one-to-one proxy without pooling: the control experiment that shows the scenarios'
+expectations are right about PostgreSQL (as modelled by the fake server), so a failure
+with the real engine is the pooler's.
+
+The ``test_bug_*`` tests at the end are minimal reproductions of pooler bugs the
+simulation found; each says what PostgreSQL does.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import replace
+
+import pytest
+from sim.direct import DirectProxy
+from sim.harness import (
+    Run,
+    kill_servers,
+    make_config,
+    refuse_logins,
+    run_scripts,
+    simulate,
+    stall_servers,
+)
+from sim.scenarios import DEFAULT_WEIGHTS, Behaviour
+from sim.world import NetProfile
+
+from pgsansio.config_model import Config
+from pgsansio.protocol import Bind, Execute, Parse, Sync
+
+SEEDS = [int(os.environ["SIM_SEED"])] if "SIM_SEED" in os.environ else [1, 2, 3]
+ONE_SEED = SEEDS[:1] if "SIM_SEED" in os.environ else [7]
+CLIENTS = int(os.environ.get("SIM_CLIENTS", "200"))
+SOAK = int(os.environ.get("SIM_SOAK", "40"))
+# Errors a pooler may answer with when servers misbehave.
+INFRA = frozenset({"53300", "08006", "08001", "08P01", "57P01"})
+
+
+def check(run: Run) -> None:
+    if run.problems:
+        pytest.fail(run.failure_report(), pytrace=False)
+
+
+def with_pool(config: Config, **changes: object) -> Config:
+    """The config with ``changes`` applied to the pool and (where they fit) its users."""
+    pool = config.pools["simdb"]
+    user_fields = set(next(iter(pool.users.values())).__dataclass_fields__)
+    user_changes = {k: v for k, v in changes.items() if k in user_fields}
+    pool_changes = {k: v for k, v in changes.items() if k in pool.__dataclass_fields__}
+    users = {name: replace(u, **user_changes) for name, u in pool.users.items()}  # type: ignore[arg-type]
+    pool = replace(pool, users=users, **pool_changes)  # type: ignore[arg-type]
+    return replace(config, pools={"simdb": pool})
+
+
+# --- the control experiment -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_scenarios_hold_without_pooling(seed: int) -> None:
+    check(simulate(seed, clients=CLIENTS, engine_factory=DirectProxy))
+
+
+def test_faults_without_pooling() -> None:
+    """The fault machinery and the clients' tolerance work on a plain proxy too."""
+    behaviour = Behaviour(allowed=INFRA, recovered_at=5.0)
+    check(
+        simulate(
+            ONE_SEED[0],
+            clients=CLIENTS // 2,
+            behaviour=behaviour,
+            faults=[kill_servers(0.3, 3.0, 0.1)],
+            engine_factory=DirectProxy,
+        )
+    )
+
+
+# --- the engine ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_transaction_pooling(seed: int) -> None:
+    check(simulate(seed, clients=CLIENTS))
+
+
+@pytest.mark.parametrize("seed", ONE_SEED)
+def test_tiny_pool_tiny_statement_cache_shredded_network(seed: int) -> None:
+    """One server per user, two cached statements, TCP chunks cut almost everywhere."""
+    config = with_pool(make_config(pool_size=1), prepared_statements_cache_size=2)
+    net = NetProfile(split_chance=0.95, max_delay=0.01)
+    check(simulate(seed, clients=CLIENTS // 2, config=config, net=net))
+
+
+@pytest.mark.parametrize("seed", ONE_SEED)
+def test_session_pooling(seed: int) -> None:
+    config = with_pool(make_config(pool_size=8), pool_mode="session")
+    check(simulate(seed, clients=CLIENTS // 2, config=config))
+
+
+@pytest.mark.parametrize("seed", ONE_SEED)
+def test_server_churn(seed: int) -> None:
+    """Short server lifetime and idle timeout, a minimum pool: servers come and go."""
+    config = with_pool(make_config(), server_lifetime=300, idle_timeout=50, min_pool_size=2)
+    check(simulate(seed, clients=CLIENTS, config=config))
+
+
+# --- faults ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", ONE_SEED)
+def test_servers_die_mid_transaction(seed: int) -> None:
+    """Backends die (FATAL or silently) for three seconds; clients on them get an error,
+    everyone else carries on, and afterwards the pool serves everyone again."""
+    behaviour = Behaviour(allowed=INFRA, recovered_at=5.0)
+    run = simulate(
+        seed, clients=CLIENTS, behaviour=behaviour, faults=[kill_servers(0.3, 3.0, 0.1)]
+    )
+    check(run)
+    assert run.db.stats["crashes"] + run.world.stats["server_kills"] > 5
+
+
+@pytest.mark.parametrize(
+    "sqlstate, message",
+    [("53300", "sorry, too many clients already"), ("28P01", "password authentication failed")],
+)
+def test_refused_logins_fail_waiting_clients_fast(sqlstate: str, message: str) -> None:
+    """While the server refuses logins, clients waiting for a connection get its error
+    within a second (connect_timeout is 5 s), not a hang; afterwards all is well."""
+    behaviour = Behaviour(allowed=INFRA | {sqlstate}, max_error_latency=1.0, recovered_at=4.0)
+    run = simulate(
+        ONE_SEED[0],
+        clients=CLIENTS // 2,
+        behaviour=behaviour,
+        faults=[refuse_logins(0.5, 2.0, sqlstate, message)],
+    )
+    check(run)
+    assert run.behaviour.outcomes.get(f"error {sqlstate}", 0) > 0
+
+
+@pytest.mark.parametrize("seed", ONE_SEED)
+def test_stalled_servers_time_out(seed: int) -> None:
+    """A third of the backends hang: their clients get the pooler's statement timeout
+    (57014) within statement_timeout, others keep working."""
+    config = make_config(statement_timeout=2000, connect_timeout=1000)
+    behaviour = Behaviour(allowed=INFRA | {"57014"}, max_error_latency=4.0, recovered_at=6.0)
+    run = simulate(
+        seed,
+        clients=CLIENTS // 2,
+        config=config,
+        behaviour=behaviour,
+        faults=[stall_servers(0.5, 1.5, 0.3)],
+    )
+    check(run)
+    assert run.behaviour.outcomes.get("error 57014", 0) > 0
+
+
+@pytest.mark.parametrize("seed", ONE_SEED)
+def test_stalled_logins_time_out(seed: int) -> None:
+    """New backends never answer their startup packet for a second while others die:
+    waiting clients get an error after connect_timeout instead of hanging."""
+    config = make_config(statement_timeout=2000, connect_timeout=1000)
+    behaviour = Behaviour(allowed=INFRA | {"57014"}, max_error_latency=8.0, recovered_at=9.0)
+    run = simulate(
+        seed,
+        clients=CLIENTS // 2,
+        config=config,
+        behaviour=behaviour,
+        faults=[stall_servers(0.5, 1.5, 0.5, logins=True), kill_servers(0.5, 1.0, 0.05)],
+    )
+    check(run)
+
+
+# --- the soak -------------------------------------------------------------------------------
+
+
+def _soak_case(seed: int) -> dict[str, object]:
+    rng = random.Random(f"soak:{seed}")
+    pool_mode = rng.choice(["transaction"] * 4 + ["session"])
+    config = with_pool(
+        make_config(pool_size=rng.choice([1, 2, 4, 8]), statement_timeout=3000),
+        pool_mode=pool_mode,
+        prepared_statements_cache_size=rng.choice([1, 2, 3, 500]),
+        server_lifetime=rng.choice([300, 3600000]),
+        idle_timeout=rng.choice([50, 600000]),
+        min_pool_size=rng.choice([0, 0, 1]),
+    )
+    net = NetProfile(
+        split_chance=rng.choice([0.1, 0.5, 0.95]), max_delay=rng.choice([0.001, 0.01, 0.05])
+    )
+    faults = []
+    allowed = {"53300"}
+    if rng.random() < 0.3:
+        faults.append(kill_servers(0.5, 2.0, 0.2))
+        allowed |= INFRA
+    if rng.random() < 0.2:
+        faults.append(stall_servers(0.5, 1.0, 0.2))
+        allowed |= INFRA | {"57014"}
+    weights = dict(DEFAULT_WEIGHTS)
+    return {
+        "config": config,
+        "net": net,
+        "faults": faults,
+        "behaviour": Behaviour(allowed=frozenset(allowed), weights=weights),
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(100, 100 + SOAK))
+def test_soak(seed: int) -> None:
+    if "SIM_SEED" in os.environ and int(os.environ["SIM_SEED"]) != seed:
+        pytest.skip("SIM_SEED selects another seed")
+    check(simulate(seed, clients=CLIENTS, **_soak_case(seed)))  # type: ignore[arg-type]
+
+
+# --- minimal reproductions of bugs the simulation found ---------------------------------------
+
+
+def test_bug_unknown_statement_is_an_error_not_fatal() -> None:
+    """PostgreSQL answers Bind of an unknown statement with ERROR 26000 and the session
+    goes on (drivers such as pgjdbc re-prepare and retry); so must a pooler."""
+    (replies,), world = run_scripts([[Bind("", "nope"), Execute(), Sync()], "SELECT 1"])
+    assert world.violations() == []
+    err = replies[1].errors[0]
+    assert (err.sqlstate, err.severity) == ("26000", "ERROR")
+    assert replies[2].rows == [(b"1",)]
+
+
+def test_bug_duplicate_parse_is_an_error_not_fatal() -> None:
+    """A second Parse of a statement name is ERROR 42P05 in PostgreSQL, whatever the text."""
+    steps = [[Parse("s", "SELECT 1"), Sync()], [Parse("s", "SELECT 2"), Sync()], "SELECT 1"]
+    (replies,), _ = run_scripts(steps)
+    err = replies[2].errors[0]
+    assert (err.sqlstate, err.severity) == ("42P05", "ERROR")
+    assert replies[3].rows == [(b"1",)]
+    steps = [[Parse("s", "SELECT 1"), Sync()], [Parse("s", "SELECT 1"), Sync()]]
+    (replies,), _ = run_scripts(steps)
+    assert replies[2].codes == ["42P05"]
+
+
+def test_bug_session_mode_client_leaving_mid_transaction_leaks_statements() -> None:
+    """Session mode: the first client leaves inside a transaction. The server must be
+    reset (server_reset_query) before the next client gets it, not just rolled back."""
+    config = with_pool(make_config(pool_size=1), pool_mode="session")
+    first = [[Parse("s", "SELECT 1"), Sync()], "BEGIN"]
+    second = [[Parse("s", "SELECT 2"), Sync()]]
+    (_, replies), _ = run_scripts(first, second, config=config, stagger=0.5)
+    assert replies[1].codes == [], replies[1].brief()
+
+
+@pytest.mark.parametrize("reset", ["RESET ALL", "DISCARD ALL"])
+def test_bug_reset_all_forgets_the_clients_settings(reset: str) -> None:
+    """After the client's RESET ALL / DISCARD ALL, its earlier SET must not come back
+    in the next transaction (the pooler re-applied work_mem = 8MB)."""
+    (replies,), _ = run_scripts(["SET work_mem = '8MB'", reset, "SHOW work_mem"])
+    assert replies[3].rows == [(b"4MB",)]
+
+
+def test_bug_set_with_a_comment_is_followed() -> None:
+    """ORMs append comments (sqlcommenter); ``SET x = v /* ... */`` is still a plain SET
+    and must follow the client to its next transaction like one without the comment."""
+    (replies,), _ = run_scripts(["SET work_mem = '8MB' /* app=web */", "SHOW work_mem"])
+    assert replies[2].rows == [(b"8MB",)]
