@@ -64,7 +64,10 @@ class DirectProxy:
         if sid in self.closed:
             return []
         self.closed.add(sid)
-        return [CloseClient(sid)]
+        # As a pooler does (the fake servers only ever send whole messages, so this
+        # cannot land inside one): say why before closing.
+        lost = ErrorResponse.build("08006", "the server closed the connection", "FATAL")
+        return [SendClient(sid, bytes(lost)), CloseClient(sid)]
 
     def tick(self, now: float) -> list[Effect]:
         return []
