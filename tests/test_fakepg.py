@@ -384,6 +384,7 @@ def test_set_errors() -> None:
     assert errors(peer.query("SET DateStyle = 'bogus'"))[0][0] == "22023"
     assert CommandComplete("SET") in peer.query("SET myapp.flag = 'on'")
     assert rows(peer.query("SHOW myapp.flag")) == [(b"on",)]
+    assert rows(peer.query("RESET ALL; SHOW myapp.flag")) == [(b"",)]
     got = peer.query("SET LOCAL work_mem = '8MB'")
     assert [e.sqlstate for e in got if isinstance(e, NoticeResponse)] == ["25P01"]
 
@@ -670,9 +671,13 @@ def test_bind_parameter_tags() -> None:
     assert len(db.violations) == 1
 
 
-def test_on_statement_hook_sees_every_statement() -> None:
+def test_hooks_see_every_statement_and_message() -> None:
     db = make_db()
     seen: list[str] = []
+    messages: list[tuple[str, bool]] = []
     db.on_statement = lambda server, plan: seen.append(plan.kind)
-    logged_in(db).query("BEGIN; SELECT 1; COMMIT")
+    peer = logged_in(db)
+    db.on_message = lambda server, event, out: messages.append((type(event).__name__, out))
+    peer.query("BEGIN; SELECT 1; COMMIT")
     assert seen == ["begin", "select", "commit"]
+    assert messages[0] == ("Query", False) and messages[-1] == ("ReadyForQuery", True)

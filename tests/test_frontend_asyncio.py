@@ -401,6 +401,25 @@ def test_exit_stops_listening_and_closes_connections(
     run_async(main())
 
 
+def test_exit_flushes_what_was_sent_before_it(
+    run_async: Callable[[Awaitable[Any]], Any],
+) -> None:
+    payload = bytes(range(256)) * 4096  # 1 MiB: more than one socket buffer
+    engine = FakeEngine(
+        client_data=lambda cid, data: [SendClient(cid, payload), CloseClient(cid), Exit(0)]
+    )
+
+    async def main() -> None:
+        async with Running(engine) as running:
+            reader, writer = await running.connect()
+            writer.write(b"x")
+            assert await reader.read() == payload
+            assert await running.exit_code() == 0
+            writer.close()
+
+    run_async(main())
+
+
 def test_log_effect(
     run_async: Callable[[Awaitable[Any]], Any], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -540,7 +559,7 @@ SIGNAL_SCRIPT = textwrap.dedent(
             return method
 
     logging.basicConfig(level=logging.INFO)
-    import pgsansio.engine
+    import pgsansio.engine  # serve() imports Engine from here when it is called
     pgsansio.engine.Engine = Engine
     path = sys.argv[1]
     code = _server.run(
@@ -607,7 +626,6 @@ def test_run_explains_a_missing_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_run_bad_config_exits_78(tmp_path: pathlib.Path) -> None:
-    pytest.importorskip("pgsansio.config", reason="pgsansio.config is not written yet")
     bad = tmp_path / "bad.toml"
     bad.write_text("[general]\nport = 'x'\n")
     proc = subprocess.run(

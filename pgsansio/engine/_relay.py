@@ -21,7 +21,6 @@ request by looking at the queue's head:
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
 from pgsansio.protocol import (
     Bind,
@@ -50,6 +49,7 @@ from pgsansio.protocol import (
     Terminate,
 )
 
+from ._base import Base
 from ._effects import SendClient, SendServer
 from ._objects import (
     EXTENDED,
@@ -69,9 +69,6 @@ from ._objects import (
     ServerConn,
 )
 from ._params import TRACKED, parse_simple_set
-
-if TYPE_CHECKING:
-    from ._effects import Effect
 
 __all__ = ["ClientFatal", "Relay"]
 
@@ -111,25 +108,8 @@ def _message_end(data: bytes, offset: int) -> int:
     return offset + 1 + int.from_bytes(data[offset + 1 : offset + 5], "big")
 
 
-class Relay:
+class Relay(Base):
     """Mixed into the Engine; see the module docstring."""
-
-    _out: list[Effect]
-    _statements: dict[tuple[str, tuple[int, ...]], Prepared]
-    _statement_counter: int
-
-    # Provided by the Engine.
-    def _internal_done(self, s: ServerConn, entry: Entry) -> None:
-        raise NotImplementedError
-
-    def _release_if_done(self, s: ServerConn) -> None:
-        raise NotImplementedError
-
-    def _drop_client(self, c: Client, error: ErrorResponse | None = None) -> None:
-        raise NotImplementedError
-
-    def _cache_size(self, c: Client) -> int:
-        raise NotImplementedError
 
     # --- client -> server ------------------------------------------------------------
 

@@ -332,14 +332,14 @@ class SimClient:
         return Reply(got, sent, self.world.now)
 
     def replies(
-        self, n: int = 1, timeout: float = 60.0, until: type[Event] | None = None
+        self, n: int = 1, timeout: float = 60.0, until: tuple[type[Event], ...] | None = None
     ) -> Script:
-        """Collect events until ``n`` ReadyForQuery messages (or ``n`` events of type
-        ``until``), or until the connection closes."""
+        """Collect events until ``n`` ReadyForQuery messages (or ``n`` events of the
+        types in ``until``), or until the connection closes."""
         sent = self.world.now
         got: list[Event] = []
         ready = 0
-        stop = until or ReadyForQuery
+        stop = until or (ReadyForQuery,)
         while ready < n:
             event = yield Wait(timeout)
             if event is None:

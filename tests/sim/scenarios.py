@@ -22,6 +22,7 @@ from pgsansio.protocol import (
     Close,
     CommandComplete,
     Describe,
+    ErrorResponse,
     Event,
     Execute,
     Flush,
@@ -144,7 +145,9 @@ class Scripted(SimClient):
             got = f"; got: {reply.brief()}" if reply is not None else ""
             raise SimFailure(f"{self.last_step}: expected {what}{got}")
 
-    def ask(self, *events: object, n: int = 1, until: type[Event] | None = None) -> Script:
+    def ask(
+        self, *events: object, n: int = 1, until: tuple[type[Event], ...] | None = None
+    ) -> Script:
         """Send, wait for ``n`` ReadyForQuery, and sort out errors that are not ours.
 
         Raises Gone if the pooler closed us, Abort for an allowed pooler error, and
@@ -538,13 +541,18 @@ class Scripted(SimClient):
         """Extended query with Flush: the results come before any Sync."""
         v = self.uniq()
         tag = f"tag:{self.name}".encode()
-        reply = yield from self.ask(
-            Parse("", f"SELECT $1::text, $2::text {self.tag}"),
-            Bind("", "", params=[tag, v.encode()]),
-            Execute(),
-            Flush(),
-            until=CommandComplete,
-        )
+        try:
+            reply = yield from self.ask(
+                Parse("", f"SELECT $1::text, $2::text {self.tag}"),
+                Bind("", "", params=[tag, v.encode()]),
+                Execute(),
+                Flush(),
+                until=(CommandComplete, ErrorResponse),
+            )
+        except Abort:
+            # An error ends the batch early: the server now waits for our Sync.
+            yield from self.ask(Sync())
+            raise
         self.expect(reply.rows == [(tag, v.encode())] and not reply.errors, "a row", reply)
         self.ok((yield from self.ask(Sync())))
 

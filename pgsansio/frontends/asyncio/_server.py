@@ -24,7 +24,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from pgsansio.engine import (
     CloseClient,
@@ -55,6 +55,9 @@ __all__ = ["AsyncioFrontend", "run", "serve"]
 log = logging.getLogger("pgsansio.frontend")
 engine_log = logging.getLogger("pgsansio")
 
+_DRAIN_SECONDS: Final = 2.0
+"""How long an exit waits for the last bytes to reach clients and servers."""
+
 
 class _ClientProtocol(asyncio.Protocol):
     __slots__ = ("_cid", "_fe")
@@ -64,6 +67,7 @@ class _ClientProtocol(asyncio.Protocol):
         self._cid = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._fe._live += 1
         # A stream transport (uvloop's do not subclass asyncio.Transport).
         self._cid = self._fe._client_made(cast(asyncio.Transport, transport))
 
@@ -79,6 +83,7 @@ class _ClientProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         fe = self._fe
+        fe._live -= 1
         if fe._clients.pop(self._cid, None) is not None:
             fe._call(fe._engine.client_closed, self._cid)
 
@@ -94,6 +99,7 @@ class _ServerProtocol(asyncio.Protocol):
         # Reported from here, not after create_connection returns: the server's first
         # bytes could otherwise reach data_received before the engine knows the
         # connection is up.
+        self._fe._live += 1
         self._fe._server_made(self._sid, cast(asyncio.Transport, transport))
 
     def data_received(self, data: bytes) -> None:
@@ -106,6 +112,7 @@ class _ServerProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         fe = self._fe
+        fe._live -= 1
         if fe._servers.pop(self._sid, None) is not None:
             fe._call(fe._engine.server_closed, self._sid)
 
@@ -131,6 +138,8 @@ class AsyncioFrontend:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._done: asyncio.Future[int] | None = None
         self._shutting_down = False
+        self._forced = False
+        self._live = 0  # transports whose connection_lost has not run yet
         self.address: tuple[str, int] | None = None
         """The bound (host, port) once :meth:`serve` listens (port 0 is resolved)."""
 
@@ -174,6 +183,15 @@ class AsyncioFrontend:
                 loop.remove_signal_handler(signum)
             listener.close()
             self._close_everything()
+            await self._drain()
+
+    async def _drain(self) -> None:
+        # The engine's last words (an ErrorResponse before CloseClient, say) may still be
+        # in write buffers; the loop ends when serve() returns and would drop them. Wait
+        # a moment for every connection to finish closing, but not after a forced exit.
+        deadline = time.monotonic() + _DRAIN_SECONDS
+        while self._live and not self._forced and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
         # One table of signal -> action. SIGUSR1/SIGUSR2 get their entry here when the
@@ -195,7 +213,7 @@ class AsyncioFrontend:
 
     def _close_everything(self) -> None:
         # The ids are dropped before the transports close, so connection_lost reports
-        # nothing to an engine that has already finished.
+        # nothing to an engine that has already finished. A forced exit does not flush.
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -206,7 +224,10 @@ class AsyncioFrontend:
         self._clients.clear()
         self._servers.clear()
         for transport in transports:
-            transport.close()
+            if self._forced:
+                transport.abort()
+            else:
+                transport.close()
 
     # ---------------------------------------------------------------- operator actions
 
@@ -252,6 +273,7 @@ class AsyncioFrontend:
             self._call(self._engine.shutdown)
         else:
             log.warning("%s during shutdown: exiting now, closing every connection", name)
+            self._forced = True
             self._finish(128 + signum)
 
     # ------------------------------------------------------------ engine <-> sockets

@@ -1,0 +1,398 @@
+"""Logging clients in (startup packet, authentication, the welcome) and servers in.
+
+Mixed into :class:`~._engine.Engine`. Client authentication is ours (trust, MD5,
+SCRAM-SHA-256 against the configured password or a stored verifier); server
+authentication answers what the server asks (cleartext, MD5, SCRAM) with the user's
+``server_password``/``password``, or with what auth_query pass-through recovered.
+Cancel requests arrive as startup packets and are handled here too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+from pgsansio.protocol import NEED_DATA as _NEED_DATA
+from pgsansio.protocol import PAUSED as _PAUSED
+from pgsansio.protocol import (
+    PROTOCOL_3_0,
+    AuthenticationCleartextPassword,
+    AuthenticationFailed,
+    AuthenticationMD5Password,
+    AuthenticationOk,
+    AuthenticationSASL,
+    AuthenticationSASLContinue,
+    AuthenticationSASLFinal,
+    BackendKeyData,
+    CancelRequest,
+    ConnectionClosed,
+    ErrorResponse,
+    Event,
+    NegotiateProtocolVersion,
+    NoticeResponse,
+    ParameterStatus,
+    PasswordMessage,
+    ReadyForQuery,
+    SASLInitialResponse,
+    SASLResponse,
+    ScramClient,
+    ScramServer,
+    StartupMessage,
+    md5_response,
+    md5_verify,
+    scram_verifier,
+)
+
+from ._base import Base
+from ._effects import OpenServer
+from ._objects import (
+    C_AUTH,
+    C_CLOSED,
+    C_READY,
+    C_WELCOME,
+    P_CANCEL,
+    S_CLOSED,
+    S_INTERNAL,
+    S_LOGIN,
+    Client,
+    ServerConn,
+)
+from ._params import TRACKED, parse_options, quote_literal, valid_name
+from ._relay import ClientFatal
+
+__all__ = ["ADMIN_DATABASES", "Login", "fatal"]
+
+ADMIN_DATABASES = ("pgcat", "pgbouncer")
+_TRACKED_LOWER = {name.lower(): name for name in TRACKED}
+
+
+def fatal(sqlstate: str, message: str) -> ErrorResponse:
+    return ErrorResponse.build(sqlstate, message, "FATAL")
+
+
+def as_fatal(error: ErrorResponse) -> ErrorResponse:
+    if error.severity in ("FATAL", "PANIC"):
+        return error
+    return ErrorResponse([(k, "FATAL" if k in "SV" else v) for k, v in error.fields])
+
+
+class Login(Base):
+    """Mixed into the Engine; see the module docstring."""
+
+    def _startup(self, c: Client, msg: StartupMessage) -> None:
+        params = msg.params
+        c.username = params.get("user", "")
+        c.database = params.get("database") or c.username
+        if not c.username:
+            raise ClientFatal("28000", "no PostgreSQL user name specified in startup packet")
+        unknown_options = [k for k in params if k.startswith("_pq_.")]
+        if msg.protocol_version != PROTOCOL_3_0 or unknown_options:
+            self._send_client(c, NegotiateProtocolVersion(PROTOCOL_3_0, unknown_options))
+        if params.get("replication", "false").lower() not in ("false", "off", "no", "0"):
+            raise ClientFatal(
+                "0A000", "replication connections are not supported through the pooler"
+            )
+        settings: dict[str, str] = {}
+        tracked: dict[str, str] = {}
+        for name, value in params.items():
+            if name in ("user", "database", "replication") or name.startswith("_pq_."):
+                continue
+            if name == "options":
+                try:
+                    pairs = parse_options(value)
+                except ValueError as exc:
+                    raise ClientFatal("08P01", str(exc)) from None
+            else:
+                if not valid_name(name):
+                    raise ClientFatal("08P01", f"unsupported startup parameter {name!r}")
+                pairs = {name: value}
+            for key, val in pairs.items():
+                canonical = _TRACKED_LOWER.get(key.lower())
+                if canonical is not None:
+                    tracked[canonical] = val
+                else:
+                    settings[key.lower()] = quote_literal(val)
+        c.params = tracked
+        c.settings = settings
+        group = self.groups.get((c.database, c.username))
+        if c.database in ADMIN_DATABASES and group is None:
+            # The admin console comes with the operations issue; until then say so
+            # plainly, after a password check so that it reveals nothing.
+            c.admin = True
+        c.group = group
+        c.user = group.user if group is not None else None
+        self._challenge(c)
+
+    def _challenge(self, c: Client) -> None:
+        user = c.user
+        method = self._auth_method(c)
+        c.state = C_AUTH
+        if method == "trust":
+            self._authenticated(c)
+        elif method == "scram-sha-256":
+            secret = self._scram_secret(c)
+            nonce = self.rng.randbytes(18).hex()
+            if secret is None:
+                server = ScramServer.for_unknown_user(
+                    c.username, mock_seed=self._mock_seed, nonce=nonce
+                )
+            else:
+                server = ScramServer(secret, nonce=nonce)
+            c.auth = ("scram", server)
+            self._send_client(c, AuthenticationSASL(["SCRAM-SHA-256"]))
+        else:
+            salt = self.rng.randbytes(4)
+            c.auth = ("md5", salt)
+            self._send_client(c, AuthenticationMD5Password(salt))
+        del user
+
+    def _auth_method(self, c: Client) -> str:
+        if c.user is not None and not c.admin:
+            return c.user.auth_type
+        if c.admin:
+            return self.config.general.admin_auth_type
+        # Unknown user or database: the method most users here have, so that the
+        # challenge itself says nothing about who exists.
+        methods = [u.auth_type for p in self.config.pools.values() for u in p.users.values()]
+        if methods and methods.count("scram-sha-256") > len(methods) // 2:
+            return "scram-sha-256"
+        return "md5"
+
+    def _password(self, c: Client) -> str | None:
+        if c.admin:
+            return self.config.general.admin_password or None
+        return c.user.password if c.user is not None else None
+
+    def _scram_secret(self, c: Client) -> str | None:
+        password = self._password(c)
+        if password is None:
+            return None
+        if password.startswith("SCRAM-SHA-256$"):
+            return password
+        key = (c.database, c.username)
+        secret = self._scram_secrets.get(key)
+        if secret is None:
+            # Derived once per user (PBKDF2 is slow on purpose) with a salt that is
+            # stable for this process, as a stored verifier would be.
+            salt = hashlib.sha256(self._mock_seed + c.username.encode()).digest()[:16]
+            secret = scram_verifier(password, salt=salt)
+            self._scram_secrets[key] = secret
+        return secret
+
+    def _auth_response(self, c: Client, event: Event) -> None:
+        assert c.auth is not None
+        kind, state = c.auth
+        failed = fatal("28P01", f'password authentication failed for user "{c.username}"')
+        if kind == "md5":
+            if not isinstance(event, PasswordMessage):
+                raise ClientFatal("08P01", "expected a password message")
+            password = self._password(c)
+            assert isinstance(state, bytes)
+            ok = (
+                password is not None
+                and not password.startswith("SCRAM-SHA-256$")
+                and md5_verify(c.username, password, state, event.password)
+            )
+            if not ok:
+                self._drop_client(c, failed)
+                return
+            self._authenticated(c)
+            return
+        assert isinstance(state, ScramServer)
+        try:
+            if isinstance(event, SASLInitialResponse):
+                if event.mechanism != "SCRAM-SHA-256" or event.data is None:
+                    raise ClientFatal("28000", "unsupported SASL mechanism")
+                self._send_client(c, AuthenticationSASLContinue(state.server_first(event.data)))
+            elif isinstance(event, SASLResponse):
+                final = state.server_final(event.data)
+                self._send_client(c, AuthenticationSASLFinal(final))
+                self._authenticated(c)
+            else:
+                raise ClientFatal("08P01", "expected a SASL response")
+        except AuthenticationFailed:
+            self._drop_client(c, failed)
+
+    def _authenticated(self, c: Client) -> None:
+        if c.admin:
+            raise ClientFatal(
+                "0A000",
+                "the admin console is not available in this version of pgsansio "
+                f'(database "{c.database}")',
+            )
+        group = c.group
+        if group is None or group.removed:
+            self._drop_client(
+                c, fatal("28P01", f'password authentication failed for user "{c.username}"')
+            )
+            return
+        self._send_client(c, AuthenticationOk())
+        if group.server_params is None:
+            c.state = C_WELCOME
+            group.login_waiters.append(c)
+            if not any(p.opening or p.servers for p in group.all_pools()):
+                pool = self._choose_pool(c)
+                if len(pool.servers) < group.user.pool_size:
+                    self._open_server(pool)
+            return
+        self._welcome(c)
+
+    def _welcome(self, c: Client) -> None:
+        group = c.group
+        assert group is not None and group.server_params is not None
+        shown = dict(group.server_params)
+        for name in TRACKED:
+            if name in c.params:
+                shown[name] = c.params[name]
+            elif name in shown:
+                c.params[name] = shown[name]
+        for name, value in shown.items():
+            self._send_client(c, ParameterStatus(name, value))
+        pid = self.rng.randrange(1, 2**31)
+        secret = self.rng.randbytes(4)
+        c.cancel_key = (pid, secret)
+        self._cancel_keys[c.cancel_key] = c
+        self._send_client(c, BackendKeyData(pid, secret))
+        self._send_client(c, ReadyForQuery("I"))
+        c.state = C_READY
+        if self.config.general.log_client_connections:
+            self._log(
+                logging.INFO,
+                f'client {c.cid} from {c.peer} logged in as "{c.username}" to "{c.database}"',
+            )
+
+    def _login_timeout(self, c: Client) -> None:
+        if c.state not in (C_READY, C_CLOSED):
+            self._drop_client(c, fatal("08006", "client login timeout"))
+
+    def _read_login(self, s: ServerConn) -> None:
+        group = s.group
+        assert group is not None
+        user = group.user
+        while s.state == S_LOGIN:
+            event = s.conn.next_event()
+            if event is _NEED_DATA or event is _PAUSED:
+                return
+            password = user.backend_password
+            if isinstance(event, AuthenticationMD5Password):
+                secret = password if password is not None else group.auth_secret
+                if secret is None:
+                    self._server_gone(s, self._no_password(s))
+                    return
+                response = md5_response(user.backend_username, secret, event.salt)
+                self._send_server(s, s.conn.send(PasswordMessage(response)))
+            elif isinstance(event, AuthenticationSASL):
+                if "SCRAM-SHA-256" not in event.mechanisms:
+                    self._server_gone(
+                        s, fatal("28000", "the server offers no SASL mechanism we support")
+                    )
+                    return
+                if password is not None:
+                    client = ScramClient(password)
+                elif group.scram_keys is not None:
+                    client = ScramClient(
+                        client_key=group.scram_keys[0], server_key=group.scram_keys[1]
+                    )
+                else:
+                    self._server_gone(s, self._no_password(s))
+                    return
+                s.login = client
+                first = SASLInitialResponse("SCRAM-SHA-256", client.client_first())
+                self._send_server(s, s.conn.send(first))
+            elif isinstance(event, AuthenticationSASLContinue):
+                assert isinstance(s.login, ScramClient)
+                self._send_server(s, s.conn.send(SASLResponse(s.login.client_final(event.data))))
+            elif isinstance(event, AuthenticationSASLFinal):
+                assert isinstance(s.login, ScramClient)
+                s.login.verify_server_final(event.data)
+            elif isinstance(event, AuthenticationCleartextPassword):
+                if password is None:
+                    self._server_gone(s, self._no_password(s))
+                    return
+                self._send_server(s, s.conn.send(PasswordMessage(password)))
+            elif isinstance(event, ParameterStatus):
+                s.params[event.name] = event.value
+            elif isinstance(event, BackendKeyData):
+                s.backend_key = (event.process_id, event.secret_key)
+            elif isinstance(event, ErrorResponse):
+                self._log(
+                    logging.WARNING,
+                    f"server {self._where(s)} refused the login of "
+                    f'"{user.backend_username}": {event.message}',
+                )
+                self._server_gone(s, as_fatal(event))
+                return
+            elif isinstance(event, ReadyForQuery):
+                self._server_ready(s)
+                return
+            elif isinstance(event, (AuthenticationOk, NoticeResponse, NegotiateProtocolVersion)):
+                pass
+            elif isinstance(event, ConnectionClosed):
+                self._server_gone(
+                    s, fatal("08006", f"server {self._where(s)} closed the connection")
+                )
+                return
+            else:
+                self._server_gone(
+                    s, fatal("08P01", f"unexpected {type(event).__name__} during server login")
+                )
+                return
+
+    def _no_password(self, s: ServerConn) -> ErrorResponse:
+        assert s.group is not None
+        return fatal(
+            "28P01",
+            f'no password configured to log in to the server as "{s.group.user.backend_username}"',
+        )
+
+    def _server_ready(self, s: ServerConn) -> None:
+        group = s.group
+        pool = s.pool
+        assert group is not None and pool is not None
+        pool.opening -= 1
+        s.state = S_INTERNAL
+        s.login = None
+        if group.server_params is None:
+            group.server_params = {
+                k: v for k, v in s.params.items() if k not in ("is_superuser",)
+            } | {"is_superuser": s.params.get("is_superuser", "off")}
+            waiters, group.login_waiters = group.login_waiters, []
+            for c in waiters:
+                if c.state == C_WELCOME:
+                    self._welcome(c)
+        self._server_free(s)
+
+    def _cancel_request(self, c: Client, req: CancelRequest) -> None:
+        # PostgreSQL answers a cancel request with nothing but closing the connection.
+        target = self._cancel_keys.get((req.process_id, req.secret_key))
+        self._drop_client(c, None)
+        if target is None or target.server is None:
+            return  # unknown key, or an idle client: nothing runs, nothing to cancel
+        s = target.server
+        if s.queue:
+            self._cancel_server(s)
+
+    def _cancel_server(self, target: ServerConn) -> None:
+        """Cancel what ``target`` runs now, over a new connection, if it still runs it."""
+        if target.backend_key is None:
+            return
+        self._next_sid += 1
+        s = ServerConn(self._next_sid, None, target.address, self._now, purpose=P_CANCEL)
+        s.login = (target, target.link_gen, target.query_gen)
+        self.servers[s.sid] = s
+        self._out.append(OpenServer(s.sid, target.address.host, target.address.port))
+
+    def _send_cancel(self, s: ServerConn) -> None:
+        login = s.login
+        assert isinstance(login, tuple)
+        target: ServerConn = login[0]
+        link_gen: int = login[1]
+        query_gen: int = login[2]
+        # A late cancel must not hit the next client's query on that server.
+        still = target.state == S_CLOSED or (
+            target.link_gen == link_gen and target.query_gen == query_gen and target.queue
+        )
+        if still and target.backend_key is not None:
+            pid, secret = target.backend_key
+            self._send_server(s, bytes(CancelRequest(pid, secret)))
+        self._close_server(s)

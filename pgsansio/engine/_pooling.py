@@ -1,0 +1,250 @@
+"""Pools: taking a server for a client, giving it back, opening and closing them.
+
+Mixed into :class:`~._engine.Engine`. PgCat's semantics: one pool per (pool, user,
+shard, address) of at most ``pool_size`` connections; waiting clients queue FIFO and
+give up after ``connect_timeout``; ``server_round_robin`` picks FIFO (true) or LIFO
+reuse; idle connections close after ``idle_timeout`` (down to ``min_pool_size``) and
+any unlinked one after ``server_lifetime``. A failed connection or login fails the
+waiting clients at once with the server's own error when nothing else could serve them.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pgsansio.protocol import (
+    ErrorResponse,
+    Event,
+    FunctionCall,
+    ProtocolError,
+    Query,
+    ReadyForQuery,
+    Sync,
+)
+
+from ._base import Base
+from ._effects import CloseServer, OpenServer
+from ._login import fatal
+from ._objects import (
+    C_CLOSED,
+    P_POOL,
+    S_CLOSED,
+    S_CONNECTING,
+    S_IDLE,
+    S_LOGIN,
+    Client,
+    Pool,
+    ServerConn,
+)
+
+__all__ = ["Pooling"]
+
+_EXTENDED_NAMES = frozenset({"Parse", "Bind", "Describe", "Execute", "Close"})
+
+
+class Pooling(Base):
+    """Mixed into the Engine; see the module docstring."""
+
+    def _checkout(self, c: Client) -> None:
+        group = c.group
+        assert group is not None
+        pool = self._choose_pool(c)
+        c.pool = pool
+        while pool.idle:
+            s = pool.idle.popleft() if group.cfg is not None and self._fifo() else pool.idle.pop()
+            if self._expired(s):
+                self._close_server(s)
+                continue
+            self._link(c, s)
+            return
+        c.waiting_since = self._now
+        c.wait_gen += 1
+        gen = c.wait_gen
+        pool.waiters.append(c)
+        if len(pool.servers) < group.user.pool_size:
+            self._open_server(pool)
+        timeout = group.user.connect_timeout / 1000
+        self._at(self._now + timeout, lambda: self._checkout_timeout(c, gen))
+
+    def _fifo(self) -> bool:
+        return self.config.general.server_round_robin
+
+    def _choose_pool(self, c: Client) -> Pool:
+        """The address to take a server from: shard 0, by role and load balancing.
+
+        The replicas issue adds query-based routing; here ``default_role`` decides.
+        """
+        group = c.group
+        assert group is not None
+        shard = group.pools[0]
+        cfg = group.cfg
+        if cfg.default_role == "primary":
+            candidates = [p for p in shard if p.address.role == "primary"]
+        elif cfg.default_role == "replica":
+            candidates = [
+                p for p in shard if p.address.role != "primary" or cfg.primary_reads_enabled
+            ]
+        else:
+            candidates = list(shard)
+        if not candidates:
+            candidates = list(shard)
+        if len(candidates) == 1:
+            return candidates[0]
+        self.rng.shuffle(candidates)
+        if cfg.load_balancing_mode == "loc":
+            candidates.sort(key=lambda p: p.busy + len(p.waiters))
+        for pool in candidates:
+            if pool.idle:
+                return pool
+        return candidates[0]
+
+    def _checkout_timeout(self, c: Client, gen: int) -> None:
+        if c.state == C_CLOSED or c.waiting_since is None or c.wait_gen != gen:
+            return
+        assert c.pool is not None and c.user is not None
+        c.pool.waiters.remove(c)
+        c.waiting_since = None
+        pending, c.pending = c.pending, []
+        self._log(
+            logging.WARNING,
+            f'client {c.cid} ("{c.username}" to "{c.database}") waited more than '
+            f"connect_timeout ({c.user.connect_timeout} ms) for a server connection",
+        )
+        error = ErrorResponse.build(
+            "53300",
+            "no server connection became free within connect_timeout "
+            f"({c.user.connect_timeout} ms); all {c.user.pool_size} are busy",
+        )
+        self._fail_requests(c, pending, error)
+
+    def _fail_requests(
+        self, c: Client, pending: list[tuple[bytes, list[Event], list[int]]], error: ErrorResponse
+    ) -> None:
+        """Answer requests no server will see with ``error``, as a server would."""
+        failed = False
+        try:
+            for _, events, _ in pending:
+                for e in events:
+                    t = type(e)
+                    if t is Query or t is FunctionCall:
+                        self._send_client(c, error)
+                        self._send_client(c, ReadyForQuery("I"))
+                    elif t is Sync:
+                        if not failed:
+                            self._send_client(c, error)
+                        self._send_client(c, ReadyForQuery("I"))
+                        failed = False
+                    elif not failed and t.__name__ in _EXTENDED_NAMES:
+                        self._send_client(c, error)
+                        failed = True
+        except ProtocolError:
+            self._drop_client(c, fatal(error.sqlstate or "08P01", error.message or ""))
+
+    def _server_free(self, s: ServerConn) -> None:
+        """``s`` has nothing outstanding and no client: clean it, reuse it or close it."""
+        pool = s.pool
+        assert pool is not None and s.group is not None
+        if s.dirty:
+            s.dirty = False
+            self._internal_query(s, "DISCARD ALL", "reset")
+            return
+        if s.close_needed or self._expired(s) or s.group.removed:
+            self._close_server(s)
+            self._refill(pool)
+            return
+        s.last_used = self._now
+        while pool.waiters:
+            c = pool.waiters.popleft()
+            if c.state != C_CLOSED:
+                self._link(c, s)
+                return
+        s.state = S_IDLE
+        pool.idle.append(s)
+        idle = s.group.user.idle_timeout / 1000
+        if idle:
+            used = s.last_used
+            self._at(self._now + idle, lambda: self._idle_check(s, used))
+
+    def _open_server(self, pool: Pool) -> ServerConn:
+        self._next_sid += 1
+        s = ServerConn(self._next_sid, pool, pool.address, self._now)
+        pool.servers.add(s)
+        pool.opening += 1
+        self.servers[s.sid] = s
+        self._out.append(OpenServer(s.sid, pool.address.host, pool.address.port))
+        timeout = pool.group.user.connect_timeout / 1000
+        self._at(self._now + max(timeout, 1.0) * 5, lambda: self._login_deadline(s))
+        return s
+
+    def _login_deadline(self, s: ServerConn) -> None:
+        if s.state in (S_CONNECTING, S_LOGIN):
+            self._server_gone(
+                s, fatal("08001", f"timed out connecting to server {self._where(s)}")
+            )
+
+    def _server_gone(self, s: ServerConn, error: ErrorResponse, *, closed: bool = False) -> None:
+        """``s`` failed or closed: tell whoever depended on it, then forget it."""
+        was = s.state
+        c = s.client
+        self._close_server(s, send=not closed)
+        if s.purpose != P_POOL:
+            return
+        pool = s.pool
+        group = s.group
+        assert pool is not None and group is not None
+        if c is not None:
+            self._drop_client(c, error)
+        if was in (S_CONNECTING, S_LOGIN):
+            login_failed = True
+            if not any(x.state not in (S_CONNECTING, S_LOGIN) for x in pool.servers):
+                for w in list(pool.waiters):
+                    self._drop_client(w, error)
+                pool.waiters.clear()
+            if group.server_params is None and not any(p.opening for p in group.all_pools()):
+                for w in group.login_waiters:
+                    self._drop_client(w, error)
+                group.login_waiters = []
+            del login_failed
+        elif pool.waiters:
+            self._refill(pool)
+
+    def _close_server(self, s: ServerConn, *, send: bool = True) -> None:
+        if s.state == S_CLOSED:
+            return
+        if s.state in (S_CONNECTING, S_LOGIN) and s.pool is not None:
+            s.pool.opening -= 1
+        s.state = S_CLOSED
+        self.servers.pop(s.sid, None)
+        if s.pool is not None:
+            s.pool.servers.discard(s)
+            try:
+                s.pool.idle.remove(s)
+            except ValueError:
+                pass
+        if s.client is not None:
+            s.client.server = None
+            s.client = None
+        s.queue.clear()
+        if send:
+            self._out.append(CloseServer(s.sid))
+        self._maybe_exit()
+
+    def _refill(self, pool: Pool) -> None:
+        """Open a connection if clients wait and the pool has room."""
+        if pool.waiters and len(pool.servers) < pool.group.user.pool_size:
+            self._open_server(pool)
+        elif not pool.group.removed:
+            need = pool.group.user.min_pool_size - len(pool.servers)
+            for _ in range(max(0, need)):
+                self._open_server(pool)
+
+    def _expired(self, s: ServerConn) -> bool:
+        assert s.group is not None
+        lifetime = s.group.user.server_lifetime / 1000
+        return bool(lifetime) and self._now - s.created >= lifetime
+
+    def _idle_check(self, s: ServerConn, used: float) -> None:
+        if s.state != S_IDLE or s.last_used != used or s.pool is None:
+            return
+        if len(s.pool.servers) > s.pool.group.user.min_pool_size:
+            self._close_server(s)
