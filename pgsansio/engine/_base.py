@@ -92,3 +92,6 @@ class Base:
 
     def _server_gone(self, s: ServerConn, error: ErrorResponse, *, closed: bool = False) -> None:
         raise NotImplementedError
+
+    def _auth_query_failed(self, s: ServerConn, error: ErrorResponse) -> None:
+        raise NotImplementedError

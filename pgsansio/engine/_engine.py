@@ -60,6 +60,7 @@ from ._objects import (
     C_CLOSED,
     C_READY,
     K_QUERY,
+    P_AUTH_QUERY,
     P_CANCEL,
     S_ACTIVE,
     S_CLOSED,
@@ -166,12 +167,16 @@ class Engine(Relay, Login, Pooling):
                 self._send_cancel(s)
             else:
                 s.state = S_LOGIN
-                assert s.group is not None and s.pool is not None
-                user = s.group.user
-                shard = s.group.cfg.shards[s.pool.shard]
-                startup = StartupMessage(
-                    {"user": user.backend_username, "database": shard.database}
-                )
+                group = s.group
+                assert group is not None
+                if s.purpose == P_AUTH_QUERY:
+                    user_name = group.cfg.auth_query_user or ""
+                    database = group.cfg.shards[0].database
+                else:
+                    assert s.pool is not None
+                    user_name = group.user.backend_username
+                    database = group.cfg.shards[s.pool.shard].database
+                startup = StartupMessage({"user": user_name, "database": database})
                 self._send_server(s, s.conn.send(startup))
         return self._flush()
 
@@ -195,6 +200,10 @@ class Engine(Relay, Login, Pooling):
                 s.conn.receive_data(data)
                 if s.state == S_LOGIN:
                     self._read_login(s)
+                    if s.purpose == P_AUTH_QUERY and s.state == S_INTERNAL:
+                        self._read_auth_query(s)
+                elif s.purpose == P_AUTH_QUERY:
+                    self._read_auth_query(s)
                 else:
                     self._read_server(s)
             except ProtocolError as exc:

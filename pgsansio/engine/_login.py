@@ -26,12 +26,14 @@ from pgsansio.protocol import (
     BackendKeyData,
     CancelRequest,
     ConnectionClosed,
+    DataRow,
     ErrorResponse,
     Event,
     NegotiateProtocolVersion,
     NoticeResponse,
     ParameterStatus,
     PasswordMessage,
+    Query,
     ReadyForQuery,
     SASLInitialResponse,
     SASLResponse,
@@ -48,13 +50,16 @@ from ._effects import OpenServer
 from ._objects import (
     C_AUTH,
     C_CLOSED,
+    C_FETCH,
     C_READY,
     C_WELCOME,
+    P_AUTH_QUERY,
     P_CANCEL,
     S_CLOSED,
     S_INTERNAL,
     S_LOGIN,
     Client,
+    PoolGroup,
     ServerConn,
 )
 from ._params import TRACKED, parse_options, quote_literal, valid_name
@@ -121,6 +126,9 @@ class Login(Base):
             c.admin = True
         c.group = group
         c.user = group.user if group is not None else None
+        if group is not None and group.user.password is None and group.cfg.auth_query:
+            self._fetch_secret(c, group)
+            return
         self._challenge(c)
 
     def _challenge(self, c: Client) -> None:
@@ -148,6 +156,13 @@ class Login(Base):
 
     def _auth_method(self, c: Client) -> str:
         if c.user is not None and not c.admin:
+            if c.user.password is None and c.group is not None:
+                # auth_query pass-through: the stored secret decides, as in PgBouncer
+                # ("md5" uses SCRAM when the secret is a SCRAM verifier).
+                secret = c.group.auth_secret or ""
+                if secret.startswith("SCRAM-SHA-256$"):
+                    return "scram-sha-256"
+                return "trust" if c.user.auth_type == "trust" and secret else "md5"
             return c.user.auth_type
         if c.admin:
             return self.config.general.admin_auth_type
@@ -161,7 +176,11 @@ class Login(Base):
     def _password(self, c: Client) -> str | None:
         if c.admin:
             return self.config.general.admin_password or None
-        return c.user.password if c.user is not None else None
+        if c.user is None:
+            return None
+        if c.user.password is None and c.group is not None:
+            return c.group.auth_secret
+        return c.user.password
 
     def _scram_secret(self, c: Client) -> str | None:
         password = self._password(c)
@@ -207,6 +226,16 @@ class Login(Base):
             elif isinstance(event, SASLResponse):
                 final = state.server_final(event.data)
                 self._send_client(c, AuthenticationSASLFinal(final))
+                group = c.group
+                if (
+                    group is not None
+                    and c.user is not None
+                    and c.user.password is None
+                    and state.client_key is not None
+                ):
+                    # Pass-through: the proof gave us ClientKey, which logs us in to
+                    # servers that hold the same verifier.
+                    group.scram_keys = (state.client_key, state.verifier.server_key)
                 self._authenticated(c)
             else:
                 raise ClientFatal("08P01", "expected a SASL response")
@@ -269,17 +298,21 @@ class Login(Base):
         group = s.group
         assert group is not None
         user = group.user
+        login_user = user.backend_username
+        password = user.backend_password
+        if s.purpose == P_AUTH_QUERY:
+            login_user = group.cfg.auth_query_user or ""
+            password = group.cfg.auth_query_password
         while s.state == S_LOGIN:
             event = s.conn.next_event()
             if event is _NEED_DATA or event is _PAUSED:
                 return
-            password = user.backend_password
             if isinstance(event, AuthenticationMD5Password):
                 secret = password if password is not None else group.auth_secret
                 if secret is None:
                     self._server_gone(s, self._no_password(s))
                     return
-                response = md5_response(user.backend_username, secret, event.salt)
+                response = md5_response(login_user, secret, event.salt)
                 self._send_server(s, s.conn.send(PasswordMessage(response)))
             elif isinstance(event, AuthenticationSASL):
                 if "SCRAM-SHA-256" not in event.mechanisms:
@@ -289,7 +322,7 @@ class Login(Base):
                     return
                 if password is not None:
                     client = ScramClient(password)
-                elif group.scram_keys is not None:
+                elif group.scram_keys is not None and s.purpose != P_AUTH_QUERY:
                     client = ScramClient(
                         client_key=group.scram_keys[0], server_key=group.scram_keys[1]
                     )
@@ -323,6 +356,10 @@ class Login(Base):
                 self._server_gone(s, as_fatal(event))
                 return
             elif isinstance(event, ReadyForQuery):
+                if s.purpose == P_AUTH_QUERY:
+                    s.state = S_INTERNAL
+                    self._send_server(s, s.conn.send(Query(self._auth_query_sql(s))))
+                    return
                 self._server_ready(s)
                 return
             elif isinstance(event, (AuthenticationOk, NoticeResponse, NegotiateProtocolVersion)):
@@ -396,3 +433,64 @@ class Login(Base):
             pid, secret = target.backend_key
             self._send_server(s, bytes(CancelRequest(pid, secret)))
         self._close_server(s)
+
+    # --- auth_query pass-through ---------------------------------------------------
+
+    def _fetch_secret(self, c: Client, group: PoolGroup) -> None:
+        """Ask the server for the user's secret (PgCat's and PgBouncer's auth_query)."""
+        c.state = C_FETCH
+        group.fetch_waiters.append(c)
+        if len(group.fetch_waiters) > 1:
+            return  # a fetch is already running; its answer serves everyone
+        shard = group.cfg.shards[0]
+        address = next((a for a in shard.servers if a.role == "primary"), shard.servers[0])
+        self._next_sid += 1
+        s = ServerConn(self._next_sid, None, address, self._now, purpose=P_AUTH_QUERY)
+        s.group = group
+        self.servers[s.sid] = s
+        self._out.append(OpenServer(s.sid, address.host, address.port))
+
+    def _auth_query_sql(self, s: ServerConn) -> str:
+        assert s.group is not None
+        query = s.group.cfg.auth_query or ""
+        return query.replace("'$1'", "$1").replace("$1", quote_literal(s.group.user.username))
+
+    def _read_auth_query(self, s: ServerConn) -> None:
+        group = s.group
+        assert group is not None
+        while s.state != S_CLOSED:
+            event = s.conn.next_event()
+            if event is _NEED_DATA or event is _PAUSED:
+                return
+            if isinstance(event, DataRow):
+                values = event.values
+                if len(values) >= 2 and values[1] is not None:
+                    s.login = values[1].decode("utf-8", "replace")
+                elif len(values) == 1 and values[0] is not None:
+                    s.login = values[0].decode("utf-8", "replace")
+            elif isinstance(event, ErrorResponse):
+                self._log(
+                    logging.WARNING,
+                    f'auth_query for "{group.user.username}" failed: {event.message}',
+                )
+                s.login = None
+            elif isinstance(event, ReadyForQuery):
+                secret = s.login if isinstance(s.login, str) and s.login else None
+                self._close_server(s)
+                group.auth_secret = secret
+                waiters, group.fetch_waiters = group.fetch_waiters, []
+                for c in waiters:
+                    if c.state == C_FETCH:
+                        self._challenge(c)
+                return
+            elif isinstance(event, ConnectionClosed):
+                self._server_gone(s, fatal("08006", "the auth_query connection was closed"))
+                return
+
+    def _auth_query_failed(self, s: ServerConn, error: ErrorResponse) -> None:
+        group = s.group
+        if group is None:
+            return
+        waiters, group.fetch_waiters = group.fetch_waiters, []
+        for c in waiters:
+            self._drop_client(c, error)

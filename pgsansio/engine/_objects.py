@@ -245,6 +245,7 @@ class PoolGroup:
     __slots__ = (
         "auth_secret",
         "cfg",
+        "fetch_waiters",
         "login_waiters",
         "name",
         "pools",
@@ -265,6 +266,7 @@ class PoolGroup:
         # ParameterStatus of the first server login, shown to clients as they log in.
         self.server_params: dict[str, str] | None = None
         self.login_waiters: list[Client] = []
+        self.fetch_waiters: list[Client] = []  # clients waiting for auth_query
         # auth_query pass-through: the secret fetched, and SCRAM keys a client proved.
         self.auth_secret: str | None = None
         self.scram_keys: tuple[bytes, bytes] | None = None

@@ -27,6 +27,7 @@ from ._effects import CloseServer, OpenServer
 from ._login import fatal
 from ._objects import (
     C_CLOSED,
+    P_AUTH_QUERY,
     P_POOL,
     S_CLOSED,
     S_CONNECTING,
@@ -187,6 +188,8 @@ class Pooling(Base):
         was = s.state
         c = s.client
         self._close_server(s, send=not closed)
+        if s.purpose == P_AUTH_QUERY:
+            self._auth_query_failed(s, error)
         if s.purpose != P_POOL:
             return
         pool = s.pool
