@@ -96,6 +96,16 @@ STATE_SQL = (
 )
 
 
+@pytest.fixture(autouse=True)
+def _no_leaked_threads() -> Iterator[None]:
+    before = set(threading.enumerate())
+    yield
+    leftover = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+    for t in leftover:
+        t.join(5)
+    assert not [t for t in leftover if t.is_alive()], leftover
+
+
 # --- helpers -------------------------------------------------------------------------
 
 
@@ -450,14 +460,13 @@ def test_psycopg_pipeline_with_error_then_recovery(pg15: Cluster, pool_mode: str
             c1 = conn.execute(f"INSERT INTO {table} VALUES (%s) RETURNING x", (1,))
             c2 = conn.execute("SELECT %s::text || %s::text", ("a", "b"))
             pipe.sync()
-            c3 = conn.execute(f"INSERT INTO {table} VALUES (%s)", (2,))
-            bad = conn.execute("SELECT 1 / %s", (0,))
-            c5 = conn.execute(f"INSERT INTO {table} VALUES (%s)", (3,))
+            conn.execute(f"INSERT INTO {table} VALUES (%s)", (2,))
+            conn.execute("SELECT 1 / %s", (0,))
+            conn.execute(f"INSERT INTO {table} VALUES (%s)", (3,))
             with pytest.raises(psycopg.errors.DivisionByZero):
                 pipe.sync()
             assert c1.fetchone() == (1,)
             assert c2.fetchone() == ("ab",)
-            del c3, bad, c5
         # After the failed batch the connection and the pipeline work again.
         with conn.pipeline():
             rows = [conn.execute("SELECT %s::int * 2", (i,)) for i in range(20)]
@@ -550,10 +559,9 @@ def test_psycopg_autocommit_and_explicit_transactions(pg15: Cluster) -> None:
                 conn.execute(f"INSERT INTO {table} VALUES (2)")
                 with conn.transaction():  # a savepoint
                     conn.execute(f"INSERT INTO {table} VALUES (3)")
-                with pytest.raises(psycopg.errors.UniqueViolation), conn.transaction():
+                with pytest.raises(psycopg.errors.DivisionByZero), conn.transaction():
                     conn.execute(f"INSERT INTO {table} VALUES (4)")
-                    conn.execute("SELECT 1 / 0 WHERE false")
-                    raise psycopg.errors.UniqueViolation("roll back to the savepoint")
+                    conn.execute("SELECT 1 / 0")
             conn.commit()
             with pytest.raises(psycopg.errors.DivisionByZero):
                 conn.execute("SELECT 1 / 0")
@@ -1008,7 +1016,6 @@ def test_simple_query_then_extended_batch_stay_on_one_server(pg15: Cluster) -> N
 
 
 def test_pool_exhaustion_gives_53300_and_the_client_can_retry(pg15: Cluster) -> None:
-    config = make_config(pg15, pool_size=1, general={"connect_timeout": 300})
     config = make_config(pg15, pool_size=1, user={"connect_timeout": 300})
     with running(config) as p, connect(p, autocommit=False) as a, connect(p) as b:
         a.execute("SELECT 1")  # A holds the only server in its transaction
@@ -1060,7 +1067,7 @@ def test_statement_timeout_gives_57014(pg15: Cluster) -> None:
     marker = f"stmt_timeout_{uuid.uuid4().hex[:10]}"
     with running(make_config(pg15, pool_size=1, user={"statement_timeout": 300})) as p:
         with connect(p) as conn:
-            assert conn.execute("SELECT pg_sleep(0.05), 1").fetchone() == (None, 1)
+            assert conn.execute("SELECT 1 FROM pg_sleep(0.05)").fetchone() == (1,)
             started = time.monotonic()
             with pytest.raises(psycopg.errors.QueryCanceled) as info:
                 conn.execute(f"SELECT pg_sleep(5) /* {marker} */")
@@ -1075,7 +1082,7 @@ def test_idle_in_transaction_timeout_gives_25P03(pg15: Cluster) -> None:
     config = make_config(pg15, general={"idle_client_in_transaction_timeout": 300})
     with running(config) as p, Raw(p.port) as raw:
         raw.ready()
-        assert raw.query("SELECT 1")  # outside a transaction nothing happens
+        assert only(raw.query("SELECT 1"), DataRow)  # outside a transaction: no timeout
         events = raw.query("BEGIN")
         assert only(events, ReadyForQuery)[-1].status == "T"
         started = time.monotonic()
@@ -1159,14 +1166,4 @@ def test_pg18_psql_and_psycopg(pg18: Cluster, pg15: Cluster) -> None:
             events = raw.login("md5_user", version=PROTOCOL_3_2)
             assert isinstance(events[-1], ReadyForQuery), events
             negotiated = only(events, NegotiateProtocolVersion)
-            assert negotiated and negotiated[0].newest_minor == PROTOCOL_3_0 & 0xFFFF
-
-
-@pytest.fixture(autouse=True)
-def _no_leaked_threads() -> Iterator[None]:
-    before = set(threading.enumerate())
-    yield
-    leftover = [t for t in threading.enumerate() if t not in before and t.is_alive()]
-    for t in leftover:
-        t.join(5)
-    assert not [t for t in leftover if t.is_alive()], leftover
+            assert negotiated and negotiated[0].newest_version == PROTOCOL_3_0

@@ -13,6 +13,8 @@ in order::
     engine.server_failed(sid, error, now)    # could not connect (error: text for logs)
     engine.server_data(sid, data, now)
     engine.server_closed(sid, now)           # the server went away (not after CloseServer)
+    engine.client_writable(cid, ok, now)     # the client's send buffer is full (False)
+    engine.server_writable(sid, ok, now)     # ... or has drained again (True)
     engine.tick(now)                         # at or after the last Wakeup(at)
     engine.reload(config, now)               # a new, already validated Config
     engine.shutdown(now)                     # graceful drain; Exit() when done
@@ -29,6 +31,8 @@ from ._effects import (
     Exit,
     Log,
     OpenServer,
+    ReadClient,
+    ReadServer,
     SendClient,
     SendServer,
     Wakeup,
@@ -43,6 +47,8 @@ __all__ = [
     "Exit",
     "Log",
     "OpenServer",
+    "ReadClient",
+    "ReadServer",
     "SendClient",
     "SendServer",
     "Wakeup",

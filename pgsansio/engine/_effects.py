@@ -15,6 +15,8 @@ __all__ = [
     "Exit",
     "Log",
     "OpenServer",
+    "ReadClient",
+    "ReadServer",
     "SendClient",
     "SendServer",
     "Wakeup",
@@ -62,6 +64,20 @@ class CloseServer(NamedTuple):
     sid: int
 
 
+class ReadServer(NamedTuple):
+    """Stop (``on`` False) or resume reading from server ``sid``: its client is slow."""
+
+    sid: int
+    on: bool
+
+
+class ReadClient(NamedTuple):
+    """Stop (``on`` False) or resume reading from client ``cid``: its server is slow."""
+
+    cid: int
+    on: bool
+
+
 class Wakeup(NamedTuple):
     """Call ``engine.tick(now)`` at monotonic time ``at`` (replaces any earlier timer)."""
 
@@ -81,4 +97,15 @@ class Exit(NamedTuple):
     code: int = 0
 
 
-Effect = SendClient | SendServer | OpenServer | CloseClient | CloseServer | Wakeup | Log | Exit
+Effect = (
+    SendClient
+    | SendServer
+    | OpenServer
+    | CloseClient
+    | CloseServer
+    | ReadServer
+    | ReadClient
+    | Wakeup
+    | Log
+    | Exit
+)

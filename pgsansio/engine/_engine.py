@@ -50,6 +50,8 @@ from ._effects import (
     CloseServer,
     Exit,
     Log,
+    ReadClient,
+    ReadServer,
     SendClient,
     SendServer,
     Wakeup,
@@ -221,6 +223,26 @@ class Engine(Relay, Login, Pooling):
             self._server_gone(
                 s, fatal("08006", "the server closed the connection unexpectedly"), closed=True
             )
+        return self._flush()
+
+    def client_writable(self, cid: int, writable: bool, now: float) -> list[Effect]:
+        """Backpressure: a client that reads slowly stops its server being read."""
+        self._now = now
+        c = self.clients.get(cid)
+        if c is not None:
+            c.blocked = not writable
+            if c.server is not None:
+                self._out.append(ReadServer(c.server.sid, writable))
+        return self._flush()
+
+    def server_writable(self, sid: int, writable: bool, now: float) -> list[Effect]:
+        """Backpressure: a server that reads slowly (COPY IN) stops its client being read."""
+        self._now = now
+        s = self.servers.get(sid)
+        if s is not None:
+            s.blocked = not writable
+            if s.client is not None:
+                self._out.append(ReadClient(s.client.cid, writable))
         return self._flush()
 
     def tick(self, now: float) -> list[Effect]:
@@ -396,6 +418,10 @@ class Engine(Relay, Login, Pooling):
     # === linking clients and servers =================================================
 
     def _link(self, c: Client, s: ServerConn) -> None:
+        if c.blocked:
+            self._out.append(ReadServer(s.sid, False))
+        if s.blocked:
+            self._out.append(ReadClient(c.cid, False))
         c.server = s
         c.waiting_since = None
         s.client = c
@@ -439,6 +465,10 @@ class Engine(Relay, Login, Pooling):
         self._server_free(s)
 
     def _unlink(self, c: Client, s: ServerConn) -> None:
+        if c.blocked:
+            self._out.append(ReadServer(s.sid, True))
+        if s.blocked and c.state != C_CLOSED:
+            self._out.append(ReadClient(c.cid, True))
         c.server = None
         s.client = None
         s.state = S_INTERNAL

@@ -110,6 +110,7 @@ class Client:
     __slots__ = (
         "admin",
         "auth",
+        "blocked",
         "cancel_key",
         "cid",
         "conn",
@@ -145,6 +146,7 @@ class Client:
         self.group: PoolGroup | None = None
         self.pool: Pool | None = None  # the address pool it waits on or holds a server of
         self.admin = False
+        self.blocked = False  # its socket's send buffer is full: don't read its server
         self.auth: tuple[str, bytes | ScramServer | None] | None = None
         self.cancel_key: tuple[int, bytes] = (0, b"")
         # Reported parameters as the client should see them (startup + ParameterStatus).
@@ -169,6 +171,7 @@ class ServerConn:
         "address",
         "applied",
         "backend_key",
+        "blocked",
         "client",
         "close_needed",
         "conn",
@@ -217,6 +220,7 @@ class ServerConn:
         self.link_gen = 0
         self.query_gen = 0
         self.login: object = None  # the login exchange in progress (ScramClient...)
+        self.blocked = False  # its send buffer is full: don't read its client
         self.syncing = False  # our SET is running; the client's data waits for it
 
 

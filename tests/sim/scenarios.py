@@ -73,6 +73,7 @@ class Behaviour:
     started: set[str] = field(default_factory=set)  # long queries a server has started
     comment_sets: bool = True  # some SETs carry a comment
     recovered_at: float | None = None  # after this, allowed errors are failures too
+    bind_unknown: bool = True  # named_close binds the closed statement (expects 26000)
 
 
 DEFAULT_WEIGHTS = {
@@ -390,6 +391,8 @@ class Scripted(SimClient):
         reply = yield from self.ask(Close("S", name), Sync())
         self.ok(reply)
         del session.prepared[name]
+        if not self.b.bind_unknown:
+            return
         events, _ = self._bind_named(name)
         reply = yield from self.ask(*events, Sync())
         self.expect(reply.codes == ["26000"], "26000 after Close", reply)

@@ -32,6 +32,8 @@ from pgsansio.engine import (
     Exit,
     Log,
     OpenServer,
+    ReadClient,
+    ReadServer,
     SendClient,
     SendServer,
     Wakeup,
@@ -76,6 +78,16 @@ class _ClientProtocol(asyncio.Protocol):
         if self._cid in fe._clients:
             fe._call(fe._engine.client_data, self._cid, data)
 
+    def pause_writing(self) -> None:
+        fe = self._fe
+        if self._cid in fe._clients:
+            fe._call(fe._engine.client_writable, self._cid, False)
+
+    def resume_writing(self) -> None:
+        fe = self._fe
+        if self._cid in fe._clients:
+            fe._call(fe._engine.client_writable, self._cid, True)
+
     def eof_received(self) -> bool:
         # A client that half-closes is gone as far as PostgreSQL is concerned: returning
         # False lets the transport close, and connection_lost reports it.
@@ -106,6 +118,16 @@ class _ServerProtocol(asyncio.Protocol):
         fe = self._fe
         if self._sid in fe._servers:
             fe._call(fe._engine.server_data, self._sid, data)
+
+    def pause_writing(self) -> None:
+        fe = self._fe
+        if self._sid in fe._servers:
+            fe._call(fe._engine.server_writable, self._sid, False)
+
+    def resume_writing(self) -> None:
+        fe = self._fe
+        if self._sid in fe._servers:
+            fe._call(fe._engine.server_writable, self._sid, True)
 
     def eof_received(self) -> bool:
         return False
@@ -318,6 +340,14 @@ class AsyncioFrontend:
                     task = self._opening.pop(sid, None)
                     if task is not None:
                         task.cancel()
+                case ReadServer(sid, on):
+                    transport = self._servers.get(sid)
+                    if transport is not None:
+                        transport.resume_reading() if on else transport.pause_reading()
+                case ReadClient(cid, on):
+                    transport = self._clients.get(cid)
+                    if transport is not None:
+                        transport.resume_reading() if on else transport.pause_reading()
                 case Log(level, message):
                     engine_log.log(level, message)
                 case Exit(code):
