@@ -41,9 +41,9 @@ import pg8000.native
 import psycopg
 import psycopg.errors
 import pytest
+from _pooler import Pooler, make_config, running
 from psycopg import pq
 
-from _pooler import Pooler, make_config, running
 from pgsansio.config_model import Config, ServerAddress, ShardConfig
 from pgsansio.protocol import (
     CLIENT,
@@ -615,9 +615,7 @@ def test_asyncpg_statement_cache_prepare_and_concurrency(pg15: Cluster) -> None:
             for _ in range(clients)
         ]
         try:
-            await asyncio.wait_for(
-                asyncio.gather(*(work(c, i) for i, c in enumerate(conns))), 60
-            )
+            await asyncio.wait_for(asyncio.gather(*(work(c, i) for i, c in enumerate(conns))), 60)
         finally:
             for c in conns:
                 await c.close()
@@ -734,6 +732,29 @@ def _defaults(cluster: Cluster, user: str = "md5_user") -> tuple[Any, ...]:
     return tuple(row[:4])
 
 
+def interleave(
+    a: psycopg.Connection[tuple[Any, ...]],
+    other: psycopg.Connection[tuple[Any, ...]],
+    expect_a: tuple[Any, ...],
+    expect_other: tuple[Any, ...],
+    rounds: int = 6,
+) -> set[int]:
+    """A's view while ``other`` holds a server in a transaction; the server pids A used.
+
+    Idle servers are handed out in turn (``server_round_robin``), so with a pool of two
+    A lands on the server ``other`` held in the round before: it alternates.
+    """
+    pids = set()
+    for i in range(rounds):
+        row = other.execute(STATE_SQL).fetchone()
+        assert row is not None and tuple(row[:4]) == expect_other, (i, row)
+        row = a.execute(STATE_SQL).fetchone()
+        assert row is not None and tuple(row[:4]) == expect_a, (i, row)
+        pids.add(row[4])
+        other.commit()
+    return pids
+
+
 def test_session_state_follows_the_client_and_never_leaks(pg15: Cluster) -> None:
     defaults = _defaults(pg15)
     mine = ("client_a", "Pacific/Chatham", "a_schema, public", "4321ms")
@@ -744,20 +765,10 @@ def test_session_state_follows_the_client_and_never_leaks(pg15: Cluster) -> None
             a.execute("SET TimeZone = 'Pacific/Chatham'")
             a.execute("SET search_path = a_schema, public")
             a.execute("SET statement_timeout = 4321")
-            a_pids, other_pids = set(), set()
-            for i in range(8):
-                if i % 2 == 0:  # another client holds a server while A works
-                    row = other.execute(STATE_SQL).fetchone()
-                    assert row is not None and tuple(row[:4]) == defaults, row
-                    other_pids.add(row[4])
-                row = a.execute(STATE_SQL).fetchone()
-                assert row is not None and tuple(row[:4]) == mine, (i, row)
-                a_pids.add(row[4])
-                if i % 2 == 0:
-                    other.commit()
-            # A's settings followed it to both servers; the other client never saw them.
-            assert len(a_pids) == 2
-            assert other_pids <= a_pids
+            # A's settings follow it to both servers; the other client never sees them.
+            assert len(interleave(a, other, mine, defaults)) == 2
+            assert a.info.parameter_status("application_name") == "client_a"
+            assert a.info.parameter_status("TimeZone") == "Pacific/Chatham"
         with connect(p) as b:
             for _ in range(4):
                 row = b.execute(STATE_SQL).fetchone()
@@ -772,34 +783,29 @@ def test_reset_and_reported_parameters_follow_the_client(pg15: Cluster) -> None:
         a.execute("RESET statement_timeout")
         a.execute("RESET application_name")
         with connect(p, autocommit=False) as other:
-            for _ in range(4):
-                other.execute("SELECT 1")
-                row = a.execute(STATE_SQL).fetchone()
-                assert row is not None and tuple(row[:4]) == defaults
-                other.commit()
+            assert len(interleave(a, other, defaults, defaults, rounds=4)) == 2
         # psycopg follows ParameterStatus: the pooler keeps it truthful
         assert a.info.parameter_status("application_name") == ""
 
 
 def test_named_prepared_statements_are_private(pg15: Cluster) -> None:
-    with running(make_config(pg15, pool_size=2)) as p:
-        with connect(p) as a, connect(p) as b:
-            res = a.pgconn.prepare(b"a_stmt", b"SELECT 42")
-            assert res.status == pq.ExecStatus.COMMAND_OK
-            for _ in range(4):
-                names = b.execute("SELECT array_agg(name) FROM pg_prepared_statements")
-                row = names.fetchone()
-                assert row is not None and "a_stmt" not in (row[0] or [])
-                with pytest.raises(psycopg.errors.InvalidSqlStatementName):
-                    b.execute("EXECUTE a_stmt")
-                assert a.pgconn.exec_prepared(b"a_stmt", []).get_value(0, 0) == b"42"
-            # B asking for A's statement by name at the protocol level fails too.
-            res = b.pgconn.describe_prepared(b"a_stmt")
-            assert res.status == pq.ExecStatus.FATAL_ERROR
-            assert res.error_field(pq.DiagnosticField.SQLSTATE) == b"26000"
-            assert b"a_stmt" in (res.error_field(pq.DiagnosticField.MESSAGE_PRIMARY) or b"")
-            # and A still has it
+    with running(make_config(pg15, pool_size=2)) as p, connect(p) as a, connect(p) as b:
+        res = a.pgconn.prepare(b"a_stmt", b"SELECT 42")
+        assert res.status == pq.ExecStatus.COMMAND_OK
+        for _ in range(4):
+            names = b.execute("SELECT array_agg(name) FROM pg_prepared_statements")
+            row = names.fetchone()
+            assert row is not None and "a_stmt" not in (row[0] or [])
+            with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+                b.execute("EXECUTE a_stmt")
             assert a.pgconn.exec_prepared(b"a_stmt", []).get_value(0, 0) == b"42"
+        # B asking for A's statement by name at the protocol level fails too.
+        res = b.pgconn.describe_prepared(b"a_stmt")
+        assert res.status == pq.ExecStatus.FATAL_ERROR
+        assert res.error_field(pq.DiagnosticField.SQLSTATE) == b"26000"
+        assert b"a_stmt" in (res.error_field(pq.DiagnosticField.MESSAGE_PRIMARY) or b"")
+        # and A still has it
+        assert a.pgconn.exec_prepared(b"a_stmt", []).get_value(0, 0) == b"42"
 
 
 def test_session_mode_temp_tables_and_settings_end_with_the_client(pg15: Cluster) -> None:
@@ -826,27 +832,14 @@ def test_session_mode_temp_tables_and_settings_end_with_the_client(pg15: Cluster
 
 def test_startup_options_and_application_name_are_honoured(pg15: Cluster) -> None:
     defaults = _defaults(pg15)
+    mine = ("startup_app", defaults[1], defaults[2], "1234ms")
     with running(make_config(pg15, pool_size=2)) as p:
         with (
-            connect(
-                p, options="-c statement_timeout=1234", application_name="startup_app"
-            ) as a,
+            connect(p, options="-c statement_timeout=1234", application_name="startup_app") as a,
             connect(p, autocommit=False) as other,
         ):
             assert a.info.parameter_status("application_name") == "startup_app"
-            pids = set()
-            for i in range(6):
-                if i % 2 == 0:
-                    other.execute("SELECT 1")
-                row = a.execute(STATE_SQL).fetchone()
-                assert row is not None, row
-                assert (row[0], row[3]) == ("startup_app", "1234ms"), row
-                pids.add(row[4])
-                if i % 2 == 0:
-                    row = other.execute(STATE_SQL).fetchone()
-                    assert row is not None and tuple(row[:4]) == defaults, row
-                    other.commit()
-            assert len(pids) == 2
+            assert len(interleave(a, other, mine, defaults)) == 2
         with connect(p) as b:
             row = b.execute(STATE_SQL).fetchone()
             assert row is not None and tuple(row[:4]) == defaults
@@ -866,8 +859,7 @@ def test_client_disconnect_mid_transaction_rolls_back(pg15: Cluster) -> None:
             raw.abort()
         with connect(p, autocommit=True) as b:
             row = b.execute(
-                f"SELECT count(*), pg_current_xact_id_if_assigned(), pg_backend_pid() "
-                f"FROM {table}"
+                f"SELECT count(*), pg_current_xact_id_if_assigned(), pg_backend_pid() FROM {table}"
             ).fetchone()
             assert row is not None
             assert row[:2] == (0, None), row
@@ -941,24 +933,16 @@ def test_simple_query_pipelined_with_extended_messages(pg15: Cluster) -> None:
     table = scratch_table(pg15)
     with running(make_config(pg15, pool_size=1)) as p, Raw(p.port) as raw:
         raw.ready()
-        raw.sock.sendall(
-            b"".join(
-                bytes(e)
-                for e in (
-                    Query("BEGIN"),
-                    Parse("", f"INSERT INTO {table} VALUES ($1::int) RETURNING x + 1"),
-                    Bind("", "", (), (b"41",), ()),
-                    Execute("", 0),
-                    Sync(),
-                )
-            )
+        raw.send(  # one write
+            Query("BEGIN"),
+            Parse("", f"INSERT INTO {table} VALUES ($1::int) RETURNING x + 1"),
+            Bind("", "", (), (b"41",), ()),
+            Execute("", 0),
+            Sync(),
         )
-        raw.conn.send(Query("BEGIN"))  # keep the state machine in step with the socket
         begin = raw.until(ReadyForQuery)
         assert [type(e) for e in begin] == [CommandComplete, ReadyForQuery], begin
         assert only(begin, ReadyForQuery)[0].status == "T"
-        for e in (Parse("", "x"), Bind("", ""), Execute(""), Sync()):
-            raw.conn.send(e)
         extended = raw.until(ReadyForQuery)
         assert [type(e) for e in extended] == [
             ParseComplete,
@@ -981,8 +965,7 @@ def test_simple_query_then_extended_batch_stay_on_one_server(pg15: Cluster) -> N
 
     def noise(port: int) -> None:
         with psycopg.connect(
-            f"host=127.0.0.1 port={port} user=md5_user password=md5-secret "
-            f"dbname={TEST_DATABASE}",
+            f"host=127.0.0.1 port={port} user=md5_user password=md5-secret dbname={TEST_DATABASE}",
             autocommit=True,
         ) as conn:
             while not stop.is_set():
@@ -1142,9 +1125,7 @@ def test_shutdown_lets_open_transactions_finish(pg15: Cluster) -> None:
         if not stopper.is_alive():
             p.stop()
     with direct(pg15) as conn:
-        assert conn.execute(f"SELECT array_agg(x ORDER BY x) FROM {table}").fetchone() == (
-            [1, 2],
-        )
+        assert conn.execute(f"SELECT array_agg(x ORDER BY x) FROM {table}").fetchone() == ([1, 2],)
 
 
 # --- PostgreSQL 18 -------------------------------------------------------------------
