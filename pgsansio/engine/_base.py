@@ -87,6 +87,9 @@ class Base:
     def _close_server(self, s: ServerConn, *, send: bool = True) -> None:
         raise NotImplementedError
 
+    def _refill(self, pool: Pool) -> None:
+        raise NotImplementedError
+
     def _server_free(self, s: ServerConn) -> None:
         raise NotImplementedError
 

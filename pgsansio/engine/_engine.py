@@ -89,6 +89,10 @@ if TYPE_CHECKING:
 __all__ = ["Engine"]
 
 CLIENT_LOGIN_TIMEOUT = 60.0
+_TERMINATING = ErrorResponse.build(
+    "57P01", "terminating connection due to administrator command", "FATAL"
+)
+ABANDON_GRACE = 5.0  # seconds a cancelled, abandoned server may take to answer
 _EXTENDED_NAMES = frozenset({"Parse", "Bind", "Describe", "Execute", "Close"})
 _TRACKED_LOWER = {name.lower(): name for name in TRACKED}
 
@@ -288,10 +292,9 @@ class Engine(Relay, Login, Pooling):
             self._shutting_down = True
             self._log(logging.INFO, "shutting down: waiting for clients to finish")
             for c in list(self.clients.values()):
-                if c.server is None:
-                    self._drop_client(
-                        c, fatal("57P01", "terminating connection due to administrator command")
-                    )
+                s = c.server
+                if s is None or (not s.queue and s.conn.idle and s.conn.transaction_status == "I"):
+                    self._drop_client(c, _TERMINATING)
             timeout = self.config.general.shutdown_timeout / 1000
             self._at(now + timeout, self._shutdown_timeout)
             self._maybe_exit()
@@ -458,6 +461,9 @@ class Engine(Relay, Login, Pooling):
             if timeout:
                 gen = s.query_gen
                 self._at(self._now + timeout / 1000, lambda: self._idle_tx_timeout(c, s, gen))
+            return
+        if self._shutting_down and not c.pending:
+            self._drop_client(c, _TERMINATING)  # its transaction is over: let it go
             return
         if c.user.pool_mode != "transaction" or c.unnamed_pending or c.pending:
             return
@@ -626,11 +632,11 @@ class Engine(Relay, Login, Pooling):
             return
         busy = any(x.mode != SKIP for x in s.queue) or s.conn.frontend_copy_open
         if busy:
-            # A query runs: stop it, and do not wait for it.
+            # A query runs: cancel it, let the answer drain (nobody reads it), then
+            # close this connection; never later than ABANDON_GRACE seconds.
+            s.close_needed = True
             self._cancel_server(s)
-            self._close_server(s)
-            if s.pool is not None:
-                self._refill(s.pool)
+            self._at(self._now + ABANDON_GRACE, lambda: self._close_abandoned(s))
             return
         if s.queue:
             return  # our own query (a SET) is running; _internal_done frees it
@@ -642,8 +648,8 @@ class Engine(Relay, Login, Pooling):
         else:
             self._server_free(s)
 
-
-def _asfatal(error: ErrorResponse) -> ErrorResponse:
-    if error.severity in ("FATAL", "PANIC"):
-        return error
-    return ErrorResponse([(k, "FATAL" if k in "SV" else v) for k, v in error.fields])
+    def _close_abandoned(self, s: ServerConn) -> None:
+        if s.state != S_CLOSED and s.client is None:
+            self._close_server(s)
+            if s.pool is not None:
+                self._refill(s.pool)

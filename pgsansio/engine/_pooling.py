@@ -49,6 +49,23 @@ class Pooling(Base):
     def _checkout(self, c: Client) -> None:
         group = c.group
         assert group is not None
+        if group.removed:
+            # A reload changed or removed this pool: move to its new incarnation.
+            new = self.groups.get((group.name, group.user.username))
+            if new is None:
+                self._drop_client(
+                    c,
+                    fatal(
+                        "08P01",
+                        f'the pool "{group.name}" for user "{group.user.username}" '
+                        "was removed from the configuration",
+                    ),
+                )
+                return
+            if new.server_params is None:
+                new.server_params = group.server_params
+            c.group = group = new
+            c.user = new.user
         pool = self._choose_pool(c)
         c.pool = pool
         while pool.idle:
@@ -234,6 +251,8 @@ class Pooling(Base):
 
     def _refill(self, pool: Pool) -> None:
         """Open a connection if clients wait and the pool has room."""
+        if pool.group.removed:
+            return
         if pool.waiters and len(pool.servers) < pool.group.user.pool_size:
             self._open_server(pool)
         elif not pool.group.removed:

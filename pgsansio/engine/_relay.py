@@ -68,6 +68,7 @@ from ._objects import (
     Prepared,
     ServerConn,
 )
+from ._objects import S_CLOSED as S_CLOSED_STATE
 from ._params import TRACKED, parse_simple_set
 
 __all__ = ["ClientFatal", "Relay"]
@@ -374,6 +375,11 @@ class Relay(Base):
                 self._internal_done(s, entry)
         if s.client is not None:
             self._release_if_done(s)
+        elif s.close_needed and not q and s.conn.idle and s.state != S_CLOSED_STATE:
+            # An abandoned server whose cancelled query has answered.
+            self._close_server(s)
+            if s.pool is not None:
+                self._refill(s.pool)
 
     def _unanswered(self, s: ServerConn, x: Entry, *, failed: bool = False) -> None:
         """A request skipped after an error (or the failed one itself)."""

@@ -31,7 +31,7 @@ from pgsansio.testing.fakepg import Database, FakeServer, FakeUser
 from pgsansio.testing.fakesql import Plan
 
 from .client import Pause
-from .scenarios import Behaviour, Scripted
+from .scenarios import CANCEL_SLEEP, Behaviour, Scripted
 from .world import NetProfile, World
 
 HOST, PORT, DATABASE = "pg1", 5432, "simdb"
@@ -130,7 +130,7 @@ def simulate(
     world = World(seed, config, {(HOST, PORT): db}, net or NetProfile(), **kwargs)
 
     def note_statement(server: FakeServer, plan: Plan) -> None:
-        if "pg_sleep(3)" in plan.text:
+        if f"pg_sleep({CANCEL_SLEEP})" in plan.text:
             behaviour.started.add(plan.text)
 
     db.on_statement = note_statement
@@ -320,3 +320,46 @@ def run_scripts(
     world.start()
     world.run(600.0)
     return outs, world
+
+
+def shutdown_at(when: float) -> Fault:
+    """The operator stops the pooler (SIGTERM): ``engine.shutdown`` at ``when``."""
+
+    def install(world: World, db: Database, rng: random.Random) -> None:
+        def stop() -> None:
+            world.log("OPERATOR: shutdown")
+            world.shutdown_requested = world.now
+            world.call("shutdown", world.engine.shutdown)
+
+        world.sched.at(when, stop)
+
+    return install
+
+
+def reload_at(when: float, config: Config, settle: float = 3.0) -> Fault:
+    """The operator reloads a new configuration at ``when``.
+
+    Until ``settle`` seconds later a pool may still hold connections under the old
+    limits (they close when released); after that the new limits apply.
+    """
+
+    def install(world: World, db: Database, rng: random.Random) -> None:
+        def reload() -> None:
+            world.log("OPERATOR: reload")
+            old = world.pool_limits
+            world.config = config
+            new = world._pool_limits()
+            world.pool_limits = Counter({k: max(old[k], new[k]) for k in old | new})
+            world.call("reload", world.engine.reload, config)
+            world.sched.after(settle, settled, new)
+
+        def settled(new: Counter[tuple[str, int, str, str]]) -> None:
+            world.log("reload settled: new pool limits apply")
+            world.pool_limits = new
+            for key, count in world.open_per_pool.items():
+                if count > new.get(key, 0):
+                    world.fail(f"pool {key} still has {count} connections after the reload")
+
+        world.sched.at(when, reload)
+
+    return install

@@ -36,6 +36,7 @@ from pgsansio.protocol import (
 from .client import Abort, Gone, Pause, Reply, Script, SimClient
 from .world import SimFailure, World
 
+CANCEL_SLEEP = 1.5  # seconds; shorter than the statement_timeout the fault runs use
 TIMEZONES = ["UTC", "Europe/Paris", "Asia/Tokyo", "America/New_York"]
 DATESTYLES = ["ISO, MDY", "ISO, DMY", "German, DMY", "SQL, YMD", "Postgres, MDY"]
 # Named statements: texts shared by all clients (the pooler may share them on a server),
@@ -156,20 +157,24 @@ class Scripted(SimClient):
         """
         self.send(*events)  # type: ignore[arg-type]
         reply: Reply = yield from self.replies(n, self.b.reply_timeout, until)
+        allowed = []
         for err in reply.errors:
             code = err.sqlstate or ""
             if code == "57014" and "user request" in (err.message or ""):
                 if not self.cancel_pending:
                     raise SimFailure(f"cancelled without asking: {reply.brief()}")
-                continue
-            if err.severity in ("FATAL", "PANIC") and code not in self.b.allowed:
-                raise SimFailure(f"unexpected FATAL from the pooler: {reply.brief()}")
+                continue  # what we asked for: the scenario checks it
+            fatal = err.severity in ("FATAL", "PANIC")
+            if code not in self.b.allowed:
+                if fatal:
+                    raise SimFailure(f"unexpected FATAL from the pooler: {reply.brief()}")
+                continue  # an ordinary SQL error: the scenario checks it
+            allowed.append(err)
             limit = self.b.max_error_latency
-            if code in self.b.allowed and limit is not None and reply.latency > limit:
+            if limit is not None and reply.latency > limit:
                 raise SimFailure(
                     f"error {code} took {reply.latency:.3f} s to arrive (limit {limit} s)"
                 )
-        allowed = [e for e in reply.errors if (e.sqlstate or "") in self.b.allowed]
         healed = self.b.recovered_at
         if allowed and healed is not None and reply.sent_at >= healed:
             raise SimFailure(
@@ -177,8 +182,8 @@ class Scripted(SimClient):
             )
         if allowed:
             self.outcome(f"error {allowed[0].sqlstate}")
-            if reply.closed:
-                raise Gone()
+            if reply.closed or any(e.severity in ("FATAL", "PANIC") for e in allowed):
+                raise Gone()  # the pooler is closing this connection
             raise Abort(allowed[0].message)
         if reply.closed:
             raise SimFailure(f"the pooler closed the connection: {reply.brief()}")
@@ -573,7 +578,7 @@ class Scripted(SimClient):
     def sc_cancel(self) -> Script:
         """Cancel a long query; if it was running when we asked, it must stop."""
         v = self.uniq()
-        q = f"SELECT pg_sleep(3), '{v}' {self.tag}"
+        q = f"SELECT pg_sleep({CANCEL_SLEEP}), '{v}' {self.tag}"
         self.cancel_pending = True
         try:
             self.send(Query(q))

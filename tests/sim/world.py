@@ -208,6 +208,8 @@ class World:
         self._next_cid = 0
         self._timer_gen = 0
         self.exited: int | None = None
+        self.exited_at: float | None = None
+        self.shutdown_requested: float | None = None
         self.stats: Counter[str] = Counter()
         self.open_per_pool: Counter[tuple[str, int, str, str]] = Counter()
         self.max_open_per_pool: Counter[tuple[str, int, str, str]] = Counter()
@@ -288,7 +290,9 @@ class World:
                 self.stats[f"log_{logging.getLevelName(effect.level)}"] += 1
             elif kind is Exit:
                 self.log(f"engine Exit({effect.code})")
-                self.exited = effect.code
+                if self.exited is not None:
+                    self.fail("Exit twice")
+                self.exited, self.exited_at = effect.code, self.now
             else:
                 self.fail(f"unknown effect {effect!r}")
 
@@ -302,6 +306,11 @@ class World:
         """Open a client connection to the engine; ``sink`` gets what the engine sends."""
         self._next_cid += 1
         cid = self._next_cid
+        if self.exited is not None:
+            # The frontend stopped listening: the connection is refused.
+            self.log(f"client {cid} ({getattr(client, 'name', '?')}) refused: pooler exited")
+            self.sched.after(self.delay(), sink, b"")
+            return cid
         link = ClientLink(
             cid,
             client,
@@ -315,11 +324,15 @@ class World:
         return cid
 
     def client_send(self, cid: int, data: bytes) -> None:
-        self.clients[cid].to_engine.write(data)
+        link = self.clients.get(cid)
+        if link is not None:
+            link.to_engine.write(data)
 
     def client_close(self, cid: int) -> None:
         """The client closes its socket: EOF reaches the engine after pending bytes."""
-        link = self.clients[cid]
+        link = self.clients.get(cid)
+        if link is None:
+            return
         link.to_engine.close()
         link.to_client.kill()
 
