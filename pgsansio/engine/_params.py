@@ -125,9 +125,10 @@ def parse_options(options: str) -> dict[str, str]:
         else:
             raise ValueError(f"unsupported startup option {w!r} (only -c name=value)")
         name, eq, value = pair.partition("=")
+        name = name.replace("-", "_")  # PostgreSQL accepts --work-mem=4MB too
         if not eq or not valid_name(name):
             raise ValueError(f"malformed startup option {pair!r} (expected -c name=value)")
-        result[name.replace("-", "_")] = value
+        result[name] = value
     return result
 
 

@@ -79,6 +79,7 @@ class Run:
     behaviour: Behaviour
     db: Database
     problems: list[str] = field(default_factory=list)
+    exit_within: float = 10.0  # after a shutdown, Exit must come this soon
 
     def summary(self) -> str:
         ledger = Counter(self.behaviour.ledger.values())
@@ -188,6 +189,15 @@ def check(run: Run) -> list[str]:
             problems.append(f"ledger row {key} was committed but is not in the database")
         if state in ("open", "committing"):
             problems.append(f"ledger row {key} still {state} at the end (scenario bug)")
+    if world.shutdown_requested is not None:
+        if world.exited is None or world.exited_at is None:
+            problems.append("the engine never sent Exit after shutdown")
+        elif world.exited_at - world.shutdown_requested > run.exit_within:
+            took = world.exited_at - world.shutdown_requested
+            problems.append(f"Exit came {took:.2f} s after shutdown (limit {run.exit_within} s)")
+        still = [sid for sid, link in world.servers.items() if not link.engine_closed]
+        if still:
+            problems.append(f"server connections {still} still open after Exit")
     for pid, server in db.backends.items():
         if server.in_txn or server._sleep is not None or server.status != "I":
             problems.append(

@@ -75,6 +75,7 @@ class Behaviour:
     comment_sets: bool = True  # some SETs carry a comment
     recovered_at: float | None = None  # after this, allowed errors are failures too
     bind_unknown: bool = True  # named_close binds the closed statement (expects 26000)
+    allow_refused: bool = False  # a connection may be refused (the pooler has exited)
 
 
 DEFAULT_WEIGHTS = {
@@ -228,12 +229,13 @@ class Scripted(SimClient):
                 reply = yield from self.login(self.database, **params)
                 if reply.closed or reply.status != "I":
                     codes = reply.codes
+                    refused = not codes and self.b.allow_refused
                     self.expect(
-                        bool(codes) and (codes[0] or "") in self.b.allowed,
+                        refused or (bool(codes) and (codes[0] or "") in self.b.allowed),
                         "a login, or an allowed error",
                         reply,
                     )
-                    self.outcome(f"login error {codes[0]}")
+                    self.outcome(f"login error {codes[0] if codes else 'refused'}")
                     raise Gone()
                 self.outcome("login")
                 for _ in range(min(budget, rng.randint(*self.b.transactions))):
