@@ -431,8 +431,19 @@ class Engine(Relay, Login, Pooling):
         s.state = S_ACTIVE
         s.link_gen += 1
         s.last_used = self._now
-        want = {name: c.params[name] for name in TRACKED if name in c.params}
-        sql = sync_sql(want, s.params, c.settings, s.applied)
+        key = c.sync_key
+        if key is None:
+            key = c.sync_key = (
+                tuple(c.params.get(name) for name in TRACKED),
+                tuple(sorted(c.settings.items())),
+            )
+        if s.sync_key == key:
+            sql = ""  # the common case: the last client here had the same settings
+        else:
+            want = {name: c.params[name] for name in TRACKED if name in c.params}
+            sql = sync_sql(want, s.params, c.settings, s.applied)
+            if not sql:
+                s.sync_key = key
         if sql:
             s.syncing = True
             s.queue.append(Entry(K_QUERY, SKIP, tag="sync"))
@@ -503,6 +514,7 @@ class Engine(Relay, Login, Pooling):
                     ),
                 )
                 s.applied.clear()
+                s.sync_key = None
                 self._server_free(s)
                 return
             self._log(logging.WARNING, f"server {self._where(s)}: {entry.tag} failed; closing it")
@@ -513,6 +525,7 @@ class Engine(Relay, Login, Pooling):
             owner = s.client
             if owner is not None:
                 s.applied = dict(owner.settings)
+                s.sync_key = owner.sync_key
                 self._flush_pending(owner, s)
             return
         if s.client is None and not s.queue:

@@ -128,6 +128,7 @@ class Client:
         "set_failed",
         "settings",
         "state",
+        "sync_key",
         "unnamed_pending",
         "user",
         "username",
@@ -154,6 +155,8 @@ class Client:
         # Other settings from the startup packet or a plain session SET: re-applied.
         self.settings: dict[str, str] = {}
         self.pending_set: tuple[str, str | None] | None = None
+        # What the session should look like, as a comparable key (None: recompute).
+        self.sync_key: tuple[object, ...] | None = None
         self.set_failed = False
         self.server: ServerConn | None = None
         # Data that arrived while no server was linked: (bytes, events) in order.
@@ -189,6 +192,7 @@ class ServerConn:
         "queue",
         "sid",
         "state",
+        "sync_key",
         "syncing",
     )
 
@@ -222,6 +226,8 @@ class ServerConn:
         self.login: object = None  # the login exchange in progress (ScramClient...)
         self.blocked = False  # its send buffer is full: don't read its client
         self.syncing = False  # our SET is running; the client's data waits for it
+        # The client session key this server was last made to match (None: unknown).
+        self.sync_key: tuple[object, ...] | None = None
 
 
 class Pool:

@@ -324,8 +324,10 @@ class Relay(Base):
             elif t is ParameterStatus:
                 assert isinstance(e, ParameterStatus)
                 s.params[e.name] = e.value
+                s.sync_key = None
                 if not drop and c is not None:
                     c.params[e.name] = e.value
+                    c.sync_key = None
             elif t is CommandComplete:
                 self._command_tag(s, e, entry)
             elif (t is CopyInResponse or t is CopyBothResponse) and (
@@ -401,6 +403,7 @@ class Relay(Base):
         elif tag == "DISCARD ALL":
             s.prepared.clear()
             s.applied.clear()
+            s.sync_key = None
             s.dirty = False
         elif tag == "DEALLOCATE ALL":
             s.prepared.clear()
@@ -411,6 +414,7 @@ class Relay(Base):
         assert x.name is not None
         if x.name in _TRACKED_LOWER:
             return  # reported: its ParameterStatus already updated both sides
+        c.sync_key = s.sync_key = None
         if x.value is None:
             c.settings.pop(x.name, None)
             s.applied.pop(x.name, None)

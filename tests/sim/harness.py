@@ -359,7 +359,8 @@ def reload_at(when: float, config: Config, settle: float = 3.0) -> Fault:
             old = world.pool_limits
             world.config = config
             new = world._pool_limits()
-            world.pool_limits = Counter({k: max(old[k], new[k]) for k in old | new})
+            # Old and new pools may overlap while the old connections drain.
+            world.pool_limits = Counter({k: old[k] + new[k] for k in old | new})
             world.call("reload", world.engine.reload, config)
             world.sched.after(settle, settled, new)
 
