@@ -117,6 +117,7 @@ def simulate(
     horizon: float = 600.0,
     verbose: bool = False,
     trace_size: int = 600,
+    probe: bool = True,
 ) -> Run:
     """Run one simulation from ``seed`` and check it; ``Run.problems`` lists what broke."""
     rng = random.Random(seed)
@@ -163,7 +164,46 @@ def simulate(
     except AssertionError:
         pass  # recorded in world.failures
     run.problems = check(run)
+    if not run.problems and world.shutdown_requested is None and probe:
+        run.problems = probe_capacity(run)
     return run
+
+
+def probe_capacity(run: Run) -> list[str]:
+    """After the run, every user's pool must still serve ``pool_size`` clients at once.
+
+    A server connection the pooler lost track of (neither usable nor closed) is
+    invisible to the clients of a busy run, which just wait a little longer; here it
+    shows: ``pool_size`` clients each hold a transaction open at the same time, so each
+    needs a server of its own, and each must get one, on a distinct backend.
+    """
+    world = run.world
+    start = world.now + 1.0
+    results: dict[str, list[list[Any]]] = {}
+    pool = world.config.pools[DATABASE]
+    for name, user in sorted(pool.users.items()):
+        results[name] = []
+        for i in range(user.pool_size):
+            out: list[Any] = []
+            results[name].append(out)
+            steps = ["BEGIN", "SELECT pg_backend_pid()", 1.0, "COMMIT"]
+            client = _OneScript(
+                world, steps, out, user=name, number=10000 + len(results) * 100 + i
+            )
+            client.start(start + i * 0.001)
+    world.run(start + 120.0)
+    problems = world.violations()
+    for name, outs in sorted(results.items()):
+        pids = []
+        for out in outs:
+            briefs = " | ".join(r.brief() for r in out)
+            if len(out) != 5 or any(r.errors for r in out):
+                problems.append(f"capacity probe: a client of {name} was not served: {briefs}")
+            else:
+                pids.append(out[2].rows[0][0])
+        if len(set(pids)) != len(pids):
+            problems.append(f"capacity probe: {name}'s clients shared backends {pids}")
+    return problems
 
 
 def check(run: Run) -> list[str]:
