@@ -728,3 +728,29 @@ def test_protocol_garbage_from_a_client_is_an_error_not_a_crash() -> None:
 def test_effects_are_plain_tuples() -> None:
     e = SendClient(1, b"x")
     assert e == (1, b"x") and CommandComplete("SELECT 1")
+
+
+def test_checkout_failure_limit_disconnects_the_client() -> None:
+    w = World(config(connect_timeout=100, pool_checkout_failure_limit=2))
+    a, b = logged_in(w), logged_in(w)
+    a.query("begin")
+    b.send(Query("select 1"))
+    w.advance(0.2)
+    assert errors(b.events())[0].sqlstate == "53300" and not b.closed
+    b.send(Query("select 1"))
+    w.advance(0.2)
+    got = b.events()
+    assert errors(got)[0].severity == "FATAL" and b.closed
+
+
+def test_server_lifetime_closes_idle_servers_and_min_pool_size_refills() -> None:
+    w = World(config(server_lifetime=1000, idle_timeout=0, min_pool_size=1))
+
+    def alices() -> list[int]:
+        return [sid for sid, f in w.servers.items() if f.user == "alice"]
+
+    (first,) = alices()  # pre-warmed at start
+    w.advance(1.1)
+    assert first not in w.servers and len(alices()) == 1
+    a = logged_in(w)
+    assert rows(a.query("select 1")) == [("1",)]

@@ -112,6 +112,7 @@ class Client:
         "auth",
         "blocked",
         "cancel_key",
+        "checkout_failures",
         "cid",
         "conn",
         "database",
@@ -165,6 +166,7 @@ class Client:
         self.unnamed_pending = False
         self.waiting_since: float | None = None
         self.wait_gen = 0
+        self.checkout_failures = 0
         self.idle_since = now
         self.login_deadline = now
 

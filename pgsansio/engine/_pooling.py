@@ -133,6 +133,19 @@ class Pooling(Base):
             "no server connection became free within connect_timeout "
             f"({c.user.connect_timeout} ms); all {c.user.pool_size} are busy",
         )
+        c.checkout_failures += 1
+        limit = c.group.cfg.checkout_failure_limit if c.group is not None else None
+        if limit and c.checkout_failures >= limit:
+            # PgCat's checkout_failure_limit: a client that keeps failing is let go.
+            self._drop_client(
+                c,
+                fatal(
+                    "53300",
+                    f"no server connection within connect_timeout {c.checkout_failures} "
+                    f"times (checkout_failure_limit {limit}); disconnecting",
+                ),
+            )
+            return
         self._fail_requests(c, pending, error)
 
     def _fail_requests(
@@ -178,10 +191,15 @@ class Pooling(Base):
                 return
         s.state = S_IDLE
         pool.idle.append(s)
-        idle = s.group.user.idle_timeout / 1000
-        if idle:
+        user = s.group.user
+        deadlines = []
+        if user.idle_timeout:
+            deadlines.append(self._now + user.idle_timeout / 1000)
+        if user.server_lifetime:
+            deadlines.append(s.created + user.server_lifetime / 1000)
+        if deadlines:
             used = s.last_used
-            self._at(self._now + idle, lambda: self._idle_check(s, used))
+            self._at(min(deadlines), lambda: self._idle_check(s, used))
 
     def _open_server(self, pool: Pool) -> ServerConn:
         self._next_sid += 1
@@ -268,5 +286,14 @@ class Pooling(Base):
     def _idle_check(self, s: ServerConn, used: float) -> None:
         if s.state != S_IDLE or s.last_used != used or s.pool is None:
             return
-        if len(s.pool.servers) > s.pool.group.user.min_pool_size:
+        user = s.pool.group.user
+        idle_for = self._now - s.last_used
+        if self._expired(s) or (
+            user.idle_timeout
+            and idle_for >= user.idle_timeout / 1000
+            and len(s.pool.servers) > user.min_pool_size
+        ):
             self._close_server(s)
+            self._refill(s.pool)  # min_pool_size: a fresh one replaces an expired one
+        elif user.idle_timeout:
+            self._at(s.last_used + user.idle_timeout / 1000, lambda: self._idle_check(s, used))

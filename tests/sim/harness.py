@@ -328,8 +328,8 @@ class _OneScript(Scripted):
             user,
             USERS[user][2],
             random.Random(0),
-            Behaviour(),
-            DATABASE,
+            behaviour=Behaviour(),
+            database=DATABASE,
         )
         self.steps = steps
         self.out = out

@@ -1,0 +1,547 @@
+"""The recorded corpus replayed through the pooler engine, against a fake server.
+
+The engine gets each recorded client's bytes at the recorded chunk boundaries (minus its
+password messages: the pool trusts it). A fake server logs the engine in with the
+recorded startup parameters, answers the queries the engine sends on its own (parameter
+sync, reset) itself, and answers every forwarded request with the recorded answer to it,
+cut at the recorded chunk boundaries and never before the engine has forwarded what the
+client had sent before that chunk in the recording.
+
+Which recorded server message answers which request is worked out once per trace by
+:func:`attribute` (PostgreSQL answers in order; an error skips to the next Sync; Syncs
+sent during COPY IN are ignored; a message with no request due is unsolicited). In
+transaction mode that lets the fake drop the answers to requests the engine answers
+itself (a client's Close of a shared statement, the Parse of one already prepared) and
+answer the Parse/Close the engine injects, exactly where a real server would.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+import pgsansio.protocol as pg
+from pgsansio.config_model import Config, General, PoolConfig, ServerAddress, ShardConfig
+from pgsansio.config_model import UserConfig
+from pgsansio.engine import CloseClient, CloseServer, Effect, Engine, OpenServer
+from pgsansio.engine import SendClient, SendServer
+from pgsansio.engine._params import TRACKED
+from pgsansio.trace import Trace, iter_corpus
+
+CORPUS = Path(__file__).parent / "corpus"
+CID = 1
+INTERNAL = re.compile(r"PGSANSIO_\d+")
+AUTH = (pg.PasswordMessage, pg.SASLInitialResponse, pg.SASLResponse, pg.GSSResponse)
+ASKS = (pg.Query, pg.FunctionCall, pg.Parse, pg.Bind, pg.Describe, pg.Execute, pg.Close, pg.Sync)
+EXTENDED = (pg.Parse, pg.Bind, pg.Describe, pg.Execute, pg.Close)
+ENDS: dict[type[pg.Event], tuple[type[pg.Event], ...]] = {
+    pg.Parse: (pg.ParseComplete,),
+    pg.Bind: (pg.BindComplete,),
+    pg.Close: (pg.CloseComplete,),
+    pg.Describe: (pg.RowDescription, pg.NoData),
+    pg.Execute: (pg.CommandComplete, pg.EmptyQueryResponse, pg.PortalSuspended),
+}
+_OWN_QUERY = re.compile(r"^((SET|RESET) [^;]+)(;(SET|RESET) [^;]+)*$|^(DISCARD ALL|ROLLBACK)$")
+_TRACKED_LOWER = {name.lower(): name for name in TRACKED}
+
+
+@dataclass
+class Msg:
+    event: pg.Event | None  # None: a DataRow or CopyData (framed, not kept)
+    start: int  # offsets in the direction's joined stream
+    end: int
+    chunk: int  # index in trace.chunks of the chunk holding the message's last byte
+
+
+@dataclass
+class Rec:
+    """One recorded connection, split into messages, with the answers attributed."""
+
+    case_id: str
+    meta: dict[str, object]
+    trace: Trace
+    streams: dict[str, bytes]
+    msgs: dict[str, list[Msg]]
+    bounds: list[tuple[int, int]]  # per chunk: (start, end) in its direction's stream
+    encrypted: bool = False
+    startup: pg.StartupMessage | None = None
+    qf: list[Msg] = field(default_factory=list)  # client messages after the login
+    qb: list[Msg] = field(default_factory=list)  # server messages after the first Z
+    owner: list[int] = field(default_factory=list)  # per qb: its request in qf, -1 unsolicited
+    silent: set[int] = field(default_factory=set)  # qf requests the server did not answer
+
+    @property
+    def kind(self) -> str:
+        if self.encrypted:
+            return "encrypted"
+        first = self.msgs["F"][0].event if self.msgs["F"] else None
+        if isinstance(first, pg.CancelRequest):
+            return "cancel"
+        if self.startup is None:
+            return "no-startup"
+        if self.startup.params.get("replication", "false") != "false":
+            return "replication"
+        return "regular" if self.qb or self.qf else "login-fails"
+
+
+def analyze(case_id: str, meta: dict[str, object], trace: Trace) -> Rec:
+    """Read both directions at the recorded boundaries, as tests/test_corpus.py does."""
+    readers = {"F": pg.Connection(pg.SERVER), "B": pg.Connection(pg.CLIENT)}
+    streams = {d: trace.stream(d) for d in "FB"}
+    bounds, ends, totals = [], {"F": [], "B": []}, {"F": 0, "B": 0}
+    for k, chunk in enumerate(trace.chunks):
+        start = totals[chunk.direction]
+        totals[chunk.direction] += 0 if chunk.eof else len(chunk.data)
+        bounds.append((start, totals[chunk.direction]))
+        if not chunk.eof:
+            ends[chunk.direction].append((totals[chunk.direction], k))
+    rec = Rec(case_id, meta, trace, streams, {"F": [], "B": []}, bounds)
+    pos, closed = {"F": 0, "B": 0}, set()
+    for chunk in trace.chunks:
+        readers[chunk.direction].receive_data(b"" if chunk.eof else chunk.data)
+        progress = True
+        while progress and not rec.encrypted:
+            progress = False
+            for d, conn in readers.items():
+                while d not in closed and not rec.encrypted:
+                    try:
+                        event = conn.next_event()
+                    except pg.RemoteProtocolError:  # a stream cut inside a message
+                        closed.add(d)
+                        break
+                    if event is pg.NEED_DATA or event is pg.PAUSED:
+                        break
+                    assert isinstance(event, pg.Event)
+                    n = len(readers["B" if d == "F" else "F"].send(event))
+                    progress = True
+                    if isinstance(event, pg.ConnectionClosed):
+                        closed.add(d)
+                        continue
+                    k = ends[d][bisect.bisect_left(ends[d], (pos[d] + n, -1))][1]
+                    bulk = isinstance(event, (pg.DataRow, pg.CopyData))
+                    rec.msgs[d].append(Msg(None if bulk else event, pos[d], pos[d] + n, k))
+                    pos[d] += n
+                    if isinstance(event, (pg.SSLResponse, pg.GSSENCResponse)) and event.accepted:
+                        rec.encrypted = True
+                    if isinstance(event, pg.StartupMessage):
+                        rec.startup = event
+    f, b = rec.msgs["F"], rec.msgs["B"]
+    first_z = next((i for i, m in enumerate(b) if isinstance(m.event, pg.ReadyForQuery)), None)
+    if rec.startup is not None and first_z is not None:
+        i = next(i for i, m in enumerate(f) if m.event is rec.startup) + 1
+        while i < len(f) and isinstance(f[i].event, AUTH):
+            i += 1
+        rec.qf, rec.qb = f[i:], b[first_z + 1 :]
+        attribute(rec)
+    return rec
+
+
+def attribute(rec: Rec) -> None:
+    """Which request each recorded server message answers (see the module docstring)."""
+    qf, owner, silent = rec.qf, rec.owner, rec.silent
+    i, cur = 0, -1
+    for m in rec.qb:
+        e = m.event
+        if cur < 0:
+            r = i
+            while r < len(qf) and (r in silent or not isinstance(qf[r].event, ASKS)):
+                r += 1
+            if r < len(qf) and qf[r].chunk < m.chunk:
+                cur, i = r, r + 1
+        owner.append(cur)
+        if cur < 0:
+            continue
+        req = qf[cur].event
+        if isinstance(e, pg.CopyInResponse):  # Syncs sent during COPY IN are ignored
+            r = cur + 1
+            while r < len(qf) and not isinstance(qf[r].event, (pg.CopyDone, pg.CopyFail)):
+                silent.add(r)
+                r += 1
+        if isinstance(e, pg.ErrorResponse) and isinstance(req, EXTENDED):
+            r = cur + 1
+            while r < len(qf) and not isinstance(qf[r].event, pg.Sync):
+                silent.add(r)  # skipped until Sync
+                r += 1
+            cur = -1
+        elif isinstance(e, pg.ReadyForQuery) or isinstance(e, ENDS.get(type(req), ())):
+            cur = -1
+
+
+def _load() -> list[Rec]:
+    out = []
+    for scenario_dir, traces in iter_corpus(CORPUS):
+        meta = json.loads((scenario_dir / "meta.json").read_text())
+        for t in traces:
+            out.append(analyze(f"{scenario_dir.name}/c{t.connection}", meta, t))
+    return out
+
+
+RECS = _load()
+
+
+# === the fake server ==================================================================
+
+
+def _stmt(e: pg.Event | None) -> str | None:
+    """The prepared statement name a request carries, if any."""
+    if isinstance(e, pg.Parse):
+        return e.name
+    if isinstance(e, pg.Bind):
+        return e.statement
+    if isinstance(e, (pg.Describe, pg.Close)) and e.kind == "S":
+        return e.name
+    return None
+
+
+def _named(e: pg.Event, name: str) -> pg.Event:
+    if isinstance(e, pg.Parse):
+        return pg.Parse(name, e.query, e.param_types)
+    if isinstance(e, pg.Bind):
+        return pg.Bind(e.portal, name, e.param_formats, e.params, e.result_formats)
+    assert isinstance(e, (pg.Describe, pg.Close))
+    return type(e)("S", name)
+
+
+def _unquote(value: str) -> str:
+    if value.startswith("'") and value.endswith("'"):
+        value = value[1:-1].replace("''", "'")
+    return value
+
+
+def own_answer(sql: str) -> list[pg.Event]:
+    """What PostgreSQL answers to the engine's own SET/RESET, DISCARD ALL or ROLLBACK."""
+    out: list[pg.Event] = []
+    for stmt in sql.split(";"):
+        words = stmt.split(None, 3)
+        out.append(pg.CommandComplete(words[0] if words[0] in ("SET", "RESET") else stmt))
+        name = _TRACKED_LOWER.get(words[1].lower()) if len(words) == 4 else None
+        if words[0] == "SET" and name is not None:
+            value = _unquote(words[3])
+            if name == "client_encoding":  # as PostgreSQL reports it
+                value = re.sub("[^A-Za-z0-9]", "", value).upper()
+            out.append(pg.ParameterStatus(name, value))
+    return [*out, pg.ReadyForQuery("I")]
+
+
+class FakeServer:
+    """One server connection the engine opened: replays ``rec`` (see the docstring)."""
+
+    def __init__(self, rec: Rec, rename: bool, login: bytes | None) -> None:
+        self.rec, self.rename, self.login = rec, rename, login
+        self.conn = pg.Connection(pg.SERVER)
+        self.out: list[bytes] = []
+        self.closed = False
+        self.cancel: pg.CancelRequest | None = None
+        self.logged_in = False
+        self.j = 0  # the next recorded request the engine should send
+        self.p = 0  # the next recorded answer message to emit ...
+        self.pb = rec.qb[0].start if rec.qb else 0  # ... and how much of it is out
+        self.due = self.pb  # how far the recording's server chunks have got
+        self.suppressed: set[int] = set()  # requests the engine answered itself
+        self.injected: list[pg.Event] = []
+        self.synth: deque[tuple[int, list[pg.Event]]] = deque()
+        self.client_stmts: dict[str, tuple[str, tuple[int, ...]]] = {}
+        self.server_stmts: dict[str, tuple[str, tuple[int, ...]]] = {}
+        self.names: dict[str, str] = {}
+
+    def receive(self, data: bytes) -> None:
+        self.conn.receive_data(data)
+        while True:
+            e = self.conn.next_event()
+            if e is pg.NEED_DATA or e is pg.PAUSED:
+                return
+            assert isinstance(e, pg.Event)
+            if isinstance(e, pg.CancelRequest):
+                self.cancel = e
+            elif isinstance(e, pg.StartupMessage):
+                self._log_in()
+            elif not isinstance(e, pg.ConnectionClosed):
+                self._request(e)
+
+    def _log_in(self) -> None:
+        self.logged_in = True
+        if self.login is not None:
+            self.out.append(self.login)
+            return
+        b = self.rec.msgs["B"]
+        key = next(m.event for m in b if isinstance(m.event, pg.BackendKeyData))
+        assert isinstance(key, pg.BackendKeyData)
+        self.key = pg.BackendKeyData(key.process_id, key.secret_key[:4])
+        events: list[pg.Event] = [pg.AuthenticationOk()]
+        for m in b[: len(b) - len(self.rec.qb)]:
+            if isinstance(m.event, pg.ParameterStatus):
+                events.append(m.event)
+        events += [self.key, pg.ReadyForQuery("I")]
+        self.out += [self.conn.send(e) for e in events]
+
+    def _suppressible(self, r: int) -> bool:
+        e = self.rec.qf[r].event
+        return isinstance(e, pg.Terminate) or (
+            self.rename and isinstance(e, (pg.Parse, pg.Close)) and bool(_stmt(e))
+        )
+
+    def _request(self, e: pg.Event) -> None:
+        raw = bytes(e)
+        if isinstance(e, pg.Parse):
+            self.server_stmts[e.name] = (e.query, e.param_types)
+        qf = self.rec.qf
+        while True:
+            if self.j < len(qf) and self._matches(qf[self.j], e, raw):
+                self.j += 1
+                return
+            name = _stmt(e)
+            own = isinstance(e, pg.Query) and _OWN_QUERY.match(e.sql)
+            if own or (self.rename and name and INTERNAL.fullmatch(name)):
+                self.injected.append(e)
+                if isinstance(e, pg.Query):
+                    self.synth.append((self.j - 1, own_answer(e.sql)))
+                elif self.j not in self.rec.silent:  # else skipped like what follows
+                    done = pg.ParseComplete() if isinstance(e, pg.Parse) else pg.CloseComplete()
+                    self.synth.append((self.j - 1, [done]))
+                return
+            if self.j < len(qf) and self._suppressible(self.j):
+                r = qf[self.j].event
+                if isinstance(r, pg.Parse):
+                    self.client_stmts[r.name] = (r.query, r.param_types)
+                self.suppressed.add(self.j)
+                self.j += 1
+                continue
+            want = qf[self.j].event if self.j < len(qf) else "nothing more"
+            raise AssertionError(f"request {self.j}: the server got {e!r}, recorded {want!r}")
+
+    def _matches(self, rec: Msg, e: pg.Event, raw: bytes) -> bool:
+        r, client = rec.event, _stmt(rec.event)
+        if not self.rename or not client:
+            return raw == self.rec.streams["F"][rec.start : rec.end]
+        got = _stmt(e) if type(e) is type(r) else None
+        if not got or not INTERNAL.fullmatch(got):
+            return False
+        assert r is not None
+        if bytes(_named(r, got)) != raw:
+            return False
+        if isinstance(r, pg.Parse):
+            self.client_stmts[client] = (r.query, r.param_types)
+        elif self.client_stmts.get(client) != self.server_stmts.get(got):
+            raise AssertionError(f"{e!r} runs another statement than the client's {client!r}")
+        self.names[client] = got
+        return True
+
+    def caught_up(self, n: int) -> bool:
+        """Has the engine sent (or answered) the first ``n`` recorded requests?"""
+        j = self.j
+        while j < n and self._suppressible(j):
+            j += 1
+        return j >= n
+
+    def emit(self) -> bytes:
+        """Answers that are due and whose requests have come, in order."""
+        qb, owner, stream = self.rec.qb, self.rec.owner, self.rec.streams["B"]
+        out, self.out = self.out, []
+        run = self.pb
+        while True:
+            p = self.p
+            if p < len(qb) and self.pb == qb[p].start and owner[p] in self.suppressed:
+                out.append(stream[run : self.pb])
+                self.p += 1  # answered by the engine already
+                run = self.pb = qb[p].end
+                continue
+            if self.synth and (p == len(qb) or self.pb == qb[p].start):
+                q = p
+                while q < len(qb) and owner[q] < 0:
+                    q += 1
+                if q == len(qb) or owner[q] > self.synth[0][0]:
+                    out.append(stream[run : self.pb])
+                    out += [self.conn.send(e) for e in self.synth.popleft()[1]]
+                    run = self.pb
+                    continue
+            if p == len(qb) or owner[p] >= self.j:
+                break  # the engine has not sent that request (yet)
+            m = qb[p]
+            stop = min(m.end, self.due)
+            if stop <= self.pb:
+                break
+            fixed = self._server_names(m.event)
+            if fixed is not None:
+                if m.end > self.due:
+                    break
+                out += [stream[run : self.pb], self.conn.send(fixed)]
+                run = m.end
+            self.pb = stop
+            if stop == m.end:
+                self.p += 1
+                if m.event is not None and fixed is None:
+                    self.conn.send_span(pg.Span(b"", [m.event], []))
+        out.append(stream[run : self.pb])
+        return b"".join(out)
+
+    def _server_names(self, e: pg.Event | None) -> pg.ErrorResponse | None:
+        """A recorded error naming a client's statement names ours, as the server would."""
+        if not self.rename or not isinstance(e, pg.ErrorResponse) or not self.names:
+            return None
+        fields = list(e.fields)
+        for client, ours in self.names.items():
+            fields = [(k, v.replace(f'"{client}"', f'"{ours}"')) for k, v in fields]
+        return pg.ErrorResponse(fields) if fields != list(e.fields) else None
+
+
+# === driving the engine ===============================================================
+
+
+def make_config(rec: Rec, mode: str, auth: str = "trust", password: str | None = None) -> Config:
+    assert rec.startup is not None
+    user = rec.startup.params["user"]
+    database = rec.startup.params.get("database") or user
+    u = UserConfig(user, password, pool_size=1, auth_type=auth, pool_mode=mode)
+    server = ServerAddress("fake", 5432, "primary")
+    pool = PoolConfig(
+        name=database,
+        users={user: u},
+        shards=(ShardConfig(0, database, (server,)),),
+        pool_mode=mode,
+        prepared_statements_cache_size=500 if mode == "transaction" else 0,
+    )
+    return Config(general=General(), pools={database: pool})
+
+
+@dataclass
+class Run:
+    rec: Rec
+    client: list[bytes] = field(default_factory=list)
+    client_closed: bool = False  # by the engine (CloseClient)
+    client_left: bool = False  # by the client (its EOF)
+    servers: dict[int, FakeServer] = field(default_factory=dict)
+    others: dict[int, list[bytes]] = field(default_factory=dict)  # other clients' bytes
+    closed_others: set[int] = field(default_factory=set)
+
+    @property
+    def main(self) -> FakeServer | None:
+        return next((f for f in self.servers.values() if f.logged_in), None)
+
+
+def replay(
+    rec: Rec,
+    mode: str,
+    *,
+    config: Config | None = None,
+    strip_auth: bool = True,
+    login: bytes | None = None,
+    cancel_at: int | None = None,
+) -> Run:
+    """Drive an engine with the recorded client, and a FakeServer for each server."""
+    engine = Engine(config or make_config(rec, mode), seed=0)
+    run = Run(rec)
+    pending: deque[Effect] = deque(engine.start(0.0))
+    now = 0.0
+
+    def pump() -> None:
+        while True:
+            while pending:
+                eff = pending.popleft()
+                if isinstance(eff, SendClient):
+                    run.client.append(eff.data) if eff.cid == CID else run.others[
+                        eff.cid
+                    ].append(eff.data)
+                elif isinstance(eff, SendServer):
+                    run.servers[eff.sid].receive(eff.data)
+                elif isinstance(eff, OpenServer):
+                    run.servers[eff.sid] = FakeServer(rec, mode == "transaction", login)
+                    pending.extend(engine.server_connected(eff.sid, now))
+                elif isinstance(eff, CloseClient):
+                    run.client_closed |= eff.cid == CID
+                    run.closed_others.add(eff.cid)
+                elif isinstance(eff, CloseServer):
+                    run.servers[eff.sid].closed = True
+            for sid, fake in list(run.servers.items()):
+                data = b"" if fake.closed else fake.emit()
+                if data:
+                    pending.extend(engine.server_data(sid, data, now))
+            if not pending:
+                return
+
+    qf_chunks = [m.chunk for m in rec.qf]
+    auth = [(m.start, m.end) for m in rec.msgs["F"] if strip_auth and isinstance(m.event, AUTH)]
+    stream_f = rec.streams["F"]
+    pending.extend(engine.client_connected(CID, "corpus", now))
+    for k, chunk in enumerate(rec.trace.chunks):
+        now = chunk.t_us / 1e6
+        if k == cancel_at:
+            cancel(engine, run, pending)
+        start, end = rec.bounds[k]
+        main = run.main
+        if chunk.direction == "F" and not (run.client_closed or run.client_left):
+            if chunk.eof:
+                run.client_left = True
+                pending.extend(engine.client_closed(CID, now))
+            else:
+                data = b"".join(
+                    stream_f[a:b]
+                    for a, b in _minus(start, end, auth)  # the pool trusts the client
+                )
+                if data:
+                    pending.extend(engine.client_data(CID, data, now))
+        elif chunk.direction == "B" and main is not None and not main.closed:
+            if chunk.eof:
+                if not any(isinstance(m.event, pg.Terminate) for m in rec.qf if m.chunk < k):
+                    main.closed = True  # the server went away by itself
+                    sid = next(s for s, f in run.servers.items() if f is main)
+                    pending.extend(engine.server_closed(sid, now))
+            elif rec.qb and end > rec.qb[0].start:
+                if not (run.client_closed or run.client_left):
+                    n = bisect.bisect_left(qf_chunks, k)
+                    assert main.caught_up(n), (
+                        f"chunk {k}: the engine has not forwarded request {main.j} "
+                        f"({rec.qf[main.j].event!r}) that the client sent before"
+                    )
+                main.due = min(end, rec.qb[-1].end)
+        pump()
+    return run
+
+
+def _minus(start: int, end: int, holes: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out, at = [], start
+    for a, b in holes:
+        if a < end and b > at:
+            out.append((at, max(at, a)))
+            at = max(at, b)
+    return [*out, (at, end)] if at < end else out
+
+
+def cancel(engine: Engine, run: Run, pending: deque[Effect]) -> None:
+    """A second client sends a CancelRequest with the key the engine gave ours."""
+    key = next(e for e in client_events(run) if isinstance(e, pg.BackendKeyData))
+    run.others[2] = []
+    pending.extend(engine.client_connected(2, "canceller", 0.0))
+    data = bytes(pg.CancelRequest(key.process_id, key.secret_key))
+    pending.extend(engine.client_data(2, data, 0.0))
+
+
+def client_events(run: Run) -> list[pg.Event]:
+    """The client's view of the login: what the engine sent up to its first Z."""
+    rec, data = run.rec, b"".join(run.client)
+    assert rec.startup is not None
+    pos = 0
+    for m in rec.msgs["F"]:
+        if m.event is rec.startup:
+            break
+        assert isinstance(m.event, (pg.SSLRequest, pg.GSSENCRequest))
+        assert data[pos : pos + 1] == b"N", "encryption must be refused"
+        pos += 1
+    conn = pg.Connection(pg.CLIENT)
+    conn.send(rec.startup)
+    conn.receive_data(data[pos:])
+    events = []
+    while True:
+        e = conn.next_event()
+        if e is pg.NEED_DATA or e is pg.PAUSED:
+            return events
+        assert isinstance(e, pg.Event)
+        events.append(e)
+        if isinstance(e, (pg.ReadyForQuery, pg.ConnectionClosed)):
+            run.startup_len = pos + sum(len(bytes(x)) for x in events)  # type: ignore[attr-defined]
+            return events
