@@ -754,3 +754,19 @@ def test_server_lifetime_closes_idle_servers_and_min_pool_size_refills() -> None
     assert first not in w.servers and len(alices()) == 1
     a = logged_in(w)
     assert rows(a.query("select 1")) == [("1",)]
+
+
+def test_a_bug_costs_one_client_not_the_pooler(monkeypatch: pytest.MonkeyPatch) -> None:
+    w = World(config(pool_size=2))
+    a, b = logged_in(w), logged_in(w)
+
+    def boom(*args: object) -> None:
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(w.engine, "_checkout", boom)
+    a.send(Query("select 1"))
+    err = errors(a.events())[0]
+    assert err.sqlstate == "XX000" and a.closed
+    assert any("simulated bug" in line for line in w.logs)
+    monkeypatch.undo()
+    assert rows(b.query("select 1")) == [("1",)]

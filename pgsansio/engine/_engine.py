@@ -24,6 +24,7 @@ from __future__ import annotations
 import heapq
 import logging
 import random
+import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -92,6 +93,9 @@ CLIENT_LOGIN_TIMEOUT = 60.0
 _TERMINATING = ErrorResponse.build(
     "57P01", "terminating connection due to administrator command", "FATAL"
 )
+_INTERNAL = ErrorResponse.build(
+    "XX000", "internal error in the pooler; the connection is closed", "FATAL"
+)
 ABANDON_GRACE = 5.0  # seconds a cancelled, abandoned server may take to answer
 _EXTENDED_NAMES = frozenset({"Parse", "Bind", "Describe", "Execute", "Close"})
 _TRACKED_LOWER = {name.lower(): name for name in TRACKED}
@@ -156,6 +160,11 @@ class Engine(Relay, Login, Pooling):
                 self._drop_client(c, fatal(exc.sqlstate, f"protocol error: {exc}"))
             except ClientFatal as exc:
                 self._drop_client(c, exc.error)
+            except Exception:  # a bug of ours: it costs this client, never the others
+                self._internal_error(f"client {cid}")
+                if c.server is not None:
+                    self._close_server(c.server)
+                self._drop_client(c, _INTERNAL)
         return self._flush()
 
     def client_closed(self, cid: int, now: float) -> list[Effect]:
@@ -218,6 +227,12 @@ class Engine(Relay, Login, Pooling):
             except ClientFatal as exc:  # a client we were answering turned out broken
                 if s.client is not None:
                     self._drop_client(s.client, exc.error)
+            except Exception:  # a bug of ours: it costs this connection, not the others
+                self._internal_error(f"server {self._where(s)}")
+                client = s.client
+                self._close_server(s)
+                if client is not None:
+                    self._drop_client(client, _INTERNAL)
         return self._flush()
 
     def server_closed(self, sid: int, now: float) -> list[Effect]:
@@ -318,6 +333,10 @@ class Engine(Relay, Login, Pooling):
     def _at(self, when: float, fn: Callable[[], None]) -> None:
         self._timer_seq += 1
         heapq.heappush(self._timers, (when, self._timer_seq, fn))
+
+    def _internal_error(self, where: str) -> None:
+        detail = "".join(traceback.format_exc(limit=8))
+        self._log(logging.ERROR, f"internal error on {where} (a pgsansio bug):\n{detail}")
 
     def _log(self, level: int, message: str) -> None:
         self._out.append(Log(level, message))
