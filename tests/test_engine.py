@@ -770,3 +770,45 @@ def test_a_bug_costs_one_client_not_the_pooler(monkeypatch: pytest.MonkeyPatch) 
     assert any("simulated bug" in line for line in w.logs)
     monkeypatch.undo()
     assert rows(b.query("select 1")) == [("1",)]
+
+
+def test_error_mid_pipeline_with_a_late_sync_names_the_clients_statement() -> None:
+    from pgsansio.protocol import Flush
+
+    w = World(config())
+    a = logged_in(w)
+    prepare(a, "one", "select $1::int")
+    a.send(
+        Bind("", "one", (), [b"1"]),
+        Execute(),
+        Bind("", "one", (), []),
+        Execute(),  # wrong parameter count: an error
+        Parse("three", "select 3"),
+        Bind("", "three"),
+        Execute(),  # skipped by the server
+        Flush(),
+    )
+    got = a.events()
+    assert rows(got) == [("1",)]
+    (err,) = errors(got)
+    assert "PGSANSIO" not in (err.message or "") and ready(got) == []
+    a.send(Sync())
+    assert ready(a.events()) == ["I"]
+    # The pooler still serves both statements afterwards.
+    assert rows(execute(a, "one", b"7")) == [("7",)]
+    assert rows(execute(a, "three")) == [("3",)]
+
+
+@pytest.mark.parametrize("round_robin", [True, False])
+def test_server_round_robin_picks_fifo_or_lifo(round_robin: bool) -> None:
+    w = World(config(pool_size=2, general_server_round_robin=round_robin))
+    a, b = logged_in(w), logged_in(w)
+    a.query("begin")
+    b.query("begin")
+    pid_a = rows(a.query("select pg_backend_pid()"))
+    pid_b = rows(b.query("select pg_backend_pid()"))
+    a.query("commit")  # A's server goes back first
+    b.query("commit")
+    c = logged_in(w)
+    got = rows(c.query("select pg_backend_pid()"))
+    assert got == (pid_a if round_robin else pid_b)
