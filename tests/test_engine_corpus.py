@@ -393,7 +393,7 @@ class FakeServer:
 # === driving the engine ===============================================================
 
 
-def make_config(rec: Rec, mode: str, auth: str = "trust", password: str | None = None) -> Config:
+def make_config(rec: Rec, mode: str, auth: str = "trust", password: str = "x") -> Config:
     assert rec.startup is not None
     user = rec.startup.params["user"]
     database = rec.startup.params.get("database") or user
@@ -514,15 +514,15 @@ def _minus(start: int, end: int, holes: list[tuple[int, int]]) -> list[tuple[int
 
 def cancel(engine: Engine, run: Run, pending: deque[Effect]) -> None:
     """A second client sends a CancelRequest with the key the engine gave ours."""
-    key = next(e for e in client_events(run) if isinstance(e, pg.BackendKeyData))
+    key = next(e for e in client_events(run)[0] if isinstance(e, pg.BackendKeyData))
     run.others[2] = []
     pending.extend(engine.client_connected(2, "canceller", 0.0))
     data = bytes(pg.CancelRequest(key.process_id, key.secret_key))
     pending.extend(engine.client_data(2, data, 0.0))
 
 
-def client_events(run: Run) -> list[pg.Event]:
-    """The client's view of the login: what the engine sent up to its first Z."""
+def client_events(run: Run) -> tuple[list[pg.Event], int]:
+    """The client's view of the login (to its first Z or the close), and its length."""
     rec, data = run.rec, b"".join(run.client)
     assert rec.startup is not None
     pos = 0
@@ -535,13 +535,194 @@ def client_events(run: Run) -> list[pg.Event]:
     conn = pg.Connection(pg.CLIENT)
     conn.send(rec.startup)
     conn.receive_data(data[pos:])
-    events = []
-    while True:
+    events: list[pg.Event] = []
+    while not events or not isinstance(events[-1], (pg.ReadyForQuery, pg.ErrorResponse)):
         e = conn.next_event()
         if e is pg.NEED_DATA or e is pg.PAUSED:
-            return events
+            break
         assert isinstance(e, pg.Event)
         events.append(e)
-        if isinstance(e, (pg.ReadyForQuery, pg.ConnectionClosed)):
-            run.startup_len = pos + sum(len(bytes(x)) for x in events)  # type: ignore[attr-defined]
-            return events
+        pos += len(bytes(e))
+    return events, pos
+
+
+# === the tests ========================================================================
+
+REGULAR = [r for r in RECS if r.kind == "regular"]
+# Recordings a transaction pooler cannot reproduce, whatever it does.
+NOT_TRANSACTION = {
+    "psycopg-listen-notify/c1": "LISTEN is session state: the NOTIFY from another session "
+    "arrives while the server is back in the pool, and reaches no client",
+    "psql-idle-terminated/c1": "the server's FATAL comes while it idles in the pool: "
+    "no client is linked to hear it",
+    "psql-idle-terminated/c2": "the server's FATAL comes while it idles in the pool: "
+    "no client is linked to hear it",
+}
+
+
+def _params(mode: str) -> list[object]:
+    out: list[object] = []
+    for rec in REGULAR:
+        reason = NOT_TRANSACTION.get(rec.case_id) if mode == "transaction" else None
+        marks = [pytest.mark.skip(reason=reason)] if reason else []
+        out.append(pytest.param(rec, id=rec.case_id, marks=marks))
+    return out
+
+
+def _cancel_chunk(rec: Rec) -> int | None:
+    """Where a CancelRequest connection of the same scenario came in, if there is one."""
+    scenario = rec.case_id.split("/")[0]
+    for other in RECS:
+        if other.case_id.startswith(scenario + "/") and other.kind == "cancel":
+            t = other.trace.chunks[0].t_us
+            return next(k for k, c in enumerate(rec.trace.chunks) if c.t_us > t)
+    return None
+
+
+def check_login(rec: Rec, events: list[pg.Event]) -> None:
+    assert rec.startup is not None
+    types = [type(e) for e in events]
+    pq = [k for k in rec.startup.params if k.startswith("_pq_.")]
+    if rec.startup.protocol_version != pg.PROTOCOL_3_0 or pq:
+        assert events[0] == pg.NegotiateProtocolVersion(pg.PROTOCOL_3_0, pq)
+        events, types = events[1:], types[1:]
+    assert types[0] is pg.AuthenticationOk and types[-2:] == [
+        pg.BackendKeyData,
+        pg.ReadyForQuery,
+    ], types
+    assert set(types[1:-2]) == {pg.ParameterStatus}, types
+    login = rec.msgs["B"][: len(rec.msgs["B"]) - len(rec.qb)]
+    recorded = {m.event.name for m in login if isinstance(m.event, pg.ParameterStatus)}
+    shown = [e.name for e in events if isinstance(e, pg.ParameterStatus)]
+    assert len(shown) == len(set(shown)) and set(shown) == recorded, sorted(
+        set(shown) ^ recorded
+    )
+    key = events[-2]
+    assert isinstance(key, pg.BackendKeyData) and len(key.secret_key) == 4
+    assert events[-1] == pg.ReadyForQuery("I")
+
+
+def check_replay(rec: Rec, mode: str) -> Run:
+    cancel_at = _cancel_chunk(rec)
+    run = replay(rec, mode, cancel_at=cancel_at)
+    events, pos = client_events(run)
+    check_login(rec, events)
+    main = run.main
+    assert main is not None
+    got = b"".join(run.client)[pos:]
+    stream = rec.streams["B"]
+    if run.client_left and main.p < len(rec.qb):
+        # The client went away mid-result: what it got is a whole-message prefix, and
+        # the query still running on the server was cancelled.
+        ends = {m.end - rec.qb[0].start for m in rec.qb}
+        assert stream[rec.qb[0].start :].startswith(got) and len(got) in ends
+        assert any(f.cancel == pg.CancelRequest(main.key.process_id, main.key.secret_key)
+                   for f in run.servers.values())
+    else:
+        expected = stream[rec.qb[0].start : rec.qb[-1].end] if rec.qb else b""
+        assert _first_difference(got, expected) is None, _first_difference(got, expected)
+        assert main.caught_up(len(rec.qf)), f"request {main.j} never reached the server"
+    if any(isinstance(m.event, pg.Terminate) for m in rec.qf):
+        assert not main.closed, "a client's Terminate must not close its server"
+    if cancel_at is not None:
+        assert run.others[2] == [] and 2 in run.closed_others, "a cancel gets no answer"
+        assert any(f.cancel == pg.CancelRequest(main.key.process_id, main.key.secret_key)
+                   for f in run.servers.values()), "the cancel was not passed on"
+    return run
+
+
+def _first_difference(got: bytes, expected: bytes) -> str | None:
+    """None if equal, else the first differing message of each side."""
+    if got == expected:
+        return None
+    i = 0
+    while i < min(len(got), len(expected)):
+        n = 1 + int.from_bytes(expected[i + 1 : i + 5], "big")
+        if got[i : i + n] != expected[i : i + n]:
+            break
+        i += n
+    return f"at byte {i}: got {got[i : i + 60]!r}, recorded {expected[i : i + 60]!r}"
+
+
+@pytest.mark.parametrize("rec", _params("session"))
+def test_session_mode(rec: Rec) -> None:
+    """Everything passes through untouched but the parameter sync and Terminate."""
+    run = check_replay(rec, "session")
+    main = run.main
+    assert main is not None
+    assert all(isinstance(e, pg.Query) for e in main.injected)
+    assert all(isinstance(rec.qf[r].event, pg.Terminate) for r in main.suppressed)
+
+
+@pytest.mark.parametrize("rec", _params("transaction"))
+def test_transaction_mode(rec: Rec) -> None:
+    """Shared statements renamed on the server side only; the client sees the recording."""
+    check_replay(rec, "transaction")
+
+
+REFUSED = [pytest.param(r, id=f"{r.case_id}:{r.kind}") for r in RECS if r.kind != "regular"]
+
+
+@pytest.mark.parametrize("rec", REFUSED)
+def test_not_replayable(rec: Rec) -> None:
+    """What the engine does with connections it cannot pool (or that fail to log in)."""
+    first = rec.msgs["F"][0]
+    if rec.kind in ("encrypted", "cancel"):
+        # TLS and GSSAPI encryption are refused (the recording went on encrypted); a
+        # cancel with a key the engine never gave out is closed without an answer.
+        engine = Engine(Config(general=General(), pools={}), seed=0)
+        engine.client_connected(CID, "corpus", 0.0)
+        effects = engine.client_data(CID, rec.streams["F"][first.start : first.end], 0.0)
+        sent = [e.data for e in effects if isinstance(e, SendClient)]
+        if rec.kind == "encrypted":
+            assert sent == [b"N"] and not any(isinstance(e, CloseClient) for e in effects)
+        else:
+            assert sent == [] and CloseClient(CID) in effects
+            assert not any(isinstance(e, OpenServer) for e in effects)
+        return
+    assert rec.kind in ("replication", "login-fails"), rec.kind
+    b = rec.msgs["B"]
+    auth = next(i for i, m in enumerate(b) if isinstance(m.event, pg.Authentication))
+    if rec.kind == "replication":
+        run = replay(rec, "session")
+        expected, sqlstates = [pg.ErrorResponse], {"0A000"}
+        assert not run.servers, "nothing to open for a connection we refuse"
+    elif isinstance(b[auth].event, pg.AuthenticationOk):
+        # The server refuses the login (no such database or role): the client gets
+        # our AuthenticationOk, then the server's error exactly as recorded.
+        run = replay(rec, "session", login=rec.streams["B"][b[auth].start :])
+        assert b"".join(run.client).endswith(rec.streams["B"][b[auth].start :])
+        expected = [pg.AuthenticationOk, pg.ErrorResponse]
+        sqlstates = {m.event.sqlstate for m in b if isinstance(m.event, pg.ErrorResponse)}
+    else:
+        # A wrong password: we challenge with the recorded method. The recorded SCRAM
+        # proof answers the real server's nonce, not ours, so it fails as a protocol
+        # violation (PostgreSQL: "Nonce does not match") rather than as 28P01.
+        method = {"scram": "scram-sha-256"}.get(str(rec.meta["auth"]), str(rec.meta["auth"]))
+        config = make_config(rec, "session", method, "not-the-recorded-password")
+        run = replay(rec, "session", config=config, strip_auth=False)
+        expected = [type(m.event) for m in b if not isinstance(m.event, pg.ErrorResponse)]
+        expected.append(pg.ErrorResponse)
+        sqlstates = {"28P01", "08P01"}
+    assert run.client_closed
+    events = _decode(rec, b"".join(run.client))
+    assert [type(e) for e in events] == expected
+    error = events[-1]
+    assert isinstance(error, pg.ErrorResponse) and error.severity == "FATAL"
+    assert error.sqlstate in sqlstates, error
+
+
+def _decode(rec: Rec, data: bytes) -> list[pg.Event]:
+    """Frame and decode what the engine sent a client that never got to log in."""
+    pos = sum(1 for m in rec.msgs["F"] if isinstance(m.event, (pg.SSLRequest, pg.GSSENCRequest)))
+    out = []
+    while pos < len(data):
+        n = 1 + int.from_bytes(data[pos + 1 : pos + 5], "big")
+        conn = pg.Connection(pg.CLIENT)
+        conn.send(pg.StartupMessage({"user": "x"}))
+        conn.receive_data(data[pos : pos + n])
+        e = conn.next_event()
+        assert isinstance(e, pg.Event)
+        out.append(e)
+        pos += n
+    return out

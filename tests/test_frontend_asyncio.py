@@ -600,7 +600,12 @@ def test_signals_in_a_subprocess(tmp_path: pathlib.Path, flavour: str, mode: str
         assert proc.stdout.readline().strip() == "shutdown"
         if mode == "forced":
             proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=10)
+        # Not communicate(): after readline() the text wrapper may already hold the
+        # next line, which communicate(timeout=...) would never see.
+        proc.wait(timeout=10)
+        out = proc.stdout.read()
+        assert proc.stderr is not None
+        err = proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()
