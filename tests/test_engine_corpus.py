@@ -4,7 +4,7 @@ The engine gets each recorded client's bytes at the recorded chunk boundaries (m
 password messages: the pool trusts it). A fake server logs the engine in with the
 recorded startup parameters, answers the queries the engine sends on its own (parameter
 sync, reset) itself, and answers every forwarded request with the recorded answer to it,
-cut at the recorded chunk boundaries and never before the engine has forwarded what the
+cut at the recorded chunk boundaries, and never before the engine has forwarded what the
 client had sent before that chunk in the recording.
 
 Which recorded server message answers which request is worked out once per trace by
@@ -12,7 +12,7 @@ Which recorded server message answers which request is worked out once per trace
 sent during COPY IN are ignored; a message with no request due is unsolicited). In
 transaction mode that lets the fake drop the answers to requests the engine answers
 itself (a client's Close of a shared statement, the Parse of one already prepared) and
-answer the Parse/Close the engine injects, exactly where a real server would.
+answer the Parse/Close the engine injects, where a real server would.
 """
 
 from __future__ import annotations
@@ -25,12 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from test_corpus import replay as read_both
 
+import pgsansio.engine as pe
 import pgsansio.protocol as pg
-from pgsansio.config_model import Config, General, PoolConfig, ServerAddress, ShardConfig
-from pgsansio.config_model import UserConfig
-from pgsansio.engine import CloseClient, CloseServer, Effect, Engine, OpenServer
-from pgsansio.engine import SendClient, SendServer
+from pgsansio import config_model as cm
 from pgsansio.engine._params import TRACKED
 from pgsansio.trace import Trace, iter_corpus
 
@@ -48,7 +47,9 @@ ENDS: dict[type[pg.Event], tuple[type[pg.Event], ...]] = {
     pg.Execute: (pg.CommandComplete, pg.EmptyQueryResponse, pg.PortalSuspended),
 }
 _OWN_QUERY = re.compile(r"^((SET|RESET) [^;]+)(;(SET|RESET) [^;]+)*$|^(DISCARD ALL|ROLLBACK)$")
+_CLEARS = re.compile(r"^\s*(DEALLOCATE\s+(PREPARE\s+)?ALL|DISCARD\s+ALL)\s*;?\s*$", re.I)
 _TRACKED_LOWER = {name.lower(): name for name in TRACKED}
+Key = tuple[str, tuple[int, ...]]  # a prepared statement: its text and parameter types
 
 
 @dataclass
@@ -67,8 +68,8 @@ class Rec:
     meta: dict[str, object]
     trace: Trace
     streams: dict[str, bytes]
-    msgs: dict[str, list[Msg]]
     bounds: list[tuple[int, int]]  # per chunk: (start, end) in its direction's stream
+    msgs: dict[str, list[Msg]] = field(default_factory=lambda: {"F": [], "B": []})
     encrypted: bool = False
     startup: pg.StartupMessage | None = None
     qf: list[Msg] = field(default_factory=list)  # client messages after the login
@@ -80,57 +81,40 @@ class Rec:
     def kind(self) -> str:
         if self.encrypted:
             return "encrypted"
-        first = self.msgs["F"][0].event if self.msgs["F"] else None
-        if isinstance(first, pg.CancelRequest):
+        if isinstance(self.msgs["F"][0].event, pg.CancelRequest):
             return "cancel"
-        if self.startup is None:
-            return "no-startup"
+        assert self.startup is not None
         if self.startup.params.get("replication", "false") != "false":
             return "replication"
         return "regular" if self.qb or self.qf else "login-fails"
 
 
 def analyze(case_id: str, meta: dict[str, object], trace: Trace) -> Rec:
-    """Read both directions at the recorded boundaries, as tests/test_corpus.py does."""
-    readers = {"F": pg.Connection(pg.SERVER), "B": pg.Connection(pg.CLIENT)}
-    streams = {d: trace.stream(d) for d in "FB"}
-    bounds, ends, totals = [], {"F": [], "B": []}, {"F": 0, "B": 0}
+    """Both directions as messages, read at the recorded boundaries by test_corpus."""
+    truncated = meta.get("truncated", [])
+    assert isinstance(truncated, list)
+    ref = read_both(trace, truncated)
+    bounds: list[tuple[int, int]] = []
+    ends: dict[str, list[tuple[int, int]]] = {"F": [], "B": []}
+    totals = {"F": 0, "B": 0}
     for k, chunk in enumerate(trace.chunks):
         start = totals[chunk.direction]
         totals[chunk.direction] += 0 if chunk.eof else len(chunk.data)
         bounds.append((start, totals[chunk.direction]))
         if not chunk.eof:
             ends[chunk.direction].append((totals[chunk.direction], k))
-    rec = Rec(case_id, meta, trace, streams, {"F": [], "B": []}, bounds)
-    pos, closed = {"F": 0, "B": 0}, set()
-    for chunk in trace.chunks:
-        readers[chunk.direction].receive_data(b"" if chunk.eof else chunk.data)
-        progress = True
-        while progress and not rec.encrypted:
-            progress = False
-            for d, conn in readers.items():
-                while d not in closed and not rec.encrypted:
-                    try:
-                        event = conn.next_event()
-                    except pg.RemoteProtocolError:  # a stream cut inside a message
-                        closed.add(d)
-                        break
-                    if event is pg.NEED_DATA or event is pg.PAUSED:
-                        break
-                    assert isinstance(event, pg.Event)
-                    n = len(readers["B" if d == "F" else "F"].send(event))
-                    progress = True
-                    if isinstance(event, pg.ConnectionClosed):
-                        closed.add(d)
-                        continue
-                    k = ends[d][bisect.bisect_left(ends[d], (pos[d] + n, -1))][1]
-                    bulk = isinstance(event, (pg.DataRow, pg.CopyData))
-                    rec.msgs[d].append(Msg(None if bulk else event, pos[d], pos[d] + n, k))
-                    pos[d] += n
-                    if isinstance(event, (pg.SSLResponse, pg.GSSENCResponse)) and event.accepted:
-                        rec.encrypted = True
-                    if isinstance(event, pg.StartupMessage):
-                        rec.startup = event
+    rec = Rec(case_id, meta, trace, {d: trace.stream(d) for d in "FB"}, bounds, encrypted=ref.tls)
+    for d in "FB":
+        pos = 0
+        for event, data in zip(ref.events[d], ref.sent[d], strict=True):
+            if isinstance(event, pg.ConnectionClosed):
+                continue
+            k = ends[d][bisect.bisect_left(ends[d], (pos + len(data), -1))][1]
+            bulk = isinstance(event, (pg.DataRow, pg.CopyData))
+            rec.msgs[d].append(Msg(None if bulk else event, pos, pos + len(data), k))
+            pos += len(data)
+            if isinstance(event, pg.StartupMessage):
+                rec.startup = event
     f, b = rec.msgs["F"], rec.msgs["B"]
     first_z = next((i for i, m in enumerate(b) if isinstance(m.event, pg.ReadyForQuery)), None)
     if rec.startup is not None and first_z is not None:
@@ -152,12 +136,13 @@ def attribute(rec: Rec) -> None:
             r = i
             while r < len(qf) and (r in silent or not isinstance(qf[r].event, ASKS)):
                 r += 1
-            if r < len(qf) and qf[r].chunk < m.chunk:
+            if r < len(qf) and qf[r].chunk < m.chunk:  # it had arrived: this answers it
                 cur, i = r, r + 1
         owner.append(cur)
         if cur < 0:
             continue
         req = qf[cur].event
+        assert req is not None
         if isinstance(e, pg.CopyInResponse):  # Syncs sent during COPY IN are ignored
             r = cur + 1
             while r < len(qf) and not isinstance(qf[r].event, (pg.CopyDone, pg.CopyFail)):
@@ -169,7 +154,7 @@ def attribute(rec: Rec) -> None:
                 silent.add(r)  # skipped until Sync
                 r += 1
             cur = -1
-        elif isinstance(e, pg.ReadyForQuery) or isinstance(e, ENDS.get(type(req), ())):
+        elif isinstance(e, (pg.ReadyForQuery, *ENDS.get(type(req), ()))):
             cur = -1
 
 
@@ -177,8 +162,7 @@ def _load() -> list[Rec]:
     out = []
     for scenario_dir, traces in iter_corpus(CORPUS):
         meta = json.loads((scenario_dir / "meta.json").read_text())
-        for t in traces:
-            out.append(analyze(f"{scenario_dir.name}/c{t.connection}", meta, t))
+        out += [analyze(f"{scenario_dir.name}/c{t.connection}", meta, t) for t in traces]
     return out
 
 
@@ -208,12 +192,6 @@ def _named(e: pg.Event, name: str) -> pg.Event:
     return type(e)("S", name)
 
 
-def _unquote(value: str) -> str:
-    if value.startswith("'") and value.endswith("'"):
-        value = value[1:-1].replace("''", "'")
-    return value
-
-
 def own_answer(sql: str) -> list[pg.Event]:
     """What PostgreSQL answers to the engine's own SET/RESET, DISCARD ALL or ROLLBACK."""
     out: list[pg.Event] = []
@@ -222,7 +200,9 @@ def own_answer(sql: str) -> list[pg.Event]:
         out.append(pg.CommandComplete(words[0] if words[0] in ("SET", "RESET") else stmt))
         name = _TRACKED_LOWER.get(words[1].lower()) if len(words) == 4 else None
         if words[0] == "SET" and name is not None:
-            value = _unquote(words[3])
+            value = words[3]
+            if value.startswith("'") and value.endswith("'"):
+                value = value[1:-1].replace("''", "'")
             if name == "client_encoding":  # as PostgreSQL reports it
                 value = re.sub("[^A-Za-z0-9]", "", value).upper()
             out.append(pg.ParameterStatus(name, value))
@@ -236,19 +216,19 @@ class FakeServer:
         self.rec, self.rename, self.login = rec, rename, login
         self.conn = pg.Connection(pg.SERVER)
         self.out: list[bytes] = []
-        self.closed = False
+        self.closed = self.logged_in = False
         self.cancel: pg.CancelRequest | None = None
-        self.logged_in = False
+        self.key = pg.BackendKeyData(0, b"\0" * 4)  # what we told the engine
         self.j = 0  # the next recorded request the engine should send
         self.p = 0  # the next recorded answer message to emit ...
         self.pb = rec.qb[0].start if rec.qb else 0  # ... and how much of it is out
         self.due = self.pb  # how far the recording's server chunks have got
         self.suppressed: set[int] = set()  # requests the engine answered itself
         self.injected: list[pg.Event] = []
-        self.synth: deque[tuple[int, list[pg.Event]]] = deque()
-        self.client_stmts: dict[str, tuple[str, tuple[int, ...]]] = {}
-        self.server_stmts: dict[str, tuple[str, tuple[int, ...]]] = {}
-        self.names: dict[str, str] = {}
+        self.synth: deque[tuple[int, list[pg.Event]]] = deque()  # (after request, answer)
+        self.client_stmts: dict[str, Key] = {}
+        self.server_stmts: dict[str, Key] = {}
+        self.names: dict[str, str] = {}  # client's statement name -> ours
 
     def receive(self, data: bytes) -> None:
         self.conn.receive_data(data)
@@ -269,15 +249,12 @@ class FakeServer:
         if self.login is not None:
             self.out.append(self.login)
             return
-        b = self.rec.msgs["B"]
+        b = self.rec.msgs["B"][: len(self.rec.msgs["B"]) - len(self.rec.qb)]
         key = next(m.event for m in b if isinstance(m.event, pg.BackendKeyData))
         assert isinstance(key, pg.BackendKeyData)
-        self.key = pg.BackendKeyData(key.process_id, key.secret_key[:4])
-        events: list[pg.Event] = [pg.AuthenticationOk()]
-        for m in b[: len(b) - len(self.rec.qb)]:
-            if isinstance(m.event, pg.ParameterStatus):
-                events.append(m.event)
-        events += [self.key, pg.ReadyForQuery("I")]
+        self.key = pg.BackendKeyData(key.process_id, key.secret_key[:4])  # we speak 3.0
+        status = [m.event for m in b if isinstance(m.event, pg.ParameterStatus)]
+        events = [pg.AuthenticationOk(), *status, self.key, pg.ReadyForQuery("I")]
         self.out += [self.conn.send(e) for e in events]
 
     def _suppressible(self, r: int) -> bool:
@@ -287,10 +264,14 @@ class FakeServer:
         )
 
     def _request(self, e: pg.Event) -> None:
-        raw = bytes(e)
-        if isinstance(e, pg.Parse):
+        raw, qf = bytes(e), self.rec.qf
+        # Which statements exist on the server, to catch a Bind of one it lost.
+        if isinstance(e, pg.Parse) and self.j not in self.rec.silent:
             self.server_stmts[e.name] = (e.query, e.param_types)
-        qf = self.rec.qf
+        elif isinstance(e, pg.Close) and e.kind == "S":
+            self.server_stmts.pop(e.name, None)
+        elif isinstance(e, pg.Query) and _CLEARS.match(e.sql):
+            self.server_stmts.clear()
         while True:
             if self.j < len(qf) and self._matches(qf[self.j], e, raw):
                 self.j += 1
@@ -328,7 +309,7 @@ class FakeServer:
         if isinstance(r, pg.Parse):
             self.client_stmts[client] = (r.query, r.param_types)
         elif self.client_stmts.get(client) != self.server_stmts.get(got):
-            raise AssertionError(f"{e!r} runs another statement than the client's {client!r}")
+            raise AssertionError(f"{e!r}: not the statement the client prepared as {client!r}")
         self.names[client] = got
         return True
 
@@ -343,7 +324,7 @@ class FakeServer:
         """Answers that are due and whose requests have come, in order."""
         qb, owner, stream = self.rec.qb, self.rec.owner, self.rec.streams["B"]
         out, self.out = self.out, []
-        run = self.pb
+        run = self.pb  # stream[run:self.pb] is still to be appended to out
         while True:
             p = self.p
             if p < len(qb) and self.pb == qb[p].start and owner[p] in self.suppressed:
@@ -366,58 +347,40 @@ class FakeServer:
             stop = min(m.end, self.due)
             if stop <= self.pb:
                 break
-            fixed = self._server_names(m.event)
-            if fixed is not None:
-                if m.end > self.due:
-                    break
-                out += [stream[run : self.pb], self.conn.send(fixed)]
-                run = m.end
             self.pb = stop
             if stop == m.end:
                 self.p += 1
-                if m.event is not None and fixed is None:
+                if m.event is not None:
                     self.conn.send_span(pg.Span(b"", [m.event], []))
         out.append(stream[run : self.pb])
         return b"".join(out)
-
-    def _server_names(self, e: pg.Event | None) -> pg.ErrorResponse | None:
-        """A recorded error naming a client's statement names ours, as the server would."""
-        if not self.rename or not isinstance(e, pg.ErrorResponse) or not self.names:
-            return None
-        fields = list(e.fields)
-        for client, ours in self.names.items():
-            fields = [(k, v.replace(f'"{client}"', f'"{ours}"')) for k, v in fields]
-        return pg.ErrorResponse(fields) if fields != list(e.fields) else None
 
 
 # === driving the engine ===============================================================
 
 
-def make_config(rec: Rec, mode: str, auth: str = "trust", password: str = "x") -> Config:
+def make_config(rec: Rec, mode: str, auth: str = "trust", password: str = "x") -> cm.Config:
     assert rec.startup is not None
     user = rec.startup.params["user"]
-    database = rec.startup.params.get("database") or user
-    u = UserConfig(user, password, pool_size=1, auth_type=auth, pool_mode=mode)
-    server = ServerAddress("fake", 5432, "primary")
-    pool = PoolConfig(
-        name=database,
-        users={user: u},
-        shards=(ShardConfig(0, database, (server,)),),
-        pool_mode=mode,
-        prepared_statements_cache_size=500 if mode == "transaction" else 0,
-    )
-    return Config(general=General(), pools={database: pool})
+    db = rec.startup.params.get("database") or user
+    u = cm.UserConfig(user, password, pool_size=1, auth_type=auth, pool_mode=mode)
+    shard = cm.ShardConfig(0, db, (cm.ServerAddress("fake", 5432, "primary"),))
+    cache = 500 if mode == "transaction" else 0
+    pool = cm.PoolConfig(db, {user: u}, (shard,), mode, prepared_statements_cache_size=cache)
+    return cm.Config(general=cm.General(), pools={db: pool})
 
 
 @dataclass
 class Run:
     rec: Rec
-    client: list[bytes] = field(default_factory=list)
-    client_closed: bool = False  # by the engine (CloseClient)
     client_left: bool = False  # by the client (its EOF)
     servers: dict[int, FakeServer] = field(default_factory=dict)
-    others: dict[int, list[bytes]] = field(default_factory=dict)  # other clients' bytes
-    closed_others: set[int] = field(default_factory=set)
+    got: dict[int, list[bytes]] = field(default_factory=dict)  # what each client got
+    closed: set[int] = field(default_factory=set)  # clients the engine closed
+
+    @property
+    def client(self) -> bytes:
+        return b"".join(self.got.get(CID, []))
 
     @property
     def main(self) -> FakeServer | None:
@@ -428,34 +391,31 @@ def replay(
     rec: Rec,
     mode: str,
     *,
-    config: Config | None = None,
+    config: cm.Config | None = None,
     strip_auth: bool = True,
     login: bytes | None = None,
     cancel_at: int | None = None,
 ) -> Run:
     """Drive an engine with the recorded client, and a FakeServer for each server."""
-    engine = Engine(config or make_config(rec, mode), seed=0)
+    engine = pe.Engine(config or make_config(rec, mode), seed=0)
     run = Run(rec)
-    pending: deque[Effect] = deque(engine.start(0.0))
+    pending: deque[pe.Effect] = deque(engine.start(0.0))
     now = 0.0
 
     def pump() -> None:
         while True:
             while pending:
                 eff = pending.popleft()
-                if isinstance(eff, SendClient):
-                    run.client.append(eff.data) if eff.cid == CID else run.others[
-                        eff.cid
-                    ].append(eff.data)
-                elif isinstance(eff, SendServer):
+                if isinstance(eff, pe.SendClient):
+                    run.got.setdefault(eff.cid, []).append(eff.data)
+                elif isinstance(eff, pe.SendServer):
                     run.servers[eff.sid].receive(eff.data)
-                elif isinstance(eff, OpenServer):
+                elif isinstance(eff, pe.OpenServer):
                     run.servers[eff.sid] = FakeServer(rec, mode == "transaction", login)
                     pending.extend(engine.server_connected(eff.sid, now))
-                elif isinstance(eff, CloseClient):
-                    run.client_closed |= eff.cid == CID
-                    run.closed_others.add(eff.cid)
-                elif isinstance(eff, CloseServer):
+                elif isinstance(eff, pe.CloseClient):
+                    run.closed.add(eff.cid)
+                elif isinstance(eff, pe.CloseServer):
                     run.servers[eff.sid].closed = True
             for sid, fake in list(run.servers.items()):
                 data = b"" if fake.closed else fake.emit()
@@ -465,26 +425,24 @@ def replay(
                 return
 
     qf_chunks = [m.chunk for m in rec.qf]
-    auth = [(m.start, m.end) for m in rec.msgs["F"] if strip_auth and isinstance(m.event, AUTH)]
-    stream_f = rec.streams["F"]
+    # Password messages come alone in their chunks (clients wait for the challenge).
+    auth = {m.chunk for m in rec.msgs["F"] if strip_auth and isinstance(m.event, AUTH)}
     pending.extend(engine.client_connected(CID, "corpus", now))
     for k, chunk in enumerate(rec.trace.chunks):
         now = chunk.t_us / 1e6
-        if k == cancel_at:
-            cancel(engine, run, pending)
+        if k == cancel_at:  # a second client cancels with the key the engine gave ours
+            key = next(e for e in client_events(run)[0] if isinstance(e, pg.BackendKeyData))
+            pending.extend(engine.client_connected(2, "canceller", now))
+            cancel = pg.CancelRequest(key.process_id, key.secret_key)
+            pending.extend(engine.client_data(2, bytes(cancel), now))
         start, end = rec.bounds[k]
         main = run.main
-        if chunk.direction == "F" and not (run.client_closed or run.client_left):
+        if chunk.direction == "F" and not (CID in run.closed or run.client_left):
             if chunk.eof:
                 run.client_left = True
                 pending.extend(engine.client_closed(CID, now))
-            else:
-                data = b"".join(
-                    stream_f[a:b]
-                    for a, b in _minus(start, end, auth)  # the pool trusts the client
-                )
-                if data:
-                    pending.extend(engine.client_data(CID, data, now))
+            elif k not in auth:  # the pool trusts the client: no password to pass
+                pending.extend(engine.client_data(CID, rec.streams["F"][start:end], now))
         elif chunk.direction == "B" and main is not None and not main.closed:
             if chunk.eof:
                 if not any(isinstance(m.event, pg.Terminate) for m in rec.qf if m.chunk < k):
@@ -492,7 +450,7 @@ def replay(
                     sid = next(s for s, f in run.servers.items() if f is main)
                     pending.extend(engine.server_closed(sid, now))
             elif rec.qb and end > rec.qb[0].start:
-                if not (run.client_closed or run.client_left):
+                if not (CID in run.closed or run.client_left):
                     n = bisect.bisect_left(qf_chunks, k)
                     assert main.caught_up(n), (
                         f"chunk {k}: the engine has not forwarded request {main.j} "
@@ -503,27 +461,13 @@ def replay(
     return run
 
 
-def _minus(start: int, end: int, holes: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out, at = [], start
-    for a, b in holes:
-        if a < end and b > at:
-            out.append((at, max(at, a)))
-            at = max(at, b)
-    return [*out, (at, end)] if at < end else out
-
-
-def cancel(engine: Engine, run: Run, pending: deque[Effect]) -> None:
-    """A second client sends a CancelRequest with the key the engine gave ours."""
-    key = next(e for e in client_events(run)[0] if isinstance(e, pg.BackendKeyData))
-    run.others[2] = []
-    pending.extend(engine.client_connected(2, "canceller", 0.0))
-    data = bytes(pg.CancelRequest(key.process_id, key.secret_key))
-    pending.extend(engine.client_data(2, data, 0.0))
-
-
 def client_events(run: Run) -> tuple[list[pg.Event], int]:
-    """The client's view of the login (to its first Z or the close), and its length."""
-    rec, data = run.rec, b"".join(run.client)
+    """The client's view of the login (to its first Z or error), and its length.
+
+    The recorded client's answers to challenges are fed to the reading connection, so
+    that a client we made authenticate reads as it did.
+    """
+    rec, data = run.rec, run.client
     assert rec.startup is not None
     pos = 0
     for m in rec.msgs["F"]:
@@ -535,6 +479,7 @@ def client_events(run: Run) -> tuple[list[pg.Event], int]:
     conn = pg.Connection(pg.CLIENT)
     conn.send(rec.startup)
     conn.receive_data(data[pos:])
+    answers = [m.event for m in rec.msgs["F"] if isinstance(m.event, AUTH)]
     events: list[pg.Event] = []
     while not events or not isinstance(events[-1], (pg.ReadyForQuery, pg.ErrorResponse)):
         e = conn.next_event()
@@ -543,28 +488,46 @@ def client_events(run: Run) -> tuple[list[pg.Event], int]:
         assert isinstance(e, pg.Event)
         events.append(e)
         pos += len(bytes(e))
+        if isinstance(e, pg.Authentication) and e.auth_code not in (0, 12):  # a challenge
+            conn.send(answers.pop(0))
     return events, pos
 
 
 # === the tests ========================================================================
 
 REGULAR = [r for r in RECS if r.kind == "regular"]
-# Recordings a transaction pooler cannot reproduce, whatever it does.
-NOT_TRANSACTION = {
+_IDLE_FATAL = "the server's FATAL comes while it idles in the pool: no client is linked to it"
+NOT_TRANSACTION = {  # recordings a transaction pooler cannot reproduce, whatever it does
     "psycopg-listen-notify/c1": "LISTEN is session state: the NOTIFY from another session "
     "arrives while the server is back in the pool, and reaches no client",
-    "psql-idle-terminated/c1": "the server's FATAL comes while it idles in the pool: "
-    "no client is linked to hear it",
-    "psql-idle-terminated/c2": "the server's FATAL comes while it idles in the pool: "
-    "no client is linked to hear it",
+    "psql-idle-terminated/c1": _IDLE_FATAL,
+    "psql-idle-terminated/c2": _IDLE_FATAL,
+}
+_FATAL_TWICE = (
+    "engine deviation: after forwarding the server's FATAL (%s) the engine sends its own "
+    "FATAL 08006 'the server closed the connection unexpectedly'; the recording ends "
+    "at the server's FATAL"
+)
+_SEARCH_PATH = (
+    "engine deviation: the welcome reports search_path (set by the startup options) "
+    "though PostgreSQL 15 does not report it (GUC_REPORT only from PostgreSQL 18)"
+)
+KNOWN: dict[tuple[str, str], str] = {  # where the engine differs from the recorded server
+    ("psql-idle-terminated/c1", "session"): _FATAL_TWICE % "57P01",
+    ("psql-idle-terminated/c2", "session"): _FATAL_TWICE % "57P05",
+    ("psycopg-startup-options/c1", "session"): _SEARCH_PATH,
+    ("psycopg-startup-options/c1", "transaction"): _SEARCH_PATH,
 }
 
 
 def _params(mode: str) -> list[object]:
     out: list[object] = []
     for rec in REGULAR:
-        reason = NOT_TRANSACTION.get(rec.case_id) if mode == "transaction" else None
-        marks = [pytest.mark.skip(reason=reason)] if reason else []
+        skip = NOT_TRANSACTION.get(rec.case_id) if mode == "transaction" else None
+        known = KNOWN.get((rec.case_id, mode))
+        marks = [pytest.mark.skip(reason=skip)] if skip else []
+        if known:
+            marks.append(pytest.mark.xfail(reason=known, raises=AssertionError, strict=True))
         out.append(pytest.param(rec, id=rec.case_id, marks=marks))
     return out
 
@@ -580,23 +543,19 @@ def _cancel_chunk(rec: Rec) -> int | None:
 
 
 def check_login(rec: Rec, events: list[pg.Event]) -> None:
+    """v if the client asked for more than 3.0, R0, the recorded S names, one K, Z."""
     assert rec.startup is not None
-    types = [type(e) for e in events]
     pq = [k for k in rec.startup.params if k.startswith("_pq_.")]
     if rec.startup.protocol_version != pg.PROTOCOL_3_0 or pq:
-        assert events[0] == pg.NegotiateProtocolVersion(pg.PROTOCOL_3_0, pq)
-        events, types = events[1:], types[1:]
-    assert types[0] is pg.AuthenticationOk and types[-2:] == [
-        pg.BackendKeyData,
-        pg.ReadyForQuery,
-    ], types
+        assert events.pop(0) == pg.NegotiateProtocolVersion(pg.PROTOCOL_3_0, pq)
+    types = [type(e) for e in events]
+    assert types[0] is pg.AuthenticationOk, types
+    assert types[-2:] == [pg.BackendKeyData, pg.ReadyForQuery], types
     assert set(types[1:-2]) == {pg.ParameterStatus}, types
     login = rec.msgs["B"][: len(rec.msgs["B"]) - len(rec.qb)]
     recorded = {m.event.name for m in login if isinstance(m.event, pg.ParameterStatus)}
     shown = [e.name for e in events if isinstance(e, pg.ParameterStatus)]
-    assert len(shown) == len(set(shown)) and set(shown) == recorded, sorted(
-        set(shown) ^ recorded
-    )
+    assert len(shown) == len(set(shown)) and set(shown) == recorded, sorted(set(shown) ^ recorded)
     key = events[-2]
     assert isinstance(key, pg.BackendKeyData) and len(key.secret_key) == 4
     assert events[-1] == pg.ReadyForQuery("I")
@@ -606,18 +565,16 @@ def check_replay(rec: Rec, mode: str) -> Run:
     cancel_at = _cancel_chunk(rec)
     run = replay(rec, mode, cancel_at=cancel_at)
     events, pos = client_events(run)
-    check_login(rec, events)
     main = run.main
     assert main is not None
-    got = b"".join(run.client)[pos:]
-    stream = rec.streams["B"]
+    got, stream = run.client[pos:], rec.streams["B"]
+    asked = pg.CancelRequest(main.key.process_id, main.key.secret_key)
     if run.client_left and main.p < len(rec.qb):
         # The client went away mid-result: what it got is a whole-message prefix, and
         # the query still running on the server was cancelled.
         ends = {m.end - rec.qb[0].start for m in rec.qb}
         assert stream[rec.qb[0].start :].startswith(got) and len(got) in ends
-        assert any(f.cancel == pg.CancelRequest(main.key.process_id, main.key.secret_key)
-                   for f in run.servers.values())
+        assert any(f.cancel == asked for f in run.servers.values()), "no cancel sent"
     else:
         expected = stream[rec.qb[0].start : rec.qb[-1].end] if rec.qb else b""
         assert _first_difference(got, expected) is None, _first_difference(got, expected)
@@ -625,39 +582,42 @@ def check_replay(rec: Rec, mode: str) -> Run:
     if any(isinstance(m.event, pg.Terminate) for m in rec.qf):
         assert not main.closed, "a client's Terminate must not close its server"
     if cancel_at is not None:
-        assert run.others[2] == [] and 2 in run.closed_others, "a cancel gets no answer"
-        assert any(f.cancel == pg.CancelRequest(main.key.process_id, main.key.secret_key)
-                   for f in run.servers.values()), "the cancel was not passed on"
+        assert 2 not in run.got and 2 in run.closed, "a cancel gets no answer"
+        assert any(f.cancel == asked for f in run.servers.values()), "cancel not passed on"
+    check_login(rec, events)
     return run
 
 
 def _first_difference(got: bytes, expected: bytes) -> str | None:
-    """None if equal, else the first differing message of each side."""
+    """None if equal, else where they part (at the start of the first differing message)."""
     if got == expected:
         return None
     i = 0
-    while i < min(len(got), len(expected)):
+    while got[i : i + 5] == expected[i : i + 5]:
         n = 1 + int.from_bytes(expected[i + 1 : i + 5], "big")
         if got[i : i + n] != expected[i : i + n]:
             break
         i += n
-    return f"at byte {i}: got {got[i : i + 60]!r}, recorded {expected[i : i + 60]!r}"
+    return f"at {i}: got {got[i : i + 60]!r}, recorded {expected[i : i + 60]!r}"
 
 
 @pytest.mark.parametrize("rec", _params("session"))
 def test_session_mode(rec: Rec) -> None:
     """Everything passes through untouched but the parameter sync and Terminate."""
-    run = check_replay(rec, "session")
-    main = run.main
+    main = check_replay(rec, "session").main
     assert main is not None
     assert all(isinstance(e, pg.Query) for e in main.injected)
     assert all(isinstance(rec.qf[r].event, pg.Terminate) for r in main.suppressed)
+    if isinstance(rec.qf[-1].event, pg.Terminate):  # the client left: the server is reset
+        assert main.injected[-1] == pg.Query("DISCARD ALL")
 
 
 @pytest.mark.parametrize("rec", _params("transaction"))
 def test_transaction_mode(rec: Rec) -> None:
     """Shared statements renamed on the server side only; the client sees the recording."""
-    check_replay(rec, "transaction")
+    main = check_replay(rec, "transaction").main
+    assert main is not None
+    assert set(main.names) == set(main.client_stmts) - {""}, "a named statement not renamed"
 
 
 REFUSED = [pytest.param(r, id=f"{r.case_id}:{r.kind}") for r in RECS if r.kind != "regular"]
@@ -670,30 +630,31 @@ def test_not_replayable(rec: Rec) -> None:
     if rec.kind in ("encrypted", "cancel"):
         # TLS and GSSAPI encryption are refused (the recording went on encrypted); a
         # cancel with a key the engine never gave out is closed without an answer.
-        engine = Engine(Config(general=General(), pools={}), seed=0)
+        engine = pe.Engine(cm.Config(general=cm.General(), pools={}), seed=0)
         engine.client_connected(CID, "corpus", 0.0)
         effects = engine.client_data(CID, rec.streams["F"][first.start : first.end], 0.0)
-        sent = [e.data for e in effects if isinstance(e, SendClient)]
+        sent = [e.data for e in effects if isinstance(e, pe.SendClient)]
         if rec.kind == "encrypted":
-            assert sent == [b"N"] and not any(isinstance(e, CloseClient) for e in effects)
+            assert sent == [b"N"] and pe.CloseClient(CID) not in effects
         else:
-            assert sent == [] and CloseClient(CID) in effects
-            assert not any(isinstance(e, OpenServer) for e in effects)
+            assert sent == [] and pe.CloseClient(CID) in effects
+            assert not any(isinstance(e, pe.OpenServer) for e in effects)
         return
     assert rec.kind in ("replication", "login-fails"), rec.kind
     b = rec.msgs["B"]
-    auth = next(i for i, m in enumerate(b) if isinstance(m.event, pg.Authentication))
+    expected: list[type[pg.Event | None]]
+    auth = next(m for m in b if isinstance(m.event, pg.Authentication))
     if rec.kind == "replication":
         run = replay(rec, "session")
         expected, sqlstates = [pg.ErrorResponse], {"0A000"}
         assert not run.servers, "nothing to open for a connection we refuse"
-    elif isinstance(b[auth].event, pg.AuthenticationOk):
+    elif isinstance(auth.event, pg.AuthenticationOk):
         # The server refuses the login (no such database or role): the client gets
         # our AuthenticationOk, then the server's error exactly as recorded.
-        run = replay(rec, "session", login=rec.streams["B"][b[auth].start :])
-        assert b"".join(run.client).endswith(rec.streams["B"][b[auth].start :])
+        run = replay(rec, "session", login=rec.streams["B"][auth.start :])
+        assert run.client.endswith(rec.streams["B"][auth.start :])
         expected = [pg.AuthenticationOk, pg.ErrorResponse]
-        sqlstates = {m.event.sqlstate for m in b if isinstance(m.event, pg.ErrorResponse)}
+        sqlstates = {str(m.event.sqlstate) for m in b if isinstance(m.event, pg.ErrorResponse)}
     else:
         # A wrong password: we challenge with the recorded method. The recorded SCRAM
         # proof answers the real server's nonce, not ours, so it fails as a protocol
@@ -704,25 +665,9 @@ def test_not_replayable(rec: Rec) -> None:
         expected = [type(m.event) for m in b if not isinstance(m.event, pg.ErrorResponse)]
         expected.append(pg.ErrorResponse)
         sqlstates = {"28P01", "08P01"}
-    assert run.client_closed
-    events = _decode(rec, b"".join(run.client))
+    assert CID in run.closed
+    events = client_events(run)[0]
     assert [type(e) for e in events] == expected
     error = events[-1]
     assert isinstance(error, pg.ErrorResponse) and error.severity == "FATAL"
     assert error.sqlstate in sqlstates, error
-
-
-def _decode(rec: Rec, data: bytes) -> list[pg.Event]:
-    """Frame and decode what the engine sent a client that never got to log in."""
-    pos = sum(1 for m in rec.msgs["F"] if isinstance(m.event, (pg.SSLRequest, pg.GSSENCRequest)))
-    out = []
-    while pos < len(data):
-        n = 1 + int.from_bytes(data[pos + 1 : pos + 5], "big")
-        conn = pg.Connection(pg.CLIENT)
-        conn.send(pg.StartupMessage({"user": "x"}))
-        conn.receive_data(data[pos : pos + n])
-        e = conn.next_event()
-        assert isinstance(e, pg.Event)
-        out.append(e)
-        pos += n
-    return out

@@ -129,9 +129,35 @@ class Engine(Relay, Login, Pooling):
 
     def start(self, now: float) -> list[Effect]:
         self._now = now
+        self._warn_unimplemented(self.config)
         for group in self.groups.values():
             self._prewarm(group)
         return self._flush()
+
+    def _warn_unimplemented(self, config: Config) -> None:
+        """Say which configured PgCat features this version does not act on yet."""
+        for pool in config.pools.values():
+            if len(pool.shards) > 1:
+                self._log(
+                    logging.WARNING,
+                    f'pool "{pool.name}" has {len(pool.shards)} shards: sharding is not '
+                    "implemented yet, every query goes to the first shard",
+                )
+            if pool.query_parser_enabled:
+                self._log(
+                    logging.WARNING,
+                    f'pool "{pool.name}": query_parser_enabled is not implemented yet; '
+                    f"servers are chosen by default_role ({pool.default_role}) alone",
+                )
+        general = config.general
+        if general.tls_certificate or general.server_tls:
+            self._log(
+                logging.WARNING,
+                "TLS (tls_certificate, server_tls) is not implemented yet: "
+                "connections are not encrypted",
+            )
+        if general.enable_prometheus_exporter:
+            self._log(logging.WARNING, "the Prometheus exporter is not implemented yet")
 
     def client_connected(self, cid: int, peer: str, now: float) -> list[Effect]:
         self._now = now
@@ -297,6 +323,7 @@ class Engine(Relay, Login, Pooling):
                         self._close_server(s)
         for group in self.groups.values():
             self._prewarm(group)
+        self._warn_unimplemented(config)
         self._log(logging.INFO, f"configuration reloaded from {config.path}")
         return self._flush()
 
