@@ -271,9 +271,11 @@ class Login(Base):
         assert group is not None and group.server_params is not None
         shown = dict(group.server_params)
         for name in TRACKED:
+            if name not in shown:
+                continue  # not reported by this server version (search_path before 18)
             if name in c.params:
                 shown[name] = c.params[name]
-            elif name in shown:
+            else:
                 c.params[name] = shown[name]
         for name, value in shown.items():
             self._send_client(c, ParameterStatus(name, value))

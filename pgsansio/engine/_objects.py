@@ -182,6 +182,7 @@ class ServerConn:
         "conn",
         "created",
         "dirty",
+        "fatal_forwarded",
         "group",
         "last_used",
         "link_gen",
@@ -223,6 +224,7 @@ class ServerConn:
         self.queue: deque[Entry] = deque()
         self.dirty = False  # a session-level SET/PREPARE we could not track: reset it
         self.close_needed = False
+        self.fatal_forwarded = False
         self.link_gen = 0
         self.query_gen = 0
         self.login: object = None  # the login exchange in progress (ScramClient...)

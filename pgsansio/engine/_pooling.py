@@ -231,7 +231,9 @@ class Pooling(Base):
         group = s.group
         assert pool is not None and group is not None
         if c is not None:
-            self._drop_client(c, error)
+            # After the server's own FATAL reached the client, a second error of ours
+            # would only be noise: just close.
+            self._drop_client(c, None if s.fatal_forwarded else error)
         if was in (S_CONNECTING, S_LOGIN):
             login_failed = True
             if not any(x.state not in (S_CONNECTING, S_LOGIN) for x in pool.servers):

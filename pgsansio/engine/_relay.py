@@ -321,6 +321,11 @@ class Relay(Base):
                         entry.error = e
                 if not drop and c is not None and c.prepared:
                     replacement = self._client_names(c, e)
+                if e.severity in ("FATAL", "PANIC"):
+                    # The server is ending the session (administrator command, idle
+                    # timeout ...): the client has been told; nothing more to add.
+                    s.close_needed = True
+                    s.fatal_forwarded = not drop and c is not None
             elif t is ParameterStatus:
                 assert isinstance(e, ParameterStatus)
                 s.params[e.name] = e.value
