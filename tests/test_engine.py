@@ -819,3 +819,29 @@ def test_unimplemented_pgcat_features_are_logged_not_ignored() -> None:
     w = World(cfg)
     assert any("query_parser_enabled is not implemented" in line for line in w.logs)
     assert any("TLS" in line for line in w.logs)
+
+
+def test_idle_reaping_keeps_min_pool_size_without_spinning() -> None:
+    w = World(config(idle_timeout=1000, min_pool_size=1, pool_size=3))
+    clients = [logged_in(w) for _ in range(3)]
+    for c in clients:
+        c.query("begin")
+    for c in clients:
+        c.query("commit")
+    alices = [f for f in w.servers.values() if f.user == "alice"]
+    assert len(alices) == 3
+    w.advance(1.5)
+    assert len([f for f in w.servers.values() if f.user == "alice"]) == 1
+    # Nothing left to reap: no timer armed for the kept server, and no busy loop.
+    timers = len(w.engine._timers)
+    w.advance(100)
+    assert len(w.engine._timers) <= timers
+    assert rows(clients[0].query("select 1")) == [("1",)]
+
+
+def test_many_transactions_do_not_grow_the_timer_heap() -> None:
+    w = World(config())
+    a = logged_in(w)
+    for _ in range(200):
+        a.query("select 1")
+    assert len(w.engine._timers) < 10

@@ -237,7 +237,7 @@ class ServerConn:
 class Pool:
     """The server connections of one (pool, user, shard, address), as PgCat keys them."""
 
-    __slots__ = ("address", "group", "idle", "opening", "servers", "shard", "waiters")
+    __slots__ = ("address", "group", "idle", "opening", "reap_at", "servers", "shard", "waiters")
 
     def __init__(self, group: PoolGroup, shard: int, address: ServerAddress) -> None:
         self.group = group
@@ -247,6 +247,7 @@ class Pool:
         self.idle: deque[ServerConn] = deque()
         self.waiters: deque[Client] = deque()
         self.opening = 0
+        self.reap_at: float | None = None  # when the reaper next looks at idle servers
 
     @property
     def busy(self) -> int:

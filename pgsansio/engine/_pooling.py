@@ -192,14 +192,33 @@ class Pooling(Base):
         s.state = S_IDLE
         pool.idle.append(s)
         user = s.group.user
-        deadlines = []
-        if user.idle_timeout:
-            deadlines.append(self._now + user.idle_timeout / 1000)
-        if user.server_lifetime:
-            deadlines.append(s.created + user.server_lifetime / 1000)
-        if deadlines:
-            used = s.last_used
-            self._at(min(deadlines), lambda: self._idle_check(s, used))
+        if pool.reap_at is None or (
+            user.idle_timeout
+            and pool.reap_at > self._now + user.idle_timeout / 1000
+            and len(pool.servers) > user.min_pool_size
+        ):
+            self._schedule_reap(pool)
+
+    def _schedule_reap(self, pool: Pool) -> None:
+        """One timer per pool, at its first idle server's deadline (not one per release:
+        at thousands of transactions a second that would fill the timer heap)."""
+        user = pool.group.user
+        first: float | None = None
+        # Servers kept for min_pool_size have no idle deadline (else we would wake up
+        # for them again and again).
+        idle_counts = len(pool.servers) > user.min_pool_size
+        for s in pool.idle:
+            at = None
+            if user.idle_timeout and idle_counts:
+                at = s.last_used + user.idle_timeout / 1000
+            if user.server_lifetime:
+                end = s.created + user.server_lifetime / 1000
+                at = end if at is None else min(at, end)
+            if at is not None and (first is None or at < first):
+                first = at
+        pool.reap_at = first
+        if first is not None:
+            self._at(max(first, self._now + 0.001), lambda: self._reap(pool, first))
 
     def _open_server(self, pool: Pool) -> ServerConn:
         self._next_sid += 1
@@ -285,17 +304,21 @@ class Pooling(Base):
         lifetime = s.group.user.server_lifetime / 1000
         return bool(lifetime) and self._now - s.created >= lifetime
 
-    def _idle_check(self, s: ServerConn, used: float) -> None:
-        if s.state != S_IDLE or s.last_used != used or s.pool is None:
-            return
-        user = s.pool.group.user
-        idle_for = self._now - s.last_used
-        if self._expired(s) or (
-            user.idle_timeout
-            and idle_for >= user.idle_timeout / 1000
-            and len(s.pool.servers) > user.min_pool_size
-        ):
-            self._close_server(s)
-            self._refill(s.pool)  # min_pool_size: a fresh one replaces an expired one
-        elif user.idle_timeout:
-            self._at(s.last_used + user.idle_timeout / 1000, lambda: self._idle_check(s, used))
+    def _reap(self, pool: Pool, at: float) -> None:
+        """Close idle servers past ``idle_timeout`` (down to min_pool_size) or lifetime."""
+        if pool.reap_at != at:
+            return  # superseded
+        user = pool.group.user
+        closed = False
+        for s in list(pool.idle):
+            idle_too_long = (
+                user.idle_timeout
+                and self._now - s.last_used >= user.idle_timeout / 1000
+                and len(pool.servers) > user.min_pool_size
+            )
+            if idle_too_long or self._expired(s):
+                self._close_server(s)
+                closed = True
+        if closed:
+            self._refill(pool)  # min_pool_size: fresh ones replace expired ones
+        self._schedule_reap(pool)
