@@ -441,12 +441,13 @@ class Engine(Relay, Login, Pooling):
         if s is not None and not s.syncing:
             self._to_server(c, s, span)
             if leaving:
-                self._drop_client(c, None, closed=True)
+                self._drop_client(c)  # PostgreSQL closes after Terminate; so do we
             else:
                 self._after_client_data(c, s)
             return
-        if leaving and s is None:
-            self._drop_client(c, None, closed=True)
+        if leaving:
+            # Nothing of it reached a server yet: what came before Terminate is dropped.
+            self._drop_client(c)
             return
         c.pending.append((span.data, events, span.offsets))
         if s is None and c.waiting_since is None:
