@@ -845,3 +845,27 @@ def test_many_transactions_do_not_grow_the_timer_heap() -> None:
     for _ in range(200):
         a.query("select 1")
     assert len(w.engine._timers) < 10
+
+
+def test_a_late_cancel_never_reaches_the_next_clients_query() -> None:
+    w = World(config())
+    a = Client(w)
+    key = next(e for e in a.events() if isinstance(e, BackendKeyData))
+    b = logged_in(w)
+    a.send(Query("select pg_sleep(1)"))
+    # The cancel connection is asked for while A's query runs...
+    w.apply(w.engine.client_connected(50, "test", w.now))
+    effects = w.engine.client_data(50, bytes(CancelRequest(key.process_id, key.secret_key)), w.now)
+    (open_cancel,) = [e for e in effects if isinstance(e, OpenServer)]
+    w.apply([e for e in effects if not isinstance(e, OpenServer)])
+    # ...but connects only after A's query ended and B took the server.
+    w.advance(1.1)
+    assert ready(a.events()) == ["I"]
+    b.send(Query("select pg_sleep(1)"))
+    before = w.db.stats["cancels"]
+    w.servers[open_cancel.sid] = w.db.connect(w.now)
+    w.apply(w.engine.server_connected(open_cancel.sid, w.now))
+    assert w.db.stats["cancels"] == before  # dropped: B's query is not A's
+    w.advance(1.1)
+    got = b.events()
+    assert not errors(got) and ready(got) == ["I"]

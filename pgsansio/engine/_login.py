@@ -417,7 +417,7 @@ class Login(Base):
             return
         self._next_sid += 1
         s = ServerConn(self._next_sid, None, target.address, self._now, purpose=P_CANCEL)
-        s.login = (target, target.link_gen, target.query_gen)
+        s.login = (target, target.link_gen)
         self.servers[s.sid] = s
         self._out.append(OpenServer(s.sid, target.address.host, target.address.port))
 
@@ -426,11 +426,10 @@ class Login(Base):
         assert isinstance(login, tuple)
         target: ServerConn = login[0]
         link_gen: int = login[1]
-        query_gen: int = login[2]
-        # A late cancel must not hit the next client's query on that server.
-        still = target.state == S_CLOSED or (
-            target.link_gen == link_gen and target.query_gen == query_gen and target.queue
-        )
+        # A late cancel must not hit the next client's query on that server: only while
+        # the same client still holds it and something runs (as PostgreSQL, a cancel
+        # then stops whatever that client runs at the time).
+        still = target.state == S_CLOSED or (target.link_gen == link_gen and target.queue)
         if still and target.backend_key is not None:
             pid, secret = target.backend_key
             self._send_server(s, bytes(CancelRequest(pid, secret)))
