@@ -869,3 +869,28 @@ def test_a_late_cancel_never_reaches_the_next_clients_query() -> None:
     w.advance(1.1)
     got = b.events()
     assert not errors(got) and ready(got) == ["I"]
+
+
+@pytest.mark.parametrize("method", ["trust", "password", "md5", "scram-sha-256"])
+def test_server_login_with_each_method(method: str) -> None:
+    db = Database(users={"alice": FakeUser("pw", method)}, databases=[DB])
+    w = World(config(), db)
+    a = logged_in(w)
+    assert rows(a.query("select 1")) == [("1",)]
+
+
+@pytest.mark.parametrize("method", ["password", "md5", "scram-sha-256"])
+def test_server_asking_a_password_we_do_not_have(method: str) -> None:
+    db = Database(users={"alice": FakeUser("pw", method)}, databases=[DB])
+    w = World(config(password=None, auth_type="trust"), db)
+    c = Client(w)
+    err = errors(c.events())[0]
+    assert err.sqlstate == "28P01" and "no password configured" in (err.message or "")
+
+
+def test_server_username_and_password_override_the_clients() -> None:
+    db = Database(users={"backend": FakeUser("secret", "scram-sha-256")}, databases=[DB])
+    w = World(config(server_username="backend", server_password="secret"), db)
+    a = logged_in(w)
+    assert rows(a.query("select 1")) == [("1",)]
+    assert {f.user for f in w.servers.values()} == {"backend"}

@@ -156,7 +156,7 @@ class Login(Base):
 
     def _auth_method(self, c: Client) -> str:
         if c.user is not None and not c.admin:
-            if c.user.password is None and c.group is not None:
+            if c.user.password is None and c.group is not None and c.group.cfg.auth_query:
                 # auth_query pass-through: the stored secret decides, as in PgBouncer
                 # ("md5" uses SCRAM when the secret is a SCRAM verifier).
                 secret = c.group.auth_secret or ""
@@ -178,7 +178,7 @@ class Login(Base):
             return self.config.general.admin_password or None
         if c.user is None:
             return None
-        if c.user.password is None and c.group is not None:
+        if c.user.password is None and c.group is not None and c.group.cfg.auth_query:
             return c.group.auth_secret
         return c.user.password
 
