@@ -73,3 +73,16 @@ def test_sync_sql_sets_and_resets_only_the_difference() -> None:
         == "SET work_mem = '4MB';RESET geqo"
     )
     assert sync_sql({}, {}, {"work_mem": "'4MB'"}, {"work_mem": "'4MB'"}) == ""
+
+
+@pytest.mark.parametrize(
+    "sql,expected",
+    [
+        ("SET work_mem = '8MB' /* app=web */", ("work_mem", "'8MB'")),
+        ("/* a */ SET work_mem TO 1 -- trailing", ("work_mem", "1")),
+        ("SET work_mem = '/* not a comment */'", ("work_mem", "'/* not a comment */'")),
+        ("SET a = 1 /* x; y */", ("a", "1")),
+    ],
+)
+def test_parse_simple_set_ignores_comments(sql: str, expected: tuple[str, str]) -> None:
+    assert parse_simple_set(sql) == expected

@@ -36,6 +36,7 @@ class Base:
     _scram_secrets: dict[tuple[str, str], str]
     _statements: dict[tuple[str, tuple[int, ...]], Prepared]
     _statement_counter: int
+    _shutting_down: bool
 
     def _log(self, level: int, message: str) -> None:
         raise NotImplementedError
@@ -91,6 +92,11 @@ class Base:
         raise NotImplementedError
 
     def _server_free(self, s: ServerConn) -> None:
+        raise NotImplementedError
+
+    def _fail_requests(
+        self, c: Client, pending: list[tuple[bytes, list[Event], list[int]]], error: ErrorResponse
+    ) -> None:
         raise NotImplementedError
 
     def _server_gone(self, s: ServerConn, error: ErrorResponse, *, closed: bool = False) -> None:

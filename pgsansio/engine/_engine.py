@@ -97,6 +97,7 @@ _INTERNAL = ErrorResponse.build(
     "XX000", "internal error in the pooler; the connection is closed", "FATAL"
 )
 ABANDON_GRACE = 5.0  # seconds a cancelled, abandoned server may take to answer
+INTERNAL_QUERY_TIMEOUT = 10.0  # seconds for our own SET / ROLLBACK / DISCARD ALL
 _EXTENDED_NAMES = frozenset({"Parse", "Bind", "Describe", "Execute", "Close"})
 _TRACKED_LOWER = {name.lower(): name for name in TRACKED}
 
@@ -164,11 +165,7 @@ class Engine(Relay, Login, Pooling):
         c = Client(cid, peer, now)
         self.clients[cid] = c
         limit = self.config.general.max_client_conn
-        if self._shutting_down:
-            self._drop_client(
-                c, fatal("57P01", "pgsansio is shutting down: no new connections accepted")
-            )
-        elif limit and len(self.clients) > limit:
+        if limit and len(self.clients) > limit:
             self._drop_client(c, fatal("53300", "no more connections allowed (max_client_conn)"))
         else:
             c.login_deadline = now + CLIENT_LOGIN_TIMEOUT
@@ -539,8 +536,23 @@ class Engine(Relay, Login, Pooling):
 
     def _internal_query(self, s: ServerConn, sql: str, tag: str) -> None:
         s.state = S_INTERNAL
-        s.queue.append(Entry(K_QUERY, SKIP, tag=tag))
+        self._send_internal(s, sql, tag)
+
+    def _send_internal(self, s: ServerConn, sql: str, tag: str) -> None:
+        entry = Entry(K_QUERY, SKIP, tag=tag)
+        s.queue.append(entry)
         self._send_server(s, s.conn.send(Query(sql)))
+        # Our own queries answer in milliseconds; a server that does not is hung.
+        self._at(self._now + INTERNAL_QUERY_TIMEOUT, lambda: self._internal_timeout(s, entry))
+
+    def _internal_timeout(self, s: ServerConn, entry: Entry) -> None:
+        if s.state != S_CLOSED and entry in s.queue:
+            self._log(
+                logging.WARNING,
+                f"server {self._where(s)} did not answer our {entry.tag} query within "
+                f"{INTERNAL_QUERY_TIMEOUT:g} s; closing it",
+            )
+            self._server_gone(s, fatal("08006", f"server {self._where(s)} stopped answering"))
 
     def _internal_done(self, s: ServerConn, entry: Entry) -> None:
         if s.state == S_CLOSED:
@@ -574,7 +586,7 @@ class Engine(Relay, Login, Pooling):
                 s.applied = dict(owner.settings)
                 s.sync_key = owner.sync_key
                 self._flush_pending(owner, s)
-            return
+                return
         if s.client is None and not s.queue:
             self._server_free(s)
 
@@ -703,6 +715,8 @@ class Engine(Relay, Login, Pooling):
         assert c.user is not None
         if s.conn.transaction_status != "I":
             self._internal_query(s, "ROLLBACK", "rollback")
+            if c.user.pool_mode == "session":
+                self._send_internal(s, self.config.general.server_reset_query, "reset")
         elif c.user.pool_mode == "session":
             self._internal_query(s, self.config.general.server_reset_query, "reset")
         else:

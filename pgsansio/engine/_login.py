@@ -68,6 +68,7 @@ from ._relay import ClientFatal
 __all__ = ["ADMIN_DATABASES", "Login", "fatal"]
 
 ADMIN_DATABASES = ("pgcat", "pgbouncer")
+_CANCELED = ErrorResponse.build("57014", "canceling statement due to user request")
 _TRACKED_LOWER = {name.lower(): name for name in TRACKED}
 
 
@@ -85,6 +86,8 @@ class Login(Base):
     """Mixed into the Engine; see the module docstring."""
 
     def _startup(self, c: Client, msg: StartupMessage) -> None:
+        if self._shutting_down:
+            raise ClientFatal("57P01", "pgsansio is shutting down: no new connections accepted")
         params = msg.params
         c.username = params.get("user", "")
         c.database = params.get("database") or c.username
@@ -250,6 +253,11 @@ class Login(Base):
                 f'(database "{c.database}")',
             )
         group = c.group
+        if group is not None and group.removed:
+            # A reload while this client was logging in: take the pool's new version.
+            group = self.groups.get((group.name, group.user.username))
+            if group is not None:
+                c.group, c.user = group, group.user
         if group is None or group.removed:
             self._drop_client(
                 c, fatal("28P01", f'password authentication failed for user "{c.username}"')
@@ -405,8 +413,16 @@ class Login(Base):
         # PostgreSQL answers a cancel request with nothing but closing the connection.
         target = self._cancel_keys.get((req.process_id, req.secret_key))
         self._drop_client(c, None)
-        if target is None or target.server is None:
-            return  # unknown key, or an idle client: nothing runs, nothing to cancel
+        if target is None:
+            return
+        if target.server is None:
+            if target.waiting_since is not None and target.pool is not None:
+                # Still queued for a server: cancel it here, as if it had started.
+                target.pool.waiters.remove(target)
+                target.waiting_since = None
+                pending, target.pending = target.pending, []
+                self._fail_requests(target, pending, _CANCELED)
+            return  # an idle client: nothing runs, nothing to cancel
         s = target.server
         if s.queue:
             self._cancel_server(s)

@@ -109,6 +109,7 @@ class Prepared:
 class Client:
     __slots__ = (
         "admin",
+        "aliases",
         "auth",
         "blocked",
         "cancel_key",
@@ -163,6 +164,8 @@ class Client:
         # Data that arrived while no server was linked: (bytes, events) in order.
         self.pending: list[tuple[bytes, list[Event], list[int]]] = []
         self.prepared: dict[str, Prepared] = {}
+        # Names we made up for statements the client never prepared (see _relay).
+        self.aliases: dict[str, str] = {}
         self.unnamed_pending = False
         self.waiting_since: float | None = None
         self.wait_gen = 0

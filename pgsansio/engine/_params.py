@@ -132,14 +132,55 @@ def parse_options(options: str) -> dict[str, str]:
     return result
 
 
+def strip_comments(sql: str) -> str:
+    """``sql`` without ``--`` and ``/* */`` comments (ORMs append them to every
+    statement: sqlcommenter), leaving quoted text alone."""
+    if "--" not in sql and "/*" not in sql:
+        return sql
+    out: list[str] = []
+    i, n = 0, len(sql)
+    while i < n:
+        ch = sql[i]
+        if ch in "'\"":
+            end = i + 1
+            while end < n:
+                if sql[end] == ch:
+                    if end + 1 < n and sql[end + 1] == ch:
+                        end += 2
+                        continue
+                    break
+                end += 1
+            out.append(sql[i : end + 1])
+            i = end + 1
+        elif sql.startswith("--", i):
+            end = sql.find("\n", i)
+            i = n if end < 0 else end
+            out.append(" ")
+        elif sql.startswith("/*", i):
+            depth, i = 1, i + 2
+            while i < n and depth:  # PostgreSQL's block comments nest
+                if sql.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif sql.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    i += 1
+            out.append(" ")
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
 def parse_simple_set(sql: str) -> tuple[str, str | None] | None:
     """``(name, value_sql)`` for ``SET name = value``, ``(name, None)`` for ``RESET name``.
 
     ``value_sql`` is the value exactly as written (quotes included), to be replayed as
     ``SET name = <value_sql>``. None when the statement is anything else.
     """
+    sql = strip_comments(sql)
     if ";" in sql.rstrip().rstrip(";"):
-        return None  # several statements: not followed, the server gets RESET ALL
+        return None  # several statements: not followed, the server gets DISCARD ALL
     m = _SET.match(sql)
     if m is not None:
         value = m.group(2).strip()

@@ -83,7 +83,8 @@ _TERMINAL: dict[int, tuple[type[Event], ...]] = {
     K_QUERY: (),
 }
 _CLEARS_PREPARED = re.compile(r"^\s*(DEALLOCATE\s+(PREPARE\s+)?ALL|DISCARD\s+ALL)\s*;?\s*$", re.I)
-_INTERNAL_NAME = re.compile(r"PGSANSIO_\d+")
+_RESETS_ALL = re.compile(r"^\s*(RESET\s+ALL|DISCARD\s+ALL)\s*;?\s*$", re.I)
+_INTERNAL_NAME = re.compile(r"PGSANSIO_U?\d+")
 STATEMENT_PREFIX = "PGSANSIO_"
 _TRACKED_LOWER = frozenset(name.lower() for name in TRACKED)
 
@@ -138,11 +139,13 @@ class Relay(Base):
             elif t is Bind:
                 assert isinstance(e, Bind)
                 if e.statement and rewrite:
-                    p = self._lookup(c, e.statement)
-                    new = self._ensure(s, p)
-                    new.append(
-                        _splice_statement(data[offsets[i] : _end(data, offsets, i)], p.name)
-                    )
+                    p = c.prepared.get(e.statement)
+                    raw = data[offsets[i] : _end(data, offsets, i)]
+                    if p is None:  # let the server say it does not exist, as it would
+                        new = [_splice_statement(raw, self._alias(c, e.statement))]
+                    else:
+                        new = self._ensure(s, p)
+                        new.append(_splice_statement(raw, p.name))
                 elif not e.statement:
                     c.unnamed_pending = False
                 q.append(Entry(K_BIND))
@@ -157,9 +160,12 @@ class Relay(Base):
             elif t is Describe:
                 assert isinstance(e, Describe)
                 if e.kind == "S" and e.name and rewrite:
-                    p = self._lookup(c, e.name)
-                    new = self._ensure(s, p)
-                    new.append(Describe("S", p.name))
+                    p = c.prepared.get(e.name)
+                    if p is None:
+                        new = [Describe("S", self._alias(c, e.name))]
+                    else:
+                        new = self._ensure(s, p)
+                        new.append(Describe("S", p.name))
                 q.append(Entry(K_DESCRIBE))
             elif t is Close:
                 assert isinstance(e, Close)
@@ -205,26 +211,36 @@ class Relay(Base):
             for p in c.prepared.values():
                 self._unref(p)
             c.prepared.clear()
-        if s.conn.transaction_status == "I" and ("SET" in sql[:16].upper()):
+        head = sql[:64].upper()
+        if s.conn.transaction_status == "I" and "SET" in head:
+            if _RESETS_ALL.match(sql):
+                return Entry(K_QUERY, tag="resetall")
             parsed = parse_simple_set(sql)
             if parsed is not None:
                 return Entry(K_QUERY, tag="set", name=parsed[0], value=parsed[1])
         return Entry(K_QUERY)
 
-    def _lookup(self, c: Client, name: str) -> Prepared:
-        p = c.prepared.get(name)
-        if p is None:
-            raise ClientFatal("26000", f'prepared statement "{name}" does not exist')
-        return p
+    def _alias(self, c: Client, name: str) -> str:
+        """A name no server has, standing for a statement the client never prepared:
+        the server then answers 26000 exactly as for a direct connection (the error
+        skips to Sync and aborts a transaction), and we put the client's name back."""
+        if len(c.aliases) > 64:
+            c.aliases.clear()
+        self._statement_counter += 1
+        alias = f"{STATEMENT_PREFIX}U{self._statement_counter}"
+        c.aliases[alias] = name
+        return alias
 
     def _client_parse(self, c: Client, s: ServerConn, e: Parse) -> list[Event | bytes]:
         key = (e.query, e.param_types)
         old = c.prepared.get(e.name)
         if old is not None:
-            if old.key != key:
-                raise ClientFatal("42P05", f'prepared statement "{e.name}" already exists')
-            self._fake(c, s, K_PARSE, ParseComplete())
-            return []
+            # "already exists" (42P05), from the server itself: Parse again a statement
+            # that is prepared there. The failed Parse leaves the old one in place.
+            new = self._ensure(s, old)
+            s.queue.append(Entry(K_PARSE, FWD))
+            new.append(Parse(old.name, e.query, e.param_types))
+            return new
         p = self._statements.get(key)
         if p is None:
             self._statement_counter += 1
@@ -307,6 +323,10 @@ class Relay(Base):
                         drop = c is None or x.mode == SKIP
                         if x.tag == "set" and c is not None and x.error is None:
                             self._commit_set(c, s, x)
+                        elif x.tag == "resetall" and c is not None and x.error is None:
+                            c.settings.clear()
+                            s.applied.clear()
+                            c.sync_key = s.sync_key = None
                         break
                     self._unanswered(s, x)
             elif t is ErrorResponse:
@@ -319,7 +339,7 @@ class Relay(Base):
                             self._unanswered(s, q.popleft())
                     else:
                         entry.error = e
-                if not drop and c is not None and c.prepared:
+                if not drop and c is not None and (c.prepared or c.aliases):
                     replacement = self._client_names(c, e)
                 if e.severity in ("FATAL", "PANIC"):
                     # The server is ending the session (administrator command, idle
@@ -403,7 +423,7 @@ class Relay(Base):
         tag = e.tag
         ours = entry is not None and entry.mode == SKIP
         if tag in {"SET", "RESET"}:
-            if not ours and (entry is None or entry.tag != "set"):
+            if not ours and (entry is None or entry.tag not in ("set", "resetall")):
                 s.dirty = True
         elif tag == "DISCARD ALL":
             s.prepared.clear()
@@ -432,6 +452,7 @@ class Relay(Base):
         if not any(_INTERNAL_NAME.search(v) for k, v in e.fields if k in "MDH"):
             return None
         names = {p.name: name for name, p in c.prepared.items()}
+        names.update(c.aliases)
 
         def fix(m: re.Match[str]) -> str:
             return names.get(m.group(0), m.group(0))
