@@ -69,7 +69,7 @@ from ._objects import (
     ServerConn,
 )
 from ._objects import S_CLOSED as S_CLOSED_STATE
-from ._params import TRACKED, parse_simple_set
+from ._params import TRACKED, parse_simple_set, strip_comments
 
 __all__ = ["ClientFatal", "Relay"]
 
@@ -207,12 +207,13 @@ class Relay(Base):
             self._out.append(SendServer(s.sid, payload))
 
     def _query_entry(self, c: Client, s: ServerConn, sql: str) -> Entry:
+        sql = strip_comments(sql)
         if _CLEARS_PREPARED.match(sql):
             for p in c.prepared.values():
                 self._unref(p)
             c.prepared.clear()
         head = sql[:64].upper()
-        if s.conn.transaction_status == "I" and "SET" in head:
+        if s.conn.transaction_status == "I" and ("SET" in head or "DISCARD" in head):
             if _RESETS_ALL.match(sql):
                 return Entry(K_QUERY, tag="resetall")
             parsed = parse_simple_set(sql)
