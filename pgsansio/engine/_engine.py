@@ -587,7 +587,7 @@ class Engine(Relay, Login, Pooling):
                 s.sync_key = owner.sync_key
                 self._flush_pending(owner, s)
                 return
-        if s.client is None and not s.queue:
+        if s.client is None and not s.queue and s.state == S_INTERNAL:
             self._server_free(s)
 
     # === servers: login ==============================================================
@@ -621,6 +621,13 @@ class Engine(Relay, Login, Pooling):
         if c is None or s.query_gen != gen or not s.queue or c.user is None:
             return
         self._log(logging.WARNING, f"client {c.cid}: statement timeout on {self._where(s)}")
+        # As PgCat: the server is slow or hung, so it is not trusted again; cancel what
+        # it runs and close it now (not after a drain that may never come).
+        self._unlink(c, s)
+        self._cancel_server(s)
+        self._close_server(s)
+        if s.pool is not None:
+            self._refill(s.pool)
         self._drop_client(
             c,
             fatal(

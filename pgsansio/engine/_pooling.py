@@ -175,6 +175,8 @@ class Pooling(Base):
         """``s`` has nothing outstanding and no client: clean it, reuse it or close it."""
         pool = s.pool
         assert pool is not None and s.group is not None
+        if s.state in (S_IDLE, S_CLOSED) or s.client is not None:
+            return  # already back in the pool (two of our queries ended in one read)
         if s.dirty:
             s.dirty = False
             self._internal_query(s, "DISCARD ALL", "reset")
