@@ -70,7 +70,7 @@ USERS = {
 
 
 def make_db(**kw: object) -> Database:
-    return Database(users=USERS, databases=["db"], scram_iterations=64, **kw)  # type: ignore[arg-type]
+    return Database(users=USERS, databases=["db"], scram_iterations=64, **kw)  # type: ignore[arg-type,unused-ignore]
 
 
 class Peer:
@@ -149,7 +149,7 @@ def errors(events: list[Event]) -> list[tuple[str | None, str | None]]:
 
 def status(events: list[Event]) -> str:
     ready = [e for e in events if isinstance(e, ReadyForQuery)]
-    return ready[-1].status
+    return str(ready[-1].status)
 
 
 def logged_in(db: Database | None = None, **params: str) -> Peer:

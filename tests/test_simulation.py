@@ -5,9 +5,10 @@ Every run is a pure function of its seed (see ``tests/sim``). A failing run prin
 
     SIM_SEED=n pytest tests/test_simulation.py -k <test name>
 
-``SIM_CLIENTS`` changes the population (default 200). The long soak over many seeds
-and random configurations runs with ``pytest -m slow`` (``SIM_SOAK`` seeds, default
-40).
+``SIM_CLIENTS`` changes the population (default 200). ``SIM_VERBOSE=1`` traces every
+protocol message (client, engine -> server, server) and the failure report ends with
+the last ``SIM_TAIL`` (default 300) trace lines. The long soak over many seeds and
+random configurations runs with ``pytest -m slow`` (``SIM_SOAK`` seeds, default 40).
 
 Each scenario family also runs through :class:`tests.sim.direct.DirectProxy`, a
 one-to-one proxy without pooling: the control experiment that shows the scenarios'
@@ -15,7 +16,9 @@ expectations are right about PostgreSQL (as modelled by the fake server), so a f
 with the real engine is the pooler's.
 
 The ``test_bug_*`` tests at the end are minimal reproductions of pooler bugs the
-simulation found; each says what PostgreSQL does.
+simulation found; each says what PostgreSQL does. While they are open,
+``SIM_AVOID_KNOWN=1`` leaves the scenarios they cover out of the random runs, so that
+those can look for something new.
 """
 
 from __future__ import annotations
@@ -27,13 +30,15 @@ import sys
 from dataclasses import replace
 
 import pytest
-from sim.direct import DirectProxy
+from sim.direct import CrossedProxy, DirectProxy
 from sim.harness import (
     Run,
     kill_servers,
     make_config,
     refuse_logins,
+    reload_at,
     run_scripts,
+    shutdown_at,
     simulate,
     stall_servers,
 )
@@ -61,8 +66,8 @@ KNOWN_BROKEN_SESSION_SCENARIOS = ("vanish", "quit_in_txn")
 def behaviour(*, session: bool = False, avoid: bool = AVOID_KNOWN, **kw: object) -> Behaviour:
     if not avoid:
         return Behaviour(**kw)  # type: ignore[arg-type]
-    avoid = KNOWN_BROKEN_SCENARIOS + (KNOWN_BROKEN_SESSION_SCENARIOS if session else ())
-    weights = {k: (0 if k in avoid else w) for k, w in DEFAULT_WEIGHTS.items()}
+    skip = KNOWN_BROKEN_SCENARIOS + (KNOWN_BROKEN_SESSION_SCENARIOS if session else ())
+    weights = {k: (0 if k in skip else w) for k, w in DEFAULT_WEIGHTS.items()}
     return Behaviour(weights=weights, comment_sets=False, bind_unknown=False, **kw)  # type: ignore[arg-type]
 
 
@@ -77,8 +82,8 @@ def with_pool(config: Config, **changes: object) -> Config:
     user_fields = set(next(iter(pool.users.values())).__dataclass_fields__)
     user_changes = {k: v for k, v in changes.items() if k in user_fields}
     pool_changes = {k: v for k, v in changes.items() if k in pool.__dataclass_fields__}
-    users = {name: replace(u, **user_changes) for name, u in pool.users.items()}  # type: ignore[arg-type]
-    pool = replace(pool, users=users, **pool_changes)  # type: ignore[arg-type]
+    users = {name: replace(u, **user_changes) for name, u in pool.users.items()}
+    pool = replace(pool, users=users, **pool_changes)
     return replace(config, pools={"simdb": pool})
 
 
@@ -147,6 +152,22 @@ def test_runs_are_replayable_across_processes() -> None:
         )
         digests.add(out.stdout.strip())
     assert len(digests) == 1, digests
+
+
+def test_the_checks_catch_a_pooler_that_shares_a_server() -> None:
+    """The ownership check (fake servers) and the answer checks (clients) both fire
+    when a broken pooler runs two clients' transactions on one backend."""
+    weights = {name: 0.0 for name in DEFAULT_WEIGHTS} | {"txn_commit": 1.0}
+    run = simulate(
+        3,
+        clients=20,
+        engine_factory=CrossedProxy,
+        behaviour=Behaviour(weights=weights, reply_timeout=5.0),
+        net=NetProfile(split_chance=0.0),
+        stop_on_failure=False,
+    )
+    assert any("ran inside a transaction of" in p for p in run.db.violations), run.problems
+    assert any(p.startswith("t=") and "client c" in p for p in run.world.failures)
 
 
 # --- the engine ---------------------------------------------------------------------------
@@ -243,6 +264,34 @@ def test_stalled_logins_time_out(seed: int) -> None:
     check(run)
 
 
+@pytest.mark.parametrize("seed", ONE_SEED)
+def test_shutdown_drains_and_exits(seed: int) -> None:
+    """SIGTERM at t=1: open transactions finish, everyone else gets 57P01, new
+    connections are refused, Exit follows within seconds and closes every server."""
+    run = simulate(
+        seed,
+        clients=CLIENTS,
+        behaviour=behaviour(allowed=INFRA, allow_refused=True),
+        faults=[shutdown_at(1.0)],
+    )
+    check(run)
+    assert run.world.exited == 0
+
+
+@pytest.mark.parametrize("seed", ONE_SEED)
+def test_reload_shrinking_the_pools(seed: int) -> None:
+    """A reload at t=1 halves pool_size: clients keep working and, once the old
+    connections have drained, no pool holds more than the new size."""
+    run = simulate(
+        seed,
+        clients=CLIENTS,
+        config=make_config(pool_size=6),
+        behaviour=behaviour(),
+        faults=[reload_at(1.0, make_config(pool_size=3))],
+    )
+    check(run)
+
+
 # --- the soak -------------------------------------------------------------------------------
 
 
@@ -306,9 +355,15 @@ def test_bug_duplicate_parse_is_an_error_not_fatal() -> None:
     err = replies[2].errors[0]
     assert (err.sqlstate, err.severity) == ("42P05", "ERROR")
     assert replies[3].rows == [(b"1",)]
+
+
+def test_bug_duplicate_parse_with_the_same_text_is_42p05_too() -> None:
+    """PostgreSQL does not compare the text: a second Parse of a name in use is 42P05.
+    (The pooler answered ParseComplete; minor, but a driver relying on the error to
+    detect its own statement-cache bugs is misled.)"""
     steps = [[Parse("s", "SELECT 1"), Sync()], [Parse("s", "SELECT 1"), Sync()]]
     (replies,), _ = run_scripts(steps)
-    assert replies[2].codes == ["42P05"]
+    assert replies[2].codes == ["42P05"], replies[2].brief()
 
 
 def test_bug_session_mode_client_leaving_mid_transaction_leaks_statements() -> None:
@@ -334,3 +389,60 @@ def test_bug_set_with_a_comment_is_followed() -> None:
     and must follow the client to its next transaction like one without the comment."""
     (replies,), _ = run_scripts(["SET work_mem = '8MB' /* app=web */", "SHOW work_mem"])
     assert replies[2].rows == [(b"8MB",)]
+
+
+def test_bug_client_leaving_during_checkout_sync_leaks_the_server() -> None:
+    """Client 1 (application_name=a) sends a query and disconnects at once. The pooler
+    has just sent the server ``SET application_name = 'a'`` to prepare it; when that
+    answer comes, the client is gone and the server must go back to the pool. It was
+    kept forever instead, so with pool_size 1 client 2 waited connect_timeout for 53300.
+    """
+    net = NetProfile(min_delay=0.001, max_delay=0.001, spike_chance=0, split_chance=0)
+    (_, second), _ = run_scripts(
+        [("vanish", "SELECT 1")],
+        [0.5, "SELECT 2"],
+        net=net,
+        params=[{"application_name": "a"}, {}],
+    )
+    assert second[1].rows == [(b"2",)], second[1].brief()
+
+
+def test_bug_internal_query_on_a_hung_server_is_never_timed_out() -> None:
+    """The only server hangs. Client 2's checkout makes the pooler send it
+    ``RESET work_mem`` (client 1 had set it); client 2 then gets the statement timeout,
+    but the server, still owing the answer to the pooler's own query, is neither closed
+    nor reused: client 3 can never be served again (53300 forever)."""
+    config = make_config(pool_size=1, statement_timeout=1000, connect_timeout=1000)
+    (_, second, third), _ = run_scripts(
+        ["SET work_mem = '2MB'"],
+        [0.5, "SELECT 2"],
+        [3.0, "SELECT 3"],
+        config=config,
+        faults=[stall_servers(0.3, 0.31, 1.0)],
+    )
+    assert second[1].codes == ["57014"]
+    assert third[1].rows == [(b"3",)], third[1].brief()
+
+
+@pytest.mark.parametrize("user", ["md5u", "scramu"])
+def test_bug_reload_fails_logins_in_progress(user: str) -> None:
+    """A reload that changes the user's pool, arriving between the client's
+    authentication messages, made the login fail with 28P01 "password authentication
+    failed" (for SCRAM even after AuthenticationSASLFinal had proved the password)."""
+    net = NetProfile(min_delay=0.001, max_delay=0.001, spike_chance=0, split_chance=0)
+    (replies,), _ = run_scripts(
+        ["SELECT 1"],
+        net=net,
+        users=[user],
+        faults=[reload_at(0.0025, make_config(pool_size=2))],
+    )
+    assert replies[0].codes == [], replies[0].brief()
+    assert replies[1].rows == [(b"1",)]
+
+
+def test_bug_cancel_request_refused_while_draining() -> None:
+    """During a graceful shutdown a client's long query still runs; its CancelRequest
+    (a new connection) was refused like a new client, so the query ran to the end."""
+    steps = [("send", "SELECT pg_sleep(1.5)"), 0.3, ("cancel",), ("wait", 1)]
+    (replies,), _ = run_scripts(steps, faults=[shutdown_at(0.1)])
+    assert replies[1].codes == ["57014"], replies[1].brief()

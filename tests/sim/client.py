@@ -288,7 +288,9 @@ class SimClient:
     def send(self, *events: Event) -> None:
         s = self.session
         assert s is not None
-        if s.closed:
+        if s.closed or s.conn.state.name in ("CLOSED", "ERROR"):
+            # The pooler already said goodbye (e.g. FATAL 57P01 mid-login during a
+            # shutdown): a real client's write would fail the same way.
             raise Gone()
         data = b"".join(s.conn.send(e) for e in events)
         if self.world.verbose:

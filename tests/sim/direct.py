@@ -71,3 +71,47 @@ class DirectProxy:
 
     def tick(self, now: float) -> list[Effect]:
         return []
+
+
+class CrossedProxy(DirectProxy):
+    """A broken pooler, to show the checks bite: after ``after`` seconds, simple
+    queries of odd client 2k-1 go to client 2k's server once both have logged in
+    (and the answers come back to 2k).
+
+    Both clients' statements then run on one backend, inside each other's
+    transactions, which is exactly what a pooler handing one server to two clients
+    at once would do.
+    """
+
+    after = 0.5
+
+    def __init__(self, config: Config, *, seed: int | None = None) -> None:
+        super().__init__(config, seed=seed)
+        self.ready: set[int] = set()
+
+    def server_data(self, sid: int, data: bytes, now: float) -> list[Effect]:
+        if b"Z\x00\x00\x00\x05" in data:
+            self.ready.add(sid)
+        return super().server_data(sid, data, now)
+
+    def client_data(self, cid: int, data: bytes, now: float) -> list[Effect]:
+        partner = cid + 1 if cid % 2 else 0
+        crossed = (
+            now >= self.after
+            and _only_queries(data)
+            and {cid, partner} <= self.ready
+            and partner not in self.closed
+        )
+        if crossed:
+            return [SendServer(partner, data)]
+        return super().client_data(cid, data, now)
+
+
+def _only_queries(data: bytes) -> bool:
+    """``data`` is one or more whole Query messages (and nothing else)."""
+    pos = 0
+    while pos < len(data):
+        if data[pos : pos + 1] != b"Q" or pos + 5 > len(data):
+            return False
+        pos += 1 + int.from_bytes(data[pos + 1 : pos + 5], "big")
+    return pos == len(data) and bool(data)

@@ -13,6 +13,7 @@ and cleartext, a few hundred scripted clients, optional faults, and the checks:
 
 from __future__ import annotations
 
+import os
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -91,7 +92,9 @@ class Run:
             f"outcomes {outcomes}"
         )
 
-    def failure_report(self, limit: int = 12, tail: int = 80) -> str:
+    def failure_report(self, limit: int = 12, tail: int | None = None) -> str:
+        if tail is None:
+            tail = int(os.environ.get("SIM_TAIL", "300" if self.world.verbose else "80"))
         shown = "\n".join(f"  - {p}" for p in self.problems[:limit])
         more = len(self.problems) - limit
         if more > 0:
@@ -115,9 +118,10 @@ def simulate(
     faults: list[Fault] = (),  # type: ignore[assignment]
     engine_factory: Callable[..., Any] | None = None,
     horizon: float = 600.0,
-    verbose: bool = False,
+    verbose: bool = os.environ.get("SIM_VERBOSE") == "1",
     trace_size: int = 600,
     probe: bool = True,
+    stop_on_failure: bool = True,
 ) -> Run:
     """Run one simulation from ``seed`` and check it; ``Run.problems`` lists what broke."""
     rng = random.Random(seed)
@@ -128,6 +132,7 @@ def simulate(
     if engine_factory is not None:
         kwargs = {"engine_factory": engine_factory, "check_pools": False}
     kwargs["verbose"] = verbose
+    kwargs["stop_on_failure"] = stop_on_failure
     kwargs["trace_size"] = trace_size
     world = World(seed, config, {(HOST, PORT): db}, net or NetProfile(), **kwargs)
 
@@ -158,7 +163,7 @@ def simulate(
     run = Run(world, population, behaviour, db)
     try:
         world.run(horizon)
-        if not world.failures:
+        if not world.failures or not stop_on_failure:
             # Let the pooler finish what the last clients left behind (rollbacks...).
             world.run(world.now + 30.0)
     except AssertionError:
@@ -186,10 +191,10 @@ def probe_capacity(run: Run) -> list[str]:
         for i in range(user.pool_size):
             out: list[Any] = []
             results[name].append(out)
-            steps = ["BEGIN", "SELECT pg_backend_pid()", 1.0, "COMMIT"]
-            client = _OneScript(
-                world, steps, out, user=name, number=10000 + len(results) * 100 + i
-            )
+            number = 10000 + len(results) * 100 + i
+            tag = f"/*tag:c{number}*/"
+            steps = [f"BEGIN {tag}", f"SELECT pg_backend_pid() {tag}", 1.0, f"COMMIT {tag}"]
+            client = _OneScript(world, steps, out, user=name, number=number)
             client.start(start + i * 0.001)
     world.run(start + 120.0)
     problems = world.violations()
@@ -197,12 +202,16 @@ def probe_capacity(run: Run) -> list[str]:
         pids = []
         for out in outs:
             briefs = " | ".join(r.brief() for r in out)
-            if len(out) != 5 or any(r.errors for r in out):
+            if len(out) != 4 or any(r.errors for r in out):
                 problems.append(f"capacity probe: a client of {name} was not served: {briefs}")
             else:
                 pids.append(out[2].rows[0][0])
         if len(set(pids)) != len(pids):
-            problems.append(f"capacity probe: {name}'s clients shared backends {pids}")
+            problems.append(
+                f"capacity probe: {len(pids)} clients of {name} holding a transaction at once "
+                f"got only {len(set(pids))} distinct backends {pids}: the pool lost "
+                f"{len(pids) - len(set(pids))} server connection(s) (neither usable nor closed)"
+            )
     return problems
 
 
@@ -322,6 +331,7 @@ class _OneScript(Scripted):
 
     def __init__(self, world: World, steps: list[Any], out: list[Any], **kw: Any) -> None:
         user = kw.pop("user", "md5u")
+        self.params: dict[str, str] = kw.pop("params", {})
         super().__init__(
             world,
             kw.pop("number", 1),
@@ -338,10 +348,21 @@ class _OneScript(Scripted):
         from pgsansio.protocol import Query, Sync
 
         self.connect()
-        self.out.append((yield from self.login(self.database)))
+        self.out.append((yield from self.login(self.database, **self.params)))
         for step in self.steps:
             if isinstance(step, float):
                 yield Pause(step)
+                continue
+            if isinstance(step, tuple):
+                kind = step[0]
+                if kind in ("vanish", "send"):
+                    self.send(*([Query(step[1])] if isinstance(step[1], str) else step[1]))
+                    if kind == "vanish":
+                        break  # and close at once, without waiting for the answer
+                elif kind == "cancel":
+                    self.cancel()
+                elif kind == "wait":
+                    self.out.append((yield from self.replies(step[1], 30.0)))
                 continue
             events = [Query(step)] if isinstance(step, str) else list(step)
             n = sum(1 for e in events if isinstance(e, (Query, Sync)))
@@ -353,20 +374,36 @@ class _OneScript(Scripted):
 
 
 def run_scripts(
-    *scripts: list[Any], config: Config | None = None, seed: int = 0, stagger: float = 0.0
+    *scripts: list[Any],
+    config: Config | None = None,
+    seed: int = 0,
+    stagger: float = 0.0,
+    net: NetProfile | None = None,
+    params: list[dict[str, str]] | None = None,
+    users: list[str] | None = None,
+    faults: list[Fault] = (),  # type: ignore[assignment]
 ) -> tuple[list[list[Any]], World]:
     """Run one client per script (started ``stagger`` seconds apart) against the engine.
 
     Returns each client's replies (login first, then one per step) and the world.
-    Steps are SQL strings, lists of protocol events, or a float: a pause in seconds.
+    Steps are SQL strings, lists of protocol events, a float (a pause in seconds),
+    ``("send", sql or events)`` (no waiting), ``("wait", n)`` (for n ReadyForQuery),
+    ``("cancel",)``, or ``("vanish", sql or events)``: send, then close at once.
+    ``params`` are each client's extra startup parameters, ``users`` their user names
+    (default md5u).
     """
     db = make_database(seed)
-    world = World(seed, config or make_config(pool_size=1), {(HOST, PORT): db}, NetProfile())
+    net = net or NetProfile()
+    world = World(seed, config or make_config(pool_size=1), {(HOST, PORT): db}, net)
     outs: list[list[Any]] = []
     for i, steps in enumerate(scripts):
         out: list[Any] = []
         outs.append(out)
-        _OneScript(world, steps, out, number=i + 1).start(i * stagger)
+        extra = params[i] if params else {}
+        user = users[i] if users else "md5u"
+        _OneScript(world, steps, out, number=i + 1, params=extra, user=user).start(i * stagger)
+    for fault in faults:
+        fault(world, db, random.Random(seed))
     world.start()
     world.run(600.0)
     return outs, world

@@ -156,7 +156,7 @@ class Scripted(SimClient):
         Raises Gone if the pooler closed us, Abort for an allowed pooler error, and
         SimFailure for a cancel we did not ask for or an error that came too slowly.
         """
-        self.send(*events)  # type: ignore[arg-type]
+        self.send(*events)  # type: ignore[arg-type,unused-ignore]
         reply: Reply = yield from self.replies(n, self.b.reply_timeout, until)
         allowed = []
         for err in reply.errors:
@@ -351,7 +351,8 @@ class Scripted(SimClient):
         )
         self.ok(reply, rows=[(f"tag:{self.name}".encode(), v.encode())])
         want = ["ParseComplete", "BindComplete", "RowDescription", "DataRow"]
-        self.expect(reply.kinds() == [*want, "CommandComplete", "ReadyForQuery"], want, reply)
+        want += ["CommandComplete", "ReadyForQuery"]
+        self.expect(reply.kinds() == want, str(want), reply)
 
     def _named_text(self, name: str) -> str:
         # Half the clients give each name the other text: same names, other queries.

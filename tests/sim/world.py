@@ -62,6 +62,24 @@ def brief(event: Any) -> str:
     return f"{name}({values})"
 
 
+def _kinds(data: bytes) -> str:
+    """The message type letters in a run of whole messages (for verbose traces)."""
+    out, pos = [], 0
+    while pos + 5 <= len(data):
+        code = data[pos : pos + 1]
+        length = int.from_bytes(data[pos + 1 : pos + 5], "big")
+        if code == b"\0":  # an untyped startup packet
+            length = int.from_bytes(data[pos : pos + 4], "big") - 1
+            code = b"startup"
+        if code == b"Q":
+            sql = data[pos + 5 : pos + 1 + length - 1].decode("utf-8", "replace")
+            out.append(f"Q({sql[:60]!r})")
+        else:
+            out.append(code.decode("latin-1"))
+        pos += 1 + length
+    return f"{len(data)} bytes [{' '.join(out)}]"
+
+
 class SimFailure(AssertionError):
     """An invariant broke; the message says which and the world adds the trace."""
 
@@ -195,6 +213,7 @@ class World:
     engine_factory: Callable[..., Any] = Engine
     check_pools: bool = True
     verbose: bool = False  # trace every protocol message (for replaying a failure)
+    stop_on_failure: bool = True  # stop the run at the first failure the world sees
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -395,6 +414,8 @@ class World:
         elif link.to_server is None:
             self.fail(f"SendServer to server {sid} before server_connected")
         else:
+            if self.verbose:
+                self.log(f"engine -> s{sid}: {_kinds(data)}")
             link.to_server.write(data)
 
     def _close_server(self, sid: int) -> None:
@@ -495,7 +516,10 @@ class World:
         self.call("start", self.engine.start)
 
     def run(self, until: float) -> None:
-        self.sched.run(until, stop=lambda: bool(self.failures))
+        if self.stop_on_failure:
+            self.sched.run(until, stop=lambda: bool(self.failures))
+        else:
+            self.sched.run(until)
 
     def violations(self) -> list[str]:
         found = list(self.failures)
