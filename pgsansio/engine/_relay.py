@@ -28,6 +28,7 @@ from pgsansio.protocol import (
     Close,
     CloseComplete,
     CommandComplete,
+    Connection,
     CopyBothResponse,
     CopyInResponse,
     Describe,
@@ -196,13 +197,7 @@ class Relay(Base):
                 copied = _message_end(data, offsets[i])
             elif out is not None:
                 sent.append(e)
-        if out is None:
-            s.conn.send_span(span)
-            payload = data
-        else:
-            out.append(data[copied:])
-            payload = b"".join(out)
-            s.conn.send_span(Span(payload, sent, []))
+        payload = _forward(s.conn, span, out, copied, sent)
         if payload:
             self._out.append(SendServer(s.sid, payload))
 
@@ -389,13 +384,7 @@ class Relay(Base):
             elif out is not None:
                 sent.append(e)
         if c is not None:
-            if out is None:
-                c.conn.send_span(span)
-                payload = data
-            else:
-                out.append(data[copied:])
-                payload = b"".join(out)
-                c.conn.send_span(Span(payload, sent, []))
+            payload = _forward(c.conn, span, out, copied, sent)
             if payload:
                 self._out.append(SendClient(c.cid, payload))
         for entry in done:
@@ -461,6 +450,20 @@ class Relay(Base):
         return ErrorResponse(
             [(k, _INTERNAL_NAME.sub(fix, v) if k in "MDH" else v) for k, v in e.fields]
         )
+
+
+def _forward(
+    conn: Connection, span: Span, out: list[bytes] | None, copied: int, sent: list[Event]
+) -> bytes:
+    """The bytes to write for ``span``: itself untouched (no copy), or the rewritten
+    pieces plus its rest; ``conn`` (the receiving side's state) sees what is sent."""
+    if out is None:
+        conn.send_span(span)
+        return span.data
+    out.append(span.data[copied:])
+    payload = b"".join(out)
+    conn.send_span(Span(payload, sent, []))
+    return payload
 
 
 def _end(data: bytes, offsets: list[int], i: int) -> int:
