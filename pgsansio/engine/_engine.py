@@ -159,6 +159,11 @@ class Engine(Relay, Login, Pooling):
             )
         if general.enable_prometheus_exporter:
             self._log(logging.WARNING, "the Prometheus exporter is not implemented yet")
+        if general.autoreload:
+            self._log(
+                logging.WARNING,
+                "autoreload is not implemented yet: send SIGHUP to reload the configuration",
+            )
 
     def client_connected(self, cid: int, peer: str, now: float) -> list[Effect]:
         self._now = now
