@@ -317,6 +317,9 @@ def _soak_case(seed: int) -> dict[str, object]:
     if rng.random() < 0.2:
         faults.append(stall_servers(0.5, 1.0, 0.2))
         allowed |= INFRA | {"57014"}
+        # A hung backend holds its client's query forever unless a timeout says
+        # otherwise (PostgreSQL's and PgBouncer's behaviour as well).
+        config = with_pool(config, statement_timeout=5000)
     return {
         "config": config,
         "net": net,

@@ -495,8 +495,7 @@ class Engine(Relay, Login, Pooling):
                 s.sync_key = key
         if sql:
             s.syncing = True
-            s.queue.append(Entry(K_QUERY, SKIP, tag="sync"))
-            self._send_server(s, s.conn.send(Query(sql)))
+            self._send_internal(s, sql, "sync")
         else:
             self._flush_pending(c, s)
 
