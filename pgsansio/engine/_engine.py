@@ -33,6 +33,7 @@ from pgsansio.protocol import PAUSED as _PAUSED
 from pgsansio.protocol import (
     CancelRequest,
     ConnectionClosed,
+    CopyFail,
     ErrorResponse,
     Event,
     GSSENCRequest,
@@ -713,8 +714,14 @@ class Engine(Relay, Login, Pooling):
         self._unlink(c, s)
         if s.state == S_CLOSED:
             return
-        busy = any(x.mode != SKIP for x in s.queue) or s.conn.frontend_copy_open
-        if busy:
+        if s.conn.frontend_copy_open:
+            # A backend waiting for COPY data ignores a cancel: end the COPY instead
+            # (the rows sent so far are rolled back), then close once it has answered.
+            s.close_needed = True
+            self._send_server(s, s.conn.send(CopyFail("the client disconnected")))
+            self._at(self._now + ABANDON_GRACE, lambda: self._close_abandoned(s))
+            return
+        if any(x.mode != SKIP for x in s.queue):
             # A query runs: cancel it, let the answer drain (nobody reads it), then
             # close this connection; never later than ABANDON_GRACE seconds.
             s.close_needed = True
@@ -723,6 +730,14 @@ class Engine(Relay, Login, Pooling):
             return
         if s.queue:
             return  # our own query (a SET) is running; _internal_done frees it
+        if not s.conn.idle:
+            # Extended-protocol messages without their Sync (an implicit transaction
+            # is open, or the server skips to a Sync after an error). A Sync of ours
+            # would commit what the client never committed: close instead.
+            self._close_server(s)
+            if s.pool is not None:
+                self._refill(s.pool)
+            return
         assert c.user is not None
         if s.conn.transaction_status != "I":
             self._internal_query(s, "ROLLBACK", "rollback")

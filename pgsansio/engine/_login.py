@@ -62,7 +62,7 @@ from ._objects import (
     PoolGroup,
     ServerConn,
 )
-from ._params import TRACKED, parse_options, quote_literal, valid_name
+from ._params import TRACKED, param_sql, parse_options, quote_literal, valid_name
 from ._relay import ClientFatal
 
 __all__ = ["ADMIN_DATABASES", "Login", "fatal"]
@@ -280,7 +280,12 @@ class Login(Base):
         shown = dict(group.server_params)
         for name in TRACKED:
             if name not in shown:
-                continue  # not reported by this server version (search_path before 18)
+                # Not reported by this server version (search_path before 18): keep
+                # it as a plain setting, re-applied like any other.
+                value = c.params.pop(name, None)
+                if value is not None:
+                    c.settings[name.lower()] = param_sql(name, value)
+                continue
             if name in c.params:
                 shown[name] = c.params[name]
             else:

@@ -152,6 +152,8 @@ class Relay(Base):
                 q.append(Entry(K_BIND))
             elif t is Parse:
                 assert isinstance(e, Parse)
+                if "set_config" in e.query.lower():
+                    s.dirty = True
                 if e.name and rewrite:
                     new = self._client_parse(c, s, e)
                 else:
@@ -203,6 +205,8 @@ class Relay(Base):
 
     def _query_entry(self, c: Client, s: ServerConn, sql: str) -> Entry:
         sql = strip_comments(sql)
+        if "set_config" in sql or "SET_CONFIG" in sql.upper():
+            s.dirty = True  # set_config(..., false) leaves no SET tag to notice
         if _CLEARS_PREPARED.match(sql):
             for p in c.prepared.values():
                 self._unref(p)
@@ -427,7 +431,7 @@ class Relay(Base):
 
     def _commit_set(self, c: Client, s: ServerConn, x: Entry) -> None:
         assert x.name is not None
-        if x.name in _TRACKED_LOWER:
+        if x.name in _TRACKED_LOWER and any(k.lower() == x.name for k in s.params):
             return  # reported: its ParameterStatus already updated both sides
         c.sync_key = s.sync_key = None
         if x.value is None:
