@@ -14,19 +14,22 @@ another client, that session state never leaks from one client to the next, what
 happens to a server whose client vanished, and the SQLSTATE of every error the pooler
 makes up itself (53300, 08001, 57014, 25P03, 57P01, 28P01).
 
-Nothing here sleeps for a fixed time to let something happen: waits poll with a
-deadline. Every socket has a timeout, so a pooler that hangs fails the test instead
-of the run.
+Waits poll with a deadline; the few fixed waits check that something does *not*
+happen in that time (a timeout that must not fire, a client that must not get a server
+early). Every socket has a timeout, so a pooler that hangs fails the test, not the run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import io
 import json
 import os
 import pathlib
 import re
+import select
 import socket
 import struct
 import subprocess
@@ -58,8 +61,10 @@ from pgsansio.protocol import (
     AuthenticationSASL,
     AuthenticationSASLContinue,
     AuthenticationSASLFinal,
+    BackendKeyData,
     Bind,
     BindComplete,
+    CancelRequest,
     CommandComplete,
     Connection,
     ConnectionClosed,
@@ -70,6 +75,7 @@ from pgsansio.protocol import (
     ErrorResponse,
     Event,
     Execute,
+    Flush,
     NegotiateProtocolVersion,
     Parse,
     ParseComplete,
@@ -131,6 +137,39 @@ def connect(
     p: Pooler, user: str = "md5_user", *, autocommit: bool = True, **kwargs: Any
 ) -> psycopg.Connection[tuple[Any, ...]]:
     return psycopg.connect(p.dsn(user), autocommit=autocommit, connect_timeout=10, **kwargs)
+
+
+def pq_call(
+    conn: psycopg.Connection[tuple[Any, ...]], send: Callable[[pq.abc.PGconn], None]
+) -> pq.abc.PGresult:
+    """One libpq request at the protocol level, waiting in Python, not in libpq.
+
+    libpq's blocking calls (PQprepare, PQdescribePrepared...) keep the GIL in psycopg's
+    C implementation, which would freeze the pooler's thread in this process.
+    """
+    pgconn = conn.pgconn
+    send(pgconn)
+    while pgconn.flush():
+        select.select([], [pgconn.socket], [], TIMEOUT)
+    results = []
+    while True:
+        while pgconn.is_busy():
+            readable, _, _ = select.select([pgconn.socket], [], [], TIMEOUT)
+            assert readable, "no answer from the pooler"
+            try:
+                pgconn.consume_input()
+            except psycopg.OperationalError:
+                break
+        res = pgconn.get_result()
+        if res is None:
+            break
+        results.append(res)
+    assert len(results) == 1, results
+    return results[0]
+
+
+def tx_status(conn: psycopg.Connection[tuple[Any, ...]]) -> pq.TransactionStatus:
+    return conn.info.transaction_status
 
 
 def direct(cluster: Cluster) -> psycopg.Connection[tuple[Any, ...]]:
@@ -390,6 +429,7 @@ def test_wrong_password_unknown_user_and_database_fail_alike(
     with running(make_config(pg15, auth_type=auth_type)) as p:
         wrong = _login_failure(p, "md5_user", "not-the-password")
         assert wrong == 'password authentication failed for user "md5_user"'
+        assert _login_failure(p, "md5_user", "nope", database="no_such_db") == wrong
         unknown_user = _login_failure(p, "no_such_user", "md5-secret")
         assert unknown_user == wrong.replace("md5_user", "no_such_user")
         # The right password for a real user, but a database the pooler does not know.
@@ -428,7 +468,7 @@ def _check_pgbench(result: subprocess.CompletedProcess[str], expected: int) -> N
 def test_pgbench_transaction_mode(
     pg15: Cluster, pgbench_tables: str, mode: str, script: str
 ) -> None:
-    clients, per_client = 8, 40 if script == "tpcb" else 100
+    clients, per_client = 8, 200 if script == "tpcb" else 500
     pool_size = 2 if mode == "prepared" else 3
     with running(make_config(pg15, pool_size=pool_size)) as p:
         extra = ["-S"] if script == "select-only" else []
@@ -442,13 +482,24 @@ def test_pgbench_transaction_mode(
         assert len(p.engine.servers) <= pool_size
 
 
+def test_pgbench_prepared_with_a_tiny_statement_cache(pg15: Cluster, pgbench_tables: str) -> None:
+    """TPC-B has seven statements; a cache of two per server means constant re-Parse."""
+    config = make_config(pg15, pool_size=2, pool={"prepared_statements_cache_size": 2})
+    with running(config) as p:
+        result = pgbench(
+            pg15, p.port, pgbench_tables, "-n", "-M", "prepared", "-c", "8", "-j", "8",
+            "-t", "100",
+        )  # fmt: skip
+        _check_pgbench(result, 800)
+
+
 def test_pgbench_session_mode(pg15: Cluster, pgbench_tables: str) -> None:
     with running(make_config(pg15, pool_mode="session", pool_size=4)) as p:
         result = pgbench(
             pg15, p.port, pgbench_tables, "-n", "-M", "prepared", "-c", "4", "-j", "4",
-            "-t", "50",
+            "-t", "200",
         )  # fmt: skip
-        _check_pgbench(result, 200)
+        _check_pgbench(result, 800)
 
 
 # --- psycopg 3 -----------------------------------------------------------------------
@@ -458,17 +509,17 @@ def test_pgbench_session_mode(pg15: Cluster, pgbench_tables: str) -> None:
 def test_psycopg_pipeline_with_error_then_recovery(pg15: Cluster, pool_mode: str) -> None:
     table = scratch_table(pg15)
     with running(make_config(pg15, pool_mode=pool_mode, pool_size=1)) as p, connect(p) as conn:
-        with conn.pipeline() as pipe:
+        # psycopg raises the error when it reads it: at a Sync, or in a later execute()
+        # if the answer is already there; either way it leaves the pipeline block.
+        with pytest.raises(psycopg.errors.DivisionByZero), conn.pipeline() as pipe:
             c1 = conn.execute(f"INSERT INTO {table} VALUES (%s) RETURNING x", (1,))
             c2 = conn.execute("SELECT %s::text || %s::text", ("a", "b"))
             pipe.sync()
             conn.execute(f"INSERT INTO {table} VALUES (%s)", (2,))
             conn.execute("SELECT 1 / %s", (0,))
             conn.execute(f"INSERT INTO {table} VALUES (%s)", (3,))
-            with pytest.raises(psycopg.errors.DivisionByZero):
-                pipe.sync()
-            assert c1.fetchone() == (1,)
-            assert c2.fetchone() == ("ab",)
+        assert c1.fetchone() == (1,)
+        assert c2.fetchone() == ("ab",)
         # After the failed batch the connection and the pipeline work again.
         with conn.pipeline():
             rows = [conn.execute("SELECT %s::int * 2", (i,)) for i in range(20)]
@@ -522,6 +573,21 @@ def test_psycopg_binary_parameters_and_results(pg15: Cluster) -> None:
         assert cur.fetchone() == (7,)
         cur.execute("SELECT %b::int", (8,), prepare=True)
         assert cur.fetchone() == (8,)
+
+
+def test_psycopg_large_values(pg15: Cluster) -> None:
+    blob = os.urandom(16 * 1024 * 1024)
+    with running(make_config(pg15, pool_size=1)) as p, connect(p) as conn:
+        cur = conn.cursor(binary=True)
+        query = "SELECT %b::bytea, md5(%b::bytea), length(repeat('x', 20000000))"
+        cur.execute(query, (blob, blob))
+        row = cur.fetchone()
+        assert row is not None
+        assert row[0] == blob
+        assert row[1] == hashlib.md5(blob).hexdigest()
+        assert row[2] == 20_000_000
+        text = conn.execute("SELECT repeat('ab', 5000000)").fetchone()
+        assert text == ("ab" * 5_000_000,)
 
 
 def test_psycopg_cancel_safe_running_query(pg15: Cluster) -> None:
@@ -605,6 +671,110 @@ def test_psycopg_cancel_running_query(pg15: Cluster) -> None:
         assert running_queries(pg15, marker) == 0
 
 
+def test_cancel_with_a_stale_key_spares_the_next_clients_query(pg15: Cluster) -> None:
+    """A's cancel arrives when A runs nothing; B's query on that same server goes on."""
+    marker = f"spared_{uuid.uuid4().hex[:10]}"
+    with running(make_config(pg15, pool_size=1)) as p, Raw(p.port) as a, connect(p) as b:
+        keys = only(a.login("md5_user"), BackendKeyData)
+        assert len(keys) == 1
+        assert only(a.query("SELECT 1"), DataRow)
+        outcome: list[object] = []
+
+        def query_b() -> None:
+            try:
+                query = f"SELECT 'b' FROM pg_sleep(0.5) /* {marker} */"
+                outcome.append(b.execute(query).fetchone())
+            except psycopg.Error as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=query_b)
+        thread.start()
+        wait_for("B's query to run", lambda: running_queries(pg15, marker) == 1)
+        for key in (keys[0], BackendKeyData(keys[0].process_id, b"\0\0\0\0")):
+            with socket.create_connection(("127.0.0.1", p.port), timeout=TIMEOUT) as sock:
+                sock.sendall(bytes(CancelRequest(key.process_id, key.secret_key)))
+                assert sock.recv(100) == b""  # answered by closing, like PostgreSQL
+        thread.join(TIMEOUT)
+        assert outcome == [("b",)]
+
+
+def test_cancel_of_a_client_still_waiting_for_a_server(pg15: Cluster) -> None:
+    config = make_config(pg15, pool_size=1, user={"connect_timeout": 5000})
+    with running(config) as p, connect(p, autocommit=False) as a, connect(p) as b:
+        a.execute("SELECT 1")  # A holds the only server
+        outcome: list[object] = []
+
+        def query_b() -> None:
+            try:
+                outcome.append(b.execute("SELECT 'b'").fetchone())
+            except psycopg.Error as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=query_b)
+        thread.start()
+        assert p.engine is not None
+        engine = p.engine
+        wait_for(
+            "B to wait for a server",
+            lambda: any(c.waiting_since is not None for c in list(engine.clients.values())),
+        )
+        started = time.monotonic()
+        b.cancel_safe(timeout=5)
+        thread.join(TIMEOUT)
+        assert time.monotonic() - started < 2
+        assert len(outcome) == 1 and isinstance(outcome[0], psycopg.errors.QueryCanceled)
+        a.commit()
+        assert b.execute("SELECT 'b again'").fetchone() == ("b again",)
+
+
+def test_psycopg_notices_reach_the_client(pg15: Cluster) -> None:
+    with running(make_config(pg15, pool_size=1)) as p, connect(p) as conn:
+        notices: list[str] = []
+        conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+        conn.execute("DO $$ BEGIN RAISE NOTICE 'first'; RAISE WARNING 'second'; END $$")
+        conn.execute("SELECT 1")
+        assert notices == ["first", "second"]
+
+
+def test_many_threads_each_get_their_own_answers(pg15: Cluster) -> None:
+    """32 psycopg clients on 3 servers; every answer must be the asker's own."""
+    table = scratch_table(pg15, "id int PRIMARY KEY, n int")
+    pg15.execute(
+        f"INSERT INTO {table} SELECT g, 0 FROM generate_series(0, 31) g", dbname=TEST_DATABASE
+    )
+    failures: list[BaseException] = []
+
+    def worker(port: int, i: int) -> None:
+        try:
+            with psycopg.connect(
+                f"host=127.0.0.1 port={port} user=md5_user password=md5-secret "
+                f"dbname={TEST_DATABASE}",
+                autocommit=True,
+                connect_timeout=10,
+            ) as conn:
+                for j in range(20):
+                    token = f"{i}:{j}"
+                    assert conn.execute("SELECT %s::text", (token,)).fetchone() == (token,)
+                    with conn.transaction():
+                        conn.execute(f"UPDATE {table} SET n = n + 1 WHERE id = %s", (i,))
+                        row = conn.execute(f"SELECT n FROM {table} WHERE id = %s", (i,))
+                        assert row.fetchone() == (j + 1,)
+        except BaseException as exc:
+            failures.append(exc)
+
+    config = make_config(pg15, pool_size=3, user={"connect_timeout": 10000})
+    with running(config) as p:
+        threads = [threading.Thread(target=worker, args=(p.port, i)) for i in range(32)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert not failures, failures[:3]
+    with direct(pg15) as conn:
+        got = conn.execute(f"SELECT array_agg(DISTINCT n) FROM {table}").fetchone()
+        assert got == ([20],)
+
+
 def test_psycopg_autocommit_and_explicit_transactions(pg15: Cluster) -> None:
     table = scratch_table(pg15)
     with running(make_config(pg15, pool_size=2)) as p:
@@ -622,7 +792,7 @@ def test_psycopg_autocommit_and_explicit_transactions(pg15: Cluster) -> None:
             conn.commit()
             with pytest.raises(psycopg.errors.DivisionByZero):
                 conn.execute("SELECT 1 / 0")
-            assert conn.info.transaction_status == pq.TransactionStatus.INERROR
+            assert tx_status(conn) == pq.TransactionStatus.INERROR
             conn.rollback()
         with connect(p, autocommit=True) as conn:
             conn.execute(f"INSERT INTO {table} VALUES (5)")
@@ -634,15 +804,18 @@ def test_psycopg_autocommit_and_explicit_transactions(pg15: Cluster) -> None:
 # --- asyncpg -------------------------------------------------------------------------
 
 
-def test_asyncpg_statement_cache_prepare_and_concurrency(pg15: Cluster) -> None:
+@pytest.mark.parametrize("cache_size", [500, 3])
+def test_asyncpg_statement_cache_prepare_and_concurrency(pg15: Cluster, cache_size: int) -> None:
+    """Twelve asyncpg connections on two servers; with a cache of 3 statements per server
+    the pooler evicts and re-prepares all the time."""
     table = scratch_table(pg15, "client int, n int")
-    pool_size, clients = 2, 6
+    pool_size, clients = 2, 12
 
     async def work(conn: asyncpg.Connection, i: int) -> None:
-        for j in range(25):
+        for j in range(120):
             # repeated: served from asyncpg's statement cache (named statements)
             assert await conn.fetchval("SELECT $1::int * 1000 + $2::int", i, j) == i * 1000 + j
-            # distinct texts, so many different statements are prepared
+            # distinct texts, more than asyncpg's cache of 100: it closes the oldest
             assert await conn.fetchval(f"SELECT {j} + $1::int AS c{i}_{j}", i) == i + j
         stmt = await conn.prepare("SELECT $1::text || '-' || $2::int")
         for j in range(10):
@@ -652,6 +825,11 @@ def test_asyncpg_statement_cache_prepare_and_concurrency(pg15: Cluster) -> None:
                 f"INSERT INTO {table} VALUES ($1, $2)", [(i, n) for n in range(10)]
             )
             assert await conn.fetchval(f"SELECT count(*) FROM {table} WHERE client = $1", i) == 10
+            # a cursor: a named portal fetched in pieces (Execute with a row limit)
+            seen = [
+                r["g"] async for r in conn.cursor("SELECT generate_series(1, 250) g", prefetch=40)
+            ]
+            assert seen == list(range(1, 251))
         with contextlib.suppress(RuntimeError):
             async with conn.transaction():
                 await conn.execute(f"INSERT INTO {table} VALUES ($1, -1)", i)
@@ -677,10 +855,20 @@ def test_asyncpg_statement_cache_prepare_and_concurrency(pg15: Cluster) -> None:
             for c in conns:
                 await c.close()
 
-    with running(make_config(pg15, pool_size=pool_size, auth_type="scram-sha-256")) as p:
+    config = make_config(
+        pg15,
+        pool_size=pool_size,
+        auth_type="scram-sha-256",
+        pool={"prepared_statements_cache_size": cache_size},
+    )
+    with running(config) as p:
         asyncio.run(main(p.port))
         assert p.engine is not None
         assert len(p.engine.servers) <= pool_size
+        with connect(p) as conn:
+            for _ in range(pool_size):
+                row = conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()
+                assert row is not None and row[0] <= cache_size
 
 
 def test_asyncpg_error_in_prepared_statement(pg15: Cluster) -> None:
@@ -721,19 +909,18 @@ def test_asyncpg_error_in_prepared_statement(pg15: Cluster) -> None:
 
 def test_prepared_statement_error_names_the_clients_statement(pg15: Cluster) -> None:
     with running(make_config(pg15, pool_size=1)) as p, connect(p) as conn:
-        pgconn = conn.pgconn
-        res = pgconn.prepare(b"my_adder", b"SELECT $1::int + $2::int")
+        res = pq_call(conn, lambda c: c.send_prepare(b"my_adder", b"SELECT $1::int + $2::int"))
         assert res.status == pq.ExecStatus.COMMAND_OK, res.error_message
-        res = pgconn.exec_prepared(b"my_adder", [b"1", b"2"])
+        res = pq_call(conn, lambda c: c.send_query_prepared(b"my_adder", [b"1", b"2"]))
         assert res.get_value(0, 0) == b"3"
         # One parameter short: PostgreSQL names the statement in its message.
-        res = pgconn.exec_prepared(b"my_adder", [b"1"])
+        res = pq_call(conn, lambda c: c.send_query_prepared(b"my_adder", [b"1"]))
         assert res.status == pq.ExecStatus.FATAL_ERROR
         assert res.error_field(pq.DiagnosticField.SQLSTATE) == b"08P01"
         message = (res.error_field(pq.DiagnosticField.MESSAGE_PRIMARY) or b"").decode()
         assert '"my_adder"' in message
         assert "PGSANSIO_" not in res.error_message.decode()
-        res = pgconn.exec_prepared(b"my_adder", [b"20", b"22"])
+        res = pq_call(conn, lambda c: c.send_query_prepared(b"my_adder", [b"20", b"22"]))
         assert res.get_value(0, 0) == b"42"
 
 
@@ -779,6 +966,47 @@ def test_pg8000_unnamed_statements_sharing_one_server(pg15: Cluster) -> None:
     assert results == {i: [i * 1000 + j for j in range(40)] for i in range(4)}
 
 
+def test_pg8000_copy_over_the_extended_protocol(pg15: Cluster) -> None:
+    """pg8000 runs COPY as P S, D S B, E S: the server eats the Sync sent before the data."""
+    table = scratch_table(pg15, "client int, n int")
+    failures: list[BaseException] = []
+
+    def worker(port: int, i: int) -> None:
+        try:
+            con = pg8000.native.Connection(
+                "md5_user",
+                host="127.0.0.1",
+                port=port,
+                password="md5-secret",
+                database=TEST_DATABASE,
+                timeout=TIMEOUT,
+            )
+            try:
+                for round_ in range(5):
+                    data = "".join(f"{i}\t{round_ * 100 + n}\n" for n in range(100))
+                    con.run(f"COPY {table} FROM STDIN", stream=io.StringIO(data))
+                    out = io.StringIO()
+                    query = f"COPY (SELECT n FROM {table} WHERE client = {i} ORDER BY n) TO STDOUT"
+                    con.run(query, stream=out)
+                    expected = [str(n) for n in range((round_ + 1) * 100)]
+                    assert out.getvalue().splitlines() == expected
+                    assert con.run("SELECT :x::int", x=round_) == [[round_]]
+            finally:
+                con.close()
+        except BaseException as exc:
+            failures.append(exc)
+
+    with running(make_config(pg15, pool_size=1)) as p:
+        threads = [threading.Thread(target=worker, args=(p.port, i)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert not failures, failures
+    with direct(pg15) as conn:
+        assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (1500,)
+
+
 # --- session state -------------------------------------------------------------------
 
 
@@ -814,14 +1042,13 @@ def interleave(
 
 def test_session_state_follows_the_client_and_never_leaks(pg15: Cluster) -> None:
     defaults = _defaults(pg15)
-    mine = ("client_a", "Pacific/Chatham", "a_schema, public", "4321ms")
+    mine = ("client_a", "Pacific/Chatham", defaults[2], "4321ms")
     assert defaults != mine
     with running(make_config(pg15, pool_size=2)) as p:
         with connect(p) as a, connect(p, autocommit=False) as other:
-            a.execute("SET application_name = 'client_a'")
-            a.execute("SET TimeZone = 'Pacific/Chatham'")
-            a.execute("SET search_path = a_schema, public")
-            a.execute("SET statement_timeout = 4321")
+            a.execute("SET application_name = 'client_a'")  # reported
+            a.execute("SET TimeZone = 'Pacific/Chatham'")  # reported
+            a.execute("SET statement_timeout = 4321")  # not reported
             # A's settings follow it to both servers; the other client never sees them.
             assert len(interleave(a, other, mine, defaults)) == 2
             assert a.info.parameter_status("application_name") == "client_a"
@@ -830,6 +1057,63 @@ def test_session_state_follows_the_client_and_never_leaks(pg15: Cluster) -> None
             for _ in range(4):
                 row = b.execute(STATE_SQL).fetchone()
                 assert row is not None and tuple(row[:4]) == defaults
+
+
+@pytest.mark.parametrize("version", [15, 18])
+def test_search_path_follows_the_client_and_never_leaks(
+    request: pytest.FixtureRequest, version: int
+) -> None:
+    """search_path is reported (GUC_REPORT) only since PostgreSQL 18."""
+    cluster: Cluster = request.getfixturevalue(f"pg{version}")
+    defaults = _defaults(cluster)
+    mine = (defaults[0], defaults[1], "a_schema, public", defaults[3])
+    with running(make_config(cluster, pool_size=2)) as p:
+        with connect(p) as a, connect(p, autocommit=False) as other:
+            a.execute("SET search_path = a_schema, public")
+            assert len(interleave(a, other, mine, defaults)) == 2
+        with connect(p) as b:
+            row = b.execute(STATE_SQL).fetchone()
+            assert row is not None and tuple(row[:4]) == defaults
+
+
+# Ways to change a session setting that a pooler cannot see as a plain ``SET x = v``.
+UNFOLLOWABLE = {
+    "set-in-transaction": ["BEGIN", "SET lock_timeout = 1111", "COMMIT"],
+    "multi-statement": ["SET lock_timeout = 1111; SELECT 1"],
+    "set_config": ["SELECT set_config('lock_timeout', '1111', false)"],
+    "do-block": ["DO $$ BEGIN PERFORM set_config('lock_timeout', '1111', false); END $$"],
+    "comment-first": ["/* hint */ SET lock_timeout = 1111"],
+    "characteristics": ["SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"],
+}
+
+
+@pytest.mark.parametrize("how", list(UNFOLLOWABLE))
+def test_settings_the_pooler_cannot_follow_never_leak(pg15: Cluster, how: str) -> None:
+    """Whatever the pooler does for their author, the next client must not see them."""
+    sql = "SELECT current_setting('lock_timeout'), current_setting('transaction_read_only')"
+    with direct(pg15) as conn:
+        defaults = conn.execute(sql).fetchone()
+    with running(make_config(pg15, pool_size=1)) as p, connect(p) as a, connect(p) as b:
+        for statement in UNFOLLOWABLE[how]:
+            a.execute(statement)
+        for _ in range(2):
+            assert b.execute(sql).fetchone() == defaults
+
+
+def test_extended_protocol_set_never_leaks(pg15: Cluster) -> None:
+    with running(make_config(pg15, pool_size=1)) as p, connect(p) as a, connect(p) as b:
+        a.execute("SET lock_timeout = 1111", prepare=True)  # Parse/Bind/Execute/Sync
+        assert b.execute("SHOW lock_timeout").fetchone() == ("0",)
+
+
+def test_reported_parameter_set_by_one_client_is_reset_for_the_next(pg15: Cluster) -> None:
+    with running(make_config(pg15, pool_size=1)) as p, connect(p) as a, connect(p) as b:
+        default = b.info.parameter_status("DateStyle")
+        a.execute("SET DateStyle = 'SQL, DMY'")
+        assert a.info.parameter_status("DateStyle") == "SQL, DMY"
+        assert b.execute("SHOW DateStyle").fetchone() == (default,)
+        assert b.info.parameter_status("DateStyle") == default
+        assert a.execute("SHOW DateStyle").fetchone() == ("SQL, DMY",)
 
 
 def test_reset_and_reported_parameters_follow_the_client(pg15: Cluster) -> None:
@@ -847,7 +1131,11 @@ def test_reset_and_reported_parameters_follow_the_client(pg15: Cluster) -> None:
 
 def test_named_prepared_statements_are_private(pg15: Cluster) -> None:
     with running(make_config(pg15, pool_size=2)) as p, connect(p) as a, connect(p) as b:
-        res = a.pgconn.prepare(b"a_stmt", b"SELECT 42")
+        res = pq_call(a, lambda c: c.send_prepare(b"a_stmt", b"SELECT 42"))
+
+        def run_a_stmt() -> bytes | None:
+            return pq_call(a, lambda c: c.send_query_prepared(b"a_stmt", [])).get_value(0, 0)
+
         assert res.status == pq.ExecStatus.COMMAND_OK
         for _ in range(4):
             names = b.execute("SELECT array_agg(name) FROM pg_prepared_statements")
@@ -855,14 +1143,65 @@ def test_named_prepared_statements_are_private(pg15: Cluster) -> None:
             assert row is not None and "a_stmt" not in (row[0] or [])
             with pytest.raises(psycopg.errors.InvalidSqlStatementName):
                 b.execute("EXECUTE a_stmt")
-            assert a.pgconn.exec_prepared(b"a_stmt", []).get_value(0, 0) == b"42"
+            assert run_a_stmt() == b"42"
         # B asking for A's statement by name at the protocol level fails too.
-        res = b.pgconn.describe_prepared(b"a_stmt")
+        res = pq_call(b, lambda c: c.send_describe_prepared(b"a_stmt"))
         assert res.status == pq.ExecStatus.FATAL_ERROR
         assert res.error_field(pq.DiagnosticField.SQLSTATE) == b"26000"
         assert b"a_stmt" in (res.error_field(pq.DiagnosticField.MESSAGE_PRIMARY) or b"")
         # and A still has it
-        assert a.pgconn.exec_prepared(b"a_stmt", []).get_value(0, 0) == b"42"
+        assert run_a_stmt() == b"42"
+
+
+def test_named_statement_lifecycle(pg15: Cluster) -> None:
+    """Close, re-Parse under the same name, duplicate names, DEALLOCATE ALL: as PostgreSQL."""
+
+    def prepare(conn: psycopg.Connection[tuple[Any, ...]], name: bytes, sql: bytes) -> bytes:
+        res = pq_call(conn, lambda c: c.send_prepare(name, sql))
+        if res.status == pq.ExecStatus.COMMAND_OK:
+            return b"ok"
+        return res.error_field(pq.DiagnosticField.SQLSTATE) or b"?"
+
+    def run(conn: psycopg.Connection[tuple[Any, ...]], name: bytes) -> bytes | None:
+        res = pq_call(conn, lambda c: c.send_query_prepared(name, []))
+        if res.status == pq.ExecStatus.TUPLES_OK:
+            return res.get_value(0, 0)
+        return res.error_field(pq.DiagnosticField.SQLSTATE)
+
+    def close(conn: psycopg.Connection[tuple[Any, ...]], name: bytes) -> int:
+        return pq_call(conn, lambda c: c.send_close_prepared(name)).status
+
+    with running(make_config(pg15, pool_size=2)) as p, connect(p) as a, connect(p) as b:
+        assert prepare(a, b"s1", b"SELECT 1") == b"ok"
+        assert prepare(b, b"s1", b"SELECT 'b'") == b"ok"
+        assert run(a, b"s1") == b"1"
+        # a second Parse of a name in use fails like PostgreSQL, and A goes on
+        assert prepare(a, b"s1", b"SELECT 2") == b"42P05"
+        assert run(a, b"s1") == b"1"
+        assert close(a, b"s1") == pq.ExecStatus.COMMAND_OK
+        assert close(a, b"never_prepared") == pq.ExecStatus.COMMAND_OK
+        assert prepare(a, b"s1", b"SELECT 2") == b"ok"
+        assert run(a, b"s1") == b"2"
+        assert run(b, b"s1") == b"b"  # B's s1 is B's
+        a.execute("DEALLOCATE ALL")
+        assert run(a, b"s1") == b"26000"
+        assert a.execute("SELECT 'usable'").fetchone() == ("usable",)
+        assert prepare(a, b"s1", b"SELECT 3") == b"ok"
+        assert run(a, b"s1") == b"3"
+        assert run(b, b"s1") == b"b"
+
+
+def test_client_encoding_follows_the_client(pg15: Cluster) -> None:
+    with (
+        running(make_config(pg15, pool_size=1)) as p,
+        connect(p, client_encoding="LATIN1") as a,
+        connect(p) as b,
+    ):
+        for _ in range(3):
+            assert a.execute("SELECT 'é' || %s", ("ü",)).fetchone() == ("éü",)
+            assert a.execute("SHOW client_encoding").fetchone() == ("LATIN1",)
+            assert b.execute("SHOW client_encoding").fetchone() == ("UTF8",)
+            assert b.execute("SELECT 'é' || %s", ("€",)).fetchone() == ("é€",)
 
 
 def test_session_mode_temp_tables_and_settings_end_with_the_client(pg15: Cluster) -> None:
@@ -902,28 +1241,162 @@ def test_startup_options_and_application_name_are_honoured(pg15: Cluster) -> Non
             assert row is not None and tuple(row[:4]) == defaults
 
 
+def test_session_mode_listen_notify(pg15: Cluster) -> None:
+    with running(make_config(pg15, pool_mode="session", pool_size=2)) as p:
+        with connect(p) as listener, connect(p) as sender:
+            listener.execute("LISTEN pooled_channel")
+            sender.execute("NOTIFY pooled_channel, 'hello'")
+            sender.execute("SELECT pg_notify('pooled_channel', 'again')")
+            got = [n.payload for n in listener.notifies(timeout=5, stop_after=2)]
+            assert got == ["hello", "again"]
+        with connect(p) as late:  # the next client on that server gets no stray message
+            late.execute("NOTIFY pooled_channel, 'nobody listens'")
+            assert list(late.notifies(timeout=0.2)) == []
+
+
+def test_session_mode_client_waits_for_a_server_to_be_released(pg15: Cluster) -> None:
+    config = make_config(pg15, pool_mode="session", pool_size=1, user={"connect_timeout": 5000})
+    with running(config) as p:
+        assert p.engine is not None
+        engine = p.engine
+        a = connect(p)
+        server_pid = a.execute("SELECT pg_backend_pid()").fetchone()
+        outcome: list[object] = []
+
+        def query_b() -> None:
+            try:
+                with connect(p) as b:
+                    outcome.append(b.execute("SELECT pg_backend_pid()").fetchone())
+            except psycopg.Error as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=query_b)
+        thread.start()
+        wait_for(
+            "B to wait for a server",
+            lambda: any(c.waiting_since is not None for c in list(engine.clients.values())),
+        )
+        a.close()
+        thread.join(TIMEOUT)
+        assert outcome == [server_pid]
+
+
+# --- servers that vanish -------------------------------------------------------------
+
+
+def _terminate_backends(cluster: Cluster, user: str) -> int:
+    with direct(cluster) as conn:
+        row = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = %s",
+            (user,),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_idle_servers_terminated_by_postgres_are_replaced(pg15: Cluster) -> None:
+    with running(make_config(pg15, pool_size=2)) as p:
+        assert p.engine is not None
+        engine = p.engine
+        with connect(p) as a, connect(p, autocommit=False) as b:
+            b.execute("SELECT 1")
+            a.execute("SELECT 1")  # two servers now
+            b.commit()
+            assert _terminate_backends(pg15, "md5_user") == 2
+            wait_for("the pooler to notice", lambda: not engine.servers)
+            for _ in range(4):
+                assert a.execute("SELECT 'fresh'").fetchone() == ("fresh",)
+                assert b.execute("SELECT 'fresh'").fetchone() == ("fresh",)
+                b.commit()
+
+
+def test_server_terminated_mid_transaction(pg15: Cluster) -> None:
+    with running(make_config(pg15, pool_size=1)) as p:
+        with connect(p, autocommit=False) as a:
+            a.execute("SELECT 1")
+            assert _terminate_backends(pg15, "md5_user") == 1
+            with pytest.raises(psycopg.OperationalError) as info:
+                a.execute("SELECT 2")
+            assert info.value.sqlstate in (None, "57P01", "08006"), info.value
+        with connect(p) as b:
+            assert b.execute("SELECT 'next'").fetchone() == ("next",)
+
+
 # --- clients that vanish -------------------------------------------------------------
 
 
-def test_client_disconnect_mid_transaction_rolls_back(pg15: Cluster) -> None:
+def _leave_in_transaction(raw: Raw, table: str) -> None:
+    events = raw.query(f"BEGIN; INSERT INTO {table} VALUES (1)")
+    assert only(events, ReadyForQuery)[-1].status == "T", events
+
+
+def _leave_in_failed_transaction(raw: Raw, table: str) -> None:
+    events = raw.query(f"BEGIN; INSERT INTO {table} VALUES (1); SELECT 1 / 0")
+    assert only(events, ReadyForQuery)[-1].status == "E", events
+
+
+def _leave_in_copy(raw: Raw, table: str) -> None:
+    raw.send(Query(f"COPY {table} FROM STDIN"))
+    raw.until(CopyInResponse)
+    raw.send(*(CopyData(f"{i}\n".encode()) for i in range(100)))
+
+
+def _leave_before_sync(raw: Raw, table: str) -> None:
+    """Answered extended messages, but no Sync: an implicit transaction stays open."""
+    raw.send(
+        Parse("", f"INSERT INTO {table} VALUES (1)"),
+        Bind("", "", (), (), ()),
+        Execute("", 0),
+        Flush(),
+    )
+    events = raw.until(CommandComplete)
+    assert [type(e) for e in events] == [ParseComplete, BindComplete, CommandComplete]
+
+
+def _leave_after_error_before_sync(raw: Raw, table: str) -> None:
+    """An error with no Sync yet: the server ignores everything until a Sync comes."""
+    raw.send(Parse("", f"INSERT INTO {table} VALUES ('not a number')"), Flush())
+    assert error_of(raw.until(ErrorResponse)).sqlstate == "22P02"
+
+
+LEAVING = {
+    "in-transaction": _leave_in_transaction,
+    "in-failed-transaction": _leave_in_failed_transaction,
+    "in-copy": _leave_in_copy,
+    "before-sync": _leave_before_sync,
+    "error-before-sync": _leave_after_error_before_sync,
+}
+
+
+@pytest.mark.parametrize("how", list(LEAVING))
+def test_client_vanishing_mid_transaction_leaves_nothing_behind(pg15: Cluster, how: str) -> None:
+    """A client crashes holding a server: the next one (pool_size 1) starts clean."""
     table = scratch_table(pg15)
+    # statement_timeout: a server left ignoring messages fails the test, not hangs it
+    with running(make_config(pg15, pool_size=1, user={"statement_timeout": 3000})) as p:
+        with Raw(p.port) as raw:
+            raw.ready()
+            LEAVING[how](raw, table)
+            raw.abort()
+        with connect(p) as b:
+            for _ in range(2):
+                row = b.execute(
+                    f"SELECT count(*), pg_current_xact_id_if_assigned() FROM {table}"
+                ).fetchone()
+                assert row == (0, None), row
+                assert b.info.transaction_status == pq.TransactionStatus.IDLE
+    with direct(pg15) as conn:
+        assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
+
+
+def test_idle_in_transaction_server_is_rolled_back_and_reused(pg15: Cluster) -> None:
     with running(make_config(pg15, pool_size=1)) as p:
         with Raw(p.port) as raw:
             raw.ready()
-            events = raw.query(f"BEGIN; INSERT INTO {table} VALUES (1)")
-            assert only(events, ReadyForQuery)[-1].status == "T", events
-            pid = backend_pid(raw.query("SELECT pg_backend_pid()"))
+            pid = backend_pid(raw.query("BEGIN; SELECT pg_backend_pid()"))
             raw.abort()
-        with connect(p, autocommit=True) as b:
-            row = b.execute(
-                f"SELECT count(*), pg_current_xact_id_if_assigned(), pg_backend_pid() FROM {table}"
-            ).fetchone()
-            assert row is not None
-            assert row[:2] == (0, None), row
-            assert b.info.transaction_status == pq.TransactionStatus.IDLE
-            assert row[2] == pid  # rolled back and reused, not closed
-    with direct(pg15) as conn:
-        assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
+        with connect(p) as b:
+            assert b.execute("SELECT pg_backend_pid()").fetchone() == (pid,)
 
 
 def test_client_disconnect_with_query_running_stops_it(pg15: Cluster) -> None:
@@ -1071,6 +1544,18 @@ def test_pool_exhaustion_gives_53300_and_the_client_can_retry(pg15: Cluster) -> 
         assert b.execute("SELECT 'b'").fetchone() == ("b",)
 
 
+def test_max_client_conn(pg15: Cluster) -> None:
+    with running(make_config(pg15, general={"max_client_conn": 2})) as p:
+        with connect(p) as a, connect(p) as b:
+            with Raw(p.port) as raw:
+                events = raw.login("md5_user")
+            error = error_of(events)
+            assert (error.sqlstate, error.severity) == ("53300", "FATAL"), events
+            assert a.execute("SELECT 1").fetchone() == b.execute("SELECT 1").fetchone()
+        with connect(p) as c:  # room again
+            assert c.execute("SELECT 'c'").fetchone() == ("c",)
+
+
 def test_server_unreachable_gives_08001_quickly(pg15: Cluster) -> None:
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
@@ -1106,8 +1591,12 @@ def test_server_refuses_login_gives_its_own_error(pg15: Cluster) -> None:
 def test_statement_timeout_gives_57014(pg15: Cluster) -> None:
     marker = f"stmt_timeout_{uuid.uuid4().hex[:10]}"
     with running(make_config(pg15, pool_size=1, user={"statement_timeout": 300})) as p:
-        with connect(p) as conn:
+        with connect(p, autocommit=False) as conn:
             assert conn.execute("SELECT 1 FROM pg_sleep(0.05)").fetchone() == (1,)
+            # time spent idle in a transaction is not a running statement
+            time.sleep(0.4)
+            assert conn.execute("SELECT 2").fetchone() == (2,)
+            conn.commit()
             started = time.monotonic()
             with pytest.raises(psycopg.errors.QueryCanceled) as info:
                 conn.execute(f"SELECT pg_sleep(5) /* {marker} */")
@@ -1137,23 +1626,15 @@ def test_idle_in_transaction_timeout_gives_25P03(pg15: Cluster) -> None:
 
 
 def _refused_with(port: int) -> ErrorResponse | None:
-    """What a new connection gets; None when it is refused at the TCP level."""
+    """What a new client gets after its StartupMessage; None if TCP refuses it."""
     try:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        raw = Raw(port)
     except ConnectionRefusedError:
         return None
-    with sock:
-        data = b""
-        with contextlib.suppress(ConnectionResetError):
-            while chunk := sock.recv(65536):
-                data += chunk
-    conn = Connection(CLIENT)
-    conn.send(StartupMessage({"user": "md5_user", "database": TEST_DATABASE}))
-    conn.receive_data(data)
-    conn.receive_data(b"")
-    event = conn.next_event()
-    assert isinstance(event, ErrorResponse), (event, data)
-    return event
+    with raw:
+        events = raw.login("md5_user")
+    assert not only(events, AuthenticationOk), events
+    return error_of(events)
 
 
 def test_shutdown_lets_open_transactions_finish(pg15: Cluster) -> None:
@@ -1183,6 +1664,59 @@ def test_shutdown_lets_open_transactions_finish(pg15: Cluster) -> None:
             p.stop()
     with direct(pg15) as conn:
         assert conn.execute(f"SELECT array_agg(x ORDER BY x) FROM {table}").fetchone() == ([1, 2],)
+
+
+# --- uvloop --------------------------------------------------------------------------
+
+
+def test_uvloop_runs_the_same_clients(pg15: Cluster, pgbench_tables: str) -> None:
+    """The asyncio frontend on uvloop: one pass of each kind of client."""
+    table = scratch_table(pg15)
+    with running(make_config(pg15, pool_size=2), use_uvloop=True) as p:
+        result = psql(pg15, p, "scram_user", "-c", "SELECT 6 * 7")
+        assert (result.returncode, result.stdout.strip()) == (0, "42"), result.stderr
+        bench = pgbench(
+            pg15, p.port, pgbench_tables, "-n", "-M", "prepared", "-c", "4", "-j", "4",
+            "-t", "100",
+        )  # fmt: skip
+        _check_pgbench(bench, 400)
+        with connect(p) as conn:
+            with conn.pipeline():
+                cursors = [conn.execute("SELECT %s::int", (i,)) for i in range(10)]
+            assert [c.fetchone() for c in cursors] == [(i,) for i in range(10)]
+            with conn.cursor().copy(f"COPY {table} FROM STDIN") as copy:
+                for i in range(100):
+                    copy.write_row((i,))
+            assert conn.execute(f"SELECT sum(x) FROM {table}").fetchone() == (4950,)
+
+        async def use_asyncpg() -> int:
+            conn = await asyncpg.connect(
+                host="127.0.0.1",
+                port=p.port,
+                user="md5_user",
+                password="md5-secret",
+                database=TEST_DATABASE,
+                timeout=TIMEOUT,
+            )
+            try:
+                stmt = await conn.prepare("SELECT $1::int * 2")
+                return int(await stmt.fetchval(21))
+            finally:
+                await conn.close()
+
+        assert asyncio.run(use_asyncpg()) == 42
+        con = pg8000.native.Connection(
+            "md5_user",
+            host="127.0.0.1",
+            port=p.port,
+            password="md5-secret",
+            database=TEST_DATABASE,
+            timeout=TIMEOUT,
+        )
+        try:
+            assert con.run("SELECT :x::int + 1", x=41) == [[42]]
+        finally:
+            con.close()
 
 
 # --- PostgreSQL 18 -------------------------------------------------------------------
