@@ -404,6 +404,9 @@ class Login(Base):
         pool.opening -= 1
         s.state = S_INTERNAL
         s.login = None
+        # server_lifetime counts from here: a login slower than a short lifetime must
+        # not make every new connection expire before anyone could use it.
+        s.created = self._now
         if group.server_params is None:
             group.server_params = {
                 k: v for k, v in s.params.items() if k not in ("is_superuser",)
