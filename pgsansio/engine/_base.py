@@ -3,7 +3,7 @@
 The Engine is one object assembled from mixins (:mod:`._relay`, :mod:`._login`,
 :mod:`._pooling` and :mod:`._engine` itself) so that no module grows past a few hundred
 lines. This base declares, once, the attributes and the cross-module methods, so each
-mixin type-checks alone; the real methods override these stubs through the MRO.
+mixin type-checks alone; the declarations exist for the type checker only.
 """
 
 from __future__ import annotations
@@ -38,69 +38,55 @@ class Base:
     _statement_counter: int
     _shutting_down: bool
 
-    def _log(self, level: int, message: str) -> None:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # declarations only: the mixins define them
 
-    def _at(self, when: float, fn: Callable[[], None]) -> None:
-        raise NotImplementedError
+        def _log(self, level: int, message: str) -> None: ...
 
-    def _send_client(self, c: Client, event: Event) -> None:
-        raise NotImplementedError
+        def _at(self, when: float, fn: Callable[[], None]) -> None: ...
 
-    def _send_server(self, s: ServerConn, data: bytes) -> None:
-        raise NotImplementedError
+        def _send_client(self, c: Client, event: Event) -> None: ...
 
-    def _where(self, s: ServerConn) -> str:
-        raise NotImplementedError
+        def _send_server(self, s: ServerConn, data: bytes) -> None: ...
 
-    def _drop_client(
-        self, c: Client, error: ErrorResponse | None = None, *, closed: bool = False
-    ) -> None:
-        raise NotImplementedError
+        def _where(self, s: ServerConn) -> str: ...
 
-    def _maybe_exit(self, *, force: bool = False) -> None:
-        raise NotImplementedError
+        def _drop_client(
+            self, c: Client, error: ErrorResponse | None = None, *, closed: bool = False
+        ) -> None: ...
 
-    def _link(self, c: Client, s: ServerConn) -> None:
-        raise NotImplementedError
+        def _maybe_exit(self, *, force: bool = False) -> None: ...
 
-    def _internal_query(self, s: ServerConn, sql: str, tag: str) -> None:
-        raise NotImplementedError
+        def _link(self, c: Client, s: ServerConn) -> None: ...
 
-    def _internal_done(self, s: ServerConn, entry: Entry) -> None:
-        raise NotImplementedError
+        def _internal_query(self, s: ServerConn, sql: str, tag: str) -> None: ...
 
-    def _release_if_done(self, s: ServerConn) -> None:
-        raise NotImplementedError
+        def _internal_done(self, s: ServerConn, entry: Entry) -> None: ...
 
-    def _cache_size(self, c: Client) -> int:
-        raise NotImplementedError
+        def _release_if_done(self, s: ServerConn) -> None: ...
 
-    def _welcome(self, c: Client) -> None:
-        raise NotImplementedError
+        def _cache_size(self, c: Client) -> int: ...
 
-    def _choose_pool(self, c: Client) -> Pool:
-        raise NotImplementedError
+        def _welcome(self, c: Client) -> None: ...
 
-    def _open_server(self, pool: Pool) -> ServerConn:
-        raise NotImplementedError
+        def _choose_pool(self, c: Client) -> Pool: ...
 
-    def _close_server(self, s: ServerConn, *, send: bool = True) -> None:
-        raise NotImplementedError
+        def _open_server(self, pool: Pool) -> ServerConn: ...
 
-    def _refill(self, pool: Pool) -> None:
-        raise NotImplementedError
+        def _close_server(self, s: ServerConn, *, send: bool = True) -> None: ...
 
-    def _server_free(self, s: ServerConn) -> None:
-        raise NotImplementedError
+        def _refill(self, pool: Pool) -> None: ...
 
-    def _fail_requests(
-        self, c: Client, pending: list[tuple[bytes, list[Event], list[int]]], error: ErrorResponse
-    ) -> None:
-        raise NotImplementedError
+        def _server_free(self, s: ServerConn) -> None: ...
 
-    def _server_gone(self, s: ServerConn, error: ErrorResponse, *, closed: bool = False) -> None:
-        raise NotImplementedError
+        def _fail_requests(
+            self,
+            c: Client,
+            pending: list[tuple[bytes, list[Event], list[int]]],
+            error: ErrorResponse,
+        ) -> None: ...
 
-    def _auth_query_failed(self, s: ServerConn, error: ErrorResponse) -> None:
-        raise NotImplementedError
+        def _server_gone(
+            self, s: ServerConn, error: ErrorResponse, *, closed: bool = False
+        ) -> None: ...
+
+        def _auth_query_failed(self, s: ServerConn, error: ErrorResponse) -> None: ...
