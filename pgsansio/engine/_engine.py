@@ -411,8 +411,7 @@ class Engine(Relay, Login, Pooling):
                     self._client_span(c, span)
                 else:
                     self._drop_client(c, None, closed=True)  # ConnectionClosed (EOF)
-                    return
-                continue
+                return  # a span holds every whole message received (see _read_server)
             event = conn.next_event()
             if event is _NEED_DATA or event is _PAUSED:
                 return
@@ -613,6 +612,9 @@ class Engine(Relay, Login, Pooling):
                 )
                 return
             self._to_client(s, span)
+            # In the query phase a span holds every whole message received; what is
+            # left is part of a message, so asking again would only say NEED_DATA.
+            return
 
     def _where(self, s: ServerConn) -> str:
         return f"{s.address.host}:{s.address.port}"
