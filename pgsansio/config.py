@@ -52,15 +52,33 @@ Nothing here reads the environment: ``CONFIG_FILE`` is the command line's busine
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import os
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pgsansio._config_keys import (
+    _DEFAULT_SHARD,
+    _GENERAL_KEYS,
+    _POOL_KEYS,
+    _POOL_TABLES,
+    _SECTION_OF,
+    _SHARD_KEYS,
+    _SHARD_LISTS,
+    _TOML_ERROR,
+    _TOP_KEYS,
+    _TOP_TABLES,
+    _USER_KEYS,
+    _Key,
+)
+from pgsansio._config_toml import (
+    _join,
+    _toml_str,
+    _toml_value,
+    effective_config_toml,
+)
 from pgsansio.config_model import (
     Config,
     General,
@@ -71,12 +89,10 @@ from pgsansio.config_model import (
 )
 
 if TYPE_CHECKING:
-    from _typeshed import DataclassInstance
+    pass
 
 __all__ = ["ConfigError", "effective_config_toml", "load_config", "parse_config"]
 
-_U32_MAX = 2**32 - 1
-_MASK = "********"
 _ADMIN_DATABASES = ("pgcat", "pgbouncer")
 
 
@@ -102,172 +118,6 @@ class ConfigError(Exception):
         if self.line is not None:
             return f"{self.path}: line {self.line}: {self.problem}"
         return f"{self.path}: {self.problem}"
-
-
-# --------------------------------------------------------------------------------------
-# Key specifications
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Key:
-    """How one scalar key is checked; the messages are built from these fields."""
-
-    kind: str  # "str" | "bool" | "uint" | "posint" | "port" | "enum"
-    unit: str = ""  # shown in messages, e.g. "milliseconds"
-    maximum: int | None = None
-    minimum_port: int = 1
-    choices: Mapping[str, str] | None = None  # accepted spelling -> canonical value
-    required: bool = False
-    hint: str = ""  # said when a required key is missing
-    secret: bool = False  # never echo the value back, not even a mistyped one
-
-
-_MS = "milliseconds"
-_S = "seconds"
-
-_POOL_MODES = {"transaction": "transaction", "Transaction": "transaction"}
-_POOL_MODES |= {"session": "session", "Session": "session"}
-_AUTH_TYPES = {"md5": "md5", "MD5": "md5", "trust": "trust", "Trust": "trust"}
-_AUTH_TYPES |= {"scram-sha-256": "scram-sha-256"}
-
-_GENERAL_KEYS: dict[str, _Key] = {
-    "host": _Key("str"),
-    "port": _Key("port", minimum_port=0),
-    "enable_prometheus_exporter": _Key("bool"),
-    "prometheus_exporter_port": _Key("port"),
-    "connect_timeout": _Key("uint", _MS),
-    "idle_timeout": _Key("uint", _MS),
-    "server_lifetime": _Key("uint", _MS),
-    "idle_client_in_transaction_timeout": _Key("uint", _MS),
-    "healthcheck_timeout": _Key("uint", _MS),
-    "healthcheck_delay": _Key("uint", _MS),
-    "shutdown_timeout": _Key("uint", _MS),
-    "ban_time": _Key("uint", _S),
-    "log_client_connections": _Key("bool"),
-    "log_client_disconnections": _Key("bool"),
-    "autoreload": _Key("posint", _MS),
-    "worker_threads": _Key("posint"),
-    "tcp_keepalives_idle": _Key("uint", _S),
-    "tcp_keepalives_count": _Key("uint", maximum=_U32_MAX),
-    "tcp_keepalives_interval": _Key("uint", _S),
-    "tcp_user_timeout": _Key("uint", _MS),
-    "tls_certificate": _Key("str"),
-    "tls_private_key": _Key("str"),
-    "server_tls": _Key("bool"),
-    "verify_server_certificate": _Key("bool"),
-    "admin_username": _Key(
-        "str", required=True, hint="the user name for the admin console (pgcat/pgbouncer)"
-    ),
-    "admin_password": _Key(
-        "str", required=True, hint="the password for the admin console", secret=True
-    ),
-    "admin_auth_type": _Key("enum", choices=_AUTH_TYPES),
-    "validate_config": _Key("bool"),
-    "server_round_robin": _Key("bool"),
-    "dns_cache_enabled": _Key("bool"),
-    "dns_max_ttl": _Key("uint", _S),
-    "auth_query": _Key("str"),
-    "auth_query_user": _Key("str"),
-    "auth_query_password": _Key("str", secret=True),
-    "server_reset_query": _Key("str"),
-    "max_client_conn": _Key("uint"),
-}
-
-_POOL_KEYS: dict[str, _Key] = {
-    "pool_mode": _Key("enum", choices=_POOL_MODES),
-    "load_balancing_mode": _Key(
-        "enum",
-        choices={
-            "random": "random",
-            "Random": "random",
-            "loc": "loc",
-            "LOC": "loc",
-            "least_outstanding_connections": "loc",
-        },
-    ),
-    "default_role": _Key(
-        "enum", choices={"any": "any", "primary": "primary", "replica": "replica"}
-    ),
-    "query_parser_enabled": _Key("bool"),
-    "query_parser_max_length": _Key("uint"),
-    "query_parser_read_write_splitting": _Key("bool"),
-    "primary_reads_enabled": _Key("bool"),
-    "connect_timeout": _Key("uint", _MS),
-    "idle_timeout": _Key("uint", _MS),
-    "server_lifetime": _Key("uint", _MS),
-    "checkout_failure_limit": _Key("uint"),
-    "sharding_function": _Key(
-        "enum", choices={"pg_bigint_hash": "pg_bigint_hash", "sha1": "sha1"}
-    ),
-    "automatic_sharding_key": _Key("str"),
-    "sharding_key_regex": _Key("str"),
-    "shard_id_regex": _Key("str"),
-    "regex_search_limit": _Key("uint"),
-    "default_shard": _Key("str"),
-    "auth_query": _Key("str"),
-    "auth_query_user": _Key("str"),
-    "auth_query_password": _Key("str", secret=True),
-    "cleanup_server_connections": _Key("bool"),
-    "log_client_parameter_status_changes": _Key("bool"),
-    "prepared_statements_cache_size": _Key("uint"),
-    "db_activity_based_routing": _Key("bool"),
-    "db_activity_init_delay": _Key("uint", _MS),
-    "db_activity_ttl": _Key("uint", _S),
-    "table_mutation_cache_ms_ttl": _Key("uint", _MS),
-}
-_POOL_TABLES = ("users", "shards", "plugins")
-
-_USER_KEYS: dict[str, _Key] = {
-    "username": _Key("str", required=True, hint="the user name clients log in with"),
-    "password": _Key("str", secret=True),
-    "auth_type": _Key("enum", choices=_AUTH_TYPES),
-    "server_username": _Key("str"),
-    "server_password": _Key("str", secret=True),
-    "pool_size": _Key(
-        "posint",
-        maximum=_U32_MAX,
-        required=True,
-        hint="the most server connections this user may open to each server",
-    ),
-    "min_pool_size": _Key("uint", maximum=_U32_MAX),
-    "pool_mode": _Key("enum", choices=_POOL_MODES),
-    "server_lifetime": _Key("uint", _MS),
-    "idle_timeout": _Key("uint", _MS),
-    "connect_timeout": _Key("uint", _MS),
-    "statement_timeout": _Key("uint", _MS),
-}
-
-_SHARD_KEYS: dict[str, _Key] = {
-    "database": _Key("str", required=True, hint="the database name on the servers"),
-}
-_SHARD_LISTS = ("servers", "mirrors")
-
-_TOP_KEYS: dict[str, _Key] = {"path": _Key("str")}
-_TOP_TABLES = ("general", "pools", "plugins")
-
-
-def _sections() -> dict[str, str]:
-    """Where each key belongs, to tell an operator who put one in the wrong section.
-
-    Later sections win, so a key valid in several places points at [general] or the pool.
-    """
-    where: dict[str, str] = {}
-    for place, keys in (
-        ("a user setting: put it in [pools.<name>.users.<n>]", _USER_KEYS),
-        ("a shard setting: put it in [pools.<name>.shards.<n>]", _SHARD_KEYS),
-        ("a pool setting: put it in [pools.<name>]", _POOL_KEYS),
-        ("a general setting: put it in [general]", _GENERAL_KEYS),
-    ):
-        where |= dict.fromkeys(keys, place)
-    return where
-
-
-_SECTION_OF = _sections()
-
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-_DEFAULT_SHARD = re.compile(r"^shard_(\d+)$")
-_TOML_ERROR = re.compile(r"^(?P<msg>.*?)\s*\(at line (?P<line>\d+), column (?P<col>\d+)\)$")
 
 
 # --------------------------------------------------------------------------------------
@@ -357,12 +207,6 @@ class _Context:
 
     def warn(self, key: str, problem: str) -> None:
         self.warnings.append(f"{self.path}: {key}: {problem}")
-
-
-def _join(prefix: str, key: str) -> str:
-    """Dotted path of ``key`` under ``prefix``, quoting keys the way TOML would."""
-    part = key if _BARE_KEY.match(key) else _toml_str(key)
-    return f"{prefix}.{part}" if prefix else part
 
 
 def _show(value: object) -> str:
@@ -833,92 +677,3 @@ def _read_mirrors(
             )
         mirrors.append((host, port, target))
     return tuple(mirrors)
-
-
-# --------------------------------------------------------------------------------------
-# Writing
-# --------------------------------------------------------------------------------------
-
-_SECRET_GENERAL = frozenset({"admin_password", "auth_query_password"})
-_SECRET_POOL = frozenset({"auth_query_password"})
-_SECRET_USER = frozenset({"password", "server_password"})
-
-
-def effective_config_toml(config: Config) -> str:
-    """Render ``config`` as ``pgcat.toml`` text with every default written out.
-
-    What ``pgsansio check`` prints, so an operator can see what the pooler will really
-    do, including the values inherited from [general] and the pool. Secrets are
-    replaced by ``"********"``: this output ends up in tickets and chat. Reading the
-    text back gives the same configuration, apart from those passwords.
-    """
-    lines = [
-        f"# The effective configuration read from {config.path}.",
-        "# Every default is filled in, inherited values are resolved, passwords are masked.",
-        "",
-        "[general]",
-    ]
-    lines += _emit_fields(config.general, (), _SECRET_GENERAL)
-    for name, pool in config.pools.items():
-        prefix = _join("pools", name)
-        lines += ["", f"[{prefix}]"]
-        lines += _emit_fields(pool, ("name", "users", "shards"), _SECRET_POOL)
-        for i, user in enumerate(pool.users.values()):
-            lines += ["", f"[{prefix}.users.{i}]"]
-            lines += _emit_fields(user, (), _SECRET_USER)
-        for shard in pool.shards:
-            lines += ["", f"[{prefix}.shards.{shard.index}]"]
-            lines.append(f"database = {_toml_str(shard.database)}")
-            servers = [[s.host, s.port, s.role] for s in shard.servers]
-            lines.append(f"servers = {_toml_value(servers)}")
-            lines.append(f"mirrors = {_toml_value([list(m) for m in shard.mirrors])}")
-    return "\n".join(lines) + "\n"
-
-
-def _emit_fields(
-    obj: DataclassInstance, skip: Iterable[str], secrets: frozenset[str]
-) -> list[str]:
-    out = []
-    for f in dataclasses.fields(obj):
-        if f.name in skip:
-            continue
-        value = getattr(obj, f.name)
-        if value is None:
-            out.append(f"# {f.name} is not set")
-        elif f.name in secrets:
-            out.append(f"{f.name} = {_toml_str(_MASK)}")
-        else:
-            out.append(f"{f.name} = {_toml_value(value)}")
-    return out
-
-
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        if "\\" in value and _LITERAL_OK.match(value):
-            return f"'{value}'"  # a literal string keeps regexes readable
-        return _toml_str(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} as TOML")
-
-
-_LITERAL_OK = re.compile(r"^[^'\x00-\x08\x0a-\x1f\x7f]*$")
-_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f"}
-_ESCAPES["\r"] = "\\r"
-
-
-def _toml_str(s: str) -> str:
-    """A TOML basic string; control characters are escaped, other text kept as is."""
-    out = []
-    for ch in s:
-        if ch in _ESCAPES:
-            out.append(_ESCAPES[ch])
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'

@@ -1,0 +1,177 @@
+"""The pgcat.toml keys pgsansio reads: types, units, limits, PgCat's spellings.
+
+Data for :mod:`pgsansio.config`, which checks a file against these tables and names
+the file, the key and the problem when something does not fit.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+_U32_MAX = 2**32 - 1
+# --------------------------------------------------------------------------------------
+# Key specifications
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Key:
+    """How one scalar key is checked; the messages are built from these fields."""
+
+    kind: str  # "str" | "bool" | "uint" | "posint" | "port" | "enum"
+    unit: str = ""  # shown in messages, e.g. "milliseconds"
+    maximum: int | None = None
+    minimum_port: int = 1
+    choices: Mapping[str, str] | None = None  # accepted spelling -> canonical value
+    required: bool = False
+    hint: str = ""  # said when a required key is missing
+    secret: bool = False  # never echo the value back, not even a mistyped one
+
+
+_MS = "milliseconds"
+_S = "seconds"
+
+_POOL_MODES = {"transaction": "transaction", "Transaction": "transaction"}
+_POOL_MODES |= {"session": "session", "Session": "session"}
+_AUTH_TYPES = {"md5": "md5", "MD5": "md5", "trust": "trust", "Trust": "trust"}
+_AUTH_TYPES |= {"scram-sha-256": "scram-sha-256"}
+
+_GENERAL_KEYS: dict[str, _Key] = {
+    "host": _Key("str"),
+    "port": _Key("port", minimum_port=0),
+    "enable_prometheus_exporter": _Key("bool"),
+    "prometheus_exporter_port": _Key("port"),
+    "connect_timeout": _Key("uint", _MS),
+    "idle_timeout": _Key("uint", _MS),
+    "server_lifetime": _Key("uint", _MS),
+    "idle_client_in_transaction_timeout": _Key("uint", _MS),
+    "healthcheck_timeout": _Key("uint", _MS),
+    "healthcheck_delay": _Key("uint", _MS),
+    "shutdown_timeout": _Key("uint", _MS),
+    "ban_time": _Key("uint", _S),
+    "log_client_connections": _Key("bool"),
+    "log_client_disconnections": _Key("bool"),
+    "autoreload": _Key("posint", _MS),
+    "worker_threads": _Key("posint"),
+    "tcp_keepalives_idle": _Key("uint", _S),
+    "tcp_keepalives_count": _Key("uint", maximum=_U32_MAX),
+    "tcp_keepalives_interval": _Key("uint", _S),
+    "tcp_user_timeout": _Key("uint", _MS),
+    "tls_certificate": _Key("str"),
+    "tls_private_key": _Key("str"),
+    "server_tls": _Key("bool"),
+    "verify_server_certificate": _Key("bool"),
+    "admin_username": _Key(
+        "str", required=True, hint="the user name for the admin console (pgcat/pgbouncer)"
+    ),
+    "admin_password": _Key(
+        "str", required=True, hint="the password for the admin console", secret=True
+    ),
+    "admin_auth_type": _Key("enum", choices=_AUTH_TYPES),
+    "validate_config": _Key("bool"),
+    "server_round_robin": _Key("bool"),
+    "dns_cache_enabled": _Key("bool"),
+    "dns_max_ttl": _Key("uint", _S),
+    "auth_query": _Key("str"),
+    "auth_query_user": _Key("str"),
+    "auth_query_password": _Key("str", secret=True),
+    "server_reset_query": _Key("str"),
+    "max_client_conn": _Key("uint"),
+}
+
+_POOL_KEYS: dict[str, _Key] = {
+    "pool_mode": _Key("enum", choices=_POOL_MODES),
+    "load_balancing_mode": _Key(
+        "enum",
+        choices={
+            "random": "random",
+            "Random": "random",
+            "loc": "loc",
+            "LOC": "loc",
+            "least_outstanding_connections": "loc",
+        },
+    ),
+    "default_role": _Key(
+        "enum", choices={"any": "any", "primary": "primary", "replica": "replica"}
+    ),
+    "query_parser_enabled": _Key("bool"),
+    "query_parser_max_length": _Key("uint"),
+    "query_parser_read_write_splitting": _Key("bool"),
+    "primary_reads_enabled": _Key("bool"),
+    "connect_timeout": _Key("uint", _MS),
+    "idle_timeout": _Key("uint", _MS),
+    "server_lifetime": _Key("uint", _MS),
+    "checkout_failure_limit": _Key("uint"),
+    "sharding_function": _Key(
+        "enum", choices={"pg_bigint_hash": "pg_bigint_hash", "sha1": "sha1"}
+    ),
+    "automatic_sharding_key": _Key("str"),
+    "sharding_key_regex": _Key("str"),
+    "shard_id_regex": _Key("str"),
+    "regex_search_limit": _Key("uint"),
+    "default_shard": _Key("str"),
+    "auth_query": _Key("str"),
+    "auth_query_user": _Key("str"),
+    "auth_query_password": _Key("str", secret=True),
+    "cleanup_server_connections": _Key("bool"),
+    "log_client_parameter_status_changes": _Key("bool"),
+    "prepared_statements_cache_size": _Key("uint"),
+    "db_activity_based_routing": _Key("bool"),
+    "db_activity_init_delay": _Key("uint", _MS),
+    "db_activity_ttl": _Key("uint", _S),
+    "table_mutation_cache_ms_ttl": _Key("uint", _MS),
+}
+_POOL_TABLES = ("users", "shards", "plugins")
+
+_USER_KEYS: dict[str, _Key] = {
+    "username": _Key("str", required=True, hint="the user name clients log in with"),
+    "password": _Key("str", secret=True),
+    "auth_type": _Key("enum", choices=_AUTH_TYPES),
+    "server_username": _Key("str"),
+    "server_password": _Key("str", secret=True),
+    "pool_size": _Key(
+        "posint",
+        maximum=_U32_MAX,
+        required=True,
+        hint="the most server connections this user may open to each server",
+    ),
+    "min_pool_size": _Key("uint", maximum=_U32_MAX),
+    "pool_mode": _Key("enum", choices=_POOL_MODES),
+    "server_lifetime": _Key("uint", _MS),
+    "idle_timeout": _Key("uint", _MS),
+    "connect_timeout": _Key("uint", _MS),
+    "statement_timeout": _Key("uint", _MS),
+}
+
+_SHARD_KEYS: dict[str, _Key] = {
+    "database": _Key("str", required=True, hint="the database name on the servers"),
+}
+_SHARD_LISTS = ("servers", "mirrors")
+
+_TOP_KEYS: dict[str, _Key] = {"path": _Key("str")}
+_TOP_TABLES = ("general", "pools", "plugins")
+
+
+def _sections() -> dict[str, str]:
+    """Where each key belongs, to tell an operator who put one in the wrong section.
+
+    Later sections win, so a key valid in several places points at [general] or the pool.
+    """
+    where: dict[str, str] = {}
+    for place, keys in (
+        ("a user setting: put it in [pools.<name>.users.<n>]", _USER_KEYS),
+        ("a shard setting: put it in [pools.<name>.shards.<n>]", _SHARD_KEYS),
+        ("a pool setting: put it in [pools.<name>]", _POOL_KEYS),
+        ("a general setting: put it in [general]", _GENERAL_KEYS),
+    ):
+        where |= dict.fromkeys(keys, place)
+    return where
+
+
+_SECTION_OF = _sections()
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_DEFAULT_SHARD = re.compile(r"^shard_(\d+)$")
+_TOML_ERROR = re.compile(r"^(?P<msg>.*?)\s*\(at line (?P<line>\d+), column (?P<col>\d+)\)$")
