@@ -37,10 +37,20 @@ class Base:
     _statements: dict[tuple[str, tuple[int, ...]], Prepared]
     _statement_counter: int
     _shutting_down: bool
+    _exited: bool
+    _timers: list[tuple[float, int, Callable[[], None]]]
 
     if TYPE_CHECKING:  # declarations only: the mixins define them
 
         def _log(self, level: int, message: str) -> None: ...
+
+        def _unref(self, p: Prepared) -> None: ...
+
+        def _unlink(self, c: Client, s: ServerConn) -> None: ...
+
+        def _cancel_server(self, target: ServerConn) -> None: ...
+
+        def _send_internal(self, s: ServerConn, sql: str, tag: str) -> None: ...
 
         def _at(self, when: float, fn: Callable[[], None]) -> None: ...
 

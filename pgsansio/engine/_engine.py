@@ -33,7 +33,6 @@ from pgsansio.protocol import PAUSED as _PAUSED
 from pgsansio.protocol import (
     CancelRequest,
     ConnectionClosed,
-    CopyFail,
     ErrorResponse,
     Event,
     GSSENCRequest,
@@ -48,9 +47,6 @@ from pgsansio.protocol import (
 )
 
 from ._effects import (
-    CloseClient,
-    CloseServer,
-    Exit,
     Log,
     ReadClient,
     ReadServer,
@@ -58,6 +54,7 @@ from ._effects import (
     SendServer,
     Wakeup,
 )
+from ._leaving import TERMINATING, Leaving
 from ._login import Login, fatal
 from ._objects import (
     C_AUTH,
@@ -91,19 +88,15 @@ if TYPE_CHECKING:
 __all__ = ["Engine"]
 
 CLIENT_LOGIN_TIMEOUT = 60.0
-_TERMINATING = ErrorResponse.build(
-    "57P01", "terminating connection due to administrator command", "FATAL"
-)
 _INTERNAL = ErrorResponse.build(
     "XX000", "internal error in the pooler; the connection is closed", "FATAL"
 )
-ABANDON_GRACE = 5.0  # seconds a cancelled, abandoned server may take to answer
 INTERNAL_QUERY_TIMEOUT = 10.0  # seconds for our own SET / ROLLBACK / DISCARD ALL
 _EXTENDED_NAMES = frozenset({"Parse", "Bind", "Describe", "Execute", "Close"})
 _TRACKED_LOWER = {name.lower(): name for name in TRACKED}
 
 
-class Engine(Relay, Login, Pooling):
+class Engine(Relay, Login, Pooling, Leaving):
     """See the package docstring for the inputs and effects."""
 
     def __init__(self, config: Config, *, seed: int | None = None) -> None:
@@ -339,7 +332,7 @@ class Engine(Relay, Login, Pooling):
             for c in list(self.clients.values()):
                 s = c.server
                 if s is None or (not s.queue and s.conn.idle and s.conn.transaction_status == "I"):
-                    self._drop_client(c, _TERMINATING)
+                    self._drop_client(c, TERMINATING)
             timeout = self.config.general.shutdown_timeout / 1000
             self._at(now + timeout, self._shutdown_timeout)
             self._maybe_exit()
@@ -522,7 +515,7 @@ class Engine(Relay, Login, Pooling):
                 self._at(self._now + timeout / 1000, lambda: self._idle_tx_timeout(c, s, gen))
             return
         if self._shutting_down and not c.pending:
-            self._drop_client(c, _TERMINATING)  # its transaction is over: let it go
+            self._drop_client(c, TERMINATING)  # its transaction is over: let it go
             return
         if c.user.pool_mode != "transaction" or c.unnamed_pending or c.pending:
             return
@@ -623,135 +616,4 @@ class Engine(Relay, Login, Pooling):
 
     # === timeouts ====================================================================
 
-    def _statement_timeout(self, s: ServerConn, gen: int) -> None:
-        c = s.client
-        if c is None or s.query_gen != gen or not s.queue or c.user is None:
-            return
-        self._log(logging.WARNING, f"client {c.cid}: statement timeout on {self._where(s)}")
-        # As PgCat: the server is slow or hung, so it is not trusted again; cancel what
-        # it runs and close it now (not after a drain that may never come).
-        self._unlink(c, s)
-        self._cancel_server(s)
-        self._close_server(s)
-        if s.pool is not None:
-            self._refill(s.pool)
-        self._drop_client(
-            c,
-            fatal(
-                "57014",
-                f"pool statement timeout: the query ran longer than statement_timeout "
-                f"({c.user.statement_timeout} ms)",
-            ),
-        )
-
-    def _idle_tx_timeout(self, c: Client, s: ServerConn, gen: int) -> None:
-        if c.server is not s or s.query_gen != gen or s.queue:
-            return
-        if s.conn.transaction_status == "I":
-            return
-        self._drop_client(c, fatal("25P03", "idle transaction timeout"))
-
-    def _shutdown_timeout(self) -> None:
-        for c in list(self.clients.values()):
-            self._drop_client(
-                c, fatal("57P01", "terminating connection due to administrator command")
-            )
-        for s in list(self.servers.values()):
-            self._close_server(s)
-        self._maybe_exit(force=True)
-
-    def _maybe_exit(self, *, force: bool = False) -> None:
-        if not self._shutting_down or self._exited:
-            return
-        if self.clients and not force:
-            return
-        for s in list(self.servers.values()):
-            if s.state != S_CLOSED:
-                s.state = S_CLOSED
-                self.servers.pop(s.sid, None)
-                self._out.append(CloseServer(s.sid))
-        self._exited = True
-        self._timers.clear()
-        self._out.append(Exit(0))
-
     # === clients: leaving ============================================================
-
-    def _drop_client(
-        self, c: Client, error: ErrorResponse | None = None, *, closed: bool = False
-    ) -> None:
-        if c.state == C_CLOSED:
-            return
-        if error is not None and not closed:
-            try:
-                self._out.append(SendClient(c.cid, c.conn.send(error)))
-            except ProtocolError:
-                self._out.append(SendClient(c.cid, bytes(error)))
-        c.state = C_CLOSED
-        self.clients.pop(c.cid, None)
-        if self._cancel_keys.get(c.cancel_key) is c:
-            del self._cancel_keys[c.cancel_key]
-        if not closed:
-            self._out.append(CloseClient(c.cid))
-        if c.waiting_since is not None and c.pool is not None:
-            try:
-                c.pool.waiters.remove(c)
-            except ValueError:
-                pass
-            c.waiting_since = None
-        if c.group is not None and c in c.group.login_waiters:
-            c.group.login_waiters.remove(c)
-        for p in c.prepared.values():
-            self._unref(p)
-        c.prepared.clear()
-        c.pending = []
-        s = c.server
-        if s is not None:
-            self._abandon(c, s)
-        if self.config.general.log_client_disconnections and c.group is not None:
-            self._log(logging.INFO, f"client {c.cid} from {c.peer} disconnected")
-        self._maybe_exit()
-
-    def _abandon(self, c: Client, s: ServerConn) -> None:
-        """The client left while holding ``s``: make it clean for the next one."""
-        self._unlink(c, s)
-        if s.state == S_CLOSED:
-            return
-        if s.conn.frontend_copy_open:
-            # A backend waiting for COPY data ignores a cancel: end the COPY instead
-            # (the rows sent so far are rolled back), then close once it has answered.
-            s.close_needed = True
-            self._send_server(s, s.conn.send(CopyFail("the client disconnected")))
-            self._at(self._now + ABANDON_GRACE, lambda: self._close_abandoned(s))
-            return
-        if any(x.mode != SKIP for x in s.queue):
-            # A query runs: cancel it, let the answer drain (nobody reads it), then
-            # close this connection; never later than ABANDON_GRACE seconds.
-            s.close_needed = True
-            self._cancel_server(s)
-            self._at(self._now + ABANDON_GRACE, lambda: self._close_abandoned(s))
-            return
-        if s.queue:
-            return  # our own query (a SET) is running; _internal_done frees it
-        if not s.conn.idle:
-            # Extended-protocol messages without their Sync (an implicit transaction
-            # is open, or the server skips to a Sync after an error). A Sync of ours
-            # would commit what the client never committed: close instead.
-            self._close_server(s)
-            if s.pool is not None:
-                self._refill(s.pool)
-            return
-        assert c.user is not None
-        if s.conn.transaction_status != "I":
-            self._internal_query(s, "ROLLBACK", "rollback")
-            if c.user.pool_mode == "session":
-                self._send_internal(s, self.config.general.server_reset_query, "reset")
-        elif c.user.pool_mode == "session":
-            self._internal_query(s, self.config.general.server_reset_query, "reset")
-        else:
-            self._server_free(s)
-
-    def _close_abandoned(self, s: ServerConn) -> None:
-        if s.state != S_CLOSED and s.client is None:
-            self._close_server(s)
-            if s.pool is not None:
-                self._refill(s.pool)

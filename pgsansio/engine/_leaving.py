@@ -1,0 +1,162 @@
+"""Clients leaving (on purpose or not), the timeouts that end them, and shutdown.
+
+Mixed into :class:`~._engine.Engine`. The rule throughout: a server a client leaves
+behind is never handed to anyone else dirty. Idle and clean, it goes back to the pool;
+in a transaction it gets ``ROLLBACK`` (and ``server_reset_query`` in session mode);
+with a query running it gets a CancelRequest and is closed once it has answered; in
+COPY FROM STDIN it gets CopyFail; with extended-protocol messages awaiting their Sync
+it is closed (our own Sync would commit what the client never committed).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pgsansio.protocol import CopyFail, ErrorResponse, ProtocolError
+
+from ._base import Base
+from ._effects import CloseClient, CloseServer, Exit, SendClient
+from ._login import fatal
+from ._objects import C_CLOSED, S_CLOSED, SKIP, Client, ServerConn
+
+__all__ = ["Leaving"]
+
+ABANDON_GRACE = 5.0  # seconds a cancelled, abandoned server may take to answer
+TERMINATING = ErrorResponse.build(
+    "57P01", "terminating connection due to administrator command", "FATAL"
+)
+
+
+class Leaving(Base):
+    """Mixed into the Engine; see the module docstring."""
+
+    def _statement_timeout(self, s: ServerConn, gen: int) -> None:
+        c = s.client
+        if c is None or s.query_gen != gen or not s.queue or c.user is None:
+            return
+        self._log(logging.WARNING, f"client {c.cid}: statement timeout on {self._where(s)}")
+        # As PgCat: the server is slow or hung, so it is not trusted again; cancel what
+        # it runs and close it now (not after a drain that may never come).
+        self._unlink(c, s)
+        self._cancel_server(s)
+        self._close_server(s)
+        if s.pool is not None:
+            self._refill(s.pool)
+        self._drop_client(
+            c,
+            fatal(
+                "57014",
+                f"pool statement timeout: the query ran longer than statement_timeout "
+                f"({c.user.statement_timeout} ms)",
+            ),
+        )
+
+    def _idle_tx_timeout(self, c: Client, s: ServerConn, gen: int) -> None:
+        if c.server is not s or s.query_gen != gen or s.queue:
+            return
+        if s.conn.transaction_status == "I":
+            return
+        self._drop_client(c, fatal("25P03", "idle transaction timeout"))
+
+    def _shutdown_timeout(self) -> None:
+        for c in list(self.clients.values()):
+            self._drop_client(
+                c, fatal("57P01", "terminating connection due to administrator command")
+            )
+        for s in list(self.servers.values()):
+            self._close_server(s)
+        self._maybe_exit(force=True)
+
+    def _maybe_exit(self, *, force: bool = False) -> None:
+        if not self._shutting_down or self._exited:
+            return
+        if self.clients and not force:
+            return
+        for s in list(self.servers.values()):
+            if s.state != S_CLOSED:
+                s.state = S_CLOSED
+                self.servers.pop(s.sid, None)
+                self._out.append(CloseServer(s.sid))
+        self._exited = True
+        self._timers.clear()
+        self._out.append(Exit(0))
+
+    def _drop_client(
+        self, c: Client, error: ErrorResponse | None = None, *, closed: bool = False
+    ) -> None:
+        if c.state == C_CLOSED:
+            return
+        if error is not None and not closed:
+            try:
+                self._out.append(SendClient(c.cid, c.conn.send(error)))
+            except ProtocolError:
+                self._out.append(SendClient(c.cid, bytes(error)))
+        c.state = C_CLOSED
+        self.clients.pop(c.cid, None)
+        if self._cancel_keys.get(c.cancel_key) is c:
+            del self._cancel_keys[c.cancel_key]
+        if not closed:
+            self._out.append(CloseClient(c.cid))
+        if c.waiting_since is not None and c.pool is not None:
+            try:
+                c.pool.waiters.remove(c)
+            except ValueError:
+                pass
+            c.waiting_since = None
+        if c.group is not None and c in c.group.login_waiters:
+            c.group.login_waiters.remove(c)
+        for p in c.prepared.values():
+            self._unref(p)
+        c.prepared.clear()
+        c.pending = []
+        s = c.server
+        if s is not None:
+            self._abandon(c, s)
+        if self.config.general.log_client_disconnections and c.group is not None:
+            self._log(logging.INFO, f"client {c.cid} from {c.peer} disconnected")
+        self._maybe_exit()
+
+    def _abandon(self, c: Client, s: ServerConn) -> None:
+        """The client left while holding ``s``: make it clean for the next one."""
+        self._unlink(c, s)
+        if s.state == S_CLOSED:
+            return
+        if s.conn.frontend_copy_open:
+            # A backend waiting for COPY data ignores a cancel: end the COPY instead
+            # (the rows sent so far are rolled back), then close once it has answered.
+            s.close_needed = True
+            self._send_server(s, s.conn.send(CopyFail("the client disconnected")))
+            self._at(self._now + ABANDON_GRACE, lambda: self._close_abandoned(s))
+            return
+        if any(x.mode != SKIP for x in s.queue):
+            # A query runs: cancel it, let the answer drain (nobody reads it), then
+            # close this connection; never later than ABANDON_GRACE seconds.
+            s.close_needed = True
+            self._cancel_server(s)
+            self._at(self._now + ABANDON_GRACE, lambda: self._close_abandoned(s))
+            return
+        if s.queue:
+            return  # our own query (a SET) is running; _internal_done frees it
+        if not s.conn.idle:
+            # Extended-protocol messages without their Sync (an implicit transaction
+            # is open, or the server skips to a Sync after an error). A Sync of ours
+            # would commit what the client never committed: close instead.
+            self._close_server(s)
+            if s.pool is not None:
+                self._refill(s.pool)
+            return
+        assert c.user is not None
+        if s.conn.transaction_status != "I":
+            self._internal_query(s, "ROLLBACK", "rollback")
+            if c.user.pool_mode == "session":
+                self._send_internal(s, self.config.general.server_reset_query, "reset")
+        elif c.user.pool_mode == "session":
+            self._internal_query(s, self.config.general.server_reset_query, "reset")
+        else:
+            self._server_free(s)
+
+    def _close_abandoned(self, s: ServerConn) -> None:
+        if s.state != S_CLOSED and s.client is None:
+            self._close_server(s)
+            if s.pool is not None:
+                self._refill(s.pool)
