@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint types unit coverage corpus fuzz bench-core clean demo
+.PHONY: test lint types unit coverage corpus fuzz bench-core clean demo soak
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ FUZZ_SECONDS ?= 60
 fuzz: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[fuzz]'
 	$(PY) fuzz/run.py --seconds $(FUZZ_SECONDS)
+
+## make soak SIM_SOAK=40: the long randomized simulation of the engine
+soak: $(STAMP)
+	$(PY) -m pytest -q -m soak tests/test_simulation.py
 
 ## make bench-core: pytest-benchmark figures for the protocol core
 bench-core: $(STAMP)

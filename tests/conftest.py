@@ -22,7 +22,14 @@ from pgsansio.testing.cluster import TEST_DATABASE, Cluster, ClusterError
 _CLUSTER_FIXTURES = frozenset({"pg15", "pg18", "pg_cluster_factory"})
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The soak runs only when asked for (make soak, or -m soak): deselected, not
+    # skipped, so the default run does not list 40 skips.
+    if "soak" not in (config.getoption("markexpr") or ""):
+        soak = [item for item in items if item.get_closest_marker("soak")]
+        if soak:
+            config.hook.pytest_deselected(items=soak)
+            items[:] = [item for item in items if not item.get_closest_marker("soak")]
     for item in items:
         if _CLUSTER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.postgres)

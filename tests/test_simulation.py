@@ -8,7 +8,8 @@ Every run is a pure function of its seed (see ``tests/sim``). A failing run prin
 ``SIM_CLIENTS`` changes the population (default 200). ``SIM_VERBOSE=1`` traces every
 protocol message (client, engine -> server, server) and the failure report ends with
 the last ``SIM_TAIL`` (default 300) trace lines. The long soak over many seeds and
-random configurations runs with ``pytest -m slow`` (``SIM_SOAK`` seeds, default 40).
+random configurations runs with ``make soak`` (``pytest -m soak``; ``SIM_SOAK`` seeds,
+default 40); the default run leaves it out.
 
 Each scenario family also runs through :class:`tests.sim.direct.DirectProxy`, a
 one-to-one proxy without pooling: the control experiment that shows the scenarios'
@@ -328,11 +329,9 @@ def _soak_case(seed: int) -> dict[str, object]:
     }
 
 
-@pytest.mark.slow
+@pytest.mark.soak
 @pytest.mark.parametrize("seed", range(100, 100 + SOAK))
-def test_soak(seed: int, request: pytest.FixtureRequest) -> None:
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("the soak runs with -m slow")
+def test_soak(seed: int) -> None:
     if "SIM_SEED" in os.environ and int(os.environ["SIM_SEED"]) != seed:
         pytest.skip("SIM_SEED selects another seed")
     check(simulate(seed, clients=CLIENTS, **_soak_case(seed)))  # type: ignore[arg-type]
