@@ -135,7 +135,6 @@ class Login(Base):
         self._challenge(c)
 
     def _challenge(self, c: Client) -> None:
-        user = c.user
         method = self._auth_method(c)
         c.state = C_AUTH
         if method == "trust":
@@ -155,7 +154,6 @@ class Login(Base):
             salt = self.rng.randbytes(4)
             c.auth = ("md5", salt)
             self._send_client(c, AuthenticationMD5Password(salt))
-        del user
 
     def _auth_method(self, c: Client) -> str:
         if c.user is not None and not c.admin:

@@ -256,7 +256,8 @@ class Pooling(Base):
             # would only be noise: just close.
             self._drop_client(c, None if s.fatal_forwarded else error)
         if was in (S_CONNECTING, S_LOGIN):
-            login_failed = True
+            # Fail fast, with the server's own error, the clients nothing else could
+            # serve (PgBouncer's server_login_retry behaviour since 1.24).
             if not any(x.state not in (S_CONNECTING, S_LOGIN) for x in pool.servers):
                 for w in list(pool.waiters):
                     self._drop_client(w, error)
@@ -265,7 +266,6 @@ class Pooling(Base):
                 for w in group.login_waiters:
                     self._drop_client(w, error)
                 group.login_waiters = []
-            del login_failed
         elif pool.waiters:
             self._refill(pool)
 
