@@ -85,6 +85,7 @@ _TERMINAL: dict[int, tuple[type[Event], ...]] = {
 }
 _CLEARS_PREPARED = re.compile(r"^\s*(DEALLOCATE\s+(PREPARE\s+)?ALL|DISCARD\s+ALL)\s*;?\s*$", re.I)
 _RESETS_ALL = re.compile(r"^\s*(RESET\s+ALL|DISCARD\s+ALL)\s*;?\s*$", re.I)
+_SET_CONFIG = re.compile("set_config", re.I)  # scanned in place: no copy of the query
 _INTERNAL_NAME = re.compile(r"PGSANSIO_U?\d+")
 STATEMENT_PREFIX = "PGSANSIO_"
 _TRACKED_LOWER = frozenset(name.lower() for name in TRACKED)
@@ -152,7 +153,7 @@ class Relay(Base):
                 q.append(Entry(K_BIND))
             elif t is Parse:
                 assert isinstance(e, Parse)
-                if "set_config" in e.query.lower():
+                if _SET_CONFIG.search(e.query):
                     s.dirty = True
                 if e.name and rewrite:
                     new = self._client_parse(c, s, e)
@@ -205,7 +206,7 @@ class Relay(Base):
 
     def _query_entry(self, c: Client, s: ServerConn, sql: str) -> Entry:
         sql = strip_comments(sql)
-        if "set_config" in sql or "SET_CONFIG" in sql.upper():
+        if _SET_CONFIG.search(sql):
             s.dirty = True  # set_config(..., false) leaves no SET tag to notice
         if _CLEARS_PREPARED.match(sql):
             for p in c.prepared.values():
