@@ -503,17 +503,20 @@ NOT_TRANSACTION = {  # recordings a transaction pooler cannot reproduce, whateve
     "psql-idle-terminated/c1": _IDLE_FATAL,
     "psql-idle-terminated/c2": _IDLE_FATAL,
 }
-KNOWN: dict[tuple[str, str], str] = {}  # (case, mode) -> where the engine differs
+
+
+def _server_ended(rec: Rec) -> bool:
+    """The recorded server ended the session itself (a FATAL), so it was closed."""
+    return any(
+        isinstance(m.event, pg.ErrorResponse) and m.event.severity == "FATAL" for m in rec.qb
+    )
 
 
 def _params(mode: str) -> list[object]:
     out: list[object] = []
     for rec in REGULAR:
         skip = NOT_TRANSACTION.get(rec.case_id) if mode == "transaction" else None
-        known = KNOWN.get((rec.case_id, mode))
         marks = [pytest.mark.skip(reason=skip)] if skip else []
-        if known:
-            marks.append(pytest.mark.xfail(reason=known, raises=AssertionError, strict=True))
         out.append(pytest.param(rec, id=rec.case_id, marks=marks))
     return out
 
@@ -565,9 +568,7 @@ def check_replay(rec: Rec, mode: str) -> Run:
         expected = stream[rec.qb[0].start : rec.qb[-1].end] if rec.qb else b""
         assert _first_difference(got, expected) is None, _first_difference(got, expected)
         assert main.caught_up(len(rec.qf)), f"request {main.j} never reached the server"
-    server_ended = any(
-        isinstance(m.event, pg.ErrorResponse) and m.event.severity == "FATAL" for m in rec.qb
-    )
+    server_ended = _server_ended(rec)
     if any(isinstance(m.event, pg.Terminate) for m in rec.qf) and not server_ended:
         assert not main.closed, "a client's Terminate must not close its server"
     if cancel_at is not None:
@@ -597,9 +598,7 @@ def test_session_mode(rec: Rec) -> None:
     assert main is not None
     assert all(isinstance(e, pg.Query) for e in main.injected)
     assert all(isinstance(rec.qf[r].event, pg.Terminate) for r in main.suppressed)
-    server_ended = any(
-        isinstance(m.event, pg.ErrorResponse) and m.event.severity == "FATAL" for m in rec.qb
-    )
+    server_ended = _server_ended(rec)
     if isinstance(rec.qf[-1].event, pg.Terminate) and not server_ended:
         assert main.injected[-1] == pg.Query("DISCARD ALL")  # left: the server is reset
 

@@ -92,7 +92,6 @@ _INTERNAL = ErrorResponse.build(
     "XX000", "internal error in the pooler; the connection is closed", "FATAL"
 )
 INTERNAL_QUERY_TIMEOUT = 10.0  # seconds for our own SET / ROLLBACK / DISCARD ALL
-_EXTENDED_NAMES = frozenset({"Parse", "Bind", "Describe", "Execute", "Close"})
 _TRACKED_LOWER = {name.lower(): name for name in TRACKED}
 
 

@@ -118,16 +118,13 @@ class Client:
         "conn",
         "database",
         "group",
-        "idle_since",
         "login_deadline",
         "params",
         "peer",
         "pending",
-        "pending_set",
         "pool",
         "prepared",
         "server",
-        "set_failed",
         "settings",
         "state",
         "sync_key",
@@ -156,10 +153,8 @@ class Client:
         self.params: dict[str, str] = {}
         # Other settings from the startup packet or a plain session SET: re-applied.
         self.settings: dict[str, str] = {}
-        self.pending_set: tuple[str, str | None] | None = None
         # What the session should look like, as a comparable key (None: recompute).
         self.sync_key: tuple[object, ...] | None = None
-        self.set_failed = False
         self.server: ServerConn | None = None
         # Data that arrived while no server was linked: (bytes, events) in order.
         self.pending: list[tuple[bytes, list[Event], list[int]]] = []
@@ -170,7 +165,6 @@ class Client:
         self.waiting_since: float | None = None
         self.wait_gen = 0
         self.checkout_failures = 0
-        self.idle_since = now
         self.login_deadline = now
 
 

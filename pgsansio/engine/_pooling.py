@@ -13,9 +13,14 @@ from __future__ import annotations
 import logging
 
 from pgsansio.protocol import (
+    Bind,
+    Close,
+    Describe,
     ErrorResponse,
     Event,
+    Execute,
     FunctionCall,
+    Parse,
     ProtocolError,
     Query,
     ReadyForQuery,
@@ -40,7 +45,8 @@ from ._objects import (
 
 __all__ = ["Pooling"]
 
-_EXTENDED_NAMES = frozenset({"Parse", "Bind", "Describe", "Execute", "Close"})
+# The extended-protocol requests whose failure the server reports once per batch.
+_EXTENDED = (Parse, Bind, Describe, Execute, Close)
 
 
 class Pooling(Base):
@@ -165,7 +171,7 @@ class Pooling(Base):
                             self._send_client(c, error)
                         self._send_client(c, ReadyForQuery("I"))
                         failed = False
-                    elif not failed and t.__name__ in _EXTENDED_NAMES:
+                    elif not failed and t in _EXTENDED:
                         self._send_client(c, error)
                         failed = True
         except ProtocolError:
