@@ -129,6 +129,8 @@ CASES: list[tuple[str, bool, bool, bool | None, bool]] = [
     ("DECLARE c CURSOR FOR SELECT * FROM t FOR UPDATE", True, False, None, False),
     ("FETCH 10 FROM c", True, False, None, False),
     ("CLOSE c", True, False, None, False),
+    ("MOVE FORWARD 5 IN c", True, False, None, False),
+    ("CLOSE ALL", True, False, None, False),
     # session state
     ("SET search_path TO public", False, False, None, False),
     ("SET LOCAL statement_timeout = '5s'", False, False, None, False),
