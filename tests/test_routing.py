@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import pathlib
+import tracemalloc
 
 import pytest
 from hypothesis import given, settings
@@ -71,6 +73,8 @@ CASES: list[tuple[str, bool, bool, bool | None, bool]] = [
     ("SELECT lower(my_udf(x)) FROM t", True, False, None, False),
     ("SELECT 1 UNION SELECT nextval('s')", True, False, None, False),
     ("SELECT a.b.c()", True, False, None, False),
+    ("VALUES (nextval('s'))", True, False, None, False),
+    ("SELECT * FROM t ORDER BY random_udf()", True, False, None, False),
     ('SELECT "now"()', False, False, None, False),
     ('SELECT "my""fn"()', True, False, None, False),
     # locking reads, SELECT INTO, writable CTEs
@@ -142,6 +146,12 @@ CASES: list[tuple[str, bool, bool, bool | None, bool]] = [
     ("SET TRANSACTION READ ONLY", False, False, R, False),
     ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ WRITE", False, False, W, False),
     ("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", False, False, None, False),
+    ("SET transaction_read_only = on", False, False, R, False),
+    ("SET LOCAL transaction_read_only TO 'off'", False, False, W, False),
+    ("set transaction_read_only = t", False, False, R, False),
+    ("SET transaction_read_only = 0", False, False, W, False),
+    ("SET transaction_read_only = maybe", False, False, None, False),
+    ("SET default_transaction_read_only = on", False, False, None, False),
     ("SHOW search_path", False, False, None, False),
     ("SHOW ALL", False, False, None, False),
     # EXPLAIN
@@ -246,6 +256,7 @@ HINTS = [
     ("/* first */ /* pgsansio_role: replica */ SELECT 1", False, "replica"),
     ("-- first line\n/* pgsansio_role: primary */\nSELECT 1", False, "primary"),
     ("/* outer /* nested */ pgsansio_role: replica */ SELECT 1", False, "replica"),
+    ("/* a /* b /* c */ */ */ /* pgsansio_role: primary */ SELECT 1", False, "primary"),
     ("/* pgsansio_role: replica */ INSERT INTO t VALUES (1)", True, "replica"),
     ("/* pgsansio_role: replica */ SELECT nextval('s')", True, "replica"),
     ("/* pgsansio_role: primary */ SELEC garbage", True, "primary"),
@@ -259,6 +270,7 @@ NOT_HINTS = [
     "/* pgsansio_role replica */ SELECT 1",  # no colon
     "/* pgsansio_role: replica SELECT 1",  # unterminated comment
     "-- nothing here\nSELECT 1",
+    "/* a /* b */ SELECT 1 /* pgsansio_role: replica */",  # inside the unclosed outer one
 ]
 
 
@@ -362,6 +374,23 @@ def test_cache_size_zero_classifies_every_time() -> None:
     assert router.classify("SELECT 1") == Decision(write=False)
     assert router.classify("INSERT INTO t VALUES (1)").write
     assert router.cache_info()[3] == 0
+
+
+def test_a_cache_hit_allocates_nothing() -> None:
+    router = Router()
+    sql = "SELECT * FROM t WHERE id = 1"
+    for _ in range(100):
+        router.classify(sql)
+    tracemalloc.start()
+    try:
+        start, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        for _ in itertools.repeat(None, 10_000):
+            router.classify(sql)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak - start < 256  # 10,000 hits: a single allocation each would be 300 kB
 
 
 def test_equal_decisions_are_one_object() -> None:

@@ -138,17 +138,17 @@ def _hint(sql: str) -> str | None:
             # PostgreSQL block comments nest.
             depth = 1
             j = i + 2
-            while depth and j < n:
-                if sql.startswith("/*", j):
+            while depth:
+                close = sql.find("*/", j)
+                if close < 0:
+                    return None  # unterminated: the server reports the error
+                opening = sql.find("/*", j, close)
+                if opening >= 0:
                     depth += 1
-                    j += 2
-                elif sql.startswith("*/", j):
-                    depth -= 1
-                    j += 2
+                    j = opening + 2
                 else:
-                    j += 1
-            if depth:
-                return None  # unterminated: the server reports the error
+                    depth -= 1
+                    j = close + 2
             body = sql[i + 2 : j - 2]
             i = j
         elif sql.startswith("--", i):
@@ -246,7 +246,8 @@ class Router:
 
     Args:
         max_length: PgCat's ``query_parser_max_length``: a text longer than this many
-            characters is not parsed and counts as a write. 0 means no limit.
+            characters is not parsed and counts as a write. 0 means no limit. (PgCat
+            compares the message's length in bytes, five more than an ASCII text.)
         cache_size: how many distinct texts to remember (least recently used are
             dropped first). 0 disables the cache.
 

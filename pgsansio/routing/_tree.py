@@ -10,7 +10,8 @@ SAVEPOINT / RELEASE / ROLLBACK TO, COMMIT / ROLLBACK / END / ABORT, BEGIN READ O
 
 Session state -- SET, RESET, DISCARD -- is not a write: the engine keeps a client's
 settings and replays them on whichever server it gets, so they may run anywhere. SET
-TRANSACTION READ ONLY / READ WRITE reports ``read_only``. The function form,
+TRANSACTION READ ONLY / READ WRITE, and its GUC form ``SET transaction_read_only = on``,
+report ``read_only``. The function form,
 ``set_config()``, is a write like every function not on the allow-list, because the
 engine cannot follow it.
 
@@ -43,7 +44,34 @@ _WRITE_KEYS = frozenset(
     {"lockingClause", "intoClause", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"}
 )
 _CURSOR_OPT_HOLD = 0x0020  # parsenodes.h: DECLARE ... WITH HOLD
-_FALSE_WORDS = frozenset({"false", "off", "no", "0"})
+
+
+def _pg_bool(text: str) -> bool | None:
+    """PostgreSQL's boolean input (parse_bool): on/off, true/false, yes/no, 1/0 and
+    unambiguous prefixes, any case. None for anything else (the server will refuse it).
+    """
+    t = text.strip().lower()
+    if not t:
+        return None
+    if "true".startswith(t) or "yes".startswith(t) or t == "1":
+        return True
+    if "false".startswith(t) or "no".startswith(t) or t == "0":
+        return False
+    if len(t) >= 2 and "on".startswith(t):
+        return True
+    if len(t) >= 2 and "off".startswith(t):
+        return False
+    return None
+
+
+def _const_bool(const: Node) -> bool | None:
+    if "ival" in const:
+        return bool(const["ival"].get("ival", 0))
+    if "boolval" in const:
+        return bool(const["boolval"].get("boolval", False))
+    if "sval" in const:
+        return _pg_bool(const["sval"].get("sval", ""))
+    return None
 
 
 def _function_is_safe(call: Node) -> bool:
@@ -107,13 +135,7 @@ def _read_only_option(options: list[Node] | None) -> bool | None:
         elem = option.get("DefElem")
         if elem is None or elem.get("defname") != "transaction_read_only":
             continue
-        const = elem.get("arg", {}).get("A_Const", {})
-        if "ival" in const:
-            result = bool(const["ival"].get("ival", 0))
-        elif "boolval" in const:
-            result = bool(const["boolval"].get("boolval", False))
-        elif "sval" in const:
-            result = const["sval"].get("sval", "").lower() not in _FALSE_WORDS
+        result = _const_bool(elem.get("arg", {}).get("A_Const", {}))
     return result
 
 
@@ -155,11 +177,19 @@ def classify_statements(stmts: list[Node]) -> tuple[bool, bool, bool | None, boo
                 write = True
             continue
         var = stmt.get("VariableSetStmt")
-        if var is not None and var.get("name") == "TRANSACTION":
-            mode = _read_only_option(var.get("args"))
+        if var is not None:
+            name = var.get("name")
+            mode = None
+            if name == "TRANSACTION":
+                mode = _read_only_option(var.get("args"))
+            elif name == "transaction_read_only" and var.get("kind") == "VAR_SET_VALUE":
+                # SET [LOCAL] transaction_read_only = on: the GUC form of the same thing
+                args: list[Node] = var.get("args") or []
+                if len(args) == 1:
+                    mode = _const_bool(args[0].get("A_Const", {}))
             if mode is not None:
                 read_only = mode
-            continue
+            continue  # session state: not a write
         if not write and _statement_writes(stmt):
             write = True
     return write, begin, read_only, ends
