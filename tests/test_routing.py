@@ -467,6 +467,49 @@ def test_any_text_gives_a_decision(sql: str) -> None:
         assert d.write
 
 
+_EXPRS = [
+    "1", "a", "'x'", "now()", "count(*)", "lower(a)", "pg_catalog.upper(a)", "nextval('s')",
+    "public.lower(a)", "my_udf(a)", '"my""fn"(a)', "a.b.c(1)", "coalesce(a, 0)",
+    "'FuncCall'", "'\"lockingClause\":'", "'nextval(1)'", "$1", "jsonb_build_object('k', a)",
+]  # fmt: skip
+_TAILS = ["", " FOR UPDATE", " FOR KEY SHARE", " LIMIT 1", " ORDER BY 1", ";", "; SELECT 2"]
+
+
+@st.composite
+def _selects(draw: st.DrawFn) -> str:
+    def select(depth: int) -> str:
+        exprs = draw(st.lists(st.sampled_from(_EXPRS), min_size=1, max_size=3))
+        if depth < 2 and draw(st.booleans()):
+            exprs.append(f"({select(depth + 1)})")
+        into = " INTO t2" if depth == 0 and draw(st.integers(0, 9)) == 0 else ""
+        where = ""
+        if depth < 2 and draw(st.booleans()):
+            where = f" WHERE EXISTS ({select(depth + 1)})"
+        return f"SELECT {', '.join(exprs)}{into} FROM t{where}"
+
+    body = select(0)
+    if draw(st.booleans()):
+        cte = draw(
+            st.sampled_from(
+                ["SELECT 1", "DELETE FROM u RETURNING *", "INSERT INTO u VALUES (1) RETURNING *"]
+            )
+        )
+        body = f"WITH c AS ({cte}) {body}"
+    return body + draw(st.sampled_from(_TAILS))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_selects())
+def test_the_json_shortcut_agrees_with_the_walk_on_generated_selects(sql: str) -> None:
+    js = parse_sql_json(sql)
+    expected = _tree.classify_statements(json.loads(js)["stmts"])
+    got = _router.classify_text(sql)
+    assert (got.write, got.begin, got.read_only, got.ends) == expected
+    shortcut = _router._select_writes_from_json(js, sql)
+    if shortcut is not None:
+        assert shortcut == expected[0]
+
+
 # --- licence isolation -----------------------------------------------------------------
 
 
