@@ -528,3 +528,16 @@ def test_only_the_routing_package_imports_pglast() -> None:
             if any(name == "pglast" or name.startswith("pglast.") for name in names):
                 offenders.append(str(path.relative_to(root)))
     assert offenders == []
+
+
+def test_without_pglast_the_import_error_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pglast.parser", None)  # makes the import fail
+    for name in ("pgsansio.routing", "pgsansio.routing._router"):
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(ImportError, match=r"pgsansio\[routing\]"):
+        importlib.import_module("pgsansio.routing")

@@ -29,7 +29,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from pglast.parser import parse_sql_json
+try:
+    from pglast.parser import parse_sql_json
+except ImportError as exc:
+    raise ImportError(
+        "read/write splitting (pgsansio.routing) needs the pglast package, which is not"
+        " installed: install pgsansio with the 'routing' extra, e.g."
+        " pip install 'pgsansio[routing]'"
+    ) from exc
 
 from ._functions import READ_SAFE_FUNCTIONS
 from ._tree import classify_statements
