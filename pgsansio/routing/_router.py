@@ -6,9 +6,9 @@ How a text is classified, cheapest step first (each step only runs on a cache mi
    trailing whitespace) that starts with INSERT, UPDATE, DELETE or MERGE is a write
    whatever follows, and it cannot begin or end a transaction, so it is decided without
    parsing (0.3 µs against 8-18 µs for parse + json.loads + walk, measured on a loaded
-   2-core machine). If the text is not valid SQL it is still a
-   write, which is also what the parser path answers. The same match spots PgCat's
-   custom commands (``SET SERVER ROLE ...``), which are not SQL.
+   2-core machine). If the text is not valid SQL it is still a write, which is also
+   what the parser path answers. The same match spots PgCat's custom commands
+   (``SET SERVER ROLE ...``), which are not SQL.
 2. A hint in the leading comments (``/* pgsansio_role: replica */``).
 3. ``pglast.parser.parse_sql_json``: libpg_query's tree as JSON text, 10-16x cheaper
    than building pglast's Python AST. A single SELECT is judged on the JSON text with a
@@ -225,7 +225,8 @@ def classify_text(sql: str) -> Decision:
             if c is not None:
                 return _command(c)
     hint = None
-    if "/" in sql[:1] or sql[:1] == "-" or sql[:1].isspace():
+    first = sql[:1]
+    if first in ("/", "-") or first.isspace():
         hint = _hint(sql)
     if "\x00" in sql:
         # Never on the wire (messages are NUL-terminated), but libpg_query would stop
@@ -271,11 +272,14 @@ class Router:
         if cache_size < 0:
             raise ValueError(f"cache_size must be 0 (no cache) or positive, not {cache_size}")
         self._max_length = max_length
-        self._cache_limit = (
-            min(max_length, CACHE_TEXT_LIMIT) if max_length and cache_size else CACHE_TEXT_LIMIT
-        )
+        # Texts up to _cache_limit characters go through the cache; a text over
+        # max_length never does (it is a write without being looked at).
         if cache_size == 0:
             self._cache_limit = -1
+        elif max_length:
+            self._cache_limit = min(max_length, CACHE_TEXT_LIMIT)
+        else:
+            self._cache_limit = CACHE_TEXT_LIMIT
         self._cached: Callable[[str], Decision] = lru_cache(maxsize=cache_size)(classify_text)
 
     def classify(self, sql: str) -> Decision:
