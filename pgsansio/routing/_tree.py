@@ -67,8 +67,6 @@ def _pg_bool(text: str) -> bool | None:
 def _const_bool(const: Node) -> bool | None:
     if "ival" in const:
         return bool(const["ival"].get("ival", 0))
-    if "boolval" in const:
-        return bool(const["boolval"].get("boolval", False))
     if "sval" in const:
         return _pg_bool(const["sval"].get("sval", ""))
     return None
@@ -121,10 +119,6 @@ def _statement_writes(stmt: Node) -> bool:
         return query is not None and _statement_writes(query)
     if kind == "DeclareCursorStmt":
         return bool(body.get("options", 0) & _CURSOR_OPT_HOLD) or _statement_writes(body["query"])
-    if kind == "TransactionStmt":
-        # Inside EXPLAIN or a cursor it cannot appear; as a statement it is handled by
-        # classify_statements. Reaching here means an unexpected shape.
-        return True
     return True  # INSERT, UPDATE, DELETE, MERGE, DDL, utility statements, unknown
 
 
