@@ -629,7 +629,7 @@ class Admin(Control):
                 state = "active"
             host, port = _split_peer(x.peer)
             wait, wait_us = _wait(self._now, x.waiting_since)
-            request = x.query_start or x.connected
+            request = x.query_start if x.query_start is not None else x.connected
             rows.append(
                 (
                     "C",

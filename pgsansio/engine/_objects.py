@@ -173,11 +173,11 @@ class Client:
         self.checkout_failures = 0
         self.login_deadline = now
         # Statistics (see _stats): where it counts, and when its query / transaction
-        # started (0.0: none running).
+        # started (None: none running).
         self.connected = now
         self.stats = NOWHERE
-        self.query_start = 0.0
-        self.xact_start = 0.0
+        self.query_start: float | None = None
+        self.xact_start: float | None = None
 
 
 class ServerConn:

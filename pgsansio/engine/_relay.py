@@ -126,9 +126,9 @@ class Relay(Base):
         rewrite = self._cache_size(c) > 0
         st = c.stats
         st.received += len(data)
-        if not c.query_start:
+        if c.query_start is None:
             c.query_start = self._now
-            if not c.xact_start:
+            if c.xact_start is None:
                 c.xact_start = self._now
         out: list[bytes] | None = None
         sent: list[Event] = []

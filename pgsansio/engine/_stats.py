@@ -175,11 +175,11 @@ class Stats(Base):
         st = c.stats
         now = self._now
         st.query_count += 1
-        if c.query_start:
+        if c.query_start is not None:
             st.query_time += now - c.query_start
-        c.query_start = 0.0
+            c.query_start = None
         if status == "I":
             st.xact_count += 1
-            if c.xact_start:
+            if c.xact_start is not None:
                 st.xact_time += now - c.xact_start
-            c.xact_start = 0.0
+                c.xact_start = None
