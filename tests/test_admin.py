@@ -607,3 +607,17 @@ def test_an_error_response_names_the_command() -> None:
     c = admin(w)
     err: ErrorResponse = errors(c.query("UNBAN"))[0]
     assert "UNBAN" in (err.message or "")
+
+
+def test_reload_changing_one_user_keeps_the_other_users_connections() -> None:
+    w = World(config(min_pool_size=1))
+    a = logged_in(w)
+    (pid,) = rows(a.query("select pg_backend_pid()"))
+    cfg = config(min_pool_size=1)
+    pool = cfg.pools[DB]
+    bob = replace(pool.users["bob"], pool_size=5)
+    new = replace(cfg, pools={DB: replace(pool, users={**pool.users, "bob": bob})})
+    bob_pids = {f.pid for f in w.servers.values() if f.user == "bob"}
+    w.apply(w.engine.reload(new, w.now))
+    assert rows(a.query("select pg_backend_pid()")) == [pid]
+    assert not bob_pids & {f.pid for f in w.servers.values()}  # bob's pool was rebuilt

@@ -6,9 +6,11 @@ with ``admin_username``/``admin_password`` (``admin``/``admin`` in make_config).
 
 from __future__ import annotations
 
+import pathlib
 import subprocess
 import threading
 import time
+from dataclasses import replace
 
 import psycopg
 import psycopg.errors
@@ -16,6 +18,7 @@ import pytest
 from _pooler import Pooler, make_config, running
 from test_pooler_clients import client_env
 
+from pgsansio.config import load_config
 from pgsansio.testing.cluster import TEST_DATABASE, TEST_USERS, Cluster
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(90)]
@@ -140,3 +143,45 @@ def test_shutdown_wait_for_clients_exits_when_the_last_client_leaves(pg15: Clust
         assert p.wait(0.5) is None  # one client left: still running
         conn.close()
         assert p.wait(15) == 0
+
+
+def toml(cluster: Cluster, pools: dict[str, int]) -> str:
+    """A pgcat.toml for ``cluster``: one pool per entry (name -> md5_user's pool_size)."""
+    text = (
+        '[general]\nhost = "127.0.0.1"\nport = 6432\n'
+        'admin_username = "admin"\nadmin_password = "admin"\n'
+    )
+    for name, size in pools.items():
+        text += (
+            f'\n[pools.{name}]\npool_mode = "transaction"\n'
+            f'[pools.{name}.users.0]\nusername = "md5_user"\n'
+            f'password = "{TEST_USERS["md5_user"][1]}"\npool_size = {size}\n'
+            f'[pools.{name}.shards.0]\ndatabase = "{TEST_DATABASE}"\n'
+            f'servers = [["127.0.0.1", {cluster.port}, "primary"]]\n'
+        )
+    return text
+
+
+def test_reload_from_the_console_refuses_a_bad_file_and_keeps_unchanged_pools(
+    pg15: Cluster, tmp_path: pathlib.Path
+) -> None:
+    path = tmp_path / "pgcat.toml"
+    path.write_text(toml(pg15, {TEST_DATABASE: 2}))
+    config = load_config(str(path))
+    config = replace(config, general=replace(config.general, port=0))
+    with running(config, config_path=str(path)) as p:
+        conn = psycopg.connect(user_dsn(p), autocommit=True)
+        pid = conn.execute("select pg_backend_pid()").fetchone()
+        path.write_text(toml(pg15, {TEST_DATABASE: 2}).replace("pool_size = 2", 'pool_size = "x"'))
+        bad = admin_psql(pg15, p, "RELOAD")
+        assert bad.returncode != 0 and "RELOAD failed" in bad.stderr
+        assert "pool_size" in bad.stderr, bad.stderr
+        path.write_text(toml(pg15, {TEST_DATABASE: 2, "second": 1}))
+        assert admin_psql(pg15, p, "RELOAD").returncode == 0
+        assert {r["database"] for r in table(admin_psql(pg15, p, "SHOW POOLS"))} == {
+            TEST_DATABASE,
+            "second",
+        }
+        # The unchanged pool kept its server connection.
+        assert conn.execute("select pg_backend_pid()").fetchone() == pid
+        conn.close()

@@ -133,16 +133,20 @@ class Control(Base):
 
     def _pause_progress(self) -> None:
         """Answer the PAUSEs whose databases have no server connection left."""
-        waiting = []
+        done: list[tuple[Client | None, str | None]] = []
+        waiting: list[tuple[Client | None, str | None]] = []
         for who, db in self._pause_waiters:
-            if self._servers_left(db):
-                waiting.append((who, db))
-                continue
+            (waiting if self._servers_left(db) else done).append((who, db))
+        if not done:
+            return
+        self._pause_waiters = waiting  # before answering: an answer may run a new PAUSE
+        for who, _ in done:
             if who is None:
                 self._log(logging.INFO, "paused: no server connection is open")
             elif who.state != C_CLOSED:
                 self._admin_done(who, "PAUSE")
-        self._pause_waiters = waiting
+            else:
+                self._busy.discard(who.cid)
 
     def _hold(self, c: Client) -> bool:
         """Called by checkout: keep ``c`` waiting if its database is paused."""

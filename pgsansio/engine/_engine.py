@@ -26,6 +26,7 @@ import logging
 import random
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from pgsansio.protocol import NEED_DATA as _NEED_DATA
@@ -84,11 +85,17 @@ from ._relay import ClientFatal, Relay
 from ._stats import Stats
 
 if TYPE_CHECKING:
-    from pgsansio.config_model import Config
+    from pgsansio.config_model import Config, PoolConfig
 
     from ._effects import Effect
 
 __all__ = ["Engine"]
+
+
+def _same_pool(a: PoolConfig, b: PoolConfig) -> bool:
+    """Whether two versions of a pool have the same settings, users aside."""
+    return replace(a, users={}) == replace(b, users={})
+
 
 CLIENT_LOGIN_TIMEOUT = 60.0
 _INTERNAL = ErrorResponse.build(
@@ -317,8 +324,11 @@ class Engine(Relay, Login, Pooling, Leaving, Admin, Metrics, Stats):
         self._build_groups(config)
         for key, group in old.items():
             new = self.groups.get(key)
-            if new is not None and new.cfg == group.cfg and new.user == group.user:
-                self.groups[key] = group  # unchanged: keep it, and its connections
+            if new is not None and new.user == group.user and _same_pool(new.cfg, group.cfg):
+                # Unchanged (another user of the same pool may have changed): keep it,
+                # and its connections.
+                group.cfg = new.cfg
+                self.groups[key] = group
                 continue
             group.removed = True
             for pool in group.all_pools():
