@@ -18,6 +18,7 @@ from pgsansio.protocol import (
     AuthenticationMD5Password,
     AuthenticationOk,
     Bind,
+    CancelRequest,
     CommandComplete,
     EmptyQueryResponse,
     ErrorResponse,
@@ -621,3 +622,36 @@ def test_reload_changing_one_user_keeps_the_other_users_connections() -> None:
     w.apply(w.engine.reload(new, w.now))
     assert rows(a.query("select pg_backend_pid()")) == [pid]
     assert not bob_pids & {f.pid for f in w.servers.values()}  # bob's pool was rebuilt
+
+
+def test_a_cancel_for_a_client_held_by_pause_is_harmless() -> None:
+    w = World(config())
+    a = logged_in(w)
+    a.query("select 1")  # a has taken (and released) a server: it knows its pool
+    key = w.engine.clients[a.cid].cancel_key
+    w.apply(w.engine.pause(w.now))
+    a.send(Query("select 2"))
+    canceller = Client.__new__(Client)
+    canceller.world, canceller.user = w, "alice"
+    w._next_cid += 1
+    canceller.cid = w._next_cid
+    w.apply(w.engine.client_connected(canceller.cid, "test", w.now))
+    w.apply(w.engine.client_data(canceller.cid, bytes(CancelRequest(*key)), w.now))
+    assert not [line for line in w.logs if "internal error" in line]
+    w.apply(w.engine.resume(w.now))
+    assert rows(a.events()) == [("2",)]
+
+
+def test_show_databases_names_each_address_of_a_replicated_pool() -> None:
+    w = World(replica_config())
+    names = [r["name"] for r in show(admin(w), "DATABASES")]
+    assert names == [f"{DB}_shard_0_primary", f"{DB}_shard_0_replica_0"]
+
+
+def test_show_users() -> None:
+    w = World(config(pool_size=4))
+    logged_in(w)
+    users = {r["name"]: r for r in show(admin(w), "USERS")}
+    assert users["alice"]["pool_size"] == "4" and users["alice"]["pool_mode"] == "transaction"
+    assert users["alice"]["current_client_connections"] == "1"
+    assert users["alice"]["current_connections"] == "1"

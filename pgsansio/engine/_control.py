@@ -115,6 +115,7 @@ class Control(Base):
             for pool in group.all_pools():
                 for w in pool.waiters:
                     w.wait_gen += 1  # its connect_timeout no longer applies
+                    w.pool = None  # it waits on no pool now (a cancel finds nothing to do)
                     self._held.append(w)
                 pool.waiters.clear()
                 for s in list(pool.idle):
@@ -155,6 +156,7 @@ class Control(Base):
             return False
         if c.waiting_since is None:
             c.waiting_since = self._now
+        c.pool = None
         if len(self._held) > 64 and len(self._held) > 2 * len(self.clients):
             self._held = [x for x in self._held if x.state != C_CLOSED]
         self._held.append(c)
