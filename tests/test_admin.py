@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_engine import DB, Client, World, config, errors, logged_in, ready, rows
 
 from pgsansio.config_model import Config, ServerAddress, ShardConfig
@@ -655,3 +657,55 @@ def test_show_users() -> None:
     assert users["alice"]["pool_size"] == "4" and users["alice"]["pool_mode"] == "transaction"
     assert users["alice"]["current_client_connections"] == "1"
     assert users["alice"]["current_connections"] == "1"
+
+
+# --- anything an operator (or a stray client) may type ---------------------------------
+
+_WORDS = st.sampled_from(
+    [
+        "SHOW", "SELECT", "SET", "PAUSE", "RESUME", "DISABLE", "ENABLE", "RECONNECT", "KILL",
+        "KILL_CLIENT", "BAN", "UNBAN", "RELOAD", "SHUTDOWN", "WAIT_FOR_CLIENTS", "POOLS",
+        "STATS", "TOTALS", "CLIENTS", "SERVERS", "BANS", "HELP", DB, "pg", "pg:5432", "1",
+        "-3", "1e309", "nan", '"app"', '""', ";", ",", "=", "'x'", "\\", "é",
+    ]
+)  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(st.lists(st.lists(_WORDS | st.text(max_size=8), max_size=4), min_size=1, max_size=4))
+def test_any_console_input_gets_an_answer_never_an_internal_error(
+    queries: list[list[str]],
+) -> None:
+    w = World(config())
+    a = logged_in(w)
+    c = admin(w)
+    for words in queries:
+        sql = " ".join(words).replace("\0", "")
+        c.send(Query(sql))
+        got = c.events()
+        if c.closed or w.exited:
+            break
+        # Either answered now (ReadyForQuery) or waiting for a PAUSE / RELOAD.
+        assert ready(got) or w.engine._busy, (sql, got)
+        if w.engine._busy:
+            break
+    assert not [line for line in w.logs if "internal error" in line], w.logs
+    if not w.exited and not a.closed and not w.engine.paused:
+        assert rows(a.query("select 1")) == [("1",)]
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(st.lists(st.binary(max_size=3000), min_size=1, max_size=5))
+def test_any_bytes_on_the_metrics_port_get_an_http_answer_or_wait(chunks: list[bytes]) -> None:
+    w = World(config())
+    w.apply(w.engine.metrics_connected(500, "peer", w.now))
+    for chunk in chunks:
+        w.apply(w.engine.client_data(500, chunk, w.now))
+        if 500 in w.closed_clients:
+            assert bytes(w.inbox[500]).startswith(b"HTTP/1.1 ")
+            break
+    else:
+        assert 500 not in w.inbox  # nothing said until the request head is complete
+        assert sum(map(len, chunks)) <= 8192 + 3000
+    w.apply(w.engine.client_closed(500, w.now))
+    assert not w.engine._http

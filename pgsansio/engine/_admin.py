@@ -180,6 +180,8 @@ class Admin(Show, Control):
 
     def _admin_command(self, c: Client, words: list[str]) -> str | None:
         """Run one command; the tag to answer with, or None if answered elsewhere."""
+        if not words:
+            raise AdminError("42601", "no command found; SHOW HELP lists the commands")
         command = words[0].upper()
         args = words[1:]
         if command in ("SHOW", "SELECT"):
