@@ -118,7 +118,8 @@ class Show(Base):
         self._send_client(c, ReadyForQuery("I"))
 
     def _show_version(self, c: Client) -> None:
-        version = f"pgsansio {__version__} (admin console compatible with PgBouncer 1.25)"
+        # Exporters look for "PgBouncer X.Y.Z" to pick the columns they expect.
+        version = f"pgsansio {__version__} (console of PgBouncer 1.25.0)"
         self._rows(c, (("version", TEXT),), [(version,)])
 
     def _show_state(self, c: Client) -> None:
