@@ -71,8 +71,11 @@ def make_config(
 class Pooler:
     """The asyncio frontend and a real engine on a thread; ``port`` once started."""
 
-    def __init__(self, config: Config, *, use_uvloop: bool = False) -> None:
+    def __init__(
+        self, config: Config, *, use_uvloop: bool = False, config_path: str | None = None
+    ) -> None:
         self.config = config
+        self.config_path = config_path  # what SIGHUP / RELOAD re-read
         self.use_uvloop = use_uvloop
         self.port = 0
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -86,7 +89,7 @@ class Pooler:
         async def main() -> int:
             self.loop = asyncio.get_running_loop()
             self.engine = Engine(self.config, seed=1)
-            self.frontend = AsyncioFrontend(self.engine, self.config, config_path=None)
+            self.frontend = AsyncioFrontend(self.engine, self.config, config_path=self.config_path)
 
             def ready(addr: tuple[str, int]) -> None:
                 self.port = addr[1]
@@ -131,8 +134,10 @@ class Pooler:
 
 
 @contextmanager
-def running(config: Config, *, use_uvloop: bool = False) -> Iterator[Pooler]:
-    p = Pooler(config, use_uvloop=use_uvloop)
+def running(
+    config: Config, *, use_uvloop: bool = False, config_path: str | None = None
+) -> Iterator[Pooler]:
+    p = Pooler(config, use_uvloop=use_uvloop, config_path=config_path)
     p.start()
     try:
         yield p

@@ -315,13 +315,6 @@ def test_unknown_user_or_database_fails_like_a_wrong_password(user: str, databas
     assert err.message == f'password authentication failed for user "{user}"'
 
 
-def test_admin_database_says_plainly_it_is_not_there_yet() -> None:
-    w = World(config(general_admin_auth_type="trust"))
-    c = Client(w, "admin", "pgcat")
-    err = errors(c.events())[0]
-    assert err.sqlstate == "0A000" and "admin console" in (err.message or "")
-
-
 def test_replication_connections_are_refused() -> None:
     w = World(config())
     c = Client(w, replication="database")

@@ -17,7 +17,11 @@ in order::
     engine.server_writable(sid, ok, now)     # ... or has drained again (True)
     engine.tick(now)                         # at or after the last Wakeup(at)
     engine.reload(config, now)               # a new, already validated Config
-    engine.shutdown(now)                     # graceful drain; Exit() when done
+    engine.shutdown(now)                     # graceful drain (SIGINT); Exit() when done
+    engine.shutdown(now, wait_for_clients=True)  # SIGTERM: exit when the last client leaves
+    engine.pause(now) / engine.resume(now)   # SIGUSR1 / SIGUSR2: PAUSE / RESUME everything
+    engine.reload_failed(error, now)         # answer to Reload() when the file does not load
+    engine.metrics_connected(cid, peer, now)  # a Prometheus scrape; then client_data/closed
 
 ``now`` is monotonic seconds. Effects are in :mod:`pgsansio.engine._effects`.
 """
@@ -33,6 +37,7 @@ from ._effects import (
     OpenServer,
     ReadClient,
     ReadServer,
+    Reload,
     SendClient,
     SendServer,
     Wakeup,
@@ -49,6 +54,7 @@ __all__ = [
     "OpenServer",
     "ReadClient",
     "ReadServer",
+    "Reload",
     "SendClient",
     "SendServer",
     "Wakeup",

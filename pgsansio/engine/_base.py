@@ -13,11 +13,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pgsansio.config_model import Config
+    from pgsansio.config_model import Config, ServerAddress
     from pgsansio.protocol import ErrorResponse, Event
 
     from ._effects import Effect
     from ._objects import Client, Entry, Pool, PoolGroup, Prepared, ServerConn
+    from ._stats import DbStats
 
 __all__ = ["Base"]
 
@@ -39,10 +40,46 @@ class Base:
     _shutting_down: bool
     _exited: bool
     _timers: list[tuple[float, int, Callable[[], None]]]
+    # Operating the pooler (see _control, _admin, _stats, _metrics).
+    stats: dict[str, DbStats]
+    paused: set[str]
+    _pausing: bool
+    disabled: set[str]
+    _wait_for_clients: bool
+    _http: dict[int, bytearray]
+    bans: dict[tuple[str, int], tuple[float, str, float]]
 
     if TYPE_CHECKING:  # declarations only: the mixins define them
 
         def _log(self, level: int, message: str) -> None: ...
+
+        def _count_query(self, c: Client, status: str) -> None: ...
+
+        def _stats_for(self, database: str) -> DbStats: ...
+
+        def _flush(self) -> list[Effect]: ...
+
+        def _checkout(self, c: Client) -> None: ...
+
+        def _prewarm(self, group: PoolGroup) -> None: ...
+
+        def _hold(self, c: Client) -> bool: ...
+
+        def _banned(self, address: ServerAddress) -> bool: ...
+
+        def _pause_progress(self) -> None: ...
+
+        def _exit_leftovers(self) -> None: ...
+
+        def _admin_resume(self, c: Client) -> None: ...
+
+        def _admin_welcome(self, c: Client) -> None: ...
+
+        def _close_http(self) -> None: ...
+
+        def _shutdown_timeout(self) -> None: ...
+
+        def _pool_rows(self) -> list[tuple[str, str, dict[str, int], str, str]]: ...
 
         def _unref(self, p: Prepared) -> None: ...
 

@@ -17,6 +17,7 @@ __all__ = [
     "OpenServer",
     "ReadClient",
     "ReadServer",
+    "Reload",
     "SendClient",
     "SendServer",
     "Wakeup",
@@ -91,6 +92,14 @@ class Log(NamedTuple):
     message: str
 
 
+class Reload(NamedTuple):
+    """Re-read the configuration file (the console's RELOAD), as SIGHUP does.
+
+    Answer with ``engine.reload(config, now)``, or with
+    ``engine.reload_failed(error, now)`` when the file does not load.
+    """
+
+
 class Exit(NamedTuple):
     """The engine has finished shutting down: stop listening and exit with ``code``."""
 
@@ -107,5 +116,6 @@ Effect = (
     | ReadClient
     | Wakeup
     | Log
+    | Reload
     | Exit
 )

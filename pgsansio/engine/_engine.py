@@ -26,6 +26,7 @@ import logging
 import random
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from pgsansio.protocol import NEED_DATA as _NEED_DATA
@@ -46,6 +47,7 @@ from pgsansio.protocol import (
     Terminate,
 )
 
+from ._admin import Admin
 from ._effects import (
     Log,
     ReadClient,
@@ -56,6 +58,7 @@ from ._effects import (
 )
 from ._leaving import TERMINATING, Leaving
 from ._login import Login, fatal
+from ._metrics import Metrics
 from ._objects import (
     C_AUTH,
     C_CLOSED,
@@ -79,13 +82,20 @@ from ._objects import (
 from ._params import TRACKED, sync_sql
 from ._pooling import Pooling
 from ._relay import ClientFatal, Relay
+from ._stats import Stats
 
 if TYPE_CHECKING:
-    from pgsansio.config_model import Config
+    from pgsansio.config_model import Config, PoolConfig
 
     from ._effects import Effect
 
 __all__ = ["Engine"]
+
+
+def _same_pool(a: PoolConfig, b: PoolConfig) -> bool:
+    """Whether two versions of a pool have the same settings, users aside."""
+    return replace(a, users={}) == replace(b, users={})
+
 
 CLIENT_LOGIN_TIMEOUT = 60.0
 _INTERNAL = ErrorResponse.build(
@@ -95,7 +105,7 @@ INTERNAL_QUERY_TIMEOUT = 10.0  # seconds for our own SET / ROLLBACK / DISCARD AL
 _TRACKED_LOWER = {name.lower(): name for name in TRACKED}
 
 
-class Engine(Relay, Login, Pooling, Leaving):
+class Engine(Relay, Login, Pooling, Leaving, Admin, Metrics, Stats):
     """See the package docstring for the inputs and effects."""
 
     def __init__(self, config: Config, *, seed: int | None = None) -> None:
@@ -117,12 +127,17 @@ class Engine(Relay, Login, Pooling, Leaving):
         self._shutting_down = False
         self._exited = False
         self._scram_secrets: dict[tuple[str, str], str] = {}
+        self.stats = {}
+        self._stats_rolled = 0.0
+        self._http = {}
+        self._init_control()
         self._build_groups(config)
 
     # === inputs ======================================================================
 
     def start(self, now: float) -> list[Effect]:
         self._now = now
+        self._stats_start(now)
         self._warn_unimplemented(self.config)
         for group in self.groups.values():
             self._prewarm(group)
@@ -150,8 +165,6 @@ class Engine(Relay, Login, Pooling, Leaving):
                 "TLS (tls_certificate, server_tls) is not implemented yet: "
                 "connections are not encrypted",
             )
-        if general.enable_prometheus_exporter:
-            self._log(logging.WARNING, "the Prometheus exporter is not implemented yet")
         if general.autoreload:
             self._log(
                 logging.WARNING,
@@ -173,7 +186,9 @@ class Engine(Relay, Login, Pooling, Leaving):
     def client_data(self, cid: int, data: bytes, now: float) -> list[Effect]:
         self._now = now
         c = self.clients.get(cid)
-        if c is not None and c.state != C_CLOSED:
+        if c is None and cid in self._http:
+            self._http_data(cid, data)
+        elif c is not None and c.state != C_CLOSED:
             try:
                 c.conn.receive_data(data)
                 self._read_client(c)
@@ -193,6 +208,8 @@ class Engine(Relay, Login, Pooling, Leaving):
         c = self.clients.get(cid)
         if c is not None:
             self._drop_client(c, None, closed=True)
+        else:
+            self._http.pop(cid, None)
         return self._flush()
 
     def server_connected(self, sid: int, now: float) -> list[Effect]:
@@ -307,8 +324,11 @@ class Engine(Relay, Login, Pooling, Leaving):
         self._build_groups(config)
         for key, group in old.items():
             new = self.groups.get(key)
-            if new is not None and new.cfg == group.cfg and new.user == group.user:
-                self.groups[key] = group  # unchanged: keep it, and its connections
+            if new is not None and new.user == group.user and _same_pool(new.cfg, group.cfg):
+                # Unchanged (another user of the same pool may have changed): keep it,
+                # and its connections.
+                group.cfg = new.cfg
+                self.groups[key] = group
                 continue
             group.removed = True
             for pool in group.all_pools():
@@ -320,21 +340,14 @@ class Engine(Relay, Login, Pooling, Leaving):
             self._prewarm(group)
         self._warn_unimplemented(config)
         self._log(logging.INFO, f"configuration reloaded from {config.path}")
+        self._reload_answer(None)
         return self._flush()
 
-    def shutdown(self, now: float) -> list[Effect]:
-        """Drain: refuse new clients, let open transactions finish, then Exit."""
+    def shutdown(self, now: float, *, wait_for_clients: bool = False) -> list[Effect]:
+        """Drain and Exit (SIGINT); or, ``wait_for_clients`` (SIGTERM), refuse new
+        clients and Exit when the last one leaves. See :mod:`._control`."""
         self._now = now
-        if not self._shutting_down:
-            self._shutting_down = True
-            self._log(logging.INFO, "shutting down: waiting for clients to finish")
-            for c in list(self.clients.values()):
-                s = c.server
-                if s is None or (not s.queue and s.conn.idle and s.conn.transaction_status == "I"):
-                    self._drop_client(c, TERMINATING)
-            timeout = self.config.general.shutdown_timeout / 1000
-            self._at(now + timeout, self._shutdown_timeout)
-            self._maybe_exit()
+        self._begin_shutdown(wait_for_clients=wait_for_clients)
         return self._flush()
 
     def next_deadline(self) -> float | None:
@@ -381,6 +394,8 @@ class Engine(Relay, Login, Pooling, Leaving):
     def _prewarm(self, group: PoolGroup) -> None:
         if group.user.backend_password is None and group.scram_keys is None:
             return  # auth_query users: no credentials until a client logs in
+        if self._pausing and group.name in self.paused:
+            return
         for pool in group.all_pools():
             while len(pool.servers) < group.user.min_pool_size:
                 self._open_server(pool)
@@ -429,6 +444,9 @@ class Engine(Relay, Login, Pooling, Leaving):
     # === clients: queries ============================================================
 
     def _client_span(self, c: Client, span: Span) -> None:
+        if c.admin:
+            self._admin_span(c, span)
+            return
         s = c.server
         events = span.events
         leaving = bool(events) and type(events[-1]) is Terminate
@@ -467,7 +485,11 @@ class Engine(Relay, Login, Pooling, Leaving):
         if s.blocked:
             self._out.append(ReadClient(c.cid, False))
         c.server = s
-        c.waiting_since = None
+        st = c.stats
+        st.server_assignment_count += 1
+        if c.waiting_since is not None:
+            st.wait_time += self._now - c.waiting_since
+            c.waiting_since = None
         s.client = c
         s.state = S_ACTIVE
         s.link_gen += 1
@@ -513,7 +535,7 @@ class Engine(Relay, Login, Pooling, Leaving):
                 gen = s.query_gen
                 self._at(self._now + timeout / 1000, lambda: self._idle_tx_timeout(c, s, gen))
             return
-        if self._shutting_down and not c.pending:
+        if self._shutting_down and not self._wait_for_clients and not c.pending:
             self._drop_client(c, TERMINATING)  # its transaction is over: let it go
             return
         if c.user.pool_mode != "transaction" or c.unnamed_pending or c.pending:

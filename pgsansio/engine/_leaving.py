@@ -69,15 +69,18 @@ class Leaving(Base):
 
     def _maybe_exit(self, *, force: bool = False) -> None:
         if not self._shutting_down or self._exited:
+            if self._pausing:
+                self._pause_progress()  # something closed: a PAUSE may be complete
             return
-        if self.clients and not force:
-            return
+        if not force and any(not c.admin for c in self.clients.values()):
+            return  # admin sessions do not keep the pooler alive
+        self._exited = True
+        self._exit_leftovers()
         for s in list(self.servers.values()):
             if s.state != S_CLOSED:
                 s.state = S_CLOSED
                 self.servers.pop(s.sid, None)
                 self._out.append(CloseServer(s.sid))
-        self._exited = True
         self._timers.clear()
         self._out.append(Exit(0))
 
@@ -112,7 +115,7 @@ class Leaving(Base):
         s = c.server
         if s is not None:
             self._abandon(c, s)
-        if self.config.general.log_client_disconnections and c.group is not None:
+        if self.config.general.log_client_disconnections and (c.group is not None or c.admin):
             self._log(logging.INFO, f"client {c.cid} from {c.peer} disconnected")
         self._maybe_exit()
 

@@ -86,11 +86,11 @@ class Login(Base):
     """Mixed into the Engine; see the module docstring."""
 
     def _startup(self, c: Client, msg: StartupMessage) -> None:
-        if self._shutting_down:
-            raise ClientFatal("57P01", "pgsansio is shutting down: no new connections accepted")
         params = msg.params
         c.username = params.get("user", "")
         c.database = params.get("database") or c.username
+        if self._shutting_down and c.database not in ADMIN_DATABASES:
+            raise ClientFatal("57P01", "pgsansio is shutting down: no new connections accepted")
         if not c.username:
             raise ClientFatal("28000", "no PostgreSQL user name specified in startup packet")
         unknown_options = [k for k in params if k.startswith("_pq_.")]
@@ -124,9 +124,7 @@ class Login(Base):
         c.settings = settings
         group = self.groups.get((c.database, c.username))
         if c.database in ADMIN_DATABASES and group is None:
-            # The admin console comes with the operations issue; until then say so
-            # plainly, after a password check so that it reveals nothing.
-            c.admin = True
+            c.admin = True  # the console (see _admin), after the same password check
         c.group = group
         c.user = group.user if group is not None else None
         if group is not None and group.user.password is None and group.cfg.auth_query:
@@ -176,7 +174,10 @@ class Login(Base):
 
     def _password(self, c: Client) -> str | None:
         if c.admin:
-            return self.config.general.admin_password or None
+            general = self.config.general
+            if c.username != general.admin_username:
+                return None
+            return general.admin_password or None
         if c.user is None:
             return None
         if c.user.password is None and c.group is not None and c.group.cfg.auth_query:
@@ -245,11 +246,10 @@ class Login(Base):
 
     def _authenticated(self, c: Client) -> None:
         if c.admin:
-            raise ClientFatal(
-                "0A000",
-                "the admin console is not available in this version of pgsansio "
-                f'(database "{c.database}")',
-            )
+            self._admin_welcome(c)
+            return
+        if c.database in self.disabled:
+            raise ClientFatal("57P03", f'database "{c.database}" is disabled (DISABLE); try later')
         group = c.group
         if group is not None and group.removed:
             # A reload while this client was logging in: take the pool's new version.
@@ -297,6 +297,8 @@ class Login(Base):
         self._send_client(c, BackendKeyData(pid, secret))
         self._send_client(c, ReadyForQuery("I"))
         c.state = C_READY
+        c.stats = self._stats_for(group.name)
+        c.stats.client_login_count += 1
         if self.config.general.log_client_connections:
             self._log(
                 logging.INFO,

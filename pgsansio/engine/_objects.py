@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 from pgsansio.protocol import CLIENT, SERVER, Connection, Event
 
+from ._stats import NOWHERE
+
 if TYPE_CHECKING:
     from pgsansio.config_model import PoolConfig, ServerAddress, UserConfig
     from pgsansio.protocol import ScramServer
@@ -116,6 +118,7 @@ class Client:
         "checkout_failures",
         "cid",
         "conn",
+        "connected",
         "database",
         "group",
         "login_deadline",
@@ -124,15 +127,18 @@ class Client:
         "pending",
         "pool",
         "prepared",
+        "query_start",
         "server",
         "settings",
         "state",
+        "stats",
         "sync_key",
         "unnamed_pending",
         "user",
         "username",
         "wait_gen",
         "waiting_since",
+        "xact_start",
     )
 
     def __init__(self, cid: int, peer: str, now: float) -> None:
@@ -166,6 +172,12 @@ class Client:
         self.wait_gen = 0
         self.checkout_failures = 0
         self.login_deadline = now
+        # Statistics (see _stats): where it counts, and when its query / transaction
+        # started (None: none running).
+        self.connected = now
+        self.stats = NOWHERE
+        self.query_start: float | None = None
+        self.xact_start: float | None = None
 
 
 class ServerConn:

@@ -53,6 +53,8 @@ class Pooling(Base):
     """Mixed into the Engine; see the module docstring."""
 
     def _checkout(self, c: Client) -> None:
+        if self._pausing and self._hold(c):
+            return  # PAUSE: it waits for RESUME
         group = c.group
         assert group is not None
         if group.removed:
@@ -112,6 +114,8 @@ class Pooling(Base):
             candidates = list(shard)
         if not candidates:
             candidates = list(shard)
+        if self.bans:  # banned addresses are skipped, unless all are (as PgCat)
+            candidates = [p for p in candidates if not self._banned(p.address)] or candidates
         if len(candidates) == 1:
             return candidates[0]
         self.rng.shuffle(candidates)
@@ -187,7 +191,12 @@ class Pooling(Base):
             s.dirty = False
             self._internal_query(s, "DISCARD ALL", "reset")
             return
-        if s.close_needed or self._expired(s) or s.group.removed:
+        if (
+            s.close_needed
+            or self._expired(s)
+            or s.group.removed
+            or (self._pausing and s.group.name in self.paused)
+        ):
             self._close_server(s)
             self._refill(pool)
             return
@@ -298,7 +307,7 @@ class Pooling(Base):
 
     def _refill(self, pool: Pool) -> None:
         """Open a connection if clients wait and the pool has room."""
-        if pool.group.removed:
+        if pool.group.removed or (self._pausing and pool.group.name in self.paused):
             return
         if pool.waiters and len(pool.servers) < pool.group.user.pool_size:
             self._open_server(pool)

@@ -124,6 +124,12 @@ class Relay(Base):
         events = span.events
         offsets = span.offsets
         rewrite = self._cache_size(c) > 0
+        st = c.stats
+        st.received += len(data)
+        if c.query_start is None:
+            c.query_start = self._now
+            if c.xact_start is None:
+                c.xact_start = self._now
         out: list[bytes] | None = None
         sent: list[Event] = []
         copied = 0
@@ -150,14 +156,17 @@ class Relay(Base):
                         new.append(_splice_statement(raw, p.name))
                 elif not e.statement:
                     c.unnamed_pending = False
+                st.bind_count += 1
                 q.append(Entry(K_BIND))
             elif t is Parse:
                 assert isinstance(e, Parse)
                 if _SET_CONFIG.search(e.query):
                     s.dirty = True
+                st.client_parse_count += 1
                 if e.name and rewrite:
                     new = self._client_parse(c, s, e)
                 else:
+                    st.server_parse_count += 1
                     if not e.name:
                         c.unnamed_pending = True
                     q.append(Entry(K_PARSE))
@@ -273,6 +282,7 @@ class Relay(Base):
     def _register(self, c: Client, s: ServerConn, p: Prepared) -> list[Event | bytes]:
         """Note ``p`` as prepared on ``s``, evicting the least recently used one."""
         s.prepared[p.name] = None
+        c.stats.server_parse_count += 1
         new: list[Event | bytes] = []
         limit = self._cache_size(c)
         while len(s.prepared) > limit:
@@ -322,6 +332,9 @@ class Relay(Base):
                     if x.kind >= K_SYNC:
                         done.append(x)
                         drop = c is None or x.mode == SKIP
+                        if not drop and c is not None:
+                            assert isinstance(e, ReadyForQuery)
+                            self._count_query(c, e.status)
                         if x.tag == "set" and c is not None and x.error is None:
                             self._commit_set(c, s, x)
                         elif x.tag == "resetall" and c is not None and x.error is None:
@@ -391,6 +404,7 @@ class Relay(Base):
         if c is not None:
             payload = _forward(c.conn, span, out, copied, sent)
             if payload:
+                c.stats.sent += len(payload)
                 self._out.append(SendClient(c.cid, payload))
         for entry in done:
             if entry.mode == SKIP:

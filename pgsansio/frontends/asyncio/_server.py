@@ -34,6 +34,7 @@ from pgsansio.engine import (
     OpenServer,
     ReadClient,
     ReadServer,
+    Reload,
     SendClient,
     SendServer,
     Wakeup,
@@ -253,15 +254,21 @@ class AsyncioFrontend:
 
     # ---------------------------------------------------------------- operator actions
 
-    def reload(self) -> None:
-        """Re-read the configuration file and hand it to the engine (SIGHUP).
+    def reload(self, *, asked_by_engine: bool = False) -> None:
+        """Re-read the configuration file and hand it to the engine (SIGHUP, RELOAD).
 
         A file that does not load is logged and the running configuration stays, so a
-        typo in an edit never takes a running pooler down.
+        typo in an edit never takes a running pooler down; when the admin console asked
+        (the engine's ``Reload`` effect), the engine is told why, to answer the console.
         """
         path = self._config_path
         if path is None:
             log.warning("reload asked for, but the pooler was not started from a file")
+            if asked_by_engine:
+                self._call(
+                    self._engine.reload_failed,
+                    "the pooler was not started from a configuration file",
+                )
             return
         from pgsansio.config import ConfigError, load_config  # noqa: PLC0415 - lazy
 
@@ -270,6 +277,8 @@ class AsyncioFrontend:
             new = load_config(path)
         except ConfigError as exc:
             log.error("reload failed; the running configuration stays in force:\n%s", exc)
+            if asked_by_engine:
+                self._call(self._engine.reload_failed, str(exc))
             return
         for warning in new.warnings:
             log.warning("%s", warning)
@@ -350,6 +359,10 @@ class AsyncioFrontend:
                         transport.resume_reading() if on else transport.pause_reading()
                 case Log(level, message):
                     engine_log.log(level, message)
+                case Reload():
+                    # Later, not inside this engine call: the engine is never re-entered.
+                    assert self._loop is not None
+                    self._loop.call_soon(lambda: self.reload(asked_by_engine=True))
                 case Exit(code):
                     self._finish(code)
                     return

@@ -1,0 +1,347 @@
+"""The admin console: the virtual databases ``pgbouncer`` and ``pgcat``.
+
+Mixed into :class:`~._engine.Engine`. Log in as ``admin_username`` with
+``admin_password`` (``admin_auth_type`` md5, scram-sha-256 or trust) to either
+database. What a PgBouncer operator expects, written down:
+
+- **Simple query protocol only.** A Parse/Bind/Describe/Execute gets one 0A000 error
+  per batch and the session goes on at the Sync (PgBouncer closes the connection;
+  keeping it is kinder to a driver that tries the extended protocol first).
+- **One command per query**, case-insensitive, an optional trailing ``;``; names may be
+  double-quoted. ``SELECT x`` means ``SHOW x``. ``SET ...`` is accepted and ignored
+  (answers ``SET``) so that drivers' session setup works.
+- **Columns** are PgBouncer 1.25's, in its order, for every command PgBouncer has (so
+  exporters reading them by name work); ``SHOW BANS`` has PgCat's. Counters are int8,
+  statistics numeric (as PgBouncer since 1.12), everything else text.
+- The engine has no wall clock (time comes in as monotonic seconds), so
+  ``connect_time``/``request_time`` say how long ago, e.g. ``12.500 s ago``, and
+  ``ptr``/``link`` are ``c<id>``/``s<id>`` rather than memory addresses.
+- **SHOW DATABASES** has one row per server address: ``name`` is the pool name when the
+  pool has a single address, else ``<pool>_shard_<n>_<role>[_<i>]`` as in PgCat.
+- **Errors** name the command and what is wrong: 42601 for syntax (unknown command,
+  missing or extra argument), 42704 for an unknown database, client or host, 55000
+  for a state that does not allow it (RESUME of what is not paused).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+
+from pgsansio import __version__
+from pgsansio.protocol import (
+    AuthenticationOk,
+    BackendKeyData,
+    Bind,
+    Close,
+    CommandComplete,
+    Describe,
+    EmptyQueryResponse,
+    ErrorResponse,
+    Event,
+    Execute,
+    Flush,
+    ParameterStatus,
+    Parse,
+    Query,
+    ReadyForQuery,
+    Span,
+    Sync,
+    Terminate,
+)
+
+from ._control import AdminError, Control
+from ._login import fatal
+from ._objects import (
+    C_CLOSED,
+    C_READY,
+    Client,
+)
+from ._show import TEXT, Show
+
+__all__ = ["Admin"]
+
+_EXTENDED = (Parse, Bind, Describe, Execute, Close)
+_TOKEN = re.compile(r'"((?:[^"]|"")*)"|([^\s,"]+)')
+
+
+class Admin(Show, Control):
+    """Mixed into the Engine; see the module docstring."""
+
+    # === login =======================================================================
+
+    def _admin_welcome(self, c: Client) -> None:
+        general = self.config.general
+        if not general.admin_username or c.username != general.admin_username:
+            self._drop_client(
+                c, fatal("28P01", f'password authentication failed for user "{c.username}"')
+            )
+            return
+        self._send_client(c, AuthenticationOk())
+        for name, value in (
+            ("server_version", f"pgsansio {__version__}"),
+            ("server_encoding", "UTF8"),
+            ("client_encoding", "UTF8"),
+            ("DateStyle", "ISO"),
+            ("TimeZone", "UTC"),
+            ("standard_conforming_strings", "on"),
+            ("integer_datetimes", "on"),
+            ("is_superuser", "on"),
+            ("application_name", c.params.get("application_name", "")),
+        ):
+            self._send_client(c, ParameterStatus(name, value))
+        self._send_client(c, BackendKeyData(self.rng.randrange(1, 2**31), self.rng.randbytes(4)))
+        self._send_client(c, ReadyForQuery("I"))
+        c.state = C_READY
+        if general.log_client_connections:
+            self._log(
+                logging.INFO,
+                f'client {c.cid} from {c.peer} logged in as "{c.username}" to the admin '
+                f'console ("{c.database}")',
+            )
+
+    # === requests ====================================================================
+
+    def _admin_span(self, c: Client, span: Span) -> None:
+        self._admin_events(c, list(span.events))
+
+    def _admin_events(self, c: Client, events: list[Event]) -> None:
+        failed = False
+        for i, e in enumerate(events):
+            if c.state == C_CLOSED:
+                return
+            if c.cid in self._busy:
+                # A PAUSE or RELOAD is still running: the rest waits for its answer.
+                c.pending.append((b"", events[i:], []))
+                return
+            t = type(e)
+            if t is Query:
+                assert isinstance(e, Query)
+                self._admin_query(c, e.sql)
+            elif t is Sync:
+                failed = False
+                self._send_client(c, ReadyForQuery("I"))
+            elif t is Terminate:
+                self._drop_client(c)
+                return
+            elif t is Flush:
+                continue
+            elif t in _EXTENDED:
+                if not failed:
+                    failed = True
+                    self._send_client(
+                        c,
+                        ErrorResponse.build(
+                            "0A000",
+                            "the admin console accepts only simple queries: the extended "
+                            "query protocol (Parse/Bind/Execute) is not supported",
+                        ),
+                    )
+            else:
+                self._send_client(
+                    c,
+                    ErrorResponse.build(
+                        "0A000", f"the admin console does not support {t.__name__} messages"
+                    ),
+                )
+                self._send_client(c, ReadyForQuery("I"))
+
+    def _admin_resume(self, c: Client) -> None:
+        pending, c.pending = c.pending, []
+        for _, events, _ in pending:
+            self._admin_events(c, events)
+
+    def _admin_query(self, c: Client, sql: str) -> None:
+        text = sql.strip()
+        while text.endswith(";"):
+            text = text[:-1].rstrip()
+        if not text:
+            self._send_client(c, EmptyQueryResponse())
+            self._send_client(c, ReadyForQuery("I"))
+            return
+        try:
+            words = [
+                (m.group(1).replace('""', '"') if m.group(1) is not None else m.group(2))
+                for m in _TOKEN.finditer(text)
+            ]
+            if any(";" in w for w in words):
+                raise AdminError("42601", "the admin console runs one command per query")
+            tag = self._admin_command(c, words)
+        except AdminError as exc:
+            self._send_client(c, ErrorResponse.build(exc.sqlstate, exc.message))
+            self._send_client(c, ReadyForQuery("I"))
+            return
+        if tag is None:
+            return  # answered later (PAUSE, RELOAD) or the client is gone
+        if c.state != C_CLOSED:
+            self._send_client(c, CommandComplete(tag))
+            self._send_client(c, ReadyForQuery("I"))
+
+    def _admin_command(self, c: Client, words: list[str]) -> str | None:
+        """Run one command; the tag to answer with, or None if answered elsewhere."""
+        if not words:
+            raise AdminError("42601", "no command found; SHOW HELP lists the commands")
+        command = words[0].upper()
+        args = words[1:]
+        if command in ("SHOW", "SELECT"):
+            if len(args) != 1:
+                raise AdminError(
+                    "42601", f"{command} takes one item, e.g. {command} POOLS (SHOW HELP)"
+                )
+            item = args[0].upper()
+            show = self._SHOW.get(item)
+            if show is None:
+                raise AdminError(
+                    "42704", f'unknown {command} item "{args[0]}"; SHOW HELP lists them'
+                )
+            show(self, c)
+            return None
+        if command == "SET":
+            return "SET"
+        if command == "SHUTDOWN":
+            mode = " ".join(args).upper()
+            if mode == "":
+                self._send_client(c, CommandComplete("SHUTDOWN"))
+                self._send_client(c, ReadyForQuery("I"))
+                self._shutdown_now()
+                return None
+            if mode not in ("WAIT_FOR_SERVERS", "WAIT_FOR_CLIENTS"):
+                raise AdminError(
+                    "42601",
+                    f'SHUTDOWN takes nothing, WAIT_FOR_SERVERS or WAIT_FOR_CLIENTS, not "{mode}"',
+                )
+            self._send_client(c, CommandComplete("SHUTDOWN"))
+            self._send_client(c, ReadyForQuery("I"))
+            self._begin_shutdown(wait_for_clients=mode == "WAIT_FOR_CLIENTS")
+            return None
+        action = self._ACTIONS.get(command)
+        if action is None:
+            raise AdminError(
+                "42601", f'invalid command "{words[0]}"; SHOW HELP lists the commands'
+            )
+        return action(self, c, command, args)
+
+    # === commands that act ===========================================================
+
+    def _one_db(self, command: str, args: list[str], *, required: bool) -> str | None:
+        if len(args) > 1:
+            raise AdminError("42601", f"{command} takes one database name, got {len(args)}")
+        if not args:
+            if required:
+                raise AdminError("42601", f"{command} needs a database name: {command} <db>")
+            return None
+        self._check_db(args[0])
+        return args[0]
+
+    def _cmd_pause(self, c: Client, command: str, args: list[str]) -> str | None:
+        db = self._one_db(command, args, required=False)
+        self._busy.add(c.cid)
+        self._pause(db, c)
+        return None
+
+    def _cmd_resume(self, c: Client, command: str, args: list[str]) -> str | None:
+        db = self._one_db(command, args, required=False)
+        if db is None and not self.paused:
+            raise AdminError("55000", "RESUME: the pooler is not paused")
+        if db is not None and db not in self.paused:
+            raise AdminError("55000", f'RESUME: database "{db}" is not paused')
+        if self._shutting_down:
+            raise AdminError("55000", "RESUME: the pooler is shutting down")
+        self._resume(db)
+        self._log(logging.INFO, f"RESUME {db or '(every database)'}: serving queries again")
+        return "RESUME"
+
+    def _cmd_disable(self, c: Client, command: str, args: list[str]) -> str | None:
+        db = self._one_db(command, args, required=True)
+        assert db is not None
+        if command == "DISABLE":
+            self.disabled.add(db)
+        else:
+            self.disabled.discard(db)
+        self._log(logging.INFO, f'{command} "{db}": new logins are {command.lower()}d')
+        return command
+
+    def _cmd_reconnect(self, c: Client, command: str, args: list[str]) -> str | None:
+        self._reconnect(self._one_db(command, args, required=False))
+        return "RECONNECT"
+
+    def _cmd_kill(self, c: Client, command: str, args: list[str]) -> str | None:
+        db = self._one_db(command, args, required=False)
+        self._log(logging.WARNING, f"KILL {db or '(every database)'} from the admin console")
+        self._kill(db)
+        return "KILL"
+
+    def _cmd_kill_client(self, c: Client, command: str, args: list[str]) -> str | None:
+        if len(args) != 1 or not args[0].isdigit():
+            raise AdminError("42601", "KILL_CLIENT needs one client id (SHOW CLIENTS, column id)")
+        cid = int(args[0])
+        if cid == c.cid:
+            self._drop_client(c, fatal("57P01", "terminated by KILL_CLIENT"))
+            return None
+        self._kill_client(cid)
+        return "KILL_CLIENT"
+
+    def _cmd_ban(self, c: Client, command: str, args: list[str]) -> str | None:
+        if command == "BAN" and (len(args) != 2 or not _is_number(args[1])):
+            raise AdminError("42601", "BAN needs a host and a number of seconds: BAN host 60")
+        if command == "UNBAN" and len(args) != 1:
+            raise AdminError("42601", "UNBAN needs a host: UNBAN host (or host:port)")
+        addresses = self._addresses(args[0])
+        if not addresses:
+            raise AdminError("42704", f'{command}: no configured server at "{args[0]}"')
+        if command == "BAN":
+            seconds = float(args[1])
+            if seconds <= 0:
+                raise AdminError("22023", "BAN: the number of seconds must be positive")
+            primaries = [a for a in addresses if a.role == "primary"]
+            if primaries:
+                raise AdminError(
+                    "55000",
+                    f"BAN: {primaries[0].host}:{primaries[0].port} is a primary; "
+                    "primaries are never banned",
+                )
+            for a in addresses:
+                self._ban(a.host, a.port, seconds, "admin ban")
+        else:
+            for a in addresses:
+                self._unban(a.host, a.port)
+        self._rows(
+            c,
+            (("db", TEXT), ("user", TEXT), ("role", TEXT), ("host", TEXT)),
+            [
+                (g.name, g.user.username, p.address.role, f"{p.address.host}:{p.address.port}")
+                for g in self.groups.values()
+                for p in g.all_pools()
+                if p.address in addresses
+            ],
+            command,
+        )
+        return None
+
+    def _cmd_reload(self, c: Client, command: str, args: list[str]) -> str | None:
+        if args:
+            raise AdminError("42601", "RELOAD takes no argument")
+        self._reload(c)
+        return None
+
+    _ACTIONS: dict[str, Callable[[Admin, Client, str, list[str]], str | None]] = {
+        "PAUSE": _cmd_pause,
+        "RESUME": _cmd_resume,
+        "DISABLE": _cmd_disable,
+        "ENABLE": _cmd_disable,
+        "RECONNECT": _cmd_reconnect,
+        "KILL": _cmd_kill,
+        "KILL_CLIENT": _cmd_kill_client,
+        "BAN": _cmd_ban,
+        "UNBAN": _cmd_ban,
+        "RELOAD": _cmd_reload,
+    }
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

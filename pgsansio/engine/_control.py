@@ -1,0 +1,319 @@
+"""Operating the pooler: pause, resume, disable, kill, reconnect, bans, shutdown modes.
+
+Mixed into :class:`~._engine.Engine`. The admin console (:mod:`._admin`) and the
+frontend's signals (SIGUSR1 pause, SIGUSR2 resume, SIGINT/SIGTERM shutdown) both end
+up here. PgBouncer's semantics, written down:
+
+- **PAUSE [db]**: no server is handed out any more; clients that ask for one wait
+  (without ``connect_timeout``, as in PgBouncer and PgCat). Servers are closed as the
+  pool mode releases them (end of transaction; the client leaving in session mode);
+  idle ones at once. The console answers ``PAUSE`` only when the database has no
+  server connection left, so an operator can restart PostgreSQL safely afterwards.
+- **RESUME [db]** lets the waiting clients go on; it is an error if nothing was paused.
+- **DISABLE db / ENABLE db**: new logins to ``db`` are refused (57P03); sessions stay.
+- **RECONNECT [db]**: every server is closed when next released (idle ones now);
+  new ones are opened as needed.
+- **KILL [db]**: its clients are disconnected and its servers closed at once; the
+  database then stays paused until RESUME. No argument: every database (1.25).
+- **KILL_CLIENT id**: one client, by SHOW CLIENTS ``id``.
+- **Bans** (``BAN host seconds`` / ``UNBAN host``) are kept by address ``(host,
+  port)`` with an expiry and a reason. While banned, an address is skipped when a
+  server is chosen, unless every candidate is banned (as PgCat, which then unbans
+  all). A primary is never banned (PgCat's rule).
+- **Shutdown**: ``shutdown(now)`` (SIGINT, SHUTDOWN WAIT_FOR_SERVERS) drains: new
+  clients are refused, idle clients are let go, open transactions finish, and the
+  pooler exits when no client is left or after ``shutdown_timeout``.
+  ``shutdown(now, wait_for_clients=True)`` (SIGTERM, SHUTDOWN WAIT_FOR_CLIENTS,
+  PgBouncer 1.23) only refuses new clients and exits when the last one leaves. In both,
+  admin-console sessions may still log in and do not keep the pooler alive. The plain
+  console ``SHUTDOWN`` exits at once, as PgBouncer's does.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from pgsansio.protocol import CommandComplete, ErrorResponse, ReadyForQuery
+
+from ._base import Base
+from ._effects import Reload
+from ._leaving import TERMINATING
+from ._objects import C_CLOSED, S_IDLE, Client, PoolGroup
+
+if TYPE_CHECKING:
+    from pgsansio.config_model import ServerAddress
+
+    from ._effects import Effect
+
+__all__ = ["AdminError", "Control"]
+
+
+class AdminError(Exception):
+    """A console command failed: answered as an ErrorResponse, the session goes on."""
+
+    def __init__(self, sqlstate: str, message: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.message = message
+
+
+class Control(Base):
+    """Mixed into the Engine; see the module docstring."""
+
+    def _init_control(self) -> None:
+        self.paused: set[str] = set()
+        self._pausing = False  # any database paused (the hot path checks only this)
+        self._held: list[Client] = []  # clients waiting because their database is paused
+        # Who waits for a PAUSE to complete: (admin client or None for SIGUSR1, db).
+        self._pause_waiters: list[tuple[Client | None, str | None]] = []
+        self.disabled: set[str] = set()
+        # (host, port) -> (banned until, reason, banned since): the replicas' health
+        # checks ban through _ban() too.
+        self.bans: dict[tuple[str, int], tuple[float, str, float]] = {}
+        self._reload_waiters: list[Client] = []
+        self._wait_for_clients = False
+        self._busy: set[int] = set()  # admin clients whose command is still running
+
+    # === inputs (the frontend's signals) =============================================
+
+    def pause(self, now: float) -> list[Effect]:
+        """SIGUSR1: PAUSE every database; logged when done."""
+        self._now = now
+        self._pause(None, None)
+        return self._flush()
+
+    def resume(self, now: float) -> list[Effect]:
+        """SIGUSR2: RESUME every database (ignored while shutting down, as PgBouncer)."""
+        self._now = now
+        if self.paused and not self._shutting_down:
+            self._resume(None)
+            self._log(logging.INFO, "resumed: every database serves queries again")
+        return self._flush()
+
+    def reload_failed(self, error: str, now: float) -> list[Effect]:
+        """The frontend could not load the file a console RELOAD asked for."""
+        self._now = now
+        self._log(logging.ERROR, f"RELOAD failed; the running configuration stays: {error}")
+        self._reload_answer(error)
+        return self._flush()
+
+    # === pause / resume ==============================================================
+
+    def _db_groups(self, db: str | None) -> list[PoolGroup]:
+        return [g for g in self.groups.values() if db is None or g.name == db]
+
+    def _check_db(self, db: str) -> None:
+        if db not in self.config.pools:
+            raise AdminError("42704", f'no such database: "{db}"')
+
+    def _pause(self, db: str | None, who: Client | None, *, wait: bool = True) -> None:
+        names = list(self.config.pools) if db is None else [db]
+        self.paused.update(names)
+        self._pausing = True
+        for group in self._db_groups(db):
+            for pool in group.all_pools():
+                for w in pool.waiters:
+                    w.wait_gen += 1  # its connect_timeout no longer applies
+                    w.pool = None  # it waits on no pool now (a cancel finds nothing to do)
+                    self._held.append(w)
+                pool.waiters.clear()
+                for s in list(pool.idle):
+                    self._close_server(s)
+        self._log(
+            logging.INFO,
+            f"pausing {'every database' if db is None else f'database {db}'}: "
+            "servers close as their clients release them",
+        )
+        if wait:
+            self._pause_waiters.append((who, db))
+            self._pause_progress()
+
+    def _servers_left(self, db: str | None) -> int:
+        return sum(len(p.servers) for g in self._db_groups(db) for p in g.all_pools())
+
+    def _pause_progress(self) -> None:
+        """Answer the PAUSEs whose databases have no server connection left."""
+        done: list[tuple[Client | None, str | None]] = []
+        waiting: list[tuple[Client | None, str | None]] = []
+        for who, db in self._pause_waiters:
+            (waiting if self._servers_left(db) else done).append((who, db))
+        if not done:
+            return
+        self._pause_waiters = waiting  # before answering: an answer may run a new PAUSE
+        for who, _ in done:
+            if who is None:
+                self._log(logging.INFO, "paused: no server connection is open")
+            elif who.state != C_CLOSED:
+                self._admin_done(who, "PAUSE")
+            else:
+                self._busy.discard(who.cid)
+
+    def _hold(self, c: Client) -> bool:
+        """Called by checkout: keep ``c`` waiting if its database is paused."""
+        group = c.group
+        if group is None or group.name not in self.paused:
+            return False
+        if c.waiting_since is None:
+            c.waiting_since = self._now
+        c.pool = None
+        if len(self._held) > 64 and len(self._held) > 2 * len(self.clients):
+            self._held = [x for x in self._held if x.state != C_CLOSED]
+        self._held.append(c)
+        return True
+
+    def _resume(self, db: str | None) -> None:
+        if db is None:
+            self.paused.clear()
+        else:
+            self.paused.discard(db)
+        self._pausing = bool(self.paused)
+        self._pause_waiters = [(w, d) for w, d in self._pause_waiters if d is not None]
+        self._pause_waiters = [(w, d) for w, d in self._pause_waiters if d in self.paused]
+        held, self._held = self._held, []
+        for c in held:
+            if c.state == C_CLOSED or c.server is not None:
+                continue
+            if c.group is not None and c.group.name in self.paused:
+                self._held.append(c)
+                continue
+            self._checkout(c)
+        for group in self._db_groups(db):
+            self._prewarm(group)
+
+    # === disable, reconnect, kill ====================================================
+
+    def _reconnect(self, db: str | None) -> None:
+        for group in self._db_groups(db):
+            for pool in group.all_pools():
+                for s in list(pool.servers):
+                    s.close_needed = True
+                    if s.state == S_IDLE:
+                        self._close_server(s)
+                self._refill(pool)
+
+    def _kill(self, db: str | None) -> None:
+        self._pause(db, None, wait=False)  # KILL answers at once
+        for c in list(self.clients.values()):
+            if c.admin or (db is not None and (c.group is None or c.group.name != db)):
+                continue
+            self._drop_client(c, TERMINATING)
+        for group in self._db_groups(db):
+            for pool in group.all_pools():
+                for s in list(pool.servers):
+                    self._close_server(s)
+
+    def _kill_client(self, cid: int) -> None:
+        c = self.clients.get(cid)
+        if c is None:
+            raise AdminError("42704", f"no such client: {cid} (see SHOW CLIENTS, column id)")
+        self._log(logging.INFO, f"client {cid} from {c.peer} killed by the admin console")
+        self._drop_client(c, TERMINATING)
+
+    # === bans ========================================================================
+
+    def _ban(self, host: str, port: int, seconds: float, reason: str) -> None:
+        """Keep ``host:port`` out of server selection for ``seconds``."""
+        until = self._now + seconds
+        self.bans[(host, port)] = (until, reason, self._now)
+        self._log(logging.WARNING, f"server {host}:{port} banned for {seconds:g} s: {reason}")
+        self._at(until, lambda: self._ban_expired(host, port, until))
+
+    def _unban(self, host: str, port: int) -> bool:
+        if self.bans.pop((host, port), None) is None:
+            return False
+        self._log(logging.INFO, f"server {host}:{port} unbanned")
+        return True
+
+    def _ban_expired(self, host: str, port: int, until: float) -> None:
+        ban = self.bans.get((host, port))
+        if ban is not None and ban[0] == until:
+            del self.bans[(host, port)]
+            self._log(logging.INFO, f"server {host}:{port}: ban expired")
+
+    def _banned(self, address: ServerAddress) -> bool:
+        ban = self.bans.get((address.host, address.port))
+        return ban is not None and ban[0] > self._now
+
+    def _addresses(self, host: str) -> list[ServerAddress]:
+        """Configured servers matching ``host`` or ``host:port``."""
+        want_port: int | None = None
+        if ":" in host and host.rsplit(":", 1)[1].isdigit():
+            host, port_text = host.rsplit(":", 1)
+            want_port = int(port_text)
+        found: dict[tuple[str, int], ServerAddress] = {}
+        for pool in self.config.pools.values():
+            for shard in pool.shards:
+                for a in shard.servers:
+                    if a.host == host and want_port in (None, a.port):
+                        found.setdefault((a.host, a.port), a)
+        return list(found.values())
+
+    # === shutdown ====================================================================
+
+    def _begin_shutdown(self, *, wait_for_clients: bool) -> None:
+        if self._shutting_down and (wait_for_clients or not self._wait_for_clients):
+            return  # already in this mode, or in the stricter drain
+        self._shutting_down = True
+        self._wait_for_clients = wait_for_clients
+        if wait_for_clients:
+            self._log(
+                logging.INFO,
+                "shutting down: new clients are refused; exiting when the last one leaves",
+            )
+            self._maybe_exit()
+            return
+        self._log(logging.INFO, "shutting down: waiting for clients to finish")
+        for c in list(self.clients.values()):
+            if c.admin:
+                continue
+            s = c.server
+            if s is None or (not s.queue and s.conn.idle and s.conn.transaction_status == "I"):
+                self._drop_client(c, TERMINATING)
+        timeout = self.config.general.shutdown_timeout / 1000
+        self._at(self._now + timeout, self._shutdown_timeout)
+        self._maybe_exit()
+
+    def _shutdown_now(self) -> None:
+        self._shutting_down = True
+        self._log(logging.INFO, "SHUTDOWN from the admin console: exiting now")
+        self._shutdown_timeout()
+
+    def _exit_leftovers(self) -> None:
+        """The pooler is exiting: admin sessions and metrics requests are let go."""
+        for c in list(self.clients.values()):
+            self._drop_client(c, TERMINATING)
+        self._close_http()
+
+    # === answering the console =======================================================
+
+    def _reload(self, c: Client) -> None:
+        self._reload_waiters.append(c)
+        self._busy.add(c.cid)
+        self._out.append(Reload())
+
+    def _reload_answer(self, error: str | None) -> None:
+        waiters, self._reload_waiters = self._reload_waiters, []
+        for c in waiters:
+            if c.state == C_CLOSED:
+                continue
+            if error is None:
+                self._admin_done(c, "RELOAD")
+            else:
+                self._busy.discard(c.cid)
+                self._send_client(
+                    c,
+                    ErrorResponse.build(
+                        "F0000",
+                        f"RELOAD failed; the running configuration stays in force: {error}",
+                    ),
+                )
+                self._send_client(c, ReadyForQuery("I"))
+                self._admin_resume(c)
+
+    def _admin_done(self, c: Client, tag: str) -> None:
+        """Answer a command that had to wait, then run what the client sent meanwhile."""
+        self._busy.discard(c.cid)
+        self._send_client(c, CommandComplete(tag))
+        self._send_client(c, ReadyForQuery("I"))
+        self._admin_resume(c)

@@ -1,0 +1,240 @@
+"""The Prometheus exporter: a tiny sans-IO HTTP/1.x server for ``GET /metrics``.
+
+Mixed into :class:`~._engine.Engine`. The frontend listens on
+``prometheus_exporter_port`` and reports each connection with
+``metrics_connected(cid, peer, now)``; its bytes then come as ``client_data`` and its
+end as ``client_closed``, like a client's. One request per connection (no keep-alive):
+
+- ``GET /metrics`` (or HEAD) -> 200 ``text/plain; version=0.0.4`` with PgCat's metric
+  families ``pgcat_stats_*`` (per pool: SHOW STATS), ``pgcat_pools_*`` (per pool and
+  user: SHOW POOLS), ``pgcat_servers_*`` and ``pgcat_databases_*`` (per server address);
+- another path -> 404; another method -> 405; a request head over 8 KiB or one that is
+  not HTTP/1.x -> 400. The connection is closed after the answer.
+
+The text format is written here by hand (label values escaped as the format asks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from ._base import Base
+from ._effects import CloseClient, SendClient
+from ._objects import S_ACTIVE, S_CONNECTING, S_IDLE, S_INTERNAL, S_LOGIN
+from ._stats import STATS_COLUMNS
+
+if TYPE_CHECKING:
+    from ._effects import Effect
+
+__all__ = ["MAX_REQUEST", "Metrics"]
+
+MAX_REQUEST = 8192
+"""Bytes of request head we accept before answering 400."""
+
+_HELP = {
+    "stats_total_xact_count": ("counter", "Transactions run by clients"),
+    "stats_total_query_count": ("counter", "Queries run by clients"),
+    "stats_total_received": ("counter", "Bytes received from clients"),
+    "stats_total_sent": ("counter", "Bytes sent to clients"),
+    "stats_total_xact_time": ("counter", "Microseconds spent in transactions"),
+    "stats_total_query_time": ("counter", "Microseconds spent in queries"),
+    "stats_total_wait_time": ("counter", "Microseconds clients waited for a server"),
+    "stats_total_server_assignment_count": ("counter", "Server connections assigned"),
+    "stats_total_client_parse_count": ("counter", "Parse messages from clients"),
+    "stats_total_server_parse_count": ("counter", "Parse messages sent to servers"),
+    "stats_total_bind_count": ("counter", "Bind messages from clients"),
+    "stats_total_client_login_count": ("counter", "Client logins"),
+}
+_AVG_HELP = "Average over the last stats period (per second, or µs per event for times)"
+_POOL_GAUGES = (
+    ("cl_idle", "Clients logged in with no server linked"),
+    ("cl_active", "Clients logged in and not waiting"),
+    ("cl_waiting", "Clients waiting for a server connection"),
+    ("sv_active", "Server connections linked to a client"),
+    ("sv_idle", "Server connections idle in the pool"),
+    ("sv_used", "Server connections idle and due for a check"),
+    ("sv_tested", "Server connections running the pooler's own queries"),
+    ("sv_login", "Server connections logging in"),
+    ("maxwait", "Seconds the oldest waiting client has waited"),
+    ("maxwait_us", "Microseconds part of maxwait"),
+)
+_SERVER_STATES = {
+    S_ACTIVE: "active_count",
+    S_IDLE: "idle_count",
+    S_INTERNAL: "tested_count",
+    S_CONNECTING: "login_count",
+    S_LOGIN: "login_count",
+}
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _labels(pairs: Mapping[str, object]) -> str:
+    return ",".join(f'{k}="{_escape(str(v))}"' for k, v in pairs.items())
+
+
+def _response(status: str, body: bytes, *, content_type: str, extra: str = "") -> bytes:
+    head = (
+        f"HTTP/1.1 {status}\r\n"
+        f"Content-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        f"{extra}Connection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+class Metrics(Base):
+    """Mixed into the Engine; see the module docstring."""
+
+    _http: dict[int, bytearray]
+
+    def metrics_connected(self, cid: int, peer: str, now: float) -> list[Effect]:
+        """A connection to the Prometheus port (its data comes as ``client_data``)."""
+        self._now = now
+        self._http[cid] = bytearray()
+        return self._flush()
+
+    def _http_data(self, cid: int, data: bytes) -> None:
+        buf = self._http.get(cid)
+        if buf is None:
+            return
+        buf += data
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            end = buf.find(b"\n\n")
+        if end < 0:
+            if len(buf) > MAX_REQUEST or not data:
+                self._http_answer(cid, "400 Bad Request", b"request too large or incomplete\n")
+            return
+        if end > MAX_REQUEST:
+            self._http_answer(cid, "400 Bad Request", b"request head too large\n")
+            return
+        line = bytes(buf[: buf.find(b"\n")]).rstrip(b"\r").decode("latin-1")
+        parts = line.split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            self._http_answer(cid, "400 Bad Request", b"not an HTTP/1.x request\n")
+            return
+        method, target, _ = parts
+        path = target.split("?", 1)[0]
+        if method not in ("GET", "HEAD"):
+            self._http_answer(
+                cid, "405 Method Not Allowed", b"only GET\n", extra="Allow: GET, HEAD\r\n"
+            )
+        elif path != "/metrics":
+            self._http_answer(cid, "404 Not Found", b"metrics are at /metrics\n")
+        else:
+            body = self._metrics_text().encode()
+            self._http_answer(
+                cid,
+                "200 OK",
+                body,
+                content_type="text/plain; version=0.0.4; charset=utf-8",
+                head_only=method == "HEAD",
+            )
+
+    def _http_answer(
+        self,
+        cid: int,
+        status: str,
+        body: bytes,
+        *,
+        content_type: str = "text/plain; charset=utf-8",
+        extra: str = "",
+        head_only: bool = False,
+    ) -> None:
+        data = _response(status, body, content_type=content_type, extra=extra)
+        if head_only:
+            data = data[: len(data) - len(body)]
+        del self._http[cid]
+        self._out.append(SendClient(cid, data))
+        self._out.append(CloseClient(cid))
+
+    def _close_http(self) -> None:
+        for cid in list(self._http):
+            self._out.append(CloseClient(cid))
+        self._http.clear()
+
+    # === the text format =============================================================
+
+    def _metrics_text(self) -> str:
+        families: dict[str, list[str]] = {}
+        types: dict[str, tuple[str, str]] = {}
+
+        def add(name: str, kind: str, text: str, labels: Mapping[str, object], v: int) -> None:
+            full = f"pgcat_{name}"
+            types.setdefault(full, (kind, text))
+            families.setdefault(full, []).append(f"{full}{{{_labels(labels)}}} {v}")
+
+        for pool_name, pool_cfg in self.config.pools.items():
+            st = self.stats.get(pool_name)
+            if st is None:
+                continue
+            database = pool_cfg.shards[0].database
+            labels: dict[str, object] = {"pool": pool_name, "database": database}
+            totals = st.totals()
+            for attr, total, avg in STATS_COLUMNS:
+                kind, help_text = _HELP[f"stats_{total}"]
+                add(f"stats_{total}", kind, help_text, labels, totals[attr])
+                add(f"stats_{avg}", "gauge", _AVG_HELP, labels, st.averages[attr])
+        for db, user, counts, _, _ in self._pool_rows():
+            for name, help_text in _POOL_GAUGES:
+                add(f"pools_{name}", "gauge", help_text, {"pool": db, "user": user}, counts[name])
+        for group in self.groups.values():
+            for pool in group.all_pools():
+                a = pool.address
+                index = group.cfg.shards[pool.shard].servers.index(a)
+                labels = {
+                    "host": a.host,
+                    "port": a.port,
+                    "shard": pool.shard,
+                    "role": a.role,
+                    "pool": group.name,
+                    "index": index,
+                    "database": group.cfg.shards[pool.shard].database,
+                    "username": group.user.username,
+                }
+                counts = dict.fromkeys(
+                    ("active_count", "idle_count", "tested_count", "login_count"), 0
+                )
+                for s in pool.servers:
+                    counts[_SERVER_STATES.get(s.state, "login_count")] += 1
+                for key, value in counts.items():
+                    add(
+                        f"servers_{key}",
+                        "gauge",
+                        f"Server connections in state {key[:-6]}",
+                        labels,
+                        value,
+                    )
+                add("servers_is_banned", "gauge", "1 if banned", labels, int(self._banned(a)))
+                add(
+                    "servers_is_paused",
+                    "gauge",
+                    "1 if paused",
+                    labels,
+                    int(group.name in self.paused),
+                )
+                add(
+                    "databases_pool_size",
+                    "gauge",
+                    "Maximum server connections",
+                    labels,
+                    group.user.pool_size,
+                )
+                add(
+                    "databases_current_connections",
+                    "gauge",
+                    "Open server connections",
+                    labels,
+                    len(pool.servers),
+                )
+        out: list[str] = []
+        for name, lines in families.items():
+            kind, help_text = types[name]
+            out.append(f"# HELP {name} {help_text}")
+            out.append(f"# TYPE {name} {kind}")
+            out.extend(lines)
+        return "\n".join(out) + "\n"

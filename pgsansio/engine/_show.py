@@ -1,0 +1,534 @@
+"""SHOW for the admin console: PgBouncer 1.25's column sets, built from the engine's state.
+
+Mixed into :class:`~._engine.Engine` through :class:`~._admin.Admin`; see that module
+for the console's rules (column types, ``connect_time`` as an age, row naming).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+from pgsansio import __version__
+from pgsansio.protocol import (
+    CommandComplete,
+    DataRow,
+    NoticeResponse,
+    ReadyForQuery,
+    RowDescription,
+)
+
+from ._base import Base
+from ._objects import (
+    C_READY,
+    S_ACTIVE,
+    S_CONNECTING,
+    S_IDLE,
+    S_INTERNAL,
+    S_LOGIN,
+    Client,
+    ServerConn,
+)
+from ._stats import STATS_COLUMNS, TOTAL_COLUMNS, DbStats
+
+__all__ = ["INT8", "NUMERIC", "TEXT", "Show"]
+
+TEXT, INT8, NUMERIC = 25, 20, 1700
+Columns = Sequence[tuple[str, int]]
+Row = Sequence[object]
+
+_NOT_SECRET = ("admin_username", "auth_query_user")
+_RESTART_ONLY = frozenset({"host", "port", "worker_threads"})
+
+HELP = """\
+SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION|STATE|BANS
+SHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS|LISTS
+SET key = arg (accepted and ignored)
+PAUSE [<db>]
+RESUME [<db>]
+DISABLE <db>
+ENABLE <db>
+RECONNECT [<db>]
+KILL [<db>]
+KILL_CLIENT <id>
+BAN <host>[:<port>] <seconds>
+UNBAN <host>[:<port>]
+RELOAD
+SHUTDOWN
+SHUTDOWN WAIT_FOR_SERVERS
+SHUTDOWN WAIT_FOR_CLIENTS"""
+
+_SOCKET_COLUMNS: Columns = (
+    ("type", TEXT),
+    ("user", TEXT),
+    ("database", TEXT),
+    ("replication", TEXT),
+    ("state", TEXT),
+    ("addr", TEXT),
+    ("port", INT8),
+    ("local_addr", TEXT),
+    ("local_port", INT8),
+    ("connect_time", TEXT),
+    ("request_time", TEXT),
+    ("wait", INT8),
+    ("wait_us", INT8),
+    ("close_needed", INT8),
+    ("ptr", TEXT),
+    ("link", TEXT),
+    ("remote_pid", INT8),
+    ("tls", TEXT),
+    ("application_name", TEXT),
+    ("prepared_statements", INT8),
+    ("id", INT8),
+)
+_SERVER_STATES = {S_ACTIVE: "active", S_IDLE: "idle", S_INTERNAL: "tested"}
+
+
+def _split_peer(peer: str) -> tuple[str, int | None]:
+    host, _, port = peer.rpartition(":")
+    if host and port.isdigit():
+        return host.strip("[]"), int(port)
+    return peer, None
+
+
+def _ago(now: float, then: float) -> str:
+    return f"{max(0.0, now - then):.3f} s ago"
+
+
+def _wait(now: float, since: float | None) -> tuple[int, int]:
+    if since is None:
+        return 0, 0
+    waited = max(0.0, now - since)
+    return int(waited), int((waited - int(waited)) * 1_000_000)
+
+
+class Show(Base):
+    """Mixed into the Engine; see the module docstring."""
+
+    def _rows(self, c: Client, columns: Columns, rows: Sequence[Row], tag: str = "SHOW") -> None:
+        self._send_client(c, RowDescription([(n, 0, 0, oid, -1, -1, 0) for n, oid in columns]))
+        for row in rows:
+            self._send_client(c, DataRow([None if v is None else str(v).encode() for v in row]))
+        self._send_client(c, CommandComplete(tag))
+        self._send_client(c, ReadyForQuery("I"))
+
+    def _show_help(self, c: Client) -> None:
+        self._send_client(c, NoticeResponse.build("00000", "Console usage", "NOTICE", D=HELP))
+        self._send_client(c, CommandComplete("SHOW"))
+        self._send_client(c, ReadyForQuery("I"))
+
+    def _show_version(self, c: Client) -> None:
+        # Exporters look for "PgBouncer X.Y.Z" to pick the columns they expect.
+        version = f"pgsansio {__version__} (console of PgBouncer 1.25.0)"
+        self._rows(c, (("version", TEXT),), [(version,)])
+
+    def _show_state(self, c: Client) -> None:
+        every = bool(self.config.pools) and all(p in self.paused for p in self.config.pools)
+        rows = [
+            ("active", "no" if every else "yes"),
+            ("paused", "yes" if every else "no"),
+            ("suspended", "no"),
+        ]
+        self._rows(c, (("key", TEXT), ("value", TEXT)), rows)
+
+    def _show_config(self, c: Client) -> None:
+        general = self.config.general
+        rows = []
+        for f in dataclasses.fields(general):
+            value = getattr(general, f.name)
+            default = f.default
+            if ("password" in f.name or "secret" in f.name) and f.name not in _NOT_SECRET:
+                value = "********" if value else ""
+                default = ""
+            rows.append(
+                (
+                    f.name,
+                    _text(value),
+                    _text(default),
+                    "no" if f.name in _RESTART_ONLY else "yes",
+                )
+            )
+        columns = (("key", TEXT), ("value", TEXT), ("default", TEXT), ("changeable", TEXT))
+        self._rows(c, columns, rows)
+
+    def _show_databases(self, c: Client) -> None:
+        client_counts: dict[str, int] = {}
+        for x in self.clients.values():
+            if x.group is not None:
+                client_counts[x.group.name] = client_counts.get(x.group.name, 0) + 1
+        rows: list[Row] = []
+        for name, pool_cfg in self.config.pools.items():
+            users = list(pool_cfg.users.values())
+            addresses = [(sh.index, a) for sh in pool_cfg.shards for a in sh.servers]
+            single = len(addresses) == 1
+            replica_index: dict[int, int] = {}
+            for shard_index, a in addresses:
+                if single:
+                    row_name = name
+                elif a.role == "primary":
+                    row_name = f"{name}_shard_{shard_index}_primary"
+                else:
+                    i = replica_index.get(shard_index, 0)
+                    replica_index[shard_index] = i + 1
+                    row_name = f"{name}_shard_{shard_index}_replica_{i}"
+                current = sum(
+                    len(p.servers)
+                    for g in self.groups.values()
+                    if g.name == name
+                    for p in g.all_pools()
+                    if p.address == a and p.shard == shard_index
+                )
+                forced = {u.server_username for u in users}
+                rows.append(
+                    (
+                        row_name,
+                        a.host,
+                        a.port,
+                        pool_cfg.shards[shard_index].database,
+                        forced.pop() if len(forced) == 1 else None,
+                        max((u.pool_size for u in users), default=0),
+                        max((u.min_pool_size for u in users), default=0),
+                        0,
+                        max((u.server_lifetime for u in users), default=0) // 1000,
+                        pool_cfg.pool_mode,
+                        pool_cfg.load_balancing_mode,
+                        0,
+                        current,
+                        0,
+                        client_counts.get(name, 0),
+                        int(name in self.paused),
+                        int(name in self.disabled),
+                    )
+                )
+        columns = (
+            ("name", TEXT),
+            ("host", TEXT),
+            ("port", INT8),
+            ("database", TEXT),
+            ("force_user", TEXT),
+            ("pool_size", INT8),
+            ("min_pool_size", INT8),
+            ("reserve_pool_size", INT8),
+            ("server_lifetime", INT8),
+            ("pool_mode", TEXT),
+            ("load_balance_hosts", TEXT),
+            ("max_connections", INT8),
+            ("current_connections", INT8),
+            ("max_client_connections", INT8),
+            ("current_client_connections", INT8),
+            ("paused", INT8),
+            ("disabled", INT8),
+        )
+        self._rows(c, columns, rows)
+
+    def _pool_rows(self) -> list[tuple[str, str, dict[str, int], str, str]]:
+        """Per (database, user): the SHOW POOLS counts (shared with /metrics)."""
+        counts: dict[tuple[str, str], dict[str, int]] = {}
+        oldest: dict[tuple[str, str], float] = {}
+        for key, g in self.groups.items():
+            n = counts[key] = dict.fromkeys(
+                ("cl_idle", "cl_active", "cl_waiting", "sv_active", "sv_idle", "sv_used"), 0
+            ) | dict.fromkeys(("sv_tested", "sv_login", "maxwait", "maxwait_us"), 0)
+            for p in g.all_pools():
+                for s in p.servers:
+                    state = s.state
+                    if state == S_ACTIVE:
+                        n["sv_active"] += 1
+                    elif state == S_IDLE:
+                        n["sv_idle"] += 1
+                    elif state == S_INTERNAL:
+                        n["sv_tested"] += 1
+                    elif state in (S_CONNECTING, S_LOGIN):
+                        n["sv_login"] += 1
+        for x in self.clients.values():
+            if x.group is None or x.admin:
+                continue
+            key = (x.group.name, x.group.user.username)
+            found = counts.get(key)
+            if found is None:
+                continue
+            n = found
+            if x.waiting_since is not None:
+                n["cl_waiting"] += 1
+                oldest[key] = min(oldest.get(key, x.waiting_since), x.waiting_since)
+            elif x.state == C_READY:
+                n["cl_active"] += 1
+                if x.server is None:
+                    n["cl_idle"] += 1
+        for key, since in oldest.items():
+            counts[key]["maxwait"], counts[key]["maxwait_us"] = _wait(self._now, since)
+        return [
+            (key[0], key[1], counts[key], g.user.pool_mode, g.cfg.load_balancing_mode)
+            for key, g in self.groups.items()
+        ]
+
+    def _show_pools(self, c: Client) -> None:
+        rows = [
+            (
+                db,
+                user,
+                n["cl_active"],
+                n["cl_waiting"],
+                0,
+                0,
+                n["sv_active"],
+                0,
+                0,
+                n["sv_idle"],
+                n["sv_used"],
+                n["sv_tested"],
+                n["sv_login"],
+                n["maxwait"],
+                n["maxwait_us"],
+                mode,
+                balance,
+            )
+            for db, user, n, mode, balance in self._pool_rows()
+        ]
+        columns = (
+            ("database", TEXT),
+            ("user", TEXT),
+            ("cl_active", INT8),
+            ("cl_waiting", INT8),
+            ("cl_active_cancel_req", INT8),
+            ("cl_waiting_cancel_req", INT8),
+            ("sv_active", INT8),
+            ("sv_active_cancel", INT8),
+            ("sv_being_canceled", INT8),
+            ("sv_idle", INT8),
+            ("sv_used", INT8),
+            ("sv_tested", INT8),
+            ("sv_login", INT8),
+            ("maxwait", INT8),
+            ("maxwait_us", INT8),
+            ("pool_mode", TEXT),
+            ("load_balance_hosts", TEXT),
+        )
+        self._rows(c, columns, rows)
+
+    def _show_clients(self, c: Client) -> None:
+        general = self.config.general
+        rows = []
+        for x in sorted(self.clients.values(), key=lambda x: x.cid):
+            if x.waiting_since is not None:
+                state = "waiting"
+            elif x.state != C_READY:
+                state = "login"
+            elif x.server is None:
+                state = "idle"
+            else:
+                state = "active"
+            host, port = _split_peer(x.peer)
+            wait, wait_us = _wait(self._now, x.waiting_since)
+            request = x.query_start if x.query_start is not None else x.connected
+            rows.append(
+                (
+                    "C",
+                    x.username,
+                    x.database,
+                    "none",
+                    state,
+                    host,
+                    port,
+                    general.host,
+                    general.port,
+                    _ago(self._now, x.connected),
+                    _ago(self._now, request),
+                    wait,
+                    wait_us,
+                    0,
+                    f"c{x.cid}",
+                    f"s{x.server.sid}" if x.server is not None else None,
+                    x.cancel_key[0] or None,
+                    "",
+                    x.params.get("application_name", ""),
+                    len(x.prepared),
+                    x.cid,
+                )
+            )
+        self._rows(c, _SOCKET_COLUMNS, rows)
+
+    def _show_servers(self, c: Client) -> None:
+        rows = []
+        for s in sorted(self.servers.values(), key=lambda s: s.sid):
+            if s.group is None or s.pool is None:
+                continue  # a cancel request or an auth_query lookup in flight
+            rows.append(self._server_row(s))
+        self._rows(c, _SOCKET_COLUMNS, rows)
+
+    def _server_row(self, s: ServerConn) -> Row:
+        assert s.group is not None
+        state = _SERVER_STATES.get(s.state, "new")
+        return (
+            "S",
+            s.group.user.backend_username,
+            s.group.name,
+            "none",
+            state,
+            s.address.host,
+            s.address.port,
+            None,
+            None,
+            _ago(self._now, s.created),
+            _ago(self._now, s.last_used),
+            0,
+            0,
+            int(s.close_needed),
+            f"s{s.sid}",
+            f"c{s.client.cid}" if s.client is not None else None,
+            s.backend_key[0] if s.backend_key is not None else None,
+            "",
+            s.params.get("application_name", ""),
+            len(s.prepared),
+            s.sid,
+        )
+
+    def _show_users(self, c: Client) -> None:
+        users: dict[str, list[int]] = {}
+        modes: dict[str, tuple[int, str]] = {}
+        for g in self.groups.values():
+            u = g.user
+            entry = users.setdefault(u.username, [0, 0])
+            entry[0] += sum(len(p.servers) for p in g.all_pools())
+            modes.setdefault(u.username, (u.pool_size, u.pool_mode))
+        for x in self.clients.values():
+            if x.group is not None and x.username in users:
+                users[x.username][1] += 1
+        rows = [
+            (name, modes[name][0], 0, modes[name][1], 0, servers, 0, clients)
+            for name, (servers, clients) in sorted(users.items())
+        ]
+        columns = (
+            ("name", TEXT),
+            ("pool_size", INT8),
+            ("reserve_pool_size", INT8),
+            ("pool_mode", TEXT),
+            ("max_user_connections", INT8),
+            ("current_connections", INT8),
+            ("max_user_client_connections", INT8),
+            ("current_client_connections", INT8),
+        )
+        self._rows(c, columns, rows)
+
+    def _show_lists(self, c: Client) -> None:
+        users = {u for p in self.config.pools.values() for u in p.users}
+        ready = sum(1 for x in self.clients.values() if x.state == C_READY)
+        rows = [
+            ("databases", len(self.config.pools)),
+            ("users", len(users)),
+            ("peers", 0),
+            ("pools", len(self.groups)),
+            ("peer_pools", 0),
+            ("free_clients", 0),
+            ("used_clients", ready),
+            ("login_clients", len(self.clients) - ready),
+            ("free_servers", 0),
+            ("used_servers", len(self.servers)),
+            ("dns_names", 0),
+            ("dns_zones", 0),
+            ("dns_queries", 0),
+            ("dns_pending", 0),
+        ]
+        self._rows(c, (("list", TEXT), ("items", INT8)), rows)
+
+    def _stats_rows(self) -> list[tuple[str, DbStats]]:
+        names = list(self.config.pools) + [n for n in self.stats if n not in self.config.pools]
+        return [(n, self.stats.get(n) or DbStats()) for n in names]
+
+    def _show_stats(self, c: Client) -> None:
+        columns: list[tuple[str, int]] = [("database", TEXT)]
+        columns += [(total, NUMERIC) for _, total, _ in STATS_COLUMNS]
+        columns += [(avg, NUMERIC) for _, _, avg in STATS_COLUMNS]
+        rows = []
+        for name, st in self._stats_rows():
+            totals = st.totals()
+            rows.append(
+                (
+                    name,
+                    *(totals[a] for a, _ in TOTAL_COLUMNS),
+                    *(st.averages[a] for a, _ in TOTAL_COLUMNS),
+                )
+            )
+        self._rows(c, columns, rows)
+
+    def _show_stats_totals(self, c: Client) -> None:
+        columns = [("database", TEXT), *((col, NUMERIC) for _, col in TOTAL_COLUMNS)]
+        rows = [
+            (name, *(st.totals()[a] for a, _ in TOTAL_COLUMNS)) for name, st in self._stats_rows()
+        ]
+        self._rows(c, columns, rows)
+
+    def _show_stats_averages(self, c: Client) -> None:
+        columns = [("database", TEXT), *((col, NUMERIC) for _, col in TOTAL_COLUMNS)]
+        rows = [
+            (name, *(st.averages[a] for a, _ in TOTAL_COLUMNS)) for name, st in self._stats_rows()
+        ]
+        self._rows(c, columns, rows)
+
+    def _show_totals(self, c: Client) -> None:
+        total = DbStats()
+        for st in self.stats.values():
+            total.absorb(st)
+        totals = total.totals()
+        rows: list[Row] = [(name, totals[a]) for a, name, _ in STATS_COLUMNS]
+        rows += [(name, total.averages[a]) for a, _, name in STATS_COLUMNS]
+        self._rows(c, (("name", TEXT), ("value", NUMERIC)), rows)
+
+    def _show_bans(self, c: Client) -> None:
+        rows = []
+        for (host, port), (until, reason, since) in sorted(self.bans.items()):
+            if until <= self._now:
+                continue
+            for g in self.groups.values():
+                for p in g.all_pools():
+                    a = p.address
+                    if (a.host, a.port) == (host, port):
+                        rows.append(
+                            (
+                                g.name,
+                                g.user.username,
+                                a.role,
+                                f"{host}:{port}",
+                                reason,
+                                _ago(self._now, since),
+                                round(until - since),
+                                round(until - self._now),
+                            )
+                        )
+        columns = (
+            ("db", TEXT),
+            ("user", TEXT),
+            ("role", TEXT),
+            ("host", TEXT),
+            ("reason", TEXT),
+            ("ban_time", TEXT),
+            ("ban_duration_seconds", INT8),
+            ("ban_remaining_seconds", INT8),
+        )
+        self._rows(c, columns, rows)
+
+    _SHOW: dict[str, Callable[[Show, Client], None]] = {
+        "HELP": _show_help,
+        "VERSION": _show_version,
+        "STATE": _show_state,
+        "CONFIG": _show_config,
+        "DATABASES": _show_databases,
+        "POOLS": _show_pools,
+        "CLIENTS": _show_clients,
+        "SERVERS": _show_servers,
+        "USERS": _show_users,
+        "LISTS": _show_lists,
+        "STATS": _show_stats,
+        "STATS_TOTALS": _show_stats_totals,
+        "STATS_AVERAGES": _show_stats_averages,
+        "TOTALS": _show_totals,
+        "BANS": _show_bans,
+    }
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
