@@ -13,10 +13,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pgsansio.config_model import Config
-    from pgsansio.protocol import ErrorResponse, Event
+    from pgsansio.config_model import Config, ServerAddress
+    from pgsansio.protocol import ErrorResponse, Event, Span
 
     from ._effects import Effect
+    from ._health import Ban
     from ._objects import Client, Entry, Pool, PoolGroup, Prepared, ServerConn
 
 __all__ = ["Base"]
@@ -39,6 +40,11 @@ class Base:
     _shutting_down: bool
     _exited: bool
     _timers: list[tuple[float, int, Callable[[], None]]]
+    # replicas (see _health and _routing)
+    bans: dict[tuple[str, int], Ban]
+    roles: dict[tuple[str, int], str | None]
+    _lagging: set[tuple[str, tuple[str, int]]]
+    _role_waiters: list[Client]
 
     if TYPE_CHECKING:  # declarations only: the mixins define them
 
@@ -100,3 +106,44 @@ class Base:
         ) -> None: ...
 
         def _auth_query_failed(self, s: ServerConn, error: ErrorResponse) -> None: ...
+
+        # --- replicas: _routing and _health ---
+
+        def _checkout(self, c: Client) -> None: ...
+
+        def _checkout_timeout(self, c: Client, gen: int) -> None: ...
+
+        def _expired(self, s: ServerConn) -> bool: ...
+
+        def _route(self, c: Client, *, retry: bool = False) -> Pool | None: ...
+
+        def _reroute(self, c: Client, failed: Pool) -> None: ...
+
+        def _hand_out(self, c: Client, s: ServerConn) -> None: ...
+
+        def _role(self, address: ServerAddress) -> str | None: ...
+
+        def _banned(self, address: ServerAddress) -> bool: ...
+
+        def _ban(
+            self,
+            target: Pool | ServerAddress | tuple[str, int],
+            seconds: float | None,
+            reason: str,
+        ) -> bool: ...
+
+        def _unban(self, address: tuple[str, int], why: str = ...) -> bool: ...
+
+        def _server_lost(self, s: ServerConn, was: int, linked: bool) -> None: ...
+
+        def _probe_lost(self, s: ServerConn, error: ErrorResponse) -> None: ...
+
+        def _probe_ready(self, s: ServerConn) -> None: ...
+
+        def _read_probe(self, s: ServerConn) -> None: ...
+
+        def _health_done(self, s: ServerConn, entry: Entry) -> bool: ...
+
+        def _start_probes(self) -> None: ...
+
+        def _custom_command(self, c: Client, span: Span) -> bool: ...

@@ -54,6 +54,7 @@ from ._effects import (
     SendServer,
     Wakeup,
 )
+from ._health import Health
 from ._leaving import TERMINATING, Leaving
 from ._login import Login, fatal
 from ._objects import (
@@ -63,6 +64,7 @@ from ._objects import (
     K_QUERY,
     P_AUTH_QUERY,
     P_CANCEL,
+    P_PROBE,
     S_ACTIVE,
     S_CLOSED,
     S_CONNECTING,
@@ -79,6 +81,7 @@ from ._objects import (
 from ._params import TRACKED, sync_sql
 from ._pooling import Pooling
 from ._relay import ClientFatal, Relay
+from ._routing import Routing
 
 if TYPE_CHECKING:
     from pgsansio.config_model import Config
@@ -95,7 +98,7 @@ INTERNAL_QUERY_TIMEOUT = 10.0  # seconds for our own SET / ROLLBACK / DISCARD AL
 _TRACKED_LOWER = {name.lower(): name for name in TRACKED}
 
 
-class Engine(Relay, Login, Pooling, Leaving):
+class Engine(Relay, Login, Routing, Health, Pooling, Leaving):
     """See the package docstring for the inputs and effects."""
 
     def __init__(self, config: Config, *, seed: int | None = None) -> None:
@@ -117,6 +120,8 @@ class Engine(Relay, Login, Pooling, Leaving):
         self._shutting_down = False
         self._exited = False
         self._scram_secrets: dict[tuple[str, str], str] = {}
+        self._init_routing()
+        self._init_health()
         self._build_groups(config)
 
     # === inputs ======================================================================
@@ -126,6 +131,7 @@ class Engine(Relay, Login, Pooling, Leaving):
         self._warn_unimplemented(self.config)
         for group in self.groups.values():
             self._prewarm(group)
+        self._start_probes()
         return self._flush()
 
     def _warn_unimplemented(self, config: Config) -> None:
@@ -136,12 +142,6 @@ class Engine(Relay, Login, Pooling, Leaving):
                     logging.WARNING,
                     f'pool "{pool.name}" has {len(pool.shards)} shards: sharding is not '
                     "implemented yet, every query goes to the first shard",
-                )
-            if pool.query_parser_enabled:
-                self._log(
-                    logging.WARNING,
-                    f'pool "{pool.name}": query_parser_enabled is not implemented yet; '
-                    f"servers are chosen by default_role ({pool.default_role}) alone",
                 )
         general = config.general
         if general.tls_certificate or general.server_tls:
@@ -240,6 +240,8 @@ class Engine(Relay, Login, Pooling, Leaving):
                         self._read_auth_query(s)
                 elif s.purpose == P_AUTH_QUERY:
                     self._read_auth_query(s)
+                elif s.purpose == P_PROBE:
+                    self._read_probe(s)
                 else:
                     self._read_server(s)
             except ProtocolError as exc:
@@ -318,6 +320,7 @@ class Engine(Relay, Login, Pooling, Leaving):
                         self._close_server(s)
         for group in self.groups.values():
             self._prewarm(group)
+        self._start_probes()
         self._warn_unimplemented(config)
         self._log(logging.INFO, f"configuration reloaded from {config.path}")
         return self._flush()
@@ -429,6 +432,9 @@ class Engine(Relay, Login, Pooling, Leaving):
     # === clients: queries ============================================================
 
     def _client_span(self, c: Client, span: Span) -> None:
+        group = c.group
+        if group is not None and group.cfg.query_parser_enabled and self._custom_command(c, span):
+            return
         s = c.server
         events = span.events
         leaving = bool(events) and type(events[-1]) is Terminate
@@ -552,6 +558,8 @@ class Engine(Relay, Login, Pooling, Leaving):
 
     def _internal_done(self, s: ServerConn, entry: Entry) -> None:
         if s.state == S_CLOSED:
+            return
+        if entry.tag == "healthcheck" and self._health_done(s, entry):
             return
         if entry.error is not None:
             if entry.tag == "sync" and s.client is not None:

@@ -45,6 +45,7 @@ S_CLOSED = 5
 P_POOL = 0
 P_CANCEL = 1
 P_AUTH_QUERY = 2
+P_PROBE = 3  # the health/role/lag probe of one address (see _health)
 
 # --- response-queue entry kinds: which server message ends the request's answer ---------
 K_PARSE = 0  # ParseComplete
@@ -124,10 +125,13 @@ class Client:
         "pending",
         "pool",
         "prepared",
+        "primary_reads",
+        "route_role",
         "server",
         "settings",
         "state",
         "sync_key",
+        "tried",
         "unnamed_pending",
         "user",
         "username",
@@ -166,6 +170,11 @@ class Client:
         self.wait_gen = 0
         self.checkout_failures = 0
         self.login_deadline = now
+        # Routing (see _routing): SET SERVER ROLE / SET PRIMARY READS, and the
+        # addresses already tried for the request being placed after a failure.
+        self.route_role: str | None = None
+        self.primary_reads: bool | None = None
+        self.tried: set[tuple[str, int]] | None = None
 
 
 class ServerConn:
