@@ -245,6 +245,7 @@ GENERAL_DEFAULTS: dict[str, Any] = {
     # pgsansio extensions
     "server_reset_query": "DISCARD ALL",
     "max_client_conn": 0,
+    "healthcheck_interval": 0,
 }
 
 POOL_DEFAULTS: dict[str, Any] = {
@@ -272,6 +273,8 @@ POOL_DEFAULTS: dict[str, Any] = {
     "db_activity_init_delay": 100,
     "db_activity_ttl": 900,
     "table_mutation_cache_ms_ttl": 50,
+    "replica_max_lag_ms": 0,
+    "replica_max_lag_bytes": 0,
     # inherited from [general] when unset
     "connect_timeout": 1000,
     "idle_timeout": 600000,
@@ -620,9 +623,9 @@ ERRORS: list[tuple[str, str, str, str]] = [
     ),
     (
         "load_balancing_mode",
-        make(pool='load_balancing_mode = "round_robin"'),
+        make(pool='load_balancing_mode = "weighted"'),
         "pools.db.load_balancing_mode",
-        'must be one of "random", "loc", "least_outstanding_connections", got "round_robin"',
+        'must be one of "random", "loc", "least_outstanding_connections", "round_robin", got "weighted"',
     ),
     (
         "default_role",
@@ -748,13 +751,28 @@ ERRORS: list[tuple[str, str, str, str]] = [
         "server entry too short",
         make(shard='servers = [["127.0.0.1", 5432]]'),
         "pools.db.shards.0.servers.0",
-        'must be [host, port, role], e.g. ["127.0.0.1", 5432, "primary"], got ["127.0.0.1", 5432]',
+        'must be [host, port, role], e.g. ["127.0.0.1", 5432, "primary"] (or [host, port, '
+        'role, weight]), got ["127.0.0.1", 5432]',
     ),
     (
         "server entry is a string",
         make(shard='servers = ["127.0.0.1:5432"]'),
         "pools.db.shards.0.servers.0",
-        'must be [host, port, role], e.g. ["127.0.0.1", 5432, "primary"], got "127.0.0.1:5432"',
+        'must be [host, port, role], e.g. ["127.0.0.1", 5432, "primary"] (or [host, port, '
+        'role, weight]), got "127.0.0.1:5432"',
+    ),
+    (
+        "server weight zero",
+        make(shard='servers = [["h", 5432, "replica", 0]]'),
+        "pools.db.shards.0.servers.0",
+        "the weight (fourth item) must be a number from 1 to 1000, got 0",
+    ),
+    (
+        "primary mixed with auto",
+        make(shard='servers = [["a", 5432, "primary"], ["b", 5432, "auto"]]'),
+        "pools.db.shards.0.servers",
+        'mixes a "primary" with "auto" servers: with "auto" the primary is whichever server '
+        'is not in recovery, so list the primary as "auto" too',
     ),
     (
         "server host empty",
@@ -778,7 +796,8 @@ ERRORS: list[tuple[str, str, str, str]] = [
         "server role",
         make(shard='servers = [["h", 5432, "master"]]'),
         "pools.db.shards.0.servers.0",
-        'the role (third item) must be "primary" or "replica", got "master"',
+        'the role (third item) must be "primary", "replica" or "auto" (found out with '
+        'pg_is_in_recovery()), got "master"',
     ),
     (
         "server role mirror",

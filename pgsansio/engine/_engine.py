@@ -143,6 +143,7 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving):
                     f'pool "{pool.name}" has {len(pool.shards)} shards: sharding is not '
                     "implemented yet, every query goes to the first shard",
                 )
+        self._check_parser()
         general = config.general
         if general.tls_certificate or general.server_tls:
             self._log(

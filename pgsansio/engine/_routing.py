@@ -48,12 +48,13 @@ from pgsansio.protocol import (
     RowDescription,
     Span,
 )
-from pgsansio.routing import Router
 
 from ._base import Base
 from ._objects import C_CLOSED, Client, Pool
 
 if TYPE_CHECKING:
+    from pgsansio.routing import Router
+
     from ._health import Key
 
 __all__ = ["Routing"]
@@ -71,17 +72,40 @@ class Routing(Base):
 
     _routers: dict[int, Router]
     _rr: dict[tuple[str, str, int, str], int]
+    _parser_missing: str | None
 
     def _init_routing(self) -> None:
         self._routers = {}
         self._rr = {}
+        self._parser_missing = None
 
-    def _router(self, max_length: int | None) -> Router:
+    def _router(self, max_length: int | None) -> Router | None:
+        """The classifier, or None when pglast is not installed (said once at start)."""
         size = max_length or 0
         router = self._routers.get(size)
         if router is None:
+            if self._parser_missing is not None:
+                return None
+            try:
+                # Imported on first use: pglast is an optional extra (GPL), and a pool
+                # without the query parser must run without it.
+                from pgsansio.routing import Router  # noqa: PLC0415
+            except ImportError as exc:
+                self._parser_missing = str(exc)
+                return None
             router = self._routers[size] = Router(max_length=size)
         return router
+
+    def _check_parser(self) -> None:
+        """At start and reload: say plainly if the query parser cannot run here."""
+        pools = [p.name for p in self.config.pools.values() if p.query_parser_enabled]
+        if pools and self._router(None) is None:
+            self._log(
+                logging.ERROR,
+                f"query_parser_enabled is set (pool {', '.join(pools)}) but the SQL parser "
+                f"cannot be loaded ({self._parser_missing}): install pgsansio[routing] "
+                "(pglast); until then servers are chosen by default_role alone",
+            )
 
     # === the role a client's pending requests need =================================
 
@@ -117,6 +141,8 @@ class Routing(Base):
         the parser could look at."""
         assert c.group is not None
         router = self._router(c.group.cfg.query_parser_max_length)
+        if router is None:
+            return None
         found: bool | None = None
         for _, events, _ in c.pending:
             for e in events:
@@ -317,7 +343,10 @@ class Routing(Base):
             return False
         query = events[0]
         assert isinstance(query, Query) and c.group is not None
-        command = self._router(c.group.cfg.query_parser_max_length).classify(query.sql).command
+        router = self._router(c.group.cfg.query_parser_max_length)
+        if router is None:
+            return False
+        command = router.classify(query.sql).command
         if command is None:
             return False
         name, value = command
