@@ -625,7 +625,8 @@ ERRORS: list[tuple[str, str, str, str]] = [
         "load_balancing_mode",
         make(pool='load_balancing_mode = "weighted"'),
         "pools.db.load_balancing_mode",
-        'must be one of "random", "loc", "least_outstanding_connections", "round_robin", got "weighted"',
+        'must be one of "random", "loc", "least_outstanding_connections", "round_robin", '
+        'got "weighted"',
     ),
     (
         "default_role",

@@ -27,8 +27,9 @@ server sends something (transaction mode) or logs in (session mode):
 - **Load balancing** among the candidates: ``random`` (PgCat's default; weighted by
   the optional 4th item of a ``servers`` entry), ``loc`` (least outstanding
   connections: busy plus waiting, divided by the weight) and ``round_robin``
-  (extension: each candidate in turn, as many turns as its weight). ``random`` and
-  ``loc`` prefer a candidate with an idle connection among equals, as before.
+  (extension: each candidate in turn, as many turns as its weight). As in PgCat, the
+  choice does not favour an address with an idle connection (that would send all the
+  traffic to whichever replica warmed up first).
 """
 
 from __future__ import annotations
@@ -269,9 +270,6 @@ class Routing(Base):
         ordered = sorted(candidates, key=lambda p: -(rng.random() ** (1 / p.address.weight)))
         if mode == "loc":
             ordered.sort(key=lambda p: (p.busy + len(p.waiters)) / p.address.weight)
-        for pool in ordered:
-            if pool.idle:
-                return pool
         return ordered[0]
 
     def _choose_pool(self, c: Client) -> Pool:
