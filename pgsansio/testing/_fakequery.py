@@ -383,6 +383,7 @@ class QueryMixin:
         if kind in ("select", "series", "count", "select_table"):
             return self._select(plan, params, types)
         if kind in ("insert", "delete") and db.in_recovery:
+            db.stats["read_only_refusals"] += 1
             raise SqlError("25006", f"cannot execute {kind.upper()} in a read-only transaction")
         if kind == "insert":
             db.wal_lsn += 100 * len(plan.rows)
