@@ -71,8 +71,9 @@ def make_config(
         )
         for name, (client_auth, _, password) in USERS.items()
     }
-    servers = (ServerAddress(HOST, PORT, role or "primary"),) + tuple(
-        ServerAddress(HOST, PORT + i, role or "replica") for i in range(1, replicas + 1)
+    servers = (
+        ServerAddress(HOST, PORT, role or "primary"),
+        *tuple(ServerAddress(HOST, PORT + i, role or "replica") for i in range(1, replicas + 1)),
     )
     shard = ShardConfig(0, DATABASE, servers)
     pool = PoolConfig(
