@@ -239,6 +239,21 @@ def test_the_primary_is_never_banned_and_writes_fail_fast_without_it() -> None:
     assert server_of(c.query("select pg_backend_pid()")) in {"pg1", "pg2"}
 
 
+@pytest.mark.parametrize("interval", [0, 1000])
+def test_with_its_only_replica_down_reads_go_to_the_primary(interval: int) -> None:
+    """Without probes the lone replica is unbanned (PgCat's rule) and retried on each
+    read, which then falls back to the primary; with probes it stays banned."""
+    w = world(splitting(roles=("primary", "replica"), general_healthcheck_interval=interval))
+    c = logged_in(w)
+    w.crash("pg1", 5432)
+    w.advance(1.0)
+    for _ in range(5):
+        got = c.query("select pg_backend_pid()")
+        assert not errors(got) and server_of(got) == "pg0"
+    unbans = sum("every replica was banned" in line for line in w.logs)
+    assert unbans == (4 if interval == 0 else 0), w.logs[-6:]
+
+
 def test_when_every_replica_is_banned_they_are_all_unbanned() -> None:
     w = world(splitting())
     c = logged_in(w)

@@ -14,7 +14,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import psycopg
 import pytest
@@ -201,17 +201,11 @@ def _failover(scale: float) -> dict[str, object]:
             general={"ban_time": 2, "healthcheck_interval": 250, "connect_timeout": 2000},
         )
         # Every server "auto": the pooler finds the primary itself, and follows it.
-        shard = cfg.pools[TEST_DATABASE].shards[0]
-        auto = tuple(type(a)(a.host, a.port, "auto") for a in shard.servers)
         pool = cfg.pools[TEST_DATABASE]
-        cfg = type(cfg)(
-            cfg.general,
-            {
-                TEST_DATABASE: type(pool)(
-                    **{**pool.__dict__, "shards": (type(shard)(0, shard.database, auto),)}
-                )
-            },
-        )
+        shard = pool.shards[0]
+        auto = tuple(replace(a, role="auto") for a in shard.servers)
+        pool = replace(pool, shards=(replace(shard, servers=auto),))
+        cfg = replace(cfg, pools={TEST_DATABASE: pool})
         with running(cfg) as pooler:
             load = Load(pooler.dsn(USER))
             load.start()
@@ -283,6 +277,7 @@ def _failover(scale: float) -> dict[str, object]:
             figures["read errors in all"] = len(load.read_errors)
             figures["writes ok"] = len(load.writes)
             figures["sample read errors"] = sorted({m for _, m in load.read_errors})[:3]
+            figures["sample write errors"] = sorted({m for _, _, m in load.write_errors})[:3]
     finally:
         for c in (r2, r1, primary):
             c.cleanup()

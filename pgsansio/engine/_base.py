@@ -125,6 +125,8 @@ class Base:
 
         def _banned(self, address: ServerAddress) -> bool: ...
 
+        def _probe_down(self, key: tuple[str, int]) -> bool: ...
+
         def _ban(
             self,
             target: Pool | ServerAddress | tuple[str, int],

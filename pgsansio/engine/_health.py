@@ -206,6 +206,11 @@ class Health(Base):
         if self.bans.get(key) is ban:
             self._unban(key, "is no longer banned (ban_time is over)")
 
+    def _probe_down(self, key: Key) -> bool:
+        """Our probe of ``key`` failed its last round (so a ban is no false alarm)."""
+        probe = self._probes.get(key)
+        return probe is not None and probe.down
+
     def _banned(self, address: ServerAddress) -> bool:
         return (address.host, address.port) in self.bans
 

@@ -236,10 +236,13 @@ class Routing(Base):
         if want == "primary":
             return [p for p, r in roles if r == "primary" and _key(p) not in tried]
         replicas = [p for p, r in roles if r == "replica"]
-        if replicas and all(self._banned(p.address) for p in replicas):
-            # PgCat: every replica banned is more likely a false alarm than a fact.
+        if not tried and replicas and all(self._banned(p.address) for p in replicas):
+            # PgCat: every replica banned is more likely a false alarm than a fact --
+            # unless our own probe says it is down right now (or this client has just
+            # found out for itself: it is being moved after a failure).
             for p in replicas:
-                self._unban(_key(p), "unbanned: every replica was banned")
+                if not self._probe_down(_key(p)):
+                    self._unban(_key(p), "unbanned: every replica was banned")
         ok = [
             p
             for p in replicas
@@ -322,6 +325,8 @@ class Routing(Base):
     def _role_timeout(self, c: Client, gen: int) -> None:
         if c in self._role_waiters and c.wait_gen == gen:
             self._role_waiters.remove(c)
+            if c.state == C_CLOSED:
+                return
             assert c.group is not None
             self._no_server(
                 c,
