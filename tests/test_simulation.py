@@ -354,8 +354,15 @@ def test_reload_shrinking_the_pools(seed: int) -> None:
 def _soak_case(seed: int) -> dict[str, object]:
     rng = random.Random(f"soak:{seed}")
     pool_mode = rng.choice(["transaction"] * 4 + ["session"])
+    replicas = rng.choice([0, 0, 2])
     config = with_pool(
-        make_config(pool_size=rng.choice([1, 2, 4, 8]), statement_timeout=rng.choice([0, 5000])),
+        make_config(
+            pool_size=rng.choice([1, 2, 4, 8]),
+            statement_timeout=rng.choice([0, 5000]),
+            replicas=replicas,
+            role=rng.choice([None, "auto"]) if replicas else None,
+            ban_time=2,
+        ),
         pool_mode=pool_mode,
         prepared_statements_cache_size=rng.choice([1, 2, 3, 500]),
         server_lifetime=rng.choice([300, 3600000]),
@@ -367,6 +374,10 @@ def _soak_case(seed: int) -> dict[str, object]:
     )
     faults = []
     allowed = {"53300"}
+    if replicas and rng.random() < 0.5:
+        port = PORT + rng.choice([0, 1])  # the primary comes back as the primary
+        faults.append(crash_cluster(port, 0.5, 2.0, standby=port != PORT))
+        allowed |= INFRA | {"57P03"}
     if rng.random() < 0.3:
         faults.append(kill_servers(0.5, 2.0, 0.2))
         allowed |= INFRA

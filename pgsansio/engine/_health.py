@@ -118,7 +118,7 @@ class Health(Base):
 
     # bans: by address; roles: what probes found ("primary", "replica", None: down)
     _primary_since: dict[Key, float]
-    _lsn: dict[Key, int]  # last WAL position seen: current (primary) or replayed
+    _lsn: dict[Key, tuple[int, float]]  # last WAL position seen (current or replayed), when
     _primary_history: dict[Key, deque[tuple[float, int]]]
     _probes: dict[Key, Probe]
     _probe_interval: float
@@ -435,7 +435,7 @@ class Health(Base):
                 return
         elif probe.phase == "lsn" and isinstance(answer, str):
             try:
-                self._lsn[probe.key] = lsn_to_int(answer)
+                self._lsn[probe.key] = (lsn_to_int(answer), self._now)
             except ValueError:
                 pass
         probe.started = None
@@ -497,7 +497,8 @@ class Health(Base):
                 self._primary_since.pop(key, None)
                 if was != role:
                     self._log(logging.INFO, f"server {key[0]}:{key[1]} is a replica")
-        lsn = self._lsn.get(key)
+        sample = self._lsn.get(key)
+        lsn = sample[0] if sample is not None else None
         if lsn is not None and probe.in_recovery is False:
             history = self._primary_history.setdefault(key, deque(maxlen=_HISTORY))
             if not history or history[-1][1] != lsn:
@@ -525,19 +526,23 @@ class Health(Base):
         )
 
     def _lag(self, primary: Key, replica: Key) -> tuple[float, int] | None:
-        """(seconds, bytes) ``replica`` is behind ``primary``; None if not known."""
-        replayed = self._lsn.get(replica)
+        """(seconds, bytes) ``replica`` was behind ``primary`` when last probed; None if
+        not known. Both are measured against the primary's position at that moment (not
+        a later one), so writes between the two probes do not count as lag."""
+        sample = self._lsn.get(replica)
         history = self._primary_history.get(primary)
-        if replayed is None or not history:
+        if sample is None or not history:
             return None
-        behind = max(0, history[-1][1] - replayed)
+        replayed, seen = sample
+        then = [lsn for at, lsn in history if at <= seen]
+        if not then:
+            return None
+        behind = max(0, then[-1] - replayed)
         if not behind:
             return 0.0, 0
         # The oldest primary position the replica has not replayed: it is that late.
-        for at, lsn in history:
-            if lsn > replayed:
-                return self._now - at, behind
-        return 0.0, behind  # pragma: no cover - behind > 0 means some lsn > replayed
+        at = next(at for at, lsn in history if lsn > replayed)
+        return seen - at, behind
 
     def _lag_changed(self, key: Key) -> None:
         """Re-evaluate which replicas are too far behind, per pool bound."""
