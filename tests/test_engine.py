@@ -911,3 +911,16 @@ def test_server_username_and_password_override_the_clients() -> None:
     a = logged_in(w)
     assert rows(a.query("select 1")) == [("1",)]
     assert {f.user for f in w.servers.values()} == {"backend"}
+
+
+def test_every_client_waiting_for_the_first_server_login_gets_its_error() -> None:
+    """All of them, not every other one (found by the simulation's soak)."""
+    w = World(config())
+    w.db.stall_logins = True
+    clients = [Client(w) for _ in range(5)]
+    for c in clients:
+        c.events()
+    w.advance(6)  # the login deadline: 5 x connect_timeout
+    for c in clients:
+        got = c.events()
+        assert errors(got) and errors(got)[0].sqlstate == "08001" and c.closed, got

@@ -246,9 +246,11 @@ class Pooling(Base):
                     self._drop_client(w, error)
                 pool.waiters.clear()
             if group.server_params is None and not any(p.opening for p in group.all_pools()):
-                for w in group.login_waiters:
+                # A copy: _drop_client removes each from the list (iterating the list
+                # itself skipped every other waiter, who then hung until login timeout).
+                waiters, group.login_waiters = group.login_waiters, []
+                for w in waiters:
                     self._drop_client(w, error)
-                group.login_waiters = []
         elif pool.waiters:
             self._refill(pool)
 
