@@ -1360,3 +1360,28 @@ def test_check_in_process() -> None:
     assert tomllib.loads(result.stdout)["general"]["admin_password"] == "********"
     result = CliRunner().invoke(build_app(), ["check", str(DATA / "missing.toml")])
     assert result.exit_code == 78
+
+
+def test_replica_extensions_load_and_round_trip() -> None:
+    config = parse(
+        make(
+            general="healthcheck_interval = 500",
+            pool='load_balancing_mode = "round_robin"\nreplica_max_lag_ms = 2000\n'
+            "replica_max_lag_bytes = 1048576",
+            shard='servers = [["a", 5432, "auto"], ["b", 5432, "Auto", 3], '
+            '["c", 5432, "replica"]]',
+        )
+    )
+    pool = config.pools["db"]
+    assert [(s.host, s.role, s.weight) for s in pool.shards[0].servers] == [
+        ("a", "auto", 1),
+        ("b", "auto", 3),
+        ("c", "replica", 1),
+    ]
+    assert config.general.healthcheck_interval == 500
+    assert (pool.load_balancing_mode, pool.replica_max_lag_ms, pool.replica_max_lag_bytes) == (
+        "round_robin",
+        2000,
+        1048576,
+    )
+    round_trip(config)
