@@ -36,6 +36,12 @@ Mixed into :class:`~._engine.Engine`. PgCat's rules, then pgsansio's extensions:
 
 Probes run only when asked for: ``healthcheck_interval`` > 0, or an ``"auto"`` server
 or a lag bound is configured (then every 1000 ms unless set).
+
+For the admin console (``SHOW BANS``, ``BAN``, ``UNBAN``): ``engine.bans`` maps
+``(host, port)`` to a :class:`Ban` (``reason``, ``at`` and ``until`` in the engine's
+monotonic seconds); ``engine._ban(address, seconds, "admin")`` returns False for a
+primary (never banned) and ``engine._unban((host, port))`` False if it was not banned.
+``engine.roles`` holds what probes found for ``"auto"`` servers.
 """
 
 from __future__ import annotations
