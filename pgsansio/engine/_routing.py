@@ -230,30 +230,37 @@ class Routing(Base):
 
     def _candidates(self, c: Client, shard: list[Pool], want: str) -> list[Pool]:
         tried = c.tried or ()
-        assert c.group is not None
-        name = c.group.cfg.name
-        roles = [(p, self._role(p.address)) for p in shard]
+        primary: list[Pool] = []
+        replicas: list[Pool] = []
+        for p in shard:
+            role = self._role(p.address)
+            if role == "primary":
+                if not tried or _key(p) not in tried:
+                    primary.append(p)
+            elif role == "replica":
+                replicas.append(p)
         if want == "primary":
-            return [p for p, r in roles if r == "primary" and _key(p) not in tried]
-        replicas = [p for p, r in roles if r == "replica"]
-        if not tried and replicas and all(self._banned(p.address) for p in replicas):
+            return primary
+        bans = self.bans
+        if bans and not tried and replicas and all(_key(p) in bans for p in replicas):
             # PgCat: every replica banned is more likely a false alarm than a fact --
             # unless our own probe says it is down right now (or this client has just
             # found out for itself: it is being moved after a failure).
             for p in replicas:
                 if not self._probe_down(_key(p)):
                     self._unban(_key(p), "unbanned: every replica was banned")
-        ok = [
-            p
-            for p in replicas
-            if not self._banned(p.address)
-            and (name, _key(p)) not in self._lagging
-            and _key(p) not in tried
-        ]
-        primary = [p for p, r in roles if r == "primary" and _key(p) not in tried]
+        if bans or tried or self._lagging:
+            assert c.group is not None
+            name = c.group.cfg.name
+            lagging = self._lagging
+            replicas = [
+                p
+                for p in replicas
+                if (k := _key(p)) not in bans and k not in tried and (name, k) not in lagging
+            ]
         if want == "any":
-            return ok + primary
-        return ok or primary  # no replica left: the primary serves the reads
+            return replicas + primary
+        return replicas or primary  # no replica left: the primary serves the reads
 
     def _balance(self, c: Client, candidates: list[Pool], want: str) -> Pool:
         assert c.group is not None
@@ -269,6 +276,8 @@ class Routing(Base):
                 if point < 0:
                     return p
         rng = self.rng
+        if mode == "random" and all(p.address.weight == 1 for p in candidates):
+            return candidates[rng.randrange(len(candidates))]  # the common case, cheaply
         # A weighted shuffle (Efraimidis-Spirakis): weight w sorts first w times as often.
         ordered = sorted(candidates, key=lambda p: -(rng.random() ** (1 / p.address.weight)))
         if mode == "loc":
