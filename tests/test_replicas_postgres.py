@@ -10,6 +10,7 @@ each phase three times as long.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import Counter
@@ -115,6 +116,45 @@ def test_reads_reach_the_replicas_and_writes_the_primary(
                 assert _port(cur) in replicas
     finally:
         pooler.stop()
+
+
+def test_asyncpg_statement_cache_is_routed_by_the_prepared_text(
+    trio: tuple[Cluster, Cluster, Cluster],
+) -> None:
+    """asyncpg prepares every statement under a name and binds it later: each Bind
+    goes where the text it was prepared with says."""
+    asyncpg = pytest.importorskip("asyncpg")
+    primary, r1, r2 = trio
+    pooler = _splitting(primary, (r1, r2))
+    pooler.start()
+
+    async def main() -> tuple[set[int], set[int]]:
+        conn = await asyncpg.connect(
+            host="127.0.0.1",
+            port=pooler.port,
+            user=USER,
+            password="md5-secret",
+            database=TEST_DATABASE,
+            ssl=False,
+        )
+        try:
+            reads = {await conn.fetchval("SELECT inet_server_port()") for _ in range(20)}
+            writes = {
+                await conn.fetchval(
+                    "INSERT INTO items (v) VALUES ($1) RETURNING inet_server_port()", i
+                )
+                for i in range(10)
+            }
+            return reads, writes
+        finally:
+            await conn.close()
+
+    try:
+        reads, writes = asyncio.run(main())
+    finally:
+        pooler.stop()
+    assert reads == {r1.port, r2.port}
+    assert writes == {primary.port}
 
 
 @dataclass
