@@ -13,6 +13,7 @@ from dataclasses import replace
 import pytest
 
 from pgsansio.config_model import Config, ServerAddress, ShardConfig
+from pgsansio.engine._objects import P_PROBE
 from pgsansio.protocol import (
     Bind,
     CommandComplete,
@@ -402,3 +403,27 @@ def test_closed_clients_and_shutdown_leave_nothing_behind() -> None:
     w.apply(w.engine.shutdown(w.now))
     assert w.exited
     assert not w.servers or all(f.closed for f in w.servers.values())
+
+
+def test_losing_a_probe_connection_is_not_losing_the_primary() -> None:
+    w = world(
+        cluster_config(
+            ("auto", "auto", "auto"),
+            pool_query_parser_enabled=True,
+            pool_query_parser_read_write_splitting=True,
+            general_healthcheck_interval=1000,
+        )
+    )
+    (probe_sid,) = [
+        sid
+        for sid, s in w.engine.servers.items()
+        if s.address.host == "pg0" and s.purpose == P_PROBE
+    ]
+    w.servers[probe_sid].crash()  # pg_terminate_backend on the monitoring connection
+    w.apply(w.engine.server_closed(probe_sid, w.now))
+    del w.servers[probe_sid]
+    c = logged_in(w)
+    assert not errors(c.query("insert into t values (1)"))
+    w.advance(1.0)
+    assert w.engine.roles["pg0", 5432] == "primary" and not w.engine.bans
+    assert not errors(c.query("insert into t values (2)"))

@@ -106,7 +106,17 @@ class Ban:
 class Probe:
     """The monitoring connection of one address and what its last round found."""
 
-    __slots__ = ("conn", "down", "gen", "in_recovery", "key", "phase", "pool", "started")
+    __slots__ = (
+        "conn",
+        "down",
+        "gen",
+        "in_recovery",
+        "key",
+        "phase",
+        "pool",
+        "retried",
+        "started",
+    )
 
     def __init__(self, key: Key, pool: Pool) -> None:
         self.key = key
@@ -117,6 +127,7 @@ class Probe:
         self.phase = ""
         self.in_recovery: bool | None = None
         self.down = False  # the last round failed (say so once, not every interval)
+        self.retried = False  # this round already replaced a lost connection
 
 
 class Health(Base):
@@ -371,6 +382,7 @@ class Health(Base):
     def _probe_start(self, probe: Probe) -> None:
         probe.gen += 1
         probe.started = self._now
+        probe.retried = False
         gen = probe.gen
         general = self.config.general
         user = probe.pool.group.user
@@ -378,13 +390,16 @@ class Health(Base):
         self._at(self._now + timeout, lambda: self._probe_timeout(probe, gen))
         s = probe.conn
         if s is None or s.state == S_CLOSED:
-            self._next_sid += 1
-            s = ServerConn(self._next_sid, probe.pool, probe.pool.address, self._now, P_PROBE)
-            probe.conn = s
-            self.servers[s.sid] = s
-            self._out.append(OpenServer(s.sid, s.address.host, s.address.port))
+            self._probe_connect(probe)
         elif s.state == S_IDLE:
             self._probe_send(s, probe, "recovery", _RECOVERY_SQL)
+
+    def _probe_connect(self, probe: Probe) -> None:
+        self._next_sid += 1
+        s = ServerConn(self._next_sid, probe.pool, probe.pool.address, self._now, P_PROBE)
+        probe.conn = s
+        self.servers[s.sid] = s
+        self._out.append(OpenServer(s.sid, s.address.host, s.address.port))
 
     def _probe_of(self, s: ServerConn) -> Probe | None:
         probe = self._probes.get((s.address.host, s.address.port))
@@ -455,8 +470,15 @@ class Health(Base):
         probe = self._probe_of(s)
         if probe is not None:
             probe.conn = None
-            if probe.started is not None:
-                self._probe_failed(probe, error.message or "connection lost")
+            if probe.started is None:
+                return  # lost between rounds: the next round connects again
+            if error.sqlstate == "08006" and not probe.retried:
+                # The connection broke after it was made (one backend killed, say):
+                # that is not yet the server being down. Try once more in this round.
+                probe.retried = True
+                self._probe_connect(probe)
+                return
+            self._probe_failed(probe, error.message or "connection lost")
 
     def _probe_failed(self, probe: Probe, reason: str) -> None:
         probe.started = None
