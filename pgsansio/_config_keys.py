@@ -79,6 +79,8 @@ _GENERAL_KEYS: dict[str, _Key] = {
     "auth_query_password": _Key("str", secret=True),
     "server_reset_query": _Key("str"),
     "max_client_conn": _Key("uint"),
+    # pgsansio extensions: replicas and failover
+    "healthcheck_interval": _Key("uint", _MS),
 }
 
 _POOL_KEYS: dict[str, _Key] = {
@@ -91,6 +93,7 @@ _POOL_KEYS: dict[str, _Key] = {
             "loc": "loc",
             "LOC": "loc",
             "least_outstanding_connections": "loc",
+            "round_robin": "round_robin",  # pgsansio extension
         },
     ),
     "default_role": _Key(
@@ -122,6 +125,9 @@ _POOL_KEYS: dict[str, _Key] = {
     "db_activity_init_delay": _Key("uint", _MS),
     "db_activity_ttl": _Key("uint", _S),
     "table_mutation_cache_ms_ttl": _Key("uint", _MS),
+    # pgsansio extensions: replica lag bounds
+    "replica_max_lag_ms": _Key("uint", _MS),
+    "replica_max_lag_bytes": _Key("uint"),
 }
 _POOL_TABLES = ("users", "shards", "plugins")
 

@@ -56,7 +56,10 @@ def effective_config_toml(config: Config) -> str:
         for shard in pool.shards:
             lines += ["", f"[{prefix}.shards.{shard.index}]"]
             lines.append(f"database = {_toml_str(shard.database)}")
-            servers = [[s.host, s.port, s.role] for s in shard.servers]
+            servers = [
+                [s.host, s.port, s.role] + ([s.weight] if s.weight != 1 else [])
+                for s in shard.servers
+            ]
             lines.append(f"servers = {_toml_value(servers)}")
             lines.append(f"mirrors = {_toml_value([list(m) for m in shard.mirrors])}")
     return "\n".join(lines) + "\n"

@@ -25,6 +25,12 @@ pgsansio extensions to the format (PgCat ignores them, so one file can serve bot
   connection before another client gets it in session mode; ``""`` turns it off.
 * ``general.max_client_conn`` (default 0 = unlimited): refuse clients beyond this many.
 * ``auth_type`` / ``admin_auth_type`` also accept ``"scram-sha-256"``.
+* Replicas and failover: a server's role may be ``"auto"`` (the primary is the server
+  not in recovery, found and followed by probing), a ``servers`` entry may carry a 4th
+  item, its load-balancing weight (1-1000, default 1), ``load_balancing_mode`` also
+  accepts ``"round_robin"``; ``general.healthcheck_interval`` (ms) probes every server
+  on a deadline; ``pools.X.replica_max_lag_ms`` / ``replica_max_lag_bytes`` keep reads
+  off lagging replicas. See :mod:`pgsansio.engine._health`.
 * ``pools.X.prepared_statements_cache_size`` defaults to 500 (on) rather than PgCat's
   0 (off), as PgBouncer 1.24 and PgDog do; ``0`` turns it off.
 
@@ -591,13 +597,19 @@ def _read_shard(ctx: _Context, index: int, prefix: str, data: dict[str, Any]) ->
     primaries: list[int] = []
     for i, entry in enumerate(raw):
         ekey = _join(skey, str(i))
-        if not isinstance(entry, list) or len(entry) != 3:
+        if not isinstance(entry, list) or len(entry) not in (3, 4):
             raise ctx.error(
                 ekey,
-                f'must be [host, port, role], e.g. ["127.0.0.1", 5432, "primary"], got '
-                f"{_show(entry)}",
+                f'must be [host, port, role], e.g. ["127.0.0.1", 5432, "primary"] (or '
+                f"[host, port, role, weight]), got {_show(entry)}",
             )
-        host, port, role = entry
+        host, port, role = entry[:3]
+        weight = entry[3] if len(entry) == 4 else 1
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= 1000:
+            raise ctx.error(
+                ekey,
+                f"the weight (fourth item) must be a number from 1 to 1000, got {_show(weight)}",
+            )
         if not isinstance(host, str) or not host:
             raise ctx.error(
                 ekey, f"the host (first item) must be a non-empty string, got {_show(host)}"
@@ -612,9 +624,11 @@ def _read_shard(ctx: _Context, index: int, prefix: str, data: dict[str, Any]) ->
                 'role "mirror" is not supported in servers: to copy traffic to another host, '
                 "list it in this shard's mirrors = [[host, port, server_index]]",
             )
-        if role not in ("primary", "Primary", "replica", "Replica"):
+        if role not in ("primary", "Primary", "replica", "Replica", "auto", "Auto"):
             raise ctx.error(
-                ekey, f'the role (third item) must be "primary" or "replica", got {_show(role)}'
+                ekey,
+                'the role (third item) must be "primary", "replica" or "auto" (found out '
+                f"with pg_is_in_recovery()), got {_show(role)}",
             )
         role = role.lower()
         if (host, port) in seen:
@@ -625,7 +639,13 @@ def _read_shard(ctx: _Context, index: int, prefix: str, data: dict[str, Any]) ->
         seen[host, port] = i
         if role == "primary":
             primaries.append(i)
-        servers.append(ServerAddress(host=host, port=port, role=role))
+        servers.append(ServerAddress(host=host, port=port, role=role, weight=weight))
+    if primaries and any(s.role == "auto" for s in servers):
+        raise ctx.error(
+            skey,
+            'mixes a "primary" with "auto" servers: with "auto" the primary is whichever '
+            'server is not in recovery, so list the primary as "auto" too',
+        )
     if len(primaries) > 1:
         which = " and ".join(f"servers.{i}" for i in primaries)
         raise ctx.error(

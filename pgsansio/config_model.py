@@ -52,13 +52,18 @@ class General:
     # pgsansio extensions (documented in the README)
     server_reset_query: str = "DISCARD ALL"
     max_client_conn: int = 0  # 0 = unlimited
+    # Replicas and failover (pgsansio extensions, see pgsansio.engine._health):
+    # how often every server is probed on its own connection (0: only when needed for
+    # role = "auto" or a replica lag bound, then every 1000 ms).
+    healthcheck_interval: int = 0
 
 
 @dataclass(frozen=True)
 class ServerAddress:
     host: str
     port: int
-    role: str  # "primary" | "replica"
+    role: str  # "primary" | "replica" | "auto" (found with pg_is_in_recovery())
+    weight: int = 1  # share of the reads (load balancing); a 4th item in ``servers``
 
 
 @dataclass(frozen=True)
@@ -103,7 +108,7 @@ class PoolConfig:
     users: dict[str, UserConfig]  # keyed by username (not by PgCat's label)
     shards: tuple[ShardConfig, ...]
     pool_mode: str = "transaction"
-    load_balancing_mode: str = "random"  # "random" | "loc"
+    load_balancing_mode: str = "random"  # "random" | "loc" | "round_robin"
     default_role: str = "any"
     query_parser_enabled: bool = False
     query_parser_max_length: int | None = None
@@ -131,6 +136,10 @@ class PoolConfig:
     db_activity_init_delay: int = 100
     db_activity_ttl: int = 900
     table_mutation_cache_ms_ttl: int = 50
+    # Replica lag bounds (pgsansio extensions; 0 = no bound): a replica further behind
+    # its primary gets no reads until it catches up.
+    replica_max_lag_ms: int = 0
+    replica_max_lag_bytes: int = 0
 
 
 @dataclass(frozen=True)

@@ -245,6 +245,7 @@ GENERAL_DEFAULTS: dict[str, Any] = {
     # pgsansio extensions
     "server_reset_query": "DISCARD ALL",
     "max_client_conn": 0,
+    "healthcheck_interval": 0,
 }
 
 POOL_DEFAULTS: dict[str, Any] = {
@@ -272,6 +273,8 @@ POOL_DEFAULTS: dict[str, Any] = {
     "db_activity_init_delay": 100,
     "db_activity_ttl": 900,
     "table_mutation_cache_ms_ttl": 50,
+    "replica_max_lag_ms": 0,
+    "replica_max_lag_bytes": 0,
     # inherited from [general] when unset
     "connect_timeout": 1000,
     "idle_timeout": 600000,
@@ -620,9 +623,10 @@ ERRORS: list[tuple[str, str, str, str]] = [
     ),
     (
         "load_balancing_mode",
-        make(pool='load_balancing_mode = "round_robin"'),
+        make(pool='load_balancing_mode = "weighted"'),
         "pools.db.load_balancing_mode",
-        'must be one of "random", "loc", "least_outstanding_connections", got "round_robin"',
+        'must be one of "random", "loc", "least_outstanding_connections", "round_robin", '
+        'got "weighted"',
     ),
     (
         "default_role",
@@ -748,13 +752,28 @@ ERRORS: list[tuple[str, str, str, str]] = [
         "server entry too short",
         make(shard='servers = [["127.0.0.1", 5432]]'),
         "pools.db.shards.0.servers.0",
-        'must be [host, port, role], e.g. ["127.0.0.1", 5432, "primary"], got ["127.0.0.1", 5432]',
+        'must be [host, port, role], e.g. ["127.0.0.1", 5432, "primary"] (or [host, port, '
+        'role, weight]), got ["127.0.0.1", 5432]',
     ),
     (
         "server entry is a string",
         make(shard='servers = ["127.0.0.1:5432"]'),
         "pools.db.shards.0.servers.0",
-        'must be [host, port, role], e.g. ["127.0.0.1", 5432, "primary"], got "127.0.0.1:5432"',
+        'must be [host, port, role], e.g. ["127.0.0.1", 5432, "primary"] (or [host, port, '
+        'role, weight]), got "127.0.0.1:5432"',
+    ),
+    (
+        "server weight zero",
+        make(shard='servers = [["h", 5432, "replica", 0]]'),
+        "pools.db.shards.0.servers.0",
+        "the weight (fourth item) must be a number from 1 to 1000, got 0",
+    ),
+    (
+        "primary mixed with auto",
+        make(shard='servers = [["a", 5432, "primary"], ["b", 5432, "auto"]]'),
+        "pools.db.shards.0.servers",
+        'mixes a "primary" with "auto" servers: with "auto" the primary is whichever server '
+        'is not in recovery, so list the primary as "auto" too',
     ),
     (
         "server host empty",
@@ -778,7 +797,8 @@ ERRORS: list[tuple[str, str, str, str]] = [
         "server role",
         make(shard='servers = [["h", 5432, "master"]]'),
         "pools.db.shards.0.servers.0",
-        'the role (third item) must be "primary" or "replica", got "master"',
+        'the role (third item) must be "primary", "replica" or "auto" (found out with '
+        'pg_is_in_recovery()), got "master"',
     ),
     (
         "server role mirror",
@@ -1340,3 +1360,28 @@ def test_check_in_process() -> None:
     assert tomllib.loads(result.stdout)["general"]["admin_password"] == "********"
     result = CliRunner().invoke(build_app(), ["check", str(DATA / "missing.toml")])
     assert result.exit_code == 78
+
+
+def test_replica_extensions_load_and_round_trip() -> None:
+    config = parse(
+        make(
+            general="healthcheck_interval = 500",
+            pool='load_balancing_mode = "round_robin"\nreplica_max_lag_ms = 2000\n'
+            "replica_max_lag_bytes = 1048576",
+            shard='servers = [["a", 5432, "auto"], ["b", 5432, "Auto", 3], '
+            '["c", 5432, "replica"]]',
+        )
+    )
+    pool = config.pools["db"]
+    assert [(s.host, s.role, s.weight) for s in pool.shards[0].servers] == [
+        ("a", "auto", 1),
+        ("b", "auto", 3),
+        ("c", "replica", 1),
+    ]
+    assert config.general.healthcheck_interval == 500
+    assert (pool.load_balancing_mode, pool.replica_max_lag_ms, pool.replica_max_lag_bytes) == (
+        "round_robin",
+        2000,
+        1048576,
+    )
+    round_trip(config)

@@ -95,11 +95,18 @@ def config(**user_kw: object) -> Config:
 
 
 class World:
-    def __init__(self, cfg: Config, db: Database | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        db: Database | None = None,
+        dbs: dict[tuple[str, int], Database] | None = None,
+    ) -> None:
         self.engine = Engine(cfg, seed=7)
         self.db = db or Database(
             users={"alice": FakeUser("pw", "md5"), "bob": FakeUser("pw", "md5")}, databases=[DB]
         )
+        self.dbs = dbs or {}  # one fake cluster per address (replica tests); else self.db
+        self.where: dict[int, tuple[str, int]] = {}
         self.now = 0.0
         self.servers: dict[int, FakeServer] = {}
         self.server_log: dict[int, list[bytes]] = {}
@@ -127,10 +134,12 @@ class World:
                     reply = fake.receive(e.data, self.now)
                     more += self._server_reply(e.sid, fake, reply)
             elif isinstance(e, OpenServer):
-                if self.refuse_connect:
+                db = self.dbs.get((e.host, e.port), self.db)
+                if self.refuse_connect or not db.accepting:
                     more += self.engine.server_failed(e.sid, "Connection refused", self.now)
                 else:
-                    self.servers[e.sid] = self.db.connect(self.now)
+                    self.servers[e.sid] = db.connect(self.now)
+                    self.where[e.sid] = (e.host, e.port)
                     more += self.engine.server_connected(e.sid, self.now)
             elif isinstance(e, CloseServer):
                 fake = self.servers.pop(e.sid, None)
@@ -170,6 +179,14 @@ class World:
         if self.wakeup is not None and self.wakeup <= self.now:
             self.wakeup = None
             self.apply(self.engine.tick(self.now))
+
+    def crash(self, host: str, port: int) -> None:
+        """The server at host:port dies (``pg_ctl stop -m immediate``); connections drop."""
+        self.dbs[host, port].crash_all()
+        for sid, fake in list(self.servers.items()):
+            if fake.closed:
+                del self.servers[sid]
+                self.apply(self.engine.server_closed(sid, self.now))
 
     def backend_pids(self) -> set[int]:
         return {f.pid for f in self.servers.values() if f.logged_in}
@@ -808,9 +825,9 @@ def test_server_round_robin_picks_fifo_or_lifo(round_robin: bool) -> None:
 
 
 def test_unimplemented_pgcat_features_are_logged_not_ignored() -> None:
-    cfg = config(pool_query_parser_enabled=True, general_server_tls=True)
+    cfg = config(pool_shards=2 * config().pools[DB].shards, general_server_tls=True)
     w = World(cfg)
-    assert any("query_parser_enabled is not implemented" in line for line in w.logs)
+    assert any("sharding is not implemented" in line for line in w.logs)
     assert any("TLS" in line for line in w.logs)
 
 
@@ -887,3 +904,16 @@ def test_server_username_and_password_override_the_clients() -> None:
     a = logged_in(w)
     assert rows(a.query("select 1")) == [("1",)]
     assert {f.user for f in w.servers.values()} == {"backend"}
+
+
+def test_every_client_waiting_for_the_first_server_login_gets_its_error() -> None:
+    """All of them, not every other one (found by the simulation's soak)."""
+    w = World(config())
+    w.db.stall_logins = True
+    clients = [Client(w) for _ in range(5)]
+    for c in clients:
+        c.events()
+    w.advance(6)  # the login deadline: 5 x connect_timeout
+    for c in clients:
+        got = c.events()
+        assert errors(got) and errors(got)[0].sqlstate == "08001" and c.closed, got

@@ -863,7 +863,19 @@ def test_demo_runs_and_cleans_up(tmp_path: pathlib.Path) -> None:
         with psycopg.connect(conninfo + " sslmode=disable", autocommit=True) as conn:
             conn.execute("CREATE TABLE demo_t (x int)")
             conn.execute("INSERT INTO demo_t VALUES (1)")
-            assert conn.execute("SELECT count(*) FROM demo_t").fetchone() == (1,)
+            # Reads go to the streaming replica, which may not have replayed the write
+            # yet; the primary has it at once.
+            count = "SELECT count(*) FROM demo_t"
+            assert conn.execute("/* pgsansio_role: primary */ " + count).fetchone() == (1,)
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    if conn.execute(count).fetchone() == (1,):
+                        break
+                except psycopg.errors.UndefinedTable:
+                    pass
+                assert time.monotonic() < deadline, "the replica never replayed the write"
+                time.sleep(0.1)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:

@@ -33,9 +33,12 @@ from dataclasses import replace
 import pytest
 from sim.direct import CrossedProxy, DirectProxy
 from sim.harness import (
+    PORT,
     Run,
+    crash_cluster,
     kill_servers,
     make_config,
+    promote,
     refuse_logins,
     reload_at,
     run_scripts,
@@ -200,6 +203,58 @@ def test_server_churn(seed: int) -> None:
     check(simulate(seed, clients=CLIENTS, config=config, behaviour=behaviour()))
 
 
+@pytest.mark.parametrize("seed", ONE_SEED)
+def test_replicas_share_the_reads_and_never_see_a_write(seed: int) -> None:
+    """Read/write splitting over a primary and two standbys; a standby that received a
+    write would refuse it, and the run's checks count that as a failure."""
+    config = make_config(replicas=2)
+    run = simulate(seed, clients=CLIENTS, config=config, behaviour=behaviour())
+    check(run)
+    statements = {
+        port: run.world.clusters["pg1", port].stats["statements"]
+        for port in (PORT, PORT + 1, PORT + 2)
+    }
+    assert all(statements.values()), statements
+
+
+@pytest.mark.parametrize("seed", ONE_SEED)
+def test_a_replica_dies_and_comes_back(seed: int) -> None:
+    """A standby dies at 1 s: only the clients whose statement ran on it get an error,
+    it is banned (new reads go to the other one), and it gets reads again after
+    ban_time once it is back."""
+    config = make_config(replicas=2, ban_time=2, healthcheck_interval=500)
+    run = simulate(
+        seed,
+        clients=CLIENTS,
+        config=config,
+        behaviour=behaviour(allowed=INFRA, recovered_at=3.0, arrival=6.0),
+        faults=[crash_cluster(PORT + 1, 1.0, 1.5)],
+    )
+    check(run)
+    assert run.world.clusters["pg1", PORT + 1].stats["crashes"] > 0
+    assert run.behaviour.outcomes.get("error 08006", 0) <= 10, run.behaviour.outcomes
+
+
+@pytest.mark.parametrize("seed", ONE_SEED)
+def test_the_primary_dies_and_a_standby_is_promoted(seed: int) -> None:
+    """Every server "auto": the primary dies at 1 s; writes fail fast (57P03, never a
+    hang) until a standby is promoted at 2 s, then go to it; the old primary comes
+    back as a standby. No write ever reaches a standby."""
+    config = make_config(replicas=2, role="auto", healthcheck_interval=250, ban_time=2)
+    run = simulate(
+        seed,
+        clients=CLIENTS,
+        config=config,
+        behaviour=behaviour(
+            allowed=INFRA | {"57P03"}, max_error_latency=3.0, recovered_at=4.0, arrival=6.0
+        ),
+        faults=[crash_cluster(PORT, 1.0, 3.0), promote(PORT + 1, 2.0)],
+    )
+    check(run)
+    assert run.behaviour.outcomes.get("error 57P03", 0) > 0, run.behaviour.outcomes
+    assert run.world.engine.roles[("pg1", PORT + 1)] == "primary"
+
+
 # --- faults ---------------------------------------------------------------------------------
 
 
@@ -299,8 +354,15 @@ def test_reload_shrinking_the_pools(seed: int) -> None:
 def _soak_case(seed: int) -> dict[str, object]:
     rng = random.Random(f"soak:{seed}")
     pool_mode = rng.choice(["transaction"] * 4 + ["session"])
+    replicas = rng.choice([0, 0, 2])
     config = with_pool(
-        make_config(pool_size=rng.choice([1, 2, 4, 8]), statement_timeout=rng.choice([0, 5000])),
+        make_config(
+            pool_size=rng.choice([1, 2, 4, 8]),
+            statement_timeout=rng.choice([0, 5000]),
+            replicas=replicas,
+            role=rng.choice([None, "auto"]) if replicas else None,
+            ban_time=2,
+        ),
         pool_mode=pool_mode,
         prepared_statements_cache_size=rng.choice([1, 2, 3, 500]),
         server_lifetime=rng.choice([300, 3600000]),
@@ -312,9 +374,17 @@ def _soak_case(seed: int) -> dict[str, object]:
     )
     faults = []
     allowed = {"53300"}
+    if replicas and rng.random() < 0.5:
+        port = PORT + rng.choice([0, 1])  # the primary comes back as the primary
+        faults.append(crash_cluster(port, 0.5, 2.0, standby=port != PORT))
+        allowed |= INFRA | {"57P03"}
     if rng.random() < 0.3:
         faults.append(kill_servers(0.5, 2.0, 0.2))
         allowed |= INFRA
+        if replicas:
+            # A probe connection killed twice in one round takes its server out (for
+            # the primary: writes get 57P03 until the next round).
+            allowed |= {"57P03"}
     if rng.random() < 0.2:
         faults.append(stall_servers(0.5, 1.0, 0.2))
         allowed |= INFRA | {"57014"}

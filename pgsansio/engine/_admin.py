@@ -294,7 +294,7 @@ class Admin(Show, Control):
             seconds = float(args[1])
             if seconds <= 0:
                 raise AdminError("22023", "BAN: the number of seconds must be positive")
-            primaries = [a for a in addresses if a.role == "primary"]
+            primaries = [a for a in addresses if self._role(a) == "primary"]
             if primaries:
                 raise AdminError(
                     "55000",
@@ -302,15 +302,20 @@ class Admin(Show, Control):
                     "primaries are never banned",
                 )
             for a in addresses:
-                self._ban(a.host, a.port, seconds, "admin ban")
+                self._ban(a, seconds, "admin ban")
         else:
             for a in addresses:
-                self._unban(a.host, a.port)
+                self._unban((a.host, a.port))
         self._rows(
             c,
             (("db", TEXT), ("user", TEXT), ("role", TEXT), ("host", TEXT)),
             [
-                (g.name, g.user.username, p.address.role, f"{p.address.host}:{p.address.port}")
+                (
+                    g.name,
+                    g.user.username,
+                    self._role(p.address) or "unknown",
+                    f"{p.address.host}:{p.address.port}",
+                )
                 for g in self.groups.values()
                 for p in g.all_pools()
                 if p.address in addresses

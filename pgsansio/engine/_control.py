@@ -68,9 +68,6 @@ class Control(Base):
         # Who waits for a PAUSE to complete: (admin client or None for SIGUSR1, db).
         self._pause_waiters: list[tuple[Client | None, str | None]] = []
         self.disabled: set[str] = set()
-        # (host, port) -> (banned until, reason, banned since): the replicas' health
-        # checks ban through _ban() too.
-        self.bans: dict[tuple[str, int], tuple[float, str, float]] = {}
         self._reload_waiters: list[Client] = []
         self._wait_for_clients = False
         self._busy: set[int] = set()  # admin clients whose command is still running
@@ -209,31 +206,6 @@ class Control(Base):
             raise AdminError("42704", f"no such client: {cid} (see SHOW CLIENTS, column id)")
         self._log(logging.INFO, f"client {cid} from {c.peer} killed by the admin console")
         self._drop_client(c, TERMINATING)
-
-    # === bans ========================================================================
-
-    def _ban(self, host: str, port: int, seconds: float, reason: str) -> None:
-        """Keep ``host:port`` out of server selection for ``seconds``."""
-        until = self._now + seconds
-        self.bans[(host, port)] = (until, reason, self._now)
-        self._log(logging.WARNING, f"server {host}:{port} banned for {seconds:g} s: {reason}")
-        self._at(until, lambda: self._ban_expired(host, port, until))
-
-    def _unban(self, host: str, port: int) -> bool:
-        if self.bans.pop((host, port), None) is None:
-            return False
-        self._log(logging.INFO, f"server {host}:{port} unbanned")
-        return True
-
-    def _ban_expired(self, host: str, port: int, until: float) -> None:
-        ban = self.bans.get((host, port))
-        if ban is not None and ban[0] == until:
-            del self.bans[(host, port)]
-            self._log(logging.INFO, f"server {host}:{port}: ban expired")
-
-    def _banned(self, address: ServerAddress) -> bool:
-        ban = self.bans.get((address.host, address.port))
-        return ban is not None and ban[0] > self._now
 
     def _addresses(self, host: str) -> list[ServerAddress]:
         """Configured servers matching ``host`` or ``host:port``."""

@@ -56,6 +56,7 @@ from ._effects import (
     SendServer,
     Wakeup,
 )
+from ._health import Health
 from ._leaving import TERMINATING, Leaving
 from ._login import Login, fatal
 from ._metrics import Metrics
@@ -66,6 +67,7 @@ from ._objects import (
     K_QUERY,
     P_AUTH_QUERY,
     P_CANCEL,
+    P_PROBE,
     S_ACTIVE,
     S_CLOSED,
     S_CONNECTING,
@@ -82,6 +84,7 @@ from ._objects import (
 from ._params import TRACKED, sync_sql
 from ._pooling import Pooling
 from ._relay import ClientFatal, Relay
+from ._routing import Routing
 from ._stats import Stats
 
 if TYPE_CHECKING:
@@ -105,7 +108,7 @@ INTERNAL_QUERY_TIMEOUT = 10.0  # seconds for our own SET / ROLLBACK / DISCARD AL
 _TRACKED_LOWER = {name.lower(): name for name in TRACKED}
 
 
-class Engine(Relay, Login, Pooling, Leaving, Admin, Metrics, Stats):
+class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, Stats):
     """See the package docstring for the inputs and effects."""
 
     def __init__(self, config: Config, *, seed: int | None = None) -> None:
@@ -131,6 +134,8 @@ class Engine(Relay, Login, Pooling, Leaving, Admin, Metrics, Stats):
         self._stats_rolled = 0.0
         self._http = {}
         self._init_control()
+        self._init_routing()
+        self._init_health()
         self._build_groups(config)
 
     # === inputs ======================================================================
@@ -141,6 +146,7 @@ class Engine(Relay, Login, Pooling, Leaving, Admin, Metrics, Stats):
         self._warn_unimplemented(self.config)
         for group in self.groups.values():
             self._prewarm(group)
+        self._start_probes()
         return self._flush()
 
     def _warn_unimplemented(self, config: Config) -> None:
@@ -152,12 +158,7 @@ class Engine(Relay, Login, Pooling, Leaving, Admin, Metrics, Stats):
                     f'pool "{pool.name}" has {len(pool.shards)} shards: sharding is not '
                     "implemented yet, every query goes to the first shard",
                 )
-            if pool.query_parser_enabled:
-                self._log(
-                    logging.WARNING,
-                    f'pool "{pool.name}": query_parser_enabled is not implemented yet; '
-                    f"servers are chosen by default_role ({pool.default_role}) alone",
-                )
+        self._check_parser()
         general = config.general
         if general.tls_certificate or general.server_tls:
             self._log(
@@ -257,6 +258,8 @@ class Engine(Relay, Login, Pooling, Leaving, Admin, Metrics, Stats):
                         self._read_auth_query(s)
                 elif s.purpose == P_AUTH_QUERY:
                     self._read_auth_query(s)
+                elif s.purpose == P_PROBE:
+                    self._read_probe(s)
                 else:
                     self._read_server(s)
             except ProtocolError as exc:
@@ -338,6 +341,7 @@ class Engine(Relay, Login, Pooling, Leaving, Admin, Metrics, Stats):
                         self._close_server(s)
         for group in self.groups.values():
             self._prewarm(group)
+        self._start_probes()
         self._warn_unimplemented(config)
         self._log(logging.INFO, f"configuration reloaded from {config.path}")
         self._reload_answer(None)
@@ -446,6 +450,9 @@ class Engine(Relay, Login, Pooling, Leaving, Admin, Metrics, Stats):
     def _client_span(self, c: Client, span: Span) -> None:
         if c.admin:
             self._admin_span(c, span)
+            return
+        group = c.group
+        if group is not None and group.cfg.query_parser_enabled and self._custom_command(c, span):
             return
         s = c.server
         events = span.events
@@ -574,6 +581,8 @@ class Engine(Relay, Login, Pooling, Leaving, Admin, Metrics, Stats):
 
     def _internal_done(self, s: ServerConn, entry: Entry) -> None:
         if s.state == S_CLOSED:
+            return
+        if entry.tag == "healthcheck" and self._health_done(s, entry):
             return
         if entry.error is not None:
             if entry.tag == "sync" and s.client is not None:

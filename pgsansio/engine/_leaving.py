@@ -41,6 +41,7 @@ class Leaving(Base):
         self._cancel_server(s)
         self._close_server(s)
         if s.pool is not None:
+            self._ban(s.pool, None, "statement timeout")
             self._refill(s.pool)
         self._drop_client(
             c,

@@ -55,6 +55,7 @@ from ._objects import (
     C_WELCOME,
     P_AUTH_QUERY,
     P_CANCEL,
+    P_PROBE,
     S_CLOSED,
     S_INTERNAL,
     S_LOGIN,
@@ -371,6 +372,9 @@ class Login(Base):
                 self._server_gone(s, as_fatal(event))
                 return
             elif isinstance(event, ReadyForQuery):
+                if s.purpose == P_PROBE:
+                    self._probe_ready(s)
+                    return
                 if s.purpose == P_AUTH_QUERY:
                     s.state = S_INTERNAL
                     self._send_server(s, s.conn.send(Query(self._auth_query_sql(s))))

@@ -190,7 +190,7 @@ class Metrics(Base):
                     "host": a.host,
                     "port": a.port,
                     "shard": pool.shard,
-                    "role": a.role,
+                    "role": self._role(a) or "unknown",
                     "pool": group.name,
                     "index": index,
                     "database": group.cfg.shards[pool.shard].database,

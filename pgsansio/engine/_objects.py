@@ -47,6 +47,7 @@ S_CLOSED = 5
 P_POOL = 0
 P_CANCEL = 1
 P_AUTH_QUERY = 2
+P_PROBE = 3  # the health/role/lag probe of one address (see _health)
 
 # --- response-queue entry kinds: which server message ends the request's answer ---------
 K_PARSE = 0  # ParseComplete
@@ -127,12 +128,15 @@ class Client:
         "pending",
         "pool",
         "prepared",
+        "primary_reads",
         "query_start",
+        "route_role",
         "server",
         "settings",
         "state",
         "stats",
         "sync_key",
+        "tried",
         "unnamed_pending",
         "user",
         "username",
@@ -178,6 +182,11 @@ class Client:
         self.stats = NOWHERE
         self.query_start: float | None = None
         self.xact_start: float | None = None
+        # Routing (see _routing): SET SERVER ROLE / SET PRIMARY READS, and the
+        # addresses already tried for the request being placed after a failure.
+        self.route_role: str | None = None
+        self.primary_reads: bool | None = None
+        self.tried: set[tuple[str, int]] | None = None
 
 
 class ServerConn:

@@ -34,6 +34,7 @@ from ._objects import (
     C_CLOSED,
     P_AUTH_QUERY,
     P_POOL,
+    P_PROBE,
     S_CLOSED,
     S_CONNECTING,
     S_IDLE,
@@ -74,14 +75,16 @@ class Pooling(Base):
                 new.server_params = group.server_params
             c.group = group = new
             c.user = new.user
-        pool = self._choose_pool(c)
+        pool = self._route(c)
+        if pool is None:
+            return  # answered with an error, or waiting for a primary to be found
         c.pool = pool
         while pool.idle:
             s = pool.idle.popleft() if group.cfg is not None and self._fifo() else pool.idle.pop()
             if self._expired(s):
                 self._close_server(s)
                 continue
-            self._link(c, s)
+            self._hand_out(c, s)
             return
         c.waiting_since = self._now
         c.wait_gen += 1
@@ -94,37 +97,6 @@ class Pooling(Base):
 
     def _fifo(self) -> bool:
         return self.config.general.server_round_robin
-
-    def _choose_pool(self, c: Client) -> Pool:
-        """The address to take a server from: shard 0, by role and load balancing.
-
-        The replicas issue adds query-based routing; here ``default_role`` decides.
-        """
-        group = c.group
-        assert group is not None
-        shard = group.pools[0]
-        cfg = group.cfg
-        if cfg.default_role == "primary":
-            candidates = [p for p in shard if p.address.role == "primary"]
-        elif cfg.default_role == "replica":
-            candidates = [
-                p for p in shard if p.address.role != "primary" or cfg.primary_reads_enabled
-            ]
-        else:
-            candidates = list(shard)
-        if not candidates:
-            candidates = list(shard)
-        if self.bans:  # banned addresses are skipped, unless all are (as PgCat)
-            candidates = [p for p in candidates if not self._banned(p.address)] or candidates
-        if len(candidates) == 1:
-            return candidates[0]
-        self.rng.shuffle(candidates)
-        if cfg.load_balancing_mode == "loc":
-            candidates.sort(key=lambda p: p.busy + len(p.waiters))
-        for pool in candidates:
-            if pool.idle:
-                return pool
-        return candidates[0]
 
     def _checkout_timeout(self, c: Client, gen: int) -> None:
         if c.state == C_CLOSED or c.waiting_since is None or c.wait_gen != gen:
@@ -261,6 +233,8 @@ class Pooling(Base):
         self._close_server(s, send=not closed)
         if s.purpose == P_AUTH_QUERY:
             self._auth_query_failed(s, error)
+        elif s.purpose == P_PROBE:
+            self._probe_lost(s, error)
         if s.purpose != P_POOL:
             return
         pool = s.pool
@@ -270,6 +244,7 @@ class Pooling(Base):
             # After the server's own FATAL reached the client, a second error of ours
             # would only be noise: just close.
             self._drop_client(c, None if s.fatal_forwarded else error)
+        self._server_lost(s, was, c is not None)  # bans, and moves waiters elsewhere
         if was in (S_CONNECTING, S_LOGIN):
             # Fail fast, with the server's own error, the clients nothing else could
             # serve (PgBouncer's server_login_retry behaviour since 1.24).
@@ -278,16 +253,18 @@ class Pooling(Base):
                     self._drop_client(w, error)
                 pool.waiters.clear()
             if group.server_params is None and not any(p.opening for p in group.all_pools()):
-                for w in group.login_waiters:
+                # A copy: _drop_client removes each from the list (iterating the list
+                # itself skipped every other waiter, who then hung until login timeout).
+                waiters, group.login_waiters = group.login_waiters, []
+                for w in waiters:
                     self._drop_client(w, error)
-                group.login_waiters = []
         elif pool.waiters:
             self._refill(pool)
 
     def _close_server(self, s: ServerConn, *, send: bool = True) -> None:
         if s.state == S_CLOSED:
             return
-        if s.state in (S_CONNECTING, S_LOGIN) and s.pool is not None:
+        if s.state in (S_CONNECTING, S_LOGIN) and s.pool is not None and s.purpose == P_POOL:
             s.pool.opening -= 1
         s.state = S_CLOSED
         self.servers.pop(s.sid, None)

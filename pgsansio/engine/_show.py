@@ -165,7 +165,7 @@ class Show(Base):
             for shard_index, a in addresses:
                 if single:
                     row_name = name
-                elif a.role == "primary":
+                elif self._role(a) == "primary":
                     row_name = f"{name}_shard_{shard_index}_primary"
                 else:
                     i = replica_index.get(shard_index, 0)
@@ -476,9 +476,8 @@ class Show(Base):
 
     def _show_bans(self, c: Client) -> None:
         rows = []
-        for (host, port), (until, reason, since) in sorted(self.bans.items()):
-            if until <= self._now:
-                continue
+        for (host, port), ban in sorted(self.bans.items()):
+            until, reason, since = ban.until, ban.reason, ban.at
             for g in self.groups.values():
                 for p in g.all_pools():
                     a = p.address
@@ -487,7 +486,7 @@ class Show(Base):
                             (
                                 g.name,
                                 g.user.username,
-                                a.role,
+                                self._role(a) or "unknown",
                                 f"{host}:{port}",
                                 reason,
                                 _ago(self._now, since),

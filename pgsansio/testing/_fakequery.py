@@ -382,7 +382,11 @@ class QueryMixin:
         self._ensure_txn()
         if kind in ("select", "series", "count", "select_table"):
             return self._select(plan, params, types)
+        if kind in ("insert", "delete") and db.in_recovery:
+            db.stats["read_only_refusals"] += 1
+            raise SqlError("25006", f"cannot execute {kind.upper()} in a read-only transaction")
         if kind == "insert":
+            db.wal_lsn += 100 * len(plan.rows)
             table = plan.args[0] or ""
             for row in plan.rows:
                 self._writes.append((table, tuple(self._eval(e, params, None) for e in row)))
@@ -480,6 +484,15 @@ class QueryMixin:
     def _call(self, func: str, args: list[str | None], sleep: list[float] | None) -> str | None:
         if func == "pg_backend_pid":
             return str(self.pid)
+        if func == "pg_is_in_recovery":
+            return "t" if self.db.in_recovery else "f"
+        if func in ("pg_current_wal_lsn", "pg_last_wal_replay_lsn"):
+            if (func == "pg_current_wal_lsn") == self.db.in_recovery:
+                if self.db.in_recovery:
+                    raise SqlError("55000", "recovery is in progress")
+                return None  # a primary that never was a standby has replayed nothing
+            lsn = self.db.wal_lsn
+            return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
         if func == "current_setting":
             name = fakesql.canonical_guc(args[0] or "")
             if name is None or name not in self.gucs:

@@ -120,6 +120,13 @@ class Database:
         max_connections: more logged-in backends than this get FATAL 53300.
         stall_logins: new connections never answer the startup packet.
         stall_queries: backends stop answering anything after login.
+
+    Replication (for pooler tests of replicas and failover):
+        in_recovery: a standby: ``pg_is_in_recovery()`` is true, writes fail with 25006
+            as on a hot standby, ``pg_current_wal_lsn()`` fails with 55000.
+        wal_lsn: the WAL position: ``pg_current_wal_lsn()`` on a primary (each row
+            written moves it on by 100 bytes), ``pg_last_wal_replay_lsn()`` on a standby
+            (set it to simulate replay progress).
     """
 
     users: Mapping[str, FakeUser | str] = field(default_factory=dict)
@@ -134,6 +141,8 @@ class Database:
     max_connections: int | None = None
     stall_logins: bool = False
     stall_queries: bool = False
+    in_recovery: bool = False
+    wal_lsn: int = 0x1000000
     on_wake: Callable[[FakeServer], None] | None = None
     on_statement: Callable[[FakeServer, fakesql.Plan], None] | None = None
     on_message: Callable[[FakeServer, Event, bool], None] | None = None
@@ -157,6 +166,13 @@ class Database:
 
     def violation(self, message: str) -> None:
         self.violations.append(f"{self.name}: {message}")
+
+    def crash_all(self) -> None:
+        """The whole server dies (``pg_ctl stop -m immediate``): every backend drops its
+        connection and new connections are refused until ``accepting`` is set again."""
+        self.accepting = False
+        for backend in list(self.backends.values()):
+            backend.crash()
 
     def rows(self, table: str) -> list[tuple[str | None, ...]]:
         """The committed rows of ``table`` (empty if it never had any)."""

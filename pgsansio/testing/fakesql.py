@@ -372,6 +372,9 @@ class _Parser:
             "pg_cancel_backend": (1, BOOL),
             "pg_terminate_backend": (1, BOOL),
             "generate_series": (2, INT4),
+            "pg_is_in_recovery": (0, BOOL),
+            "pg_current_wal_lsn": (0, TEXT),
+            "pg_last_wal_replay_lsn": (0, TEXT),
         }
         if func not in arity:
             raise SqlError("42883", f"function {func}() does not exist")

@@ -8,7 +8,13 @@ and cleartext, a few hundred scripted clients, optional faults, and the checks:
 * every client finished its script (none waits forever);
 * the ledger: every row a client saw committed is in the database, and no row of a
   transaction that was rolled back, failed or abandoned is;
-* afterwards, no server connection is left inside a transaction or running a query.
+* afterwards, no server connection is left inside a transaction or running a query;
+* with replicas: no write ever reached a standby (a fake standby refuses writes as a hot
+  standby does, and counts them).
+
+Replicas are more fake clusters listed in the config's shard after the first; they
+share the primary's tables (replication without lag), so the ledger checks hold
+whichever server a read goes to.
 """
 
 from __future__ import annotations
@@ -48,8 +54,12 @@ def make_config(
     pool_size: int = 6,
     connect_timeout: int = 5000,
     statement_timeout: int = 0,
+    replicas: int = 0,
+    role: str | None = None,
     **general: Any,
 ) -> Config:
+    """One pool; ``replicas`` > 0 adds standbys and turns read/write splitting on
+    (``role="auto"``: every server's role is found by probing)."""
     users = {
         name: UserConfig(
             name,
@@ -61,14 +71,35 @@ def make_config(
         )
         for name, (client_auth, _, password) in USERS.items()
     }
-    shard = ShardConfig(0, DATABASE, (ServerAddress(HOST, PORT, "primary"),))
-    pool = PoolConfig(DATABASE, users, (shard,), connect_timeout=connect_timeout)
+    servers = (
+        ServerAddress(HOST, PORT, role or "primary"),
+        *tuple(ServerAddress(HOST, PORT + i, role or "replica") for i in range(1, replicas + 1)),
+    )
+    shard = ShardConfig(0, DATABASE, servers)
+    pool = PoolConfig(
+        DATABASE,
+        users,
+        (shard,),
+        connect_timeout=connect_timeout,
+        query_parser_enabled=bool(replicas),
+        query_parser_read_write_splitting=bool(replicas),
+    )
     return Config(General(connect_timeout=connect_timeout, **general), {DATABASE: pool})
 
 
-def make_database(seed: int) -> Database:
+def make_database(seed: int, port: int = PORT, primary: Database | None = None) -> Database:
     users = {name: FakeUser(pw, server_auth) for name, (_, server_auth, pw) in USERS.items()}
-    return Database(users=users, databases=[DATABASE], seed=seed, name=f"{HOST}:{PORT}")
+    db = Database(
+        users=users,
+        databases=[DATABASE],
+        seed=seed,
+        name=f"{HOST}:{port}",
+        first_pid=10000 * (port - PORT + 1),
+        in_recovery=primary is not None,
+    )
+    if primary is not None:
+        db.tables = primary.tables  # streaming replication without lag
+    return db
 
 
 @dataclass
@@ -134,7 +165,10 @@ def simulate(
     kwargs["verbose"] = verbose
     kwargs["stop_on_failure"] = stop_on_failure
     kwargs["trace_size"] = trace_size
-    world = World(seed, config, {(HOST, PORT): db}, net or NetProfile(), **kwargs)
+    clusters = {(HOST, PORT): db}
+    for address in next(iter(config.pools.values())).shards[0].servers[1:]:
+        clusters[address.host, address.port] = make_database(seed, address.port, primary=db)
+    world = World(seed, config, clusters, net or NetProfile(), **kwargs)
 
     def note_statement(server: FakeServer, plan: Plan) -> None:
         if f"pg_sleep({CANCEL_SLEEP})" in plan.text:
@@ -247,7 +281,14 @@ def check(run: Run) -> list[str]:
         still = [sid for sid, link in world.servers.items() if not link.engine_closed]
         if still:
             problems.append(f"server connections {still} still open after Exit")
-    for pid, server in db.backends.items():
+    for cluster in world.clusters.values():
+        if cluster.stats["read_only_refusals"]:
+            problems.append(
+                f"{cluster.stats['read_only_refusals']} write(s) reached {cluster.name} "
+                "while it was a standby"
+            )
+    backends = [b for cluster in world.clusters.values() for b in cluster.backends.items()]
+    for pid, server in backends:
         if server.in_txn or server._sleep is not None or server.status != "I":
             problems.append(
                 f"backend {pid} left {'in a transaction' if server.in_txn else 'busy'} "
@@ -275,6 +316,48 @@ def kill_servers(start: float, end: float, every: float) -> Fault:
                 world.sched.after(rng.expovariate(1 / every), strike)
 
         world.sched.at(start, strike)
+
+    return install
+
+
+def crash_cluster(port: int, at: float, back: float | None, *, standby: bool = True) -> Fault:
+    """The server at ``port`` dies at ``at`` (every connection drops, connects are
+    refused), and restarts at ``back`` (as a standby of the current primary when
+    ``standby``)."""
+
+    def install(world: World, db: Database, rng: random.Random) -> None:
+        cluster = world.clusters[HOST, port]
+
+        def die() -> None:
+            world.log(f"FAULT: server {cluster.name} dies")
+            cluster.accepting = False
+            for link in list(world.servers.values()):
+                if link.db is cluster and link.server is not None and not link.server.closed:
+                    world.kill_server(link, fatal=False)
+
+        def restart() -> None:
+            world.log(f"FAULT over: server {cluster.name} restarts")
+            cluster.in_recovery = cluster.in_recovery or standby
+            cluster.accepting = True
+
+        world.sched.at(at, die)
+        if back is not None:
+            world.sched.at(back, restart)
+
+    return install
+
+
+def promote(port: int, at: float) -> Fault:
+    """``pg_ctl promote`` of the standby at ``port``."""
+
+    def install(world: World, db: Database, rng: random.Random) -> None:
+        cluster = world.clusters[HOST, port]
+
+        def go() -> None:
+            world.log(f"FAULT: {cluster.name} is promoted")
+            cluster.in_recovery = False
+
+        world.sched.at(at, go)
 
     return install
 

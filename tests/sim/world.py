@@ -266,6 +266,28 @@ class World:
                     for addr in shard.servers:
                         key = (addr.host, addr.port, user.backend_username, shard.database)
                         limits[key] += user.pool_size
+        # The engine's probes (see pgsansio.engine._health): one more connection per
+        # address, logged in as the first user of the first pool listing it.
+        pools = list(self.config.pools.values())
+        probing = self.config.general.healthcheck_interval or any(
+            a.role == "auto" or p.replica_max_lag_ms or p.replica_max_lag_bytes
+            for p in pools
+            for s in p.shards
+            for a in s.servers
+        )
+        if probing and pools:
+            seen: set[tuple[str, int]] = set()
+            for pool in pools:
+                for user in pool.users.values():
+                    if user.backend_password is None:
+                        continue
+                    for shard in pool.shards:
+                        for addr in shard.servers:
+                            if (addr.host, addr.port) not in seen:
+                                seen.add((addr.host, addr.port))
+                                limits[
+                                    addr.host, addr.port, user.backend_username, shard.database
+                                ] += 1
         return limits
 
     # --- calling the engine -----------------------------------------------------------

@@ -1,0 +1,606 @@
+"""Health checks, bans, primary detection and replica lag.
+
+Mixed into :class:`~._engine.Engine`. PgCat's rules, then pgsansio's extensions:
+
+- **Health check before use** (PgCat): a server connection idle longer than
+  ``healthcheck_delay`` gets ``;`` before a client has it; no answer within
+  ``healthcheck_timeout``, or an error, bans its address and the client is served
+  from another one. The client waits at the head of the pool's queue meanwhile, so a
+  good answer simply hands it the connection.
+- **Bans** (PgCat): an address is banned for ``ban_time`` seconds after a failed
+  health check, a failed connect or login, a server lost under a client, a statement
+  timeout, or an admin ``BAN``. Banned addresses get no new clients; a ban ends on its
+  deadline. The primary is never banned (it is the only place writes can go); when
+  every replica of a shard is banned they are all unbanned (a guard against a
+  false alarm emptying the read pool), as PgCat does. Bans are per address
+  (``host:port``), shared by every pool and user that lists it: a dead server is dead
+  for all of them.
+- **Probes** (extension, ``general.healthcheck_interval``): every address gets its own
+  connection, logged in as the first user of the first pool listing it, that runs
+  ``SELECT pg_is_in_recovery()`` and then the WAL position each interval, on a
+  deadline (``max(healthcheck_timeout, connect_timeout)``). A failed probe bans a
+  replica, so a dead server is found without a client hitting it.
+- **Primary detection** (extension, role ``"auto"``): the auto server not in recovery
+  is the primary. When it fails its probe no primary is known and writes fail at once
+  with 57P03 (never a hang); when a replica is promoted its next probe makes it the
+  primary. If two auto servers both claim to be primary (an old primary restarted
+  without being turned into a standby), the incumbent keeps the role and the other is
+  used for nothing, with a warning.
+- **Replica lag** (extension, ``replica_max_lag_bytes`` / ``replica_max_lag_ms``): the
+  byte lag is the primary's ``pg_current_wal_lsn()`` minus the replica's
+  ``pg_last_wal_replay_lsn()``; the time lag is how long ago the primary was at a
+  position the replica has not replayed yet, from the primary's probe history (so an
+  idle primary never makes its replicas look late, the trap of comparing
+  ``pg_last_xact_replay_timestamp()`` with ``now()``). It is exact to one probe
+  interval. A lagging replica gets no reads until a probe finds it caught up.
+
+Probes run only when asked for: ``healthcheck_interval`` > 0, or an ``"auto"`` server
+or a lag bound is configured (then every 1000 ms unless set).
+
+For the admin console (``SHOW BANS``, ``BAN``, ``UNBAN``): ``engine.bans`` maps
+``(host, port)`` to a :class:`Ban` (``reason``, ``at`` and ``until`` in the engine's
+monotonic seconds); ``engine._ban(address, seconds, "admin ban")`` returns False for a
+primary (never banned) and ``engine._unban((host, port))`` False if it was not banned.
+``engine.roles`` holds what probes found for ``"auto"`` servers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+from pgsansio.protocol import NEED_DATA as _NEED_DATA
+from pgsansio.protocol import PAUSED as _PAUSED
+from pgsansio.protocol import DataRow, ErrorResponse, Query, ReadyForQuery
+
+from ._base import Base
+from ._effects import OpenServer
+from ._objects import (
+    C_CLOSED,
+    P_PROBE,
+    S_ACTIVE,
+    S_CLOSED,
+    S_CONNECTING,
+    S_IDLE,
+    S_INTERNAL,
+    S_LOGIN,
+    Client,
+    Entry,
+    Pool,
+    ServerConn,
+)
+
+if TYPE_CHECKING:
+    from pgsansio.config_model import ServerAddress
+
+__all__ = ["Ban", "Health", "Key", "lsn_to_int"]
+
+Key = tuple[str, int]  # an address: (host, port)
+
+DEFAULT_PROBE_INTERVAL = 1.0  # seconds, when probes are needed but no interval is set
+_HISTORY = 256  # primary WAL positions kept per primary for the time lag
+_RECOVERY_SQL = "SELECT pg_is_in_recovery()"
+_PRIMARY_LSN_SQL = "SELECT pg_current_wal_lsn()"
+_REPLICA_LSN_SQL = "SELECT pg_last_wal_replay_lsn()"
+
+
+def lsn_to_int(text: str) -> int:
+    """``16/B374D848`` -> a byte position (PostgreSQL's pg_lsn text form)."""
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+class Ban:
+    """One banned address: why, since when, until when (monotonic seconds)."""
+
+    __slots__ = ("address", "at", "reason", "until")
+
+    def __init__(self, address: Key, reason: str, at: float, until: float) -> None:
+        self.address = address
+        self.reason = reason
+        self.at = at
+        self.until = until
+
+
+class Probe:
+    """The monitoring connection of one address and what its last round found."""
+
+    __slots__ = (
+        "conn",
+        "down",
+        "gen",
+        "in_recovery",
+        "key",
+        "phase",
+        "pool",
+        "retried",
+        "started",
+    )
+
+    def __init__(self, key: Key, pool: Pool) -> None:
+        self.key = key
+        self.pool = pool  # whose user and database the probe logs in with
+        self.conn: ServerConn | None = None
+        self.gen = 0
+        self.started: float | None = None  # a round is running since then
+        self.phase = ""
+        self.in_recovery: bool | None = None
+        self.down = False  # the last round failed (say so once, not every interval)
+        self.retried = False  # this round already replaced a lost connection
+
+
+class Health(Base):
+    """Mixed into the Engine; see the module docstring."""
+
+    # bans: by address; roles: what probes found ("primary", "replica", None: down)
+    _primary_since: dict[Key, float]
+    _lsn: dict[Key, tuple[int, float]]  # last WAL position seen (current or replayed), when
+    _primary_history: dict[Key, deque[tuple[float, int]]]
+    _probes: dict[Key, Probe]
+    _probe_interval: float
+    _health_checks: dict[int, Entry]  # server id -> its ``;`` in flight
+
+    def _init_health(self) -> None:
+        self.bans = {}
+        self.roles = {}
+        self._primary_since = {}
+        self._lsn = {}
+        self._primary_history = {}
+        self._lagging = set()
+        self._probes = {}
+        self._probe_interval = 0.0
+        self._health_checks = {}
+        self._role_waiters = []
+
+    # === roles =====================================================================
+
+    def _role(self, address: ServerAddress) -> str | None:
+        """``primary`` / ``replica`` as configured or found; None: not known (down)."""
+        if address.role != "auto":
+            return address.role
+        role = self.roles.get((address.host, address.port))
+        if role == "primary" and not self._incumbent((address.host, address.port)):
+            return None  # a second server claiming to be primary: used for nothing
+        return role
+
+    def _incumbent(self, key: Key) -> bool:
+        since = self._primary_since.get(key)
+        if since is None:
+            return False
+        return all(
+            other == key or t > since or (t == since and other > key)
+            for other, t in self._primary_since.items()
+        )
+
+    def _is_primary(self, key: Key) -> bool:
+        for pool in self.config.pools.values():
+            for shard in pool.shards:
+                for a in shard.servers:
+                    if (a.host, a.port) == key and self._role(a) == "primary":
+                        return True
+        return False
+
+    # === bans ======================================================================
+
+    def _ban(self, target: Pool | ServerAddress | Key, seconds: float | None, reason: str) -> bool:
+        """Ban an address for ``seconds`` (default ``ban_time``); False for a primary.
+
+        Also the admin console's ``BAN`` (reason ``"admin ban"``).
+        """
+        if isinstance(target, Pool):
+            key: Key = (target.address.host, target.address.port)
+        elif isinstance(target, tuple):
+            key = target
+        else:
+            key = (target.host, target.port)
+        if self._is_primary(key):
+            return False
+        duration = self.config.general.ban_time if seconds is None else seconds
+        until = self._now + duration
+        old = self.bans.get(key)
+        if old is not None and old.until >= until:
+            return True
+        self.bans[key] = ban = Ban(key, reason, self._now, until)
+        if old is None:
+            self._log(
+                logging.WARNING,
+                f"server {key[0]}:{key[1]} banned for {duration:g} s: {reason}; "
+                "it gets no new clients until then",
+            )
+        self._at(until, lambda: self._ban_expired(key, ban))
+        self._route_waiters_away(key)
+        return True
+
+    def _unban(self, address: Key, why: str = "unbanned by the admin") -> bool:
+        ban = self.bans.pop(address, None)
+        if ban is None:
+            return False
+        self._log(logging.INFO, f"server {address[0]}:{address[1]} {why}")
+        return True
+
+    def _ban_expired(self, key: Key, ban: Ban) -> None:
+        if self.bans.get(key) is ban:
+            self._unban(key, "is no longer banned (ban_time is over)")
+
+    def _probe_down(self, key: Key) -> bool:
+        """Our probe of ``key`` failed its last round (so a ban is no false alarm)."""
+        probe = self._probes.get(key)
+        return probe is not None and probe.down
+
+    def _banned(self, address: ServerAddress) -> bool:
+        return (address.host, address.port) in self.bans
+
+    def _route_waiters_away(self, key: Key) -> None:
+        """Clients queued on a freshly banned address go to another one."""
+        for group in self.groups.values():
+            for pool in group.all_pools():
+                if (pool.address.host, pool.address.port) == key and pool.waiters:
+                    for c in list(pool.waiters):
+                        pool.waiters.remove(c)
+                        self._reroute(c, pool)
+
+    # === losing a server ===========================================================
+
+    def _server_lost(self, s: ServerConn, was: int, linked: bool) -> None:
+        """A pool connection failed: ban its address if that is PgCat's rule, and
+        send the clients that were waiting for it somewhere else when possible."""
+        pool = s.pool
+        assert pool is not None
+        checking = self._health_checks.pop(s.sid, None) is not None
+        if len(pool.group.pools[pool.shard]) < 2:
+            return  # nowhere else to go: the pool's own fail-fast rules apply
+        if checking:
+            reason = "failed health check (the connection was lost)"
+        elif was in (S_CONNECTING, S_LOGIN):
+            reason = "failed checkout (could not connect or log in)"
+        elif was == S_ACTIVE and linked:
+            reason = "the server connection was lost under a client"
+        else:
+            return
+        self._ban(pool, None, reason)
+        if checking or was in (S_CONNECTING, S_LOGIN):
+            # The waiters expected this connection: try another address now (the
+            # primary is never banned, so its waiters are moved here, not by _ban).
+            for c in list(pool.waiters):
+                pool.waiters.remove(c)
+                self._reroute(c, pool)
+            group = pool.group
+            first_login = group.server_params is None and group.login_waiters
+            if first_login and not any(p.opening for p in group.all_pools()):
+                other = self._choose_pool(group.login_waiters[0])
+                if other is not pool and not self._banned(other.address):
+                    self._open_server(other)
+
+    # === health check before use ===================================================
+
+    def _hand_out(self, c: Client, s: ServerConn) -> None:
+        """Give idle ``s`` to ``c``, after a ``;`` if it has been idle too long."""
+        delay = self.config.general.healthcheck_delay / 1000
+        if self._now - s.last_used <= delay:
+            self._link(c, s)
+            return
+        pool = s.pool
+        assert pool is not None and c.user is not None
+        pool.waiters.appendleft(c)
+        c.pool = pool
+        if c.waiting_since is None:
+            c.waiting_since = self._now
+            c.wait_gen += 1
+            gen = c.wait_gen
+            timeout = c.user.connect_timeout / 1000
+            self._at(self._now + timeout, lambda: self._checkout_timeout(c, gen))
+        s.state = S_INTERNAL
+        self._send_internal(s, ";", "healthcheck")
+        entry = s.queue[-1]
+        self._health_checks[s.sid] = entry
+        timeout = self.config.general.healthcheck_timeout / 1000
+        self._at(self._now + timeout, lambda: self._health_timeout(s, entry))
+
+    def _health_timeout(self, s: ServerConn, entry: Entry) -> None:
+        if s.state != S_CLOSED and entry in s.queue:
+            timeout = self.config.general.healthcheck_timeout
+            self._health_failed(s, f"failed health check (no answer within {timeout} ms)")
+
+    def _health_done(self, s: ServerConn, entry: Entry) -> bool:
+        """Our ``;`` answered; True if it failed (and was dealt with)."""
+        self._health_checks.pop(s.sid, None)
+        if entry.error is None:
+            return False
+        message = entry.error.message if isinstance(entry.error, ErrorResponse) else "?"
+        self._health_failed(s, f"failed health check ({message})")
+        return True
+
+    def _health_failed(self, s: ServerConn, reason: str) -> None:
+        self._health_checks.pop(s.sid, None)
+        pool = s.pool
+        assert pool is not None
+        self._log(logging.WARNING, f"server {self._where(s)}: {reason}; closing it")
+        self._close_server(s)
+        if not self._ban(pool, None, reason):
+            self._refill(pool)  # the primary: its waiters wait for a new connection
+        elif pool.waiters:  # banned but a single-address shard: nowhere else to go
+            self._refill(pool)
+
+    # === probes ====================================================================
+
+    def _start_probes(self) -> None:
+        """(Re)build the probe of every address; called on start and reload."""
+        for probe in self._probes.values():
+            if probe.conn is not None:
+                self._close_server(probe.conn)
+        self._probes = {}
+        general = self.config.general
+        needed = any(
+            a.role == "auto"
+            for p in self.config.pools.values()
+            for s in p.shards
+            for a in s.servers
+        ) or any(
+            p.replica_max_lag_ms or p.replica_max_lag_bytes for p in self.config.pools.values()
+        )
+        interval = general.healthcheck_interval / 1000
+        if not interval and needed:
+            interval = DEFAULT_PROBE_INTERVAL
+        self._probe_interval = interval
+        if not interval:
+            return
+        for group in self.groups.values():
+            if group.user.backend_password is None:
+                continue  # auth_query users have no password of their own to log in with
+            for pool in group.all_pools():
+                key = (pool.address.host, pool.address.port)
+                if key not in self._probes:
+                    self._probes[key] = Probe(key, pool)
+        missing = {
+            (a.host, a.port)
+            for p in self.config.pools.values()
+            for s in p.shards
+            for a in s.servers
+        } - set(self._probes)
+        for host, port in sorted(missing):
+            self._log(
+                logging.WARNING,
+                f"server {host}:{port} cannot be probed: no user of a pool listing it has a "
+                "password configured (auth_query users cannot log in on their own)",
+            )
+        self._probe_round()
+
+    def _probe_round(self) -> None:
+        if self._shutting_down or self._exited or not self._probes:
+            return
+        probes = self._probes
+        for probe in probes.values():
+            if probe.started is None:
+                self._probe_start(probe)
+        self._at(self._now + self._probe_interval, lambda: self._probe_next(probes))
+
+    def _probe_next(self, probes: dict[Key, Probe]) -> None:
+        if probes is self._probes:  # not replaced by a reload meanwhile
+            self._probe_round()
+
+    def _probe_start(self, probe: Probe) -> None:
+        probe.gen += 1
+        probe.started = self._now
+        probe.retried = False
+        gen = probe.gen
+        general = self.config.general
+        user = probe.pool.group.user
+        timeout = max(general.healthcheck_timeout, user.connect_timeout) / 1000
+        self._at(self._now + timeout, lambda: self._probe_timeout(probe, gen))
+        s = probe.conn
+        if s is None or s.state == S_CLOSED:
+            self._probe_connect(probe)
+        elif s.state == S_IDLE:
+            self._probe_send(s, probe, "recovery", _RECOVERY_SQL)
+
+    def _probe_connect(self, probe: Probe) -> None:
+        self._next_sid += 1
+        s = ServerConn(self._next_sid, probe.pool, probe.pool.address, self._now, P_PROBE)
+        probe.conn = s
+        self.servers[s.sid] = s
+        self._out.append(OpenServer(s.sid, s.address.host, s.address.port))
+
+    def _probe_of(self, s: ServerConn) -> Probe | None:
+        probe = self._probes.get((s.address.host, s.address.port))
+        return probe if probe is not None and probe.conn is s else None
+
+    def _probe_ready(self, s: ServerConn) -> None:
+        """The probe connection has logged in."""
+        s.login = None
+        s.state = S_IDLE
+        probe = self._probe_of(s)
+        if probe is None:
+            self._close_server(s)
+        elif probe.started is not None:
+            self._probe_send(s, probe, "recovery", _RECOVERY_SQL)
+
+    def _probe_send(self, s: ServerConn, probe: Probe, phase: str, sql: str) -> None:
+        probe.phase = phase
+        s.state = S_INTERNAL
+        s.login = None
+        self._send_server(s, s.conn.send(Query(sql)))
+
+    def _read_probe(self, s: ServerConn) -> None:
+        probe = self._probe_of(s)
+        while s.state != S_CLOSED:
+            event = s.conn.next_event()
+            if event is _NEED_DATA or event is _PAUSED:
+                return
+            if probe is None:
+                continue
+            if isinstance(event, DataRow):
+                value = event.values[0] if event.values else None
+                s.login = value.decode("ascii", "replace") if value is not None else None
+            elif isinstance(event, ErrorResponse):
+                s.login = event
+            elif isinstance(event, ReadyForQuery):
+                s.state = S_IDLE
+                self._probe_answer(s, probe)
+                if s.state == S_CLOSED:
+                    return
+
+    def _probe_answer(self, s: ServerConn, probe: Probe) -> None:
+        answer = s.login
+        s.login = None
+        if isinstance(answer, ErrorResponse) or probe.started is None:
+            if probe.started is not None:
+                message = answer.message if isinstance(answer, ErrorResponse) else ""
+                self._probe_failed(probe, f"probe query failed: {message}")
+            return
+        if probe.phase == "recovery":
+            probe.in_recovery = answer == "t"
+            if self._lag_bounds():
+                sql = _REPLICA_LSN_SQL if probe.in_recovery else _PRIMARY_LSN_SQL
+                self._probe_send(s, probe, "lsn", sql)
+                return
+        elif probe.phase == "lsn" and isinstance(answer, str):
+            try:
+                self._lsn[probe.key] = (lsn_to_int(answer), self._now)
+            except ValueError:
+                pass
+        probe.started = None
+        self._probe_ok(probe)
+
+    def _probe_timeout(self, probe: Probe, gen: int) -> None:
+        if probe.gen == gen and probe.started is not None and self._probes.get(probe.key) is probe:
+            self._probe_failed(probe, "no answer to the probe in time")
+
+    def _probe_lost(self, s: ServerConn, error: ErrorResponse) -> None:
+        probe = self._probe_of(s)
+        if probe is not None:
+            probe.conn = None
+            if probe.started is None:
+                return  # lost between rounds: the next round connects again
+            if error.sqlstate == "08006" and not probe.retried:
+                # The connection broke after it was made (one backend killed, say):
+                # that is not yet the server being down. Try once more in this round.
+                probe.retried = True
+                self._probe_connect(probe)
+                return
+            self._probe_failed(probe, error.message or "connection lost")
+
+    def _probe_failed(self, probe: Probe, reason: str) -> None:
+        probe.started = None
+        s, probe.conn = probe.conn, None
+        if s is not None and s.state != S_CLOSED:
+            self._close_server(s)
+        key = probe.key
+        was = self.roles.get(key)
+        if self._auto(key):
+            self.roles[key] = None
+            self._primary_since.pop(key, None)
+            if was == "primary":
+                self._log(
+                    logging.ERROR,
+                    f"primary {key[0]}:{key[1]} failed its probe ({reason}): no primary is "
+                    "known, writes fail until one is found",
+                )
+        if not self._is_primary(key):
+            self._ban(key, None, f"failed health check ({reason})")
+        elif not probe.down:
+            self._log(logging.WARNING, f"primary {key[0]}:{key[1]} failed its probe: {reason}")
+        probe.down = True
+        self._lag_changed(key)
+
+    def _probe_ok(self, probe: Probe) -> None:
+        key = probe.key
+        probe.down = False
+        if self._auto(key):
+            role = "replica" if probe.in_recovery else "primary"
+            was = self.roles.get(key)
+            self.roles[key] = role
+            if role == "primary":
+                self._primary_since.setdefault(key, self._now)
+                if not self._incumbent(key):
+                    self._log(
+                        logging.WARNING,
+                        f"server {key[0]}:{key[1]} is not in recovery but another server "
+                        "is the primary: it gets no clients until one of them goes away",
+                    )
+                elif was != "primary":
+                    self._log(logging.WARNING, f"server {key[0]}:{key[1]} is the primary")
+                    self.bans.pop(key, None)  # never banned as primary
+            else:
+                self._primary_since.pop(key, None)
+                if was != role:
+                    self._log(logging.INFO, f"server {key[0]}:{key[1]} is a replica")
+        sample = self._lsn.get(key)
+        lsn = sample[0] if sample is not None else None
+        if lsn is not None and probe.in_recovery is False:
+            history = self._primary_history.setdefault(key, deque(maxlen=_HISTORY))
+            if not history or history[-1][1] != lsn:
+                history.append((self._now, lsn))
+        self._lag_changed(key)
+        waiters, self._role_waiters = self._role_waiters, []
+        for c in waiters:
+            if c.state != C_CLOSED and c.waiting_since is not None and c.server is None:
+                c.waiting_since = None
+                self._checkout(c)
+
+    def _auto(self, key: Key) -> bool:
+        return any(
+            (a.host, a.port) == key and a.role == "auto"
+            for p in self.config.pools.values()
+            for s in p.shards
+            for a in s.servers
+        )
+
+    # === replica lag ===============================================================
+
+    def _lag_bounds(self) -> bool:
+        return any(
+            p.replica_max_lag_ms or p.replica_max_lag_bytes for p in self.config.pools.values()
+        )
+
+    def _lag(self, primary: Key, replica: Key) -> tuple[float, int] | None:
+        """(seconds, bytes) ``replica`` was behind ``primary`` when last probed; None if
+        not known. Both are measured against the primary's position at that moment (not
+        a later one), so writes between the two probes do not count as lag."""
+        sample = self._lsn.get(replica)
+        history = self._primary_history.get(primary)
+        if sample is None or not history:
+            return None
+        replayed, seen = sample
+        then = [lsn for at, lsn in history if at <= seen]
+        if not then:
+            return None
+        behind = max(0, then[-1] - replayed)
+        if not behind:
+            return 0.0, 0
+        # The oldest primary position the replica has not replayed: it is that late.
+        at = next(at for at, lsn in history if lsn > replayed)
+        return seen - at, behind
+
+    def _lag_changed(self, key: Key) -> None:
+        """Re-evaluate which replicas are too far behind, per pool bound."""
+        if not self._lag_bounds():
+            return
+        for pool_cfg in self.config.pools.values():
+            max_ms, max_bytes = pool_cfg.replica_max_lag_ms, pool_cfg.replica_max_lag_bytes
+            if not max_ms and not max_bytes:
+                continue
+            for shard in pool_cfg.shards:
+                primary = next((a for a in shard.servers if self._role(a) == "primary"), None)
+                for a in shard.servers:
+                    k = (a.host, a.port)
+                    if self._role(a) != "replica":
+                        self._lagging.discard((pool_cfg.name, k))
+                        continue
+                    lag = self._lag((primary.host, primary.port), k) if primary else None
+                    late = lag is not None and (
+                        (max_ms and lag[0] * 1000 > max_ms) or (max_bytes and lag[1] > max_bytes)
+                    )
+                    tag = (pool_cfg.name, k)
+                    if late and tag not in self._lagging:
+                        assert lag is not None
+                        self._lagging.add(tag)
+                        self._log(
+                            logging.WARNING,
+                            f"replica {k[0]}:{k[1]} is {lag[0] * 1000:.0f} ms / {lag[1]} bytes "
+                            f'behind its primary: no reads from pool "{pool_cfg.name}" until '
+                            "it catches up",
+                        )
+                    elif not late and tag in self._lagging:
+                        self._lagging.discard(tag)
+                        self._log(logging.INFO, f"replica {k[0]}:{k[1]} has caught up")

@@ -1,0 +1,405 @@
+"""Choosing the server for a client: read/write splitting, roles, load balancing.
+
+Mixed into :class:`~._engine.Engine`. PgCat's semantics, decided when a client with no
+server sends something (transaction mode) or logs in (session mode):
+
+- **The role.** In transaction mode with ``query_parser_enabled`` and
+  ``query_parser_read_write_splitting``, every Query text and Parse text waiting to be
+  sent is classified (:mod:`pgsansio.routing`, cached by text); a Bind of a named
+  statement is classified by the text it was prepared with. Any write sends the whole
+  span to the primary, and the server then stays for the transaction (it is released
+  only at ReadyForQuery ``I``), so reads after a write in a transaction stay on the
+  primary. ``BEGIN`` goes to the primary (what follows is unknown), ``BEGIN READ
+  ONLY`` may go to a replica. A ``/* pgsansio_role: replica */``-style hint (see
+  :mod:`pgsansio.routing`) wins for its statement. Reads go to the replicas, or to
+  replicas and primary with ``primary_reads_enabled``. What the parser cannot decide,
+  and everything in session mode or without the parser, goes where ``default_role``
+  says (``any``: every server).
+- **Per-client overrides**, PgCat's custom commands (simple protocol, with the parser
+  on), answered by the pooler itself: ``SET SERVER ROLE TO 'primary' | 'replica' |
+  'any' | 'auto' | 'default'`` and ``SET PRIMARY READS TO on | off | default``, and
+  their ``SHOW`` forms (one row).
+- **Candidates.** Servers with that role, minus banned ones (:mod:`._health`), lagging
+  replicas and, when a client is being moved after a failure, the addresses it already
+  tried. If every replica is banned they are unbanned (PgCat); if no replica is left
+  (all lagging, say) reads go to the primary. A write with no primary known fails
+  at once with 57P03.
+- **Load balancing** among the candidates: ``random`` (PgCat's default; weighted by
+  the optional 4th item of a ``servers`` entry), ``loc`` (least outstanding
+  connections: busy plus waiting, divided by the weight) and ``round_robin``
+  (extension: each candidate in turn, as many turns as its weight). As in PgCat, the
+  choice does not favour an address with an idle connection (that would send all the
+  traffic to whichever replica warmed up first).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from pgsansio.protocol import (
+    Bind,
+    CommandComplete,
+    DataRow,
+    ErrorResponse,
+    Field,
+    Parse,
+    Query,
+    ReadyForQuery,
+    RowDescription,
+    Span,
+)
+
+from ._base import Base
+from ._objects import C_CLOSED, Client, Pool
+
+if TYPE_CHECKING:
+    from pgsansio.routing import Router
+
+    from ._health import Key
+
+__all__ = ["Routing"]
+
+_TEXT_OID = 25
+_ROLES = ("primary", "replica", "any", "auto", "default")
+
+
+def _key(pool: Pool) -> Key:
+    return (pool.address.host, pool.address.port)
+
+
+class Routing(Base):
+    """Mixed into the Engine; see the module docstring."""
+
+    _routers: dict[int, Router]
+    _rr: dict[tuple[str, str, int, str], int]
+    _parser_missing: str | None
+
+    def _init_routing(self) -> None:
+        self._routers = {}
+        self._rr = {}
+        self._parser_missing = None
+
+    def _router(self, max_length: int | None) -> Router | None:
+        """The classifier, or None when pglast is not installed (said once at start)."""
+        size = max_length or 0
+        router = self._routers.get(size)
+        if router is None:
+            if self._parser_missing is not None:
+                return None
+            try:
+                # Imported on first use: pglast is an optional extra (GPL), and a pool
+                # without the query parser must run without it.
+                from pgsansio.routing import Router  # noqa: PLC0415
+            except ImportError as exc:
+                self._parser_missing = str(exc)
+                return None
+            router = self._routers[size] = Router(max_length=size)
+        return router
+
+    def _check_parser(self) -> None:
+        """At start and reload: say plainly if the query parser cannot run here."""
+        pools = [p.name for p in self.config.pools.values() if p.query_parser_enabled]
+        if pools and self._router(None) is None:
+            self._log(
+                logging.ERROR,
+                f"query_parser_enabled is set (pool {', '.join(pools)}) but the SQL parser "
+                f"cannot be loaded ({self._parser_missing}): install pgsansio[routing] "
+                "(pglast); until then servers are chosen by default_role alone",
+            )
+
+    # === the role a client's pending requests need =================================
+
+    def _wanted_role(self, c: Client) -> str:
+        """``primary``, ``replica`` or ``any`` for what ``c`` is about to send."""
+        group = c.group
+        assert group is not None and c.user is not None
+        cfg = group.cfg
+        override = c.route_role
+        if override in ("primary", "replica", "any"):
+            role = override
+        else:
+            role = cfg.default_role
+            parse = cfg.query_parser_enabled and (
+                cfg.query_parser_read_write_splitting or override == "auto"
+            )
+            if parse and c.user.pool_mode == "transaction":
+                write = self._classify_pending(c)
+                if write is not None:
+                    role = "primary" if write else "replica"
+        if role == "replica" and self._primary_reads(c):
+            role = "any"
+        return role
+
+    def _primary_reads(self, c: Client) -> bool:
+        if c.primary_reads is not None:
+            return c.primary_reads
+        assert c.group is not None
+        return c.group.cfg.primary_reads_enabled
+
+    def _classify_pending(self, c: Client) -> bool | None:
+        """True: a write among the pending statements; False: reads only; None: none
+        the parser could look at."""
+        assert c.group is not None
+        router = self._router(c.group.cfg.query_parser_max_length)
+        if router is None:
+            return None
+        found: bool | None = None
+        for _, events, _ in c.pending:
+            for e in events:
+                t = type(e)
+                if t is Query:
+                    assert isinstance(e, Query)
+                    sql = e.sql
+                elif t is Parse:
+                    assert isinstance(e, Parse)
+                    sql = e.query
+                elif t is Bind:
+                    assert isinstance(e, Bind)
+                    p = c.prepared.get(e.statement) if e.statement else None
+                    if p is None:
+                        continue
+                    assert isinstance(p.parse, Parse)
+                    sql = p.parse.query
+                else:
+                    continue
+                d = router.classify(sql)
+                if d.hint is not None:
+                    write = d.hint == "primary"
+                elif d.begin:
+                    write = d.read_only is not True
+                else:
+                    write = d.write
+                if write:
+                    return True
+                found = False
+        return found
+
+    # === choosing an address ========================================================
+
+    def _route(self, c: Client, *, retry: bool = False) -> Pool | None:
+        """The pool ``c`` should take a server from; None when ``c`` has been answered
+        (no server can serve it) or parked until a probe finds a primary."""
+        group = c.group
+        assert group is not None
+        shard = group.pools[0]
+        if not retry:
+            c.tried = None
+        if len(shard) == 1:
+            return shard[0]
+        want = self._wanted_role(c)
+        candidates = self._candidates(c, shard, want)
+        if (
+            not candidates
+            and want == "primary"
+            and not retry
+            and any(
+                p.address.role == "auto" and (p.address.host, p.address.port) not in self.roles
+                for p in shard
+            )
+        ):
+            # Not probed yet (the pooler just started): wait for the first answers.
+            c.waiting_since = self._now
+            c.pool = None
+            self._role_waiters.append(c)
+            assert c.user is not None
+            gen = c.wait_gen = c.wait_gen + 1
+            self._at(self._now + c.user.connect_timeout / 1000, lambda: self._role_timeout(c, gen))
+            return None
+        if not candidates:
+            if want == "primary":
+                message = (
+                    f'no primary server is available in pool "{group.name}" for writes'
+                    + self._why_no_primary(shard)
+                )
+            else:
+                message = f'no server is available in pool "{group.name}": all are down or banned'
+            self._no_server(c, message)
+            return None
+        if len(candidates) == 1:
+            return candidates[0]
+        return self._balance(c, candidates, want)
+
+    def _why_no_primary(self, shard: list[Pool]) -> str:
+        if any(p.address.role == "auto" for p in shard):
+            return (
+                " (none of its servers answered our probe as being out of recovery; "
+                "retry once a replica has been promoted)"
+            )
+        return " (its primary could not be reached)"
+
+    def _candidates(self, c: Client, shard: list[Pool], want: str) -> list[Pool]:
+        tried = c.tried or ()
+        primary: list[Pool] = []
+        replicas: list[Pool] = []
+        for p in shard:
+            role = self._role(p.address)
+            if role == "primary":
+                if not tried or _key(p) not in tried:
+                    primary.append(p)
+            elif role == "replica":
+                replicas.append(p)
+        if want == "primary":
+            return primary
+        bans = self.bans
+        if bans and not tried and replicas and all(_key(p) in bans for p in replicas):
+            # PgCat: every replica banned is more likely a false alarm than a fact --
+            # unless our own probe says it is down right now (or this client has just
+            # found out for itself: it is being moved after a failure).
+            for p in replicas:
+                if not self._probe_down(_key(p)):
+                    self._unban(_key(p), "unbanned: every replica was banned")
+        if bans or tried or self._lagging:
+            assert c.group is not None
+            name = c.group.cfg.name
+            lagging = self._lagging
+            replicas = [
+                p
+                for p in replicas
+                if (k := _key(p)) not in bans and k not in tried and (name, k) not in lagging
+            ]
+        if want == "any":
+            return replicas + primary
+        return replicas or primary  # no replica left: the primary serves the reads
+
+    def _balance(self, c: Client, candidates: list[Pool], want: str) -> Pool:
+        assert c.group is not None
+        mode = c.group.cfg.load_balancing_mode
+        if mode == "round_robin":
+            total = sum(p.address.weight for p in candidates)
+            key = (c.group.name, c.group.user.username, candidates[0].shard, want)
+            turn = self._rr.get(key, 0)
+            self._rr[key] = turn + 1
+            point = turn % total
+            for p in candidates:
+                point -= p.address.weight
+                if point < 0:
+                    return p
+        rng = self.rng
+        if mode == "random" and all(p.address.weight == 1 for p in candidates):
+            return candidates[rng.randrange(len(candidates))]  # the common case, cheaply
+        # A weighted shuffle (Efraimidis-Spirakis): weight w sorts first w times as often.
+        ordered = sorted(candidates, key=lambda p: -(rng.random() ** (1 / p.address.weight)))
+        if mode == "loc":
+            ordered.sort(key=lambda p: (p.busy + len(p.waiters)) / p.address.weight)
+        return ordered[0]
+
+    def _choose_pool(self, c: Client) -> Pool:
+        """Where a group's first login goes (for the server's parameters): any server
+        that is up, whatever its role."""
+        group = c.group
+        assert group is not None
+        shard = group.pools[0]
+        for pool in shard:
+            if not self._banned(pool.address) and self._role(pool.address) is not None:
+                return pool
+        return next((p for p in shard if not self._banned(p.address)), shard[0])
+
+    # === moving and failing clients ================================================
+
+    def _reroute(self, c: Client, failed: Pool) -> None:
+        """``c`` waited on ``failed``, which cannot serve it: try another address (the
+        connect_timeout it waits under keeps running)."""
+        if c.state == C_CLOSED or c.server is not None:
+            return
+        tried = c.tried if c.tried is not None else set()
+        tried.add(_key(failed))
+        c.tried = tried
+        pool = self._route(c, retry=True)
+        if pool is None:
+            return
+        c.pool = pool
+        while pool.idle:
+            s = pool.idle.pop()
+            if self._expired(s):
+                self._close_server(s)
+                continue
+            self._hand_out(c, s)
+            return
+        pool.waiters.append(c)
+        if c.waiting_since is None:
+            c.waiting_since = self._now
+        assert c.user is not None
+        if len(pool.servers) < c.user.pool_size:
+            self._open_server(pool)
+
+    def _no_server(self, c: Client, message: str) -> None:
+        """No server can take ``c``'s requests: answer them as a server would."""
+        self._log(logging.WARNING, f"client {c.cid}: {message}")
+        c.waiting_since = None
+        c.pool = None
+        pending, c.pending = c.pending, []
+        self._fail_requests(c, pending, ErrorResponse.build("57P03", message))
+
+    def _role_timeout(self, c: Client, gen: int) -> None:
+        if c in self._role_waiters and c.wait_gen == gen:
+            self._role_waiters.remove(c)
+            if c.state == C_CLOSED:
+                return
+            assert c.group is not None
+            self._no_server(
+                c,
+                f'no primary server is available in pool "{c.group.name}" for writes'
+                + self._why_no_primary(c.group.pools[0]),
+            )
+
+    # === PgCat's custom commands ===================================================
+
+    def _custom_command(self, c: Client, span: Span) -> bool:
+        """Answer ``SET SERVER ROLE`` & co. ourselves; True if ``span`` was one."""
+        events = span.events
+        if len(events) != 1 or type(events[0]) is not Query:
+            return False
+        s = c.server
+        if s is not None and (s.queue or not s.conn.idle or s.syncing):
+            return False
+        query = events[0]
+        assert isinstance(query, Query) and c.group is not None
+        router = self._router(c.group.cfg.query_parser_max_length)
+        if router is None:
+            return False
+        command = router.classify(query.sql).command
+        if command is None:
+            return False
+        name, value = command
+        status = s.conn.transaction_status if s is not None else "I"
+        if name == "set_server_role":
+            role = (value or "").lower()
+            if role not in _ROLES:
+                self._command_error(c, f"unknown server role {value!r}", status)
+                return True
+            c.route_role = None if role == "default" else role
+            self._send_client(c, CommandComplete("SET"))
+        elif name == "set_primary_reads":
+            flag = (value or "").lower()
+            if flag not in ("on", "off", "default"):
+                self._command_error(
+                    c, f"PRIMARY READS must be on, off or default, not {value!r}", status
+                )
+                return True
+            c.primary_reads = None if flag == "default" else flag == "on"
+            self._send_client(c, CommandComplete("SET"))
+        elif name == "show_server_role":
+            role = c.route_role or (
+                "auto"
+                if c.group.cfg.query_parser_read_write_splitting
+                else c.group.cfg.default_role
+            )
+            self._show(c, "server_role", role)
+        elif name == "show_primary_reads":
+            self._show(c, "primary_reads", "on" if self._primary_reads(c) else "off")
+        else:
+            self._command_error(c, value or "invalid command", status)
+            return True
+        self._send_client(c, ReadyForQuery(status))
+        return True
+
+    def _show(self, c: Client, column: str, value: str) -> None:
+        self._send_client(c, RowDescription([Field(column, 0, 0, _TEXT_OID, -1, -1, 0)]))
+        self._send_client(c, DataRow([value.encode()]))
+        self._send_client(c, CommandComplete("SHOW"))
+
+    def _command_error(self, c: Client, message: str, status: str) -> None:
+        # The server's transaction is untouched by our error: its status stands.
+        self._send_client(c, ErrorResponse.build("42601", message))
+        self._send_client(c, ReadyForQuery(status))
