@@ -20,6 +20,7 @@ import argparse
 import collections
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -47,6 +48,14 @@ def parse_raw(lines: Iterable[str]) -> list[tuple[list[str], int]]:
     return stacks
 
 
+_PY_FRAME = re.compile(r"\((?:.*\.py|<frozen [^>]*>|<string>):\d+\)$")
+#: libc wrappers of the system calls an event loop makes: kernel time, not Python's.
+SYSCALLS = frozenset(
+    {"write", "writev", "send", "sendto", "sendmsg", "read", "readv", "recv", "recvfrom"}
+    | {"recvmsg", "epoll_wait", "epoll_pwait", "epoll_ctl", "accept4", "connect", "close"}
+)
+
+
 def layer_of(frame: str) -> str:
     for name, marker in LAYERS:
         if marker in frame:
@@ -54,30 +63,62 @@ def layer_of(frame: str) -> str:
     return "loop/other"
 
 
+def attribute(frames: list[str]) -> tuple[str, list[str]]:
+    """(where the sample's time goes, the Python frames of the stack).
+
+    With py-spy's ``--native`` a stack ends in C frames. A libc system-call wrapper at
+    the leaf is time in the kernel (``syscall write`` ...); any other C frame is
+    charged to the innermost Python frame that called it, as py-spy does without
+    ``--native``.
+    """
+    python = [f for f in frames if _PY_FRAME.search(f)]
+    leaf = frames[-1]
+    name = leaf.partition(" (")[0]
+    if not _PY_FRAME.search(leaf) and name in SYSCALLS:
+        return f"syscall {name}", python
+    return (python[-1] if python else leaf), python
+
+
 def summarize(stacks: list[tuple[list[str], int]], top: int) -> str:
+    """Markdown tables: per layer and per function, self and cumulative %.
+
+    Percentages are of the samples spent in user space (Python and the C it calls),
+    i.e. without the samples whose leaf is a system call: py-spy counts a process
+    that is runnable but waiting for a CPU as busy, and on a loaded machine that
+    happens most right after a write() woke the peer, so syscall samples overstate
+    the kernel's share (compare utime and stime instead).
+    """
     total = sum(n for _, n in stacks)
+    syscalls: collections.Counter[str] = collections.Counter()
     self_time: collections.Counter[str] = collections.Counter()
     cumulative: collections.Counter[str] = collections.Counter()
     layer_self: collections.Counter[str] = collections.Counter()
     layer_cum: collections.Counter[str] = collections.Counter()
     for frames, n in stacks:
-        leaf = frames[-1]
-        self_time[leaf] += n
-        layer_self[layer_of(leaf)] += n
-        for frame in set(frames):
+        where, python = attribute(frames)
+        if where.startswith("syscall "):
+            syscalls[where] += n
+            continue
+        self_time[where] += n
+        layer_self[layer_of(where)] += n
+        for frame in set(python):
             cumulative[frame] += n
-        for layer in {layer_of(f) for f in frames}:
+        for layer in {layer_of(f) for f in python}:
             layer_cum[layer] += n
+    user = sum(self_time.values()) or 1
     out = [
-        f"{total} samples on the CPU",
+        f"{total} samples on the CPU; {total - user} ({100 * (total - user) / total:.0f} %) "
+        f"with a system call at the leaf ("
+        + ", ".join(f"{k.split()[1]} {100 * v / total:.0f} %" for k, v in syscalls.most_common(4))
+        + f"); the {user} others are 100 % below.",
         "",
         "| layer | self % | cumulative % |",
         "|---|---:|---:|",
     ]
     for layer in [name for name, _ in LAYERS] + ["loop/other"]:
         out.append(
-            f"| {layer} | {100 * layer_self[layer] / total:.1f} | "
-            f"{100 * layer_cum[layer] / total:.1f} |"
+            f"| {layer} | {100 * layer_self[layer] / user:.1f} | "
+            f"{100 * layer_cum[layer] / user:.1f} |"
         )
     out += ["", "| function | layer | self % | cumulative % |", "|---|---|---:|---:|"]
     shown = [f for f, _ in self_time.most_common(top)]
@@ -85,8 +126,8 @@ def summarize(stacks: list[tuple[list[str], int]], top: int) -> str:
     shown.sort(key=lambda f: (-self_time[f], -cumulative[f]))
     for frame in shown:
         out.append(
-            f"| `{_short(frame)}` | {layer_of(frame)} | {100 * self_time[frame] / total:.1f} | "
-            f"{100 * cumulative[frame] / total:.1f} |"
+            f"| `{_short(frame)}` | {layer_of(frame)} | {100 * self_time[frame] / user:.1f} | "
+            f"{100 * cumulative[frame] / user:.1f} |"
         )
     return "\n".join(out)
 
@@ -102,14 +143,25 @@ def _short(frame: str) -> str:
     return f"{name} ({where})" if where else name
 
 
+def children(pid: int) -> list[int]:
+    try:
+        return [
+            int(p) for p in pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        ]
+    except OSError:
+        return []
+
+
+def cpu_times(pid: int) -> tuple[int, int]:
+    """(utime, stime) in clock ticks, from /proc/<pid>/stat (see parse_proc_stat)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return int(fields[11]), int(fields[12])
+
+
 def stop_traced(proc: subprocess.Popen[bytes]) -> None:
     """Stop pgsansio with SIGINT, as an operator would; py-spy then writes its file."""
-    children = pathlib.Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
-    try:
-        pids = [int(p) for p in children.read_text().split()]
-    except OSError:
-        pids = []
-    for pid in pids:
+    for pid in children(proc.pid):
         os.kill(pid, signal.SIGINT)
     try:
         proc.wait(30)
@@ -126,6 +178,11 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--mode", default="simple", help="pgbench -M: simple, extended, prepared")
+    parser.add_argument(
+        "--py-spy-flags",
+        default="--function --native",
+        help="extra py-spy record flags: '' for per-line samples, '--native' for C frames",
+    )
     parser.add_argument("--raw", type=pathlib.Path, help="keep py-spy's raw stacks here")
     args = parser.parse_args()
     py_spy = shutil.which("py-spy") or str(pathlib.Path(sys.executable).parent / "py-spy")
@@ -149,7 +206,15 @@ def main() -> int:
             toml = work / "pgsansio.toml"
             toml.write_text(pb.pgsansio_toml(port, cluster.port, args.pool_size))
             log = work / "pgsansio.log"
-            cmd = [py_spy, "record", "--format", "raw", "--function", "-r", str(args.rate)]
+            cmd = [
+                py_spy,
+                "record",
+                "--format",
+                "raw",
+                *args.py_spy_flags.split(),
+                "-r",
+                str(args.rate),
+            ]
             cmd += ["-o", str(raw), "--", sys.executable, "-m", "pgsansio", "run", str(toml)]
             cmd += ["--frontend", args.frontend, "--log-level", "warning"]
             with open(log, "wb") as logf:
@@ -158,18 +223,26 @@ def main() -> int:
                 pb.wait_for_port(port, proc, "pgsansio under py-spy", log)
                 warm = pb.Workload("warm-up", ("-S",), args.pool_size, sampling=0.01)
                 pb.run_pgbench(warm, port, 1, work)
+                (pid,) = children(proc.pid)
                 w = pb.Workload("profile", ("-S", "-M", args.mode), args.clients, sampling=0.01)
+                before = cpu_times(pid)
                 text, status, _ = pb.run_pgbench(w, port, args.seconds, work)
+                after = cpu_times(pid)
             finally:
                 stop_traced(proc)
             if status != 0:
                 print(f"pooler_profile: pgbench failed: {pb.pgbench_error(text)}", file=sys.stderr)
                 return 1
             summary = pb.parse_pgbench_output(text)
+            per_tx = [
+                (b - a) / pb.CLK_TCK * 1e6 / summary.transactions
+                for a, b in zip(before, after, strict=True)
+            ]
             print(
                 f"pgbench -S -M {args.mode} -c {args.clients} -j 2 -T {args.seconds} through "
                 f"pgsansio --frontend {args.frontend} under py-spy ({args.rate} Hz): "
-                f"{summary.tps:,.0f} tps\n"
+                f"{summary.tps:,.0f} tps; pgsansio CPU per transaction: user "
+                f"{per_tx[0]:.1f} us, system {per_tx[1]:.1f} us (/proc/<pid>/stat)\n"
             )
         with open(raw, encoding="utf-8", errors="replace") as f:
             print(summarize(parse_raw(f), args.top))

@@ -136,6 +136,39 @@ def _one_string(cls: Callable[[str], ev.Event], name: str) -> Reader:
     return read
 
 
+#: How many distinct bodies each of the caches below keeps.
+_CACHE_SIZE = 256
+#: Bodies longer than this are not cached (a RowDescription of a wide table).
+_CACHE_MAX_BODY = 1024
+
+
+def _cached(read: Reader) -> tuple[Reader, dict[bytes, ev.Event]]:
+    """``read``, with events shared between equal bodies.
+
+    For the messages that end every query (CommandComplete, RowDescription): a
+    workload repeats a handful of them ("SELECT 1", the same columns), and events
+    are immutable, so equal bodies can share one event, as ReadyForQuery's do.
+    A full cache starts again empty, so it follows the workload as it changes
+    (row counts in tags vary without end).
+    """
+    cache: dict[bytes, ev.Event] = {}
+
+    def cached(body: bytes) -> ev.Event:
+        event = cache.get(body)
+        if event is None:
+            event = read(body)
+            if len(body) <= _CACHE_MAX_BODY:
+                if len(cache) >= _CACHE_SIZE:
+                    cache.clear()
+                cache[body] = event
+        return event
+
+    return cached, cache
+
+
+_read_command_complete, _TAGS = _cached(_one_string(qe.CommandComplete, "CommandComplete"))
+
+
 def _target(cls: Callable[[str, str], ev.Event], name: str) -> Reader:
     def read(body: bytes) -> ev.Event:
         b = _Body(body, name)
@@ -294,15 +327,36 @@ def _read_ready(body: bytes) -> ev.Event:
         ) from None
 
 
+_make_field = ev.Field._make
+_FIELD_SIZE = _field.size
+_unpack_field = _field.unpack_from
+
+
 def _read_row_description(body: bytes) -> ev.Event:
+    # On every query's answer: _Body's checks, in its order and with its messages,
+    # written out; and the event built without RowDescription.__init__ copying each
+    # Field again.
     b = _Body(body, "RowDescription")
+    n = b.count()
+    pos, end = b.pos, b.end
     fields = []
-    for _ in range(b.count()):
-        name = b.cstr()
-        pos = b.need(_field.size)
-        fields.append(ev.Field(name, *_field.unpack_from(body, pos)))
+    for _ in range(n):
+        nul = body.find(b"\0", pos)
+        if nul < 0:
+            raise b.fail("string without NUL terminator")
+        name = body[pos:nul].decode("utf-8", "surrogateescape")
+        pos = nul + 1 + _FIELD_SIZE
+        if pos > end:
+            raise b.fail("too short")
+        fields.append(_make_field((name, *_unpack_field(body, nul + 1))))
+    b.pos = pos
     b.done()
-    return qe.RowDescription(fields)
+    event = qe.RowDescription.__new__(qe.RowDescription)
+    ev._set(event, "fields", tuple(fields))
+    return event
+
+
+_read_row_description_cached, _ROW_DESCRIPTIONS = _cached(_read_row_description)
 
 
 def _read_data_row(body: bytes) -> ev.Event:
@@ -387,9 +441,9 @@ BACKEND_READERS: dict[bytes, Reader] = {
     b"v": _read_negotiate,
     b"S": _read_parameter_status,
     b"Z": _read_ready,
-    b"T": _read_row_description,
+    b"T": _read_row_description_cached,
     b"D": _read_data_row,
-    b"C": _one_string(qe.CommandComplete, "CommandComplete"),
+    b"C": _read_command_complete,
     b"1": _empty(qe.ParseComplete),
     b"2": _empty(qe.BindComplete),
     b"3": _empty(qe.CloseComplete),
