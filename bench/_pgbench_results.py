@@ -329,6 +329,9 @@ def plot_ratios(series: dict[str, list[float]], names: Sequence[str], path: path
     for i, (target, values) in enumerate(series.items()):
         xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(names))]
         ax.bar(xs, [0 if math.isnan(v) else v for v in values], width, label=target)
+        for x, v in zip(xs, values, strict=True):
+            if math.isnan(v):
+                ax.text(x, 0.02, "n/a", ha="center", va="bottom", fontsize="x-small", rotation=90)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(names)), list(names), rotation=20, ha="right")
     ax.set_ylabel("TPS relative to PgBouncer (1.0)")

@@ -82,6 +82,8 @@ RESULTS: Final = ROOT / "bench" / "results"
 USER: Final = "bench"
 PASSWORD: Final = "bench"
 DATABASE: Final = "bench"
+#: Name suffix of the targets run from --baseline-tree.
+BASELINE_SUFFIX: Final = "@baseline"
 #: Default time budget of the pgbench runs (seconds), when --seconds is not given.
 BUDGET: Final = 660.0
 
@@ -381,6 +383,8 @@ class Bench:
             self.bouncer_text, version = pgbouncer_version(self.bouncer_bin)
         self.bouncer_prepared = version >= (1, 21)
         self.targets = [f"pgsansio-{f}" for f in self.frontends]
+        if args.baseline_tree:
+            self.targets += [f"pgsansio-{f}{BASELINE_SUFFIX}" for f in self.frontends]
         self.targets += [PGBOUNCER] if self.bouncer_bin else []
         self.targets.append(DIRECT)
         if args.seconds:
@@ -421,18 +425,23 @@ class Bench:
         self.pg_version = "{}.{}".format(*cluster.server_version)
         self.running[DIRECT] = Target(DIRECT, cluster.port)
 
-    def start_pgsansio(self, frontend: str, pg_port: int, work: pathlib.Path) -> None:
+    def start_pgsansio(
+        self, frontend: str, pg_port: int, work: pathlib.Path, tree: pathlib.Path = ROOT
+    ) -> None:
         name, port = f"pgsansio-{frontend}", free_port()
+        if tree != ROOT:
+            name += BASELINE_SUFFIX
         toml = work / f"{name}.toml"
         toml.write_text(pgsansio_toml(port, pg_port, self.args.pool_size))
         log = work / f"{name}.log"
         cmd = [sys.executable, "-m", "pgsansio", "run", str(toml)]
         cmd += ["--frontend", frontend, "--log-level", "warning"]
         with open(log, "wb") as logf:
-            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT)
+            # -m puts the working directory first on sys.path: the tree's own package.
+            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=tree)
         self.procs.append(proc)
         try:
-            wait_for_port(port, proc, f"pgsansio --frontend {frontend}", log)
+            wait_for_port(port, proc, f"pgsansio --frontend {frontend} ({tree})", log)
         except BenchError as e:
             self.omitted.append(f"{name}: {e}")
             self.targets.remove(name)
@@ -517,6 +526,8 @@ class Bench:
         self.start_cluster(cluster)
         for frontend in self.frontends:
             self.start_pgsansio(frontend, cluster.port, work)
+            if self.args.baseline_tree:
+                self.start_pgsansio(frontend, cluster.port, work, self.args.baseline_tree)
         if self.bouncer_bin:
             self.start_pgbouncer(self.bouncer_bin, cluster.port, work)
         logdir = work / "pgbench-logs"
@@ -587,7 +598,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workloads", help="comma-separated workload names to run")
     parser.add_argument("--no-install", action="store_true", help="never apt-get PgBouncer")
     parser.add_argument("--out", type=pathlib.Path, help="results directory (bench/results)")
+    parser.add_argument(
+        "--baseline-tree",
+        type=pathlib.Path,
+        metavar="DIR",
+        help="also bench the pgsansio package in DIR (say, `git worktree` or `git archive` "
+        "of an older commit), as pgsansio-<frontend>@baseline, in the same run",
+    )
     args = parser.parse_args(argv)
+    if args.baseline_tree is not None:
+        args.baseline_tree = args.baseline_tree.resolve()
+        if not (args.baseline_tree / "pgsansio" / "__main__.py").is_file():
+            print(f"pooler_bench: {args.baseline_tree} holds no pgsansio package", file=sys.stderr)
+            return 2
 
     all_workloads = workloads(args.pool_size)
     names = args.workloads.split(",") if args.workloads else None

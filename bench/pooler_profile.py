@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """``make bench-profile``: where pgsansio's CPU goes under ``pgbench -S -c 32``.
 
-Starts a throwaway cluster (as ``pooler_bench.py`` does), runs pgsansio under
-py-spy (``py-spy record --format raw --function``, sampling only while the process is
-on the CPU: py-spy leaves idle samples out), drives it with pgbench for
-``--seconds``, and prints the functions with the largest self and cumulative share of
-the samples, plus the share of each layer: the protocol core (``pgsansio/protocol``),
-the engine (``pgsansio/engine``), the frontend (``pgsansio/frontends``) and the event
-loop and everything else below them. ``bench/PROFILE.md`` quotes its output.
+Starts a throwaway cluster (as ``pooler_bench.py`` does) and pgsansio, warms the
+pool, then attaches py-spy (``py-spy record --pid --format raw --function --native``;
+py-spy leaves out samples where the process sleeps) while pgbench runs for
+``--seconds``, so start-up is not in the profile. It prints pgsansio's user and system
+CPU time per transaction (``/proc/<pid>/stat``), and the functions with the largest
+self and cumulative share of the user-space samples, plus the share of each layer: the
+protocol core (``pgsansio/protocol``), the engine (``pgsansio/engine``), the frontend
+(``pgsansio/frontends``), and the event loop and everything else.
+``bench/PROFILE.md`` quotes its output.
 
 Usage::
 
@@ -22,7 +24,6 @@ import os
 import pathlib
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -143,30 +144,11 @@ def _short(frame: str) -> str:
     return f"{name} ({where})" if where else name
 
 
-def children(pid: int) -> list[int]:
-    try:
-        return [
-            int(p) for p in pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        ]
-    except OSError:
-        return []
-
-
 def cpu_times(pid: int) -> tuple[int, int]:
     """(utime, stime) in clock ticks, from /proc/<pid>/stat (see parse_proc_stat)."""
     with open(f"/proc/{pid}/stat", encoding="ascii") as f:
         fields = f.read().rpartition(")")[2].split()
     return int(fields[11]), int(fields[12])
-
-
-def stop_traced(proc: subprocess.Popen[bytes]) -> None:
-    """Stop pgsansio with SIGINT, as an operator would; py-spy then writes its file."""
-    for pid in children(proc.pid):
-        os.kill(pid, signal.SIGINT)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        pb.stop(proc)
 
 
 def main() -> int:
@@ -206,30 +188,31 @@ def main() -> int:
             toml = work / "pgsansio.toml"
             toml.write_text(pb.pgsansio_toml(port, cluster.port, args.pool_size))
             log = work / "pgsansio.log"
-            cmd = [
-                py_spy,
-                "record",
-                "--format",
-                "raw",
-                *args.py_spy_flags.split(),
-                "-r",
-                str(args.rate),
-            ]
-            cmd += ["-o", str(raw), "--", sys.executable, "-m", "pgsansio", "run", str(toml)]
+            cmd = [sys.executable, "-m", "pgsansio", "run", str(toml)]
             cmd += ["--frontend", args.frontend, "--log-level", "warning"]
             with open(log, "wb") as logf:
                 proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=pb.ROOT)
             try:
-                pb.wait_for_port(port, proc, "pgsansio under py-spy", log)
+                pb.wait_for_port(port, proc, "pgsansio", log)
                 warm = pb.Workload("warm-up", ("-S",), args.pool_size, sampling=0.01)
                 pb.run_pgbench(warm, port, 1, work)
-                (pid,) = children(proc.pid)
+                # Attach only now, so start-up (imports, compiling) is not in the profile.
+                spy = [py_spy, "record", "--pid", str(proc.pid), "--format", "raw"]
+                spy += [*args.py_spy_flags.split(), "-r", str(args.rate), "-o", str(raw)]
+                spy += ["--duration", str(max(1, args.seconds - 1))]
+                spy_proc = subprocess.Popen(
+                    spy, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+                )
                 w = pb.Workload("profile", ("-S", "-M", args.mode), args.clients, sampling=0.01)
-                before = cpu_times(pid)
+                before = cpu_times(proc.pid)
                 text, status, _ = pb.run_pgbench(w, port, args.seconds, work)
-                after = cpu_times(pid)
+                after = cpu_times(proc.pid)
+                _, spy_err = spy_proc.communicate(timeout=60)
+                if spy_proc.returncode != 0:
+                    print(f"pooler_profile: py-spy failed: {spy_err.strip()}", file=sys.stderr)
+                    return 1
             finally:
-                stop_traced(proc)
+                pb.stop(proc)
             if status != 0:
                 print(f"pooler_profile: pgbench failed: {pb.pgbench_error(text)}", file=sys.stderr)
                 return 1

@@ -88,6 +88,7 @@ _P_READERS = {
 
 
 _ROWS: Final = (b"D",)
+_COPY_DATA: Final = (b"d",)
 
 
 def _limit(high: int | None, max_message_size: int) -> int:
@@ -190,9 +191,15 @@ class Connection:
         client (when ``transaction_status`` is also ``I``).
         """
         c = self._conv
-        # ``state`` is READY only with nothing pending, no COPY and neither side
+        # ``c.state is State.READY``, written out (the engine asks after every
+        # answer): READY only with nothing pending, no COPY and neither side
         # closed (after EOF the phase itself stays READY).
-        return c.state is State.READY and not c.frontend_copy_open
+        return (
+            c.phase is State.READY
+            and not (c.frontend_closed or c.backend_closed or c.failed or c.pending)
+            and c.copy is None
+            and not c.frontend_copy_open
+        )
 
     @property
     def frontend_copy_open(self) -> bool:
@@ -404,7 +411,7 @@ class Connection:
         # it is recomputed after each of them (on a server-role connection it
         # never changes). A bulk type that is not legal takes the slow path,
         # where the state machine says what is wrong.
-        passable = self._passable()
+        passable = self._passable() if client else _COPY_DATA
         try:
             while size - pos >= 5:
                 code, length = _hdr(buf, pos)
@@ -460,9 +467,9 @@ class Connection:
         return Span(data, events, offsets, bulk)
 
     def _passable(self) -> tuple[bytes, ...]:
-        """The message types ``next_span`` may frame without decoding, now."""
-        if self.role is SERVER:
-            return (b"d",)  # CopyData from a client is ignored outside COPY
+        """The message types ``next_span`` may frame without decoding, now, when
+        reading a server; from a client it is always CopyData (which the server
+        ignores outside COPY)."""
         conv = self._conv
         rows = _ROWS if conv.pending else ()
         if conv.copy is State.COPY_OUT or conv.copy is State.COPY_BOTH:
