@@ -120,8 +120,8 @@ def workloads(pool_size: int) -> list[Workload]:
     """The workloads of a full run, in order.
 
     ``-M prepared`` runs with one pgbench thread per client when clients outnumber the
-    pool: pgbench then never multiplexes two clients on one thread, so no client waits
-    behind another's server checkout inside pgbench itself.
+    pool: pgbench prepares with a blocking call, which would stall the other clients
+    of its thread while that client waits for a server (see the README's known limits).
     """
     return [
         Workload("-S c32", ("-S",), 32),

@@ -145,9 +145,9 @@ _CACHE_MAX_BODY = 1024
 def _cached(read: Reader) -> tuple[Reader, dict[bytes, ev.Event]]:
     """``read``, with events shared between equal bodies.
 
-    For the messages that end every query (CommandComplete, RowDescription): a
-    workload repeats a handful of them ("SELECT 1", the same columns), and events
-    are immutable, so equal bodies can share one event, as ReadyForQuery's do.
+    For messages a workload repeats verbatim (CommandComplete "SELECT 1", the same
+    RowDescription; from clients Parse, Describe and Execute): events are
+    immutable, so equal bodies can share one event, as ReadyForQuery's do.
     A full cache starts again empty, so it follows the workload as it changes
     (row counts in tags vary without end).
     """
@@ -191,9 +191,38 @@ def _read_parse(body: bytes) -> ev.Event:
 
 
 def _read_bind(body: bytes) -> ev.Event:
+    # On every prepared or extended query: the parameter values are read as
+    # _Body.values does (same checks, order and messages), written out, and the
+    # event is built without Bind.__init__ copying each tuple again.
     b = _Body(body, "Bind")
-    event = qe.Bind(b.cstr(), b.cstr(), b.i16s(), b.values(), b.i16s())
+    portal, statement, formats = b.cstr(), b.cstr(), b.i16s()
+    n = b.count()
+    pos, end = b.pos, b.end
+    values: list[bytes | None] = []
+    for _ in range(n):
+        if end - pos < 4:
+            raise b.fail("too short")
+        (size,) = _i32(body, pos)
+        pos += 4
+        if size < 0:
+            if size != -1:
+                raise b.fail(f"negative value length {size}")
+            values.append(None)
+            continue
+        if end - pos < size:
+            raise b.fail("too short")
+        values.append(body[pos : pos + size])
+        pos += size
+    b.pos = pos
+    results = b.i16s()
     b.done()
+    event = qe.Bind.__new__(qe.Bind)
+    set_ = ev._set
+    set_(event, "portal", portal)
+    set_(event, "statement", statement)
+    set_(event, "param_formats", formats)
+    set_(event, "params", tuple(values))
+    set_(event, "result_formats", results)
     return event
 
 
@@ -217,11 +246,13 @@ def _read_copy_data(body: bytes) -> ev.Event:
 
 FRONTEND_READERS: dict[bytes, Reader] = {
     b"Q": _one_string(qe.Query, "Query"),
-    b"P": _read_parse,
+    # A client repeats these verbatim (the same statement, "describe the unnamed
+    # portal", "execute it"); Bind carries the parameters, which vary.
+    b"P": _cached(_read_parse)[0],
     b"B": _read_bind,
-    b"D": _target(qe.Describe, "Describe"),
+    b"D": _cached(_target(qe.Describe, "Describe"))[0],
     b"C": _target(qe.Close, "Close"),
-    b"E": _read_execute,
+    b"E": _cached(_read_execute)[0],
     b"S": _empty(qe.Sync),
     b"H": _empty(qe.Flush),
     b"X": _empty(qe.Terminate),
