@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint types unit coverage corpus fuzz bench-core clean demo soak
+.PHONY: test lint types unit coverage corpus fuzz bench-core bench bench-profile clean demo soak
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,24 @@ soak: $(STAMP)
 ## make bench-core: pytest-benchmark figures for the protocol core
 bench-core: $(STAMP)
 	$(PY) -m pytest -q bench/ --benchmark-enable --benchmark-only --benchmark-columns=min,mean,ops
+
+## make bench: pgbench through pgsansio (each frontend), PgBouncer and directly, in one
+## run (~15 min; installs PgBouncer with apt-get when missing and root). Knobs:
+## BENCH_SECONDS=n per pgbench run, BENCH_FRONTENDS=asyncio,uvloop, BENCH_ARGS=--quick.
+## Writes bench/results/latest.md and latest.png (quick.md/.png with --quick).
+BENCH_SECONDS ?=
+BENCH_FRONTENDS ?=
+BENCH_ARGS ?=
+bench: $(STAMP)
+	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) bench/pooler_bench.py $(if $(BENCH_SECONDS),--seconds $(BENCH_SECONDS)) \
+		$(if $(BENCH_FRONTENDS),--frontends $(BENCH_FRONTENDS)) $(BENCH_ARGS)
+
+## make bench-profile: py-spy profile of pgsansio (uvloop) under pgbench -S -c 32 (~1 min);
+## bench/PROFILE.md quotes it. BENCH_ARGS passes options (--seconds, --mode prepared ...).
+bench-profile: $(STAMP)
+	$(VENV)/bin/py-spy --version >/dev/null 2>&1 || $(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) bench/pooler_profile.py $(BENCH_ARGS)
 
 ## make demo: the pooler on 127.0.0.1:6432 in front of a throwaway primary and replica
 demo: $(STAMP)

@@ -1441,3 +1441,51 @@ def test_proxy_forwarding_yes_checks_for_injected_bytes(
     assert down.next_event() == request_
     assert down.send_span(Span(bytes(yes), [yes], [0])) == bytes(yes)
     assert down.state is State.STARTUP
+
+
+def test_proxy_refuses_to_forward_a_client_message_to_a_client() -> None:
+    server = ready_server()
+    query = Query("SELECT 1")
+    with pytest.raises(LocalProtocolError, match="a server can't send Query"):
+        server.send_span(Span(bytes(query), [query], [0]))
+    assert server.state is State.ERROR
+
+
+def test_proxy_forwards_while_part_of_a_message_waits() -> None:
+    # Unread bytes only matter after an encryption answer; an ordinary span passes.
+    client = ready_client()
+    client.receive_data(b"Z\x00\x00")
+    query = Query("SELECT 1")
+    assert client.send_span(Span(bytes(query), [query], [0])) == bytes(query)
+    assert client.state is State.IN_QUERY
+
+
+def test_command_tags_share_events_within_a_bound() -> None:
+    from pgsansio.protocol import _readers
+
+    read = _readers.BACKEND_READERS[b"C"]
+    first = read(b"SELECT 1\0")
+    assert first == CommandComplete("SELECT 1")
+    assert read(b"SELECT 1\0") is first
+    # Row counts make endless distinct tags: past the bound they are read anew.
+    tags = [f"INSERT 0 {i}" for i in range(2 * _readers._CACHE_SIZE)]
+    assert [read(t.encode() + b"\0") for t in tags] == [CommandComplete(t) for t in tags]
+    assert 0 < len(_readers._TAGS) <= _readers._CACHE_SIZE
+    with pytest.raises(LocalProtocolError, match="expected one string"):
+        read(b"SELECT 1")
+
+
+def test_row_descriptions_share_events_unless_large() -> None:
+    from pgsansio.protocol import _readers
+
+    read = _readers.BACKEND_READERS[b"T"]
+    small = RowDescription([Field("abalance", 16397, 3, 23, 4, -1, 0)])
+    body = bytes(small)[5:]
+    assert read(body) == small
+    assert read(body) is read(body)
+    # A wide table's description is not kept: it is read anew each time.
+    wide = RowDescription([Field(f"column_{i}") for i in range(60)])
+    wide_body = bytes(wide)[5:]
+    assert len(wide_body) > _readers._CACHE_MAX_BODY
+    assert read(wide_body) == wide
+    assert read(wide_body) is not read(wide_body)

@@ -832,6 +832,7 @@ FRONTEND_MALFORMED = [
     (b"P", b"s\0q\0\x00\x00x", "1 unexpected trailing bytes"),
     (b"B", b"\0s\0\x00\x00\x00\x01\xff\xff\xff\xfe\x00\x00", "negative value length -2"),
     (b"B", b"\0s\0\x00\x00\x00\x01\x00\x00\x00\x09ab\x00\x00", "too short"),
+    (b"B", b"\0s\0\x00\x00\x00\x01\x00\x00", "too short"),
     (b"B", b"\0s\0\x80\x00", "negative count"),
     (b"B", b"\0s\0\x00\x00\x00\x00\x00\x00ab", "2 unexpected trailing bytes"),
     (b"B", b"\0s\0\x00\x00\x00\x00", "too short"),

@@ -87,6 +87,16 @@ _P_READERS = {
 }
 
 
+_ROWS: Final = (b"D",)
+_COPY_DATA: Final = (b"d",)
+
+
+def _limit(high: int | None, max_message_size: int) -> int:
+    """A type's length cap: max_message_size caps every type, those with a smaller
+    cap of their own too."""
+    return max_message_size if high is None or high > max_message_size else high
+
+
 class Span:
     """A run of whole messages, as received, ready to forward in one write.
 
@@ -181,9 +191,15 @@ class Connection:
         client (when ``transaction_status`` is also ``I``).
         """
         c = self._conv
-        # ``state`` is READY only with nothing pending, no COPY and neither side
+        # ``c.state is State.READY``, written out (the engine asks after every
+        # answer): READY only with nothing pending, no COPY and neither side
         # closed (after EOF the phase itself stays READY).
-        return c.state is State.READY and not c.frontend_copy_open
+        return (
+            c.phase is State.READY
+            and not (c.frontend_closed or c.backend_closed or c.failed or c.pending)
+            and c.copy is None
+            and not c.frontend_copy_open
+        )
 
     @property
     def frontend_copy_open(self) -> bool:
@@ -328,9 +344,7 @@ class Connection:
         if bounds is None:
             raise RemoteProtocolError(f"unknown message type {code!r}")
         low, high = bounds
-        # max_message_size caps every type, those with a smaller cap of their own too.
-        limit = self.max_message_size if high is None else min(high, self.max_message_size)
-        if length < low or length > limit:
+        if length < low or length > _limit(high, self.max_message_size):
             raise RemoteProtocolError(
                 f"invalid length {length} for a message of type {code.decode('latin-1')!r}",
                 "54000" if length > self.max_message_size else "08P01",
@@ -387,10 +401,17 @@ class Connection:
         offsets: list[int] = []
         bulk = 0
         bulk_max = self.max_message_size
+        limits = self._limits
+        readers = self._readers
+        client = self.role is CLIENT
+        # The phase stays READY for the whole span (see the end of the loop), so a
+        # server's messages go straight to the query-phase half of conv.backend.
+        process = conv._backend_query_phase if client else self._process_received
         # Which bulk types are legal now; only decoded events change that, so
-        # it is recomputed after each of them. A bulk type that is not legal
-        # takes the slow path, where the state machine says what is wrong.
-        passable = self._passable()
+        # it is recomputed after each of them (on a server-role connection it
+        # never changes). A bulk type that is not legal takes the slow path,
+        # where the state machine says what is wrong.
+        passable = self._passable() if client else _COPY_DATA
         try:
             while size - pos >= 5:
                 code, length = _hdr(buf, pos)
@@ -402,19 +423,28 @@ class Connection:
                     bulk += 1
                     pos = end
                     continue
-                code, length = self._header(buf, pos)
+                # _header's checks, written out for the common case; _header
+                # itself raises the error when one of them fails.
+                bounds = limits.get(code)
+                if bounds is None or length < bounds[0] or length > _limit(bounds[1], bulk_max):
+                    self._header(buf, pos)
                 end = pos + 1 + length
                 if end > size:
                     break
                 body = buf[pos + 5 : end]
                 if type(body) is not bytes:
                     body = bytes(body)
-                event = self._decode(code, body)
-                self._process_received(event)
+                event = self._decode(code, body) if code == b"p" else readers[code](body)
+                process(event)
                 events.append(event)
                 offsets.append(pos - start)
                 pos = end
-                passable = self._passable()
+                if client:
+                    # _passable(), written out for the case without COPY.
+                    if conv.copy is None:
+                        passable = _ROWS if conv.pending else ()
+                    else:
+                        passable = self._passable()
                 # Defensive: no query-phase event changes the phase today
                 # (Terminate sets frontend_closed); a span never crosses one.
                 if conv.phase is not State.READY:  # pragma: no cover
@@ -437,11 +467,11 @@ class Connection:
         return Span(data, events, offsets, bulk)
 
     def _passable(self) -> tuple[bytes, ...]:
-        """The message types ``next_span`` may frame without decoding, now."""
-        if self.role is SERVER:
-            return (b"d",)  # CopyData from a client is ignored outside COPY
+        """The message types ``next_span`` may frame without decoding, now, when
+        reading a server; from a client it is always CopyData (which the server
+        ignores outside COPY)."""
         conv = self._conv
-        rows = (b"D",) if conv.pending else ()
+        rows = _ROWS if conv.pending else ()
         if conv.copy is State.COPY_OUT or conv.copy is State.COPY_BOTH:
             return (*rows, b"d")
         return rows
@@ -487,8 +517,11 @@ class Connection:
         if self._conv.phase is State.ERROR:
             raise LocalProtocolError("can't send after a protocol error")
         if not (event.frontend if self.role is CLIENT else event.backend):
-            side = "client" if self.role is CLIENT else "server"
-            raise LocalProtocolError(f"a {side} can't send {type(event).__name__}")
+            raise self._wrong_direction(event)
+
+    def _wrong_direction(self, event: ev.Event) -> LocalProtocolError:
+        side = "client" if self.role is CLIENT else "server"
+        return LocalProtocolError(f"a {side} can't send {type(event).__name__}")
 
     def send_span(self, span: Span) -> bytes:
         """Forward a span read from the connection on the other side of a proxy.
@@ -496,13 +529,30 @@ class Connection:
         Only ``span.events`` are checked and fed to this side's state; the
         bulk messages in between pass through untouched.
         """
+        # _check_direction for each event, with what cannot change inside the
+        # loop hoisted out of it (the state machine never sets ERROR itself).
+        events = span.events
+        conv = self._conv
+        process = self._process_sent
+        if self.role is SERVER and conv.phase is State.READY:
+            process = conv._backend_query_phase  # as conv.backend would (see next_span)
         try:
-            for event in span.events:
-                self._check_direction(event)
-                self._process_sent(event)
+            if events and conv.phase is State.ERROR:
+                raise LocalProtocolError("can't send after a protocol error")
+            if self.role is CLIENT:
+                for event in events:
+                    if not event.frontend:
+                        raise self._wrong_direction(event)
+                    process(event)
+            else:
+                for event in events:
+                    if not event.backend:
+                        raise self._wrong_direction(event)
+                    process(event)
         except LocalProtocolError:
-            self._conv.phase = State.ERROR
+            conv.phase = State.ERROR
             raise
-        for event in span.events:
-            self._check_encryption_answer(event)
+        if self._pos < len(self._data):  # else no encryption answer can be wrong
+            for event in events:
+                self._check_encryption_answer(event)
         return span.data

@@ -136,6 +136,39 @@ def _one_string(cls: Callable[[str], ev.Event], name: str) -> Reader:
     return read
 
 
+#: How many distinct bodies each of the caches below keeps.
+_CACHE_SIZE = 256
+#: Bodies longer than this are not cached (a RowDescription of a wide table).
+_CACHE_MAX_BODY = 1024
+
+
+def _cached(read: Reader) -> tuple[Reader, dict[bytes, ev.Event]]:
+    """``read``, with events shared between equal bodies.
+
+    For messages a workload repeats verbatim (CommandComplete "SELECT 1", the same
+    RowDescription; from clients Parse, Describe and Execute): events are
+    immutable, so equal bodies can share one event, as ReadyForQuery's do.
+    A full cache starts again empty, so it follows the workload as it changes
+    (row counts in tags vary without end).
+    """
+    cache: dict[bytes, ev.Event] = {}
+
+    def cached(body: bytes) -> ev.Event:
+        event = cache.get(body)
+        if event is None:
+            event = read(body)
+            if len(body) <= _CACHE_MAX_BODY:
+                if len(cache) >= _CACHE_SIZE:
+                    cache.clear()
+                cache[body] = event
+        return event
+
+    return cached, cache
+
+
+_read_command_complete, _TAGS = _cached(_one_string(qe.CommandComplete, "CommandComplete"))
+
+
 def _target(cls: Callable[[str, str], ev.Event], name: str) -> Reader:
     def read(body: bytes) -> ev.Event:
         b = _Body(body, name)
@@ -158,9 +191,38 @@ def _read_parse(body: bytes) -> ev.Event:
 
 
 def _read_bind(body: bytes) -> ev.Event:
+    # On every prepared or extended query: the parameter values are read as
+    # _Body.values does (same checks, order and messages), written out, and the
+    # event is built without Bind.__init__ copying each tuple again.
     b = _Body(body, "Bind")
-    event = qe.Bind(b.cstr(), b.cstr(), b.i16s(), b.values(), b.i16s())
+    portal, statement, formats = b.cstr(), b.cstr(), b.i16s()
+    n = b.count()
+    pos, end = b.pos, b.end
+    values: list[bytes | None] = []
+    for _ in range(n):
+        if end - pos < 4:
+            raise b.fail("too short")
+        (size,) = _i32(body, pos)
+        pos += 4
+        if size < 0:
+            if size != -1:
+                raise b.fail(f"negative value length {size}")
+            values.append(None)
+            continue
+        if end - pos < size:
+            raise b.fail("too short")
+        values.append(body[pos : pos + size])
+        pos += size
+    b.pos = pos
+    results = b.i16s()
     b.done()
+    event = qe.Bind.__new__(qe.Bind)
+    set_ = ev._set
+    set_(event, "portal", portal)
+    set_(event, "statement", statement)
+    set_(event, "param_formats", formats)
+    set_(event, "params", tuple(values))
+    set_(event, "result_formats", results)
     return event
 
 
@@ -184,11 +246,13 @@ def _read_copy_data(body: bytes) -> ev.Event:
 
 FRONTEND_READERS: dict[bytes, Reader] = {
     b"Q": _one_string(qe.Query, "Query"),
-    b"P": _read_parse,
+    # A client repeats these verbatim (the same statement, "describe the unnamed
+    # portal", "execute it"); Bind carries the parameters, which vary.
+    b"P": _cached(_read_parse)[0],
     b"B": _read_bind,
-    b"D": _target(qe.Describe, "Describe"),
+    b"D": _cached(_target(qe.Describe, "Describe"))[0],
     b"C": _target(qe.Close, "Close"),
-    b"E": _read_execute,
+    b"E": _cached(_read_execute)[0],
     b"S": _empty(qe.Sync),
     b"H": _empty(qe.Flush),
     b"X": _empty(qe.Terminate),
@@ -294,15 +358,36 @@ def _read_ready(body: bytes) -> ev.Event:
         ) from None
 
 
+_make_field = ev.Field._make
+_FIELD_SIZE = _field.size
+_unpack_field = _field.unpack_from
+
+
 def _read_row_description(body: bytes) -> ev.Event:
+    # On every query's answer: _Body's checks, in its order and with its messages,
+    # written out; and the event built without RowDescription.__init__ copying each
+    # Field again.
     b = _Body(body, "RowDescription")
+    n = b.count()
+    pos, end = b.pos, b.end
     fields = []
-    for _ in range(b.count()):
-        name = b.cstr()
-        pos = b.need(_field.size)
-        fields.append(ev.Field(name, *_field.unpack_from(body, pos)))
+    for _ in range(n):
+        nul = body.find(b"\0", pos)
+        if nul < 0:
+            raise b.fail("string without NUL terminator")
+        name = body[pos:nul].decode("utf-8", "surrogateescape")
+        pos = nul + 1 + _FIELD_SIZE
+        if pos > end:
+            raise b.fail("too short")
+        fields.append(_make_field((name, *_unpack_field(body, nul + 1))))
+    b.pos = pos
     b.done()
-    return qe.RowDescription(fields)
+    event = qe.RowDescription.__new__(qe.RowDescription)
+    ev._set(event, "fields", tuple(fields))
+    return event
+
+
+_read_row_description_cached, _ROW_DESCRIPTIONS = _cached(_read_row_description)
 
 
 def _read_data_row(body: bytes) -> ev.Event:
@@ -387,9 +472,9 @@ BACKEND_READERS: dict[bytes, Reader] = {
     b"v": _read_negotiate,
     b"S": _read_parameter_status,
     b"Z": _read_ready,
-    b"T": _read_row_description,
+    b"T": _read_row_description_cached,
     b"D": _read_data_row,
-    b"C": _one_string(qe.CommandComplete, "CommandComplete"),
+    b"C": _read_command_complete,
     b"1": _empty(qe.ParseComplete),
     b"2": _empty(qe.BindComplete),
     b"3": _empty(qe.CloseComplete),

@@ -112,6 +112,71 @@ _COPY_STATES = {
     qe.CopyBothResponse: State.COPY_BOTH,
 }
 
+# What an event does to the query phase depends on its class alone, so each class
+# is classified once (by the isinstance rules below, which subclasses follow too)
+# and the answer cached: a dict lookup instead of a chain of isinstance checks on
+# every message a proxy forwards.
+_F_EXTENDED, _F_SYNC, _F_QUERY, _F_CALL, _F_COPY_END, _F_TERMINATE, _F_PASS, _F_ILLEGAL = (
+    "extended",
+    "sync",
+    "query",
+    "call",
+    "copy-end",
+    "terminate",
+    "pass",
+    "illegal",
+)
+_B_ROW, _B_READY, _B_ERROR, _B_ASYNC, _B_REPLY, _B_COPY_DATA, _B_COPY_DONE = (
+    "row",
+    "ready",
+    "error",
+    "async",
+    "reply",
+    "copy-data",
+    "copy-done",
+)
+_B_COPY_START, _B_ILLEGAL = "copy-start", "illegal"
+_FRONTEND_KIND: dict[type[ev.Event], str] = {}
+_BACKEND_KIND: dict[type[ev.Event], str] = {}
+
+
+def _frontend_kind(event: ev.Event) -> str:
+    if isinstance(event, _EXTENDED):
+        return _F_EXTENDED
+    if isinstance(event, qe.Sync):
+        return _F_SYNC
+    if isinstance(event, qe.Query):
+        return _F_QUERY
+    if isinstance(event, qe.FunctionCall):
+        return _F_CALL
+    if isinstance(event, (qe.CopyDone, qe.CopyFail)):
+        return _F_COPY_END
+    if isinstance(event, qe.Terminate):
+        return _F_TERMINATE
+    if isinstance(event, (qe.Flush, qe.CopyData)):
+        return _F_PASS
+    return _F_ILLEGAL
+
+
+def _backend_kind(event: ev.Event) -> str:
+    if isinstance(event, qe.DataRow):
+        return _B_ROW
+    if isinstance(event, ev.ReadyForQuery):
+        return _B_READY
+    if isinstance(event, qe.ErrorResponse):
+        return _B_ERROR
+    if isinstance(event, _ASYNC_BACKEND):
+        return _B_ASYNC
+    if isinstance(event, _REPLIES):
+        return _B_REPLY
+    if isinstance(event, qe.CopyData):
+        return _B_COPY_DATA
+    if isinstance(event, qe.CopyDone):
+        return _B_COPY_DONE
+    if type(event) in _COPY_STATES:
+        return _B_COPY_START
+    return _B_ILLEGAL
+
 
 class ConversationState:
     """What has happened on one connection, seen from both peers.
@@ -207,10 +272,13 @@ class ConversationState:
         # Queries may be pipelined behind the startup exchange, and the server
         # will read them once it is ready; so AUTHENTICATED accepts them too.
         pending = self.pending
-        if isinstance(event, _EXTENDED):
+        kind = _FRONTEND_KIND.get(type(event))
+        if kind is None:
+            kind = _FRONTEND_KIND[type(event)] = _frontend_kind(event)
+        if kind is _F_EXTENDED:
             if not pending or pending[-1] != _BATCH:
                 pending.append(_BATCH)
-        elif isinstance(event, qe.Sync):
+        elif kind is _F_SYNC:
             # "the backend will ignore Flush and Sync messages received during
             # copy-in mode" (Message Flow: COPY Operations).
             if self.frontend_copy_open and self.copy is State.COPY_IN:
@@ -219,17 +287,17 @@ class ConversationState:
                 pending[-1] = _SYNC
             else:
                 pending.append(_SYNC)
-        elif isinstance(event, qe.Query):
+        elif kind is _F_QUERY:
             pending.append(_QUERY)
-        elif isinstance(event, qe.FunctionCall):
+        elif kind is _F_CALL:
             pending.append(_CALL)
-        elif isinstance(event, (qe.CopyDone, qe.CopyFail)):
+        elif kind is _F_COPY_END:
             # Outside COPY the server ignores these "for robustness", which is
             # what happens to a client's trailing rows after a failed COPY.
             self.frontend_copy_open = False
-        elif isinstance(event, qe.Terminate):
+        elif kind is _F_TERMINATE:
             self.frontend_closed = True
-        elif not isinstance(event, (qe.Flush, qe.CopyData)):
+        elif kind is _F_ILLEGAL:
             raise self._violation(event, "the client")
 
     # --- the backend -----------------------------------------------------------------
@@ -266,10 +334,13 @@ class ConversationState:
 
     def _backend_query_phase(self, event: ev.Event) -> None:
         pending = self.pending
-        if isinstance(event, qe.DataRow):
+        kind = _BACKEND_KIND.get(type(event))
+        if kind is None:
+            kind = _BACKEND_KIND[type(event)] = _backend_kind(event)
+        if kind is _B_ROW:
             if not pending:
                 raise self._violation(event, "the server")
-        elif isinstance(event, ev.ReadyForQuery):
+        elif kind is _B_READY:
             # Pop up to and including the first entry that expects a
             # ReadyForQuery. After an extended-query error the server "discards
             # messages until a Sync", Query and FunctionCall included, so then
@@ -278,31 +349,31 @@ class ConversationState:
             while pending:
                 if pending.popleft() in answers:
                     break
-            self.transaction_status = event.status
+            self.transaction_status = event.status  # type: ignore[attr-defined]
             self.failed = False
             self.copy = None
-        elif isinstance(event, qe.ErrorResponse):
+        elif kind is _B_ERROR:
             if pending and pending[0] != _QUERY and pending[0] != _CALL:
                 self.failed = True
             self.copy = None
-            if event.severity in ("FATAL", "PANIC"):
+            if event.severity in ("FATAL", "PANIC"):  # type: ignore[attr-defined]
                 # "the backend will close the connection": the server is gone
                 # already for a pooler, even before its EOF arrives.
                 self.backend_closed = True
-        elif isinstance(event, _ASYNC_BACKEND):
+        elif kind is _B_ASYNC:
             pass
-        elif isinstance(event, _REPLIES):
+        elif kind is _B_REPLY:
             if not pending:
                 raise self._violation(event, "the server")
-        elif isinstance(event, qe.CopyData):
+        elif kind is _B_COPY_DATA:
             if self.copy is not State.COPY_OUT and self.copy is not State.COPY_BOTH:
                 raise self._violation(event, "the server")
-        elif isinstance(event, qe.CopyDone):
+        elif kind is _B_COPY_DONE:
             if self.copy is not State.COPY_OUT and self.copy is not State.COPY_BOTH:
                 raise self._violation(event, "the server")
             if self.copy is State.COPY_OUT:
                 self.copy = None
-        elif type(event) in _COPY_STATES:
+        elif kind is _B_COPY_START:
             if not pending:
                 raise self._violation(event, "the server")
             self.copy = _COPY_STATES[type(event)]  # type: ignore[index]
