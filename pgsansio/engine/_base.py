@@ -53,6 +53,9 @@ class Base:
     roles: dict[tuple[str, int], str | None]
     _lagging: set[tuple[str, tuple[str, int]]]
     _role_waiters: list[Client]
+    # clients waiting for a server under connect_timeout (see _pooling._wait_until)
+    _waiting: dict[Client, None]
+    _wait_sweep_at: float | None
 
     if TYPE_CHECKING:  # declarations only: the mixins define them
 
@@ -145,7 +148,9 @@ class Base:
 
         def _checkout(self, c: Client) -> None: ...
 
-        def _checkout_timeout(self, c: Client, gen: int) -> None: ...
+        def _checkout_timeout(self, c: Client) -> None: ...
+
+        def _wait_until(self, c: Client, deadline: float) -> None: ...
 
         def _expired(self, s: ServerConn) -> bool: ...
 

@@ -126,6 +126,8 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, St
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._timer_seq = 0
         self._announced: float | None = None
+        self._waiting = {}
+        self._wait_sweep_at = None
         self._now = 0.0
         self._shutting_down = False
         self._exited = False

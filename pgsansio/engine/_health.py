@@ -287,9 +287,7 @@ class Health(Base):
         if c.waiting_since is None:
             c.waiting_since = self._now
             c.wait_gen += 1
-            gen = c.wait_gen
-            timeout = c.user.connect_timeout / 1000
-            self._at(self._now + timeout, lambda: self._checkout_timeout(c, gen))
+            self._wait_until(c, self._now + c.user.connect_timeout / 1000)
         s.state = S_INTERNAL
         self._send_internal(s, ";", "healthcheck")
         entry = s.queue[-1]

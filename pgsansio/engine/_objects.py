@@ -140,6 +140,7 @@ class Client:
         "unnamed_pending",
         "user",
         "username",
+        "wait_deadline",
         "wait_gen",
         "waiting_since",
         "xact_start",
@@ -174,6 +175,7 @@ class Client:
         self.unnamed_pending = False
         self.waiting_since: float | None = None
         self.wait_gen = 0
+        self.wait_deadline: float | None = None  # connect_timeout, while waiting
         self.checkout_failures = 0
         self.login_deadline = now
         # Statistics (see _stats): where it counts, and when its query / transaction

@@ -88,20 +88,63 @@ class Pooling(Base):
             return
         c.waiting_since = self._now
         c.wait_gen += 1
-        gen = c.wait_gen
         pool.waiters.append(c)
         if len(pool.servers) < group.user.pool_size:
             self._open_server(pool)
-        timeout = group.user.connect_timeout / 1000
-        self._at(self._now + timeout, lambda: self._checkout_timeout(c, gen))
+        self._wait_until(c, self._now + group.user.connect_timeout / 1000)
 
     def _fifo(self) -> bool:
         return self.config.general.server_round_robin
 
-    def _checkout_timeout(self, c: Client, gen: int) -> None:
-        if c.state == C_CLOSED or c.waiting_since is None or c.wait_gen != gen:
-            return
+    def _wait_until(self, c: Client, deadline: float) -> None:
+        """``c`` now waits in ``c.pool.waiters`` until ``deadline`` (connect_timeout).
+
+        Not a timer per wait: with more clients than servers nearly every transaction
+        waits a little, and a timer each (a closure, a heap push, a no-op firing later
+        and a new wake-up for the frontend each time the heap's head moved) cost more
+        than the rest of the checkout. One sweep timer, armed at the earliest deadline,
+        looks at the waiting clients instead; most have been served by then."""
+        c.wait_deadline = deadline
+        self._waiting[c] = None
+        at = self._wait_sweep_at
+        if at is None or deadline < at:
+            self._wait_sweep_at = deadline
+            self._at(deadline, self._wait_sweep)
+
+    def _wait_sweep(self) -> None:
+        """Time out the waiters whose connect_timeout has passed; re-arm for the rest."""
+        at = self._wait_sweep_at
+        if at is None or at > self._now:
+            return  # superseded by an earlier sweep, which re-armed for later
+        now = self._now
+        first: float | None = None
+        expired: list[Client] = []
+        for c in list(self._waiting):
+            deadline = c.wait_deadline
+            pool = c.pool
+            if (
+                c.state == C_CLOSED
+                or c.waiting_since is None
+                or deadline is None
+                or pool is None
+                or c not in pool.waiters
+            ):
+                del self._waiting[c]  # served, gone, held by PAUSE or waiting for a role
+            elif deadline <= now:
+                del self._waiting[c]
+                expired.append(c)
+            elif first is None or deadline < first:
+                first = deadline
+        self._wait_sweep_at = first
+        if first is not None:
+            self._at(first, self._wait_sweep)
+        for c in expired:
+            if c.state != C_CLOSED and c.waiting_since is not None and c.pool is not None:
+                self._checkout_timeout(c)
+
+    def _checkout_timeout(self, c: Client) -> None:
         assert c.pool is not None and c.user is not None
+        c.wait_deadline = None
         c.pool.waiters.remove(c)
         c.waiting_since = None
         pending, c.pending = c.pending, []

@@ -319,6 +319,7 @@ class Routing(Base):
         pool.waiters.append(c)
         if c.waiting_since is None:
             c.waiting_since = self._now
+            c.wait_deadline = None  # as before: no connect_timeout for this wait
         assert c.user is not None
         if len(pool.servers) < c.user.pool_size:
             self._open_server(pool)
