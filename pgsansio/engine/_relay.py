@@ -86,8 +86,14 @@ _TERMINAL: dict[int, tuple[type[Event], ...]] = {
 _CLEARS_PREPARED = re.compile(r"^\s*(DEALLOCATE\s+(PREPARE\s+)?ALL|DISCARD\s+ALL)\s*;?\s*$", re.I)
 _RESETS_ALL = re.compile(r"^\s*(RESET\s+ALL|DISCARD\s+ALL)\s*;?\s*$", re.I)
 _SET_CONFIG = re.compile("set_config", re.I)  # scanned in place: no copy of the query
+# Every pattern below needs one of these words (case-folded as re.I folds them); a
+# query without any is answered by one scan. Comments only ever become spaces, so
+# looking before strip_comments misses nothing.
+_SESSION_WORDS = re.compile("set|discard|deallocate", re.I)
 _INTERNAL_NAME = re.compile(r"PGSANSIO_U?\d+")
 STATEMENT_PREFIX = "PGSANSIO_"
+# The ``sent`` of a span forwarded untouched: never appended to (see _forward).
+_NOTHING_SENT: list[Event] = []
 _TRACKED_LOWER = frozenset(name.lower() for name in TRACKED)
 
 
@@ -131,7 +137,7 @@ class Relay(Base):
             if c.xact_start is None:
                 c.xact_start = self._now
         out: list[bytes] | None = None
-        sent: list[Event] = []
+        sent = _NOTHING_SENT  # replaced by a list of its own before anything is added
         copied = 0
         for i, e in enumerate(events):
             t = type(e)
@@ -214,6 +220,8 @@ class Relay(Base):
             self._out.append(SendServer(s.sid, payload))
 
     def _query_entry(self, c: Client, s: ServerConn, sql: str) -> Entry:
+        if _SESSION_WORDS.search(sql) is None:
+            return Entry(K_QUERY)  # the common query: nothing below can apply
         sql = strip_comments(sql)
         if _SET_CONFIG.search(sql):
             s.dirty = True  # set_config(..., false) leaves no SET tag to notice
@@ -314,9 +322,9 @@ class Relay(Base):
         events = span.events
         offsets = span.offsets
         out: list[bytes] | None = None
-        sent: list[Event] = []
+        sent = _NOTHING_SENT  # replaced by a list of its own before anything is added
         copied = 0
-        done: list[Entry] = []
+        done: list[Entry] | None = None
         for i, e in enumerate(events):
             t = type(e)
             entry = q[0] if q else None
@@ -330,7 +338,10 @@ class Relay(Base):
                 while q:
                     x = q.popleft()
                     if x.kind >= K_SYNC:
-                        done.append(x)
+                        if x.mode == SKIP:
+                            if done is None:
+                                done = []
+                            done.append(x)
                         drop = c is None or x.mode == SKIP
                         if not drop and c is not None:
                             assert isinstance(e, ReadyForQuery)
@@ -376,12 +387,14 @@ class Relay(Base):
                 # copy-in mode": libpq's Sync sent before the data is eaten.
                 for x in [x for x in q if x.kind == K_SYNC]:
                     q.remove(x)
-            fakes: list[Event] = []
-            while q and q[0].mode == FAKE:
-                fake = q.popleft().fake
-                assert fake is not None
-                fakes.append(fake)
-            if drop or fakes or replacement is not None:
+            fakes: list[Event] | None = None
+            if q and q[0].mode == FAKE:
+                fakes = []
+                while q and q[0].mode == FAKE:
+                    fake = q.popleft().fake
+                    assert fake is not None
+                    fakes.append(fake)
+            if drop or fakes is not None or replacement is not None:
                 if out is None:
                     out = []
                     sent = list(events[:i])
@@ -394,7 +407,7 @@ class Relay(Base):
                     else:
                         out.append(data[offsets[i] : end])
                         sent.append(e)
-                for fake in fakes:
+                for fake in fakes or ():
                     if c is not None:
                         out.append(bytes(fake))
                         sent.append(fake)
@@ -406,8 +419,8 @@ class Relay(Base):
             if payload:
                 c.stats.sent += len(payload)
                 self._out.append(SendClient(c.cid, payload))
-        for entry in done:
-            if entry.mode == SKIP:
+        if done is not None:
+            for entry in done:
                 self._internal_done(s, entry)
         if s.client is not None:
             self._release_if_done(s)
