@@ -537,9 +537,8 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, St
             return
         if s.queue or not s.conn.idle:
             return
-        status = s.conn.transaction_status
-        timeout = self.config.general.idle_client_in_transaction_timeout
-        if status != "I":
+        if s.conn.transaction_status != "I":
+            timeout = self.config.general.idle_client_in_transaction_timeout
             if timeout:
                 gen = s.query_gen
                 self._at(self._now + timeout / 1000, lambda: self._idle_tx_timeout(c, s, gen))

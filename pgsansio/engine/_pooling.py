@@ -79,9 +79,10 @@ class Pooling(Base):
         if pool is None:
             return  # answered with an error, or waiting for a primary to be found
         c.pool = pool
-        while pool.idle:
-            s = pool.idle.popleft() if group.cfg is not None and self._fifo() else pool.idle.pop()
-            if self._expired(s):
+        idle = pool.idle
+        while idle:
+            s = idle.popleft() if self.config.general.server_round_robin else idle.pop()
+            if group.user.server_lifetime and self._expired(s):
                 self._close_server(s)
                 continue
             self._hand_out(c, s)
@@ -92,9 +93,6 @@ class Pooling(Base):
         if len(pool.servers) < group.user.pool_size:
             self._open_server(pool)
         self._wait_until(c, self._now + group.user.connect_timeout / 1000)
-
-    def _fifo(self) -> bool:
-        return self.config.general.server_round_robin
 
     def _wait_until(self, c: Client, deadline: float) -> None:
         """``c`` now waits in ``c.pool.waiters`` until ``deadline`` (connect_timeout).
@@ -208,7 +206,7 @@ class Pooling(Base):
             return
         if (
             s.close_needed
-            or self._expired(s)
+            or (s.group.user.server_lifetime and self._expired(s))
             or s.group.removed
             or (self._pausing and s.group.name in self.paused)
         ):
@@ -338,8 +336,8 @@ class Pooling(Base):
 
     def _expired(self, s: ServerConn) -> bool:
         assert s.group is not None
-        lifetime = s.group.user.server_lifetime / 1000
-        return bool(lifetime) and self._now - s.created >= lifetime
+        lifetime = s.group.user.server_lifetime
+        return bool(lifetime) and self._now - s.created >= lifetime / 1000
 
     def _reap(self, pool: Pool, at: float) -> None:
         """Close idle servers past ``idle_timeout`` (down to min_pool_size) or lifetime."""

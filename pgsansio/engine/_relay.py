@@ -220,8 +220,14 @@ class Relay(Base):
             self._out.append(SendServer(s.sid, payload))
 
     def _query_entry(self, c: Client, s: ServerConn, sql: str) -> Entry:
-        if _SESSION_WORDS.search(sql) is None:
-            return Entry(K_QUERY)  # the common query: nothing below can apply
+        if sql.isascii():
+            # ASCII text folds by lower() exactly as re.I folds it, ten times faster
+            # than a case-insensitive scan.
+            low = sql.lower()
+            if "set" not in low and "discard" not in low and "deallocate" not in low:
+                return Entry(K_QUERY)  # the common query: nothing below can apply
+        elif _SESSION_WORDS.search(sql) is None:
+            return Entry(K_QUERY)
         sql = strip_comments(sql)
         if _SET_CONFIG.search(sql):
             s.dirty = True  # set_config(..., false) leaves no SET tag to notice
