@@ -325,6 +325,18 @@ class AsyncioFrontend:
     def _apply(self, effects: Iterable[Effect]) -> None:
         """Carry out effects in order; one for an id that is already gone is dropped."""
         for effect in effects:
+            # The two effects of nearly every call, before the class patterns (each
+            # case tried costs an isinstance and attribute reads).
+            if type(effect) is SendClient:
+                transport = self._clients.get(effect.cid)
+                if transport is not None:
+                    transport.write(effect.data)
+                continue
+            if type(effect) is SendServer:
+                transport = self._servers.get(effect.sid)
+                if transport is not None:
+                    transport.write(effect.data)
+                continue
             match effect:
                 case SendClient(cid, data):
                     transport = self._clients.get(cid)
