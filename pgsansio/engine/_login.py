@@ -46,7 +46,7 @@ from pgsansio.protocol import (
 )
 
 from ._base import Base
-from ._effects import OpenServer
+from ._effects import OpenServer, SendClient
 from ._objects import (
     C_AUTH,
     C_CLOSED,
@@ -289,14 +289,24 @@ class Login(Base):
                 shown[name] = c.params[name]
             else:
                 c.params[name] = shown[name]
-        for name, value in shown.items():
-            self._send_client(c, ParameterStatus(name, value))
+        # One write for the whole welcome (and the AuthenticationOk just before it), not
+        # one per message: a frontend writes each effect with its own system call, and
+        # a client that connects per transaction (pgbench -C) pays them all each time.
+        conn = c.conn
+        parts = [conn.send(ParameterStatus(name, value)) for name, value in shown.items()]
         pid = self.rng.randrange(1, 2**31)
         secret = self.rng.randbytes(4)
         c.cancel_key = (pid, secret)
         self._cancel_keys[c.cancel_key] = c
-        self._send_client(c, BackendKeyData(pid, secret))
-        self._send_client(c, ReadyForQuery("I"))
+        parts.append(conn.send(BackendKeyData(pid, secret)))
+        parts.append(conn.send(ReadyForQuery("I")))
+        out = self._out
+        last = out[-1] if out else None
+        if type(last) is SendClient and last.cid == c.cid:
+            parts.insert(0, last.data)
+            out[-1] = SendClient(c.cid, b"".join(parts))
+        else:
+            out.append(SendClient(c.cid, b"".join(parts)))
         c.state = C_READY
         c.stats = self._stats_for(group.name)
         c.stats.client_login_count += 1
