@@ -92,6 +92,10 @@ _SET_CONFIG = re.compile("set_config", re.I)  # scanned in place: no copy of the
 _SESSION_WORDS = re.compile("set|discard|deallocate", re.I)
 _INTERNAL_NAME = re.compile(r"PGSANSIO_U?\d+")
 STATEMENT_PREFIX = "PGSANSIO_"
+# Messages that need the full loop of _to_client, unless the span's last one.
+_NOT_PLAIN = frozenset(
+    {ErrorResponse, ParameterStatus, CopyInResponse, CopyBothResponse, ReadyForQuery}
+)
 # The ``sent`` of a span forwarded untouched: never appended to (see _forward).
 _NOTHING_SENT: list[Event] = []
 _TRACKED_LOWER = frozenset(name.lower() for name in TRACKED)
@@ -324,8 +328,17 @@ class Relay(Base):
         """Forward one span of server messages to the linked client, if any."""
         c = s.client
         q = s.queue
-        data = span.data
         events = span.events
+        if c is not None and len(q) == 1 and events and type(events[-1]) is ReadyForQuery:
+            head = q[0]
+            if head.mode == FWD and head.kind >= K_SYNC and not head.tag:
+                for k in range(len(events) - 1):
+                    if type(events[k]) in _NOT_PLAIN:
+                        break
+                else:
+                    self._plain_answer(c, s, span, head)
+                    return
+        data = span.data
         offsets = span.offsets
         out: list[bytes] | None = None
         sent = _NOTHING_SENT  # replaced by a list of its own before anything is added
@@ -435,6 +448,26 @@ class Relay(Base):
             self._close_server(s)
             if s.pool is not None:
                 self._refill(s.pool)
+
+    def _plain_answer(self, c: Client, s: ServerConn, span: Span, entry: Entry) -> None:
+        """The common answer, in one span: the whole answer to the client's one
+        outstanding Query (or Sync), with nothing to drop, fake, rename or note but its
+        CommandComplete tags. What the loop of _to_client does for it, without the
+        per-message tests."""
+        events = span.events
+        for e in events:
+            if type(e) is CommandComplete:
+                self._command_tag(s, e, entry)
+        s.queue.popleft()
+        rfq = events[-1]
+        assert isinstance(rfq, ReadyForQuery)
+        self._count_query(c, rfq.status)
+        c.conn.send_span(span)
+        data = span.data
+        if data:
+            c.stats.sent += len(data)
+            self._out.append(SendClient(c.cid, data))
+        self._release_if_done(s)
 
     def _unanswered(self, s: ServerConn, x: Entry, *, failed: bool = False) -> None:
         """A request skipped after an error (or the failed one itself)."""
