@@ -378,6 +378,39 @@ def test_checkout_timeout_answers_53300_and_the_client_can_retry() -> None:
     assert rows(b.query("select 2")) == [("2",)]
 
 
+def test_connect_timeouts_of_different_pools_each_apply_at_their_own_deadline() -> None:
+    # One sweep timer serves every waiting client: bob's shorter connect_timeout arms
+    # it earlier than alice's, and alice's still applies afterwards, exactly once.
+    cfg = config(connect_timeout=2000)
+    pool = cfg.pools[DB]
+    bob = replace(pool.users["bob"], connect_timeout=500)
+    cfg = replace(cfg, pools={DB: replace(pool, users={**pool.users, "bob": bob})})
+    w = World(cfg)
+    a1, a2 = logged_in(w), logged_in(w)
+    b1, b2 = logged_in(w, "bob"), logged_in(w, "bob")
+    a1.query("begin")
+    b1.query("begin")
+    a2.send(Query("select 1"))
+    b2.send(Query("select 2"))
+    w.advance(0.6)
+    assert errors(b2.events())[0].sqlstate == "53300"
+    assert a2.events() == []  # still waiting: its deadline is 2 s
+    w.advance(1.5)
+    got = a2.events()
+    assert [e.sqlstate for e in errors(got)] == ["53300"] and ready(got) == ["I"]
+    w.advance(3.0)
+    assert a2.events() == [] and b2.events() == []
+
+
+def test_non_ascii_queries_are_checked_for_session_state_too() -> None:
+    w = World(config(pool_size=1))
+    a, b = logged_in(w), logged_in(w)
+    assert rows(a.query("select 'ünïcode'")) == [("ünïcode",)]
+    a.query("SET application_name = 'äpp'")  # followed like an ASCII SET
+    assert rows(b.query("show application_name")) == [("",)]
+    assert rows(a.query("show application_name")) == [("äpp",)]
+
+
 def test_pipelined_extended_batches_keep_the_link_until_the_last_sync() -> None:
     w = World(config())
     a, b = logged_in(w), logged_in(w)
