@@ -55,6 +55,8 @@ class Base:
     _role_waiters: list[Client]
     # clients waiting for a server under connect_timeout (see _pooling._wait_until)
     _waiting: dict[Client, None]
+    # a login's ParameterStatus messages, encoded, by (name, value) pairs (see _login)
+    _welcomes: dict[tuple[tuple[str, str], ...], Span]
     _wait_sweep_at: float | None
 
     if TYPE_CHECKING:  # declarations only: the mixins define them

@@ -127,6 +127,7 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, St
         self._timer_seq = 0
         self._announced: float | None = None
         self._waiting = {}
+        self._welcomes = {}
         self._wait_sweep_at = None
         self._now = 0.0
         self._shutting_down = False

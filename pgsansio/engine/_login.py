@@ -39,6 +39,7 @@ from pgsansio.protocol import (
     SASLResponse,
     ScramClient,
     ScramServer,
+    Span,
     StartupMessage,
     md5_response,
     md5_verify,
@@ -71,6 +72,7 @@ __all__ = ["ADMIN_DATABASES", "Login", "fatal"]
 ADMIN_DATABASES = ("pgcat", "pgbouncer")
 _CANCELED = ErrorResponse.build("57014", "canceling statement due to user request")
 _TRACKED_LOWER = {name.lower(): name for name in TRACKED}
+_WELCOMES_KEPT = 64  # distinct ParameterStatus sets kept encoded (see _welcome)
 
 
 def fatal(sqlstate: str, message: str) -> ErrorResponse:
@@ -293,7 +295,20 @@ class Login(Base):
         # one per message: a frontend writes each effect with its own system call, and
         # a client that connects per transaction (pgbench -C) pays them all each time.
         conn = c.conn
-        parts = [conn.send(ParameterStatus(name, value)) for name, value in shown.items()]
+        key = tuple(shown.items())
+        cached = self._welcomes.get(key)
+        if cached is None:
+            # Clients of a pool mostly see the same parameters: encode them once.
+            if len(self._welcomes) >= _WELCOMES_KEPT:
+                self._welcomes.clear()
+            events: list[Event] = [ParameterStatus(name, value) for name, value in key]
+            encoded = [bytes(e) for e in events]
+            offsets, at = [], 0
+            for b in encoded:
+                offsets.append(at)
+                at += len(b)
+            cached = self._welcomes[key] = Span(b"".join(encoded), events, offsets)
+        parts = [conn.send_span(cached)]  # checked and fed to the client's state as sent
         pid = self.rng.randrange(1, 2**31)
         secret = self.rng.randbytes(4)
         c.cancel_key = (pid, secret)
