@@ -139,21 +139,22 @@ class AnyioFrontend:
                 "serve(handle_signals=False) in other threads"
             )
         self._token = anyio.lowlevel.current_token()
-        listeners = [await self._listen(general.host, general.port)]
+        # (listener, is it the Prometheus port), every address the host resolves to.
+        bound = [(listener, False) for listener in await _listen(general.host, general.port)]
         try:
             if general.enable_prometheus_exporter:
-                listeners.append(
-                    await self._listen(general.host, general.prometheus_exporter_port)
-                )
+                port = general.prometheus_exporter_port
+                bound += [(listener, True) for listener in await _listen(general.host, port)]
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                tg.start_soon(self._accept, listeners[0], self._engine.client_connected)
-                if len(listeners) > 1:
-                    tg.start_soon(self._accept, listeners[1], self._engine.metrics_connected)
+                for listener, metrics in bound:
+                    engine = self._engine
+                    connected = engine.metrics_connected if metrics else engine.client_connected
+                    tg.start_soon(self._accept, listener, connected)
                 tg.start_soon(self._run_timer)
                 if handle_signals:
                     await tg.start(self._handle_signals)
-                address = listeners[0].extra(SocketAttribute.local_address)
+                address = bound[0][0].extra(SocketAttribute.local_address)
                 host, port = cast(tuple[str, int], address)[:2]
                 self.address = (host, port)
                 self._call(self._engine.start)
@@ -162,7 +163,7 @@ class AnyioFrontend:
                 if ready is not None:
                     ready(self.address)
                 await self._done.wait()
-                for listener in listeners:
+                for listener, _ in bound:
                     await listener.aclose()
                 self._close_everything()
                 if not self._forced:
@@ -172,21 +173,9 @@ class AnyioFrontend:
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
-                for listener in listeners:
+                for listener, _ in bound:
                     await listener.aclose()
         return self._code
-
-    async def _listen(self, host: str, port: int) -> anyio.abc.SocketListener:
-        try:
-            multi = await anyio.create_tcp_listener(local_host=host, local_port=port)
-        except OSError as exc:
-            raise FrontendError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        # One address, one socket: the pooler listens where PgCat would, not on every
-        # address a name resolves to.
-        first, *rest = multi.listeners
-        for extra in rest:
-            await extra.aclose()
-        return cast(anyio.abc.SocketListener, first)
 
     async def _handle_signals(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         with anyio.open_signal_receiver(*OPERATOR_SIGNALS) as signals:
@@ -446,6 +435,15 @@ class AnyioFrontend:
                 continue  # a new deadline, or this one's time has come: look again
             self._wakeup_at = None
             self._call(self._engine.tick)
+
+
+async def _listen(host: str, port: int) -> list[anyio.abc.SocketListener]:
+    """Listening sockets on every address ``host`` resolves to, as asyncio's create_server."""
+    try:
+        multi = await anyio.create_tcp_listener(local_host=host, local_port=port)
+    except OSError as exc:
+        raise FrontendError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return [cast(anyio.abc.SocketListener, listener) for listener in multi.listeners]
 
 
 def _set_reading(conn: _Conn, on: bool) -> None:

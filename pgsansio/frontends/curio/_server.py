@@ -138,22 +138,25 @@ class CurioFrontend:
                 "signals can only be handled in the main thread; "
                 "serve(handle_signals=False) in other threads"
             )
-        listeners = [_listen(general.host, general.port)]
+        # (listener, is it the Prometheus port), every address the host resolves to.
+        bound = [(listener, False) for listener in _listen(general.host, general.port)]
         try:
             if general.enable_prometheus_exporter:
-                listeners.append(_listen(general.host, general.prometheus_exporter_port))
+                port = general.prometheus_exporter_port
+                bound += [(listener, True) for listener in _listen(general.host, port)]
             with _signals_to(self._wake_w) if handle_signals else contextlib.nullcontext():
                 async with curio.TaskGroup() as tg:
                     self._tg = tg
-                    accepting = [
-                        await tg.spawn(self._accept, listeners[0], self._engine.client_connected)
-                    ]
-                    if len(listeners) > 1:
-                        metrics = self._engine.metrics_connected
-                        accepting.append(await tg.spawn(self._accept, listeners[1], metrics))
+                    accepting = []
+                    for listener, metrics in bound:
+                        engine = self._engine
+                        connected = (
+                            engine.metrics_connected if metrics else engine.client_connected
+                        )
+                        accepting.append(await tg.spawn(self._accept, listener, connected))
                     await tg.spawn(self._run_timer)
                     await tg.spawn(self._read_signals)
-                    host, port = listeners[0].getsockname()[:2]
+                    host, port = bound[0][0].getsockname()[:2]
                     self.address = (host, port)
                     await self._call(self._engine.start)
                     log.info("listening on %s:%d (curio frontend)", host, port)
@@ -164,14 +167,14 @@ class CurioFrontend:
                     # waiting on a file descriptor that no longer exists.
                     for task in accepting:
                         await task.cancel()
-                    for listener in listeners:
+                    for listener, _ in bound:
                         listener.close()
                     await self._close_everything()
                     if not self._forced:
                         await curio.ignore_after(DRAIN_SECONDS, self._drained)
                     await tg.cancel_remaining()  # the connections go when the group ends
         finally:
-            for listener in listeners:
+            for listener, _ in bound:
                 listener.close()
             self._wake_r.close()
             self._wake_w.close()
@@ -432,17 +435,32 @@ async def _set_reading(conn: _Conn, on: bool) -> None:
     conn.reading = on
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """A listening socket on the first address ``host`` resolves to (as asyncio's first)."""
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets on every address ``host`` resolves to, as asyncio's create_server.
+
+    Port 0 is resolved on the first address and used for the others, so every socket
+    has the same port.
+    """
+    bound: list[socket.socket] = []
     try:
-        family = socket.getaddrinfo(
+        infos = socket.getaddrinfo(
             host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0][0]
-        sock = socket.create_server((host, port), family=family, backlog=_BACKLOG)
+        )
+        seen: set[tuple[int, object]] = set()
+        for family, _, _, _, address in infos:
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            if bound:
+                port = bound[0].getsockname()[1]
+            sock = socket.create_server((address[0], port), family=family, backlog=_BACKLOG)
+            sock.setblocking(False)
+            bound.append(sock)
     except OSError as exc:
+        for sock in bound:
+            sock.close()
         raise FrontendError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    sock.setblocking(False)
-    return sock
+    return bound
 
 
 @contextlib.contextmanager
