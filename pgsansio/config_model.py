@@ -52,6 +52,11 @@ class General:
     # pgsansio extensions (documented in the README)
     server_reset_query: str = "DISCARD ALL"
     max_client_conn: int = 0  # 0 = unlimited
+    # TLS extensions (PgBouncer's names; documented in the README)
+    # "prefer" without tls_certificate offers nothing: it then acts as "disable".
+    client_tls_sslmode: str = "prefer"
+    client_tls_ca_file: str | None = None
+    server_tls_ca_file: str | None = None
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from ._effects import (
     ReadServer,
     SendClient,
     SendServer,
+    StartTls,
     Wakeup,
 )
 from ._engine import Engine
@@ -51,5 +52,6 @@ __all__ = [
     "ReadServer",
     "SendClient",
     "SendServer",
+    "StartTls",
     "Wakeup",
 ]
