@@ -21,6 +21,7 @@ import pathlib
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -42,6 +43,7 @@ from pgsansio.engine import (
     ReadClient,
     SendClient,
     SendServer,
+    StartTls,
     Wakeup,
 )
 from pgsansio.frontends import EX_SOFTWARE, FRONTENDS, FrontendError, tune_socket
@@ -69,6 +71,8 @@ ENGINE_METHODS = frozenset(
         "pause",
         "resume",
         "metrics_connected",
+        "client_tls",
+        "server_tls",
     }
 )
 
@@ -655,6 +659,191 @@ def test_outbox_water_marks() -> None:
 
 def test_frontend_names_match_the_cli() -> None:
     assert set(FRONTENDS) == {"auto", *FRONTEND_NAMES}
+
+
+# ----------------------------------------------------------------------------------- TLS
+
+SSL_REQUEST = b"\x00\x00\x00\x08\x04\xd2\x16\x2f"  # what libpq sends before the handshake
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A CA, a certificate for localhost and 127.0.0.1 signed by it, and files for both."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    leaf = ca.issue_cert("localhost", "127.0.0.1")
+    where = tmp_path_factory.mktemp("pki")
+    files = {"ca": where / "ca.pem", "cert": where / "cert.pem", "key": where / "key.pem"}
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    leaf.cert_chain_pems[0].write_to_path(str(files["cert"]))
+    leaf.private_key_pem.write_to_path(str(files["key"]))
+    return {"ca": ca, "leaf": leaf, **{k: str(v) for k, v in files.items()}}
+
+
+def tls_config(pki: dict[str, Any], **general: Any) -> Config:
+    return Config(
+        general=General(
+            host="127.0.0.1",
+            port=0,
+            tls_certificate=pki["cert"],
+            tls_private_key=pki["key"],
+            **general,
+        ),
+        pools={},
+    )
+
+
+def test_start_tls_for_a_client(frontend: str, pki: dict[str, Any]) -> None:
+    """S goes out in clear, the handshake follows, then bytes flow decrypted both ways."""
+    engine = FakeEngine(
+        client_data=lambda cid, data: (
+            [SendClient(cid, b"S"), StartTls("client", cid)]
+            if data == SSL_REQUEST
+            else [SendClient(cid, data.upper())]
+        )
+    )
+    context = ssl.create_default_context(cafile=pki["ca"])
+
+    async def main() -> None:
+        async with Running(engine, frontend, config=tls_config(pki)) as running:
+            reader, writer = await running.connect()
+            writer.write(SSL_REQUEST)
+            assert await reader.readexactly(1) == b"S"
+            await writer.start_tls(context, server_hostname="localhost")
+            writer.write(b"secret")
+            assert await reader.readexactly(6) == b"SECRET"
+            writer.close()
+            await until(lambda: "client_closed" in engine.names())
+        ((cid, error),) = engine.args("client_tls")
+        assert error is None
+        assert engine.args("client_data") == [(cid, SSL_REQUEST), (cid, b"secret")]
+
+    run_async(main())
+
+
+def test_a_failed_client_handshake_is_reported_once(frontend: str, pki: dict[str, Any]) -> None:
+    engine = FakeEngine(
+        client_data=lambda cid, data: [SendClient(cid, b"S"), StartTls("client", cid)]
+    )
+
+    async def main() -> None:
+        async with Running(engine, frontend, config=tls_config(pki)) as running:
+            reader, writer = await running.connect()
+            writer.write(SSL_REQUEST)
+            assert await reader.readexactly(1) == b"S"
+            writer.write(b"this is not a TLS ClientHello at all\r\n" * 4)
+            await until(lambda: bool(engine.args("client_tls")))
+            assert await reader.read() == b""  # the frontend closed it
+            writer.close()
+            await asyncio.sleep(0.1)
+        ((_, error),) = engine.args("client_tls")
+        assert isinstance(error, str) and error
+        assert "client_closed" not in engine.names()  # reported once, as a TLS failure
+
+    run_async(main())
+
+
+@contextlib.asynccontextmanager
+async def tls_echo_server(pki: dict[str, Any]) -> Any:
+    """A server that answers an SSLRequest with S, then echoes over TLS, like PostgreSQL."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    pki["leaf"].configure_cert(context)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if await reader.readexactly(8) == SSL_REQUEST:
+            writer.write(b"S")
+            await writer.drain()
+            try:
+                await writer.start_tls(context)
+            except (ssl.SSLError, OSError):
+                writer.close()
+                return
+        while data := await reader.read(65536):
+            writer.write(data)
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("verify", [False, True])
+def test_start_tls_towards_a_server(frontend: str, pki: dict[str, Any], verify: bool) -> None:
+    got: list[bytes] = []
+
+    def server_data(sid: int, data: bytes) -> list[Any]:
+        if data == b"S":
+            return [StartTls("server", sid)]
+        got.append(data)
+        return [CloseServer(sid)]
+
+    async def main() -> None:
+        async with tls_echo_server(pki) as port:
+            engine = FakeEngine(
+                start=lambda: [OpenServer(4, "localhost", port)],
+                server_connected=lambda sid: [SendServer(sid, SSL_REQUEST)],
+                server_data=server_data,
+                server_tls=lambda sid, error: [SendServer(sid, b"over tls")],
+            )
+            config = tls_config(
+                pki,
+                server_tls=True,
+                verify_server_certificate=verify,
+                server_tls_ca_file=pki["ca"],
+            )
+            async with Running(engine, frontend, config=config):
+                await until(lambda: bool(got))
+        assert engine.args("server_tls") == [(4, None)]
+        assert got == [b"over tls"]
+
+    run_async(main())
+
+
+def test_an_unverifiable_server_certificate_fails_the_handshake(
+    frontend: str, pki: dict[str, Any], tmp_path: pathlib.Path
+) -> None:
+    trustme = pytest.importorskip("trustme")
+    other_ca = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other_ca))
+
+    async def main() -> None:
+        async with tls_echo_server(pki) as port:
+            engine = FakeEngine(
+                start=lambda: [OpenServer(4, "localhost", port)],
+                server_connected=lambda sid: [SendServer(sid, SSL_REQUEST)],
+                server_data=lambda sid, data: [StartTls("server", sid)],
+            )
+            config = tls_config(
+                pki,
+                server_tls=True,
+                verify_server_certificate=True,
+                server_tls_ca_file=str(other_ca),
+            )
+            async with Running(engine, frontend, config=config):
+                await until(lambda: bool(engine.args("server_tls")))
+                await asyncio.sleep(0.1)
+        ((sid, error),) = engine.args("server_tls")
+        assert sid == 4 and "certificate verify failed" in error
+        assert "server_closed" not in engine.names()
+
+    run_async(main())
+
+
+def test_a_certificate_that_does_not_load_stops_the_start(
+    frontend: str, tmp_path: pathlib.Path
+) -> None:
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate")
+    config = Config(
+        general=General(
+            host="127.0.0.1", port=0, tls_certificate=str(bad), tls_private_key=str(bad)
+        ),
+        pools={},
+    )
+    with pytest.raises(FrontendError, match=r"general\.tls_certificate / tls_private_key"):
+        FrontendThread(frontend, FakeEngine(), config).start()
 
 
 VALID_TOML = """\

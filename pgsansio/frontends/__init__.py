@@ -41,7 +41,11 @@ Choices a frontend makes the same way everywhere:
   other frontends count their own buffer); ``ReadClient``/``ReadServer`` stop and
   resume reading, and no data reaches the engine from a connection while it is paused;
 * ids: client (and scraper) ids come from one counter in the frontend; server ids come
-  from the engine's ``OpenServer``. A close the engine asked for is never reported back.
+  from the engine's ``OpenServer``. A close the engine asked for is never reported back;
+* TLS: on ``StartTls`` the frontend stops reading the connection, sends what the
+  engine wrote before (the ``S``), does the handshake with a context from
+  :mod:`._tls` and reports ``client_tls``/``server_tls``; on failure it closes the
+  connection and reports nothing else for it.
 """
 
 from __future__ import annotations
@@ -117,6 +121,8 @@ class EngineAPI(Protocol):
     def pause(self, now: float) -> Iterable[Effect]: ...
     def resume(self, now: float) -> Iterable[Effect]: ...
     def metrics_connected(self, cid: int, peer: str, now: float) -> Iterable[Effect]: ...
+    def client_tls(self, cid: int, error: str | None, now: float) -> Iterable[Effect]: ...
+    def server_tls(self, sid: int, error: str | None, now: float) -> Iterable[Effect]: ...
 
 
 class _SockOpts(Protocol):

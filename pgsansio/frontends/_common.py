@@ -6,7 +6,7 @@
   engine into ``None`` after logging it, so the frontend can stop with
   :data:`EX_SOFTWARE`.
 * :class:`Control` is the operator's side: what each signal means (one table for every
-  frontend) and re-reading the configuration file.
+  frontend), re-reading the configuration file, and the TLS contexts built from it.
 * :class:`Outbox` is the write buffer of a frontend whose runtime offers only "send
   this and wait until it is gone" (anyio, curio) rather than asyncio's transports,
   which buffer and report ``pause_writing``. It buffers what the engine sends while an
@@ -23,6 +23,9 @@ import signal
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
+
+from pgsansio.frontends import FrontendError
+from pgsansio.frontends._tls import tls_contexts
 
 if TYPE_CHECKING:
     from pgsansio.config_model import Config
@@ -102,10 +105,12 @@ class Control:
     """
 
     def __init__(self, engine: EngineAPI, config: Config, config_path: str | None) -> None:
+        """Raises :class:`FrontendError` if a TLS file does not load."""
         self.engine = engine
         self.config = config
         self.config_path = config_path
         self.shutting_down = False
+        self.tls = tls_contexts(config.general)
 
     def on_signal(self, signum: int) -> EngineInput | int | None:
         """What ``signum`` asks for: an engine input, an exit code (now), or nothing.
@@ -158,6 +163,11 @@ class Control:
         except ConfigError as exc:
             log.error("reload failed; the running configuration stays in force:\n%s", exc)
             return None
+        try:
+            tls = tls_contexts(new.general)
+        except FrontendError as exc:
+            log.error("reload failed; the running configuration stays in force:\n%s", exc)
+            return None
         for warning in new.warnings:
             log.warning("%s", warning)
         old = self.config.general
@@ -178,6 +188,7 @@ class Control:
                     after,
                 )
         self.config = new
+        self.tls = tls
         return functools.partial(self.engine.reload, new)
 
 

@@ -36,6 +36,7 @@ import anyio.abc
 import anyio.from_thread
 import anyio.lowlevel
 from anyio.abc import SocketAttribute
+from anyio.streams.tls import TLSStream
 
 from pgsansio.engine import (
     CloseClient,
@@ -47,6 +48,7 @@ from pgsansio.engine import (
     ReadServer,
     SendClient,
     SendServer,
+    StartTls,
     Wakeup,
 )
 from pgsansio.frontends import (
@@ -77,25 +79,52 @@ __all__ = ["AnyioFrontend", "run", "serve"]
 log = logging.getLogger("pgsansio.frontend")
 engine_log = logging.getLogger("pgsansio")
 
-_GONE = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
+_GONE = (
+    anyio.EndOfStream,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    OSError,  # ssl.SSLError too
+)
 """What a read or write raises when the peer went away or the stream was closed."""
 
 
 class _Conn:
     """One open connection, client or server, and the state its two tasks share."""
 
-    __slots__ = ("closing", "out", "reading", "resumed", "stream", "wake")
+    __slots__ = (
+        "closing",
+        "host",
+        "out",
+        "pair",
+        "reading",
+        "resumed",
+        "stream",
+        "upgrade",
+        "upgrading",
+        "wake",
+    )
 
-    def __init__(self, stream: anyio.abc.SocketStream) -> None:
+    def __init__(self, stream: anyio.abc.ByteStream, host: str | None = None) -> None:
         self.stream = stream
+        self.host = host  # a server's host name, which a verified certificate must name
         self.out = Outbox()
         self.wake = anyio.Event()  # set when the writer has something to do
         self.reading = True
         self.resumed = anyio.Event()  # set when reading is switched back on
         self.closing = False  # the engine closed it: flush, then close; read no more
+        self.upgrade: str | None = None  # StartTls asked for ("client"/"server")
+        self.upgrading = False  # the handshake is under way
+        self.pair: anyio.CancelScope | None = None  # cancels the reader and the writer
 
     def poke(self) -> None:
         self.wake.set()
+
+    def close(self) -> None:
+        """The engine closed it: flush and close; a TLS handshake is cut short."""
+        self.closing = True
+        self.poke()
+        if self.upgrading and self.pair is not None:
+            self.pair.cancel()
 
 
 class AnyioFrontend:
@@ -200,8 +229,7 @@ class AnyioFrontend:
         self._clients.clear()
         self._servers.clear()
         for conn in conns:
-            conn.closing = True
-            conn.poke()
+            conn.close()
 
     # ---------------------------------------------------------------- operator actions
 
@@ -255,13 +283,11 @@ class AnyioFrontend:
                 case CloseClient(cid):
                     conn = self._clients.pop(cid, None)
                     if conn is not None:
-                        conn.closing = True
-                        conn.poke()
+                        conn.close()
                 case CloseServer(sid):
                     conn = self._servers.pop(sid, None)
                     if conn is not None:
-                        conn.closing = True
-                        conn.poke()
+                        conn.close()
                     attempt = self._opening.pop(sid, None)
                     if attempt is not None:
                         attempt.cancel()
@@ -273,6 +299,14 @@ class AnyioFrontend:
                     conn = self._clients.get(cid)
                     if conn is not None:
                         _set_reading(conn, on)
+                case StartTls(kind, key):
+                    conn = (self._clients if kind == "client" else self._servers).get(key)
+                    if conn is not None:
+                        # The reader is not in receive(): StartTls only ever answers data
+                        # it has just handed over. Paused, it reads nothing in clear.
+                        _set_reading(conn, False)
+                        conn.upgrade = kind
+                        conn.poke()
                 case Log(level, message):
                     engine_log.log(level, message)
                 case Exit(code):
@@ -328,7 +362,7 @@ class AnyioFrontend:
             await stream.aclose()
             return
         tune_socket(stream.extra(SocketAttribute.raw_socket, None), self._control.config.general)
-        conn = _Conn(stream)
+        conn = _Conn(stream, host)
         self._servers[sid] = conn
         engine = self._engine
         await self._connection(
@@ -356,6 +390,7 @@ class AnyioFrontend:
         self._live += 1
         try:
             async with anyio.create_task_group() as pair:
+                conn.pair = pair.cancel_scope
                 pair.start_soon(self._writer, conn, key, writable, pair.cancel_scope)
                 connected()
                 pair.start_soon(self._reader, conn, key, data_in, pair.cancel_scope)
@@ -406,6 +441,9 @@ class AnyioFrontend:
                     await conn.stream.send(data)
                     if out.sent(len(data)) and not conn.closing:
                         self._call(writable, key, True)
+                elif conn.upgrade is not None and not conn.closing:
+                    if not await self._start_tls(conn, key):
+                        break
                 elif conn.closing:
                     break
                 else:
@@ -414,6 +452,36 @@ class AnyioFrontend:
         except _GONE:
             pass
         pair.cancel()
+
+    async def _start_tls(self, conn: _Conn, key: int) -> bool:
+        """Upgrade to TLS (after the S went out) and report it; whether it succeeded."""
+        kind = conn.upgrade
+        assert kind is not None
+        conn.upgrade = None
+        server_side = kind == "client"
+        table = self._clients if server_side else self._servers
+        report = self._engine.client_tls if server_side else self._engine.server_tls
+        conn.upgrading = True
+        try:
+            conn.stream = await TLSStream.wrap(
+                conn.stream,
+                server_side=server_side,
+                hostname=None if server_side else conn.host,
+                ssl_context=self._control.tls.context(kind),
+                standard_compatible=False,  # PostgreSQL peers close without close_notify
+            )
+        except Exception as exc:  # ssl.SSLError, a broken stream: this connection only
+            if table.get(key) is conn:
+                del table[key]
+                self._call(report, key, error_text(exc))
+            return False
+        finally:
+            conn.upgrading = False
+        if table.get(key) is not conn:
+            return False
+        _set_reading(conn, True)
+        self._call(report, key, None)
+        return True
 
     def _arm_timer(self, at: float) -> None:
         if at == self._wakeup_at:
@@ -453,7 +521,7 @@ def _set_reading(conn: _Conn, on: bool) -> None:
     conn.reading = on
 
 
-async def _close(stream: anyio.abc.SocketStream, *, abort: bool) -> None:
+async def _close(stream: anyio.abc.ByteStream, *, abort: bool) -> None:
     if abort:
         await anyio.aclose_forcefully(stream)
     else:

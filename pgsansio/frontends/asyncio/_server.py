@@ -36,6 +36,7 @@ from pgsansio.engine import (
     ReadServer,
     SendClient,
     SendServer,
+    StartTls,
     Wakeup,
 )
 from pgsansio.frontends import (
@@ -48,7 +49,13 @@ from pgsansio.frontends import (
     real_engine,
     tune_socket,
 )
-from pgsansio.frontends._common import DRAIN_SECONDS, OPERATOR_SIGNALS, Control, feed
+from pgsansio.frontends._common import (
+    DRAIN_SECONDS,
+    OPERATOR_SIGNALS,
+    Control,
+    error_text,
+    feed,
+)
 
 if TYPE_CHECKING:
     from pgsansio.config_model import Config
@@ -63,12 +70,19 @@ engine_log = logging.getLogger("pgsansio")
 class _ClientProtocol(asyncio.Protocol):
     """A client, or a Prometheus scraper (``metrics``): the engine tells them apart."""
 
-    __slots__ = ("_cid", "_fe", "_metrics")
+    __slots__ = ("_cid", "_fe", "_lost", "_metrics")
 
     def __init__(self, fe: AsyncioFrontend, metrics: bool = False) -> None:
         self._fe = fe
         self._cid = 0
         self._metrics = metrics
+        self._lost = False
+
+    def forget(self) -> None:
+        """Count the connection as gone, once (connection_lost, or a failed TLS upgrade)."""
+        if not self._lost:
+            self._lost = True
+            self._fe._live -= 1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._fe._live += 1
@@ -97,17 +111,25 @@ class _ClientProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         fe = self._fe
-        fe._live -= 1
+        self.forget()
         if fe._clients.pop(self._cid, None) is not None:
             fe._call(fe._engine.client_closed, self._cid)
 
 
 class _ServerProtocol(asyncio.Protocol):
-    __slots__ = ("_fe", "_sid")
+    __slots__ = ("_fe", "_lost", "_sid", "host")
 
-    def __init__(self, fe: AsyncioFrontend, sid: int) -> None:
+    def __init__(self, fe: AsyncioFrontend, sid: int, host: str) -> None:
         self._fe = fe
         self._sid = sid
+        self.host = host  # what a verified server certificate must name
+        self._lost = False
+
+    def forget(self) -> None:
+        """Count the connection as gone, once (connection_lost, or a failed TLS upgrade)."""
+        if not self._lost:
+            self._lost = True
+            self._fe._live -= 1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Reported from here, not after create_connection returns: the server's first
@@ -136,7 +158,7 @@ class _ServerProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         fe = self._fe
-        fe._live -= 1
+        self.forget()
         if fe._servers.pop(self._sid, None) is not None:
             fe._call(fe._engine.server_closed, self._sid)
 
@@ -155,6 +177,7 @@ class AsyncioFrontend:
         self._clients: dict[int, asyncio.Transport] = {}
         self._servers: dict[int, asyncio.Transport] = {}
         self._opening: dict[int, asyncio.Task[None]] = {}
+        self._upgrading: set[asyncio.Task[None]] = set()  # TLS handshakes under way
         self._cids = itertools.count(1)
         self._timer: asyncio.TimerHandle | None = None
         self._wakeup_at: float | None = None
@@ -240,7 +263,7 @@ class AsyncioFrontend:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for task in self._opening.values():
+        for task in [*self._opening.values(), *self._upgrading]:
             task.cancel()
         self._opening.clear()
         transports = [*self._clients.values(), *self._servers.values()]
@@ -313,6 +336,14 @@ class AsyncioFrontend:
                     transport = self._clients.get(cid)
                     if transport is not None:
                         transport.resume_reading() if on else transport.pause_reading()
+                case StartTls(kind, key):
+                    table = self._clients if kind == "client" else self._servers
+                    transport = table.get(key)
+                    if transport is not None:
+                        transport.pause_reading()  # not one byte in clear after the S
+                        task = asyncio.ensure_future(self._start_tls(kind, key, transport))
+                        self._upgrading.add(task)
+                        task.add_done_callback(self._upgrading.discard)
                 case Log(level, message):
                     engine_log.log(level, message)
                 case Exit(code):
@@ -338,10 +369,42 @@ class AsyncioFrontend:
     async def _open_server(self, sid: int, host: str, port: int) -> None:
         assert self._loop is not None
         try:
-            await self._loop.create_connection(lambda: _ServerProtocol(self, sid), host, port)
+            await self._loop.create_connection(
+                lambda: _ServerProtocol(self, sid, host), host, port
+            )
         except Exception as exc:  # OSError mostly; anything else still fails only this sid
             if self._opening.pop(sid, None) is not None:
                 self._call(self._engine.server_failed, sid, str(exc) or type(exc).__name__)
+
+    async def _start_tls(self, kind: str, key: int, transport: asyncio.Transport) -> None:
+        """Upgrade a connection to TLS (the engine's StartTls) and report how it went."""
+        assert self._loop is not None
+        server_side = kind == "client"
+        table = self._clients if server_side else self._servers
+        report = self._engine.client_tls if server_side else self._engine.server_tls
+        protocol = cast(_ClientProtocol | _ServerProtocol, transport.get_protocol())
+        hostname = None if server_side else cast(_ServerProtocol, protocol).host
+        try:
+            upgraded = await self._loop.start_tls(
+                transport,
+                protocol,
+                self._control.tls.context(kind),
+                server_side=server_side,
+                server_hostname=hostname,
+            )
+        except Exception as exc:  # ssl.SSLError, OSError, a timeout: this connection only
+            protocol.forget()  # its connection_lost may never come once start_tls failed
+            if table.get(key) is transport:
+                del table[key]
+                transport.abort()
+                self._call(report, key, error_text(exc))
+            return
+        if upgraded is None or table.get(key) is not transport:
+            if upgraded is not None:
+                upgraded.abort()  # closed by the engine during the handshake
+            return
+        table[key] = upgraded
+        self._call(report, key, None)
 
     def _arm_timer(self, at: float) -> None:
         if at == self._wakeup_at:

@@ -50,6 +50,7 @@ from pgsansio.engine import (
     ReadServer,
     SendClient,
     SendServer,
+    StartTls,
     Wakeup,
 )
 from pgsansio.frontends import (
@@ -86,15 +87,37 @@ _BACKLOG = 511  # what asyncio's create_server asks for (capped by somaxconn)
 class _Conn:
     """One open connection, client or server, and the state its two tasks share."""
 
-    __slots__ = ("closing", "out", "reading", "resumed", "sock", "wake")
+    __slots__ = (
+        "closing",
+        "host",
+        "out",
+        "reading",
+        "resumed",
+        "sock",
+        "upgrade",
+        "upgrading",
+        "wake",
+        "writer",
+    )
 
-    def __init__(self, sock: curio.io.Socket) -> None:
+    def __init__(self, sock: curio.io.Socket, host: str | None = None) -> None:
         self.sock = sock
+        self.host = host  # a server's host name, which a verified certificate must name
         self.out = Outbox()
         self.wake = curio.Event()  # set when the writer has something to do
         self.reading = True
         self.resumed = curio.Event()  # set when reading is switched back on
         self.closing = False  # the engine closed it: flush, then close; read no more
+        self.upgrade: str | None = None  # StartTls asked for ("client"/"server")
+        self.upgrading = False  # the handshake is under way
+        self.writer: Any = None  # the writer's curio Task
+
+    async def close(self) -> None:
+        """The engine closed it: flush and close; a TLS handshake is cut short."""
+        self.closing = True
+        await self.wake.set()
+        if self.upgrading and self.writer is not None:
+            await self.writer.cancel(blocking=False)
 
 
 class CurioFrontend:
@@ -209,8 +232,7 @@ class CurioFrontend:
         self._clients.clear()
         self._servers.clear()
         for conn in conns:
-            conn.closing = True
-            await conn.wake.set()
+            await conn.close()
 
     # ---------------------------------------------------------------- operator actions
 
@@ -264,13 +286,11 @@ class CurioFrontend:
                 case CloseClient(cid):
                     conn = self._clients.pop(cid, None)
                     if conn is not None:
-                        conn.closing = True
-                        await conn.wake.set()
+                        await conn.close()
                 case CloseServer(sid):
                     conn = self._servers.pop(sid, None)
                     if conn is not None:
-                        conn.closing = True
-                        await conn.wake.set()
+                        await conn.close()
                     task = self._opening.pop(sid, None)
                     if task is not None:
                         await task.cancel(blocking=False)
@@ -282,6 +302,14 @@ class CurioFrontend:
                     conn = self._clients.get(cid)
                     if conn is not None:
                         await _set_reading(conn, on)
+                case StartTls(kind, key):
+                    conn = (self._clients if kind == "client" else self._servers).get(key)
+                    if conn is not None:
+                        # The reader is not in recv(): StartTls only ever answers data it
+                        # has just handed over. Paused, it reads nothing in clear.
+                        await _set_reading(conn, False)
+                        conn.upgrade = kind
+                        await conn.wake.set()
                 case Log(level, message):
                     engine_log.log(level, message)
                 case Exit(code):
@@ -335,7 +363,7 @@ class CurioFrontend:
             await sock.close()
             return
         tune_socket(sock._socket, self._control.config.general)
-        conn = _Conn(sock)
+        conn = _Conn(sock, host)
         self._servers[sid] = conn
         engine = self._engine
         await self._connection(
@@ -363,7 +391,7 @@ class CurioFrontend:
         self._live += 1
         try:
             async with curio.TaskGroup(wait=any) as pair:
-                await pair.spawn(self._writer, conn, key, writable)
+                conn.writer = await pair.spawn(self._writer, conn, key, writable)
                 await connected()
                 await pair.spawn(self._reader, conn, key, data_in)
             if table.get(key) is conn:
@@ -404,6 +432,9 @@ class CurioFrontend:
                     await conn.sock.sendall(data)
                     if out.sent(len(data)) and not conn.closing:
                         await self._call(writable, key, True)
+                elif conn.upgrade is not None and not conn.closing:
+                    if not await self._start_tls(conn, key):
+                        return
                 elif conn.closing:
                     return
                 else:
@@ -411,6 +442,42 @@ class CurioFrontend:
                     await conn.wake.wait()
         except OSError:
             return
+
+    async def _start_tls(self, conn: _Conn, key: int) -> bool:
+        """Upgrade to TLS (after the S went out) and report it; whether it succeeded."""
+        kind = conn.upgrade
+        assert kind is not None
+        conn.upgrade = None
+        server_side = kind == "client"
+        table = self._clients if server_side else self._servers
+        report = self._engine.client_tls if server_side else self._engine.server_tls
+        conn.upgrading = True
+        try:
+            ctx = self._control.tls.context(kind)
+            raw = conn.sock._socket
+            # wrap_socket takes the descriptor over; the curio Socket is replaced first,
+            # so whatever happens next, the frontend closes the TLS socket.
+            conn.sock = curio.io.Socket(
+                ctx.wrap_socket(
+                    raw,
+                    server_side=server_side,
+                    server_hostname=None if server_side else conn.host,
+                    do_handshake_on_connect=False,
+                )
+            )
+            await conn.sock.do_handshake()
+        except Exception as exc:  # ssl.SSLError, a reset: this connection only
+            if table.get(key) is conn:
+                del table[key]
+                await self._call(report, key, error_text(exc))
+            return False
+        finally:
+            conn.upgrading = False
+        if table.get(key) is not conn:
+            return False
+        await _set_reading(conn, True)
+        await self._call(report, key, None)
+        return True
 
     async def _run_timer(self) -> None:
         # One task, sleeping until the engine's deadline or until a new one replaces it.
