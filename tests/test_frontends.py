@@ -717,6 +717,10 @@ def test_start_tls_for_a_client(frontend: str, pki: dict[str, Any]) -> None:
         ((cid, error),) = engine.args("client_tls")
         assert error is None
         assert engine.args("client_data") == [(cid, SSL_REQUEST), (cid, b"secret")]
+        # The engine learns that TLS is up before it sees the first encrypted bytes
+        # (they may arrive with the end of the handshake).
+        names = engine.names()
+        assert names.index("client_tls") < len(names) - 1 - names[::-1].index("client_data")
 
     run_async(main())
 

@@ -70,13 +70,14 @@ engine_log = logging.getLogger("pgsansio")
 class _ClientProtocol(asyncio.Protocol):
     """A client, or a Prometheus scraper (``metrics``): the engine tells them apart."""
 
-    __slots__ = ("_cid", "_fe", "_lost", "_metrics")
+    __slots__ = ("_cid", "_fe", "_lost", "_metrics", "held")
 
     def __init__(self, fe: AsyncioFrontend, metrics: bool = False) -> None:
         self._fe = fe
         self._cid = 0
         self._metrics = metrics
         self._lost = False
+        self.held: list[bytes] | None = None  # see AsyncioFrontend._start_tls
 
     def forget(self) -> None:
         """Count the connection as gone, once (connection_lost, or a failed TLS upgrade)."""
@@ -91,7 +92,9 @@ class _ClientProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         fe = self._fe
-        if self._cid in fe._clients:
+        if self.held is not None:
+            self.held.append(data)
+        elif self._cid in fe._clients:
             fe._call(fe._engine.client_data, self._cid, data)
 
     def pause_writing(self) -> None:
@@ -117,13 +120,14 @@ class _ClientProtocol(asyncio.Protocol):
 
 
 class _ServerProtocol(asyncio.Protocol):
-    __slots__ = ("_fe", "_lost", "_sid", "host")
+    __slots__ = ("_fe", "_lost", "_sid", "held", "host")
 
     def __init__(self, fe: AsyncioFrontend, sid: int, host: str) -> None:
         self._fe = fe
         self._sid = sid
         self.host = host  # what a verified server certificate must name
         self._lost = False
+        self.held: list[bytes] | None = None  # see AsyncioFrontend._start_tls
 
     def forget(self) -> None:
         """Count the connection as gone, once (connection_lost, or a failed TLS upgrade)."""
@@ -140,7 +144,9 @@ class _ServerProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         fe = self._fe
-        if self._sid in fe._servers:
+        if self.held is not None:
+            self.held.append(data)
+        elif self._sid in fe._servers:
             fe._call(fe._engine.server_data, self._sid, data)
 
     def pause_writing(self) -> None:
@@ -377,13 +383,21 @@ class AsyncioFrontend:
                 self._call(self._engine.server_failed, sid, str(exc) or type(exc).__name__)
 
     async def _start_tls(self, kind: str, key: int, transport: asyncio.Transport) -> None:
-        """Upgrade a connection to TLS (the engine's StartTls) and report how it went."""
+        """Upgrade a connection to TLS (the engine's StartTls) and report how it went.
+
+        The peer may send its first encrypted message together with the end of the
+        handshake, and asyncio hands that to ``data_received`` before ``start_tls``
+        returns here; the protocol holds such data until the engine has heard that TLS
+        is up, so the engine never answers on the old, unencrypted transport.
+        """
         assert self._loop is not None
         server_side = kind == "client"
         table = self._clients if server_side else self._servers
         report = self._engine.client_tls if server_side else self._engine.server_tls
+        data_in = self._engine.client_data if server_side else self._engine.server_data
         protocol = cast(_ClientProtocol | _ServerProtocol, transport.get_protocol())
         hostname = None if server_side else cast(_ServerProtocol, protocol).host
+        protocol.held = []
         try:
             upgraded = await self._loop.start_tls(
                 transport,
@@ -404,7 +418,11 @@ class AsyncioFrontend:
                 upgraded.abort()  # closed by the engine during the handshake
             return
         table[key] = upgraded
+        held, protocol.held = protocol.held, None
         self._call(report, key, None)
+        for data in held or ():
+            if table.get(key) is upgraded:
+                self._call(data_in, key, data)
 
     def _arm_timer(self, at: float) -> None:
         if at == self._wakeup_at:
