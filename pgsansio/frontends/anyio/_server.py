@@ -15,6 +15,12 @@ the engine is never re-entered. When either task of a connection ends (the peer 
 a send failed, the engine closed it), the pair is cancelled, and the connection is
 reported closed unless the engine asked for the close.
 
+TLS (``StartTls``): the reader is paused at once (it is never inside a receive then:
+StartTls only answers bytes it has just handed over); the writer sends what came
+before (the ``S``), does the handshake (``TLSStream.wrap``), puts the encrypted stream in
+place and switches reading back on before it reports ``client_tls``/``server_tls``, so
+no byte in clear is read after the ``S`` and none reaches the engine before it knows.
+
 Ids: client ids come from a counter here; server ids from the engine's ``OpenServer``.
 An id is in ``_clients`` / ``_servers`` while its connection is open and the engine
 still knows it; a close the engine asked for removes the id first.

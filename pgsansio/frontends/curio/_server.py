@@ -18,6 +18,13 @@ and points :func:`signal.set_wakeup_fd` at a socket pair, as trio and asyncio do
 inside; the C-level handler writes the signal number there and a task reads it. The
 same socket pair lets another thread deliver a signal (:meth:`signal_threadsafe`).
 
+TLS (``StartTls``): the reader is paused at once (it is never inside a receive then:
+StartTls only answers bytes it has just handed over); the writer sends what came
+before (the ``S``), does the handshake (``ssl`` wrapping and ``do_handshake``), puts
+the encrypted socket in place and switches reading back on before it reports
+``client_tls``/``server_tls``, so no byte in clear is read after the ``S`` and none
+reaches the engine before it knows.
+
 Ids: client ids come from a counter here; server ids from the engine's ``OpenServer``.
 An id is in ``_clients`` / ``_servers`` while its connection is open and the engine
 still knows it; a close the engine asked for removes the id first.
