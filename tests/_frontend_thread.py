@@ -112,8 +112,16 @@ class FrontendThread:
             raise RuntimeError(f"the {self.name} frontend stopped before it listened")
 
     def signal(self, signum: int) -> None:
-        """What the operator's signal does, delivered from this (another) thread."""
-        self.frontend.signal_threadsafe(signum)
+        """What the operator's signal does, delivered from this (another) thread.
+
+        A frontend that has just exited on its own cannot take it; that is no error.
+        """
+        try:
+            self.frontend.signal_threadsafe(signum)
+        except Exception:
+            self._thread.join(1)
+            if self._thread.is_alive():
+                raise
 
     def join(self, timeout: float) -> int | None:
         self._thread.join(timeout)
