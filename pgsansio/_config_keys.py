@@ -38,6 +38,8 @@ _POOL_MODES |= {"session": "session", "Session": "session"}
 _AUTH_TYPES = {"md5": "md5", "MD5": "md5", "trust": "trust", "Trust": "trust"}
 _AUTH_TYPES |= {"scram-sha-256": "scram-sha-256"}
 
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
 _GENERAL_KEYS: dict[str, _Key] = {
     "host": _Key("str"),
     "port": _Key("port", minimum_port=0),
@@ -81,6 +83,10 @@ _GENERAL_KEYS: dict[str, _Key] = {
     "max_client_conn": _Key("uint"),
     # pgsansio extensions: replicas and failover
     "healthcheck_interval": _Key("uint", _MS),
+    # TLS extensions (PgBouncer's names and meanings)
+    "client_tls_sslmode": _Key("enum", choices={m: m for m in _SSLMODES}),
+    "client_tls_ca_file": _Key("str"),
+    "server_tls_ca_file": _Key("str"),
 }
 
 _POOL_KEYS: dict[str, _Key] = {

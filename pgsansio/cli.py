@@ -242,7 +242,9 @@ def _frontend_options() -> tuple[object, object, object]:
         choice(
             "--frontend",
             FRONTENDS,
-            "Runtime: uvloop, asyncio, or auto (uvloop when it is installed, else asyncio).",
+            "Runtime: asyncio, uvloop, anyio (on asyncio), trio (anyio on trio), curio, "
+            "or auto (uvloop when it is installed, else asyncio). Each but asyncio needs "
+            "its extra: pip install 'pgsansio[NAME]'.",
         ),
         choice("--log-level", LOG_LEVELS, "Least severe level logged."),
         choice(

@@ -46,8 +46,11 @@ Where pgsansio deliberately differs from PgCat:
 * Two labels with the same ``username`` in one pool are an error (PgCat silently keeps
   one of them), as are two servers with the same host and port in one shard (PgCat only
   catches the same host, port *and* role).
-* ``general.tls_certificate`` / ``tls_private_key`` are checked to be readable files
-  by :func:`load_config` (PgCat also parses them; the TLS layer does that here).
+* ``general.tls_certificate`` / ``tls_private_key`` (and the extension keys
+  ``client_tls_ca_file`` / ``server_tls_ca_file``) are checked to be readable files by
+  :func:`load_config` (PgCat also parses them; the frontend's TLS layer does that here).
+  ``client_tls_sslmode`` other than ``disable`` needs a certificate, and ``verify-ca`` /
+  ``verify-full`` need ``client_tls_ca_file``.
 * ``[plugins]`` and ``[pools.X.plugins]`` are accepted but not implemented yet, which
   each produces a warning. As in PgCat, a pool's own plugins need its query parser.
 * A pool's ``connect_timeout``, ``idle_timeout`` and ``server_lifetime`` are stored
@@ -175,7 +178,8 @@ def parse_config(text: str, path: str = "pgcat.toml", *, check_files: bool = Fal
     ctx = _Context(path)
     config = _read_config(ctx, data)
     if check_files:
-        for key in ("tls_certificate", "tls_private_key"):
+        tls_files = ("tls_certificate", "tls_private_key", "client_tls_ca_file")
+        for key in (*tls_files, "server_tls_ca_file"):
             file = getattr(config.general, key)
             if file is not None:
                 try:
@@ -370,6 +374,7 @@ def _read_general(ctx: _Context, data: dict[str, Any]) -> General:
             "general.tls_certificate",
             "is missing: tls_private_key is set, and client TLS needs the certificate too",
         )
+    _check_tls(ctx, values)
     _check_auth_query(ctx, "general", values)
     port = values.get("prometheus_exporter_port", 9930)
     if port > 32767:
@@ -379,6 +384,23 @@ def _read_general(ctx: _Context, data: dict[str, Any]) -> General:
             "signed 16-bit number); pgsansio accepts it",
         )
     return General(**values)
+
+
+def _check_tls(ctx: _Context, values: Mapping[str, Any]) -> None:
+    """The TLS keys that only make sense together."""
+    mode = values.get("client_tls_sslmode")
+    if mode in ("require", "verify-ca", "verify-full") and values.get("tls_certificate") is None:
+        raise ctx.error(
+            "general.client_tls_sslmode",
+            f'is "{mode}", but no tls_certificate and tls_private_key are set: client TLS '
+            "needs the pooler's certificate",
+        )
+    if mode in ("verify-ca", "verify-full") and values.get("client_tls_ca_file") is None:
+        raise ctx.error(
+            "general.client_tls_ca_file",
+            f'is missing: client_tls_sslmode "{mode}" verifies client certificates '
+            "against this CA file",
+        )
 
 
 def _check_auth_query(ctx: _Context, prefix: str, values: Mapping[str, Any]) -> None:

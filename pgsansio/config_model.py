@@ -56,6 +56,11 @@ class General:
     # how often every server is probed on its own connection (0: only when needed for
     # role = "auto" or a replica lag bound, then every 1000 ms).
     healthcheck_interval: int = 0
+    # TLS extensions (PgBouncer's names; documented in the README)
+    # "prefer" without tls_certificate offers nothing: it then acts as "disable".
+    client_tls_sslmode: str = "prefer"
+    client_tls_ca_file: str | None = None
+    server_tls_ca_file: str | None = None
 
 
 @dataclass(frozen=True)

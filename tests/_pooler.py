@@ -1,13 +1,20 @@
-"""Run the pooler in-process (a background thread with its own loop) for tests."""
+"""Run the pooler in-process (a background thread with its own loop) for tests.
+
+Integration test modules run every test against every frontend by using the
+``pooler_frontend`` fixture (``pytestmark = pytest.mark.usefixtures("pooler_frontend")``);
+:func:`running` then starts the frontend that fixture chose.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import signal
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import replace
+from typing import Any
+
+from _frontend_thread import FrontendThread
 
 from pgsansio.config_model import (
     Config,
@@ -18,7 +25,6 @@ from pgsansio.config_model import (
     UserConfig,
 )
 from pgsansio.engine import Engine
-from pgsansio.frontends.asyncio import AsyncioFrontend
 from pgsansio.testing.cluster import TEST_DATABASE, TEST_USERS, Cluster
 
 
@@ -68,65 +74,61 @@ def make_config(
     return Config(general=g, pools={p.name: p})
 
 
+FRONTEND: ContextVar[str] = ContextVar("FRONTEND", default="asyncio")
+"""The frontend :func:`running` uses when not told; the ``pooler_frontend`` fixture sets it."""
+
+
 class Pooler:
-    """The asyncio frontend and a real engine on a thread; ``port`` once started."""
+    """A real engine behind one frontend on a thread; ``port`` once started.
+
+    ``frontend`` is one of :data:`FRONTEND_NAMES`; by default the one the test's
+    ``pooler_frontend`` fixture chose (asyncio for a test that does not use it).
+    ``config_path`` is the file SIGHUP and the console's RELOAD re-read.
+    """
 
     def __init__(
-        self, config: Config, *, use_uvloop: bool = False, config_path: str | None = None
+        self,
+        config: Config,
+        *,
+        use_uvloop: bool = False,
+        frontend: str | None = None,
+        config_path: str | None = None,
     ) -> None:
         self.config = config
-        self.config_path = config_path  # what SIGHUP / RELOAD re-read
-        self.use_uvloop = use_uvloop
+        self.config_path = config_path
+        self.frontend_name = frontend or ("uvloop" if use_uvloop else FRONTEND.get())
         self.port = 0
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.exit_code: int | None = None
-        self.frontend: AsyncioFrontend | None = None
-        self.engine: Engine | None = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.engine = Engine(config, seed=1)
+        self._thread = FrontendThread(
+            self.frontend_name, self.engine, config, config_path=config_path
+        )
 
-    def _run(self) -> None:
-        async def main() -> int:
-            self.loop = asyncio.get_running_loop()
-            self.engine = Engine(self.config, seed=1)
-            self.frontend = AsyncioFrontend(self.engine, self.config, config_path=self.config_path)
+    @property
+    def frontend(self) -> Any:
+        return self._thread.frontend
 
-            def ready(addr: tuple[str, int]) -> None:
-                self.port = addr[1]
-                self._ready.set()
-
-            return await self.frontend.serve(ready, handle_signals=False)
-
-        if self.use_uvloop:
-            import uvloop
-
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                self.exit_code = runner.run(main())
-        else:
-            self.exit_code = asyncio.run(main())
-        self._ready.set()
+    @property
+    def exit_code(self) -> int | None:
+        return self._thread.exit_code
 
     def start(self) -> None:
         self._thread.start()
-        if not self._ready.wait(10) or not self.port:
-            raise RuntimeError("the pooler did not start")
+        self.port = self._thread.address[1]
 
-    def on_loop(self, fn: Callable[[], object]) -> None:
-        assert self.loop is not None
-        self.loop.call_soon_threadsafe(fn)
+    def signal(self, signum: int) -> None:
+        """What the operator's signal does (SIGINT, SIGTERM, SIGHUP, SIGUSR1/2)."""
+        self._thread.signal(signum)
 
     def stop(self, timeout: float = 15) -> None:
-        if self.loop is not None and self._thread.is_alive() and self.frontend is not None:
-            fe = self.frontend
-            self.on_loop(lambda: fe.shutdown(signal.SIGINT))
+        if self._thread.is_alive() and self.frontend is not None:
+            self.signal(signal.SIGINT)
             self._thread.join(timeout)
             if self._thread.is_alive():
-                self.on_loop(lambda: fe.shutdown(signal.SIGINT))
+                self.signal(signal.SIGINT)
                 self._thread.join(5)
 
     def wait(self, timeout: float) -> int | None:
-        self._thread.join(timeout)
-        return self.exit_code
+        return self._thread.join(timeout)
 
     def dsn(self, user: str, password: str | None = None, dbname: str = TEST_DATABASE) -> str:
         pw = password if password is not None else (TEST_USERS.get(user, ("", ""))[1] or "")
@@ -135,9 +137,14 @@ class Pooler:
 
 @contextmanager
 def running(
-    config: Config, *, use_uvloop: bool = False, config_path: str | None = None
+    config: Config,
+    *,
+    use_uvloop: bool = False,
+    frontend: str | None = None,
+    config_path: str | None = None,
 ) -> Iterator[Pooler]:
-    p = Pooler(config, use_uvloop=use_uvloop, config_path=config_path)
+    """The pooler serving ``config`` for the block (see :class:`Pooler` for ``frontend``)."""
+    p = Pooler(config, use_uvloop=use_uvloop, frontend=frontend, config_path=config_path)
     p.start()
     try:
         yield p

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
+from _frontend_thread import frontend_params
+from _pooler import FRONTEND
 
 from pgsansio.testing.cluster import TEST_DATABASE, Cluster, ClusterError
 
@@ -101,3 +103,16 @@ def pg_cluster_factory() -> Iterator[Callable[..., Cluster]]:
     yield factory
     for cluster in reversed(made):
         cluster.cleanup()
+
+
+@pytest.fixture(params=frontend_params())
+def pooler_frontend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each frontend in turn for :func:`_pooler.running` (modules opt in with usefixtures).
+
+    Every integration test runs against every frontend: a behaviour difference between
+    two frontends is a bug in one of them.
+    """
+    name: str = request.param
+    token = FRONTEND.set(name)
+    yield name
+    FRONTEND.reset(token)

@@ -246,6 +246,9 @@ GENERAL_DEFAULTS: dict[str, Any] = {
     "server_reset_query": "DISCARD ALL",
     "max_client_conn": 0,
     "healthcheck_interval": 0,
+    "client_tls_sslmode": "prefer",
+    "client_tls_ca_file": None,
+    "server_tls_ca_file": None,
 }
 
 POOL_DEFAULTS: dict[str, Any] = {
@@ -710,6 +713,30 @@ ERRORS: list[tuple[str, str, str, str]] = [
         make(general='tls_private_key = "server.key"'),
         "general.tls_certificate",
         "is missing: tls_private_key is set, and client TLS needs the certificate too",
+    ),
+    (
+        "require without a certificate",
+        make(general='client_tls_sslmode = "require"'),
+        "general.client_tls_sslmode",
+        'is "require", but no tls_certificate and tls_private_key are set: client TLS '
+        "needs the pooler's certificate",
+    ),
+    (
+        "verify-ca without a CA file",
+        make(
+            general='tls_certificate = "c"\ntls_private_key = "k"\n'
+            'client_tls_sslmode = "verify-ca"'
+        ),
+        "general.client_tls_ca_file",
+        'is missing: client_tls_sslmode "verify-ca" verifies client certificates against '
+        "this CA file",
+    ),
+    (
+        "unknown sslmode",
+        make(general='client_tls_sslmode = "always"'),
+        "general.client_tls_sslmode",
+        'must be one of "disable", "allow", "prefer", "require", "verify-ca", '
+        '"verify-full", got "always"',
     ),
     (
         "shard key not a number",
@@ -1274,6 +1301,17 @@ def test_load_checks_tls_files(tmp_path: pathlib.Path, monkeypatch: pytest.Monke
     )
     (tmp_path / "server.key").write_text("key")
     assert load_config(path).general.tls_private_key == "server.key"
+    for key in ("client_tls_ca_file", "server_tls_ca_file"):
+        with_ca = path.read_text().replace("[general]", f'[general]\n{key} = "{key}.pem"', 1)
+        path.write_text(with_ca)
+        with pytest.raises(ConfigError) as info:
+            load_config(path)
+        assert (info.value.key, info.value.problem) == (
+            f"general.{key}",
+            f'cannot read "{key}.pem" (No such file or directory)',
+        )
+        (tmp_path / f"{key}.pem").write_text("ca")
+        assert getattr(load_config(path).general, key) == f"{key}.pem"
     # parse_config alone does not touch the file system.
     assert parse_config(path.read_text()).general.tls_certificate == "server.cert"
 

@@ -7,9 +7,12 @@ with ``admin_username``/``admin_password`` (``admin``/``admin`` in make_config).
 from __future__ import annotations
 
 import pathlib
+import signal
+import socket
 import subprocess
 import threading
 import time
+import urllib.request
 from dataclasses import replace
 
 import psycopg
@@ -21,7 +24,11 @@ from test_pooler_clients import client_env
 from pgsansio.config import load_config
 from pgsansio.testing.cluster import TEST_DATABASE, TEST_USERS, Cluster
 
-pytestmark = [pytest.mark.postgres, pytest.mark.timeout(90)]
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.timeout(90),
+    pytest.mark.usefixtures("pooler_frontend"),
+]
 
 
 def admin_psql(
@@ -185,3 +192,47 @@ def test_reload_from_the_console_refuses_a_bad_file_and_keeps_unchanged_pools(
         # The unchanged pool kept its server connection.
         assert conn.execute("select pg_backend_pid()").fetchone() == pid
         conn.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_metrics_and_operator_signals_with_the_real_engine(pg15: Cluster) -> None:
+    """/metrics through the frontend's second listener; SIGUSR1/SIGUSR2 pause and
+    resume; SIGTERM waits for the last client (PgBouncer 1.23) on every frontend."""
+    port = free_port()
+    cfg = make_config(
+        pg15,
+        general={"enable_prometheus_exporter": True, "prometheus_exporter_port": port},
+    )
+    with running(cfg) as p:
+        with psycopg.connect(user_dsn(p), autocommit=True) as conn:
+            conn.execute("select 1")
+            url = f"http://127.0.0.1:{port}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as answer:
+                body = answer.read().decode()
+                assert answer.headers["Content-Type"].startswith("text/plain")
+            assert f'pgcat_stats_total_xact_count{{pool="{TEST_DATABASE}"' in body
+            assert "pgcat_pools_sv_idle" in body
+
+            p.signal(signal.SIGUSR1)
+            deadline = time.monotonic() + 10
+            while table(admin_psql(pg15, p, "SHOW STATE"))[1]["value"] != "yes":
+                assert time.monotonic() < deadline, "SIGUSR1 did not pause the pooler"
+                time.sleep(0.05)
+            p.signal(signal.SIGUSR2)
+            while table(admin_psql(pg15, p, "SHOW STATE"))[1]["value"] != "no":
+                assert time.monotonic() < deadline, "SIGUSR2 did not resume the pooler"
+                time.sleep(0.05)
+            assert conn.execute("select 2").fetchone() == (2,)
+
+            p.signal(signal.SIGTERM)
+            time.sleep(0.3)
+            assert conn.execute("select 3").fetchone() == (3,)  # still served
+            with pytest.raises(psycopg.OperationalError):
+                psycopg.connect(user_dsn(p), connect_timeout=5).close()
+        assert p.wait(15) == 0

@@ -13,6 +13,8 @@ from _pooler import make_config, running
 
 from pgsansio.testing.cluster import TEST_DATABASE, Cluster
 
+pytestmark = pytest.mark.usefixtures("pooler_frontend")
+
 AUTH_QUERY = "SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = $1"
 
 

@@ -40,6 +40,7 @@ from ._effects import (
     Reload,
     SendClient,
     SendServer,
+    StartTls,
     Wakeup,
 )
 from ._engine import Engine
@@ -57,5 +58,6 @@ __all__ = [
     "Reload",
     "SendClient",
     "SendServer",
+    "StartTls",
     "Wakeup",
 ]

@@ -20,6 +20,7 @@ __all__ = [
     "Reload",
     "SendClient",
     "SendServer",
+    "StartTls",
     "Wakeup",
 ]
 
@@ -79,6 +80,23 @@ class ReadClient(NamedTuple):
     on: bool
 
 
+class StartTls(NamedTuple):
+    """Upgrade connection ``id`` to TLS, then report how it went.
+
+    ``kind`` "client": a client whose SSLRequest was answered ``S``; the frontend is the
+    TLS server, with the certificate from the configuration. ``kind`` "server": a server
+    that answered ``S``; the frontend is the TLS client (verifying the server's
+    certificate and host name when ``verify_server_certificate`` is set). Nothing is
+    read from the connection until the handshake is over. Answer with
+    ``engine.client_tls(cid, error, now)`` / ``engine.server_tls(sid, error, now)``:
+    ``error`` None on success; otherwise a message, and the frontend has closed the
+    connection and reports nothing more for that id.
+    """
+
+    kind: str  # "client" | "server"
+    id: int
+
+
 class Wakeup(NamedTuple):
     """Call ``engine.tick(now)`` at monotonic time ``at`` (replaces any earlier timer)."""
 
@@ -114,6 +132,7 @@ Effect = (
     | CloseServer
     | ReadServer
     | ReadClient
+    | StartTls
     | Wakeup
     | Log
     | Reload

@@ -42,7 +42,6 @@ from pgsansio.protocol import (
     Query,
     Span,
     SSLRequest,
-    SSLResponse,
     StartupMessage,
     Terminate,
 )
@@ -86,6 +85,7 @@ from ._pooling import Pooling
 from ._relay import ClientFatal, Relay
 from ._routing import Routing
 from ._stats import Stats
+from ._tls import Tls
 
 if TYPE_CHECKING:
     from pgsansio.config_model import Config, PoolConfig
@@ -108,7 +108,7 @@ INTERNAL_QUERY_TIMEOUT = 10.0  # seconds for our own SET / ROLLBACK / DISCARD AL
 _TRACKED_LOWER = {name.lower(): name for name in TRACKED}
 
 
-class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, Stats):
+class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, Stats, Tls):
     """See the package docstring for the inputs and effects."""
 
     def __init__(self, config: Config, *, seed: int | None = None) -> None:
@@ -163,12 +163,6 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, St
                 )
         self._check_parser()
         general = config.general
-        if general.tls_certificate or general.server_tls:
-            self._log(
-                logging.WARNING,
-                "TLS (tls_certificate, server_tls) is not implemented yet: "
-                "connections are not encrypted",
-            )
         if general.autoreload:
             self._log(
                 logging.WARNING,
@@ -224,18 +218,22 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, St
                 self._send_cancel(s)
             else:
                 s.state = S_LOGIN
-                group = s.group
-                assert group is not None
-                if s.purpose == P_AUTH_QUERY:
-                    user_name = group.cfg.auth_query_user or ""
-                    database = group.cfg.shards[0].database
-                else:
-                    assert s.pool is not None
-                    user_name = group.user.backend_username
-                    database = group.cfg.shards[s.pool.shard].database
-                startup = StartupMessage({"user": user_name, "database": database})
-                self._send_server(s, s.conn.send(startup))
+                if not self._server_ssl_request(s):
+                    self._send_startup(s)
         return self._flush()
+
+    def _send_startup(self, s: ServerConn) -> None:
+        group = s.group
+        assert group is not None
+        if s.purpose == P_AUTH_QUERY:
+            user_name = group.cfg.auth_query_user or ""
+            database = group.cfg.shards[0].database
+        else:
+            assert s.pool is not None
+            user_name = group.user.backend_username
+            database = group.cfg.shards[s.pool.shard].database
+        startup = StartupMessage({"user": user_name, "database": database})
+        self._send_server(s, s.conn.send(startup))
 
     def server_failed(self, sid: int, error: str, now: float) -> list[Effect]:
         self._now = now
@@ -306,6 +304,22 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, St
             s.blocked = not writable
             if s.client is not None:
                 self._out.append(ReadClient(s.client.cid, writable))
+        return self._flush()
+
+    def client_tls(self, cid: int, error: str | None, now: float) -> list[Effect]:
+        """The frontend's answer to StartTls("client", cid): None, or why it failed."""
+        self._now = now
+        c = self.clients.get(cid)
+        if c is not None and c.state != C_CLOSED:
+            self._client_tls_done(c, error)
+        return self._flush()
+
+    def server_tls(self, sid: int, error: str | None, now: float) -> list[Effect]:
+        """The frontend's answer to StartTls("server", sid): None, or why it failed."""
+        self._now = now
+        s = self.servers.get(sid)
+        if s is not None:
+            self._server_tls_done(s, error)
         return self._flush()
 
     def tick(self, now: float) -> list[Effect]:
@@ -433,8 +447,8 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, St
             if t is ConnectionClosed:
                 self._drop_client(c, None, closed=True)
             elif t is SSLRequest:
-                # TLS comes with the operations issue; libpq then goes on in clear.
-                self._send_client(c, SSLResponse(False))
+                if self._client_ssl_request(c):
+                    return  # nothing more is read until the frontend reports client_tls
             elif t is GSSENCRequest:
                 self._send_client(c, GSSENCResponse(False))
             elif t is CancelRequest:
@@ -442,6 +456,7 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, St
                 self._cancel_request(c, event)
             elif t is StartupMessage:
                 assert isinstance(event, StartupMessage)
+                self._check_client_tls(c)
                 self._startup(c, event)
             elif c.state == C_AUTH and isinstance(event, Event):
                 self._auth_response(c, event)

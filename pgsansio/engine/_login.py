@@ -40,6 +40,7 @@ from pgsansio.protocol import (
     ScramClient,
     ScramServer,
     Span,
+    SSLResponse,
     StartupMessage,
     md5_response,
     md5_verify,
@@ -406,6 +407,9 @@ class Login(Base):
                     return
                 self._server_ready(s)
                 return
+            elif isinstance(event, SSLResponse):  # our SSLRequest's answer (server_tls)
+                self._server_ssl_answer(s, event.accepted)
+                return  # in TLS, nothing more is read until the frontend's server_tls
             elif isinstance(event, (AuthenticationOk, NoticeResponse, NegotiateProtocolVersion)):
                 pass
             elif isinstance(event, ConnectionClosed):

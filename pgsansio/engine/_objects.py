@@ -136,6 +136,7 @@ class Client:
         "state",
         "stats",
         "sync_key",
+        "tls",
         "tried",
         "unnamed_pending",
         "user",
@@ -158,6 +159,7 @@ class Client:
         self.pool: Pool | None = None  # the address pool it waits on or holds a server of
         self.admin = False
         self.blocked = False  # its socket's send buffer is full: don't read its server
+        self.tls = False  # the frontend completed a TLS handshake with it
         self.auth: tuple[str, bytes | ScramServer | None] | None = None
         self.cancel_key: tuple[int, bytes] = (0, b"")
         # Reported parameters as the client should see them (startup + ParameterStatus).
@@ -217,6 +219,7 @@ class ServerConn:
         "state",
         "sync_key",
         "syncing",
+        "tls",
     )
 
     def __init__(
@@ -250,6 +253,7 @@ class ServerConn:
         self.login: object = None  # the login exchange in progress (ScramClient...)
         self.blocked = False  # its send buffer is full: don't read its client
         self.syncing = False  # our SET is running; the client's data waits for it
+        self.tls = False  # the frontend completed a TLS handshake with it
         # The client session key this server was last made to match (None: unknown).
         self.sync_key: tuple[object, ...] | None = None
 

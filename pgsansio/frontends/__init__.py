@@ -12,20 +12,40 @@ interface as a frontend sees it (:class:`EngineAPI`, so tests can drive a fronte
 a fake engine), socket tuning from the ``[general]`` section, and :func:`run`, which
 picks a frontend by name and imports it lazily (as hypercorn's ``run.py`` picks its
 worker), so a missing optional runtime only matters when it is asked for.
+:mod:`._common` holds the shared parts that run inside a frontend (signals, reload,
+the write buffer of the frontends whose runtime has none).
+
+The frontends: ``asyncio`` (the standard library's loop), ``uvloop`` (the same code on
+uvloop's faster loop), ``anyio`` (anyio on asyncio), ``trio`` (the same anyio code on
+trio) and ``curio``. ``auto`` is uvloop when it is installed, else asyncio.
 
 Choices a frontend makes the same way everywhere:
 
 * exit codes: what the engine's ``Exit(code)`` says; ``128 + signal number`` when a
-  second SIGINT/SIGTERM cuts a graceful shutdown short (as a shell reports a process
-  killed by that signal); :data:`EX_SOFTWARE` when the engine raised, which is a bug:
-  its state is unknown afterwards, so the frontend logs the traceback and stops rather
-  than limp on with a pooler that may hand one client's server to another;
-* SIGHUP re-reads the file the pooler was started with; a file that does not load is
-  logged and the running configuration stays. Listening address changes need a restart
-  (as in PgCat and PgBouncer), and the frontend says so;
-* no backpressure yet: the engine has no input for "this peer's write buffer is full",
-  so a frontend keeps buffering; when that input exists, ``pause_writing`` and
-  ``resume_writing`` are where it is fed.
+  second SIGINT/SIGTERM cuts a shutdown short (as a shell reports a process killed by
+  that signal); :data:`EX_SOFTWARE` when the engine raised, which is a bug: its state
+  is unknown afterwards, so the frontend logs the traceback and stops rather than limp
+  on with a pooler that may hand one client's server to another;
+* signals: SIGHUP re-reads the file the pooler was started with (a file that does not
+  load is logged and the running configuration stays; listening address changes need a
+  restart, as in PgCat and PgBouncer, and the frontend says so); SIGINT shuts down
+  without waiting for clients, SIGTERM waits for them (PgBouncer 1.23); SIGUSR1 pauses
+  and SIGUSR2 resumes (PgBouncer's PAUSE and RESUME);
+* listening: ``general.host``:``general.port`` for clients, and, when
+  ``enable_prometheus_exporter`` is set, ``general.host``:``prometheus_exporter_port``
+  for scrapers, whose connections the engine learns of through ``metrics_connected``
+  and then handles like any client (it speaks the HTTP; the frontend only moves bytes);
+* backpressure: when more than :data:`._common.HIGH_WATER` bytes wait to be written to
+  a peer, the frontend feeds ``client_writable``/``server_writable`` False, and True
+  again at :data:`._common.LOW_WATER` (asyncio's transports report exactly that; the
+  other frontends count their own buffer); ``ReadClient``/``ReadServer`` stop and
+  resume reading, and no data reaches the engine from a connection while it is paused;
+* ids: client (and scraper) ids come from one counter in the frontend; server ids come
+  from the engine's ``OpenServer``. A close the engine asked for is never reported back;
+* TLS: on ``StartTls`` the frontend stops reading the connection, sends what the
+  engine wrote before (the ``S``), does the handshake with a context from
+  :mod:`._tls` and reports ``client_tls``/``server_tls``; on failure it closes the
+  connection and reports nothing else for it.
 """
 
 from __future__ import annotations
@@ -33,7 +53,7 @@ from __future__ import annotations
 import importlib.util
 import socket
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol, cast
 
 if TYPE_CHECKING:
     from pgsansio.config_model import Config, General
@@ -42,11 +62,12 @@ if TYPE_CHECKING:
 __all__ = [
     "EX_SOFTWARE",
     "FRONTENDS",
-    "UVLOOP_MISSING",
     "EngineAPI",
     "FrontendError",
     "Ready",
+    "missing",
     "peer_text",
+    "real_engine",
     "run",
     "tune_socket",
     "uvloop_available",
@@ -55,13 +76,16 @@ __all__ = [
 EX_SOFTWARE: Final = 70
 """Exit code after an exception inside the engine (``sysexits.h``: internal software error)."""
 
-FRONTENDS: Final = ("auto", "asyncio", "uvloop")
+FRONTENDS: Final = ("auto", "asyncio", "uvloop", "anyio", "trio", "curio")
 """Names :func:`run` accepts; ``auto`` is uvloop when it is installed, else asyncio."""
 
-UVLOOP_MISSING: Final = (
-    "the uvloop frontend was asked for, but the 'uvloop' package is not installed; "
-    "install it with: pip install 'pgsansio[uvloop]' (or choose --frontend asyncio)"
-)
+_NEEDS: Final = {
+    "uvloop": ("uvloop",),
+    "anyio": ("anyio",),
+    "trio": ("anyio", "trio"),
+    "curio": ("curio",),
+}
+"""The packages each optional frontend imports; the extra to install has its name."""
 
 Ready = Callable[[tuple[str, int]], None]
 """Called once with the bound (host, port) when the pooler accepts connections."""
@@ -94,7 +118,12 @@ class EngineAPI(Protocol):
     def tick(self, now: float) -> Iterable[Effect]: ...
     def reload(self, config: Config, now: float) -> Iterable[Effect]: ...
     def reload_failed(self, error: str, now: float) -> Iterable[Effect]: ...
-    def shutdown(self, now: float) -> Iterable[Effect]: ...
+    def shutdown(self, now: float, *, wait_for_clients: bool = False) -> Iterable[Effect]: ...
+    def pause(self, now: float) -> Iterable[Effect]: ...
+    def resume(self, now: float) -> Iterable[Effect]: ...
+    def metrics_connected(self, cid: int, peer: str, now: float) -> Iterable[Effect]: ...
+    def client_tls(self, cid: int, error: str | None, now: float) -> Iterable[Effect]: ...
+    def server_tls(self, sid: int, error: str | None, now: float) -> Iterable[Effect]: ...
 
 
 class _SockOpts(Protocol):
@@ -103,10 +132,6 @@ class _SockOpts(Protocol):
     @property
     def family(self) -> int: ...
     def setsockopt(self, level: int, optname: int, value: int, /) -> None: ...
-
-
-class _HasExtraInfo(Protocol):
-    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
 
 
 def tune_socket(sock: _SockOpts | None, general: General) -> None:
@@ -136,9 +161,8 @@ def tune_socket(sock: _SockOpts | None, general: General) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
-def peer_text(transport: _HasExtraInfo) -> str:
-    """The client's address as the engine logs it: ``host:port``, ``[v6]:port``, a path."""
-    peer = transport.get_extra_info("peername")
+def peer_text(peer: object) -> str:
+    """A peer address as the engine logs it: ``host:port``, ``[v6]:port``, a path."""
     if isinstance(peer, tuple) and len(peer) >= 2:
         host, port = str(peer[0]), peer[1]
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -148,6 +172,19 @@ def peer_text(transport: _HasExtraInfo) -> str:
 def uvloop_available() -> bool:
     """Whether uvloop is installed, without importing it."""
     return importlib.util.find_spec("uvloop") is not None
+
+
+def missing(name: str) -> str | None:
+    """Why frontend ``name`` cannot run here (a message naming what to install), or None."""
+    for package in _NEEDS.get(name, ()):
+        if importlib.util.find_spec(package) is None:
+            alternative = "asyncio" if name != "asyncio" else "auto"
+            return (
+                f"the {name} frontend was asked for, but the {package!r} package is not "
+                f"installed; install it with: pip install 'pgsansio[{name}]' "
+                f"(or choose --frontend {alternative})"
+            )
+    return None
 
 
 def run(
@@ -165,11 +202,30 @@ def run(
     """
     if name not in FRONTENDS:
         raise ValueError(f"unknown frontend {name!r}; choose one of {', '.join(FRONTENDS)}")
-    if name == "uvloop" and not uvloop_available():
-        raise FrontendError(UVLOOP_MISSING)
-    from pgsansio.frontends import asyncio as asyncio_frontend  # noqa: PLC0415 - lazy
+    if name == "auto":
+        name = "uvloop" if uvloop_available() else "asyncio"
+    problem = missing(name)
+    if problem is not None:
+        raise FrontendError(problem)
+    # Lazy imports: only the runtime asked for is loaded.
+    if name in ("anyio", "trio"):
+        from pgsansio.frontends.anyio import run as run_anyio  # noqa: PLC0415
 
-    use_uvloop = name == "uvloop" or (name == "auto" and uvloop_available())
-    return asyncio_frontend.run(
-        config, config_path=config_path, use_uvloop=use_uvloop, ready=ready
-    )
+        return run_anyio(config, config_path=config_path, backend=name, ready=ready)
+    if name == "curio":
+        from pgsansio.frontends.curio import run as run_curio  # noqa: PLC0415
+
+        return run_curio(config, config_path=config_path, ready=ready)
+    from pgsansio.frontends.asyncio import run as run_asyncio  # noqa: PLC0415
+
+    return run_asyncio(config, config_path=config_path, use_uvloop=name == "uvloop", ready=ready)
+
+
+def real_engine(config: Config) -> EngineAPI:
+    """The pooler's engine for ``config``, imported only when a real run needs it."""
+    from pgsansio.engine import Engine  # noqa: PLC0415
+
+    # cast: the engine's pause/resume/metrics_connected and shutdown(wait_for_clients)
+    # arrive from another branch; once merged, Engine satisfies EngineAPI and the cast
+    # is a no-op that can go.
+    return cast("EngineAPI", Engine(config, seed=None))

@@ -3,10 +3,11 @@
 Protocols rather than streams (as asyncpg does): ``data_received`` hands each
 ``recv()`` straight to the engine, with no reader task, buffer or await per chunk.
 Every callback does the same two things: call one engine method with
-``time.monotonic()`` (in :meth:`AsyncioFrontend._call`, the only place that reads the
-clock) and pass the effects to :meth:`AsyncioFrontend._apply`, which carries them out in
-order. Nothing in an effect runs engine code synchronously (``write`` and ``close``
-schedule their callbacks), so the engine is never re-entered.
+``time.monotonic()`` (through :meth:`AsyncioFrontend._call`) and pass the effects to
+:meth:`AsyncioFrontend._apply`, which carries them out in order. Nothing in an effect
+runs engine code synchronously (``write`` and ``close`` schedule their callbacks), so
+the engine is never re-entered. Backpressure is the transports' own: ``pause_writing``
+and ``resume_writing`` feed ``client_writable``/``server_writable``.
 
 Ids: client ids come from a counter here; server ids come from the engine's
 ``OpenServer``. An id is in ``_clients`` / ``_servers`` while its transport is open and
@@ -20,11 +21,10 @@ import asyncio
 import itertools
 import logging
 import math
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from pgsansio.engine import (
     CloseClient,
@@ -37,16 +37,25 @@ from pgsansio.engine import (
     Reload,
     SendClient,
     SendServer,
+    StartTls,
     Wakeup,
 )
 from pgsansio.frontends import (
     EX_SOFTWARE,
-    UVLOOP_MISSING,
     EngineAPI,
     FrontendError,
     Ready,
+    missing,
     peer_text,
+    real_engine,
     tune_socket,
+)
+from pgsansio.frontends._common import (
+    DRAIN_SECONDS,
+    OPERATOR_SIGNALS,
+    Control,
+    error_text,
+    feed,
 )
 
 if TYPE_CHECKING:
@@ -58,25 +67,35 @@ __all__ = ["AsyncioFrontend", "run", "serve"]
 log = logging.getLogger("pgsansio.frontend")
 engine_log = logging.getLogger("pgsansio")
 
-_DRAIN_SECONDS: Final = 2.0
-"""How long an exit waits for the last bytes to reach clients and servers."""
-
 
 class _ClientProtocol(asyncio.Protocol):
-    __slots__ = ("_cid", "_fe")
+    """A client, or a Prometheus scraper (``metrics``): the engine tells them apart."""
 
-    def __init__(self, fe: AsyncioFrontend) -> None:
+    __slots__ = ("_cid", "_fe", "_lost", "_metrics", "held")
+
+    def __init__(self, fe: AsyncioFrontend, metrics: bool = False) -> None:
         self._fe = fe
         self._cid = 0
+        self._metrics = metrics
+        self._lost = False
+        self.held: list[bytes] | None = None  # see AsyncioFrontend._start_tls
+
+    def forget(self) -> None:
+        """Count the connection as gone, once (connection_lost, or a failed TLS upgrade)."""
+        if not self._lost:
+            self._lost = True
+            self._fe._live -= 1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._fe._live += 1
         # A stream transport (uvloop's do not subclass asyncio.Transport).
-        self._cid = self._fe._client_made(cast(asyncio.Transport, transport))
+        self._cid = self._fe._client_made(cast(asyncio.Transport, transport), self._metrics)
 
     def data_received(self, data: bytes) -> None:
         fe = self._fe
-        if self._cid in fe._clients:
+        if self.held is not None:
+            self.held.append(data)
+        elif self._cid in fe._clients:
             fe._call(fe._engine.client_data, self._cid, data)
 
     def pause_writing(self) -> None:
@@ -96,17 +115,26 @@ class _ClientProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         fe = self._fe
-        fe._live -= 1
+        self.forget()
         if fe._clients.pop(self._cid, None) is not None:
             fe._call(fe._engine.client_closed, self._cid)
 
 
 class _ServerProtocol(asyncio.Protocol):
-    __slots__ = ("_fe", "_sid")
+    __slots__ = ("_fe", "_lost", "_sid", "held", "host")
 
-    def __init__(self, fe: AsyncioFrontend, sid: int) -> None:
+    def __init__(self, fe: AsyncioFrontend, sid: int, host: str) -> None:
         self._fe = fe
         self._sid = sid
+        self.host = host  # what a verified server certificate must name
+        self._lost = False
+        self.held: list[bytes] | None = None  # see AsyncioFrontend._start_tls
+
+    def forget(self) -> None:
+        """Count the connection as gone, once (connection_lost, or a failed TLS upgrade)."""
+        if not self._lost:
+            self._lost = True
+            self._fe._live -= 1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Reported from here, not after create_connection returns: the server's first
@@ -117,7 +145,9 @@ class _ServerProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         fe = self._fe
-        if self._sid in fe._servers:
+        if self.held is not None:
+            self.held.append(data)
+        elif self._sid in fe._servers:
             fe._call(fe._engine.server_data, self._sid, data)
 
     def pause_writing(self) -> None:
@@ -135,7 +165,7 @@ class _ServerProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         fe = self._fe
-        fe._live -= 1
+        self.forget()
         if fe._servers.pop(self._sid, None) is not None:
             fe._call(fe._engine.server_closed, self._sid)
 
@@ -144,23 +174,22 @@ class AsyncioFrontend:
     """Runs one engine on the running asyncio (or uvloop) event loop.
 
     Most code wants :func:`serve` or :func:`run`; this class is public so that tests
-    and embedders can reach :meth:`reload` and :meth:`shutdown` (what SIGHUP and
-    SIGINT/SIGTERM do) and :attr:`address`.
+    and embedders can reach :meth:`signal` (what the operator's signals do) and
+    :attr:`address`.
     """
 
     def __init__(self, engine: EngineAPI, config: Config, *, config_path: str | None) -> None:
         self._engine = engine
-        self._config = config
-        self._config_path = config_path
+        self._control = Control(engine, config, config_path)
         self._clients: dict[int, asyncio.Transport] = {}
         self._servers: dict[int, asyncio.Transport] = {}
         self._opening: dict[int, asyncio.Task[None]] = {}
+        self._upgrading: set[asyncio.Task[None]] = set()  # TLS handshakes under way
         self._cids = itertools.count(1)
         self._timer: asyncio.TimerHandle | None = None
         self._wakeup_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._done: asyncio.Future[int] | None = None
-        self._shutting_down = False
         self._forced = False
         self._live = 0  # transports whose connection_lost has not run yet
         self.address: tuple[str, int] | None = None
@@ -177,21 +206,21 @@ class AsyncioFrontend:
         """
         loop = self._loop = asyncio.get_running_loop()
         self._done = loop.create_future()
-        general = self._config.general
+        general = self._control.config.general
         if handle_signals and threading.current_thread() is not threading.main_thread():
             raise FrontendError(
                 "signals can only be handled in the main thread; "
                 "serve(handle_signals=False) in other threads"
             )
-        try:
-            listener = await loop.create_server(
-                lambda: _ClientProtocol(self), general.host, general.port, reuse_address=True
-            )
-        except OSError as exc:
-            raise FrontendError(
-                f"cannot listen on {general.host}:{general.port}: {exc.strerror or exc}"
-            ) from None
-        host, port = listener.sockets[0].getsockname()[:2]
+        listeners = [await self._listen(general.host, general.port, metrics=False)]
+        if general.enable_prometheus_exporter:
+            try:
+                port = general.prometheus_exporter_port
+                listeners.append(await self._listen(general.host, port, metrics=True))
+            except FrontendError:
+                listeners[0].close()
+                raise
+        host, port = listeners[0].sockets[0].getsockname()[:2]
         self.address = (host, port)
         signals = self._install_signals(loop) if handle_signals else []
         try:
@@ -204,31 +233,32 @@ class AsyncioFrontend:
         finally:
             for signum in signals:
                 loop.remove_signal_handler(signum)
-            listener.close()
+            for listener in listeners:
+                listener.close()
             self._close_everything()
             await self._drain()
+
+    async def _listen(self, host: str, port: int, *, metrics: bool) -> asyncio.Server:
+        assert self._loop is not None
+        try:
+            return await self._loop.create_server(
+                lambda: _ClientProtocol(self, metrics), host, port, reuse_address=True
+            )
+        except OSError as exc:
+            raise FrontendError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
     async def _drain(self) -> None:
         # The engine's last words (an ErrorResponse before CloseClient, say) may still be
         # in write buffers; the loop ends when serve() returns and would drop them. Wait
         # a moment for every connection to finish closing, but not after a forced exit.
-        deadline = time.monotonic() + _DRAIN_SECONDS
+        deadline = time.monotonic() + DRAIN_SECONDS
         while self._live and not self._forced and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
-        # One table of signal -> action. SIGUSR1/SIGUSR2 get their entry here when the
-        # engine has an input for them (the admin console's statistics and reconnect).
-        actions: dict[signal.Signals, Callable[[], None]] = {
-            signal.SIGHUP: self.reload,
-            signal.SIGINT: lambda: self.shutdown(signal.SIGINT),
-            signal.SIGTERM: lambda: self.shutdown(signal.SIGTERM),
-        }
-        installed: list[int] = []
-        for signum, action in actions.items():
-            loop.add_signal_handler(signum, action)
-            installed.append(signum)
-        return installed
+        for signum in OPERATOR_SIGNALS:
+            loop.add_signal_handler(signum, self.signal, signum)
+        return list(OPERATOR_SIGNALS)
 
     def _finish(self, code: int) -> None:
         if self._done is not None and not self._done.done():
@@ -240,7 +270,7 @@ class AsyncioFrontend:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for task in self._opening.values():
+        for task in [*self._opening.values(), *self._upgrading]:
             task.cancel()
         self._opening.clear()
         transports = [*self._clients.values(), *self._servers.values()]
@@ -254,73 +284,35 @@ class AsyncioFrontend:
 
     # ---------------------------------------------------------------- operator actions
 
-    def reload(self, *, asked_by_engine: bool = False) -> None:
-        """Re-read the configuration file and hand it to the engine (SIGHUP, RELOAD).
-
-        A file that does not load is logged and the running configuration stays, so a
-        typo in an edit never takes a running pooler down; when the admin console asked
-        (the engine's ``Reload`` effect), the engine is told why, to answer the console.
-        """
-        path = self._config_path
-        if path is None:
-            log.warning("reload asked for, but the pooler was not started from a file")
-            if asked_by_engine:
-                self._call(
-                    self._engine.reload_failed,
-                    "the pooler was not started from a configuration file",
-                )
-            return
-        from pgsansio.config import ConfigError, load_config  # noqa: PLC0415 - lazy
-
-        log.info("reloading the configuration from %s", path)
-        try:
-            new = load_config(path)
-        except ConfigError as exc:
-            log.error("reload failed; the running configuration stays in force:\n%s", exc)
-            if asked_by_engine:
-                self._call(self._engine.reload_failed, str(exc))
-            return
-        for warning in new.warnings:
-            log.warning("%s", warning)
-        old = self._config.general
-        if (new.general.host, new.general.port) != (old.host, old.port):
-            log.warning(
-                "host/port changed to %s:%d, but the pooler keeps listening on %s:%d "
-                "until it is restarted",
-                new.general.host,
-                new.general.port,
-                old.host,
-                old.port,
-            )
-        self._config = new
-        self._call(self._engine.reload, new)
-
-    def shutdown(self, signum: int = signal.SIGTERM) -> None:
-        """Start a graceful shutdown (SIGINT/SIGTERM); a second call exits at once."""
-        name = signal.Signals(signum).name
-        if not self._shutting_down:
-            self._shutting_down = True
-            log.info("%s: shutting down gracefully; send it again to exit at once", name)
-            self._call(self._engine.shutdown)
-        else:
-            log.warning("%s during shutdown: exiting now, closing every connection", name)
+    def signal(self, signum: int) -> None:
+        """Do what the operator's signal ``signum`` asks (see :mod:`pgsansio.frontends`)."""
+        what = self._control.on_signal(signum)
+        if isinstance(what, int):
             self._forced = True
-            self._finish(128 + signum)
+            self._finish(what)
+        elif what is not None:
+            self._call(what)
+
+    def _console_reload(self) -> None:
+        """The admin console's RELOAD (the engine's ``Reload`` effect)."""
+        what = self._control.reload(asked_by_engine=True)
+        if what is not None:
+            self._call(what)
+
+    def signal_threadsafe(self, signum: int) -> None:
+        """:meth:`signal` from another thread (tests, embedders), once serving."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self.signal, signum)
 
     # ------------------------------------------------------------ engine <-> sockets
 
     def _call(self, method: Callable[..., Iterable[Effect]], *args: Any) -> None:
         """Feed one input to the engine, stamped with the time, and apply its effects."""
-        try:
-            effects = method(*args, time.monotonic())
-        except Exception:
-            log.critical(
-                "the engine raised an exception, which is a bug in pgsansio; exiting",
-                exc_info=True,
-            )
+        effects = feed(method, *args)
+        if effects is None:
             self._finish(EX_SOFTWARE)
-            return
-        self._apply(effects)
+        else:
+            self._apply(effects)
 
     def _apply(self, effects: Iterable[Effect]) -> None:
         """Carry out effects in order; one for an id that is already gone is dropped."""
@@ -369,38 +361,91 @@ class AsyncioFrontend:
                     transport = self._clients.get(cid)
                     if transport is not None:
                         transport.resume_reading() if on else transport.pause_reading()
+                case StartTls(kind, key):
+                    table = self._clients if kind == "client" else self._servers
+                    transport = table.get(key)
+                    if transport is not None:
+                        transport.pause_reading()  # not one byte in clear after the S
+                        task = asyncio.ensure_future(self._start_tls(kind, key, transport))
+                        self._upgrading.add(task)
+                        task.add_done_callback(self._upgrading.discard)
                 case Log(level, message):
                     engine_log.log(level, message)
                 case Reload():
                     # Later, not inside this engine call: the engine is never re-entered.
                     assert self._loop is not None
-                    self._loop.call_soon(lambda: self.reload(asked_by_engine=True))
+                    self._loop.call_soon(self._console_reload)
                 case Exit(code):
                     self._finish(code)
                     return
 
-    def _client_made(self, transport: asyncio.Transport) -> int:
+    def _client_made(self, transport: asyncio.Transport, metrics: bool) -> int:
         cid = next(self._cids)
-        tune_socket(transport.get_extra_info("socket"), self._config.general)
+        tune_socket(transport.get_extra_info("socket"), self._control.config.general)
         self._clients[cid] = transport
-        self._call(self._engine.client_connected, cid, peer_text(transport))
+        connected = self._engine.metrics_connected if metrics else self._engine.client_connected
+        self._call(connected, cid, peer_text(transport.get_extra_info("peername")))
         return cid
 
     def _server_made(self, sid: int, transport: asyncio.Transport) -> None:
         if self._opening.pop(sid, None) is None:
             transport.close()  # the engine closed this id while it was connecting
             return
-        tune_socket(transport.get_extra_info("socket"), self._config.general)
+        tune_socket(transport.get_extra_info("socket"), self._control.config.general)
         self._servers[sid] = transport
         self._call(self._engine.server_connected, sid)
 
     async def _open_server(self, sid: int, host: str, port: int) -> None:
         assert self._loop is not None
         try:
-            await self._loop.create_connection(lambda: _ServerProtocol(self, sid), host, port)
+            await self._loop.create_connection(
+                lambda: _ServerProtocol(self, sid, host), host, port
+            )
         except Exception as exc:  # OSError mostly; anything else still fails only this sid
             if self._opening.pop(sid, None) is not None:
                 self._call(self._engine.server_failed, sid, str(exc) or type(exc).__name__)
+
+    async def _start_tls(self, kind: str, key: int, transport: asyncio.Transport) -> None:
+        """Upgrade a connection to TLS (the engine's StartTls) and report how it went.
+
+        The peer may send its first encrypted message together with the end of the
+        handshake, and asyncio hands that to ``data_received`` before ``start_tls``
+        returns here; the protocol holds such data until the engine has heard that TLS
+        is up, so the engine never answers on the old, unencrypted transport.
+        """
+        assert self._loop is not None
+        server_side = kind == "client"
+        table = self._clients if server_side else self._servers
+        report = self._engine.client_tls if server_side else self._engine.server_tls
+        data_in = self._engine.client_data if server_side else self._engine.server_data
+        protocol = cast(_ClientProtocol | _ServerProtocol, transport.get_protocol())
+        hostname = None if server_side else cast(_ServerProtocol, protocol).host
+        protocol.held = []
+        try:
+            upgraded = await self._loop.start_tls(
+                transport,
+                protocol,
+                self._control.tls.context(kind),
+                server_side=server_side,
+                server_hostname=hostname,
+            )
+        except Exception as exc:  # ssl.SSLError, OSError, a timeout: this connection only
+            protocol.forget()  # its connection_lost may never come once start_tls failed
+            if table.get(key) is transport:
+                del table[key]
+                transport.abort()
+                self._call(report, key, error_text(exc))
+            return
+        if upgraded is None or table.get(key) is not transport:
+            if upgraded is not None:
+                upgraded.abort()  # closed by the engine during the handshake
+            return
+        table[key] = upgraded
+        held, protocol.held = protocol.held, None
+        self._call(report, key, None)
+        for data in held or ():
+            if table.get(key) is upgraded:
+                self._call(data_in, key, data)
 
     def _arm_timer(self, at: float) -> None:
         if at == self._wakeup_at:
@@ -439,16 +484,14 @@ async def serve(
     """Run the pooler on the running event loop until it exits; return the exit code.
 
     ``config.general.port`` 0 binds a free port; ``ready`` then learns which. Signals
-    (SIGHUP reload, SIGINT/SIGTERM shutdown) need the main thread: pass
-    ``handle_signals=False`` elsewhere. ``engine`` replaces the real engine (tests).
+    need the main thread: pass ``handle_signals=False`` elsewhere. ``engine`` replaces
+    the real engine (tests).
 
     Raises:
         FrontendError: the pooler cannot start.
     """
     if engine is None:
-        from pgsansio.engine import Engine  # noqa: PLC0415 - only the real run needs it
-
-        engine = Engine(config, seed=None)
+        engine = real_engine(config)
     frontend = AsyncioFrontend(engine, config, config_path=config_path)
     return await frontend.serve(ready, handle_signals=handle_signals)
 
@@ -470,7 +513,7 @@ def run(
         try:
             import uvloop  # noqa: PLC0415 - optional dependency
         except ImportError:
-            raise FrontendError(UVLOOP_MISSING) from None
+            raise FrontendError(missing("uvloop") or "uvloop cannot be imported") from None
         loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(serve(config, config_path=config_path, ready=ready))

@@ -1,8 +1,11 @@
-"""The asyncio frontend, driven by a fake engine that records inputs and scripts effects.
+"""Every frontend, driven by a fake engine that records inputs and scripts effects.
 
-The frontend holds no logic of its own, so these tests check plumbing only: that each
-socket event reaches the right engine method, and that each effect does what it says,
-on asyncio's own loop and on uvloop. What the pooler does is the engine's tests' job.
+A frontend holds no logic of its own, so these tests check plumbing only: that each
+socket event reaches the right engine method, and that each effect does what it says.
+Each test runs against every frontend (asyncio, uvloop, anyio on asyncio, anyio on trio,
+curio), each serving on a thread of its own (:mod:`_frontend_thread`) while the test
+talks to it from an asyncio loop in the main thread. What the pooler does is the
+engine's tests' job.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ import json
 import logging
 import os
 import pathlib
+import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -25,6 +30,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+from _frontend_thread import FRONTEND_NAMES, FrontendThread, frontend_params
 
 import pgsansio
 from pgsansio.config_model import Config, General
@@ -34,24 +40,18 @@ from pgsansio.engine import (
     Exit,
     Log,
     OpenServer,
+    ReadClient,
     SendClient,
     SendServer,
+    StartTls,
     Wakeup,
 )
-from pgsansio.frontends import EX_SOFTWARE, FrontendError, tune_socket
-from pgsansio.frontends.asyncio import AsyncioFrontend
+from pgsansio.frontends import EX_SOFTWARE, FRONTENDS, FrontendError, tune_socket
+from pgsansio.frontends._common import HIGH_WATER, LOW_WATER, Outbox
 from pgsansio.logconfig import configure_logging
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FRONTENDS_DIR = pathlib.Path(pgsansio.__file__).parent / "frontends"
-
-LOOPS: list[Any] = [pytest.param(asyncio.new_event_loop, id="asyncio")]
-try:
-    import uvloop
-
-    LOOPS.append(pytest.param(uvloop.new_event_loop, id="uvloop"))
-except ImportError:  # pragma: no cover - uvloop is in the dev extra
-    LOOPS.append(pytest.param(None, id="uvloop", marks=pytest.mark.skip("uvloop not installed")))
 
 ENGINE_METHODS = frozenset(
     {
@@ -63,30 +63,47 @@ ENGINE_METHODS = frozenset(
         "server_failed",
         "server_data",
         "server_closed",
+        "client_writable",
+        "server_writable",
         "tick",
         "reload",
         "shutdown",
+        "pause",
+        "resume",
+        "metrics_connected",
+        "client_tls",
+        "server_tls",
     }
 )
 
 
 class FakeEngine:
-    """Records every call as (method, args without now); handlers script the effects."""
+    """Records every call as (method, args without now); handlers script the effects.
+
+    Keyword arguments (``shutdown(now, wait_for_clients=True)``) are recorded in
+    ``keywords``. ``stopping`` makes the next ``resume`` (SIGUSR2) answer Exit(0)
+    unrecorded: that is how a test ends a frontend on another thread.
+    """
 
     def __init__(self, **handlers: Callable[..., list[Any]]) -> None:
         assert set(handlers) <= ENGINE_METHODS
         self.handlers = handlers
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.keywords: list[tuple[str, dict[str, Any]]] = []
         self.times: list[float] = []
+        self.stopping = False
 
     def __getattr__(self, name: str) -> Callable[..., list[Any]]:
         if name not in ENGINE_METHODS:
             raise AttributeError(name)
 
-        def method(*args: Any) -> list[Any]:
+        def method(*args: Any, **kwargs: Any) -> list[Any]:
             *rest, now = args
             assert isinstance(now, float)
+            if self.stopping and name == "resume":
+                return [Exit(0)]
             self.calls.append((name, tuple(rest)))
+            self.keywords.append((name, kwargs))
             self.times.append(now)
             handler = self.handlers.get(name)
             return list(handler(*rest)) if handler is not None else []
@@ -104,53 +121,75 @@ def local_config(port: int = 0) -> Config:
     return Config(general=General(host="127.0.0.1", port=port), pools={})
 
 
-@pytest.fixture(params=LOOPS)
-def run_async(request: pytest.FixtureRequest) -> Callable[[Awaitable[Any]], Any]:
-    """Run a coroutine to completion on a fresh loop of each kind."""
-    factory = request.param
+@pytest.fixture(params=frontend_params())
+def frontend(request: pytest.FixtureRequest) -> str:
+    """The name of each frontend in turn."""
+    name: str = request.param
+    return name
 
-    def runner(coro: Awaitable[Any]) -> Any:
-        async def with_timeout() -> Any:
-            return await asyncio.wait_for(coro, 20)
 
-        with asyncio.Runner(loop_factory=factory) as r:
-            return r.run(with_timeout())
+def run_async(coro: Awaitable[Any]) -> Any:
+    """Run the test's side (clients, fake servers) on an asyncio loop of its own."""
 
-    return runner
+    async def with_timeout() -> Any:
+        return await asyncio.wait_for(coro, 20)
+
+    return asyncio.run(with_timeout())
 
 
 class Running:
-    """A frontend serving in a task, and its bound address."""
+    """A frontend serving on its own thread, and its bound address."""
 
-    def __init__(self, engine: FakeEngine, config_path: str | None = None) -> None:
+    def __init__(
+        self,
+        engine: FakeEngine,
+        frontend: str,
+        config_path: str | None = None,
+        config: Config | None = None,
+    ) -> None:
         self.engine = engine
-        self.frontend = AsyncioFrontend(engine, local_config(), config_path=config_path)
-        self.task: asyncio.Task[int] | None = None
+        self.thread = FrontendThread(
+            frontend, engine, config or local_config(), config_path=config_path
+        )
         self.address: tuple[str, int] = ("", 0)
 
+    @property
+    def frontend(self) -> Any:
+        return self.thread.frontend
+
     async def __aenter__(self) -> Running:
-        ready: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
-        self.task = asyncio.create_task(
-            self.frontend.serve(ready.set_result, handle_signals=False)
-        )
-        done, _ = await asyncio.wait({ready, self.task}, return_when=asyncio.FIRST_COMPLETED)
-        if self.task in done:
-            self.task.result()  # raises what serve raised
-        self.address = ready.result()
+        await asyncio.to_thread(self.thread.start)
+        self.address = self.thread.address
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        assert self.task is not None
-        if not self.task.done():
-            self.frontend._finish(0)
-        await self.task
+        if self.thread.is_alive():
+            self.engine.stopping = True
+            self.thread.signal(signal.SIGUSR2)
+        await asyncio.to_thread(self.thread.join, 10)
+        assert not self.thread.is_alive(), "the frontend did not stop"
+
+    def signal(self, signum: int) -> None:
+        self.thread.signal(signum)
 
     async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await asyncio.open_connection(*self.address)
 
-    async def exit_code(self) -> int:
-        assert self.task is not None
-        return await asyncio.wait_for(self.task, 10)
+    async def exit_code(self) -> int | None:
+        return await asyncio.to_thread(self.thread.join, 10)
+
+
+def raw_socket(frontend: Any, conn: Any) -> socket.socket:
+    """The OS socket under one of a frontend's connections, whatever the runtime."""
+    if hasattr(conn, "get_extra_info"):  # an asyncio transport
+        sock: socket.socket = conn.get_extra_info("socket")
+    elif hasattr(conn, "stream"):  # anyio
+        from anyio.abc import SocketAttribute
+
+        sock = conn.stream.extra(SocketAttribute.raw_socket)
+    else:  # curio
+        sock = conn.sock._socket
+    return sock
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -186,11 +225,11 @@ def closed_port() -> int:
 # ----------------------------------------------------------------------------- clients
 
 
-def test_echo_and_client_lifecycle(run_async: Callable[[Awaitable[Any]], Any]) -> None:
+def test_echo_and_client_lifecycle(frontend: str) -> None:
     engine = FakeEngine(client_data=lambda cid, data: [SendClient(cid, data.upper())])
 
     async def main() -> None:
-        async with Running(engine) as running:
+        async with Running(engine, frontend) as running:
             reader, writer = await running.connect()
             writer.write(b"hello")
             assert await reader.readexactly(5) == b"HELLO"
@@ -207,11 +246,11 @@ def test_echo_and_client_lifecycle(run_async: Callable[[Awaitable[Any]], Any]) -
     run_async(main())
 
 
-def test_client_ids_are_distinct(run_async: Callable[[Awaitable[Any]], Any]) -> None:
+def test_client_ids_are_distinct(frontend: str) -> None:
     engine = FakeEngine()
 
     async def main() -> None:
-        async with Running(engine) as running:
+        async with Running(engine, frontend) as running:
             conns = [await running.connect() for _ in range(3)]
             await until(lambda: len(engine.args("client_connected")) == 3)
             for _, writer in conns:
@@ -225,7 +264,7 @@ def test_client_ids_are_distinct(run_async: Callable[[Awaitable[Any]], Any]) -> 
 
 
 def test_close_client_flushes_and_is_not_reported(
-    run_async: Callable[[Awaitable[Any]], Any],
+    frontend: str,
 ) -> None:
     engine = FakeEngine(
         client_data=lambda cid, data: [
@@ -237,7 +276,7 @@ def test_close_client_flushes_and_is_not_reported(
     )
 
     async def main() -> None:
-        async with Running(engine) as running:
+        async with Running(engine, frontend) as running:
             reader, writer = await running.connect()
             writer.write(b"x")
             assert await reader.read() == b"bye"  # then EOF
@@ -249,17 +288,17 @@ def test_close_client_flushes_and_is_not_reported(
 
 
 def test_tcp_nodelay_and_keepalive_on_client_sockets(
-    run_async: Callable[[Awaitable[Any]], Any],
+    frontend: str,
 ) -> None:
     engine = FakeEngine()
     seen: list[tuple[int, int]] = []
 
     async def main() -> None:
-        async with Running(engine) as running:
+        async with Running(engine, frontend) as running:
             _, writer = await running.connect()
             await until(lambda: bool(engine.args("client_connected")))
-            (transport,) = running.frontend._clients.values()
-            sock = transport.get_extra_info("socket")
+            (conn,) = running.frontend._clients.values()
+            sock = raw_socket(running.frontend, conn)
             seen.append(
                 (
                     sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
@@ -275,7 +314,7 @@ def test_tcp_nodelay_and_keepalive_on_client_sockets(
 # ----------------------------------------------------------------------------- servers
 
 
-def test_open_server_relays_both_ways(run_async: Callable[[Awaitable[Any]], Any]) -> None:
+def test_open_server_relays_both_ways(frontend: str) -> None:
     clients: list[int] = []
 
     async def main() -> None:
@@ -287,7 +326,7 @@ def test_open_server_relays_both_ways(run_async: Callable[[Awaitable[Any]], Any]
                 server_connected=lambda sid: [SendServer(sid, b"ping")],
                 server_data=lambda sid, data: [SendClient(clients[0], data), CloseServer(sid)],
             )
-            async with Running(engine) as running:
+            async with Running(engine, frontend) as running:
                 reader, writer = await running.connect()
                 assert await reader.readexactly(4) == b"ping"
                 await asyncio.sleep(0.05)
@@ -301,7 +340,7 @@ def test_open_server_relays_both_ways(run_async: Callable[[Awaitable[Any]], Any]
     run_async(main())
 
 
-def test_server_closed_by_peer_is_reported(run_async: Callable[[Awaitable[Any]], Any]) -> None:
+def test_server_closed_by_peer_is_reported(frontend: str) -> None:
     async def main() -> None:
         async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             writer.close()
@@ -309,7 +348,7 @@ def test_server_closed_by_peer_is_reported(run_async: Callable[[Awaitable[Any]],
         server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
         host, port = server.sockets[0].getsockname()[:2]
         engine = FakeEngine(start=lambda: [OpenServer(3, host, port)])
-        async with Running(engine):
+        async with Running(engine, frontend):
             await until(lambda: "server_closed" in engine.names())
         server.close()
         assert engine.names() == ["start", "server_connected", "server_closed"]
@@ -318,12 +357,12 @@ def test_server_closed_by_peer_is_reported(run_async: Callable[[Awaitable[Any]],
     run_async(main())
 
 
-def test_server_failed(run_async: Callable[[Awaitable[Any]], Any]) -> None:
+def test_server_failed(frontend: str) -> None:
     port = closed_port()
     engine = FakeEngine(start=lambda: [OpenServer(5, "127.0.0.1", port)])
 
     async def main() -> None:
-        async with Running(engine):
+        async with Running(engine, frontend):
             await until(lambda: "server_failed" in engine.names())
         ((sid, error),) = engine.args("server_failed")
         assert sid == 5
@@ -333,12 +372,12 @@ def test_server_failed(run_async: Callable[[Awaitable[Any]], Any]) -> None:
 
 
 def test_close_server_while_connecting_reports_nothing(
-    run_async: Callable[[Awaitable[Any]], Any],
+    frontend: str,
 ) -> None:
     async def main() -> None:
         async with echo_server() as (host, port):
             engine = FakeEngine(start=lambda: [OpenServer(9, host, port), CloseServer(9)])
-            async with Running(engine) as running:
+            async with Running(engine, frontend) as running:
                 await asyncio.sleep(0.1)
                 assert not running.frontend._servers
                 assert not running.frontend._opening
@@ -350,7 +389,7 @@ def test_close_server_while_connecting_reports_nothing(
 # ------------------------------------------------------------------------- timer, exit
 
 
-def test_wakeup_fires_tick_once_and_replaces(run_async: Callable[[Awaitable[Any]], Any]) -> None:
+def test_wakeup_fires_tick_once_and_replaces(frontend: str) -> None:
     deadline: list[float] = []
 
     def start() -> list[Any]:
@@ -362,7 +401,7 @@ def test_wakeup_fires_tick_once_and_replaces(run_async: Callable[[Awaitable[Any]
     engine = FakeEngine(start=start, tick=lambda: [Exit(3)])
 
     async def main() -> None:
-        async with Running(engine) as running:
+        async with Running(engine, frontend) as running:
             assert await running.exit_code() == 3
         assert engine.names() == ["start", "tick"]
         assert engine.times[-1] >= deadline[0]
@@ -370,25 +409,25 @@ def test_wakeup_fires_tick_once_and_replaces(run_async: Callable[[Awaitable[Any]
     run_async(main())
 
 
-def test_wakeup_infinity_disarms(run_async: Callable[[Awaitable[Any]], Any]) -> None:
+def test_wakeup_infinity_disarms(frontend: str) -> None:
     engine = FakeEngine(start=lambda: [Wakeup(time.monotonic() + 0.02), Wakeup(float("inf"))])
 
     async def main() -> None:
-        async with Running(engine) as running:
+        async with Running(engine, frontend) as running:
             await asyncio.sleep(0.1)
-            assert running.frontend._timer is None
+            assert running.frontend._wakeup_at is None
         assert engine.names() == ["start"]
 
     run_async(main())
 
 
 def test_exit_stops_listening_and_closes_connections(
-    run_async: Callable[[Awaitable[Any]], Any],
+    frontend: str,
 ) -> None:
     engine = FakeEngine(client_data=lambda cid, data: [Exit(4), SendClient(cid, b"never")])
 
     async def main() -> None:
-        async with Running(engine) as running:
+        async with Running(engine, frontend) as running:
             reader, writer = await running.connect()
             writer.write(b"stop")
             assert await running.exit_code() == 4
@@ -402,7 +441,7 @@ def test_exit_stops_listening_and_closes_connections(
 
 
 def test_exit_flushes_what_was_sent_before_it(
-    run_async: Callable[[Awaitable[Any]], Any],
+    frontend: str,
 ) -> None:
     payload = bytes(range(256)) * 4096  # 1 MiB: more than one socket buffer
     engine = FakeEngine(
@@ -410,7 +449,7 @@ def test_exit_flushes_what_was_sent_before_it(
     )
 
     async def main() -> None:
-        async with Running(engine) as running:
+        async with Running(engine, frontend) as running:
             reader, writer = await running.connect()
             writer.write(b"x")
             assert await reader.read() == payload
@@ -420,13 +459,11 @@ def test_exit_flushes_what_was_sent_before_it(
     run_async(main())
 
 
-def test_log_effect(
-    run_async: Callable[[Awaitable[Any]], Any], caplog: pytest.LogCaptureFixture
-) -> None:
+def test_log_effect(frontend: str, caplog: pytest.LogCaptureFixture) -> None:
     engine = FakeEngine(start=lambda: [Log(logging.WARNING, "pool demo: server down"), Exit(0)])
 
     async def main() -> None:
-        async with Running(engine) as running:
+        async with Running(engine, frontend) as running:
             assert await running.exit_code() == 0
 
     with caplog.at_level(logging.INFO):
@@ -434,16 +471,14 @@ def test_log_effect(
     assert ("pgsansio", logging.WARNING, "pool demo: server down") in caplog.record_tuples
 
 
-def test_engine_exception_exits_70(
-    run_async: Callable[[Awaitable[Any]], Any], caplog: pytest.LogCaptureFixture
-) -> None:
+def test_engine_exception_exits_70(frontend: str, caplog: pytest.LogCaptureFixture) -> None:
     def boom(cid: int, data: bytes) -> list[Any]:
         raise RuntimeError("engine bug")
 
     engine = FakeEngine(client_data=boom)
 
     async def main() -> None:
-        async with Running(engine) as running:
+        async with Running(engine, frontend) as running:
             _, writer = await running.connect()
             writer.write(b"x")
             assert await running.exit_code() == EX_SOFTWARE
@@ -453,31 +488,368 @@ def test_engine_exception_exits_70(
     assert any("bug in pgsansio" in r.message and r.exc_info for r in caplog.records)
 
 
-def test_listen_failure_is_a_frontend_error(run_async: Callable[[Awaitable[Any]], Any]) -> None:
+def test_listen_failure_is_a_frontend_error(frontend: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        frontend = AsyncioFrontend(FakeEngine(), local_config(port), config_path=None)
+        thread = FrontendThread(frontend, FakeEngine(), local_config(port))
         with pytest.raises(FrontendError, match=rf"cannot listen on 127\.0\.0\.1:{port}"):
-            run_async(frontend.serve(handle_signals=False))
+            thread.start()
 
 
 # ------------------------------------------------------------------ operator actions
 
 
-def test_shutdown_then_second_signal_exits_now(run_async: Callable[[Awaitable[Any]], Any]) -> None:
+def test_shutdown_then_second_signal_exits_now(frontend: str) -> None:
     engine = FakeEngine()
 
     async def main() -> None:
-        async with Running(engine) as running:
-            running.frontend.shutdown(signal.SIGTERM)
-            assert engine.names() == ["start", "shutdown"]
-            running.frontend.shutdown(signal.SIGTERM)
+        async with Running(engine, frontend) as running:
+            running.signal(signal.SIGTERM)
+            await until(lambda: engine.names() == ["start", "shutdown"])
+            running.signal(signal.SIGTERM)
             assert await running.exit_code() == 128 + signal.SIGTERM
         assert engine.names() == ["start", "shutdown"]
+        assert engine.keywords[-1] == ("shutdown", {"wait_for_clients": True})
 
     run_async(main())
+
+
+def test_sigint_then_second_signal_exits_now(frontend: str) -> None:
+    engine = FakeEngine()
+
+    async def main() -> None:
+        async with Running(engine, frontend) as running:
+            running.signal(signal.SIGINT)
+            await until(lambda: engine.names() == ["start", "shutdown"])
+            running.signal(signal.SIGINT)
+            assert await running.exit_code() == 128 + signal.SIGINT
+        assert engine.keywords[-1] == ("shutdown", {})  # SIGINT does not wait for clients
+
+    run_async(main())
+
+
+def test_pause_and_resume_signals(frontend: str) -> None:
+    engine = FakeEngine()
+
+    async def main() -> None:
+        async with Running(engine, frontend) as running:
+            running.signal(signal.SIGUSR1)
+            await until(lambda: "pause" in engine.names())
+            running.signal(signal.SIGUSR2)
+            await until(lambda: "resume" in engine.names())
+        assert engine.names() == ["start", "pause", "resume"]
+
+    run_async(main())
+
+
+def test_prometheus_listener_reports_scrapers(frontend: str) -> None:
+    """Scrapers arrive through metrics_connected and are then clients like any other."""
+    port = closed_port()
+    config = Config(
+        general=General(
+            host="127.0.0.1",
+            port=0,
+            enable_prometheus_exporter=True,
+            prometheus_exporter_port=port,
+        ),
+        pools={},
+    )
+    engine = FakeEngine(
+        client_data=lambda cid, data: [SendClient(cid, b"metrics:" + data), CloseClient(cid)]
+    )
+
+    async def main() -> None:
+        async with Running(engine, frontend, config=config) as running:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /metrics")
+            assert await reader.read() == b"metrics:GET /metrics"
+            writer.close()
+            _, client = await running.connect()
+            await until(lambda: bool(engine.args("client_connected")))
+            client.close()
+            await until(lambda: bool(engine.args("client_closed")))
+        ((scraper, peer),) = engine.args("metrics_connected")
+        assert peer.startswith("127.0.0.1:")
+        ((cid, _),) = engine.args("client_connected")
+        assert cid != scraper  # one id space for clients and scrapers
+        assert engine.args("client_closed") == [(cid,)]  # the engine closed the scraper
+
+    run_async(main())
+
+
+def test_metrics_port_in_use_is_a_frontend_error(frontend: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = Config(
+            general=General(
+                host="127.0.0.1",
+                port=0,
+                enable_prometheus_exporter=True,
+                prometheus_exporter_port=port,
+            ),
+            pools={},
+        )
+        thread = FrontendThread(frontend, FakeEngine(), config)
+        with pytest.raises(FrontendError, match=rf"cannot listen on 127\.0\.0\.1:{port}"):
+            thread.start()
+
+
+def test_slow_client_is_reported_not_writable_then_writable(frontend: str) -> None:
+    """A client that does not read makes the frontend feed client_writable False/True."""
+    chunk = b"x" * (1 << 20)
+    count = 16  # more than the kernel's buffers on both ends can hold
+    engine = FakeEngine(client_data=lambda cid, data: [SendClient(cid, chunk)] * count)
+
+    async def main() -> None:
+        async with Running(engine, frontend) as running:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            sock.connect(running.address)
+            reader, writer = await asyncio.open_connection(sock=sock)
+            writer.write(b"go")
+            await until(lambda: (1, False) in engine.args("client_writable"))
+            total = 0
+            while total < count * len(chunk):
+                total += len(await reader.read(1 << 20))
+            await until(lambda: (1, True) in engine.args("client_writable"))
+            writer.close()
+        assert engine.args("client_writable") == [(1, False), (1, True)]
+
+    run_async(main())
+
+
+def test_read_client_off_holds_data_until_on(frontend: str) -> None:
+    """After ReadClient(cid, False) no data reaches the engine until reading is on again."""
+    engine = FakeEngine(
+        client_data=lambda cid, data: [ReadClient(cid, False)] if data == b"stop" else []
+    )
+
+    async def main() -> None:
+        async with Running(engine, frontend) as running:
+            _, writer = await running.connect()
+            writer.write(b"stop")
+            await until(lambda: len(engine.args("client_data")) == 1)
+            writer.write(b"more")
+            await asyncio.sleep(0.3)  # what must not happen: data while paused
+            assert len(engine.args("client_data")) == 1
+            engine.handlers["resume"] = lambda: [ReadClient(1, True)]
+            running.signal(signal.SIGUSR2)  # a way to get an effect in: resume -> ReadClient
+            await until(lambda: len(engine.args("client_data")) == 2)
+            assert engine.args("client_data")[1] == (1, b"more")
+            writer.close()
+
+    run_async(main())
+
+
+def test_outbox_water_marks() -> None:
+    box = Outbox()
+    assert not box.put(b"a" * HIGH_WATER)  # at the mark: still writable
+    assert box.put(b"b")  # past it: not writable, said once
+    assert not box.put(b"c")
+    data = box.take()
+    assert len(data) == HIGH_WATER + 2 and not box
+    assert not box.sent(len(data) - LOW_WATER - 1)  # still above the low mark
+    assert box.sent(1)  # at the low mark: writable again, said once
+    assert not box.sent(LOW_WATER)
+
+
+def test_frontend_names_match_the_cli() -> None:
+    assert set(FRONTENDS) == {"auto", *FRONTEND_NAMES}
+
+
+# ----------------------------------------------------------------------------------- TLS
+
+SSL_REQUEST = b"\x00\x00\x00\x08\x04\xd2\x16\x2f"  # what libpq sends before the handshake
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A CA, a certificate for localhost and 127.0.0.1 signed by it, and files for both."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    leaf = ca.issue_cert("localhost", "127.0.0.1")
+    where = tmp_path_factory.mktemp("pki")
+    files = {"ca": where / "ca.pem", "cert": where / "cert.pem", "key": where / "key.pem"}
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    leaf.cert_chain_pems[0].write_to_path(str(files["cert"]))
+    leaf.private_key_pem.write_to_path(str(files["key"]))
+    return {"ca": ca, "leaf": leaf, **{k: str(v) for k, v in files.items()}}
+
+
+def tls_config(pki: dict[str, Any], **general: Any) -> Config:
+    return Config(
+        general=General(
+            host="127.0.0.1",
+            port=0,
+            tls_certificate=pki["cert"],
+            tls_private_key=pki["key"],
+            **general,
+        ),
+        pools={},
+    )
+
+
+def test_start_tls_for_a_client(frontend: str, pki: dict[str, Any]) -> None:
+    """S goes out in clear, the handshake follows, then bytes flow decrypted both ways."""
+    engine = FakeEngine(
+        client_data=lambda cid, data: (
+            [SendClient(cid, b"S"), StartTls("client", cid)]
+            if data == SSL_REQUEST
+            else [SendClient(cid, data.upper())]
+        )
+    )
+    context = ssl.create_default_context(cafile=pki["ca"])
+
+    async def main() -> None:
+        async with Running(engine, frontend, config=tls_config(pki)) as running:
+            reader, writer = await running.connect()
+            writer.write(SSL_REQUEST)
+            assert await reader.readexactly(1) == b"S"
+            await writer.start_tls(context, server_hostname="localhost")
+            writer.write(b"secret")
+            assert await reader.readexactly(6) == b"SECRET"
+            writer.close()
+            await until(lambda: "client_closed" in engine.names())
+        ((cid, error),) = engine.args("client_tls")
+        assert error is None
+        assert engine.args("client_data") == [(cid, SSL_REQUEST), (cid, b"secret")]
+        # The engine learns that TLS is up before it sees the first encrypted bytes
+        # (they may arrive with the end of the handshake).
+        names = engine.names()
+        assert names.index("client_tls") < len(names) - 1 - names[::-1].index("client_data")
+
+    run_async(main())
+
+
+def test_a_failed_client_handshake_is_reported_once(frontend: str, pki: dict[str, Any]) -> None:
+    engine = FakeEngine(
+        client_data=lambda cid, data: [SendClient(cid, b"S"), StartTls("client", cid)]
+    )
+
+    async def main() -> None:
+        async with Running(engine, frontend, config=tls_config(pki)) as running:
+            reader, writer = await running.connect()
+            writer.write(SSL_REQUEST)
+            assert await reader.readexactly(1) == b"S"
+            writer.write(b"this is not a TLS ClientHello at all\r\n" * 4)
+            await until(lambda: bool(engine.args("client_tls")))
+            # The frontend closed it: EOF, or a reset when our junk was still unread.
+            with contextlib.suppress(ConnectionResetError):
+                assert await reader.read() == b""
+            writer.close()
+            await asyncio.sleep(0.1)
+        ((_, error),) = engine.args("client_tls")
+        assert isinstance(error, str) and error
+        assert "client_closed" not in engine.names()  # reported once, as a TLS failure
+
+    run_async(main())
+
+
+@contextlib.asynccontextmanager
+async def tls_echo_server(pki: dict[str, Any]) -> Any:
+    """A server that answers an SSLRequest with S, then echoes over TLS, like PostgreSQL."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    pki["leaf"].configure_cert(context)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if await reader.readexactly(8) == SSL_REQUEST:
+            writer.write(b"S")
+            await writer.drain()
+            try:
+                await writer.start_tls(context)
+            except (ssl.SSLError, OSError):
+                writer.close()
+                return
+        while data := await reader.read(65536):
+            writer.write(data)
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("verify", [False, True])
+def test_start_tls_towards_a_server(frontend: str, pki: dict[str, Any], verify: bool) -> None:
+    got: list[bytes] = []
+
+    def server_data(sid: int, data: bytes) -> list[Any]:
+        if data == b"S":
+            return [StartTls("server", sid)]
+        got.append(data)
+        return [CloseServer(sid)]
+
+    async def main() -> None:
+        async with tls_echo_server(pki) as port:
+            engine = FakeEngine(
+                start=lambda: [OpenServer(4, "localhost", port)],
+                server_connected=lambda sid: [SendServer(sid, SSL_REQUEST)],
+                server_data=server_data,
+                server_tls=lambda sid, error: [SendServer(sid, b"over tls")],
+            )
+            config = tls_config(
+                pki,
+                server_tls=True,
+                verify_server_certificate=verify,
+                server_tls_ca_file=pki["ca"],
+            )
+            async with Running(engine, frontend, config=config):
+                await until(lambda: bool(got))
+        assert engine.args("server_tls") == [(4, None)]
+        assert got == [b"over tls"]
+
+    run_async(main())
+
+
+def test_an_unverifiable_server_certificate_fails_the_handshake(
+    frontend: str, pki: dict[str, Any], tmp_path: pathlib.Path
+) -> None:
+    trustme = pytest.importorskip("trustme")
+    other_ca = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other_ca))
+
+    async def main() -> None:
+        async with tls_echo_server(pki) as port:
+            engine = FakeEngine(
+                start=lambda: [OpenServer(4, "localhost", port)],
+                server_connected=lambda sid: [SendServer(sid, SSL_REQUEST)],
+                server_data=lambda sid, data: [StartTls("server", sid)],
+            )
+            config = tls_config(
+                pki,
+                server_tls=True,
+                verify_server_certificate=True,
+                server_tls_ca_file=str(other_ca),
+            )
+            async with Running(engine, frontend, config=config):
+                await until(lambda: bool(engine.args("server_tls")))
+                await asyncio.sleep(0.1)
+        ((sid, error),) = engine.args("server_tls")
+        assert sid == 4 and "certificate verify failed" in error
+        assert "server_closed" not in engine.names()
+
+    run_async(main())
+
+
+def test_a_certificate_that_does_not_load_stops_the_start(
+    frontend: str, tmp_path: pathlib.Path
+) -> None:
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate")
+    config = Config(
+        general=General(
+            host="127.0.0.1", port=0, tls_certificate=str(bad), tls_private_key=str(bad)
+        ),
+        pools={},
+    )
+    with pytest.raises(FrontendError, match=r"general\.tls_certificate / tls_private_key"):
+        FrontendThread(frontend, FakeEngine(), config).start()
 
 
 VALID_TOML = """\
@@ -499,7 +871,7 @@ servers = [["127.0.0.1", 5999, "primary"]]
 
 
 def test_reload_hands_the_new_config_to_the_engine(
-    run_async: Callable[[Awaitable[Any]], Any],
+    frontend: str,
     tmp_path: pathlib.Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -508,10 +880,12 @@ def test_reload_hands_the_new_config_to_the_engine(
     engine = FakeEngine()
 
     async def main() -> None:
-        async with Running(engine, config_path=str(path)) as running:
-            running.frontend.reload()
+        async with Running(engine, frontend, config_path=str(path)) as running:
+            running.signal(signal.SIGHUP)
+            await until(lambda: "reload" in engine.names())
             path.write_text("[general]\nport = 'not a port'\n")
-            running.frontend.reload()  # logged, and the engine is not told
+            running.signal(signal.SIGHUP)  # logged, and the engine is not told
+            await until(lambda: any(r.levelno == logging.ERROR for r in caplog.records))
 
     run_async(main())
     ((config,),) = engine.args("reload")
@@ -524,13 +898,14 @@ def test_reload_hands_the_new_config_to_the_engine(
 
 
 def test_reload_without_a_file_is_a_warning(
-    run_async: Callable[[Awaitable[Any]], Any], caplog: pytest.LogCaptureFixture
+    frontend: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     engine = FakeEngine()
 
     async def main() -> None:
-        async with Running(engine) as running:
-            running.frontend.reload()
+        async with Running(engine, frontend) as running:
+            running.signal(signal.SIGHUP)
+            await until(lambda: any("not started" in r.getMessage() for r in caplog.records))
 
     run_async(main())
     assert "reload" not in engine.names()
@@ -545,27 +920,27 @@ SIGNAL_SCRIPT = textwrap.dedent(
     import sys
     from pgsansio.config import load_config
     from pgsansio.engine import Exit
-    from pgsansio.frontends.asyncio import _server
+    from pgsansio import frontends
 
     class Engine:
         def __init__(self, config, seed=None):
             pass
         def __getattr__(self, name):
-            def method(*args):
-                print(name, flush=True)
+            def method(*args, **kwargs):
+                print(name, *sorted(kwargs), flush=True)
                 if name == "shutdown" and sys.argv[2] == "graceful":
                     return [Exit(0)]
                 return []
             return method
 
     logging.basicConfig(level=logging.INFO)
-    import pgsansio.engine  # serve() imports Engine from here when it is called
+    import pgsansio.engine  # the frontend imports Engine from here when it runs
     pgsansio.engine.Engine = Engine
     path = sys.argv[1]
-    code = _server.run(
+    code = frontends.run(
+        sys.argv[3],
         load_config(path),
         config_path=path,
-        use_uvloop=sys.argv[3] == "uvloop",
         ready=lambda address: print("ready", address[1], flush=True),
     )
     print("exit", code, flush=True)
@@ -574,17 +949,19 @@ SIGNAL_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("flavour", ["asyncio", "uvloop"])
 @pytest.mark.parametrize("mode", ["graceful", "forced"])
-def test_signals_in_a_subprocess(tmp_path: pathlib.Path, flavour: str, mode: str) -> None:
-    if flavour == "uvloop":
-        pytest.importorskip("uvloop")
+def test_signals_in_a_subprocess(tmp_path: pathlib.Path, frontend: str, mode: str) -> None:
+    """Real signals: SIGHUP reloads, SIGUSR1/2 pause and resume, then a shutdown.
+
+    graceful: SIGINT, and the engine answers Exit(0). forced: SIGTERM (which asks the
+    engine to wait for clients), then SIGINT, which exits at once with 128 + SIGINT.
+    """
     path = tmp_path / "pgcat.toml"
     path.write_text(VALID_TOML)
     script = tmp_path / "serve.py"
     script.write_text(SIGNAL_SCRIPT)
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(path), mode, flavour],
+        [sys.executable, str(script), str(path), mode, frontend],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -594,11 +971,19 @@ def test_signals_in_a_subprocess(tmp_path: pathlib.Path, flavour: str, mode: str
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "start"
         assert proc.stdout.readline().startswith("ready ")
-        proc.send_signal(signal.SIGHUP)
-        assert proc.stdout.readline().strip() == "reload"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.stdout.readline().strip() == "shutdown"
-        if mode == "forced":
+        for signum, seen in (
+            (signal.SIGHUP, "reload"),
+            (signal.SIGUSR1, "pause"),
+            (signal.SIGUSR2, "resume"),
+        ):
+            proc.send_signal(signum)
+            assert proc.stdout.readline().strip() == seen
+        if mode == "graceful":
+            proc.send_signal(signal.SIGINT)
+            assert proc.stdout.readline().strip() == "shutdown"
+        else:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.stdout.readline().strip() == "shutdown wait_for_clients"
             proc.send_signal(signal.SIGINT)
         # Not communicate(): after readline() the text wrapper may already hold the
         # next line, which communicate(timeout=...) would never see.
@@ -616,16 +1001,24 @@ def test_signals_in_a_subprocess(tmp_path: pathlib.Path, flavour: str, mode: str
     assert "reloading the configuration" in err
 
 
-def test_run_explains_a_missing_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("name", "package"),
+    [("uvloop", "uvloop"), ("anyio", "anyio"), ("trio", "trio"), ("curio", "curio")],
+)
+def test_run_explains_a_missing_package(
+    monkeypatch: pytest.MonkeyPatch, name: str, package: str
+) -> None:
     from pgsansio import frontends
-    from pgsansio.frontends.asyncio import run
 
-    monkeypatch.setitem(sys.modules, "uvloop", None)  # makes `import uvloop` fail
-    with pytest.raises(FrontendError, match=r"pip install 'pgsansio\[uvloop\]'"):
-        run(local_config(), config_path=None, use_uvloop=True)
-    monkeypatch.setattr(frontends, "uvloop_available", lambda: False)
-    with pytest.raises(FrontendError, match=r"pip install 'pgsansio\[uvloop\]'"):
-        frontends.run("uvloop", local_config(), config_path=None)
+    monkeypatch.setitem(sys.modules, package, None)  # as if it were not installed
+    extra = re.escape(f"pip install 'pgsansio[{name}]'")
+    with pytest.raises(FrontendError, match=rf"'{package}' package is not installed.*{extra}"):
+        frontends.run(name, local_config(), config_path=None)
+    if name == "uvloop":
+        from pgsansio.frontends.asyncio import run
+
+        with pytest.raises(FrontendError, match=extra):
+            run(local_config(), config_path=None, use_uvloop=True)
     with pytest.raises(ValueError, match="unknown frontend"):
         frontends.run("tokio", local_config(), config_path=None)
 
@@ -665,9 +1058,10 @@ def test_run_rejects_an_unknown_frontend(tmp_path: pathlib.Path) -> None:
         text=True,
         timeout=60,
         cwd=ROOT,
+        env={**os.environ, "COLUMNS": "200"},  # the error box must not wrap the list
     )
     assert proc.returncode == 2
-    assert "auto, asyncio, uvloop" in proc.stderr
+    assert "auto, asyncio, uvloop, anyio, trio, curio" in proc.stderr
 
 
 # ---------------------------------------------------------------------- shared helpers
@@ -710,7 +1104,10 @@ def imported_names(path: pathlib.Path) -> Iterator[tuple[int, str]]:
 def test_frontends_do_not_touch_the_protocol() -> None:
     """A frontend moves bytes; parsing them belongs to the engine (DESIGN.md)."""
     modules = sorted(FRONTENDS_DIR.rglob("*.py"))
-    assert len(modules) >= 3, "no frontend modules found"
+    seen = {str(path.relative_to(FRONTENDS_DIR)) for path in modules}
+    for name in ("asyncio", "anyio", "curio"):
+        assert {f"{name}/__init__.py", f"{name}/_server.py"} <= seen, name
+    assert {"__init__.py", "_common.py"} <= seen
     offenders = [
         f"{path.relative_to(ROOT)}:{line} imports {name}"
         for path in modules
@@ -720,13 +1117,15 @@ def test_frontends_do_not_touch_the_protocol() -> None:
     assert not offenders, offenders
 
 
-def test_the_import_check_sees_relative_imports(tmp_path: pathlib.Path) -> None:
-    sample = FRONTENDS_DIR / "asyncio" / "_server.py"
+@pytest.mark.parametrize("package", ["asyncio", "anyio", "curio"])
+def test_the_import_check_sees_relative_imports(package: str) -> None:
+    sample = FRONTENDS_DIR / package / "_server.py"
     names = {name for _, name in imported_names(sample)}
     assert "pgsansio.engine.SendClient" in names
     assert "pgsansio.frontends.EngineAPI" in names
-    init = FRONTENDS_DIR / "asyncio" / "__init__.py"
-    assert "pgsansio.frontends.asyncio._server.serve" in {n for _, n in imported_names(init)}
+    assert "pgsansio.frontends._common.Control" in names
+    init = FRONTENDS_DIR / package / "__init__.py"
+    assert f"pgsansio.frontends.{package}._server.serve" in {n for _, n in imported_names(init)}
 
 
 # ------------------------------------------------------------------------------ logging
@@ -801,11 +1200,17 @@ def start_pooler(argv: list[str], cwd: pathlib.Path) -> tuple[subprocess.Popen[s
     raise AssertionError("the pooler did not start:\n" + "".join(seen))
 
 
-@pytest.mark.parametrize("frontend", ["asyncio", "uvloop"])
+LISTENING = {
+    "asyncio": "(asyncio frontend, asyncio event loop)",
+    "uvloop": "(asyncio frontend, uvloop event loop)",
+    "anyio": "(anyio frontend, asyncio backend)",
+    "trio": "(anyio frontend, trio backend)",
+    "curio": "(curio frontend)",
+}
+
+
 def test_run_end_to_end(pg15: Any, tmp_path: pathlib.Path, frontend: str) -> None:
     psycopg = pytest.importorskip("psycopg")
-    if frontend == "uvloop":
-        pytest.importorskip("uvloop")
     from pgsansio.testing.cluster import TEST_DATABASE
 
     config = tmp_path / "pgcat.toml"
@@ -817,7 +1222,7 @@ def test_run_end_to_end(pg15: Any, tmp_path: pathlib.Path, frontend: str) -> Non
         .replace("5999", str(pg15.port))
     )
     proc, listening = start_pooler(["run", str(config), "--frontend", frontend], tmp_path)
-    assert f"(asyncio frontend, {frontend} event loop)" in listening
+    assert LISTENING[frontend] in listening
     port = int(listening.split(" listening on ")[1].split()[0].rsplit(":", 1)[1])
     try:
         conninfo = (
@@ -826,7 +1231,7 @@ def test_run_end_to_end(pg15: Any, tmp_path: pathlib.Path, frontend: str) -> Non
         )
         with psycopg.connect(conninfo, autocommit=True) as conn:
             assert conn.execute("SELECT 1 + 1").fetchone() == (2,)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:

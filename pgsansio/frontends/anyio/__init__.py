@@ -1,0 +1,12 @@
+"""The anyio frontend: the same code on asyncio (``--frontend anyio``) and trio (``trio``).
+
+:func:`run` starts an event loop of the chosen backend and blocks until the pooler
+exits; :func:`serve` runs inside an anyio-compatible loop the caller already has (a
+trio application can run the pooler in one of its nurseries). Both return the exit code.
+"""
+
+from __future__ import annotations
+
+from ._server import AnyioFrontend, run, serve
+
+__all__ = ["AnyioFrontend", "run", "serve"]
