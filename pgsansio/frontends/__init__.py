@@ -53,7 +53,7 @@ from __future__ import annotations
 import importlib.util
 import socket
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Final, Protocol, cast
+from typing import TYPE_CHECKING, Final, Protocol
 
 if TYPE_CHECKING:
     from pgsansio.config_model import Config, General
@@ -225,7 +225,4 @@ def real_engine(config: Config) -> EngineAPI:
     """The pooler's engine for ``config``, imported only when a real run needs it."""
     from pgsansio.engine import Engine  # noqa: PLC0415
 
-    # cast: the engine's pause/resume/metrics_connected and shutdown(wait_for_clients)
-    # arrive from another branch; once merged, Engine satisfies EngineAPI and the cast
-    # is a no-op that can go.
-    return cast("EngineAPI", Engine(config, seed=None))
+    return Engine(config, seed=None)
