@@ -23,7 +23,7 @@ import pytest
 from pgsansio.testing.cluster import TEST_DATABASE, Cluster
 from tests._pooler import Pooler, make_config, running
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.usefixtures("pooler_frontend")]
 pytest.importorskip("pglast", reason="read/write splitting needs the routing extra (pglast)")
 
 USER = "md5_user"
