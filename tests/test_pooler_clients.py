@@ -1607,7 +1607,8 @@ def test_statement_timeout_gives_57014(pg15: Cluster) -> None:
             started = time.monotonic()
             with pytest.raises(psycopg.errors.QueryCanceled) as info:
                 conn.execute(f"SELECT pg_sleep(5) /* {marker} */")
-            assert 0.25 < time.monotonic() - started < 2.5
+            # cut short well before pg_sleep(5) would end (room for a loaded machine)
+            assert 0.25 < time.monotonic() - started < 4.5
             assert info.value.sqlstate == "57014"
         wait_for("the query to stop", lambda: running_queries(pg15, marker) == 0, 5)
         with connect(p) as conn:
