@@ -188,8 +188,9 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, St
             self._http_data(cid, data)
         elif c is not None and c.state != C_CLOSED:
             try:
-                c.conn.receive_data(data)
-                self._read_client(c)
+                if not self._fast_query(c, data):
+                    c.conn.receive_data(data)
+                    self._read_client(c)
             except ProtocolError as exc:
                 self._drop_client(c, fatal(exc.sqlstate, f"protocol error: {exc}"))
             except ClientFatal as exc:
@@ -252,17 +253,8 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, St
         s = self.servers.get(sid)
         if s is not None and s.state != S_CLOSED:
             try:
-                s.conn.receive_data(data)
-                if s.state == S_LOGIN:
-                    self._read_login(s)
-                    if s.purpose == P_AUTH_QUERY and s.state == S_INTERNAL:
-                        self._read_auth_query(s)
-                elif s.purpose == P_AUTH_QUERY:
-                    self._read_auth_query(s)
-                elif s.purpose == P_PROBE:
-                    self._read_probe(s)
-                else:
-                    self._read_server(s)
+                if s.state != S_ACTIVE or not self._fast_answer(s, data):
+                    self._server_bytes(s, data)
             except ProtocolError as exc:
                 self._log(logging.WARNING, f"server {self._where(s)}: protocol error: {exc}")
                 self._server_gone(s, fatal("08P01", f"server protocol error: {exc}"))
@@ -276,6 +268,19 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, St
                 if client is not None:
                     self._drop_client(client, _INTERNAL)
         return self._flush()
+
+    def _server_bytes(self, s: ServerConn, data: bytes) -> None:
+        s.conn.receive_data(data)
+        if s.state == S_LOGIN:
+            self._read_login(s)
+            if s.purpose == P_AUTH_QUERY and s.state == S_INTERNAL:
+                self._read_auth_query(s)
+        elif s.purpose == P_AUTH_QUERY:
+            self._read_auth_query(s)
+        elif s.purpose == P_PROBE:
+            self._read_probe(s)
+        else:
+            self._read_server(s)
 
     def server_closed(self, sid: int, now: float) -> list[Effect]:
         self._now = now
@@ -509,16 +514,7 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, St
             self._out.append(ReadServer(s.sid, False))
         if s.blocked:
             self._out.append(ReadClient(c.cid, False))
-        c.server = s
-        st = c.stats
-        st.server_assignment_count += 1
-        if c.waiting_since is not None:
-            st.wait_time += self._now - c.waiting_since
-            c.waiting_since = None
-        s.client = c
-        s.state = S_ACTIVE
-        s.link_gen += 1
-        s.last_used = self._now
+        self._attach(c, s)
         key = c.sync_key
         if key is None:
             key = c.sync_key = (
@@ -537,6 +533,19 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, St
             self._send_internal(s, sql, "sync")
         else:
             self._flush_pending(c, s)
+
+    def _attach(self, c: Client, s: ServerConn) -> None:
+        """The bookkeeping of giving ``s`` to ``c`` (for _link and the fast lane)."""
+        c.server = s
+        st = c.stats
+        st.server_assignment_count += 1
+        if c.waiting_since is not None:
+            st.wait_time += self._now - c.waiting_since
+            c.waiting_since = None
+        s.client = c
+        s.state = S_ACTIVE
+        s.link_gen += 1
+        s.last_used = self._now
 
     def _flush_pending(self, c: Client, s: ServerConn) -> None:
         pending, c.pending = c.pending, []

@@ -11,6 +11,12 @@ For proxies, ``next_span`` returns every whole message buffered as one
 ``bytes`` plus the decoded events that matter for pooling, without building an
 object per DataRow or CopyData; ``send_span`` forwards such a span through the
 connection on the other side, updating its state from those events alone.
+
+Narrower still, for the round trip that dominates a transaction pooler's work (one
+simple Query, its rows and ReadyForQuery): ``take_query`` / ``pass_query`` and
+``forward_answer`` make the same checks and leave both connections in the same state
+as ``next_span`` + ``send_span`` would, without building a span or an event for
+anything but a CommandComplete, and decline (changing nothing) for anything else.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from . import _events as ev
 from . import _events_query as qe
 from . import _readers
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
-from ._state import ConversationState, State
+from ._state import _QUERY, ConversationState, State
 
 __all__ = ["CLIENT", "NEED_DATA", "PAUSED", "SERVER", "Connection", "Role", "Span"]
 
@@ -88,6 +94,7 @@ _P_READERS = {
 
 
 _ROWS: Final = (b"D",)
+_STATUS: Final = {ord(x): x for x in "ITE"}  # ReadyForQuery's status byte
 _COPY_DATA: Final = (b"d",)
 
 
@@ -556,3 +563,123 @@ class Connection:
             for event in events:
                 self._check_encryption_answer(event)
         return span.data
+
+    # --- the simple-query round trip ---------------------------------------------------
+
+    def take_query(self, data: bytes) -> str | None:
+        """Read ``data`` as one whole Query from an idle client, and return its text.
+
+        The fast path for the commonest request a proxy sees. It applies when this
+        server-role connection has nothing buffered and nothing outstanding, and
+        ``data`` is exactly one Query message: then it is read as ``receive_data``
+        plus ``next_span`` would read it, with the same checks and the same state
+        afterwards. Anything else returns None with nothing changed: use
+        ``receive_data`` and ``next_span`` for it (they report what is wrong).
+        """
+        conv = self._conv
+        n = len(data)
+        if (
+            n < 6
+            or data[0] != 0x51  # Q
+            or type(data) is not bytes
+            or conv.phase is not State.READY
+            or conv.pending
+            or self.role is not SERVER
+            or conv.failed
+            or conv.copy is not None
+            or conv.frontend_copy_open
+            or conv.frontend_closed
+            or self._eof
+            or self._pos < len(self._data)
+            or int.from_bytes(data[1:5], "big") != n - 1
+            or n - 1 > self.max_message_size
+            or data.find(b"\0", 5) != n - 1
+        ):
+            return None
+        conv.pending.append(_QUERY)
+        return data[5:-1].decode("utf-8", "surrogateescape")
+
+    def pass_query(self, data: bytes, sql: str) -> bytes:
+        """Forward a Query that ``take_query`` read (``data``, its text ``sql``)
+        through this client-role connection: ``send_span`` of it, for less."""
+        conv = self._conv
+        if self.role is CLIENT and conv.phase is State.READY and not conv.frontend_closed:
+            conv.pending.append(_QUERY)
+            return data
+        return self.send_span(Span(data, [qe.Query(sql)], [0]))
+
+    def forward_answer(
+        self, data: bytes, to: Connection
+    ) -> tuple[str, list[qe.CommandComplete]] | None:
+        """Read ``data`` as the whole answer to the one Query outstanding on this
+        client-role connection, and forward it through ``to`` (the server-role
+        connection of the client that asked).
+
+        The answer may hold RowDescription, DataRow, CommandComplete and
+        EmptyQueryResponse messages and must end with ReadyForQuery, exactly at the
+        end of ``data``; both connections must have just that Query outstanding
+        and nothing buffered. Then both end in the state ``receive_data``,
+        ``next_span`` and ``to.send_span`` would leave them in, and the result is the
+        ReadyForQuery status with the CommandComplete events, in order. Anything else
+        (an error, a notice, COPY, a partial message ...) returns None with nothing
+        changed: use the general calls for it.
+        """
+        conv = self._conv
+        peer = to._conv
+        n = len(data)
+        if (
+            n < 6
+            or type(data) is not bytes
+            or conv.phase is not State.READY
+            or peer.phase is not State.READY
+            or len(conv.pending) != 1
+            or conv.pending[0] != _QUERY
+            or len(peer.pending) != 1
+            or peer.pending[0] != _QUERY
+            or self.role is not CLIENT
+            or to.role is not SERVER
+            or conv.failed
+            or peer.failed
+            or conv.copy is not None
+            or peer.copy is not None
+            or conv.backend_closed
+            or peer.frontend_closed
+            or self._eof
+            or self._pos < len(self._data)
+            or to._pos < len(to._data)
+            or data[n - 6 : n - 2] != b"Z\0\0\0"
+            or data[n - 2] != 5
+        ):
+            return None
+        text = _STATUS.get(data[n - 1])
+        if text is None:
+            return None
+        cap = self.max_message_size
+        readers = self._readers
+        tags: list[qe.CommandComplete] = []
+        pos = 0
+        last = n - 6  # where the ReadyForQuery starts
+        try:
+            while pos < last:
+                if last - pos < 5:
+                    return None
+                code, length = _hdr(data, pos)
+                end = pos + 1 + length
+                if length < 4 or length > cap or end > last:
+                    return None
+                if code == b"D":
+                    pass  # framed, not decoded, as next_span does
+                elif code == b"C":
+                    tags.append(readers[code](data[pos + 5 : end]))  # type: ignore[arg-type]
+                elif code == b"T":
+                    readers[code](data[pos + 5 : end])  # checked as next_span checks it
+                elif code != b"I" or length != 4:
+                    return None
+                pos = end
+        except ProtocolError:
+            return None  # the general path reports it
+        conv.pending.clear()
+        conv.transaction_status = text
+        peer.pending.clear()
+        peer.transaction_status = text
+        return text, tags

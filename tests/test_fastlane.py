@@ -1,0 +1,307 @@
+"""The fast lane for simple queries: the same effects and state as the general path.
+
+The engine serves an ordinary simple Query and its answer through
+``Relay._fast_query`` / ``Relay._fast_answer`` and the protocol's ``take_query``,
+``pass_query`` and ``forward_answer``. These tests run the same traffic with the fast
+lane and without it (an engine whose fast lane always declines) and require the same
+bytes, in the same order, at the same simulated times; and they check, message by
+message, that the protocol's fast calls decline what they must and leave the
+connections exactly as ``next_span`` and ``send_span`` do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sim.harness import kill_servers, make_config, simulate
+from sim.scenarios import DEFAULT_WEIGHTS, Behaviour
+
+from pgsansio.engine import Engine
+from pgsansio.engine._objects import Client, ServerConn
+from pgsansio.protocol import (
+    CLIENT,
+    SERVER,
+    CommandComplete,
+    Connection,
+    CopyOutResponse,
+    DataRow,
+    EmptyQueryResponse,
+    ErrorResponse,
+    Field,
+    NoticeResponse,
+    ParameterStatus,
+    Query,
+    ReadyForQuery,
+    RowDescription,
+    Span,
+    StartupMessage,
+    Sync,
+)
+from pgsansio.protocol._state import State
+
+
+class GeneralOnly(Engine):
+    """The engine with its fast lane closed: every byte takes the general path."""
+
+    def _fast_query(self, c: Client, data: bytes) -> bool:
+        return False
+
+    def _fast_answer(self, s: ServerConn, data: bytes) -> bool:
+        return False
+
+
+class Counting(Engine):
+    """The engine as shipped, counting how often the fast lane took the bytes."""
+
+    taken = 0
+
+    def _fast_query(self, c: Client, data: bytes) -> bool:
+        taken = super()._fast_query(c, data)
+        Counting.taken += taken
+        return taken
+
+    def _fast_answer(self, s: ServerConn, data: bytes) -> bool:
+        taken = super()._fast_answer(s, data)
+        Counting.taken += taken
+        return taken
+
+
+def _run(factory: Any, seed: int, **kw: Any) -> tuple[list[str], object, int]:
+    run = simulate(seed, clients=60, engine_factory=factory, verbose=True, trace_size=10**7, **kw)
+    assert not run.problems, run.problems
+    # SCRAM nonces come from os.urandom: the only bytes that differ from run to run.
+    trace = [line for line in run.world.trace if "SASL" not in line]
+    return trace, sorted(run.behaviour.ledger.items()), run.world.sched.events
+
+
+@pytest.mark.parametrize(
+    ("seed", "kw"),
+    [
+        (1, {}),
+        (2, {"config": make_config(pool_size=2)}),
+        (
+            3,
+            {
+                "faults": [kill_servers(0.3, 3.0, 0.1)],
+                "behaviour": Behaviour(
+                    allowed=frozenset({"53300", "08006", "08001", "08P01", "57P01"}),
+                    recovered_at=5.0,
+                ),
+            },
+        ),
+        (
+            4,
+            {
+                "behaviour": Behaviour(
+                    weights={
+                        k: (w * 4 if "simple" in k or "txn" in k else w)
+                        for k, w in DEFAULT_WEIGHTS.items()
+                    }
+                )
+            },
+        ),
+    ],
+    ids=["default", "small-pool", "servers-die", "mostly-simple"],
+)
+def test_the_simulation_is_the_same_with_and_without_the_fast_lane(
+    seed: int, kw: dict[str, Any]
+) -> None:
+    Counting.taken = 0
+    fast = _run(Counting, seed, **kw)
+    assert Counting.taken > 200  # the lane was used, not merely present
+    general = _run(GeneralOnly, seed, **kw)
+    assert fast[2] == general[2]
+    assert fast[1] == general[1]
+    assert fast[0] == general[0]
+
+
+# --- the protocol's fast calls ----------------------------------------------------------
+
+
+def _pair() -> tuple[Connection, Connection]:
+    """A proxy's two connections in the query phase: (client side, server side)."""
+    client_side = Connection(SERVER)  # talks to a client
+    server_side = Connection(CLIENT)  # talks to a server
+    hello = bytes(StartupMessage({"user": "u", "database": "d"}))
+    client_side.receive_data(hello)
+    client_side.next_event()
+    server_side.send(StartupMessage({"user": "u", "database": "d"}))
+    from pgsansio.protocol import AuthenticationOk, BackendKeyData
+
+    for event in (AuthenticationOk(), BackendKeyData(1, b"abcd"), ReadyForQuery("I")):
+        client_side.send(event)
+        server_side.receive_data(bytes(event))
+        assert server_side.next_event() == event
+    return client_side, server_side
+
+
+def _state(conn: Connection) -> tuple[object, ...]:
+    c = conn._conv
+    return (
+        c.phase,
+        list(c.pending),
+        c.copy,
+        c.failed,
+        c.transaction_status,
+        c.frontend_closed,
+        c.backend_closed,
+        c.frontend_copy_open,
+        conn.trailing_data,
+    )
+
+
+def _general(client_side: Connection, server_side: Connection, request: bytes, answer: bytes):
+    client_side.receive_data(request)
+    span = client_side.next_span()
+    assert isinstance(span, Span)
+    server_side.send_span(span)
+    server_side.receive_data(answer)
+    back = server_side.next_span()
+    assert isinstance(back, Span)
+    client_side.send_span(back)
+    return [e for e in back.events if type(e) is CommandComplete], back.ready
+
+
+def _fast(client_side: Connection, server_side: Connection, request: bytes, answer: bytes):
+    sql = client_side.take_query(request)
+    assert sql is not None
+    assert server_side.pass_query(request, sql) == request
+    result = server_side.forward_answer(answer, client_side)
+    assert result is not None
+    status, tags = result
+    return tags, status
+
+
+def _answer(*events: Any) -> bytes:
+    return b"".join(bytes(e) for e in events)
+
+
+ROW_DESC = RowDescription([Field("a", 0, 0, 23, 4, -1, 0)])
+ANSWERS = {
+    "select": _answer(ROW_DESC, DataRow([b"1"]), CommandComplete("SELECT 1"), ReadyForQuery("I")),
+    "no rows": _answer(ROW_DESC, CommandComplete("SELECT 0"), ReadyForQuery("I")),
+    "begin": _answer(CommandComplete("BEGIN"), ReadyForQuery("T")),
+    "failed tx": _answer(ReadyForQuery("E")),
+    "empty": _answer(EmptyQueryResponse(), ReadyForQuery("I")),
+    "two statements": _answer(
+        CommandComplete("INSERT 0 1"),
+        ROW_DESC,
+        DataRow([b"2"]),
+        DataRow([None]),
+        CommandComplete("SELECT 2"),
+        ReadyForQuery("I"),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ANSWERS))
+def test_fast_calls_leave_the_state_of_the_general_path(name: str) -> None:
+    request = bytes(Query("select a from t"))
+    fast_pair, general_pair = _pair(), _pair()
+    fast = _fast(*fast_pair, request, ANSWERS[name])
+    general = _general(*general_pair, request, ANSWERS[name])
+    assert fast == general
+    assert [_state(c) for c in fast_pair] == [_state(c) for c in general_pair]
+    # ... and both go on alike.
+    again = _fast(*fast_pair, request, ANSWERS["select"])
+    assert again == _general(*general_pair, request, ANSWERS["select"])
+    assert [_state(c) for c in fast_pair] == [_state(c) for c in general_pair]
+
+
+QUERY = bytes(Query("select 1"))
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        QUERY[:-1],  # partial
+        QUERY + QUERY,  # two messages
+        bytes(Query("select 1")) + bytes(Sync()),
+        bytes(Sync()),
+        QUERY[:5] + b"sel\0ect 1\0",  # two strings
+        QUERY[:5] + b"select 1",  # no terminator (length fixed below)
+        b"Q\0\0\0\x04",  # no body
+        bytearray(QUERY),  # not bytes: the general path copies it
+    ],
+    ids=[
+        "partial",
+        "two",
+        "query-sync",
+        "sync",
+        "two-strings",
+        "unterminated",
+        "empty",
+        "bytearray",
+    ],
+)
+def test_take_query_declines_and_changes_nothing(request_bytes: bytes) -> None:
+    if request_bytes[5:] == b"select 1":
+        request_bytes = b"Q" + (4 + 8).to_bytes(4, "big") + b"select 1"
+    client_side, _ = _pair()
+    before = _state(client_side)
+    assert client_side.take_query(request_bytes) is None
+    assert _state(client_side) == before
+
+
+def test_take_query_declines_with_something_outstanding_or_buffered() -> None:
+    client_side, _ = _pair()
+    client_side.receive_data(QUERY)
+    assert isinstance(client_side.next_span(), Span)
+    assert client_side.take_query(QUERY) is None  # the first is still outstanding
+    client_side2, _ = _pair()
+    client_side2.receive_data(QUERY[:3])
+    assert client_side2.take_query(QUERY) is None  # bytes are buffered
+    client_side3, _ = _pair()
+    client_side3.max_message_size = 8
+    assert client_side3.take_query(QUERY) is None  # over the cap: the general path says so
+
+
+def test_pass_query_falls_back_to_send_span() -> None:
+    _, server_side = _pair()
+    server_side.send(Query("select 1"))
+    server_side.receive_data(_answer(ErrorResponse.build("XX000", "boom", "FATAL")))
+    server_side.next_span()  # a FATAL: the server is closing
+    assert server_side.pass_query(QUERY, "select 1") == QUERY  # still the general checks
+    _, other = _pair()
+    other.send(Sync())  # something outstanding: legal, so accounted for by send_span
+    assert other.pass_query(QUERY, "select 1") == QUERY
+    assert list(other._conv.pending) == ["S", "Q"]
+
+
+DECLINED = {
+    "error": _answer(ErrorResponse.build("42P01", "no such table"), ReadyForQuery("I")),
+    "notice": _answer(NoticeResponse.build("01000", "hm", "NOTICE"), ReadyForQuery("I")),
+    "parameter": _answer(ParameterStatus("TimeZone", "UTC"), ReadyForQuery("I")),
+    "copy": _answer(CopyOutResponse(0, [0])),
+    "partial": ANSWERS["select"][:-1],
+    "no ready": _answer(ROW_DESC, CommandComplete("SELECT 0")),
+    "bad status": ANSWERS["select"][:-1] + b"X",
+    "ready too soon": _answer(ReadyForQuery("I"), ReadyForQuery("I")),
+    "bad row description": b"T\0\0\0\x06\0\x05" + _answer(ReadyForQuery("I")),
+    "short frame": b"D\0\0\0\x02" + _answer(ReadyForQuery("I")),
+    "frame past the end": b"D\0\0\0\x09\0\0" + _answer(ReadyForQuery("I")),
+    "bad empty query": b"I\0\0\0\x05x" + _answer(ReadyForQuery("I")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DECLINED))
+def test_forward_answer_declines_and_changes_nothing(name: str) -> None:
+    client_side, server_side = _pair()
+    sql = client_side.take_query(QUERY)
+    assert sql is not None
+    server_side.pass_query(QUERY, sql)
+    before = [_state(client_side), _state(server_side)]
+    assert server_side.forward_answer(DECLINED[name], client_side) is None
+    assert [_state(client_side), _state(server_side)] == before
+
+
+def test_forward_answer_needs_one_query_outstanding_on_both_sides() -> None:
+    client_side, server_side = _pair()
+    assert server_side.forward_answer(ANSWERS["select"], client_side) is None  # nothing asked
+    client_side.receive_data(bytes(Sync()))
+    span = client_side.next_span()
+    assert isinstance(span, Span)
+    server_side.send_span(span)
+    assert server_side.forward_answer(_answer(ReadyForQuery("I")), client_side) is None  # a Sync
+    assert client_side._conv.phase is State.READY
