@@ -549,6 +549,14 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, St
 
     def _flush_pending(self, c: Client, s: ServerConn) -> None:
         pending, c.pending = c.pending, []
+        if len(pending) == 1:
+            data, events, _ = pending[0]
+            first = events[0] if len(events) == 1 else None
+            if isinstance(first, Query) and c.state != C_CLOSED and c.server is s:
+                # One Query (the fast lane's waiting client): _to_server's work, for less.
+                self._send_query(c, s, data, first.sql)
+                self._after_client_data(c, s)
+                return
         for data, events, offsets in pending:
             if c.state == C_CLOSED or c.server is not s:
                 return

@@ -517,13 +517,15 @@ class Relay(Base):
         s = c.server
         if s is None:
             s = self._ready_server(c, group)
-            if s is None:
-                return False
         elif s.syncing or s.queue or s.blocked or not s.conn.idle:
             return False
         sql = c.conn.take_query(data)
         if sql is None:
             return False
+        if s is None:  # it waits for a server, as next_span would have made it wait
+            c.pending.append((data, [Query(sql)], [0]))
+            self._checkout(c)
+            return True
         if c.server is None:
             pool = s.pool
             assert pool is not None
@@ -531,6 +533,12 @@ class Relay(Base):
             c.tried = None
             c.pool = pool
             self._attach(c, s)
+        self._send_query(c, s, data, sql)
+        self._after_client_data(c, s)
+        return True
+
+    def _send_query(self, c: Client, s: ServerConn, data: bytes, sql: str) -> None:
+        """What _to_server does for a span of one Query, for less."""
         st = c.stats
         st.received += len(data)
         if c.query_start is None:
@@ -540,8 +548,6 @@ class Relay(Base):
         s.queue.append(self._query_entry(c, s, sql))
         c.unnamed_pending = False
         self._out.append(SendServer(s.sid, s.conn.pass_query(data, sql)))
-        self._after_client_data(c, s)
-        return True
 
     def _ready_server(self, c: Client, group: PoolGroup) -> ServerConn | None:
         """The idle server _checkout would give ``c`` at once and link without a word
