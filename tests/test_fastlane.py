@@ -14,6 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sim.harness import kill_servers, make_config, simulate
 from sim.scenarios import DEFAULT_WEIGHTS, Behaviour
 
@@ -282,6 +284,7 @@ DECLINED = {
     "short frame": b"D\0\0\0\x02" + _answer(ReadyForQuery("I")),
     "frame past the end": b"D\0\0\0\x09\0\0" + _answer(ReadyForQuery("I")),
     "bad empty query": b"I\0\0\0\x05x" + _answer(ReadyForQuery("I")),
+    "three stray bytes": b"D\0\0" + _answer(ReadyForQuery("I")),
 }
 
 
@@ -305,3 +308,51 @@ def test_forward_answer_needs_one_query_outstanding_on_both_sides() -> None:
     server_side.send_span(span)
     assert server_side.forward_answer(_answer(ReadyForQuery("I")), client_side) is None  # a Sync
     assert client_side._conv.phase is State.READY
+
+
+PIECES = [
+    bytes(ROW_DESC),
+    bytes(DataRow([b"1"])),
+    bytes(CommandComplete("SELECT 1")),
+    bytes(CommandComplete("SET")),
+    bytes(EmptyQueryResponse()),
+    bytes(ErrorResponse.build("42P01", "no")),
+    bytes(NoticeResponse.build("01000", "hm", "NOTICE")),
+    bytes(ParameterStatus("a", "b")),
+    bytes(ReadyForQuery("I")),
+    bytes(ReadyForQuery("T")),
+    b"D\0\0\0\x02",
+    b"T\0\0\0\x05\0",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from(PIECES), max_size=6),
+    st.integers(min_value=0, max_value=3),
+    st.binary(max_size=3),
+)
+def test_forward_answer_agrees_with_the_general_path(
+    pieces: list[bytes], cut: int, junk: bytes
+) -> None:
+    """Any answer: the fast call declines with nothing changed, or does exactly what
+    next_span + send_span do with it."""
+    answer = b"".join(pieces) + junk
+    answer = answer[: len(answer) - cut] if cut < len(answer) else answer
+    fast_pair, general_pair = _pair(), _pair()
+    for client_side, server_side in (fast_pair, general_pair):
+        sql = client_side.take_query(QUERY)
+        assert sql is not None
+        server_side.pass_query(QUERY, sql)
+    before = [_state(c) for c in fast_pair]
+    result = fast_pair[1].forward_answer(answer, fast_pair[0])
+    if result is None:
+        assert [_state(c) for c in fast_pair] == before
+        return
+    general_pair[1].receive_data(answer)
+    span = general_pair[1].next_span()
+    assert isinstance(span, Span)
+    assert span.data == answer  # the whole answer, nothing left over
+    general_pair[0].send_span(span)
+    assert result == (span.ready, [e for e in span.events if type(e) is CommandComplete])
+    assert [_state(c) for c in fast_pair] == [_state(c) for c in general_pair]

@@ -661,8 +661,8 @@ class Connection:
         last = n - 6  # where the ReadyForQuery starts
         try:
             while pos < last:
-                if last - pos < 5:
-                    return None
+                # Fewer than 5 bytes before the ReadyForQuery cannot be a header: the
+                # length read then runs into it, and ``end`` past ``last`` says so.
                 code, length = _hdr(data, pos)
                 end = pos + 1 + length
                 if length < 4 or length > cap or end > last:
