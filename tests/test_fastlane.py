@@ -39,7 +39,9 @@ from pgsansio.protocol import (
     Span,
     StartupMessage,
     Sync,
+    Terminate,
 )
+from pgsansio.protocol._errors import LocalProtocolError
 from pgsansio.protocol._state import State
 
 
@@ -261,14 +263,15 @@ def test_take_query_declines_with_something_outstanding_or_buffered() -> None:
 
 def test_pass_query_falls_back_to_send_span() -> None:
     _, server_side = _pair()
-    server_side.send(Query("select 1"))
-    server_side.receive_data(_answer(ErrorResponse.build("XX000", "boom", "FATAL")))
-    server_side.next_span()  # a FATAL: the server is closing
-    assert server_side.pass_query(QUERY, "select 1") == QUERY  # still the general checks
-    _, other = _pair()
-    other.send(Sync())  # something outstanding: legal, so accounted for by send_span
-    assert other.pass_query(QUERY, "select 1") == QUERY
-    assert list(other._conv.pending) == ["S", "Q"]
+    server_side.send(Sync())  # something outstanding is no obstacle: queries pipeline
+    assert server_side.pass_query(QUERY, "select 1") == QUERY
+    assert list(server_side._conv.pending) == ["S", "Q"]
+    # Where a Query may not be sent, send_span's checks say so, as they would have.
+    server_side.send(Terminate())
+    with pytest.raises(LocalProtocolError, match="can't send Query"):
+        server_side.pass_query(QUERY, "select 1")
+    with pytest.raises(LocalProtocolError):
+        Connection(CLIENT).pass_query(QUERY, "select 1")  # before any login
 
 
 DECLINED = {
