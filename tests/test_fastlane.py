@@ -24,15 +24,22 @@ from pgsansio.engine._objects import Client, ServerConn
 from pgsansio.protocol import (
     CLIENT,
     SERVER,
+    Bind,
+    BindComplete,
     CommandComplete,
     Connection,
     CopyOutResponse,
     DataRow,
+    Describe,
     EmptyQueryResponse,
     ErrorResponse,
+    Execute,
     Field,
+    FunctionCall,
     NoticeResponse,
     ParameterStatus,
+    Parse,
+    ParseComplete,
     Query,
     ReadyForQuery,
     RowDescription,
@@ -42,7 +49,6 @@ from pgsansio.protocol import (
     Terminate,
 )
 from pgsansio.protocol._errors import LocalProtocolError
-from pgsansio.protocol._state import State
 
 
 class GeneralOnly(Engine):
@@ -302,15 +308,69 @@ def test_forward_answer_declines_and_changes_nothing(name: str) -> None:
     assert [_state(client_side), _state(server_side)] == before
 
 
-def test_forward_answer_needs_one_query_outstanding_on_both_sides() -> None:
+def test_forward_answer_needs_one_request_outstanding_on_both_sides() -> None:
     client_side, server_side = _pair()
     assert server_side.forward_answer(ANSWERS["select"], client_side) is None  # nothing asked
-    client_side.receive_data(bytes(Sync()))
+    # Extended messages without their Sync: no ReadyForQuery is due yet.
+    batch = bytes(Bind("", "", (), [], ())) + bytes(Execute())
+    client_side.receive_data(batch)
     span = client_side.next_span()
     assert isinstance(span, Span)
     server_side.send_span(span)
-    assert server_side.forward_answer(_answer(ReadyForQuery("I")), client_side) is None  # a Sync
-    assert client_side._conv.phase is State.READY
+    before = [_state(client_side), _state(server_side)]
+    assert (
+        server_side.forward_answer(_answer(BindComplete(), ReadyForQuery("I")), client_side)
+        is None
+    )
+    assert [_state(client_side), _state(server_side)] == before
+    # A FunctionCall's answer is left to the general path.
+    client_side, server_side = _pair()
+    client_side.receive_data(bytes(FunctionCall(1, (), [], 0)))
+    span = client_side.next_span()
+    assert isinstance(span, Span)
+    server_side.send_span(span)
+    assert server_side.forward_answer(_answer(ReadyForQuery("I")), client_side) is None
+
+
+EXTENDED = bytes(Parse("", "select a from t")) + bytes(Bind("", "", (), [], ()))
+EXTENDED += bytes(Describe("P", "")) + bytes(Execute()) + bytes(Sync())
+EXTENDED_ANSWER = _answer(
+    ParseComplete(),
+    BindComplete(),
+    ROW_DESC,
+    DataRow([b"1"]),
+    CommandComplete("SELECT 1"),
+    ReadyForQuery("I"),
+)
+
+
+def _sent(request: bytes) -> tuple[Connection, Connection]:
+    client_side, server_side = _pair()
+    client_side.receive_data(request)
+    span = client_side.next_span()
+    assert isinstance(span, Span)
+    server_side.send_span(span)
+    return client_side, server_side
+
+
+def test_forward_answer_takes_an_extended_batch_and_shows_its_replies() -> None:
+    fast, general = _sent(EXTENDED), _sent(EXTENDED)
+    seen: list[bytes] = []
+    result = fast[1].forward_answer(EXTENDED_ANSWER, fast[0], lambda codes: not seen.append(codes))
+    assert seen == [b"12TC"]  # DataRows left out
+    general[1].receive_data(EXTENDED_ANSWER)
+    span = general[1].next_span()
+    assert isinstance(span, Span)
+    general[0].send_span(span)
+    assert result == ("I", [CommandComplete("SELECT 1")])
+    assert [_state(c) for c in fast] == [_state(c) for c in general]
+
+
+def test_forward_answer_refused_by_its_check_changes_nothing() -> None:
+    client_side, server_side = _sent(EXTENDED)
+    before = [_state(client_side), _state(server_side)]
+    assert server_side.forward_answer(EXTENDED_ANSWER, client_side, lambda codes: False) is None
+    assert [_state(client_side), _state(server_side)] == before
 
 
 PIECES = [
@@ -324,6 +384,8 @@ PIECES = [
     bytes(ParameterStatus("a", "b")),
     bytes(ReadyForQuery("I")),
     bytes(ReadyForQuery("T")),
+    bytes(ParseComplete()),
+    bytes(BindComplete()),
     b"D\0\0\0\x02",
     b"T\0\0\0\x05\0",
 ]
@@ -334,19 +396,23 @@ PIECES = [
     st.lists(st.sampled_from(PIECES), max_size=6),
     st.integers(min_value=0, max_value=3),
     st.binary(max_size=3),
+    st.booleans(),
 )
 def test_forward_answer_agrees_with_the_general_path(
-    pieces: list[bytes], cut: int, junk: bytes
+    pieces: list[bytes], cut: int, junk: bytes, extended: bool
 ) -> None:
-    """Any answer: the fast call declines with nothing changed, or does exactly what
-    next_span + send_span do with it."""
+    """Any answer, to a Query or to an extended batch: the fast call declines with
+    nothing changed, or does exactly what next_span + send_span do with it."""
     answer = b"".join(pieces) + junk
     answer = answer[: len(answer) - cut] if cut < len(answer) else answer
-    fast_pair, general_pair = _pair(), _pair()
-    for client_side, server_side in (fast_pair, general_pair):
-        sql = client_side.take_query(QUERY)
-        assert sql is not None
-        server_side.pass_query(QUERY, sql)
+    if extended:
+        fast_pair, general_pair = _sent(EXTENDED), _sent(EXTENDED)
+    else:
+        fast_pair, general_pair = _pair(), _pair()
+        for client_side, server_side in (fast_pair, general_pair):
+            sql = client_side.take_query(QUERY)
+            assert sql is not None
+            server_side.pass_query(QUERY, sql)
     before = [_state(c) for c in fast_pair]
     result = fast_pair[1].forward_answer(answer, fast_pair[0])
     if result is None:

@@ -86,6 +86,10 @@ _TERMINAL: dict[int, tuple[type[Event], ...]] = {
     K_SYNC: (),
     K_QUERY: (),
 }
+# The same, as the type bytes of those replies (for the fast lane).
+_TERMINAL_CODES: dict[int, frozenset[int]] = {
+    kind: frozenset(t.type_code[0] for t in types) for kind, types in _TERMINAL.items()
+}
 _CLEARS_PREPARED = re.compile(r"^\s*(DEALLOCATE\s+(PREPARE\s+)?ALL|DISCARD\s+ALL)\s*;?\s*$", re.I)
 _RESETS_ALL = re.compile(r"^\s*(RESET\s+ALL|DISCARD\s+ALL)\s*;?\s*$", re.I)
 _SET_CONFIG = re.compile("set_config", re.I)  # scanned in place: no copy of the query
@@ -483,7 +487,7 @@ class Relay(Base):
         """What both kinds of plain answer end with (see _plain_answer)."""
         for e in tags:
             self._command_tag(s, e, entry)
-        s.queue.popleft()
+        s.queue.clear()
         self._count_query(c, status)
         if data:
             c.stats.sent += len(data)
@@ -505,7 +509,8 @@ class Relay(Base):
         """``data`` from ``c`` sent on, if it is the ordinary case; False if not."""
         group = c.group
         if (
-            c.state != C_READY
+            data[:1] != b"Q"
+            or c.state != C_READY
             or c.pending
             or c.admin
             or c.blocked
@@ -574,19 +579,38 @@ class Relay(Base):
 
     def _fast_answer(self, s: ServerConn, data: bytes) -> bool:
         """``data`` from ``s`` sent to its client, if it is the whole ordinary answer
-        to the client's one Query; False if not."""
+        to everything the client asked (one Query, or extended messages up to one
+        Sync, all its own); False if not."""
         c = s.client
         q = s.queue
-        if c is None or len(q) != 1:
+        if c is None or not q:
             return False
-        head = q[0]
-        if head.kind != K_QUERY or head.mode != FWD or head.tag:
+        last = q[-1]
+        if last.kind < K_SYNC or last.mode != FWD or last.tag:
             return False
-        answer = s.conn.forward_answer(data, c.conn)
+        check = None
+        if len(q) > 1:
+            kinds: list[int] = []
+            for x in q:
+                if x is not last:
+                    if x.mode != FWD or x.kind >= K_SYNC:
+                        return False
+                    kinds.append(x.kind)
+
+            def check(codes: bytes) -> bool:
+                # _to_client's matching: a reply that ends the request at the head
+                # of the queue takes it off; every request must be answered so.
+                i = 0
+                for code in codes:
+                    if i < len(kinds) and code in _TERMINAL_CODES[kinds[i]]:
+                        i += 1
+                return i == len(kinds)
+
+        answer = s.conn.forward_answer(data, c.conn, check)
         if answer is None:
             return False
         status, tags = answer
-        self._answered(c, s, head, tags, status=status, data=data)
+        self._answered(c, s, last, tags, status=status, data=data)
         return True
 
     def _unanswered(self, s: ServerConn, x: Entry, *, failed: bool = False) -> None:

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Callable
 from typing import Final
 
 from . import _events as ev
 from . import _events_query as qe
 from . import _readers
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
-from ._state import _QUERY, ConversationState, State
+from ._state import _BATCH, _CALL, _QUERY, ConversationState, State
 
 __all__ = ["CLIENT", "NEED_DATA", "PAUSED", "SERVER", "Connection", "Role", "Span"]
 
@@ -95,6 +96,10 @@ _P_READERS = {
 
 _ROWS: Final = (b"D",)
 _STATUS: Final = {ord(x): x for x in "ITE"}  # ReadyForQuery's status byte
+# Replies without a body: EmptyQueryResponse, Parse/Bind/CloseComplete, NoData,
+# PortalSuspended.
+_EMPTY_REPLIES: Final = frozenset((b"I", b"1", b"2", b"3", b"n", b"s"))
+_DESCRIPTIONS: Final = frozenset((b"T", b"t"))  # RowDescription, ParameterDescription
 _COPY_DATA: Final = (b"d",)
 
 
@@ -609,39 +614,50 @@ class Connection:
         return self.send_span(Span(data, [qe.Query(sql)], [0]))
 
     def forward_answer(
-        self, data: bytes, to: Connection
+        self,
+        data: bytes,
+        to: Connection,
+        check: Callable[[bytes], bool] | None = None,
     ) -> tuple[str, list[qe.CommandComplete]] | None:
-        """Read ``data`` as the whole answer to the one Query outstanding on this
-        client-role connection, and forward it through ``to`` (the server-role
-        connection of the client that asked).
+        """Read ``data`` as the whole answer to the one Query, or the one batch of
+        extended messages closed by a Sync, outstanding on this client-role
+        connection, and forward it through ``to`` (the server-role connection of the
+        client that asked).
 
-        The answer may hold RowDescription, DataRow, CommandComplete and
-        EmptyQueryResponse messages and must end with ReadyForQuery, exactly at the
-        end of ``data``; both connections must have just that Query outstanding
-        and nothing buffered. Then both end in the state ``receive_data``,
-        ``next_span`` and ``to.send_span`` would leave them in, and the result is the
-        ReadyForQuery status with the CommandComplete events, in order. Anything else
-        (an error, a notice, COPY, a partial message ...) returns None with nothing
-        changed: use the general calls for it.
+        The answer may hold the replies to queries (RowDescription, DataRow,
+        CommandComplete, EmptyQueryResponse, ParseComplete, BindComplete,
+        CloseComplete, NoData, ParameterDescription, PortalSuspended) and must end
+        with ReadyForQuery, exactly at the end of ``data``; both connections must have
+        just that request outstanding and nothing buffered. ``check``, if given, sees
+        the type bytes of the messages before the ReadyForQuery, DataRows left out
+        (b"TC" for a plain SELECT), and may refuse them. Then both connections end in
+        the state ``receive_data``, ``next_span`` and ``to.send_span`` would leave
+        them in, and the result is the ReadyForQuery status with the CommandComplete
+        events, in order. Anything else (an error, a notice, COPY, a partial message,
+        a refusal ...) returns None with nothing changed: use the general calls.
         """
         conv = self._conv
         peer = to._conv
+        pending = conv.pending
         n = len(data)
         if (
             n < 6
             or type(data) is not bytes
             or conv.phase is not State.READY
             or peer.phase is not State.READY
-            or len(conv.pending) != 1
-            or conv.pending[0] != _QUERY
+            or len(pending) != 1
             or len(peer.pending) != 1
-            or peer.pending[0] != _QUERY
+            or pending[0] != peer.pending[0]
+            or pending[0] == _BATCH
+            or pending[0] == _CALL
             or self.role is not CLIENT
             or to.role is not SERVER
             or conv.failed
             or peer.failed
             or conv.copy is not None
             or peer.copy is not None
+            or conv.frontend_copy_open
+            or peer.frontend_copy_open
             or conv.backend_closed
             or peer.frontend_closed
             or self._eof
@@ -657,6 +673,7 @@ class Connection:
         cap = self.max_message_size
         readers = self._readers
         tags: list[qe.CommandComplete] = []
+        codes = bytearray()
         pos = 0
         last = n - 6  # where the ReadyForQuery starts
         try:
@@ -668,17 +685,21 @@ class Connection:
                 if length < 4 or length > cap or end > last:
                     return None
                 if code == b"D":
-                    pass  # framed, not decoded, as next_span does
-                elif code == b"C":
+                    pos = end  # framed, not decoded, as next_span does
+                    continue
+                if code == b"C":
                     tags.append(readers[code](data[pos + 5 : end]))  # type: ignore[arg-type]
-                elif code == b"T":
+                elif code in _DESCRIPTIONS:
                     readers[code](data[pos + 5 : end])  # checked as next_span checks it
-                elif code != b"I" or length != 4:
+                elif code not in _EMPTY_REPLIES or length != 4:
                     return None
+                codes += code
                 pos = end
         except ProtocolError:
             return None  # the general path reports it
-        conv.pending.clear()
+        if check is not None and not check(bytes(codes)):
+            return None
+        pending.clear()
         conv.transaction_status = text
         peer.pending.clear()
         peer.transaction_status = text
