@@ -1,12 +1,14 @@
-"""The fast lane for simple queries: the same effects and state as the general path.
+"""The fast lane: the same effects and state as the general path.
 
-The engine serves an ordinary simple Query and its answer through
-``Relay._fast_query`` / ``Relay._fast_answer`` and the protocol's ``take_query``,
-``pass_query`` and ``forward_answer``. These tests run the same traffic with the fast
-lane and without it (an engine whose fast lane always declines) and require the same
-bytes, in the same order, at the same simulated times; and they check, message by
-message, that the protocol's fast calls decline what they must and leave the
-connections exactly as ``next_span`` and ``send_span`` do.
+The engine serves an ordinary simple Query and its answer, and the answer to an
+extended batch, through ``Relay._fast_query`` / ``Relay._fast_answer`` and the
+protocol's ``take_query``, ``pass_query`` and ``forward_answer``; and it links a client
+to an idle server that needs no health check or SET without the pending list
+(``Relay._ready_server``). These tests run the same traffic with the fast lane and
+without it (an engine whose lane always declines) and require the same bytes, in the
+same order, at the same simulated times; and they check, message by message, that the
+protocol's fast calls decline what they must and leave the connections exactly as
+``next_span`` and ``send_span`` do.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from sim.harness import kill_servers, make_config, simulate
 from sim.scenarios import DEFAULT_WEIGHTS, Behaviour
 
 from pgsansio.engine import Engine
-from pgsansio.engine._objects import Client, ServerConn
+from pgsansio.engine._objects import Client, PoolGroup, ServerConn
 from pgsansio.protocol import (
     CLIENT,
     SERVER,
@@ -59,6 +61,9 @@ class GeneralOnly(Engine):
 
     def _fast_answer(self, s: ServerConn, data: bytes) -> bool:
         return False
+
+    def _ready_server(self, c: Client, group: PoolGroup) -> ServerConn | None:
+        return None  # every checkout through _checkout and the pending list
 
 
 class Counting(Engine):

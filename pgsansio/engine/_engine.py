@@ -491,6 +491,19 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, St
             # Nothing of it reached a server yet: what came before Terminate is dropped.
             self._drop_client(c)
             return
+        if (
+            s is None
+            and group is not None
+            and not c.pending
+            and not c.blocked
+            and c.waiting_since is None
+        ):
+            ready = self._ready_server(c, group)
+            if ready is not None:  # what _checkout would do, without the pending list
+                self._take(c, ready)
+                self._to_server(c, ready, span)
+                self._after_client_data(c, ready)
+                return
         c.pending.append((span.data, events, span.offsets))
         if s is None and c.waiting_since is None:
             self._checkout(c)

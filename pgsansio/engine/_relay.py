@@ -532,12 +532,7 @@ class Relay(Base):
             self._checkout(c)
             return True
         if c.server is None:
-            pool = s.pool
-            assert pool is not None
-            pool.idle.remove(s) if len(pool.idle) > 1 else pool.idle.clear()
-            c.tried = None
-            c.pool = pool
-            self._attach(c, s)
+            self._take(c, s)
         self._send_query(c, s, data, sql)
         self._after_client_data(c, s)
         return True
@@ -576,6 +571,19 @@ class Relay(Base):
         ):
             return None
         return s
+
+    def _take(self, c: Client, s: ServerConn) -> None:
+        """Give ``c`` the server _ready_server found: what _checkout, _hand_out and
+        _link do in that case."""
+        pool = s.pool
+        assert pool is not None
+        if pool.idle[0] is s:
+            pool.idle.popleft()
+        else:
+            pool.idle.pop()
+        c.tried = None
+        c.pool = pool
+        self._attach(c, s)
 
     def _fast_answer(self, s: ServerConn, data: bytes) -> bool:
         """``data`` from ``s`` sent to its client, if it is the whole ordinary answer
