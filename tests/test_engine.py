@@ -345,6 +345,42 @@ def test_max_client_conn() -> None:
     assert errors(c.events())[0].sqlstate == "53300" and c.closed
 
 
+def test_a_client_that_does_not_log_in_within_the_login_timeout_is_dropped() -> None:
+    from pgsansio.engine._engine import CLIENT_LOGIN_TIMEOUT as LIMIT
+
+    w = World(config())
+    silent = Client.__new__(Client)  # connects and never sends its startup packet
+    silent.world, silent.cid, silent.conn = w, 100, Connection(CLIENT)
+    w.apply(w.engine.client_connected(100, "test", w.now))
+    fine = Client(w)
+    assert ready(fine.events()) == ["I"]
+    w.advance(LIMIT / 2)
+    halfway = Client(w, user="nobody")  # unknown: stuck in the password exchange
+    assert not errors(halfway.events())
+    w.advance(LIMIT / 2 + 0.1)
+    assert w.inbox.get(100) and 100 in w.closed_clients
+    assert b"client login timeout" in w.inbox[100] and b"08006" in w.inbox[100]
+    assert not halfway.closed and not fine.closed
+    assert ready(fine.query("select 1")) == ["I"]  # logged in: no timeout applies
+    w.advance(LIMIT / 2)
+    assert halfway.closed and errors(halfway.events())[0].sqlstate == "08006"
+    assert not fine.closed
+
+
+def test_logins_leave_no_timer_behind() -> None:
+    """A client that has logged in (or left) leaves nothing in the timer heap: one
+    sweep timer serves every login in progress, however many connect."""
+    w = World(config())
+    for _ in range(500):
+        c = Client(w)
+        assert ready(c.events()) == ["I"]
+        w.advance(0.01)
+    for _ in range(500):
+        Client(w).close()
+    assert len(w.engine._timers) < 10
+    assert not w.engine._logging_in
+
+
 # --- transaction pooling ----------------------------------------------------------
 
 

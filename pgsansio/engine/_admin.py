@@ -94,6 +94,7 @@ class Admin(Show, Control):
         self._send_client(c, BackendKeyData(self.rng.randrange(1, 2**31), self.rng.randbytes(4)))
         self._send_client(c, ReadyForQuery("I"))
         c.state = C_READY
+        self._logging_in.pop(c, None)
         if general.log_client_connections:
             self._log(
                 logging.INFO,

@@ -58,6 +58,9 @@ class Base:
     # a login's ParameterStatus messages, encoded, by (name, value) pairs (see _login)
     _welcomes: dict[tuple[tuple[str, str], ...], Span]
     _wait_sweep_at: float | None
+    # clients between connecting and logging in, oldest first (see _login._login_sweep)
+    _logging_in: dict[Client, None]
+    _login_sweep_at: float | None
 
     if TYPE_CHECKING:  # declarations only: the mixins define them
 

@@ -129,6 +129,8 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, St
         self._waiting = {}
         self._welcomes = {}
         self._wait_sweep_at = None
+        self._logging_in = {}
+        self._login_sweep_at = None
         self._now = 0.0
         self._shutting_down = False
         self._exited = False
@@ -178,7 +180,10 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, St
             self._drop_client(c, fatal("53300", "no more connections allowed (max_client_conn)"))
         else:
             c.login_deadline = now + CLIENT_LOGIN_TIMEOUT
-            self._at(c.login_deadline, lambda: self._login_timeout(c))
+            self._logging_in[c] = None
+            if self._login_sweep_at is None:
+                self._login_sweep_at = c.login_deadline
+                self._at(c.login_deadline, self._login_sweep)
         return self._flush()
 
     def client_data(self, cid: int, data: bytes, now: float) -> list[Effect]:

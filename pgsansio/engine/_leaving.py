@@ -97,6 +97,7 @@ class Leaving(Base):
                 self._out.append(SendClient(c.cid, bytes(error)))
         c.state = C_CLOSED
         self.clients.pop(c.cid, None)
+        self._logging_in.pop(c, None)
         if self._cancel_keys.get(c.cancel_key) is c:
             del self._cancel_keys[c.cancel_key]
         if not closed:

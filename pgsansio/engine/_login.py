@@ -51,7 +51,6 @@ from ._base import Base
 from ._effects import OpenServer, SendClient
 from ._objects import (
     C_AUTH,
-    C_CLOSED,
     C_FETCH,
     C_READY,
     C_WELCOME,
@@ -324,6 +323,7 @@ class Login(Base):
         else:
             out.append(SendClient(c.cid, b"".join(parts)))
         c.state = C_READY
+        self._logging_in.pop(c, None)
         c.stats = self._stats_for(group.name)
         c.stats.client_login_count += 1
         if self.config.general.log_client_connections:
@@ -332,8 +332,24 @@ class Login(Base):
                 f'client {c.cid} from {c.peer} logged in as "{c.username}" to "{c.database}"',
             )
 
-    def _login_timeout(self, c: Client) -> None:
-        if c.state not in (C_READY, C_CLOSED):
+    def _login_sweep(self) -> None:
+        """Drop the clients still logging in after CLIENT_LOGIN_TIMEOUT.
+
+        One timer for all of them, not one per connection: a client that logs in (or
+        leaves) is taken out of ``_logging_in`` at once, while a timer of its own would
+        stay in the heap for the whole timeout -- at thousands of connections a second,
+        a heap of stale entries. The timeout is the same for everyone and ``now`` never
+        goes back, so ``_logging_in`` (a dict, in insertion order) is in deadline order
+        and the sweep looks at no more than the expired clients and the next one."""
+        self._login_sweep_at = None
+        waiting = self._logging_in
+        while waiting:
+            c = next(iter(waiting))
+            if c.login_deadline > self._now:
+                self._login_sweep_at = c.login_deadline
+                self._at(c.login_deadline, self._login_sweep)
+                return
+            del waiting[c]
             self._drop_client(c, fatal("08006", "client login timeout"))
 
     def _read_login(self, s: ServerConn) -> None:
