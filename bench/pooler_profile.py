@@ -161,6 +161,9 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--mode", default="simple", help="pgbench -M: simple, extended, prepared")
     parser.add_argument(
+        "--connect", action="store_true", help="pgbench -C: a new connection per transaction"
+    )
+    parser.add_argument(
         "--py-spy-flags",
         default="--function --native",
         help="extra py-spy record flags: '' for per-line samples, '--native' for C frames",
@@ -203,7 +206,8 @@ def main() -> int:
                 spy_proc = subprocess.Popen(
                     spy, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
                 )
-                w = pb.Workload("profile", ("-S", "-M", args.mode), args.clients, sampling=0.01)
+                flags = ("-S", "-M", args.mode, *(("-C",) if args.connect else ()))
+                w = pb.Workload("profile", flags, args.clients, sampling=0.01)
                 before = cpu_times(proc.pid)
                 text, status, _ = pb.run_pgbench(w, port, args.seconds, work)
                 after = cpu_times(proc.pid)
@@ -222,7 +226,7 @@ def main() -> int:
                 for a, b in zip(before, after, strict=True)
             ]
             print(
-                f"pgbench -S -M {args.mode} -c {args.clients} -j 2 -T {args.seconds} through "
+                f"pgbench {' '.join(flags)} -c {args.clients} -j 2 -T {args.seconds} through "
                 f"pgsansio --frontend {args.frontend} under py-spy ({args.rate} Hz): "
                 f"{summary.tps:,.0f} tps; pgsansio CPU per transaction: user "
                 f"{per_tx[0]:.1f} us, system {per_tx[1]:.1f} us (/proc/<pid>/stat)\n"
