@@ -427,3 +427,34 @@ def test_losing_a_probe_connection_is_not_losing_the_primary() -> None:
     w.advance(1.0)
     assert w.engine.roles["pg0", 5432] == "primary" and not w.engine.bans
     assert not errors(c.query("insert into t values (2)"))
+
+
+def test_a_read_with_no_server_left_says_why_for_each_address() -> None:
+    w = world(
+        cluster_config(
+            ("auto", "auto", "auto"),
+            pool_query_parser_enabled=True,
+            pool_query_parser_read_write_splitting=True,
+            general_healthcheck_interval=1000,
+        )
+    )
+    c = logged_in(w)
+    assert server_of(c.query("select pg_backend_pid()")) in {"pg1", "pg2"}
+    for host in HOSTS:
+        w.crash(host, 5432)
+    w.advance(1.0)  # the next probe round finds all three down
+    (err,) = errors(c.query("select 1"))
+    assert err.message == f'no server is available in pool "{DB}": ' + "; ".join(
+        f"{h}:5432 banned (failed health check (could not connect to server {h}:5432: "
+        "Connection refused))"
+        for h in HOSTS
+    )
+    assert not c.closed
+    w.engine.bans.clear()  # the operator's UNBAN: their probes still find them down
+    (err,) = errors(c.query("select 1"))
+    assert err.message == (
+        f'no server is available in pool "{DB}": pg0:5432 down; pg1:5432 down; pg2:5432 down'
+    )
+    w.dbs["pg1", 5432].accepting = True  # a standby comes back: reads go to it
+    w.advance(1.0)
+    assert server_of(c.query("select pg_backend_pid()")) == "pg1"

@@ -213,7 +213,9 @@ class Routing(Base):
                     + self._why_no_primary(shard)
                 )
             else:
-                message = f'no server is available in pool "{group.name}": all are down or banned'
+                message = f'no server is available in pool "{group.name}": ' + self._why_no_server(
+                    c, shard
+                )
             self._no_server(c, message)
             return None
         if len(candidates) == 1:
@@ -227,6 +229,31 @@ class Routing(Base):
                 "retry once a replica has been promoted)"
             )
         return " (its primary could not be reached)"
+
+    def _why_no_server(self, c: Client, shard: list[Pool]) -> str:
+        """What keeps each address of ``shard`` from serving ``c``'s read, for the
+        error the client gets and the log: an operator must see whether servers are
+        down, banned, behind, or only not probed yet."""
+        assert c.group is not None
+        name = c.group.cfg.name
+        tried = c.tried or ()
+        parts = []
+        for p in shard:
+            k = _key(p)
+            role = self._role(p.address)
+            ban = self.bans.get(k)
+            if k in tried:
+                why = "failed for this request"
+            elif ban is not None:
+                why = f"banned ({ban.reason})"
+            elif role is None:
+                why = "down" if self._probe_down(k) else "role not known yet (not probed)"
+            elif (name, k) in self._lagging:
+                why = "lagging behind the primary"
+            else:
+                why = role  # pragma: no cover - a usable server: _candidates took it
+            parts.append(f"{k[0]}:{k[1]} {why}")
+        return "; ".join(parts)
 
     def _candidates(self, c: Client, shard: list[Pool], want: str) -> list[Pool]:
         tried = c.tried or ()
