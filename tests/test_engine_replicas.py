@@ -64,6 +64,11 @@ def world(cfg: Config, *, standbys: tuple[int, ...] = (1, 2)) -> World:
     return World(cfg, dbs=dbs)
 
 
+def auto_world() -> World:
+    """Three servers with role "auto" (found by probes every second), reads split."""
+    return world(splitting(roles=("auto", "auto", "auto"), general_healthcheck_interval=1000))
+
+
 def server_of(events: list[object]) -> str:
     """Which host answered ``select pg_backend_pid()``."""
     ((pid,),) = rows(events)  # type: ignore[arg-type]
@@ -326,14 +331,7 @@ def test_periodic_probes_find_a_dead_replica_before_any_client_does() -> None:
 
 
 def test_auto_roles_follow_a_promotion() -> None:
-    w = world(
-        cluster_config(
-            ("auto", "auto", "auto"),
-            pool_query_parser_enabled=True,
-            pool_query_parser_read_write_splitting=True,
-            general_healthcheck_interval=1000,
-        )
-    )
+    w = auto_world()
     assert w.engine.roles == {
         ("pg0", 5432): "primary",
         ("pg1", 5432): "replica",
@@ -406,14 +404,7 @@ def test_closed_clients_and_shutdown_leave_nothing_behind() -> None:
 
 
 def test_losing_a_probe_connection_is_not_losing_the_primary() -> None:
-    w = world(
-        cluster_config(
-            ("auto", "auto", "auto"),
-            pool_query_parser_enabled=True,
-            pool_query_parser_read_write_splitting=True,
-            general_healthcheck_interval=1000,
-        )
-    )
+    w = auto_world()
     (probe_sid,) = [
         sid
         for sid, s in w.engine.servers.items()
@@ -430,14 +421,7 @@ def test_losing_a_probe_connection_is_not_losing_the_primary() -> None:
 
 
 def test_a_read_with_no_server_left_says_why_for_each_address() -> None:
-    w = world(
-        cluster_config(
-            ("auto", "auto", "auto"),
-            pool_query_parser_enabled=True,
-            pool_query_parser_read_write_splitting=True,
-            general_healthcheck_interval=1000,
-        )
-    )
+    w = auto_world()
     c = logged_in(w)
     assert server_of(c.query("select pg_backend_pid()")) in {"pg1", "pg2"}
     for host in HOSTS:

@@ -142,11 +142,7 @@ class Relay(Base):
         offsets = span.offsets
         rewrite = self._cache_size(c) > 0
         st = c.stats
-        st.received += len(data)
-        if c.query_start is None:
-            c.query_start = self._now
-            if c.xact_start is None:
-                c.xact_start = self._now
+        self._count_request(c, len(data))
         out: list[bytes] | None = None
         sent = _NOTHING_SENT  # replaced by a list of its own before anything is added
         copied = 0
@@ -229,6 +225,15 @@ class Relay(Base):
         payload = _forward(s.conn, span, out, copied, sent)
         if payload:
             self._out.append(SendServer(s.sid, payload))
+
+    def _count_request(self, c: Client, size: int) -> None:
+        """Statistics of client bytes on their way to a server: the bytes, and the
+        query (and transaction) now running, if none was."""
+        c.stats.received += size
+        if c.query_start is None:
+            c.query_start = self._now
+            if c.xact_start is None:
+                c.xact_start = self._now
 
     def _query_entry(self, c: Client, s: ServerConn, sql: str) -> Entry:
         if sql.isascii():
@@ -496,9 +501,10 @@ class Relay(Base):
 
     # --- the fast lane ---------------------------------------------------------------
     #
-    # One simple Query from a client, and its whole answer (rows, CommandComplete,
-    # ReadyForQuery) in one read: most of what a transaction pooler does (pgbench -S and
-    # TPC-B, psql, any driver in simple-query mode). When everything about the client,
+    # One simple Query from a client, and a whole answer (rows, CommandComplete,
+    # ReadyForQuery) in one read, to a Query or to extended messages up to one Sync:
+    # most of what a transaction pooler does (pgbench -S and TPC-B, psql, drivers'
+    # answers to Bind/Execute/Sync). When everything about the client,
     # the server and the bytes is ordinary, they take these two methods instead of the
     # general path (spans, the pending list, checkout, _to_server/_to_client), which
     # cost about three times as much. "Ordinary" is checked before anything changes,
@@ -539,12 +545,7 @@ class Relay(Base):
 
     def _send_query(self, c: Client, s: ServerConn, data: bytes, sql: str) -> None:
         """What _to_server does for a span of one Query, for less."""
-        st = c.stats
-        st.received += len(data)
-        if c.query_start is None:
-            c.query_start = self._now
-            if c.xact_start is None:
-                c.xact_start = self._now
+        self._count_request(c, len(data))
         s.queue.append(self._query_entry(c, s, sql))
         c.unnamed_pending = False
         self._out.append(SendServer(s.sid, s.conn.pass_query(data, sql)))

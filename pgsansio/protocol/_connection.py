@@ -12,11 +12,12 @@ For proxies, ``next_span`` returns every whole message buffered as one
 object per DataRow or CopyData; ``send_span`` forwards such a span through the
 connection on the other side, updating its state from those events alone.
 
-Narrower still, for the round trip that dominates a transaction pooler's work (one
-simple Query, its rows and ReadyForQuery): ``take_query`` / ``pass_query`` and
-``forward_answer`` make the same checks and leave both connections in the same state
-as ``next_span`` + ``send_span`` would, without building a span or an event for
-anything but a CommandComplete, and decline (changing nothing) for anything else.
+Narrower still, for the round trips that dominate a transaction pooler's work: one
+simple Query (``take_query`` / ``pass_query``), and the whole answer to a Query or to
+extended messages up to one Sync (``forward_answer``). They make the same checks and
+leave both connections in the same state as ``next_span`` + ``send_span`` would,
+without building a span or an event for anything but a CommandComplete (and the
+RowDescriptions they check), and decline (changing nothing) for anything else.
 """
 
 from __future__ import annotations
@@ -569,7 +570,7 @@ class Connection:
                 self._check_encryption_answer(event)
         return span.data
 
-    # --- the simple-query round trip ---------------------------------------------------
+    # --- the common round trip ----------------------------------------------------------
 
     def take_query(self, data: bytes) -> str | None:
         """Read ``data`` as one whole Query from an idle client, and return its text.
