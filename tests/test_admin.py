@@ -406,7 +406,7 @@ def test_ban_and_unban_a_replica() -> None:
     assert tags(got) == ["BAN"] and {r[3] for r in rows(got)} == {"pg2:5433"}
     (ban,) = [r for r in show(c, "BANS") if r["user"] == "alice"]
     assert ban["reason"] == "admin ban" and ban["ban_remaining_seconds"] == "30"
-    assert w.engine._banned(ServerAddress("pg2", 5433, "replica"))
+    assert w.engine.health.banned(ServerAddress("pg2", 5433, "replica"))
     err = errors(c.query("BAN pg 30"))[0]
     assert err.sqlstate == "55000" and "primary" in (err.message or "")
     assert errors(c.query("BAN nowhere 30"))[0].sqlstate == "42704"
@@ -636,8 +636,8 @@ def test_any_console_input_gets_an_answer_never_an_internal_error(
         if c.closed or w.exited:
             break
         # Either answered now (ReadyForQuery) or waiting for a PAUSE / RELOAD.
-        assert ready(got) or w.engine._busy, (sql, got)
-        if w.engine._busy:
+        assert ready(got) or w.engine.control.busy, (sql, got)
+        if w.engine.control.busy:
             break
     assert not [line for line in w.logs if "internal error" in line], w.logs
     if not w.exited and not a.closed and not w.engine.paused:

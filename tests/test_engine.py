@@ -377,8 +377,8 @@ def test_logins_leave_no_timer_behind() -> None:
         w.advance(0.01)
     for _ in range(500):
         Client(w).close()
-    assert len(w.engine._timers) < 10
-    assert not w.engine._logging_in
+    assert len(w.engine.ctx.timers) < 10
+    assert not w.engine.login.logging_in
 
 
 # --- transaction pooling ----------------------------------------------------------
@@ -842,7 +842,7 @@ def test_a_bug_costs_one_client_not_the_pooler(monkeypatch: pytest.MonkeyPatch) 
     def boom(*args: object) -> None:
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(w.engine, "_checkout", boom)
+    monkeypatch.setattr(w.engine.pools, "checkout", boom)
     a.send(Query("select 1"))
     err = errors(a.events())[0]
     assert err.sqlstate == "XX000" and a.closed
@@ -911,9 +911,9 @@ def test_idle_reaping_keeps_min_pool_size_without_spinning() -> None:
     w.advance(1.5)
     assert len([f for f in w.servers.values() if f.user == "alice"]) == 1
     # Nothing left to reap: no timer armed for the kept server, and no busy loop.
-    timers = len(w.engine._timers)
+    timers = len(w.engine.ctx.timers)
     w.advance(100)
-    assert len(w.engine._timers) <= timers
+    assert len(w.engine.ctx.timers) <= timers
     assert rows(clients[0].query("select 1")) == [("1",)]
 
 
@@ -922,7 +922,7 @@ def test_many_transactions_do_not_grow_the_timer_heap() -> None:
     a = logged_in(w)
     for _ in range(200):
         a.query("select 1")
-    assert len(w.engine._timers) < 10
+    assert len(w.engine.ctx.timers) < 10
 
 
 def test_a_late_cancel_never_reaches_the_next_clients_query() -> None:

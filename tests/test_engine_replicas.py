@@ -263,10 +263,10 @@ def test_with_its_only_replica_down_reads_go_to_the_primary(interval: int) -> No
 def test_when_every_replica_is_banned_they_are_all_unbanned() -> None:
     w = world(splitting())
     c = logged_in(w)
-    w.engine._ban(("pg1", 5432), 600, "admin")
-    assert not w.engine._ban(("pg0", 5432), 600, "admin")  # the primary: refused
+    w.engine.health.ban(("pg1", 5432), 600, "admin")
+    assert not w.engine.health.ban(("pg0", 5432), 600, "admin")  # the primary: refused
     assert server_of(c.query("select pg_backend_pid()")) == "pg2"
-    w.engine._ban(("pg2", 5432), 600, "admin")
+    w.engine.health.ban(("pg2", 5432), 600, "admin")
     assert server_of(c.query("select pg_backend_pid()")) in {"pg1", "pg2"}
     assert not w.engine.bans
     assert any("every replica was banned" in line for line in w.logs)
@@ -356,7 +356,7 @@ def test_auto_roles_follow_a_promotion() -> None:
     # The old primary comes back, not turned into a standby: it gets nothing.
     w.dbs["pg0", 5432].accepting = True
     w.advance(1.0)
-    assert w.engine._role(ServerAddress("pg0", 5432, "auto")) is None
+    assert w.engine.health.role(ServerAddress("pg0", 5432, "auto")) is None
     assert any("another server is the primary" in line for line in w.logs)
     assert not errors(c.query("insert into t values (4)"))
     assert w.dbs["pg1", 5432].rows("t") == [("3",), ("4",)]

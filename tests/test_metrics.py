@@ -69,4 +69,4 @@ def test_any_bytes_on_the_metrics_port_get_an_http_answer_or_wait(chunks: list[b
         assert 500 not in w.inbox  # nothing said until the request head is complete
         assert sum(map(len, chunks)) <= 8192 + 3000
     w.apply(w.engine.client_closed(500, w.now))
-    assert not w.engine._http
+    assert not w.engine.metrics.http

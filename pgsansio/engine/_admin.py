@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pgsansio import __version__
 from pgsansio.protocol import (
@@ -52,7 +53,7 @@ from pgsansio.protocol import (
 )
 
 from ._control import AdminError, Control
-from ._login import fatal
+from ._errors import fatal
 from ._objects import (
     C_CLOSED,
     C_READY,
@@ -60,25 +61,45 @@ from ._objects import (
 )
 from ._show import TEXT, Show
 
+if TYPE_CHECKING:
+    from ._context import Context
+    from ._control import Control
+    from ._health import Health
+    from ._leaving import Leaving
+    from ._login import Login
+    from ._pooling import Pools
+    from ._show import Show
+
 __all__ = ["Admin"]
 
 _EXTENDED = (Parse, Bind, Describe, Execute, Close)
 _TOKEN = re.compile(r'"((?:[^"]|"")*)"|([^\s,"]+)')
 
 
-class Admin(Show, Control):
-    """Mixed into the Engine; see the module docstring."""
+class Admin:
+    """Owns its state; see the module docstring."""
+
+    # The parts it calls, wired by the Engine.
+    control: Control
+    health: Health
+    leaving: Leaving
+    login: Login
+    pools: Pools
+    show: Show
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
 
     # === login =======================================================================
 
-    def _admin_welcome(self, c: Client) -> None:
-        general = self.config.general
+    def admin_welcome(self, c: Client) -> None:
+        general = self.ctx.config.general
         if not general.admin_username or c.username != general.admin_username:
-            self._drop_client(
+            self.leaving.drop_client(
                 c, fatal("28P01", f'password authentication failed for user "{c.username}"')
             )
             return
-        self._send_client(c, AuthenticationOk())
+        self.ctx.send_client(c, AuthenticationOk())
         for name, value in (
             ("server_version", f"pgsansio {__version__}"),
             ("server_encoding", "UTF8"),
@@ -90,13 +111,15 @@ class Admin(Show, Control):
             ("is_superuser", "on"),
             ("application_name", c.params.get("application_name", "")),
         ):
-            self._send_client(c, ParameterStatus(name, value))
-        self._send_client(c, BackendKeyData(self.rng.randrange(1, 2**31), self.rng.randbytes(4)))
-        self._send_client(c, ReadyForQuery("I"))
+            self.ctx.send_client(c, ParameterStatus(name, value))
+        self.ctx.send_client(
+            c, BackendKeyData(self.ctx.rng.randrange(1, 2**31), self.ctx.rng.randbytes(4))
+        )
+        self.ctx.send_client(c, ReadyForQuery("I"))
         c.state = C_READY
-        self._logging_in.pop(c, None)
+        self.login.logging_in.pop(c, None)
         if general.log_client_connections:
-            self._log(
+            self.ctx.log(
                 logging.INFO,
                 f'client {c.cid} from {c.peer} logged in as "{c.username}" to the admin '
                 f'console ("{c.database}")',
@@ -104,7 +127,7 @@ class Admin(Show, Control):
 
     # === requests ====================================================================
 
-    def _admin_span(self, c: Client, span: Span) -> None:
+    def admin_span(self, c: Client, span: Span) -> None:
         self._admin_events(c, list(span.events))
 
     def _admin_events(self, c: Client, events: list[Event]) -> None:
@@ -112,7 +135,7 @@ class Admin(Show, Control):
         for i, e in enumerate(events):
             if c.state == C_CLOSED:
                 return
-            if c.cid in self._busy:
+            if c.cid in self.control.busy:
                 # A PAUSE or RELOAD is still running: the rest waits for its answer.
                 c.pending.append((b"", events[i:], []))
                 return
@@ -122,16 +145,16 @@ class Admin(Show, Control):
                 self._admin_query(c, e.sql)
             elif t is Sync:
                 failed = False
-                self._send_client(c, ReadyForQuery("I"))
+                self.ctx.send_client(c, ReadyForQuery("I"))
             elif t is Terminate:
-                self._drop_client(c)
+                self.leaving.drop_client(c)
                 return
             elif t is Flush:
                 continue
             elif t in _EXTENDED:
                 if not failed:
                     failed = True
-                    self._send_client(
+                    self.ctx.send_client(
                         c,
                         ErrorResponse.build(
                             "0A000",
@@ -140,15 +163,15 @@ class Admin(Show, Control):
                         ),
                     )
             else:
-                self._send_client(
+                self.ctx.send_client(
                     c,
                     ErrorResponse.build(
                         "0A000", f"the admin console does not support {t.__name__} messages"
                     ),
                 )
-                self._send_client(c, ReadyForQuery("I"))
+                self.ctx.send_client(c, ReadyForQuery("I"))
 
-    def _admin_resume(self, c: Client) -> None:
+    def admin_resume(self, c: Client) -> None:
         pending, c.pending = c.pending, []
         for _, events, _ in pending:
             self._admin_events(c, events)
@@ -158,8 +181,8 @@ class Admin(Show, Control):
         while text.endswith(";"):
             text = text[:-1].rstrip()
         if not text:
-            self._send_client(c, EmptyQueryResponse())
-            self._send_client(c, ReadyForQuery("I"))
+            self.ctx.send_client(c, EmptyQueryResponse())
+            self.ctx.send_client(c, ReadyForQuery("I"))
             return
         try:
             words = [
@@ -170,14 +193,14 @@ class Admin(Show, Control):
                 raise AdminError("42601", "the admin console runs one command per query")
             tag = self._admin_command(c, words)
         except AdminError as exc:
-            self._send_client(c, ErrorResponse.build(exc.sqlstate, exc.message))
-            self._send_client(c, ReadyForQuery("I"))
+            self.ctx.send_client(c, ErrorResponse.build(exc.sqlstate, exc.message))
+            self.ctx.send_client(c, ReadyForQuery("I"))
             return
         if tag is None:
             return  # answered later (PAUSE, RELOAD) or the client is gone
         if c.state != C_CLOSED:
-            self._send_client(c, CommandComplete(tag))
-            self._send_client(c, ReadyForQuery("I"))
+            self.ctx.send_client(c, CommandComplete(tag))
+            self.ctx.send_client(c, ReadyForQuery("I"))
 
     def _admin_command(self, c: Client, words: list[str]) -> str | None:
         """Run one command; the tag to answer with, or None if answered elsewhere."""
@@ -191,30 +214,28 @@ class Admin(Show, Control):
                     "42601", f"{command} takes one item, e.g. {command} POOLS (SHOW HELP)"
                 )
             item = args[0].upper()
-            show = self._SHOW.get(item)
-            if show is None:
+            if not self.show.run(item, c):
                 raise AdminError(
                     "42704", f'unknown {command} item "{args[0]}"; SHOW HELP lists them'
                 )
-            show(self, c)
             return None
         if command == "SET":
             return "SET"
         if command == "SHUTDOWN":
             mode = " ".join(args).upper()
             if mode == "":
-                self._send_client(c, CommandComplete("SHUTDOWN"))
-                self._send_client(c, ReadyForQuery("I"))
-                self._shutdown_now()
+                self.ctx.send_client(c, CommandComplete("SHUTDOWN"))
+                self.ctx.send_client(c, ReadyForQuery("I"))
+                self.control.shutdown_now()
                 return None
             if mode not in ("WAIT_FOR_SERVERS", "WAIT_FOR_CLIENTS"):
                 raise AdminError(
                     "42601",
                     f'SHUTDOWN takes nothing, WAIT_FOR_SERVERS or WAIT_FOR_CLIENTS, not "{mode}"',
                 )
-            self._send_client(c, CommandComplete("SHUTDOWN"))
-            self._send_client(c, ReadyForQuery("I"))
-            self._begin_shutdown(wait_for_clients=mode == "WAIT_FOR_CLIENTS")
+            self.ctx.send_client(c, CommandComplete("SHUTDOWN"))
+            self.ctx.send_client(c, ReadyForQuery("I"))
+            self.control.begin_shutdown(wait_for_clients=mode == "WAIT_FOR_CLIENTS")
             return None
         action = self._ACTIONS.get(command)
         if action is None:
@@ -232,45 +253,45 @@ class Admin(Show, Control):
             if required:
                 raise AdminError("42601", f"{command} needs a database name: {command} <db>")
             return None
-        self._check_db(args[0])
+        self.control.check_db(args[0])
         return args[0]
 
     def _cmd_pause(self, c: Client, command: str, args: list[str]) -> str | None:
         db = self._one_db(command, args, required=False)
-        self._busy.add(c.cid)
-        self._pause(db, c)
+        self.control.busy.add(c.cid)
+        self.control.pause(db, c)
         return None
 
     def _cmd_resume(self, c: Client, command: str, args: list[str]) -> str | None:
         db = self._one_db(command, args, required=False)
-        if db is None and not self.paused:
+        if db is None and not self.control.paused:
             raise AdminError("55000", "RESUME: the pooler is not paused")
-        if db is not None and db not in self.paused:
+        if db is not None and db not in self.control.paused:
             raise AdminError("55000", f'RESUME: database "{db}" is not paused')
-        if self._shutting_down:
+        if self.control.shutting_down:
             raise AdminError("55000", "RESUME: the pooler is shutting down")
-        self._resume(db)
-        self._log(logging.INFO, f"RESUME {db or '(every database)'}: serving queries again")
+        self.control.resume(db)
+        self.ctx.log(logging.INFO, f"RESUME {db or '(every database)'}: serving queries again")
         return "RESUME"
 
     def _cmd_disable(self, c: Client, command: str, args: list[str]) -> str | None:
         db = self._one_db(command, args, required=True)
         assert db is not None
         if command == "DISABLE":
-            self.disabled.add(db)
+            self.control.disabled.add(db)
         else:
-            self.disabled.discard(db)
-        self._log(logging.INFO, f'{command} "{db}": new logins are {command.lower()}d')
+            self.control.disabled.discard(db)
+        self.ctx.log(logging.INFO, f'{command} "{db}": new logins are {command.lower()}d')
         return command
 
     def _cmd_reconnect(self, c: Client, command: str, args: list[str]) -> str | None:
-        self._reconnect(self._one_db(command, args, required=False))
+        self.control.reconnect(self._one_db(command, args, required=False))
         return "RECONNECT"
 
     def _cmd_kill(self, c: Client, command: str, args: list[str]) -> str | None:
         db = self._one_db(command, args, required=False)
-        self._log(logging.WARNING, f"KILL {db or '(every database)'} from the admin console")
-        self._kill(db)
+        self.ctx.log(logging.WARNING, f"KILL {db or '(every database)'} from the admin console")
+        self.control.kill(db)
         return "KILL"
 
     def _cmd_kill_client(self, c: Client, command: str, args: list[str]) -> str | None:
@@ -278,9 +299,9 @@ class Admin(Show, Control):
             raise AdminError("42601", "KILL_CLIENT needs one client id (SHOW CLIENTS, column id)")
         cid = int(args[0])
         if cid == c.cid:
-            self._drop_client(c, fatal("57P01", "terminated by KILL_CLIENT"))
+            self.leaving.drop_client(c, fatal("57P01", "terminated by KILL_CLIENT"))
             return None
-        self._kill_client(cid)
+        self.control.kill_client(cid)
         return "KILL_CLIENT"
 
     def _cmd_ban(self, c: Client, command: str, args: list[str]) -> str | None:
@@ -288,14 +309,14 @@ class Admin(Show, Control):
             raise AdminError("42601", "BAN needs a host and a number of seconds: BAN host 60")
         if command == "UNBAN" and len(args) != 1:
             raise AdminError("42601", "UNBAN needs a host: UNBAN host (or host:port)")
-        addresses = self._addresses(args[0])
+        addresses = self.control.addresses(args[0])
         if not addresses:
             raise AdminError("42704", f'{command}: no configured server at "{args[0]}"')
         if command == "BAN":
             seconds = float(args[1])
             if seconds <= 0:
                 raise AdminError("22023", "BAN: the number of seconds must be positive")
-            primaries = [a for a in addresses if self._role(a) == "primary"]
+            primaries = [a for a in addresses if self.health.role(a) == "primary"]
             if primaries:
                 raise AdminError(
                     "55000",
@@ -303,21 +324,21 @@ class Admin(Show, Control):
                     "primaries are never banned",
                 )
             for a in addresses:
-                self._ban(a, seconds, "admin ban")
+                self.health.ban(a, seconds, "admin ban")
         else:
             for a in addresses:
-                self._unban((a.host, a.port))
-        self._rows(
+                self.health.unban((a.host, a.port))
+        self.show.rows(
             c,
             (("db", TEXT), ("user", TEXT), ("role", TEXT), ("host", TEXT)),
             [
                 (
                     g.name,
                     g.user.username,
-                    self._role(p.address) or "unknown",
+                    self.health.role(p.address) or "unknown",
                     f"{p.address.host}:{p.address.port}",
                 )
-                for g in self.groups.values()
+                for g in self.pools.groups.values()
                 for p in g.all_pools()
                 if p.address in addresses
             ],
@@ -328,7 +349,7 @@ class Admin(Show, Control):
     def _cmd_reload(self, c: Client, command: str, args: list[str]) -> str | None:
         if args:
             raise AdminError("42601", "RELOAD takes no argument")
-        self._reload(c)
+        self.control.reload(c)
         return None
 
     _ACTIONS: dict[str, Callable[[Admin, Client, str, list[str]], str | None]] = {

@@ -36,15 +36,18 @@ from typing import TYPE_CHECKING
 
 from pgsansio.protocol import CommandComplete, ErrorResponse, ReadyForQuery
 
-from ._base import Base
 from ._effects import Reload
-from ._leaving import TERMINATING
+from ._errors import TERMINATING
 from ._objects import C_CLOSED, S_IDLE, Client, PoolGroup
 
 if TYPE_CHECKING:
     from pgsansio.config_model import ServerAddress
 
-    from ._effects import Effect
+    from ._admin import Admin
+    from ._context import Context
+    from ._leaving import Leaving
+    from ._metrics import Metrics
+    from ._pooling import Pools
 
 __all__ = ["AdminError", "Control"]
 
@@ -58,56 +61,42 @@ class AdminError(Exception):
         self.message = message
 
 
-class Control(Base):
-    """Mixed into the Engine; see the module docstring."""
+class Control:
+    """Owns its state; see the module docstring."""
 
-    def _init_control(self) -> None:
+    # The parts it calls, wired by the Engine.
+    admin: Admin
+    leaving: Leaving
+    metrics: Metrics
+    pools: Pools
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.shutting_down = False
+        self.exited = False
         self.paused: set[str] = set()
-        self._pausing = False  # any database paused (the hot path checks only this)
+        self.pausing = False  # any database paused (the hot path checks only this)
         self._held: list[Client] = []  # clients waiting because their database is paused
         # Who waits for a PAUSE to complete: (admin client or None for SIGUSR1, db).
         self._pause_waiters: list[tuple[Client | None, str | None]] = []
         self.disabled: set[str] = set()
         self._reload_waiters: list[Client] = []
-        self._wait_for_clients = False
-        self._busy: set[int] = set()  # admin clients whose command is still running
-
-    # === inputs (the frontend's signals) =============================================
-
-    def pause(self, now: float) -> list[Effect]:
-        """SIGUSR1: PAUSE every database; logged when done."""
-        self._now = now
-        self._pause(None, None)
-        return self._flush()
-
-    def resume(self, now: float) -> list[Effect]:
-        """SIGUSR2: RESUME every database (ignored while shutting down, as PgBouncer)."""
-        self._now = now
-        if self.paused and not self._shutting_down:
-            self._resume(None)
-            self._log(logging.INFO, "resumed: every database serves queries again")
-        return self._flush()
-
-    def reload_failed(self, error: str, now: float) -> list[Effect]:
-        """The frontend could not load the file a console RELOAD asked for."""
-        self._now = now
-        self._log(logging.ERROR, f"RELOAD failed; the running configuration stays: {error}")
-        self._reload_answer(error)
-        return self._flush()
+        self.wait_for_clients = False
+        self.busy: set[int] = set()  # admin clients whose command is still running
 
     # === pause / resume ==============================================================
 
     def _db_groups(self, db: str | None) -> list[PoolGroup]:
-        return [g for g in self.groups.values() if db is None or g.name == db]
+        return [g for g in self.pools.groups.values() if db is None or g.name == db]
 
-    def _check_db(self, db: str) -> None:
-        if db not in self.config.pools:
+    def check_db(self, db: str) -> None:
+        if db not in self.ctx.config.pools:
             raise AdminError("42704", f'no such database: "{db}"')
 
-    def _pause(self, db: str | None, who: Client | None, *, wait: bool = True) -> None:
-        names = list(self.config.pools) if db is None else [db]
+    def pause(self, db: str | None, who: Client | None, *, wait: bool = True) -> None:
+        names = list(self.ctx.config.pools) if db is None else [db]
         self.paused.update(names)
-        self._pausing = True
+        self.pausing = True
         for group in self._db_groups(db):
             for pool in group.all_pools():
                 for w in pool.waiters:
@@ -116,20 +105,20 @@ class Control(Base):
                     self._held.append(w)
                 pool.waiters.clear()
                 for s in list(pool.idle):
-                    self._close_server(s)
-        self._log(
+                    self.pools.close_server(s)
+        self.ctx.log(
             logging.INFO,
             f"pausing {'every database' if db is None else f'database {db}'}: "
             "servers close as their clients release them",
         )
         if wait:
             self._pause_waiters.append((who, db))
-            self._pause_progress()
+            self.pause_progress()
 
     def _servers_left(self, db: str | None) -> int:
         return sum(len(p.servers) for g in self._db_groups(db) for p in g.all_pools())
 
-    def _pause_progress(self) -> None:
+    def pause_progress(self) -> None:
         """Answer the PAUSEs whose databases have no server connection left."""
         done: list[tuple[Client | None, str | None]] = []
         waiting: list[tuple[Client | None, str | None]] = []
@@ -140,31 +129,31 @@ class Control(Base):
         self._pause_waiters = waiting  # before answering: an answer may run a new PAUSE
         for who, _ in done:
             if who is None:
-                self._log(logging.INFO, "paused: no server connection is open")
+                self.ctx.log(logging.INFO, "paused: no server connection is open")
             elif who.state != C_CLOSED:
                 self._admin_done(who, "PAUSE")
             else:
-                self._busy.discard(who.cid)
+                self.busy.discard(who.cid)
 
-    def _hold(self, c: Client) -> bool:
+    def hold(self, c: Client) -> bool:
         """Called by checkout: keep ``c`` waiting if its database is paused."""
         group = c.group
         if group is None or group.name not in self.paused:
             return False
         if c.waiting_since is None:
-            c.waiting_since = self._now
+            c.waiting_since = self.ctx.now
         c.pool = None
-        if len(self._held) > 64 and len(self._held) > 2 * len(self.clients):
+        if len(self._held) > 64 and len(self._held) > 2 * len(self.ctx.clients):
             self._held = [x for x in self._held if x.state != C_CLOSED]
         self._held.append(c)
         return True
 
-    def _resume(self, db: str | None) -> None:
+    def resume(self, db: str | None) -> None:
         if db is None:
             self.paused.clear()
         else:
             self.paused.discard(db)
-        self._pausing = bool(self.paused)
+        self.pausing = bool(self.paused)
         self._pause_waiters = [(w, d) for w, d in self._pause_waiters if d is not None]
         self._pause_waiters = [(w, d) for w, d in self._pause_waiters if d in self.paused]
         held, self._held = self._held, []
@@ -174,47 +163,47 @@ class Control(Base):
             if c.group is not None and c.group.name in self.paused:
                 self._held.append(c)
                 continue
-            self._checkout(c)
+            self.pools.checkout(c)
         for group in self._db_groups(db):
-            self._prewarm(group)
+            self.pools.prewarm(group)
 
     # === disable, reconnect, kill ====================================================
 
-    def _reconnect(self, db: str | None) -> None:
+    def reconnect(self, db: str | None) -> None:
         for group in self._db_groups(db):
             for pool in group.all_pools():
                 for s in list(pool.servers):
                     s.close_needed = True
                     if s.state == S_IDLE:
-                        self._close_server(s)
-                self._refill(pool)
+                        self.pools.close_server(s)
+                self.pools.refill(pool)
 
-    def _kill(self, db: str | None) -> None:
-        self._pause(db, None, wait=False)  # KILL answers at once
-        for c in list(self.clients.values()):
+    def kill(self, db: str | None) -> None:
+        self.pause(db, None, wait=False)  # KILL answers at once
+        for c in list(self.ctx.clients.values()):
             if c.admin or (db is not None and (c.group is None or c.group.name != db)):
                 continue
-            self._drop_client(c, TERMINATING)
+            self.leaving.drop_client(c, TERMINATING)
         for group in self._db_groups(db):
             for pool in group.all_pools():
                 for s in list(pool.servers):
-                    self._close_server(s)
+                    self.pools.close_server(s)
 
-    def _kill_client(self, cid: int) -> None:
-        c = self.clients.get(cid)
+    def kill_client(self, cid: int) -> None:
+        c = self.ctx.clients.get(cid)
         if c is None:
             raise AdminError("42704", f"no such client: {cid} (see SHOW CLIENTS, column id)")
-        self._log(logging.INFO, f"client {cid} from {c.peer} killed by the admin console")
-        self._drop_client(c, TERMINATING)
+        self.ctx.log(logging.INFO, f"client {cid} from {c.peer} killed by the admin console")
+        self.leaving.drop_client(c, TERMINATING)
 
-    def _addresses(self, host: str) -> list[ServerAddress]:
+    def addresses(self, host: str) -> list[ServerAddress]:
         """Configured servers matching ``host`` or ``host:port``."""
         want_port: int | None = None
         if ":" in host and host.rsplit(":", 1)[1].isdigit():
             host, port_text = host.rsplit(":", 1)
             want_port = int(port_text)
         found: dict[tuple[str, int], ServerAddress] = {}
-        for pool in self.config.pools.values():
+        for pool in self.ctx.config.pools.values():
             for shard in pool.shards:
                 for a in shard.servers:
                     if a.host == host and want_port in (None, a.port):
@@ -223,48 +212,48 @@ class Control(Base):
 
     # === shutdown ====================================================================
 
-    def _begin_shutdown(self, *, wait_for_clients: bool) -> None:
-        if self._shutting_down and (wait_for_clients or not self._wait_for_clients):
+    def begin_shutdown(self, *, wait_for_clients: bool) -> None:
+        if self.shutting_down and (wait_for_clients or not self.wait_for_clients):
             return  # already in this mode, or in the stricter drain
-        self._shutting_down = True
-        self._wait_for_clients = wait_for_clients
+        self.shutting_down = True
+        self.wait_for_clients = wait_for_clients
         if wait_for_clients:
-            self._log(
+            self.ctx.log(
                 logging.INFO,
                 "shutting down: new clients are refused; exiting when the last one leaves",
             )
-            self._maybe_exit()
+            self.leaving.maybe_exit()
             return
-        self._log(logging.INFO, "shutting down: waiting for clients to finish")
-        for c in list(self.clients.values()):
+        self.ctx.log(logging.INFO, "shutting down: waiting for clients to finish")
+        for c in list(self.ctx.clients.values()):
             if c.admin:
                 continue
             s = c.server
             if s is None or (not s.queue and s.conn.idle and s.conn.transaction_status == "I"):
-                self._drop_client(c, TERMINATING)
-        timeout = self.config.general.shutdown_timeout / 1000
-        self._at(self._now + timeout, self._shutdown_timeout)
-        self._maybe_exit()
+                self.leaving.drop_client(c, TERMINATING)
+        timeout = self.ctx.config.general.shutdown_timeout / 1000
+        self.ctx.at(self.ctx.now + timeout, self.leaving.shutdown_timeout)
+        self.leaving.maybe_exit()
 
-    def _shutdown_now(self) -> None:
-        self._shutting_down = True
-        self._log(logging.INFO, "SHUTDOWN from the admin console: exiting now")
-        self._shutdown_timeout()
+    def shutdown_now(self) -> None:
+        self.shutting_down = True
+        self.ctx.log(logging.INFO, "SHUTDOWN from the admin console: exiting now")
+        self.leaving.shutdown_timeout()
 
-    def _exit_leftovers(self) -> None:
+    def exit_leftovers(self) -> None:
         """The pooler is exiting: admin sessions and metrics requests are let go."""
-        for c in list(self.clients.values()):
-            self._drop_client(c, TERMINATING)
-        self._close_http()
+        for c in list(self.ctx.clients.values()):
+            self.leaving.drop_client(c, TERMINATING)
+        self.metrics.close_http()
 
     # === answering the console =======================================================
 
-    def _reload(self, c: Client) -> None:
+    def reload(self, c: Client) -> None:
         self._reload_waiters.append(c)
-        self._busy.add(c.cid)
-        self._out.append(Reload())
+        self.busy.add(c.cid)
+        self.ctx.out.append(Reload())
 
-    def _reload_answer(self, error: str | None) -> None:
+    def reload_answer(self, error: str | None) -> None:
         waiters, self._reload_waiters = self._reload_waiters, []
         for c in waiters:
             if c.state == C_CLOSED:
@@ -272,20 +261,20 @@ class Control(Base):
             if error is None:
                 self._admin_done(c, "RELOAD")
             else:
-                self._busy.discard(c.cid)
-                self._send_client(
+                self.busy.discard(c.cid)
+                self.ctx.send_client(
                     c,
                     ErrorResponse.build(
                         "F0000",
                         f"RELOAD failed; the running configuration stays in force: {error}",
                     ),
                 )
-                self._send_client(c, ReadyForQuery("I"))
-                self._admin_resume(c)
+                self.ctx.send_client(c, ReadyForQuery("I"))
+                self.admin.admin_resume(c)
 
     def _admin_done(self, c: Client, tag: str) -> None:
         """Answer a command that had to wait, then run what the client sent meanwhile."""
-        self._busy.discard(c.cid)
-        self._send_client(c, CommandComplete(tag))
-        self._send_client(c, ReadyForQuery("I"))
-        self._admin_resume(c)
+        self.busy.discard(c.cid)
+        self.ctx.send_client(c, CommandComplete(tag))
+        self.ctx.send_client(c, ReadyForQuery("I"))
+        self.admin.admin_resume(c)

@@ -54,7 +54,6 @@ from pgsansio.protocol import NEED_DATA as _NEED_DATA
 from pgsansio.protocol import PAUSED as _PAUSED
 from pgsansio.protocol import DataRow, ErrorResponse, Query, ReadyForQuery
 
-from ._base import Base
 from ._effects import OpenServer
 from ._objects import (
     C_CLOSED,
@@ -65,7 +64,6 @@ from ._objects import (
     S_IDLE,
     S_INTERNAL,
     S_LOGIN,
-    Client,
     Entry,
     Pool,
     ServerConn,
@@ -73,6 +71,12 @@ from ._objects import (
 
 if TYPE_CHECKING:
     from pgsansio.config_model import ServerAddress
+
+    from ._context import Context
+    from ._control import Control
+    from ._objects import Client
+    from ._pooling import Pools
+    from ._routing import Routes
 
 __all__ = ["Ban", "Health", "Key", "lsn_to_int"]
 
@@ -130,32 +134,32 @@ class Probe:
         self.retried = False  # this round already replaced a lost connection
 
 
-class Health(Base):
-    """Mixed into the Engine; see the module docstring."""
+class Health:
+    """Owns its state; see the module docstring."""
 
-    # bans: by address; roles: what probes found ("primary", "replica", None: down)
-    _primary_since: dict[Key, float]
-    _lsn: dict[Key, tuple[int, float]]  # last WAL position seen (current or replayed), when
-    _primary_history: dict[Key, deque[tuple[float, int]]]
-    _probes: dict[Key, Probe]
-    _probe_interval: float
-    _health_checks: dict[int, Entry]  # server id -> its ``;`` in flight
+    # The parts it calls, wired by the Engine.
+    control: Control
+    pools: Pools
+    router: Routes
 
-    def _init_health(self) -> None:
-        self.bans = {}
-        self.roles = {}
-        self._primary_since = {}
-        self._lsn = {}
-        self._primary_history = {}
-        self._lagging = set()
-        self._probes = {}
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        # bans: by address; roles: what probes found ("primary", "replica", None: down)
+        self.bans: dict[Key, Ban] = {}
+        self.roles: dict[Key, str | None] = {}
+        self._primary_since: dict[Key, float] = {}
+        # last WAL position seen (current or replayed), when
+        self._lsn: dict[Key, tuple[int, float]] = {}
+        self._primary_history: dict[Key, deque[tuple[float, int]]] = {}
+        self.lagging: set[tuple[str, Key]] = set()
+        self._probes: dict[Key, Probe] = {}
         self._probe_interval = 0.0
-        self._health_checks = {}
-        self._role_waiters = []
+        self.health_checks: dict[int, Entry] = {}  # server id -> its ``;`` in flight
+        self.role_waiters: list[Client] = []
 
     # === roles =====================================================================
 
-    def _role(self, address: ServerAddress) -> str | None:
+    def role(self, address: ServerAddress) -> str | None:
         """``primary`` / ``replica`` as configured or found; None: not known (down)."""
         if address.role != "auto":
             return address.role
@@ -174,16 +178,16 @@ class Health(Base):
         )
 
     def _is_primary(self, key: Key) -> bool:
-        for pool in self.config.pools.values():
+        for pool in self.ctx.config.pools.values():
             for shard in pool.shards:
                 for a in shard.servers:
-                    if (a.host, a.port) == key and self._role(a) == "primary":
+                    if (a.host, a.port) == key and self.role(a) == "primary":
                         return True
         return False
 
     # === bans ======================================================================
 
-    def _ban(self, target: Pool | ServerAddress | Key, seconds: float | None, reason: str) -> bool:
+    def ban(self, target: Pool | ServerAddress | Key, seconds: float | None, reason: str) -> bool:
         """Ban an address for ``seconds`` (default ``ban_time``); False for a primary.
 
         Also the admin console's ``BAN`` (reason ``"admin ban"``).
@@ -196,58 +200,58 @@ class Health(Base):
             key = (target.host, target.port)
         if self._is_primary(key):
             return False
-        duration = self.config.general.ban_time if seconds is None else seconds
-        until = self._now + duration
+        duration = self.ctx.config.general.ban_time if seconds is None else seconds
+        until = self.ctx.now + duration
         old = self.bans.get(key)
         if old is not None and old.until >= until:
             return True
-        self.bans[key] = ban = Ban(key, reason, self._now, until)
+        self.bans[key] = ban = Ban(key, reason, self.ctx.now, until)
         if old is None:
-            self._log(
+            self.ctx.log(
                 logging.WARNING,
                 f"server {key[0]}:{key[1]} banned for {duration:g} s: {reason}; "
                 "it gets no new clients until then",
             )
-        self._at(until, lambda: self._ban_expired(key, ban))
+        self.ctx.at(until, lambda: self._ban_expired(key, ban))
         self._route_waiters_away(key)
         return True
 
-    def _unban(self, address: Key, why: str = "unbanned by the admin") -> bool:
+    def unban(self, address: Key, why: str = "unbanned by the admin") -> bool:
         ban = self.bans.pop(address, None)
         if ban is None:
             return False
-        self._log(logging.INFO, f"server {address[0]}:{address[1]} {why}")
+        self.ctx.log(logging.INFO, f"server {address[0]}:{address[1]} {why}")
         return True
 
     def _ban_expired(self, key: Key, ban: Ban) -> None:
         if self.bans.get(key) is ban:
-            self._unban(key, "is no longer banned (ban_time is over)")
+            self.unban(key, "is no longer banned (ban_time is over)")
 
-    def _probe_down(self, key: Key) -> bool:
+    def probe_down(self, key: Key) -> bool:
         """Our probe of ``key`` failed its last round (so a ban is no false alarm)."""
         probe = self._probes.get(key)
         return probe is not None and probe.down
 
-    def _banned(self, address: ServerAddress) -> bool:
+    def banned(self, address: ServerAddress) -> bool:
         return (address.host, address.port) in self.bans
 
     def _route_waiters_away(self, key: Key) -> None:
         """Clients queued on a freshly banned address go to another one."""
-        for group in self.groups.values():
+        for group in self.pools.groups.values():
             for pool in group.all_pools():
                 if (pool.address.host, pool.address.port) == key and pool.waiters:
                     for c in list(pool.waiters):
                         pool.waiters.remove(c)
-                        self._reroute(c, pool)
+                        self.router.reroute(c, pool)
 
     # === losing a server ===========================================================
 
-    def _server_lost(self, s: ServerConn, was: int, linked: bool) -> None:
+    def server_lost(self, s: ServerConn, was: int, linked: bool) -> None:
         """A pool connection failed: ban its address if that is PgCat's rule, and
         send the clients that were waiting for it somewhere else when possible."""
         pool = s.pool
         assert pool is not None
-        checking = self._health_checks.pop(s.sid, None) is not None
+        checking = self.health_checks.pop(s.sid, None) is not None
         if len(pool.group.pools[pool.shard]) < 2:
             return  # nowhere else to go: the pool's own fail-fast rules apply
         if checking:
@@ -258,51 +262,30 @@ class Health(Base):
             reason = "the server connection was lost under a client"
         else:
             return
-        self._ban(pool, None, reason)
+        self.ban(pool, None, reason)
         if checking or was in (S_CONNECTING, S_LOGIN):
             # The waiters expected this connection: try another address now (the
             # primary is never banned, so its waiters are moved here, not by _ban).
             for c in list(pool.waiters):
                 pool.waiters.remove(c)
-                self._reroute(c, pool)
+                self.router.reroute(c, pool)
             group = pool.group
             first_login = group.server_params is None and group.login_waiters
             if first_login and not any(p.opening for p in group.all_pools()):
-                other = self._choose_pool(group.login_waiters[0])
-                if other is not pool and not self._banned(other.address):
-                    self._open_server(other)
+                other = self.router.choose_pool(group.login_waiters[0])
+                if other is not pool and not self.banned(other.address):
+                    self.pools.open_server(other)
 
     # === health check before use ===================================================
 
-    def _hand_out(self, c: Client, s: ServerConn) -> None:
-        """Give idle ``s`` to ``c``, after a ``;`` if it has been idle too long."""
-        delay = self.config.general.healthcheck_delay / 1000
-        if self._now - s.last_used <= delay:
-            self._link(c, s)
-            return
-        pool = s.pool
-        assert pool is not None and c.user is not None
-        pool.waiters.appendleft(c)
-        c.pool = pool
-        if c.waiting_since is None:
-            c.waiting_since = self._now
-            c.wait_gen += 1
-            self._wait_until(c, self._now + c.user.connect_timeout / 1000)
-        s.state = S_INTERNAL
-        self._send_internal(s, ";", "healthcheck")
-        entry = s.queue[-1]
-        self._health_checks[s.sid] = entry
-        timeout = self.config.general.healthcheck_timeout / 1000
-        self._at(self._now + timeout, lambda: self._health_timeout(s, entry))
-
-    def _health_timeout(self, s: ServerConn, entry: Entry) -> None:
+    def health_timeout(self, s: ServerConn, entry: Entry) -> None:
         if s.state != S_CLOSED and entry in s.queue:
-            timeout = self.config.general.healthcheck_timeout
+            timeout = self.ctx.config.general.healthcheck_timeout
             self._health_failed(s, f"failed health check (no answer within {timeout} ms)")
 
-    def _health_done(self, s: ServerConn, entry: Entry) -> bool:
+    def health_done(self, s: ServerConn, entry: Entry) -> bool:
         """Our ``;`` answered; True if it failed (and was dealt with)."""
-        self._health_checks.pop(s.sid, None)
+        self.health_checks.pop(s.sid, None)
         if entry.error is None:
             return False
         message = entry.error.message if isinstance(entry.error, ErrorResponse) else "?"
@@ -310,32 +293,32 @@ class Health(Base):
         return True
 
     def _health_failed(self, s: ServerConn, reason: str) -> None:
-        self._health_checks.pop(s.sid, None)
+        self.health_checks.pop(s.sid, None)
         pool = s.pool
         assert pool is not None
-        self._log(logging.WARNING, f"server {self._where(s)}: {reason}; closing it")
-        self._close_server(s)
-        if not self._ban(pool, None, reason):
-            self._refill(pool)  # the primary: its waiters wait for a new connection
+        self.ctx.log(logging.WARNING, f"server {self.ctx.where(s)}: {reason}; closing it")
+        self.pools.close_server(s)
+        if not self.ban(pool, None, reason):
+            self.pools.refill(pool)  # the primary: its waiters wait for a new connection
         elif pool.waiters:  # banned but a single-address shard: nowhere else to go
-            self._refill(pool)
+            self.pools.refill(pool)
 
     # === probes ====================================================================
 
-    def _start_probes(self) -> None:
+    def start_probes(self) -> None:
         """(Re)build the probe of every address; called on start and reload."""
         for probe in self._probes.values():
             if probe.conn is not None:
-                self._close_server(probe.conn)
+                self.pools.close_server(probe.conn)
         self._probes = {}
-        general = self.config.general
+        general = self.ctx.config.general
         needed = any(
             a.role == "auto"
-            for p in self.config.pools.values()
+            for p in self.ctx.config.pools.values()
             for s in p.shards
             for a in s.servers
         ) or any(
-            p.replica_max_lag_ms or p.replica_max_lag_bytes for p in self.config.pools.values()
+            p.replica_max_lag_ms or p.replica_max_lag_bytes for p in self.ctx.config.pools.values()
         )
         interval = general.healthcheck_interval / 1000
         if not interval and needed:
@@ -343,7 +326,7 @@ class Health(Base):
         self._probe_interval = interval
         if not interval:
             return
-        for group in self.groups.values():
+        for group in self.pools.groups.values():
             if group.user.backend_password is None:
                 continue  # auth_query users have no password of their own to log in with
             for pool in group.all_pools():
@@ -352,12 +335,12 @@ class Health(Base):
                     self._probes[key] = Probe(key, pool)
         missing = {
             (a.host, a.port)
-            for p in self.config.pools.values()
+            for p in self.ctx.config.pools.values()
             for s in p.shards
             for a in s.servers
         } - set(self._probes)
         for host, port in sorted(missing):
-            self._log(
+            self.ctx.log(
                 logging.WARNING,
                 f"server {host}:{port} cannot be probed: no user of a pool listing it has a "
                 "password configured (auth_query users cannot log in on their own)",
@@ -365,13 +348,13 @@ class Health(Base):
         self._probe_round()
 
     def _probe_round(self) -> None:
-        if self._shutting_down or self._exited or not self._probes:
+        if self.control.shutting_down or self.control.exited or not self._probes:
             return
         probes = self._probes
         for probe in probes.values():
             if probe.started is None:
                 self._probe_start(probe)
-        self._at(self._now + self._probe_interval, lambda: self._probe_next(probes))
+        self.ctx.at(self.ctx.now + self._probe_interval, lambda: self._probe_next(probes))
 
     def _probe_next(self, probes: dict[Key, Probe]) -> None:
         if probes is self._probes:  # not replaced by a reload meanwhile
@@ -379,13 +362,13 @@ class Health(Base):
 
     def _probe_start(self, probe: Probe) -> None:
         probe.gen += 1
-        probe.started = self._now
+        probe.started = self.ctx.now
         probe.retried = False
         gen = probe.gen
-        general = self.config.general
+        general = self.ctx.config.general
         user = probe.pool.group.user
         timeout = max(general.healthcheck_timeout, user.connect_timeout) / 1000
-        self._at(self._now + timeout, lambda: self._probe_timeout(probe, gen))
+        self.ctx.at(self.ctx.now + timeout, lambda: self._probe_timeout(probe, gen))
         s = probe.conn
         if s is None or s.state == S_CLOSED:
             self._probe_connect(probe)
@@ -393,23 +376,23 @@ class Health(Base):
             self._probe_send(s, probe, "recovery", _RECOVERY_SQL)
 
     def _probe_connect(self, probe: Probe) -> None:
-        self._next_sid += 1
-        s = ServerConn(self._next_sid, probe.pool, probe.pool.address, self._now, P_PROBE)
+        self.ctx.next_sid += 1
+        s = ServerConn(self.ctx.next_sid, probe.pool, probe.pool.address, self.ctx.now, P_PROBE)
         probe.conn = s
-        self.servers[s.sid] = s
-        self._out.append(OpenServer(s.sid, s.address.host, s.address.port))
+        self.ctx.servers[s.sid] = s
+        self.ctx.out.append(OpenServer(s.sid, s.address.host, s.address.port))
 
     def _probe_of(self, s: ServerConn) -> Probe | None:
         probe = self._probes.get((s.address.host, s.address.port))
         return probe if probe is not None and probe.conn is s else None
 
-    def _probe_ready(self, s: ServerConn) -> None:
+    def probe_ready(self, s: ServerConn) -> None:
         """The probe connection has logged in."""
         s.login = None
         s.state = S_IDLE
         probe = self._probe_of(s)
         if probe is None:
-            self._close_server(s)
+            self.pools.close_server(s)
         elif probe.started is not None:
             self._probe_send(s, probe, "recovery", _RECOVERY_SQL)
 
@@ -417,9 +400,9 @@ class Health(Base):
         probe.phase = phase
         s.state = S_INTERNAL
         s.login = None
-        self._send_server(s, s.conn.send(Query(sql)))
+        self.ctx.send_server(s, s.conn.send(Query(sql)))
 
-    def _read_probe(self, s: ServerConn) -> None:
+    def read_probe(self, s: ServerConn) -> None:
         probe = self._probe_of(s)
         while s.state != S_CLOSED:
             event = s.conn.next_event()
@@ -454,7 +437,7 @@ class Health(Base):
                 return
         elif probe.phase == "lsn" and isinstance(answer, str):
             try:
-                self._lsn[probe.key] = (lsn_to_int(answer), self._now)
+                self._lsn[probe.key] = (lsn_to_int(answer), self.ctx.now)
             except ValueError:
                 pass
         probe.started = None
@@ -464,7 +447,7 @@ class Health(Base):
         if probe.gen == gen and probe.started is not None and self._probes.get(probe.key) is probe:
             self._probe_failed(probe, "no answer to the probe in time")
 
-    def _probe_lost(self, s: ServerConn, error: ErrorResponse) -> None:
+    def probe_lost(self, s: ServerConn, error: ErrorResponse) -> None:
         probe = self._probe_of(s)
         if probe is not None:
             probe.conn = None
@@ -482,22 +465,22 @@ class Health(Base):
         probe.started = None
         s, probe.conn = probe.conn, None
         if s is not None and s.state != S_CLOSED:
-            self._close_server(s)
+            self.pools.close_server(s)
         key = probe.key
         was = self.roles.get(key)
         if self._auto(key):
             self.roles[key] = None
             self._primary_since.pop(key, None)
             if was == "primary":
-                self._log(
+                self.ctx.log(
                     logging.ERROR,
                     f"primary {key[0]}:{key[1]} failed its probe ({reason}): no primary is "
                     "known, writes fail until one is found",
                 )
         if not self._is_primary(key):
-            self._ban(key, None, f"failed health check ({reason})")
+            self.ban(key, None, f"failed health check ({reason})")
         elif not probe.down:
-            self._log(logging.WARNING, f"primary {key[0]}:{key[1]} failed its probe: {reason}")
+            self.ctx.log(logging.WARNING, f"primary {key[0]}:{key[1]} failed its probe: {reason}")
         probe.down = True
         self._lag_changed(key)
 
@@ -509,37 +492,37 @@ class Health(Base):
             was = self.roles.get(key)
             self.roles[key] = role
             if role == "primary":
-                self._primary_since.setdefault(key, self._now)
+                self._primary_since.setdefault(key, self.ctx.now)
                 if not self._incumbent(key):
-                    self._log(
+                    self.ctx.log(
                         logging.WARNING,
                         f"server {key[0]}:{key[1]} is not in recovery but another server "
                         "is the primary: it gets no clients until one of them goes away",
                     )
                 elif was != "primary":
-                    self._log(logging.WARNING, f"server {key[0]}:{key[1]} is the primary")
+                    self.ctx.log(logging.WARNING, f"server {key[0]}:{key[1]} is the primary")
                     self.bans.pop(key, None)  # never banned as primary
             else:
                 self._primary_since.pop(key, None)
                 if was != role:
-                    self._log(logging.INFO, f"server {key[0]}:{key[1]} is a replica")
+                    self.ctx.log(logging.INFO, f"server {key[0]}:{key[1]} is a replica")
         sample = self._lsn.get(key)
         lsn = sample[0] if sample is not None else None
         if lsn is not None and probe.in_recovery is False:
             history = self._primary_history.setdefault(key, deque(maxlen=_HISTORY))
             if not history or history[-1][1] != lsn:
-                history.append((self._now, lsn))
+                history.append((self.ctx.now, lsn))
         self._lag_changed(key)
-        waiters, self._role_waiters = self._role_waiters, []
+        waiters, self.role_waiters = self.role_waiters, []
         for c in waiters:
             if c.state != C_CLOSED and c.waiting_since is not None and c.server is None:
                 c.waiting_since = None
-                self._checkout(c)
+                self.pools.checkout(c)
 
     def _auto(self, key: Key) -> bool:
         return any(
             (a.host, a.port) == key and a.role == "auto"
-            for p in self.config.pools.values()
+            for p in self.ctx.config.pools.values()
             for s in p.shards
             for a in s.servers
         )
@@ -548,7 +531,7 @@ class Health(Base):
 
     def _lag_bounds(self) -> bool:
         return any(
-            p.replica_max_lag_ms or p.replica_max_lag_bytes for p in self.config.pools.values()
+            p.replica_max_lag_ms or p.replica_max_lag_bytes for p in self.ctx.config.pools.values()
         )
 
     def _lag(self, primary: Key, replica: Key) -> tuple[float, int] | None:
@@ -574,31 +557,31 @@ class Health(Base):
         """Re-evaluate which replicas are too far behind, per pool bound."""
         if not self._lag_bounds():
             return
-        for pool_cfg in self.config.pools.values():
+        for pool_cfg in self.ctx.config.pools.values():
             max_ms, max_bytes = pool_cfg.replica_max_lag_ms, pool_cfg.replica_max_lag_bytes
             if not max_ms and not max_bytes:
                 continue
             for shard in pool_cfg.shards:
-                primary = next((a for a in shard.servers if self._role(a) == "primary"), None)
+                primary = next((a for a in shard.servers if self.role(a) == "primary"), None)
                 for a in shard.servers:
                     k = (a.host, a.port)
-                    if self._role(a) != "replica":
-                        self._lagging.discard((pool_cfg.name, k))
+                    if self.role(a) != "replica":
+                        self.lagging.discard((pool_cfg.name, k))
                         continue
                     lag = self._lag((primary.host, primary.port), k) if primary else None
                     late = lag is not None and (
                         (max_ms and lag[0] * 1000 > max_ms) or (max_bytes and lag[1] > max_bytes)
                     )
                     tag = (pool_cfg.name, k)
-                    if late and tag not in self._lagging:
+                    if late and tag not in self.lagging:
                         assert lag is not None
-                        self._lagging.add(tag)
-                        self._log(
+                        self.lagging.add(tag)
+                        self.ctx.log(
                             logging.WARNING,
                             f"replica {k[0]}:{k[1]} is {lag[0] * 1000:.0f} ms / {lag[1]} bytes "
                             f'behind its primary: no reads from pool "{pool_cfg.name}" until '
                             "it catches up",
                         )
-                    elif not late and tag in self._lagging:
-                        self._lagging.discard(tag)
-                        self._log(logging.INFO, f"replica {k[0]}:{k[1]} has caught up")
+                    elif not late and tag in self.lagging:
+                        self.lagging.discard(tag)
+                        self.ctx.log(logging.INFO, f"replica {k[0]}:{k[1]} has caught up")

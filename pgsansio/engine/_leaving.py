@@ -11,13 +11,21 @@ it is closed (our own Sync would commit what the client never committed).
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from pgsansio.protocol import CopyFail, ErrorResponse, ProtocolError
 
-from ._base import Base
 from ._effects import CloseClient, CloseServer, Exit, SendClient
-from ._login import fatal
+from ._errors import fatal
 from ._objects import C_CLOSED, S_CLOSED, SKIP, Client, ServerConn
+
+if TYPE_CHECKING:
+    from ._context import Context
+    from ._control import Control
+    from ._health import Health
+    from ._login import Login
+    from ._pooling import Pools
+    from ._relay import Relay
 
 __all__ = ["Leaving"]
 
@@ -27,23 +35,33 @@ TERMINATING = ErrorResponse.build(
 )
 
 
-class Leaving(Base):
-    """Mixed into the Engine; see the module docstring."""
+class Leaving:
+    """Owns its state; see the module docstring."""
 
-    def _statement_timeout(self, s: ServerConn, gen: int) -> None:
+    # The parts it calls, wired by the Engine.
+    control: Control
+    health: Health
+    login: Login
+    pools: Pools
+    relay: Relay
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def statement_timeout(self, s: ServerConn, gen: int) -> None:
         c = s.client
         if c is None or s.query_gen != gen or not s.queue or c.user is None:
             return
-        self._log(logging.WARNING, f"client {c.cid}: statement timeout on {self._where(s)}")
+        self.ctx.log(logging.WARNING, f"client {c.cid}: statement timeout on {self.ctx.where(s)}")
         # As PgCat: the server is slow or hung, so it is not trusted again; cancel what
         # it runs and close it now (not after a drain that may never come).
-        self._unlink(c, s)
-        self._cancel_server(s)
-        self._close_server(s)
+        self.relay.unlink(c, s)
+        self.login.cancel_server(s)
+        self.pools.close_server(s)
         if s.pool is not None:
-            self._ban(s.pool, None, "statement timeout")
-            self._refill(s.pool)
-        self._drop_client(
+            self.health.ban(s.pool, None, "statement timeout")
+            self.pools.refill(s.pool)
+        self.drop_client(
             c,
             fatal(
                 "57014",
@@ -52,56 +70,56 @@ class Leaving(Base):
             ),
         )
 
-    def _idle_tx_timeout(self, c: Client, s: ServerConn, gen: int) -> None:
+    def idle_tx_timeout(self, c: Client, s: ServerConn, gen: int) -> None:
         if c.server is not s or s.query_gen != gen or s.queue:
             return
         if s.conn.transaction_status == "I":
             return
-        self._drop_client(c, fatal("25P03", "idle transaction timeout"))
+        self.drop_client(c, fatal("25P03", "idle transaction timeout"))
 
-    def _shutdown_timeout(self) -> None:
-        for c in list(self.clients.values()):
-            self._drop_client(
+    def shutdown_timeout(self) -> None:
+        for c in list(self.ctx.clients.values()):
+            self.drop_client(
                 c, fatal("57P01", "terminating connection due to administrator command")
             )
-        for s in list(self.servers.values()):
-            self._close_server(s)
-        self._maybe_exit(force=True)
+        for s in list(self.ctx.servers.values()):
+            self.pools.close_server(s)
+        self.maybe_exit(force=True)
 
-    def _maybe_exit(self, *, force: bool = False) -> None:
-        if not self._shutting_down or self._exited:
-            if self._pausing:
-                self._pause_progress()  # something closed: a PAUSE may be complete
+    def maybe_exit(self, *, force: bool = False) -> None:
+        if not self.control.shutting_down or self.control.exited:
+            if self.control.pausing:
+                self.control.pause_progress()  # something closed: a PAUSE may be complete
             return
-        if not force and any(not c.admin for c in self.clients.values()):
+        if not force and any(not c.admin for c in self.ctx.clients.values()):
             return  # admin sessions do not keep the pooler alive
-        self._exited = True
-        self._exit_leftovers()
-        for s in list(self.servers.values()):
+        self.control.exited = True
+        self.control.exit_leftovers()
+        for s in list(self.ctx.servers.values()):
             if s.state != S_CLOSED:
                 s.state = S_CLOSED
-                self.servers.pop(s.sid, None)
-                self._out.append(CloseServer(s.sid))
-        self._timers.clear()
-        self._out.append(Exit(0))
+                self.ctx.servers.pop(s.sid, None)
+                self.ctx.out.append(CloseServer(s.sid))
+        self.ctx.timers.clear()
+        self.ctx.out.append(Exit(0))
 
-    def _drop_client(
+    def drop_client(
         self, c: Client, error: ErrorResponse | None = None, *, closed: bool = False
     ) -> None:
         if c.state == C_CLOSED:
             return
         if error is not None and not closed:
             try:
-                self._out.append(SendClient(c.cid, c.conn.send(error)))
+                self.ctx.out.append(SendClient(c.cid, c.conn.send(error)))
             except ProtocolError:
-                self._out.append(SendClient(c.cid, bytes(error)))
+                self.ctx.out.append(SendClient(c.cid, bytes(error)))
         c.state = C_CLOSED
-        self.clients.pop(c.cid, None)
-        self._logging_in.pop(c, None)
-        if self._cancel_keys.get(c.cancel_key) is c:
-            del self._cancel_keys[c.cancel_key]
+        self.ctx.clients.pop(c.cid, None)
+        self.login.logging_in.pop(c, None)
+        if self.login.cancel_keys.get(c.cancel_key) is c:
+            del self.login.cancel_keys[c.cancel_key]
         if not closed:
-            self._out.append(CloseClient(c.cid))
+            self.ctx.out.append(CloseClient(c.cid))
         if c.waiting_since is not None and c.pool is not None:
             try:
                 c.pool.waiters.remove(c)
@@ -111,34 +129,34 @@ class Leaving(Base):
         if c.group is not None and c in c.group.login_waiters:
             c.group.login_waiters.remove(c)
         for p in c.prepared.values():
-            self._unref(p)
+            self.relay.unref(p)
         c.prepared.clear()
         c.pending = []
         s = c.server
         if s is not None:
             self._abandon(c, s)
-        if self.config.general.log_client_disconnections and (c.group is not None or c.admin):
-            self._log(logging.INFO, f"client {c.cid} from {c.peer} disconnected")
-        self._maybe_exit()
+        if self.ctx.config.general.log_client_disconnections and (c.group is not None or c.admin):
+            self.ctx.log(logging.INFO, f"client {c.cid} from {c.peer} disconnected")
+        self.maybe_exit()
 
     def _abandon(self, c: Client, s: ServerConn) -> None:
         """The client left while holding ``s``: make it clean for the next one."""
-        self._unlink(c, s)
+        self.relay.unlink(c, s)
         if s.state == S_CLOSED:
             return
         if s.conn.frontend_copy_open:
             # A backend waiting for COPY data ignores a cancel: end the COPY instead
             # (the rows sent so far are rolled back), then close once it has answered.
             s.close_needed = True
-            self._send_server(s, s.conn.send(CopyFail("the client disconnected")))
-            self._at(self._now + ABANDON_GRACE, lambda: self._close_abandoned(s))
+            self.ctx.send_server(s, s.conn.send(CopyFail("the client disconnected")))
+            self.ctx.at(self.ctx.now + ABANDON_GRACE, lambda: self._close_abandoned(s))
             return
         if any(x.mode != SKIP for x in s.queue):
             # A query runs: cancel it, let the answer drain (nobody reads it), then
             # close this connection; never later than ABANDON_GRACE seconds.
             s.close_needed = True
-            self._cancel_server(s)
-            self._at(self._now + ABANDON_GRACE, lambda: self._close_abandoned(s))
+            self.login.cancel_server(s)
+            self.ctx.at(self.ctx.now + ABANDON_GRACE, lambda: self._close_abandoned(s))
             return
         if s.queue:
             return  # our own query (a SET) is running; _internal_done frees it
@@ -146,22 +164,22 @@ class Leaving(Base):
             # Extended-protocol messages without their Sync (an implicit transaction
             # is open, or the server skips to a Sync after an error). A Sync of ours
             # would commit what the client never committed: close instead.
-            self._close_server(s)
+            self.pools.close_server(s)
             if s.pool is not None:
-                self._refill(s.pool)
+                self.pools.refill(s.pool)
             return
         assert c.user is not None
         if s.conn.transaction_status != "I":
-            self._internal_query(s, "ROLLBACK", "rollback")
+            self.relay.internal_query(s, "ROLLBACK", "rollback")
             if c.user.pool_mode == "session":
-                self._send_internal(s, self.config.general.server_reset_query, "reset")
+                self.relay.send_internal(s, self.ctx.config.general.server_reset_query, "reset")
         elif c.user.pool_mode == "session":
-            self._internal_query(s, self.config.general.server_reset_query, "reset")
+            self.relay.internal_query(s, self.ctx.config.general.server_reset_query, "reset")
         else:
-            self._server_free(s)
+            self.pools.server_free(s)
 
     def _close_abandoned(self, s: ServerConn) -> None:
         if s.state != S_CLOSED and s.client is None:
-            self._close_server(s)
+            self.pools.close_server(s)
             if s.pool is not None:
-                self._refill(s.pool)
+                self.pools.refill(s.pool)

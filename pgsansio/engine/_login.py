@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from typing import TYPE_CHECKING
 
 from pgsansio.protocol import NEED_DATA as _NEED_DATA
 from pgsansio.protocol import PAUSED as _PAUSED
@@ -47,8 +48,8 @@ from pgsansio.protocol import (
     scram_verifier,
 )
 
-from ._base import Base
 from ._effects import OpenServer, SendClient
+from ._errors import ClientFatal
 from ._objects import (
     C_AUTH,
     C_FETCH,
@@ -65,7 +66,17 @@ from ._objects import (
     ServerConn,
 )
 from ._params import TRACKED, param_sql, parse_options, quote_literal, valid_name
-from ._relay import ClientFatal
+
+if TYPE_CHECKING:
+    from ._admin import Admin
+    from ._context import Context
+    from ._control import Control
+    from ._health import Health
+    from ._leaving import Leaving
+    from ._pooling import Pools
+    from ._routing import Routes
+    from ._stats import Stats
+    from ._tls import Tls
 
 __all__ = ["ADMIN_DATABASES", "Login", "fatal"]
 
@@ -85,20 +96,41 @@ def as_fatal(error: ErrorResponse) -> ErrorResponse:
     return ErrorResponse([(k, "FATAL" if k in "SV" else v) for k, v in error.fields])
 
 
-class Login(Base):
-    """Mixed into the Engine; see the module docstring."""
+class Login:
+    """Owns its state; see the module docstring."""
 
-    def _startup(self, c: Client, msg: StartupMessage) -> None:
+    # The parts it calls, wired by the Engine.
+    admin: Admin
+    control: Control
+    health: Health
+    leaving: Leaving
+    pools: Pools
+    router: Routes
+    stats: Stats
+    tls: Tls
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.mock_seed = ctx.rng.randbytes(16)
+        self.cancel_keys: dict[tuple[int, bytes], Client] = {}
+        # a login's ParameterStatus messages, encoded, by (name, value) pairs
+        self.welcomes: dict[tuple[tuple[str, str], ...], Span] = {}
+        # clients between connecting and logging in, oldest first (see login_sweep)
+        self.logging_in: dict[Client, None] = {}
+        self.login_sweep_at: float | None = None
+        self.scram_secrets: dict[tuple[str, str], str] = {}
+
+    def startup(self, c: Client, msg: StartupMessage) -> None:
         params = msg.params
         c.username = params.get("user", "")
         c.database = params.get("database") or c.username
-        if self._shutting_down and c.database not in ADMIN_DATABASES:
+        if self.control.shutting_down and c.database not in ADMIN_DATABASES:
             raise ClientFatal("57P01", "pgsansio is shutting down: no new connections accepted")
         if not c.username:
             raise ClientFatal("28000", "no PostgreSQL user name specified in startup packet")
         unknown_options = [k for k in params if k.startswith("_pq_.")]
         if msg.protocol_version != PROTOCOL_3_0 or unknown_options:
-            self._send_client(c, NegotiateProtocolVersion(PROTOCOL_3_0, unknown_options))
+            self.ctx.send_client(c, NegotiateProtocolVersion(PROTOCOL_3_0, unknown_options))
         if params.get("replication", "false").lower() not in ("false", "off", "no", "0"):
             raise ClientFatal(
                 "0A000", "replication connections are not supported through the pooler"
@@ -125,7 +157,7 @@ class Login(Base):
                     settings[key.lower()] = quote_literal(val)
         c.params = tracked
         c.settings = settings
-        group = self.groups.get((c.database, c.username))
+        group = self.pools.groups.get((c.database, c.username))
         if c.database in ADMIN_DATABASES and group is None:
             c.admin = True  # the console (see _admin), after the same password check
         c.group = group
@@ -142,19 +174,19 @@ class Login(Base):
             self._authenticated(c)
         elif method == "scram-sha-256":
             secret = self._scram_secret(c)
-            nonce = self.rng.randbytes(18).hex()
+            nonce = self.ctx.rng.randbytes(18).hex()
             if secret is None:
                 server = ScramServer.for_unknown_user(
-                    c.username, mock_seed=self._mock_seed, nonce=nonce
+                    c.username, mock_seed=self.mock_seed, nonce=nonce
                 )
             else:
                 server = ScramServer(secret, nonce=nonce)
             c.auth = ("scram", server)
-            self._send_client(c, AuthenticationSASL(["SCRAM-SHA-256"]))
+            self.ctx.send_client(c, AuthenticationSASL(["SCRAM-SHA-256"]))
         else:
-            salt = self.rng.randbytes(4)
+            salt = self.ctx.rng.randbytes(4)
             c.auth = ("md5", salt)
-            self._send_client(c, AuthenticationMD5Password(salt))
+            self.ctx.send_client(c, AuthenticationMD5Password(salt))
 
     def _auth_method(self, c: Client) -> str:
         if c.user is not None and not c.admin:
@@ -167,17 +199,17 @@ class Login(Base):
                 return "trust" if c.user.auth_type == "trust" and secret else "md5"
             return c.user.auth_type
         if c.admin:
-            return self.config.general.admin_auth_type
+            return self.ctx.config.general.admin_auth_type
         # Unknown user or database: the method most users here have, so that the
         # challenge itself says nothing about who exists.
-        methods = [u.auth_type for p in self.config.pools.values() for u in p.users.values()]
+        methods = [u.auth_type for p in self.ctx.config.pools.values() for u in p.users.values()]
         if methods and methods.count("scram-sha-256") > len(methods) // 2:
             return "scram-sha-256"
         return "md5"
 
     def _password(self, c: Client) -> str | None:
         if c.admin:
-            general = self.config.general
+            general = self.ctx.config.general
             if c.username != general.admin_username:
                 return None
             return general.admin_password or None
@@ -194,16 +226,16 @@ class Login(Base):
         if password.startswith("SCRAM-SHA-256$"):
             return password
         key = (c.database, c.username)
-        secret = self._scram_secrets.get(key)
+        secret = self.scram_secrets.get(key)
         if secret is None:
             # Derived once per user (PBKDF2 is slow on purpose) with a salt that is
             # stable for this process, as a stored verifier would be.
-            salt = hashlib.sha256(self._mock_seed + c.username.encode()).digest()[:16]
+            salt = hashlib.sha256(self.mock_seed + c.username.encode()).digest()[:16]
             secret = scram_verifier(password, salt=salt)
-            self._scram_secrets[key] = secret
+            self.scram_secrets[key] = secret
         return secret
 
-    def _auth_response(self, c: Client, event: Event) -> None:
+    def auth_response(self, c: Client, event: Event) -> None:
         assert c.auth is not None
         kind, state = c.auth
         failed = fatal("28P01", f'password authentication failed for user "{c.username}"')
@@ -218,7 +250,7 @@ class Login(Base):
                 and md5_verify(c.username, password, state, event.password)
             )
             if not ok:
-                self._drop_client(c, failed)
+                self.leaving.drop_client(c, failed)
                 return
             self._authenticated(c)
             return
@@ -227,10 +259,10 @@ class Login(Base):
             if isinstance(event, SASLInitialResponse):
                 if event.mechanism != "SCRAM-SHA-256" or event.data is None:
                     raise ClientFatal("28000", "unsupported SASL mechanism")
-                self._send_client(c, AuthenticationSASLContinue(state.server_first(event.data)))
+                self.ctx.send_client(c, AuthenticationSASLContinue(state.server_first(event.data)))
             elif isinstance(event, SASLResponse):
                 final = state.server_final(event.data)
-                self._send_client(c, AuthenticationSASLFinal(final))
+                self.ctx.send_client(c, AuthenticationSASLFinal(final))
                 group = c.group
                 if (
                     group is not None
@@ -245,33 +277,33 @@ class Login(Base):
             else:
                 raise ClientFatal("08P01", "expected a SASL response")
         except AuthenticationFailed:
-            self._drop_client(c, failed)
+            self.leaving.drop_client(c, failed)
 
     def _authenticated(self, c: Client) -> None:
         if c.admin:
-            self._admin_welcome(c)
+            self.admin.admin_welcome(c)
             return
-        if c.database in self.disabled:
+        if c.database in self.control.disabled:
             raise ClientFatal("57P03", f'database "{c.database}" is disabled (DISABLE); try later')
         group = c.group
         if group is not None and group.removed:
             # A reload while this client was logging in: take the pool's new version.
-            group = self.groups.get((group.name, group.user.username))
+            group = self.pools.groups.get((group.name, group.user.username))
             if group is not None:
                 c.group, c.user = group, group.user
         if group is None or group.removed:
-            self._drop_client(
+            self.leaving.drop_client(
                 c, fatal("28P01", f'password authentication failed for user "{c.username}"')
             )
             return
-        self._send_client(c, AuthenticationOk())
+        self.ctx.send_client(c, AuthenticationOk())
         if group.server_params is None:
             c.state = C_WELCOME
             group.login_waiters.append(c)
             if not any(p.opening or p.servers for p in group.all_pools()):
-                pool = self._choose_pool(c)
+                pool = self.router.choose_pool(c)
                 if len(pool.servers) < group.user.pool_size:
-                    self._open_server(pool)
+                    self.pools.open_server(pool)
             return
         self._welcome(c)
 
@@ -296,26 +328,26 @@ class Login(Base):
         # a client that connects per transaction (pgbench -C) pays them all each time.
         conn = c.conn
         key = tuple(shown.items())
-        cached = self._welcomes.get(key)
+        cached = self.welcomes.get(key)
         if cached is None:
             # Clients of a pool mostly see the same parameters: encode them once.
-            if len(self._welcomes) >= _WELCOMES_KEPT:
-                self._welcomes.clear()
+            if len(self.welcomes) >= _WELCOMES_KEPT:
+                self.welcomes.clear()
             events: list[Event] = [ParameterStatus(name, value) for name, value in key]
             encoded = [bytes(e) for e in events]
             offsets, at = [], 0
             for b in encoded:
                 offsets.append(at)
                 at += len(b)
-            cached = self._welcomes[key] = Span(b"".join(encoded), events, offsets)
+            cached = self.welcomes[key] = Span(b"".join(encoded), events, offsets)
         parts = [conn.send_span(cached)]  # checked and fed to the client's state as sent
-        pid = self.rng.randrange(1, 2**31)
-        secret = self.rng.randbytes(4)
+        pid = self.ctx.rng.randrange(1, 2**31)
+        secret = self.ctx.rng.randbytes(4)
         c.cancel_key = (pid, secret)
-        self._cancel_keys[c.cancel_key] = c
+        self.cancel_keys[c.cancel_key] = c
         parts.append(conn.send(BackendKeyData(pid, secret)))
         parts.append(conn.send(ReadyForQuery("I")))
-        out = self._out
+        out = self.ctx.out
         last = out[-1] if out else None
         if type(last) is SendClient and last.cid == c.cid:
             parts.insert(0, last.data)
@@ -323,16 +355,16 @@ class Login(Base):
         else:
             out.append(SendClient(c.cid, b"".join(parts)))
         c.state = C_READY
-        self._logging_in.pop(c, None)
-        c.stats = self._stats_for(group.name)
+        self.logging_in.pop(c, None)
+        c.stats = self.stats.stats_for(group.name)
         c.stats.client_login_count += 1
-        if self.config.general.log_client_connections:
-            self._log(
+        if self.ctx.config.general.log_client_connections:
+            self.ctx.log(
                 logging.INFO,
                 f'client {c.cid} from {c.peer} logged in as "{c.username}" to "{c.database}"',
             )
 
-    def _login_sweep(self) -> None:
+    def login_sweep(self) -> None:
         """Drop the clients still logging in after CLIENT_LOGIN_TIMEOUT.
 
         One timer for all of them, not one per connection: a client that logs in (or
@@ -341,18 +373,18 @@ class Login(Base):
         a heap of stale entries. The timeout is the same for everyone and ``now`` never
         goes back, so ``_logging_in`` (a dict, in insertion order) is in deadline order
         and the sweep looks at no more than the expired clients and the next one."""
-        self._login_sweep_at = None
-        waiting = self._logging_in
+        self.login_sweep_at = None
+        waiting = self.logging_in
         while waiting:
             c = next(iter(waiting))
-            if c.login_deadline > self._now:
-                self._login_sweep_at = c.login_deadline
-                self._at(c.login_deadline, self._login_sweep)
+            if c.login_deadline > self.ctx.now:
+                self.login_sweep_at = c.login_deadline
+                self.ctx.at(c.login_deadline, self.login_sweep)
                 return
             del waiting[c]
-            self._drop_client(c, fatal("08006", "client login timeout"))
+            self.leaving.drop_client(c, fatal("08006", "client login timeout"))
 
-    def _read_login(self, s: ServerConn) -> None:
+    def read_login(self, s: ServerConn) -> None:
         group = s.group
         assert group is not None
         user = group.user
@@ -368,13 +400,13 @@ class Login(Base):
             if isinstance(event, AuthenticationMD5Password):
                 secret = password if password is not None else group.auth_secret
                 if secret is None:
-                    self._server_gone(s, self._no_password(s))
+                    self.pools.server_gone(s, self._no_password(s))
                     return
                 response = md5_response(login_user, secret, event.salt)
-                self._send_server(s, s.conn.send(PasswordMessage(response)))
+                self.ctx.send_server(s, s.conn.send(PasswordMessage(response)))
             elif isinstance(event, AuthenticationSASL):
                 if "SCRAM-SHA-256" not in event.mechanisms:
-                    self._server_gone(
+                    self.pools.server_gone(
                         s, fatal("28000", "the server offers no SASL mechanism we support")
                     )
                     return
@@ -385,56 +417,58 @@ class Login(Base):
                         client_key=group.scram_keys[0], server_key=group.scram_keys[1]
                     )
                 else:
-                    self._server_gone(s, self._no_password(s))
+                    self.pools.server_gone(s, self._no_password(s))
                     return
                 s.login = client
                 first = SASLInitialResponse("SCRAM-SHA-256", client.client_first())
-                self._send_server(s, s.conn.send(first))
+                self.ctx.send_server(s, s.conn.send(first))
             elif isinstance(event, AuthenticationSASLContinue):
                 assert isinstance(s.login, ScramClient)
-                self._send_server(s, s.conn.send(SASLResponse(s.login.client_final(event.data))))
+                self.ctx.send_server(
+                    s, s.conn.send(SASLResponse(s.login.client_final(event.data)))
+                )
             elif isinstance(event, AuthenticationSASLFinal):
                 assert isinstance(s.login, ScramClient)
                 s.login.verify_server_final(event.data)
             elif isinstance(event, AuthenticationCleartextPassword):
                 if password is None:
-                    self._server_gone(s, self._no_password(s))
+                    self.pools.server_gone(s, self._no_password(s))
                     return
-                self._send_server(s, s.conn.send(PasswordMessage(password)))
+                self.ctx.send_server(s, s.conn.send(PasswordMessage(password)))
             elif isinstance(event, ParameterStatus):
                 s.params[event.name] = event.value
             elif isinstance(event, BackendKeyData):
                 s.backend_key = (event.process_id, event.secret_key)
             elif isinstance(event, ErrorResponse):
-                self._log(
+                self.ctx.log(
                     logging.WARNING,
-                    f"server {self._where(s)} refused the login of "
+                    f"server {self.ctx.where(s)} refused the login of "
                     f'"{user.backend_username}": {event.message}',
                 )
-                self._server_gone(s, as_fatal(event))
+                self.pools.server_gone(s, as_fatal(event))
                 return
             elif isinstance(event, ReadyForQuery):
                 if s.purpose == P_PROBE:
-                    self._probe_ready(s)
+                    self.health.probe_ready(s)
                     return
                 if s.purpose == P_AUTH_QUERY:
                     s.state = S_INTERNAL
-                    self._send_server(s, s.conn.send(Query(self._auth_query_sql(s))))
+                    self.ctx.send_server(s, s.conn.send(Query(self._auth_query_sql(s))))
                     return
                 self._server_ready(s)
                 return
             elif isinstance(event, SSLResponse):  # our SSLRequest's answer (server_tls)
-                self._server_ssl_answer(s, event.accepted)
+                self.tls.server_ssl_answer(s, event.accepted)
                 return  # in TLS, nothing more is read until the frontend's server_tls
             elif isinstance(event, (AuthenticationOk, NoticeResponse, NegotiateProtocolVersion)):
                 pass
             elif isinstance(event, ConnectionClosed):
-                self._server_gone(
-                    s, fatal("08006", f"server {self._where(s)} closed the connection")
+                self.pools.server_gone(
+                    s, fatal("08006", f"server {self.ctx.where(s)} closed the connection")
                 )
                 return
             else:
-                self._server_gone(
+                self.pools.server_gone(
                     s, fatal("08P01", f"unexpected {type(event).__name__} during server login")
                 )
                 return
@@ -455,7 +489,7 @@ class Login(Base):
         s.login = None
         # server_lifetime counts from here: a login slower than a short lifetime must
         # not make every new connection expire before anyone could use it.
-        s.created = self._now
+        s.created = self.ctx.now
         if group.server_params is None:
             group.server_params = {
                 k: v for k, v in s.params.items() if k not in ("is_superuser",)
@@ -464,12 +498,12 @@ class Login(Base):
             for c in waiters:
                 if c.state == C_WELCOME:
                     self._welcome(c)
-        self._server_free(s)
+        self.pools.server_free(s)
 
-    def _cancel_request(self, c: Client, req: CancelRequest) -> None:
+    def cancel_request(self, c: Client, req: CancelRequest) -> None:
         # PostgreSQL answers a cancel request with nothing but closing the connection.
-        target = self._cancel_keys.get((req.process_id, req.secret_key))
-        self._drop_client(c, None)
+        target = self.cancel_keys.get((req.process_id, req.secret_key))
+        self.leaving.drop_client(c, None)
         if target is None:
             return
         if target.server is None:
@@ -478,23 +512,23 @@ class Login(Base):
                 target.pool.waiters.remove(target)
                 target.waiting_since = None
                 pending, target.pending = target.pending, []
-                self._fail_requests(target, pending, _CANCELED)
+                self.pools.fail_requests(target, pending, _CANCELED)
             return  # an idle client: nothing runs, nothing to cancel
         s = target.server
         if s.queue:
-            self._cancel_server(s)
+            self.cancel_server(s)
 
-    def _cancel_server(self, target: ServerConn) -> None:
+    def cancel_server(self, target: ServerConn) -> None:
         """Cancel what ``target`` runs now, over a new connection, if it still runs it."""
         if target.backend_key is None:
             return
-        self._next_sid += 1
-        s = ServerConn(self._next_sid, None, target.address, self._now, purpose=P_CANCEL)
+        self.ctx.next_sid += 1
+        s = ServerConn(self.ctx.next_sid, None, target.address, self.ctx.now, purpose=P_CANCEL)
         s.login = (target, target.link_gen)
-        self.servers[s.sid] = s
-        self._out.append(OpenServer(s.sid, target.address.host, target.address.port))
+        self.ctx.servers[s.sid] = s
+        self.ctx.out.append(OpenServer(s.sid, target.address.host, target.address.port))
 
-    def _send_cancel(self, s: ServerConn) -> None:
+    def send_cancel(self, s: ServerConn) -> None:
         login = s.login
         assert isinstance(login, tuple)
         target: ServerConn = login[0]
@@ -505,8 +539,8 @@ class Login(Base):
         still = target.state == S_CLOSED or (target.link_gen == link_gen and target.queue)
         if still and target.backend_key is not None:
             pid, secret = target.backend_key
-            self._send_server(s, bytes(CancelRequest(pid, secret)))
-        self._close_server(s)
+            self.ctx.send_server(s, bytes(CancelRequest(pid, secret)))
+        self.pools.close_server(s)
 
     # --- auth_query pass-through ---------------------------------------------------
 
@@ -518,18 +552,18 @@ class Login(Base):
             return  # a fetch is already running; its answer serves everyone
         shard = group.cfg.shards[0]
         address = next((a for a in shard.servers if a.role == "primary"), shard.servers[0])
-        self._next_sid += 1
-        s = ServerConn(self._next_sid, None, address, self._now, purpose=P_AUTH_QUERY)
+        self.ctx.next_sid += 1
+        s = ServerConn(self.ctx.next_sid, None, address, self.ctx.now, purpose=P_AUTH_QUERY)
         s.group = group
-        self.servers[s.sid] = s
-        self._out.append(OpenServer(s.sid, address.host, address.port))
+        self.ctx.servers[s.sid] = s
+        self.ctx.out.append(OpenServer(s.sid, address.host, address.port))
 
     def _auth_query_sql(self, s: ServerConn) -> str:
         assert s.group is not None
         query = s.group.cfg.auth_query or ""
         return query.replace("'$1'", "$1").replace("$1", quote_literal(s.group.user.username))
 
-    def _read_auth_query(self, s: ServerConn) -> None:
+    def read_auth_query(self, s: ServerConn) -> None:
         group = s.group
         assert group is not None
         while s.state != S_CLOSED:
@@ -543,14 +577,14 @@ class Login(Base):
                 elif len(values) == 1 and values[0] is not None:
                     s.login = values[0].decode("utf-8", "replace")
             elif isinstance(event, ErrorResponse):
-                self._log(
+                self.ctx.log(
                     logging.WARNING,
                     f'auth_query for "{group.user.username}" failed: {event.message}',
                 )
                 s.login = None
             elif isinstance(event, ReadyForQuery):
                 secret = s.login if isinstance(s.login, str) and s.login else None
-                self._close_server(s)
+                self.pools.close_server(s)
                 group.auth_secret = secret
                 waiters, group.fetch_waiters = group.fetch_waiters, []
                 for c in waiters:
@@ -558,13 +592,26 @@ class Login(Base):
                         self._challenge(c)
                 return
             elif isinstance(event, ConnectionClosed):
-                self._server_gone(s, fatal("08006", "the auth_query connection was closed"))
+                self.pools.server_gone(s, fatal("08006", "the auth_query connection was closed"))
                 return
 
-    def _auth_query_failed(self, s: ServerConn, error: ErrorResponse) -> None:
+    def auth_query_failed(self, s: ServerConn, error: ErrorResponse) -> None:
         group = s.group
         if group is None:
             return
         waiters, group.fetch_waiters = group.fetch_waiters, []
         for c in waiters:
-            self._drop_client(c, error)
+            self.leaving.drop_client(c, error)
+
+    def send_startup(self, s: ServerConn) -> None:
+        group = s.group
+        assert group is not None
+        if s.purpose == P_AUTH_QUERY:
+            user_name = group.cfg.auth_query_user or ""
+            database = group.cfg.shards[0].database
+        else:
+            assert s.pool is not None
+            user_name = group.user.backend_username
+            database = group.cfg.shards[s.pool.shard].database
+        startup = StartupMessage({"user": user_name, "database": database})
+        self.ctx.send_server(s, s.conn.send(startup))

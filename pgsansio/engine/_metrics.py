@@ -19,13 +19,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from ._base import Base
 from ._effects import CloseClient, SendClient
 from ._objects import S_ACTIVE, S_CONNECTING, S_IDLE, S_INTERNAL, S_LOGIN
 from ._stats import STATS_COLUMNS
 
 if TYPE_CHECKING:
-    from ._effects import Effect
+    from ._context import Context
+    from ._control import Control
+    from ._health import Health
+    from ._pooling import Pools
+    from ._show import Show
+    from ._stats import Stats
 
 __all__ = ["MAX_REQUEST", "Metrics"]
 
@@ -86,19 +90,28 @@ def _response(status: str, body: bytes, *, content_type: str, extra: str = "") -
     return head.encode("ascii") + body
 
 
-class Metrics(Base):
-    """Mixed into the Engine; see the module docstring."""
+class Metrics:
+    """Owns its state; see the module docstring."""
+
+    # The parts it calls, wired by the Engine.
+    control: Control
+    health: Health
+    pools: Pools
+    show: Show
+    stats: Stats
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.http: dict[int, bytearray] = {}
 
     _http: dict[int, bytearray]
 
-    def metrics_connected(self, cid: int, peer: str, now: float) -> list[Effect]:
+    def connected(self, cid: int) -> None:
         """A connection to the Prometheus port (its data comes as ``client_data``)."""
-        self._now = now
-        self._http[cid] = bytearray()
-        return self._flush()
+        self.http[cid] = bytearray()
 
-    def _http_data(self, cid: int, data: bytes) -> None:
-        buf = self._http.get(cid)
+    def http_data(self, cid: int, data: bytes) -> None:
+        buf = self.http.get(cid)
         if buf is None:
             return
         buf += data
@@ -148,14 +161,14 @@ class Metrics(Base):
         data = _response(status, body, content_type=content_type, extra=extra)
         if head_only:
             data = data[: len(data) - len(body)]
-        del self._http[cid]
-        self._out.append(SendClient(cid, data))
-        self._out.append(CloseClient(cid))
+        del self.http[cid]
+        self.ctx.out.append(SendClient(cid, data))
+        self.ctx.out.append(CloseClient(cid))
 
-    def _close_http(self) -> None:
-        for cid in list(self._http):
-            self._out.append(CloseClient(cid))
-        self._http.clear()
+    def close_http(self) -> None:
+        for cid in list(self.http):
+            self.ctx.out.append(CloseClient(cid))
+        self.http.clear()
 
     # === the text format =============================================================
 
@@ -168,8 +181,8 @@ class Metrics(Base):
             types.setdefault(full, (kind, text))
             families.setdefault(full, []).append(f"{full}{{{_labels(labels)}}} {v}")
 
-        for pool_name, pool_cfg in self.config.pools.items():
-            st = self.stats.get(pool_name)
+        for pool_name, pool_cfg in self.ctx.config.pools.items():
+            st = self.stats.by_db.get(pool_name)
             if st is None:
                 continue
             database = pool_cfg.shards[0].database
@@ -179,10 +192,10 @@ class Metrics(Base):
                 kind, help_text = _HELP[f"stats_{total}"]
                 add(f"stats_{total}", kind, help_text, labels, totals[attr])
                 add(f"stats_{avg}", "gauge", _AVG_HELP, labels, st.averages[attr])
-        for db, user, counts, _, _ in self._pool_rows():
+        for db, user, counts, _, _ in self.show.pool_rows():
             for name, help_text in _POOL_GAUGES:
                 add(f"pools_{name}", "gauge", help_text, {"pool": db, "user": user}, counts[name])
-        for group in self.groups.values():
+        for group in self.pools.groups.values():
             for pool in group.all_pools():
                 a = pool.address
                 index = group.cfg.shards[pool.shard].servers.index(a)
@@ -190,7 +203,7 @@ class Metrics(Base):
                     "host": a.host,
                     "port": a.port,
                     "shard": pool.shard,
-                    "role": self._role(a) or "unknown",
+                    "role": self.health.role(a) or "unknown",
                     "pool": group.name,
                     "index": index,
                     "database": group.cfg.shards[pool.shard].database,
@@ -209,13 +222,15 @@ class Metrics(Base):
                         labels,
                         value,
                     )
-                add("servers_is_banned", "gauge", "1 if banned", labels, int(self._banned(a)))
+                add(
+                    "servers_is_banned", "gauge", "1 if banned", labels, int(self.health.banned(a))
+                )
                 add(
                     "servers_is_paused",
                     "gauge",
                     "1 if paused",
                     labels,
-                    int(group.name in self.paused),
+                    int(group.name in self.control.paused),
                 )
                 add(
                     "databases_pool_size",

@@ -11,6 +11,7 @@ waiting clients at once with the server's own error when nothing else could serv
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from pgsansio.protocol import (
     Bind,
@@ -27,9 +28,8 @@ from pgsansio.protocol import (
     Sync,
 )
 
-from ._base import Base
 from ._effects import CloseServer, OpenServer
-from ._login import fatal
+from ._errors import fatal
 from ._objects import (
     C_CLOSED,
     P_AUTH_QUERY,
@@ -38,23 +38,51 @@ from ._objects import (
     S_CLOSED,
     S_CONNECTING,
     S_IDLE,
+    S_INTERNAL,
     S_LOGIN,
     Client,
     Pool,
+    PoolGroup,
     ServerConn,
 )
 
-__all__ = ["Pooling"]
+if TYPE_CHECKING:
+    from pgsansio.config_model import Config
+
+    from ._context import Context
+    from ._control import Control
+    from ._health import Health
+    from ._leaving import Leaving
+    from ._login import Login
+    from ._relay import Relay
+    from ._routing import Routes
+
+__all__ = ["Pools"]
 
 # The extended-protocol requests whose failure the server reports once per batch.
 _EXTENDED = (Parse, Bind, Describe, Execute, Close)
 
 
-class Pooling(Base):
-    """Mixed into the Engine; see the module docstring."""
+class Pools:
+    """Owns its state; see the module docstring."""
 
-    def _checkout(self, c: Client) -> None:
-        if self._pausing and self._hold(c):
+    # The parts it calls, wired by the Engine.
+    control: Control
+    health: Health
+    leaving: Leaving
+    login: Login
+    relay: Relay
+    router: Routes
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.groups: dict[tuple[str, str], PoolGroup] = {}
+        # clients waiting for a server under connect_timeout (see wait_until)
+        self.waiting: dict[Client, None] = {}
+        self.wait_sweep_at: float | None = None
+
+    def checkout(self, c: Client) -> None:
+        if self.control.pausing and self.control.hold(c):
             return  # PAUSE: it waits for RESUME
         group = c.group
         assert group is not None
@@ -62,7 +90,7 @@ class Pooling(Base):
             # A reload changed or removed this pool: move to its new incarnation.
             new = self.groups.get((group.name, group.user.username))
             if new is None:
-                self._drop_client(
+                self.leaving.drop_client(
                     c,
                     fatal(
                         "08P01",
@@ -75,24 +103,24 @@ class Pooling(Base):
                 new.server_params = group.server_params
             c.group = group = new
             c.user = new.user
-        pool = self._route(c)
+        pool = self.router.route(c)
         if pool is None:
             return  # answered with an error, or waiting for a primary to be found
         c.pool = pool
         idle = pool.idle
         while idle:
-            s = idle.popleft() if self.config.general.server_round_robin else idle.pop()
-            if group.user.server_lifetime and self._expired(s):
-                self._close_server(s)
+            s = idle.popleft() if self.ctx.config.general.server_round_robin else idle.pop()
+            if group.user.server_lifetime and self.expired(s):
+                self.close_server(s)
                 continue
-            self._hand_out(c, s)
+            self.hand_out(c, s)
             return
-        c.waiting_since = self._now
+        c.waiting_since = self.ctx.now
         c.wait_gen += 1
         pool.waiters.append(c)
         if len(pool.servers) < group.user.pool_size:
-            self._open_server(pool)
-        self._wait_until(c, self._now + group.user.connect_timeout / 1000)
+            self.open_server(pool)
+        self._wait_until(c, self.ctx.now + group.user.connect_timeout / 1000)
 
     def _wait_until(self, c: Client, deadline: float) -> None:
         """``c`` now waits in ``c.pool.waiters`` until ``deadline`` (connect_timeout).
@@ -103,21 +131,21 @@ class Pooling(Base):
         than the rest of the checkout. One sweep timer, armed at the earliest deadline,
         looks at the waiting clients instead; most have been served by then."""
         c.wait_deadline = deadline
-        self._waiting[c] = None
-        at = self._wait_sweep_at
+        self.waiting[c] = None
+        at = self.wait_sweep_at
         if at is None or deadline < at:
-            self._wait_sweep_at = deadline
-            self._at(deadline, self._wait_sweep)
+            self.wait_sweep_at = deadline
+            self.ctx.at(deadline, self._wait_sweep)
 
     def _wait_sweep(self) -> None:
         """Time out the waiters whose connect_timeout has passed; re-arm for the rest."""
-        at = self._wait_sweep_at
-        if at is None or at > self._now:
+        at = self.wait_sweep_at
+        if at is None or at > self.ctx.now:
             return  # superseded by an earlier sweep, which re-armed for later
-        now = self._now
+        now = self.ctx.now
         first: float | None = None
         expired: list[Client] = []
-        for c in list(self._waiting):
+        for c in list(self.waiting):
             deadline = c.wait_deadline
             pool = c.pool
             if (
@@ -127,15 +155,15 @@ class Pooling(Base):
                 or pool is None
                 or c not in pool.waiters
             ):
-                del self._waiting[c]  # served, gone, held by PAUSE or waiting for a role
+                del self.waiting[c]  # served, gone, held by PAUSE or waiting for a role
             elif deadline <= now:
-                del self._waiting[c]
+                del self.waiting[c]
                 expired.append(c)
             elif first is None or deadline < first:
                 first = deadline
-        self._wait_sweep_at = first
+        self.wait_sweep_at = first
         if first is not None:
-            self._at(first, self._wait_sweep)
+            self.ctx.at(first, self._wait_sweep)
         for c in expired:
             if c.state != C_CLOSED and c.waiting_since is not None and c.pool is not None:
                 self._checkout_timeout(c)
@@ -146,7 +174,7 @@ class Pooling(Base):
         c.pool.waiters.remove(c)
         c.waiting_since = None
         pending, c.pending = c.pending, []
-        self._log(
+        self.ctx.log(
             logging.WARNING,
             f'client {c.cid} ("{c.username}" to "{c.database}") waited more than '
             f"connect_timeout ({c.user.connect_timeout} ms) for a server connection",
@@ -160,7 +188,7 @@ class Pooling(Base):
         limit = c.group.cfg.checkout_failure_limit if c.group is not None else None
         if limit and c.checkout_failures >= limit:
             # PgCat's checkout_failure_limit: a client that keeps failing is let go.
-            self._drop_client(
+            self.leaving.drop_client(
                 c,
                 fatal(
                     "53300",
@@ -169,9 +197,9 @@ class Pooling(Base):
                 ),
             )
             return
-        self._fail_requests(c, pending, error)
+        self.fail_requests(c, pending, error)
 
-    def _fail_requests(
+    def fail_requests(
         self, c: Client, pending: list[tuple[bytes, list[Event], list[int]]], error: ErrorResponse
     ) -> None:
         """Answer requests no server will see with ``error``, as a server would."""
@@ -181,20 +209,20 @@ class Pooling(Base):
                 for e in events:
                     t = type(e)
                     if t is Query or t is FunctionCall:
-                        self._send_client(c, error)
-                        self._send_client(c, ReadyForQuery("I"))
+                        self.ctx.send_client(c, error)
+                        self.ctx.send_client(c, ReadyForQuery("I"))
                     elif t is Sync:
                         if not failed:
-                            self._send_client(c, error)
-                        self._send_client(c, ReadyForQuery("I"))
+                            self.ctx.send_client(c, error)
+                        self.ctx.send_client(c, ReadyForQuery("I"))
                         failed = False
                     elif not failed and t in _EXTENDED:
-                        self._send_client(c, error)
+                        self.ctx.send_client(c, error)
                         failed = True
         except ProtocolError:
-            self._drop_client(c, fatal(error.sqlstate or "08P01", error.message or ""))
+            self.leaving.drop_client(c, fatal(error.sqlstate or "08P01", error.message or ""))
 
-    def _server_free(self, s: ServerConn) -> None:
+    def server_free(self, s: ServerConn) -> None:
         """``s`` has nothing outstanding and no client: clean it, reuse it or close it."""
         pool = s.pool
         assert pool is not None and s.group is not None
@@ -202,29 +230,29 @@ class Pooling(Base):
             return  # already back in the pool (two of our queries ended in one read)
         if s.dirty:
             s.dirty = False
-            self._internal_query(s, "DISCARD ALL", "reset")
+            self.relay.internal_query(s, "DISCARD ALL", "reset")
             return
         if (
             s.close_needed
-            or (s.group.user.server_lifetime and self._expired(s))
+            or (s.group.user.server_lifetime and self.expired(s))
             or s.group.removed
-            or (self._pausing and s.group.name in self.paused)
+            or (self.control.pausing and s.group.name in self.control.paused)
         ):
-            self._close_server(s)
-            self._refill(pool)
+            self.close_server(s)
+            self.refill(pool)
             return
-        s.last_used = self._now
+        s.last_used = self.ctx.now
         while pool.waiters:
             c = pool.waiters.popleft()
             if c.state != C_CLOSED:
-                self._link(c, s)
+                self.relay.link(c, s)
                 return
         s.state = S_IDLE
         pool.idle.append(s)
         user = s.group.user
         if pool.reap_at is None or (
             user.idle_timeout
-            and pool.reap_at > self._now + user.idle_timeout / 1000
+            and pool.reap_at > self.ctx.now + user.idle_timeout / 1000
             and len(pool.servers) > user.min_pool_size
         ):
             self._schedule_reap(pool)
@@ -248,34 +276,34 @@ class Pooling(Base):
                 first = at
         pool.reap_at = first
         if first is not None:
-            self._at(max(first, self._now + 0.001), lambda: self._reap(pool, first))
+            self.ctx.at(max(first, self.ctx.now + 0.001), lambda: self._reap(pool, first))
 
-    def _open_server(self, pool: Pool) -> ServerConn:
-        self._next_sid += 1
-        s = ServerConn(self._next_sid, pool, pool.address, self._now)
+    def open_server(self, pool: Pool) -> ServerConn:
+        self.ctx.next_sid += 1
+        s = ServerConn(self.ctx.next_sid, pool, pool.address, self.ctx.now)
         pool.servers.add(s)
         pool.opening += 1
-        self.servers[s.sid] = s
-        self._out.append(OpenServer(s.sid, pool.address.host, pool.address.port))
+        self.ctx.servers[s.sid] = s
+        self.ctx.out.append(OpenServer(s.sid, pool.address.host, pool.address.port))
         timeout = pool.group.user.connect_timeout / 1000
-        self._at(self._now + max(timeout, 1.0) * 5, lambda: self._login_deadline(s))
+        self.ctx.at(self.ctx.now + max(timeout, 1.0) * 5, lambda: self._login_deadline(s))
         return s
 
     def _login_deadline(self, s: ServerConn) -> None:
         if s.state in (S_CONNECTING, S_LOGIN):
-            self._server_gone(
-                s, fatal("08001", f"timed out connecting to server {self._where(s)}")
+            self.server_gone(
+                s, fatal("08001", f"timed out connecting to server {self.ctx.where(s)}")
             )
 
-    def _server_gone(self, s: ServerConn, error: ErrorResponse, *, closed: bool = False) -> None:
+    def server_gone(self, s: ServerConn, error: ErrorResponse, *, closed: bool = False) -> None:
         """``s`` failed or closed: tell whoever depended on it, then forget it."""
         was = s.state
         c = s.client
-        self._close_server(s, send=not closed)
+        self.close_server(s, send=not closed)
         if s.purpose == P_AUTH_QUERY:
-            self._auth_query_failed(s, error)
+            self.login.auth_query_failed(s, error)
         elif s.purpose == P_PROBE:
-            self._probe_lost(s, error)
+            self.health.probe_lost(s, error)
         if s.purpose != P_POOL:
             return
         pool = s.pool
@@ -284,31 +312,31 @@ class Pooling(Base):
         if c is not None:
             # After the server's own FATAL reached the client, a second error of ours
             # would only be noise: just close.
-            self._drop_client(c, None if s.fatal_forwarded else error)
-        self._server_lost(s, was, c is not None)  # bans, and moves waiters elsewhere
+            self.leaving.drop_client(c, None if s.fatal_forwarded else error)
+        self.health.server_lost(s, was, c is not None)  # bans, and moves waiters elsewhere
         if was in (S_CONNECTING, S_LOGIN):
             # Fail fast, with the server's own error, the clients nothing else could
             # serve (PgBouncer's server_login_retry behaviour since 1.24).
             if not any(x.state not in (S_CONNECTING, S_LOGIN) for x in pool.servers):
                 for w in list(pool.waiters):
-                    self._drop_client(w, error)
+                    self.leaving.drop_client(w, error)
                 pool.waiters.clear()
             if group.server_params is None and not any(p.opening for p in group.all_pools()):
                 # A copy: _drop_client removes each from the list (iterating the list
                 # itself skipped every other waiter, who then hung until login timeout).
                 waiters, group.login_waiters = group.login_waiters, []
                 for w in waiters:
-                    self._drop_client(w, error)
+                    self.leaving.drop_client(w, error)
         elif pool.waiters:
-            self._refill(pool)
+            self.refill(pool)
 
-    def _close_server(self, s: ServerConn, *, send: bool = True) -> None:
+    def close_server(self, s: ServerConn, *, send: bool = True) -> None:
         if s.state == S_CLOSED:
             return
         if s.state in (S_CONNECTING, S_LOGIN) and s.pool is not None and s.purpose == P_POOL:
             s.pool.opening -= 1
         s.state = S_CLOSED
-        self.servers.pop(s.sid, None)
+        self.ctx.servers.pop(s.sid, None)
         if s.pool is not None:
             s.pool.servers.discard(s)
             try:
@@ -320,24 +348,24 @@ class Pooling(Base):
             s.client = None
         s.queue.clear()
         if send:
-            self._out.append(CloseServer(s.sid))
-        self._maybe_exit()
+            self.ctx.out.append(CloseServer(s.sid))
+        self.leaving.maybe_exit()
 
-    def _refill(self, pool: Pool) -> None:
+    def refill(self, pool: Pool) -> None:
         """Open a connection if clients wait and the pool has room."""
-        if pool.group.removed or (self._pausing and pool.group.name in self.paused):
+        if pool.group.removed or (self.control.pausing and pool.group.name in self.control.paused):
             return
         if pool.waiters and len(pool.servers) < pool.group.user.pool_size:
-            self._open_server(pool)
+            self.open_server(pool)
         elif not pool.group.removed:
             need = pool.group.user.min_pool_size - len(pool.servers)
             for _ in range(max(0, need)):
-                self._open_server(pool)
+                self.open_server(pool)
 
-    def _expired(self, s: ServerConn) -> bool:
+    def expired(self, s: ServerConn) -> bool:
         assert s.group is not None
         lifetime = s.group.user.server_lifetime
-        return bool(lifetime) and self._now - s.created >= lifetime / 1000
+        return bool(lifetime) and self.ctx.now - s.created >= lifetime / 1000
 
     def _reap(self, pool: Pool, at: float) -> None:
         """Close idle servers past ``idle_timeout`` (down to min_pool_size) or lifetime."""
@@ -348,12 +376,48 @@ class Pooling(Base):
         for s in list(pool.idle):
             idle_too_long = (
                 user.idle_timeout
-                and self._now - s.last_used >= user.idle_timeout / 1000
+                and self.ctx.now - s.last_used >= user.idle_timeout / 1000
                 and len(pool.servers) > user.min_pool_size
             )
-            if idle_too_long or self._expired(s):
-                self._close_server(s)
+            if idle_too_long or self.expired(s):
+                self.close_server(s)
                 closed = True
         if closed:
-            self._refill(pool)  # min_pool_size: fresh ones replace expired ones
+            self.refill(pool)  # min_pool_size: fresh ones replace expired ones
         self._schedule_reap(pool)
+
+    def prewarm(self, group: PoolGroup) -> None:
+        if group.user.backend_password is None and group.scram_keys is None:
+            return  # auth_query users: no credentials until a client logs in
+        if self.control.pausing and group.name in self.control.paused:
+            return
+        for pool in group.all_pools():
+            while len(pool.servers) < group.user.min_pool_size:
+                self.open_server(pool)
+
+    def build_groups(self, config: Config) -> None:
+        self.groups = {}
+        for pool_cfg in config.pools.values():
+            for user in pool_cfg.users.values():
+                self.groups[(pool_cfg.name, user.username)] = PoolGroup(pool_cfg, user)
+
+    def hand_out(self, c: Client, s: ServerConn) -> None:
+        """Give idle ``s`` to ``c``, after a ``;`` if it has been idle too long."""
+        delay = self.ctx.config.general.healthcheck_delay / 1000
+        if self.ctx.now - s.last_used <= delay:
+            self.relay.link(c, s)
+            return
+        pool = s.pool
+        assert pool is not None and c.user is not None
+        pool.waiters.appendleft(c)
+        c.pool = pool
+        if c.waiting_since is None:
+            c.waiting_since = self.ctx.now
+            c.wait_gen += 1
+            self._wait_until(c, self.ctx.now + c.user.connect_timeout / 1000)
+        s.state = S_INTERNAL
+        self.relay.send_internal(s, ";", "healthcheck")
+        entry = s.queue[-1]
+        self.health.health_checks[s.sid] = entry
+        timeout = self.ctx.config.general.healthcheck_timeout / 1000
+        self.ctx.at(self.ctx.now + timeout, lambda: self.health.health_timeout(s, entry))

@@ -20,9 +20,13 @@ request by looking at the queue's head:
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
+from pgsansio.protocol import NEED_DATA as _NEED_DATA
+from pgsansio.protocol import PAUSED as _PAUSED
 from pgsansio.protocol import (
     Bind,
     BindComplete,
@@ -51,9 +55,10 @@ from pgsansio.protocol import (
     Terminate,
 )
 
-from ._base import Base
-from ._effects import SendClient, SendServer
+from ._effects import ReadClient, ReadServer, SendClient, SendServer
+from ._errors import TERMINATING, fatal
 from ._objects import (
+    C_CLOSED,
     C_READY,
     EXTENDED,
     FAKE,
@@ -65,6 +70,9 @@ from ._objects import (
     K_PARSE,
     K_QUERY,
     K_SYNC,
+    S_ACTIVE,
+    S_CLOSED,
+    S_INTERNAL,
     SKIP,
     Client,
     Entry,
@@ -72,8 +80,17 @@ from ._objects import (
     Prepared,
     ServerConn,
 )
-from ._objects import S_CLOSED as S_CLOSED_STATE
-from ._params import TRACKED, parse_simple_set, strip_comments
+from ._params import TRACKED, parse_simple_set, strip_comments, sync_sql
+
+if TYPE_CHECKING:
+    from ._admin import Admin
+    from ._context import Context
+    from ._control import Control
+    from ._health import Health
+    from ._leaving import Leaving
+    from ._pooling import Pools
+    from ._routing import Routes
+    from ._stats import Stats
 
 __all__ = ["ClientFatal", "Relay"]
 
@@ -99,6 +116,7 @@ _SET_CONFIG = re.compile("set_config", re.I)  # scanned in place: no copy of the
 _SESSION_WORDS = re.compile("set|discard|deallocate", re.I)
 _INTERNAL_NAME = re.compile(r"PGSANSIO_U?\d+")
 STATEMENT_PREFIX = "PGSANSIO_"
+INTERNAL_QUERY_TIMEOUT = 10.0  # seconds for our own SET / ROLLBACK / DISCARD ALL
 # Messages that need the full loop of _to_client, unless the span's last one.
 _NOT_PLAIN = frozenset(
     {ErrorResponse, ParameterStatus, CopyInResponse, CopyBothResponse, ReadyForQuery}
@@ -129,8 +147,22 @@ def _message_end(data: bytes, offset: int) -> int:
     return offset + 1 + int.from_bytes(data[offset + 1 : offset + 5], "big")
 
 
-class Relay(Base):
-    """Mixed into the Engine; see the module docstring."""
+class Relay:
+    """Owns its state; see the module docstring."""
+
+    # The parts it calls, wired by the Engine.
+    admin: Admin
+    control: Control
+    health: Health
+    leaving: Leaving
+    pools: Pools
+    router: Routes
+    stats: Stats
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.statements: dict[tuple[str, tuple[int, ...]], Prepared] = {}
+        self.statement_counter = 0
 
     # --- client -> server ------------------------------------------------------------
 
@@ -198,7 +230,7 @@ class Relay(Base):
                 if e.kind == "S" and e.name and rewrite:
                     p_old = c.prepared.pop(e.name, None)
                     if p_old is not None:
-                        self._unref(p_old)
+                        self.unref(p_old)
                     self._fake(c, s, K_CLOSE, CloseComplete())
                     new = []
                 else:
@@ -224,16 +256,16 @@ class Relay(Base):
                 sent.append(e)
         payload = _forward(s.conn, span, out, copied, sent)
         if payload:
-            self._out.append(SendServer(s.sid, payload))
+            self.ctx.out.append(SendServer(s.sid, payload))
 
     def _count_request(self, c: Client, size: int) -> None:
         """Statistics of client bytes on their way to a server: the bytes, and the
         query (and transaction) now running, if none was."""
         c.stats.received += size
         if c.query_start is None:
-            c.query_start = self._now
+            c.query_start = self.ctx.now
             if c.xact_start is None:
-                c.xact_start = self._now
+                c.xact_start = self.ctx.now
 
     def _query_entry(self, c: Client, s: ServerConn, sql: str) -> Entry:
         if sql.isascii():
@@ -249,7 +281,7 @@ class Relay(Base):
             s.dirty = True  # set_config(..., false) leaves no SET tag to notice
         if _CLEARS_PREPARED.match(sql):
             for p in c.prepared.values():
-                self._unref(p)
+                self.unref(p)
             c.prepared.clear()
         head = sql[:64].upper()
         if s.conn.transaction_status == "I" and ("SET" in head or "DISCARD" in head):
@@ -266,8 +298,8 @@ class Relay(Base):
         skips to Sync and aborts a transaction), and we put the client's name back."""
         if len(c.aliases) > 64:
             c.aliases.clear()
-        self._statement_counter += 1
-        alias = f"{STATEMENT_PREFIX}U{self._statement_counter}"
+        self.statement_counter += 1
+        alias = f"{STATEMENT_PREFIX}U{self.statement_counter}"
         c.aliases[alias] = name
         return alias
 
@@ -281,12 +313,12 @@ class Relay(Base):
             s.queue.append(Entry(K_PARSE, FWD))
             new.append(Parse(old.name, e.query, e.param_types))
             return new
-        p = self._statements.get(key)
+        p = self.statements.get(key)
         if p is None:
-            self._statement_counter += 1
-            name = f"{STATEMENT_PREFIX}{self._statement_counter}"
+            self.statement_counter += 1
+            name = f"{STATEMENT_PREFIX}{self.statement_counter}"
             p = Prepared(key, name, Parse(name, e.query, e.param_types))
-            self._statements[key] = p
+            self.statements[key] = p
         p.refs += 1
         c.prepared[e.name] = p
         if p.name in s.prepared:
@@ -321,18 +353,18 @@ class Relay(Base):
             new.append(Close("S", victim))
         return new
 
-    def _unref(self, p: Prepared) -> None:
+    def unref(self, p: Prepared) -> None:
         p.refs -= 1
-        if p.refs <= 0 and self._statements.get(p.key) is p:
+        if p.refs <= 0 and self.statements.get(p.key) is p:
             # Servers keep it until their LRU evicts it; a new client preparing the
             # same text gets a new name, which is harmless.
-            del self._statements[p.key]
+            del self.statements[p.key]
 
     def _fake(self, c: Client, s: ServerConn, kind: int, event: Event) -> None:
         if s.queue:
             s.queue.append(Entry(kind, FAKE, fake=event))
         else:
-            self._out.append(SendClient(c.cid, c.conn.send(event)))
+            self.ctx.out.append(SendClient(c.cid, c.conn.send(event)))
 
     # --- server -> client ------------------------------------------------------------
 
@@ -376,7 +408,7 @@ class Relay(Base):
                         drop = c is None or x.mode == SKIP
                         if not drop and c is not None:
                             assert isinstance(e, ReadyForQuery)
-                            self._count_query(c, e.status)
+                            self.stats.count_query(c, e.status)
                         if x.tag == "set" and c is not None and x.error is None:
                             self._commit_set(c, s, x)
                         elif x.tag == "resetall" and c is not None and x.error is None:
@@ -449,17 +481,17 @@ class Relay(Base):
             payload = _forward(c.conn, span, out, copied, sent)
             if payload:
                 c.stats.sent += len(payload)
-                self._out.append(SendClient(c.cid, payload))
+                self.ctx.out.append(SendClient(c.cid, payload))
         if done is not None:
             for entry in done:
                 self._internal_done(s, entry)
         if s.client is not None:
             self._release_if_done(s)
-        elif s.close_needed and not q and s.conn.idle and s.state != S_CLOSED_STATE:
+        elif s.close_needed and not q and s.conn.idle and s.state != S_CLOSED:
             # An abandoned server whose cancelled query has answered.
-            self._close_server(s)
+            self.pools.close_server(s)
             if s.pool is not None:
-                self._refill(s.pool)
+                self.pools.refill(s.pool)
 
     def _plain_answer(self, c: Client, s: ServerConn, span: Span, entry: Entry) -> None:
         """The common answer, in one span: the whole answer to the client's one
@@ -493,10 +525,10 @@ class Relay(Base):
         for e in tags:
             self._command_tag(s, e, entry)
         s.queue.clear()
-        self._count_query(c, status)
+        self.stats.count_query(c, status)
         if data:
             c.stats.sent += len(data)
-            self._out.append(SendClient(c.cid, data))
+            self.ctx.out.append(SendClient(c.cid, data))
         self._release_if_done(s)
 
     # --- the fast lane ---------------------------------------------------------------
@@ -511,7 +543,7 @@ class Relay(Base):
     # so declining is free; the effects and the state afterwards are the general
     # path's (tests/test_fastlane.py runs the same traffic both ways and compares).
 
-    def _fast_query(self, c: Client, data: bytes) -> bool:
+    def fast_query(self, c: Client, data: bytes) -> bool:
         """``data`` from ``c`` sent on, if it is the ordinary case; False if not."""
         group = c.group
         if (
@@ -527,7 +559,7 @@ class Relay(Base):
             return False
         s = c.server
         if s is None:
-            s = self._ready_server(c, group)
+            s = self.ready_server(c, group)
         elif s.syncing or s.queue or s.blocked or not s.conn.idle:
             return False
         sql = c.conn.take_query(data)
@@ -535,7 +567,7 @@ class Relay(Base):
             return False
         if s is None:  # it waits for a server, as next_span would have made it wait
             c.pending.append((data, [Query(sql)], [0]))
-            self._checkout(c)
+            self.pools.checkout(c)
             return True
         if c.server is None:
             self._take(c, s)
@@ -548,33 +580,33 @@ class Relay(Base):
         self._count_request(c, len(data))
         s.queue.append(self._query_entry(c, s, sql))
         c.unnamed_pending = False
-        self._out.append(SendServer(s.sid, s.conn.pass_query(data, sql)))
+        self.ctx.out.append(SendServer(s.sid, s.conn.pass_query(data, sql)))
 
-    def _ready_server(self, c: Client, group: PoolGroup) -> ServerConn | None:
+    def ready_server(self, c: Client, group: PoolGroup) -> ServerConn | None:
         """The idle server _checkout would give ``c`` at once and link without a word
         to it first (no health check, no SET to sync), or None."""
         shard = group.pools[0]
-        if self._pausing or group.removed or len(shard) != 1:
+        if self.control.pausing or group.removed or len(shard) != 1:
             return None
         pool = shard[0]
         idle = pool.idle
         if not idle or pool.waiters:
             return None
-        general = self.config.general
+        general = self.ctx.config.general
         s = idle[0] if general.server_round_robin else idle[-1]
         key = c.sync_key
         if (
             key is None
             or s.sync_key != key
             or s.blocked
-            or self._now - s.last_used > general.healthcheck_delay / 1000
-            or (group.user.server_lifetime and self._expired(s))
+            or self.ctx.now - s.last_used > general.healthcheck_delay / 1000
+            or (group.user.server_lifetime and self.pools.expired(s))
         ):
             return None
         return s
 
     def _take(self, c: Client, s: ServerConn) -> None:
-        """Give ``c`` the server _ready_server found: what _checkout, _hand_out and
+        """Give ``c`` the server ready_server found: what _checkout, _hand_out and
         _link do in that case."""
         pool = s.pool
         assert pool is not None
@@ -586,7 +618,7 @@ class Relay(Base):
         c.pool = pool
         self._attach(c, s)
 
-    def _fast_answer(self, s: ServerConn, data: bytes) -> bool:
+    def fast_answer(self, s: ServerConn, data: bytes) -> bool:
         """``data`` from ``s`` sent to its client, if it is the whole ordinary answer
         to everything the client asked (one Query, or extended messages up to one
         Sync, all its own); False if not."""
@@ -674,6 +706,235 @@ class Relay(Base):
         return ErrorResponse(
             [(k, _INTERNAL_NAME.sub(fix, v) if k in "MDH" else v) for k, v in e.fields]
         )
+
+    def read_server(self, s: ServerConn) -> None:
+        conn = s.conn
+        while s.state != S_CLOSED:
+            span = conn.next_span()
+            if span is _NEED_DATA or span is _PAUSED:
+                return
+            if not isinstance(span, Span):
+                self.pools.server_gone(
+                    s,
+                    fatal("08006", "the server closed the connection unexpectedly"),
+                    closed=True,
+                )
+                return
+            self._to_client(s, span)
+            # In the query phase a span holds every whole message received; what is
+            # left is part of a message, so asking again would only say NEED_DATA.
+            return
+
+    def _internal_done(self, s: ServerConn, entry: Entry) -> None:
+        if s.state == S_CLOSED:
+            return
+        if entry.tag == "healthcheck" and self.health.health_done(s, entry):
+            return
+        if entry.error is not None:
+            if entry.tag == "sync" and s.client is not None:
+                c = s.client
+                s.syncing = False
+                self.unlink(c, s)
+                msg = entry.error.message if isinstance(entry.error, ErrorResponse) else ""
+                self.leaving.drop_client(
+                    c,
+                    fatal(
+                        entry.error.sqlstate or "22023"
+                        if isinstance(entry.error, ErrorResponse)
+                        else "22023",
+                        f"could not apply the session's settings on a server connection: {msg}",
+                    ),
+                )
+                s.applied.clear()
+                s.sync_key = None
+                self.pools.server_free(s)
+                return
+            self.ctx.log(
+                logging.WARNING, f"server {self.ctx.where(s)}: {entry.tag} failed; closing it"
+            )
+            self.pools.close_server(s)
+            return
+        if entry.tag == "sync":
+            s.syncing = False
+            owner = s.client
+            if owner is not None:
+                s.applied = dict(owner.settings)
+                s.sync_key = owner.sync_key
+                self._flush_pending(owner, s)
+                return
+        if s.client is None and not s.queue and s.state == S_INTERNAL:
+            self.pools.server_free(s)
+
+    def _internal_timeout(self, s: ServerConn, entry: Entry) -> None:
+        if s.state != S_CLOSED and entry in s.queue:
+            self.ctx.log(
+                logging.WARNING,
+                f"server {self.ctx.where(s)} did not answer our {entry.tag} query within "
+                f"{INTERNAL_QUERY_TIMEOUT:g} s; closing it",
+            )
+            self.pools.server_gone(
+                s, fatal("08006", f"server {self.ctx.where(s)} stopped answering")
+            )
+
+    def send_internal(self, s: ServerConn, sql: str, tag: str) -> None:
+        entry = Entry(K_QUERY, SKIP, tag=tag)
+        s.queue.append(entry)
+        self.ctx.send_server(s, s.conn.send(Query(sql)))
+        # Our own queries answer in milliseconds; a server that does not is hung.
+        self.ctx.at(
+            self.ctx.now + INTERNAL_QUERY_TIMEOUT, lambda: self._internal_timeout(s, entry)
+        )
+
+    def internal_query(self, s: ServerConn, sql: str, tag: str) -> None:
+        s.state = S_INTERNAL
+        self.send_internal(s, sql, tag)
+
+    def unlink(self, c: Client, s: ServerConn) -> None:
+        if c.blocked:
+            self.ctx.out.append(ReadServer(s.sid, True))
+        if s.blocked and c.state != C_CLOSED:
+            self.ctx.out.append(ReadClient(c.cid, True))
+        c.server = None
+        s.client = None
+        s.state = S_INTERNAL
+
+    def _release_if_done(self, s: ServerConn) -> None:
+        c = s.client
+        if c is None or c.user is None:
+            return
+        if s.queue or not s.conn.idle:
+            return
+        if s.conn.transaction_status != "I":
+            timeout = self.ctx.config.general.idle_client_in_transaction_timeout
+            if timeout:
+                gen = s.query_gen
+                self.ctx.at(
+                    self.ctx.now + timeout / 1000, lambda: self.leaving.idle_tx_timeout(c, s, gen)
+                )
+            return
+        if self.control.shutting_down and not self.control.wait_for_clients and not c.pending:
+            self.leaving.drop_client(c, TERMINATING)  # its transaction is over: let it go
+            return
+        if c.user.pool_mode != "transaction" or c.unnamed_pending or c.pending:
+            return
+        self.unlink(c, s)
+        self.pools.server_free(s)
+
+    def _flush_pending(self, c: Client, s: ServerConn) -> None:
+        pending, c.pending = c.pending, []
+        if len(pending) == 1:
+            data, events, _ = pending[0]
+            first = events[0] if len(events) == 1 else None
+            if isinstance(first, Query) and c.state != C_CLOSED and c.server is s:
+                # One Query (the fast lane's waiting client): _to_server's work, for less.
+                self._send_query(c, s, data, first.sql)
+                self._after_client_data(c, s)
+                return
+        for data, events, offsets in pending:
+            if c.state == C_CLOSED or c.server is not s:
+                return
+            self._to_server(c, s, Span(data, events, offsets))
+        if pending and c.state != C_CLOSED and c.server is s:
+            self._after_client_data(c, s)
+
+    def _attach(self, c: Client, s: ServerConn) -> None:
+        """The bookkeeping of giving ``s`` to ``c`` (for _link and the fast lane)."""
+        c.server = s
+        st = c.stats
+        st.server_assignment_count += 1
+        if c.waiting_since is not None:
+            st.wait_time += self.ctx.now - c.waiting_since
+            c.waiting_since = None
+        s.client = c
+        s.state = S_ACTIVE
+        s.link_gen += 1
+        s.last_used = self.ctx.now
+
+    def link(self, c: Client, s: ServerConn) -> None:
+        if c.blocked:
+            self.ctx.out.append(ReadServer(s.sid, False))
+        if s.blocked:
+            self.ctx.out.append(ReadClient(c.cid, False))
+        self._attach(c, s)
+        key = c.sync_key
+        if key is None:
+            key = c.sync_key = (
+                tuple(c.params.get(name) for name in TRACKED),
+                tuple(sorted(c.settings.items())),
+            )
+        if s.sync_key == key:
+            sql = ""  # the common case: the last client here had the same settings
+        else:
+            want = {name: c.params[name] for name in TRACKED if name in c.params}
+            sql = sync_sql(want, s.params, c.settings, s.applied)
+            if not sql:
+                s.sync_key = key
+        if sql:
+            s.syncing = True
+            self.send_internal(s, sql, "sync")
+        else:
+            self._flush_pending(c, s)
+
+    def _after_client_data(self, c: Client, s: ServerConn) -> None:
+        if c.state == C_CLOSED:
+            return
+        if s.queue:
+            s.query_gen += 1
+            timeout = c.user.statement_timeout if c.user is not None else 0
+            if timeout:
+                gen = s.query_gen
+                self.ctx.at(
+                    self.ctx.now + timeout / 1000, lambda: self.leaving.statement_timeout(s, gen)
+                )
+        elif s.client is c:
+            self._release_if_done(s)
+
+    def client_span(self, c: Client, span: Span) -> None:
+        if c.admin:
+            self.admin.admin_span(c, span)
+            return
+        group = c.group
+        if (
+            group is not None
+            and group.cfg.query_parser_enabled
+            and self.router.custom_command(c, span)
+        ):
+            return
+        s = c.server
+        events = span.events
+        leaving = bool(events) and type(events[-1]) is Terminate
+        if s is not None and not s.syncing:
+            self._to_server(c, s, span)
+            if leaving:
+                self.leaving.drop_client(c)  # PostgreSQL closes after Terminate; so do we
+            else:
+                self._after_client_data(c, s)
+            return
+        if leaving:
+            # Nothing of it reached a server yet: what came before Terminate is dropped.
+            self.leaving.drop_client(c)
+            return
+        if (
+            s is None
+            and group is not None
+            and not c.pending
+            and not c.blocked
+            and c.waiting_since is None
+        ):
+            ready = self.ready_server(c, group)
+            if ready is not None:  # what _checkout would do, without the pending list
+                self._take(c, ready)
+                self._to_server(c, ready, span)
+                self._after_client_data(c, ready)
+                return
+        c.pending.append((span.data, events, span.offsets))
+        if s is None and c.waiting_since is None:
+            self.pools.checkout(c)
+
+    def _cache_size(self, c: Client) -> int:
+        if c.group is None or c.user is None or c.user.pool_mode != "transaction":
+            return 0
+        return c.group.cfg.prepared_statements_cache_size
 
 
 def _forward(

@@ -50,15 +50,16 @@ from pgsansio.protocol import (
     Span,
 )
 
-from ._base import Base
 from ._objects import C_CLOSED, Client, Pool
 
 if TYPE_CHECKING:
     from pgsansio.routing import Router
 
-    from ._health import Key
+    from ._context import Context
+    from ._health import Health, Key
+    from ._pooling import Pools
 
-__all__ = ["Routing"]
+__all__ = ["Routes"]
 
 _TEXT_OID = 25
 _ROLES = ("primary", "replica", "any", "auto", "default")
@@ -68,17 +69,22 @@ def _key(pool: Pool) -> Key:
     return (pool.address.host, pool.address.port)
 
 
-class Routing(Base):
-    """Mixed into the Engine; see the module docstring."""
+class Routes:
+    """Owns its state; see the module docstring."""
+
+    # The parts it calls, wired by the Engine.
+    health: Health
+    pools: Pools
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._routers = {}
+        self._rr = {}
+        self._parser_missing = None
 
     _routers: dict[int, Router]
     _rr: dict[tuple[str, str, int, str], int]
     _parser_missing: str | None
-
-    def _init_routing(self) -> None:
-        self._routers = {}
-        self._rr = {}
-        self._parser_missing = None
 
     def _router(self, max_length: int | None) -> Router | None:
         """The classifier, or None when pglast is not installed (said once at start)."""
@@ -97,11 +103,11 @@ class Routing(Base):
             router = self._routers[size] = Router(max_length=size)
         return router
 
-    def _check_parser(self) -> None:
+    def check_parser(self) -> None:
         """At start and reload: say plainly if the query parser cannot run here."""
-        pools = [p.name for p in self.config.pools.values() if p.query_parser_enabled]
+        pools = [p.name for p in self.ctx.config.pools.values() if p.query_parser_enabled]
         if pools and self._router(None) is None:
-            self._log(
+            self.ctx.log(
                 logging.ERROR,
                 f"query_parser_enabled is set (pool {', '.join(pools)}) but the SQL parser "
                 f"cannot be loaded ({self._parser_missing}): install pgsansio[routing] "
@@ -177,7 +183,7 @@ class Routing(Base):
 
     # === choosing an address ========================================================
 
-    def _route(self, c: Client, *, retry: bool = False) -> Pool | None:
+    def route(self, c: Client, *, retry: bool = False) -> Pool | None:
         """The pool ``c`` should take a server from; None when ``c`` has been answered
         (no server can serve it) or parked until a probe finds a primary."""
         group = c.group
@@ -194,17 +200,20 @@ class Routing(Base):
             and want == "primary"
             and not retry
             and any(
-                p.address.role == "auto" and (p.address.host, p.address.port) not in self.roles
+                p.address.role == "auto"
+                and (p.address.host, p.address.port) not in self.health.roles
                 for p in shard
             )
         ):
             # Not probed yet (the pooler just started): wait for the first answers.
-            c.waiting_since = self._now
+            c.waiting_since = self.ctx.now
             c.pool = None
-            self._role_waiters.append(c)
+            self.health.role_waiters.append(c)
             assert c.user is not None
             gen = c.wait_gen = c.wait_gen + 1
-            self._at(self._now + c.user.connect_timeout / 1000, lambda: self._role_timeout(c, gen))
+            self.ctx.at(
+                self.ctx.now + c.user.connect_timeout / 1000, lambda: self._role_timeout(c, gen)
+            )
             return None
         if not candidates:
             if want == "primary":
@@ -240,15 +249,15 @@ class Routing(Base):
         parts = []
         for p in shard:
             k = _key(p)
-            role = self._role(p.address)
-            ban = self.bans.get(k)
+            role = self.health.role(p.address)
+            ban = self.health.bans.get(k)
             if k in tried:
                 why = "failed for this request"
             elif ban is not None:
                 why = f"banned ({ban.reason})"
             elif role is None:
-                why = "down" if self._probe_down(k) else "role not known yet (not probed)"
-            elif (name, k) in self._lagging:
+                why = "down" if self.health.probe_down(k) else "role not known yet (not probed)"
+            elif (name, k) in self.health.lagging:
                 why = "lagging behind the primary"
             else:
                 why = role  # pragma: no cover - a usable server: _candidates took it
@@ -260,7 +269,7 @@ class Routing(Base):
         primary: list[Pool] = []
         replicas: list[Pool] = []
         for p in shard:
-            role = self._role(p.address)
+            role = self.health.role(p.address)
             if role == "primary":
                 if not tried or _key(p) not in tried:
                     primary.append(p)
@@ -268,18 +277,18 @@ class Routing(Base):
                 replicas.append(p)
         if want == "primary":
             return primary
-        bans = self.bans
+        bans = self.health.bans
         if bans and not tried and replicas and all(_key(p) in bans for p in replicas):
             # PgCat: every replica banned is more likely a false alarm than a fact --
             # unless our own probe says it is down right now (or this client has just
             # found out for itself: it is being moved after a failure).
             for p in replicas:
-                if not self._probe_down(_key(p)):
-                    self._unban(_key(p), "unbanned: every replica was banned")
-        if bans or tried or self._lagging:
+                if not self.health.probe_down(_key(p)):
+                    self.health.unban(_key(p), "unbanned: every replica was banned")
+        if bans or tried or self.health.lagging:
             assert c.group is not None
             name = c.group.cfg.name
-            lagging = self._lagging
+            lagging = self.health.lagging
             replicas = [
                 p
                 for p in replicas
@@ -302,7 +311,7 @@ class Routing(Base):
                 point -= p.address.weight
                 if point < 0:
                     return p
-        rng = self.rng
+        rng = self.ctx.rng
         if mode == "random" and all(p.address.weight == 1 for p in candidates):
             return candidates[rng.randrange(len(candidates))]  # the common case, cheaply
         # A weighted shuffle (Efraimidis-Spirakis): weight w sorts first w times as often.
@@ -311,20 +320,20 @@ class Routing(Base):
             ordered.sort(key=lambda p: (p.busy + len(p.waiters)) / p.address.weight)
         return ordered[0]
 
-    def _choose_pool(self, c: Client) -> Pool:
+    def choose_pool(self, c: Client) -> Pool:
         """Where a group's first login goes (for the server's parameters): any server
         that is up, whatever its role."""
         group = c.group
         assert group is not None
         shard = group.pools[0]
         for pool in shard:
-            if not self._banned(pool.address) and self._role(pool.address) is not None:
+            if not self.health.banned(pool.address) and self.health.role(pool.address) is not None:
                 return pool
-        return next((p for p in shard if not self._banned(p.address)), shard[0])
+        return next((p for p in shard if not self.health.banned(p.address)), shard[0])
 
     # === moving and failing clients ================================================
 
-    def _reroute(self, c: Client, failed: Pool) -> None:
+    def reroute(self, c: Client, failed: Pool) -> None:
         """``c`` waited on ``failed``, which cannot serve it: try another address (the
         connect_timeout it waits under keeps running)."""
         if c.state == C_CLOSED or c.server is not None:
@@ -332,36 +341,36 @@ class Routing(Base):
         tried = c.tried if c.tried is not None else set()
         tried.add(_key(failed))
         c.tried = tried
-        pool = self._route(c, retry=True)
+        pool = self.route(c, retry=True)
         if pool is None:
             return
         c.pool = pool
         while pool.idle:
             s = pool.idle.pop()
-            if self._expired(s):
-                self._close_server(s)
+            if self.pools.expired(s):
+                self.pools.close_server(s)
                 continue
-            self._hand_out(c, s)
+            self.pools.hand_out(c, s)
             return
         pool.waiters.append(c)
         if c.waiting_since is None:
-            c.waiting_since = self._now
+            c.waiting_since = self.ctx.now
             c.wait_deadline = None  # as before: no connect_timeout for this wait
         assert c.user is not None
         if len(pool.servers) < c.user.pool_size:
-            self._open_server(pool)
+            self.pools.open_server(pool)
 
     def _no_server(self, c: Client, message: str) -> None:
         """No server can take ``c``'s requests: answer them as a server would."""
-        self._log(logging.WARNING, f"client {c.cid}: {message}")
+        self.ctx.log(logging.WARNING, f"client {c.cid}: {message}")
         c.waiting_since = None
         c.pool = None
         pending, c.pending = c.pending, []
-        self._fail_requests(c, pending, ErrorResponse.build("57P03", message))
+        self.pools.fail_requests(c, pending, ErrorResponse.build("57P03", message))
 
     def _role_timeout(self, c: Client, gen: int) -> None:
-        if c in self._role_waiters and c.wait_gen == gen:
-            self._role_waiters.remove(c)
+        if c in self.health.role_waiters and c.wait_gen == gen:
+            self.health.role_waiters.remove(c)
             if c.state == C_CLOSED:
                 return
             assert c.group is not None
@@ -373,7 +382,7 @@ class Routing(Base):
 
     # === PgCat's custom commands ===================================================
 
-    def _custom_command(self, c: Client, span: Span) -> bool:
+    def custom_command(self, c: Client, span: Span) -> bool:
         """Answer ``SET SERVER ROLE`` & co. ourselves; True if ``span`` was one."""
         events = span.events
         if len(events) != 1 or type(events[0]) is not Query:
@@ -397,7 +406,7 @@ class Routing(Base):
                 self._command_error(c, f"unknown server role {value!r}", status)
                 return True
             c.route_role = None if role == "default" else role
-            self._send_client(c, CommandComplete("SET"))
+            self.ctx.send_client(c, CommandComplete("SET"))
         elif name == "set_primary_reads":
             flag = (value or "").lower()
             if flag not in ("on", "off", "default"):
@@ -406,7 +415,7 @@ class Routing(Base):
                 )
                 return True
             c.primary_reads = None if flag == "default" else flag == "on"
-            self._send_client(c, CommandComplete("SET"))
+            self.ctx.send_client(c, CommandComplete("SET"))
         elif name == "show_server_role":
             role = c.route_role or (
                 "auto"
@@ -419,15 +428,15 @@ class Routing(Base):
         else:
             self._command_error(c, value or "invalid command", status)
             return True
-        self._send_client(c, ReadyForQuery(status))
+        self.ctx.send_client(c, ReadyForQuery(status))
         return True
 
     def _show(self, c: Client, column: str, value: str) -> None:
-        self._send_client(c, RowDescription([Field(column, 0, 0, _TEXT_OID, -1, -1, 0)]))
-        self._send_client(c, DataRow([value.encode()]))
-        self._send_client(c, CommandComplete("SHOW"))
+        self.ctx.send_client(c, RowDescription([Field(column, 0, 0, _TEXT_OID, -1, -1, 0)]))
+        self.ctx.send_client(c, DataRow([value.encode()]))
+        self.ctx.send_client(c, CommandComplete("SHOW"))
 
     def _command_error(self, c: Client, message: str, status: str) -> None:
         # The server's transaction is untouched by our error: its status stands.
-        self._send_client(c, ErrorResponse.build("42601", message))
-        self._send_client(c, ReadyForQuery(status))
+        self.ctx.send_client(c, ErrorResponse.build("42601", message))
+        self.ctx.send_client(c, ReadyForQuery(status))

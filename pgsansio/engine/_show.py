@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from pgsansio import __version__
 from pgsansio.protocol import (
@@ -18,7 +19,6 @@ from pgsansio.protocol import (
     RowDescription,
 )
 
-from ._base import Base
 from ._objects import (
     C_READY,
     S_ACTIVE,
@@ -30,6 +30,13 @@ from ._objects import (
     ServerConn,
 )
 from ._stats import STATS_COLUMNS, TOTAL_COLUMNS, DbStats
+
+if TYPE_CHECKING:
+    from ._context import Context
+    from ._control import Control
+    from ._health import Health
+    from ._pooling import Pools
+    from ._stats import Stats
 
 __all__ = ["INT8", "NUMERIC", "TEXT", "Show"]
 
@@ -102,37 +109,48 @@ def _wait(now: float, since: float | None) -> tuple[int, int]:
     return int(waited), int((waited - int(waited)) * 1_000_000)
 
 
-class Show(Base):
-    """Mixed into the Engine; see the module docstring."""
+class Show:
+    """Owns its state; see the module docstring."""
 
-    def _rows(self, c: Client, columns: Columns, rows: Sequence[Row], tag: str = "SHOW") -> None:
-        self._send_client(c, RowDescription([(n, 0, 0, oid, -1, -1, 0) for n, oid in columns]))
+    # The parts it calls, wired by the Engine.
+    control: Control
+    health: Health
+    pools: Pools
+    stats: Stats
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def rows(self, c: Client, columns: Columns, rows: Sequence[Row], tag: str = "SHOW") -> None:
+        self.ctx.send_client(c, RowDescription([(n, 0, 0, oid, -1, -1, 0) for n, oid in columns]))
         for row in rows:
-            self._send_client(c, DataRow([None if v is None else str(v).encode() for v in row]))
-        self._send_client(c, CommandComplete(tag))
-        self._send_client(c, ReadyForQuery("I"))
+            self.ctx.send_client(c, DataRow([None if v is None else str(v).encode() for v in row]))
+        self.ctx.send_client(c, CommandComplete(tag))
+        self.ctx.send_client(c, ReadyForQuery("I"))
 
     def _show_help(self, c: Client) -> None:
-        self._send_client(c, NoticeResponse.build("00000", "Console usage", "NOTICE", D=HELP))
-        self._send_client(c, CommandComplete("SHOW"))
-        self._send_client(c, ReadyForQuery("I"))
+        self.ctx.send_client(c, NoticeResponse.build("00000", "Console usage", "NOTICE", D=HELP))
+        self.ctx.send_client(c, CommandComplete("SHOW"))
+        self.ctx.send_client(c, ReadyForQuery("I"))
 
     def _show_version(self, c: Client) -> None:
         # Exporters look for "PgBouncer X.Y.Z" to pick the columns they expect.
         version = f"pgsansio {__version__} (console of PgBouncer 1.25.0)"
-        self._rows(c, (("version", TEXT),), [(version,)])
+        self.rows(c, (("version", TEXT),), [(version,)])
 
     def _show_state(self, c: Client) -> None:
-        every = bool(self.config.pools) and all(p in self.paused for p in self.config.pools)
+        every = bool(self.ctx.config.pools) and all(
+            p in self.control.paused for p in self.ctx.config.pools
+        )
         rows = [
             ("active", "no" if every else "yes"),
             ("paused", "yes" if every else "no"),
             ("suspended", "no"),
         ]
-        self._rows(c, (("key", TEXT), ("value", TEXT)), rows)
+        self.rows(c, (("key", TEXT), ("value", TEXT)), rows)
 
     def _show_config(self, c: Client) -> None:
-        general = self.config.general
+        general = self.ctx.config.general
         rows = []
         for f in dataclasses.fields(general):
             value = getattr(general, f.name)
@@ -149,15 +167,15 @@ class Show(Base):
                 )
             )
         columns = (("key", TEXT), ("value", TEXT), ("default", TEXT), ("changeable", TEXT))
-        self._rows(c, columns, rows)
+        self.rows(c, columns, rows)
 
     def _show_databases(self, c: Client) -> None:
         client_counts: dict[str, int] = {}
-        for x in self.clients.values():
+        for x in self.ctx.clients.values():
             if x.group is not None:
                 client_counts[x.group.name] = client_counts.get(x.group.name, 0) + 1
         rows: list[Row] = []
-        for name, pool_cfg in self.config.pools.items():
+        for name, pool_cfg in self.ctx.config.pools.items():
             users = list(pool_cfg.users.values())
             addresses = [(sh.index, a) for sh in pool_cfg.shards for a in sh.servers]
             single = len(addresses) == 1
@@ -165,7 +183,7 @@ class Show(Base):
             for shard_index, a in addresses:
                 if single:
                     row_name = name
-                elif self._role(a) == "primary":
+                elif self.health.role(a) == "primary":
                     row_name = f"{name}_shard_{shard_index}_primary"
                 else:
                     i = replica_index.get(shard_index, 0)
@@ -173,7 +191,7 @@ class Show(Base):
                     row_name = f"{name}_shard_{shard_index}_replica_{i}"
                 current = sum(
                     len(p.servers)
-                    for g in self.groups.values()
+                    for g in self.pools.groups.values()
                     if g.name == name
                     for p in g.all_pools()
                     if p.address == a and p.shard == shard_index
@@ -196,8 +214,8 @@ class Show(Base):
                         current,
                         0,
                         client_counts.get(name, 0),
-                        int(name in self.paused),
-                        int(name in self.disabled),
+                        int(name in self.control.paused),
+                        int(name in self.control.disabled),
                     )
                 )
         columns = (
@@ -219,13 +237,13 @@ class Show(Base):
             ("paused", INT8),
             ("disabled", INT8),
         )
-        self._rows(c, columns, rows)
+        self.rows(c, columns, rows)
 
-    def _pool_rows(self) -> list[tuple[str, str, dict[str, int], str, str]]:
+    def pool_rows(self) -> list[tuple[str, str, dict[str, int], str, str]]:
         """Per (database, user): the SHOW POOLS counts (shared with /metrics)."""
         counts: dict[tuple[str, str], dict[str, int]] = {}
         oldest: dict[tuple[str, str], float] = {}
-        for key, g in self.groups.items():
+        for key, g in self.pools.groups.items():
             n = counts[key] = dict.fromkeys(
                 ("cl_idle", "cl_active", "cl_waiting", "sv_active", "sv_idle", "sv_used"), 0
             ) | dict.fromkeys(("sv_tested", "sv_login", "maxwait", "maxwait_us"), 0)
@@ -240,7 +258,7 @@ class Show(Base):
                         n["sv_tested"] += 1
                     elif state in (S_CONNECTING, S_LOGIN):
                         n["sv_login"] += 1
-        for x in self.clients.values():
+        for x in self.ctx.clients.values():
             if x.group is None or x.admin:
                 continue
             key = (x.group.name, x.group.user.username)
@@ -256,10 +274,10 @@ class Show(Base):
                 if x.server is None:
                     n["cl_idle"] += 1
         for key, since in oldest.items():
-            counts[key]["maxwait"], counts[key]["maxwait_us"] = _wait(self._now, since)
+            counts[key]["maxwait"], counts[key]["maxwait_us"] = _wait(self.ctx.now, since)
         return [
             (key[0], key[1], counts[key], g.user.pool_mode, g.cfg.load_balancing_mode)
-            for key, g in self.groups.items()
+            for key, g in self.pools.groups.items()
         ]
 
     def _show_pools(self, c: Client) -> None:
@@ -283,7 +301,7 @@ class Show(Base):
                 mode,
                 balance,
             )
-            for db, user, n, mode, balance in self._pool_rows()
+            for db, user, n, mode, balance in self.pool_rows()
         ]
         columns = (
             ("database", TEXT),
@@ -304,12 +322,12 @@ class Show(Base):
             ("pool_mode", TEXT),
             ("load_balance_hosts", TEXT),
         )
-        self._rows(c, columns, rows)
+        self.rows(c, columns, rows)
 
     def _show_clients(self, c: Client) -> None:
-        general = self.config.general
+        general = self.ctx.config.general
         rows = []
-        for x in sorted(self.clients.values(), key=lambda x: x.cid):
+        for x in sorted(self.ctx.clients.values(), key=lambda x: x.cid):
             if x.waiting_since is not None:
                 state = "waiting"
             elif x.state != C_READY:
@@ -319,7 +337,7 @@ class Show(Base):
             else:
                 state = "active"
             host, port = _split_peer(x.peer)
-            wait, wait_us = _wait(self._now, x.waiting_since)
+            wait, wait_us = _wait(self.ctx.now, x.waiting_since)
             request = x.query_start if x.query_start is not None else x.connected
             rows.append(
                 (
@@ -332,8 +350,8 @@ class Show(Base):
                     port,
                     general.host,
                     general.port,
-                    _ago(self._now, x.connected),
-                    _ago(self._now, request),
+                    _ago(self.ctx.now, x.connected),
+                    _ago(self.ctx.now, request),
                     wait,
                     wait_us,
                     0,
@@ -346,15 +364,15 @@ class Show(Base):
                     x.cid,
                 )
             )
-        self._rows(c, _SOCKET_COLUMNS, rows)
+        self.rows(c, _SOCKET_COLUMNS, rows)
 
     def _show_servers(self, c: Client) -> None:
         rows = []
-        for s in sorted(self.servers.values(), key=lambda s: s.sid):
+        for s in sorted(self.ctx.servers.values(), key=lambda s: s.sid):
             if s.group is None or s.pool is None:
                 continue  # a cancel request or an auth_query lookup in flight
             rows.append(self._server_row(s))
-        self._rows(c, _SOCKET_COLUMNS, rows)
+        self.rows(c, _SOCKET_COLUMNS, rows)
 
     def _server_row(self, s: ServerConn) -> Row:
         assert s.group is not None
@@ -369,8 +387,8 @@ class Show(Base):
             s.address.port,
             None,
             None,
-            _ago(self._now, s.created),
-            _ago(self._now, s.last_used),
+            _ago(self.ctx.now, s.created),
+            _ago(self.ctx.now, s.last_used),
             0,
             0,
             int(s.close_needed),
@@ -386,12 +404,12 @@ class Show(Base):
     def _show_users(self, c: Client) -> None:
         users: dict[str, list[int]] = {}
         modes: dict[str, tuple[int, str]] = {}
-        for g in self.groups.values():
+        for g in self.pools.groups.values():
             u = g.user
             entry = users.setdefault(u.username, [0, 0])
             entry[0] += sum(len(p.servers) for p in g.all_pools())
             modes.setdefault(u.username, (u.pool_size, u.pool_mode))
-        for x in self.clients.values():
+        for x in self.ctx.clients.values():
             if x.group is not None and x.username in users:
                 users[x.username][1] += 1
         rows = [
@@ -408,32 +426,34 @@ class Show(Base):
             ("max_user_client_connections", INT8),
             ("current_client_connections", INT8),
         )
-        self._rows(c, columns, rows)
+        self.rows(c, columns, rows)
 
     def _show_lists(self, c: Client) -> None:
-        users = {u for p in self.config.pools.values() for u in p.users}
-        ready = sum(1 for x in self.clients.values() if x.state == C_READY)
+        users = {u for p in self.ctx.config.pools.values() for u in p.users}
+        ready = sum(1 for x in self.ctx.clients.values() if x.state == C_READY)
         rows = [
-            ("databases", len(self.config.pools)),
+            ("databases", len(self.ctx.config.pools)),
             ("users", len(users)),
             ("peers", 0),
-            ("pools", len(self.groups)),
+            ("pools", len(self.pools.groups)),
             ("peer_pools", 0),
             ("free_clients", 0),
             ("used_clients", ready),
-            ("login_clients", len(self.clients) - ready),
+            ("login_clients", len(self.ctx.clients) - ready),
             ("free_servers", 0),
-            ("used_servers", len(self.servers)),
+            ("used_servers", len(self.ctx.servers)),
             ("dns_names", 0),
             ("dns_zones", 0),
             ("dns_queries", 0),
             ("dns_pending", 0),
         ]
-        self._rows(c, (("list", TEXT), ("items", INT8)), rows)
+        self.rows(c, (("list", TEXT), ("items", INT8)), rows)
 
     def _stats_rows(self) -> list[tuple[str, DbStats]]:
-        names = list(self.config.pools) + [n for n in self.stats if n not in self.config.pools]
-        return [(n, self.stats.get(n) or DbStats()) for n in names]
+        names = list(self.ctx.config.pools) + [
+            n for n in self.stats.by_db if n not in self.ctx.config.pools
+        ]
+        return [(n, self.stats.by_db.get(n) or DbStats()) for n in names]
 
     def _show_stats(self, c: Client) -> None:
         columns: list[tuple[str, int]] = [("database", TEXT)]
@@ -449,36 +469,36 @@ class Show(Base):
                     *(st.averages[a] for a, _ in TOTAL_COLUMNS),
                 )
             )
-        self._rows(c, columns, rows)
+        self.rows(c, columns, rows)
 
     def _show_stats_totals(self, c: Client) -> None:
         columns = [("database", TEXT), *((col, NUMERIC) for _, col in TOTAL_COLUMNS)]
         rows = [
             (name, *(st.totals()[a] for a, _ in TOTAL_COLUMNS)) for name, st in self._stats_rows()
         ]
-        self._rows(c, columns, rows)
+        self.rows(c, columns, rows)
 
     def _show_stats_averages(self, c: Client) -> None:
         columns = [("database", TEXT), *((col, NUMERIC) for _, col in TOTAL_COLUMNS)]
         rows = [
             (name, *(st.averages[a] for a, _ in TOTAL_COLUMNS)) for name, st in self._stats_rows()
         ]
-        self._rows(c, columns, rows)
+        self.rows(c, columns, rows)
 
     def _show_totals(self, c: Client) -> None:
         total = DbStats()
-        for st in self.stats.values():
+        for st in self.stats.by_db.values():
             total.absorb(st)
         totals = total.totals()
         rows: list[Row] = [(name, totals[a]) for a, name, _ in STATS_COLUMNS]
         rows += [(name, total.averages[a]) for a, _, name in STATS_COLUMNS]
-        self._rows(c, (("name", TEXT), ("value", NUMERIC)), rows)
+        self.rows(c, (("name", TEXT), ("value", NUMERIC)), rows)
 
     def _show_bans(self, c: Client) -> None:
         rows = []
-        for (host, port), ban in sorted(self.bans.items()):
+        for (host, port), ban in sorted(self.health.bans.items()):
             until, reason, since = ban.until, ban.reason, ban.at
-            for g in self.groups.values():
+            for g in self.pools.groups.values():
                 for p in g.all_pools():
                     a = p.address
                     if (a.host, a.port) == (host, port):
@@ -486,12 +506,12 @@ class Show(Base):
                             (
                                 g.name,
                                 g.user.username,
-                                self._role(a) or "unknown",
+                                self.health.role(a) or "unknown",
                                 f"{host}:{port}",
                                 reason,
-                                _ago(self._now, since),
+                                _ago(self.ctx.now, since),
                                 round(until - since),
-                                round(until - self._now),
+                                round(until - self.ctx.now),
                             )
                         )
         columns = (
@@ -504,7 +524,15 @@ class Show(Base):
             ("ban_duration_seconds", INT8),
             ("ban_remaining_seconds", INT8),
         )
-        self._rows(c, columns, rows)
+        self.rows(c, columns, rows)
+
+    def run(self, item: str, c: Client) -> bool:
+        """Answer ``SHOW item``; False if there is no such item."""
+        show = self._SHOW.get(item)
+        if show is None:
+            return False
+        show(self, c)
+        return True
 
     _SHOW: dict[str, Callable[[Show, Client], None]] = {
         "HELP": _show_help,

@@ -20,9 +20,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._base import Base
-
 if TYPE_CHECKING:
+    from ._context import Context
     from ._objects import Client
 
 __all__ = ["STATS_COLUMNS", "STATS_PERIOD", "TOTAL_COLUMNS", "DbStats", "Stats", "averages"]
@@ -147,33 +146,38 @@ NOWHERE = DbStats()
 """What a client counts into before it has a database (never shown)."""
 
 
-class Stats(Base):
-    """Mixed into the Engine; see the module docstring."""
+class Stats:
+    """Owns its state; see the module docstring."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.by_db: dict[str, DbStats] = {}
+        self.stats_rolled = 0.0
 
     stats: dict[str, DbStats]
     _stats_rolled: float
 
-    def _stats_for(self, database: str) -> DbStats:
-        st = self.stats.get(database)
+    def stats_for(self, database: str) -> DbStats:
+        st = self.by_db.get(database)
         if st is None:
-            st = self.stats[database] = DbStats()
+            st = self.by_db[database] = DbStats()
         return st
 
-    def _stats_start(self, now: float) -> None:
-        self._stats_rolled = now
-        self._at(now + STATS_PERIOD, self._stats_roll)
+    def stats_start(self, now: float) -> None:
+        self.stats_rolled = now
+        self.ctx.at(now + STATS_PERIOD, self._stats_roll)
 
     def _stats_roll(self) -> None:
-        seconds = self._now - self._stats_rolled
-        self._stats_rolled = self._now
-        for st in self.stats.values():
+        seconds = self.ctx.now - self.stats_rolled
+        self.stats_rolled = self.ctx.now
+        for st in self.by_db.values():
             st.roll(seconds)
-        self._at(self._now + STATS_PERIOD, self._stats_roll)
+        self.ctx.at(self.ctx.now + STATS_PERIOD, self._stats_roll)
 
-    def _count_query(self, c: Client, status: str) -> None:
+    def count_query(self, c: Client, status: str) -> None:
         """A client's request got its ReadyForQuery (called by the relay)."""
         st = c.stats
-        now = self._now
+        now = self.ctx.now
         st.query_count += 1
         if c.query_start is not None:
             st.query_time += now - c.query_start

@@ -30,51 +30,58 @@ from typing import TYPE_CHECKING
 
 from pgsansio.protocol import SSLRequest, SSLResponse
 
-from ._base import Base
 from ._effects import StartTls
-from ._login import fatal
+from ._errors import ClientFatal, fatal
 from ._objects import P_CANCEL, S_LOGIN
-from ._relay import ClientFatal
 
 if TYPE_CHECKING:
+    from ._context import Context
+    from ._leaving import Leaving
+    from ._login import Login
     from ._objects import Client, ServerConn
+    from ._pooling import Pools
 
 __all__ = ["Tls"]
 
 _TLS_REQUIRED = ("require", "verify-ca", "verify-full")
 
 
-class Tls(Base):
-    if TYPE_CHECKING:  # defined in ._engine
+class Tls:
+    """Owns nothing but the decisions; see the module docstring."""
 
-        def _send_startup(self, s: ServerConn) -> None: ...
+    # The parts it calls, wired by the Engine.
+    leaving: Leaving
+    login: Login
+    pools: Pools
 
-        def _read_client(self, c: Client) -> None: ...
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
 
     # --- clients --------------------------------------------------------------------
 
-    def _client_ssl_request(self, c: Client) -> bool:
+    def client_ssl_request(self, c: Client) -> bool:
         """Answer a client's SSLRequest: ``S`` and StartTls (True), or ``N``."""
-        general = self.config.general
+        general = self.ctx.config.general
         if general.tls_certificate is None or general.client_tls_sslmode == "disable":
-            self._send_client(c, SSLResponse(False))
+            self.ctx.send_client(c, SSLResponse(False))
             return False
         # Raises RemoteProtocolError if the client sent more after its request.
-        self._send_client(c, SSLResponse(True))
-        self._out.append(StartTls("client", c.cid))
+        self.ctx.send_client(c, SSLResponse(True))
+        self.ctx.out.append(StartTls("client", c.cid))
         return True
 
-    def _client_tls_done(self, c: Client, error: str | None) -> None:
+    def client_tls_done(self, c: Client, error: str | None) -> bool:
+        """Whether the client's TLS is up, so that what it sent next can be read."""
         if error is not None:
-            self._log(logging.INFO, f"client {c.cid} from {c.peer}: TLS failed: {error}")
-            self._drop_client(c, None, closed=True)
-            return
+            self.ctx.log(logging.INFO, f"client {c.cid} from {c.peer}: TLS failed: {error}")
+            self.leaving.drop_client(c, None, closed=True)
+            return False
         c.tls = True
-        self._read_client(c)
+        return True
 
-    def _check_client_tls(self, c: Client) -> None:
+    def check_client_tls(self, c: Client) -> None:
         """Refuse a StartupMessage in clear when the mode requires TLS."""
-        if not c.tls and self.config.general.client_tls_sslmode in _TLS_REQUIRED:
+        if not c.tls and self.ctx.config.general.client_tls_sslmode in _TLS_REQUIRED:
             raise ClientFatal(
                 "28000",
                 "SSL required: this pooler only accepts encrypted connections "
@@ -83,37 +90,37 @@ class Tls(Base):
 
     # --- servers --------------------------------------------------------------------
 
-    def _server_ssl_request(self, s: ServerConn) -> bool:
+    def server_ssl_request(self, s: ServerConn) -> bool:
         """Start a server login with an SSLRequest if ``server_tls``; whether it did."""
-        if not self.config.general.server_tls or s.purpose == P_CANCEL:
+        if not self.ctx.config.general.server_tls or s.purpose == P_CANCEL:
             return False
-        self._send_server(s, s.conn.send(SSLRequest()))
+        self.ctx.send_server(s, s.conn.send(SSLRequest()))
         return True
 
-    def _server_ssl_answer(self, s: ServerConn, accepted: bool) -> None:
+    def server_ssl_answer(self, s: ServerConn, accepted: bool) -> None:
         if accepted:
-            self._out.append(StartTls("server", s.sid))
-        elif self.config.general.verify_server_certificate:
-            self._server_gone(
+            self.ctx.out.append(StartTls("server", s.sid))
+        elif self.ctx.config.general.verify_server_certificate:
+            self.pools.server_gone(
                 s,
                 fatal(
                     "08001",
-                    f"server {self._where(s)} does not accept TLS, and "
+                    f"server {self.ctx.where(s)} does not accept TLS, and "
                     "verify_server_certificate is set",
                 ),
             )
         else:
-            self._send_startup(s)  # PgCat: a server without TLS is used in clear
+            self.login.send_startup(s)  # PgCat: a server without TLS is used in clear
 
-    def _server_tls_done(self, s: ServerConn, error: str | None) -> None:
+    def server_tls_done(self, s: ServerConn, error: str | None) -> None:
         if s.state != S_LOGIN:
             return
         if error is not None:
-            where = self._where(s)
-            self._log(logging.WARNING, f"server {where}: TLS failed: {error}")
-            self._server_gone(
+            where = self.ctx.where(s)
+            self.ctx.log(logging.WARNING, f"server {where}: TLS failed: {error}")
+            self.pools.server_gone(
                 s, fatal("08001", f"TLS with server {where} failed: {error}"), closed=True
             )
             return
         s.tls = True
-        self._send_startup(s)
+        self.login.send_startup(s)
