@@ -1,6 +1,6 @@
 """The admin console: the virtual databases ``pgbouncer`` and ``pgcat``.
 
-Mixed into :class:`~._engine.Engine`. Log in as ``admin_username`` with
+The ``Admin`` part of the engine. Log in as ``admin_username`` with
 ``admin_password`` (``admin_auth_type`` md5, scram-sha-256 or trust) to either
 database. What a PgBouncer operator expects, written down:
 
@@ -264,11 +264,11 @@ class Admin:
 
     def _cmd_resume(self, c: Client, command: str, args: list[str]) -> str | None:
         db = self._one_db(command, args, required=False)
-        if db is None and not self.control.paused:
+        if db is None and not self.ctx.life.paused:
             raise AdminError("55000", "RESUME: the pooler is not paused")
-        if db is not None and db not in self.control.paused:
+        if db is not None and db not in self.ctx.life.paused:
             raise AdminError("55000", f'RESUME: database "{db}" is not paused')
-        if self.control.shutting_down:
+        if self.ctx.life.shutting_down:
             raise AdminError("55000", "RESUME: the pooler is shutting down")
         self.control.resume(db)
         self.ctx.log(logging.INFO, f"RESUME {db or '(every database)'}: serving queries again")
@@ -278,9 +278,9 @@ class Admin:
         db = self._one_db(command, args, required=True)
         assert db is not None
         if command == "DISABLE":
-            self.control.disabled.add(db)
+            self.ctx.life.disabled.add(db)
         else:
-            self.control.disabled.discard(db)
+            self.ctx.life.disabled.discard(db)
         self.ctx.log(logging.INFO, f'{command} "{db}": new logins are {command.lower()}d')
         return command
 

@@ -28,13 +28,43 @@ if TYPE_CHECKING:
     from ._effects import Effect
     from ._objects import Client, ServerConn
 
-__all__ = ["Context"]
+__all__ = ["Context", "Lifecycle"]
+
+
+class Lifecycle:
+    """Where the pooler is in its life: what PAUSE, DISABLE and a shutdown set.
+
+    :mod:`._control` changes it (and :mod:`._leaving` marks the end of the run);
+    every part may read it. A part that turns new work away while a database is
+    paused or the pooler is going down needs these flags, not the Control part.
+    """
+
+    __slots__ = ("disabled", "exited", "paused", "pausing", "shutting_down", "wait_for_clients")
+
+    def __init__(self) -> None:
+        self.shutting_down = False  # SIGINT/SIGTERM or SHUTDOWN: no new clients
+        self.wait_for_clients = False  # ... and exit only once the last client has left
+        self.exited = False  # Exit() has been emitted
+        self.paused: set[str] = set()  # databases under PAUSE
+        self.pausing = False  # any database paused (the hot path checks only this)
+        self.disabled: set[str] = set()  # databases under DISABLE: no new clients
 
 
 class Context:
     """The engine's shared state: see the module docstring."""
 
-    __slots__ = ("_seq", "clients", "config", "next_sid", "now", "out", "rng", "servers", "timers")
+    __slots__ = (
+        "_seq",
+        "clients",
+        "config",
+        "life",
+        "next_sid",
+        "now",
+        "out",
+        "rng",
+        "servers",
+        "timers",
+    )
 
     def __init__(self, config: Config, seed: int | None) -> None:
         self.config = config
@@ -46,6 +76,7 @@ class Context:
         self.clients: dict[int, Client] = {}
         self.servers: dict[int, ServerConn] = {}
         self.next_sid = 0
+        self.life = Lifecycle()
 
     def at(self, when: float, fn: Callable[[], None]) -> None:
         """Call ``fn`` at ``when`` (the engine's ``tick`` runs what is due)."""

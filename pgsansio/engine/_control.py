@@ -1,6 +1,6 @@
 """Operating the pooler: pause, resume, disable, kill, reconnect, bans, shutdown modes.
 
-Mixed into :class:`~._engine.Engine`. The admin console (:mod:`._admin`) and the
+The ``Control`` part of the engine. The admin console (:mod:`._admin`) and the
 frontend's signals (SIGUSR1 pause, SIGUSR2 resume, SIGINT/SIGTERM shutdown) both end
 up here. PgBouncer's semantics, written down:
 
@@ -72,16 +72,10 @@ class Control:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.shutting_down = False
-        self.exited = False
-        self.paused: set[str] = set()
-        self.pausing = False  # any database paused (the hot path checks only this)
         self._held: list[Client] = []  # clients waiting because their database is paused
         # Who waits for a PAUSE to complete: (admin client or None for SIGUSR1, db).
         self._pause_waiters: list[tuple[Client | None, str | None]] = []
-        self.disabled: set[str] = set()
         self._reload_waiters: list[Client] = []
-        self.wait_for_clients = False
         self.busy: set[int] = set()  # admin clients whose command is still running
 
     # === pause / resume ==============================================================
@@ -95,8 +89,8 @@ class Control:
 
     def pause(self, db: str | None, who: Client | None, *, wait: bool = True) -> None:
         names = list(self.ctx.config.pools) if db is None else [db]
-        self.paused.update(names)
-        self.pausing = True
+        self.ctx.life.paused.update(names)
+        self.ctx.life.pausing = True
         for group in self._db_groups(db):
             for pool in group.all_pools():
                 for w in pool.waiters:
@@ -138,7 +132,7 @@ class Control:
     def hold(self, c: Client) -> bool:
         """Called by checkout: keep ``c`` waiting if its database is paused."""
         group = c.group
-        if group is None or group.name not in self.paused:
+        if group is None or group.name not in self.ctx.life.paused:
             return False
         if c.waiting_since is None:
             c.waiting_since = self.ctx.now
@@ -150,17 +144,17 @@ class Control:
 
     def resume(self, db: str | None) -> None:
         if db is None:
-            self.paused.clear()
+            self.ctx.life.paused.clear()
         else:
-            self.paused.discard(db)
-        self.pausing = bool(self.paused)
+            self.ctx.life.paused.discard(db)
+        self.ctx.life.pausing = bool(self.ctx.life.paused)
         self._pause_waiters = [(w, d) for w, d in self._pause_waiters if d is not None]
-        self._pause_waiters = [(w, d) for w, d in self._pause_waiters if d in self.paused]
+        self._pause_waiters = [(w, d) for w, d in self._pause_waiters if d in self.ctx.life.paused]
         held, self._held = self._held, []
         for c in held:
             if c.state == C_CLOSED or c.server is not None:
                 continue
-            if c.group is not None and c.group.name in self.paused:
+            if c.group is not None and c.group.name in self.ctx.life.paused:
                 self._held.append(c)
                 continue
             self.pools.checkout(c)
@@ -213,10 +207,12 @@ class Control:
     # === shutdown ====================================================================
 
     def begin_shutdown(self, *, wait_for_clients: bool) -> None:
-        if self.shutting_down and (wait_for_clients or not self.wait_for_clients):
+        if self.ctx.life.shutting_down and (
+            wait_for_clients or not self.ctx.life.wait_for_clients
+        ):
             return  # already in this mode, or in the stricter drain
-        self.shutting_down = True
-        self.wait_for_clients = wait_for_clients
+        self.ctx.life.shutting_down = True
+        self.ctx.life.wait_for_clients = wait_for_clients
         if wait_for_clients:
             self.ctx.log(
                 logging.INFO,
@@ -236,7 +232,7 @@ class Control:
         self.leaving.maybe_exit()
 
     def shutdown_now(self) -> None:
-        self.shutting_down = True
+        self.ctx.life.shutting_down = True
         self.ctx.log(logging.INFO, "SHUTDOWN from the admin console: exiting now")
         self.leaving.shutdown_timeout()
 

@@ -185,7 +185,7 @@ class Engine:
 
     @property
     def paused(self) -> set[str]:
-        return self.control.paused
+        return self.ctx.life.paused
 
     # === inputs ======================================================================
 
@@ -423,7 +423,7 @@ class Engine:
     def resume(self, now: float) -> list[Effect]:
         """SIGUSR2: RESUME every database (ignored while shutting down, as PgBouncer)."""
         self.ctx.now = now
-        if self.control.paused and not self.control.shutting_down:
+        if self.ctx.life.paused and not self.ctx.life.shutting_down:
             self.control.resume(None)
             self.ctx.log(logging.INFO, "resumed: every database serves queries again")
         return self.flush()

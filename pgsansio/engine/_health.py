@@ -1,6 +1,6 @@
 """Health checks, bans, primary detection and replica lag.
 
-Mixed into :class:`~._engine.Engine`. PgCat's rules, then pgsansio's extensions:
+The ``Health`` part of the engine. PgCat's rules, then pgsansio's extensions:
 
 - **Health check before use** (PgCat): a server connection idle longer than
   ``healthcheck_delay`` gets ``;`` before a client has it; no answer within
@@ -348,7 +348,7 @@ class Health:
         self._probe_round()
 
     def _probe_round(self) -> None:
-        if self.control.shutting_down or self.control.exited or not self._probes:
+        if self.ctx.life.shutting_down or self.ctx.life.exited or not self._probes:
             return
         probes = self._probes
         for probe in probes.values():

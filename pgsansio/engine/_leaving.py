@@ -1,6 +1,6 @@
 """Clients leaving (on purpose or not), the timeouts that end them, and shutdown.
 
-Mixed into :class:`~._engine.Engine`. The rule throughout: a server a client leaves
+The ``Leaving`` part of the engine. The rule throughout: a server a client leaves
 behind is never handed to anyone else dirty. Idle and clean, it goes back to the pool;
 in a transaction it gets ``ROLLBACK`` (and ``server_reset_query`` in session mode);
 with a query running it gets a CancelRequest and is closed once it has answered; in
@@ -87,13 +87,13 @@ class Leaving:
         self.maybe_exit(force=True)
 
     def maybe_exit(self, *, force: bool = False) -> None:
-        if not self.control.shutting_down or self.control.exited:
-            if self.control.pausing:
+        if not self.ctx.life.shutting_down or self.ctx.life.exited:
+            if self.ctx.life.pausing:
                 self.control.pause_progress()  # something closed: a PAUSE may be complete
             return
         if not force and any(not c.admin for c in self.ctx.clients.values()):
             return  # admin sessions do not keep the pooler alive
-        self.control.exited = True
+        self.ctx.life.exited = True
         self.control.exit_leftovers()
         for s in list(self.ctx.servers.values()):
             if s.state != S_CLOSED:

@@ -1,6 +1,6 @@
 """Logging clients in (startup packet, authentication, the welcome) and servers in.
 
-Mixed into :class:`~._engine.Engine`. Client authentication is ours (trust, MD5,
+The ``Login`` part of the engine. Client authentication is ours (trust, MD5,
 SCRAM-SHA-256 against the configured password or a stored verifier); server
 authentication answers what the server asks (cleartext, MD5, SCRAM) with the user's
 ``server_password``/``password``, or with what auth_query pass-through recovered.
@@ -124,7 +124,7 @@ class Login:
         params = msg.params
         c.username = params.get("user", "")
         c.database = params.get("database") or c.username
-        if self.control.shutting_down and c.database not in ADMIN_DATABASES:
+        if self.ctx.life.shutting_down and c.database not in ADMIN_DATABASES:
             raise ClientFatal("57P01", "pgsansio is shutting down: no new connections accepted")
         if not c.username:
             raise ClientFatal("28000", "no PostgreSQL user name specified in startup packet")
@@ -283,7 +283,7 @@ class Login:
         if c.admin:
             self.admin.admin_welcome(c)
             return
-        if c.database in self.control.disabled:
+        if c.database in self.ctx.life.disabled:
             raise ClientFatal("57P03", f'database "{c.database}" is disabled (DISABLE); try later')
         group = c.group
         if group is not None and group.removed:

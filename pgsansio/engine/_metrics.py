@@ -1,6 +1,6 @@
 """The Prometheus exporter: a tiny sans-IO HTTP/1.x server for ``GET /metrics``.
 
-Mixed into :class:`~._engine.Engine`. The frontend listens on
+The ``Metrics`` part of the engine (its Prometheus endpoint). The frontend listens on
 ``prometheus_exporter_port`` and reports each connection with
 ``metrics_connected(cid, peer, now)``; its bytes then come as ``client_data`` and its
 end as ``client_closed``, like a client's. One request per connection (no keep-alive):
@@ -230,7 +230,7 @@ class Metrics:
                     "gauge",
                     "1 if paused",
                     labels,
-                    int(group.name in self.control.paused),
+                    int(group.name in self.ctx.life.paused),
                 )
                 add(
                     "databases_pool_size",

@@ -1,6 +1,6 @@
 """Pools: taking a server for a client, giving it back, opening and closing them.
 
-Mixed into :class:`~._engine.Engine`. PgCat's semantics: one pool per (pool, user,
+The ``Pools`` part of the engine. PgCat's semantics: one pool per (pool, user,
 shard, address) of at most ``pool_size`` connections; waiting clients queue FIFO and
 give up after ``connect_timeout``; ``server_round_robin`` picks FIFO (true) or LIFO
 reuse; idle connections close after ``idle_timeout`` (down to ``min_pool_size``) and
@@ -82,7 +82,7 @@ class Pools:
         self.wait_sweep_at: float | None = None
 
     def checkout(self, c: Client) -> None:
-        if self.control.pausing and self.control.hold(c):
+        if self.ctx.life.pausing and self.control.hold(c):
             return  # PAUSE: it waits for RESUME
         group = c.group
         assert group is not None
@@ -236,7 +236,7 @@ class Pools:
             s.close_needed
             or (s.group.user.server_lifetime and self.expired(s))
             or s.group.removed
-            or (self.control.pausing and s.group.name in self.control.paused)
+            or (self.ctx.life.pausing and s.group.name in self.ctx.life.paused)
         ):
             self.close_server(s)
             self.refill(pool)
@@ -353,7 +353,9 @@ class Pools:
 
     def refill(self, pool: Pool) -> None:
         """Open a connection if clients wait and the pool has room."""
-        if pool.group.removed or (self.control.pausing and pool.group.name in self.control.paused):
+        if pool.group.removed or (
+            self.ctx.life.pausing and pool.group.name in self.ctx.life.paused
+        ):
             return
         if pool.waiters and len(pool.servers) < pool.group.user.pool_size:
             self.open_server(pool)
@@ -389,7 +391,7 @@ class Pools:
     def prewarm(self, group: PoolGroup) -> None:
         if group.user.backend_password is None and group.scram_keys is None:
             return  # auth_query users: no credentials until a client logs in
-        if self.control.pausing and group.name in self.control.paused:
+        if self.ctx.life.pausing and group.name in self.ctx.life.paused:
             return
         for pool in group.all_pools():
             while len(pool.servers) < group.user.min_pool_size:

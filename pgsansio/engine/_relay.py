@@ -586,7 +586,7 @@ class Relay:
         """The idle server _checkout would give ``c`` at once and link without a word
         to it first (no health check, no SET to sync), or None."""
         shard = group.pools[0]
-        if self.control.pausing or group.removed or len(shard) != 1:
+        if self.ctx.life.pausing or group.removed or len(shard) != 1:
             return None
         pool = shard[0]
         idle = pool.idle
@@ -812,7 +812,7 @@ class Relay:
                     self.ctx.now + timeout / 1000, lambda: self.leaving.idle_tx_timeout(c, s, gen)
                 )
             return
-        if self.control.shutting_down and not self.control.wait_for_clients and not c.pending:
+        if self.ctx.life.shutting_down and not self.ctx.life.wait_for_clients and not c.pending:
             self.leaving.drop_client(c, TERMINATING)  # its transaction is over: let it go
             return
         if c.user.pool_mode != "transaction" or c.unnamed_pending or c.pending:

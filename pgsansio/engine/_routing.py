@@ -1,7 +1,7 @@
 """Choosing the server for a client: read/write splitting, roles, load balancing.
 
-Mixed into :class:`~._engine.Engine`. PgCat's semantics, decided when a client with no
-server sends something (transaction mode) or logs in (session mode):
+The ``Routes`` part of the engine (DESIGN.md's Router). PgCat's semantics, decided
+when a client with no server sends something (transaction mode) or logs in (session mode):
 
 - **The role.** In transaction mode with ``query_parser_enabled`` and
   ``query_parser_read_write_splitting``, every Query text and Parse text waiting to be

@@ -1,6 +1,6 @@
 """SHOW for the admin console: PgBouncer 1.25's column sets, built from the engine's state.
 
-Mixed into :class:`~._engine.Engine` through :class:`~._admin.Admin`; see that module
+The ``Show`` part of the engine, called by :class:`~._admin.Admin`; see that module
 for the console's rules (column types, ``connect_time`` as an age, row naming).
 """
 
@@ -140,7 +140,7 @@ class Show:
 
     def _show_state(self, c: Client) -> None:
         every = bool(self.ctx.config.pools) and all(
-            p in self.control.paused for p in self.ctx.config.pools
+            p in self.ctx.life.paused for p in self.ctx.config.pools
         )
         rows = [
             ("active", "no" if every else "yes"),
@@ -214,8 +214,8 @@ class Show:
                         current,
                         0,
                         client_counts.get(name, 0),
-                        int(name in self.control.paused),
-                        int(name in self.control.disabled),
+                        int(name in self.ctx.life.paused),
+                        int(name in self.ctx.life.disabled),
                     )
                 )
         columns = (

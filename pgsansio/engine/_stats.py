@@ -1,6 +1,6 @@
 """Counters behind SHOW STATS / STATS_TOTALS / STATS_AVERAGES / TOTALS and /metrics.
 
-Mixed into :class:`~._engine.Engine`. One :class:`DbStats` per database (pool name),
+The ``Stats`` part of the engine. One :class:`DbStats` per database (pool name),
 kept across reloads, with PgBouncer's meaning for each counter:
 
 - a *query* is one request answered by ReadyForQuery (a simple Query, or an extended
