@@ -54,11 +54,10 @@ from pgsansio.protocol import (
 from ._control import AdminError, Control
 from ._login import fatal
 from ._objects import (
-    C_CLOSED,
-    C_READY,
     Client,
 )
 from ._show import TEXT, Show
+from ._states import ClientInput, ClientState, client_to
 
 __all__ = ["Admin"]
 
@@ -93,7 +92,7 @@ class Admin(Show, Control):
             self._send_client(c, ParameterStatus(name, value))
         self._send_client(c, BackendKeyData(self.rng.randrange(1, 2**31), self.rng.randbytes(4)))
         self._send_client(c, ReadyForQuery("I"))
-        c.state = C_READY
+        client_to(c, ClientInput.LOGGED_IN)
         self._logging_in.pop(c, None)
         if general.log_client_connections:
             self._log(
@@ -110,7 +109,7 @@ class Admin(Show, Control):
     def _admin_events(self, c: Client, events: list[Event]) -> None:
         failed = False
         for i, e in enumerate(events):
-            if c.state == C_CLOSED:
+            if c.state is ClientState.CLOSED:
                 return
             if c.cid in self._busy:
                 # A PAUSE or RELOAD is still running: the rest waits for its answer.
@@ -175,7 +174,7 @@ class Admin(Show, Control):
             return
         if tag is None:
             return  # answered later (PAUSE, RELOAD) or the client is gone
-        if c.state != C_CLOSED:
+        if c.state is not ClientState.CLOSED:
             self._send_client(c, CommandComplete(tag))
             self._send_client(c, ReadyForQuery("I"))
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ._effects import Effect
     from ._health import Ban
     from ._objects import Client, Entry, Pool, PoolGroup, Prepared, ServerConn
+    from ._states import ServerState
     from ._stats import DbStats
 
 __all__ = ["Base"]
@@ -192,7 +193,7 @@ class Base:
 
         def _unban(self, address: tuple[str, int], why: str = ...) -> bool: ...
 
-        def _server_lost(self, s: ServerConn, was: int, linked: bool) -> None: ...
+        def _server_lost(self, s: ServerConn, was: ServerState, linked: bool) -> None: ...
 
         def _probe_lost(self, s: ServerConn, error: ErrorResponse) -> None: ...
 

@@ -39,7 +39,8 @@ from pgsansio.protocol import CommandComplete, ErrorResponse, ReadyForQuery
 from ._base import Base
 from ._effects import Reload
 from ._leaving import TERMINATING
-from ._objects import C_CLOSED, S_IDLE, Client, PoolGroup
+from ._objects import Client, PoolGroup
+from ._states import ClientState, ServerState
 
 if TYPE_CHECKING:
     from pgsansio.config_model import ServerAddress
@@ -141,7 +142,7 @@ class Control(Base):
         for who, _ in done:
             if who is None:
                 self._log(logging.INFO, "paused: no server connection is open")
-            elif who.state != C_CLOSED:
+            elif who.state is not ClientState.CLOSED:
                 self._admin_done(who, "PAUSE")
             else:
                 self._busy.discard(who.cid)
@@ -155,7 +156,7 @@ class Control(Base):
             c.waiting_since = self._now
         c.pool = None
         if len(self._held) > 64 and len(self._held) > 2 * len(self.clients):
-            self._held = [x for x in self._held if x.state != C_CLOSED]
+            self._held = [x for x in self._held if x.state is not ClientState.CLOSED]
         self._held.append(c)
         return True
 
@@ -169,7 +170,7 @@ class Control(Base):
         self._pause_waiters = [(w, d) for w, d in self._pause_waiters if d in self.paused]
         held, self._held = self._held, []
         for c in held:
-            if c.state == C_CLOSED or c.server is not None:
+            if c.state is ClientState.CLOSED or c.server is not None:
                 continue
             if c.group is not None and c.group.name in self.paused:
                 self._held.append(c)
@@ -185,7 +186,7 @@ class Control(Base):
             for pool in group.all_pools():
                 for s in list(pool.servers):
                     s.close_needed = True
-                    if s.state == S_IDLE:
+                    if s.state is ServerState.IDLE:
                         self._close_server(s)
                 self._refill(pool)
 
@@ -267,7 +268,7 @@ class Control(Base):
     def _reload_answer(self, error: str | None) -> None:
         waiters, self._reload_waiters = self._reload_waiters, []
         for c in waiters:
-            if c.state == C_CLOSED:
+            if c.state is ClientState.CLOSED:
                 continue
             if error is None:
                 self._admin_done(c, "RELOAD")

@@ -60,19 +60,10 @@ from ._leaving import TERMINATING, Leaving
 from ._login import Login, fatal
 from ._metrics import Metrics
 from ._objects import (
-    C_AUTH,
-    C_CLOSED,
-    C_READY,
     K_QUERY,
     P_AUTH_QUERY,
     P_CANCEL,
     P_PROBE,
-    S_ACTIVE,
-    S_CLOSED,
-    S_CONNECTING,
-    S_IDLE,
-    S_INTERNAL,
-    S_LOGIN,
     SKIP,
     Client,
     Entry,
@@ -84,6 +75,19 @@ from ._params import TRACKED, sync_sql
 from ._pooling import Pooling
 from ._relay import ClientFatal, Relay
 from ._routing import Routing
+from ._states import (
+    C_CLOSED,
+    C_READY,
+    S_ACTIVE,
+    S_CLOSED,
+    S_LOGIN,
+    SI_LINKED,
+    SI_RELEASED,
+    ClientState,
+    ServerInput,
+    ServerState,
+    server_to,
+)
 from ._stats import Stats
 from ._tls import Tls
 
@@ -191,7 +195,7 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, St
         c = self.clients.get(cid)
         if c is None and cid in self._http:
             self._http_data(cid, data)
-        elif c is not None and c.state != C_CLOSED:
+        elif c is not None and c.state is not C_CLOSED:
             try:
                 if not self._fast_query(c, data):
                     c.conn.receive_data(data)
@@ -219,11 +223,11 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, St
     def server_connected(self, sid: int, now: float) -> list[Effect]:
         self._now = now
         s = self.servers.get(sid)
-        if s is not None and s.state == S_CONNECTING:
+        if s is not None and s.state is ServerState.CONNECTING:
             if s.purpose == P_CANCEL:
                 self._send_cancel(s)
             else:
-                s.state = S_LOGIN
+                server_to(s, ServerInput.CONNECTED)
                 if not self._server_ssl_request(s):
                     self._send_startup(s)
         return self._flush()
@@ -256,9 +260,9 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, St
     def server_data(self, sid: int, data: bytes, now: float) -> list[Effect]:
         self._now = now
         s = self.servers.get(sid)
-        if s is not None and s.state != S_CLOSED:
+        if s is not None and s.state is not S_CLOSED:
             try:
-                if s.state != S_ACTIVE or not self._fast_answer(s, data):
+                if s.state is not S_ACTIVE or not self._fast_answer(s, data):
                     self._server_bytes(s, data)
             except ProtocolError as exc:
                 self._log(logging.WARNING, f"server {self._where(s)}: protocol error: {exc}")
@@ -276,9 +280,9 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, St
 
     def _server_bytes(self, s: ServerConn, data: bytes) -> None:
         s.conn.receive_data(data)
-        if s.state == S_LOGIN:
+        if s.state is S_LOGIN:
             self._read_login(s)
-            if s.purpose == P_AUTH_QUERY and s.state == S_INTERNAL:
+            if s.purpose == P_AUTH_QUERY and s.state is ServerState.INTERNAL:
                 self._read_auth_query(s)
         elif s.purpose == P_AUTH_QUERY:
             self._read_auth_query(s)
@@ -320,7 +324,7 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, St
         """The frontend's answer to StartTls("client", cid): None, or why it failed."""
         self._now = now
         c = self.clients.get(cid)
-        if c is not None and c.state != C_CLOSED:
+        if c is not None and c.state is not C_CLOSED:
             self._client_tls_done(c, error)
         return self._flush()
 
@@ -364,7 +368,7 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, St
             for pool in group.all_pools():
                 for s in list(pool.servers):
                     s.close_needed = True
-                    if s.state == S_IDLE:
+                    if s.state is ServerState.IDLE:
                         self._close_server(s)
         for group in self.groups.values():
             self._prewarm(group)
@@ -440,8 +444,8 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, St
 
     def _read_client(self, c: Client) -> None:
         conn = c.conn
-        while c.state != C_CLOSED:
-            if c.state == C_READY:
+        while c.state is not C_CLOSED:
+            if c.state is C_READY:
                 span = conn.next_span()
                 if span is _NEED_DATA or span is _PAUSED:
                     return
@@ -468,7 +472,7 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, St
                 assert isinstance(event, StartupMessage)
                 self._check_client_tls(c)
                 self._startup(c, event)
-            elif c.state == C_AUTH and isinstance(event, Event):
+            elif c.state is ClientState.AUTH and isinstance(event, Event):
                 self._auth_response(c, event)
             else:  # pragma: no cover - the protocol state machine refuses anything else
                 raise ClientFatal("08P01", f"unexpected {t.__name__} during login")
@@ -514,7 +518,7 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, St
             self._checkout(c)
 
     def _after_client_data(self, c: Client, s: ServerConn) -> None:
-        if c.state == C_CLOSED:
+        if c.state is C_CLOSED:
             return
         if s.queue:
             s.query_gen += 1
@@ -561,7 +565,7 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, St
             st.wait_time += self._now - c.waiting_since
             c.waiting_since = None
         s.client = c
-        s.state = S_ACTIVE
+        server_to(s, SI_LINKED)
         s.link_gen += 1
         s.last_used = self._now
 
@@ -570,16 +574,16 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, St
         if len(pending) == 1:
             data, events, _ = pending[0]
             first = events[0] if len(events) == 1 else None
-            if isinstance(first, Query) and c.state != C_CLOSED and c.server is s:
+            if isinstance(first, Query) and c.state is not C_CLOSED and c.server is s:
                 # One Query (the fast lane's waiting client): _to_server's work, for less.
                 self._send_query(c, s, data, first.sql)
                 self._after_client_data(c, s)
                 return
         for data, events, offsets in pending:
-            if c.state == C_CLOSED or c.server is not s:
+            if c.state is C_CLOSED or c.server is not s:
                 return
             self._to_server(c, s, Span(data, events, offsets))
-        if pending and c.state != C_CLOSED and c.server is s:
+        if pending and c.state is not C_CLOSED and c.server is s:
             self._after_client_data(c, s)
 
     def _release_if_done(self, s: ServerConn) -> None:
@@ -605,14 +609,14 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, St
     def _unlink(self, c: Client, s: ServerConn) -> None:
         if c.blocked:
             self._out.append(ReadServer(s.sid, True))
-        if s.blocked and c.state != C_CLOSED:
+        if s.blocked and c.state is not C_CLOSED:
             self._out.append(ReadClient(c.cid, True))
         c.server = None
         s.client = None
-        s.state = S_INTERNAL
+        server_to(s, SI_RELEASED)
 
     def _internal_query(self, s: ServerConn, sql: str, tag: str) -> None:
-        s.state = S_INTERNAL
+        server_to(s, ServerInput.QUERIED)
         self._send_internal(s, sql, tag)
 
     def _send_internal(self, s: ServerConn, sql: str, tag: str) -> None:
@@ -623,7 +627,7 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, St
         self._at(self._now + INTERNAL_QUERY_TIMEOUT, lambda: self._internal_timeout(s, entry))
 
     def _internal_timeout(self, s: ServerConn, entry: Entry) -> None:
-        if s.state != S_CLOSED and entry in s.queue:
+        if s.state is not S_CLOSED and entry in s.queue:
             self._log(
                 logging.WARNING,
                 f"server {self._where(s)} did not answer our {entry.tag} query within "
@@ -632,7 +636,7 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, St
             self._server_gone(s, fatal("08006", f"server {self._where(s)} stopped answering"))
 
     def _internal_done(self, s: ServerConn, entry: Entry) -> None:
-        if s.state == S_CLOSED:
+        if s.state is S_CLOSED:
             return
         if entry.tag == "healthcheck" and self._health_done(s, entry):
             return
@@ -666,7 +670,7 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, St
                 s.sync_key = owner.sync_key
                 self._flush_pending(owner, s)
                 return
-        if s.client is None and not s.queue and s.state == S_INTERNAL:
+        if s.client is None and not s.queue and s.state is ServerState.INTERNAL:
             self._server_free(s)
 
     # === servers: login ==============================================================
@@ -675,7 +679,7 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, St
 
     def _read_server(self, s: ServerConn) -> None:
         conn = s.conn
-        while s.state != S_CLOSED:
+        while s.state is not S_CLOSED:
             span = conn.next_span()
             if span is _NEED_DATA or span is _PAUSED:
                 return

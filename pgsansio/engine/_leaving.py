@@ -17,7 +17,8 @@ from pgsansio.protocol import CopyFail, ErrorResponse, ProtocolError
 from ._base import Base
 from ._effects import CloseClient, CloseServer, Exit, SendClient
 from ._login import fatal
-from ._objects import C_CLOSED, S_CLOSED, SKIP, Client, ServerConn
+from ._objects import SKIP, Client, ServerConn
+from ._states import ClientInput, ClientState, ServerInput, ServerState, client_to, server_to
 
 __all__ = ["Leaving"]
 
@@ -78,8 +79,8 @@ class Leaving(Base):
         self._exited = True
         self._exit_leftovers()
         for s in list(self.servers.values()):
-            if s.state != S_CLOSED:
-                s.state = S_CLOSED
+            if s.state is not ServerState.CLOSED:
+                server_to(s, ServerInput.CLOSED)
                 self.servers.pop(s.sid, None)
                 self._out.append(CloseServer(s.sid))
         self._timers.clear()
@@ -88,14 +89,14 @@ class Leaving(Base):
     def _drop_client(
         self, c: Client, error: ErrorResponse | None = None, *, closed: bool = False
     ) -> None:
-        if c.state == C_CLOSED:
+        if c.state is ClientState.CLOSED:
             return
         if error is not None and not closed:
             try:
                 self._out.append(SendClient(c.cid, c.conn.send(error)))
             except ProtocolError:
                 self._out.append(SendClient(c.cid, bytes(error)))
-        c.state = C_CLOSED
+        client_to(c, ClientInput.CLOSED)
         self.clients.pop(c.cid, None)
         self._logging_in.pop(c, None)
         if self._cancel_keys.get(c.cancel_key) is c:
@@ -124,7 +125,7 @@ class Leaving(Base):
     def _abandon(self, c: Client, s: ServerConn) -> None:
         """The client left while holding ``s``: make it clean for the next one."""
         self._unlink(c, s)
-        if s.state == S_CLOSED:
+        if s.state is ServerState.CLOSED:
             return
         if s.conn.frontend_copy_open:
             # A backend waiting for COPY data ignores a cancel: end the COPY instead
@@ -161,7 +162,7 @@ class Leaving(Base):
             self._server_free(s)
 
     def _close_abandoned(self, s: ServerConn) -> None:
-        if s.state != S_CLOSED and s.client is None:
+        if s.state is not ServerState.CLOSED and s.client is None:
             self._close_server(s)
             if s.pool is not None:
                 self._refill(s.pool)

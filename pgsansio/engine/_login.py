@@ -50,22 +50,16 @@ from pgsansio.protocol import (
 from ._base import Base
 from ._effects import OpenServer, SendClient
 from ._objects import (
-    C_AUTH,
-    C_FETCH,
-    C_READY,
-    C_WELCOME,
     P_AUTH_QUERY,
     P_CANCEL,
     P_PROBE,
-    S_CLOSED,
-    S_INTERNAL,
-    S_LOGIN,
     Client,
     PoolGroup,
     ServerConn,
 )
 from ._params import TRACKED, param_sql, parse_options, quote_literal, valid_name
 from ._relay import ClientFatal
+from ._states import ClientInput, ClientState, ServerInput, ServerState, client_to, server_to
 
 __all__ = ["ADMIN_DATABASES", "Login", "fatal"]
 
@@ -137,7 +131,7 @@ class Login(Base):
 
     def _challenge(self, c: Client) -> None:
         method = self._auth_method(c)
-        c.state = C_AUTH
+        client_to(c, ClientInput.CHALLENGED)
         if method == "trust":
             self._authenticated(c)
         elif method == "scram-sha-256":
@@ -266,7 +260,7 @@ class Login(Base):
             return
         self._send_client(c, AuthenticationOk())
         if group.server_params is None:
-            c.state = C_WELCOME
+            client_to(c, ClientInput.AUTHENTICATED)
             group.login_waiters.append(c)
             if not any(p.opening or p.servers for p in group.all_pools()):
                 pool = self._choose_pool(c)
@@ -322,7 +316,7 @@ class Login(Base):
             out[-1] = SendClient(c.cid, b"".join(parts))
         else:
             out.append(SendClient(c.cid, b"".join(parts)))
-        c.state = C_READY
+        client_to(c, ClientInput.LOGGED_IN)
         self._logging_in.pop(c, None)
         c.stats = self._stats_for(group.name)
         c.stats.client_login_count += 1
@@ -361,7 +355,7 @@ class Login(Base):
         if s.purpose == P_AUTH_QUERY:
             login_user = group.cfg.auth_query_user or ""
             password = group.cfg.auth_query_password
-        while s.state == S_LOGIN:
+        while s.state is ServerState.LOGIN:
             event = s.conn.next_event()
             if event is _NEED_DATA or event is _PAUSED:
                 return
@@ -418,7 +412,7 @@ class Login(Base):
                     self._probe_ready(s)
                     return
                 if s.purpose == P_AUTH_QUERY:
-                    s.state = S_INTERNAL
+                    server_to(s, ServerInput.LOGGED_IN)
                     self._send_server(s, s.conn.send(Query(self._auth_query_sql(s))))
                     return
                 self._server_ready(s)
@@ -451,7 +445,7 @@ class Login(Base):
         pool = s.pool
         assert group is not None and pool is not None
         pool.opening -= 1
-        s.state = S_INTERNAL
+        server_to(s, ServerInput.LOGGED_IN)
         s.login = None
         # server_lifetime counts from here: a login slower than a short lifetime must
         # not make every new connection expire before anyone could use it.
@@ -462,7 +456,7 @@ class Login(Base):
             } | {"is_superuser": s.params.get("is_superuser", "off")}
             waiters, group.login_waiters = group.login_waiters, []
             for c in waiters:
-                if c.state == C_WELCOME:
+                if c.state is ClientState.WELCOME:
                     self._welcome(c)
         self._server_free(s)
 
@@ -502,7 +496,9 @@ class Login(Base):
         # A late cancel must not hit the next client's query on that server: only while
         # the same client still holds it and something runs (as PostgreSQL, a cancel
         # then stops whatever that client runs at the time).
-        still = target.state == S_CLOSED or (target.link_gen == link_gen and target.queue)
+        still = target.state is ServerState.CLOSED or (
+            target.link_gen == link_gen and target.queue
+        )
         if still and target.backend_key is not None:
             pid, secret = target.backend_key
             self._send_server(s, bytes(CancelRequest(pid, secret)))
@@ -512,7 +508,7 @@ class Login(Base):
 
     def _fetch_secret(self, c: Client, group: PoolGroup) -> None:
         """Ask the server for the user's secret (PgCat's and PgBouncer's auth_query)."""
-        c.state = C_FETCH
+        client_to(c, ClientInput.FETCHING)
         group.fetch_waiters.append(c)
         if len(group.fetch_waiters) > 1:
             return  # a fetch is already running; its answer serves everyone
@@ -532,7 +528,7 @@ class Login(Base):
     def _read_auth_query(self, s: ServerConn) -> None:
         group = s.group
         assert group is not None
-        while s.state != S_CLOSED:
+        while s.state is not ServerState.CLOSED:
             event = s.conn.next_event()
             if event is _NEED_DATA or event is _PAUSED:
                 return
@@ -554,7 +550,7 @@ class Login(Base):
                 group.auth_secret = secret
                 waiters, group.fetch_waiters = group.fetch_waiters, []
                 for c in waiters:
-                    if c.state == C_FETCH:
+                    if c.state is ClientState.FETCH:
                         self._challenge(c)
                 return
             elif isinstance(event, ConnectionClosed):

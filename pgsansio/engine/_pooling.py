@@ -31,17 +31,22 @@ from ._base import Base
 from ._effects import CloseServer, OpenServer
 from ._login import fatal
 from ._objects import (
-    C_CLOSED,
     P_AUTH_QUERY,
     P_POOL,
     P_PROBE,
-    S_CLOSED,
-    S_CONNECTING,
-    S_IDLE,
-    S_LOGIN,
     Client,
     Pool,
     ServerConn,
+)
+from ._states import (
+    C_CLOSED,
+    S_CLOSED,
+    S_IDLE,
+    SI_IDLED,
+    ClientState,
+    ServerInput,
+    ServerState,
+    server_to,
 )
 
 __all__ = ["Pooling"]
@@ -121,7 +126,7 @@ class Pooling(Base):
             deadline = c.wait_deadline
             pool = c.pool
             if (
-                c.state == C_CLOSED
+                c.state is ClientState.CLOSED
                 or c.waiting_since is None
                 or deadline is None
                 or pool is None
@@ -137,7 +142,11 @@ class Pooling(Base):
         if first is not None:
             self._at(first, self._wait_sweep)
         for c in expired:
-            if c.state != C_CLOSED and c.waiting_since is not None and c.pool is not None:
+            if (
+                c.state is not ClientState.CLOSED
+                and c.waiting_since is not None
+                and c.pool is not None
+            ):
                 self._checkout_timeout(c)
 
     def _checkout_timeout(self, c: Client) -> None:
@@ -216,10 +225,10 @@ class Pooling(Base):
         s.last_used = self._now
         while pool.waiters:
             c = pool.waiters.popleft()
-            if c.state != C_CLOSED:
+            if c.state is not C_CLOSED:
                 self._link(c, s)
                 return
-        s.state = S_IDLE
+        server_to(s, SI_IDLED)
         pool.idle.append(s)
         user = s.group.user
         if pool.reap_at is None or (
@@ -262,7 +271,7 @@ class Pooling(Base):
         return s
 
     def _login_deadline(self, s: ServerConn) -> None:
-        if s.state in (S_CONNECTING, S_LOGIN):
+        if s.state in (ServerState.CONNECTING, ServerState.LOGIN):
             self._server_gone(
                 s, fatal("08001", f"timed out connecting to server {self._where(s)}")
             )
@@ -286,10 +295,12 @@ class Pooling(Base):
             # would only be noise: just close.
             self._drop_client(c, None if s.fatal_forwarded else error)
         self._server_lost(s, was, c is not None)  # bans, and moves waiters elsewhere
-        if was in (S_CONNECTING, S_LOGIN):
+        if was in (ServerState.CONNECTING, ServerState.LOGIN):
             # Fail fast, with the server's own error, the clients nothing else could
             # serve (PgBouncer's server_login_retry behaviour since 1.24).
-            if not any(x.state not in (S_CONNECTING, S_LOGIN) for x in pool.servers):
+            if not any(
+                x.state not in (ServerState.CONNECTING, ServerState.LOGIN) for x in pool.servers
+            ):
                 for w in list(pool.waiters):
                     self._drop_client(w, error)
                 pool.waiters.clear()
@@ -303,11 +314,15 @@ class Pooling(Base):
             self._refill(pool)
 
     def _close_server(self, s: ServerConn, *, send: bool = True) -> None:
-        if s.state == S_CLOSED:
+        if s.state is ServerState.CLOSED:
             return
-        if s.state in (S_CONNECTING, S_LOGIN) and s.pool is not None and s.purpose == P_POOL:
+        if (
+            s.state in (ServerState.CONNECTING, ServerState.LOGIN)
+            and s.pool is not None
+            and s.purpose == P_POOL
+        ):
             s.pool.opening -= 1
-        s.state = S_CLOSED
+        server_to(s, ServerInput.CLOSED)
         self.servers.pop(s.sid, None)
         if s.pool is not None:
             s.pool.servers.discard(s)

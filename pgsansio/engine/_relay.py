@@ -54,7 +54,6 @@ from pgsansio.protocol import (
 from ._base import Base
 from ._effects import SendClient, SendServer
 from ._objects import (
-    C_READY,
     EXTENDED,
     FAKE,
     FWD,
@@ -72,8 +71,9 @@ from ._objects import (
     Prepared,
     ServerConn,
 )
-from ._objects import S_CLOSED as S_CLOSED_STATE
 from ._params import TRACKED, parse_simple_set, strip_comments
+from ._states import C_READY
+from ._states import S_CLOSED as S_CLOSED_STATE
 
 __all__ = ["ClientFatal", "Relay"]
 
@@ -455,7 +455,7 @@ class Relay(Base):
                 self._internal_done(s, entry)
         if s.client is not None:
             self._release_if_done(s)
-        elif s.close_needed and not q and s.conn.idle and s.state != S_CLOSED_STATE:
+        elif s.close_needed and not q and s.conn.idle and s.state is not S_CLOSED_STATE:
             # An abandoned server whose cancelled query has answered.
             self._close_server(s)
             if s.pool is not None:
@@ -516,7 +516,7 @@ class Relay(Base):
         group = c.group
         if (
             data[:1] != b"Q"
-            or c.state != C_READY
+            or c.state is not C_READY
             or c.pending
             or c.admin
             or c.blocked

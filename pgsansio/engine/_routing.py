@@ -51,7 +51,8 @@ from pgsansio.protocol import (
 )
 
 from ._base import Base
-from ._objects import C_CLOSED, Client, Pool
+from ._objects import Client, Pool
+from ._states import ClientState
 
 if TYPE_CHECKING:
     from pgsansio.routing import Router
@@ -327,7 +328,7 @@ class Routing(Base):
     def _reroute(self, c: Client, failed: Pool) -> None:
         """``c`` waited on ``failed``, which cannot serve it: try another address (the
         connect_timeout it waits under keeps running)."""
-        if c.state == C_CLOSED or c.server is not None:
+        if c.state is ClientState.CLOSED or c.server is not None:
             return
         tried = c.tried if c.tried is not None else set()
         tried.add(_key(failed))
@@ -362,7 +363,7 @@ class Routing(Base):
     def _role_timeout(self, c: Client, gen: int) -> None:
         if c in self._role_waiters and c.wait_gen == gen:
             self._role_waiters.remove(c)
-            if c.state == C_CLOSED:
+            if c.state is ClientState.CLOSED:
                 return
             assert c.group is not None
             self._no_server(

@@ -33,8 +33,9 @@ from pgsansio.protocol import SSLRequest, SSLResponse
 from ._base import Base
 from ._effects import StartTls
 from ._login import fatal
-from ._objects import P_CANCEL, S_LOGIN
+from ._objects import P_CANCEL
 from ._relay import ClientFatal
+from ._states import ServerState
 
 if TYPE_CHECKING:
     from ._objects import Client, ServerConn
@@ -106,7 +107,7 @@ class Tls(Base):
             self._send_startup(s)  # PgCat: a server without TLS is used in clear
 
     def _server_tls_done(self, s: ServerConn, error: str | None) -> None:
-        if s.state != S_LOGIN:
+        if s.state is not ServerState.LOGIN:
             return
         if error is not None:
             where = self._where(s)
