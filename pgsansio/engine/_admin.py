@@ -55,11 +55,10 @@ from pgsansio.protocol import (
 from ._control import AdminError, Control
 from ._errors import fatal
 from ._objects import (
-    C_CLOSED,
-    C_READY,
     Client,
 )
 from ._show import TEXT, Show
+from ._states import C_CLOSED, ClientInput, ClientState, client_to
 
 if TYPE_CHECKING:
     from ._context import Context
@@ -116,7 +115,7 @@ class Admin:
             c, BackendKeyData(self.ctx.rng.randrange(1, 2**31), self.ctx.rng.randbytes(4))
         )
         self.ctx.send_client(c, ReadyForQuery("I"))
-        c.state = C_READY
+        client_to(c, ClientInput.LOGGED_IN)
         self.login.logging_in.pop(c, None)
         if general.log_client_connections:
             self.ctx.log(
@@ -133,7 +132,7 @@ class Admin:
     def _admin_events(self, c: Client, events: list[Event]) -> None:
         failed = False
         for i, e in enumerate(events):
-            if c.state == C_CLOSED:
+            if c.state is ClientState.CLOSED:
                 return
             if c.cid in self.control.busy:
                 # A PAUSE or RELOAD is still running: the rest waits for its answer.
@@ -198,7 +197,7 @@ class Admin:
             return
         if tag is None:
             return  # answered later (PAUSE, RELOAD) or the client is gone
-        if c.state != C_CLOSED:
+        if c.state is not C_CLOSED:
             self.ctx.send_client(c, CommandComplete(tag))
             self.ctx.send_client(c, ReadyForQuery("I"))
 

@@ -38,7 +38,8 @@ from pgsansio.protocol import CommandComplete, ErrorResponse, ReadyForQuery
 
 from ._effects import Reload
 from ._errors import TERMINATING
-from ._objects import C_CLOSED, S_IDLE, Client, PoolGroup
+from ._objects import Client, PoolGroup
+from ._states import C_CLOSED, S_IDLE, ClientState
 
 if TYPE_CHECKING:
     from pgsansio.config_model import ServerAddress
@@ -124,7 +125,7 @@ class Control:
         for who, _ in done:
             if who is None:
                 self.ctx.log(logging.INFO, "paused: no server connection is open")
-            elif who.state != C_CLOSED:
+            elif who.state is not C_CLOSED:
                 self._admin_done(who, "PAUSE")
             else:
                 self.busy.discard(who.cid)
@@ -138,7 +139,7 @@ class Control:
             c.waiting_since = self.ctx.now
         c.pool = None
         if len(self._held) > 64 and len(self._held) > 2 * len(self.ctx.clients):
-            self._held = [x for x in self._held if x.state != C_CLOSED]
+            self._held = [x for x in self._held if x.state is not C_CLOSED]
         self._held.append(c)
         return True
 
@@ -152,7 +153,7 @@ class Control:
         self._pause_waiters = [(w, d) for w, d in self._pause_waiters if d in self.ctx.life.paused]
         held, self._held = self._held, []
         for c in held:
-            if c.state == C_CLOSED or c.server is not None:
+            if c.state is ClientState.CLOSED or c.server is not None:
                 continue
             if c.group is not None and c.group.name in self.ctx.life.paused:
                 self._held.append(c)
@@ -168,7 +169,7 @@ class Control:
             for pool in group.all_pools():
                 for s in list(pool.servers):
                     s.close_needed = True
-                    if s.state == S_IDLE:
+                    if s.state is S_IDLE:
                         self.pools.close_server(s)
                 self.pools.refill(pool)
 
@@ -252,7 +253,7 @@ class Control:
     def reload_answer(self, error: str | None) -> None:
         waiters, self._reload_waiters = self._reload_waiters, []
         for c in waiters:
-            if c.state == C_CLOSED:
+            if c.state is ClientState.CLOSED:
                 continue
             if error is None:
                 self._admin_done(c, "RELOAD")

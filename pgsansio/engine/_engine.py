@@ -50,18 +50,9 @@ from ._leaving import Leaving
 from ._login import Login
 from ._metrics import Metrics
 from ._objects import (
-    C_AUTH,
-    C_CLOSED,
-    C_READY,
     P_AUTH_QUERY,
     P_CANCEL,
     P_PROBE,
-    S_ACTIVE,
-    S_CLOSED,
-    S_CONNECTING,
-    S_IDLE,
-    S_INTERNAL,
-    S_LOGIN,
     Client,
     ServerConn,
 )
@@ -69,6 +60,18 @@ from ._pooling import Pools
 from ._relay import Relay
 from ._routing import Routes
 from ._show import Show
+from ._states import (
+    C_CLOSED,
+    C_READY,
+    S_ACTIVE,
+    S_CLOSED,
+    S_IDLE,
+    S_LOGIN,
+    ClientState,
+    ServerInput,
+    ServerState,
+    server_to,
+)
 from ._stats import Stats
 from ._tls import Tls
 
@@ -237,7 +240,7 @@ class Engine:
         c = self.ctx.clients.get(cid)
         if c is None and cid in self.metrics.http:
             self.metrics.http_data(cid, data)
-        elif c is not None and c.state != C_CLOSED:
+        elif c is not None and c.state is not C_CLOSED:
             try:
                 if not self.relay.fast_query(c, data):
                     c.conn.receive_data(data)
@@ -265,11 +268,11 @@ class Engine:
     def server_connected(self, sid: int, now: float) -> list[Effect]:
         self.ctx.now = now
         s = self.ctx.servers.get(sid)
-        if s is not None and s.state == S_CONNECTING:
+        if s is not None and s.state is ServerState.CONNECTING:
             if s.purpose == P_CANCEL:
                 self.login.send_cancel(s)
             else:
-                s.state = S_LOGIN
+                server_to(s, ServerInput.CONNECTED)
                 if not self.tls.server_ssl_request(s):
                     self.login.send_startup(s)
         return self.flush()
@@ -289,9 +292,9 @@ class Engine:
     def server_data(self, sid: int, data: bytes, now: float) -> list[Effect]:
         self.ctx.now = now
         s = self.ctx.servers.get(sid)
-        if s is not None and s.state != S_CLOSED:
+        if s is not None and s.state is not S_CLOSED:
             try:
-                if s.state != S_ACTIVE or not self.relay.fast_answer(s, data):
+                if s.state is not S_ACTIVE or not self.relay.fast_answer(s, data):
                     self._server_bytes(s, data)
             except ProtocolError as exc:
                 self.ctx.log(logging.WARNING, f"server {self.ctx.where(s)}: protocol error: {exc}")
@@ -309,9 +312,9 @@ class Engine:
 
     def _server_bytes(self, s: ServerConn, data: bytes) -> None:
         s.conn.receive_data(data)
-        if s.state == S_LOGIN:
+        if s.state is S_LOGIN:
             self.login.read_login(s)
-            if s.purpose == P_AUTH_QUERY and s.state == S_INTERNAL:
+            if s.purpose == P_AUTH_QUERY and s.state is ServerState.INTERNAL:
                 self.login.read_auth_query(s)
         elif s.purpose == P_AUTH_QUERY:
             self.login.read_auth_query(s)
@@ -353,7 +356,7 @@ class Engine:
         """The frontend's answer to StartTls("client", cid): None, or why it failed."""
         self.ctx.now = now
         c = self.ctx.clients.get(cid)
-        if c is not None and c.state != C_CLOSED and self.tls.client_tls_done(c, error):
+        if c is not None and c.state is not C_CLOSED and self.tls.client_tls_done(c, error):
             self.read_client(c)
         return self.flush()
 
@@ -397,7 +400,7 @@ class Engine:
             for pool in group.all_pools():
                 for s in list(pool.servers):
                     s.close_needed = True
-                    if s.state == S_IDLE:
+                    if s.state is S_IDLE:
                         self.pools.close_server(s)
         for group in self.pools.groups.values():
             self.pools.prewarm(group)
@@ -462,8 +465,8 @@ class Engine:
 
     def read_client(self, c: Client) -> None:
         conn = c.conn
-        while c.state != C_CLOSED:
-            if c.state == C_READY:
+        while c.state is not C_CLOSED:
+            if c.state is C_READY:
                 span = conn.next_span()
                 if span is _NEED_DATA or span is _PAUSED:
                     return
@@ -490,21 +493,7 @@ class Engine:
                 assert isinstance(event, StartupMessage)
                 self.tls.check_client_tls(c)
                 self.login.startup(c, event)
-            elif c.state == C_AUTH and isinstance(event, Event):
+            elif c.state is ClientState.AUTH and isinstance(event, Event):
                 self.login.auth_response(c, event)
             else:  # pragma: no cover - the protocol state machine refuses anything else
                 raise ClientFatal("08P01", f"unexpected {t.__name__} during login")
-
-    # === clients: queries ============================================================
-
-    # === linking clients and servers =================================================
-
-    # === servers: login ==============================================================
-
-    # === servers: data and failure ===================================================
-
-    # === cancel ======================================================================
-
-    # === timeouts ====================================================================
-
-    # === clients: leaving ============================================================

@@ -56,18 +56,12 @@ from pgsansio.protocol import DataRow, ErrorResponse, Query, ReadyForQuery
 
 from ._effects import OpenServer
 from ._objects import (
-    C_CLOSED,
     P_PROBE,
-    S_ACTIVE,
-    S_CLOSED,
-    S_CONNECTING,
-    S_IDLE,
-    S_INTERNAL,
-    S_LOGIN,
     Entry,
     Pool,
     ServerConn,
 )
+from ._states import S_CLOSED, S_LOGIN, ClientState, ServerInput, ServerState, server_to
 
 if TYPE_CHECKING:
     from pgsansio.config_model import ServerAddress
@@ -246,7 +240,7 @@ class Health:
 
     # === losing a server ===========================================================
 
-    def server_lost(self, s: ServerConn, was: int, linked: bool) -> None:
+    def server_lost(self, s: ServerConn, was: ServerState, linked: bool) -> None:
         """A pool connection failed: ban its address if that is PgCat's rule, and
         send the clients that were waiting for it somewhere else when possible."""
         pool = s.pool
@@ -256,14 +250,14 @@ class Health:
             return  # nowhere else to go: the pool's own fail-fast rules apply
         if checking:
             reason = "failed health check (the connection was lost)"
-        elif was in (S_CONNECTING, S_LOGIN):
+        elif was in (ServerState.CONNECTING, ServerState.LOGIN):
             reason = "failed checkout (could not connect or log in)"
-        elif was == S_ACTIVE and linked:
+        elif was is ServerState.ACTIVE and linked:
             reason = "the server connection was lost under a client"
         else:
             return
         self.ban(pool, None, reason)
-        if checking or was in (S_CONNECTING, S_LOGIN):
+        if checking or was in (ServerState.CONNECTING, S_LOGIN):
             # The waiters expected this connection: try another address now (the
             # primary is never banned, so its waiters are moved here, not by _ban).
             for c in list(pool.waiters):
@@ -279,7 +273,7 @@ class Health:
     # === health check before use ===================================================
 
     def health_timeout(self, s: ServerConn, entry: Entry) -> None:
-        if s.state != S_CLOSED and entry in s.queue:
+        if s.state is not S_CLOSED and entry in s.queue:
             timeout = self.ctx.config.general.healthcheck_timeout
             self._health_failed(s, f"failed health check (no answer within {timeout} ms)")
 
@@ -370,9 +364,9 @@ class Health:
         timeout = max(general.healthcheck_timeout, user.connect_timeout) / 1000
         self.ctx.at(self.ctx.now + timeout, lambda: self._probe_timeout(probe, gen))
         s = probe.conn
-        if s is None or s.state == S_CLOSED:
+        if s is None or s.state is ServerState.CLOSED:
             self._probe_connect(probe)
-        elif s.state == S_IDLE:
+        elif s.state is ServerState.IDLE:
             self._probe_send(s, probe, "recovery", _RECOVERY_SQL)
 
     def _probe_connect(self, probe: Probe) -> None:
@@ -389,7 +383,7 @@ class Health:
     def probe_ready(self, s: ServerConn) -> None:
         """The probe connection has logged in."""
         s.login = None
-        s.state = S_IDLE
+        server_to(s, ServerInput.IDLED)
         probe = self._probe_of(s)
         if probe is None:
             self.pools.close_server(s)
@@ -398,13 +392,13 @@ class Health:
 
     def _probe_send(self, s: ServerConn, probe: Probe, phase: str, sql: str) -> None:
         probe.phase = phase
-        s.state = S_INTERNAL
+        server_to(s, ServerInput.QUERIED)
         s.login = None
         self.ctx.send_server(s, s.conn.send(Query(sql)))
 
     def read_probe(self, s: ServerConn) -> None:
         probe = self._probe_of(s)
-        while s.state != S_CLOSED:
+        while s.state is not ServerState.CLOSED:
             event = s.conn.next_event()
             if event is _NEED_DATA or event is _PAUSED:
                 return
@@ -416,10 +410,8 @@ class Health:
             elif isinstance(event, ErrorResponse):
                 s.login = event
             elif isinstance(event, ReadyForQuery):
-                s.state = S_IDLE
-                self._probe_answer(s, probe)
-                if s.state == S_CLOSED:
-                    return
+                server_to(s, ServerInput.IDLED)
+                self._probe_answer(s, probe)  # may close it: the loop's test ends the read
 
     def _probe_answer(self, s: ServerConn, probe: Probe) -> None:
         answer = s.login
@@ -464,7 +456,7 @@ class Health:
     def _probe_failed(self, probe: Probe, reason: str) -> None:
         probe.started = None
         s, probe.conn = probe.conn, None
-        if s is not None and s.state != S_CLOSED:
+        if s is not None and s.state is not S_CLOSED:
             self.pools.close_server(s)
         key = probe.key
         was = self.roles.get(key)
@@ -515,7 +507,11 @@ class Health:
         self._lag_changed(key)
         waiters, self.role_waiters = self.role_waiters, []
         for c in waiters:
-            if c.state != C_CLOSED and c.waiting_since is not None and c.server is None:
+            if (
+                c.state is not ClientState.CLOSED
+                and c.waiting_since is not None
+                and c.server is None
+            ):
                 c.waiting_since = None
                 self.pools.checkout(c)
 

@@ -17,7 +17,8 @@ from pgsansio.protocol import CopyFail, ErrorResponse, ProtocolError
 
 from ._effects import CloseClient, CloseServer, Exit, SendClient
 from ._errors import fatal
-from ._objects import C_CLOSED, S_CLOSED, SKIP, Client, ServerConn
+from ._objects import SKIP, Client, ServerConn
+from ._states import S_CLOSED, ClientInput, ClientState, ServerInput, client_to, server_to
 
 if TYPE_CHECKING:
     from ._context import Context
@@ -96,8 +97,8 @@ class Leaving:
         self.ctx.life.exited = True
         self.control.exit_leftovers()
         for s in list(self.ctx.servers.values()):
-            if s.state != S_CLOSED:
-                s.state = S_CLOSED
+            if s.state is not S_CLOSED:
+                server_to(s, ServerInput.CLOSED)
                 self.ctx.servers.pop(s.sid, None)
                 self.ctx.out.append(CloseServer(s.sid))
         self.ctx.timers.clear()
@@ -106,14 +107,14 @@ class Leaving:
     def drop_client(
         self, c: Client, error: ErrorResponse | None = None, *, closed: bool = False
     ) -> None:
-        if c.state == C_CLOSED:
+        if c.state is ClientState.CLOSED:
             return
         if error is not None and not closed:
             try:
                 self.ctx.out.append(SendClient(c.cid, c.conn.send(error)))
             except ProtocolError:
                 self.ctx.out.append(SendClient(c.cid, bytes(error)))
-        c.state = C_CLOSED
+        client_to(c, ClientInput.CLOSED)
         self.ctx.clients.pop(c.cid, None)
         self.login.logging_in.pop(c, None)
         if self.login.cancel_keys.get(c.cancel_key) is c:
@@ -142,7 +143,7 @@ class Leaving:
     def _abandon(self, c: Client, s: ServerConn) -> None:
         """The client left while holding ``s``: make it clean for the next one."""
         self.relay.unlink(c, s)
-        if s.state == S_CLOSED:
+        if s.state is S_CLOSED:
             return
         if s.conn.frontend_copy_open:
             # A backend waiting for COPY data ignores a cancel: end the COPY instead
@@ -179,7 +180,7 @@ class Leaving:
             self.pools.server_free(s)
 
     def _close_abandoned(self, s: ServerConn) -> None:
-        if s.state != S_CLOSED and s.client is None:
+        if s.state is not S_CLOSED and s.client is None:
             self.pools.close_server(s)
             if s.pool is not None:
                 self.pools.refill(s.pool)

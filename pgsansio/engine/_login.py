@@ -51,21 +51,15 @@ from pgsansio.protocol import (
 from ._effects import OpenServer, SendClient
 from ._errors import ClientFatal
 from ._objects import (
-    C_AUTH,
-    C_FETCH,
-    C_READY,
-    C_WELCOME,
     P_AUTH_QUERY,
     P_CANCEL,
     P_PROBE,
-    S_CLOSED,
-    S_INTERNAL,
-    S_LOGIN,
     Client,
     PoolGroup,
     ServerConn,
 )
 from ._params import TRACKED, param_sql, parse_options, quote_literal, valid_name
+from ._states import ClientInput, ClientState, ServerInput, ServerState, client_to, server_to
 
 if TYPE_CHECKING:
     from ._admin import Admin
@@ -169,7 +163,7 @@ class Login:
 
     def _challenge(self, c: Client) -> None:
         method = self._auth_method(c)
-        c.state = C_AUTH
+        client_to(c, ClientInput.CHALLENGED)
         if method == "trust":
             self._authenticated(c)
         elif method == "scram-sha-256":
@@ -298,7 +292,7 @@ class Login:
             return
         self.ctx.send_client(c, AuthenticationOk())
         if group.server_params is None:
-            c.state = C_WELCOME
+            client_to(c, ClientInput.AUTHENTICATED)
             group.login_waiters.append(c)
             if not any(p.opening or p.servers for p in group.all_pools()):
                 pool = self.router.choose_pool(c)
@@ -354,7 +348,7 @@ class Login:
             out[-1] = SendClient(c.cid, b"".join(parts))
         else:
             out.append(SendClient(c.cid, b"".join(parts)))
-        c.state = C_READY
+        client_to(c, ClientInput.LOGGED_IN)
         self.logging_in.pop(c, None)
         c.stats = self.stats.stats_for(group.name)
         c.stats.client_login_count += 1
@@ -393,7 +387,7 @@ class Login:
         if s.purpose == P_AUTH_QUERY:
             login_user = group.cfg.auth_query_user or ""
             password = group.cfg.auth_query_password
-        while s.state == S_LOGIN:
+        while s.state is ServerState.LOGIN:
             event = s.conn.next_event()
             if event is _NEED_DATA or event is _PAUSED:
                 return
@@ -452,7 +446,7 @@ class Login:
                     self.health.probe_ready(s)
                     return
                 if s.purpose == P_AUTH_QUERY:
-                    s.state = S_INTERNAL
+                    server_to(s, ServerInput.LOGGED_IN)
                     self.ctx.send_server(s, s.conn.send(Query(self._auth_query_sql(s))))
                     return
                 self._server_ready(s)
@@ -485,7 +479,7 @@ class Login:
         pool = s.pool
         assert group is not None and pool is not None
         pool.opening -= 1
-        s.state = S_INTERNAL
+        server_to(s, ServerInput.LOGGED_IN)
         s.login = None
         # server_lifetime counts from here: a login slower than a short lifetime must
         # not make every new connection expire before anyone could use it.
@@ -496,7 +490,7 @@ class Login:
             } | {"is_superuser": s.params.get("is_superuser", "off")}
             waiters, group.login_waiters = group.login_waiters, []
             for c in waiters:
-                if c.state == C_WELCOME:
+                if c.state is ClientState.WELCOME:
                     self._welcome(c)
         self.pools.server_free(s)
 
@@ -536,7 +530,9 @@ class Login:
         # A late cancel must not hit the next client's query on that server: only while
         # the same client still holds it and something runs (as PostgreSQL, a cancel
         # then stops whatever that client runs at the time).
-        still = target.state == S_CLOSED or (target.link_gen == link_gen and target.queue)
+        still = target.state is ServerState.CLOSED or (
+            target.link_gen == link_gen and target.queue
+        )
         if still and target.backend_key is not None:
             pid, secret = target.backend_key
             self.ctx.send_server(s, bytes(CancelRequest(pid, secret)))
@@ -546,7 +542,7 @@ class Login:
 
     def _fetch_secret(self, c: Client, group: PoolGroup) -> None:
         """Ask the server for the user's secret (PgCat's and PgBouncer's auth_query)."""
-        c.state = C_FETCH
+        client_to(c, ClientInput.FETCHING)
         group.fetch_waiters.append(c)
         if len(group.fetch_waiters) > 1:
             return  # a fetch is already running; its answer serves everyone
@@ -566,7 +562,7 @@ class Login:
     def read_auth_query(self, s: ServerConn) -> None:
         group = s.group
         assert group is not None
-        while s.state != S_CLOSED:
+        while s.state is not ServerState.CLOSED:
             event = s.conn.next_event()
             if event is _NEED_DATA or event is _PAUSED:
                 return
@@ -588,7 +584,7 @@ class Login:
                 group.auth_secret = secret
                 waiters, group.fetch_waiters = group.fetch_waiters, []
                 for c in waiters:
-                    if c.state == C_FETCH:
+                    if c.state is ClientState.FETCH:
                         self._challenge(c)
                 return
             elif isinstance(event, ConnectionClosed):

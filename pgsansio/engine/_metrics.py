@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from ._effects import CloseClient, SendClient
-from ._objects import S_ACTIVE, S_CONNECTING, S_IDLE, S_INTERNAL, S_LOGIN
+from ._states import ServerState
 from ._stats import STATS_COLUMNS
 
 if TYPE_CHECKING:
@@ -64,11 +64,11 @@ _POOL_GAUGES = (
     ("maxwait_us", "Microseconds part of maxwait"),
 )
 _SERVER_STATES = {
-    S_ACTIVE: "active_count",
-    S_IDLE: "idle_count",
-    S_INTERNAL: "tested_count",
-    S_CONNECTING: "login_count",
-    S_LOGIN: "login_count",
+    ServerState.ACTIVE: "active_count",
+    ServerState.IDLE: "idle_count",
+    ServerState.INTERNAL: "tested_count",
+    ServerState.CONNECTING: "login_count",
+    ServerState.LOGIN: "login_count",
 }
 
 

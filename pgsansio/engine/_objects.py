@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from pgsansio.protocol import CLIENT, SERVER, Connection, Event
 
+from ._states import ClientState, ServerState
 from ._stats import NOWHERE
 
 if TYPE_CHECKING:
@@ -26,22 +27,6 @@ __all__ = [
     "Prepared",
     "ServerConn",
 ]
-
-# --- client states ---------------------------------------------------------------------
-C_STARTUP = 0  # waiting for the startup packet (SSL/GSS requests answered 'N')
-C_AUTH = 1  # we asked for a password / SASL exchange
-C_FETCH = 2  # waiting for auth_query to return the user's secret
-C_WELCOME = 3  # authenticated; waiting for the pool's first server login
-C_READY = 4  # logged in
-C_CLOSED = 5
-
-# --- server states ---------------------------------------------------------------------
-S_CONNECTING = 0  # OpenServer sent
-S_LOGIN = 1  # TCP up, StartupMessage sent, authenticating
-S_IDLE = 2  # in the pool's idle list
-S_ACTIVE = 3  # linked to a client
-S_INTERNAL = 4  # running our own queries (reset, rollback) with no client
-S_CLOSED = 5
 
 # --- what a server connection is for ---------------------------------------------------
 P_POOL = 0
@@ -151,7 +136,7 @@ class Client:
         self.cid = cid
         self.peer = peer
         self.conn = Connection(SERVER)
-        self.state = C_STARTUP
+        self.state = ClientState.STARTUP
         self.username = ""
         self.database = ""
         self.user: UserConfig | None = None
@@ -236,7 +221,7 @@ class ServerConn:
         self.address = address
         self.purpose = purpose
         self.conn = Connection(CLIENT)
-        self.state = S_CONNECTING
+        self.state = ServerState.CONNECTING
         self.client: Client | None = None
         self.created = now
         self.last_used = now

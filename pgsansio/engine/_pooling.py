@@ -31,19 +31,24 @@ from pgsansio.protocol import (
 from ._effects import CloseServer, OpenServer
 from ._errors import fatal
 from ._objects import (
-    C_CLOSED,
     P_AUTH_QUERY,
     P_POOL,
     P_PROBE,
-    S_CLOSED,
-    S_CONNECTING,
-    S_IDLE,
-    S_INTERNAL,
-    S_LOGIN,
     Client,
     Pool,
     PoolGroup,
     ServerConn,
+)
+from ._states import (
+    C_CLOSED,
+    S_CLOSED,
+    S_IDLE,
+    S_LOGIN,
+    SI_IDLED,
+    ClientState,
+    ServerInput,
+    ServerState,
+    server_to,
 )
 
 if TYPE_CHECKING:
@@ -149,7 +154,7 @@ class Pools:
             deadline = c.wait_deadline
             pool = c.pool
             if (
-                c.state == C_CLOSED
+                c.state is ClientState.CLOSED
                 or c.waiting_since is None
                 or deadline is None
                 or pool is None
@@ -165,7 +170,11 @@ class Pools:
         if first is not None:
             self.ctx.at(first, self._wait_sweep)
         for c in expired:
-            if c.state != C_CLOSED and c.waiting_since is not None and c.pool is not None:
+            if (
+                c.state is not ClientState.CLOSED
+                and c.waiting_since is not None
+                and c.pool is not None
+            ):
                 self._checkout_timeout(c)
 
     def _checkout_timeout(self, c: Client) -> None:
@@ -244,10 +253,10 @@ class Pools:
         s.last_used = self.ctx.now
         while pool.waiters:
             c = pool.waiters.popleft()
-            if c.state != C_CLOSED:
+            if c.state is not C_CLOSED:
                 self.relay.link(c, s)
                 return
-        s.state = S_IDLE
+        server_to(s, SI_IDLED)
         pool.idle.append(s)
         user = s.group.user
         if pool.reap_at is None or (
@@ -290,7 +299,7 @@ class Pools:
         return s
 
     def _login_deadline(self, s: ServerConn) -> None:
-        if s.state in (S_CONNECTING, S_LOGIN):
+        if s.state in (ServerState.CONNECTING, S_LOGIN):
             self.server_gone(
                 s, fatal("08001", f"timed out connecting to server {self.ctx.where(s)}")
             )
@@ -314,10 +323,12 @@ class Pools:
             # would only be noise: just close.
             self.leaving.drop_client(c, None if s.fatal_forwarded else error)
         self.health.server_lost(s, was, c is not None)  # bans, and moves waiters elsewhere
-        if was in (S_CONNECTING, S_LOGIN):
+        if was in (ServerState.CONNECTING, S_LOGIN):
             # Fail fast, with the server's own error, the clients nothing else could
             # serve (PgBouncer's server_login_retry behaviour since 1.24).
-            if not any(x.state not in (S_CONNECTING, S_LOGIN) for x in pool.servers):
+            if not any(
+                x.state not in (ServerState.CONNECTING, ServerState.LOGIN) for x in pool.servers
+            ):
                 for w in list(pool.waiters):
                     self.leaving.drop_client(w, error)
                 pool.waiters.clear()
@@ -331,11 +342,15 @@ class Pools:
             self.refill(pool)
 
     def close_server(self, s: ServerConn, *, send: bool = True) -> None:
-        if s.state == S_CLOSED:
+        if s.state is S_CLOSED:
             return
-        if s.state in (S_CONNECTING, S_LOGIN) and s.pool is not None and s.purpose == P_POOL:
+        if (
+            s.state in (ServerState.CONNECTING, ServerState.LOGIN)
+            and s.pool is not None
+            and s.purpose == P_POOL
+        ):
             s.pool.opening -= 1
-        s.state = S_CLOSED
+        server_to(s, ServerInput.CLOSED)
         self.ctx.servers.pop(s.sid, None)
         if s.pool is not None:
             s.pool.servers.discard(s)
@@ -417,7 +432,7 @@ class Pools:
             c.waiting_since = self.ctx.now
             c.wait_gen += 1
             self._wait_until(c, self.ctx.now + c.user.connect_timeout / 1000)
-        s.state = S_INTERNAL
+        server_to(s, ServerInput.QUERIED)
         self.relay.send_internal(s, ";", "healthcheck")
         entry = s.queue[-1]
         self.health.health_checks[s.sid] = entry

@@ -58,8 +58,6 @@ from pgsansio.protocol import (
 from ._effects import ReadClient, ReadServer, SendClient, SendServer
 from ._errors import TERMINATING, fatal
 from ._objects import (
-    C_CLOSED,
-    C_READY,
     EXTENDED,
     FAKE,
     FWD,
@@ -70,9 +68,6 @@ from ._objects import (
     K_PARSE,
     K_QUERY,
     K_SYNC,
-    S_ACTIVE,
-    S_CLOSED,
-    S_INTERNAL,
     SKIP,
     Client,
     Entry,
@@ -81,6 +76,16 @@ from ._objects import (
     ServerConn,
 )
 from ._params import TRACKED, parse_simple_set, strip_comments, sync_sql
+from ._states import (
+    C_CLOSED,
+    C_READY,
+    S_CLOSED,
+    SI_LINKED,
+    SI_RELEASED,
+    ServerInput,
+    ServerState,
+    server_to,
+)
 
 if TYPE_CHECKING:
     from ._admin import Admin
@@ -487,7 +492,7 @@ class Relay:
                 self._internal_done(s, entry)
         if s.client is not None:
             self._release_if_done(s)
-        elif s.close_needed and not q and s.conn.idle and s.state != S_CLOSED:
+        elif s.close_needed and not q and s.conn.idle and s.state is not S_CLOSED:
             # An abandoned server whose cancelled query has answered.
             self.pools.close_server(s)
             if s.pool is not None:
@@ -548,7 +553,7 @@ class Relay:
         group = c.group
         if (
             data[:1] != b"Q"
-            or c.state != C_READY
+            or c.state is not C_READY
             or c.pending
             or c.admin
             or c.blocked
@@ -709,7 +714,7 @@ class Relay:
 
     def read_server(self, s: ServerConn) -> None:
         conn = s.conn
-        while s.state != S_CLOSED:
+        while s.state is not S_CLOSED:
             span = conn.next_span()
             if span is _NEED_DATA or span is _PAUSED:
                 return
@@ -726,7 +731,7 @@ class Relay:
             return
 
     def _internal_done(self, s: ServerConn, entry: Entry) -> None:
-        if s.state == S_CLOSED:
+        if s.state is S_CLOSED:
             return
         if entry.tag == "healthcheck" and self.health.health_done(s, entry):
             return
@@ -762,11 +767,11 @@ class Relay:
                 s.sync_key = owner.sync_key
                 self._flush_pending(owner, s)
                 return
-        if s.client is None and not s.queue and s.state == S_INTERNAL:
+        if s.client is None and not s.queue and s.state is ServerState.INTERNAL:
             self.pools.server_free(s)
 
     def _internal_timeout(self, s: ServerConn, entry: Entry) -> None:
-        if s.state != S_CLOSED and entry in s.queue:
+        if s.state is not S_CLOSED and entry in s.queue:
             self.ctx.log(
                 logging.WARNING,
                 f"server {self.ctx.where(s)} did not answer our {entry.tag} query within "
@@ -786,17 +791,17 @@ class Relay:
         )
 
     def internal_query(self, s: ServerConn, sql: str, tag: str) -> None:
-        s.state = S_INTERNAL
+        server_to(s, ServerInput.QUERIED)
         self.send_internal(s, sql, tag)
 
     def unlink(self, c: Client, s: ServerConn) -> None:
         if c.blocked:
             self.ctx.out.append(ReadServer(s.sid, True))
-        if s.blocked and c.state != C_CLOSED:
+        if s.blocked and c.state is not C_CLOSED:
             self.ctx.out.append(ReadClient(c.cid, True))
         c.server = None
         s.client = None
-        s.state = S_INTERNAL
+        server_to(s, SI_RELEASED)
 
     def _release_if_done(self, s: ServerConn) -> None:
         c = s.client
@@ -825,16 +830,16 @@ class Relay:
         if len(pending) == 1:
             data, events, _ = pending[0]
             first = events[0] if len(events) == 1 else None
-            if isinstance(first, Query) and c.state != C_CLOSED and c.server is s:
+            if isinstance(first, Query) and c.state is not C_CLOSED and c.server is s:
                 # One Query (the fast lane's waiting client): _to_server's work, for less.
                 self._send_query(c, s, data, first.sql)
                 self._after_client_data(c, s)
                 return
         for data, events, offsets in pending:
-            if c.state == C_CLOSED or c.server is not s:
+            if c.state is C_CLOSED or c.server is not s:
                 return
             self._to_server(c, s, Span(data, events, offsets))
-        if pending and c.state != C_CLOSED and c.server is s:
+        if pending and c.state is not C_CLOSED and c.server is s:
             self._after_client_data(c, s)
 
     def _attach(self, c: Client, s: ServerConn) -> None:
@@ -846,7 +851,7 @@ class Relay:
             st.wait_time += self.ctx.now - c.waiting_since
             c.waiting_since = None
         s.client = c
-        s.state = S_ACTIVE
+        server_to(s, SI_LINKED)
         s.link_gen += 1
         s.last_used = self.ctx.now
 
@@ -876,7 +881,7 @@ class Relay:
             self._flush_pending(c, s)
 
     def _after_client_data(self, c: Client, s: ServerConn) -> None:
-        if c.state == C_CLOSED:
+        if c.state is C_CLOSED:
             return
         if s.queue:
             s.query_gen += 1

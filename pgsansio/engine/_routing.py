@@ -50,7 +50,8 @@ from pgsansio.protocol import (
     Span,
 )
 
-from ._objects import C_CLOSED, Client, Pool
+from ._objects import Client, Pool
+from ._states import C_CLOSED, ClientState
 
 if TYPE_CHECKING:
     from pgsansio.routing import Router
@@ -336,7 +337,7 @@ class Routes:
     def reroute(self, c: Client, failed: Pool) -> None:
         """``c`` waited on ``failed``, which cannot serve it: try another address (the
         connect_timeout it waits under keeps running)."""
-        if c.state == C_CLOSED or c.server is not None:
+        if c.state is ClientState.CLOSED or c.server is not None:
             return
         tried = c.tried if c.tried is not None else set()
         tried.add(_key(failed))
@@ -371,7 +372,7 @@ class Routes:
     def _role_timeout(self, c: Client, gen: int) -> None:
         if c in self.health.role_waiters and c.wait_gen == gen:
             self.health.role_waiters.remove(c)
-            if c.state == C_CLOSED:
+            if c.state is C_CLOSED:
                 return
             assert c.group is not None
             self._no_server(

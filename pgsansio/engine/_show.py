@@ -20,15 +20,10 @@ from pgsansio.protocol import (
 )
 
 from ._objects import (
-    C_READY,
-    S_ACTIVE,
-    S_CONNECTING,
-    S_IDLE,
-    S_INTERNAL,
-    S_LOGIN,
     Client,
     ServerConn,
 )
+from ._states import C_READY, ClientState, ServerState
 from ._stats import STATS_COLUMNS, TOTAL_COLUMNS, DbStats
 
 if TYPE_CHECKING:
@@ -88,7 +83,11 @@ _SOCKET_COLUMNS: Columns = (
     ("prepared_statements", INT8),
     ("id", INT8),
 )
-_SERVER_STATES = {S_ACTIVE: "active", S_IDLE: "idle", S_INTERNAL: "tested"}
+_SERVER_STATES = {
+    ServerState.ACTIVE: "active",
+    ServerState.IDLE: "idle",
+    ServerState.INTERNAL: "tested",
+}
 
 
 def _split_peer(peer: str) -> tuple[str, int | None]:
@@ -250,13 +249,13 @@ class Show:
             for p in g.all_pools():
                 for s in p.servers:
                     state = s.state
-                    if state == S_ACTIVE:
+                    if state is ServerState.ACTIVE:
                         n["sv_active"] += 1
-                    elif state == S_IDLE:
+                    elif state is ServerState.IDLE:
                         n["sv_idle"] += 1
-                    elif state == S_INTERNAL:
+                    elif state is ServerState.INTERNAL:
                         n["sv_tested"] += 1
-                    elif state in (S_CONNECTING, S_LOGIN):
+                    elif state in (ServerState.CONNECTING, ServerState.LOGIN):
                         n["sv_login"] += 1
         for x in self.ctx.clients.values():
             if x.group is None or x.admin:
@@ -269,7 +268,7 @@ class Show:
             if x.waiting_since is not None:
                 n["cl_waiting"] += 1
                 oldest[key] = min(oldest.get(key, x.waiting_since), x.waiting_since)
-            elif x.state == C_READY:
+            elif x.state is ClientState.READY:
                 n["cl_active"] += 1
                 if x.server is None:
                     n["cl_idle"] += 1
@@ -330,7 +329,7 @@ class Show:
         for x in sorted(self.ctx.clients.values(), key=lambda x: x.cid):
             if x.waiting_since is not None:
                 state = "waiting"
-            elif x.state != C_READY:
+            elif x.state is not ClientState.READY:
                 state = "login"
             elif x.server is None:
                 state = "idle"
@@ -430,7 +429,7 @@ class Show:
 
     def _show_lists(self, c: Client) -> None:
         users = {u for p in self.ctx.config.pools.values() for u in p.users}
-        ready = sum(1 for x in self.ctx.clients.values() if x.state == C_READY)
+        ready = sum(1 for x in self.ctx.clients.values() if x.state is C_READY)
         rows = [
             ("databases", len(self.ctx.config.pools)),
             ("users", len(users)),

@@ -32,7 +32,8 @@ from pgsansio.protocol import SSLRequest, SSLResponse
 
 from ._effects import StartTls
 from ._errors import ClientFatal, fatal
-from ._objects import P_CANCEL, S_LOGIN
+from ._objects import P_CANCEL
+from ._states import S_LOGIN
 
 if TYPE_CHECKING:
     from ._context import Context
@@ -113,7 +114,7 @@ class Tls:
             self.login.send_startup(s)  # PgCat: a server without TLS is used in clear
 
     def server_tls_done(self, s: ServerConn, error: str | None) -> None:
-        if s.state != S_LOGIN:
+        if s.state is not S_LOGIN:
             return
         if error is not None:
             where = self.ctx.where(s)
