@@ -84,6 +84,7 @@ from ._params import TRACKED, sync_sql
 from ._pooling import Pooling
 from ._relay import ClientFatal, Relay
 from ._routing import Routing
+from ._signals import Signals, listen_changes
 from ._stats import Stats
 from ._tls import Tls
 
@@ -138,6 +139,7 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, St
         self.stats = {}
         self._stats_rolled = 0.0
         self._http = {}
+        self._signals = Signals()
         self._init_control()
         self._init_routing()
         self._init_health()
@@ -348,6 +350,8 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, St
         ``close_needed``); clients keep their connections.
         """
         self._now = now
+        for warning in listen_changes(self.config.general, config.general):
+            self._log(logging.WARNING, warning)
         old = self.groups
         self.config = config
         self._scram_secrets.clear()
@@ -380,6 +384,10 @@ class Engine(Relay, Login, Routing, Health, Pooling, Leaving, Admin, Metrics, St
         self._now = now
         self._begin_shutdown(wait_for_clients=wait_for_clients)
         return self._flush()
+
+    def signal(self, name: str, now: float) -> list[Effect]:
+        """The operator's signal ``name`` ("SIGHUP", ...); its meaning is in :mod:`._signals`."""
+        return self._signals.handle(self, name, now)
 
     def next_deadline(self) -> float | None:
         return self._timers[0][0] if self._timers else None
