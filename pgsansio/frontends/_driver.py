@@ -58,7 +58,7 @@ from pgsansio.engine import (
     StartTls,
     Wakeup,
 )
-from pgsansio.frontends import EX_SOFTWARE, FrontendError, Ready
+from pgsansio.frontends import EX_SOFTWARE, FrontendError, Ready, real_engine
 from pgsansio.frontends._tls import tls_contexts
 
 if TYPE_CHECKING:
@@ -193,6 +193,33 @@ class Driver:
         self._live = 0  # connections the runtime has not finished closing
         self.address: tuple[str, int] | None = None
         """The bound (host, port) once ``serve`` listens (port 0 is resolved)."""
+
+    @classmethod
+    async def serve_config(
+        cls,
+        config: Config,
+        *,
+        config_path: str | None = None,
+        ready: Ready | None = None,
+        handle_signals: bool = True,
+        engine: EngineAPI | None = None,
+    ) -> int:
+        """Run the pooler in the running loop of this runtime until it exits; the code.
+
+        ``config.general.port`` 0 binds a free port; ``ready`` then learns which.
+        Signals need the main thread: pass ``handle_signals=False`` elsewhere.
+        ``engine`` replaces the real engine (tests). Each runtime module offers this
+        as its ``serve``.
+
+        Raises:
+            FrontendError: the pooler cannot start.
+        """
+        frontend = cls(engine or real_engine(config), config, config_path=config_path)
+        return await frontend.serve(ready, handle_signals=handle_signals)
+
+    async def serve(self, ready: Ready | None = None, *, handle_signals: bool = True) -> int:
+        """Listen, run until the engine says Exit, return the exit code (the adapter's)."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------- the adapter's part
 

@@ -36,7 +36,7 @@ import anyio.lowlevel
 from anyio.abc import SocketAttribute
 from anyio.streams.tls import TLSStream
 
-from pgsansio.frontends import EngineAPI, FrontendError, Ready, missing, peer_text, real_engine
+from pgsansio.frontends import EngineAPI, FrontendError, Ready, missing, peer_text
 from pgsansio.frontends import tune_socket as _tune
 from pgsansio.frontends._driver import OPERATOR_SIGNALS, Driver, Outbox, log
 
@@ -317,25 +317,8 @@ def _backend_name() -> str:
     return sniffio.current_async_library()
 
 
-async def serve(
-    config: Config,
-    *,
-    config_path: str | None = None,
-    ready: Ready | None = None,
-    handle_signals: bool = True,
-    engine: EngineAPI | None = None,
-) -> int:
-    """Run the pooler in the running anyio event loop until it exits; return the code.
-
-    ``config.general.port`` 0 binds a free port; ``ready`` then learns which. Signals
-    need the main thread: pass ``handle_signals=False`` elsewhere. ``engine`` replaces
-    the real engine (tests).
-
-    Raises:
-        FrontendError: the pooler cannot start.
-    """
-    frontend = AnyioFrontend(engine or real_engine(config), config, config_path=config_path)
-    return await frontend.serve(ready, handle_signals=handle_signals)
+serve = AnyioFrontend.serve_config
+"""Run the pooler in the running anyio event loop until it exits (see ``Driver.serve_config``)."""
 
 
 def run(

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-from pgsansio.frontends import EngineAPI, FrontendError, Ready, missing, peer_text, real_engine
+from pgsansio.frontends import EngineAPI, FrontendError, Ready, missing, peer_text
 from pgsansio.frontends import tune_socket as _tune
 from pgsansio.frontends._driver import OPERATOR_SIGNALS, Driver
 
@@ -218,25 +218,8 @@ class AsyncioFrontend(Driver):
             self._timer = asyncio.get_running_loop().call_later(delay, self._timer_fired)
 
 
-async def serve(
-    config: Config,
-    *,
-    config_path: str | None = None,
-    ready: Ready | None = None,
-    handle_signals: bool = True,
-    engine: EngineAPI | None = None,
-) -> int:
-    """Run the pooler on the running event loop until it exits; return the exit code.
-
-    ``config.general.port`` 0 binds a free port; ``ready`` then learns which. Signals
-    need the main thread: pass ``handle_signals=False`` elsewhere. ``engine`` replaces
-    the real engine (tests).
-
-    Raises:
-        FrontendError: the pooler cannot start.
-    """
-    frontend = AsyncioFrontend(engine or real_engine(config), config, config_path=config_path)
-    return await frontend.serve(ready, handle_signals=handle_signals)
+serve = AsyncioFrontend.serve_config
+"""Run the pooler on the running event loop until it exits (see ``Driver.serve_config``)."""
 
 
 def run(

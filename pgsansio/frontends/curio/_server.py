@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import curio
 import curio.io
 
-from pgsansio.frontends import EngineAPI, FrontendError, Ready, missing, peer_text, real_engine
+from pgsansio.frontends import EngineAPI, FrontendError, Ready, missing, peer_text
 from pgsansio.frontends import tune_socket as _tune
 from pgsansio.frontends._driver import OPERATOR_SIGNALS, Driver, Outbox, log
 
@@ -403,25 +403,8 @@ def _ignore(signum: int, frame: object) -> None:
     """The Python-level handler: the wakeup fd already carried the signal to a task."""
 
 
-async def serve(
-    config: Config,
-    *,
-    config_path: str | None = None,
-    ready: Ready | None = None,
-    handle_signals: bool = True,
-    engine: EngineAPI | None = None,
-) -> int:
-    """Run the pooler in the running curio kernel until it exits; return the exit code.
-
-    ``config.general.port`` 0 binds a free port; ``ready`` then learns which. Signals
-    need the main thread: pass ``handle_signals=False`` elsewhere. ``engine`` replaces
-    the real engine (tests).
-
-    Raises:
-        FrontendError: the pooler cannot start.
-    """
-    frontend = CurioFrontend(engine or real_engine(config), config, config_path=config_path)
-    return await frontend.serve(ready, handle_signals=handle_signals)
+serve = CurioFrontend.serve_config
+"""Run the pooler in the running curio kernel until it exits (see ``Driver.serve_config``)."""
 
 
 def run(config: Config, *, config_path: str | None, ready: Ready | None = None) -> int:
