@@ -20,6 +20,8 @@ in order::
     engine.shutdown(now)                     # graceful drain (SIGINT); Exit() when done
     engine.shutdown(now, wait_for_clients=True)  # SIGTERM: exit when the last client leaves
     engine.pause(now) / engine.resume(now)   # SIGUSR1 / SIGUSR2: PAUSE / RESUME everything
+    engine.signal(name, now)                 # an operator's signal ("SIGHUP", "SIGINT"...):
+                                             # the engine decides (see ._signals)
     engine.reload_failed(error, now)         # answer to Reload() when the file does not load
     engine.metrics_connected(cid, peer, now)  # a Prometheus scrape; then client_data/closed
 

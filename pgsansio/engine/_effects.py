@@ -119,9 +119,14 @@ class Reload(NamedTuple):
 
 
 class Exit(NamedTuple):
-    """The engine has finished shutting down: stop listening and exit with ``code``."""
+    """The engine has finished shutting down: stop listening and exit with ``code``.
+
+    ``at_once`` (a second SIGINT/SIGTERM): close every connection without flushing
+    what is still being written, and exit without waiting for them to close.
+    """
 
     code: int = 0
+    at_once: bool = False
 
 
 Effect = (

@@ -60,6 +60,7 @@ from ._pooling import Pools
 from ._relay import Relay
 from ._routing import Routes
 from ._show import Show
+from ._signals import Signals, listen_changes
 from ._states import (
     C_CLOSED,
     C_READY,
@@ -164,6 +165,7 @@ class Engine:
         self.tls.leaving = self.leaving
         self.tls.login = self.login
         self.tls.pools = self.pools
+        self._signals = Signals()
         self.pools.build_groups(config)
 
     @property
@@ -384,6 +386,8 @@ class Engine:
         ``close_needed``); clients keep their connections.
         """
         self.ctx.now = now
+        for warning in listen_changes(self.ctx.config.general, config.general):
+            self.ctx.log(logging.WARNING, warning)
         old = self.pools.groups
         self.ctx.config = config
         self.login.scram_secrets.clear()
@@ -444,8 +448,9 @@ class Engine:
         self.metrics.connected(cid)
         return self.flush()
 
-    def next_deadline(self) -> float | None:
-        return self.ctx.timers[0][0] if self.ctx.timers else None
+    def signal(self, name: str, now: float) -> list[Effect]:
+        """The operator's signal ``name`` ("SIGHUP", ...); its meaning is in :mod:`._signals`."""
+        return self._signals.handle(self, name, now)
 
     # === effects and timers ==========================================================
 

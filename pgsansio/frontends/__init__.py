@@ -12,8 +12,9 @@ interface as a frontend sees it (:class:`EngineAPI`, so tests can drive a fronte
 a fake engine), socket tuning from the ``[general]`` section, and :func:`run`, which
 picks a frontend by name and imports it lazily (as hypercorn's ``run.py`` picks its
 worker), so a missing optional runtime only matters when it is asked for.
-:mod:`._common` holds the shared parts that run inside a frontend (signals, reload,
-the write buffer of the frontends whose runtime has none).
+:mod:`._driver` is what runs inside every frontend alike (the id tables, applying a
+batch of effects, the timer, signals, reload, shutdown); each runtime package is a
+small adapter on it (connections, listening, connecting, TLS, one timer).
 
 The frontends: ``asyncio`` (the standard library's loop), ``uvloop`` (the same code on
 uvloop's faster loop), ``anyio`` (anyio on asyncio), ``trio`` (the same anyio code on
@@ -21,27 +22,28 @@ trio) and ``curio``. ``auto`` is uvloop when it is installed, else asyncio.
 
 Choices a frontend makes the same way everywhere:
 
-* exit codes: what the engine's ``Exit(code)`` says; ``128 + signal number`` when a
-  second SIGINT/SIGTERM cuts a shutdown short (as a shell reports a process killed by
-  that signal); :data:`EX_SOFTWARE` when the engine raised, which is a bug: its state
+* exit codes: what the engine's ``Exit(code)`` says (``Exit(128 + signum,
+  at_once=True)`` when a second SIGINT/SIGTERM cuts a shutdown short: nothing more is
+  flushed); :data:`EX_SOFTWARE` when the engine raised, which is a bug: its state
   is unknown afterwards, so the frontend logs the traceback and stops rather than limp
   on with a pooler that may hand one client's server to another;
-* signals: SIGHUP re-reads the file the pooler was started with (a file that does not
-  load is logged and the running configuration stays; listening address changes need a
-  restart, as in PgCat and PgBouncer, and the frontend says so); SIGINT shuts down
-  without waiting for clients, SIGTERM waits for them (PgBouncer 1.23); SIGUSR1 pauses
-  and SIGUSR2 resumes (PgBouncer's PAUSE and RESUME);
+* signals: SIGHUP, SIGINT, SIGTERM, SIGUSR1 and SIGUSR2 are caught and handed to
+  ``engine.signal(name, now)``, which decides what each means (see
+  :mod:`pgsansio.engine._signals`); on its ``Reload`` the frontend re-reads the file the
+  pooler was started with (a file that does not load is logged, handed to
+  ``reload_failed``, and the running configuration stays);
 * listening: ``general.host``:``general.port`` for clients, and, when
   ``enable_prometheus_exporter`` is set, ``general.host``:``prometheus_exporter_port``
   for scrapers, whose connections the engine learns of through ``metrics_connected``
   and then handles like any client (it speaks the HTTP; the frontend only moves bytes);
-* backpressure: when more than :data:`._common.HIGH_WATER` bytes wait to be written to
+* backpressure: when more than :data:`._driver.HIGH_WATER` bytes wait to be written to
   a peer, the frontend feeds ``client_writable``/``server_writable`` False, and True
-  again at :data:`._common.LOW_WATER` (asyncio's transports report exactly that; the
+  again at :data:`._driver.LOW_WATER` (asyncio's transports report exactly that; the
   other frontends count their own buffer); ``ReadClient``/``ReadServer`` stop and
   resume reading, and no data reaches the engine from a connection while it is paused;
 * ids: client (and scraper) ids come from one counter in the frontend; server ids come
   from the engine's ``OpenServer``. A close the engine asked for is never reported back;
+  an input that arrives while a batch of effects is applied is fed after the batch;
 * TLS: on ``StartTls`` the frontend stops reading the connection, sends what the
   engine wrote before (the ``S``), does the handshake with a context from
   :mod:`._tls` and reports ``client_tls``/``server_tls``; on failure it closes the
@@ -124,6 +126,7 @@ class EngineAPI(Protocol):
     def metrics_connected(self, cid: int, peer: str, now: float) -> Iterable[Effect]: ...
     def client_tls(self, cid: int, error: str | None, now: float) -> Iterable[Effect]: ...
     def server_tls(self, sid: int, error: str | None, now: float) -> Iterable[Effect]: ...
+    def signal(self, name: str, now: float) -> Iterable[Effect]: ...
 
 
 class _SockOpts(Protocol):

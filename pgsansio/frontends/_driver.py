@@ -1,0 +1,483 @@
+"""The frontend driver: what every runtime does alike, written once.
+
+A frontend is this :class:`Driver` plus a small adapter for one runtime (hypercorn's
+``asyncio/tcp_server.py`` and ``trio/tcp_server.py`` are the model: one shape, a few
+runtime calls). The driver owns:
+
+* **the id tables.** ``_clients`` / ``_servers`` map an id to its connection (an object
+  with ``write``, ``close``, ``abort``, ``pause_reading`` and ``resume_reading``: an
+  asyncio transport as it is, or an adapter's own class). An id is in its table while
+  the connection is open and the engine still knows it; a close the engine asked for
+  removes it first, which is how a connection that ends later knows not to report it.
+  Client (and scraper) ids come from one counter here; server ids from ``OpenServer``.
+* **feeding the engine and applying a batch.** :meth:`Driver._call` stamps an input
+  with ``time.monotonic()`` (every frontend's clock, whatever its runtime's is: trio's
+  starts at a random offset, uvloop's counts whole milliseconds) and carries out the
+  effects in order. An input that arrives while a batch is being applied (a write that
+  fills a buffer reports the peer not writable at once, in asyncio) is queued and fed
+  after the batch, so the engine is never re-entered. So is the console's ``Reload``:
+  the file is read after the batch that asked for it.
+* **the timer.** ``Wakeup(at)`` replaces the deadline; the adapter arms one timer and
+  calls :meth:`Driver._timer_fired`, which waits out a timer that fired early by our
+  clock rather than call ``tick`` before the deadline.
+* **signals.** A signal's name goes to ``engine.signal`` (the engine decides what it
+  means); ``Exit(code, at_once=True)`` is the forced exit a second SIGINT asks for.
+* **reload, shutdown, exit codes.** :meth:`Driver._reloaded` re-reads the file and
+  hands it (or why it did not load) to the engine; ``Exit`` ends :meth:`serve`, which
+  closes everything and gives the last bytes :data:`DRAIN_SECONDS` to leave (none
+  after a forced exit). An exception inside the engine is a bug: its state is unknown
+  afterwards, so the frontend logs it and exits with :data:`EX_SOFTWARE`.
+
+An adapter supplies: its connection class, ``_open_server`` / ``_cancel_open``,
+``_start_tls``, ``_arm`` (one timer), ``_stop`` (wake ``serve``) and ``serve`` itself
+(listen, accept, run until ``_stop``), using the helpers here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from pgsansio.engine import (
+    CloseClient,
+    CloseServer,
+    Exit,
+    Log,
+    OpenServer,
+    ReadClient,
+    ReadServer,
+    Reload,
+    SendClient,
+    SendServer,
+    StartTls,
+    Wakeup,
+)
+from pgsansio.frontends import EX_SOFTWARE, FrontendError, Ready, real_engine
+from pgsansio.frontends._tls import tls_contexts
+
+if TYPE_CHECKING:
+    from pgsansio.config_model import Config
+    from pgsansio.engine import Effect
+    from pgsansio.frontends import EngineAPI
+
+__all__ = [
+    "DRAIN_SECONDS",
+    "HIGH_WATER",
+    "LOW_WATER",
+    "OPERATOR_SIGNALS",
+    "Conn",
+    "Driver",
+    "Outbox",
+    "error_text",
+]
+
+log = logging.getLogger("pgsansio.frontend")
+engine_log = logging.getLogger("pgsansio")
+
+DRAIN_SECONDS: Final = 2.0
+"""How long an exit waits for the last bytes to reach clients and servers."""
+
+HIGH_WATER: Final = 64 * 1024
+"""Bytes waiting to be sent to one peer at which it counts as not writable (asyncio's)."""
+
+LOW_WATER: Final = HIGH_WATER // 4
+"""Bytes waiting at or below which a peer that was not writable is writable again."""
+
+OPERATOR_SIGNALS: Final = (
+    signal.SIGHUP,
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
+"""The signals a frontend catches and hands to the engine."""
+
+
+class Conn(Protocol):
+    """One connection as the driver uses it (an asyncio transport is one as it is).
+
+    ``write`` never blocks and never calls the engine itself; ``close`` flushes first,
+    ``abort`` does not. Neither is reported back as a close.
+    """
+
+    def write(self, data: bytes) -> None: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
+def error_text(exc: BaseException) -> str:
+    """Why a connection attempt or a handshake failed, for the engine and the client.
+
+    anyio reports a refused connection as "All connection attempts failed" with the
+    real errors in its cause; the first of those says what happened, as asyncio does.
+    """
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup) and cause.exceptions:
+        return error_text(cause.exceptions[0])
+    return str(exc) or type(exc).__name__
+
+
+class Outbox:
+    """Bytes for one peer that a runtime without write buffers has not taken yet.
+
+    anyio and curio offer "send this and wait until it is gone" rather than asyncio's
+    buffering transports, so their adapters keep this buffer and count what waits:
+    ``put`` and ``sent`` return ``True`` exactly when the count crosses asyncio's water
+    marks, which is when the adapter reports the peer (not) writable. So backpressure
+    starts at the same point in every frontend.
+    """
+
+    __slots__ = ("_buf", "blocked", "pending")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self.pending = 0
+        """Bytes put and not yet reported sent (the buffer and the send in progress)."""
+        self.blocked = False
+
+    def put(self, data: bytes) -> bool:
+        self._buf += data
+        self.pending += len(data)
+        if not self.blocked and self.pending > HIGH_WATER:
+            self.blocked = True
+            return True
+        return False
+
+    def take(self) -> bytes:
+        """Everything buffered, as one piece to send."""
+        data = bytes(self._buf)
+        self._buf.clear()
+        return data
+
+    def sent(self, n: int) -> bool:
+        self.pending -= n
+        if self.blocked and self.pending <= LOW_WATER:
+            self.blocked = False
+            return True
+        return False
+
+    def __bool__(self) -> bool:
+        return bool(self._buf)
+
+
+class Driver:
+    """The part of a frontend every runtime shares; an adapter subclasses it.
+
+    Public for tests and embedders: :meth:`signal` (what an operator's signal does),
+    ``signal_threadsafe`` (each adapter's) and :attr:`address`.
+    """
+
+    def __init__(self, engine: EngineAPI, config: Config, *, config_path: str | None) -> None:
+        """Raises :class:`FrontendError` if a TLS file does not load."""
+        self._engine = engine
+        self.config = config
+        self.config_path = config_path
+        self.tls = tls_contexts(config.general)
+        self._clients: dict[int, Conn] = {}
+        self._servers: dict[int, Conn] = {}
+        self._opening: dict[int, Any] = {}  # sid -> the adapter's handle on the attempt
+        self._cids = itertools.count(1)
+        self._wakeup_at: float | None = None
+        self._later: deque[tuple[Callable[..., Iterable[Effect]], tuple[Any, ...]]] = deque()
+        self._busy = False  # a batch is being applied: inputs wait in _later
+        self._code: int | None = None
+        self._forced = False
+        self._live = 0  # connections the runtime has not finished closing
+        self.address: tuple[str, int] | None = None
+        """The bound (host, port) once ``serve`` listens (port 0 is resolved)."""
+
+    @classmethod
+    async def serve_config(
+        cls,
+        config: Config,
+        *,
+        config_path: str | None = None,
+        ready: Ready | None = None,
+        handle_signals: bool = True,
+        engine: EngineAPI | None = None,
+    ) -> int:
+        """Run the pooler in the running loop of this runtime until it exits; the code.
+
+        ``config.general.port`` 0 binds a free port; ``ready`` then learns which.
+        Signals need the main thread: pass ``handle_signals=False`` elsewhere.
+        ``engine`` replaces the real engine (tests). Each runtime module offers this
+        as its ``serve``.
+
+        Raises:
+            FrontendError: the pooler cannot start.
+        """
+        frontend = cls(engine or real_engine(config), config, config_path=config_path)
+        return await frontend.serve(ready, handle_signals=handle_signals)
+
+    async def serve(self, ready: Ready | None = None, *, handle_signals: bool = True) -> int:
+        """Listen, run until the engine says Exit, return the exit code (the adapter's)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------- the adapter's part
+
+    def _open_server(self, sid: int, host: str, port: int) -> Any:
+        """Start connecting; report with _server_made / _server_failed; return a handle."""
+        raise NotImplementedError
+
+    def _cancel_open(self, handle: Any) -> None:
+        raise NotImplementedError
+
+    def _start_tls(self, kind: str, key: int, conn: Conn) -> None:
+        """Start the handshake (reading is paused already); report with _tls_done."""
+        raise NotImplementedError
+
+    def _arm(self, at: float | None) -> None:
+        """Call _timer_fired at monotonic time ``at`` (None: never), replacing the last."""
+        raise NotImplementedError
+
+    def _stop(self) -> None:
+        """Wake ``serve``: the exit code is set."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- engine, effects
+
+    def _call(self, method: Callable[..., Iterable[Effect]], *args: Any) -> None:
+        """Feed one input to the engine, stamped with the time, and apply its effects.
+
+        Inputs that arrive while a batch is applied are fed after it, in order.
+        """
+        if self._busy:
+            self._later.append((method, args))
+            return
+        self._busy = True
+        later = self._later
+        try:
+            while True:
+                try:
+                    effects = method(*args, time.monotonic())
+                except Exception:
+                    log.critical(
+                        "the engine raised an exception, which is a bug in pgsansio; exiting",
+                        exc_info=True,
+                    )
+                    later.clear()
+                    self._finish(EX_SOFTWARE)
+                    return
+                self._apply(effects)
+                if not later:
+                    return
+                method, args = later.popleft()
+        finally:
+            self._busy = False
+
+    def _apply(self, effects: Iterable[Effect]) -> None:
+        """Carry out a batch in order; an effect for an id that is already gone is dropped."""
+        clients = self._clients
+        servers = self._servers
+        for effect in effects:
+            # The two effects of nearly every batch first: a type test each, no match.
+            kind = type(effect)
+            if kind is SendClient:
+                conn = clients.get(effect.cid)  # type: ignore[union-attr]
+                if conn is not None:
+                    conn.write(effect.data)  # type: ignore[union-attr]
+            elif kind is SendServer:
+                conn = servers.get(effect.sid)  # type: ignore[union-attr]
+                if conn is not None:
+                    conn.write(effect.data)  # type: ignore[union-attr]
+            elif self._apply_other(effect):
+                self._later.clear()
+                return
+
+    def _apply_other(self, effect: Effect) -> bool:
+        """One effect other than a send; True for Exit (the batch stops there)."""
+        match effect:
+            case Wakeup(at):
+                self._wakeup_at = at
+                self._arm(at)
+            case OpenServer(sid, host, port):
+                self._opening[sid] = self._open_server(sid, host, port)
+            case CloseClient(cid):
+                conn = self._clients.pop(cid, None)
+                if conn is not None:
+                    conn.close()
+            case CloseServer(sid):
+                conn = self._servers.pop(sid, None)
+                if conn is not None:
+                    conn.close()
+                attempt = self._opening.pop(sid, None)
+                if attempt is not None:
+                    self._cancel_open(attempt)
+            case ReadClient(key, on) | ReadServer(key, on):
+                conn = (self._clients if type(effect) is ReadClient else self._servers).get(key)
+                if conn is not None:
+                    conn.resume_reading() if on else conn.pause_reading()
+            case StartTls(kind, key):
+                conn = (self._clients if kind == "client" else self._servers).get(key)
+                if conn is not None:
+                    conn.pause_reading()  # not one byte in clear after the S
+                    self._start_tls(kind, key, conn)
+            case Log(level, message):
+                engine_log.log(level, message)
+            case Reload():
+                self._later.append((self._reloaded, ()))
+            case Exit(code, at_once):
+                self._forced = self._forced or at_once
+                self._finish(code)
+                return True
+        return False
+
+    def _finish(self, code: int) -> None:
+        if self._code is None:
+            self._code = code
+            self._stop()
+
+    # ------------------------------------------------------ what adapters report
+
+    def _client_made(self, conn: Conn, peer: str, *, metrics: bool = False) -> int:
+        """A client (or a scraper, ``metrics``) connected; its id."""
+        cid = next(self._cids)
+        self._clients[cid] = conn
+        engine = self._engine
+        self._call(engine.metrics_connected if metrics else engine.client_connected, cid, peer)
+        return cid
+
+    def _server_made(self, sid: int, conn: Conn) -> bool:
+        """Server ``sid`` connected; False if the engine closed it meanwhile (close it)."""
+        if self._opening.pop(sid, None) is None:
+            return False
+        self._servers[sid] = conn
+        self._call(self._engine.server_connected, sid)
+        return True
+
+    def _server_failed(self, sid: int, exc: BaseException) -> None:
+        if self._opening.pop(sid, None) is not None:
+            self._call(self._engine.server_failed, sid, error_text(exc))
+
+    def _lost(self, server: bool, key: int, conn: Conn | None = None) -> None:
+        """The peer went away (or a read or write failed); reported unless closed by us.
+
+        ``conn`` None: whatever connection the id has (asyncio's protocol outlives the
+        transport a TLS upgrade replaces).
+        """
+        table = self._servers if server else self._clients
+        current = table.get(key)
+        if current is not None and (conn is None or current is conn):
+            del table[key]
+            engine = self._engine
+            self._call(engine.server_closed if server else engine.client_closed, key)
+
+    def _writable(self, server: bool, key: int, on: bool) -> None:
+        if key in (self._servers if server else self._clients):
+            engine = self._engine
+            self._call(engine.server_writable if server else engine.client_writable, key, on)
+
+    def _tls_done(
+        self, kind: str, key: int, conn: Conn, upgraded: Conn | None, exc: BaseException | None
+    ) -> bool:
+        """A handshake ended (``exc`` None: it succeeded); whether the id is still wanted.
+
+        On failure the connection is aborted and the engine hears of it once, as the
+        handshake's error. On success ``upgraded`` takes the id (an adapter whose
+        connection object survives the upgrade passes it again).
+        """
+        table = self._clients if kind == "client" else self._servers
+        report = self._engine.client_tls if kind == "client" else self._engine.server_tls
+        if table.get(key) is not conn:
+            return False  # the engine closed it during the handshake
+        if exc is not None or upgraded is None:
+            del table[key]
+            conn.abort()
+            self._call(report, key, error_text(exc) if exc is not None else "TLS failed")
+            return False
+        table[key] = upgraded
+        self._call(report, key, None)
+        return True
+
+    def _timer_fired(self) -> None:
+        at = self._wakeup_at
+        if at is None:
+            return
+        if at > time.monotonic():  # a runtime's clock is not ours: wait out the rest
+            self._arm(at)
+            return
+        self._wakeup_at = None
+        self._call(self._engine.tick)
+
+    # ----------------------------------------------------------- operator, lifecycle
+
+    def signal(self, signum: int) -> None:
+        """Hand the operator's signal ``signum`` to the engine, which decides."""
+        self._call(self._engine.signal, signal.Signals(signum).name)
+
+    def _reloaded(self, now: float) -> Iterable[Effect]:
+        """Re-read the configuration file (the engine's ``Reload``); the engine's answer.
+
+        A file that does not load is logged and handed to ``reload_failed``; the running
+        configuration (and TLS contexts) stay, so a typo never takes a pooler down.
+        """
+        path = self.config_path
+        if path is None:
+            log.warning("reload asked for, but the pooler was not started from a file")
+            error = "the pooler was not started from a configuration file"
+            return self._engine.reload_failed(error, now)
+        from pgsansio.config import ConfigError, load_config  # noqa: PLC0415 - lazy
+
+        log.info("reloading the configuration from %s", path)
+        try:
+            new = load_config(path)
+            tls = tls_contexts(new.general)
+        except (ConfigError, FrontendError) as exc:
+            log.error("reload failed; the running configuration stays in force:\n%s", exc)
+            return self._engine.reload_failed(str(exc), now)
+        for warning in new.warnings:
+            log.warning("%s", warning)
+        self.config = new
+        self.tls = tls
+        return self._engine.reload(new, now)
+
+    def _check_thread(self, handle_signals: bool) -> None:
+        if handle_signals and threading.current_thread() is not threading.main_thread():
+            raise FrontendError(
+                "signals can only be handled in the main thread; "
+                "serve(handle_signals=False) in other threads"
+            )
+
+    def _ports(self) -> list[tuple[int, bool]]:
+        """(port, is it the Prometheus exporter's) for every port to listen on."""
+        general = self.config.general
+        ports = [(general.port, False)]
+        if general.enable_prometheus_exporter:
+            ports.append((general.prometheus_exporter_port, True))
+        return ports
+
+    def _started(self, ready: Ready | None, address: Any, what: str) -> None:
+        """Listening at ``address``: start the engine, say so, call ``ready``."""
+        host, port = address[:2]
+        self.address = (host, port)
+        self._call(self._engine.start)
+        log.info("listening on %s:%d (%s)", host, port, what)
+        if ready is not None:
+            ready(self.address)
+
+    def _close_everything(self) -> None:
+        """The ids go first, so nothing is reported to an engine that has finished."""
+        self._wakeup_at = None
+        self._arm(None)
+        for attempt in self._opening.values():
+            self._cancel_open(attempt)
+        self._opening.clear()
+        conns = [*self._clients.values(), *self._servers.values()]
+        self._clients.clear()
+        self._servers.clear()
+        for conn in conns:
+            conn.abort() if self._forced else conn.close()
+
+    async def _drain(self, sleep: Callable[[float], Awaitable[Any]]) -> None:
+        """Give the engine's last words (in write buffers) a moment, unless forced."""
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while self._live and not self._forced and time.monotonic() < deadline:
+            await sleep(0.01)
