@@ -17,18 +17,32 @@ import logging
 import random
 import traceback
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ._effects import Log, SendClient, SendServer
 
 if TYPE_CHECKING:
     from pgsansio.config_model import Config
-    from pgsansio.protocol import Event
+    from pgsansio.protocol import ErrorResponse, Event
 
     from ._effects import Effect
     from ._objects import Client, ServerConn
 
 __all__ = ["Context", "Lifecycle"]
+
+
+class DropClient(Protocol):
+    def __call__(
+        self, c: Client, error: ErrorResponse | None = None, *, closed: bool = False
+    ) -> None: ...
+
+
+class ServerGone(Protocol):
+    def __call__(self, s: ServerConn, error: ErrorResponse, *, closed: bool = False) -> None: ...
+
+
+def _unwired(*args: object, **kw: object) -> None:
+    raise RuntimeError("the engine has not wired this upcall yet")
 
 
 class Lifecycle:
@@ -57,11 +71,15 @@ class Context:
         "_seq",
         "clients",
         "config",
+        "drop_client",
         "life",
+        "link",
+        "maybe_exit",
         "next_sid",
         "now",
         "out",
         "rng",
+        "server_gone",
         "servers",
         "timers",
     )
@@ -77,6 +95,13 @@ class Context:
         self.servers: dict[int, ServerConn] = {}
         self.next_sid = 0
         self.life = Lifecycle()
+        # The upcalls: the four things a part may ask of the parts above it (see the
+        # engine's package docstring). The Engine points each at its owner once.
+        self.drop_client: DropClient = _unwired  # end a client's session (Leaving)
+        self.server_gone: ServerGone = _unwired  # a server connection failed (Leaving)
+        self.maybe_exit: Callable[[], None] = _unwired  # something closed (Control)
+        # ``s`` is now ``c``'s: sync its settings, send what waits (Relay)
+        self.link: Callable[[Client, ServerConn], None] = _unwired
 
     def at(self, when: float, fn: Callable[[], None]) -> None:
         """Call ``fn`` at ``when`` (the engine's ``tick`` runs what is due)."""

@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING
 
 from pgsansio.protocol import CommandComplete, ErrorResponse, ReadyForQuery
 
-from ._effects import Reload
-from ._errors import TERMINATING
+from ._effects import CloseServer, Exit, Reload
+from ._errors import TERMINATING, fatal
 from ._objects import Client, PoolGroup
-from ._states import C_CLOSED, S_IDLE, ClientState
+from ._states import C_CLOSED, S_CLOSED, S_IDLE, ClientState, ServerInput, server_to
 
 if TYPE_CHECKING:
     from pgsansio.config_model import ServerAddress
@@ -219,7 +219,7 @@ class Control:
                 logging.INFO,
                 "shutting down: new clients are refused; exiting when the last one leaves",
             )
-            self.leaving.maybe_exit()
+            self.maybe_exit()
             return
         self.ctx.log(logging.INFO, "shutting down: waiting for clients to finish")
         for c in list(self.ctx.clients.values()):
@@ -229,13 +229,13 @@ class Control:
             if s is None or (not s.queue and s.conn.idle and s.conn.transaction_status == "I"):
                 self.leaving.drop_client(c, TERMINATING)
         timeout = self.ctx.config.general.shutdown_timeout / 1000
-        self.ctx.at(self.ctx.now + timeout, self.leaving.shutdown_timeout)
-        self.leaving.maybe_exit()
+        self.ctx.at(self.ctx.now + timeout, self.shutdown_timeout)
+        self.maybe_exit()
 
     def shutdown_now(self) -> None:
         self.ctx.life.shutting_down = True
         self.ctx.log(logging.INFO, "SHUTDOWN from the admin console: exiting now")
-        self.leaving.shutdown_timeout()
+        self.shutdown_timeout()
 
     def exit_leftovers(self) -> None:
         """The pooler is exiting: admin sessions and metrics requests are let go."""
@@ -275,3 +275,29 @@ class Control:
         self.ctx.send_client(c, CommandComplete(tag))
         self.ctx.send_client(c, ReadyForQuery("I"))
         self.admin.admin_resume(c)
+
+    def maybe_exit(self, *, force: bool = False) -> None:
+        if not self.ctx.life.shutting_down or self.ctx.life.exited:
+            if self.ctx.life.pausing:
+                self.pause_progress()  # something closed: a PAUSE may be complete
+            return
+        if not force and any(not c.admin for c in self.ctx.clients.values()):
+            return  # admin sessions do not keep the pooler alive
+        self.ctx.life.exited = True
+        self.exit_leftovers()
+        for s in list(self.ctx.servers.values()):
+            if s.state is not S_CLOSED:
+                server_to(s, ServerInput.CLOSED)
+                self.ctx.servers.pop(s.sid, None)
+                self.ctx.out.append(CloseServer(s.sid))
+        self.ctx.timers.clear()
+        self.ctx.out.append(Exit(0))
+
+    def shutdown_timeout(self) -> None:
+        for c in list(self.ctx.clients.values()):
+            self.leaving.drop_client(
+                c, fatal("57P01", "terminating connection due to administrator command")
+            )
+        for s in list(self.ctx.servers.values()):
+            self.pools.close_server(s)
+        self.maybe_exit(force=True)

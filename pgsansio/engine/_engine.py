@@ -166,6 +166,10 @@ class Engine:
         self.tls.login = self.login
         self.tls.pools = self.pools
         self._signals = Signals()
+        ctx.drop_client = self.leaving.drop_client
+        ctx.server_gone = self.leaving.server_gone
+        ctx.maybe_exit = self.control.maybe_exit
+        ctx.link = self.relay.link
         self.pools.build_groups(config)
 
     @property
@@ -284,7 +288,7 @@ class Engine:
         s = self.ctx.servers.get(sid)
         if s is not None:
             where = f"{s.address.host}:{s.address.port}"
-            self.pools.server_gone(
+            self.leaving.server_gone(
                 s,
                 fatal("08001", f"could not connect to server {where}: {error}"),
                 closed=True,
@@ -300,7 +304,7 @@ class Engine:
                     self._server_bytes(s, data)
             except ProtocolError as exc:
                 self.ctx.log(logging.WARNING, f"server {self.ctx.where(s)}: protocol error: {exc}")
-                self.pools.server_gone(s, fatal("08P01", f"server protocol error: {exc}"))
+                self.leaving.server_gone(s, fatal("08P01", f"server protocol error: {exc}"))
             except ClientFatal as exc:  # a client we were answering turned out broken
                 if s.client is not None:
                     self.leaving.drop_client(s.client, exc.error)
@@ -329,7 +333,7 @@ class Engine:
         self.ctx.now = now
         s = self.ctx.servers.get(sid)
         if s is not None:
-            self.pools.server_gone(
+            self.leaving.server_gone(
                 s, fatal("08006", "the server closed the connection unexpectedly"), closed=True
             )
         return self.flush()

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 from pgsansio.protocol import CopyFail, ErrorResponse, ProtocolError
 
-from ._effects import CloseClient, CloseServer, Exit, SendClient
+from ._effects import CloseClient, SendClient
 from ._errors import fatal
-from ._objects import SKIP, Client, ServerConn
-from ._states import S_CLOSED, ClientInput, ClientState, ServerInput, client_to, server_to
+from ._objects import P_AUTH_QUERY, P_POOL, P_PROBE, SKIP, Client, ServerConn
+from ._states import S_CLOSED, S_LOGIN, ClientInput, ClientState, ServerState, client_to
 
 if TYPE_CHECKING:
     from ._context import Context
@@ -78,32 +78,6 @@ class Leaving:
             return
         self.drop_client(c, fatal("25P03", "idle transaction timeout"))
 
-    def shutdown_timeout(self) -> None:
-        for c in list(self.ctx.clients.values()):
-            self.drop_client(
-                c, fatal("57P01", "terminating connection due to administrator command")
-            )
-        for s in list(self.ctx.servers.values()):
-            self.pools.close_server(s)
-        self.maybe_exit(force=True)
-
-    def maybe_exit(self, *, force: bool = False) -> None:
-        if not self.ctx.life.shutting_down or self.ctx.life.exited:
-            if self.ctx.life.pausing:
-                self.control.pause_progress()  # something closed: a PAUSE may be complete
-            return
-        if not force and any(not c.admin for c in self.ctx.clients.values()):
-            return  # admin sessions do not keep the pooler alive
-        self.ctx.life.exited = True
-        self.control.exit_leftovers()
-        for s in list(self.ctx.servers.values()):
-            if s.state is not S_CLOSED:
-                server_to(s, ServerInput.CLOSED)
-                self.ctx.servers.pop(s.sid, None)
-                self.ctx.out.append(CloseServer(s.sid))
-        self.ctx.timers.clear()
-        self.ctx.out.append(Exit(0))
-
     def drop_client(
         self, c: Client, error: ErrorResponse | None = None, *, closed: bool = False
     ) -> None:
@@ -138,7 +112,7 @@ class Leaving:
             self._abandon(c, s)
         if self.ctx.config.general.log_client_disconnections and (c.group is not None or c.admin):
             self.ctx.log(logging.INFO, f"client {c.cid} from {c.peer} disconnected")
-        self.maybe_exit()
+        self.ctx.maybe_exit()
 
     def _abandon(self, c: Client, s: ServerConn) -> None:
         """The client left while holding ``s``: make it clean for the next one."""
@@ -184,3 +158,40 @@ class Leaving:
             self.pools.close_server(s)
             if s.pool is not None:
                 self.pools.refill(s.pool)
+
+    def server_gone(self, s: ServerConn, error: ErrorResponse, *, closed: bool = False) -> None:
+        """``s`` failed or closed: tell whoever depended on it, then forget it."""
+        was = s.state
+        c = s.client
+        self.pools.close_server(s, send=not closed)
+        if s.purpose == P_AUTH_QUERY:
+            self.login.auth_query_failed(s, error)
+        elif s.purpose == P_PROBE:
+            self.health.probe_lost(s, error)
+        if s.purpose != P_POOL:
+            return
+        pool = s.pool
+        group = s.group
+        assert pool is not None and group is not None
+        if c is not None:
+            # After the server's own FATAL reached the client, a second error of ours
+            # would only be noise: just close.
+            self.drop_client(c, None if s.fatal_forwarded else error)
+        self.health.server_lost(s, was, c is not None)  # bans, and moves waiters elsewhere
+        if was in (ServerState.CONNECTING, S_LOGIN):
+            # Fail fast, with the server's own error, the clients nothing else could
+            # serve (PgBouncer's server_login_retry behaviour since 1.24).
+            if not any(
+                x.state not in (ServerState.CONNECTING, ServerState.LOGIN) for x in pool.servers
+            ):
+                for w in list(pool.waiters):
+                    self.drop_client(w, error)
+                pool.waiters.clear()
+            if group.server_params is None and not any(p.opening for p in group.all_pools()):
+                # A copy: _drop_client removes each from the list (iterating the list
+                # itself skipped every other waiter, who then hung until login timeout).
+                waiters, group.login_waiters = group.login_waiters, []
+                for w in waiters:
+                    self.drop_client(w, error)
+        elif pool.waiters:
+            self.pools.refill(pool)

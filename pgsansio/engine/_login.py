@@ -244,7 +244,7 @@ class Login:
                 and md5_verify(c.username, password, state, event.password)
             )
             if not ok:
-                self.leaving.drop_client(c, failed)
+                self.ctx.drop_client(c, failed)
                 return
             self._authenticated(c)
             return
@@ -271,7 +271,7 @@ class Login:
             else:
                 raise ClientFatal("08P01", "expected a SASL response")
         except AuthenticationFailed:
-            self.leaving.drop_client(c, failed)
+            self.ctx.drop_client(c, failed)
 
     def _authenticated(self, c: Client) -> None:
         if c.admin:
@@ -286,7 +286,7 @@ class Login:
             if group is not None:
                 c.group, c.user = group, group.user
         if group is None or group.removed:
-            self.leaving.drop_client(
+            self.ctx.drop_client(
                 c, fatal("28P01", f'password authentication failed for user "{c.username}"')
             )
             return
@@ -376,7 +376,7 @@ class Login:
                 self.ctx.at(c.login_deadline, self.login_sweep)
                 return
             del waiting[c]
-            self.leaving.drop_client(c, fatal("08006", "client login timeout"))
+            self.ctx.drop_client(c, fatal("08006", "client login timeout"))
 
     def read_login(self, s: ServerConn) -> None:
         group = s.group
@@ -394,13 +394,13 @@ class Login:
             if isinstance(event, AuthenticationMD5Password):
                 secret = password if password is not None else group.auth_secret
                 if secret is None:
-                    self.pools.server_gone(s, self._no_password(s))
+                    self.ctx.server_gone(s, self._no_password(s))
                     return
                 response = md5_response(login_user, secret, event.salt)
                 self.ctx.send_server(s, s.conn.send(PasswordMessage(response)))
             elif isinstance(event, AuthenticationSASL):
                 if "SCRAM-SHA-256" not in event.mechanisms:
-                    self.pools.server_gone(
+                    self.ctx.server_gone(
                         s, fatal("28000", "the server offers no SASL mechanism we support")
                     )
                     return
@@ -411,7 +411,7 @@ class Login:
                         client_key=group.scram_keys[0], server_key=group.scram_keys[1]
                     )
                 else:
-                    self.pools.server_gone(s, self._no_password(s))
+                    self.ctx.server_gone(s, self._no_password(s))
                     return
                 s.login = client
                 first = SASLInitialResponse("SCRAM-SHA-256", client.client_first())
@@ -426,7 +426,7 @@ class Login:
                 s.login.verify_server_final(event.data)
             elif isinstance(event, AuthenticationCleartextPassword):
                 if password is None:
-                    self.pools.server_gone(s, self._no_password(s))
+                    self.ctx.server_gone(s, self._no_password(s))
                     return
                 self.ctx.send_server(s, s.conn.send(PasswordMessage(password)))
             elif isinstance(event, ParameterStatus):
@@ -439,7 +439,7 @@ class Login:
                     f"server {self.ctx.where(s)} refused the login of "
                     f'"{user.backend_username}": {event.message}',
                 )
-                self.pools.server_gone(s, as_fatal(event))
+                self.ctx.server_gone(s, as_fatal(event))
                 return
             elif isinstance(event, ReadyForQuery):
                 if s.purpose == P_PROBE:
@@ -457,12 +457,12 @@ class Login:
             elif isinstance(event, (AuthenticationOk, NoticeResponse, NegotiateProtocolVersion)):
                 pass
             elif isinstance(event, ConnectionClosed):
-                self.pools.server_gone(
+                self.ctx.server_gone(
                     s, fatal("08006", f"server {self.ctx.where(s)} closed the connection")
                 )
                 return
             else:
-                self.pools.server_gone(
+                self.ctx.server_gone(
                     s, fatal("08P01", f"unexpected {type(event).__name__} during server login")
                 )
                 return
@@ -497,7 +497,7 @@ class Login:
     def cancel_request(self, c: Client, req: CancelRequest) -> None:
         # PostgreSQL answers a cancel request with nothing but closing the connection.
         target = self.cancel_keys.get((req.process_id, req.secret_key))
-        self.leaving.drop_client(c, None)
+        self.ctx.drop_client(c, None)
         if target is None:
             return
         if target.server is None:
@@ -588,7 +588,7 @@ class Login:
                         self._challenge(c)
                 return
             elif isinstance(event, ConnectionClosed):
-                self.pools.server_gone(s, fatal("08006", "the auth_query connection was closed"))
+                self.ctx.server_gone(s, fatal("08006", "the auth_query connection was closed"))
                 return
 
     def auth_query_failed(self, s: ServerConn, error: ErrorResponse) -> None:
@@ -597,7 +597,7 @@ class Login:
             return
         waiters, group.fetch_waiters = group.fetch_waiters, []
         for c in waiters:
-            self.leaving.drop_client(c, error)
+            self.ctx.drop_client(c, error)
 
     def send_startup(self, s: ServerConn) -> None:
         group = s.group

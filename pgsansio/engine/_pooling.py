@@ -31,9 +31,7 @@ from pgsansio.protocol import (
 from ._effects import CloseServer, OpenServer
 from ._errors import fatal
 from ._objects import (
-    P_AUTH_QUERY,
     P_POOL,
-    P_PROBE,
     Client,
     Pool,
     PoolGroup,
@@ -95,7 +93,7 @@ class Pools:
             # A reload changed or removed this pool: move to its new incarnation.
             new = self.groups.get((group.name, group.user.username))
             if new is None:
-                self.leaving.drop_client(
+                self.ctx.drop_client(
                     c,
                     fatal(
                         "08P01",
@@ -197,7 +195,7 @@ class Pools:
         limit = c.group.cfg.checkout_failure_limit if c.group is not None else None
         if limit and c.checkout_failures >= limit:
             # PgCat's checkout_failure_limit: a client that keeps failing is let go.
-            self.leaving.drop_client(
+            self.ctx.drop_client(
                 c,
                 fatal(
                     "53300",
@@ -229,7 +227,7 @@ class Pools:
                         self.ctx.send_client(c, error)
                         failed = True
         except ProtocolError:
-            self.leaving.drop_client(c, fatal(error.sqlstate or "08P01", error.message or ""))
+            self.ctx.drop_client(c, fatal(error.sqlstate or "08P01", error.message or ""))
 
     def server_free(self, s: ServerConn) -> None:
         """``s`` has nothing outstanding and no client: clean it, reuse it or close it."""
@@ -254,7 +252,7 @@ class Pools:
         while pool.waiters:
             c = pool.waiters.popleft()
             if c.state is not C_CLOSED:
-                self.relay.link(c, s)
+                self.ctx.link(c, s)
                 return
         server_to(s, SI_IDLED)
         pool.idle.append(s)
@@ -300,46 +298,9 @@ class Pools:
 
     def _login_deadline(self, s: ServerConn) -> None:
         if s.state in (ServerState.CONNECTING, S_LOGIN):
-            self.server_gone(
+            self.ctx.server_gone(
                 s, fatal("08001", f"timed out connecting to server {self.ctx.where(s)}")
             )
-
-    def server_gone(self, s: ServerConn, error: ErrorResponse, *, closed: bool = False) -> None:
-        """``s`` failed or closed: tell whoever depended on it, then forget it."""
-        was = s.state
-        c = s.client
-        self.close_server(s, send=not closed)
-        if s.purpose == P_AUTH_QUERY:
-            self.login.auth_query_failed(s, error)
-        elif s.purpose == P_PROBE:
-            self.health.probe_lost(s, error)
-        if s.purpose != P_POOL:
-            return
-        pool = s.pool
-        group = s.group
-        assert pool is not None and group is not None
-        if c is not None:
-            # After the server's own FATAL reached the client, a second error of ours
-            # would only be noise: just close.
-            self.leaving.drop_client(c, None if s.fatal_forwarded else error)
-        self.health.server_lost(s, was, c is not None)  # bans, and moves waiters elsewhere
-        if was in (ServerState.CONNECTING, S_LOGIN):
-            # Fail fast, with the server's own error, the clients nothing else could
-            # serve (PgBouncer's server_login_retry behaviour since 1.24).
-            if not any(
-                x.state not in (ServerState.CONNECTING, ServerState.LOGIN) for x in pool.servers
-            ):
-                for w in list(pool.waiters):
-                    self.leaving.drop_client(w, error)
-                pool.waiters.clear()
-            if group.server_params is None and not any(p.opening for p in group.all_pools()):
-                # A copy: _drop_client removes each from the list (iterating the list
-                # itself skipped every other waiter, who then hung until login timeout).
-                waiters, group.login_waiters = group.login_waiters, []
-                for w in waiters:
-                    self.leaving.drop_client(w, error)
-        elif pool.waiters:
-            self.refill(pool)
 
     def close_server(self, s: ServerConn, *, send: bool = True) -> None:
         if s.state is S_CLOSED:
@@ -364,7 +325,7 @@ class Pools:
         s.queue.clear()
         if send:
             self.ctx.out.append(CloseServer(s.sid))
-        self.leaving.maybe_exit()
+        self.ctx.maybe_exit()
 
     def refill(self, pool: Pool) -> None:
         """Open a connection if clients wait and the pool has room."""
@@ -422,7 +383,7 @@ class Pools:
         """Give idle ``s`` to ``c``, after a ``;`` if it has been idle too long."""
         delay = self.ctx.config.general.healthcheck_delay / 1000
         if self.ctx.now - s.last_used <= delay:
-            self.relay.link(c, s)
+            self.ctx.link(c, s)
             return
         pool = s.pool
         assert pool is not None and c.user is not None

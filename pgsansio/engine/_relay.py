@@ -719,7 +719,7 @@ class Relay:
             if span is _NEED_DATA or span is _PAUSED:
                 return
             if not isinstance(span, Span):
-                self.pools.server_gone(
+                self.ctx.server_gone(
                     s,
                     fatal("08006", "the server closed the connection unexpectedly"),
                     closed=True,
@@ -741,7 +741,7 @@ class Relay:
                 s.syncing = False
                 self.unlink(c, s)
                 msg = entry.error.message if isinstance(entry.error, ErrorResponse) else ""
-                self.leaving.drop_client(
+                self.ctx.drop_client(
                     c,
                     fatal(
                         entry.error.sqlstate or "22023"
@@ -777,7 +777,7 @@ class Relay:
                 f"server {self.ctx.where(s)} did not answer our {entry.tag} query within "
                 f"{INTERNAL_QUERY_TIMEOUT:g} s; closing it",
             )
-            self.pools.server_gone(
+            self.ctx.server_gone(
                 s, fatal("08006", f"server {self.ctx.where(s)} stopped answering")
             )
 
@@ -818,7 +818,7 @@ class Relay:
                 )
             return
         if self.ctx.life.shutting_down and not self.ctx.life.wait_for_clients and not c.pending:
-            self.leaving.drop_client(c, TERMINATING)  # its transaction is over: let it go
+            self.ctx.drop_client(c, TERMINATING)  # its transaction is over: let it go
             return
         if c.user.pool_mode != "transaction" or c.unnamed_pending or c.pending:
             return
@@ -911,13 +911,13 @@ class Relay:
         if s is not None and not s.syncing:
             self._to_server(c, s, span)
             if leaving:
-                self.leaving.drop_client(c)  # PostgreSQL closes after Terminate; so do we
+                self.ctx.drop_client(c)  # PostgreSQL closes after Terminate; so do we
             else:
                 self._after_client_data(c, s)
             return
         if leaving:
             # Nothing of it reached a server yet: what came before Terminate is dropped.
-            self.leaving.drop_client(c)
+            self.ctx.drop_client(c)
             return
         if (
             s is None

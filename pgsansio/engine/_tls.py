@@ -75,7 +75,7 @@ class Tls:
         """Whether the client's TLS is up, so that what it sent next can be read."""
         if error is not None:
             self.ctx.log(logging.INFO, f"client {c.cid} from {c.peer}: TLS failed: {error}")
-            self.leaving.drop_client(c, None, closed=True)
+            self.ctx.drop_client(c, None, closed=True)
             return False
         c.tls = True
         return True
@@ -102,7 +102,7 @@ class Tls:
         if accepted:
             self.ctx.out.append(StartTls("server", s.sid))
         elif self.ctx.config.general.verify_server_certificate:
-            self.pools.server_gone(
+            self.ctx.server_gone(
                 s,
                 fatal(
                     "08001",
@@ -119,7 +119,7 @@ class Tls:
         if error is not None:
             where = self.ctx.where(s)
             self.ctx.log(logging.WARNING, f"server {where}: TLS failed: {error}")
-            self.pools.server_gone(
+            self.ctx.server_gone(
                 s, fatal("08001", f"TLS with server {where} failed: {error}"), closed=True
             )
             return
