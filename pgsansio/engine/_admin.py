@@ -30,10 +30,7 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from pgsansio import __version__
 from pgsansio.protocol import (
-    AuthenticationOk,
-    BackendKeyData,
     Bind,
     Close,
     CommandComplete,
@@ -43,7 +40,6 @@ from pgsansio.protocol import (
     Event,
     Execute,
     Flush,
-    ParameterStatus,
     Parse,
     Query,
     ReadyForQuery,
@@ -58,14 +54,13 @@ from ._objects import (
     Client,
 )
 from ._show import TEXT, Show
-from ._states import C_CLOSED, ClientInput, ClientState, client_to
+from ._states import C_CLOSED, ClientState
 
 if TYPE_CHECKING:
     from ._context import Context
     from ._control import Control
     from ._health import Health
     from ._leaving import Leaving
-    from ._login import Login
     from ._pooling import Pools
     from ._show import Show
 
@@ -79,50 +74,16 @@ class Admin:
     """Owns its state; see the module docstring."""
 
     # The parts it calls, wired by the Engine.
-    control: Control
+    pools: Pools
     health: Health
     leaving: Leaving
-    login: Login
-    pools: Pools
     show: Show
+    control: Control
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
     # === login =======================================================================
-
-    def admin_welcome(self, c: Client) -> None:
-        general = self.ctx.config.general
-        if not general.admin_username or c.username != general.admin_username:
-            self.leaving.drop_client(
-                c, fatal("28P01", f'password authentication failed for user "{c.username}"')
-            )
-            return
-        self.ctx.send_client(c, AuthenticationOk())
-        for name, value in (
-            ("server_version", f"pgsansio {__version__}"),
-            ("server_encoding", "UTF8"),
-            ("client_encoding", "UTF8"),
-            ("DateStyle", "ISO"),
-            ("TimeZone", "UTC"),
-            ("standard_conforming_strings", "on"),
-            ("integer_datetimes", "on"),
-            ("is_superuser", "on"),
-            ("application_name", c.params.get("application_name", "")),
-        ):
-            self.ctx.send_client(c, ParameterStatus(name, value))
-        self.ctx.send_client(
-            c, BackendKeyData(self.ctx.rng.randrange(1, 2**31), self.ctx.rng.randbytes(4))
-        )
-        self.ctx.send_client(c, ReadyForQuery("I"))
-        client_to(c, ClientInput.LOGGED_IN)
-        self.login.logging_in.pop(c, None)
-        if general.log_client_connections:
-            self.ctx.log(
-                logging.INFO,
-                f'client {c.cid} from {c.peer} logged in as "{c.username}" to the admin '
-                f'console ("{c.database}")',
-            )
 
     # === requests ====================================================================
 

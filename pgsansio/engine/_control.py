@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from ._leaving import Leaving
     from ._metrics import Metrics
     from ._pooling import Pools
+    from ._routing import Routes
 
 __all__ = ["AdminError", "Control"]
 
@@ -66,14 +67,14 @@ class Control:
     """Owns its state; see the module docstring."""
 
     # The parts it calls, wired by the Engine.
-    admin: Admin
+    pools: Pools
+    router: Routes
     leaving: Leaving
     metrics: Metrics
-    pools: Pools
+    admin: Admin
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self._held: list[Client] = []  # clients waiting because their database is paused
         # Who waits for a PAUSE to complete: (admin client or None for SIGUSR1, db).
         self._pause_waiters: list[tuple[Client | None, str | None]] = []
         self._reload_waiters: list[Client] = []
@@ -97,7 +98,7 @@ class Control:
                 for w in pool.waiters:
                     w.wait_gen += 1  # its connect_timeout no longer applies
                     w.pool = None  # it waits on no pool now (a cancel finds nothing to do)
-                    self._held.append(w)
+                    self.router.park(w)
                 pool.waiters.clear()
                 for s in list(pool.idle):
                     self.pools.close_server(s)
@@ -130,19 +131,6 @@ class Control:
             else:
                 self.busy.discard(who.cid)
 
-    def hold(self, c: Client) -> bool:
-        """Called by checkout: keep ``c`` waiting if its database is paused."""
-        group = c.group
-        if group is None or group.name not in self.ctx.life.paused:
-            return False
-        if c.waiting_since is None:
-            c.waiting_since = self.ctx.now
-        c.pool = None
-        if len(self._held) > 64 and len(self._held) > 2 * len(self.ctx.clients):
-            self._held = [x for x in self._held if x.state is not C_CLOSED]
-        self._held.append(c)
-        return True
-
     def resume(self, db: str | None) -> None:
         if db is None:
             self.ctx.life.paused.clear()
@@ -151,14 +139,7 @@ class Control:
         self.ctx.life.pausing = bool(self.ctx.life.paused)
         self._pause_waiters = [(w, d) for w, d in self._pause_waiters if d is not None]
         self._pause_waiters = [(w, d) for w, d in self._pause_waiters if d in self.ctx.life.paused]
-        held, self._held = self._held, []
-        for c in held:
-            if c.state is ClientState.CLOSED or c.server is not None:
-                continue
-            if c.group is not None and c.group.name in self.ctx.life.paused:
-                self._held.append(c)
-                continue
-            self.pools.checkout(c)
+        self.router.unpark()
         for group in self._db_groups(db):
             self.pools.prewarm(group)
 

@@ -101,70 +101,52 @@ class Engine:
         self._announced: float | None = None
         # The parts, and the parts each one calls (see the package docstring).
         self.stats = Stats(ctx)
+        self.pools = Pools(ctx)
         self.health = Health(ctx)
         self.router = Routes(ctx)
-        self.pools = Pools(ctx)
-        self.login = Login(ctx)
-        self.tls = Tls(ctx)
         self.relay = Relay(ctx)
+        self.tls = Tls(ctx)
+        self.login = Login(ctx)
         self.leaving = Leaving(ctx)
         self.show = Show(ctx)
+        self.metrics = Metrics(ctx)
         self.control = Control(ctx)
         self.admin = Admin(ctx)
-        self.metrics = Metrics(ctx)
-        self.health.control = self.control
         self.health.pools = self.pools
         self.health.router = self.router
-        self.router.health = self.health
         self.router.pools = self.pools
-        self.pools.control = self.control
-        self.pools.health = self.health
-        self.pools.leaving = self.leaving
-        self.pools.login = self.login
-        self.pools.relay = self.relay
-        self.pools.router = self.router
-        self.login.admin = self.admin
-        self.login.control = self.control
-        self.login.health = self.health
-        self.login.leaving = self.leaving
-        self.login.pools = self.pools
-        self.login.router = self.router
-        self.login.stats = self.stats
-        self.login.tls = self.tls
-        self.relay.admin = self.admin
-        self.relay.control = self.control
-        self.relay.health = self.health
-        self.relay.leaving = self.leaving
-        self.relay.pools = self.pools
-        self.relay.router = self.router
+        self.router.health = self.health
         self.relay.stats = self.stats
-        self.leaving.control = self.control
-        self.leaving.health = self.health
-        self.leaving.login = self.login
+        self.relay.pools = self.pools
+        self.relay.health = self.health
+        self.relay.router = self.router
+        self.login.stats = self.stats
+        self.login.pools = self.pools
+        self.login.health = self.health
+        self.login.router = self.router
+        self.login.tls = self.tls
         self.leaving.pools = self.pools
+        self.leaving.health = self.health
+        self.leaving.router = self.router
         self.leaving.relay = self.relay
-        self.show.control = self.control
-        self.show.health = self.health
-        self.show.pools = self.pools
+        self.leaving.login = self.login
         self.show.stats = self.stats
-        self.control.admin = self.admin
+        self.show.pools = self.pools
+        self.show.health = self.health
+        self.metrics.stats = self.stats
+        self.metrics.pools = self.pools
+        self.metrics.health = self.health
+        self.metrics.show = self.show
+        self.control.pools = self.pools
+        self.control.router = self.router
         self.control.leaving = self.leaving
         self.control.metrics = self.metrics
-        self.control.pools = self.pools
-        self.admin.control = self.control
+        self.control.admin = self.admin
+        self.admin.pools = self.pools
         self.admin.health = self.health
         self.admin.leaving = self.leaving
-        self.admin.login = self.login
-        self.admin.pools = self.pools
         self.admin.show = self.show
-        self.metrics.control = self.control
-        self.metrics.health = self.health
-        self.metrics.pools = self.pools
-        self.metrics.show = self.show
-        self.metrics.stats = self.stats
-        self.tls.leaving = self.leaving
-        self.tls.login = self.login
-        self.tls.pools = self.pools
+        self.admin.control = self.control
         self._signals = Signals()
         ctx.drop_client = self.leaving.drop_client
         ctx.server_gone = self.leaving.server_gone
@@ -276,11 +258,11 @@ class Engine:
         s = self.ctx.servers.get(sid)
         if s is not None and s.state is ServerState.CONNECTING:
             if s.purpose == P_CANCEL:
-                self.login.send_cancel(s)
+                self.pools.send_cancel(s)
             else:
                 server_to(s, ServerInput.CONNECTED)
                 if not self.tls.server_ssl_request(s):
-                    self.login.send_startup(s)
+                    self.tls.send_startup(s)
         return self.flush()
 
     def server_failed(self, sid: int, error: str, now: float) -> list[Effect]:
@@ -480,7 +462,10 @@ class Engine:
                 if span is _NEED_DATA or span is _PAUSED:
                     return
                 if isinstance(span, Span):
-                    self.relay.client_span(c, span)
+                    if c.admin:
+                        self.admin.admin_span(c, span)
+                    else:
+                        self.relay.client_span(c, span)
                 else:
                     self.leaving.drop_client(c, None, closed=True)  # ConnectionClosed (EOF)
                 return  # a span holds every whole message received (see _read_server)

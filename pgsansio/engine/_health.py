@@ -57,17 +57,15 @@ from pgsansio.protocol import DataRow, ErrorResponse, Query, ReadyForQuery
 from ._effects import OpenServer
 from ._objects import (
     P_PROBE,
-    Entry,
     Pool,
     ServerConn,
 )
-from ._states import S_CLOSED, S_LOGIN, ClientState, ServerInput, ServerState, server_to
+from ._states import S_CLOSED, ClientState, ServerInput, ServerState, server_to
 
 if TYPE_CHECKING:
     from pgsansio.config_model import ServerAddress
 
     from ._context import Context
-    from ._control import Control
     from ._objects import Client
     from ._pooling import Pools
     from ._routing import Routes
@@ -132,7 +130,6 @@ class Health:
     """Owns its state; see the module docstring."""
 
     # The parts it calls, wired by the Engine.
-    control: Control
     pools: Pools
     router: Routes
 
@@ -148,7 +145,6 @@ class Health:
         self.lagging: set[tuple[str, Key]] = set()
         self._probes: dict[Key, Probe] = {}
         self._probe_interval = 0.0
-        self.health_checks: dict[int, Entry] = {}  # server id -> its ``;`` in flight
         self.role_waiters: list[Client] = []
 
     # === roles =====================================================================
@@ -207,7 +203,7 @@ class Health:
                 "it gets no new clients until then",
             )
         self.ctx.at(until, lambda: self._ban_expired(key, ban))
-        self._route_waiters_away(key)
+        self.router._route_waiters_away(key)
         return True
 
     def unban(self, address: Key, why: str = "unbanned by the admin") -> bool:
@@ -229,73 +225,9 @@ class Health:
     def banned(self, address: ServerAddress) -> bool:
         return (address.host, address.port) in self.bans
 
-    def _route_waiters_away(self, key: Key) -> None:
-        """Clients queued on a freshly banned address go to another one."""
-        for group in self.pools.groups.values():
-            for pool in group.all_pools():
-                if (pool.address.host, pool.address.port) == key and pool.waiters:
-                    for c in list(pool.waiters):
-                        pool.waiters.remove(c)
-                        self.router.reroute(c, pool)
-
     # === losing a server ===========================================================
 
-    def server_lost(self, s: ServerConn, was: ServerState, linked: bool) -> None:
-        """A pool connection failed: ban its address if that is PgCat's rule, and
-        send the clients that were waiting for it somewhere else when possible."""
-        pool = s.pool
-        assert pool is not None
-        checking = self.health_checks.pop(s.sid, None) is not None
-        if len(pool.group.pools[pool.shard]) < 2:
-            return  # nowhere else to go: the pool's own fail-fast rules apply
-        if checking:
-            reason = "failed health check (the connection was lost)"
-        elif was in (ServerState.CONNECTING, ServerState.LOGIN):
-            reason = "failed checkout (could not connect or log in)"
-        elif was is ServerState.ACTIVE and linked:
-            reason = "the server connection was lost under a client"
-        else:
-            return
-        self.ban(pool, None, reason)
-        if checking or was in (ServerState.CONNECTING, S_LOGIN):
-            # The waiters expected this connection: try another address now (the
-            # primary is never banned, so its waiters are moved here, not by _ban).
-            for c in list(pool.waiters):
-                pool.waiters.remove(c)
-                self.router.reroute(c, pool)
-            group = pool.group
-            first_login = group.server_params is None and group.login_waiters
-            if first_login and not any(p.opening for p in group.all_pools()):
-                other = self.router.choose_pool(group.login_waiters[0])
-                if other is not pool and not self.banned(other.address):
-                    self.pools.open_server(other)
-
     # === health check before use ===================================================
-
-    def health_timeout(self, s: ServerConn, entry: Entry) -> None:
-        if s.state is not S_CLOSED and entry in s.queue:
-            timeout = self.ctx.config.general.healthcheck_timeout
-            self._health_failed(s, f"failed health check (no answer within {timeout} ms)")
-
-    def health_done(self, s: ServerConn, entry: Entry) -> bool:
-        """Our ``;`` answered; True if it failed (and was dealt with)."""
-        self.health_checks.pop(s.sid, None)
-        if entry.error is None:
-            return False
-        message = entry.error.message if isinstance(entry.error, ErrorResponse) else "?"
-        self._health_failed(s, f"failed health check ({message})")
-        return True
-
-    def _health_failed(self, s: ServerConn, reason: str) -> None:
-        self.health_checks.pop(s.sid, None)
-        pool = s.pool
-        assert pool is not None
-        self.ctx.log(logging.WARNING, f"server {self.ctx.where(s)}: {reason}; closing it")
-        self.pools.close_server(s)
-        if not self.ban(pool, None, reason):
-            self.pools.refill(pool)  # the primary: its waiters wait for a new connection
-        elif pool.waiters:  # banned but a single-address shard: nowhere else to go
-            self.pools.refill(pool)
 
     # === probes ====================================================================
 
@@ -513,7 +445,7 @@ class Health:
                 and c.server is None
             ):
                 c.waiting_since = None
-                self.pools.checkout(c)
+                self.router.checkout(c)
 
     def _auto(self, key: Key) -> bool:
         return any(

@@ -16,17 +16,16 @@ from typing import TYPE_CHECKING
 from pgsansio.protocol import CopyFail, ErrorResponse, ProtocolError
 
 from ._effects import CloseClient, SendClient
-from ._errors import fatal
 from ._objects import P_AUTH_QUERY, P_POOL, P_PROBE, SKIP, Client, ServerConn
 from ._states import S_CLOSED, S_LOGIN, ClientInput, ClientState, ServerState, client_to
 
 if TYPE_CHECKING:
     from ._context import Context
-    from ._control import Control
     from ._health import Health
     from ._login import Login
     from ._pooling import Pools
     from ._relay import Relay
+    from ._routing import Routes
 
 __all__ = ["Leaving"]
 
@@ -40,43 +39,14 @@ class Leaving:
     """Owns its state; see the module docstring."""
 
     # The parts it calls, wired by the Engine.
-    control: Control
-    health: Health
-    login: Login
     pools: Pools
+    health: Health
+    router: Routes
     relay: Relay
+    login: Login
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-
-    def statement_timeout(self, s: ServerConn, gen: int) -> None:
-        c = s.client
-        if c is None or s.query_gen != gen or not s.queue or c.user is None:
-            return
-        self.ctx.log(logging.WARNING, f"client {c.cid}: statement timeout on {self.ctx.where(s)}")
-        # As PgCat: the server is slow or hung, so it is not trusted again; cancel what
-        # it runs and close it now (not after a drain that may never come).
-        self.relay.unlink(c, s)
-        self.login.cancel_server(s)
-        self.pools.close_server(s)
-        if s.pool is not None:
-            self.health.ban(s.pool, None, "statement timeout")
-            self.pools.refill(s.pool)
-        self.drop_client(
-            c,
-            fatal(
-                "57014",
-                f"pool statement timeout: the query ran longer than statement_timeout "
-                f"({c.user.statement_timeout} ms)",
-            ),
-        )
-
-    def idle_tx_timeout(self, c: Client, s: ServerConn, gen: int) -> None:
-        if c.server is not s or s.query_gen != gen or s.queue:
-            return
-        if s.conn.transaction_status == "I":
-            return
-        self.drop_client(c, fatal("25P03", "idle transaction timeout"))
 
     def drop_client(
         self, c: Client, error: ErrorResponse | None = None, *, closed: bool = False
@@ -130,7 +100,7 @@ class Leaving:
             # A query runs: cancel it, let the answer drain (nobody reads it), then
             # close this connection; never later than ABANDON_GRACE seconds.
             s.close_needed = True
-            self.login.cancel_server(s)
+            self.pools.cancel_server(s)
             self.ctx.at(self.ctx.now + ABANDON_GRACE, lambda: self._close_abandoned(s))
             return
         if s.queue:
@@ -145,11 +115,11 @@ class Leaving:
             return
         assert c.user is not None
         if s.conn.transaction_status != "I":
-            self.relay.internal_query(s, "ROLLBACK", "rollback")
+            self.pools.internal_query(s, "ROLLBACK", "rollback")
             if c.user.pool_mode == "session":
-                self.relay.send_internal(s, self.ctx.config.general.server_reset_query, "reset")
+                self.pools.send_internal(s, self.ctx.config.general.server_reset_query, "reset")
         elif c.user.pool_mode == "session":
-            self.relay.internal_query(s, self.ctx.config.general.server_reset_query, "reset")
+            self.pools.internal_query(s, self.ctx.config.general.server_reset_query, "reset")
         else:
             self.pools.server_free(s)
 
@@ -177,7 +147,7 @@ class Leaving:
             # After the server's own FATAL reached the client, a second error of ours
             # would only be noise: just close.
             self.drop_client(c, None if s.fatal_forwarded else error)
-        self.health.server_lost(s, was, c is not None)  # bans, and moves waiters elsewhere
+        self.router.server_lost(s, was, c is not None)  # bans, and moves waiters elsewhere
         if was in (ServerState.CONNECTING, S_LOGIN):
             # Fail fast, with the server's own error, the clients nothing else could
             # serve (PgBouncer's server_login_retry behaviour since 1.24).

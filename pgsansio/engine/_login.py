@@ -13,6 +13,7 @@ import hashlib
 import logging
 from typing import TYPE_CHECKING
 
+from pgsansio import __version__
 from pgsansio.protocol import NEED_DATA as _NEED_DATA
 from pgsansio.protocol import PAUSED as _PAUSED
 from pgsansio.protocol import (
@@ -52,7 +53,6 @@ from ._effects import OpenServer, SendClient
 from ._errors import ClientFatal
 from ._objects import (
     P_AUTH_QUERY,
-    P_CANCEL,
     P_PROBE,
     Client,
     PoolGroup,
@@ -62,11 +62,8 @@ from ._params import TRACKED, param_sql, parse_options, quote_literal, valid_nam
 from ._states import ClientInput, ClientState, ServerInput, ServerState, client_to, server_to
 
 if TYPE_CHECKING:
-    from ._admin import Admin
     from ._context import Context
-    from ._control import Control
     from ._health import Health
-    from ._leaving import Leaving
     from ._pooling import Pools
     from ._routing import Routes
     from ._stats import Stats
@@ -94,13 +91,10 @@ class Login:
     """Owns its state; see the module docstring."""
 
     # The parts it calls, wired by the Engine.
-    admin: Admin
-    control: Control
-    health: Health
-    leaving: Leaving
-    pools: Pools
-    router: Routes
     stats: Stats
+    pools: Pools
+    health: Health
+    router: Routes
     tls: Tls
 
     def __init__(self, ctx: Context) -> None:
@@ -275,7 +269,7 @@ class Login:
 
     def _authenticated(self, c: Client) -> None:
         if c.admin:
-            self.admin.admin_welcome(c)
+            self.admin_welcome(c)
             return
         if c.database in self.ctx.life.disabled:
             raise ClientFatal("57P03", f'database "{c.database}" is disabled (DISABLE); try later')
@@ -506,37 +500,11 @@ class Login:
                 target.pool.waiters.remove(target)
                 target.waiting_since = None
                 pending, target.pending = target.pending, []
-                self.pools.fail_requests(target, pending, _CANCELED)
+                self.router.fail_requests(target, pending, _CANCELED)
             return  # an idle client: nothing runs, nothing to cancel
         s = target.server
         if s.queue:
-            self.cancel_server(s)
-
-    def cancel_server(self, target: ServerConn) -> None:
-        """Cancel what ``target`` runs now, over a new connection, if it still runs it."""
-        if target.backend_key is None:
-            return
-        self.ctx.next_sid += 1
-        s = ServerConn(self.ctx.next_sid, None, target.address, self.ctx.now, purpose=P_CANCEL)
-        s.login = (target, target.link_gen)
-        self.ctx.servers[s.sid] = s
-        self.ctx.out.append(OpenServer(s.sid, target.address.host, target.address.port))
-
-    def send_cancel(self, s: ServerConn) -> None:
-        login = s.login
-        assert isinstance(login, tuple)
-        target: ServerConn = login[0]
-        link_gen: int = login[1]
-        # A late cancel must not hit the next client's query on that server: only while
-        # the same client still holds it and something runs (as PostgreSQL, a cancel
-        # then stops whatever that client runs at the time).
-        still = target.state is ServerState.CLOSED or (
-            target.link_gen == link_gen and target.queue
-        )
-        if still and target.backend_key is not None:
-            pid, secret = target.backend_key
-            self.ctx.send_server(s, bytes(CancelRequest(pid, secret)))
-        self.pools.close_server(s)
+            self.pools.cancel_server(s)
 
     # --- auth_query pass-through ---------------------------------------------------
 
@@ -599,15 +567,35 @@ class Login:
         for c in waiters:
             self.ctx.drop_client(c, error)
 
-    def send_startup(self, s: ServerConn) -> None:
-        group = s.group
-        assert group is not None
-        if s.purpose == P_AUTH_QUERY:
-            user_name = group.cfg.auth_query_user or ""
-            database = group.cfg.shards[0].database
-        else:
-            assert s.pool is not None
-            user_name = group.user.backend_username
-            database = group.cfg.shards[s.pool.shard].database
-        startup = StartupMessage({"user": user_name, "database": database})
-        self.ctx.send_server(s, s.conn.send(startup))
+    def admin_welcome(self, c: Client) -> None:
+        general = self.ctx.config.general
+        if not general.admin_username or c.username != general.admin_username:
+            self.ctx.drop_client(
+                c, fatal("28P01", f'password authentication failed for user "{c.username}"')
+            )
+            return
+        self.ctx.send_client(c, AuthenticationOk())
+        for name, value in (
+            ("server_version", f"pgsansio {__version__}"),
+            ("server_encoding", "UTF8"),
+            ("client_encoding", "UTF8"),
+            ("DateStyle", "ISO"),
+            ("TimeZone", "UTC"),
+            ("standard_conforming_strings", "on"),
+            ("integer_datetimes", "on"),
+            ("is_superuser", "on"),
+            ("application_name", c.params.get("application_name", "")),
+        ):
+            self.ctx.send_client(c, ParameterStatus(name, value))
+        self.ctx.send_client(
+            c, BackendKeyData(self.ctx.rng.randrange(1, 2**31), self.ctx.rng.randbytes(4))
+        )
+        self.ctx.send_client(c, ReadyForQuery("I"))
+        client_to(c, ClientInput.LOGGED_IN)
+        self.logging_in.pop(c, None)
+        if general.log_client_connections:
+            self.ctx.log(
+                logging.INFO,
+                f'client {c.cid} from {c.peer} logged in as "{c.username}" to the admin '
+                f'console ("{c.database}")',
+            )

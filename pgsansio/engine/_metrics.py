@@ -25,7 +25,6 @@ from ._stats import STATS_COLUMNS
 
 if TYPE_CHECKING:
     from ._context import Context
-    from ._control import Control
     from ._health import Health
     from ._pooling import Pools
     from ._show import Show
@@ -94,11 +93,10 @@ class Metrics:
     """Owns its state; see the module docstring."""
 
     # The parts it calls, wired by the Engine.
-    control: Control
-    health: Health
-    pools: Pools
-    show: Show
     stats: Stats
+    pools: Pools
+    health: Health
+    show: Show
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx

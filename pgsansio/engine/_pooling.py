@@ -14,25 +14,18 @@ import logging
 from typing import TYPE_CHECKING
 
 from pgsansio.protocol import (
-    Bind,
-    Close,
-    Describe,
-    ErrorResponse,
-    Event,
-    Execute,
-    FunctionCall,
-    Parse,
-    ProtocolError,
+    CancelRequest,
     Query,
-    ReadyForQuery,
-    Sync,
 )
 
 from ._effects import CloseServer, OpenServer
 from ._errors import fatal
 from ._objects import (
+    K_QUERY,
+    P_CANCEL,
     P_POOL,
-    Client,
+    SKIP,
+    Entry,
     Pool,
     PoolGroup,
     ServerConn,
@@ -43,7 +36,6 @@ from ._states import (
     S_IDLE,
     S_LOGIN,
     SI_IDLED,
-    ClientState,
     ServerInput,
     ServerState,
     server_to,
@@ -53,181 +45,20 @@ if TYPE_CHECKING:
     from pgsansio.config_model import Config
 
     from ._context import Context
-    from ._control import Control
-    from ._health import Health
-    from ._leaving import Leaving
-    from ._login import Login
-    from ._relay import Relay
-    from ._routing import Routes
 
-__all__ = ["Pools"]
+__all__ = ["INTERNAL_QUERY_TIMEOUT", "Pools"]
+
+INTERNAL_QUERY_TIMEOUT = 10.0  # seconds for our own SET / ROLLBACK / DISCARD ALL
 
 # The extended-protocol requests whose failure the server reports once per batch.
-_EXTENDED = (Parse, Bind, Describe, Execute, Close)
 
 
 class Pools:
     """Owns its state; see the module docstring."""
 
-    # The parts it calls, wired by the Engine.
-    control: Control
-    health: Health
-    leaving: Leaving
-    login: Login
-    relay: Relay
-    router: Routes
-
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.groups: dict[tuple[str, str], PoolGroup] = {}
-        # clients waiting for a server under connect_timeout (see wait_until)
-        self.waiting: dict[Client, None] = {}
-        self.wait_sweep_at: float | None = None
-
-    def checkout(self, c: Client) -> None:
-        if self.ctx.life.pausing and self.control.hold(c):
-            return  # PAUSE: it waits for RESUME
-        group = c.group
-        assert group is not None
-        if group.removed:
-            # A reload changed or removed this pool: move to its new incarnation.
-            new = self.groups.get((group.name, group.user.username))
-            if new is None:
-                self.ctx.drop_client(
-                    c,
-                    fatal(
-                        "08P01",
-                        f'the pool "{group.name}" for user "{group.user.username}" '
-                        "was removed from the configuration",
-                    ),
-                )
-                return
-            if new.server_params is None:
-                new.server_params = group.server_params
-            c.group = group = new
-            c.user = new.user
-        pool = self.router.route(c)
-        if pool is None:
-            return  # answered with an error, or waiting for a primary to be found
-        c.pool = pool
-        idle = pool.idle
-        while idle:
-            s = idle.popleft() if self.ctx.config.general.server_round_robin else idle.pop()
-            if group.user.server_lifetime and self.expired(s):
-                self.close_server(s)
-                continue
-            self.hand_out(c, s)
-            return
-        c.waiting_since = self.ctx.now
-        c.wait_gen += 1
-        pool.waiters.append(c)
-        if len(pool.servers) < group.user.pool_size:
-            self.open_server(pool)
-        self._wait_until(c, self.ctx.now + group.user.connect_timeout / 1000)
-
-    def _wait_until(self, c: Client, deadline: float) -> None:
-        """``c`` now waits in ``c.pool.waiters`` until ``deadline`` (connect_timeout).
-
-        Not a timer per wait: with more clients than servers nearly every transaction
-        waits a little, and a timer each (a closure, a heap push, a no-op firing later
-        and a new wake-up for the frontend each time the heap's head moved) cost more
-        than the rest of the checkout. One sweep timer, armed at the earliest deadline,
-        looks at the waiting clients instead; most have been served by then."""
-        c.wait_deadline = deadline
-        self.waiting[c] = None
-        at = self.wait_sweep_at
-        if at is None or deadline < at:
-            self.wait_sweep_at = deadline
-            self.ctx.at(deadline, self._wait_sweep)
-
-    def _wait_sweep(self) -> None:
-        """Time out the waiters whose connect_timeout has passed; re-arm for the rest."""
-        at = self.wait_sweep_at
-        if at is None or at > self.ctx.now:
-            return  # superseded by an earlier sweep, which re-armed for later
-        now = self.ctx.now
-        first: float | None = None
-        expired: list[Client] = []
-        for c in list(self.waiting):
-            deadline = c.wait_deadline
-            pool = c.pool
-            if (
-                c.state is ClientState.CLOSED
-                or c.waiting_since is None
-                or deadline is None
-                or pool is None
-                or c not in pool.waiters
-            ):
-                del self.waiting[c]  # served, gone, held by PAUSE or waiting for a role
-            elif deadline <= now:
-                del self.waiting[c]
-                expired.append(c)
-            elif first is None or deadline < first:
-                first = deadline
-        self.wait_sweep_at = first
-        if first is not None:
-            self.ctx.at(first, self._wait_sweep)
-        for c in expired:
-            if (
-                c.state is not ClientState.CLOSED
-                and c.waiting_since is not None
-                and c.pool is not None
-            ):
-                self._checkout_timeout(c)
-
-    def _checkout_timeout(self, c: Client) -> None:
-        assert c.pool is not None and c.user is not None
-        c.wait_deadline = None
-        c.pool.waiters.remove(c)
-        c.waiting_since = None
-        pending, c.pending = c.pending, []
-        self.ctx.log(
-            logging.WARNING,
-            f'client {c.cid} ("{c.username}" to "{c.database}") waited more than '
-            f"connect_timeout ({c.user.connect_timeout} ms) for a server connection",
-        )
-        error = ErrorResponse.build(
-            "53300",
-            "no server connection became free within connect_timeout "
-            f"({c.user.connect_timeout} ms); all {c.user.pool_size} are busy",
-        )
-        c.checkout_failures += 1
-        limit = c.group.cfg.checkout_failure_limit if c.group is not None else None
-        if limit and c.checkout_failures >= limit:
-            # PgCat's checkout_failure_limit: a client that keeps failing is let go.
-            self.ctx.drop_client(
-                c,
-                fatal(
-                    "53300",
-                    f"no server connection within connect_timeout {c.checkout_failures} "
-                    f"times (checkout_failure_limit {limit}); disconnecting",
-                ),
-            )
-            return
-        self.fail_requests(c, pending, error)
-
-    def fail_requests(
-        self, c: Client, pending: list[tuple[bytes, list[Event], list[int]]], error: ErrorResponse
-    ) -> None:
-        """Answer requests no server will see with ``error``, as a server would."""
-        failed = False
-        try:
-            for _, events, _ in pending:
-                for e in events:
-                    t = type(e)
-                    if t is Query or t is FunctionCall:
-                        self.ctx.send_client(c, error)
-                        self.ctx.send_client(c, ReadyForQuery("I"))
-                    elif t is Sync:
-                        if not failed:
-                            self.ctx.send_client(c, error)
-                        self.ctx.send_client(c, ReadyForQuery("I"))
-                        failed = False
-                    elif not failed and t in _EXTENDED:
-                        self.ctx.send_client(c, error)
-                        failed = True
-        except ProtocolError:
-            self.ctx.drop_client(c, fatal(error.sqlstate or "08P01", error.message or ""))
 
     def server_free(self, s: ServerConn) -> None:
         """``s`` has nothing outstanding and no client: clean it, reuse it or close it."""
@@ -237,7 +68,7 @@ class Pools:
             return  # already back in the pool (two of our queries ended in one read)
         if s.dirty:
             s.dirty = False
-            self.relay.internal_query(s, "DISCARD ALL", "reset")
+            self.internal_query(s, "DISCARD ALL", "reset")
             return
         if (
             s.close_needed
@@ -379,23 +210,52 @@ class Pools:
             for user in pool_cfg.users.values():
                 self.groups[(pool_cfg.name, user.username)] = PoolGroup(pool_cfg, user)
 
-    def hand_out(self, c: Client, s: ServerConn) -> None:
-        """Give idle ``s`` to ``c``, after a ``;`` if it has been idle too long."""
-        delay = self.ctx.config.general.healthcheck_delay / 1000
-        if self.ctx.now - s.last_used <= delay:
-            self.ctx.link(c, s)
-            return
-        pool = s.pool
-        assert pool is not None and c.user is not None
-        pool.waiters.appendleft(c)
-        c.pool = pool
-        if c.waiting_since is None:
-            c.waiting_since = self.ctx.now
-            c.wait_gen += 1
-            self._wait_until(c, self.ctx.now + c.user.connect_timeout / 1000)
+    def internal_query(self, s: ServerConn, sql: str, tag: str) -> None:
         server_to(s, ServerInput.QUERIED)
-        self.relay.send_internal(s, ";", "healthcheck")
-        entry = s.queue[-1]
-        self.health.health_checks[s.sid] = entry
-        timeout = self.ctx.config.general.healthcheck_timeout / 1000
-        self.ctx.at(self.ctx.now + timeout, lambda: self.health.health_timeout(s, entry))
+        self.send_internal(s, sql, tag)
+
+    def send_internal(self, s: ServerConn, sql: str, tag: str) -> None:
+        entry = Entry(K_QUERY, SKIP, tag=tag)
+        s.queue.append(entry)
+        self.ctx.send_server(s, s.conn.send(Query(sql)))
+        # Our own queries answer in milliseconds; a server that does not is hung.
+        self.ctx.at(
+            self.ctx.now + INTERNAL_QUERY_TIMEOUT, lambda: self._internal_timeout(s, entry)
+        )
+
+    def _internal_timeout(self, s: ServerConn, entry: Entry) -> None:
+        if s.state is not S_CLOSED and entry in s.queue:
+            self.ctx.log(
+                logging.WARNING,
+                f"server {self.ctx.where(s)} did not answer our {entry.tag} query within "
+                f"{INTERNAL_QUERY_TIMEOUT:g} s; closing it",
+            )
+            self.ctx.server_gone(
+                s, fatal("08006", f"server {self.ctx.where(s)} stopped answering")
+            )
+
+    def cancel_server(self, target: ServerConn) -> None:
+        """Cancel what ``target`` runs now, over a new connection, if it still runs it."""
+        if target.backend_key is None:
+            return
+        self.ctx.next_sid += 1
+        s = ServerConn(self.ctx.next_sid, None, target.address, self.ctx.now, purpose=P_CANCEL)
+        s.login = (target, target.link_gen)
+        self.ctx.servers[s.sid] = s
+        self.ctx.out.append(OpenServer(s.sid, target.address.host, target.address.port))
+
+    def send_cancel(self, s: ServerConn) -> None:
+        login = s.login
+        assert isinstance(login, tuple)
+        target: ServerConn = login[0]
+        link_gen: int = login[1]
+        # A late cancel must not hit the next client's query on that server: only while
+        # the same client still holds it and something runs (as PostgreSQL, a cancel
+        # then stops whatever that client runs at the time).
+        still = target.state is ServerState.CLOSED or (
+            target.link_gen == link_gen and target.queue
+        )
+        if still and target.backend_key is not None:
+            pid, secret = target.backend_key
+            self.ctx.send_server(s, bytes(CancelRequest(pid, secret)))
+        self.close_server(s)

@@ -82,17 +82,13 @@ from ._states import (
     S_CLOSED,
     SI_LINKED,
     SI_RELEASED,
-    ServerInput,
     ServerState,
     server_to,
 )
 
 if TYPE_CHECKING:
-    from ._admin import Admin
     from ._context import Context
-    from ._control import Control
     from ._health import Health
-    from ._leaving import Leaving
     from ._pooling import Pools
     from ._routing import Routes
     from ._stats import Stats
@@ -121,7 +117,6 @@ _SET_CONFIG = re.compile("set_config", re.I)  # scanned in place: no copy of the
 _SESSION_WORDS = re.compile("set|discard|deallocate", re.I)
 _INTERNAL_NAME = re.compile(r"PGSANSIO_U?\d+")
 STATEMENT_PREFIX = "PGSANSIO_"
-INTERNAL_QUERY_TIMEOUT = 10.0  # seconds for our own SET / ROLLBACK / DISCARD ALL
 # Messages that need the full loop of _to_client, unless the span's last one.
 _NOT_PLAIN = frozenset(
     {ErrorResponse, ParameterStatus, CopyInResponse, CopyBothResponse, ReadyForQuery}
@@ -156,13 +151,10 @@ class Relay:
     """Owns its state; see the module docstring."""
 
     # The parts it calls, wired by the Engine.
-    admin: Admin
-    control: Control
-    health: Health
-    leaving: Leaving
-    pools: Pools
-    router: Routes
     stats: Stats
+    pools: Pools
+    health: Health
+    router: Routes
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -572,7 +564,7 @@ class Relay:
             return False
         if s is None:  # it waits for a server, as next_span would have made it wait
             c.pending.append((data, [Query(sql)], [0]))
-            self.pools.checkout(c)
+            self.router.checkout(c)
             return True
         if c.server is None:
             self._take(c, s)
@@ -733,7 +725,7 @@ class Relay:
     def _internal_done(self, s: ServerConn, entry: Entry) -> None:
         if s.state is S_CLOSED:
             return
-        if entry.tag == "healthcheck" and self.health.health_done(s, entry):
+        if entry.tag == "healthcheck" and self.router.health_done(s, entry):
             return
         if entry.error is not None:
             if entry.tag == "sync" and s.client is not None:
@@ -770,30 +762,6 @@ class Relay:
         if s.client is None and not s.queue and s.state is ServerState.INTERNAL:
             self.pools.server_free(s)
 
-    def _internal_timeout(self, s: ServerConn, entry: Entry) -> None:
-        if s.state is not S_CLOSED and entry in s.queue:
-            self.ctx.log(
-                logging.WARNING,
-                f"server {self.ctx.where(s)} did not answer our {entry.tag} query within "
-                f"{INTERNAL_QUERY_TIMEOUT:g} s; closing it",
-            )
-            self.ctx.server_gone(
-                s, fatal("08006", f"server {self.ctx.where(s)} stopped answering")
-            )
-
-    def send_internal(self, s: ServerConn, sql: str, tag: str) -> None:
-        entry = Entry(K_QUERY, SKIP, tag=tag)
-        s.queue.append(entry)
-        self.ctx.send_server(s, s.conn.send(Query(sql)))
-        # Our own queries answer in milliseconds; a server that does not is hung.
-        self.ctx.at(
-            self.ctx.now + INTERNAL_QUERY_TIMEOUT, lambda: self._internal_timeout(s, entry)
-        )
-
-    def internal_query(self, s: ServerConn, sql: str, tag: str) -> None:
-        server_to(s, ServerInput.QUERIED)
-        self.send_internal(s, sql, tag)
-
     def unlink(self, c: Client, s: ServerConn) -> None:
         if c.blocked:
             self.ctx.out.append(ReadServer(s.sid, True))
@@ -813,9 +781,7 @@ class Relay:
             timeout = self.ctx.config.general.idle_client_in_transaction_timeout
             if timeout:
                 gen = s.query_gen
-                self.ctx.at(
-                    self.ctx.now + timeout / 1000, lambda: self.leaving.idle_tx_timeout(c, s, gen)
-                )
+                self.ctx.at(self.ctx.now + timeout / 1000, lambda: self.idle_tx_timeout(c, s, gen))
             return
         if self.ctx.life.shutting_down and not self.ctx.life.wait_for_clients and not c.pending:
             self.ctx.drop_client(c, TERMINATING)  # its transaction is over: let it go
@@ -876,7 +842,7 @@ class Relay:
                 s.sync_key = key
         if sql:
             s.syncing = True
-            self.send_internal(s, sql, "sync")
+            self.pools.send_internal(s, sql, "sync")
         else:
             self._flush_pending(c, s)
 
@@ -888,16 +854,11 @@ class Relay:
             timeout = c.user.statement_timeout if c.user is not None else 0
             if timeout:
                 gen = s.query_gen
-                self.ctx.at(
-                    self.ctx.now + timeout / 1000, lambda: self.leaving.statement_timeout(s, gen)
-                )
+                self.ctx.at(self.ctx.now + timeout / 1000, lambda: self.statement_timeout(s, gen))
         elif s.client is c:
             self._release_if_done(s)
 
     def client_span(self, c: Client, span: Span) -> None:
-        if c.admin:
-            self.admin.admin_span(c, span)
-            return
         group = c.group
         if (
             group is not None
@@ -934,12 +895,41 @@ class Relay:
                 return
         c.pending.append((span.data, events, span.offsets))
         if s is None and c.waiting_since is None:
-            self.pools.checkout(c)
+            self.router.checkout(c)
 
     def _cache_size(self, c: Client) -> int:
         if c.group is None or c.user is None or c.user.pool_mode != "transaction":
             return 0
         return c.group.cfg.prepared_statements_cache_size
+
+    def idle_tx_timeout(self, c: Client, s: ServerConn, gen: int) -> None:
+        if c.server is not s or s.query_gen != gen or s.queue:
+            return
+        if s.conn.transaction_status == "I":
+            return
+        self.ctx.drop_client(c, fatal("25P03", "idle transaction timeout"))
+
+    def statement_timeout(self, s: ServerConn, gen: int) -> None:
+        c = s.client
+        if c is None or s.query_gen != gen or not s.queue or c.user is None:
+            return
+        self.ctx.log(logging.WARNING, f"client {c.cid}: statement timeout on {self.ctx.where(s)}")
+        # As PgCat: the server is slow or hung, so it is not trusted again; cancel what
+        # it runs and close it now (not after a drain that may never come).
+        self.unlink(c, s)
+        self.pools.cancel_server(s)
+        self.pools.close_server(s)
+        if s.pool is not None:
+            self.health.ban(s.pool, None, "statement timeout")
+            self.pools.refill(s.pool)
+        self.ctx.drop_client(
+            c,
+            fatal(
+                "57014",
+                f"pool statement timeout: the query ran longer than statement_timeout "
+                f"({c.user.statement_timeout} ms)",
+            ),
+        )
 
 
 def _forward(

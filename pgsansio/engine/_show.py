@@ -28,7 +28,6 @@ from ._stats import STATS_COLUMNS, TOTAL_COLUMNS, DbStats
 
 if TYPE_CHECKING:
     from ._context import Context
-    from ._control import Control
     from ._health import Health
     from ._pooling import Pools
     from ._stats import Stats
@@ -112,10 +111,9 @@ class Show:
     """Owns its state; see the module docstring."""
 
     # The parts it calls, wired by the Engine.
-    control: Control
-    health: Health
-    pools: Pools
     stats: Stats
+    pools: Pools
+    health: Health
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx

@@ -28,19 +28,16 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from pgsansio.protocol import SSLRequest, SSLResponse
+from pgsansio.protocol import SSLRequest, SSLResponse, StartupMessage
 
 from ._effects import StartTls
 from ._errors import ClientFatal, fatal
-from ._objects import P_CANCEL
+from ._objects import P_AUTH_QUERY, P_CANCEL
 from ._states import S_LOGIN
 
 if TYPE_CHECKING:
     from ._context import Context
-    from ._leaving import Leaving
-    from ._login import Login
     from ._objects import Client, ServerConn
-    from ._pooling import Pools
 
 __all__ = ["Tls"]
 
@@ -49,11 +46,6 @@ _TLS_REQUIRED = ("require", "verify-ca", "verify-full")
 
 class Tls:
     """Owns nothing but the decisions; see the module docstring."""
-
-    # The parts it calls, wired by the Engine.
-    leaving: Leaving
-    login: Login
-    pools: Pools
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -111,7 +103,7 @@ class Tls:
                 ),
             )
         else:
-            self.login.send_startup(s)  # PgCat: a server without TLS is used in clear
+            self.send_startup(s)  # PgCat: a server without TLS is used in clear
 
     def server_tls_done(self, s: ServerConn, error: str | None) -> None:
         if s.state is not S_LOGIN:
@@ -124,4 +116,17 @@ class Tls:
             )
             return
         s.tls = True
-        self.login.send_startup(s)
+        self.send_startup(s)
+
+    def send_startup(self, s: ServerConn) -> None:
+        group = s.group
+        assert group is not None
+        if s.purpose == P_AUTH_QUERY:
+            user_name = group.cfg.auth_query_user or ""
+            database = group.cfg.shards[0].database
+        else:
+            assert s.pool is not None
+            user_name = group.user.backend_username
+            database = group.cfg.shards[s.pool.shard].database
+        startup = StartupMessage({"user": user_name, "database": database})
+        self.ctx.send_server(s, s.conn.send(startup))
