@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from ._health import Health
     from ._leaving import Leaving
     from ._pooling import Pools
+    from ._routing import Routes
     from ._show import Show
 
 __all__ = ["Admin"]
@@ -76,6 +77,7 @@ class Admin:
     # The parts it calls, wired by the Engine.
     pools: Pools
     health: Health
+    router: Routes
     leaving: Leaving
     show: Show
     control: Control
@@ -284,7 +286,7 @@ class Admin:
                     "primaries are never banned",
                 )
             for a in addresses:
-                self.health.ban(a, seconds, "admin ban")
+                self.router.ban(a, seconds, "admin ban")
         else:
             for a in addresses:
                 self.health.unban((a.host, a.port))

@@ -57,6 +57,7 @@ from ._objects import (
     ServerConn,
 )
 from ._pooling import Pools
+from ._probes import Probes
 from ._relay import Relay
 from ._routing import Routes
 from ._show import Show
@@ -104,6 +105,7 @@ class Engine:
         self.pools = Pools(ctx)
         self.health = Health(ctx)
         self.router = Routes(ctx)
+        self.probes = Probes(ctx)
         self.relay = Relay(ctx)
         self.tls = Tls(ctx)
         self.login = Login(ctx)
@@ -112,22 +114,22 @@ class Engine:
         self.metrics = Metrics(ctx)
         self.control = Control(ctx)
         self.admin = Admin(ctx)
-        self.health.pools = self.pools
-        self.health.router = self.router
         self.router.pools = self.pools
         self.router.health = self.health
+        self.probes.pools = self.pools
+        self.probes.health = self.health
+        self.probes.router = self.router
         self.relay.stats = self.stats
         self.relay.pools = self.pools
-        self.relay.health = self.health
         self.relay.router = self.router
         self.login.stats = self.stats
         self.login.pools = self.pools
-        self.login.health = self.health
         self.login.router = self.router
+        self.login.probes = self.probes
         self.login.tls = self.tls
         self.leaving.pools = self.pools
-        self.leaving.health = self.health
         self.leaving.router = self.router
+        self.leaving.probes = self.probes
         self.leaving.relay = self.relay
         self.leaving.login = self.login
         self.show.stats = self.stats
@@ -144,6 +146,7 @@ class Engine:
         self.control.admin = self.admin
         self.admin.pools = self.pools
         self.admin.health = self.health
+        self.admin.router = self.router
         self.admin.leaving = self.leaving
         self.admin.show = self.show
         self.admin.control = self.control
@@ -186,7 +189,7 @@ class Engine:
         self._warn_unimplemented(self.ctx.config)
         for group in self.pools.groups.values():
             self.pools.prewarm(group)
-        self.health.start_probes()
+        self.probes.start_probes()
         return self.flush()
 
     def _warn_unimplemented(self, config: Config) -> None:
@@ -307,7 +310,7 @@ class Engine:
         elif s.purpose == P_AUTH_QUERY:
             self.login.read_auth_query(s)
         elif s.purpose == P_PROBE:
-            self.health.read_probe(s)
+            self.probes.read_probe(s)
         else:
             self.relay.read_server(s)
 
@@ -394,7 +397,7 @@ class Engine:
                         self.pools.close_server(s)
         for group in self.pools.groups.values():
             self.pools.prewarm(group)
-        self.health.start_probes()
+        self.probes.start_probes()
         self._warn_unimplemented(config)
         self.ctx.log(logging.INFO, f"configuration reloaded from {config.path}")
         self.control.reload_answer(None)

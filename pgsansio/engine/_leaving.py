@@ -21,9 +21,9 @@ from ._states import S_CLOSED, S_LOGIN, ClientInput, ClientState, ServerState, c
 
 if TYPE_CHECKING:
     from ._context import Context
-    from ._health import Health
     from ._login import Login
     from ._pooling import Pools
+    from ._probes import Probes
     from ._relay import Relay
     from ._routing import Routes
 
@@ -40,8 +40,8 @@ class Leaving:
 
     # The parts it calls, wired by the Engine.
     pools: Pools
-    health: Health
     router: Routes
+    probes: Probes
     relay: Relay
     login: Login
 
@@ -137,7 +137,7 @@ class Leaving:
         if s.purpose == P_AUTH_QUERY:
             self.login.auth_query_failed(s, error)
         elif s.purpose == P_PROBE:
-            self.health.probe_lost(s, error)
+            self.probes.probe_lost(s, error)
         if s.purpose != P_POOL:
             return
         pool = s.pool

@@ -63,8 +63,8 @@ from ._states import ClientInput, ClientState, ServerInput, ServerState, client_
 
 if TYPE_CHECKING:
     from ._context import Context
-    from ._health import Health
     from ._pooling import Pools
+    from ._probes import Probes
     from ._routing import Routes
     from ._stats import Stats
     from ._tls import Tls
@@ -93,8 +93,8 @@ class Login:
     # The parts it calls, wired by the Engine.
     stats: Stats
     pools: Pools
-    health: Health
     router: Routes
+    probes: Probes
     tls: Tls
 
     def __init__(self, ctx: Context) -> None:
@@ -437,7 +437,7 @@ class Login:
                 return
             elif isinstance(event, ReadyForQuery):
                 if s.purpose == P_PROBE:
-                    self.health.probe_ready(s)
+                    self.probes.probe_ready(s)
                     return
                 if s.purpose == P_AUTH_QUERY:
                     server_to(s, ServerInput.LOGGED_IN)

@@ -88,7 +88,6 @@ from ._states import (
 
 if TYPE_CHECKING:
     from ._context import Context
-    from ._health import Health
     from ._pooling import Pools
     from ._routing import Routes
     from ._stats import Stats
@@ -153,7 +152,6 @@ class Relay:
     # The parts it calls, wired by the Engine.
     stats: Stats
     pools: Pools
-    health: Health
     router: Routes
 
     def __init__(self, ctx: Context) -> None:
@@ -920,7 +918,7 @@ class Relay:
         self.pools.cancel_server(s)
         self.pools.close_server(s)
         if s.pool is not None:
-            self.health.ban(s.pool, None, "statement timeout")
+            self.router.ban(s.pool, None, "statement timeout")
             self.pools.refill(s.pool)
         self.ctx.drop_client(
             c,

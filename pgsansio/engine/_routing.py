@@ -58,10 +58,12 @@ from pgsansio.protocol import (
 )
 
 from ._errors import fatal
+from ._health import BANNED, NOT_BANNED, key_of
 from ._objects import Client, Entry, Pool, ServerConn
 from ._states import C_CLOSED, S_CLOSED, S_LOGIN, ClientState, ServerInput, ServerState, server_to
 
 if TYPE_CHECKING:
+    from pgsansio.config_model import ServerAddress
     from pgsansio.routing import Router
 
     from ._context import Context
@@ -94,6 +96,7 @@ class Routes:
         # clients waiting for a server under connect_timeout (see _wait_until)
         self._waiting: dict[Client, None] = {}
         self._wait_sweep_at: float | None = None
+        self._role_waiters: list[Client] = []  # waiting for a probe to find a primary
         self._held: list[Client] = []  # clients waiting because their database is paused
         self._health_checks: dict[int, Entry] = {}  # server id -> its ``;`` in flight
 
@@ -219,7 +222,7 @@ class Routes:
             # Not probed yet (the pooler just started): wait for the first answers.
             c.waiting_since = self.ctx.now
             c.pool = None
-            self.health.role_waiters.append(c)
+            self._role_waiters.append(c)
             assert c.user is not None
             gen = c.wait_gen = c.wait_gen + 1
             self.ctx.at(
@@ -380,8 +383,8 @@ class Routes:
         self.fail_requests(c, pending, ErrorResponse.build("57P03", message))
 
     def _role_timeout(self, c: Client, gen: int) -> None:
-        if c in self.health.role_waiters and c.wait_gen == gen:
-            self.health.role_waiters.remove(c)
+        if c in self._role_waiters and c.wait_gen == gen:
+            self._role_waiters.remove(c)
             if c.state is C_CLOSED:
                 return
             assert c.group is not None
@@ -638,7 +641,7 @@ class Routes:
         assert pool is not None
         self.ctx.log(logging.WARNING, f"server {self.ctx.where(s)}: {reason}; closing it")
         self.pools.close_server(s)
-        if not self.health.ban(pool, None, reason):
+        if not self.ban(pool, None, reason):
             self.pools.refill(pool)  # the primary: its waiters wait for a new connection
         elif pool.waiters:  # banned but a single-address shard: nowhere else to go
             self.pools.refill(pool)
@@ -659,7 +662,7 @@ class Routes:
             reason = "the server connection was lost under a client"
         else:
             return
-        self.health.ban(pool, None, reason)
+        self.ban(pool, None, reason)
         if checking or was in (ServerState.CONNECTING, S_LOGIN):
             # The waiters expected this connection: try another address now (the
             # primary is never banned, so its waiters are moved here, not by _ban).
@@ -681,6 +684,28 @@ class Routes:
                     for c in list(pool.waiters):
                         pool.waiters.remove(c)
                         self.reroute(c, pool)
+
+    def ban(self, target: Pool | ServerAddress | Key, seconds: float | None, reason: str) -> bool:
+        """Ban an address (see :meth:`Health.ban`) and move the clients waiting on it to
+        another address; False for a primary, which is never banned. Also the admin
+        console's ``BAN`` (reason ``"admin ban"``)."""
+        key = key_of(target)
+        done = self.health.ban(key, seconds, reason)
+        if done == BANNED:
+            self._route_waiters_away(key)
+        return done != NOT_BANNED
+
+    def retry_role_waiters(self) -> None:
+        """A probe answered: clients waiting for a primary to be found try again."""
+        waiters, self._role_waiters = self._role_waiters, []
+        for c in waiters:
+            if (
+                c.state is not ClientState.CLOSED
+                and c.waiting_since is not None
+                and c.server is None
+            ):
+                c.waiting_since = None
+                self.checkout(c)
 
     def park(self, c: Client) -> None:
         """PAUSE: ``c`` waits for RESUME (its connect_timeout no longer runs)."""
