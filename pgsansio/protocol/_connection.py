@@ -30,7 +30,7 @@ from typing import Final
 from . import _events as ev
 from . import _events_query as qe
 from . import _readers
-from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError, as_remote
 from ._state import _BATCH, _CALL, _QUERY, ConversationState, State
 
 __all__ = ["CLIENT", "NEED_DATA", "PAUSED", "SERVER", "Connection", "Role", "Span"]
@@ -263,7 +263,7 @@ class Connection:
     def _fail(self, exc: ProtocolError) -> ProtocolError:
         self._conv.phase = State.ERROR
         if isinstance(exc, LocalProtocolError):
-            return exc._reraise_as_remote_protocol_error()
+            return as_remote(exc)
         return exc
 
     def next_event(self) -> ev.Event | type[NEED_DATA] | type[PAUSED]:
@@ -419,7 +419,7 @@ class Connection:
         client = self.role is CLIENT
         # The phase stays READY for the whole span (see the end of the loop), so a
         # server's messages go straight to the query-phase half of conv.backend.
-        process = conv._backend_query_phase if client else self._process_received
+        process = conv.backend_query_phase if client else self._process_received
         # Which bulk types are legal now; only decoded events change that, so
         # it is recomputed after each of them (on a server-role connection it
         # never changes). A bulk type that is not legal takes the slow path,
@@ -548,7 +548,7 @@ class Connection:
         conv = self._conv
         process = self._process_sent
         if self.role is SERVER and conv.phase is State.READY:
-            process = conv._backend_query_phase  # as conv.backend would (see next_span)
+            process = conv.backend_query_phase  # as conv.backend would (see next_span)
         try:
             if events and conv.phase is State.ERROR:
                 raise LocalProtocolError("can't send after a protocol error")

@@ -26,6 +26,8 @@ _i16 = struct.Struct("!h").unpack_from
 _i32 = struct.Struct("!i").unpack_from
 _u32 = struct.Struct("!I").unpack_from
 _field = struct.Struct("!IhIhih")
+# Events are immutable; readers fill in a new one's fields as its __init__ does.
+_set = object.__setattr__
 
 
 class _Body:
@@ -217,7 +219,7 @@ def _read_bind(body: bytes) -> ev.Event:
     results = b.i16s()
     b.done()
     event = qe.Bind.__new__(qe.Bind)
-    set_ = ev._set
+    set_ = _set
     set_(event, "portal", portal)
     set_(event, "statement", statement)
     set_(event, "param_formats", formats)
@@ -383,7 +385,7 @@ def _read_row_description(body: bytes) -> ev.Event:
     b.pos = pos
     b.done()
     event = qe.RowDescription.__new__(qe.RowDescription)
-    ev._set(event, "fields", tuple(fields))
+    _set(event, "fields", tuple(fields))
     return event
 
 
