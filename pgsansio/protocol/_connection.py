@@ -12,12 +12,17 @@ For proxies, ``next_span`` returns every whole message buffered as one
 object per DataRow or CopyData; ``send_span`` forwards such a span through the
 connection on the other side, updating its state from those events alone.
 
-Narrower still, for the round trips that dominate a transaction pooler's work: one
-simple Query (``take_query`` / ``pass_query``), and the whole answer to a Query or to
-extended messages up to one Sync (``forward_answer``). They make the same checks and
-leave both connections in the same state as ``next_span`` + ``send_span`` would,
+Narrower still, for the round trips that dominate a transaction pooler's work, a
+pair of calls for each direction: one simple Query (``take_query`` reads it from the
+client, ``pass_query`` sends it on to the server), and the whole answer to a Query or
+to extended messages up to one Sync (``take_answer`` reads it from the server,
+``pass_answer`` sends it on to the client). Like every call here, each reads and
+changes its own connection only. A ``take_`` call makes the checks that
+``receive_data`` + ``next_span`` would and leaves its connection in the same state,
 without building a span or an event for anything but a CommandComplete (and the
-RowDescriptions they check), and decline (changing nothing) for anything else.
+RowDescriptions it checks), or declines (changing nothing) for anything else; a
+``pass_`` call leaves its connection as ``send_span`` would, and is ``send_span``
+itself where its short cut does not apply.
 """
 
 from __future__ import annotations
@@ -31,9 +36,10 @@ from . import _events as ev
 from . import _events_query as qe
 from . import _readers
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError, as_remote
-from ._state import _BATCH, _CALL, _QUERY, ConversationState, State
+from ._span import Span, backend_span
+from ._state import _QUERY, _SYNC, ConversationState, State
 
-__all__ = ["CLIENT", "NEED_DATA", "PAUSED", "SERVER", "Connection", "Role", "Span"]
+__all__ = ["CLIENT", "NEED_DATA", "PAUSED", "SERVER", "Connection", "Role"]
 
 _hdr = struct.Struct("!ci").unpack_from
 _i32 = struct.Struct("!i").unpack_from
@@ -108,41 +114,6 @@ def _limit(high: int | None, max_message_size: int) -> int:
     """A type's length cap: max_message_size caps every type, those with a smaller
     cap of their own too."""
     return max_message_size if high is None or high > max_message_size else high
-
-
-class Span:
-    """A run of whole messages, as received, ready to forward in one write.
-
-    Attributes:
-        data: the messages' bytes, exactly as they arrived.
-        events: the decoded messages, except DataRow and CopyData, whose
-            bodies the pooler never needs (they stay inside ``data``).
-        offsets: where each of ``events`` starts in ``data``, so a proxy can
-            splice in a rewritten message.
-        bulk: how many DataRow/CopyData messages were passed over.
-    """
-
-    __slots__ = ("bulk", "data", "events", "offsets")
-
-    def __init__(
-        self, data: bytes, events: list[ev.Event], offsets: list[int], bulk: int = 0
-    ) -> None:
-        self.data = data
-        self.events = events
-        self.offsets = offsets
-        self.bulk = bulk
-
-    @property
-    def ready(self) -> str | None:
-        """The status of the last ReadyForQuery in the span, if any."""
-        for event in reversed(self.events):
-            if type(event) is ev.ReadyForQuery:
-                return event.status
-        return None
-
-    def __repr__(self) -> str:
-        names = ",".join(type(e).__name__ for e in self.events)
-        return f"Span({len(self.data)} bytes, bulk={self.bulk}, events=[{names}])"
 
 
 class Connection:
@@ -541,6 +512,13 @@ class Connection:
 
         Only ``span.events`` are checked and fed to this side's state; the
         bulk messages in between pass through untouched.
+
+        Returns:
+            ``span.data``, to write to the peer.
+
+        Raises:
+            LocalProtocolError: an event this side may not send now (the
+                connection is then in ``ERROR``).
         """
         # _check_direction for each event, with what cannot change inside the
         # loop hoisted out of it (the state machine never sets ERROR itself).
@@ -579,8 +557,14 @@ class Connection:
         server-role connection has nothing buffered and nothing outstanding, and
         ``data`` is exactly one Query message: then it is read as ``receive_data``
         plus ``next_span`` would read it, with the same checks and the same state
-        afterwards. Anything else returns None with nothing changed: use
-        ``receive_data`` and ``next_span`` for it (they report what is wrong).
+        afterwards. A proxy forwards it with the other connection's ``pass_query``.
+
+        Args:
+            data: the bytes just received from the client.
+
+        Returns:
+            The Query's text; or None, with nothing changed, for anything else: use
+            ``receive_data`` and ``next_span`` for it (they report what is wrong).
         """
         conv = self._conv
         n = len(data)
@@ -606,64 +590,69 @@ class Connection:
         return data[5:-1].decode("utf-8", "surrogateescape")
 
     def pass_query(self, data: bytes, sql: str) -> bytes:
-        """Forward a Query that ``take_query`` read (``data``, its text ``sql``)
-        through this client-role connection: ``send_span`` of it, for less."""
+        """Forward a Query that ``take_query`` read on the other side of a proxy
+        through this client-role connection: ``send_span`` of it, for less.
+
+        Args:
+            data: the Query's bytes, as ``take_query`` accepted them.
+            sql: the text ``take_query`` returned.
+
+        Returns:
+            ``data``, to write to the server.
+
+        Raises:
+            LocalProtocolError: as ``send_span``, where a Query may not be sent now
+                (the connection is then in ``ERROR``).
+        """
         conv = self._conv
         if self.role is CLIENT and conv.phase is State.READY and not conv.frontend_closed:
             conv.pending.append(_QUERY)
             return data
         return self.send_span(Span(data, [qe.Query(sql)], [0]))
 
-    def forward_answer(
-        self,
-        data: bytes,
-        to: Connection,
-        check: Callable[[bytes], bool] | None = None,
+    def take_answer(
+        self, data: bytes, check: Callable[[bytes], bool] | None = None
     ) -> tuple[str, list[qe.CommandComplete]] | None:
         """Read ``data`` as the whole answer to the one Query, or the one batch of
-        extended messages closed by a Sync, outstanding on this client-role
-        connection, and forward it through ``to`` (the server-role connection of the
-        client that asked).
+        extended messages closed by a Sync, outstanding on this client-role connection.
 
         The answer may hold the replies to queries (RowDescription, DataRow,
         CommandComplete, EmptyQueryResponse, ParseComplete, BindComplete,
         CloseComplete, NoData, ParameterDescription, PortalSuspended) and must end
-        with ReadyForQuery, exactly at the end of ``data``; both connections must have
-        just that request outstanding and nothing buffered. ``check``, if given, sees
-        the type bytes of the messages before the ReadyForQuery, DataRows left out
-        (b"TC" for a plain SELECT), and may refuse them. Then both connections end in
-        the state ``receive_data``, ``next_span`` and ``to.send_span`` would leave
-        them in, and the result is the ReadyForQuery status with the CommandComplete
-        events, in order. Anything else (an error, a notice, COPY, a partial message,
-        a refusal ...) returns None with nothing changed: use the general calls.
+        with ReadyForQuery, exactly at the end of ``data``; the connection must have
+        just that request outstanding and nothing buffered. Then it is read as
+        ``receive_data`` plus ``next_span`` would read it, with the same checks and
+        the same state afterwards. A proxy forwards it with the other connection's
+        ``pass_answer``.
+
+        Args:
+            data: the bytes just received from the server.
+            check: if given, sees the type bytes of the messages before the
+                ReadyForQuery, DataRows left out (``b"TC"`` for a plain SELECT), and
+                may refuse them by returning False.
+
+        Returns:
+            The ReadyForQuery status (``I``, ``T`` or ``E``) and the CommandComplete
+            events, in order; or None, with nothing changed, for anything else (an
+            error, a notice, COPY, a partial message, a refusal ...): use
+            ``receive_data`` and ``next_span`` for it (they report what is wrong).
         """
         conv = self._conv
-        peer = to._conv
         pending = conv.pending
         n = len(data)
         if (
             n < 6
             or type(data) is not bytes
             or conv.phase is not State.READY
-            or peer.phase is not State.READY
             or len(pending) != 1
-            or len(peer.pending) != 1
-            or pending[0] != peer.pending[0]
-            or pending[0] == _BATCH
-            or pending[0] == _CALL
+            or (pending[0] != _QUERY and pending[0] != _SYNC)
             or self.role is not CLIENT
-            or to.role is not SERVER
             or conv.failed
-            or peer.failed
             or conv.copy is not None
-            or peer.copy is not None
             or conv.frontend_copy_open
-            or peer.frontend_copy_open
             or conv.backend_closed
-            or peer.frontend_closed
             or self._eof
             or self._pos < len(self._data)
-            or to._pos < len(to._data)
             or data[n - 6 : n - 2] != b"Z\0\0\0"
             or data[n - 2] != 5
         ):
@@ -702,6 +691,40 @@ class Connection:
             return None
         pending.clear()
         conv.transaction_status = text
-        peer.pending.clear()
-        peer.transaction_status = text
         return text, tags
+
+    def pass_answer(self, data: bytes, status: str) -> bytes:
+        """Forward an answer that ``take_answer`` read on the other side of a proxy
+        through this server-role connection: ``send_span`` of it, for less.
+
+        When this connection has one request outstanding (and no COPY, no failed
+        batch), the answer's ReadyForQuery settles it and nothing else needs to be
+        looked at; otherwise the answer's messages are read again and go through
+        ``send_span``, with its checks.
+
+        Args:
+            data: the answer's bytes, as ``take_answer`` accepted them.
+            status: the status ``take_answer`` returned.
+
+        Returns:
+            ``data``, to write to the client.
+
+        Raises:
+            LocalProtocolError: as ``send_span``, where the answer may not be sent
+                now (the connection is then in ``ERROR``).
+        """
+        conv = self._conv
+        pending = conv.pending
+        if (
+            len(pending) == 1
+            and conv.phase is State.READY
+            and self.role is SERVER
+            and not conv.failed
+            and conv.copy is None
+        ):
+            # What send_span's events would do: every reply finds the request
+            # outstanding, and the ReadyForQuery takes it off.
+            pending.clear()
+            conv.transaction_status = status
+            return data
+        return self.send_span(backend_span(data))
