@@ -36,6 +36,7 @@ from . import _events as ev
 from . import _events_query as qe
 from . import _readers
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError, as_remote
+from ._readers import length_cap
 from ._span import Span, backend_span
 from ._state import _QUERY, _SYNC, ConversationState, State
 
@@ -48,10 +49,6 @@ _i32 = struct.Struct("!i").unpack_from
 DEFAULT_MAX_MESSAGE_SIZE: Final = 0x3FFFFFFF
 #: MAX_STARTUP_PACKET_LENGTH in PostgreSQL.
 DEFAULT_MAX_STARTUP_SIZE: Final = 10000
-# PQ_SMALL_MESSAGE_LIMIT: the server's cap on frontend control messages.
-_SMALL = 10000
-# PG_MAX_AUTH_TOKEN_LENGTH: the cap on ``p`` messages.
-_AUTH = 65535
 
 
 class Role(enum.Enum):
@@ -76,31 +73,6 @@ class PAUSED(metaclass=_Sentinel):
     """``next_event`` must wait for us to send something first (the SSL answer)."""
 
 
-# Length bounds (minimum, maximum, counting the length word itself) per type
-# byte. ``None`` as maximum means the configured max_message_size. A type not
-# listed is not a message of that direction.
-def _limits(fixed: str, small: str, large: str, cap: int) -> dict[bytes, tuple[int, int | None]]:
-    out: dict[bytes, tuple[int, int | None]] = {}
-    out.update({c.encode(): (4, 4) for c in fixed})
-    out.update({c.encode(): (4, cap) for c in small})
-    out.update({c.encode(): (4, None) for c in large})
-    return out
-
-
-_FRONTEND_LIMITS = _limits("SHXc", "CDEf", "QPBFd", _SMALL)
-_FRONTEND_LIMITS[b"p"] = (4, _AUTH + 4)
-_BACKEND_LIMITS = _limits("123nsIc", "", "RSvTDCtVANEGHWd", 0)
-_BACKEND_LIMITS[b"Z"] = (5, 5)
-_BACKEND_LIMITS[b"K"] = (12, 264)
-
-_P_READERS = {
-    ev.PasswordMessage: _readers.read_password,
-    ev.SASLInitialResponse: _readers.read_sasl_initial,
-    ev.SASLResponse: _readers.read_sasl_response,
-    ev.GSSResponse: _readers.read_gss_response,
-}
-
-
 _ROWS: Final = (b"D",)
 _STATUS: Final = {ord(x): x for x in "ITE"}  # ReadyForQuery's status byte
 # Replies without a body: EmptyQueryResponse, Parse/Bind/CloseComplete, NoData,
@@ -108,12 +80,6 @@ _STATUS: Final = {ord(x): x for x in "ITE"}  # ReadyForQuery's status byte
 _EMPTY_REPLIES: Final = frozenset((b"I", b"1", b"2", b"3", b"n", b"s"))
 _DESCRIPTIONS: Final = frozenset((b"T", b"t"))  # RowDescription, ParameterDescription
 _COPY_DATA: Final = (b"d",)
-
-
-def _limit(high: int | None, max_message_size: int) -> int:
-    """A type's length cap: max_message_size caps every type, those with a smaller
-    cap of their own too."""
-    return max_message_size if high is None or high > max_message_size else high
 
 
 class Connection:
@@ -142,12 +108,12 @@ class Connection:
         self._eof = False
         if role is CLIENT:
             self._readers = _readers.BACKEND_READERS
-            self._limits = _BACKEND_LIMITS
+            self._limits = _readers.BACKEND_LIMITS
             self._process_received = self._conv.backend
             self._process_sent = self._conv.frontend
         else:
             self._readers = _readers.FRONTEND_READERS
-            self._limits = _FRONTEND_LIMITS
+            self._limits = _readers.FRONTEND_LIMITS
             self._process_received = self._conv.frontend
             self._process_sent = self._conv.backend
 
@@ -328,7 +294,7 @@ class Connection:
         if bounds is None:
             raise RemoteProtocolError(f"unknown message type {code!r}")
         low, high = bounds
-        if length < low or length > _limit(high, self.max_message_size):
+        if length < low or length > length_cap(high, self.max_message_size):
             raise RemoteProtocolError(
                 f"invalid length {length} for a message of type {code.decode('latin-1')!r}",
                 "54000" if length > self.max_message_size else "08P01",
@@ -354,7 +320,7 @@ class Connection:
             awaiting = self._conv.awaiting
             if awaiting is None or self._conv.phase is not State.AUTHENTICATING:
                 raise LocalProtocolError("unexpected password message: no authentication asked")
-            return _P_READERS[awaiting](body)
+            return _readers.PASSWORD_READERS[awaiting](body)
         return self._readers[code](body)
 
     def next_span(self) -> Span | ev.Event | type[NEED_DATA] | type[PAUSED]:
@@ -410,7 +376,11 @@ class Connection:
                 # _header's checks, written out for the common case; _header
                 # itself raises the error when one of them fails.
                 bounds = limits.get(code)
-                if bounds is None or length < bounds[0] or length > _limit(bounds[1], bulk_max):
+                if (
+                    bounds is None
+                    or length < bounds[0]
+                    or length > length_cap(bounds[1], bulk_max)
+                ):
                     self._header(buf, pos)
                 end = pos + 1 + length
                 if end > size:
