@@ -93,6 +93,7 @@ from pgsansio.protocol import (
     Sync,
     Terminate,
 )
+from pgsansio.protocol._errors import as_remote
 from pgsansio.protocol._readers import (
     BACKEND_READERS,
     FRONTEND_READERS,
@@ -1057,7 +1058,7 @@ def test_protocol_error_classes() -> None:
     assert remote.sqlstate == "0A000"
     # The receive path converts a local error in place, keeping its details.
     exc = LocalProtocolError("bad", "0A000")
-    converted = exc._reraise_as_remote_protocol_error()
+    converted = as_remote(exc)
     assert converted is exc
     assert type(converted) is RemoteProtocolError
     assert (str(converted), converted.sqlstate) == ("bad", "0A000")

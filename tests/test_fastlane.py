@@ -2,7 +2,8 @@
 
 The engine serves an ordinary simple Query and its answer, and the answer to an
 extended batch, through ``Relay._fast_query`` / ``Relay._fast_answer`` and the
-protocol's ``take_query``, ``pass_query`` and ``forward_answer``; and it links a client
+protocol's ``take_query`` / ``pass_query`` and ``take_answer`` / ``pass_answer``; and it
+links a client
 to an idle server that needs no health check or SET without the pending list
 (``Relay._ready_server``). These tests run the same traffic with the fast lane and
 without it (an engine whose lane always declines) and require the same bytes, in the
@@ -185,11 +186,21 @@ def _general(client_side: Connection, server_side: Connection, request: bytes, a
     return [e for e in back.events if type(e) is CommandComplete], back.ready
 
 
+def _forward_answer(
+    client_side: Connection, server_side: Connection, answer: bytes, check: Any = None
+) -> tuple[str, list[CommandComplete]] | None:
+    """The answer half of the lane as the relay runs it: each side its own call."""
+    result = server_side.take_answer(answer, check)
+    if result is not None:
+        assert client_side.pass_answer(answer, result[0]) is answer
+    return result
+
+
 def _fast(client_side: Connection, server_side: Connection, request: bytes, answer: bytes):
     sql = client_side.take_query(request)
     assert sql is not None
     assert server_side.pass_query(request, sql) == request
-    result = server_side.forward_answer(answer, client_side)
+    result = _forward_answer(client_side, server_side, answer)
     assert result is not None
     status, tags = result
     return tags, status
@@ -310,19 +321,19 @@ DECLINED = {
 
 
 @pytest.mark.parametrize("name", sorted(DECLINED))
-def test_forward_answer_declines_and_changes_nothing(name: str) -> None:
+def test_take_answer_declines_and_changes_nothing(name: str) -> None:
     client_side, server_side = _pair()
     sql = client_side.take_query(QUERY)
     assert sql is not None
     server_side.pass_query(QUERY, sql)
     before = [_state(client_side), _state(server_side)]
-    assert server_side.forward_answer(DECLINED[name], client_side) is None
+    assert _forward_answer(client_side, server_side, DECLINED[name]) is None
     assert [_state(client_side), _state(server_side)] == before
 
 
-def test_forward_answer_needs_one_request_outstanding_on_both_sides() -> None:
+def test_take_answer_needs_one_request_outstanding() -> None:
     client_side, server_side = _pair()
-    assert server_side.forward_answer(ANSWERS["select"], client_side) is None  # nothing asked
+    assert _forward_answer(client_side, server_side, ANSWERS["select"]) is None  # nothing asked
     # Extended messages without their Sync: no ReadyForQuery is due yet.
     batch = bytes(Bind("", "", (), [], ())) + bytes(Execute())
     client_side.receive_data(batch)
@@ -331,7 +342,7 @@ def test_forward_answer_needs_one_request_outstanding_on_both_sides() -> None:
     server_side.send_span(span)
     before = [_state(client_side), _state(server_side)]
     assert (
-        server_side.forward_answer(_answer(BindComplete(), ReadyForQuery("I")), client_side)
+        _forward_answer(client_side, server_side, _answer(BindComplete(), ReadyForQuery("I")))
         is None
     )
     assert [_state(client_side), _state(server_side)] == before
@@ -341,7 +352,7 @@ def test_forward_answer_needs_one_request_outstanding_on_both_sides() -> None:
     span = client_side.next_span()
     assert isinstance(span, Span)
     server_side.send_span(span)
-    assert server_side.forward_answer(_answer(ReadyForQuery("I")), client_side) is None
+    assert _forward_answer(client_side, server_side, _answer(ReadyForQuery("I"))) is None
 
 
 EXTENDED = bytes(Parse("", "select a from t")) + bytes(Bind("", "", (), [], ()))
@@ -365,10 +376,10 @@ def _sent(request: bytes) -> tuple[Connection, Connection]:
     return client_side, server_side
 
 
-def test_forward_answer_takes_an_extended_batch_and_shows_its_replies() -> None:
+def test_take_answer_takes_an_extended_batch_and_shows_its_replies() -> None:
     fast, general = _sent(EXTENDED), _sent(EXTENDED)
     seen: list[bytes] = []
-    result = fast[1].forward_answer(EXTENDED_ANSWER, fast[0], lambda codes: not seen.append(codes))
+    result = _forward_answer(*fast, EXTENDED_ANSWER, lambda codes: not seen.append(codes))
     assert seen == [b"12TC"]  # DataRows left out
     general[1].receive_data(EXTENDED_ANSWER)
     span = general[1].next_span()
@@ -378,10 +389,10 @@ def test_forward_answer_takes_an_extended_batch_and_shows_its_replies() -> None:
     assert [_state(c) for c in fast] == [_state(c) for c in general]
 
 
-def test_forward_answer_refused_by_its_check_changes_nothing() -> None:
+def test_take_answer_refused_by_its_check_changes_nothing() -> None:
     client_side, server_side = _sent(EXTENDED)
     before = [_state(client_side), _state(server_side)]
-    assert server_side.forward_answer(EXTENDED_ANSWER, client_side, lambda codes: False) is None
+    assert _forward_answer(client_side, server_side, EXTENDED_ANSWER, lambda codes: False) is None
     assert [_state(client_side), _state(server_side)] == before
 
 
@@ -410,11 +421,12 @@ PIECES = [
     st.binary(max_size=3),
     st.booleans(),
 )
-def test_forward_answer_agrees_with_the_general_path(
+def test_the_answer_calls_agree_with_the_general_path(
     pieces: list[bytes], cut: int, junk: bytes, extended: bool
 ) -> None:
-    """Any answer, to a Query or to an extended batch: the fast call declines with
-    nothing changed, or does exactly what next_span + send_span do with it."""
+    """Any answer, to a Query or to an extended batch: take_answer declines with
+    nothing changed, or it and pass_answer do exactly what next_span + send_span do
+    with it."""
     answer = b"".join(pieces) + junk
     answer = answer[: len(answer) - cut] if cut < len(answer) else answer
     if extended:
@@ -426,7 +438,7 @@ def test_forward_answer_agrees_with_the_general_path(
             assert sql is not None
             server_side.pass_query(QUERY, sql)
     before = [_state(c) for c in fast_pair]
-    result = fast_pair[1].forward_answer(answer, fast_pair[0])
+    result = _forward_answer(*fast_pair, answer)
     if result is None:
         assert [_state(c) for c in fast_pair] == before
         return
@@ -437,3 +449,57 @@ def test_forward_answer_agrees_with_the_general_path(
     general_pair[0].send_span(span)
     assert result == (span.ready, [e for e in span.events if type(e) is CommandComplete])
     assert [_state(c) for c in fast_pair] == [_state(c) for c in general_pair]
+
+
+def _asked(*requests: bytes, error: bool = False, buffered: bytes = b"") -> Connection:
+    """A proxy's client side that has read ``requests`` (and answered an error first,
+    if ``error``), with ``buffered`` received but not yet read."""
+    client_side, _ = _pair()
+    for request in requests:
+        client_side.receive_data(request)
+        assert isinstance(client_side.next_span(), Span)
+    if error:
+        client_side.send(ErrorResponse.build("42P01", "no such table"))
+    if buffered:
+        client_side.receive_data(buffered)
+    return client_side
+
+
+BIND_EXECUTE = bytes(Bind("", "", (), [], ())) + bytes(Execute())
+CLIENT_SIDES = {
+    "one query": lambda: _asked(QUERY),
+    "one sync": lambda: _asked(EXTENDED),
+    "batch without sync": lambda: _asked(BIND_EXECUTE),
+    "function call": lambda: _asked(bytes(FunctionCall(1, (), [], 0))),
+    "two queries": lambda: _asked(QUERY + QUERY),
+    "query and sync": lambda: _asked(QUERY, EXTENDED),
+    "query then terminate": lambda: _asked(QUERY + bytes(Terminate())),
+    "failed batch": lambda: _asked(EXTENDED, error=True),
+    "bytes buffered": lambda: _asked(QUERY, buffered=QUERY[:3]),
+    "nothing asked": _asked,
+    "still logging in": lambda: Connection(SERVER),
+    "wrong role": lambda: Connection(CLIENT),
+}
+
+
+@pytest.mark.parametrize("answer", ["select", "extended"])
+@pytest.mark.parametrize("name", sorted(CLIENT_SIDES))
+def test_pass_answer_does_what_send_span_does(name: str, answer: str) -> None:
+    """On any client side, pass_answer leaves the state send_span leaves (its short
+    cut where one request is outstanding, send_span itself otherwise), or raises the
+    error send_span raises."""
+    data = EXTENDED_ANSWER if answer == "extended" else ANSWERS["select"]
+    server_side = _sent(EXTENDED)[1] if answer == "extended" else _sent(QUERY)[1]
+    server_side.receive_data(data)
+    span = server_side.next_span()
+    assert isinstance(span, Span) and span.ready is not None
+    fast, general = CLIENT_SIDES[name](), CLIENT_SIDES[name]()
+    try:
+        general.send_span(span)
+    except LocalProtocolError as exc:
+        with pytest.raises(LocalProtocolError) as raised:
+            fast.pass_answer(data, span.ready)
+        assert str(raised.value) == str(exc)
+    else:
+        assert fast.pass_answer(data, span.ready) is data
+    assert _state(fast) == _state(general)

@@ -24,7 +24,6 @@ from ._connection import (
     SERVER,
     Connection,
     Role,
-    Span,
 )
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._events import (
@@ -91,6 +90,7 @@ from ._events_query import (
     Sync,
     Terminate,
 )
+from ._span import Span
 from ._state import State
 
 __all__ = [

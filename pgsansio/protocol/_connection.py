@@ -12,12 +12,17 @@ For proxies, ``next_span`` returns every whole message buffered as one
 object per DataRow or CopyData; ``send_span`` forwards such a span through the
 connection on the other side, updating its state from those events alone.
 
-Narrower still, for the round trips that dominate a transaction pooler's work: one
-simple Query (``take_query`` / ``pass_query``), and the whole answer to a Query or to
-extended messages up to one Sync (``forward_answer``). They make the same checks and
-leave both connections in the same state as ``next_span`` + ``send_span`` would,
+Narrower still, for the round trips that dominate a transaction pooler's work, a
+pair of calls for each direction: one simple Query (``take_query`` reads it from the
+client, ``pass_query`` sends it on to the server), and the whole answer to a Query or
+to extended messages up to one Sync (``take_answer`` reads it from the server,
+``pass_answer`` sends it on to the client). Like every call here, each reads and
+changes its own connection only. A ``take_`` call makes the checks that
+``receive_data`` + ``next_span`` would and leaves its connection in the same state,
 without building a span or an event for anything but a CommandComplete (and the
-RowDescriptions they check), and decline (changing nothing) for anything else.
+RowDescriptions it checks), or declines (changing nothing) for anything else; a
+``pass_`` call leaves its connection as ``send_span`` would, and is ``send_span``
+itself where its short cut does not apply.
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ from typing import Final
 from . import _events as ev
 from . import _events_query as qe
 from . import _readers
-from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
-from ._state import _BATCH, _CALL, _QUERY, ConversationState, State
+from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError, as_remote
+from ._readers import length_cap
+from ._span import Span, backend_span
+from ._state import _QUERY, _SYNC, ConversationState, State
 
-__all__ = ["CLIENT", "NEED_DATA", "PAUSED", "SERVER", "Connection", "Role", "Span"]
+__all__ = ["CLIENT", "NEED_DATA", "PAUSED", "SERVER", "Connection", "Role"]
 
 _hdr = struct.Struct("!ci").unpack_from
 _i32 = struct.Struct("!i").unpack_from
@@ -42,10 +49,6 @@ _i32 = struct.Struct("!i").unpack_from
 DEFAULT_MAX_MESSAGE_SIZE: Final = 0x3FFFFFFF
 #: MAX_STARTUP_PACKET_LENGTH in PostgreSQL.
 DEFAULT_MAX_STARTUP_SIZE: Final = 10000
-# PQ_SMALL_MESSAGE_LIMIT: the server's cap on frontend control messages.
-_SMALL = 10000
-# PG_MAX_AUTH_TOKEN_LENGTH: the cap on ``p`` messages.
-_AUTH = 65535
 
 
 class Role(enum.Enum):
@@ -70,31 +73,6 @@ class PAUSED(metaclass=_Sentinel):
     """``next_event`` must wait for us to send something first (the SSL answer)."""
 
 
-# Length bounds (minimum, maximum, counting the length word itself) per type
-# byte. ``None`` as maximum means the configured max_message_size. A type not
-# listed is not a message of that direction.
-def _limits(fixed: str, small: str, large: str, cap: int) -> dict[bytes, tuple[int, int | None]]:
-    out: dict[bytes, tuple[int, int | None]] = {}
-    out.update({c.encode(): (4, 4) for c in fixed})
-    out.update({c.encode(): (4, cap) for c in small})
-    out.update({c.encode(): (4, None) for c in large})
-    return out
-
-
-_FRONTEND_LIMITS = _limits("SHXc", "CDEf", "QPBFd", _SMALL)
-_FRONTEND_LIMITS[b"p"] = (4, _AUTH + 4)
-_BACKEND_LIMITS = _limits("123nsIc", "", "RSvTDCtVANEGHWd", 0)
-_BACKEND_LIMITS[b"Z"] = (5, 5)
-_BACKEND_LIMITS[b"K"] = (12, 264)
-
-_P_READERS = {
-    ev.PasswordMessage: _readers.read_password,
-    ev.SASLInitialResponse: _readers.read_sasl_initial,
-    ev.SASLResponse: _readers.read_sasl_response,
-    ev.GSSResponse: _readers.read_gss_response,
-}
-
-
 _ROWS: Final = (b"D",)
 _STATUS: Final = {ord(x): x for x in "ITE"}  # ReadyForQuery's status byte
 # Replies without a body: EmptyQueryResponse, Parse/Bind/CloseComplete, NoData,
@@ -102,47 +80,6 @@ _STATUS: Final = {ord(x): x for x in "ITE"}  # ReadyForQuery's status byte
 _EMPTY_REPLIES: Final = frozenset((b"I", b"1", b"2", b"3", b"n", b"s"))
 _DESCRIPTIONS: Final = frozenset((b"T", b"t"))  # RowDescription, ParameterDescription
 _COPY_DATA: Final = (b"d",)
-
-
-def _limit(high: int | None, max_message_size: int) -> int:
-    """A type's length cap: max_message_size caps every type, those with a smaller
-    cap of their own too."""
-    return max_message_size if high is None or high > max_message_size else high
-
-
-class Span:
-    """A run of whole messages, as received, ready to forward in one write.
-
-    Attributes:
-        data: the messages' bytes, exactly as they arrived.
-        events: the decoded messages, except DataRow and CopyData, whose
-            bodies the pooler never needs (they stay inside ``data``).
-        offsets: where each of ``events`` starts in ``data``, so a proxy can
-            splice in a rewritten message.
-        bulk: how many DataRow/CopyData messages were passed over.
-    """
-
-    __slots__ = ("bulk", "data", "events", "offsets")
-
-    def __init__(
-        self, data: bytes, events: list[ev.Event], offsets: list[int], bulk: int = 0
-    ) -> None:
-        self.data = data
-        self.events = events
-        self.offsets = offsets
-        self.bulk = bulk
-
-    @property
-    def ready(self) -> str | None:
-        """The status of the last ReadyForQuery in the span, if any."""
-        for event in reversed(self.events):
-            if type(event) is ev.ReadyForQuery:
-                return event.status
-        return None
-
-    def __repr__(self) -> str:
-        names = ",".join(type(e).__name__ for e in self.events)
-        return f"Span({len(self.data)} bytes, bulk={self.bulk}, events=[{names}])"
 
 
 class Connection:
@@ -171,12 +108,12 @@ class Connection:
         self._eof = False
         if role is CLIENT:
             self._readers = _readers.BACKEND_READERS
-            self._limits = _BACKEND_LIMITS
+            self._limits = _readers.BACKEND_LIMITS
             self._process_received = self._conv.backend
             self._process_sent = self._conv.frontend
         else:
             self._readers = _readers.FRONTEND_READERS
-            self._limits = _FRONTEND_LIMITS
+            self._limits = _readers.FRONTEND_LIMITS
             self._process_received = self._conv.frontend
             self._process_sent = self._conv.backend
 
@@ -263,7 +200,7 @@ class Connection:
     def _fail(self, exc: ProtocolError) -> ProtocolError:
         self._conv.phase = State.ERROR
         if isinstance(exc, LocalProtocolError):
-            return exc._reraise_as_remote_protocol_error()
+            return as_remote(exc)
         return exc
 
     def next_event(self) -> ev.Event | type[NEED_DATA] | type[PAUSED]:
@@ -357,7 +294,7 @@ class Connection:
         if bounds is None:
             raise RemoteProtocolError(f"unknown message type {code!r}")
         low, high = bounds
-        if length < low or length > _limit(high, self.max_message_size):
+        if length < low or length > length_cap(high, self.max_message_size):
             raise RemoteProtocolError(
                 f"invalid length {length} for a message of type {code.decode('latin-1')!r}",
                 "54000" if length > self.max_message_size else "08P01",
@@ -383,7 +320,7 @@ class Connection:
             awaiting = self._conv.awaiting
             if awaiting is None or self._conv.phase is not State.AUTHENTICATING:
                 raise LocalProtocolError("unexpected password message: no authentication asked")
-            return _P_READERS[awaiting](body)
+            return _readers.PASSWORD_READERS[awaiting](body)
         return self._readers[code](body)
 
     def next_span(self) -> Span | ev.Event | type[NEED_DATA] | type[PAUSED]:
@@ -419,7 +356,7 @@ class Connection:
         client = self.role is CLIENT
         # The phase stays READY for the whole span (see the end of the loop), so a
         # server's messages go straight to the query-phase half of conv.backend.
-        process = conv._backend_query_phase if client else self._process_received
+        process = conv.backend_query_phase if client else self._process_received
         # Which bulk types are legal now; only decoded events change that, so
         # it is recomputed after each of them (on a server-role connection it
         # never changes). A bulk type that is not legal takes the slow path,
@@ -439,7 +376,11 @@ class Connection:
                 # _header's checks, written out for the common case; _header
                 # itself raises the error when one of them fails.
                 bounds = limits.get(code)
-                if bounds is None or length < bounds[0] or length > _limit(bounds[1], bulk_max):
+                if (
+                    bounds is None
+                    or length < bounds[0]
+                    or length > length_cap(bounds[1], bulk_max)
+                ):
                     self._header(buf, pos)
                 end = pos + 1 + length
                 if end > size:
@@ -541,6 +482,13 @@ class Connection:
 
         Only ``span.events`` are checked and fed to this side's state; the
         bulk messages in between pass through untouched.
+
+        Returns:
+            ``span.data``, to write to the peer.
+
+        Raises:
+            LocalProtocolError: an event this side may not send now (the
+                connection is then in ``ERROR``).
         """
         # _check_direction for each event, with what cannot change inside the
         # loop hoisted out of it (the state machine never sets ERROR itself).
@@ -548,7 +496,7 @@ class Connection:
         conv = self._conv
         process = self._process_sent
         if self.role is SERVER and conv.phase is State.READY:
-            process = conv._backend_query_phase  # as conv.backend would (see next_span)
+            process = conv.backend_query_phase  # as conv.backend would (see next_span)
         try:
             if events and conv.phase is State.ERROR:
                 raise LocalProtocolError("can't send after a protocol error")
@@ -579,8 +527,14 @@ class Connection:
         server-role connection has nothing buffered and nothing outstanding, and
         ``data`` is exactly one Query message: then it is read as ``receive_data``
         plus ``next_span`` would read it, with the same checks and the same state
-        afterwards. Anything else returns None with nothing changed: use
-        ``receive_data`` and ``next_span`` for it (they report what is wrong).
+        afterwards. A proxy forwards it with the other connection's ``pass_query``.
+
+        Args:
+            data: the bytes just received from the client.
+
+        Returns:
+            The Query's text; or None, with nothing changed, for anything else: use
+            ``receive_data`` and ``next_span`` for it (they report what is wrong).
         """
         conv = self._conv
         n = len(data)
@@ -606,64 +560,69 @@ class Connection:
         return data[5:-1].decode("utf-8", "surrogateescape")
 
     def pass_query(self, data: bytes, sql: str) -> bytes:
-        """Forward a Query that ``take_query`` read (``data``, its text ``sql``)
-        through this client-role connection: ``send_span`` of it, for less."""
+        """Forward a Query that ``take_query`` read on the other side of a proxy
+        through this client-role connection: ``send_span`` of it, for less.
+
+        Args:
+            data: the Query's bytes, as ``take_query`` accepted them.
+            sql: the text ``take_query`` returned.
+
+        Returns:
+            ``data``, to write to the server.
+
+        Raises:
+            LocalProtocolError: as ``send_span``, where a Query may not be sent now
+                (the connection is then in ``ERROR``).
+        """
         conv = self._conv
         if self.role is CLIENT and conv.phase is State.READY and not conv.frontend_closed:
             conv.pending.append(_QUERY)
             return data
         return self.send_span(Span(data, [qe.Query(sql)], [0]))
 
-    def forward_answer(
-        self,
-        data: bytes,
-        to: Connection,
-        check: Callable[[bytes], bool] | None = None,
+    def take_answer(
+        self, data: bytes, check: Callable[[bytes], bool] | None = None
     ) -> tuple[str, list[qe.CommandComplete]] | None:
         """Read ``data`` as the whole answer to the one Query, or the one batch of
-        extended messages closed by a Sync, outstanding on this client-role
-        connection, and forward it through ``to`` (the server-role connection of the
-        client that asked).
+        extended messages closed by a Sync, outstanding on this client-role connection.
 
         The answer may hold the replies to queries (RowDescription, DataRow,
         CommandComplete, EmptyQueryResponse, ParseComplete, BindComplete,
         CloseComplete, NoData, ParameterDescription, PortalSuspended) and must end
-        with ReadyForQuery, exactly at the end of ``data``; both connections must have
-        just that request outstanding and nothing buffered. ``check``, if given, sees
-        the type bytes of the messages before the ReadyForQuery, DataRows left out
-        (b"TC" for a plain SELECT), and may refuse them. Then both connections end in
-        the state ``receive_data``, ``next_span`` and ``to.send_span`` would leave
-        them in, and the result is the ReadyForQuery status with the CommandComplete
-        events, in order. Anything else (an error, a notice, COPY, a partial message,
-        a refusal ...) returns None with nothing changed: use the general calls.
+        with ReadyForQuery, exactly at the end of ``data``; the connection must have
+        just that request outstanding and nothing buffered. Then it is read as
+        ``receive_data`` plus ``next_span`` would read it, with the same checks and
+        the same state afterwards. A proxy forwards it with the other connection's
+        ``pass_answer``.
+
+        Args:
+            data: the bytes just received from the server.
+            check: if given, sees the type bytes of the messages before the
+                ReadyForQuery, DataRows left out (``b"TC"`` for a plain SELECT), and
+                may refuse them by returning False.
+
+        Returns:
+            The ReadyForQuery status (``I``, ``T`` or ``E``) and the CommandComplete
+            events, in order; or None, with nothing changed, for anything else (an
+            error, a notice, COPY, a partial message, a refusal ...): use
+            ``receive_data`` and ``next_span`` for it (they report what is wrong).
         """
         conv = self._conv
-        peer = to._conv
         pending = conv.pending
         n = len(data)
         if (
             n < 6
             or type(data) is not bytes
             or conv.phase is not State.READY
-            or peer.phase is not State.READY
             or len(pending) != 1
-            or len(peer.pending) != 1
-            or pending[0] != peer.pending[0]
-            or pending[0] == _BATCH
-            or pending[0] == _CALL
+            or (pending[0] != _QUERY and pending[0] != _SYNC)
             or self.role is not CLIENT
-            or to.role is not SERVER
             or conv.failed
-            or peer.failed
             or conv.copy is not None
-            or peer.copy is not None
             or conv.frontend_copy_open
-            or peer.frontend_copy_open
             or conv.backend_closed
-            or peer.frontend_closed
             or self._eof
             or self._pos < len(self._data)
-            or to._pos < len(to._data)
             or data[n - 6 : n - 2] != b"Z\0\0\0"
             or data[n - 2] != 5
         ):
@@ -702,6 +661,40 @@ class Connection:
             return None
         pending.clear()
         conv.transaction_status = text
-        peer.pending.clear()
-        peer.transaction_status = text
         return text, tags
+
+    def pass_answer(self, data: bytes, status: str) -> bytes:
+        """Forward an answer that ``take_answer`` read on the other side of a proxy
+        through this server-role connection: ``send_span`` of it, for less.
+
+        When this connection has one request outstanding (and no COPY, no failed
+        batch), the answer's ReadyForQuery settles it and nothing else needs to be
+        looked at; otherwise the answer's messages are read again and go through
+        ``send_span``, with its checks.
+
+        Args:
+            data: the answer's bytes, as ``take_answer`` accepted them.
+            status: the status ``take_answer`` returned.
+
+        Returns:
+            ``data``, to write to the client.
+
+        Raises:
+            LocalProtocolError: as ``send_span``, where the answer may not be sent
+                now (the connection is then in ``ERROR``).
+        """
+        conv = self._conv
+        pending = conv.pending
+        if (
+            len(pending) == 1
+            and conv.phase is State.READY
+            and self.role is SERVER
+            and not conv.failed
+            and conv.copy is None
+        ):
+            # What send_span's events would do: every reply finds the request
+            # outstanding, and the ReadyForQuery takes it off.
+            pending.clear()
+            conv.transaction_status = status
+            return data
+        return self.send_span(backend_span(data))

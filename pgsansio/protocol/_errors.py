@@ -18,6 +18,7 @@ __all__ = [
     "LocalProtocolError",
     "ProtocolError",
     "RemoteProtocolError",
+    "as_remote",
 ]
 
 # The codes PostgreSQL itself uses for the same failures (errcodes.txt).
@@ -42,14 +43,6 @@ class ProtocolError(Exception):
         super().__init__(msg)
         self.sqlstate = sqlstate
 
-    def _reraise_as_remote_protocol_error(self) -> RemoteProtocolError:
-        # The receive path runs the same validation code as the send path; a
-        # failure there is the peer's fault. This is the one place that turns
-        # a local error into a remote one (h11 does the same).
-        self.__class__ = RemoteProtocolError
-        assert isinstance(self, RemoteProtocolError)
-        return self
-
 
 class LocalProtocolError(ProtocolError):
     """We tried to send or do something the protocol does not allow."""
@@ -57,3 +50,16 @@ class LocalProtocolError(ProtocolError):
 
 class RemoteProtocolError(ProtocolError):
     """The peer sent bytes that break the protocol."""
+
+
+def as_remote(exc: ProtocolError) -> RemoteProtocolError:
+    """``exc``, now a :class:`RemoteProtocolError` (the same object, message and
+    SQLSTATE).
+
+    The receive path runs the same validation code as the send path; a failure
+    there is the peer's fault. The connection calls this in the one place that
+    turns a local error into a remote one (h11's ``_reraise_as_remote_protocol_error``).
+    """
+    exc.__class__ = RemoteProtocolError
+    assert isinstance(exc, RemoteProtocolError)
+    return exc

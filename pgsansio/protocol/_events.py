@@ -124,19 +124,18 @@ class Event:
         """The message body, without type byte and length."""
         return b""
 
+    def _encoded_body(self) -> bytes:
+        # A field out of its wire range (an Int16 format of 70000, a negative
+        # process ID) or a str that is not text (a lone surrogate) cannot be sent:
+        # that is the caller's protocol error, not a crash.
+        try:
+            return self._body()
+        except (struct.error, UnicodeEncodeError) as exc:
+            raise LocalProtocolError(f"can't encode {type(self).__name__}: {exc}") from None
+
     def __bytes__(self) -> bytes:
-        body = _encode_body(self)
+        body = self._encoded_body()
         return _pack_header(self.type_code, len(body) + 4) + body
-
-
-def _encode_body(event: Event) -> bytes:
-    # A field out of its wire range (an Int16 format of 70000, a negative
-    # process ID) or a str that is not text (a lone surrogate) cannot be sent:
-    # that is the caller's protocol error, not a crash.
-    try:
-        return event._body()
-    except (struct.error, UnicodeEncodeError) as exc:
-        raise LocalProtocolError(f"can't encode {type(event).__name__}: {exc}") from None
 
 
 class _Empty(Event):
@@ -210,7 +209,7 @@ class StartupMessage(Event):
         return b"".join(parts)
 
     def __bytes__(self) -> bytes:
-        body = _encode_body(self)
+        body = self._encoded_body()
         return _pack_i32(len(body) + 4) + body
 
 
@@ -258,7 +257,7 @@ class CancelRequest(Event):
         return _pack_i32(CANCEL_REQUEST_CODE) + _pack_u32(self.process_id) + self.secret_key
 
     def __bytes__(self) -> bytes:
-        body = _encode_body(self)
+        body = self._encoded_body()
         return _pack_i32(len(body) + 4) + body
 
 

@@ -4,7 +4,9 @@ Direction is part of the key because type bytes are reused: ``E`` is Execute
 from a client and ErrorResponse from a server, ``S`` is Sync or
 ParameterStatus, ``D`` Describe or DataRow, ``C`` Close or CommandComplete,
 ``H`` Flush or CopyOutResponse. ``p`` is worse: its meaning comes only from
-the authentication exchange, so the connection picks its reader.
+the authentication exchange, so the connection picks its reader (from
+``PASSWORD_READERS``). Beside the readers, per direction, the length bounds of
+each type that the connection checks on the header, before a body is read.
 
 Every reader consumes the whole body or raises: a body with trailing bytes is
 a protocol violation, and refusing it is what makes ``bytes(event)`` equal to
@@ -20,12 +22,22 @@ from . import _events as ev
 from . import _events_query as qe
 from ._errors import LocalProtocolError
 
-__all__ = ["BACKEND_READERS", "FRONTEND_READERS", "read_startup_packet"]
+__all__ = [
+    "BACKEND_LIMITS",
+    "BACKEND_READERS",
+    "FRONTEND_LIMITS",
+    "FRONTEND_READERS",
+    "PASSWORD_READERS",
+    "length_cap",
+    "read_startup_packet",
+]
 
 _i16 = struct.Struct("!h").unpack_from
 _i32 = struct.Struct("!i").unpack_from
 _u32 = struct.Struct("!I").unpack_from
 _field = struct.Struct("!IhIhih")
+# Events are immutable; readers fill in a new one's fields as its __init__ does.
+_set = object.__setattr__
 
 
 class _Body:
@@ -217,7 +229,7 @@ def _read_bind(body: bytes) -> ev.Event:
     results = b.i16s()
     b.done()
     event = qe.Bind.__new__(qe.Bind)
-    set_ = ev._set
+    set_ = _set
     set_(event, "portal", portal)
     set_(event, "statement", statement)
     set_(event, "param_formats", formats)
@@ -383,7 +395,7 @@ def _read_row_description(body: bytes) -> ev.Event:
     b.pos = pos
     b.done()
     event = qe.RowDescription.__new__(qe.RowDescription)
-    ev._set(event, "fields", tuple(fields))
+    _set(event, "fields", tuple(fields))
     return event
 
 
@@ -523,3 +535,42 @@ def read_startup_packet(body: bytes) -> ev.Event:
         params.append((name, b.cstr()))
     b.done()
     return ev.StartupMessage(params, code)
+
+
+# PQ_SMALL_MESSAGE_LIMIT: the server's cap on frontend control messages.
+_SMALL = 10000
+# PG_MAX_AUTH_TOKEN_LENGTH: the cap on ``p`` messages.
+_AUTH = 65535
+
+
+# Length bounds (minimum, maximum, counting the length word itself) per type
+# byte. ``None`` as maximum means the configured max_message_size. A type not
+# listed is not a message of that direction.
+def _limits(fixed: str, small: str, large: str, cap: int) -> dict[bytes, tuple[int, int | None]]:
+    out: dict[bytes, tuple[int, int | None]] = {}
+    out.update({c.encode(): (4, 4) for c in fixed})
+    out.update({c.encode(): (4, cap) for c in small})
+    out.update({c.encode(): (4, None) for c in large})
+    return out
+
+
+FRONTEND_LIMITS = _limits("SHXc", "CDEf", "QPBFd", _SMALL)
+FRONTEND_LIMITS[b"p"] = (4, _AUTH + 4)
+BACKEND_LIMITS = _limits("123nsIc", "", "RSvTDCtVANEGHWd", 0)
+BACKEND_LIMITS[b"Z"] = (5, 5)
+BACKEND_LIMITS[b"K"] = (12, 264)
+
+
+def length_cap(high: int | None, max_message_size: int) -> int:
+    """A type's length cap: max_message_size caps every type, those with a smaller
+    cap of their own too."""
+    return max_message_size if high is None or high > max_message_size else high
+
+
+# ``p`` is read by what the last authentication request asked for.
+PASSWORD_READERS: dict[type[ev.Event], Reader] = {
+    ev.PasswordMessage: read_password,
+    ev.SASLInitialResponse: read_sasl_initial,
+    ev.SASLResponse: read_sasl_response,
+    ev.GSSResponse: read_gss_response,
+}

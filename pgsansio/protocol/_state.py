@@ -304,7 +304,7 @@ class ConversationState:
 
     def backend(self, event: ev.Event) -> None:
         if self.phase is State.READY:
-            self._backend_query_phase(event)
+            self.backend_query_phase(event)
             return
         phase = self.phase
         cls = type(event)
@@ -332,7 +332,10 @@ class ConversationState:
             self.awaiting = None
         self.phase = nxt
 
-    def _backend_query_phase(self, event: ev.Event) -> None:
+    def backend_query_phase(self, event: ev.Event) -> None:
+        """``backend(event)`` once the phase is READY, without asking again: for a
+        caller that feeds a run of messages and knows that none of them can end the
+        query phase (the connection's spans)."""
         pending = self.pending
         kind = _BACKEND_KIND.get(type(event))
         if kind is None:
