@@ -74,16 +74,24 @@ _TOKEN = re.compile(r'"((?:[^"]|"")*)"|([^\s,"]+)')
 class Admin:
     """Owns its state; see the module docstring."""
 
-    # The parts it calls, wired by the Engine.
-    pools: Pools
-    health: Health
-    router: Routes
-    leaving: Leaving
-    show: Show
-    control: Control
-
-    def __init__(self, ctx: Context) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        pools: Pools,
+        health: Health,
+        router: Routes,
+        leaving: Leaving,
+        show: Show,
+        control: Control,
+    ) -> None:
         self.ctx = ctx
+        self.pools = pools
+        self.health = health
+        self.router = router
+        self.leaving = leaving
+        self.show = show
+        self.control = control
 
     # === login =======================================================================
 

@@ -42,9 +42,10 @@ from ._objects import Client, PoolGroup
 from ._states import C_CLOSED, S_CLOSED, S_IDLE, ClientState, ServerInput, server_to
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pgsansio.config_model import ServerAddress
 
-    from ._admin import Admin
     from ._context import Context
     from ._leaving import Leaving
     from ._metrics import Metrics
@@ -66,15 +67,22 @@ class AdminError(Exception):
 class Control:
     """Owns its state; see the module docstring."""
 
-    # The parts it calls, wired by the Engine.
-    pools: Pools
-    router: Routes
-    leaving: Leaving
-    metrics: Metrics
-    admin: Admin
-
-    def __init__(self, ctx: Context) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        pools: Pools,
+        router: Routes,
+        leaving: Leaving,
+        metrics: Metrics,
+        resume_console: Callable[[Client], None],
+    ) -> None:
         self.ctx = ctx
+        self.pools = pools
+        self.router = router
+        self.leaving = leaving
+        self.metrics = metrics
+        self._resume_console = resume_console
         # Who waits for a PAUSE to complete: (admin client or None for SIGUSR1, db).
         self._pause_waiters: list[tuple[Client | None, str | None]] = []
         self._reload_waiters: list[Client] = []
@@ -248,14 +256,14 @@ class Control:
                     ),
                 )
                 self.ctx.send_client(c, ReadyForQuery("I"))
-                self.admin.admin_resume(c)
+                self._resume_console(c)
 
     def _admin_done(self, c: Client, tag: str) -> None:
         """Answer a command that had to wait, then run what the client sent meanwhile."""
         self.busy.discard(c.cid)
         self.ctx.send_client(c, CommandComplete(tag))
         self.ctx.send_client(c, ReadyForQuery("I"))
-        self.admin.admin_resume(c)
+        self._resume_console(c)
 
     def maybe_exit(self, *, force: bool = False) -> None:
         if not self.ctx.life.shutting_down or self.ctx.life.exited:

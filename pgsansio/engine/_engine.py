@@ -100,62 +100,63 @@ class Engine:
     def __init__(self, config: Config, *, seed: int | None = None) -> None:
         self.ctx = ctx = Context(config, seed)
         self._announced: float | None = None
-        # The parts, and the parts each one calls (see the package docstring).
+        # The parts, each given the parts below it that it calls (the DAG drawn in the
+        # package docstring).
         self.stats = Stats(ctx)
         self.pools = Pools(ctx)
         self.health = Health(ctx)
-        self.router = Routes(ctx)
-        self.probes = Probes(ctx)
-        self.relay = Relay(ctx)
+        self.router = Routes(ctx, pools=self.pools, health=self.health)
+        self.probes = Probes(ctx, pools=self.pools, health=self.health, router=self.router)
+        self.relay = Relay(ctx, stats=self.stats, pools=self.pools, router=self.router)
         self.tls = Tls(ctx)
-        self.login = Login(ctx)
-        self.leaving = Leaving(ctx)
-        self.show = Show(ctx)
-        self.metrics = Metrics(ctx)
-        self.control = Control(ctx)
-        self.admin = Admin(ctx)
-        self.router.pools = self.pools
-        self.router.health = self.health
-        self.probes.pools = self.pools
-        self.probes.health = self.health
-        self.probes.router = self.router
-        self.relay.stats = self.stats
-        self.relay.pools = self.pools
-        self.relay.router = self.router
-        self.login.stats = self.stats
-        self.login.pools = self.pools
-        self.login.router = self.router
-        self.login.probes = self.probes
-        self.login.tls = self.tls
-        self.leaving.pools = self.pools
-        self.leaving.router = self.router
-        self.leaving.probes = self.probes
-        self.leaving.relay = self.relay
-        self.leaving.login = self.login
-        self.show.stats = self.stats
-        self.show.pools = self.pools
-        self.show.health = self.health
-        self.metrics.stats = self.stats
-        self.metrics.pools = self.pools
-        self.metrics.health = self.health
-        self.metrics.show = self.show
-        self.control.pools = self.pools
-        self.control.router = self.router
-        self.control.leaving = self.leaving
-        self.control.metrics = self.metrics
-        self.control.admin = self.admin
-        self.admin.pools = self.pools
-        self.admin.health = self.health
-        self.admin.router = self.router
-        self.admin.leaving = self.leaving
-        self.admin.show = self.show
-        self.admin.control = self.control
+        self.login = Login(
+            ctx,
+            stats=self.stats,
+            pools=self.pools,
+            router=self.router,
+            probes=self.probes,
+            tls=self.tls,
+        )
+        self.leaving = Leaving(
+            ctx,
+            pools=self.pools,
+            router=self.router,
+            probes=self.probes,
+            relay=self.relay,
+            login=self.login,
+        )
+        self.show = Show(ctx, stats=self.stats, pools=self.pools, health=self.health)
+        self.metrics = Metrics(
+            ctx, stats=self.stats, pools=self.pools, health=self.health, show=self.show
+        )
+        self.control = Control(
+            ctx,
+            pools=self.pools,
+            router=self.router,
+            leaving=self.leaving,
+            metrics=self.metrics,
+            resume_console=self._resume_console,
+        )
+        self.admin = Admin(
+            ctx,
+            pools=self.pools,
+            health=self.health,
+            router=self.router,
+            leaving=self.leaving,
+            show=self.show,
+            control=self.control,
+        )
         self._signals = Signals()
         ctx.drop_client = self.leaving.drop_client
         ctx.server_gone = self.leaving.server_gone
         ctx.maybe_exit = self.control.maybe_exit
         ctx.link = self.relay.link
         self.pools.build_groups(config)
+
+    def _resume_console(self, c: Client) -> None:
+        """Control's one call upward: a console command that had to wait (PAUSE,
+        RELOAD) is answered; the console goes on with what the client sent meanwhile."""
+        self.admin.admin_resume(c)
 
     @property
     def config(self) -> Config:

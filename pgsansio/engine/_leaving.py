@@ -38,15 +38,22 @@ TERMINATING = ErrorResponse.build(
 class Leaving:
     """Owns its state; see the module docstring."""
 
-    # The parts it calls, wired by the Engine.
-    pools: Pools
-    router: Routes
-    probes: Probes
-    relay: Relay
-    login: Login
-
-    def __init__(self, ctx: Context) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        pools: Pools,
+        router: Routes,
+        probes: Probes,
+        relay: Relay,
+        login: Login,
+    ) -> None:
         self.ctx = ctx
+        self.pools = pools
+        self.router = router
+        self.probes = probes
+        self.relay = relay
+        self.login = login
 
     def drop_client(
         self, c: Client, error: ErrorResponse | None = None, *, closed: bool = False

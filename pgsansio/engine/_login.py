@@ -90,15 +90,22 @@ def as_fatal(error: ErrorResponse) -> ErrorResponse:
 class Login:
     """Owns its state; see the module docstring."""
 
-    # The parts it calls, wired by the Engine.
-    stats: Stats
-    pools: Pools
-    router: Routes
-    probes: Probes
-    tls: Tls
-
-    def __init__(self, ctx: Context) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        stats: Stats,
+        pools: Pools,
+        router: Routes,
+        probes: Probes,
+        tls: Tls,
+    ) -> None:
         self.ctx = ctx
+        self.stats = stats
+        self.pools = pools
+        self.router = router
+        self.probes = probes
+        self.tls = tls
         self.mock_seed = ctx.rng.randbytes(16)
         self.cancel_keys: dict[tuple[int, bytes], Client] = {}
         # a login's ParameterStatus messages, encoded, by (name, value) pairs

@@ -92,14 +92,20 @@ def _response(status: str, body: bytes, *, content_type: str, extra: str = "") -
 class Metrics:
     """Owns its state; see the module docstring."""
 
-    # The parts it calls, wired by the Engine.
-    stats: Stats
-    pools: Pools
-    health: Health
-    show: Show
-
-    def __init__(self, ctx: Context) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        stats: Stats,
+        pools: Pools,
+        health: Health,
+        show: Show,
+    ) -> None:
         self.ctx = ctx
+        self.stats = stats
+        self.pools = pools
+        self.health = health
+        self.show = show
         self.http: dict[int, bytearray] = {}
 
     _http: dict[int, bytearray]

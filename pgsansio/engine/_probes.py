@@ -71,13 +71,11 @@ class Probe:
 class Probes:
     """Owns the probe connections; see the module docstring."""
 
-    # The parts it calls, wired by the Engine.
-    pools: Pools
-    health: Health
-    router: Routes
-
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, *, pools: Pools, health: Health, router: Routes) -> None:
         self.ctx = ctx
+        self.pools = pools
+        self.health = health
+        self.router = router
         self._probes: dict[Key, Probe] = {}
         self._probe_interval = 0.0
 

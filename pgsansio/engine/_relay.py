@@ -149,13 +149,11 @@ def _message_end(data: bytes, offset: int) -> int:
 class Relay:
     """Owns its state; see the module docstring."""
 
-    # The parts it calls, wired by the Engine.
-    stats: Stats
-    pools: Pools
-    router: Routes
-
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, *, stats: Stats, pools: Pools, router: Routes) -> None:
         self.ctx = ctx
+        self.stats = stats
+        self.pools = pools
+        self.router = router
         self.statements: dict[tuple[str, tuple[int, ...]], Prepared] = {}
         self.statement_counter = 0
 

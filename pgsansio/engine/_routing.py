@@ -84,12 +84,10 @@ def _key(pool: Pool) -> Key:
 class Routes:
     """Owns its state; see the module docstring."""
 
-    # The parts it calls, wired by the Engine.
-    pools: Pools
-    health: Health
-
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, *, pools: Pools, health: Health) -> None:
         self.ctx = ctx
+        self.pools = pools
+        self.health = health
         self._routers: dict[int, Router] = {}
         self._rr: dict[tuple[str, str, int, str], int] = {}
         self._parser_missing: str | None = None

@@ -110,13 +110,11 @@ def _wait(now: float, since: float | None) -> tuple[int, int]:
 class Show:
     """Owns its state; see the module docstring."""
 
-    # The parts it calls, wired by the Engine.
-    stats: Stats
-    pools: Pools
-    health: Health
-
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, *, stats: Stats, pools: Pools, health: Health) -> None:
         self.ctx = ctx
+        self.stats = stats
+        self.pools = pools
+        self.health = health
 
     def rows(self, c: Client, columns: Columns, rows: Sequence[Row], tag: str = "SHOW") -> None:
         self.ctx.send_client(c, RowDescription([(n, 0, 0, oid, -1, -1, 0) for n, oid in columns]))
