@@ -842,7 +842,7 @@ def test_a_bug_costs_one_client_not_the_pooler(monkeypatch: pytest.MonkeyPatch) 
     def boom(*args: object) -> None:
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(w.engine.router, "checkout", boom)
+    monkeypatch.setattr(w.engine.lending, "checkout", boom)
     a.send(Query("select 1"))
     err = errors(a.events())[0]
     assert err.sqlstate == "XX000" and a.closed

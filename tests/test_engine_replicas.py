@@ -263,10 +263,10 @@ def test_with_its_only_replica_down_reads_go_to_the_primary(interval: int) -> No
 def test_when_every_replica_is_banned_they_are_all_unbanned() -> None:
     w = world(splitting())
     c = logged_in(w)
-    w.engine.health.ban(("pg1", 5432), 600, "admin")
-    assert not w.engine.health.ban(("pg0", 5432), 600, "admin")  # the primary: refused
+    w.engine.lending.ban(("pg1", 5432), 600, "admin")
+    assert not w.engine.lending.ban(("pg0", 5432), 600, "admin")  # the primary: refused
     assert server_of(c.query("select pg_backend_pid()")) == "pg2"
-    w.engine.health.ban(("pg2", 5432), 600, "admin")
+    w.engine.lending.ban(("pg2", 5432), 600, "admin")
     assert server_of(c.query("select pg_backend_pid()")) in {"pg1", "pg2"}
     assert not w.engine.bans
     assert any("every replica was banned" in line for line in w.logs)

@@ -61,8 +61,8 @@ if TYPE_CHECKING:
     from ._control import Control
     from ._health import Health
     from ._leaving import Leaving
+    from ._lending import Lending
     from ._pooling import Pools
-    from ._routing import Routes
     from ._show import Show
 
 __all__ = ["Admin"]
@@ -80,7 +80,7 @@ class Admin:
         *,
         pools: Pools,
         health: Health,
-        router: Routes,
+        lending: Lending,
         leaving: Leaving,
         show: Show,
         control: Control,
@@ -88,7 +88,7 @@ class Admin:
         self.ctx = ctx
         self.pools = pools
         self.health = health
-        self.router = router
+        self.lending = lending
         self.leaving = leaving
         self.show = show
         self.control = control
@@ -294,7 +294,7 @@ class Admin:
                     "primaries are never banned",
                 )
             for a in addresses:
-                self.router.ban(a, seconds, "admin ban")
+                self.lending.ban(a, seconds, "admin ban")
         else:
             for a in addresses:
                 self.health.unban((a.host, a.port))

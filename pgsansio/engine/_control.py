@@ -48,9 +48,9 @@ if TYPE_CHECKING:
 
     from ._context import Context
     from ._leaving import Leaving
+    from ._lending import Lending
     from ._metrics import Metrics
     from ._pooling import Pools
-    from ._routing import Routes
 
 __all__ = ["AdminError", "Control"]
 
@@ -72,14 +72,14 @@ class Control:
         ctx: Context,
         *,
         pools: Pools,
-        router: Routes,
+        lending: Lending,
         leaving: Leaving,
         metrics: Metrics,
         resume_console: Callable[[Client], None],
     ) -> None:
         self.ctx = ctx
         self.pools = pools
-        self.router = router
+        self.lending = lending
         self.leaving = leaving
         self.metrics = metrics
         self._resume_console = resume_console
@@ -106,7 +106,7 @@ class Control:
                 for w in pool.waiters:
                     w.wait_gen += 1  # its connect_timeout no longer applies
                     w.pool = None  # it waits on no pool now (a cancel finds nothing to do)
-                    self.router.park(w)
+                    self.lending.park(w)
                 pool.waiters.clear()
                 for s in list(pool.idle):
                     self.pools.close_server(s)
@@ -147,7 +147,7 @@ class Control:
         self.ctx.life.pausing = bool(self.ctx.life.paused)
         self._pause_waiters = [(w, d) for w, d in self._pause_waiters if d is not None]
         self._pause_waiters = [(w, d) for w, d in self._pause_waiters if d in self.ctx.life.paused]
-        self.router.unpark()
+        self.lending.unpark()
         for group in self._db_groups(db):
             self.pools.prewarm(group)
 

@@ -47,6 +47,7 @@ from ._effects import ReadClient, ReadServer, Wakeup
 from ._errors import INTERNAL, ClientFatal, fatal
 from ._health import Health
 from ._leaving import Leaving
+from ._lending import Lending
 from ._login import Login
 from ._metrics import Metrics
 from ._objects import (
@@ -105,22 +106,26 @@ class Engine:
         self.stats = Stats(ctx)
         self.pools = Pools(ctx)
         self.health = Health(ctx)
-        self.router = Routes(ctx, pools=self.pools, health=self.health)
-        self.probes = Probes(ctx, pools=self.pools, health=self.health, router=self.router)
-        self.relay = Relay(ctx, stats=self.stats, pools=self.pools, router=self.router)
+        self.router = Routes(ctx, health=self.health)
+        self.lending = Lending(ctx, pools=self.pools, health=self.health, router=self.router)
+        self.probes = Probes(ctx, pools=self.pools, health=self.health, lending=self.lending)
+        self.relay = Relay(
+            ctx, stats=self.stats, pools=self.pools, router=self.router, lending=self.lending
+        )
         self.tls = Tls(ctx)
         self.login = Login(
             ctx,
             stats=self.stats,
             pools=self.pools,
             router=self.router,
+            lending=self.lending,
             probes=self.probes,
             tls=self.tls,
         )
         self.leaving = Leaving(
             ctx,
             pools=self.pools,
-            router=self.router,
+            lending=self.lending,
             probes=self.probes,
             relay=self.relay,
             login=self.login,
@@ -132,7 +137,7 @@ class Engine:
         self.control = Control(
             ctx,
             pools=self.pools,
-            router=self.router,
+            lending=self.lending,
             leaving=self.leaving,
             metrics=self.metrics,
             resume_console=self._resume_console,
@@ -141,7 +146,7 @@ class Engine:
             ctx,
             pools=self.pools,
             health=self.health,
-            router=self.router,
+            lending=self.lending,
             leaving=self.leaving,
             show=self.show,
             control=self.control,

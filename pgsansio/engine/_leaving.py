@@ -21,11 +21,11 @@ from ._states import S_CLOSED, S_LOGIN, ClientInput, ClientState, ServerState, c
 
 if TYPE_CHECKING:
     from ._context import Context
+    from ._lending import Lending
     from ._login import Login
     from ._pooling import Pools
     from ._probes import Probes
     from ._relay import Relay
-    from ._routing import Routes
 
 __all__ = ["Leaving"]
 
@@ -43,14 +43,14 @@ class Leaving:
         ctx: Context,
         *,
         pools: Pools,
-        router: Routes,
+        lending: Lending,
         probes: Probes,
         relay: Relay,
         login: Login,
     ) -> None:
         self.ctx = ctx
         self.pools = pools
-        self.router = router
+        self.lending = lending
         self.probes = probes
         self.relay = relay
         self.login = login
@@ -154,7 +154,7 @@ class Leaving:
             # After the server's own FATAL reached the client, a second error of ours
             # would only be noise: just close.
             self.drop_client(c, None if s.fatal_forwarded else error)
-        self.router.server_lost(s, was, c is not None)  # bans, and moves waiters elsewhere
+        self.lending.server_lost(s, was, c is not None)  # bans, and moves waiters elsewhere
         if was in (ServerState.CONNECTING, S_LOGIN):
             # Fail fast, with the server's own error, the clients nothing else could
             # serve (PgBouncer's server_login_retry behaviour since 1.24).

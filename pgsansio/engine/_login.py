@@ -63,6 +63,7 @@ from ._states import ClientInput, ClientState, ServerInput, ServerState, client_
 
 if TYPE_CHECKING:
     from ._context import Context
+    from ._lending import Lending
     from ._pooling import Pools
     from ._probes import Probes
     from ._routing import Routes
@@ -97,6 +98,7 @@ class Login:
         stats: Stats,
         pools: Pools,
         router: Routes,
+        lending: Lending,
         probes: Probes,
         tls: Tls,
     ) -> None:
@@ -104,6 +106,7 @@ class Login:
         self.stats = stats
         self.pools = pools
         self.router = router
+        self.lending = lending
         self.probes = probes
         self.tls = tls
         self.mock_seed = ctx.rng.randbytes(16)
@@ -507,7 +510,7 @@ class Login:
                 target.pool.waiters.remove(target)
                 target.waiting_since = None
                 pending, target.pending = target.pending, []
-                self.router.fail_requests(target, pending, _CANCELED)
+                self.lending.fail_requests(target, pending, _CANCELED)
             return  # an idle client: nothing runs, nothing to cancel
         s = target.server
         if s.queue:

@@ -26,14 +26,15 @@ from pgsansio.protocol import DataRow, ErrorResponse, Query, ReadyForQuery
 
 from ._effects import OpenServer
 from ._health import Key, lsn_to_int
+from ._lending import Lending
 from ._objects import P_PROBE, Pool, ServerConn
 from ._states import S_CLOSED, ServerInput, ServerState, server_to
 
 if TYPE_CHECKING:
     from ._context import Context
     from ._health import Health
+    from ._lending import Lending
     from ._pooling import Pools
-    from ._routing import Routes
 
 __all__ = ["DEFAULT_PROBE_INTERVAL", "Probes"]
 
@@ -71,11 +72,11 @@ class Probe:
 class Probes:
     """Owns the probe connections; see the module docstring."""
 
-    def __init__(self, ctx: Context, *, pools: Pools, health: Health, router: Routes) -> None:
+    def __init__(self, ctx: Context, *, pools: Pools, health: Health, lending: Lending) -> None:
         self.ctx = ctx
         self.pools = pools
         self.health = health
-        self.router = router
+        self.lending = lending
         self._probes: dict[Key, Probe] = {}
         self._probe_interval = 0.0
 
@@ -251,4 +252,4 @@ class Probes:
 
     def _probe_ok(self, probe: Probe) -> None:
         self.health.role_found(probe.key, probe.in_recovery)
-        self.router.retry_role_waiters()
+        self.lending.retry_role_waiters()

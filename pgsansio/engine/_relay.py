@@ -88,6 +88,7 @@ from ._states import (
 
 if TYPE_CHECKING:
     from ._context import Context
+    from ._lending import Lending
     from ._pooling import Pools
     from ._routing import Routes
     from ._stats import Stats
@@ -149,11 +150,20 @@ def _message_end(data: bytes, offset: int) -> int:
 class Relay:
     """Owns its state; see the module docstring."""
 
-    def __init__(self, ctx: Context, *, stats: Stats, pools: Pools, router: Routes) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        stats: Stats,
+        pools: Pools,
+        router: Routes,
+        lending: Lending,
+    ) -> None:
         self.ctx = ctx
         self.stats = stats
         self.pools = pools
         self.router = router
+        self.lending = lending
         self.statements: dict[tuple[str, tuple[int, ...]], Prepared] = {}
         self.statement_counter = 0
 
@@ -563,7 +573,7 @@ class Relay:
             return False
         if s is None:  # it waits for a server, as next_span would have made it wait
             c.pending.append((data, [Query(sql)], [0]))
-            self.router.checkout(c)
+            self.lending.checkout(c)
             return True
         if c.server is None:
             self._take(c, s)
@@ -724,7 +734,7 @@ class Relay:
     def _internal_done(self, s: ServerConn, entry: Entry) -> None:
         if s.state is S_CLOSED:
             return
-        if entry.tag == "healthcheck" and self.router.health_done(s, entry):
+        if entry.tag == "healthcheck" and self.lending.health_done(s, entry):
             return
         if entry.error is not None:
             if entry.tag == "sync" and s.client is not None:
@@ -894,7 +904,7 @@ class Relay:
                 return
         c.pending.append((span.data, events, span.offsets))
         if s is None and c.waiting_since is None:
-            self.router.checkout(c)
+            self.lending.checkout(c)
 
     def _cache_size(self, c: Client) -> int:
         if c.group is None or c.user is None or c.user.pool_mode != "transaction":
@@ -919,7 +929,7 @@ class Relay:
         self.pools.cancel_server(s)
         self.pools.close_server(s)
         if s.pool is not None:
-            self.router.ban(s.pool, None, "statement timeout")
+            self.lending.ban(s.pool, None, "statement timeout")
             self.pools.refill(s.pool)
         self.ctx.drop_client(
             c,

@@ -44,33 +44,26 @@ from pgsansio.protocol import (
     DataRow,
     Describe,
     ErrorResponse,
-    Event,
     Execute,
     Field,
-    FunctionCall,
     Parse,
-    ProtocolError,
     Query,
     ReadyForQuery,
     RowDescription,
     Span,
-    Sync,
 )
 
-from ._errors import fatal
-from ._health import BANNED, NOT_BANNED, key_of
-from ._objects import Client, Entry, Pool, ServerConn
-from ._states import C_CLOSED, S_CLOSED, S_LOGIN, ClientState, ServerInput, ServerState, server_to
+from ._objects import Client, Pool
 
 if TYPE_CHECKING:
-    from pgsansio.config_model import ServerAddress
     from pgsansio.routing import Router
 
     from ._context import Context
     from ._health import Health, Key
-    from ._pooling import Pools
 
-__all__ = ["Routes"]
+__all__ = ["WAIT_FOR_PRIMARY", "Routes"]
+
+WAIT_FOR_PRIMARY = ""  # what route() says while no probe has answered yet
 
 _TEXT_OID = 25
 _EXTENDED = (Parse, Bind, Describe, Execute, Close)
@@ -84,19 +77,12 @@ def _key(pool: Pool) -> Key:
 class Routes:
     """Owns its state; see the module docstring."""
 
-    def __init__(self, ctx: Context, *, pools: Pools, health: Health) -> None:
+    def __init__(self, ctx: Context, *, health: Health) -> None:
         self.ctx = ctx
-        self.pools = pools
         self.health = health
         self._routers: dict[int, Router] = {}
         self._rr: dict[tuple[str, str, int, str], int] = {}
         self._parser_missing: str | None = None
-        # clients waiting for a server under connect_timeout (see _wait_until)
-        self._waiting: dict[Client, None] = {}
-        self._wait_sweep_at: float | None = None
-        self._role_waiters: list[Client] = []  # waiting for a probe to find a primary
-        self._held: list[Client] = []  # clients waiting because their database is paused
-        self._health_checks: dict[int, Entry] = {}  # server id -> its ``;`` in flight
 
     def _router(self, max_length: int | None) -> Router | None:
         """The classifier, or None when pglast is not installed (said once at start)."""
@@ -195,9 +181,10 @@ class Routes:
 
     # === choosing an address ========================================================
 
-    def route(self, c: Client, *, retry: bool = False) -> Pool | None:
-        """The pool ``c`` should take a server from; None when ``c`` has been answered
-        (no server can serve it) or parked until a probe finds a primary."""
+    def route(self, c: Client, *, retry: bool = False) -> Pool | str:
+        """The pool ``c`` should take a server from; else why no server can serve it
+        (a message for the client), or WAIT_FOR_PRIMARY while the probes have not yet
+        found which server is the primary."""
         group = c.group
         assert group is not None
         shard = group.pools[0]
@@ -217,33 +204,20 @@ class Routes:
                 for p in shard
             )
         ):
-            # Not probed yet (the pooler just started): wait for the first answers.
-            c.waiting_since = self.ctx.now
-            c.pool = None
-            self._role_waiters.append(c)
-            assert c.user is not None
-            gen = c.wait_gen = c.wait_gen + 1
-            self.ctx.at(
-                self.ctx.now + c.user.connect_timeout / 1000, lambda: self._role_timeout(c, gen)
-            )
-            return None
+            return WAIT_FOR_PRIMARY  # not probed yet (the pooler just started)
         if not candidates:
             if want == "primary":
-                message = (
-                    f'no primary server is available in pool "{group.name}" for writes'
-                    + self._why_no_primary(shard)
+                return f'no primary server is available in pool "{group.name}" for writes' + (
+                    self.why_no_primary(shard)
                 )
-            else:
-                message = f'no server is available in pool "{group.name}": ' + self._why_no_server(
-                    c, shard
-                )
-            self._no_server(c, message)
-            return None
+            return f'no server is available in pool "{group.name}": ' + self._why_no_server(
+                c, shard
+            )
         if len(candidates) == 1:
             return candidates[0]
         return self._balance(c, candidates, want)
 
-    def _why_no_primary(self, shard: list[Pool]) -> str:
+    def why_no_primary(self, shard: list[Pool]) -> str:
         if any(p.address.role == "auto" for p in shard):
             return (
                 " (none of its servers answered our probe as being out of recovery; "
@@ -345,53 +319,6 @@ class Routes:
 
     # === moving and failing clients ================================================
 
-    def reroute(self, c: Client, failed: Pool) -> None:
-        """``c`` waited on ``failed``, which cannot serve it: try another address (the
-        connect_timeout it waits under keeps running)."""
-        if c.state is ClientState.CLOSED or c.server is not None:
-            return
-        tried = c.tried if c.tried is not None else set()
-        tried.add(_key(failed))
-        c.tried = tried
-        pool = self.route(c, retry=True)
-        if pool is None:
-            return
-        c.pool = pool
-        while pool.idle:
-            s = pool.idle.pop()
-            if self.pools.expired(s):
-                self.pools.close_server(s)
-                continue
-            self.hand_out(c, s)
-            return
-        pool.waiters.append(c)
-        if c.waiting_since is None:
-            c.waiting_since = self.ctx.now
-            c.wait_deadline = None  # as before: no connect_timeout for this wait
-        assert c.user is not None
-        if len(pool.servers) < c.user.pool_size:
-            self.pools.open_server(pool)
-
-    def _no_server(self, c: Client, message: str) -> None:
-        """No server can take ``c``'s requests: answer them as a server would."""
-        self.ctx.log(logging.WARNING, f"client {c.cid}: {message}")
-        c.waiting_since = None
-        c.pool = None
-        pending, c.pending = c.pending, []
-        self.fail_requests(c, pending, ErrorResponse.build("57P03", message))
-
-    def _role_timeout(self, c: Client, gen: int) -> None:
-        if c in self._role_waiters and c.wait_gen == gen:
-            self._role_waiters.remove(c)
-            if c.state is C_CLOSED:
-                return
-            assert c.group is not None
-            self._no_server(
-                c,
-                f'no primary server is available in pool "{c.group.name}" for writes'
-                + self._why_no_primary(c.group.pools[0]),
-            )
-
     # === PgCat's custom commands ===================================================
 
     def custom_command(self, c: Client, span: Span) -> bool:
@@ -452,283 +379,3 @@ class Routes:
         # The server's transaction is untouched by our error: its status stands.
         self.ctx.send_client(c, ErrorResponse.build("42601", message))
         self.ctx.send_client(c, ReadyForQuery(status))
-
-    def checkout(self, c: Client) -> None:
-        if self.ctx.life.pausing and self.hold(c):
-            return  # PAUSE: it waits for RESUME
-        group = c.group
-        assert group is not None
-        if group.removed:
-            # A reload changed or removed this pool: move to its new incarnation.
-            new = self.pools.groups.get((group.name, group.user.username))
-            if new is None:
-                self.ctx.drop_client(
-                    c,
-                    fatal(
-                        "08P01",
-                        f'the pool "{group.name}" for user "{group.user.username}" '
-                        "was removed from the configuration",
-                    ),
-                )
-                return
-            if new.server_params is None:
-                new.server_params = group.server_params
-            c.group = group = new
-            c.user = new.user
-        pool = self.route(c)
-        if pool is None:
-            return  # answered with an error, or waiting for a primary to be found
-        c.pool = pool
-        idle = pool.idle
-        while idle:
-            s = idle.popleft() if self.ctx.config.general.server_round_robin else idle.pop()
-            if group.user.server_lifetime and self.pools.expired(s):
-                self.pools.close_server(s)
-                continue
-            self.hand_out(c, s)
-            return
-        c.waiting_since = self.ctx.now
-        c.wait_gen += 1
-        pool.waiters.append(c)
-        if len(pool.servers) < group.user.pool_size:
-            self.pools.open_server(pool)
-        self._wait_until(c, self.ctx.now + group.user.connect_timeout / 1000)
-
-    def _wait_until(self, c: Client, deadline: float) -> None:
-        """``c`` now waits in ``c.pool.waiters`` until ``deadline`` (connect_timeout).
-
-        Not a timer per wait: with more clients than servers nearly every transaction
-        waits a little, and a timer each (a closure, a heap push, a no-op firing later
-        and a new wake-up for the frontend each time the heap's head moved) cost more
-        than the rest of the checkout. One sweep timer, armed at the earliest deadline,
-        looks at the waiting clients instead; most have been served by then."""
-        c.wait_deadline = deadline
-        self._waiting[c] = None
-        at = self._wait_sweep_at
-        if at is None or deadline < at:
-            self._wait_sweep_at = deadline
-            self.ctx.at(deadline, self._wait_sweep)
-
-    def _wait_sweep(self) -> None:
-        """Time out the waiters whose connect_timeout has passed; re-arm for the rest."""
-        at = self._wait_sweep_at
-        if at is None or at > self.ctx.now:
-            return  # superseded by an earlier sweep, which re-armed for later
-        now = self.ctx.now
-        first: float | None = None
-        expired: list[Client] = []
-        for c in list(self._waiting):
-            deadline = c.wait_deadline
-            pool = c.pool
-            if (
-                c.state is ClientState.CLOSED
-                or c.waiting_since is None
-                or deadline is None
-                or pool is None
-                or c not in pool.waiters
-            ):
-                del self._waiting[c]  # served, gone, held by PAUSE or waiting for a role
-            elif deadline <= now:
-                del self._waiting[c]
-                expired.append(c)
-            elif first is None or deadline < first:
-                first = deadline
-        self._wait_sweep_at = first
-        if first is not None:
-            self.ctx.at(first, self._wait_sweep)
-        for c in expired:
-            if (
-                c.state is not ClientState.CLOSED
-                and c.waiting_since is not None
-                and c.pool is not None
-            ):
-                self._checkout_timeout(c)
-
-    def _checkout_timeout(self, c: Client) -> None:
-        assert c.pool is not None and c.user is not None
-        c.wait_deadline = None
-        c.pool.waiters.remove(c)
-        c.waiting_since = None
-        pending, c.pending = c.pending, []
-        self.ctx.log(
-            logging.WARNING,
-            f'client {c.cid} ("{c.username}" to "{c.database}") waited more than '
-            f"connect_timeout ({c.user.connect_timeout} ms) for a server connection",
-        )
-        error = ErrorResponse.build(
-            "53300",
-            "no server connection became free within connect_timeout "
-            f"({c.user.connect_timeout} ms); all {c.user.pool_size} are busy",
-        )
-        c.checkout_failures += 1
-        limit = c.group.cfg.checkout_failure_limit if c.group is not None else None
-        if limit and c.checkout_failures >= limit:
-            # PgCat's checkout_failure_limit: a client that keeps failing is let go.
-            self.ctx.drop_client(
-                c,
-                fatal(
-                    "53300",
-                    f"no server connection within connect_timeout {c.checkout_failures} "
-                    f"times (checkout_failure_limit {limit}); disconnecting",
-                ),
-            )
-            return
-        self.fail_requests(c, pending, error)
-
-    def fail_requests(
-        self, c: Client, pending: list[tuple[bytes, list[Event], list[int]]], error: ErrorResponse
-    ) -> None:
-        """Answer requests no server will see with ``error``, as a server would."""
-        failed = False
-        try:
-            for _, events, _ in pending:
-                for e in events:
-                    t = type(e)
-                    if t is Query or t is FunctionCall:
-                        self.ctx.send_client(c, error)
-                        self.ctx.send_client(c, ReadyForQuery("I"))
-                    elif t is Sync:
-                        if not failed:
-                            self.ctx.send_client(c, error)
-                        self.ctx.send_client(c, ReadyForQuery("I"))
-                        failed = False
-                    elif not failed and t in _EXTENDED:
-                        self.ctx.send_client(c, error)
-                        failed = True
-        except ProtocolError:
-            self.ctx.drop_client(c, fatal(error.sqlstate or "08P01", error.message or ""))
-
-    def hand_out(self, c: Client, s: ServerConn) -> None:
-        """Give idle ``s`` to ``c``, after a ``;`` if it has been idle too long."""
-        delay = self.ctx.config.general.healthcheck_delay / 1000
-        if self.ctx.now - s.last_used <= delay:
-            self.ctx.link(c, s)
-            return
-        pool = s.pool
-        assert pool is not None and c.user is not None
-        pool.waiters.appendleft(c)
-        c.pool = pool
-        if c.waiting_since is None:
-            c.waiting_since = self.ctx.now
-            c.wait_gen += 1
-            self._wait_until(c, self.ctx.now + c.user.connect_timeout / 1000)
-        server_to(s, ServerInput.QUERIED)
-        self.pools.send_internal(s, ";", "healthcheck")
-        entry = s.queue[-1]
-        self._health_checks[s.sid] = entry
-        timeout = self.ctx.config.general.healthcheck_timeout / 1000
-        self.ctx.at(self.ctx.now + timeout, lambda: self.health_timeout(s, entry))
-
-    def health_timeout(self, s: ServerConn, entry: Entry) -> None:
-        if s.state is not S_CLOSED and entry in s.queue:
-            timeout = self.ctx.config.general.healthcheck_timeout
-            self._health_failed(s, f"failed health check (no answer within {timeout} ms)")
-
-    def health_done(self, s: ServerConn, entry: Entry) -> bool:
-        """Our ``;`` answered; True if it failed (and was dealt with)."""
-        self._health_checks.pop(s.sid, None)
-        if entry.error is None:
-            return False
-        message = entry.error.message if isinstance(entry.error, ErrorResponse) else "?"
-        self._health_failed(s, f"failed health check ({message})")
-        return True
-
-    def _health_failed(self, s: ServerConn, reason: str) -> None:
-        self._health_checks.pop(s.sid, None)
-        pool = s.pool
-        assert pool is not None
-        self.ctx.log(logging.WARNING, f"server {self.ctx.where(s)}: {reason}; closing it")
-        self.pools.close_server(s)
-        if not self.ban(pool, None, reason):
-            self.pools.refill(pool)  # the primary: its waiters wait for a new connection
-        elif pool.waiters:  # banned but a single-address shard: nowhere else to go
-            self.pools.refill(pool)
-
-    def server_lost(self, s: ServerConn, was: ServerState, linked: bool) -> None:
-        """A pool connection failed: ban its address if that is PgCat's rule, and
-        send the clients that were waiting for it somewhere else when possible."""
-        pool = s.pool
-        assert pool is not None
-        checking = self._health_checks.pop(s.sid, None) is not None
-        if len(pool.group.pools[pool.shard]) < 2:
-            return  # nowhere else to go: the pool's own fail-fast rules apply
-        if checking:
-            reason = "failed health check (the connection was lost)"
-        elif was in (ServerState.CONNECTING, ServerState.LOGIN):
-            reason = "failed checkout (could not connect or log in)"
-        elif was is ServerState.ACTIVE and linked:
-            reason = "the server connection was lost under a client"
-        else:
-            return
-        self.ban(pool, None, reason)
-        if checking or was in (ServerState.CONNECTING, S_LOGIN):
-            # The waiters expected this connection: try another address now (the
-            # primary is never banned, so its waiters are moved here, not by _ban).
-            for c in list(pool.waiters):
-                pool.waiters.remove(c)
-                self.reroute(c, pool)
-            group = pool.group
-            first_login = group.server_params is None and group.login_waiters
-            if first_login and not any(p.opening for p in group.all_pools()):
-                other = self.choose_pool(group.login_waiters[0])
-                if other is not pool and not self.health.banned(other.address):
-                    self.pools.open_server(other)
-
-    def _route_waiters_away(self, key: Key) -> None:
-        """Clients queued on a freshly banned address go to another one."""
-        for group in self.pools.groups.values():
-            for pool in group.all_pools():
-                if (pool.address.host, pool.address.port) == key and pool.waiters:
-                    for c in list(pool.waiters):
-                        pool.waiters.remove(c)
-                        self.reroute(c, pool)
-
-    def ban(self, target: Pool | ServerAddress | Key, seconds: float | None, reason: str) -> bool:
-        """Ban an address (see :meth:`Health.ban`) and move the clients waiting on it to
-        another address; False for a primary, which is never banned. Also the admin
-        console's ``BAN`` (reason ``"admin ban"``)."""
-        key = key_of(target)
-        done = self.health.ban(key, seconds, reason)
-        if done == BANNED:
-            self._route_waiters_away(key)
-        return done != NOT_BANNED
-
-    def retry_role_waiters(self) -> None:
-        """A probe answered: clients waiting for a primary to be found try again."""
-        waiters, self._role_waiters = self._role_waiters, []
-        for c in waiters:
-            if (
-                c.state is not ClientState.CLOSED
-                and c.waiting_since is not None
-                and c.server is None
-            ):
-                c.waiting_since = None
-                self.checkout(c)
-
-    def park(self, c: Client) -> None:
-        """PAUSE: ``c`` waits for RESUME (its connect_timeout no longer runs)."""
-        self._held.append(c)
-
-    def unpark(self) -> None:
-        """RESUME: the parked clients whose database is no longer paused go on."""
-        held, self._held = self._held, []
-        for c in held:
-            if c.state is ClientState.CLOSED or c.server is not None:
-                continue
-            if c.group is not None and c.group.name in self.ctx.life.paused:
-                self._held.append(c)
-                continue
-            self.checkout(c)
-
-    def hold(self, c: Client) -> bool:
-        """Called by checkout: keep ``c`` waiting if its database is paused."""
-        group = c.group
-        if group is None or group.name not in self.ctx.life.paused:
-            return False
-        if c.waiting_since is None:
-            c.waiting_since = self.ctx.now
-        c.pool = None
-        if len(self._held) > 64 and len(self._held) > 2 * len(self.ctx.clients):
-            self._held = [x for x in self._held if x.state is not C_CLOSED]
-        self._held.append(c)
-        return True
