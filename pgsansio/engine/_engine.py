@@ -61,6 +61,7 @@ from ._pooling import Pools
 from ._probes import Probes
 from ._relay import Relay
 from ._routing import Routes
+from ._sessions import Sessions
 from ._show import Show
 from ._signals import Signals, listen_changes
 from ._states import (
@@ -109,8 +110,16 @@ class Engine:
         self.router = Routes(ctx, health=self.health)
         self.lending = Lending(ctx, pools=self.pools, health=self.health, router=self.router)
         self.probes = Probes(ctx, pools=self.pools, health=self.health, lending=self.lending)
+        self.sessions = Sessions(
+            ctx, pools=self.pools, lending=self.lending, send_pending=self._send_pending
+        )
         self.relay = Relay(
-            ctx, stats=self.stats, pools=self.pools, router=self.router, lending=self.lending
+            ctx,
+            stats=self.stats,
+            pools=self.pools,
+            router=self.router,
+            lending=self.lending,
+            sessions=self.sessions,
         )
         self.tls = Tls(ctx)
         self.login = Login(
@@ -127,6 +136,7 @@ class Engine:
             pools=self.pools,
             lending=self.lending,
             probes=self.probes,
+            sessions=self.sessions,
             relay=self.relay,
             login=self.login,
         )
@@ -155,8 +165,13 @@ class Engine:
         ctx.drop_client = self.leaving.drop_client
         ctx.server_gone = self.leaving.server_gone
         ctx.maybe_exit = self.control.maybe_exit
-        ctx.link = self.relay.link
+        ctx.link = self.sessions.link
         self.pools.build_groups(config)
+
+    def _send_pending(self, c: Client, s: ServerConn) -> None:
+        """Sessions' one call upward: ``s`` is ready for ``c`` (linked, its settings
+        applied); the Relay sends the requests ``c`` queued while it waited."""
+        self.relay.flush_pending(c, s)
 
     def _resume_console(self, c: Client) -> None:
         """Control's one call upward: a console command that had to wait (PAUSE,

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from ._pooling import Pools
     from ._probes import Probes
     from ._relay import Relay
+    from ._sessions import Sessions
 
 __all__ = ["Leaving"]
 
@@ -45,6 +46,7 @@ class Leaving:
         pools: Pools,
         lending: Lending,
         probes: Probes,
+        sessions: Sessions,
         relay: Relay,
         login: Login,
     ) -> None:
@@ -52,6 +54,7 @@ class Leaving:
         self.pools = pools
         self.lending = lending
         self.probes = probes
+        self.sessions = sessions
         self.relay = relay
         self.login = login
 
@@ -93,7 +96,7 @@ class Leaving:
 
     def _abandon(self, c: Client, s: ServerConn) -> None:
         """The client left while holding ``s``: make it clean for the next one."""
-        self.relay.unlink(c, s)
+        self.sessions.unlink(c, s)
         if s.state is S_CLOSED:
             return
         if s.conn.frontend_copy_open:

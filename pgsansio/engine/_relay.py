@@ -20,7 +20,6 @@ request by looking at the queue's head:
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -55,8 +54,8 @@ from pgsansio.protocol import (
     Terminate,
 )
 
-from ._effects import ReadClient, ReadServer, SendClient, SendServer
-from ._errors import TERMINATING, fatal
+from ._effects import SendClient, SendServer
+from ._errors import fatal
 from ._objects import (
     EXTENDED,
     FAKE,
@@ -75,15 +74,11 @@ from ._objects import (
     Prepared,
     ServerConn,
 )
-from ._params import TRACKED, parse_simple_set, strip_comments, sync_sql
+from ._params import TRACKED, parse_simple_set, strip_comments
 from ._states import (
     C_CLOSED,
     C_READY,
     S_CLOSED,
-    SI_LINKED,
-    SI_RELEASED,
-    ServerState,
-    server_to,
 )
 
 if TYPE_CHECKING:
@@ -91,6 +86,7 @@ if TYPE_CHECKING:
     from ._lending import Lending
     from ._pooling import Pools
     from ._routing import Routes
+    from ._sessions import Sessions
     from ._stats import Stats
 
 __all__ = ["ClientFatal", "Relay"]
@@ -158,12 +154,14 @@ class Relay:
         pools: Pools,
         router: Routes,
         lending: Lending,
+        sessions: Sessions,
     ) -> None:
         self.ctx = ctx
         self.stats = stats
         self.pools = pools
         self.router = router
         self.lending = lending
+        self.sessions = sessions
         self.statements: dict[tuple[str, tuple[int, ...]], Prepared] = {}
         self.statement_counter = 0
 
@@ -487,9 +485,9 @@ class Relay:
                 self.ctx.out.append(SendClient(c.cid, payload))
         if done is not None:
             for entry in done:
-                self._internal_done(s, entry)
+                self.sessions.internal_done(s, entry)
         if s.client is not None:
-            self._release_if_done(s)
+            self.sessions.release_if_done(s)
         elif s.close_needed and not q and s.conn.idle and s.state is not S_CLOSED:
             # An abandoned server whose cancelled query has answered.
             self.pools.close_server(s)
@@ -532,7 +530,7 @@ class Relay:
         if data:
             c.stats.sent += len(data)
             self.ctx.out.append(SendClient(c.cid, data))
-        self._release_if_done(s)
+        self.sessions.release_if_done(s)
 
     # --- the fast lane ---------------------------------------------------------------
     #
@@ -578,7 +576,7 @@ class Relay:
         if c.server is None:
             self._take(c, s)
         self._send_query(c, s, data, sql)
-        self._after_client_data(c, s)
+        self.sessions.after_client_data(c, s)
         return True
 
     def _send_query(self, c: Client, s: ServerConn, data: bytes, sql: str) -> None:
@@ -622,7 +620,7 @@ class Relay:
             pool.idle.pop()
         c.tried = None
         c.pool = pool
-        self._attach(c, s)
+        self.sessions.attach(c, s)
 
     def fast_answer(self, s: ServerConn, data: bytes) -> bool:
         """``data`` from ``s`` sent to its client, if it is the whole ordinary answer
@@ -731,76 +729,7 @@ class Relay:
             # left is part of a message, so asking again would only say NEED_DATA.
             return
 
-    def _internal_done(self, s: ServerConn, entry: Entry) -> None:
-        if s.state is S_CLOSED:
-            return
-        if entry.tag == "healthcheck" and self.lending.health_done(s, entry):
-            return
-        if entry.error is not None:
-            if entry.tag == "sync" and s.client is not None:
-                c = s.client
-                s.syncing = False
-                self.unlink(c, s)
-                msg = entry.error.message if isinstance(entry.error, ErrorResponse) else ""
-                self.ctx.drop_client(
-                    c,
-                    fatal(
-                        entry.error.sqlstate or "22023"
-                        if isinstance(entry.error, ErrorResponse)
-                        else "22023",
-                        f"could not apply the session's settings on a server connection: {msg}",
-                    ),
-                )
-                s.applied.clear()
-                s.sync_key = None
-                self.pools.server_free(s)
-                return
-            self.ctx.log(
-                logging.WARNING, f"server {self.ctx.where(s)}: {entry.tag} failed; closing it"
-            )
-            self.pools.close_server(s)
-            return
-        if entry.tag == "sync":
-            s.syncing = False
-            owner = s.client
-            if owner is not None:
-                s.applied = dict(owner.settings)
-                s.sync_key = owner.sync_key
-                self._flush_pending(owner, s)
-                return
-        if s.client is None and not s.queue and s.state is ServerState.INTERNAL:
-            self.pools.server_free(s)
-
-    def unlink(self, c: Client, s: ServerConn) -> None:
-        if c.blocked:
-            self.ctx.out.append(ReadServer(s.sid, True))
-        if s.blocked and c.state is not C_CLOSED:
-            self.ctx.out.append(ReadClient(c.cid, True))
-        c.server = None
-        s.client = None
-        server_to(s, SI_RELEASED)
-
-    def _release_if_done(self, s: ServerConn) -> None:
-        c = s.client
-        if c is None or c.user is None:
-            return
-        if s.queue or not s.conn.idle:
-            return
-        if s.conn.transaction_status != "I":
-            timeout = self.ctx.config.general.idle_client_in_transaction_timeout
-            if timeout:
-                gen = s.query_gen
-                self.ctx.at(self.ctx.now + timeout / 1000, lambda: self.idle_tx_timeout(c, s, gen))
-            return
-        if self.ctx.life.shutting_down and not self.ctx.life.wait_for_clients and not c.pending:
-            self.ctx.drop_client(c, TERMINATING)  # its transaction is over: let it go
-            return
-        if c.user.pool_mode != "transaction" or c.unnamed_pending or c.pending:
-            return
-        self.unlink(c, s)
-        self.pools.server_free(s)
-
-    def _flush_pending(self, c: Client, s: ServerConn) -> None:
+    def flush_pending(self, c: Client, s: ServerConn) -> None:
         pending, c.pending = c.pending, []
         if len(pending) == 1:
             data, events, _ = pending[0]
@@ -808,64 +737,14 @@ class Relay:
             if isinstance(first, Query) and c.state is not C_CLOSED and c.server is s:
                 # One Query (the fast lane's waiting client): _to_server's work, for less.
                 self._send_query(c, s, data, first.sql)
-                self._after_client_data(c, s)
+                self.sessions.after_client_data(c, s)
                 return
         for data, events, offsets in pending:
             if c.state is C_CLOSED or c.server is not s:
                 return
             self._to_server(c, s, Span(data, events, offsets))
         if pending and c.state is not C_CLOSED and c.server is s:
-            self._after_client_data(c, s)
-
-    def _attach(self, c: Client, s: ServerConn) -> None:
-        """The bookkeeping of giving ``s`` to ``c`` (for _link and the fast lane)."""
-        c.server = s
-        st = c.stats
-        st.server_assignment_count += 1
-        if c.waiting_since is not None:
-            st.wait_time += self.ctx.now - c.waiting_since
-            c.waiting_since = None
-        s.client = c
-        server_to(s, SI_LINKED)
-        s.link_gen += 1
-        s.last_used = self.ctx.now
-
-    def link(self, c: Client, s: ServerConn) -> None:
-        if c.blocked:
-            self.ctx.out.append(ReadServer(s.sid, False))
-        if s.blocked:
-            self.ctx.out.append(ReadClient(c.cid, False))
-        self._attach(c, s)
-        key = c.sync_key
-        if key is None:
-            key = c.sync_key = (
-                tuple(c.params.get(name) for name in TRACKED),
-                tuple(sorted(c.settings.items())),
-            )
-        if s.sync_key == key:
-            sql = ""  # the common case: the last client here had the same settings
-        else:
-            want = {name: c.params[name] for name in TRACKED if name in c.params}
-            sql = sync_sql(want, s.params, c.settings, s.applied)
-            if not sql:
-                s.sync_key = key
-        if sql:
-            s.syncing = True
-            self.pools.send_internal(s, sql, "sync")
-        else:
-            self._flush_pending(c, s)
-
-    def _after_client_data(self, c: Client, s: ServerConn) -> None:
-        if c.state is C_CLOSED:
-            return
-        if s.queue:
-            s.query_gen += 1
-            timeout = c.user.statement_timeout if c.user is not None else 0
-            if timeout:
-                gen = s.query_gen
-                self.ctx.at(self.ctx.now + timeout / 1000, lambda: self.statement_timeout(s, gen))
-        elif s.client is c:
-            self._release_if_done(s)
+            self.sessions.after_client_data(c, s)
 
     def client_span(self, c: Client, span: Span) -> None:
         group = c.group
@@ -883,7 +762,7 @@ class Relay:
             if leaving:
                 self.ctx.drop_client(c)  # PostgreSQL closes after Terminate; so do we
             else:
-                self._after_client_data(c, s)
+                self.sessions.after_client_data(c, s)
             return
         if leaving:
             # Nothing of it reached a server yet: what came before Terminate is dropped.
@@ -900,7 +779,7 @@ class Relay:
             if ready is not None:  # what _checkout would do, without the pending list
                 self._take(c, ready)
                 self._to_server(c, ready, span)
-                self._after_client_data(c, ready)
+                self.sessions.after_client_data(c, ready)
                 return
         c.pending.append((span.data, events, span.offsets))
         if s is None and c.waiting_since is None:
@@ -910,35 +789,6 @@ class Relay:
         if c.group is None or c.user is None or c.user.pool_mode != "transaction":
             return 0
         return c.group.cfg.prepared_statements_cache_size
-
-    def idle_tx_timeout(self, c: Client, s: ServerConn, gen: int) -> None:
-        if c.server is not s or s.query_gen != gen or s.queue:
-            return
-        if s.conn.transaction_status == "I":
-            return
-        self.ctx.drop_client(c, fatal("25P03", "idle transaction timeout"))
-
-    def statement_timeout(self, s: ServerConn, gen: int) -> None:
-        c = s.client
-        if c is None or s.query_gen != gen or not s.queue or c.user is None:
-            return
-        self.ctx.log(logging.WARNING, f"client {c.cid}: statement timeout on {self.ctx.where(s)}")
-        # As PgCat: the server is slow or hung, so it is not trusted again; cancel what
-        # it runs and close it now (not after a drain that may never come).
-        self.unlink(c, s)
-        self.pools.cancel_server(s)
-        self.pools.close_server(s)
-        if s.pool is not None:
-            self.lending.ban(s.pool, None, "statement timeout")
-            self.pools.refill(s.pool)
-        self.ctx.drop_client(
-            c,
-            fatal(
-                "57014",
-                f"pool statement timeout: the query ran longer than statement_timeout "
-                f"({c.user.statement_timeout} ms)",
-            ),
-        )
 
 
 def _forward(
