@@ -58,6 +58,7 @@ from ._objects import (
     ServerConn,
 )
 from ._pooling import Pools
+from ._prepared import Statements
 from ._probes import Probes
 from ._relay import Relay
 from ._routing import Routes
@@ -113,6 +114,7 @@ class Engine:
         self.sessions = Sessions(
             ctx, pools=self.pools, lending=self.lending, send_pending=self._send_pending
         )
+        self.statements = Statements(ctx)
         self.relay = Relay(
             ctx,
             stats=self.stats,
@@ -120,6 +122,7 @@ class Engine:
             router=self.router,
             lending=self.lending,
             sessions=self.sessions,
+            statements=self.statements,
         )
         self.tls = Tls(ctx)
         self.login = Login(
@@ -137,7 +140,7 @@ class Engine:
             lending=self.lending,
             probes=self.probes,
             sessions=self.sessions,
-            relay=self.relay,
+            statements=self.statements,
             login=self.login,
         )
         self.show = Show(ctx, stats=self.stats, pools=self.pools, health=self.health)

@@ -24,16 +24,13 @@ if TYPE_CHECKING:
     from ._lending import Lending
     from ._login import Login
     from ._pooling import Pools
+    from ._prepared import Statements
     from ._probes import Probes
-    from ._relay import Relay
     from ._sessions import Sessions
 
 __all__ = ["Leaving"]
 
 ABANDON_GRACE = 5.0  # seconds a cancelled, abandoned server may take to answer
-TERMINATING = ErrorResponse.build(
-    "57P01", "terminating connection due to administrator command", "FATAL"
-)
 
 
 class Leaving:
@@ -47,7 +44,7 @@ class Leaving:
         lending: Lending,
         probes: Probes,
         sessions: Sessions,
-        relay: Relay,
+        statements: Statements,
         login: Login,
     ) -> None:
         self.ctx = ctx
@@ -55,7 +52,7 @@ class Leaving:
         self.lending = lending
         self.probes = probes
         self.sessions = sessions
-        self.relay = relay
+        self.statements = statements
         self.login = login
 
     def drop_client(
@@ -84,7 +81,7 @@ class Leaving:
         if c.group is not None and c in c.group.login_waiters:
             c.group.login_waiters.remove(c)
         for p in c.prepared.values():
-            self.relay.unref(p)
+            self.statements.unref(p)
         c.prepared.clear()
         c.pending = []
         s = c.server

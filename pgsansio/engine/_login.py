@@ -50,7 +50,7 @@ from pgsansio.protocol import (
 )
 
 from ._effects import OpenServer, SendClient
-from ._errors import ClientFatal
+from ._errors import ClientFatal, as_fatal, fatal
 from ._objects import (
     P_AUTH_QUERY,
     P_PROBE,
@@ -76,16 +76,6 @@ ADMIN_DATABASES = ("pgcat", "pgbouncer")
 _CANCELED = ErrorResponse.build("57014", "canceling statement due to user request")
 _TRACKED_LOWER = {name.lower(): name for name in TRACKED}
 _WELCOMES_KEPT = 64  # distinct ParameterStatus sets kept encoded (see _welcome)
-
-
-def fatal(sqlstate: str, message: str) -> ErrorResponse:
-    return ErrorResponse.build(sqlstate, message, "FATAL")
-
-
-def as_fatal(error: ErrorResponse) -> ErrorResponse:
-    if error.severity in ("FATAL", "PANIC"):
-        return error
-    return ErrorResponse([(k, "FATAL" if k in "SV" else v) for k, v in error.fields])
 
 
 class Login:

@@ -71,7 +71,6 @@ from ._objects import (
     Client,
     Entry,
     PoolGroup,
-    Prepared,
     ServerConn,
 )
 from ._params import TRACKED, parse_simple_set, strip_comments
@@ -85,11 +84,12 @@ if TYPE_CHECKING:
     from ._context import Context
     from ._lending import Lending
     from ._pooling import Pools
+    from ._prepared import Statements
     from ._routing import Routes
     from ._sessions import Sessions
     from ._stats import Stats
 
-__all__ = ["ClientFatal", "Relay"]
+__all__ = ["Relay"]
 
 _TERMINAL: dict[int, tuple[type[Event], ...]] = {
     K_PARSE: (ParseComplete,),
@@ -112,7 +112,6 @@ _SET_CONFIG = re.compile("set_config", re.I)  # scanned in place: no copy of the
 # looking before strip_comments misses nothing.
 _SESSION_WORDS = re.compile("set|discard|deallocate", re.I)
 _INTERNAL_NAME = re.compile(r"PGSANSIO_U?\d+")
-STATEMENT_PREFIX = "PGSANSIO_"
 # Messages that need the full loop of _to_client, unless the span's last one.
 _NOT_PLAIN = frozenset(
     {ErrorResponse, ParameterStatus, CopyInResponse, CopyBothResponse, ReadyForQuery}
@@ -120,14 +119,6 @@ _NOT_PLAIN = frozenset(
 # The ``sent`` of a span forwarded untouched: never appended to (see _forward).
 _NOTHING_SENT: list[Event] = []
 _TRACKED_LOWER = frozenset(name.lower() for name in TRACKED)
-
-
-class ClientFatal(Exception):
-    """A client did something we must end its session for (with this error)."""
-
-    def __init__(self, sqlstate: str, message: str) -> None:
-        super().__init__(message)
-        self.error = ErrorResponse.build(sqlstate, message, "FATAL")
 
 
 def _splice_statement(raw: bytes, name: str) -> bytes:
@@ -155,6 +146,7 @@ class Relay:
         router: Routes,
         lending: Lending,
         sessions: Sessions,
+        statements: Statements,
     ) -> None:
         self.ctx = ctx
         self.stats = stats
@@ -162,8 +154,7 @@ class Relay:
         self.router = router
         self.lending = lending
         self.sessions = sessions
-        self.statements: dict[tuple[str, tuple[int, ...]], Prepared] = {}
-        self.statement_counter = 0
+        self.statements = statements
 
     # --- client -> server ------------------------------------------------------------
 
@@ -173,7 +164,7 @@ class Relay:
         data = span.data
         events = span.events
         offsets = span.offsets
-        rewrite = self._cache_size(c) > 0
+        rewrite = self.statements.cache_size(c) > 0
         st = c.stats
         self._count_request(c, len(data))
         out: list[bytes] | None = None
@@ -196,9 +187,9 @@ class Relay:
                     p = c.prepared.get(e.statement)
                     raw = data[offsets[i] : _end(data, offsets, i)]
                     if p is None:  # let the server say it does not exist, as it would
-                        new = [_splice_statement(raw, self._alias(c, e.statement))]
+                        new = [_splice_statement(raw, self.statements.alias(c, e.statement))]
                     else:
-                        new = self._ensure(s, p)
+                        new = self.statements.ensure(s, p)
                         new.append(_splice_statement(raw, p.name))
                 elif not e.statement:
                     c.unnamed_pending = False
@@ -210,7 +201,7 @@ class Relay:
                     s.dirty = True
                 st.client_parse_count += 1
                 if e.name and rewrite:
-                    new = self._client_parse(c, s, e)
+                    new = self.statements.client_parse(c, s, e)
                 else:
                     st.server_parse_count += 1
                     if not e.name:
@@ -221,9 +212,9 @@ class Relay:
                 if e.kind == "S" and e.name and rewrite:
                     p = c.prepared.get(e.name)
                     if p is None:
-                        new = [Describe("S", self._alias(c, e.name))]
+                        new = [Describe("S", self.statements.alias(c, e.name))]
                     else:
-                        new = self._ensure(s, p)
+                        new = self.statements.ensure(s, p)
                         new.append(Describe("S", p.name))
                 q.append(Entry(K_DESCRIBE))
             elif t is Close:
@@ -231,8 +222,8 @@ class Relay:
                 if e.kind == "S" and e.name and rewrite:
                     p_old = c.prepared.pop(e.name, None)
                     if p_old is not None:
-                        self.unref(p_old)
-                    self._fake(c, s, K_CLOSE, CloseComplete())
+                        self.statements.unref(p_old)
+                    self.statements.fake(c, s, K_CLOSE, CloseComplete())
                     new = []
                 else:
                     q.append(Entry(K_CLOSE))
@@ -282,7 +273,7 @@ class Relay:
             s.dirty = True  # set_config(..., false) leaves no SET tag to notice
         if _CLEARS_PREPARED.match(sql):
             for p in c.prepared.values():
-                self.unref(p)
+                self.statements.unref(p)
             c.prepared.clear()
         head = sql[:64].upper()
         if s.conn.transaction_status == "I" and ("SET" in head or "DISCARD" in head):
@@ -292,80 +283,6 @@ class Relay:
             if parsed is not None:
                 return Entry(K_QUERY, tag="set", name=parsed[0], value=parsed[1])
         return Entry(K_QUERY)
-
-    def _alias(self, c: Client, name: str) -> str:
-        """A name no server has, standing for a statement the client never prepared:
-        the server then answers 26000 exactly as for a direct connection (the error
-        skips to Sync and aborts a transaction), and we put the client's name back."""
-        if len(c.aliases) > 64:
-            c.aliases.clear()
-        self.statement_counter += 1
-        alias = f"{STATEMENT_PREFIX}U{self.statement_counter}"
-        c.aliases[alias] = name
-        return alias
-
-    def _client_parse(self, c: Client, s: ServerConn, e: Parse) -> list[Event | bytes]:
-        key = (e.query, e.param_types)
-        old = c.prepared.get(e.name)
-        if old is not None:
-            # "already exists" (42P05), from the server itself: Parse again a statement
-            # that is prepared there. The failed Parse leaves the old one in place.
-            new = self._ensure(s, old)
-            s.queue.append(Entry(K_PARSE, FWD))
-            new.append(Parse(old.name, e.query, e.param_types))
-            return new
-        p = self.statements.get(key)
-        if p is None:
-            self.statement_counter += 1
-            name = f"{STATEMENT_PREFIX}{self.statement_counter}"
-            p = Prepared(key, name, Parse(name, e.query, e.param_types))
-            self.statements[key] = p
-        p.refs += 1
-        c.prepared[e.name] = p
-        if p.name in s.prepared:
-            s.prepared.move_to_end(p.name)
-            self._fake(c, s, K_PARSE, ParseComplete())
-            return []
-        new = self._register(c, s, p)
-        s.queue.append(Entry(K_PARSE, FWD, name=p.name))
-        new.append(p.parse)
-        return new
-
-    def _ensure(self, s: ServerConn, p: Prepared) -> list[Event | bytes]:
-        """Messages to send first so that ``p`` exists on ``s`` (a silent re-Parse)."""
-        if p.name in s.prepared:
-            s.prepared.move_to_end(p.name)
-            return []
-        assert s.client is not None
-        new = self._register(s.client, s, p)
-        s.queue.append(Entry(K_PARSE, SKIP, name=p.name))
-        new.append(p.parse)
-        return new
-
-    def _register(self, c: Client, s: ServerConn, p: Prepared) -> list[Event | bytes]:
-        """Note ``p`` as prepared on ``s``, evicting the least recently used one."""
-        s.prepared[p.name] = None
-        c.stats.server_parse_count += 1
-        new: list[Event | bytes] = []
-        limit = self._cache_size(c)
-        while len(s.prepared) > limit:
-            victim, _ = s.prepared.popitem(last=False)
-            s.queue.append(Entry(K_CLOSE, SKIP, name=victim))
-            new.append(Close("S", victim))
-        return new
-
-    def unref(self, p: Prepared) -> None:
-        p.refs -= 1
-        if p.refs <= 0 and self.statements.get(p.key) is p:
-            # Servers keep it until their LRU evicts it; a new client preparing the
-            # same text gets a new name, which is harmless.
-            del self.statements[p.key]
-
-    def _fake(self, c: Client, s: ServerConn, kind: int, event: Event) -> None:
-        if s.queue:
-            s.queue.append(Entry(kind, FAKE, fake=event))
-        else:
-            self.ctx.out.append(SendClient(c.cid, c.conn.send(event)))
 
     # --- server -> client ------------------------------------------------------------
 
@@ -784,11 +701,6 @@ class Relay:
         c.pending.append((span.data, events, span.offsets))
         if s is None and c.waiting_since is None:
             self.lending.checkout(c)
-
-    def _cache_size(self, c: Client) -> int:
-        if c.group is None or c.user is None or c.user.pool_mode != "transaction":
-            return 0
-        return c.group.cfg.prepared_statements_cache_size
 
 
 def _forward(
