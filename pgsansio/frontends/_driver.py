@@ -30,7 +30,9 @@ runtime calls). The driver owns:
 
 An adapter supplies: its connection class, ``_open_server`` / ``_cancel_open``,
 ``_start_tls``, ``_arm`` (one timer), ``_stop`` (wake ``serve``) and ``serve`` itself
-(listen, accept, run until ``_stop``), using the helpers here.
+(listen, accept, run until ``_stop``), using the helpers here. The runtimes whose
+connections are a reader and a writer task (anyio, curio) share those in
+:mod:`._tasks`, which leaves them the runtime calls only.
 """
 
 from __future__ import annotations
@@ -156,6 +158,10 @@ class Outbox:
         data = bytes(self._buf)
         self._buf.clear()
         return data
+
+    def drop(self) -> None:
+        """Forget what is buffered (an abort); what is counted stays counted."""
+        self._buf.clear()
 
     def sent(self, n: int) -> bool:
         self.pending -= n
