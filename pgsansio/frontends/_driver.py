@@ -224,7 +224,12 @@ class Driver:
         return await frontend.serve(ready, handle_signals=handle_signals)
 
     async def serve(self, ready: Ready | None = None, *, handle_signals: bool = True) -> int:
-        """Listen, run until the engine says Exit, return the exit code (the adapter's)."""
+        """Listen, run until the engine says Exit, return the exit code (the adapter's).
+
+        Raises:
+            FrontendError: an address cannot be bound, or signals were asked for
+                outside the main thread.
+        """
         raise NotImplementedError
 
     # ------------------------------------------------------------- the adapter's part

@@ -13,10 +13,11 @@ the writer; what the socket does not take goes to the writer.
 :class:`TaskDriver` is the driver with those loops written once: the reader, the
 writer (which also does a TLS upgrade after the ``S`` went out, and flushes on close),
 one connection's life, the accept loop, connecting, the timer. An adapter supplies the
-runtime calls, in the order they appear in both adapters: ``serve``, ``_listen``,
-signals, ``_accept_one``, ``_open``, ``_open_server``, ``_cancel``, ``_pair``,
-``_close_stream``, ``_wrap_tls``, ``_attach``, ``_set``, ``_wait``, and the class
-attributes :attr:`TaskDriver.Event`, :attr:`TaskDriver.GONE`.
+runtime calls, in the same order in both adapters: ``serve``, ``_listen``,
+``_handle_signals``, ``signal_threadsafe``, then ``_accept_one``, ``_open``,
+``_open_server``, ``_spawn``, ``_cancel``, ``_pair``, ``_close_stream``, ``_wrap_tls``,
+``_attach``, ``_socket``, ``_set``, ``_wait``, ``_sleep``, and the class attributes
+:attr:`TaskDriver.Event` and :attr:`TaskDriver.GONE`.
 
 Waking a task is an ``await`` in curio and the driver's batch is synchronous, so
 ``_set`` may note the wake-up in ``_todo`` instead; every task that calls into the

@@ -61,12 +61,7 @@ class AnyioFrontend(TaskDriver):
         self._direct = _backend_name() == "trio"  # see the module's docstring
 
     async def serve(self, ready: Ready | None = None, *, handle_signals: bool = True) -> int:
-        """Listen, run until the engine says Exit, return the exit code.
-
-        Raises:
-            FrontendError: an address cannot be bound, or signals were asked for
-                outside the main thread.
-        """
+        """See ``Driver.serve``."""
         self._check_thread(handle_signals)
         self._token = anyio.lowlevel.current_token()
         bound: list[tuple[anyio.abc.SocketListener, bool]] = []

@@ -57,12 +57,7 @@ class CurioFrontend(TaskDriver):
         self._wake_w.setblocking(False)
 
     async def serve(self, ready: Ready | None = None, *, handle_signals: bool = True) -> int:
-        """Listen, run until the engine says Exit, return the exit code.
-
-        Raises:
-            FrontendError: an address cannot be bound, or signals were asked for
-                outside the main thread.
-        """
+        """See ``Driver.serve``."""
         self._check_thread(handle_signals)
         bound: list[tuple[socket.socket, bool]] = []
         try:
@@ -76,7 +71,7 @@ class CurioFrontend(TaskDriver):
                         for listener, metrics in bound
                     ]
                     await tg.spawn(self._run_timer)
-                    await tg.spawn(self._read_signals)
+                    await tg.spawn(self._handle_signals)
                     self._started(ready, bound[0][0].getsockname(), "curio frontend")
                     await self._kick()
                     await self._done.wait()
@@ -120,7 +115,7 @@ class CurioFrontend(TaskDriver):
             raise FrontendError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         return bound
 
-    async def _read_signals(self) -> None:
+    async def _handle_signals(self) -> None:
         reader = curio.io.Socket(self._wake_r)  # serve() closes the socket itself
         while data := await reader.recv(64):
             for signum in data:
