@@ -190,12 +190,8 @@ def raw_socket(frontend: Any, conn: Any) -> socket.socket:
     """The OS socket under one of a frontend's connections, whatever the runtime."""
     if hasattr(conn, "get_extra_info"):  # an asyncio transport
         sock: socket.socket = conn.get_extra_info("socket")
-    elif hasattr(conn, "stream"):  # anyio
-        from anyio.abc import SocketAttribute
-
-        sock = conn.stream.extra(SocketAttribute.raw_socket)
-    else:  # curio
-        sock = conn.raw
+    else:  # anyio, curio: a TaskConn, and the adapter's way to reach its socket
+        sock = frontend._socket(conn.stream)
     return sock
 
 
@@ -1138,7 +1134,7 @@ def test_the_import_check_sees_relative_imports(package: str) -> None:
     sample = FRONTENDS_DIR / package / "_server.py"
     names = {name for _, name in imported_names(sample)}
     assert "pgsansio.frontends.EngineAPI" in names
-    assert "pgsansio.frontends._driver.Driver" in names
+    assert "pgsansio.frontends._driver.OPERATOR_SIGNALS" in names
     init = FRONTENDS_DIR / package / "__init__.py"
     assert f"pgsansio.frontends.{package}._server.serve" in {n for _, n in imported_names(init)}
 

@@ -30,7 +30,9 @@ runtime calls). The driver owns:
 
 An adapter supplies: its connection class, ``_open_server`` / ``_cancel_open``,
 ``_start_tls``, ``_arm`` (one timer), ``_stop`` (wake ``serve``) and ``serve`` itself
-(listen, accept, run until ``_stop``), using the helpers here.
+(listen, accept, run until ``_stop``), using the helpers here. The runtimes whose
+connections are a reader and a writer task (anyio, curio) share those in
+:mod:`._tasks`, which leaves them the runtime calls only.
 """
 
 from __future__ import annotations
@@ -157,6 +159,10 @@ class Outbox:
         self._buf.clear()
         return data
 
+    def drop(self) -> None:
+        """Forget what is buffered (an abort); what is counted stays counted."""
+        self._buf.clear()
+
     def sent(self, n: int) -> bool:
         self.pending -= n
         if self.blocked and self.pending <= LOW_WATER:
@@ -218,7 +224,12 @@ class Driver:
         return await frontend.serve(ready, handle_signals=handle_signals)
 
     async def serve(self, ready: Ready | None = None, *, handle_signals: bool = True) -> int:
-        """Listen, run until the engine says Exit, return the exit code (the adapter's)."""
+        """Listen, run until the engine says Exit, return the exit code (the adapter's).
+
+        Raises:
+            FrontendError: an address cannot be bound, or signals were asked for
+                outside the main thread.
+        """
         raise NotImplementedError
 
     # ------------------------------------------------------------- the adapter's part

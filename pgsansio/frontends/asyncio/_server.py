@@ -109,12 +109,7 @@ class AsyncioFrontend(Driver):
         self._upgrading: set[asyncio.Task[None]] = set()  # TLS handshakes under way
 
     async def serve(self, ready: Ready | None = None, *, handle_signals: bool = True) -> int:
-        """Listen, run until the engine says Exit, return the exit code.
-
-        Raises:
-            FrontendError: an address cannot be bound, or signals were asked for
-                outside the main thread.
-        """
+        """See ``Driver.serve``."""
         self._check_thread(handle_signals)
         loop = self._loop = asyncio.get_running_loop()
         self._done = loop.create_future()

@@ -1,0 +1,334 @@
+"""Connections served by two tasks: what the anyio and curio adapters share.
+
+anyio and curio offer "send this and wait until it is gone" rather than asyncio's
+buffering transports. So each connection (a :class:`TaskConn`) has a reader task that
+hands what arrives to the engine and a writer task that sends what the engine wrote
+into the connection's :class:`~pgsansio.frontends._driver.Outbox`; the pair ends when
+either task does. ``write`` only buffers and wakes the writer, so a batch that writes to
+one peer several times costs one send. Where the runtime hands out a plain OS socket
+that holds no bytes of ours in user space (curio, anyio on trio), ``write`` first
+offers the bytes to it directly when nothing is queued, which saves the task switch to
+the writer; what the socket does not take goes to the writer.
+
+:class:`TaskDriver` is the driver with those loops written once: the reader, the
+writer (which also does a TLS upgrade after the ``S`` went out, and flushes on close),
+one connection's life, the accept loop, connecting, the timer. An adapter supplies the
+runtime calls, in the same order in both adapters: ``serve``, ``_listen``,
+``_handle_signals``, ``signal_threadsafe``, then ``_accept_one``, ``_open``,
+``_open_server``, ``_spawn``, ``_cancel``, ``_pair``, ``_close_stream``, ``_wrap_tls``,
+``_attach``, ``_socket``, ``_set``, ``_wait``, ``_sleep``, and the class attributes
+:attr:`TaskDriver.Event` and :attr:`TaskDriver.GONE`.
+
+Waking a task is an ``await`` in curio and the driver's batch is synchronous, so
+``_set`` may note the wake-up in ``_todo`` instead; every task that calls into the
+driver runs those (:meth:`TaskDriver._kick`) right after. anyio's ``_set`` is direct
+and its ``_todo`` stays empty.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pgsansio.frontends import tune_socket
+from pgsansio.frontends._driver import Driver, Outbox, log
+
+if TYPE_CHECKING:
+    from pgsansio.config_model import Config
+    from pgsansio.frontends import EngineAPI
+
+__all__ = ["TaskConn", "TaskDriver", "send_now"]
+
+
+class TaskConn:
+    """One connection, client or server, and the state its two tasks share."""
+
+    __slots__ = (
+        "closing", "direct", "fe", "host", "key", "out", "pair", "reading", "receive",
+        "resumed", "send", "server", "stream", "upgrade", "upgrading", "wake",
+    )  # fmt: skip
+
+    def __init__(self, fe: TaskDriver, stream: Any, host: str = "") -> None:
+        self.fe = fe
+        self.server = bool(host)
+        self.host = host  # a server's name, which a verified certificate must carry
+        self.key = 0
+        self.out = Outbox()
+        self.wake = fe.Event()  # set when the writer has something to do
+        self.reading = True
+        self.resumed = fe.Event()  # set when reading is switched back on
+        self.closing = False  # closed by the engine (or aborted): read no more
+        self.upgrade: str | None = None  # StartTls asked for ("client"/"server")
+        self.upgrading = False  # the handshake is under way
+        self.pair: Any = None  # the adapter's handle on the two tasks, for _cancel
+        self.stream: Any = None
+        self.receive: Callable[[], Awaitable[bytes]]
+        self.send: Callable[[bytes], Awaitable[Any]]
+        self.direct: socket.socket | None = None  # takes bytes at once (see the module)
+        fe._attach(self, stream)
+
+    def write(self, data: bytes) -> None:
+        out = self.out
+        if self.direct is not None and not (out.pending or self.closing):
+            data = send_now(self.direct, data)
+            if not data:
+                return
+        if out.put(data):
+            self.fe._writable(self.server, self.key, False)
+        self.fe._set(self.wake)
+
+    def close(self) -> None:
+        """Flush, then close; a TLS handshake (in the writer) is cut short."""
+        self.closing = True
+        self.fe._set(self.wake)
+        if self.upgrading:
+            self.fe._cancel(self.pair)
+
+    def abort(self) -> None:
+        """Close without flushing: the pair is cancelled, what waits is dropped."""
+        self.closing = True
+        self.out.drop()
+        if self.pair is not None:
+            self.fe._cancel(self.pair)
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        if not self.reading:
+            self.reading = True
+            self.fe._set(self.resumed)
+            self.resumed = self.fe.Event()
+
+
+class TaskDriver(Driver):
+    """The driver for a runtime whose connections are a reader and a writer task."""
+
+    Event: ClassVar[type[Any]]
+    """The runtime's event class (``await event.wait()``; set through ``_set``)."""
+
+    GONE: ClassVar[tuple[type[BaseException], ...]]
+    """What a read or write raises when the peer went away or the stream was closed."""
+
+    def __init__(self, engine: EngineAPI, config: Config, *, config_path: str | None) -> None:
+        super().__init__(engine, config, config_path=config_path)
+        self._todo: dict[Callable[[], Awaitable[Any]], None] = {}  # wake-ups to await
+        self._timer_changed = self.Event()
+        self._done = self.Event()
+
+    # ------------------------------------------------------------ the adapter's part
+
+    async def _accept_one(self, listener: Any) -> tuple[Any, str] | None:
+        """The next client's stream and peer; None once the listener is closed."""
+        raise NotImplementedError
+
+    async def _open(self, host: str, port: int, handle: Any) -> Any:
+        """Connect to a server; its stream, or None if ``handle`` was cancelled."""
+        raise NotImplementedError
+
+    async def _spawn(self, conn: TaskConn) -> None:
+        """Run ``_connection(conn)`` in a task of the pooler's task group."""
+        raise NotImplementedError
+
+    def _cancel(self, handle: Any) -> None:
+        """Cancel a connection attempt or a connection's pair of tasks."""
+        raise NotImplementedError
+
+    async def _pair(self, conn: TaskConn) -> None:
+        """Run ``_reader`` and ``_writer`` until either returns; ``conn.pair`` cancels."""
+        raise NotImplementedError
+
+    async def _close_stream(self, conn: TaskConn) -> None:
+        """Close the stream (forcefully after a forced exit), whatever state it is in."""
+        raise NotImplementedError
+
+    async def _wrap_tls(self, conn: TaskConn, kind: str) -> None:
+        """Put a TLS stream in place (``_attach``) and do the handshake."""
+        raise NotImplementedError
+
+    def _attach(self, conn: TaskConn, stream: Any) -> None:
+        """Make ``stream`` the connection's: ``stream``, ``receive``, ``send``, ``direct``."""
+        raise NotImplementedError
+
+    def _socket(self, stream: Any) -> Any:
+        """The OS socket under a stream, for its options."""
+        raise NotImplementedError
+
+    def _set(self, event: Any) -> None:
+        """Set ``event`` now, or note it in ``_todo`` where that is an await."""
+        raise NotImplementedError
+
+    async def _wait(self, event: Any, timeout: float) -> None:
+        """Wait until ``event`` is set or ``timeout`` seconds have passed."""
+        raise NotImplementedError
+
+    async def _sleep(self, seconds: float) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------- written once here
+
+    async def _kick(self) -> None:
+        """Run the wake-ups the last batch noted (non-blocking; nothing else runs)."""
+        todo = self._todo
+        while todo:
+            wake = next(iter(todo))
+            del todo[wake]
+            await wake()
+
+    def _stop(self) -> None:
+        self._set(self._done)
+
+    def _cancel_open(self, handle: Any) -> None:
+        self._cancel(handle)
+
+    def _start_tls(self, kind: str, key: int, conn: TaskConn) -> None:  # type: ignore[override]
+        conn.upgrade = kind
+        conn.direct = None  # not one byte in clear from now on
+        self._set(conn.wake)
+
+    def _arm(self, at: float | None) -> None:
+        self._set(self._timer_changed)
+
+    async def _run_timer(self) -> None:
+        while True:
+            changed = self._timer_changed = self.Event()
+            at = self._wakeup_at
+            if at is None:
+                await changed.wait()
+            elif at > time.monotonic():
+                await self._wait(changed, at - time.monotonic())
+            else:
+                self._timer_fired()
+                if self._todo:
+                    await self._kick()
+
+    def _conn(self, stream: Any, host: str = "") -> TaskConn:
+        conn = TaskConn(self, stream, host)
+        tune_socket(self._socket(stream), self.config.general)
+        return conn
+
+    async def _accept(self, listener: Any, metrics: bool) -> None:
+        """Accept clients (or scrapers, ``metrics``) until the listener closes."""
+        while True:
+            try:
+                accepted = await self._accept_one(listener)
+            except OSError as exc:  # EMFILE and the like: log, breathe, go on
+                log.warning("accept failed: %s", exc)
+                await self._sleep(0.1)
+                continue
+            if accepted is None:
+                return
+            stream, peer = accepted
+            conn = self._conn(stream)
+            conn.key = self._client_made(conn, peer, metrics=metrics)
+            if self._todo:
+                await self._kick()
+            await self._spawn(conn)
+
+    async def _connect(self, sid: int, host: str, port: int, handle: Any) -> None:
+        try:
+            stream = await self._open(host, port, handle)
+        except Exception as exc:  # OSError mostly; anything else still fails only this sid
+            self._server_failed(sid, exc)
+            stream = None
+        if stream is not None:
+            conn = self._conn(stream, host)
+            conn.key = sid
+            if self._server_made(sid, conn):
+                await self._kick()
+                await self._connection(conn)
+                return
+            await self._close_stream(conn)  # the engine closed this id meanwhile
+        await self._kick()
+
+    async def _connection(self, conn: TaskConn) -> None:
+        """Run one connection's reader and writer until either ends, then clean up."""
+        self._live += 1
+        try:
+            await self._pair(conn)
+            self._lost(conn.server, conn.key, conn)
+            if self._todo:
+                await self._kick()
+        finally:
+            self._live -= 1
+            await self._close_stream(conn)
+
+    async def _reader(self, conn: TaskConn) -> None:
+        """Hand what arrives to the engine; returns when the peer left (ending the pair)."""
+        engine = self._engine
+        data_in = engine.server_data if conn.server else engine.client_data
+        try:
+            while not conn.closing:
+                if not conn.reading:
+                    await conn.resumed.wait()
+                    continue
+                data = await conn.receive()
+                if not data:
+                    break  # the peer closed its end
+                # Paused while that receive was under way: hold the bytes until resumed.
+                while not conn.reading and not conn.closing:
+                    await conn.resumed.wait()
+                if conn.closing:
+                    break
+                self._call(data_in, conn.key, data)
+                if self._todo:
+                    await self._kick()
+        except self.GONE:
+            pass
+        if conn.closing:  # closed by us: the writer flushes, then ends the pair
+            await self.Event().wait()
+
+    async def _writer(self, conn: TaskConn) -> None:
+        """Send what waits, do a TLS upgrade, flush on close; returning ends the pair."""
+        out = conn.out
+        try:
+            while True:
+                if out:
+                    data = out.take()
+                    await conn.send(data)
+                    if out.sent(len(data)) and not conn.closing:
+                        self._writable(conn.server, conn.key, True)
+                        if self._todo:
+                            await self._kick()
+                elif conn.upgrade is not None and not conn.closing:
+                    if not await self._handshake(conn, conn.upgrade):
+                        return
+                elif conn.closing:
+                    return
+                else:
+                    conn.wake = self.Event()
+                    await conn.wake.wait()
+        except self.GONE:
+            return
+
+    async def _handshake(self, conn: TaskConn, kind: str) -> bool:
+        """Upgrade to TLS (after the S went out) and report it; whether it succeeded."""
+        conn.upgrade = None
+        conn.upgrading = True
+        try:
+            await self._wrap_tls(conn, kind)
+        except Exception as exc:  # ssl.SSLError, a broken stream: this connection only
+            error: Exception | None = exc
+        else:
+            error = None
+            conn.resume_reading()
+        finally:
+            conn.upgrading = False
+        ok = self._tls_done(kind, conn.key, conn, None if error else conn, error)
+        if self._todo:
+            await self._kick()
+        return ok
+
+
+def send_now(raw: socket.socket, data: bytes) -> bytes:
+    """Write what a plain non-blocking socket takes at once; the rest, for the writer.
+
+    A runtime's own send starts the same way; an error is left for the writer to meet.
+    """
+    try:
+        sent = raw.send(data)
+    except OSError:  # would block, or a broken connection
+        return data
+    return data[sent:]
