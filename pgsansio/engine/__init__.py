@@ -26,6 +26,48 @@ in order::
     engine.metrics_connected(cid, peer, now)  # a Prometheus scrape; then client_data/closed
 
 ``now`` is monotonic seconds. Effects are in :mod:`pgsansio.engine._effects`.
+
+Inside, the engine is a set of parts, each owning its state in its own module, each
+given at construction the parts below it that it calls. Nothing is wired afterwards,
+so the calls form this DAG (bottom to top; every part also gets the Context)::
+
+    Engine        inputs -> dispatch; owns the Context, the signal policy, the Wakeup
+     |
+    Admin         the console: parse, answer   -> Control Show Leaving Lending Health Pools
+    Control       PAUSE, RELOAD, KILL, shutdown -> Leaving Metrics Lending Pools
+    Metrics       the /metrics endpoint         -> Show Stats Health Pools
+    Show          SHOW rows                     -> Stats Health Pools
+    Leaving       clients leaving, servers lost -> Login Sessions Statements Probes
+                                                   Lending Pools
+    Login         client auth, server login,    -> Probes Lending Routes Tls Stats Pools
+                  cancel keys, auth_query
+    Relay         requests out, answers back    -> Sessions Statements Lending Routes
+                  (the hot path, the fast lane)    Stats Pools
+    Probes        probe connections, roles      -> Lending Health Pools
+    Sessions      link, settings sync, release  -> Lending Pools
+    Lending       checkout, waiting, bans that  -> Routes Health Pools
+                  move clients, PAUSE parking
+    Routes        which pool: role, balancing   -> Health
+    Health  Pools  Stats  Statements  Tls         (the Context only)
+     |
+    Context       effects being built (``out``), ``now``, timers, rng, config, the
+                  client and server tables, the Lifecycle flags (shutdown, PAUSE,
+                  DISABLE)
+
+Three things must still reach upward, and each is named where it is handed over:
+
+- The Context's four upcalls, set once by the Engine: ``drop_client`` and
+  ``server_gone`` (Leaving: end a client's session; a server connection failed),
+  ``maybe_exit`` (Control: something closed, a shutdown or PAUSE may be complete) and
+  ``link`` (Sessions: give this server to that client). Any part may end a
+  connection; the consequences belong to the parts above it.
+- ``Sessions(send_pending=...)``: once a server is linked and its settings applied,
+  the Relay sends what the client queued meanwhile.
+- ``Control(resume_console=...)``: a console command that had to wait (PAUSE, RELOAD)
+  is answered, and the console goes on with what the admin client sent meanwhile.
+
+Client and server states are enums with one transition table (:mod:`._states`); every
+state change goes through :func:`~._states.client_to` / :func:`~._states.server_to`.
 """
 
 from __future__ import annotations

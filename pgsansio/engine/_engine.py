@@ -1,6 +1,10 @@
 """The pooler: clients in, server connections out, one sans-IO object.
 
-Decisions written down here (PgCat and PgBouncer differ on some):
+The Engine receives the inputs, sets ``now``, dispatches to the parts (see the package
+docstring for the parts and the DAG they form) and hands back the effects they built,
+with one Wakeup for the earliest timer. It decides nothing itself beyond which part an
+input is for. The decisions the parts carry out, in one place (PgCat and PgBouncer
+differ on some):
 
 - **Release.** Transaction mode hands a server back on ReadyForQuery ``I`` with nothing
   outstanding, no COPY open and no unnamed statement waiting for its Bind (pg8000 sends

@@ -39,9 +39,10 @@ or a lag bound is configured (then every 1000 ms unless set).
 
 For the admin console (``SHOW BANS``, ``BAN``, ``UNBAN``): ``engine.bans`` maps
 ``(host, port)`` to a :class:`Ban` (``reason``, ``at`` and ``until`` in the engine's
-monotonic seconds); ``engine._ban(address, seconds, "admin ban")`` returns False for a
-primary (never banned) and ``engine._unban((host, port))`` False if it was not banned.
-``engine.roles`` holds what probes found for ``"auto"`` servers.
+monotonic seconds); ``Lending.ban(address, seconds, "admin ban")`` returns False for
+a primary (never banned) and :meth:`Health.unban` False if it was not banned.
+``engine.roles`` holds what probes found for ``"auto"`` servers. Health keeps the
+state; :mod:`._probes` runs the probe connections and :mod:`._lending` acts on bans.
 """
 
 from __future__ import annotations
