@@ -346,7 +346,7 @@ def test_max_client_conn() -> None:
 
 
 def test_a_client_that_does_not_log_in_within_the_login_timeout_is_dropped() -> None:
-    from pgsansio.engine._engine import CLIENT_LOGIN_TIMEOUT as LIMIT
+    from pgsansio.engine._login import CLIENT_LOGIN_TIMEOUT as LIMIT
 
     w = World(config())
     silent = Client.__new__(Client)  # connects and never sends its startup packet

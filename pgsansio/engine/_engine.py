@@ -27,27 +27,19 @@ from __future__ import annotations
 
 import heapq
 import logging
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from pgsansio.protocol import NEED_DATA as _NEED_DATA
 from pgsansio.protocol import PAUSED as _PAUSED
 from pgsansio.protocol import (
-    CancelRequest,
-    ConnectionClosed,
-    Event,
-    GSSENCRequest,
-    GSSENCResponse,
     ProtocolError,
     Span,
-    SSLRequest,
-    StartupMessage,
 )
 
 from ._admin import Admin
 from ._context import Context
 from ._control import Control
-from ._effects import ReadClient, ReadServer, Wakeup
+from ._effects import Wakeup
 from ._errors import INTERNAL, ClientFatal, fatal
 from ._health import Health
 from ._leaving import Leaving
@@ -74,9 +66,7 @@ from ._states import (
     C_READY,
     S_ACTIVE,
     S_CLOSED,
-    S_IDLE,
     S_LOGIN,
-    ClientState,
     ServerInput,
     ServerState,
     server_to,
@@ -85,20 +75,12 @@ from ._stats import Stats
 from ._tls import Tls
 
 if TYPE_CHECKING:
-    from pgsansio.config_model import Config, PoolConfig
+    from pgsansio.config_model import Config
 
     from ._effects import Effect
     from ._health import Ban
 
 __all__ = ["Engine"]
-
-
-def _same_pool(a: PoolConfig, b: PoolConfig) -> bool:
-    """Whether two versions of a pool have the same settings, users aside."""
-    return replace(a, users={}) == replace(b, users={})
-
-
-CLIENT_LOGIN_TIMEOUT = 60.0
 
 
 class Engine:
@@ -239,25 +221,13 @@ class Engine:
 
     def client_connected(self, cid: int, peer: str, now: float) -> list[Effect]:
         self.ctx.now = now
-        c = Client(cid, peer, now)
-        self.ctx.clients[cid] = c
-        limit = self.ctx.config.general.max_client_conn
-        if limit and len(self.ctx.clients) > limit:
-            self.leaving.drop_client(
-                c, fatal("53300", "no more connections allowed (max_client_conn)")
-            )
-        else:
-            c.login_deadline = now + CLIENT_LOGIN_TIMEOUT
-            self.login.logging_in[c] = None
-            if self.login.login_sweep_at is None:
-                self.login.login_sweep_at = c.login_deadline
-                self.ctx.at(c.login_deadline, self.login.login_sweep)
+        self.login.connected(Client(cid, peer, now))
         return self.flush()
 
     def client_data(self, cid: int, data: bytes, now: float) -> list[Effect]:
         self.ctx.now = now
         c = self.ctx.clients.get(cid)
-        if c is None and cid in self.metrics.http:
+        if c is None and self.metrics.serves(cid):
             self.metrics.http_data(cid, data)
         elif c is not None and c.state is not C_CLOSED:
             try:
@@ -281,7 +251,7 @@ class Engine:
         if c is not None:
             self.leaving.drop_client(c, None, closed=True)
         else:
-            self.metrics.http.pop(cid, None)
+            self.metrics.disconnected(cid)
         return self.flush()
 
     def server_connected(self, sid: int, now: float) -> list[Effect]:
@@ -356,9 +326,7 @@ class Engine:
         self.ctx.now = now
         c = self.ctx.clients.get(cid)
         if c is not None:
-            c.blocked = not writable
-            if c.server is not None:
-                self.ctx.out.append(ReadServer(c.server.sid, writable))
+            self.relay.client_writable(c, writable)
         return self.flush()
 
     def server_writable(self, sid: int, writable: bool, now: float) -> list[Effect]:
@@ -366,9 +334,7 @@ class Engine:
         self.ctx.now = now
         s = self.ctx.servers.get(sid)
         if s is not None:
-            s.blocked = not writable
-            if s.client is not None:
-                self.ctx.out.append(ReadClient(s.client.cid, writable))
+            self.relay.server_writable(s, writable)
         return self.flush()
 
     def client_tls(self, cid: int, error: str | None, now: float) -> list[Effect]:
@@ -405,26 +371,9 @@ class Engine:
         self.ctx.now = now
         for warning in listen_changes(self.ctx.config.general, config.general):
             self.ctx.log(logging.WARNING, warning)
-        old = self.pools.groups
         self.ctx.config = config
         self.login.scram_secrets.clear()
-        self.pools.build_groups(config)
-        for key, group in old.items():
-            new = self.pools.groups.get(key)
-            if new is not None and new.user == group.user and _same_pool(new.cfg, group.cfg):
-                # Unchanged (another user of the same pool may have changed): keep it,
-                # and its connections.
-                group.cfg = new.cfg
-                self.pools.groups[key] = group
-                continue
-            group.removed = True
-            for pool in group.all_pools():
-                for s in list(pool.servers):
-                    s.close_needed = True
-                    if s.state is S_IDLE:
-                        self.pools.close_server(s)
-        for group in self.pools.groups.values():
-            self.pools.prewarm(group)
+        self.pools.reload(config)
         self.probes.start_probes()
         self._warn_unimplemented(config)
         self.ctx.log(logging.INFO, f"configuration reloaded from {config.path}")
@@ -486,39 +435,18 @@ class Engine:
     # === clients: startup and authentication =========================================
 
     def read_client(self, c: Client) -> None:
-        conn = c.conn
-        while c.state is not C_CLOSED:
-            if c.state is C_READY:
-                span = conn.next_span()
-                if span is _NEED_DATA or span is _PAUSED:
-                    return
-                if isinstance(span, Span):
-                    if c.admin:
-                        self.admin.admin_span(c, span)
-                    else:
-                        self.relay.client_span(c, span)
-                else:
-                    self.leaving.drop_client(c, None, closed=True)  # ConnectionClosed (EOF)
-                return  # a span holds every whole message received (see _read_server)
-            event = conn.next_event()
-            if event is _NEED_DATA or event is _PAUSED:
+        if c.state is not C_READY:
+            self.login.read(c)
+            if c.state is not C_READY:
                 return
-            t = type(event)
-            if t is ConnectionClosed:
-                self.leaving.drop_client(c, None, closed=True)
-            elif t is SSLRequest:
-                if self.tls.client_ssl_request(c):
-                    return  # nothing more is read until the frontend reports client_tls
-            elif t is GSSENCRequest:
-                self.ctx.send_client(c, GSSENCResponse(False))
-            elif t is CancelRequest:
-                assert isinstance(event, CancelRequest)
-                self.login.cancel_request(c, event)
-            elif t is StartupMessage:
-                assert isinstance(event, StartupMessage)
-                self.tls.check_client_tls(c)
-                self.login.startup(c, event)
-            elif c.state is ClientState.AUTH and isinstance(event, Event):
-                self.login.auth_response(c, event)
-            else:  # pragma: no cover - the protocol state machine refuses anything else
-                raise ClientFatal("08P01", f"unexpected {t.__name__} during login")
+        span = c.conn.next_span()
+        if span is _NEED_DATA or span is _PAUSED:
+            return
+        if isinstance(span, Span):
+            if c.admin:
+                self.admin.admin_span(c, span)
+            else:
+                self.relay.client_span(c, span)
+        else:
+            self.leaving.drop_client(c, None, closed=True)  # ConnectionClosed (EOF)
+        # A span holds every whole message received: what is left is part of one.

@@ -31,6 +31,8 @@ from pgsansio.protocol import (
     DataRow,
     ErrorResponse,
     Event,
+    GSSENCRequest,
+    GSSENCResponse,
     NegotiateProtocolVersion,
     NoticeResponse,
     ParameterStatus,
@@ -42,6 +44,7 @@ from pgsansio.protocol import (
     ScramClient,
     ScramServer,
     Span,
+    SSLRequest,
     SSLResponse,
     StartupMessage,
     md5_response,
@@ -59,7 +62,16 @@ from ._objects import (
     ServerConn,
 )
 from ._params import TRACKED, param_sql, parse_options, quote_literal, valid_name
-from ._states import ClientInput, ClientState, ServerInput, ServerState, client_to, server_to
+from ._states import (
+    C_CLOSED,
+    C_READY,
+    ClientInput,
+    ClientState,
+    ServerInput,
+    ServerState,
+    client_to,
+    server_to,
+)
 
 if TYPE_CHECKING:
     from ._context import Context
@@ -70,7 +82,9 @@ if TYPE_CHECKING:
     from ._stats import Stats
     from ._tls import Tls
 
-__all__ = ["ADMIN_DATABASES", "Login", "fatal"]
+__all__ = ["ADMIN_DATABASES", "CLIENT_LOGIN_TIMEOUT", "Login", "fatal"]
+
+CLIENT_LOGIN_TIMEOUT = 60.0  # seconds a new client has to log in
 
 ADMIN_DATABASES = ("pgcat", "pgbouncer")
 _CANCELED = ErrorResponse.build("57014", "canceling statement due to user request")
@@ -351,6 +365,50 @@ class Login:
                 logging.INFO,
                 f'client {c.cid} from {c.peer} logged in as "{c.username}" to "{c.database}"',
             )
+
+    def read(self, c: Client) -> None:
+        """Read what ``c`` sent while logging in: until it is logged in or gone, more
+        bytes are needed, or the frontend must first do the TLS handshake."""
+        conn = c.conn
+        while c.state is not C_CLOSED and c.state is not C_READY:
+            event = conn.next_event()
+            if event is _NEED_DATA or event is _PAUSED:
+                return
+            t = type(event)
+            if t is ConnectionClosed:
+                self.ctx.drop_client(c, None, closed=True)
+            elif t is SSLRequest:
+                if self.tls.client_ssl_request(c):
+                    return  # nothing more is read until the frontend reports client_tls
+            elif t is GSSENCRequest:
+                self.ctx.send_client(c, GSSENCResponse(False))
+            elif t is CancelRequest:
+                assert isinstance(event, CancelRequest)
+                self.cancel_request(c, event)
+            elif t is StartupMessage:
+                assert isinstance(event, StartupMessage)
+                self.tls.check_client_tls(c)
+                self.startup(c, event)
+            elif c.state is ClientState.AUTH and isinstance(event, Event):
+                self.auth_response(c, event)
+            else:  # pragma: no cover - the protocol state machine refuses anything else
+                raise ClientFatal("08P01", f"unexpected {t.__name__} during login")
+
+    def connected(self, c: Client) -> None:
+        """A new client: refused over ``max_client_conn``, else given
+        CLIENT_LOGIN_TIMEOUT seconds to log in."""
+        self.ctx.clients[c.cid] = c
+        limit = self.ctx.config.general.max_client_conn
+        if limit and len(self.ctx.clients) > limit:
+            self.ctx.drop_client(
+                c, fatal("53300", "no more connections allowed (max_client_conn)")
+            )
+            return
+        c.login_deadline = self.ctx.now + CLIENT_LOGIN_TIMEOUT
+        self.logging_in[c] = None
+        if self.login_sweep_at is None:
+            self.login_sweep_at = c.login_deadline
+            self.ctx.at(c.login_deadline, self.login_sweep)
 
     def login_sweep(self) -> None:
         """Drop the clients still logging in after CLIENT_LOGIN_TIMEOUT.

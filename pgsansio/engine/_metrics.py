@@ -114,6 +114,13 @@ class Metrics:
         """A connection to the Prometheus port (its data comes as ``client_data``)."""
         self.http[cid] = bytearray()
 
+    def serves(self, cid: int) -> bool:
+        """Whether ``cid`` is a connection to the Prometheus port."""
+        return cid in self.http
+
+    def disconnected(self, cid: int) -> None:
+        self.http.pop(cid, None)
+
     def http_data(self, cid: int, data: bytes) -> None:
         buf = self.http.get(cid)
         if buf is None:

@@ -11,6 +11,7 @@ waiting clients at once with the server's own error when nothing else could serv
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from pgsansio.protocol import (
@@ -42,7 +43,7 @@ from ._states import (
 )
 
 if TYPE_CHECKING:
-    from pgsansio.config_model import Config
+    from pgsansio.config_model import Config, PoolConfig
 
     from ._context import Context
 
@@ -51,6 +52,11 @@ __all__ = ["INTERNAL_QUERY_TIMEOUT", "Pools"]
 INTERNAL_QUERY_TIMEOUT = 10.0  # seconds for our own SET / ROLLBACK / DISCARD ALL
 
 # The extended-protocol requests whose failure the server reports once per batch.
+
+
+def _same_pool(a: PoolConfig, b: PoolConfig) -> bool:
+    """Whether two versions of a pool have the same settings, users aside."""
+    return replace(a, users={}) == replace(b, users={})
 
 
 class Pools:
@@ -203,6 +209,29 @@ class Pools:
         for pool in group.all_pools():
             while len(pool.servers) < group.user.min_pool_size:
                 self.open_server(pool)
+
+    def reload(self, config: Config) -> None:
+        """Pools whose settings changed are rebuilt lazily: their servers close as soon
+        as they are not in use (PgBouncer's ``close_needed``); unchanged ones keep
+        their connections. Then every pool is warmed up to ``min_pool_size``."""
+        old = self.groups
+        self.build_groups(config)
+        for key, group in old.items():
+            new = self.groups.get(key)
+            if new is not None and new.user == group.user and _same_pool(new.cfg, group.cfg):
+                # Unchanged (another user of the same pool may have changed): keep it,
+                # and its connections.
+                group.cfg = new.cfg
+                self.groups[key] = group
+                continue
+            group.removed = True
+            for pool in group.all_pools():
+                for s in list(pool.servers):
+                    s.close_needed = True
+                    if s.state is S_IDLE:
+                        self.close_server(s)
+        for group in self.groups.values():
+            self.prewarm(group)
 
     def build_groups(self, config: Config) -> None:
         self.groups = {}

@@ -54,7 +54,7 @@ from pgsansio.protocol import (
     Terminate,
 )
 
-from ._effects import SendClient, SendServer
+from ._effects import ReadClient, ReadServer, SendClient, SendServer
 from ._errors import fatal
 from ._objects import (
     EXTENDED,
@@ -627,6 +627,18 @@ class Relay:
         return ErrorResponse(
             [(k, _INTERNAL_NAME.sub(fix, v) if k in "MDH" else v) for k, v in e.fields]
         )
+
+    def client_writable(self, c: Client, writable: bool) -> None:
+        """Backpressure: a client that reads slowly stops its server being read."""
+        c.blocked = not writable
+        if c.server is not None:
+            self.ctx.out.append(ReadServer(c.server.sid, writable))
+
+    def server_writable(self, s: ServerConn, writable: bool) -> None:
+        """Backpressure: a server that reads slowly (COPY IN) stops its client being read."""
+        s.blocked = not writable
+        if s.client is not None:
+            self.ctx.out.append(ReadClient(s.client.cid, writable))
 
     def read_server(self, s: ServerConn) -> None:
         conn = s.conn
