@@ -191,7 +191,7 @@ def raw_socket(frontend: Any, conn: Any) -> socket.socket:
     if hasattr(conn, "get_extra_info"):  # an asyncio transport
         sock: socket.socket = conn.get_extra_info("socket")
     else:  # anyio, curio: a TaskConn, and the adapter's way to reach its socket
-        sock = frontend._socket(conn.stream)
+        sock = frontend.raw_socket(conn.stream)
     return sock
 
 
@@ -300,7 +300,7 @@ def test_tcp_nodelay_and_keepalive_on_client_sockets(
         async with Running(engine, frontend) as running:
             _, writer = await running.connect()
             await until(lambda: bool(engine.args("client_connected")))
-            (conn,) = running.frontend._clients.values()
+            (conn,) = running.frontend.clients.values()
             sock = raw_socket(running.frontend, conn)
             seen.append(
                 (
@@ -338,7 +338,7 @@ def test_open_server_relays_both_ways(frontend: str) -> None:
         assert engine.args("server_connected") == [(7,)]
         assert engine.args("server_data") == [(7, b"ping")]
         assert "server_closed" not in engine.names()  # the engine closed it itself
-        assert not running.frontend._servers
+        assert not running.frontend.servers
 
     run_async(main())
 
@@ -382,8 +382,8 @@ def test_close_server_while_connecting_reports_nothing(
             engine = FakeEngine(start=lambda: [OpenServer(9, host, port), CloseServer(9)])
             async with Running(engine, frontend) as running:
                 await asyncio.sleep(0.1)
-                assert not running.frontend._servers
-                assert not running.frontend._opening
+                assert not running.frontend.servers
+                assert not running.frontend.opening
         assert engine.names() == ["start"]
 
     run_async(main())
@@ -424,7 +424,7 @@ def test_a_later_wakeup_replaces_an_earlier_one(frontend: str) -> None:
     async def main() -> None:
         async with Running(engine, frontend) as running:
             await asyncio.sleep(0.1)
-            assert running.frontend._wakeup_at == later[0]
+            assert running.frontend.wakeup_at == later[0]
         assert engine.names() == ["start"]
 
     run_async(main())

@@ -4,13 +4,13 @@ A frontend is this :class:`Driver` plus a small adapter for one runtime (hyperco
 ``asyncio/tcp_server.py`` and ``trio/tcp_server.py`` are the model: one shape, a few
 runtime calls). The driver owns:
 
-* **the id tables.** ``_clients`` / ``_servers`` map an id to its connection (an object
+* **the id tables.** ``clients`` / ``servers`` map an id to its connection (an object
   with ``write``, ``close``, ``abort``, ``pause_reading`` and ``resume_reading``: an
   asyncio transport as it is, or an adapter's own class). An id is in its table while
   the connection is open and the engine still knows it; a close the engine asked for
   removes it first, which is how a connection that ends later knows not to report it.
   Client (and scraper) ids come from one counter here; server ids from ``OpenServer``.
-* **feeding the engine and applying a batch.** :meth:`Driver._call` stamps an input
+* **feeding the engine and applying a batch.** :meth:`Driver.call` stamps an input
   with ``time.monotonic()`` (every frontend's clock, whatever its runtime's is: trio's
   starts at a random offset, uvloop's counts whole milliseconds) and carries out the
   effects in order. An input that arrives while a batch is being applied (a write that
@@ -18,7 +18,7 @@ runtime calls). The driver owns:
   after the batch, so the engine is never re-entered. So is the console's ``Reload``:
   the file is read after the batch that asked for it.
 * **the timer.** ``Wakeup(at)`` replaces the deadline; the adapter arms one timer and
-  calls :meth:`Driver._timer_fired`, which waits out a timer that fired early by our
+  calls :meth:`Driver.timer_fired`, which waits out a timer that fired early by our
   clock rather than call ``tick`` before the deadline.
 * **signals.** A signal's name goes to ``engine.signal`` (the engine decides what it
   means); ``Exit(code, at_once=True)`` is the forced exit a second SIGINT asks for.
@@ -28,11 +28,29 @@ runtime calls). The driver owns:
   after a forced exit). An exception inside the engine is a bug: its state is unknown
   afterwards, so the frontend logs it and exits with :data:`EX_SOFTWARE`.
 
-An adapter supplies: its connection class, ``_open_server`` / ``_cancel_open``,
-``_start_tls``, ``_arm`` (one timer), ``_stop`` (wake ``serve``) and ``serve`` itself
-(listen, accept, run until ``_stop``), using the helpers here. The runtimes whose
-connections are a reader and a writer task (anyio, curio) share those in
-:mod:`._tasks`, which leaves them the runtime calls only.
+The adapter API
+---------------
+
+An adapter is a subclass. It implements ``serve`` (listen, accept, run until ``_stop``;
+on itself it uses ``_check_thread``, ``_ports``, ``_started``, ``_close_everything``
+and ``_drain``), a connection class (:class:`Conn`), and the hooks only the driver
+calls, on itself: ``_open_server`` / ``_cancel_open``, ``_start_tls``, ``_arm`` (one
+timer) and ``_stop`` (wake ``serve``). The adapter and its connection objects may call
+on the driver these names, and no underscored one:
+
+* ``call(method, *args)``: feed ``engine.method`` one input and apply the effects (the
+  per-message path is ``call(engine.client_data, cid, data)``, nothing in between);
+* ``client_made``, ``server_made``, ``server_failed``, ``peer_gone``, ``writable``,
+  ``tls_done``, ``timer_fired``: what happened to a connection or the timer;
+* ``connection_made()`` / ``connection_lost()``: the runtime holds one more connection
+  / has finished closing one (``serve`` drains until none is left);
+* ``engine``, ``clients``, ``servers``, ``config``, ``tls``: read only (the driver
+  owns the tables).
+
+Tests and embedders also use ``signal``, ``signal_threadsafe`` (each adapter's),
+``address``, ``wakeup_at`` and ``opening``. The runtimes whose connections are a reader
+and a writer task (anyio, curio) share those in :mod:`._tasks`, which leaves them the
+runtime calls only.
 """
 
 from __future__ import annotations
@@ -43,7 +61,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, KeysView
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from pgsansio.engine import (
@@ -177,18 +195,19 @@ class Outbox:
 class Driver:
     """The part of a frontend every runtime shares; an adapter subclasses it.
 
-    Public for tests and embedders: :meth:`signal` (what an operator's signal does),
-    ``signal_threadsafe`` (each adapter's) and :attr:`address`.
+    Its public names are the adapter API (see the module) and, for tests and
+    embedders, :meth:`signal` (what an operator's signal does), ``signal_threadsafe``
+    (each adapter's), :attr:`address`, :attr:`wakeup_at` and :attr:`opening`.
     """
 
     def __init__(self, engine: EngineAPI, config: Config, *, config_path: str | None) -> None:
         """Raises :class:`FrontendError` if a TLS file does not load."""
-        self._engine = engine
+        self.engine = engine
         self.config = config
         self.config_path = config_path
         self.tls = tls_contexts(config.general)
-        self._clients: dict[int, Conn] = {}
-        self._servers: dict[int, Conn] = {}
+        self.clients: dict[int, Conn] = {}
+        self.servers: dict[int, Conn] = {}
         self._opening: dict[int, Any] = {}  # sid -> the adapter's handle on the attempt
         self._cids = itertools.count(1)
         self._wakeup_at: float | None = None
@@ -235,18 +254,18 @@ class Driver:
     # ------------------------------------------------------------- the adapter's part
 
     def _open_server(self, sid: int, host: str, port: int) -> Any:
-        """Start connecting; report with _server_made / _server_failed; return a handle."""
+        """Start connecting; report with server_made / server_failed; return a handle."""
         raise NotImplementedError
 
     def _cancel_open(self, handle: Any) -> None:
         raise NotImplementedError
 
     def _start_tls(self, kind: str, key: int, conn: Conn) -> None:
-        """Start the handshake (reading is paused already); report with _tls_done."""
+        """Start the handshake (reading is paused already); report with tls_done."""
         raise NotImplementedError
 
     def _arm(self, at: float | None) -> None:
-        """Call _timer_fired at monotonic time ``at`` (None: never), replacing the last."""
+        """Call timer_fired at monotonic time ``at`` (None: never), replacing the last."""
         raise NotImplementedError
 
     def _stop(self) -> None:
@@ -255,7 +274,7 @@ class Driver:
 
     # ---------------------------------------------------------------- engine, effects
 
-    def _call(self, method: Callable[..., Iterable[Effect]], *args: Any) -> None:
+    def call(self, method: Callable[..., Iterable[Effect]], *args: Any) -> None:
         """Feed one input to the engine, stamped with the time, and apply its effects.
 
         Inputs that arrive while a batch is applied are fed after it, in order.
@@ -286,8 +305,8 @@ class Driver:
 
     def _apply(self, effects: Iterable[Effect]) -> None:
         """Carry out a batch in order; an effect for an id that is already gone is dropped."""
-        clients = self._clients
-        servers = self._servers
+        clients = self.clients
+        servers = self.servers
         for effect in effects:
             # The two effects of nearly every batch first: a type test each, no match.
             kind = type(effect)
@@ -312,22 +331,22 @@ class Driver:
             case OpenServer(sid, host, port):
                 self._opening[sid] = self._open_server(sid, host, port)
             case CloseClient(cid):
-                conn = self._clients.pop(cid, None)
+                conn = self.clients.pop(cid, None)
                 if conn is not None:
                     conn.close()
             case CloseServer(sid):
-                conn = self._servers.pop(sid, None)
+                conn = self.servers.pop(sid, None)
                 if conn is not None:
                     conn.close()
                 attempt = self._opening.pop(sid, None)
                 if attempt is not None:
                     self._cancel_open(attempt)
             case ReadClient(key, on) | ReadServer(key, on):
-                conn = (self._clients if type(effect) is ReadClient else self._servers).get(key)
+                conn = (self.clients if type(effect) is ReadClient else self.servers).get(key)
                 if conn is not None:
                     conn.resume_reading() if on else conn.pause_reading()
             case StartTls(kind, key):
-                conn = (self._clients if kind == "client" else self._servers).get(key)
+                conn = (self.clients if kind == "client" else self.servers).get(key)
                 if conn is not None:
                     conn.pause_reading()  # not one byte in clear after the S
                     self._start_tls(kind, key, conn)
@@ -348,45 +367,53 @@ class Driver:
 
     # ------------------------------------------------------ what adapters report
 
-    def _client_made(self, conn: Conn, peer: str, *, metrics: bool = False) -> int:
+    def connection_made(self) -> None:
+        """The runtime holds one more connection (``serve`` drains until none is left)."""
+        self._live += 1
+
+    def connection_lost(self) -> None:
+        """The runtime has finished closing a connection: once per ``connection_made``."""
+        self._live -= 1
+
+    def client_made(self, conn: Conn, peer: str, *, metrics: bool = False) -> int:
         """A client (or a scraper, ``metrics``) connected; its id."""
         cid = next(self._cids)
-        self._clients[cid] = conn
-        engine = self._engine
-        self._call(engine.metrics_connected if metrics else engine.client_connected, cid, peer)
+        self.clients[cid] = conn
+        engine = self.engine
+        self.call(engine.metrics_connected if metrics else engine.client_connected, cid, peer)
         return cid
 
-    def _server_made(self, sid: int, conn: Conn) -> bool:
+    def server_made(self, sid: int, conn: Conn) -> bool:
         """Server ``sid`` connected; False if the engine closed it meanwhile (close it)."""
         if self._opening.pop(sid, None) is None:
             return False
-        self._servers[sid] = conn
-        self._call(self._engine.server_connected, sid)
+        self.servers[sid] = conn
+        self.call(self.engine.server_connected, sid)
         return True
 
-    def _server_failed(self, sid: int, exc: BaseException) -> None:
+    def server_failed(self, sid: int, exc: BaseException) -> None:
         if self._opening.pop(sid, None) is not None:
-            self._call(self._engine.server_failed, sid, error_text(exc))
+            self.call(self.engine.server_failed, sid, error_text(exc))
 
-    def _lost(self, server: bool, key: int, conn: Conn | None = None) -> None:
+    def peer_gone(self, server: bool, key: int, conn: Conn | None = None) -> None:
         """The peer went away (or a read or write failed); reported unless closed by us.
 
         ``conn`` None: whatever connection the id has (asyncio's protocol outlives the
         transport a TLS upgrade replaces).
         """
-        table = self._servers if server else self._clients
+        table = self.servers if server else self.clients
         current = table.get(key)
         if current is not None and (conn is None or current is conn):
             del table[key]
-            engine = self._engine
-            self._call(engine.server_closed if server else engine.client_closed, key)
+            engine = self.engine
+            self.call(engine.server_closed if server else engine.client_closed, key)
 
-    def _writable(self, server: bool, key: int, on: bool) -> None:
-        if key in (self._servers if server else self._clients):
-            engine = self._engine
-            self._call(engine.server_writable if server else engine.client_writable, key, on)
+    def writable(self, server: bool, key: int, on: bool) -> None:
+        if key in (self.servers if server else self.clients):
+            engine = self.engine
+            self.call(engine.server_writable if server else engine.client_writable, key, on)
 
-    def _tls_done(
+    def tls_done(
         self, kind: str, key: int, conn: Conn, upgraded: Conn | None, exc: BaseException | None
     ) -> bool:
         """A handshake ended (``exc`` None: it succeeded); whether the id is still wanted.
@@ -395,20 +422,20 @@ class Driver:
         handshake's error. On success ``upgraded`` takes the id (an adapter whose
         connection object survives the upgrade passes it again).
         """
-        table = self._clients if kind == "client" else self._servers
-        report = self._engine.client_tls if kind == "client" else self._engine.server_tls
+        table = self.clients if kind == "client" else self.servers
+        report = self.engine.client_tls if kind == "client" else self.engine.server_tls
         if table.get(key) is not conn:
             return False  # the engine closed it during the handshake
         if exc is not None or upgraded is None:
             del table[key]
             conn.abort()
-            self._call(report, key, error_text(exc) if exc is not None else "TLS failed")
+            self.call(report, key, error_text(exc) if exc is not None else "TLS failed")
             return False
         table[key] = upgraded
-        self._call(report, key, None)
+        self.call(report, key, None)
         return True
 
-    def _timer_fired(self) -> None:
+    def timer_fired(self) -> None:
         at = self._wakeup_at
         if at is None:
             return
@@ -416,13 +443,23 @@ class Driver:
             self._arm(at)
             return
         self._wakeup_at = None
-        self._call(self._engine.tick)
+        self.call(self.engine.tick)
+
+    @property
+    def wakeup_at(self) -> float | None:
+        """The engine's deadline (its last ``Wakeup``), None once it has ticked."""
+        return self._wakeup_at
+
+    @property
+    def opening(self) -> KeysView[int]:
+        """The server ids being connected (``OpenServer`` seen, not made or failed yet)."""
+        return self._opening.keys()
 
     # ----------------------------------------------------------- operator, lifecycle
 
     def signal(self, signum: int) -> None:
         """Hand the operator's signal ``signum`` to the engine, which decides."""
-        self._call(self._engine.signal, signal.Signals(signum).name)
+        self.call(self.engine.signal, signal.Signals(signum).name)
 
     def _reloaded(self, now: float) -> Iterable[Effect]:
         """Re-read the configuration file (the engine's ``Reload``); the engine's answer.
@@ -434,7 +471,7 @@ class Driver:
         if path is None:
             log.warning("reload asked for, but the pooler was not started from a file")
             error = "the pooler was not started from a configuration file"
-            return self._engine.reload_failed(error, now)
+            return self.engine.reload_failed(error, now)
         from pgsansio.config import ConfigError, load_config  # noqa: PLC0415 - lazy
 
         log.info("reloading the configuration from %s", path)
@@ -443,12 +480,12 @@ class Driver:
             tls = tls_contexts(new.general)
         except (ConfigError, FrontendError) as exc:
             log.error("reload failed; the running configuration stays in force:\n%s", exc)
-            return self._engine.reload_failed(str(exc), now)
+            return self.engine.reload_failed(str(exc), now)
         for warning in new.warnings:
             log.warning("%s", warning)
         self.config = new
         self.tls = tls
-        return self._engine.reload(new, now)
+        return self.engine.reload(new, now)
 
     def _check_thread(self, handle_signals: bool) -> None:
         if handle_signals and threading.current_thread() is not threading.main_thread():
@@ -469,7 +506,7 @@ class Driver:
         """Listening at ``address``: start the engine, say so, call ``ready``."""
         host, port = address[:2]
         self.address = (host, port)
-        self._call(self._engine.start)
+        self.call(self.engine.start)
         log.info("listening on %s:%d (%s)", host, port, what)
         if ready is not None:
             ready(self.address)
@@ -481,9 +518,9 @@ class Driver:
         for attempt in self._opening.values():
             self._cancel_open(attempt)
         self._opening.clear()
-        conns = [*self._clients.values(), *self._servers.values()]
-        self._clients.clear()
-        self._servers.clear()
+        conns = [*self.clients.values(), *self.servers.values()]
+        self.clients.clear()
+        self.servers.clear()
         for conn in conns:
             conn.abort() if self._forced else conn.close()
 

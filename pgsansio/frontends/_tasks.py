@@ -15,14 +15,17 @@ writer (which also does a TLS upgrade after the ``S`` went out, and flushes on c
 one connection's life, the accept loop, connecting, the timer. An adapter supplies the
 runtime calls, in the same order in both adapters: ``serve``, ``_listen``,
 ``_handle_signals``, ``signal_threadsafe``, then ``_accept_one``, ``_open``,
-``_open_server``, ``_spawn``, ``_cancel``, ``_pair``, ``_close_stream``, ``_wrap_tls``,
-``_attach``, ``_socket``, ``_set``, ``_wait``, ``_sleep``, and the class attributes
-:attr:`TaskDriver.Event` and :attr:`TaskDriver.GONE`.
+``_open_server``, ``_spawn``, ``cancel``, ``_pair``, ``_close_stream``, ``_wrap_tls``,
+``_attach``, ``raw_socket``, ``set_event``, ``_wait``, ``_sleep``, and the class
+attributes :attr:`TaskDriver.Event` and :attr:`TaskDriver.GONE`. The underscored ones
+only the driver calls, on itself. A :class:`TaskConn` calls ``cancel``, ``set_event``
+and ``Event`` on its driver (and the driver's ``writable``), which are public for that
+(see the adapter API in :mod:`._driver`); ``raw_socket`` is public for tests.
 
 Waking a task is an ``await`` in curio and the driver's batch is synchronous, so
-``_set`` may note the wake-up in ``_todo`` instead; every task that calls into the
-driver runs those (:meth:`TaskDriver._kick`) right after. anyio's ``_set`` is direct
-and its ``_todo`` stays empty.
+``set_event`` may note the wake-up in ``_todo`` instead; every task that calls into
+the driver runs those (:meth:`TaskDriver._kick`) right after. anyio's ``set_event`` is
+direct and its ``_todo`` stays empty.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ class TaskConn:
         "resumed", "send", "server", "stream", "upgrade", "upgrading", "wake",
     )  # fmt: skip
 
-    def __init__(self, fe: TaskDriver, stream: Any, host: str = "") -> None:
+    def __init__(self, fe: TaskDriver, host: str = "") -> None:
         self.fe = fe
         self.server = bool(host)
         self.host = host  # a server's name, which a verified certificate must carry
@@ -62,12 +65,12 @@ class TaskConn:
         self.closing = False  # closed by the engine (or aborted): read no more
         self.upgrade: str | None = None  # StartTls asked for ("client"/"server")
         self.upgrading = False  # the handshake is under way
-        self.pair: Any = None  # the adapter's handle on the two tasks, for _cancel
+        self.pair: Any = None  # the adapter's handle on the two tasks, for cancel
+        # The stream and its calls: the adapter's _attach sets them (and again on TLS).
         self.stream: Any = None
         self.receive: Callable[[], Awaitable[bytes]]
         self.send: Callable[[bytes], Awaitable[Any]]
         self.direct: socket.socket | None = None  # takes bytes at once (see the module)
-        fe._attach(self, stream)
 
     def write(self, data: bytes) -> None:
         out = self.out
@@ -76,22 +79,22 @@ class TaskConn:
             if not data:
                 return
         if out.put(data):
-            self.fe._writable(self.server, self.key, False)
-        self.fe._set(self.wake)
+            self.fe.writable(self.server, self.key, False)
+        self.fe.set_event(self.wake)
 
     def close(self) -> None:
         """Flush, then close; a TLS handshake (in the writer) is cut short."""
         self.closing = True
-        self.fe._set(self.wake)
+        self.fe.set_event(self.wake)
         if self.upgrading:
-            self.fe._cancel(self.pair)
+            self.fe.cancel(self.pair)
 
     def abort(self) -> None:
         """Close without flushing: the pair is cancelled, what waits is dropped."""
         self.closing = True
         self.out.drop()
         if self.pair is not None:
-            self.fe._cancel(self.pair)
+            self.fe.cancel(self.pair)
 
     def pause_reading(self) -> None:
         self.reading = False
@@ -99,7 +102,7 @@ class TaskConn:
     def resume_reading(self) -> None:
         if not self.reading:
             self.reading = True
-            self.fe._set(self.resumed)
+            self.fe.set_event(self.resumed)
             self.resumed = self.fe.Event()
 
 
@@ -107,7 +110,7 @@ class TaskDriver(Driver):
     """The driver for a runtime whose connections are a reader and a writer task."""
 
     Event: ClassVar[type[Any]]
-    """The runtime's event class (``await event.wait()``; set through ``_set``)."""
+    """The runtime's event class (``await event.wait()``; set through ``set_event``)."""
 
     GONE: ClassVar[tuple[type[BaseException], ...]]
     """What a read or write raises when the peer went away or the stream was closed."""
@@ -132,7 +135,7 @@ class TaskDriver(Driver):
         """Run ``_connection(conn)`` in a task of the pooler's task group."""
         raise NotImplementedError
 
-    def _cancel(self, handle: Any) -> None:
+    def cancel(self, handle: Any) -> None:
         """Cancel a connection attempt or a connection's pair of tasks."""
         raise NotImplementedError
 
@@ -152,11 +155,11 @@ class TaskDriver(Driver):
         """Make ``stream`` the connection's: ``stream``, ``receive``, ``send``, ``direct``."""
         raise NotImplementedError
 
-    def _socket(self, stream: Any) -> Any:
+    def raw_socket(self, stream: Any) -> Any:
         """The OS socket under a stream, for its options."""
         raise NotImplementedError
 
-    def _set(self, event: Any) -> None:
+    def set_event(self, event: Any) -> None:
         """Set ``event`` now, or note it in ``_todo`` where that is an await."""
         raise NotImplementedError
 
@@ -178,35 +181,36 @@ class TaskDriver(Driver):
             await wake()
 
     def _stop(self) -> None:
-        self._set(self._done)
+        self.set_event(self._done)
 
     def _cancel_open(self, handle: Any) -> None:
-        self._cancel(handle)
+        self.cancel(handle)
 
     def _start_tls(self, kind: str, key: int, conn: TaskConn) -> None:  # type: ignore[override]
         conn.upgrade = kind
         conn.direct = None  # not one byte in clear from now on
-        self._set(conn.wake)
+        self.set_event(conn.wake)
 
     def _arm(self, at: float | None) -> None:
-        self._set(self._timer_changed)
+        self.set_event(self._timer_changed)
 
     async def _run_timer(self) -> None:
         while True:
             changed = self._timer_changed = self.Event()
-            at = self._wakeup_at
+            at = self.wakeup_at
             if at is None:
                 await changed.wait()
             elif at > time.monotonic():
                 await self._wait(changed, at - time.monotonic())
             else:
-                self._timer_fired()
+                self.timer_fired()
                 if self._todo:
                     await self._kick()
 
     def _conn(self, stream: Any, host: str = "") -> TaskConn:
-        conn = TaskConn(self, stream, host)
-        tune_socket(self._socket(stream), self.config.general)
+        conn = TaskConn(self, host)
+        self._attach(conn, stream)
+        tune_socket(self.raw_socket(stream), self.config.general)
         return conn
 
     async def _accept(self, listener: Any, metrics: bool) -> None:
@@ -222,7 +226,7 @@ class TaskDriver(Driver):
                 return
             stream, peer = accepted
             conn = self._conn(stream)
-            conn.key = self._client_made(conn, peer, metrics=metrics)
+            conn.key = self.client_made(conn, peer, metrics=metrics)
             if self._todo:
                 await self._kick()
             await self._spawn(conn)
@@ -231,12 +235,12 @@ class TaskDriver(Driver):
         try:
             stream = await self._open(host, port, handle)
         except Exception as exc:  # OSError mostly; anything else still fails only this sid
-            self._server_failed(sid, exc)
+            self.server_failed(sid, exc)
             stream = None
         if stream is not None:
             conn = self._conn(stream, host)
             conn.key = sid
-            if self._server_made(sid, conn):
+            if self.server_made(sid, conn):
                 await self._kick()
                 await self._connection(conn)
                 return
@@ -245,19 +249,19 @@ class TaskDriver(Driver):
 
     async def _connection(self, conn: TaskConn) -> None:
         """Run one connection's reader and writer until either ends, then clean up."""
-        self._live += 1
+        self.connection_made()
         try:
             await self._pair(conn)
-            self._lost(conn.server, conn.key, conn)
+            self.peer_gone(conn.server, conn.key, conn)
             if self._todo:
                 await self._kick()
         finally:
-            self._live -= 1
+            self.connection_lost()
             await self._close_stream(conn)
 
     async def _reader(self, conn: TaskConn) -> None:
         """Hand what arrives to the engine; returns when the peer left (ending the pair)."""
-        engine = self._engine
+        engine = self.engine
         data_in = engine.server_data if conn.server else engine.client_data
         try:
             while not conn.closing:
@@ -272,7 +276,7 @@ class TaskDriver(Driver):
                     await conn.resumed.wait()
                 if conn.closing:
                     break
-                self._call(data_in, conn.key, data)
+                self.call(data_in, conn.key, data)
                 if self._todo:
                     await self._kick()
         except self.GONE:
@@ -289,7 +293,7 @@ class TaskDriver(Driver):
                     data = out.take()
                     await conn.send(data)
                     if out.sent(len(data)) and not conn.closing:
-                        self._writable(conn.server, conn.key, True)
+                        self.writable(conn.server, conn.key, True)
                         if self._todo:
                             await self._kick()
                 elif conn.upgrade is not None and not conn.closing:
@@ -316,7 +320,7 @@ class TaskDriver(Driver):
             conn.resume_reading()
         finally:
             conn.upgrading = False
-        ok = self._tls_done(kind, conn.key, conn, None if error else conn, error)
+        ok = self.tls_done(kind, conn.key, conn, None if error else conn, error)
         if self._todo:
             await self._kick()
         return ok

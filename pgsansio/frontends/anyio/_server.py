@@ -134,7 +134,7 @@ class AnyioFrontend(TaskDriver):
         assert self._tg is not None
         self._tg.start_soon(self._connection, conn)
 
-    def _cancel(self, handle: anyio.CancelScope) -> None:
+    def cancel(self, handle: anyio.CancelScope) -> None:
         handle.cancel()
 
     async def _pair(self, conn: TaskConn) -> None:
@@ -167,14 +167,14 @@ class AnyioFrontend(TaskDriver):
         conn.stream = stream
         conn.receive = stream.receive
         conn.send = stream.send
-        raw = self._socket(stream)
+        raw = self.raw_socket(stream)
         plain = isinstance(raw, socket.socket) and not isinstance(stream, TLSStream)
         conn.direct = raw if plain and self._direct else None
 
-    def _socket(self, stream: anyio.abc.ByteStream) -> Any:
+    def raw_socket(self, stream: anyio.abc.ByteStream) -> Any:
         return stream.extra(SocketAttribute.raw_socket, None)
 
-    def _set(self, event: anyio.Event) -> None:
+    def set_event(self, event: anyio.Event) -> None:
         event.set()
 
     async def _wait(self, event: anyio.Event, timeout: float) -> None:

@@ -59,17 +59,17 @@ class _Protocol(asyncio.Protocol):
         """Count the connection as gone, once (connection_lost, or a failed TLS upgrade)."""
         if not self._lost:
             self._lost = True
-            self._fe._live -= 1
+            self._fe.connection_lost()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         fe = self._fe
-        fe._live += 1
+        fe.connection_made()
         stream = cast(asyncio.Transport, transport)  # uvloop's do not subclass Transport
         _tune(transport.get_extra_info("socket"), fe.config.general)
         if not self.server:
             peer = peer_text(transport.get_extra_info("peername"))
-            self.key = fe._client_made(stream, peer, metrics=self.metrics)
-        elif not fe._server_made(self.key, stream):
+            self.key = fe.client_made(stream, peer, metrics=self.metrics)
+        elif not fe.server_made(self.key, stream):
             transport.close()  # the engine closed this id while it was connecting
 
     def data_received(self, data: bytes) -> None:
@@ -77,16 +77,16 @@ class _Protocol(asyncio.Protocol):
         if self.held is not None:
             self.held.append(data)
         elif self.server:
-            if self.key in fe._servers:
-                fe._call(fe._engine.server_data, self.key, data)
-        elif self.key in fe._clients:
-            fe._call(fe._engine.client_data, self.key, data)
+            if self.key in fe.servers:
+                fe.call(fe.engine.server_data, self.key, data)
+        elif self.key in fe.clients:
+            fe.call(fe.engine.client_data, self.key, data)
 
     def pause_writing(self) -> None:
-        self._fe._writable(self.server, self.key, False)
+        self._fe.writable(self.server, self.key, False)
 
     def resume_writing(self) -> None:
-        self._fe._writable(self.server, self.key, True)
+        self._fe.writable(self.server, self.key, True)
 
     def eof_received(self) -> bool:
         # A peer that half-closes is gone as far as PostgreSQL is concerned: returning
@@ -95,7 +95,7 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.forget()
-        self._fe._lost(self.server, self.key)
+        self._fe.peer_gone(self.server, self.key)
 
 
 class AsyncioFrontend(Driver):
@@ -168,7 +168,7 @@ class AsyncioFrontend(Driver):
                 lambda: _Protocol(self, sid=sid, host=host), host, port
             )
         except Exception as exc:  # OSError mostly; anything else still fails only this sid
-            self._server_failed(sid, exc)
+            self.server_failed(sid, exc)
 
     def _start_tls(self, kind: str, key: int, conn: asyncio.Transport) -> None:  # type: ignore[override]
         task = asyncio.ensure_future(self._handshake(kind, key, conn))
@@ -189,20 +189,20 @@ class AsyncioFrontend(Driver):
             )
         except Exception as exc:  # ssl.SSLError, OSError, a timeout: this connection only
             protocol.forget()  # its connection_lost may never come once start_tls failed
-            self._tls_done(kind, key, transport, None, exc)
+            self.tls_done(kind, key, transport, None, exc)
             return
         if upgraded is None:
             return
         held, protocol.held = protocol.held, None
-        if not self._tls_done(kind, key, transport, upgraded, None):
+        if not self.tls_done(kind, key, transport, upgraded, None):
             upgraded.abort()  # closed by the engine during the handshake
             return
-        engine = self._engine
+        engine = self.engine
         data_in = engine.client_data if server_side else engine.server_data
-        table = self._clients if server_side else self._servers
+        table = self.clients if server_side else self.servers
         for data in held or ():
             if table.get(key) is upgraded:
-                self._call(data_in, key, data)
+                self.call(data_in, key, data)
 
     def _arm(self, at: float | None) -> None:
         if self._timer is not None:
@@ -210,7 +210,7 @@ class AsyncioFrontend(Driver):
             self._timer = None
         if at is not None:
             delay = max(0.0, at - time.monotonic())
-            self._timer = asyncio.get_running_loop().call_later(delay, self._timer_fired)
+            self._timer = asyncio.get_running_loop().call_later(delay, self.timer_fired)
 
 
 serve = AsyncioFrontend.serve_config

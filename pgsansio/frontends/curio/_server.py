@@ -8,7 +8,7 @@ reload, shutdown) is :mod:`pgsansio.frontends._driver`'s. What is curio's own:
 * TLS is the ``ssl`` module's wrapping of the OS socket, then curio's
   ``do_handshake``, done by the writer after the ``S`` went out;
 * setting an ``Event`` or cancelling a task is an ``await`` in curio, and the driver's
-  batch is synchronous: ``_set`` and ``_cancel`` note those wake-ups in ``_todo``,
+  batch is synchronous: ``set_event`` and ``cancel`` note those wake-ups in ``_todo``,
   which every task that calls into the driver runs right after (they are curio's
   non-blocking traps, so nothing else runs in between);
 * curio 1.x has no signal API: the adapter installs do-nothing Python handlers and
@@ -154,7 +154,7 @@ class CurioFrontend(TaskDriver):
     async def _spawn(self, conn: TaskConn) -> None:
         await self._tg.spawn(self._connection, conn, daemon=True)
 
-    def _cancel(self, handle: list[Any]) -> None:
+    def cancel(self, handle: list[Any]) -> None:
         for task in handle:
             self._todo[functools.partial(task.cancel, blocking=False)] = None
 
@@ -185,10 +185,10 @@ class CurioFrontend(TaskDriver):
         raw = _raw(stream)
         conn.direct = None if isinstance(raw, ssl.SSLSocket) else raw
 
-    def _socket(self, stream: curio.io.Socket) -> socket.socket:
+    def raw_socket(self, stream: curio.io.Socket) -> socket.socket:
         return _raw(stream)
 
-    def _set(self, event: curio.Event) -> None:
+    def set_event(self, event: curio.Event) -> None:
         self._todo[event.set] = None
 
     async def _wait(self, event: curio.Event, timeout: float) -> None:
