@@ -212,21 +212,18 @@ _C1: Final = ((_C0 ^ _B0) - ((_B0 << 14) | (_B0 >> 18))) & _M32
 _C1_ROT11: Final = ((_C1 << 11) | (_C1 >> 21)) & _M32
 
 
-def _fold_int8(key: int) -> int:
-    """``hashint8extended``'s fold of an int64 to the uint32 it hashes."""
-    lohalf = key & _M32
-    hihalf = (key >> 32) & _M32
-    return lohalf ^ (hihalf if key >= 0 else hihalf ^ _M32)
-
-
 def _check_int64(key: int) -> None:
     if not INT64_MIN <= key <= INT64_MAX:
         raise ValueError(f"{key} is out of range for an int64")
 
 
 def _int8_hash(key: int) -> int:
-    # hash_uint32_extended(fold(key), HASH_PARTITION_SEED) from the precomputed state.
-    a = (_A0 + _fold_int8(key)) & _M32
+    # hashint8extended's fold to 32 bits: the low half XOR the high half, the high half
+    # complemented for a negative key (Python's >> and ~ act on the signed value, and
+    # the final mask takes the low 32 bits), then hash_uint32_extended from the
+    # precomputed seeded state.
+    hihalf = key >> 32
+    a = (_A0 + ((key ^ (hihalf if hihalf >= 0 else ~hihalf)) & _M32)) & _M32
     c = _C1
     a = ((a ^ c) - _C1_ROT11) & _M32
     b = ((_B0 ^ a) - ((a << 25) | (a >> 7))) & _M32
