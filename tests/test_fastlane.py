@@ -61,7 +61,7 @@ def GeneralOnly(*args: Any, **kw: Any) -> Engine:
     relay.fast_query = lambda c, data: False  # type: ignore[method-assign]
     relay.fast_answer = lambda s, data: False  # type: ignore[method-assign]
     # every checkout through Pools.checkout and the pending list
-    relay.ready_server = lambda c, group: None  # type: ignore[method-assign]
+    engine.lending.ready_server = lambda c, group: None  # type: ignore[method-assign]
     return engine
 
 

@@ -326,7 +326,7 @@ class Engine:
         self.ctx.now = now
         c = self.ctx.clients.get(cid)
         if c is not None:
-            self.relay.client_writable(c, writable)
+            self.sessions.client_writable(c, writable)
         return self.flush()
 
     def server_writable(self, sid: int, writable: bool, now: float) -> list[Effect]:
@@ -334,7 +334,7 @@ class Engine:
         self.ctx.now = now
         s = self.ctx.servers.get(sid)
         if s is not None:
-            self.relay.server_writable(s, writable)
+            self.sessions.server_writable(s, writable)
         return self.flush()
 
     def client_tls(self, cid: int, error: str | None, now: float) -> list[Effect]:

@@ -46,7 +46,7 @@ from pgsansio.protocol import (
 
 from ._errors import fatal
 from ._health import BANNED, NOT_BANNED, Health, key_of
-from ._objects import Client, Entry, Pool, ServerConn
+from ._objects import Client, Entry, Pool, PoolGroup, ServerConn
 from ._pooling import Pools
 from ._routing import WAIT_FOR_PRIMARY, Routes
 from ._states import C_CLOSED, S_CLOSED, S_LOGIN, ClientState, ServerInput, ServerState, server_to
@@ -424,3 +424,38 @@ class Lending:
                 f'no primary server is available in pool "{c.group.name}" for writes'
                 + self.router.why_no_primary(c.group.pools[0]),
             )
+
+    def ready_server(self, c: Client, group: PoolGroup) -> ServerConn | None:
+        """The idle server _checkout would give ``c`` at once and link without a word
+        to it first (no health check, no SET to sync), or None."""
+        shard = group.pools[0]
+        if self.ctx.life.pausing or group.removed or len(shard) != 1:
+            return None
+        pool = shard[0]
+        idle = pool.idle
+        if not idle or pool.waiters:
+            return None
+        general = self.ctx.config.general
+        s = idle[0] if general.server_round_robin else idle[-1]
+        key = c.sync_key
+        if (
+            key is None
+            or s.sync_key != key
+            or s.blocked
+            or self.ctx.now - s.last_used > general.healthcheck_delay / 1000
+            or (group.user.server_lifetime and self.pools.expired(s))
+        ):
+            return None
+        return s
+
+    def take(self, c: Client, s: ServerConn) -> None:
+        """Take the server ready_server found out of its pool for ``c`` (what checkout
+        and hand_out do in that case); the caller links the two (Sessions.attach)."""
+        pool = s.pool
+        assert pool is not None
+        if pool.idle[0] is s:
+            pool.idle.popleft()
+        else:
+            pool.idle.pop()
+        c.tried = None
+        c.pool = pool

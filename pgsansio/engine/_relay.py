@@ -54,7 +54,7 @@ from pgsansio.protocol import (
     Terminate,
 )
 
-from ._effects import ReadClient, ReadServer, SendClient, SendServer
+from ._effects import SendClient, SendServer
 from ._errors import fatal
 from ._objects import (
     EXTENDED,
@@ -70,7 +70,6 @@ from ._objects import (
     SKIP,
     Client,
     Entry,
-    PoolGroup,
     ServerConn,
 )
 from ._params import TRACKED, parse_simple_set, strip_comments
@@ -480,7 +479,7 @@ class Relay:
             return False
         s = c.server
         if s is None:
-            s = self.ready_server(c, group)
+            s = self.lending.ready_server(c, group)
         elif s.syncing or s.queue or s.blocked or not s.conn.idle:
             return False
         sql = c.conn.take_query(data)
@@ -491,7 +490,8 @@ class Relay:
             self.lending.checkout(c)
             return True
         if c.server is None:
-            self._take(c, s)
+            self.lending.take(c, s)
+            self.sessions.attach(c, s)
         self._send_query(c, s, data, sql)
         self.sessions.after_client_data(c, s)
         return True
@@ -502,42 +502,6 @@ class Relay:
         s.queue.append(self._query_entry(c, s, sql))
         c.unnamed_pending = False
         self.ctx.out.append(SendServer(s.sid, s.conn.pass_query(data, sql)))
-
-    def ready_server(self, c: Client, group: PoolGroup) -> ServerConn | None:
-        """The idle server _checkout would give ``c`` at once and link without a word
-        to it first (no health check, no SET to sync), or None."""
-        shard = group.pools[0]
-        if self.ctx.life.pausing or group.removed or len(shard) != 1:
-            return None
-        pool = shard[0]
-        idle = pool.idle
-        if not idle or pool.waiters:
-            return None
-        general = self.ctx.config.general
-        s = idle[0] if general.server_round_robin else idle[-1]
-        key = c.sync_key
-        if (
-            key is None
-            or s.sync_key != key
-            or s.blocked
-            or self.ctx.now - s.last_used > general.healthcheck_delay / 1000
-            or (group.user.server_lifetime and self.pools.expired(s))
-        ):
-            return None
-        return s
-
-    def _take(self, c: Client, s: ServerConn) -> None:
-        """Give ``c`` the server ready_server found: what _checkout, _hand_out and
-        _link do in that case."""
-        pool = s.pool
-        assert pool is not None
-        if pool.idle[0] is s:
-            pool.idle.popleft()
-        else:
-            pool.idle.pop()
-        c.tried = None
-        c.pool = pool
-        self.sessions.attach(c, s)
 
     def fast_answer(self, s: ServerConn, data: bytes) -> bool:
         """``data`` from ``s`` sent to its client, if it is the whole ordinary answer
@@ -628,18 +592,6 @@ class Relay:
             [(k, _INTERNAL_NAME.sub(fix, v) if k in "MDH" else v) for k, v in e.fields]
         )
 
-    def client_writable(self, c: Client, writable: bool) -> None:
-        """Backpressure: a client that reads slowly stops its server being read."""
-        c.blocked = not writable
-        if c.server is not None:
-            self.ctx.out.append(ReadServer(c.server.sid, writable))
-
-    def server_writable(self, s: ServerConn, writable: bool) -> None:
-        """Backpressure: a server that reads slowly (COPY IN) stops its client being read."""
-        s.blocked = not writable
-        if s.client is not None:
-            self.ctx.out.append(ReadClient(s.client.cid, writable))
-
     def read_server(self, s: ServerConn) -> None:
         conn = s.conn
         while s.state is not S_CLOSED:
@@ -704,9 +656,10 @@ class Relay:
             and not c.blocked
             and c.waiting_since is None
         ):
-            ready = self.ready_server(c, group)
+            ready = self.lending.ready_server(c, group)
             if ready is not None:  # what _checkout would do, without the pending list
-                self._take(c, ready)
+                self.lending.take(c, ready)
+                self.sessions.attach(c, ready)
                 self._to_server(c, ready, span)
                 self.sessions.after_client_data(c, ready)
                 return

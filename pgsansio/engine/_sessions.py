@@ -206,3 +206,15 @@ class Sessions:
                 f"({c.user.statement_timeout} ms)",
             ),
         )
+
+    def client_writable(self, c: Client, writable: bool) -> None:
+        """Backpressure: a client that reads slowly stops its server being read."""
+        c.blocked = not writable
+        if c.server is not None:
+            self.ctx.out.append(ReadServer(c.server.sid, writable))
+
+    def server_writable(self, s: ServerConn, writable: bool) -> None:
+        """Backpressure: a server that reads slowly (COPY IN) stops its client being read."""
+        s.blocked = not writable
+        if s.client is not None:
+            self.ctx.out.append(ReadClient(s.client.cid, writable))
