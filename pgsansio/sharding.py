@@ -118,7 +118,7 @@ def shard_for_key(key: str | int, shards: int, function: str = "pg_bigint_hash")
         except ValueError:
             number = None
     if function == "sha1":
-        return _sha1(str(number) if number is not None else key) % shards
+        return _sha1(str(number) if number is not None else str(key)) % shards
     if number is None or not _INT64_MIN <= number <= _INT64_MAX:
         return None
     return pg_bigint_hash(number) % shards

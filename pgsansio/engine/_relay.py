@@ -74,6 +74,7 @@ from ._objects import (
     ServerConn,
 )
 from ._params import TRACKED, parse_simple_set, strip_comments
+from ._routing import SHARD_COMMAND_BYTES
 from ._states import (
     C_CLOSED,
     C_READY,
@@ -476,6 +477,7 @@ class Relay:
             or c.waiting_since is not None
             or group is None
             or group.cfg.query_parser_enabled
+            or SHARD_COMMAND_BYTES.match(data, 5) is not None
         ):
             return False
         s = c.server
@@ -506,8 +508,13 @@ class Relay:
     def ready_server(self, c: Client, group: PoolGroup) -> ServerConn | None:
         """The idle server _checkout would give ``c`` at once and link without a word
         to it first (no health check, no SET to sync), or None."""
-        shard = group.pools[0]
-        if self.ctx.life.pausing or group.removed or len(shard) != 1:
+        if self.ctx.life.pausing or group.removed:
+            return None
+        index = self.router.fixed_shard(c)
+        if index is None:
+            return None  # the request decides (a comment, a random default): checkout
+        shard = group.pools[index]
+        if len(shard) != 1:
             return None
         pool = shard[0]
         idle = pool.idle
@@ -677,11 +684,7 @@ class Relay:
 
     def client_span(self, c: Client, span: Span) -> None:
         group = c.group
-        if (
-            group is not None
-            and group.cfg.query_parser_enabled
-            and self.router.custom_command(c, span)
-        ):
+        if group is not None and self.router.custom_command(c, span):
             return
         s = c.server
         events = span.events
