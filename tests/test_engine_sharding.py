@@ -13,6 +13,7 @@ from pgsansio.config_model import Config, ServerAddress, ShardConfig
 from pgsansio.protocol import Bind, CommandComplete, Execute, Parse, Sync
 from pgsansio.sharding import shard_for_key
 from pgsansio.testing.fakepg import Database, FakeUser
+from tests.test_admin import admin as admin_client
 from tests.test_engine import DB, World, config, errors, logged_in, ready, rows
 
 HOSTS = ("sh0", "sh1", "sh2")
@@ -250,3 +251,11 @@ def test_no_sharding_warning_but_automatic_sharding_key_is_named() -> None:
     text = "\n".join(w.logs)
     assert "sharding is not implemented" not in text
     assert "automatic_sharding_key is not implemented" in text
+
+
+def test_show_databases_names_each_shard_as_pgcat_does() -> None:
+    w = world(sharded_config())
+    got = admin_client(w, "pgcat").query("SHOW DATABASES")
+    names = [r[0] for r in rows(got)]
+    assert names == [f"{DB}_shard_{i}_primary" for i in range(3)]
+    assert [r[1] for r in rows(got)] == list(HOSTS)
