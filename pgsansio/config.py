@@ -450,11 +450,17 @@ def _read_pool(
         pattern = values.get(key)
         if pattern is not None:
             try:
-                re.compile(pattern)
+                groups = re.compile(pattern).groups
             except re.error as e:
                 raise ctx.error(
                     _join(prefix, key), f"is not a valid regular expression: {e}"
                 ) from None
+            if groups < 1:
+                ctx.warn(
+                    _join(prefix, key),
+                    "has no capture group, so it never routes: the shard number or key is "
+                    r"capture group 1, e.g. '/\* shard_id: (\d+) \*/'",
+                )
     sharding_key = values.get("automatic_sharding_key")
     if sharding_key is not None:
         unquoted = sharding_key.replace('"', "")

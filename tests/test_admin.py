@@ -493,6 +493,17 @@ def test_plain_shutdown_from_the_console_exits_at_once() -> None:
     assert w.exited and a.closed
 
 
+def test_pgcat_shutdown_answers_one_row_then_drains() -> None:
+    w = World(config())
+    a = logged_in(w)
+    a.query("begin")
+    got = admin(w, "pgcat").query("SHUTDOWN")
+    assert columns(got) == ["success"] and rows(got) == [("t",)] and tags(got) == ["SHUTDOWN"]
+    assert not w.exited and not a.closed
+    assert ready(a.query("commit")) == ["I"]
+    assert w.exited
+
+
 def test_shutdown_wait_for_servers_lets_the_transaction_finish() -> None:
     w = World(config())
     a = logged_in(w)

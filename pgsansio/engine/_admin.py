@@ -18,6 +18,9 @@ database. What a PgBouncer operator expects, written down:
   ``ptr``/``link`` are ``c<id>``/``s<id>`` rather than memory addresses.
 - **SHOW DATABASES** has one row per server address: ``name`` is the pool name when the
   pool has a single address, else ``<pool>_shard_<n>_<role>[_<i>]`` as in PgCat.
+- **SHUTDOWN** with no argument is PgBouncer's on ``pgbouncer`` (no row, exit at
+  once) and PgCat's on ``pgcat``: one row ``success`` = ``t``, then the graceful drain
+  of SIGINT (in-flight transactions may finish).
 - **Errors** name the command and what is wrong: 42601 for syntax (unknown command,
   missing or extra argument), 42704 for an unknown database, client or host, 55000
   for a state that does not allow it (RESUME of what is not paused).
@@ -193,6 +196,12 @@ class Admin:
             return "SET"
         if command == "SHUTDOWN":
             mode = " ".join(args).upper()
+            if mode == "" and c.database == "pgcat":
+                # PgCat: one row "t", then the drain SIGINT starts (its SHUTDOWN sends
+                # itself SIGINT); in-flight transactions may finish.
+                self.show.rows(c, (("success", TEXT),), [("t",)], "SHUTDOWN")
+                self.control.begin_shutdown(wait_for_clients=False)
+                return None
             if mode == "":
                 self.ctx.send_client(c, CommandComplete("SHUTDOWN"))
                 self.ctx.send_client(c, ReadyForQuery("I"))

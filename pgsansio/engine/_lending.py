@@ -48,7 +48,7 @@ from ._errors import fatal
 from ._health import BANNED, NOT_BANNED, Health, key_of
 from ._objects import Client, Entry, Pool, PoolGroup, ServerConn
 from ._pooling import Pools
-from ._routing import WAIT_FOR_PRIMARY, Routes
+from ._routing import WAIT_FOR_PRIMARY, Refusal, Routes
 from ._states import C_CLOSED, S_CLOSED, S_LOGIN, ClientState, ServerInput, ServerState, server_to
 
 __all__ = ["Lending"]
@@ -85,7 +85,9 @@ class Lending:
         pool = self.router.route(c, retry=retry)
         if isinstance(pool, Pool):
             return pool
-        if pool == WAIT_FOR_PRIMARY:
+        if isinstance(pool, Refusal):
+            self._no_server(c, pool.message, pool.sqlstate)
+        elif pool == WAIT_FOR_PRIMARY:
             c.waiting_since = self.ctx.now
             c.pool = None
             self._role_waiters.append(c)
@@ -405,13 +407,13 @@ class Lending:
         if len(pool.servers) < c.user.pool_size:
             self.pools.open_server(pool)
 
-    def _no_server(self, c: Client, message: str) -> None:
+    def _no_server(self, c: Client, message: str, sqlstate: str = "57P03") -> None:
         """No server can take ``c``'s requests: answer them as a server would."""
         self.ctx.log(logging.WARNING, f"client {c.cid}: {message}")
         c.waiting_since = None
         c.pool = None
         pending, c.pending = c.pending, []
-        self.fail_requests(c, pending, ErrorResponse.build("57P03", message))
+        self.fail_requests(c, pending, ErrorResponse.build(sqlstate, message))
 
     def _role_timeout(self, c: Client, gen: int) -> None:
         if c in self._role_waiters and c.wait_gen == gen:
@@ -422,14 +424,21 @@ class Lending:
             self._no_server(
                 c,
                 f'no primary server is available in pool "{c.group.name}" for writes'
-                + self.router.why_no_primary(c.group.pools[0]),
+                + self.router.why_no_primary(
+                    c.group.pools[min(c.checkout_shard, len(c.group.pools) - 1)]
+                ),
             )
 
     def ready_server(self, c: Client, group: PoolGroup) -> ServerConn | None:
         """The idle server _checkout would give ``c`` at once and link without a word
         to it first (no health check, no SET to sync), or None."""
-        shard = group.pools[0]
-        if self.ctx.life.pausing or group.removed or len(shard) != 1:
+        if self.ctx.life.pausing or group.removed:
+            return None
+        index = self.router.fixed_shard(c)
+        if index is None:
+            return None  # the request decides (a comment, a random default): checkout
+        shard = group.pools[index]
+        if len(shard) != 1:
             return None
         pool = shard[0]
         idle = pool.idle

@@ -102,6 +102,7 @@ class Client:
         "blocked",
         "cancel_key",
         "checkout_failures",
+        "checkout_shard",
         "cid",
         "conn",
         "connected",
@@ -118,6 +119,7 @@ class Client:
         "route_role",
         "server",
         "settings",
+        "shard",
         "state",
         "stats",
         "sync_key",
@@ -176,6 +178,10 @@ class Client:
         self.route_role: str | None = None
         self.primary_reads: bool | None = None
         self.tried: set[tuple[str, int]] | None = None
+        # Sharding (see _routing): the session's shard (SET SHARD / SET SHARDING KEY;
+        # None: not chosen), and the shard of the request being placed.
+        self.shard: int | None = None
+        self.checkout_shard = 0
 
 
 class ServerConn:

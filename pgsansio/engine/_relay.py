@@ -73,6 +73,7 @@ from ._objects import (
     ServerConn,
 )
 from ._params import TRACKED, parse_simple_set, strip_comments
+from ._routing import SHARD_COMMAND_BYTES
 from ._states import (
     C_CLOSED,
     C_READY,
@@ -475,6 +476,7 @@ class Relay:
             or c.waiting_since is not None
             or group is None
             or group.cfg.query_parser_enabled
+            or SHARD_COMMAND_BYTES.match(data, 5) is not None
         ):
             return False
         s = c.server
@@ -629,11 +631,7 @@ class Relay:
 
     def client_span(self, c: Client, span: Span) -> None:
         group = c.group
-        if (
-            group is not None
-            and group.cfg.query_parser_enabled
-            and self.router.custom_command(c, span)
-        ):
+        if group is not None and self.router.custom_command(c, span):
             return
         s = c.server
         events = span.events
