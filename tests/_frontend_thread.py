@@ -79,10 +79,10 @@ class FrontendThread:
             elif self.name in ("anyio", "trio"):
                 import anyio
 
-                from pgsansio.frontends.anyio import AnyioFrontend
+                from pgsansio.frontends.anyio import make_frontend
 
                 async def main_anyio() -> int:
-                    code: int = await self._make(AnyioFrontend)
+                    code: int = await self._make(make_frontend)
                     return code
 
                 backend = "trio" if self.name == "trio" else "asyncio"

@@ -101,6 +101,10 @@ class _Protocol(asyncio.Protocol):
 class AsyncioFrontend(Driver):
     """The driver on the running asyncio (or uvloop) event loop."""
 
+    #: What the "listening on" line calls this runtime (the anyio frontend on asyncio
+    #: runs this adapter under its own name; see pgsansio.frontends.anyio).
+    WHAT: str | None = None
+
     def __init__(self, engine: EngineAPI, config: Config, *, config_path: str | None) -> None:
         super().__init__(engine, config, config_path=config_path)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -122,7 +126,7 @@ class AsyncioFrontend(Driver):
                     loop.add_signal_handler(signum, self.signal, signum)
             flavour = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
             address = listeners[0].sockets[0].getsockname()
-            self._started(ready, address, f"asyncio frontend, {flavour} event loop")
+            self._started(ready, address, self.WHAT or f"asyncio frontend, {flavour} event loop")
             await self._done
         finally:
             if handle_signals:
