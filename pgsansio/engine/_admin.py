@@ -75,7 +75,7 @@ _TOKEN = re.compile(r'"((?:[^"]|"")*)"|([^\s,"]+)')
 
 
 class Admin:
-    """Owns its state; see the module docstring."""
+    """Owns the console sessions' parsing; the commands act through the parts below."""
 
     def __init__(
         self,

@@ -65,7 +65,8 @@ class AdminError(Exception):
 
 
 class Control:
-    """Owns its state; see the module docstring."""
+    """Owns who waits for a PAUSE or RELOAD and which console commands still run;
+    the flags it sets are the Context's Lifecycle."""
 
     def __init__(
         self,

@@ -97,7 +97,7 @@ class Ban:
 
 
 class Health:
-    """Owns its state; see the module docstring."""
+    """Owns the bans, the roles probes found, the WAL positions and which replicas lag."""
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx

@@ -34,7 +34,7 @@ ABANDON_GRACE = 5.0  # seconds a cancelled, abandoned server may take to answer
 
 
 class Leaving:
-    """Owns its state; see the module docstring."""
+    """Owns no tables: what happens when a client leaves or a server connection fails."""
 
     def __init__(
         self,
@@ -111,7 +111,7 @@ class Leaving:
             self.ctx.at(self.ctx.now + ABANDON_GRACE, lambda: self._close_abandoned(s))
             return
         if s.queue:
-            return  # our own query (a SET) is running; _internal_done frees it
+            return  # our own query (a SET) is running; Sessions.internal_done frees it
         if not s.conn.idle:
             # Extended-protocol messages without their Sync (an implicit transaction
             # is open, or the server skips to a Sync after an error). A Sync of ours
@@ -165,7 +165,7 @@ class Leaving:
                     self.drop_client(w, error)
                 pool.waiters.clear()
             if group.server_params is None and not any(p.opening for p in group.all_pools()):
-                # A copy: _drop_client removes each from the list (iterating the list
+                # A copy: drop_client removes each from the list (iterating the list
                 # itself skipped every other waiter, who then hung until login timeout).
                 waiters, group.login_waiters = group.login_waiters, []
                 for w in waiters:

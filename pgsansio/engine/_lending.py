@@ -310,7 +310,7 @@ class Lending:
         self.ban(pool, None, reason)
         if checking or was in (ServerState.CONNECTING, S_LOGIN):
             # The waiters expected this connection: try another address now (the
-            # primary is never banned, so its waiters are moved here, not by _ban).
+            # primary is never banned, so its waiters are moved here, not by ban).
             for c in list(pool.waiters):
                 pool.waiters.remove(c)
                 self.reroute(c, pool)
@@ -430,7 +430,7 @@ class Lending:
             )
 
     def ready_server(self, c: Client, group: PoolGroup) -> ServerConn | None:
-        """The idle server _checkout would give ``c`` at once and link without a word
+        """The idle server checkout would give ``c`` at once and link without a word
         to it first (no health check, no SET to sync), or None."""
         if self.ctx.life.pausing or group.removed:
             return None

@@ -93,7 +93,8 @@ _WELCOMES_KEPT = 64  # distinct ParameterStatus sets kept encoded (see _welcome)
 
 
 class Login:
-    """Owns its state; see the module docstring."""
+    """Owns the clients logging in, the cancel keys, the SCRAM secrets and the
+    encoded welcome messages."""
 
     def __init__(
         self,

@@ -90,7 +90,7 @@ def _response(status: str, body: bytes, *, content_type: str, extra: str = "") -
 
 
 class Metrics:
-    """Owns its state; see the module docstring."""
+    """Owns the Prometheus connections and their request buffers."""
 
     def __init__(
         self,

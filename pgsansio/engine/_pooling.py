@@ -60,7 +60,7 @@ def _same_pool(a: PoolConfig, b: PoolConfig) -> bool:
 
 
 class Pools:
-    """Owns its state; see the module docstring."""
+    """Owns the pool groups (pool, user) and every pool's server connections."""
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx

@@ -135,7 +135,7 @@ def _message_end(data: bytes, offset: int) -> int:
 
 
 class Relay:
-    """Owns its state; see the module docstring."""
+    """Owns no tables: moves a linked pair's bytes (the hot path)."""
 
     def __init__(
         self,
@@ -655,7 +655,7 @@ class Relay:
             and c.waiting_since is None
         ):
             ready = self.lending.ready_server(c, group)
-            if ready is not None:  # what _checkout would do, without the pending list
+            if ready is not None:  # what checkout would do, without the pending list
                 self.lending.take(c, ready)
                 self.sessions.attach(c, ready)
                 self._to_server(c, ready, span)

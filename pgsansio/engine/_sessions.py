@@ -85,7 +85,7 @@ class Sessions:
             self._send_pending(c, s)
 
     def attach(self, c: Client, s: ServerConn) -> None:
-        """The bookkeeping of giving ``s`` to ``c`` (for _link and the fast lane)."""
+        """The bookkeeping of giving ``s`` to ``c`` (for link and the fast lane)."""
         c.server = s
         st = c.stats
         st.server_assignment_count += 1

@@ -108,7 +108,7 @@ def _wait(now: float, since: float | None) -> tuple[int, int]:
 
 
 class Show:
-    """Owns its state; see the module docstring."""
+    """Owns no tables: builds SHOW rows from the parts' state."""
 
     def __init__(self, ctx: Context, *, stats: Stats, pools: Pools, health: Health) -> None:
         self.ctx = ctx

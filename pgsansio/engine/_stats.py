@@ -147,7 +147,7 @@ NOWHERE = DbStats()
 
 
 class Stats:
-    """Owns its state; see the module docstring."""
+    """Owns the counters of every database and the averages of the last period."""
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
