@@ -47,7 +47,8 @@ so the calls form this DAG (bottom to top; every part also gets the Context)::
     Sessions      link, settings sync, release  -> Lending Pools
     Lending       checkout, waiting, bans that  -> Routes Health Pools
                   move clients, PAUSE parking
-    Routes        which pool: role, balancing   -> Health
+    Routes        which pool: shard, role,      -> Health
+                  balancing, PgCat's commands
     Health  Pools  Stats  Statements  Tls         (the Context only)
      |
     Context       effects being built (``out``), ``now``, timers, rng, config, the
