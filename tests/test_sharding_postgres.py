@@ -6,15 +6,16 @@ partition hash, bit for bit). One frontend: routing is the engine's.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from dataclasses import replace
 
 import psycopg
 import pytest
 
-from pgsansio.config_model import ServerAddress, ShardConfig
+from pgsansio.config_model import Config, ServerAddress, ShardConfig
 from pgsansio.sharding import shard_for_key
-from pgsansio.testing.cluster import Cluster
+from pgsansio.testing.cluster import TEST_DATABASE, TEST_USERS, Cluster
 from tests._pooler import make_config, running
 
 pytestmark = pytest.mark.postgres
@@ -41,16 +42,20 @@ def shards(pg15: Cluster) -> Iterator[Cluster]:
         pg15.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE);")
 
 
-def test_rows_land_on_the_shard_postgresql_partitions_them_to(shards: Cluster) -> None:
-    base = make_config(shards, users=(USER,))
+def sharded(cluster: Cluster, **pool_kw: object) -> Config:
+    base = make_config(cluster, users=(USER,))
     (pool,) = base.pools.values()
-    server = (ServerAddress("127.0.0.1", shards.port, "primary"),)
+    server = (ServerAddress("127.0.0.1", cluster.port, "primary"),)
     pool = replace(
         pool,
         shards=tuple(ShardConfig(r, NAMES[r], server) for r in range(SHARDS)),
-        sharding_key_regex=r"/\* sharding_key: (\d+) \*/",
+        **pool_kw,  # type: ignore[arg-type]
     )
-    cfg = replace(base, pools={pool.name: pool})
+    return replace(base, pools={pool.name: pool})
+
+
+def test_rows_land_on_the_shard_postgresql_partitions_them_to(shards: Cluster) -> None:
+    cfg = sharded(shards, sharding_key_regex=r"/\* sharding_key: (\d+) \*/")
     with (
         running(cfg, frontend="asyncio") as p,
         psycopg.connect(p.dsn(USER), autocommit=True) as conn,
@@ -75,3 +80,80 @@ def test_rows_land_on_the_shard_postgresql_partitions_them_to(shards: Cluster) -
             conn.execute("INSERT INTO data VALUES (%s, 'wrong')", (wrong,))
         cur = conn.execute("SHOW SHARD")
         assert cur.fetchall() == [("0",)]
+
+
+def _ids_per_shard(conn: psycopg.Connection[tuple[int]], tag: str) -> list[list[int]]:
+    per_shard = []
+    for r in range(SHARDS):
+        conn.execute(f"SET SHARD TO '{r}'")
+        cur = conn.execute("SELECT id FROM data WHERE v = %s ORDER BY id", (tag,))
+        per_shard.append([row[0] for row in cur.fetchall()])
+    return per_shard
+
+
+def test_automatic_sharding_key_routes_psycopg_and_asyncpg(shards: Cluster) -> None:
+    """The key found in the SQL and in the Bind parameters (text and binary), through
+    two drivers: every row lands where PostgreSQL's partitioning puts it (it refuses
+    any other), and every keyed statement finds its row."""
+    pytest.importorskip("pglast", reason="automatic_sharding_key needs pglast")
+    asyncpg = pytest.importorskip("asyncpg")
+    cfg = sharded(shards, query_parser_enabled=True, automatic_sharding_key="data.id")
+    scales = (1, 10**6, 10**9)  # psycopg sends them as int2, int4, int8
+    binary = [k * scales[k % 3] for k in range(115, 130)]
+    keys = [*range(100, 115), *binary, *range(130, 140)]
+    with running(cfg, frontend="asyncio") as p:
+        with psycopg.connect(p.dsn(USER), autocommit=True) as conn:
+            for key in range(100, 115):  # text parameters; prepared after 5 (named)
+                conn.execute("INSERT INTO data (id, v) VALUES (%s, 'auto')", (key,))
+            for key in binary:  # binary parameters
+                conn.execute("INSERT INTO data (v, id) VALUES ('auto', %b)", (key,))
+            for key in range(130, 140):  # literals, in the simple protocol
+                conn.execute(f"INSERT INTO data (id, v) VALUES ({key}, 'auto')")
+                cur = conn.execute(f"UPDATE data SET v = 'auto' WHERE id = {key}")
+                assert cur.rowcount == 1
+            for key in keys:
+                cur = conn.execute("SELECT id FROM data WHERE id = %s", (key,))
+                assert cur.fetchall() == [(key,)], key
+                cur = conn.execute("SELECT d.id FROM data d WHERE d.id = %b", (key,))
+                assert cur.fetchall() == [(key,)], key
+            per_shard = _ids_per_shard(conn, "auto")
+            assert sorted(i for ids in per_shard for i in ids) == sorted(keys)
+            for r, ids in enumerate(per_shard):
+                assert ids and all(shard_for_key(i, SHARDS) == r for i in ids)
+            # Keys on two shards: no key, so default_shard (shard_0) -- which refuses.
+            a = next(k for k in range(200, 300) if shard_for_key(k, SHARDS) == 1)
+            b = next(k for k in range(200, 300) if shard_for_key(k, SHARDS) == 2)
+            with pytest.raises(psycopg.errors.CheckViolation):
+                conn.execute("INSERT INTO data (id, v) VALUES (%s, 'x'), (%s, 'x')", (a, b))
+
+        insert = "INSERT INTO data (id, v) VALUES ($1, 'apg')"
+        select = "SELECT id FROM data WHERE id = $1"
+        first = next(k for k in range(300, 400) if shard_for_key(k, SHARDS) == 0)
+
+        async def with_asyncpg() -> list[int]:
+            apg = await asyncpg.connect(
+                host="127.0.0.1",
+                port=p.port,
+                user=USER,
+                password=TEST_USERS[USER][1],
+                database=TEST_DATABASE,
+                ssl=False,
+            )
+            try:
+                # asyncpg prepares a text (Parse, Describe, Flush) and binds it in a
+                # second step on the same server: that first execution goes where no
+                # key is known yet, default_shard. Later ones are bound to the prepared
+                # statement and routed by their binary int8 key.
+                await apg.execute(insert, first)
+                assert await apg.fetchval(select, first) == first
+                for key in range(400, 420):
+                    await apg.execute(insert, key)
+                return [await apg.fetchval(select, key) for key in range(400, 420)]
+            finally:
+                await apg.close()
+
+        assert asyncio.run(with_asyncpg()) == list(range(400, 420))
+        with psycopg.connect(p.dsn(USER), autocommit=True) as conn:
+            per_shard = _ids_per_shard(conn, "apg")
+        assert sorted(i for ids in per_shard for i in ids) == [first, *range(400, 420)]
+        assert all(per_shard)

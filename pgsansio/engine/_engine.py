@@ -204,14 +204,6 @@ class Engine:
 
     def _warn_unimplemented(self, config: Config) -> None:
         """Say which configured PgCat features this version does not act on yet."""
-        for pool in config.pools.values():
-            if pool.automatic_sharding_key is not None:
-                self.ctx.log(
-                    logging.WARNING,
-                    f'pool "{pool.name}": automatic_sharding_key is not implemented yet; '
-                    "queries go to the shard chosen by SET SHARD, SET SHARDING KEY, a "
-                    "shard_id_regex / sharding_key_regex comment, or default_shard",
-                )
         self.router.check_parser()
         general = config.general
         if general.autoreload:

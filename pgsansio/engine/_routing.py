@@ -25,7 +25,8 @@ when a client with no server sends something (transaction mode) or logs in (sess
   (all lagging, say) reads go to the primary. A write with no primary known fails
   at once with 57P03.
 - **The shard** (PgCat's sharding, per client): every checkout takes its server from
-  one shard of the pool. In order: a ``shard_id_regex`` / ``sharding_key_regex`` match
+  one shard of the pool. In order: the shard the ``automatic_sharding_key`` names
+  (below); a ``shard_id_regex`` / ``sharding_key_regex`` match
   (capture group 1) in the first ``regex_search_limit`` characters of a Query or Parse
   text waiting to be sent (the first match among them; the text is forwarded as it is)
   decides for that checkout only -- PgCat's router keeps the last match as the
@@ -38,6 +39,26 @@ when a client with no server sends something (transaction mode) or logs in (sess
   transaction, so a transaction never spans shards; a retry after a failure stays on
   the shard it was placed on. A shard number out of range (a comment, or a session's
   choice after a reload shrank the pool) fails the request with 22023.
+- **The automatic sharding key** (PgCat's ``automatic_sharding_key = "table.column"``
+  or ``"*.column"``, with ``query_parser_enabled``; PgCat also wants
+  ``query_parser_read_write_splitting``, we do not): every Query text waiting to be
+  sent, and the text of every Bind's statement (a Parse waiting with it, or one
+  prepared earlier through the prepared statement cache), is read by
+  :class:`pgsansio.routing.KeyFinder` (cached by text; the shapes it knows are in
+  :mod:`pgsansio.routing._keys`), which gives the literals and ``$n`` parameters the
+  key is compared to. A parameter is read from the Bind: text, or binary int2 / int4
+  / int8 (big-endian; the size the Parse's type for it says, else 2, 4 or 8 bytes).
+  Each value must be a 64-bit integer and all of them, over everything waiting, must
+  land on one shard (``sharding_function``); if not (keys on two shards, a NULL or
+  non-integer value), no key decides and the order above goes on. As in PgCat, a key
+  found wins over a comment and over the session's ``SET SHARD`` (PgCat's router
+  reads the comment first and then lets the parser's shard replace it). Departures:
+  the key decides for that checkout only (PgCat keeps it as the client's shard for
+  later queries, and ``SHOW SHARD`` shows it); keys on different shards are no key
+  here, also across the statements of one text (PgCat stops at "multiple shards in
+  query" and keeps the first statement's shard); Binds of named statements are read
+  too (PgCat reads a Bind only after its Parse). Nothing is parsed on a pool without
+  the key, or with one shard.
 - **Shard commands** (PgCat's ``CUSTOM_SQL_REGEXES``): ``SET SHARD TO 'n' | 'ANY'``
   (``ANY``: a random shard, drawn once), ``SET SHARDING KEY TO 'k'`` (the shard
   holding ``k`` by the pool's ``sharding_function``, see :mod:`pgsansio.sharding`) and
@@ -86,12 +107,13 @@ from pgsansio.protocol import (
     RowDescription,
     Span,
 )
-from pgsansio.sharding import shard_for_key
+from pgsansio.sharding import parse_int64, shard_for_key
 
 from ._objects import Client, Pool
 
 if TYPE_CHECKING:
-    from pgsansio.routing import Router
+    from pgsansio.config_model import PoolConfig
+    from pgsansio.routing import KeyFinder, Router, ShardKeys
 
     from ._context import Context
     from ._health import Health, Key
@@ -125,6 +147,65 @@ def _shard_range(n: int) -> str:
     return "its only shard is 0" if n == 1 else f"its shards are 0 to {n - 1}"
 
 
+# The binary integer types a Bind parameter may carry a key in: OID -> size.
+_BINARY_INTS = {20: 8, 23: 4, 21: 2}  # int8, int4, int2
+
+
+def _bind_key(bind: Bind, parse: Parse, number: int) -> int | None:
+    """Parameter ``$number`` of ``bind`` as an int64, if it is one: text, or binary
+    int2 / int4 / int8 (by the type the Parse gives it, else by its length)."""
+    i = number - 1
+    params = bind.params
+    if i >= len(params):
+        return None
+    raw = params[i]
+    if raw is None:
+        return None  # NULL
+    formats = bind.param_formats
+    if not formats:
+        binary = False
+    elif len(formats) == 1:
+        binary = formats[0] == 1
+    elif i < len(formats):
+        binary = formats[i] == 1
+    else:
+        return None
+    if not binary:
+        try:
+            return parse_int64(raw.decode().strip())
+        except UnicodeDecodeError:
+            return None
+    types = parse.param_types
+    oid = types[i] if i < len(types) else 0
+    if oid:
+        if _BINARY_INTS.get(oid) != len(raw):
+            return None  # another type, or a malformed value
+    elif len(raw) not in (2, 4, 8):
+        return None
+    return int.from_bytes(raw, "big", signed=True)
+
+
+def _keys_shard(
+    keys: ShardKeys, bind: Bind | None, parse: Parse | None, n: int, function: str
+) -> int | None:
+    """The one shard all ``keys`` land on (literals, and parameters read from
+    ``bind``), else None: keys on different shards, or one that is not an int64."""
+    shard = -1
+    for value in keys.values:
+        key = parse_int64(value.strip())
+        s = shard_for_key(key, n, function) if key is not None else None
+        if s is None or (shard >= 0 and s != shard):
+            return None
+        shard = s
+    for number in keys.params:
+        key = _bind_key(bind, parse, number) if bind is not None and parse is not None else None
+        s = shard_for_key(key, n, function) if key is not None else None
+        if s is None or (shard >= 0 and s != shard):
+            return None
+        shard = s
+    return shard if shard >= 0 else None
+
+
 def _key(pool: Pool) -> Key:
     return (pool.address.host, pool.address.port)
 
@@ -136,6 +217,7 @@ class Routes:
         self.ctx = ctx
         self.health = health
         self._routers: dict[int, Router] = {}
+        self._finders: dict[tuple[str, int], KeyFinder] = {}
         self._rr: dict[tuple[str, str, int, str], int] = {}
         self._parser_missing: str | None = None
         self._regexes: dict[str, re.Pattern[str]] = {}
@@ -157,6 +239,20 @@ class Routes:
             router = self._routers[size] = Router(max_length=size)
         return router
 
+    def _finder(self, cfg: PoolConfig) -> KeyFinder | None:
+        """The reader of ``cfg``'s automatic_sharding_key, or None without pglast."""
+        spec = cfg.automatic_sharding_key
+        assert spec is not None
+        size = cfg.query_parser_max_length or 0
+        finder = self._finders.get((spec, size))
+        if finder is None:
+            if self._router(None) is None:
+                return None  # pglast is missing (said at start)
+            from pgsansio.routing import KeyFinder  # noqa: PLC0415 - see _router
+
+            finder = self._finders[spec, size] = KeyFinder(spec, max_length=size)
+        return finder
+
     def check_parser(self) -> None:
         """At start and reload: say plainly if the query parser cannot run here."""
         pools = [p.name for p in self.ctx.config.pools.values() if p.query_parser_enabled]
@@ -165,7 +261,8 @@ class Routes:
                 logging.ERROR,
                 f"query_parser_enabled is set (pool {', '.join(pools)}) but the SQL parser "
                 f"cannot be loaded ({self._parser_missing}): install pgsansio[routing] "
-                "(pglast); until then servers are chosen by default_role alone",
+                "(pglast); until then servers are chosen by default_role alone, and "
+                "automatic_sharding_key finds no key",
             )
 
     # === the role a client's pending requests need =================================
@@ -289,6 +386,10 @@ class Routes:
         assert group is not None
         cfg = group.cfg
         n = len(group.pools)
+        if cfg.automatic_sharding_key is not None and cfg.query_parser_enabled and n > 1:
+            automatic = self._automatic_shard(c, n)
+            if automatic is not None:
+                return automatic
         if cfg.shard_id_regex is not None or cfg.sharding_key_regex is not None:
             found = self._comment_shard(c, n)
             if found is not None:
@@ -306,11 +407,16 @@ class Routes:
 
     def fixed_shard(self, c: Client) -> int | None:
         """The shard ``c``'s next checkout will use whatever it sends, or None when
-        that depends on the request (a comment, a random default) or is an error."""
+        that depends on the request (a comment, a key in the SQL, a random default)
+        or is an error."""
         group = c.group
         assert group is not None
         cfg = group.cfg
-        if cfg.shard_id_regex is not None or cfg.sharding_key_regex is not None:
+        if (
+            cfg.shard_id_regex is not None
+            or cfg.sharding_key_regex is not None
+            or (cfg.automatic_sharding_key is not None and cfg.query_parser_enabled)
+        ):
             return None
         shard = c.shard
         if shard is not None:
@@ -377,6 +483,56 @@ class Routes:
                         if shard_or_none is not None:
                             return shard_or_none
         return None
+
+    def _automatic_shard(self, c: Client, n: int) -> int | None:
+        """The shard that the automatic_sharding_key values of ``c``'s pending
+        statements (Query texts, and Parse texts with their Bind parameters) land on;
+        None if they name no key, or keys on different shards, or a value that is
+        not a 64-bit integer."""
+        assert c.group is not None
+        cfg = c.group.cfg
+        finder = self._finder(cfg)
+        if finder is None:
+            return None
+        function = cfg.sharding_function
+        found: int | None = None
+        parsed: dict[str, Parse] | None = None  # Parse messages pending, by name
+        for _, events, _ in c.pending:
+            for e in events:
+                t = type(e)
+                if t is Query:
+                    assert isinstance(e, Query)
+                    keys = finder.find(e.sql)
+                    if not keys:
+                        continue
+                    # ($n in a simple Query is an error: no shard, the server says so)
+                    shard = _keys_shard(keys, None, None, n, function)
+                elif t is Parse:
+                    assert isinstance(e, Parse)
+                    if parsed is None:
+                        parsed = {}
+                    parsed[e.name] = e
+                    continue
+                elif t is Bind:
+                    assert isinstance(e, Bind)
+                    parse = parsed.get(e.statement) if parsed is not None else None
+                    if parse is None and e.statement:
+                        p = c.prepared.get(e.statement)
+                        if p is not None:
+                            assert isinstance(p.parse, Parse)
+                            parse = p.parse
+                    if parse is None:
+                        continue  # an unnamed statement parsed in an earlier request
+                    keys = finder.find(parse.query)
+                    if not keys:
+                        continue
+                    shard = _keys_shard(keys, e, parse, n, function)
+                else:
+                    continue
+                if shard is None or (found is not None and shard != found):
+                    return None
+                found = shard
+        return found
 
     def _gone_shard(self, c: Client, shard: int) -> str:
         assert c.group is not None

@@ -251,6 +251,25 @@ def classify_text(sql: str) -> Decision:
     return _intern(Decision(write, begin, read_only, ends, hint))
 
 
+def cache_limit(max_length: int, cache_size: int) -> int:
+    """The longest text that goes through a cache of ``cache_size`` texts (-1: none)
+    when texts over ``max_length`` characters (0: no limit) are not read. Raises
+    ValueError for a negative size."""
+    if max_length < 0:
+        raise ValueError(f"max_length must be 0 (no limit) or positive, not {max_length}")
+    if cache_size < 0:
+        raise ValueError(f"cache_size must be 0 (no cache) or positive, not {cache_size}")
+    if cache_size == 0:
+        return -1
+    return min(max_length, CACHE_TEXT_LIMIT) if max_length else CACHE_TEXT_LIMIT
+
+
+def cache_info(cached: Callable[[str], object]) -> tuple[int, int, int | None, int]:
+    """(hits, misses, maxsize, currsize) of an ``lru_cache``, for stats and tests."""
+    info = cached.cache_info()  # type: ignore[attr-defined]
+    return (info.hits, info.misses, info.maxsize, info.currsize)
+
+
 class Router:
     """Classifies query texts for read/write splitting, with a bounded LRU cache.
 
@@ -267,19 +286,10 @@ class Router:
     __slots__ = ("_cache_limit", "_cached", "_max_length")
 
     def __init__(self, max_length: int = 0, cache_size: int = 10_000) -> None:
-        if max_length < 0:
-            raise ValueError(f"max_length must be 0 (no limit) or positive, not {max_length}")
-        if cache_size < 0:
-            raise ValueError(f"cache_size must be 0 (no cache) or positive, not {cache_size}")
-        self._max_length = max_length
         # Texts up to _cache_limit characters go through the cache; a text over
         # max_length never does (it is a write without being looked at).
-        if cache_size == 0:
-            self._cache_limit = -1
-        elif max_length:
-            self._cache_limit = min(max_length, CACHE_TEXT_LIMIT)
-        else:
-            self._cache_limit = CACHE_TEXT_LIMIT
+        self._cache_limit = cache_limit(max_length, cache_size)
+        self._max_length = max_length
         self._cached: Callable[[str], Decision] = lru_cache(maxsize=cache_size)(classify_text)
 
     def classify(self, sql: str) -> Decision:
@@ -292,5 +302,4 @@ class Router:
 
     def cache_info(self) -> tuple[int, int, int | None, int]:
         """(hits, misses, maxsize, currsize) of the decision cache, for stats and tests."""
-        info = self._cached.cache_info()  # type: ignore[attr-defined]
-        return (info.hits, info.misses, info.maxsize, info.currsize)
+        return cache_info(self._cached)
