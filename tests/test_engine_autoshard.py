@@ -128,7 +128,7 @@ def test_without_the_parser_the_key_is_not_looked_for() -> None:
     w = auto_world(pool_query_parser_enabled=False)
     c = logged_in(w)
     assert q(w, c, f"SELECT * FROM data WHERE id = {key_on(0)}") == DEFAULT
-    assert w.engine.router._finders == {}  # nothing was parsed
+    assert w.engine.shards.key_readers == 0  # nothing was parsed
 
 
 def test_a_transaction_stays_on_the_shard_of_its_first_request() -> None:

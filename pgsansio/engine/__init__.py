@@ -45,10 +45,12 @@ so the calls form this DAG (bottom to top; every part also gets the Context)::
                   (the hot path, the fast lane)    Stats Pools
     Probes        probe connections, roles      -> Lending Health Pools
     Sessions      link, settings sync, release  -> Lending Pools
-    Lending       checkout, waiting, bans that  -> Routes Health Pools
+    Lending       checkout, waiting, bans that  -> Routes Shards Health Pools
                   move clients, PAUSE parking
-    Routes        which pool: shard, role,      -> Health
-                  balancing, PgCat's commands
+    Routes        which pool: role, balancing,  -> Shards Health
+                  PgCat's role commands
+    Shards        which shard: automatic key,   -> Health
+                  comments, SET SHARD, default
     Health  Pools  Stats  Statements  Tls         (the Context only)
      |
     Context       effects being built (``out``), ``now``, timers, rng, config, the

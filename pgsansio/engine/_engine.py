@@ -59,6 +59,7 @@ from ._probes import Probes
 from ._relay import Relay
 from ._routing import Routes
 from ._sessions import Sessions
+from ._shards import Shards
 from ._show import Show
 from ._signals import Signals, listen_changes
 from ._states import (
@@ -94,8 +95,11 @@ class Engine:
         self.stats = Stats(ctx)
         self.pools = Pools(ctx)
         self.health = Health(ctx)
-        self.router = Routes(ctx, health=self.health)
-        self.lending = Lending(ctx, pools=self.pools, health=self.health, router=self.router)
+        self.shards = Shards(ctx, health=self.health)
+        self.router = Routes(ctx, health=self.health, shards=self.shards)
+        self.lending = Lending(
+            ctx, pools=self.pools, health=self.health, shards=self.shards, router=self.router
+        )
         self.probes = Probes(ctx, pools=self.pools, health=self.health, lending=self.lending)
         self.sessions = Sessions(
             ctx, pools=self.pools, lending=self.lending, send_pending=self._send_pending

@@ -48,7 +48,8 @@ from ._errors import fatal
 from ._health import BANNED, NOT_BANNED, Health, key_of
 from ._objects import Client, Entry, Pool, PoolGroup, ServerConn
 from ._pooling import Pools
-from ._routing import WAIT_FOR_PRIMARY, Refusal, Routes
+from ._routing import WAIT_FOR_PRIMARY, Routes
+from ._shards import Refusal
 from ._states import C_CLOSED, S_CLOSED, S_LOGIN, ClientState, ServerInput, ServerState, server_to
 
 __all__ = ["Lending"]
@@ -62,15 +63,25 @@ if TYPE_CHECKING:
     from ._health import Health, Key
     from ._pooling import Pools
     from ._routing import Routes
+    from ._shards import Shards
 
 
 class Lending:
     """Owns the waiting clients; see the module docstring."""
 
-    def __init__(self, ctx: Context, *, pools: Pools, health: Health, router: Routes) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        pools: Pools,
+        health: Health,
+        shards: Shards,
+        router: Routes,
+    ) -> None:
         self.ctx = ctx
         self.pools = pools
         self.health = health
+        self.shards = shards
         self.router = router
         # clients waiting for a server under connect_timeout (see _wait_until)
         self._waiting: dict[Client, None] = {}
@@ -434,7 +445,7 @@ class Lending:
         to it first (no health check, no SET to sync), or None."""
         if self.ctx.life.pausing or group.removed:
             return None
-        index = self.router.fixed_shard(c)
+        index = self.shards.fixed_shard(c)
         if index is None:
             return None  # the request decides (a comment, a random default): checkout
         shard = group.pools[index]

@@ -73,7 +73,7 @@ from ._objects import (
     ServerConn,
 )
 from ._params import TRACKED, parse_simple_set, strip_comments
-from ._routing import SHARD_COMMAND_BYTES
+from ._shards import SHARD_COMMAND_BYTES
 from ._states import (
     C_CLOSED,
     C_READY,
