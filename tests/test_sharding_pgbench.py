@@ -1,0 +1,270 @@
+"""Manual sharding driven the way PgCat's own CI drives it: pgbench and psql scripts.
+
+The pooler is configured like PgCat's ``.circleci/pgcat.toml`` (parsed from TOML, as a
+user would write it): a pool ``sharded_db`` of three shards (``sharding_function =
+"pg_bigint_hash"``, the query parser on, each shard a primary and a "replica" that is
+the same server under another name), whose ``md5_user`` runs in transaction mode and
+``scram_user`` in session mode, and a session-mode pool ``simple_db`` of one shard.
+
+The shards are three databases on the ``pg15`` cluster, each holding only its
+REMAINDER of a hash-partitioned ``data`` table (:mod:`_shard_databases`), so a row
+the pooler sends to the wrong shard is refused by PostgreSQL and the client fails.
+
+* pgbench runs a script modelled on PgCat's ``tests/pgbench/simple.sql``: ``SET SHARD
+  TO :shard``, ``SET SERVER ROLE TO 'auto'``, a transaction on that shard (which fails
+  unless it runs on the shard it named), then ``SET SHARDING KEY TO :aid`` and an
+  upsert of row ``:aid``. Every client must finish every transaction, and afterwards
+  every write is found on the shard :func:`shard_for_key` names for its key.
+* psql runs scripts like PgCat's ``tests/sharding/query_routing_test_*.sql`` with
+  ``ON_ERROR_STOP``: inserts and selects by sharding key, primary/replica selection.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+from _frontend_thread import frontend_params
+from _pooler import Pooler, running
+from _shard_databases import create_shards, drop_shards, reset_shards, shard_rows
+
+from pgsansio.config import parse_config
+from pgsansio.config_model import Config
+from pgsansio.sharding import shard_for_key
+from pgsansio.testing.cluster import TEST_DATABASE, TEST_USERS, Cluster
+
+pytestmark = pytest.mark.postgres
+
+SHARDS = 3
+NAMES = tuple(f"pgsansio_pgbench_shard_{r}" for r in range(SHARDS))
+TXN_USER = "md5_user"  # transaction mode
+SESSION_USER = "scram_user"  # session mode (a per-user pool_mode)
+SIMPLE_USER = "password_user"  # the session-mode pool simple_db
+
+# Shaped like PgCat's .circleci/pgcat.toml. Its 100 ms connect and health check
+# timeouts are raised: this machine is shared and the pooler is Python.
+PGCAT_TOML = """
+[general]
+host = "127.0.0.1"
+port = 0
+connect_timeout = 5000
+healthcheck_timeout = 1000
+healthcheck_delay = 30000
+shutdown_timeout = 5000
+ban_time = 60
+admin_username = "admin_user"
+admin_password = "admin_pass"
+
+[pools.sharded_db]
+pool_mode = "transaction"
+default_role = "any"
+query_parser_enabled = true
+primary_reads_enabled = true
+sharding_function = "pg_bigint_hash"
+
+[pools.sharded_db.users.0]
+username = "{txn_user}"
+password = "{txn_password}"
+pool_size = 2
+statement_timeout = 0
+
+[pools.sharded_db.users.1]
+username = "{session_user}"
+password = "{session_password}"
+pool_size = 3
+pool_mode = "session"
+statement_timeout = 30000
+{shards}
+[pools.simple_db]
+pool_mode = "session"
+default_role = "primary"
+query_parser_enabled = true
+primary_reads_enabled = true
+sharding_function = "pg_bigint_hash"
+
+[pools.simple_db.users.0]
+username = "{simple_user}"
+password = "{simple_password}"
+pool_size = 1
+statement_timeout = 30000
+
+[pools.simple_db.shards.0]
+servers = [["127.0.0.1", {port}, "primary"], ["localhost", {port}, "replica"]]
+database = "{test_database}"
+"""
+
+SHARD_TOML = """
+[pools.sharded_db.shards.{r}]
+servers = [["127.0.0.1", {port}, "primary"], ["localhost", {port}, "replica"]]
+database = "{name}"
+"""
+
+# Modelled on PgCat's tests/pgbench/simple.sql. The transaction's UPDATE sets
+# shard_info.seen to the shard the script asked for, which its CHECK refuses anywhere
+# else; the upsert's row is refused by every shard but the one holding its key.
+TRANSACTION_SCRIPT = """
+\\set aid random(1, 100000)
+\\set shard random(0, 2)
+
+SET SHARD TO :shard;
+
+SET SERVER ROLE TO 'auto';
+
+BEGIN;
+
+UPDATE shard_info SET hits = hits + 1, seen = :shard;
+
+SELECT hits FROM shard_info;
+
+SELECT count(*) FROM data;
+
+END;
+
+SET SHARDING KEY TO :aid;
+
+INSERT INTO data (id, v) VALUES (:aid, 'pgbench')
+    ON CONFLICT (id) DO UPDATE SET writes = data.writes + 1;
+
+-- Read load balancing
+SELECT writes FROM data WHERE id = :aid;
+
+SET SERVER ROLE TO 'replica';
+
+-- Read load balancing
+SELECT v FROM data WHERE id = :aid;
+"""
+
+# Session mode keeps one server, so one shard, for the whole session: pgbench runs
+# with -C (a new session per transaction), the key picks the shard before the first
+# query and SHOW SHARD tells the script which one it is.
+SESSION_SCRIPT = """
+\\set aid random(1, 100000)
+
+SET SHARDING KEY TO :aid;
+
+SET SERVER ROLE TO 'auto';
+
+SHOW SHARD \\gset
+
+BEGIN;
+
+UPDATE shard_info SET hits = hits + 1, seen = :shard;
+
+INSERT INTO data (id, v) VALUES (:aid, 'pgbench')
+    ON CONFLICT (id) DO UPDATE SET writes = data.writes + 1;
+
+SELECT writes FROM data WHERE id = :aid;
+
+END;
+"""
+
+
+@pytest.fixture(scope="module")
+def shards(pg15: Cluster) -> Iterator[Cluster]:
+    create_shards(pg15, NAMES)
+    yield pg15
+    drop_shards(pg15, NAMES)
+
+
+def pgcat_config(cluster: Cluster) -> Config:
+    port = cluster.port
+    text = PGCAT_TOML.format(
+        txn_user=TXN_USER,
+        txn_password=TEST_USERS[TXN_USER][1],
+        session_user=SESSION_USER,
+        session_password=TEST_USERS[SESSION_USER][1],
+        simple_user=SIMPLE_USER,
+        simple_password=TEST_USERS[SIMPLE_USER][1],
+        shards="".join(
+            SHARD_TOML.format(r=r, port=port, name=name) for r, name in enumerate(NAMES)
+        ),
+        port=port,
+        test_database=TEST_DATABASE,
+    )
+    return parse_config(text, "pgcat.toml")
+
+
+def client_env(user: str) -> dict[str, str]:
+    """No inherited PG* settings, no pgpass file: the password of ``user``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(LC_ALL="C", LANG="C", PGCONNECT_TIMEOUT="10", PGPASSFILE="/nonexistent/pgpass")
+    env["PGPASSWORD"] = TEST_USERS[user][1] or ""
+    return env
+
+
+def run_client(
+    cluster: Cluster, program: str, p: Pooler, user: str, dbname: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    argv = [str(cluster.bindir / program), "-h", "127.0.0.1", "-p", str(p.port), "-U", user]
+    argv += [*args, dbname]
+    return subprocess.run(
+        argv, env=client_env(user), capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def check_pgbench(result: subprocess.CompletedProcess[str], expected: int) -> None:
+    """pgbench exited 0, no client aborted, every transaction ran and none failed."""
+    out, err = result.stdout, result.stderr
+    assert result.returncode == 0, f"{out}\n{err}"
+    assert "aborted" not in out + err, f"{out}\n{err}"
+    processed = re.search(r"number of transactions actually processed: (\d+)/(\d+)", out)
+    assert processed is not None, out
+    assert int(processed.group(1)) == int(processed.group(2)) == expected, out
+    failed = re.search(r"number of failed transactions: (\d+)", out)
+    assert failed is None or int(failed.group(1)) == 0, out
+
+
+def check_shards(cluster: Cluster, transactions: int) -> None:
+    """Every shard saw transactions, the transactions add up, and every row written by
+    key is on the shard that key hashes to."""
+    hits = []
+    writes = 0
+    for r, name in enumerate(NAMES):
+        shard_hits, rows = shard_rows(cluster, name)
+        hits.append(shard_hits)
+        wrong = [key for key in rows if shard_for_key(key, SHARDS) != r]
+        assert not wrong, f"shard {r} holds rows of other shards: {wrong[:10]}"
+        writes += sum(rows.values())
+    assert sum(hits) == transactions and all(hits), hits
+    assert writes == transactions
+
+
+# pgbench takes seconds per run, so it runs on two frontends, not all five: asyncio
+# (the reference; uvloop and anyio on asyncio share its adapter) and curio (its own
+# kernel and socket layer, the one furthest from asyncio). Routing is the engine's, the
+# same for every frontend; the psql tests below run on all of them.
+PGBENCH_FRONTENDS = [p for p in frontend_params() if p.id in ("asyncio", "curio")]
+
+
+@pytest.mark.parametrize("frontend", PGBENCH_FRONTENDS)
+def test_pgbench_transaction_mode(shards: Cluster, frontend: str, tmp_path: pathlib.Path) -> None:
+    reset_shards(shards, NAMES)
+    script = tmp_path / "sharded.sql"
+    script.write_text(TRANSACTION_SCRIPT)
+    clients, per_client = 8, 50
+    with running(pgcat_config(shards), frontend=frontend) as p:
+        result = run_client(
+            shards, "pgbench", p, TXN_USER, "sharded_db", "-n", "-f", str(script),
+            "-c", str(clients), "-j", "2", "-t", str(per_client),
+        )  # fmt: skip
+    check_pgbench(result, clients * per_client)
+    check_shards(shards, clients * per_client)
+
+
+@pytest.mark.parametrize("frontend", PGBENCH_FRONTENDS)
+def test_pgbench_session_mode(shards: Cluster, frontend: str, tmp_path: pathlib.Path) -> None:
+    reset_shards(shards, NAMES)
+    script = tmp_path / "sharded_session.sql"
+    script.write_text(SESSION_SCRIPT)
+    clients, per_client = 8, 25
+    with running(pgcat_config(shards), frontend=frontend) as p:
+        result = run_client(
+            shards, "pgbench", p, SESSION_USER, "sharded_db", "-n", "-C", "-f", str(script),
+            "-c", str(clients), "-j", "2", "-t", str(per_client),
+        )  # fmt: skip
+    check_pgbench(result, clients * per_client)
+    check_shards(shards, clients * per_client)
