@@ -16,7 +16,10 @@ the pooler sends to the wrong shard is refused by PostgreSQL and the client fail
   upsert of row ``:aid``. Every client must finish every transaction, and afterwards
   every write is found on the shard :func:`shard_for_key` names for its key.
 * psql runs scripts like PgCat's ``tests/sharding/query_routing_test_*.sql`` with
-  ``ON_ERROR_STOP``: inserts and selects by sharding key, primary/replica selection.
+  ``ON_ERROR_STOP``: inserts and selects by sharding key, primary/replica selection,
+  and session mode's one shard per session.
+
+Every test runs on every frontend (a pgbench run is about half a second).
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from _frontend_thread import frontend_params
 from _pooler import Pooler, running
 from _shard_databases import create_shards, drop_shards, reset_shards, shard_rows
 
@@ -37,7 +39,7 @@ from pgsansio.config_model import Config
 from pgsansio.sharding import shard_for_key
 from pgsansio.testing.cluster import TEST_DATABASE, TEST_USERS, Cluster
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.usefixtures("pooler_frontend")]
 
 SHARDS = 3
 NAMES = tuple(f"pgsansio_pgbench_shard_{r}" for r in range(SHARDS))
@@ -170,6 +172,12 @@ def shards(pg15: Cluster) -> Iterator[Cluster]:
     drop_shards(pg15, NAMES)
 
 
+def shard_of(key: int) -> int:
+    shard = shard_for_key(key, SHARDS)
+    assert shard is not None
+    return shard
+
+
 def pgcat_config(cluster: Cluster) -> Config:
     port = cluster.port
     text = PGCAT_TOML.format(
@@ -226,45 +234,167 @@ def check_shards(cluster: Cluster, transactions: int) -> None:
     for r, name in enumerate(NAMES):
         shard_hits, rows = shard_rows(cluster, name)
         hits.append(shard_hits)
-        wrong = [key for key in rows if shard_for_key(key, SHARDS) != r]
+        wrong = [key for key in rows if shard_of(key) != r]
         assert not wrong, f"shard {r} holds rows of other shards: {wrong[:10]}"
         writes += sum(rows.values())
     assert sum(hits) == transactions and all(hits), hits
     assert writes == transactions
 
 
-# pgbench takes seconds per run, so it runs on two frontends, not all five: asyncio
-# (the reference; uvloop and anyio on asyncio share its adapter) and curio (its own
-# kernel and socket layer, the one furthest from asyncio). Routing is the engine's, the
-# same for every frontend; the psql tests below run on all of them.
-PGBENCH_FRONTENDS = [p for p in frontend_params() if p.id in ("asyncio", "curio")]
+# A run is about half a second (400 transactions), so pgbench runs on every frontend
+# (the pooler_frontend fixture) and the module stays well under the 15 s it may cost.
 
 
-@pytest.mark.parametrize("frontend", PGBENCH_FRONTENDS)
-def test_pgbench_transaction_mode(shards: Cluster, frontend: str, tmp_path: pathlib.Path) -> None:
+def test_pgbench_transaction_mode(shards: Cluster, tmp_path: pathlib.Path) -> None:
     reset_shards(shards, NAMES)
     script = tmp_path / "sharded.sql"
     script.write_text(TRANSACTION_SCRIPT)
     clients, per_client = 8, 50
-    with running(pgcat_config(shards), frontend=frontend) as p:
+    with running(pgcat_config(shards)) as p:
         result = run_client(
             shards, "pgbench", p, TXN_USER, "sharded_db", "-n", "-f", str(script),
             "-c", str(clients), "-j", "2", "-t", str(per_client),
         )  # fmt: skip
+        # Both names of each shard's server served: the primary the writes, both the
+        # reads ('auto' with primary_reads_enabled, then 'replica').
+        used = {(s.pool.shard, s.address.host) for s in list(p.engine.servers.values()) if s.pool}
     check_pgbench(result, clients * per_client)
     check_shards(shards, clients * per_client)
+    assert used == {(r, host) for r in range(SHARDS) for host in ("127.0.0.1", "localhost")}
 
 
-@pytest.mark.parametrize("frontend", PGBENCH_FRONTENDS)
-def test_pgbench_session_mode(shards: Cluster, frontend: str, tmp_path: pathlib.Path) -> None:
+def test_pgbench_session_mode(shards: Cluster, tmp_path: pathlib.Path) -> None:
     reset_shards(shards, NAMES)
     script = tmp_path / "sharded_session.sql"
     script.write_text(SESSION_SCRIPT)
-    clients, per_client = 8, 25
-    with running(pgcat_config(shards), frontend=frontend) as p:
+    clients, per_client = 8, 50
+    with running(pgcat_config(shards)) as p:
         result = run_client(
             shards, "pgbench", p, SESSION_USER, "sharded_db", "-n", "-C", "-f", str(script),
             "-c", str(clients), "-j", "2", "-t", str(per_client),
         )  # fmt: skip
     check_pgbench(result, clients * per_client)
     check_shards(shards, clients * per_client)
+
+
+def test_pgbench_aborts_on_a_misrouted_row(shards: Cluster, tmp_path: pathlib.Path) -> None:
+    """The checks above mean something: the same script with the keyed write sent to
+    shard 0 whatever its key fails (PostgreSQL has no partition there for the row)."""
+    reset_shards(shards, NAMES)
+    script = tmp_path / "misrouted.sql"
+    script.write_text(TRANSACTION_SCRIPT.replace("SET SHARDING KEY TO :aid;", "SET SHARD TO 0;"))
+    with running(pgcat_config(shards)) as p:
+        result = run_client(
+            shards, "pgbench", p, TXN_USER, "sharded_db", "-n", "-f", str(script),
+            "-c", "2", "-t", "20",
+        )  # fmt: skip
+    assert result.returncode != 0
+    assert 'no partition of relation "data" found for row' in result.stderr
+    assert "aborted" in result.stderr
+
+
+# --- psql scripts, like PgCat's tests/sharding/query_routing_test_*.sql --------------
+
+KEYS = range(1, 19)
+# PgCat's scripts spell the commands in every case; so do these.
+SPELLINGS = {17: "set sharding key to", 18: "SeT SHaRDInG KeY to"}
+
+
+def insert_script() -> str:
+    return "".join(
+        f"{SPELLINGS.get(k, 'SET SHARDING KEY TO')} '{k}';\n"
+        f"INSERT INTO data (id, v) VALUES ({k}, 'value_{k}');\n\n"
+        for k in KEYS
+    )
+
+
+def select_script() -> str:
+    return "\\set ON_ERROR_STOP on\n\n" + "".join(
+        f"SET SHARDING KEY TO '{k}';\nSELECT id, v FROM data WHERE id = {k};\n\n" for k in KEYS
+    )
+
+
+def primary_replica_script() -> str:
+    stanzas = [
+        f"SET SERVER ROLE TO 'primary';\nSET SHARDING KEY TO '{k}';\n"
+        f"INSERT INTO data (id, v) VALUES ({k}, 'value_{k}');\n\n"
+        f"SET SERVER ROLE TO 'replica';\nSET SHARDING KEY TO '{k}';\n"
+        f"SELECT id, v FROM data WHERE id = {k};\n\n---\n\n"
+        for k in range(101, 115)
+    ]
+    return "".join(stanzas) + (
+        "SET SERVER ROLE TO 'primary';\nSELECT 1;\n\n"
+        "SET SERVER ROLE TO 'replica';\nSELECT 1;\n\n"
+        "set server role to 'replica';\nSeT SeRver Role TO 'PrImARY';\nselect 1;\n"
+        "SHOW SERVER ROLE;\nSHOW SHARD;\n"
+    )
+
+
+def psql_file(
+    cluster: Cluster, p: Pooler, user: str, dbname: str, script: tuple[pathlib.Path, str]
+) -> subprocess.CompletedProcess[str]:
+    """psql runs ``script`` (its file, its text) with ON_ERROR_STOP; stdout unaligned."""
+    path, text = script
+    path.write_text(text)
+    return run_client(
+        cluster, "psql", p, user, dbname, "-XAtqw", "-v", "ON_ERROR_STOP=1", "-f", str(path)
+    )
+
+
+def test_psql_routing_scripts(shards: Cluster, tmp_path: pathlib.Path) -> None:
+    reset_shards(shards, NAMES)
+    with running(pgcat_config(shards)) as p:
+        result = psql_file(
+            shards, p, TXN_USER, "sharded_db", (tmp_path / "i.sql", insert_script())
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "" and result.stderr == ""
+        result = psql_file(
+            shards, p, TXN_USER, "sharded_db", (tmp_path / "s.sql", select_script())
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines() == [f"{k}|value_{k}" for k in KEYS]
+        result = psql_file(
+            shards, p, TXN_USER, "sharded_db", (tmp_path / "pr.sql", primary_replica_script())
+        )
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert lines[:14] == [f"{k}|value_{k}" for k in range(101, 115)]
+        # SELECT 1 three times, then SHOW SERVER ROLE and SHOW SHARD (key 114's).
+        assert lines[14:] == ["1", "1", "1", "primary", str(shard_of(114))]
+        # SET SHARD then a plain read: each shard holds exactly its keys.
+        counts = "".join(f"SET SHARD TO '{r}';\nSELECT count(*) FROM data;\n" for r in range(3))
+        result = psql_file(shards, p, TXN_USER, "sharded_db", (tmp_path / "c.sql", counts))
+        assert result.returncode == 0, result.stderr
+    keys = [*KEYS, *range(101, 115)]
+    expected = [sum(1 for k in keys if shard_of(k) == r) for r in range(SHARDS)]
+    assert [int(n) for n in result.stdout.split()] == expected
+    for r, name in enumerate(NAMES):
+        assert sorted(shard_rows(shards, name)[1]) == [k for k in keys if shard_of(k) == r]
+
+
+def test_psql_session_mode(shards: Cluster, tmp_path: pathlib.Path) -> None:
+    """Session mode: the shard is chosen before the first query, and the session stays
+    there; psql stops at the refused move (0A000) with the pooler's message."""
+    reset_shards(shards, NAMES)
+    key = 7
+    other = next(k for k in range(100) if shard_of(k) != shard_of(key))
+    script = (
+        f"SET SHARDING KEY TO '{key}';\n"
+        f"INSERT INTO data (id, v) VALUES ({key}, 'session');\n"
+        f"SET SHARDING KEY TO '{key}';\n"  # the same shard: fine
+        "SHOW SHARD;\n"
+        f"SET SHARDING KEY TO '{other}';\n"
+        "SELECT 'not reached';\n"
+    )
+    with running(pgcat_config(shards)) as p:
+        result = psql_file(shards, p, SESSION_USER, "sharded_db", (tmp_path / "s.sql", script))
+        assert result.returncode == 3, result.stderr  # psql: ON_ERROR_STOP in a script
+        assert result.stdout.splitlines() == [str(shard_of(key))]
+        assert "this session already has its server on shard" in result.stderr
+        # simple_db, the one-shard session pool: shard 0, primary.
+        simple = "SET SHARD TO '0';\nSHOW SHARD;\nSET SERVER ROLE TO 'primary';\nSELECT 1;\n"
+        result = psql_file(shards, p, SIMPLE_USER, "simple_db", (tmp_path / "p.sql", simple))
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines() == ["0", "1"]
+    assert shard_rows(shards, NAMES[shard_of(key)])[1] == {key: 1}
