@@ -14,7 +14,11 @@ the pooler sends to the wrong shard is refused by PostgreSQL and the client fail
   TO :shard``, ``SET SERVER ROLE TO 'auto'``, a transaction on that shard (which fails
   unless it runs on the shard it named), then ``SET SHARDING KEY TO :aid`` and an
   upsert of row ``:aid``. Every client must finish every transaction, and afterwards
-  every write is found on the shard :func:`shard_for_key` names for its key.
+  every write is found on the shard :func:`shard_for_key` names for its key. In
+  session mode (one session per transaction, ``-C``) the key alone picks the shard
+  and ``SHOW SHARD`` tells the script which; with ``-M prepared`` (no shard command
+  then) ``default_shard = "random"`` spreads the named statements over the shards.
+  The same script with a row sent to the wrong shard must abort.
 * psql runs scripts like PgCat's ``tests/sharding/query_routing_test_*.sql`` with
   ``ON_ERROR_STOP``: inserts and selects by sharding key, primary/replica selection,
   and session mode's one shard per session.
