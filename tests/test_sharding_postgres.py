@@ -12,11 +12,11 @@ from dataclasses import replace
 
 import psycopg
 import pytest
+from _pooler import make_config, running
 
 from pgsansio.config_model import Config, ServerAddress, ShardConfig
 from pgsansio.sharding import shard_for_key
 from pgsansio.testing.cluster import TEST_DATABASE, TEST_USERS, Cluster
-from tests._pooler import make_config, running
 
 pytestmark = pytest.mark.postgres
 
