@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""``make bench``: pgbench through pgsansio (every frontend), through PgBouncer, and direct.
+r"""``make bench``: pgbench through pgsansio (every frontend), through PgBouncer, and direct.
 
 One run starts a throwaway PostgreSQL cluster, loads ``pgbench -i``, starts one
 pgsansio process per installed frontend and one PgBouncer, all in transaction mode
@@ -27,6 +27,24 @@ Everything shares one machine (pgbench, the poolers and PostgreSQL), so a pooler
 that burns CPU also slows PostgreSQL down: that is part of what is measured.
 PgBouncer has no ``max_prepared_statements`` before 1.21; with an older one the
 ``-M prepared`` workload has no PgBouncer figure, and the run says so.
+
+Sharded workloads (optional, by name only: ``--workloads "-S sharded c32"``): the cost
+of routing each query to one of three shards. Three more databases on the same cluster
+(``bench_shard_0`` .. ``_2``) each hold only their REMAINDER of a ``pgbench_accounts``
+hash-partitioned by ``aid`` (``MODULUS 3``, as PgCat's sharding tests lay them out), and
+one more pgsansio process per frontend (``pgsansio-<frontend>-3shards``) serves two
+3-shard pools: ``shard_comment`` routes by a ``/* sharding_key: n */`` comment
+(``sharding_key_regex``), ``shard_auto`` by ``automatic_sharding_key =
+"pgbench_accounts.aid"`` (the query parser reads the key from the WHERE clause). The
+pgbench script is -S's own (``\set aid random(1, 100000 * :scale)``, one SELECT of
+``abalance`` by ``aid``) with the comment for ``shard_comment``, and ends in ``\gset``:
+a query sent to the wrong shard finds no row and pgbench aborts that client, so a run
+that completes was routed right. The same script runs through the plain one-pool
+pgsansio of the same frontend and directly (the unsplit table), in the same rounds, and
+the run prints the routing cost: TPS and pooler CPU us/tx, sharded vs one pool. The
+shards' pools hold ``ceil(pool size / 3)`` servers each (``--shard-pool-size``), so the
+sharded pooler has about as many server connections as the one pool. PgBouncer cannot
+route by shard and does not run these workloads (nor does ``--baseline-tree``).
 
 Run it through ``make bench`` (``BENCH_SECONDS=n``, ``BENCH_FRONTENDS=asyncio,uvloop``,
 ``BENCH_ARGS=--quick``), or directly: ``.venv/bin/python bench/pooler_bench.py --help``.
@@ -102,6 +120,11 @@ class Workload:
     sampling: float = 0.1
     prepared: bool = False
     tpcb: bool = False
+    #: pgbench script (``-f script_file``, written to pgbench's working directory).
+    script: str = ""
+    script_file: str = ""
+    #: The 3-shard pool of the sharded pgsansio this workload is about ("": none).
+    shard_pool: str = ""
 
     def argv(self, seconds: float) -> list[str]:
         return [
@@ -114,6 +137,46 @@ class Workload:
             "-T",
             str(max(1, round(seconds))),
         ]
+
+
+SHARDS: Final = 3
+SHARD_DATABASES: Final = tuple(f"{DATABASE}_shard_{r}" for r in range(SHARDS))
+#: Name suffix of the 3-shard pgsansio targets (one process per frontend).
+SHARDED_SUFFIX: Final = "-3shards"
+COMMENT_POOL: Final = "shard_comment"
+AUTO_POOL: Final = "shard_auto"
+# -S's own script, the key in a comment for sharding_key_regex; \gset fails the client
+# (no row) when a query reaches a shard that does not hold its aid.
+COMMENT_SCRIPT: Final = """\
+\\set aid random(1, 100000 * :scale)
+/* sharding_key: :aid */ SELECT abalance FROM pgbench_accounts WHERE aid = :aid \\gset
+"""
+AUTO_SCRIPT: Final = """\
+\\set aid random(1, 100000 * :scale)
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid \\gset
+"""
+
+
+def sharded_workloads(scale: int) -> list[Workload]:
+    """The optional routing-cost workloads: run only when named in --workloads."""
+    return [
+        Workload(
+            "-S sharded c32",
+            ("-f", "sharded_comment.sql", "-s", str(scale)),
+            32,
+            script=COMMENT_SCRIPT,
+            script_file="sharded_comment.sql",
+            shard_pool=COMMENT_POOL,
+        ),
+        Workload(
+            "-S sharded auto-key c32",
+            ("-f", "sharded_auto.sql", "-s", str(scale)),
+            32,
+            script=AUTO_SCRIPT,
+            script_file="sharded_auto.sql",
+            shard_pool=AUTO_POOL,
+        ),
+    ]
 
 
 def workloads(pool_size: int) -> list[Workload]:
@@ -218,6 +281,66 @@ servers = [["127.0.0.1", {pg_port}, "primary"]]
 """
 
 
+def sharded_pgsansio_toml(listen: int, pg_port: int, pool_size: int) -> str:
+    """The 3-shard pgsansio: pool ``shard_comment`` (the key in a comment) and pool
+    ``shard_auto`` (the key read from the query), each over the shard databases."""
+    out = [
+        f"""\
+[general]
+host = "127.0.0.1"
+port = {listen}
+admin_username = "admin"
+admin_password = "admin"
+shutdown_timeout = 2000
+"""
+    ]
+    routing = {
+        COMMENT_POOL: "sharding_key_regex = '/\\* sharding_key: (\\d+) \\*/'",
+        AUTO_POOL: 'query_parser_enabled = true\nautomatic_sharding_key = "pgbench_accounts.aid"',
+    }
+    for pool, lines in routing.items():
+        out.append(
+            f"""
+[pools.{pool}]
+pool_mode = "transaction"
+sharding_function = "pg_bigint_hash"
+{lines}
+
+[pools.{pool}.users.0]
+username = "{USER}"
+password = "{PASSWORD}"
+auth_type = "md5"
+pool_size = {pool_size}
+"""
+        )
+        for r, name in enumerate(SHARD_DATABASES):
+            out.append(
+                f"""
+[pools.{pool}.shards.{r}]
+database = "{name}"
+servers = [["127.0.0.1", {pg_port}, "primary"]]
+"""
+            )
+    return "".join(out)
+
+
+def shard_sql(r: int, scale: int) -> str:
+    """Shard ``r``'s pgbench_accounts: its REMAINDER of aid 1 .. 100000 * scale, in a
+    table hash-partitioned like PgCat's sharding tests (a misplaced row is refused)."""
+    return f"""\
+CREATE TABLE pgbench_accounts (aid bigint NOT NULL, bid int, abalance int, filler char(84))
+    PARTITION BY HASH (aid);
+CREATE TABLE pgbench_accounts_{r} PARTITION OF pgbench_accounts
+    FOR VALUES WITH (MODULUS {SHARDS}, REMAINDER {r});
+INSERT INTO pgbench_accounts
+    SELECT aid, (aid - 1) / 100000 + 1, 0, '' FROM generate_series(1, {100000 * scale}) AS aid
+    WHERE satisfies_hash_partition('pgbench_accounts'::regclass, {SHARDS}, {r}, aid::bigint);
+ALTER TABLE pgbench_accounts ADD PRIMARY KEY (aid);
+GRANT SELECT ON pgbench_accounts, pgbench_accounts_{r} TO {USER};
+VACUUM ANALYZE pgbench_accounts_{r};
+"""
+
+
 def pgbouncer_ini(listen: int, pg_port: int, pool_size: int, prepared: bool, dir_: str) -> str:
     extra = "max_prepared_statements = 200\n" if prepared else ""
     return f"""\
@@ -288,6 +411,7 @@ class Target:
     name: str
     port: int
     proc: subprocess.Popen[bytes] | None = None
+    sharded: bool = False
 
     def ticks(self) -> int | None:
         return cpu_ticks(self.proc.pid) if self.proc is not None else None
@@ -332,14 +456,18 @@ def pg_env() -> dict[str, str]:
 
 
 def run_pgbench(
-    workload: Workload, port: int, seconds: float, logdir: pathlib.Path
+    workload: Workload,
+    port: int,
+    seconds: float,
+    logdir: pathlib.Path,
+    database: str = DATABASE,
 ) -> tuple[str, int, list[float]]:
     """Run pgbench once; (its output, exit status, latency samples in ms)."""
     prefix = logdir / "tx"
     for old in logdir.glob("tx.*"):
         old.unlink()
     argv = ["pgbench", *workload.argv(seconds), "-h", "127.0.0.1", "-p", str(port), "-U", USER]
-    argv += ["-l", f"--log-prefix={prefix}", f"--sampling-rate={workload.sampling}", DATABASE]
+    argv += ["-l", f"--log-prefix={prefix}", f"--sampling-rate={workload.sampling}", database]
     proc = subprocess.run(
         argv,
         capture_output=True,
@@ -387,12 +515,23 @@ class Bench:
             self.targets += [f"pgsansio-{f}{BASELINE_SUFFIX}" for f in self.frontends]
         self.targets += [PGBOUNCER] if self.bouncer_bin else []
         self.targets.append(DIRECT)
+        # The 3-shard pgsansio processes run only the sharded workloads.
+        self.sharded = any(w.shard_pool for w in chosen)
+        self.sharded_targets = (
+            [f"pgsansio-{f}{SHARDED_SUFFIX}" for f in self.frontends] if self.sharded else []
+        )
+        if self.sharded:
+            self.omitted.append(
+                "PgBouncer (and --baseline-tree) in the sharded workloads: PgBouncer cannot "
+                "route a query to a shard, so there is no PgBouncer figure for them"
+            )
         if args.seconds:
             seconds = args.seconds
         elif args.quick:
             seconds = 3.0
         else:
-            per_run = BUDGET / (len(chosen) * len(self.targets) * rounds)
+            runs = sum(len(self.targets_for(w)) for w in chosen) or 1
+            per_run = BUDGET / (runs * rounds)
             seconds = min(15.0, max(5.0, per_run))
         self.seconds = float(round(seconds))
         self.run_as = _get_run_as()
@@ -401,6 +540,24 @@ class Bench:
         self.cells: dict[tuple[str, str], Cell] = {}
         self.loads = [loadavg()]
         self.pg_version = "?"
+
+    def targets_for(self, workload: Workload) -> list[str]:
+        """Who runs ``workload``: a sharded one runs on the one-pool pgsansio of each
+        frontend, the 3-shard pgsansio of each frontend and directly."""
+        if not workload.shard_pool:
+            return self.targets
+        plain = [f"pgsansio-{f}" for f in self.frontends]
+        return [t for t in self.all_targets if t in (*plain, *self.sharded_targets, DIRECT)]
+
+    @property
+    def all_targets(self) -> list[str]:
+        """Every target, each 3-shard pgsansio after the one-pool one of its frontend."""
+        out: list[str] = []
+        for name in self.targets:
+            out.append(name)
+            if name + SHARDED_SUFFIX in self.sharded_targets:
+                out.append(name + SHARDED_SUFFIX)
+        return out
 
     def _own(self, path: pathlib.Path) -> None:
         """Hand a file to the unprivileged user PgBouncer runs as (when we are root)."""
@@ -424,15 +581,32 @@ class Bench:
         cluster.execute("VACUUM ANALYZE;", dbname=DATABASE)
         self.pg_version = "{}.{}".format(*cluster.server_version)
         self.running[DIRECT] = Target(DIRECT, cluster.port)
+        if self.sharded:
+            started = time.monotonic()
+            print(f"pooler_bench: {SHARDS} shard databases of pgbench_accounts ...", flush=True)
+            for r, name in enumerate(SHARD_DATABASES):
+                cluster.create_database(name, owner=USER)
+                cluster.execute(shard_sql(r, self.args.scale), dbname=name, timeout=600)
+            print(f"pooler_bench: shards ready in {time.monotonic() - started:.1f} s", flush=True)
 
     def start_pgsansio(
-        self, frontend: str, pg_port: int, work: pathlib.Path, tree: pathlib.Path = ROOT
+        self,
+        frontend: str,
+        pg_port: int,
+        work: pathlib.Path,
+        tree: pathlib.Path = ROOT,
+        *,
+        sharded: bool = False,
     ) -> None:
         name, port = f"pgsansio-{frontend}", free_port()
         if tree != ROOT:
             name += BASELINE_SUFFIX
-        toml = work / f"{name}.toml"
-        toml.write_text(pgsansio_toml(port, pg_port, self.args.pool_size))
+        toml = work / f"{name}{SHARDED_SUFFIX if sharded else ''}.toml"
+        if sharded:
+            name += SHARDED_SUFFIX
+            toml.write_text(sharded_pgsansio_toml(port, pg_port, self.shard_pool_size))
+        else:
+            toml.write_text(pgsansio_toml(port, pg_port, self.args.pool_size))
         log = work / f"{name}.log"
         cmd = [sys.executable, "-m", "pgsansio", "run", str(toml)]
         cmd += ["--frontend", frontend, "--log-level", "warning"]
@@ -444,9 +618,13 @@ class Bench:
             wait_for_port(port, proc, f"pgsansio --frontend {frontend} ({tree})", log)
         except BenchError as e:
             self.omitted.append(f"{name}: {e}")
-            self.targets.remove(name)
+            (self.sharded_targets if sharded else self.targets).remove(name)
             return
-        self.running[name] = Target(name, port, proc)
+        self.running[name] = Target(name, port, proc, sharded)
+
+    @property
+    def shard_pool_size(self) -> int:
+        return self.args.shard_pool_size or -(-self.args.pool_size // SHARDS)
 
     def start_pgbouncer(self, binary: str, pg_port: int, work: pathlib.Path) -> None:
         port = free_port()
@@ -498,9 +676,10 @@ class Bench:
                 dbname=DATABASE,
             )
         target = self.running[name]
+        database = workload.shard_pool if target.sharded else DATABASE
         self.loads.append(loadavg())
         before = target.ticks()
-        text, status, samples = run_pgbench(workload, target.port, self.seconds, logdir)
+        text, status, samples = run_pgbench(workload, target.port, self.seconds, logdir, database)
         after = target.ticks()
         if status != 0:
             cell.error = pgbench_error(text)
@@ -528,18 +707,29 @@ class Bench:
             self.start_pgsansio(frontend, cluster.port, work)
             if self.args.baseline_tree:
                 self.start_pgsansio(frontend, cluster.port, work, self.args.baseline_tree)
+            if self.sharded:
+                self.start_pgsansio(frontend, cluster.port, work, sharded=True)
         if self.bouncer_bin:
             self.start_pgbouncer(self.bouncer_bin, cluster.port, work)
         logdir = work / "pgbench-logs"
         logdir.mkdir()
+        for workload in self.chosen:
+            if workload.script:
+                (logdir / workload.script_file).write_text(workload.script, encoding="utf-8")
         # Warm every target up: the poolers open their server connections.
         warm = Workload("warm-up", ("-S",), self.args.pool_size, sampling=0.01)
         for name in self.targets:
             run_pgbench(warm, self.running[name].port, 1, logdir)
+        for name in self.sharded_targets:
+            for workload in self.chosen:
+                if workload.shard_pool:
+                    w = dataclasses.replace(workload, clients=self.args.pool_size, sampling=0.01)
+                    port = self.running[name].port
+                    run_pgbench(w, port, 1, logdir, workload.shard_pool)
         for wi, workload in enumerate(self.chosen):
             print(f"\n== {workload.name}: pgbench {' '.join(workload.argv(self.seconds))}")
             for r in range(self.rounds):
-                for name in order_for(self.targets, wi, r):
+                for name in order_for(self.targets_for(workload), wi, r):
                     self.run_one(cluster, workload, name, r, logdir)
         self.loads.append(loadavg())
 
@@ -547,13 +737,51 @@ class Bench:
         for proc in self.procs:
             stop(proc)
 
+    def routing_cost(self) -> list[str]:
+        """Per sharded workload and frontend: the 3-shard pgsansio against the one pool."""
+        lines = []
+        for workload in self.chosen:
+            if not workload.shard_pool:
+                continue
+            for frontend in self.frontends:
+                one = self.cells.get((f"pgsansio-{frontend}", workload.name))
+                three = self.cells.get((f"pgsansio-{frontend}{SHARDED_SUFFIX}", workload.name))
+                if one is None or three is None or not one.ok or not three.ok:
+                    lines.append(f"{workload.name}, {frontend}: no figure (a run failed)")
+                    continue
+                text = (
+                    f"{workload.name}, {frontend}: {three.mean_tps:,.0f} TPS through 3 shards "
+                    f"vs {one.mean_tps:,.0f} through one pool "
+                    f"(x{three.mean_tps / one.mean_tps:.2f})"
+                )
+                cpu1, cpu3 = one.cpu_us_per_tx, three.cpu_us_per_tx
+                if cpu1 is not None and cpu3 is not None:
+                    text += (
+                        f"; pooler CPU {cpu3:,.0f} vs {cpu1:,.0f} us/tx: routing costs "
+                        f"{cpu3 - cpu1:+,.0f} us per query"
+                    )
+                lines.append(text)
+        return lines
+
     def report(self, out_dir: pathlib.Path, stem: str, elapsed: float) -> None:
         names = [w.name for w in self.chosen]
-        rows = result_rows(self.cells, self.targets, names)
+        rows = result_rows(self.cells, self.all_targets, names)
         print()
         print(text_table(rows))
+        routing = self.routing_cost()
+        if routing:
+            print("\nrouting cost (same script, 3-shard pgsansio vs one pool):")
+            for line in routing:
+                print(f"  {line}")
         chart = out_dir / f"{stem}.png"
-        why_no_chart = plot_ratios(ratio_series(self.cells, self.targets, names), names, chart)
+        # The chart is TPS / PgBouncer's: the sharded workloads have no PgBouncer.
+        charted = [w.name for w in self.chosen if not w.shard_pool]
+        series = ratio_series(self.cells, self.targets, charted)
+        why_no_chart = (
+            plot_ratios(series, charted, chart)
+            if charted
+            else "only sharded workloads, which have no PgBouncer figure to chart against"
+        )
         if why_no_chart:
             self.omitted.append(f"chart: {why_no_chart}")
         a = self.args
@@ -575,10 +803,24 @@ class Bench:
             f"work; load average (1 min) during the run {min(self.loads):.2f} to "
             f"{max(self.loads):.2f}; whole run {elapsed / 60:.1f} min",
         ]
+        if self.sharded:
+            setup.append(
+                f"sharded workloads: {SHARDS} shard databases on the same cluster, each "
+                f"holding its REMAINDER of pgbench_accounts (hash-partitioned by aid, "
+                f"MODULUS {SHARDS}); pgsansio-<frontend>{SHARDED_SUFFIX} has pools "
+                f"{COMMENT_POOL} (sharding_key_regex on a /* sharding_key: n */ comment) and "
+                f"{AUTO_POOL} (automatic_sharding_key pgbench_accounts.aid, query parser on), "
+                f"{self.shard_pool_size} servers per shard; the same script (-S's SELECT, "
+                "ending in \\gset so that a misrouted query aborts pgbench) runs through the "
+                "one-pool pgsansio and directly against the unsplit table"
+            )
         machine = machine_info(self.pg_version, self.bouncer_text)
         md = markdown_report(
             rows, machine, setup, self.omitted, None if why_no_chart else chart.name
         )
+        if routing:
+            md += "\n## Routing cost (3 shards vs one pool, same script)\n\n"
+            md += "".join(f"- {line}\n" for line in routing)
         (out_dir / f"{stem}.md").write_text(md, encoding="utf-8")
         for line in self.omitted:
             print(f"left out: {line}")
@@ -595,7 +837,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pool-size", type=int, default=20, help="server connections per pooler")
     parser.add_argument("--scale", type=int, default=10, help="pgbench -i scale factor")
     parser.add_argument("--quick", action="store_true", help="3 s runs, two workloads, 1 round")
-    parser.add_argument("--workloads", help="comma-separated workload names to run")
+    parser.add_argument(
+        "--workloads",
+        help="comma-separated workload names to run; the sharded ones ('-S sharded c32', "
+        "'-S sharded auto-key c32': routing cost through 3 shards) run only when named",
+    )
+    parser.add_argument(
+        "--shard-pool-size",
+        type=int,
+        help="server connections per shard in the sharded workloads (default: pool size / 3)",
+    )
     parser.add_argument("--no-install", action="store_true", help="never apt-get PgBouncer")
     parser.add_argument("--out", type=pathlib.Path, help="results directory (bench/results)")
     parser.add_argument(
@@ -612,11 +863,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"pooler_bench: {args.baseline_tree} holds no pgsansio package", file=sys.stderr)
             return 2
 
-    all_workloads = workloads(args.pool_size)
-    names = args.workloads.split(",") if args.workloads else None
+    all_workloads = workloads(args.pool_size) + sharded_workloads(args.scale)
+    names = [n.strip() for n in args.workloads.split(",")] if args.workloads else None
     if args.quick and names is None:
         names = list(QUICK_WORKLOADS)
-    chosen = [w for w in all_workloads if names is None or w.name in names]
+    chosen = [
+        w for w in all_workloads if (w.name in names if names is not None else not w.shard_pool)
+    ]
     if names is not None and len(chosen) != len(names):
         known = ", ".join(repr(w.name) for w in all_workloads)
         print(f"pooler_bench: unknown workload in {names}; choose from {known}", file=sys.stderr)
@@ -642,7 +895,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir = args.out or RESULTS
     out_dir.mkdir(parents=True, exist_ok=True)
     print(
-        f"pooler_bench: {len(chosen)} workloads x {len(bench.targets)} targets x {rounds} "
+        f"pooler_bench: {len(chosen)} workloads x {len(bench.all_targets)} targets x {rounds} "
         f"rounds, {bench.seconds:g} s each; pool size {args.pool_size}; "
         f"load average {loadavg():.2f}",
         flush=True,
