@@ -51,6 +51,8 @@ bench-core: $(STAMP)
 ## run (~15 min; installs PgBouncer with apt-get when missing and root). Knobs:
 ## BENCH_SECONDS=n per pgbench run, BENCH_FRONTENDS=asyncio,uvloop, BENCH_ARGS=--quick.
 ## Writes bench/results/latest.md and latest.png (quick.md/.png with --quick).
+## Sharding's routing cost (3 shards vs one pool, not in the default set):
+## BENCH_ARGS='--workloads "-S sharded c32,-S sharded auto-key c32"'.
 BENCH_SECONDS ?=
 BENCH_FRONTENDS ?=
 BENCH_ARGS ?=
