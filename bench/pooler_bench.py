@@ -502,7 +502,11 @@ class Bench:
         self.chosen = chosen
         self.rounds = rounds
         self.frontends, self.omitted = frontends_to_run(args.frontends)
-        self.bouncer_bin, why_not = find_or_install_pgbouncer(not args.no_install)
+        if all(w.shard_pool for w in chosen):
+            # Only sharded workloads: PgBouncer runs none of them (it cannot route).
+            self.bouncer_bin, why_not = None, "only sharded workloads, which it cannot route"
+        else:
+            self.bouncer_bin, why_not = find_or_install_pgbouncer(not args.no_install)
         if self.bouncer_bin is None:
             self.omitted.append(f"PgBouncer column: {why_not}")
             print(f"pooler_bench: no PgBouncer column: {why_not}", file=sys.stderr)
