@@ -504,12 +504,14 @@ class Bench:
         self.frontends, self.omitted = frontends_to_run(args.frontends)
         if all(w.shard_pool for w in chosen):
             # Only sharded workloads: PgBouncer runs none of them (it cannot route).
-            self.bouncer_bin, why_not = None, "only sharded workloads, which it cannot route"
+            # Left out says so (below); no PgBouncer column note.
+            self.bouncer_bin, why_not = None, ""
         else:
             self.bouncer_bin, why_not = find_or_install_pgbouncer(not args.no_install)
         if self.bouncer_bin is None:
-            self.omitted.append(f"PgBouncer column: {why_not}")
-            print(f"pooler_bench: no PgBouncer column: {why_not}", file=sys.stderr)
+            if why_not:
+                self.omitted.append(f"PgBouncer column: {why_not}")
+                print(f"pooler_bench: no PgBouncer column: {why_not}", file=sys.stderr)
             self.bouncer_text, version = "none", ()
         else:
             self.bouncer_text, version = pgbouncer_version(self.bouncer_bin)
