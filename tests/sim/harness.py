@@ -525,6 +525,8 @@ def reload_at(when: float, config: Config, settle: float = 3.0) -> Fault:
             world.sched.after(settle, settled, new)
 
         def settled(new: Counter[tuple[str, int, str, str]]) -> None:
+            if world.config is not config:
+                return  # another reload came since: its own settle checks
             world.log("reload settled: new pool limits apply")
             world.pool_limits = new
             for key, count in world.open_per_pool.items():
