@@ -210,7 +210,8 @@ def kill_shard(plan: ShardPlan, shard: int, at: float, back: float) -> Fault:
                 cluster.accepting = False
             for link in list(world.servers.values()):
                 if link.db in clusters and link.server is not None and not link.server.closed:
-                    world.kill_server(link, fatal=rng.random() < 0.5)
+                    fatal = link.server.logged_in and rng.random() < 0.5
+                    world.kill_server(link, fatal=fatal)
 
         def restart() -> None:
             world.log(f"FAULT over: shard {shard} accepts connections again")
@@ -264,6 +265,7 @@ class ShardClient(SimClient):
         self.unsure = False  # a reload raced our choice: SHOW SHARD tells
         self.pid: int | None = None  # session mode: our server
         self.shaken = False  # session mode: our shard was down, our server may be new
+        self.session_start = self.previous_sent = 0.0
 
     # --- helpers ---------------------------------------------------------------------
 
@@ -292,6 +294,18 @@ class ShardClient(SimClient):
         self.send(Query(sql))
         reply: Reply = yield from self.replies(1, 60.0)
         self.outcome("requests")
+        previous, self.previous_sent = self.previous_sent, reply.sent_at
+        if reply.closed or any(e.severity in ("FATAL", "PANIC") for e in reply.errors):
+            # Session mode: the server the session holds may have died at any time
+            # since it was taken (its FATAL is forwarded when it comes). Transaction
+            # mode: the server of the previous request may have died just after its
+            # answer, its FATAL still forwarded (reported as a pooler race).
+            held = self.held_shard()
+            since = self.session_start if self.pool == SESSION_POOL else previous
+            shards = [held] if held is not None else range(8)
+            if any(self.plan.was_down(x, since, reply.received_at) for x in shards):
+                self.outcome("connection ended by a dead shard's server")
+                raise Gone()
         return reply
 
     def infra(self, reply: Reply, shards: set[int]) -> bool:
@@ -381,6 +395,7 @@ class ShardClient(SimClient):
             self.pool = SESSION_POOL if rng.random() < self.session_share else TXN_POOL
             session = self.connect()
             self.choice, self.unsure, self.pid, self.shaken = None, False, None, False
+            self.session_start = self.previous_sent = self.world.now
             try:
                 self.last_step = "login"
                 reply = yield from self.login(self.pool)
