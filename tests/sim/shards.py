@@ -52,7 +52,7 @@ from pgsansio.sharding import shard_for_key
 from pgsansio.testing.fakepg import Database, FakeUser
 
 from .client import Gone, Pause, Reply, Script, SimClient
-from .harness import USERS, Fault, reload_at
+from .harness import USERS, Fault, make_users, reload_at
 from .world import NetProfile, SimFailure, World
 
 TXN_POOL, SESSION_POOL = "simdb", "simsess"
@@ -86,17 +86,7 @@ def make_shard_config(
     (session mode, ``session_shards`` shards) on the clusters ``shard<n>``."""
 
     def users(mode: str) -> dict[str, UserConfig]:
-        return {
-            name: UserConfig(
-                name,
-                password,
-                pool_size,
-                auth_type=client_auth,
-                connect_timeout=connect_timeout,
-                pool_mode=mode,
-            )
-            for name, (client_auth, _, password) in USERS.items()
-        }
+        return make_users(pool_size, connect_timeout=connect_timeout, pool_mode=mode)
 
     def shard_list(n: int, database: str) -> tuple[ShardConfig, ...]:
         return tuple(
@@ -114,29 +104,29 @@ def make_shard_config(
             for i in range(n)
         )
 
+    def pool(name: str, mode: str, n: int, **more: Any) -> PoolConfig:
+        return PoolConfig(
+            name,
+            users(mode),
+            shard_list(n, name),
+            pool_mode=mode,
+            connect_timeout=connect_timeout,
+            sharding_function=function,
+            default_shard="shard_0",
+            **more,
+        )
+
     split = bool(replicas)
-    txn = PoolConfig(
+    txn = pool(
         TXN_POOL,
-        users("transaction"),
-        shard_list(shards, TXN_POOL),
-        pool_mode="transaction",
-        connect_timeout=connect_timeout,
-        sharding_function=function,
+        "transaction",
+        shards,
         shard_id_regex=SHARD_ID_RE,
         sharding_key_regex=SHARDING_KEY_RE,
-        default_shard="shard_0",
         query_parser_enabled=split,
         query_parser_read_write_splitting=split,
     )
-    sess = PoolConfig(
-        SESSION_POOL,
-        users("session"),
-        shard_list(session_shards, SESSION_POOL),
-        pool_mode="session",
-        connect_timeout=connect_timeout,
-        sharding_function=function,
-        default_shard="shard_0",
-    )
+    sess = pool(SESSION_POOL, "session", session_shards)
     general = General(connect_timeout=connect_timeout, ban_time=1)
     return Config(general, {TXN_POOL: txn, SESSION_POOL: sess})
 
