@@ -390,7 +390,15 @@ class ShardClient(SimClient):
                 self.last_step = "login"
                 reply = yield from self.login(self.pool)
                 if reply.closed or reply.status != "I":
-                    self.fail("a login", reply)
+                    # A pool's first login takes its server parameters from a server:
+                    # with its shard down, it fails (the client tries again later).
+                    down = range(8)
+                    if not any(
+                        self.plan.was_down(x, reply.sent_at, reply.received_at) for x in down
+                    ):
+                        self.fail("a login", reply)
+                    self.outcome(f"login failed, a shard down: {reply.codes}")
+                    raise Gone()
                 steps = self.session_steps if self.pool == SESSION_POOL else self.txn_steps
                 for _ in range(rng.randint(*self.steps)):
                     yield Pause(rng.expovariate(1 / self.think))
