@@ -571,25 +571,20 @@ class ShardClient(SimClient):
                         f"one of {sorted(codes)} and ReadyForQuery T (in a transaction)", reply
                     )
                 self.outcome(f"SET in a transaction: {reply.codes[0]}")
-            elif what < 0.6 and self.pool == TXN_POOL:
-                # A comment cannot move an open transaction: same server.
-                m = self.rng.randrange(3)
-                v, sql = self.select(f"/* shard_id: {m} */ ")
-                reply = yield from self.request(sql)
-                again = self.check_select(reply, v, {shard_of_pid(pid)})
-                if again is None:
-                    return
-                if again != pid:
-                    self.fail(f"the transaction's server (pid {pid}), not pid {again}", reply)
-                self.outcome("comment in a transaction stays")
             else:
-                v, sql = self.select()
+                # The transaction keeps its server; a comment naming a shard cannot
+                # move it.
+                comment = what < 0.6 and self.pool == TXN_POOL
+                prefix = f"/* shard_id: {self.rng.randrange(3)} */ " if comment else ""
+                v, sql = self.select(prefix)
                 reply = yield from self.request(sql)
                 again = self.check_select(reply, v, {shard_of_pid(pid)})
                 if again is None:
                     return
                 if again != pid:
                     self.fail(f"the transaction's server (pid {pid}), not pid {again}", reply)
+                if comment:
+                    self.outcome("comment in a transaction stays")
         end = "COMMIT" if self.rng.random() < 0.7 else "ROLLBACK"
         reply = yield from self.request(f"{end} {self.tag}")
         if reply.errors or reply.closed:
