@@ -476,13 +476,14 @@ def _soak_shards_case(seed: int) -> dict[str, object]:
 
 
 def test_bug_login_right_after_a_reload_waited_forever() -> None:
-    """Soak seed 509: a client logged in just after a reload that changed its pool, so
-    it waited in the new pool's login_waiters for that pool's first server; meanwhile
-    a client of the old pool moved to the new one at its checkout and copied the old
-    server parameters into it, so the first server's login (which welcomes the waiters
-    only when it sets the parameters) welcomed no one: 08006 client login timeout after
-    60 s. The copy now waits until nobody is in login_waiters."""
-    check_shards(simulate_shards(509, clients=60, **_soak_shards_case(509)))  # type: ignore[arg-type]
+    """Sharded soak seed 517 (525, 536, 556, 592 ... too, before the fix): a client
+    logged in just after a reload that changed its pool, so it waited in the new pool's
+    login_waiters for that pool's first server; meanwhile a client of the old pool moved
+    to the new one at its checkout and copied the old server parameters into it, so the
+    first server's login (which welcomes the waiters only when it sets the parameters)
+    welcomed no one: 08006 client login timeout after 60 s. The copy now waits until
+    nobody is in login_waiters."""
+    check_shards(simulate_shards(517, clients=60, **_soak_shards_case(517)))  # type: ignore[arg-type]
 
 
 @pytest.mark.soak
