@@ -11,6 +11,11 @@ the last ``SIM_TAIL`` (default 300) trace lines. The long soak over many seeds a
 random configurations runs with ``make soak`` (``pytest -m soak``; ``SIM_SOAK`` seeds,
 default 40); the default run leaves it out.
 
+The sharded runs (:mod:`tests.sim.shards`) check PgCat's sharding request by request:
+three shard clusters, ``SET SHARD``, ``SET SHARDING KEY``, comment routing, a shard
+dying and reloads changing the shard list (``SIM_SHARD_CLIENTS``, default 30; the soak
+adds ``SIM_SOAK / 4`` random sharded runs).
+
 Each scenario family also runs through :class:`tests.sim.direct.DirectProxy`, a
 one-to-one proxy without pooling: the control experiment that shows the scenarios'
 expectations are right about PostgreSQL (as modelled by the fake server), so a failure
@@ -47,6 +52,7 @@ from sim.harness import (
     stall_servers,
 )
 from sim.scenarios import DEFAULT_WEIGHTS, Behaviour
+from sim.shards import ShardRun, make_shard_config, simulate_shards
 from sim.world import NetProfile
 
 from pgsansio.config_model import Config
@@ -56,6 +62,8 @@ SEEDS = [int(os.environ["SIM_SEED"])] if "SIM_SEED" in os.environ else [1, 2, 3]
 ONE_SEED = SEEDS[:1] if "SIM_SEED" in os.environ else [7]
 CLIENTS = int(os.environ.get("SIM_CLIENTS", "200"))
 SOAK = int(os.environ.get("SIM_SOAK", "40"))
+# The sharded runs check every request one by one: fewer clients do.
+SHARD_CLIENTS = int(os.environ.get("SIM_SHARD_CLIENTS", "30"))
 # Errors a pooler may answer with when servers misbehave.
 INFRA = frozenset({"53300", "08006", "08001", "08P01", "57P01"})
 
@@ -405,6 +413,85 @@ def test_soak(seed: int) -> None:
     if "SIM_SEED" in os.environ and int(os.environ["SIM_SEED"]) != seed:
         pytest.skip("SIM_SEED selects another seed")
     check(simulate(seed, clients=CLIENTS, **_soak_case(seed)))  # type: ignore[arg-type]
+
+
+# --- shards ----------------------------------------------------------------------------------
+
+
+def check_shards(run: ShardRun) -> None:
+    if run.problems:
+        pytest.fail(run.failure_report(), pytrace=False)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_shards_route_every_request(seed: int) -> None:
+    """Three shards, each with a standby, sha1 keys: SET SHARD, SET SHARDING KEY,
+    comments, transactions and session mode, every answer from the right shard."""
+    config = make_shard_config(replicas=1, function="sha1")
+    check_shards(simulate_shards(seed, clients=SHARD_CLIENTS, config=config))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_shard_dies_and_reloads_change_the_shard_list(seed: int) -> None:
+    """Shard 1 dies at t=0.8 and is back at t=1.6 (its requests may fail, the others'
+    must not); a reload at t=1.5 drops shard 2 (sessions on it get 22023 until they
+    choose again), another at t=3 makes it four shards."""
+    run = simulate_shards(
+        seed,
+        clients=SHARD_CLIENTS,
+        reloads=[(1.5, make_shard_config(2)), (3.0, make_shard_config(4))],
+        kills=[(1, 0.8, 1.6)],
+        think=0.1,
+    )
+    check_shards(run)
+
+
+def _soak_shards_case(seed: int) -> dict[str, object]:
+    rng = random.Random(f"soak-shards:{seed}")
+    function = rng.choice(["pg_bigint_hash", "sha1"])
+    replicas = rng.choice([0, 0, 1])
+    pool_size = rng.choice([1, 2, 4])
+
+    def config(shards: int) -> Config:
+        return make_shard_config(shards, function=function, replicas=replicas, pool_size=pool_size)
+
+    first = rng.randint(1, 4)
+    reloads, when = [], 0.0
+    for _ in range(rng.randint(0, 3)):
+        when += rng.uniform(0.3, 2.0)
+        reloads.append((when, config(rng.randint(1, 5))))
+    kills = []
+    for _ in range(rng.randint(0, 2)):
+        at = rng.uniform(0.2, 4.0)
+        kills.append((rng.randrange(first), at, at + rng.uniform(0.05, 2.0)))
+    net = rng.choice([NetProfile(), NetProfile(split_chance=0.9, max_delay=0.01)])
+    return {
+        "config": config(first),
+        "reloads": reloads,
+        "kills": kills,
+        "net": net,
+        "think": rng.choice([0.02, 0.05, 0.1]),
+        "session_share": rng.choice([0.0, 0.25, 0.5]),
+    }
+
+
+def test_bug_login_right_after_a_reload_waited_forever() -> None:
+    """Sharded soak seed 517 (525, 536, 556, 592 ... too, before the fix): a client
+    logged in just after a reload that changed its pool, so it waited in the new pool's
+    login_waiters for that pool's first server; meanwhile a client of the old pool moved
+    to the new one at its checkout and copied the old server parameters into it, so the
+    first server's login (which welcomes the waiters only when it sets the parameters)
+    welcomed no one: 08006 client login timeout after 60 s. The copy now waits until
+    nobody is in login_waiters."""
+    check_shards(simulate_shards(517, clients=60, **_soak_shards_case(517)))  # type: ignore[arg-type]
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("seed", range(500, 500 + max(SOAK // 4, 1)))
+def test_soak_shards(seed: int) -> None:
+    if "SIM_SEED" in os.environ and int(os.environ["SIM_SEED"]) != seed:
+        pytest.skip("SIM_SEED selects another seed")
+    check_shards(simulate_shards(seed, clients=SHARD_CLIENTS * 2, **_soak_shards_case(seed)))  # type: ignore[arg-type]
 
 
 # --- minimal reproductions of bugs the simulation found ---------------------------------------

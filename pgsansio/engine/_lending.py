@@ -129,7 +129,10 @@ class Lending:
                     ),
                 )
                 return
-            if new.server_params is None:
+            if new.server_params is None and not new.login_waiters:
+                # Not while clients wait in its login_waiters: they are welcomed when
+                # the new pool's first server logs in, which only sets the parameters
+                # (and welcomes them) if they are unset.
                 new.server_params = group.server_params
             c.group = group = new
             c.user = new.user

@@ -50,6 +50,14 @@ USERS = {
 }
 
 
+def make_users(pool_size: int, **settings: Any) -> dict[str, UserConfig]:
+    """The three users of :data:`USERS` with ``pool_size`` and ``settings``."""
+    return {
+        name: UserConfig(name, password, pool_size, auth_type=client_auth, **settings)
+        for name, (client_auth, _, password) in USERS.items()
+    }
+
+
 def make_config(
     pool_size: int = 6,
     connect_timeout: int = 5000,
@@ -60,17 +68,9 @@ def make_config(
 ) -> Config:
     """One pool; ``replicas`` > 0 adds standbys and turns read/write splitting on
     (``role="auto"``: every server's role is found by probing)."""
-    users = {
-        name: UserConfig(
-            name,
-            password,
-            pool_size,
-            auth_type=client_auth,
-            connect_timeout=connect_timeout,
-            statement_timeout=statement_timeout,
-        )
-        for name, (client_auth, _, password) in USERS.items()
-    }
+    users = make_users(
+        pool_size, connect_timeout=connect_timeout, statement_timeout=statement_timeout
+    )
     servers = (
         ServerAddress(HOST, PORT, role or "primary"),
         *tuple(ServerAddress(HOST, PORT + i, role or "replica") for i in range(1, replicas + 1)),
@@ -525,6 +525,8 @@ def reload_at(when: float, config: Config, settle: float = 3.0) -> Fault:
             world.sched.after(settle, settled, new)
 
         def settled(new: Counter[tuple[str, int, str, str]]) -> None:
+            if world.config is not config:
+                return  # another reload came since: its own settle checks
             world.log("reload settled: new pool limits apply")
             world.pool_limits = new
             for key, count in world.open_per_pool.items():
