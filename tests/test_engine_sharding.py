@@ -260,3 +260,26 @@ def test_show_databases_names_each_shard_as_pgcat_does() -> None:
     names = [r[0] for r in rows(got)]
     assert names == [f"{DB}_shard_{i}_primary" for i in range(3)]
     assert [r[1] for r in rows(got)] == list(HOSTS)
+
+
+def test_after_a_forwarded_fatal_the_pooler_answers_nothing_more() -> None:
+    # Found by the sharded simulation (seed 525): a session-mode client whose server
+    # sent FATAL still got SHOW SHARD answered until the server's EOF arrived.
+    # PostgreSQL reads nothing after a FATAL; neither does the pooler.
+    from pgsansio.protocol import Query
+
+    w = world(sharded_config(pool_mode="session"))
+    c = logged_in(w)
+    assert tags(c.query("SET SHARD TO '1'")) == ["SET SHARD"]
+    assert where(c) == 1
+    s = w.engine.clients[c.cid].server
+    assert s is not None
+    fake = w.servers[s.sid]
+    fatal = fake.terminate()  # FATAL 57P01; the connection's end is delivered below
+    w.apply(w.engine.server_data(s.sid, fatal, w.now))
+    assert [e.sqlstate for e in errors(c.events())] == ["57P01"]
+    c.send(Query("SHOW SHARD"))
+    assert c.events() == [] and not c.closed  # nothing answered, nothing more sent
+    del w.servers[s.sid]
+    w.apply(w.engine.server_closed(s.sid, w.now))
+    assert c.closed and not errors(c.events())  # closed, without a second error

@@ -630,11 +630,18 @@ class Relay:
             self.sessions.after_client_data(c, s)
 
     def client_span(self, c: Client, span: Span) -> None:
+        s = c.server
+        events = span.events
+        if s is not None and s.fatal_forwarded:
+            # The server ended this session with a FATAL the client already has.
+            # PostgreSQL reads nothing after it, so neither do we (not even a command
+            # the pooler would answer itself); the server's EOF ends the client.
+            if events and type(events[-1]) is Terminate:
+                self.ctx.drop_client(c)
+            return
         group = c.group
         if group is not None and self.router.custom_command(c, span):
             return
-        s = c.server
-        events = span.events
         leaving = bool(events) and type(events[-1]) is Terminate
         if s is not None and not s.syncing:
             self._to_server(c, s, span)
