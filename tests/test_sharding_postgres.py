@@ -96,7 +96,7 @@ def test_automatic_sharding_key_routes_psycopg_and_asyncpg(shards: Cluster) -> N
     two drivers: every row lands where PostgreSQL's partitioning puts it (it refuses
     any other), and every keyed statement finds its row."""
     pytest.importorskip("pglast", reason="automatic_sharding_key needs pglast")
-    asyncpg = pytest.importorskip("asyncpg")
+    asyncpg = pytest.importorskip("asyncpg", reason="asyncpg is a dev dependency (pgsansio[dev])")
     cfg = sharded(shards, query_parser_enabled=True, automatic_sharding_key="data.id")
     scales = (1, 10**6, 10**9)  # psycopg sends them as int2, int4, int8
     binary = [k * scales[k % 3] for k in range(115, 130)]
