@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pgsansio.config_model import (
+from pgsansio.config.model import (
     Config,
     General,
     PoolConfig,

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pgsansio.config_model import Config
+from pgsansio.config.model import Config
 
 FRONTEND_NAMES = ("asyncio", "uvloop", "anyio", "trio", "curio")
 """Every frontend the tests run against (``auto`` is one of the first two)."""

@@ -16,7 +16,7 @@ from typing import Any
 
 from _frontend_thread import FrontendThread
 
-from pgsansio.config_model import (
+from pgsansio.config.model import (
     Config,
     General,
     PoolConfig,

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_engine import DB, Client, World, config, errors, logged_in, ready, rows
 
-from pgsansio.config_model import Config, ServerAddress, ShardConfig
+from pgsansio.config.model import Config, ServerAddress, ShardConfig
 from pgsansio.engine import Effect, Reload
 from pgsansio.protocol import (
     AuthenticationMD5Password,

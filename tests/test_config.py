@@ -20,9 +20,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pgsansio import config as config_module
+from pgsansio.config import pgcat as config_module
 from pgsansio.config import ConfigError, effective_config_toml, load_config, parse_config
-from pgsansio.config_model import (
+from pgsansio.config.model import (
     Config,
     General,
     PoolConfig,

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import pytest
 
-from pgsansio.config_model import (
+from pgsansio.config.model import (
     Config,
     General,
     PoolConfig,

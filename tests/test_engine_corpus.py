@@ -29,7 +29,7 @@ from test_corpus import replay as read_both
 
 import pgsansio.engine as pe
 import pgsansio.protocol as pg
-from pgsansio import config_model as cm
+from pgsansio.config import model as cm
 from pgsansio.engine._params import TRACKED
 from pgsansio.trace import Trace, iter_corpus
 

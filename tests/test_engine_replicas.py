@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import pytest
 
-from pgsansio.config_model import Config, ServerAddress, ShardConfig
+from pgsansio.config.model import Config, ServerAddress, ShardConfig
 from pgsansio.engine._objects import P_PROBE
 from pgsansio.protocol import (
     Bind,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pgsansio.config_model import Config, ServerAddress, ShardConfig
+from pgsansio.config.model import Config, ServerAddress, ShardConfig
 from pgsansio.protocol import Bind, CommandComplete, Execute, Parse, Sync
 from pgsansio.sharding import shard_for_key
 from pgsansio.testing.fakepg import Database, FakeUser

@@ -33,7 +33,7 @@ import pytest
 from _frontend_thread import FRONTEND_NAMES, FrontendThread, frontend_params
 
 import pgsansio
-from pgsansio.config_model import Config, General
+from pgsansio.config.model import Config, General
 from pgsansio.engine import (
     CloseClient,
     CloseServer,

@@ -49,7 +49,7 @@ import pytest
 from _pooler import Pooler, make_config, running
 from psycopg import pq
 
-from pgsansio.config_model import Config, ServerAddress, ShardConfig
+from pgsansio.config.model import Config, ServerAddress, ShardConfig
 from pgsansio.protocol import (
     CLIENT,
     NEED_DATA,

@@ -40,7 +40,7 @@ from _pooler import Pooler, running
 from _shard_databases import create_shards, drop_shards, reset_shards, shard_rows
 
 from pgsansio.config import parse_config
-from pgsansio.config_model import Config
+from pgsansio.config.model import Config
 from pgsansio.sharding import shard_for_key
 from pgsansio.testing.cluster import TEST_DATABASE, TEST_USERS, Cluster
 

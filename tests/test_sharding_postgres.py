@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from _pooler import make_config, running
 
-from pgsansio.config_model import Config, ServerAddress, ShardConfig
+from pgsansio.config.model import Config, ServerAddress, ShardConfig
 from pgsansio.sharding import shard_for_key
 from pgsansio.testing.cluster import TEST_DATABASE, TEST_USERS, Cluster
 

@@ -55,7 +55,7 @@ from sim.scenarios import DEFAULT_WEIGHTS, Behaviour
 from sim.shards import ShardRun, make_shard_config, simulate_shards
 from sim.world import NetProfile
 
-from pgsansio.config_model import Config
+from pgsansio.config.model import Config
 from pgsansio.protocol import Bind, Execute, Parse, Sync
 
 SEEDS = [int(os.environ["SIM_SEED"])] if "SIM_SEED" in os.environ else [1, 2, 3]

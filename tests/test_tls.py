@@ -20,7 +20,7 @@ import pytest
 import trustme
 from _pooler import Pooler, make_config, running
 
-from pgsansio.config_model import Config
+from pgsansio.config.model import Config
 from pgsansio.testing.cluster import TEST_DATABASE, TEST_USERS, Cluster
 
 pytestmark = [

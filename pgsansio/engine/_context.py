@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 from ._effects import Log, SendClient, SendServer
 
 if TYPE_CHECKING:
-    from pgsansio.config_model import Config
+    from pgsansio.config.model import Config
     from pgsansio.protocol import ErrorResponse, Event
 
     from ._effects import Effect

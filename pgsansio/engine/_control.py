@@ -44,7 +44,7 @@ from ._states import C_CLOSED, S_CLOSED, S_IDLE, ClientState, ServerInput, serve
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from pgsansio.config_model import ServerAddress
+    from pgsansio.config.model import ServerAddress
 
     from ._context import Context
     from ._leaving import Leaving

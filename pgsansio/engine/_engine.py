@@ -76,7 +76,7 @@ from ._stats import Stats
 from ._tls import Tls
 
 if TYPE_CHECKING:
-    from pgsansio.config_model import Config
+    from pgsansio.config.model import Config
 
     from ._effects import Effect
     from ._health import Ban

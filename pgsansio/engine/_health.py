@@ -56,7 +56,7 @@ from ._objects import (
 )
 
 if TYPE_CHECKING:
-    from pgsansio.config_model import ServerAddress
+    from pgsansio.config.model import ServerAddress
 
     from ._context import Context
 

@@ -57,7 +57,7 @@ __all__ = ["Lending"]
 _EXTENDED = (Parse, Bind, Describe, Execute, Close)
 
 if TYPE_CHECKING:
-    from pgsansio.config_model import ServerAddress
+    from pgsansio.config.model import ServerAddress
 
     from ._context import Context
     from ._health import Health, Key

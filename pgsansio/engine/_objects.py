@@ -16,7 +16,7 @@ from ._states import ClientState, ServerState
 from ._stats import NOWHERE
 
 if TYPE_CHECKING:
-    from pgsansio.config_model import PoolConfig, ServerAddress, UserConfig
+    from pgsansio.config.model import PoolConfig, ServerAddress, UserConfig
     from pgsansio.protocol import ScramServer
 
 __all__ = [

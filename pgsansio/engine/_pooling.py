@@ -43,7 +43,7 @@ from ._states import (
 )
 
 if TYPE_CHECKING:
-    from pgsansio.config_model import Config, PoolConfig
+    from pgsansio.config.model import Config, PoolConfig
 
     from ._context import Context
 

@@ -72,7 +72,7 @@ from ._health import key_of
 from ._objects import Pool
 
 if TYPE_CHECKING:
-    from pgsansio.config_model import PoolConfig
+    from pgsansio.config.model import PoolConfig
     from pgsansio.routing import KeyFinder, ShardKeys
 
     from ._context import Context

@@ -34,7 +34,7 @@ from ._effects import Exit, Log, Reload
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from pgsansio.config_model import General
+    from pgsansio.config.model import General
 
     from ._effects import Effect
 

@@ -60,7 +60,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Final, Protocol
 
 if TYPE_CHECKING:
-    from pgsansio.config_model import Config, General
+    from pgsansio.config.model import Config, General
     from pgsansio.engine import Effect
 
 __all__ = [

@@ -82,7 +82,7 @@ from pgsansio.frontends import EX_SOFTWARE, FrontendError, Ready, real_engine
 from pgsansio.frontends._tls import tls_contexts
 
 if TYPE_CHECKING:
-    from pgsansio.config_model import Config
+    from pgsansio.config.model import Config
     from pgsansio.engine import Effect
     from pgsansio.frontends import EngineAPI
 

@@ -39,7 +39,7 @@ from pgsansio.frontends import tune_socket
 from pgsansio.frontends._driver import Driver, Outbox, log
 
 if TYPE_CHECKING:
-    from pgsansio.config_model import Config
+    from pgsansio.config.model import Config
     from pgsansio.frontends import EngineAPI
 
 __all__ = ["TaskConn", "TaskDriver", "send_now"]

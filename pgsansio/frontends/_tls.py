@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from pgsansio.frontends import FrontendError
 
 if TYPE_CHECKING:
-    from pgsansio.config_model import General
+    from pgsansio.config.model import General
 
 __all__ = ["TlsContexts", "tls_contexts"]
 

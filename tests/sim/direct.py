@@ -8,7 +8,7 @@ here and fails with :class:`pgsansio.engine.Engine`, the difference is the poole
 
 from __future__ import annotations
 
-from pgsansio.config_model import Config
+from pgsansio.config.model import Config
 from pgsansio.engine import CloseClient, CloseServer, Effect, OpenServer, SendClient, SendServer
 from pgsansio.protocol import ErrorResponse
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pgsansio.config_model import (
+from pgsansio.config.model import (
     Config,
     General,
     PoolConfig,

@@ -39,7 +39,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from pgsansio.config_model import (
+from pgsansio.config.model import (
     Config,
     General,
     PoolConfig,

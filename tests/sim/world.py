@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pgsansio.config_model import Config
+from pgsansio.config.model import Config
 from pgsansio.engine import (
     CloseClient,
     CloseServer,

@@ -56,7 +56,7 @@ from pgsansio.frontends.asyncio import AsyncioFrontend
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from pgsansio.config_model import Config
+    from pgsansio.config.model import Config
 
 __all__ = ["AnyioFrontend", "AnyioOnAsyncio", "make_frontend", "run", "serve"]
 

@@ -34,7 +34,7 @@ from pgsansio.frontends import tune_socket as _tune
 from pgsansio.frontends._driver import OPERATOR_SIGNALS, Driver
 
 if TYPE_CHECKING:
-    from pgsansio.config_model import Config
+    from pgsansio.config.model import Config
 
 __all__ = ["AsyncioFrontend", "run", "serve"]
 

@@ -37,7 +37,7 @@ from pgsansio.frontends._driver import OPERATOR_SIGNALS
 from pgsansio.frontends._tasks import TaskConn, TaskDriver
 
 if TYPE_CHECKING:
-    from pgsansio.config_model import Config
+    from pgsansio.config.model import Config
 
 __all__ = ["CurioFrontend", "run", "serve"]
 

@@ -7,8 +7,8 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from pgsansio._config_keys import _BARE_KEY
-from pgsansio.config_model import Config
+from pgsansio.config._pgcat_keys import _BARE_KEY
+from pgsansio.config.model import Config
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance

@@ -1,6 +1,6 @@
 """The pgcat.toml keys pgsansio reads: types, units, limits, PgCat's spellings.
 
-Data for :mod:`pgsansio.config`, which checks a file against these tables and names
+Data for :mod:`pgsansio.config.pgcat`, which checks a file against these tables and names
 the file, the key and the problem when something does not fit.
 """
 

@@ -1,4 +1,4 @@
-"""Read ``pgcat.toml`` into the resolved :class:`~pgsansio.config_model.Config`.
+"""Read ``pgcat.toml`` into the resolved :class:`~pgsansio.config.model.Config`.
 
 pgsansio is meant to be a drop-in replacement for PgCat, so a file PgCat accepts should
 load here with the same meaning, and a file PgCat rejects should be rejected here too,
@@ -66,9 +66,9 @@ import os
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pgsansio._config_keys import (
+from pgsansio.config._pgcat_keys import (
     _DEFAULT_SHARD,
     _GENERAL_KEYS,
     _POOL_KEYS,
@@ -82,13 +82,14 @@ from pgsansio._config_keys import (
     _USER_KEYS,
     _Key,
 )
-from pgsansio._config_toml import (
+from pgsansio.config._toml import (
     _join,
     _toml_str,
     _toml_value,
     effective_config_toml,
 )
-from pgsansio.config_model import (
+from pgsansio.config.errors import ConfigError
+from pgsansio.config.model import (
     Config,
     General,
     PoolConfig,
@@ -97,36 +98,9 @@ from pgsansio.config_model import (
     UserConfig,
 )
 
-if TYPE_CHECKING:
-    pass
-
 __all__ = ["ConfigError", "effective_config_toml", "load_config", "parse_config"]
 
 _ADMIN_DATABASES = ("pgcat", "pgbouncer")
-
-
-class ConfigError(Exception):
-    """A configuration file that cannot be used, and the one thing wrong with it.
-
-    ``key`` is the dotted TOML path of the offending value (``None`` when the file as a
-    whole is at fault); ``line`` is set for TOML syntax errors, which have no key yet.
-    """
-
-    def __init__(
-        self, path: str, key: str | None, problem: str, *, line: int | None = None
-    ) -> None:
-        self.path = path
-        self.key = key
-        self.problem = problem
-        self.line = line
-        super().__init__(path, key, problem)
-
-    def __str__(self) -> str:
-        if self.key is not None:
-            return f"{self.path}: {self.key}: {self.problem}"
-        if self.line is not None:
-            return f"{self.path}: line {self.line}: {self.problem}"
-        return f"{self.path}: {self.problem}"
 
 
 # --------------------------------------------------------------------------------------
