@@ -296,8 +296,6 @@ def _register_run(app: "typer.Typer") -> None:
         except ConfigError as e:
             typer.echo(str(e), err=True)
             raise typer.Exit(EX_CONFIG) from None
-        for warning in loaded.warnings:
-            logging.getLogger("pgsansio.config").warning("%s", warning)
         try:
             code = run(frontend, loaded, config_path=config)
         except FrontendError as e:
@@ -375,20 +373,23 @@ def _register_check(app: "typer.Typer") -> None:
             effective_config_toml,
             load_config,
         )
+        from pgsansio.engine import config_warnings  # noqa: PLC0415
 
         try:
             loaded = load_config(config)
         except ConfigError as e:
             typer.echo(str(e), err=True)
             raise typer.Exit(78) from None  # EX_CONFIG, PgCat's exit code for a bad file
-        for warning in loaded.warnings:
+        # The very list `run` logs (the engine logs it at start and reload).
+        warnings = config_warnings(loaded)
+        for warning in warnings:
             typer.echo(f"warning: {warning}", err=True)
         typer.echo(effective_config_toml(loaded), nl=False)
         users = sum(len(p.users) for p in loaded.pools.values())
         shards = sum(len(p.shards) for p in loaded.pools.values())
         typer.echo(
             f"{config}: OK ({len(loaded.pools)} pool(s), {users} user(s), {shards} shard(s), "
-            f"{len(loaded.warnings)} warning(s))",
+            f"{len(warnings)} warning(s))",
             err=True,
         )
 

@@ -7,7 +7,7 @@ the file, the key and the problem when something does not fit.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 _U32_MAX = 2**32 - 1
@@ -161,6 +161,68 @@ _SHARD_KEYS: dict[str, _Key] = {
     "database": _Key("str", required=True, hint="the database name on the servers"),
 }
 _SHARD_LISTS = ("servers", "mirrors")
+
+
+def _always(value: object) -> bool:
+    return True
+
+
+def _on(value: object) -> bool:
+    return value is True
+
+
+def _off(value: object) -> bool:
+    return value is False
+
+
+_NOT_ACTED_ON: dict[str, tuple[Callable[[object], bool], str]] = {
+    # PgCat keys pgsansio accepts (so a PgCat file loads unchanged) but does not act on:
+    # key -> (does this value ask for something we do not do?, what happens instead).
+    # `pgsansio check` and `pgsansio run` both print these. Remove an entry in the
+    # commit that implements its key.
+    "worker_threads": (
+        _always,
+        "ignored: pgsansio serves every client from one event loop in one process (one "
+        "CPU core), whatever this says; to use more cores, run several pgsansio processes",
+    ),
+    "autoreload": (
+        _always,
+        "ignored: the file is not watched; send SIGHUP (or RELOAD on the admin console) "
+        "to reload it",
+    ),
+    "dns_cache_enabled": (
+        _on,
+        "ignored: there is no DNS cache; a server's host name is resolved by the system "
+        "each time a server connection is opened (dns_max_ttl does not apply)",
+    ),
+    "validate_config": (
+        _on,
+        "ignored: servers are not contacted to validate the configuration at start or "
+        "reload; a wrong server address or password shows in the log at the first login "
+        "that needs that server",
+    ),
+    "cleanup_server_connections": (
+        _off,
+        "ignored: a server connection is always cleaned with RESET ALL before reuse when "
+        "a client changed a setting pgsansio cannot carry to its next server",
+    ),
+    "log_client_parameter_status_changes": (
+        _on,
+        "ignored: parameter changes are not logged (they are still carried from server "
+        "to server for each client)",
+    ),
+    "db_activity_based_routing": (
+        _on,
+        "ignored: reads are not routed by recent writes (db_activity_init_delay, "
+        "db_activity_ttl and table_mutation_cache_ms_ttl do nothing); they go where "
+        "query_parser_read_write_splitting and default_role send them",
+    ),
+}
+_PLUGINS_IGNORED = (
+    "ignored: PgCat's plugins (query blocking, table access, query logging, intercept) "
+    "are not implemented; every query is sent to the server as it is"
+)
+_MIRRORS_IGNORED = "ignored: mirroring is not implemented; no traffic is copied to these hosts"
 
 _TOP_KEYS: dict[str, _Key] = {"path": _Key("str")}
 _TOP_TABLES = ("general", "pools", "plugins")

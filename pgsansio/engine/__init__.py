@@ -91,6 +91,7 @@ from ._effects import (
     Wakeup,
 )
 from ._engine import Engine
+from ._warnings import config_warnings
 
 __all__ = [
     "CloseClient",
@@ -107,4 +108,5 @@ __all__ = [
     "SendServer",
     "StartTls",
     "Wakeup",
+    "config_warnings",
 ]

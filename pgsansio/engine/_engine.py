@@ -74,6 +74,7 @@ from ._states import (
 )
 from ._stats import Stats
 from ._tls import Tls
+from ._warnings import config_warnings
 
 if TYPE_CHECKING:
     from pgsansio.config.model import Config
@@ -207,14 +208,9 @@ class Engine:
         return self.flush()
 
     def _warn_unimplemented(self, config: Config) -> None:
-        """Say which configured PgCat features this version does not act on yet."""
-        self.router.check_parser()
-        general = config.general
-        if general.autoreload:
-            self.ctx.log(
-                logging.WARNING,
-                "autoreload is not implemented yet: send SIGHUP to reload the configuration",
-            )
+        """Say what in the configuration this pooler will not do (as ``check`` does)."""
+        for warning in config_warnings(config):
+            self.ctx.log(logging.WARNING, warning)
 
     def client_connected(self, cid: int, peer: str, now: float) -> list[Effect]:
         self.ctx.now = now

@@ -481,8 +481,6 @@ class Driver:
         except (ConfigError, FrontendError) as exc:
             log.error("reload failed; the running configuration stays in force:\n%s", exc)
             return self.engine.reload_failed(str(exc), now)
-        for warning in new.warnings:
-            log.warning("%s", warning)
         self.config = new
         self.tls = tls
         return self.engine.reload(new, now)
