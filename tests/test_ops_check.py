@@ -255,3 +255,5 @@ def test_run_logs_what_check_prints(tmp_path: pathlib.Path) -> None:
         if " WARNING pgsansio: " in line
     ]
     assert [w.rstrip("\n") for w in logged] == printed
+    # ... and its last line says why it stopped.
+    assert rest.splitlines()[-1].endswith("pgsansio stopped: SIGINT; every client finished")

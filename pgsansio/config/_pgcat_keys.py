@@ -87,6 +87,10 @@ _GENERAL_KEYS: dict[str, _Key] = {
     "client_tls_sslmode": _Key("enum", choices={m: m for m in _SSLMODES}),
     "client_tls_ca_file": _Key("str"),
     "server_tls_ca_file": _Key("str"),
+    # Logging extensions (PgBouncer's names and meanings)
+    "log_connections": _Key("bool"),
+    "log_disconnections": _Key("bool"),
+    "log_pooler_errors": _Key("bool"),
 }
 
 _POOL_KEYS: dict[str, _Key] = {

@@ -61,6 +61,12 @@ class General:
     client_tls_sslmode: str = "prefer"
     client_tls_ca_file: str | None = None
     server_tls_ca_file: str | None = None
+    # Logging (pgsansio extensions with PgBouncer's names and defaults; see
+    # pgsansio.engine._eventlog): each login, each logged-in client leaving, and each
+    # failed login or server connection with its cause.
+    log_connections: bool = True
+    log_disconnections: bool = True
+    log_pooler_errors: bool = True
 
 
 @dataclass(frozen=True)

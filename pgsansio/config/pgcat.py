@@ -31,6 +31,11 @@ pgsansio extensions to the format (PgCat ignores them, so one file can serve bot
   accepts ``"round_robin"``; ``general.healthcheck_interval`` (ms) probes every server
   on a deadline; ``pools.X.replica_max_lag_ms`` / ``replica_max_lag_bytes`` keep reads
   off lagging replicas. See :mod:`pgsansio.engine._health`.
+* ``general.log_connections``, ``log_disconnections`` and ``log_pooler_errors`` (each
+  default true, PgBouncer's names and meanings): log each login, each logged-in client
+  leaving, and each failed login or server connection with its cause (see
+  :mod:`pgsansio.engine._eventlog`). PgCat's ``log_client_connections`` /
+  ``log_client_disconnections`` turn the first two on too.
 * ``pools.X.prepared_statements_cache_size`` defaults to 500 (on) rather than PgCat's
   0 (off), as PgBouncer 1.24 and PgDog do; ``0`` turns it off.
 

@@ -40,7 +40,7 @@ from ._admin import Admin
 from ._context import Context
 from ._control import Control
 from ._effects import Wakeup
-from ._errors import INTERNAL, ClientFatal, fatal
+from ._errors import INTERNAL, NOT_POSTGRES, ClientFatal, fatal, how
 from ._health import Health
 from ._leaving import Leaving
 from ._lending import Lending
@@ -263,11 +263,9 @@ class Engine:
         self.ctx.now = now
         s = self.ctx.servers.get(sid)
         if s is not None:
-            where = f"{s.address.host}:{s.address.port}"
+            # No address for the client: it is in the pooler's log line (Leaving).
             self.leaving.server_gone(
-                s,
-                fatal("08001", f"could not connect to server {where}: {error}"),
-                closed=True,
+                s, fatal("08001", f"could not connect to the server: {error}"), closed=True
             )
         return self.flush()
 
@@ -279,8 +277,7 @@ class Engine:
                 if s.state is not S_ACTIVE or not self.relay.fast_answer(s, data):
                     self._server_bytes(s, data)
             except ProtocolError as exc:
-                self.ctx.log(logging.WARNING, f"server {self.ctx.where(s)}: protocol error: {exc}")
-                self.leaving.server_gone(s, fatal("08P01", f"server protocol error: {exc}"))
+                self.leaving.server_gone(s, fatal("08P01", NOT_POSTGRES), detail=how(exc))
             except ClientFatal as exc:  # a client we were answering turned out broken
                 if s.client is not None:
                     self.leaving.drop_client(s.client, exc.error)
@@ -373,11 +370,14 @@ class Engine:
         self.control.reload_answer(None)
         return self.flush()
 
-    def shutdown(self, now: float, *, wait_for_clients: bool = False) -> list[Effect]:
+    def shutdown(
+        self, now: float, *, wait_for_clients: bool = False, reason: str = "shutdown requested"
+    ) -> list[Effect]:
         """Drain and Exit (SIGINT); or, ``wait_for_clients`` (SIGTERM), refuse new
-        clients and Exit when the last one leaves. See :mod:`._control`."""
+        clients and Exit when the last one leaves. See :mod:`._control`. ``reason`` is
+        for the pooler's last log line ("pgsansio stopped: ...")."""
         self.ctx.now = now
-        self.control.begin_shutdown(wait_for_clients=wait_for_clients)
+        self.control.begin_shutdown(wait_for_clients=wait_for_clients, reason=reason)
         return self.flush()
 
     def pause(self, now: float) -> list[Effect]:

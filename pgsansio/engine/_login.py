@@ -54,6 +54,7 @@ from pgsansio.protocol import (
 
 from ._effects import OpenServer, SendClient
 from ._errors import ClientFatal, as_fatal, fatal
+from ._eventlog import LOGIN, LOGIN_FAILED, client_tag
 from ._objects import (
     P_AUTH_QUERY,
     P_PROBE,
@@ -253,7 +254,7 @@ class Login:
                 and md5_verify(c.username, password, state, event.password)
             )
             if not ok:
-                self.ctx.drop_client(c, failed)
+                self._refuse(c, failed)
                 return
             self._authenticated(c)
             return
@@ -280,7 +281,7 @@ class Login:
             else:
                 raise ClientFatal("08P01", "expected a SASL response")
         except AuthenticationFailed:
-            self.ctx.drop_client(c, failed)
+            self._refuse(c, failed)
 
     def _authenticated(self, c: Client) -> None:
         if c.admin:
@@ -295,7 +296,7 @@ class Login:
             if group is not None:
                 c.group, c.user = group, group.user
         if group is None or group.removed:
-            self.ctx.drop_client(
+            self._refuse(
                 c, fatal("28P01", f'password authentication failed for user "{c.username}"')
             )
             return
@@ -361,11 +362,47 @@ class Login:
         self.logging_in.pop(c, None)
         c.stats = self.stats.stats_for(group.name)
         c.stats.client_login_count += 1
-        if self.ctx.config.general.log_client_connections:
-            self.ctx.log(
+        self._log_login(c, "")
+
+    def _log_login(self, c: Client, what: str) -> None:
+        general = self.ctx.config.general
+        if general.log_connections or general.log_client_connections:
+            self.ctx.event(
+                LOGIN,
                 logging.INFO,
-                f'client {c.cid} from {c.peer} logged in as "{c.username}" to "{c.database}"',
+                f"{client_tag(c)} login attempt: db={c.database} user={c.username} "
+                f"tls={'yes' if c.tls else 'no'}{what}",
             )
+
+    def _refuse(self, c: Client, error: ErrorResponse) -> None:
+        """End a login that failed, after logging its real cause (the client is told
+        only "password authentication failed", whatever it was, so that the answer
+        does not tell a stranger which databases and users exist)."""
+        if self.ctx.config.general.log_pooler_errors:
+            self.ctx.event(
+                LOGIN_FAILED,
+                logging.WARNING,
+                f"{client_tag(c)} login failed: {self._why_refused(c)} (the client is told "
+                '"password authentication failed", whatever the cause)',
+            )
+        self.ctx.drop_client(c, error)
+
+    def _why_refused(self, c: Client) -> str:
+        config = self.ctx.config
+        if c.admin:
+            if c.username != config.general.admin_username:
+                return f'user "{c.username}" is not the admin console\'s user (admin_username)'
+            return "wrong password for the admin console"
+        group = c.group
+        if group is None:
+            if c.database not in config.pools:
+                return f'no such database: "{c.database}" (no [pools.{c.database}] section)'
+            return f'no such user: "{c.username}" is not a user of pool "{c.database}"'
+        if group.removed:
+            return f'pool "{c.database}" was removed by a reload while the client logged in'
+        if self._password(c) is None:
+            return "no password is known for this user (auth_query found none)"
+        return "wrong password"
 
     def read(self, c: Client) -> None:
         """Read what ``c`` sent while logging in: until it is logged in or gone, more
@@ -629,7 +666,7 @@ class Login:
     def admin_welcome(self, c: Client) -> None:
         general = self.ctx.config.general
         if not general.admin_username or c.username != general.admin_username:
-            self.ctx.drop_client(
+            self._refuse(
                 c, fatal("28P01", f'password authentication failed for user "{c.username}"')
             )
             return
@@ -652,9 +689,4 @@ class Login:
         self.ctx.send_client(c, ReadyForQuery("I"))
         client_to(c, ClientInput.LOGGED_IN)
         self.logging_in.pop(c, None)
-        if general.log_client_connections:
-            self.ctx.log(
-                logging.INFO,
-                f'client {c.cid} from {c.peer} logged in as "{c.username}" to the admin '
-                f'console ("{c.database}")',
-            )
+        self._log_login(c, " (admin console)")

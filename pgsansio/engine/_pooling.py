@@ -135,9 +135,7 @@ class Pools:
 
     def _login_deadline(self, s: ServerConn) -> None:
         if s.state in (ServerState.CONNECTING, S_LOGIN):
-            self.ctx.server_gone(
-                s, fatal("08001", f"timed out connecting to server {self.ctx.where(s)}")
-            )
+            self.ctx.server_gone(s, fatal("08001", "timed out connecting to the server"))
 
     def close_server(self, s: ServerConn, *, send: bool = True) -> None:
         if s.state is S_CLOSED:

@@ -57,7 +57,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import signal
+import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -138,11 +141,24 @@ def error_text(exc: BaseException) -> str:
 
     anyio reports a refused connection as "All connection attempts failed" with the
     real errors in its cause; the first of those says what happened, as asyncio does.
+    Words, not errno numbers or socket addresses: the text reaches clients, and the
+    engine's log line names the server ("[Errno 111] Connect call failed ('10.0.0.5',
+    5432)" becomes "connection refused").
     """
     cause = exc.__cause__
     if isinstance(cause, BaseExceptionGroup) and cause.exceptions:
         return error_text(cause.exceptions[0])
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, socket.gaierror) and exc.strerror:
+        return f"cannot resolve the host name ({_lower_first(exc.strerror)})"
+    if isinstance(exc, OSError) and exc.errno and not isinstance(exc, ssl.SSLError):
+        return _lower_first(os.strerror(exc.errno))
     return str(exc) or type(exc).__name__
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
 
 
 class Outbox:

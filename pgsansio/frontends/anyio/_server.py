@@ -45,6 +45,7 @@ from pgsansio.frontends import (
     EngineAPI,
     FrontendError,
     Ready,
+    listen_failed,
     missing,
     peer_text,
     real_engine,
@@ -108,7 +109,7 @@ class AnyioFrontend(TaskDriver):
         try:
             multi = await anyio.create_tcp_listener(local_host=host, local_port=port)
         except OSError as exc:
-            raise FrontendError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+            raise listen_failed(host, port, exc) from None
         return [cast(anyio.abc.SocketListener, listener) for listener in multi.listeners]
 
     async def _handle_signals(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-from pgsansio.frontends import EngineAPI, FrontendError, Ready, missing, peer_text
+from pgsansio.frontends import EngineAPI, FrontendError, Ready, listen_failed, missing, peer_text
 from pgsansio.frontends import tune_socket as _tune
 from pgsansio.frontends._driver import OPERATOR_SIGNALS, Driver
 
@@ -147,7 +147,7 @@ class AsyncioFrontend(Driver):
                 lambda: _Protocol(self, metrics=metrics), host, port, reuse_address=True
             )
         except OSError as exc:
-            raise FrontendError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+            raise listen_failed(host, port, exc) from None
 
     def signal_threadsafe(self, signum: int) -> None:
         """:meth:`signal` from another thread (tests, embedders), once serving."""

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import curio
 import curio.io
 
-from pgsansio.frontends import EngineAPI, FrontendError, Ready, missing, peer_text
+from pgsansio.frontends import EngineAPI, FrontendError, Ready, listen_failed, missing, peer_text
 from pgsansio.frontends._driver import OPERATOR_SIGNALS
 from pgsansio.frontends._tasks import TaskConn, TaskDriver
 
@@ -112,7 +112,7 @@ class CurioFrontend(TaskDriver):
         except OSError as exc:
             for sock in bound:
                 sock.close()
-            raise FrontendError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+            raise listen_failed(host, port, exc) from None
         return bound
 
     async def _handle_signals(self) -> None:
