@@ -26,6 +26,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -1276,10 +1277,10 @@ def test_demo_runs_and_cleans_up(tmp_path: pathlib.Path) -> None:
         banner = []
         for line in proc.stdout:
             banner.append(line)
-            if line.strip().startswith("PGPASSWORD="):
+            if line.startswith("Press Ctrl-C"):
                 break
         text = "".join(banner)
-        command = banner[-1].split()
+        command = next(x for x in banner if x.strip().startswith("PGPASSWORD=")).split()
         assert command[:2] == ["PGPASSWORD=demo", "psql"], text
         port = int(command[command.index("-p") + 1])
         config_path = pathlib.Path(text.split("config   ", 1)[1].split()[0])
@@ -1301,6 +1302,13 @@ def test_demo_runs_and_cleans_up(tmp_path: pathlib.Path) -> None:
                     pass
                 assert time.monotonic() < deadline, "the replica never replayed the write"
                 time.sleep(0.1)
+        # The banner's admin console and /metrics work as it says.
+        admin = f"host=127.0.0.1 port={port} user=admin password=admin dbname=pgbouncer"
+        with psycopg.connect(admin + " sslmode=disable", autocommit=True) as conn:
+            assert any(row[0] == "demo" for row in conn.execute("SHOW POOLS").fetchall())
+        url = text.split("curl ", 1)[1].split()[0]
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert b"# HELP" in response.read()
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
