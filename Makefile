@@ -4,7 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint types unit coverage corpus fuzz bench-core bench bench-profile clean demo soak
+.PHONY: test lint types unit coverage corpus fuzz bench-core bench bench-profile clean demo soak \
+	dist dist-check docker-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -71,5 +72,20 @@ bench-profile: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m pgsansio demo
 
+## make dist: a wheel and an sdist in dist/ (install with
+## pip install 'dist/pgsansio-<version>-py3-none-any.whl[cli,uvloop]')
+dist: $(STAMP)
+	$(PY) -m build --outdir dist .
+
+## make dist-check: build, install the wheel into a fresh venv, run pgsansio --version
+## there (tests marked dist; needs the package index for the wheel's dependencies)
+dist-check: $(STAMP)
+	$(PY) -m pytest -q -m dist tests/test_ops_deploy.py
+
+## make docker-check: build deploy/Dockerfile and serve a query through the container
+## against a PostgreSQL container (needs a running Docker engine)
+docker-check:
+	sh deploy/docker-check.sh
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov
+	rm -rf dist $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov
