@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -169,3 +170,29 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs(tmp_path: pathlib.Path) -
         env=clean_env,
     )
     assert check.returncode == 0, check.stderr
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading."""
+    text = heading.strip().lstrip("#").strip().lower()
+    return "".join(ch for ch in text if ch.isalnum() or ch in " -_").replace(" ", "-")
+
+
+def test_every_link_of_the_readme_and_docs_leads_somewhere() -> None:
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    anchors = {
+        page: {_slug(line) for line in page.read_text().splitlines() if line.startswith("#")}
+        for page in pages
+    }
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            path, _, anchor = target.partition("#")
+            where = (page.parent / path).resolve() if path else page
+            if not where.exists():
+                broken.append(f"{page.name}: {target}")
+            elif anchor and where.suffix == ".md" and anchor not in anchors.get(where, set()):
+                broken.append(f"{page.name}: {target} (no such heading)")
+    assert broken == []
