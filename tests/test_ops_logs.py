@@ -296,3 +296,30 @@ def test_a_connection_error_is_words_without_errno_or_address() -> None:
     assert error_text(TimeoutError()) == "timed out"
     unknown = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
     assert error_text(unknown) == "cannot resolve the host name (name or service not known)"
+
+
+def test_a_server_that_never_answers_is_logged_as_timed_out() -> None:
+    db = Database(users={"alice": FakeUser(SECRET, "md5")}, databases=[DB], stall_logins=True)
+    w = World(config(auth_type="md5", password=SECRET), db)
+    c = md5_try(w, "alice", DB, SECRET)
+    for _ in range(10):
+        w.advance(1)
+    (err,) = errors(c.events())
+    assert (err.sqlstate, err.message) == ("08001", "timed out connecting to the server")
+    assert [line for line in w.logs if line.startswith("S-")] == [
+        f"S-1: {DB}/alice@pg:5432 closing because: timed out connecting to the server (age=5s)"
+    ]
+
+
+def test_a_server_refusing_the_pooler_login_is_logged_with_its_words() -> None:
+    db = Database(users={"alice": FakeUser("other", "md5")}, databases=[DB])
+    w = World(config(auth_type="md5", password=SECRET), db)
+    c = md5_try(w, "alice", DB, SECRET)
+    (err,) = errors(c.events())
+    assert err.sqlstate == "28P01"
+    (line,) = [line for line in w.logs if line.startswith("S-")]
+    assert line == (
+        f"S-1: {DB}/alice@pg:5432 closing because: the server refused the login: md5 "
+        'authentication failed for user "alice" (age=0s)'
+    )
+    assert SECRET not in " ".join(w.logs)

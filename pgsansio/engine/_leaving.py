@@ -175,11 +175,14 @@ class Leaving:
         if (
             was in (ServerState.CONNECTING, S_LOGIN) or detail
         ) and self.ctx.config.general.log_pooler_errors:
+            # Class 08 is ours (connect, timeout, protocol); anything else during the
+            # login is PostgreSQL's own answer to the pooler's credentials or database.
+            ours = (error.sqlstate or "08").startswith("08")
+            why = error.message if ours else f"the server refused the login: {error.message}"
             self.ctx.event(
                 SERVER_FAILED,
                 logging.WARNING,
-                f"{server_tag(s)} closing because: {error.message}{detail} "
-                f"{age(s.created, self.ctx.now)}",
+                f"{server_tag(s)} closing because: {why}{detail} {age(s.created, self.ctx.now)}",
             )
         self.pools.close_server(s, send=not closed)
         if s.purpose == P_AUTH_QUERY:
