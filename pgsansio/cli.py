@@ -186,10 +186,10 @@ def _register_record(app: "typer.Typer") -> None:
             try:
                 await relay.start()
             except OSError as e:
+                from pgsansio.frontends import listen_failed  # noqa: PLC0415
+
                 typer.echo(
-                    f"pgsansio record: cannot listen on {listen_host}:{listen_port}: "
-                    f"{e.strerror or e}",
-                    err=True,
+                    f"pgsansio record: {listen_failed(listen_host, listen_port, e)}", err=True
                 )
                 return 1
             typer.echo(

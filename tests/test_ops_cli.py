@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import platform
 import re
+import socket
 import subprocess
 import sys
 
@@ -82,3 +84,24 @@ def test_run_help_tells_sigint_and_sigterm_apart() -> None:
         "last client has left"
     ) in text
     assert "A second SIGINT or SIGTERM exits at once" in text
+
+
+def test_record_says_why_it_cannot_listen_once(tmp_path: pathlib.Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cli(
+            "record",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--target",
+            "127.0.0.1:1",
+            "--out",
+            str(tmp_path / "traces"),
+        )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"pgsansio record: cannot listen on 127.0.0.1:{port}: address already in use (another "
+        "program, perhaps a PostgreSQL, already listens there)"
+    )

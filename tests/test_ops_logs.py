@@ -323,3 +323,13 @@ def test_a_server_refusing_the_pooler_login_is_logged_with_its_words() -> None:
         'authentication failed for user "alice" (age=0s)'
     )
     assert SECRET not in " ".join(w.logs)
+
+
+def test_clients_waiting_for_a_failed_server_do_not_repeat_its_line() -> None:
+    w = md5_world()
+    w.refuse_connect = True
+    clients = [md5_try(w, "alice", DB, SECRET) for _ in range(3)]
+    assert all(errors(c.events()) for c in clients)
+    assert [line.split(" closing")[0] for line in w.logs if line[:2] in ("S-", "C-")] == [
+        f"S-{n}: {DB}/alice@pg:5432" for n in (1, 2, 3)
+    ]

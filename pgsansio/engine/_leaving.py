@@ -111,7 +111,14 @@ class Leaving:
                     logging.INFO,
                     f"{client_tag(c)} closing because: {reason} {age(c.connected, self.ctx.now)}",
                 )
-        elif error is not None and error.sqlstate != "28P01" and general.log_pooler_errors:
+        elif (
+            was in (ClientState.STARTUP, ClientState.AUTH)
+            and error is not None
+            and error.sqlstate != "28P01"
+            and general.log_pooler_errors
+        ):
+            # Later in a login (FETCH, WELCOME) only a server's failure ends it, and that
+            # is logged once, as the server's line, not again for each client waiting.
             self.ctx.event(
                 LOGIN_FAILED, logging.WARNING, f"{client_tag(c)} login failed: {error.message}"
             )
