@@ -39,7 +39,7 @@ _TRACE_FILE = re.compile(r"^c\d+\.jsonl(\.gz)?$")
 
 _TYPER_MISSING = (
     "pgsansio: the command-line tool needs the 'typer' package, which is not installed; "
-    "install it with: pip install 'pgsansio[cli]'"
+    "install it with: pip install typer (pgsansio's 'cli' extra)"
 )
 
 
@@ -248,7 +248,7 @@ def _frontend_options() -> tuple[object, object, object]:
             FRONTENDS,
             "Runtime: asyncio, uvloop, anyio (on asyncio), trio (anyio on trio), curio, "
             "or auto (uvloop when it is installed, else asyncio). Each but asyncio needs "
-            "its extra: pip install 'pgsansio[NAME]'.",
+            "its package (pip install uvloop, anyio, trio or curio).",
         ),
         choice("--log-level", LOG_LEVELS, "Least severe level logged."),
         choice(
@@ -438,7 +438,7 @@ def version_text() -> str:
     parser = (
         "installed (read/write splitting, automatic_sharding_key)"
         if find_spec("pglast") is not None
-        else "not installed (pip install 'pgsansio[routing]' for query_parser_enabled)"
+        else "not installed (pip install pglast, for query_parser_enabled)"
     )
     return "\n".join(
         (

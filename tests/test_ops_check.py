@@ -210,9 +210,9 @@ def test_check_names_query_parser_enabled_without_pglast(tmp_path: pathlib.Path)
     parser = [w for w in warnings_of(result.stderr) if w.startswith("query_parser_enabled")]
     assert parser == [
         "query_parser_enabled is set (pool db) but the SQL parser cannot be loaded: "
-        "read/write splitting (pgsansio.routing) needs the pglast package, which is not "
-        "installed: install pgsansio with the 'routing' extra, e.g. pip install "
-        "'pgsansio[routing]'. Until it is, servers are chosen by default_role alone, and "
+        "read/write splitting and automatic_sharding_key (pgsansio.routing) need the pglast "
+        "package, which is not installed: install it with pip install pglast (pgsansio's "
+        "'routing' extra). Until it is, servers are chosen by default_role alone, and "
         "automatic_sharding_key finds no key"
     ]
     assert result.stderr.splitlines()[-1].endswith("4 warning(s))")

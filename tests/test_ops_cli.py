@@ -49,8 +49,7 @@ def test_version_says_what_this_install_can_run() -> None:
 def test_version_without_pglast_says_how_to_get_it() -> None:
     result = cli("--version", block="pglast")
     assert (
-        "query parser (pglast): not installed (pip install 'pgsansio[routing]' for "
-        "query_parser_enabled)"
+        "query parser (pglast): not installed (pip install pglast, for query_parser_enabled)"
     ) in result.stdout.splitlines()
 
 

@@ -327,4 +327,4 @@ def test_cli_without_typer() -> None:
     )
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0
-    assert "pip install 'pgsansio[cli]'" in proc.stderr
+    assert "pip install typer (pgsansio's 'cli' extra)" in proc.stderr

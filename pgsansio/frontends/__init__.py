@@ -211,8 +211,8 @@ def missing(name: str) -> str | None:
             alternative = "asyncio" if name != "asyncio" else "auto"
             return (
                 f"the {name} frontend was asked for, but the {package!r} package is not "
-                f"installed; install it with: pip install 'pgsansio[{name}]' "
-                f"(or choose --frontend {alternative})"
+                f"installed; install it with: pip install {' '.join(_NEEDS[name])} "
+                f"(pgsansio's '{name}' extra), or choose --frontend {alternative}"
             )
     return None
 
