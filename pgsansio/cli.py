@@ -248,7 +248,7 @@ def _frontend_options() -> tuple[object, object, object]:
             FRONTENDS,
             "Runtime: asyncio, uvloop, anyio (on asyncio), trio (anyio on trio), curio, "
             "or auto (uvloop when it is installed, else asyncio). Each but asyncio needs "
-            "its package (pip install uvloop, anyio, trio or curio).",
+            "its package installed (trio needs anyio too).",
         ),
         choice("--log-level", LOG_LEVELS, "Least severe level logged."),
         choice(
