@@ -249,6 +249,15 @@ GENERAL_DEFAULTS: dict[str, Any] = {
     "client_tls_sslmode": "prefer",
     "client_tls_ca_file": None,
     "server_tls_ca_file": None,
+    "listen_backlog": 128,
+    "client_login_timeout": 60000,
+    "client_tcp_keepalives_idle": 0,
+    "client_tcp_keepalives_interval": 0,
+    "client_tcp_keepalives_count": 0,
+    "client_tcp_user_timeout": 0,
+    "log_connections": True,
+    "log_disconnections": True,
+    "log_pooler_errors": True,
 }
 
 POOL_DEFAULTS: dict[str, Any] = {

@@ -87,6 +87,17 @@ _GENERAL_KEYS: dict[str, _Key] = {
     "client_tls_sslmode": _Key("enum", choices={m: m for m in _SSLMODES}),
     "client_tls_ca_file": _Key("str"),
     "server_tls_ca_file": _Key("str"),
+    # Listening and client sockets (socket helper)
+    "listen_backlog": _Key("posint"),
+    "client_login_timeout": _Key("uint", _MS),
+    "client_tcp_keepalives_idle": _Key("uint", _S),
+    "client_tcp_keepalives_interval": _Key("uint", _S),
+    "client_tcp_keepalives_count": _Key("uint", maximum=_U32_MAX),
+    "client_tcp_user_timeout": _Key("uint", _MS),
+    # Logging (ops helper)
+    "log_connections": _Key("bool"),
+    "log_disconnections": _Key("bool"),
+    "log_pooler_errors": _Key("bool"),
 }
 
 _POOL_KEYS: dict[str, _Key] = {

@@ -61,6 +61,17 @@ class General:
     client_tls_sslmode: str = "prefer"
     client_tls_ca_file: str | None = None
     server_tls_ca_file: str | None = None
+    # Listening and client sockets (socket helper)
+    listen_backlog: int = 128
+    client_login_timeout: int = 60000
+    client_tcp_keepalives_idle: int = 0
+    client_tcp_keepalives_interval: int = 0
+    client_tcp_keepalives_count: int = 0
+    client_tcp_user_timeout: int = 0
+    # Logging (ops helper)
+    log_connections: bool = True
+    log_disconnections: bool = True
+    log_pooler_errors: bool = True
 
 
 @dataclass(frozen=True)

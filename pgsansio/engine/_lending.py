@@ -118,7 +118,7 @@ class Lending:
         assert group is not None
         if group.removed:
             # A reload changed or removed this pool: move to its new incarnation.
-            new = self.pools.groups.get((group.name, group.user.username))
+            new = self.pools.find_group(group.name, group.user.username)
             if new is None:
                 self.ctx.drop_client(
                     c,

@@ -160,7 +160,7 @@ class Login:
                     settings[key.lower()] = quote_literal(val)
         c.params = tracked
         c.settings = settings
-        group = self.pools.groups.get((c.database, c.username))
+        group = self.pools.find_group(c.database, c.username)
         if c.database in ADMIN_DATABASES and group is None:
             c.admin = True  # the console (see _admin), after the same password check
         c.group = group
@@ -270,7 +270,7 @@ class Login:
                 if (
                     group is not None
                     and c.user is not None
-                    and c.user.password is None
+                    and (c.user.password is None or c.user.password.startswith("SCRAM-SHA-256$"))
                     and state.client_key is not None
                 ):
                     # Pass-through: the proof gave us ClientKey, which logs us in to
@@ -291,7 +291,7 @@ class Login:
         group = c.group
         if group is not None and group.removed:
             # A reload while this client was logging in: take the pool's new version.
-            group = self.pools.groups.get((group.name, group.user.username))
+            group = self.pools.find_group(group.name, group.user.username)
             if group is not None:
                 c.group, c.user = group, group.user
         if group is None or group.removed:
@@ -457,7 +457,7 @@ class Login:
                         s, fatal("28000", "the server offers no SASL mechanism we support")
                     )
                     return
-                if password is not None:
+                if password is not None and not password.startswith("SCRAM-SHA-256$"):
                     client = ScramClient(password)
                 elif group.scram_keys is not None and s.purpose != P_AUTH_QUERY:
                     client = ScramClient(

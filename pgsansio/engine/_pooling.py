@@ -47,8 +47,11 @@ if TYPE_CHECKING:
 
     from ._context import Context
 
-__all__ = ["INTERNAL_QUERY_TIMEOUT", "Pools"]
+__all__ = ["FALLBACK_POOL", "INTERNAL_QUERY_TIMEOUT", "Pools"]
 
+FALLBACK_POOL = "*"  # PgBouncer's fallback database (see Pools.find_group)
+
+SCRAM_PREFIX = "SCRAM-SHA-256$"  # a stored verifier: it logs in only by pass-through
 INTERNAL_QUERY_TIMEOUT = 10.0  # seconds for our own SET / ROLLBACK / DISCARD ALL
 
 # The extended-protocol requests whose failure the server reports once per batch.
@@ -202,8 +205,9 @@ class Pools:
         self._schedule_reap(pool)
 
     def prewarm(self, group: PoolGroup) -> None:
-        if group.user.backend_password is None and group.scram_keys is None:
-            return  # auth_query users: no credentials until a client logs in
+        password = group.user.backend_password
+        if (password is None or password.startswith(SCRAM_PREFIX)) and group.scram_keys is None:
+            return  # auth_query / stored SCRAM: no credentials until a client logs in
         if self.ctx.life.pausing and group.name in self.ctx.life.paused:
             return
         for pool in group.all_pools():
@@ -232,6 +236,23 @@ class Pools:
                         self.close_server(s)
         for group in self.groups.values():
             self.prewarm(group)
+
+    def find_group(self, database: str, username: str) -> PoolGroup | None:
+        """The group for (database, user), made from the ``*`` pool if there is one.
+
+        PgBouncer's fallback database: a pool named ``*`` serves every database name
+        that has no pool of its own, each as its own pool on a server database of the
+        same name (made on first use and kept; a reload rebuilds it lazily)."""
+        group = self.groups.get((database, username))
+        if group is not None or database in ("pgcat", "pgbouncer"):
+            return group
+        fallback = self.ctx.config.pools.get(FALLBACK_POOL)
+        if fallback is None or username not in fallback.users:
+            return None
+        shards = tuple(replace(shard, database=database) for shard in fallback.shards)
+        cfg = replace(fallback, name=database, shards=shards)
+        group = self.groups[(database, username)] = PoolGroup(cfg, fallback.users[username])
+        return group
 
     def build_groups(self, config: Config) -> None:
         self.groups = {}
