@@ -258,6 +258,9 @@ GENERAL_DEFAULTS: dict[str, Any] = {
     "log_connections": True,
     "log_disconnections": True,
     "log_pooler_errors": True,
+    "unix_socket_dir": "",
+    "unix_socket_mode": 0o777,
+    "unix_socket_group": "",
 }
 
 POOL_DEFAULTS: dict[str, Any] = {

@@ -98,6 +98,10 @@ _GENERAL_KEYS: dict[str, _Key] = {
     "log_connections": _Key("bool"),
     "log_disconnections": _Key("bool"),
     "log_pooler_errors": _Key("bool"),
+    # PgBouncer compatibility: the Unix socket (pgsansio extension, PgBouncer's names)
+    "unix_socket_dir": _Key("str"),
+    "unix_socket_mode": _Key("uint", "octal, e.g. 0o777", maximum=0o7777),
+    "unix_socket_group": _Key("str"),
 }
 
 _POOL_KEYS: dict[str, _Key] = {

@@ -72,6 +72,11 @@ class General:
     log_connections: bool = True
     log_disconnections: bool = True
     log_pooler_errors: bool = True
+    # PgBouncer compatibility (bouncer helper): a Unix socket to listen on,
+    # <unix_socket_dir>/.s.PGSQL.<port>; "" listens on TCP only.
+    unix_socket_dir: str = ""
+    unix_socket_mode: int = 0o777
+    unix_socket_group: str = ""
 
 
 @dataclass(frozen=True)

@@ -449,7 +449,7 @@ class _Builder:
             self.warn(
                 f"{self.path}: [pgbouncer] listen_addr",
                 "is not set: PgBouncer would listen on its Unix socket only; pgsansio "
-                "listens on 127.0.0.1",
+                "listens on 127.0.0.1 too (the Unix socket is named after that TCP port)",
             )
         else:
             host = "0.0.0.0" if addrs[0] == "*" else addrs[0]
@@ -532,7 +532,22 @@ class _Builder:
             log_connections=b.flag("log_connections"),
             log_disconnections=b.flag("log_disconnections"),
             log_pooler_errors=b.flag("log_pooler_errors"),
+            unix_socket_dir=b.text("unix_socket_dir"),
+            unix_socket_mode=self._mode(),
+            unix_socket_group=b.text("unix_socket_group"),
         )
+
+    def _mode(self) -> int:
+        value = self.bouncer.raw("unix_socket_mode")
+        try:
+            mode = int(value, 8)
+        except ValueError:
+            mode = -1
+        if not 0 <= mode <= 0o7777:
+            raise self.bouncer.error(
+                "unix_socket_mode", f"must be an octal file mode such as 0777, got {value!r}"
+            )
+        return mode
 
     def _auth_for(self, secret: str | None) -> str:
         """PgBouncer's method for a user with this stored secret."""

@@ -91,8 +91,10 @@ from ._effects import (
     Wakeup,
 )
 from ._engine import Engine
+from ._login import UNIX_OWNER_PEER
 
 __all__ = [
+    "UNIX_OWNER_PEER",
     "CloseClient",
     "CloseServer",
     "Effect",

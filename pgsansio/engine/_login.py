@@ -82,7 +82,12 @@ if TYPE_CHECKING:
     from ._stats import Stats
     from ._tls import Tls
 
-__all__ = ["ADMIN_DATABASES", "CLIENT_LOGIN_TIMEOUT", "Login", "fatal"]
+__all__ = ["ADMIN_DATABASES", "CLIENT_LOGIN_TIMEOUT", "UNIX_OWNER_PEER", "Login", "fatal"]
+
+UNIX_OWNER_PEER = "unix socket (same OS user)"
+"""The peer a frontend reports for a Unix-socket client running as the pooler's own OS
+user (SO_PEERCRED). PgBouncer lets such a client into the console without a password
+as user ``pgbouncer``, and as anyone when no ``admin_users`` are set; so do we."""
 
 CLIENT_LOGIN_TIMEOUT = 60.0  # seconds a new client has to log in
 
@@ -202,6 +207,8 @@ class Login:
                 return "trust" if c.user.auth_type == "trust" and secret else "md5"
             return c.user.auth_type
         if c.admin:
+            if self._peer_admin(c):
+                return "trust"
             return self.ctx.config.general.admin_auth_type
         # Unknown user or database: the method most users here have, so that the
         # challenge itself says nothing about who exists.
@@ -626,9 +633,15 @@ class Login:
         for c in waiters:
             self.ctx.drop_client(c, error)
 
+    def _peer_admin(self, c: Client) -> bool:
+        return c.peer == UNIX_OWNER_PEER and (
+            c.username == "pgbouncer" or not self.ctx.config.general.admin_username
+        )
+
     def admin_welcome(self, c: Client) -> None:
         general = self.ctx.config.general
-        if not general.admin_username or c.username != general.admin_username:
+        allowed = general.admin_username and c.username == general.admin_username
+        if not allowed and not self._peer_admin(c):
             self.ctx.drop_client(
                 c, fatal("28P01", f'password authentication failed for user "{c.username}"')
             )
