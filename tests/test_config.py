@@ -261,6 +261,10 @@ GENERAL_DEFAULTS: dict[str, Any] = {
     "unix_socket_dir": "",
     "unix_socket_mode": 0o777,
     "unix_socket_group": "",
+    "query_wait_timeout": 0,
+    "reserve_pool_timeout": 5000,
+    "query_timeout": 0,
+    "client_idle_timeout": 0,
 }
 
 POOL_DEFAULTS: dict[str, Any] = {
@@ -290,6 +294,8 @@ POOL_DEFAULTS: dict[str, Any] = {
     "table_mutation_cache_ms_ttl": 50,
     "replica_max_lag_ms": 0,
     "replica_max_lag_bytes": 0,
+    "reserve_pool_size": 0,
+    "max_db_connections": 0,
     # inherited from [general] when unset
     "connect_timeout": 1000,
     "idle_timeout": 600000,
@@ -303,6 +309,7 @@ USER_DEFAULTS: dict[str, Any] = {
     "min_pool_size": 0,
     "pool_mode": "transaction",
     "statement_timeout": 0,
+    "max_user_connections": 0,
     "connect_timeout": 1000,
     "idle_timeout": 600000,
     "server_lifetime": 3600000,

@@ -102,10 +102,10 @@ def test_every_unhonoured_key_is_warned_by_name(tmp_path: pathlib.Path) -> None:
         tmp_path,
         "[databases]\nappdb = host=x connect_query='SELECT 1' bogus=1\n"
         "[pgbouncer]\nlisten_addr = 127.0.0.1\nlogfile = /var/log/p.log\nso_reuseport = 1\n"
-        "query_timeout = 30\nmisspelt_key = 3\nstats_users = mon\n",
+        "transaction_timeout = 30\nmisspelt_key = 3\nstats_users = mon\n",
     )
     warnings = "\n".join(load_config(path).warnings)
-    for name in ("logfile", "so_reuseport", "query_timeout", "connect_query", "stats_users"):
+    for name in ("logfile", "so_reuseport", "transaction_timeout", "connect_query", "stats_users"):
         assert f"{name}" in warnings, name
     assert "misspelt_key: unknown key" in warnings
     assert "unknown setting bogus" in warnings

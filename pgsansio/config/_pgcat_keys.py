@@ -102,6 +102,11 @@ _GENERAL_KEYS: dict[str, _Key] = {
     "unix_socket_dir": _Key("str"),
     "unix_socket_mode": _Key("uint", "octal, e.g. 0o777", maximum=0o7777),
     "unix_socket_group": _Key("str"),
+    # PgBouncer's limits and timeouts (pgsansio extensions, PgBouncer's names)
+    "query_wait_timeout": _Key("uint", _MS),
+    "reserve_pool_timeout": _Key("uint", _MS),
+    "query_timeout": _Key("uint", _MS),
+    "client_idle_timeout": _Key("uint", _MS),
 }
 
 _POOL_KEYS: dict[str, _Key] = {
@@ -149,6 +154,9 @@ _POOL_KEYS: dict[str, _Key] = {
     # pgsansio extensions: replica lag bounds
     "replica_max_lag_ms": _Key("uint", _MS),
     "replica_max_lag_bytes": _Key("uint"),
+    # PgBouncer's limits (pgsansio extensions, PgBouncer's names)
+    "reserve_pool_size": _Key("uint"),
+    "max_db_connections": _Key("uint"),
 }
 _POOL_TABLES = ("users", "shards", "plugins")
 
@@ -170,6 +178,8 @@ _USER_KEYS: dict[str, _Key] = {
     "idle_timeout": _Key("uint", _MS),
     "connect_timeout": _Key("uint", _MS),
     "statement_timeout": _Key("uint", _MS),
+    # PgBouncer's limit (pgsansio extension, PgBouncer's name)
+    "max_user_connections": _Key("uint"),
 }
 
 _SHARD_KEYS: dict[str, _Key] = {

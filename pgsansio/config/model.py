@@ -77,6 +77,13 @@ class General:
     unix_socket_dir: str = ""
     unix_socket_mode: int = 0o777
     unix_socket_group: str = ""
+    # PgBouncer's limits and timeouts (bouncer helper; milliseconds, 0 = off):
+    # query_wait_timeout > 0 replaces connect_timeout as the wait for a server and
+    # closes the client when it passes (PgBouncer), instead of PgCat's 53300 error.
+    query_wait_timeout: int = 0
+    reserve_pool_timeout: int = 5000
+    query_timeout: int = 0
+    client_idle_timeout: int = 0
 
 
 @dataclass(frozen=True)
@@ -111,6 +118,8 @@ class UserConfig:
     idle_timeout: int = 600000
     connect_timeout: int = 1000
     statement_timeout: int = 0
+    # PgBouncer's cap on one user's server connections over every pool (0 = none)
+    max_user_connections: int = 0
 
     @property
     def backend_username(self) -> str:
@@ -161,6 +170,10 @@ class PoolConfig:
     # its primary gets no reads until it catches up.
     replica_max_lag_ms: int = 0
     replica_max_lag_bytes: int = 0
+    # PgBouncer's limits (0 = none): connections over pool_size once a client waited
+    # reserve_pool_timeout, and a cap on the database's connections over every user.
+    reserve_pool_size: int = 0
+    max_db_connections: int = 0
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,7 @@ _TIME_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 
 _TRUE = ("1", "yes", "on", "true")
 _FALSE = ("0", "no", "off", "false")
 _SCRAM = "SCRAM-SHA-256$"
+_FOREVER_MS = 2**31 - 1  # about 24.8 days: "no limit" for a timeout whose 0 means another rule
 
 
 def is_pgbouncer_ini(text: str) -> bool:
@@ -535,6 +536,10 @@ class _Builder:
             unix_socket_dir=b.text("unix_socket_dir"),
             unix_socket_mode=self._mode(),
             unix_socket_group=b.text("unix_socket_group"),
+            # PgBouncer's 0 is "wait forever"; ours would be PgCat's connect_timeout rule
+            query_wait_timeout=b.ms("query_wait_timeout") or _FOREVER_MS,
+            reserve_pool_timeout=b.ms("reserve_pool_timeout"),
+            query_timeout=b.ms("query_timeout"),
         )
 
     def _mode(self) -> int:
@@ -609,6 +614,9 @@ class _Builder:
             )
         dbname = opts.get("dbname", name)
         b = self.bouncer
+        reserve = num("reserve_pool", b.integer("reserve_pool_size"))
+        reserve = num("reserve_pool_size", reserve)
+        max_db = num("max_db_connections", b.integer("max_db_connections"))
         pool_size = num("pool_size", b.integer("default_pool_size"))
         min_pool = num("min_pool_size", b.integer("min_pool_size"))
         lifetime = b.ms("server_lifetime")
@@ -639,6 +647,9 @@ class _Builder:
                 size = int(uo["pool_size"]) if uo["pool_size"].isdigit() else size
             if size == 0:
                 size = 10000  # PgBouncer 1.24: 0 means no limit
+            max_user = b.integer("max_user_connections")
+            if uo.get("max_user_connections", "").isdigit():
+                max_user = int(uo["max_user_connections"])
             mode = db_mode
             if "pool_mode" in uo:
 
@@ -672,6 +683,7 @@ class _Builder:
                 server_lifetime=lifetime,
                 idle_timeout=b.ms("server_idle_timeout"),
                 connect_timeout=b.ms("server_connect_timeout"),
+                max_user_connections=max_user,
             )
         server = ServerAddress(host=host, port=port, role="primary")
         check_query = b.text("server_check_query")
@@ -696,4 +708,6 @@ class _Builder:
             auth_query_user=b.text("auth_user") or None,
             auth_query_password=self.userlist.get(b.text("auth_user")),
             prepared_statements_cache_size=b.integer("max_prepared_statements"),
+            reserve_pool_size=reserve,
+            max_db_connections=max_db,
         )

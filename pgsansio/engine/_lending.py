@@ -151,9 +151,28 @@ class Lending:
         c.waiting_since = self.ctx.now
         c.wait_gen += 1
         pool.waiters.append(c)
-        if len(pool.servers) < group.user.pool_size:
-            self.pools.open_server(pool)
-        self._wait_until(c, self.ctx.now + group.user.connect_timeout / 1000)
+        if not self.pools.grow(pool) and group.cfg.reserve_pool_size and len(pool.waiters) == 1:
+            self._reserve_at(pool)
+        wait = self.ctx.config.general.query_wait_timeout or group.user.connect_timeout
+        self._wait_until(c, self.ctx.now + wait / 1000)
+
+    def _reserve_at(self, pool: Pool) -> None:
+        """Look at ``pool`` again when its first waiter may take a reserve connection."""
+        timeout = self.ctx.config.general.reserve_pool_timeout / 1000
+        if pool.waiters and timeout and pool.waiters[0].waiting_since is not None:
+            due = max(pool.waiters[0].waiting_since + timeout, self.ctx.now + 0.001)
+            self.ctx.at(due, lambda: self._reserve(pool))
+
+    def _reserve(self, pool: Pool) -> None:
+        if not pool.waiters or pool.group.removed or pool.opening:
+            if pool.waiters and not pool.group.removed:
+                self._reserve_at(pool)
+            return
+        if self.ctx.life.pausing and pool.group.name in self.ctx.life.paused:
+            return
+        self.pools.grow(pool)
+        if pool.waiters:
+            self._reserve_at(pool)
 
     def _wait_until(self, c: Client, deadline: float) -> None:
         """``c`` now waits in ``c.pool.waiters`` until ``deadline`` (connect_timeout).
@@ -211,6 +230,15 @@ class Lending:
         c.pool.waiters.remove(c)
         c.waiting_since = None
         pending, c.pending = c.pending, []
+        if self.ctx.config.general.query_wait_timeout:
+            # PgBouncer's rule and words: the client is let go.
+            self.ctx.log(
+                logging.WARNING,
+                f'client {c.cid} ("{c.username}" to "{c.database}") waited more than '
+                "query_wait_timeout for a server connection; closing it",
+            )
+            self.ctx.drop_client(c, fatal("08P01", "query_wait_timeout"))
+            return
         self.ctx.log(
             logging.WARNING,
             f'client {c.cid} ("{c.username}" to "{c.database}") waited more than '
@@ -419,7 +447,7 @@ class Lending:
             c.wait_deadline = None  # as before: no connect_timeout for this wait
         assert c.user is not None
         if len(pool.servers) < c.user.pool_size:
-            self.pools.open_server(pool)
+            self.pools.grow(pool)
 
     def _no_server(self, c: Client, message: str, sqlstate: str = "57P03") -> None:
         """No server can take ``c``'s requests: answer them as a server would."""

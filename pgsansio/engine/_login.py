@@ -313,7 +313,7 @@ class Login:
             if not any(p.opening or p.servers for p in group.all_pools()):
                 pool = self.router.choose_pool(c)
                 if len(pool.servers) < group.user.pool_size:
-                    self.pools.open_server(pool)
+                    self.pools.grow(pool)
             return
         self._welcome(c)
 

@@ -21,6 +21,7 @@ from pgsansio.protocol import (
 
 from ._effects import CloseServer, OpenServer
 from ._errors import fatal
+from ._limits import capped, pool_limit, sharing
 from ._objects import (
     K_QUERY,
     P_CANCEL,
@@ -94,6 +95,8 @@ class Pools:
             if c.state is not C_CLOSED:
                 self.ctx.link(c, s)
                 return
+        if self._hand_over(s):
+            return
         server_to(s, SI_IDLED)
         pool.idle.append(s)
         user = s.group.user
@@ -125,6 +128,61 @@ class Pools:
         if first is not None:
             self.ctx.at(max(first, self.ctx.now + 0.001), lambda: self._reap(pool, first))
 
+    def grow(self, pool: Pool) -> bool:
+        """Open one more connection for ``pool``'s clients if its limits allow (see
+        :mod:`._limits`), closing an idle one of another pool under the same cap to make
+        room; whether it did."""
+        limit = pool_limit(pool, self.ctx.now, self.ctx.config.general.reserve_pool_timeout)
+        if len(pool.servers) >= limit:
+            return False
+        if capped(pool.group, self.groups.values()) is not None:
+            victim = next(
+                (
+                    idle
+                    for g in sharing(pool.group, self.groups.values())
+                    for p in g.all_pools()
+                    if p is not pool
+                    for idle in p.idle
+                ),
+                None,
+            )
+            if victim is None:
+                return False  # a release will hand its connection over (_hand_over)
+            self.close_server(victim, wake=False)
+            if capped(pool.group, self.groups.values()) is not None:
+                return False
+        if len(pool.servers) >= pool.group.user.pool_size:
+            self.ctx.log(
+                logging.INFO,
+                f'taking connection from reserve_pool for "{pool.group.name}" '
+                f'user "{pool.group.user.username}"',
+            )
+        self.open_server(pool)
+        return True
+
+    def _hand_over(self, s: ServerConn) -> bool:
+        """``s`` was released with nobody waiting on its pool: if a pool under the same
+        cap has clients waiting for room, close ``s`` and open one for them."""
+        assert s.group is not None
+        for g in sharing(s.group, self.groups.values()):
+            for p in g.all_pools():
+                if p is s.pool or not p.waiters or g.removed:
+                    continue
+                if len(p.servers) < pool_limit(
+                    p, self.ctx.now, self.ctx.config.general.reserve_pool_timeout
+                ):
+                    self.close_server(s, wake=False)
+                    self.open_server(p)
+                    return True
+        return False
+
+    def _wake_capped(self, group: PoolGroup) -> None:
+        """A connection under a cap closed: pools waiting for room may open one."""
+        for g in sharing(group, self.groups.values()):
+            for p in g.all_pools():
+                if p.waiters and not p.opening:
+                    self.refill(p)
+
     def open_server(self, pool: Pool) -> ServerConn:
         self.ctx.next_sid += 1
         s = ServerConn(self.ctx.next_sid, pool, pool.address, self.ctx.now)
@@ -142,7 +200,7 @@ class Pools:
                 s, fatal("08001", f"timed out connecting to server {self.ctx.where(s)}")
             )
 
-    def close_server(self, s: ServerConn, *, send: bool = True) -> None:
+    def close_server(self, s: ServerConn, *, send: bool = True, wake: bool = True) -> None:
         if s.state is S_CLOSED:
             return
         if (
@@ -165,6 +223,8 @@ class Pools:
         s.queue.clear()
         if send:
             self.ctx.out.append(CloseServer(s.sid))
+        if wake and s.group is not None and s.purpose == P_POOL:
+            self._wake_capped(s.group)
         self.ctx.maybe_exit()
 
     def refill(self, pool: Pool) -> None:
@@ -174,7 +234,7 @@ class Pools:
         ):
             return
         if pool.waiters and len(pool.servers) < pool.group.user.pool_size:
-            self.open_server(pool)
+            self.grow(pool)
         elif not pool.group.removed:
             need = pool.group.user.min_pool_size - len(pool.servers)
             for _ in range(max(0, need)):
