@@ -133,3 +133,14 @@ def test_query_timeout(pg15: Cluster, tmp_path: pathlib.Path) -> None:
             assert info.value.sqlstate == "08P01"
         with connect(p) as conn:  # the pool serves the next client
             assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_client_idle_timeout(pg15: Cluster, tmp_path: pathlib.Path) -> None:
+    settings = "client_idle_timeout = 0.6\n"
+    with bouncer(pg15, tmp_path, settings) as p, connect(p) as idle, connect(p) as busy:
+        busy.execute("SELECT pg_sleep(1.2)")  # running, not idle: kept
+        assert busy.execute("SELECT 1").fetchone() == (1,)
+        with pytest.raises(psycopg.OperationalError) as info:
+            idle.execute("SELECT 1")
+        assert "client_idle_timeout" in str(info.value)
+        assert info.value.sqlstate == "08P01"

@@ -118,7 +118,7 @@ BOUNCER_KEYS: dict[str, BKey] = {
     "query_wait_timeout": BKey("time", "120"),
     "query_wait_notify": BKey("time", "5", _LATER),
     "cancel_wait_timeout": BKey("time", "10", _LATER),
-    "client_idle_timeout": BKey("time", "0", _LATER),
+    "client_idle_timeout": BKey("time", "0"),
     "idle_transaction_timeout": BKey("time", "0"),
     "transaction_timeout": BKey("time", "0", _LATER),
     "suspend_timeout": BKey("time", "10", "SUSPEND and online restart are not implemented"),

@@ -540,6 +540,7 @@ class _Builder:
             query_wait_timeout=b.ms("query_wait_timeout") or _FOREVER_MS,
             reserve_pool_timeout=b.ms("reserve_pool_timeout"),
             query_timeout=b.ms("query_timeout"),
+            client_idle_timeout=b.ms("client_idle_timeout"),
         )
 
     def _mode(self) -> int:

@@ -42,6 +42,7 @@ from ._control import Control
 from ._effects import Wakeup
 from ._errors import INTERNAL, ClientFatal, fatal
 from ._health import Health
+from ._idle import ClientIdle
 from ._leaving import Leaving
 from ._lending import Lending
 from ._login import Login
@@ -93,6 +94,7 @@ class Engine:
         # The parts, each given the parts below it that it calls (the DAG drawn in the
         # package docstring).
         self.stats = Stats(ctx)
+        self.client_idle = ClientIdle(ctx)
         self.pools = Pools(ctx)
         self.health = Health(ctx)
         self.shards = Shards(ctx, health=self.health)
@@ -219,11 +221,14 @@ class Engine:
     def client_connected(self, cid: int, peer: str, now: float) -> list[Effect]:
         self.ctx.now = now
         self.login.connected(Client(cid, peer, now))
+        self.client_idle.arm()
         return self.flush()
 
     def client_data(self, cid: int, data: bytes, now: float) -> list[Effect]:
         self.ctx.now = now
         c = self.ctx.clients.get(cid)
+        if c is not None:
+            c.active_at = now
         if c is None and self.metrics.serves(cid):
             self.metrics.http_data(cid, data)
         elif c is not None and c.state is not C_CLOSED:

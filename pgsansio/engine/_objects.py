@@ -96,6 +96,7 @@ class Prepared:
 
 class Client:
     __slots__ = (
+        "active_at",
         "admin",
         "aliases",
         "auth",
@@ -167,6 +168,7 @@ class Client:
         self.wait_deadline: float | None = None  # connect_timeout, while waiting
         self.checkout_failures = 0
         self.login_deadline = now
+        self.active_at = now  # when it last sent anything (client_idle_timeout)
         # Statistics (see _stats): where it counts, and when its query / transaction
         # started (None: none running).
         self.connected = now
