@@ -231,17 +231,38 @@ def test_run_pgbouncer_ini(pg15: Cluster, tmp_path: pathlib.Path) -> None:
         assert _current_db(p.port, "scram_user", "scram-secret", "alias2") == "postgres"
 
 
+def _cli(command: str, path: pathlib.Path) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "pgsansio", command, str(path)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
 def test_check_command(tmp_path: pathlib.Path) -> None:
     path = _write(
         tmp_path, "[databases]\na = host=x\n[pgbouncer]\nlisten_addr=*\nlogfile = /tmp/x.log\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-m", "pgsansio", "check", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    out = _cli("check", path)
     assert out.returncode == 0, out.stderr
     assert "[pgbouncer] logfile: not honoured" in out.stderr
     assert '[pools.a.shards.0]\ndatabase = "a"' in out.stdout
+
+
+def test_convert_round_trip(tmp_path: pathlib.Path) -> None:
+    """pgsansio convert: the TOML loads back (pgcat.toml reader) as the same config."""
+    scram = "SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy"
+    _write(tmp_path, f'"alice" "pw"\n"bob" "{scram}"\n"admin" "adm"\n', "userlist.txt")
+    ini = _write(
+        tmp_path,
+        "[databases]\nappdb = host=db1 port=6000 dbname=real user=app password=x pool_size=7\n"
+        "* = host=/var/run/postgresql max_db_connections=4\n"
+        "[pgbouncer]\nlisten_addr = 127.0.0.1\nauth_file = userlist.txt\nadmin_users = admin\n"
+        "query_timeout = 2\nreserve_pool_size = 2\nlogfile = /var/log/x.log\n",
+    )
+    out = _cli("convert", ini)
+    assert out.returncode == 0, out.stderr
+    assert "not carried over: " in out.stderr and "logfile" in out.stderr
+    toml = _write(tmp_path, out.stdout, "pgcat.toml")
+    back, original = load_config(toml), load_config(ini)
+    assert back.general == original.general
+    assert back.pools == original.pools
+    bad = _cli("convert", toml)
+    assert bad.returncode == 78 and "is not a pgbouncer.ini" in bad.stderr

@@ -662,6 +662,8 @@ class _Builder:
 
                 mode = self._pool_mode(uo["pool_mode"], u_error, "pool_mode")
             auth = self._auth_for(secret)
+            if secret is None and auth != "trust" and not b.text("auth_user"):
+                continue  # no secret to check, none to look up: cannot log in
             if (
                 auth == "scram-sha-256"
                 and secret is not None
