@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint types unit coverage corpus fuzz bench-core bench bench-profile clean demo soak
+.PHONY: test lint types unit coverage corpus fuzz bench-core bench bench-profile clean demo soak pgbouncer-compare
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ fuzz: $(STAMP)
 ## make soak SIM_SOAK=40: the long randomized simulation of the engine
 soak: $(STAMP)
 	$(PY) -m pytest -q -m soak tests/test_simulation.py
+
+## make pgbouncer-compare: the same pgbouncer.ini and client script against the real
+## PgBouncer and pgsansio, compared (errors, SQLSTATEs, console columns)
+pgbouncer-compare: $(STAMP)
+	$(PY) -m pytest -q -s -m pgbouncer_compare tests/test_pgbouncer_side_by_side.py
 
 ## make bench-core: pytest-benchmark figures for the protocol core
 bench-core: $(STAMP)

@@ -148,7 +148,7 @@ DB_KEYS: dict[str, str] = {
     "dbname": "",
     "user": "",
     "password": "",
-    "auth_user": "",
+    "auth_user": "per-database auth_user is not implemented; the [pgbouncer] one applies",
     "pool_size": "",
     "min_pool_size": "",
     "reserve_pool": "",
@@ -163,7 +163,7 @@ DB_KEYS: dict[str, str] = {
     "connect_query": _LATER,
     "application_name": _LATER,
     "auth_dbname": "auth_query runs in the client's database",
-    "auth_query": "",
+    "auth_query": "per-database auth_query is not implemented; the [pgbouncer] one applies",
     "load_balance_hosts": "only the first host is used",
 }
 """Keys of a [databases] connection string: "" if honoured, else why not."""

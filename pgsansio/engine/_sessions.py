@@ -224,7 +224,7 @@ class Sessions:
         self.pools.close_server(s)
         if s.pool is not None:
             self.pools.refill(s.pool)
-        self.ctx.drop_client(c, fatal("08P01", "query_timeout"))
+        self.ctx.drop_client(c, fatal("08P01", "query timeout"))  # PgBouncer's words
 
     def client_writable(self, c: Client, writable: bool) -> None:
         """Backpressure: a client that reads slowly stops its server being read."""
