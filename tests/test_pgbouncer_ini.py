@@ -266,3 +266,12 @@ def test_convert_round_trip(tmp_path: pathlib.Path) -> None:
     assert back.pools == original.pools
     bad = _cli("convert", toml)
     assert bad.returncode == 78 and "is not a pgbouncer.ini" in bad.stderr
+
+
+def test_docs_list_every_key() -> None:
+    """docs/pgbouncer.md has a row for every key PgBouncer has, with its status."""
+    from pgsansio.config._pgbouncer_keys import BOUNCER_KEYS, DB_KEYS, USER_KEYS
+
+    doc = (pathlib.Path(__file__).parent.parent / "docs" / "pgbouncer.md").read_text()
+    for key in [*BOUNCER_KEYS, *DB_KEYS, *USER_KEYS]:
+        assert f"| `{key}` |" in doc, key

@@ -605,7 +605,8 @@ class _Builder:
             return value
 
         hosts = [h for h in opts.get("host", "").split(",") if h]
-        host = hosts[0] if hosts else "/tmp"
+        # No host: PgBouncer connects through the Unix socket directory it listens in.
+        host = hosts[0] if hosts else (self.bouncer.text("unix_socket_dir") or "/tmp")
         if len(hosts) > 1:
             self.warn(where, f"several hosts: pgsansio uses the first one ({host})")
         port = num("port", 5432)
