@@ -275,3 +275,22 @@ def test_docs_list_every_key() -> None:
     doc = (pathlib.Path(__file__).parent.parent / "docs" / "pgbouncer.md").read_text()
     for key in [*BOUNCER_KEYS, *DB_KEYS, *USER_KEYS]:
         assert f"| `{key}` |" in doc, key
+
+
+def test_auth_user_looks_up_unlisted_users(pg15: Cluster, tmp_path: pathlib.Path) -> None:
+    """auth_user + auth_query: a user missing from auth_file logs in with the secret
+    the server holds (md5 hash or SCRAM verifier), as in PgBouncer."""
+    (tmp_path / "userlist.txt").write_text(f'"{pg15.superuser}" "unused-trust"\n')
+    ini = _write(
+        tmp_path,
+        f"[databases]\n{TEST_DATABASE} = host=127.0.0.1 port={pg15.port}\n"
+        "[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = 0\nunix_socket_dir =\n"
+        f"auth_file = userlist.txt\nauth_user = {pg15.superuser}\n"
+        "auth_query = SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename=$1\n",
+    )
+    with running(load_config(ini), config_path=str(ini)) as p:
+        assert _current_db(p.port, "md5_user", "md5-secret") == TEST_DATABASE
+        assert _current_db(p.port, "scram_user", "scram-secret") == TEST_DATABASE
+        for user, password in (("md5_user", "nope"), ("nobody_here", "x")):
+            with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+                _current_db(p.port, user, password)

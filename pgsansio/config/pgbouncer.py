@@ -37,9 +37,9 @@ key PgBouncer does not have is warned about as unknown. The status of each key i
 
 Where we differ from PgBouncer on purpose:
 
-* A client may only log in with a user named in ``auth_file`` or ``[users]`` (or the
-  database's forced user): PgBouncer's ``auth_query`` lookup of any other user is only
-  done for users listed in ``[users]`` without an ``auth_file`` secret.
+* With ``auth_user`` set, every pool also gets the user ``*``: any user not in
+  ``auth_file`` logs in with the secret ``auth_query`` finds, as in PgBouncer (the
+  engine makes that user's pool on first use).
 * ``statement`` pool mode runs as ``transaction``, with a warning.
 * Errors are raised for what PgBouncer would refuse to start with, naming the file,
   the line and the key; a few things PgBouncer logs and skips (a database entry it
@@ -638,6 +638,8 @@ class _Builder:
         names = dict.fromkeys([*self.userlist, *user_opts])
         if forced:
             names.setdefault(forced)
+        if b.text("auth_user"):
+            names.setdefault("*")  # any other user, looked up with auth_query
         if not names:
             self.warn(where, "no user can log in: auth_file and [users] name no user")
         users: dict[str, UserConfig] = {}

@@ -48,9 +48,10 @@ if TYPE_CHECKING:
 
     from ._context import Context
 
-__all__ = ["FALLBACK_POOL", "INTERNAL_QUERY_TIMEOUT", "Pools"]
+__all__ = ["ANY_USER", "FALLBACK_POOL", "INTERNAL_QUERY_TIMEOUT", "Pools"]
 
 FALLBACK_POOL = "*"  # PgBouncer's fallback database (see Pools.find_group)
+ANY_USER = "*"  # any user, looked up with auth_query (see Pools.find_group)
 
 SCRAM_PREFIX = "SCRAM-SHA-256$"  # a stored verifier: it logs in only by pass-through
 INTERNAL_QUERY_TIMEOUT = 10.0  # seconds for our own SET / ROLLBACK / DISCARD ALL
@@ -298,27 +299,39 @@ class Pools:
             self.prewarm(group)
 
     def find_group(self, database: str, username: str) -> PoolGroup | None:
-        """The group for (database, user), made from the ``*`` pool if there is one.
+        """The group for (database, user), made on first use from PgBouncer's fallbacks.
 
-        PgBouncer's fallback database: a pool named ``*`` serves every database name
-        that has no pool of its own, each as its own pool on a server database of the
-        same name (made on first use and kept; a reload rebuilds it lazily)."""
+        A pool named ``*`` serves every database name that has no pool of its own (each
+        as its own pool, on the server database of that name); a user named ``*`` in a
+        pool with ``auth_query`` stands for every user not listed, whose secret
+        auth_query looks up (PgBouncer's ``auth_user``). Made groups are kept; a reload
+        rebuilds them lazily."""
         group = self.groups.get((database, username))
-        if group is not None or database in ("pgcat", "pgbouncer"):
+        if group is not None or database in ("pgcat", "pgbouncer") or username == ANY_USER:
             return group
-        fallback = self.ctx.config.pools.get(FALLBACK_POOL)
-        if fallback is None or username not in fallback.users:
-            return None
-        shards = tuple(replace(shard, database=database) for shard in fallback.shards)
-        cfg = replace(fallback, name=database, shards=shards)
-        group = self.groups[(database, username)] = PoolGroup(cfg, fallback.users[username])
+        pools = self.ctx.config.pools
+        cfg = pools.get(database)
+        if cfg is None:
+            cfg = pools.get(FALLBACK_POOL)
+            if cfg is None:
+                return None
+            shards = tuple(replace(shard, database=database) for shard in cfg.shards)
+            cfg = replace(cfg, name=database, shards=shards)
+        user = cfg.users.get(username)
+        if user is None:
+            template = cfg.users.get(ANY_USER) if cfg.auth_query else None
+            if template is None:
+                return None
+            user = replace(template, username=username)
+        group = self.groups[(database, username)] = PoolGroup(cfg, user)
         return group
 
     def build_groups(self, config: Config) -> None:
         self.groups = {}
         for pool_cfg in config.pools.values():
             for user in pool_cfg.users.values():
-                self.groups[(pool_cfg.name, user.username)] = PoolGroup(pool_cfg, user)
+                if user.username != ANY_USER:  # a template (see find_group)
+                    self.groups[(pool_cfg.name, user.username)] = PoolGroup(pool_cfg, user)
 
     def internal_query(self, s: ServerConn, sql: str, tag: str) -> None:
         server_to(s, ServerInput.QUERIED)
