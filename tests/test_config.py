@@ -265,6 +265,8 @@ GENERAL_DEFAULTS: dict[str, Any] = {
     "reserve_pool_timeout": 5000,
     "query_timeout": 0,
     "client_idle_timeout": 0,
+    "admin_users": (),
+    "stats_users": (),
 }
 
 POOL_DEFAULTS: dict[str, Any] = {

@@ -102,10 +102,16 @@ def test_every_unhonoured_key_is_warned_by_name(tmp_path: pathlib.Path) -> None:
         tmp_path,
         "[databases]\nappdb = host=x connect_query='SELECT 1' bogus=1\n"
         "[pgbouncer]\nlisten_addr = 127.0.0.1\nlogfile = /var/log/p.log\nso_reuseport = 1\n"
-        "transaction_timeout = 30\nmisspelt_key = 3\nstats_users = mon\n",
+        "transaction_timeout = 30\nmisspelt_key = 3\nserver_fast_close = 1\n",
     )
     warnings = "\n".join(load_config(path).warnings)
-    for name in ("logfile", "so_reuseport", "transaction_timeout", "connect_query", "stats_users"):
+    for name in (
+        "logfile",
+        "so_reuseport",
+        "transaction_timeout",
+        "connect_query",
+        "server_fast_close",
+    ):
         assert f"{name}" in warnings, name
     assert "misspelt_key: unknown key" in warnings
     assert "unknown setting bogus" in warnings
@@ -294,3 +300,41 @@ def test_auth_user_looks_up_unlisted_users(pg15: Cluster, tmp_path: pathlib.Path
         for user, password in (("md5_user", "nope"), ("nobody_here", "x")):
             with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
                 _current_db(p.port, user, password)
+
+
+def test_admin_users_and_stats_users(pg15: Cluster, tmp_path: pathlib.Path) -> None:
+    """admin_users may do everything, stats_users only read, with auth_file passwords."""
+    (tmp_path / "userlist.txt").write_text(
+        '"boss" "boss-pw"\n"ops" "ops-pw"\n"mon" "mon-pw"\n"md5_user" "md5-secret"\n'
+    )
+    ini = _write(
+        tmp_path,
+        f"[databases]\n{TEST_DATABASE} = host=127.0.0.1 port={pg15.port}\n"
+        "[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = 0\nunix_socket_dir =\n"
+        "auth_file = userlist.txt\nadmin_users = boss, ops\nstats_users = mon\n",
+    )
+    with running(load_config(ini), config_path=str(ini)) as p:
+        for user, password in (("boss", "boss-pw"), ("ops", "ops-pw")):
+            with psycopg.connect(_dsn(p.port, user, password, "pgbouncer"), autocommit=True) as a:
+                a.execute("RELOAD")
+        with psycopg.connect(_dsn(p.port, "mon", "mon-pw", "pgbouncer"), autocommit=True) as m:
+            assert m.execute("SHOW POOLS").fetchall()
+            with pytest.raises(psycopg.Error, match="admin access needed") as info:
+                m.execute("RELOAD")
+            assert info.value.sqlstate == "42501"
+        for user, password in (("mon", "wrong"), ("md5_user", "md5-secret")):
+            with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+                psycopg.connect(_dsn(p.port, user, password, "pgbouncer")).close()
+
+
+def test_console_user_lists_in_pgcat_toml() -> None:
+    from pgsansio.config import parse_config
+
+    base = (
+        '[general]\nadmin_username = "a"\nadmin_password = "b"\n{}\n'
+        '[pools.db.users.0]\nusername = "u"\npassword = "p"\npool_size = 1\n'
+        '[pools.db.shards.0]\ndatabase = "db"\nservers = [["127.0.0.1", 5432, "primary"]]\n'
+    )
+    assert parse_config(base.format('stats_users = ["u"]')).general.stats_users == ("u",)
+    with pytest.raises(ConfigError, match=r"general\.stats_users: must be an array of user names"):
+        parse_config(base.format('stats_users = "u"'))

@@ -20,7 +20,7 @@ _U32_MAX = 2**32 - 1
 class _Key:
     """How one scalar key is checked; the messages are built from these fields."""
 
-    kind: str  # "str" | "bool" | "uint" | "posint" | "port" | "enum"
+    kind: str  # "str" | "bool" | "uint" | "posint" | "port" | "enum" | "strlist"
     unit: str = ""  # shown in messages, e.g. "milliseconds"
     maximum: int | None = None
     minimum_port: int = 1
@@ -107,6 +107,8 @@ _GENERAL_KEYS: dict[str, _Key] = {
     "reserve_pool_timeout": _Key("uint", _MS),
     "query_timeout": _Key("uint", _MS),
     "client_idle_timeout": _Key("uint", _MS),
+    "admin_users": _Key("strlist"),
+    "stats_users": _Key("strlist"),
 }
 
 _POOL_KEYS: dict[str, _Key] = {

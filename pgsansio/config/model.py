@@ -84,6 +84,10 @@ class General:
     reserve_pool_timeout: int = 5000
     query_timeout: int = 0
     client_idle_timeout: int = 0
+    # Console users besides admin_username (PgBouncer's lists; their passwords are
+    # their pool users' ones): admin_users may do everything, stats_users only SHOW.
+    admin_users: tuple[str, ...] = ()
+    stats_users: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -461,16 +461,6 @@ class _Builder:
                 )
         admins = b.items("admin_users")
         admin = admins[0] if admins else ""
-        if len(admins) > 1:
-            self.warn(
-                _where(b.entries["admin_users"], "pgbouncer", "admin_users"),
-                f"only the first admin user ({admin}) can use the console",
-            )
-        if b.items("stats_users"):
-            self.warn(
-                _where(b.entries["stats_users"], "pgbouncer", "stats_users"),
-                "stats_users are not implemented: only the admin user can use the console",
-            )
         tls_mode = b.choice(
             "client_tls_sslmode",
             ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
@@ -541,6 +531,8 @@ class _Builder:
             reserve_pool_timeout=b.ms("reserve_pool_timeout"),
             query_timeout=b.ms("query_timeout"),
             client_idle_timeout=b.ms("client_idle_timeout"),
+            admin_users=tuple(admins),
+            stats_users=tuple(b.items("stats_users")),
         )
 
     def _mode(self) -> int:

@@ -192,6 +192,9 @@ class Admin:
                     "42704", f'unknown {command} item "{args[0]}"; SHOW HELP lists them'
                 )
             return None
+        if c.stats_only and command != "SET":
+            # PgBouncer's stats_users: read, never act (its words).
+            raise AdminError("42501", "admin access needed")
         if command == "SET":
             return "SET"
         if command == "SHUTDOWN":

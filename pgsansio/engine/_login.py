@@ -74,6 +74,8 @@ from ._states import (
 )
 
 if TYPE_CHECKING:
+    from pgsansio.config.model import UserConfig
+
     from ._context import Context
     from ._lending import Lending
     from ._pooling import Pools
@@ -209,7 +211,11 @@ class Login:
         if c.admin:
             if self._peer_admin(c):
                 return "trust"
-            return self.ctx.config.general.admin_auth_type
+            console = self._console_user(c)
+            if console is not None:
+                return console.auth_type
+            method: str = self.ctx.config.general.admin_auth_type
+            return method
         # Unknown user or database: the method most users here have, so that the
         # challenge itself says nothing about who exists.
         methods = [u.auth_type for p in self.ctx.config.pools.values() for u in p.users.values()]
@@ -221,7 +227,8 @@ class Login:
         if c.admin:
             general = self.ctx.config.general
             if c.username != general.admin_username:
-                return None
+                console = self._console_user(c)
+                return console.password if console is not None else None
             return general.admin_password or None
         if c.user is None:
             return None
@@ -633,6 +640,21 @@ class Login:
         for c in waiters:
             self.ctx.drop_client(c, error)
 
+    def _console_user(self, c: Client) -> UserConfig | None:
+        """A user of ``admin_users``/``stats_users`` (other than admin_username), with
+        the secret and method it has in the pools, as PgBouncer takes them from its
+        auth_file."""
+        general = self.ctx.config.general
+        if c.username == general.admin_username or (
+            c.username not in general.admin_users and c.username not in general.stats_users
+        ):
+            return None
+        for pool in self.ctx.config.pools.values():
+            user = pool.users.get(c.username)
+            if user is not None:
+                return user
+        return None
+
     def _peer_admin(self, c: Client) -> bool:
         return c.peer == UNIX_OWNER_PEER and (
             c.username == "pgbouncer" or not self.ctx.config.general.admin_username
@@ -640,12 +662,19 @@ class Login:
 
     def admin_welcome(self, c: Client) -> None:
         general = self.ctx.config.general
-        allowed = general.admin_username and c.username == general.admin_username
+        named = c.username in general.admin_users or c.username in general.stats_users
+        allowed = (general.admin_username and c.username == general.admin_username) or named
         if not allowed and not self._peer_admin(c):
             self.ctx.drop_client(
                 c, fatal("28P01", f'password authentication failed for user "{c.username}"')
             )
             return
+        c.stats_only = (
+            c.username in general.stats_users
+            and c.username not in general.admin_users
+            and c.username != general.admin_username
+            and not self._peer_admin(c)
+        )
         self.ctx.send_client(c, AuthenticationOk())
         for name, value in (
             ("server_version", f"pgsansio {__version__}"),

@@ -123,6 +123,7 @@ class Client:
         "shard",
         "state",
         "stats",
+        "stats_only",
         "sync_key",
         "tls",
         "tried",
@@ -146,6 +147,7 @@ class Client:
         self.group: PoolGroup | None = None
         self.pool: Pool | None = None  # the address pool it waits on or holds a server of
         self.admin = False
+        self.stats_only = False  # a console user of stats_users: SHOW only
         self.blocked = False  # its socket's send buffer is full: don't read its server
         self.tls = False  # the frontend completed a TLS handshake with it
         self.auth: tuple[str, bytes | ScramServer | None] | None = None
