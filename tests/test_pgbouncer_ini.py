@@ -10,6 +10,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import psycopg
@@ -338,3 +339,34 @@ def test_console_user_lists_in_pgcat_toml() -> None:
     assert parse_config(base.format('stats_users = ["u"]')).general.stats_users == ("u",)
     with pytest.raises(ConfigError, match=r"general\.stats_users: must be an array of user names"):
         parse_config(base.format('stats_users = "u"'))
+
+
+def test_console_parity_views_and_wait_close(pg15: Cluster, tmp_path: pathlib.Path) -> None:
+    """PgBouncer's remaining views answer with its columns; WAIT_CLOSE returns once the
+    servers a RECONNECT marked are closed (at the client's release, here)."""
+    (tmp_path / "userlist.txt").write_text('"admin" "admin-pw"\n"md5_user" "md5-secret"\n')
+    (tmp_path / "more.ini").write_text("")
+    ini = _write(tmp_path, _ini(pg15))
+    with running(load_config(ini), config_path=str(ini)) as p:
+        console = psycopg.connect(_dsn(p.port, "admin", "admin-pw", "pgbouncer"), autocommit=True)
+        with console, psycopg.connect(_dsn(p.port, "md5_user", "md5-secret")) as app:
+            app.execute("SELECT 1")  # a transaction: the server stays linked
+            sockets = console.execute("SHOW SOCKETS")
+            names = [d.name for d in sockets.description or ()]
+            assert names[:3] == ["type", "user", "database"] and names[-1] == "send_avail"
+            assert {row[0] for row in sockets.fetchall()} == {"C", "S"}
+            for view, first in (("FDS", "fd"), ("MEM", "name"), ("DNS_HOSTS", "hostname")):
+                cur = console.execute(f"SHOW {view}")
+                assert cur.description is not None and cur.description[0].name == first
+                assert cur.fetchall() == []
+            console.execute(f"RECONNECT {TEST_DATABASE}")
+            done: list[bool] = []
+            waiter = threading.Thread(
+                target=lambda: done.append(bool(console.execute("WAIT_CLOSE")))
+            )
+            waiter.start()
+            time.sleep(0.3)
+            assert not done  # the linked server is still open
+            app.commit()  # released: it closes, as RECONNECT asked
+            waiter.join(10)
+            assert done == [True]

@@ -187,6 +187,8 @@ class Admin:
                     "42601", f"{command} takes one item, e.g. {command} POOLS (SHOW HELP)"
                 )
             item = args[0].upper()
+            if item == "FDS" and c.stats_only:
+                raise AdminError("42501", "admin access needed")
             if not self.show.run(item, c):
                 raise AdminError(
                     "42704", f'unknown {command} item "{args[0]}"; SHOW HELP lists them'
@@ -270,6 +272,12 @@ class Admin:
         self.control.reconnect(self._one_db(command, args, required=False))
         return "RECONNECT"
 
+    def _cmd_wait_close(self, c: Client, command: str, args: list[str]) -> str | None:
+        db = self._one_db(command, args, required=False)
+        self.control.busy.add(c.cid)
+        self.control.wait_close(db, c)
+        return None
+
     def _cmd_kill(self, c: Client, command: str, args: list[str]) -> str | None:
         db = self._one_db(command, args, required=False)
         self.ctx.log(logging.WARNING, f"KILL {db or '(every database)'} from the admin console")
@@ -340,6 +348,7 @@ class Admin:
         "DISABLE": _cmd_disable,
         "ENABLE": _cmd_disable,
         "RECONNECT": _cmd_reconnect,
+        "WAIT_CLOSE": _cmd_wait_close,
         "KILL": _cmd_kill,
         "KILL_CLIENT": _cmd_kill_client,
         "BAN": _cmd_ban,
