@@ -96,7 +96,8 @@ class Pools:
             if c.state is not C_CLOSED:
                 self.ctx.link(c, s)
                 return
-        if self._hand_over(s):
+        limited = s.group.cfg.max_db_connections or s.group.user.max_user_connections
+        if limited and self._hand_over(s):
             return
         server_to(s, SI_IDLED)
         pool.idle.append(s)
