@@ -370,3 +370,36 @@ def test_console_parity_views_and_wait_close(pg15: Cluster, tmp_path: pathlib.Pa
             app.commit()  # released: it closes, as RECONNECT asked
             waiter.join(10)
             assert done == [True]
+
+
+def test_console_set_applies_like_reload(pg15: Cluster, tmp_path: pathlib.Path) -> None:
+    """SET key = value on the console changes the running setting (PgBouncer's names and
+    seconds); settings resolved into the pools need the file and RELOAD; what is not a
+    pooler setting (a driver's session setup) is accepted and ignored."""
+    (tmp_path / "userlist.txt").write_text(
+        '"admin" "admin-pw"\n"mon" "mon-pw"\n"md5_user" "md5-secret"\n'
+    )
+    (tmp_path / "more.ini").write_text("")
+    ini = _write(tmp_path, _ini(pg15) + "stats_users = mon\n")
+    with running(load_config(ini), config_path=str(ini)) as p:
+        admin_dsn = _dsn(p.port, "admin", "admin-pw", "pgbouncer")
+        with psycopg.connect(admin_dsn, autocommit=True) as console:
+            console.execute("SET query_timeout = 0.5")
+            console.execute("SET application_name = 'psql'")  # ignored, as before
+            rows = {r[0]: r[1] for r in console.execute("SHOW CONFIG").fetchall()}
+            assert rows["query_timeout"] == "500"
+            with pytest.raises(psycopg.Error, match="change it in the file and RELOAD") as info:
+                console.execute("SET default_pool_size = 5")
+            assert info.value.sqlstate == "55P02"
+            with pytest.raises(psycopg.Error, match="must be a number"):
+                console.execute("SET query_timeout TO 'soon'")
+        app = psycopg.connect(_dsn(p.port, "md5_user", "md5-secret"), autocommit=True)
+        with app, pytest.raises(psycopg.OperationalError, match="query timeout"):
+            app.execute("SELECT pg_sleep(3)")
+        mon = psycopg.connect(_dsn(p.port, "mon", "mon-pw", "pgbouncer"), autocommit=True)
+        with mon, pytest.raises(psycopg.Error, match="admin access needed"):
+            mon.execute("SET query_timeout = 0")
+        with psycopg.connect(admin_dsn, autocommit=True) as console:
+            console.execute("RELOAD")  # the file again: no query_timeout
+            rows = {r[0]: r[1] for r in console.execute("SHOW CONFIG").fetchall()}
+            assert rows["query_timeout"] == "0"

@@ -155,6 +155,7 @@ class Engine:
             leaving=self.leaving,
             show=self.show,
             control=self.control,
+            reconfigure=self._reconfigure,
         )
         self._signals = Signals()
         ctx.drop_client = self.leaving.drop_client
@@ -371,6 +372,13 @@ class Engine:
         ``close_needed``); clients keep their connections.
         """
         self.ctx.now = now
+        self._reconfigure(config)
+        self.ctx.log(logging.INFO, f"configuration reloaded from {config.path}")
+        self.control.reload_answer(None)
+        return self.flush()
+
+    def _reconfigure(self, config: Config) -> None:
+        """Run on ``config`` from now on (a RELOAD, or the console's SET)."""
         for warning in listen_changes(self.ctx.config.general, config.general):
             self.ctx.log(logging.WARNING, warning)
         self.ctx.config = config
@@ -378,9 +386,6 @@ class Engine:
         self.pools.reload(config)
         self.probes.start_probes()
         self._warn_unimplemented(config)
-        self.ctx.log(logging.INFO, f"configuration reloaded from {config.path}")
-        self.control.reload_answer(None)
-        return self.flush()
 
     def shutdown(self, now: float, *, wait_for_clients: bool = False) -> list[Effect]:
         """Drain and Exit (SIGINT); or, ``wait_for_clients`` (SIGTERM), refuse new
