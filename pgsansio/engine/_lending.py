@@ -151,28 +151,32 @@ class Lending:
         c.waiting_since = self.ctx.now
         c.wait_gen += 1
         pool.waiters.append(c)
-        if not self.pools.grow(pool) and group.cfg.reserve_pool_size and len(pool.waiters) == 1:
+        if not self.pools.grow(pool) and group.cfg.reserve_pool_size:
             self._reserve_at(pool)
         wait = self.ctx.config.general.query_wait_timeout or group.user.connect_timeout
         self._wait_until(c, self.ctx.now + wait / 1000)
 
-    def _reserve_at(self, pool: Pool) -> None:
-        """Look at ``pool`` again when its first waiter may take a reserve connection."""
+    def _reserve_at(self, pool: Pool, *, again: bool = False) -> None:
+        """Look at ``pool`` again when its first waiter may take a reserve connection
+        (``again``: one more reserve_pool_timeout from now, after one was taken or
+        while one is being opened, so at most one is opened per timeout)."""
         timeout = self.ctx.config.general.reserve_pool_timeout / 1000
-        if pool.waiters and timeout and pool.waiters[0].waiting_since is not None:
-            due = max(pool.waiters[0].waiting_since + timeout, self.ctx.now + 0.001)
-            self.ctx.at(due, lambda: self._reserve(pool))
+        first = pool.waiters[0].waiting_since if pool.waiters else None
+        if not timeout or first is None or (pool.reserve_at is not None and not again):
+            return  # off, nobody waits, or already armed (one timer per pool)
+        due = self.ctx.now + timeout if again else max(first + timeout, self.ctx.now)
+        pool.reserve_at = due
+        self.ctx.at(due, lambda: self._reserve(pool))
 
     def _reserve(self, pool: Pool) -> None:
-        if not pool.waiters or pool.group.removed or pool.opening:
-            if pool.waiters and not pool.group.removed:
-                self._reserve_at(pool)
+        pool.reserve_at = None
+        if not pool.waiters or pool.group.removed:
             return
         if self.ctx.life.pausing and pool.group.name in self.ctx.life.paused:
             return
-        self.pools.grow(pool)
-        if pool.waiters:
-            self._reserve_at(pool)
+        if not pool.opening:
+            self.pools.grow(pool)
+        self._reserve_at(pool, again=True)
 
     def _wait_until(self, c: Client, deadline: float) -> None:
         """``c`` now waits in ``c.pool.waiters`` until ``deadline`` (connect_timeout).

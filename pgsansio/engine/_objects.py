@@ -256,7 +256,17 @@ class ServerConn:
 class Pool:
     """The server connections of one (pool, user, shard, address), as PgCat keys them."""
 
-    __slots__ = ("address", "group", "idle", "opening", "reap_at", "servers", "shard", "waiters")
+    __slots__ = (
+        "address",
+        "group",
+        "idle",
+        "opening",
+        "reap_at",
+        "reserve_at",
+        "servers",
+        "shard",
+        "waiters",
+    )
 
     def __init__(self, group: PoolGroup, shard: int, address: ServerAddress) -> None:
         self.group = group
@@ -267,6 +277,7 @@ class Pool:
         self.waiters: deque[Client] = deque()
         self.opening = 0
         self.reap_at: float | None = None  # when the reaper next looks at idle servers
+        self.reserve_at: float | None = None  # when the reserve pool is next looked at
 
     @property
     def busy(self) -> int:
