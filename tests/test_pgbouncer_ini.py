@@ -403,3 +403,19 @@ def test_console_set_applies_like_reload(pg15: Cluster, tmp_path: pathlib.Path) 
             console.execute("RELOAD")  # the file again: no query_timeout
             rows = {r[0]: r[1] for r in console.execute("SHOW CONFIG").fetchall()}
             assert rows["query_timeout"] == "0"
+
+
+def test_users_section_checked_once(tmp_path: pathlib.Path) -> None:
+    _write(tmp_path, '"alice" "pw"\n', "userlist.txt")
+    text = (
+        "[databases]\na = host=x\nb = host=y\n[users]\nalice = pool_mode=statement pool_size={}\n"
+        "[pgbouncer]\nlisten_addr = 127.0.0.1\nauth_file = userlist.txt\n"
+    )
+    config = load_config(_write(tmp_path, text.format(3)))
+    assert [w for w in config.warnings if "statement pooling" in w] == [
+        f"{tmp_path / 'pgbouncer.ini'}:5: [users] alice: statement pooling is not implemented; "
+        "transaction pooling is used"
+    ]
+    assert config.pools["b"].users["alice"].pool_size == 3
+    with pytest.raises(ConfigError, match=r":5: \[users\] alice: pool_size must be an integer"):
+        load_config(_write(tmp_path, text.format("many")))

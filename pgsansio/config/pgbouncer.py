@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pgsansio.config._pgbouncer_keys import BOUNCER_KEYS, DB_KEYS, USER_KEYS
@@ -343,6 +342,20 @@ def _where(e: _Entry, section: str, key: str) -> str:
     return f"{e.path}:{e.line}: [{section}] {key}"
 
 
+def _opt_int(opts: dict[str, str], key: str, e: _Entry, where: str) -> int | None:
+    """An integer setting of a [databases]/[users] entry, 0 or more; None if absent."""
+    if key not in opts:
+        return None
+    try:
+        value = int(opts[key])
+    except ValueError:
+        value = -1
+    if value < 0:
+        problem = f"{key} must be an integer, 0 or more, got {opts[key]!r}"
+        raise ConfigError(e.path, where, problem, line=e.line)
+    return value
+
+
 # --------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------
@@ -396,7 +409,9 @@ class _Builder:
                 "any lets only the users named in auth_file or [users] in, without a password",
             )
         self.userlist = self._userlist()
-        self.pool_mode = self._pool_mode(b.raw("pool_mode"), b.error, "pool_mode")
+        self.pool_mode = self._pool_mode(
+            b.raw("pool_mode"), b.entries.get("pool_mode"), "[pgbouncer] pool_mode"
+        )
         general = self._general()
         user_opts = self._users_section()
         pools: dict[str, PoolConfig] = {}
@@ -431,15 +446,18 @@ class _Builder:
         self.auth_file = target
         return parse_userlist(_read_text(target, "auth_file"), target)
 
-    def _pool_mode(self, value: str, error: Callable[[str, str], ConfigError], key: str) -> str:
+    def _pool_mode(self, value: str, e: _Entry | None, where: str) -> str:
+        """A pool_mode value (``where`` is "[section] name" for messages)."""
         mode = value.strip().lower()
         if mode == "statement":
-            self.warnings.append(
-                f"{key}: statement pooling is not implemented; transaction pooling is used"
-            )
+            at = f"{e.path}:{e.line}: {where}" if e is not None else where
+            self.warn(at, "statement pooling is not implemented; transaction pooling is used")
             return "transaction"
         if mode not in ("session", "transaction"):
-            raise error(key, f"must be session, transaction or statement, got {value!r}")
+            problem = f"pool_mode must be session, transaction or statement, got {value!r}"
+            if e is None:
+                raise ConfigError(self.path, where, problem)
+            raise ConfigError(e.path, where, problem, line=e.line)
         return mode
 
     def _general(self) -> General:
@@ -555,20 +573,31 @@ class _Builder:
             return "scram-sha-256"
         return "md5"
 
-    def _users_section(self) -> dict[str, dict[str, str]]:
-        out: dict[str, dict[str, str]] = {}
+    def _users_section(self) -> dict[str, dict[str, str | int]]:
+        """Each [users] entry's settings, checked once (not once per database)."""
+        out: dict[str, dict[str, str | int]] = {}
         for name, e in self.ini.sections.get("users", {}).items():
-            opts = parse_connstr(e.value, e.path, e.line, f"[users] {name}")
+            where = f"[users] {name}"
+            opts = parse_connstr(e.value, e.path, e.line, where)
             for key in opts:
                 why = USER_KEYS.get(key)
                 if why is None:
                     self.warn(_where(e, "users", name), f"unknown setting {key}, ignored")
                 elif why:
                     self.warn(_where(e, "users", name), f"{key} is not honoured ({why})")
-            out[name] = opts
+            typed: dict[str, str | int] = {}
+            for key in ("pool_size", "max_user_connections"):
+                value = _opt_int(opts, key, e, where)
+                if value is not None:
+                    typed[key] = value
+            if "pool_mode" in opts:
+                typed["pool_mode"] = self._pool_mode(opts["pool_mode"], e, where)
+            out[name] = typed
         return out
 
-    def _pool(self, name: str, e: _Entry, user_opts: dict[str, dict[str, str]]) -> PoolConfig:
+    def _pool(
+        self, name: str, e: _Entry, user_opts: dict[str, dict[str, str | int]]
+    ) -> PoolConfig:
         where = _where(e, "databases", name)
         opts = parse_connstr(e.value, e.path, e.line, f"[databases] {name}")
         for key in opts:
@@ -579,22 +608,8 @@ class _Builder:
                 self.warn(where, f"{key} is not honoured ({why})")
 
         def num(key: str, default: int) -> int:
-            if key not in opts:
-                return default
-            try:
-                value = int(opts[key])
-            except ValueError:
-                raise ConfigError(
-                    e.path,
-                    f"[databases] {name}",
-                    f"{key} must be an integer, got {opts[key]!r}",
-                    line=e.line,
-                ) from None
-            if value < 0:
-                raise ConfigError(
-                    e.path, f"[databases] {name}", f"{key} must be 0 or more", line=e.line
-                )
-            return value
+            value = _opt_int(opts, key, e, f"[databases] {name}")
+            return default if value is None else value
 
         hosts = [h for h in opts.get("host", "").split(",") if h]
         # No host: PgBouncer connects through the Unix socket directory it listens in.
@@ -618,11 +633,7 @@ class _Builder:
             lifetime = num("server_lifetime", 0) * 1000
         db_mode = self.pool_mode
         if "pool_mode" in opts:
-
-            def db_error(key: str, problem: str) -> ConfigError:
-                return ConfigError(e.path, f"[databases] {name}", f"{key} {problem}", line=e.line)
-
-            db_mode = self._pool_mode(opts["pool_mode"], db_error, "pool_mode")
+            db_mode = self._pool_mode(opts["pool_mode"], e, f"[databases] {name}")
         forced = opts.get("user")
         forced_password = opts.get("password") or (self.userlist.get(forced) if forced else None)
         if "password" in opts and not forced:
@@ -638,24 +649,11 @@ class _Builder:
         for user in names:
             uo = user_opts.get(user, {})
             secret = self.userlist.get(user)
-            size = pool_size
-            if "pool_size" in uo:
-                size = int(uo["pool_size"]) if uo["pool_size"].isdigit() else size
+            size = int(uo.get("pool_size", pool_size))
             if size == 0:
                 size = 10000  # PgBouncer 1.24: 0 means no limit
-            max_user = b.integer("max_user_connections")
-            if uo.get("max_user_connections", "").isdigit():
-                max_user = int(uo["max_user_connections"])
-            mode = db_mode
-            if "pool_mode" in uo:
-
-                def u_error(key: str, problem: str, user: str = user) -> ConfigError:
-                    entry = self.ini.sections["users"][user]
-                    return ConfigError(
-                        entry.path, f"[users] {user}", f"{key} {problem}", line=entry.line
-                    )
-
-                mode = self._pool_mode(uo["pool_mode"], u_error, "pool_mode")
+            max_user = int(uo.get("max_user_connections", b.integer("max_user_connections")))
+            mode = str(uo.get("pool_mode", db_mode))
             auth = self._auth_for(secret)
             if secret is None and auth != "trust" and not b.text("auth_user"):
                 continue  # no secret to check, none to look up: cannot log in
