@@ -50,8 +50,15 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
 
+from pgsansio.config._ini import (
+    Entry,
+    Ini,
+    parse_connstr,
+    parse_ini,
+    parse_userlist,
+    read_text,
+)
 from pgsansio.config._pgbouncer_keys import BOUNCER_KEYS, DB_KEYS, USER_KEYS
 from pgsansio.config.errors import ConfigError
 from pgsansio.config.model import (
@@ -63,11 +70,15 @@ from pgsansio.config.model import (
     UserConfig,
 )
 
-__all__ = ["is_pgbouncer_ini", "load_pgbouncer", "parse_pgbouncer"]
+__all__ = [
+    "is_pgbouncer_ini",
+    "load_pgbouncer",
+    "parse_connstr",
+    "parse_pgbouncer",
+    "parse_userlist",
+]
 
-_SECTIONS = ("databases", "users", "pgbouncer", "peers")
 _SECTION_LINE = re.compile(r"^\s*\[\s*([A-Za-z_]+)\s*\]\s*$", re.MULTILINE)
-_INCLUDE_DEPTH = 10  # PgBouncer's own limit on nested %include
 _TIME = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)\s*(us|ms|s|min|h|d)?\s*$")
 _TIME_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 _TRUE = ("1", "yes", "on", "true")
@@ -92,191 +103,6 @@ def is_pgbouncer_ini(text: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------
-# The ini syntax
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Entry:
-    value: str
-    path: str
-    line: int
-
-
-@dataclass
-class _Ini:
-    """The sections read so far (later values win, as in PgBouncer), and warnings."""
-
-    sections: dict[str, dict[str, _Entry]] = field(default_factory=dict)
-    order: dict[str, list[str]] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-
-
-def _read_text(path: str, what: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise ConfigError(path, None, f"cannot read the {what}: no such file") from None
-    except IsADirectoryError:
-        raise ConfigError(path, None, f"is a directory, not the {what}") from None
-    except OSError as e:
-        raise ConfigError(path, None, f"cannot read the {what} ({e.strerror or e})") from None
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise ConfigError(
-            path, None, f"not UTF-8 text (byte 0x{raw[e.start]:02x})", line=line
-        ) from None
-
-
-def _unquote(text: str, path: str, line: int) -> tuple[str, str]:
-    """Split a leading quoted string off ``text``: (its value, the rest)."""
-    quote = text[0]
-    out: list[str] = []
-    i = 1
-    while i < len(text):
-        ch = text[i]
-        if ch == quote:
-            if text[i + 1 : i + 2] == quote:  # a doubled quote stands for itself
-                out.append(quote)
-                i += 2
-                continue
-            return "".join(out), text[i + 1 :]
-        out.append(ch)
-        i += 1
-    raise ConfigError(path, None, f"unterminated {quote} quote", line=line)
-
-
-def _parse_ini(ini: _Ini, text: str, path: str, section: str | None, depth: int) -> str | None:
-    """Add the lines of one file to ``ini``; return the section open at its end."""
-    for n, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line[0] in ";#":
-            continue
-        if line.startswith("%include"):
-            name = line[len("%include") :].strip()
-            if not name:
-                raise ConfigError(path, None, "%include needs a file name", line=n)
-            if depth >= _INCLUDE_DEPTH:
-                raise ConfigError(
-                    path, None, f"%include nested more than {_INCLUDE_DEPTH} deep", line=n
-                )
-            target = name
-            if not os.path.isabs(name) and not os.path.exists(name):
-                beside = os.path.join(os.path.dirname(path), name)
-                if os.path.exists(beside):
-                    target = beside
-            section = _parse_ini(
-                ini, _read_text(target, "included file"), target, section, depth + 1
-            )
-            continue
-        if line.startswith("["):
-            if not line.endswith("]"):
-                raise ConfigError(path, None, f"a section header must end with ]: {line}", line=n)
-            section = line[1:-1].strip().lower()
-            if section not in _SECTIONS:
-                ini.warnings.append(
-                    f"{path}:{n}: [{section}]: unknown section, ignored (PgBouncer's are "
-                    "[databases], [users], [pgbouncer] and [peers])"
-                )
-            ini.sections.setdefault(section, {})
-            ini.order.setdefault(section, [])
-            continue
-        if line[0] in "\"'":
-            key, rest = _unquote(line, path, n)
-        else:
-            key, sep, rest = line.partition("=")
-            if not sep:
-                raise ConfigError(
-                    path, None, f"expected key = value, a [section] or %include: {line}", line=n
-                )
-            rest = "=" + rest
-            key = key.strip()
-        rest = rest.strip()
-        if not rest.startswith("="):
-            raise ConfigError(path, key, "expected = after the key", line=n)
-        value = rest[1:].strip()
-        if value and value[0] in "\"'":
-            value, tail = _unquote(value, path, n)
-            if tail.strip():
-                raise ConfigError(path, key, "text after the closing quote", line=n)
-        if section is None:
-            raise ConfigError(path, key, "appears before any [section] header", line=n)
-        if section != "databases":
-            key = key.lower()
-        entries = ini.sections[section]
-        if key not in entries:
-            ini.order[section].append(key)
-        entries[key] = _Entry(value, path, n)
-    return section
-
-
-def parse_connstr(text: str, path: str, line: int, key: str) -> dict[str, str]:
-    """``host=x port=5432 dbname='my db'`` -> a dict (libpq's keyword/value syntax)."""
-    out: dict[str, str] = {}
-    rest = text.strip()
-    while rest:
-        name, sep, after = rest.partition("=")
-        name = name.strip()
-        if not sep or not name or any(c.isspace() for c in name):
-            raise ConfigError(
-                path, key, f"expected name=value in the connection string, at {rest!r}", line=line
-            )
-        after = after.lstrip()
-        if after.startswith("'"):
-            chars: list[str] = []
-            i = 1
-            while True:
-                if i >= len(after):
-                    raise ConfigError(path, key, f"unterminated quote after {name}=", line=line)
-                ch = after[i]
-                if ch == "\\" and i + 1 < len(after):
-                    chars.append(after[i + 1])
-                    i += 2
-                elif ch == "'" and after[i + 1 : i + 2] == "'":
-                    chars.append("'")
-                    i += 2
-                elif ch == "'":
-                    i += 1
-                    break
-                else:
-                    chars.append(ch)
-                    i += 1
-            value, rest = "".join(chars), after[i:].lstrip()
-        else:
-            parts = after.split(None, 1)
-            value = parts[0] if parts else ""
-            rest = parts[1] if len(parts) > 1 else ""
-        out[name.lower()] = value
-    return out
-
-
-# --------------------------------------------------------------------------------------
-# auth_file (userlist.txt)
-# --------------------------------------------------------------------------------------
-
-
-def parse_userlist(text: str, path: str) -> dict[str, str]:
-    """``"user" "secret"`` per line; lines not starting with a quote are ignored."""
-    users: dict[str, str] = {}
-    for n, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line.startswith('"'):
-            continue
-        user, rest = _unquote(line, path, n)
-        rest = rest.lstrip()
-        if not rest.startswith('"'):
-            raise ConfigError(
-                path, None, f'expected "user" "secret", the secret of "{user}" is missing', line=n
-            )
-        secret, _ = _unquote(rest, path, n)
-        users[user] = secret
-    return users
-
-
-# --------------------------------------------------------------------------------------
 # Values
 # --------------------------------------------------------------------------------------
 
@@ -284,7 +110,7 @@ def parse_userlist(text: str, path: str) -> dict[str, str]:
 class _Values:
     """Typed access to one section's entries, with errors that name file, line, key."""
 
-    def __init__(self, section: str, entries: dict[str, _Entry]) -> None:
+    def __init__(self, section: str, entries: dict[str, Entry]) -> None:
         self.section = section
         self.entries = entries
 
@@ -338,11 +164,11 @@ class _Values:
         return value
 
 
-def _where(e: _Entry, section: str, key: str) -> str:
+def _where(e: Entry, section: str, key: str) -> str:
     return f"{e.path}:{e.line}: [{section}] {key}"
 
 
-def _opt_int(opts: dict[str, str], key: str, e: _Entry, where: str) -> int | None:
+def _opt_int(opts: dict[str, str], key: str, e: Entry, where: str) -> int | None:
     """An integer setting of a [databases]/[users] entry, 0 or more; None if absent."""
     if key not in opts:
         return None
@@ -367,18 +193,18 @@ def load_pgbouncer(path: str) -> Config:
     Raises:
         ConfigError: the file, an included file or the auth_file cannot be used.
     """
-    return parse_pgbouncer(_read_text(path, "configuration"), path)
+    return parse_pgbouncer(read_text(path, "configuration"), path)
 
 
 def parse_pgbouncer(text: str, path: str = "pgbouncer.ini") -> Config:
     """Parse pgbouncer.ini text; includes and the auth_file are read from disk."""
-    ini = _Ini()
-    _parse_ini(ini, text, path, None, 0)
+    ini = Ini()
+    parse_ini(ini, text, path, None, 0)
     return _Builder(ini, path).build()
 
 
 class _Builder:
-    def __init__(self, ini: _Ini, path: str) -> None:
+    def __init__(self, ini: Ini, path: str) -> None:
         self.ini = ini
         self.path = path
         self.warnings = ini.warnings
@@ -444,9 +270,9 @@ class _Builder:
             if os.path.exists(beside):
                 target = beside
         self.auth_file = target
-        return parse_userlist(_read_text(target, "auth_file"), target)
+        return parse_userlist(read_text(target, "auth_file"), target)
 
-    def _pool_mode(self, value: str, e: _Entry | None, where: str) -> str:
+    def _pool_mode(self, value: str, e: Entry | None, where: str) -> str:
         """A pool_mode value (``where`` is "[section] name" for messages)."""
         mode = value.strip().lower()
         if mode == "statement":
@@ -595,9 +421,7 @@ class _Builder:
             out[name] = typed
         return out
 
-    def _pool(
-        self, name: str, e: _Entry, user_opts: dict[str, dict[str, str | int]]
-    ) -> PoolConfig:
+    def _pool(self, name: str, e: Entry, user_opts: dict[str, dict[str, str | int]]) -> PoolConfig:
         where = _where(e, "databases", name)
         opts = parse_connstr(e.value, e.path, e.line, f"[databases] {name}")
         for key in opts:
