@@ -419,3 +419,24 @@ def test_users_section_checked_once(tmp_path: pathlib.Path) -> None:
     assert config.pools["b"].users["alice"].pool_size == 3
     with pytest.raises(ConfigError, match=r":5: \[users\] alice: pool_size must be an integer"):
         load_config(_write(tmp_path, text.format("many")))
+
+
+def test_debian_default_ini_runs(tmp_path: pathlib.Path) -> None:
+    """Debian's shipped pgbouncer.ini (no databases, console over the Unix socket as
+    the pooler's OS user, logfile and pidfile set) starts and serves the console."""
+    sockets = tmp_path / "run"
+    sockets.mkdir()
+    (tmp_path / "userlist.txt").write_text("")
+    ini = _write(
+        tmp_path,
+        "[databases]\n\n[users]\n\n[pgbouncer]\nlogfile = /var/log/postgresql/pgbouncer.log\n"
+        "pidfile = /var/run/postgresql/pgbouncer.pid\nlisten_addr = localhost\n"
+        f"listen_port = 0\nunix_socket_dir = {sockets}\nauth_type = md5\n"
+        "auth_file = userlist.txt\n",
+    )
+    config = load_config(ini)
+    assert not config.pools and len(config.warnings) == 3
+    with running(config, config_path=str(ini)) as p:
+        dsn = f"host={sockets} port={p.port} user=pgbouncer dbname=pgbouncer"
+        with psycopg.connect(dsn, autocommit=True) as console:
+            assert console.execute("SHOW DATABASES").fetchall() == []

@@ -242,9 +242,10 @@ class _Builder:
         user_opts = self._users_section()
         pools: dict[str, PoolConfig] = {}
         databases = self.ini.sections.get("databases", {})
-        if not databases:
-            raise ConfigError(
-                self.path, "[databases]", "no databases are configured; add a [databases] entry"
+        if not databases:  # PgBouncer starts so, with its console only; so do we
+            self.warn(
+                f"{self.path}: [databases]",
+                "no databases are configured: only the admin console can be used",
             )
         for name, entry in databases.items():
             pools[name] = self._pool(name, entry, user_opts)
