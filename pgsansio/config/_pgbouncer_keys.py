@@ -37,7 +37,7 @@ BOUNCER_KEYS: dict[str, BKey] = {
     "peer_id": BKey("int", "0", "peering is not implemented"),
     "tcp_defer_accept": BKey("bool", "1", _SOCK),
     "tcp_socket_buffer": BKey("int", "0", _SOCK),
-    "tcp_keepalive": BKey("bool", "1"),
+    "tcp_keepalive": BKey("bool", "1", "keepalives are always on"),
     "tcp_keepcnt": BKey("int", "0"),
     "tcp_keepidle": BKey("int", "0"),
     "tcp_keepintvl": BKey("int", "0"),
@@ -63,7 +63,7 @@ BOUNCER_KEYS: dict[str, BKey] = {
     "job_name": BKey("str", "", "Windows only"),
     "conffile": BKey("str", "", "the file given on the command line is used"),
     "resolv_conf": BKey("str", "", "host names are resolved by the OS"),
-    "dns_max_ttl": BKey("time", "15"),
+    "dns_max_ttl": BKey("time", "15", "host names are resolved by the OS"),
     "dns_nxdomain_ttl": BKey("time", "15", "host names are resolved by the OS"),
     "dns_zone_check_period": BKey("time", "0", "host names are resolved by the OS"),
     # pools

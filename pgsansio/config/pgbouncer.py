@@ -348,7 +348,6 @@ class _Builder:
             tcp_keepalives_count=b.integer("tcp_keepcnt"),
             tcp_keepalives_interval=b.integer("tcp_keepintvl"),
             tcp_user_timeout=b.integer("tcp_user_timeout"),
-            dns_max_ttl=round(b.ms("dns_max_ttl") / 1000),
             server_round_robin=b.flag("server_round_robin"),
             tls_certificate=cert if tls_mode != "disable" else None,
             tls_private_key=key if tls_mode != "disable" else None,
