@@ -53,7 +53,7 @@ def test_pgbouncer_defaults(tmp_path: pathlib.Path) -> None:
     )
     config = load_config(path)
     g = config.general
-    assert (g.host, g.port, g.max_client_conn) == ("0.0.0.0", 6432, 100)
+    assert (g.host, g.port, g.max_client_conn) == ("*", 6432, 100)
     assert (g.connect_timeout, g.idle_timeout, g.server_lifetime) == (15000, 600000, 3600000)
     assert g.client_login_timeout == 60000 and g.client_tls_sslmode == "disable"
     pool = config.pools["appdb"]

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import pathlib
+import socket
 import stat
 import subprocess
 
+import psycopg
 import pytest
 from _pooler import running
 from test_pooler_clients import client_env
@@ -77,3 +79,24 @@ def test_unix_socket_in_and_out(pg15: Cluster, tmp_path: pathlib.Path) -> None:
         )
         assert tcp.returncode != 0
     assert not os.path.exists(path)  # removed at exit
+
+
+def test_several_listen_addresses(pg15: Cluster, tmp_path: pathlib.Path) -> None:
+    """listen_addr = 127.0.0.1,::1 listens on both (and * on every interface)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "userlist.txt").write_text('"md5_user" "md5-secret"\n')
+    ini = tmp_path / "pgbouncer.ini"
+    ini.write_text(
+        f"[databases]\n{TEST_DATABASE} = host=127.0.0.1 port={pg15.port}\n"
+        f"[pgbouncer]\nlisten_addr = 127.0.0.1, ::1\nlisten_port = {port}\n"
+        "unix_socket_dir =\nauth_file = userlist.txt\n"
+    )
+    with running(load_config(ini), config_path=str(ini)):
+        for host in ("127.0.0.1", "::1"):
+            dsn = (
+                f"host={host} port={port} user=md5_user password=md5-secret dbname={TEST_DATABASE}"
+            )
+            with psycopg.connect(dsn, connect_timeout=10) as conn:
+                assert conn.execute("SELECT 1").fetchone() == (1,)

@@ -298,12 +298,7 @@ class _Builder:
                 "listens on 127.0.0.1 too (the Unix socket is named after that TCP port)",
             )
         else:
-            host = "0.0.0.0" if addrs[0] == "*" else addrs[0]
-            if len(addrs) > 1:
-                self.warn(
-                    _where(b.entries["listen_addr"], "pgbouncer", "listen_addr"),
-                    f"pgsansio listens on one address: {host} (the others are ignored)",
-                )
+            host = ",".join(addrs)  # the frontends listen on each; * is every interface
         admins = b.items("admin_users")
         admin = admins[0] if admins else ""
         tls_mode = b.choice(

@@ -523,6 +523,12 @@ class Driver:
             ports.append((general.prometheus_exporter_port, True))
         return ports
 
+    def _hosts(self) -> list[str | None]:
+        """The addresses to listen on: ``host`` may list several, comma-separated, and
+        ``*`` means every interface, IPv4 and IPv6 (PgBouncer's ``listen_addr``)."""
+        hosts = [h.strip() for h in self.config.general.host.split(",") if h.strip()]
+        return [None if h == "*" else h for h in hosts] or [None]
+
     def _unix_listener(self, port: int) -> socket.socket | None:
         """PgBouncer's Unix socket, ``<unix_socket_dir>/.s.PGSQL.<port>``, bound and
         listening (non-blocking), or None when ``unix_socket_dir`` is not set.

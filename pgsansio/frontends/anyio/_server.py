@@ -107,12 +107,19 @@ class AnyioFrontend(TaskDriver):
 
     async def _listen(self, port: int) -> list[anyio.abc.SocketListener]:
         """Listeners on every address the host resolves to, as asyncio's create_server."""
-        host = self.config.general.host
-        try:
-            multi = await anyio.create_tcp_listener(local_host=host, local_port=port)
-        except OSError as exc:
-            raise FrontendError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        return [cast(anyio.abc.SocketListener, listener) for listener in multi.listeners]
+        bound: list[anyio.abc.SocketListener] = []
+        for host in self._hosts():
+            if bound and not port:  # port 0: the one the first address got, for all
+                port = int(bound[0].extra(SocketAttribute.local_port))
+            try:
+                multi = await anyio.create_tcp_listener(local_host=host, local_port=port)
+            except OSError as exc:
+                for listener in bound:
+                    await listener.aclose()
+                reason = exc.strerror or exc
+                raise FrontendError(f"cannot listen on {host or '*'}:{port}: {reason}") from None
+            bound += [cast(anyio.abc.SocketListener, listener) for listener in multi.listeners]
+        return bound
 
     async def _handle_signals(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         with anyio.open_signal_receiver(*OPERATOR_SIGNALS) as signals:

@@ -148,9 +148,11 @@ class AsyncioFrontend(Driver):
 
     async def _listen(self, port: int, metrics: bool) -> asyncio.Server:
         host = self.config.general.host
+        hosts = self._hosts()
+        listen: list[str] | None = None if None in hosts else [h for h in hosts if h]
         try:
             return await asyncio.get_running_loop().create_server(
-                lambda: _Protocol(self, metrics=metrics), host, port, reuse_address=True
+                lambda: _Protocol(self, metrics=metrics), listen, port, reuse_address=True
             )
         except OSError as exc:
             raise FrontendError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None

@@ -104,9 +104,13 @@ class CurioFrontend(TaskDriver):
         host = self.config.general.host
         bound: list[socket.socket] = []
         try:
-            infos = socket.getaddrinfo(
-                host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )
+            infos = [
+                info
+                for h in self._hosts()
+                for info in socket.getaddrinfo(
+                    h, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+                )
+            ]
             for family, address in dict.fromkeys((i[0], i[4]) for i in infos):
                 if bound:
                     port = bound[0].getsockname()[1]
