@@ -46,6 +46,8 @@ soak: $(STAMP)
 ## make pgbouncer-compare: the same pgbouncer.ini and client script against the real
 ## PgBouncer and pgsansio, compared (errors, SQLSTATEs, console columns)
 pgbouncer-compare: $(STAMP)
+	@command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer || \
+		(apt-get update -qq && apt-get install -y -qq pgbouncer)
 	$(PY) -m pytest -q -s -m pgbouncer_compare tests/test_pgbouncer_side_by_side.py
 
 ## make bench-core: pytest-benchmark figures for the protocol core
