@@ -144,3 +144,14 @@ def test_client_idle_timeout(pg15: Cluster, tmp_path: pathlib.Path) -> None:
             idle.execute("SELECT 1")
         assert "client_idle_timeout" in str(info.value)
         assert info.value.sqlstate == "08P01"
+
+
+def test_query_timeout_in_a_transaction(pg15: Cluster, tmp_path: pathlib.Path) -> None:
+    """PgBouncer's clock runs from the last request until the server is idle outside a
+    transaction: a client idle in a transaction is let go too (checked side by side)."""
+    with bouncer(pg15, tmp_path, "query_timeout = 0.5\n") as p, connect(p) as conn:
+        conn.execute("BEGIN")
+        conn.execute("SELECT 1")
+        time.sleep(1)
+        with pytest.raises(psycopg.OperationalError, match="query timeout"):
+            conn.execute("SELECT 1")

@@ -144,12 +144,34 @@ def observe_timeouts(port: int) -> dict[str, Any]:
             slow.execute("SELECT pg_sleep(3)")
         except psycopg.Error as e:
             seen["query_timeout"] = _error(e)
+    with psycopg.connect(_dsn(port), autocommit=True) as in_tx:
+        in_tx.execute("BEGIN")
+        in_tx.execute("SELECT 1")
+        time.sleep(1.6)
+        try:
+            in_tx.execute("SELECT 1")
+        except psycopg.Error as e:
+            seen["idle in transaction"] = _error(e)
     with psycopg.connect(_dsn(port), autocommit=True) as idle:
         time.sleep(3.5)
         try:
             idle.execute("SELECT 1")
         except psycopg.Error as e:
             seen["client_idle_timeout"] = _error(e)
+    return seen
+
+
+def observe_idle_transaction(port: int) -> dict[str, Any]:
+    """The client script, third run: idle_transaction_timeout alone."""
+    seen: dict[str, Any] = {}
+    with psycopg.connect(_dsn(port), autocommit=True) as in_tx:
+        in_tx.execute("BEGIN")
+        in_tx.execute("SELECT 1")
+        time.sleep(2.5)
+        try:
+            in_tx.execute("SELECT 1")
+        except psycopg.Error as e:
+            seen["idle_transaction_timeout"] = _error(e)
     return seen
 
 
@@ -191,5 +213,16 @@ def test_limits_and_console(pg15: Cluster, tmp_path: pathlib.Path) -> None:
 
 def test_timeouts(pg15: Cluster, tmp_path: pathlib.Path) -> None:
     theirs, ours = _both(pg15, tmp_path, TIMEOUTS, observe_timeouts)
-    for key in ("query_timeout", "client_idle_timeout"):
+    # query_timeout counts until the server is idle outside a transaction, so it also
+    # ends a client that sits in a transaction (PgBouncer's behaviour, matched).
+    for key in ("query_timeout", "idle in transaction", "client_idle_timeout"):
         assert ours.get(key) == theirs.get(key), key
+
+
+def test_idle_transaction_timeout(pg15: Cluster, tmp_path: pathlib.Path) -> None:
+    settings = "idle_transaction_timeout = 1\n"
+    theirs, ours = _both(pg15, tmp_path, settings, observe_idle_transaction)
+    # The same words; the SQLSTATE is PostgreSQL's own for this timeout (25P03,
+    # idle_in_transaction_session_timeout), not PgBouncer's blanket 08P01, on purpose.
+    assert theirs["idle_transaction_timeout"] == ("08P01", "idle transaction timeout")
+    assert ours["idle_transaction_timeout"] == ("25P03", "idle transaction timeout")

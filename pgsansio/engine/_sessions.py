@@ -214,10 +214,15 @@ class Sessions:
     def query_timeout(self, s: ServerConn, gen: int) -> None:
         """PgBouncer's ``query_timeout``: the server is closed (a cancel stops what it
         runs) and the client let go with PgBouncer's words; unlike PgCat's
-        statement_timeout nothing is banned, the query was slow, not the server."""
+        statement_timeout nothing is banned, the query was slow, not the server. As in
+        PgBouncer the time counts from the client's last request until the server is
+        idle outside a transaction, so a client idle in a transaction is let go too
+        (compared side by side with PgBouncer 1.18)."""
         c = s.client
-        if c is None or s.query_gen != gen or not s.queue:
-            return
+        if c is None or s.query_gen != gen:
+            return  # released, or another request came since
+        if not s.queue and s.conn.transaction_status == "I":
+            return  # answered and idle: PgBouncer's clock runs until the server is ready
         self.ctx.log(logging.WARNING, f"client {c.cid}: query_timeout on {self.ctx.where(s)}")
         self.unlink(c, s)
         self.pools.cancel_server(s)
