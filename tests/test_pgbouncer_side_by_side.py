@@ -136,6 +136,20 @@ def observe_limits(port: int) -> dict[str, Any]:
     return seen
 
 
+def _after_idling(port: int, seconds: float, *, in_transaction: bool) -> Any:
+    """Sit idle (in a transaction or not) for ``seconds``, then query: the error, if any."""
+    with psycopg.connect(_dsn(port), autocommit=True) as conn:
+        if in_transaction:
+            conn.execute("BEGIN")
+            conn.execute("SELECT 1")
+        time.sleep(seconds)
+        try:
+            conn.execute("SELECT 1")
+        except psycopg.Error as e:
+            return _error(e)
+    return None
+
+
 def observe_timeouts(port: int) -> dict[str, Any]:
     """The client script, second run: query_timeout and client_idle_timeout."""
     seen: dict[str, Any] = {}
@@ -144,35 +158,14 @@ def observe_timeouts(port: int) -> dict[str, Any]:
             slow.execute("SELECT pg_sleep(3)")
         except psycopg.Error as e:
             seen["query_timeout"] = _error(e)
-    with psycopg.connect(_dsn(port), autocommit=True) as in_tx:
-        in_tx.execute("BEGIN")
-        in_tx.execute("SELECT 1")
-        time.sleep(1.6)
-        try:
-            in_tx.execute("SELECT 1")
-        except psycopg.Error as e:
-            seen["idle in transaction"] = _error(e)
-    with psycopg.connect(_dsn(port), autocommit=True) as idle:
-        time.sleep(3.5)
-        try:
-            idle.execute("SELECT 1")
-        except psycopg.Error as e:
-            seen["client_idle_timeout"] = _error(e)
+    seen["idle in transaction"] = _after_idling(port, 1.6, in_transaction=True)
+    seen["client_idle_timeout"] = _after_idling(port, 3.5, in_transaction=False)
     return seen
 
 
 def observe_idle_transaction(port: int) -> dict[str, Any]:
     """The client script, third run: idle_transaction_timeout alone."""
-    seen: dict[str, Any] = {}
-    with psycopg.connect(_dsn(port), autocommit=True) as in_tx:
-        in_tx.execute("BEGIN")
-        in_tx.execute("SELECT 1")
-        time.sleep(2.5)
-        try:
-            in_tx.execute("SELECT 1")
-        except psycopg.Error as e:
-            seen["idle_transaction_timeout"] = _error(e)
-    return seen
+    return {"idle_transaction_timeout": _after_idling(port, 2.5, in_transaction=True)}
 
 
 def _both(
