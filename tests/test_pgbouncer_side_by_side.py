@@ -51,7 +51,7 @@ def _ini(pg15: Cluster, port: int, settings: str) -> str:
         f"[databases]\n{TEST_DATABASE} = host=127.0.0.1 port={pg15.port}\n"
         "[pgbouncer]\nlisten_addr = 127.0.0.1\n"
         f"listen_port = {port}\nunix_socket_dir =\nauth_type = md5\n"
-        "auth_file = userlist.txt\nadmin_users = admin\nstats_users = admin\n"
+        "auth_file = userlist.txt\nadmin_users = admin\nstats_users = mon\n"
         f"pool_mode = transaction\n{settings}"
     )
 
@@ -133,6 +133,13 @@ def observe_limits(port: int) -> dict[str, Any]:
         for command in ("SHOW POOLS", "SHOW DATABASES", "SHOW CLIENTS", "SHOW USERS"):
             cur = console.execute(command)
             seen[command] = [d.name for d in cur.description or ()]
+    stats = _dsn(port, "mon", "mon-pw", "pgbouncer")
+    with psycopg.connect(stats, autocommit=True) as console:
+        seen["stats user SHOW"] = len(console.execute("SHOW POOLS").fetchall())
+        try:
+            console.execute("RELOAD")
+        except psycopg.Error as e:
+            seen["stats user RELOAD"] = _error(e)
     return seen
 
 
@@ -171,7 +178,9 @@ def observe_idle_transaction(port: int) -> dict[str, Any]:
 def _both(
     pg15: Cluster, tmp_path: pathlib.Path, settings: str, script: Any
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    (tmp_path / "userlist.txt").write_text('"md5_user" "md5-secret"\n"admin" "admin-pw"\n')
+    (tmp_path / "userlist.txt").write_text(
+        '"md5_user" "md5-secret"\n"admin" "admin-pw"\n"mon" "mon-pw"\n'
+    )
     with real_pgbouncer(pg15, tmp_path, settings) as port:
         theirs = script(port)
     ours_ini = tmp_path / "ours.ini"
@@ -198,6 +207,13 @@ def test_limits_and_console(pg15: Cluster, tmp_path: pathlib.Path) -> None:
     assert "password authentication failed" in ours["unknown database"][1]
     # The console: every column PgBouncer 1.18 shows is there, under the same name
     # (pgsansio has 1.25's columns, a superset; exporters key on names).
+    # A stats user reads and may not act: the same words; the SQLSTATE is 42501
+    # (insufficient_privilege) where PgBouncer sends 08P01 for every error.
+    # (Row counts differ: pgsansio lists a pool for every user that may log in,
+    # PgBouncer only those used so far plus its console's; see docs/pgbouncer.md.)
+    assert ours["stats user SHOW"] and theirs["stats user SHOW"]
+    assert theirs["stats user RELOAD"] == ("08P01", "admin access needed")
+    assert ours["stats user RELOAD"] == ("42501", "admin access needed")
     renamed = {"reserve_pool": "reserve_pool_size"}  # by PgBouncer itself, in 1.22
     for command in ("SHOW POOLS", "SHOW DATABASES", "SHOW CLIENTS", "SHOW USERS"):
         missing = [c for c in theirs[command] if renamed.get(c, c) not in ours[command]]
