@@ -267,6 +267,7 @@ GENERAL_DEFAULTS: dict[str, Any] = {
     "client_idle_timeout": 0,
     "admin_users": (),
     "stats_users": (),
+    "application_name_add_host": False,
 }
 
 POOL_DEFAULTS: dict[str, Any] = {

@@ -155,3 +155,11 @@ def test_query_timeout_in_a_transaction(pg15: Cluster, tmp_path: pathlib.Path) -
         time.sleep(1)
         with pytest.raises(psycopg.OperationalError, match="query timeout"):
             conn.execute("SELECT 1")
+
+
+def test_application_name_add_host(pg15: Cluster, tmp_path: pathlib.Path) -> None:
+    with bouncer(pg15, tmp_path, "application_name_add_host = 1\n") as p:
+        dsn = f"host=127.0.0.1 port={p.port} user=md5_user password=md5-secret"
+        with psycopg.connect(dsn, dbname=TEST_DATABASE, application_name="app") as conn:
+            row = conn.execute("SELECT current_setting('application_name')").fetchone()
+            assert row is not None and row[0].startswith("app - 127.0.0.1:")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import shutil
 import socket
 import subprocess
@@ -36,7 +37,10 @@ pytestmark = [
 
 # Two runs, as PgBouncer's query_timeout also counts while a client sits in a
 # transaction (its server is active), which would end the query_wait_timeout scene.
-LIMITS = "default_pool_size = 1\nquery_wait_timeout = 1\nmax_client_conn = 4\n"
+LIMITS = (
+    "default_pool_size = 1\nquery_wait_timeout = 1\nmax_client_conn = 4\n"
+    "application_name_add_host = 1\n"
+)
 TIMEOUTS = "query_timeout = 1\nclient_idle_timeout = 2\n"
 
 
@@ -133,6 +137,9 @@ def observe_limits(port: int) -> dict[str, Any]:
         for command in ("SHOW POOLS", "SHOW DATABASES", "SHOW CLIENTS", "SHOW USERS"):
             cur = console.execute(command)
             seen[command] = [d.name for d in cur.description or ()]
+    with psycopg.connect(_dsn(port) + " application_name=app", autocommit=True) as conn:
+        row = conn.execute("SELECT current_setting('application_name')").fetchone()
+        seen["application_name"] = re.sub(r"\d+$", "<port>", row[0] if row else "")
     stats = _dsn(port, "mon", "mon-pw", "pgbouncer")
     with psycopg.connect(stats, autocommit=True) as console:
         seen["stats user SHOW"] = len(console.execute("SHOW POOLS").fetchall())
@@ -194,6 +201,7 @@ def _both(
 def test_limits_and_console(pg15: Cluster, tmp_path: pathlib.Path) -> None:
     theirs, ours = _both(pg15, tmp_path, LIMITS, observe_limits)
     assert ours["query_wait_timeout"] == theirs["query_wait_timeout"]
+    assert ours["application_name"] == theirs["application_name"]
     # Both refuse the client over max_client_conn; PgBouncer after answering its
     # SSLRequest, pgsansio today at the SSLRequest (its early refusal is worded by the
     # socket work), so libpq reports it differently. Listed in docs/pgbouncer.md.

@@ -82,7 +82,7 @@ BOUNCER_KEYS: dict[str, BKey] = {
         "list", "IntervalStyle", "pgsansio re-applies every startup parameter a client sets"
     ),
     "ignore_startup_parameters": BKey("list"),  # we refuse none, so all are "ignored"
-    "application_name_add_host": BKey("bool", "0", _LATER),
+    "application_name_add_host": BKey("bool", "0"),
     "max_prepared_statements": BKey("int", "200"),
     "autodb_idle_timeout": BKey("time", "3600", "pools of the * database are kept"),
     "pool_idle_timeout": BKey("time", "0", "empty pools are kept"),

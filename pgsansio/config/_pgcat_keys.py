@@ -109,6 +109,7 @@ _GENERAL_KEYS: dict[str, _Key] = {
     "client_idle_timeout": _Key("uint", _MS),
     "admin_users": _Key("strlist"),
     "stats_users": _Key("strlist"),
+    "application_name_add_host": _Key("bool"),
 }
 
 _POOL_KEYS: dict[str, _Key] = {

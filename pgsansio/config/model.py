@@ -88,6 +88,7 @@ class General:
     # their pool users' ones): admin_users may do everything, stats_users only SHOW.
     admin_users: tuple[str, ...] = ()
     stats_users: tuple[str, ...] = ()
+    application_name_add_host: bool = False  # "<name> - <host>:<port>", as PgBouncer
 
 
 @dataclass(frozen=True)

@@ -372,6 +372,7 @@ class _Builder:
             client_idle_timeout=b.ms("client_idle_timeout"),
             admin_users=tuple(admins),
             stats_users=tuple(b.items("stats_users")),
+            application_name_add_host=b.flag("application_name_add_host"),
         )
 
     def _mode(self) -> int:

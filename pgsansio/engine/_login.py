@@ -165,6 +165,10 @@ class Login:
                     tracked[canonical] = val
                 else:
                     settings[key.lower()] = quote_literal(val)
+        if self.ctx.config.general.application_name_add_host:
+            # PgBouncer's application_name_add_host: where the client connects from
+            name = tracked.get("application_name", "")
+            tracked["application_name"] = f"{name} - {c.peer}"
         c.params = tracked
         c.settings = settings
         group = self.pools.find_group(c.database, c.username)
