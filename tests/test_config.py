@@ -299,6 +299,9 @@ POOL_DEFAULTS: dict[str, Any] = {
     "replica_max_lag_bytes": 0,
     "reserve_pool_size": 0,
     "max_db_connections": 0,
+    "client_encoding": None,
+    "datestyle": None,
+    "timezone": None,
     # inherited from [general] when unset
     "connect_timeout": 1000,
     "idle_timeout": 600000,

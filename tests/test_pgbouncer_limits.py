@@ -163,3 +163,11 @@ def test_application_name_add_host(pg15: Cluster, tmp_path: pathlib.Path) -> Non
         with psycopg.connect(dsn, dbname=TEST_DATABASE, application_name="app") as conn:
             row = conn.execute("SELECT current_setting('application_name')").fetchone()
             assert row is not None and row[0].startswith("app - 127.0.0.1:")
+
+
+def test_database_server_settings(pg15: Cluster, tmp_path: pathlib.Path) -> None:
+    """[databases] client_encoding/datestyle/timezone reach the server at login."""
+    db = "timezone=Asia/Tokyo datestyle='SQL, DMY'"
+    with bouncer(pg15, tmp_path, "", db=db) as p, connect(p) as conn:
+        row = conn.execute("SELECT current_setting('TimeZone'), current_setting('DateStyle')")
+        assert row.fetchone() == ("Asia/Tokyo", "SQL, DMY")

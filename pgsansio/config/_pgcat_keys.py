@@ -160,6 +160,9 @@ _POOL_KEYS: dict[str, _Key] = {
     # PgBouncer's limits (pgsansio extensions, PgBouncer's names)
     "reserve_pool_size": _Key("uint"),
     "max_db_connections": _Key("uint"),
+    "client_encoding": _Key("str"),
+    "datestyle": _Key("str"),
+    "timezone": _Key("str"),
 }
 _POOL_TABLES = ("users", "shards", "plugins")
 

@@ -179,6 +179,11 @@ class PoolConfig:
     # reserve_pool_timeout, and a cap on the database's connections over every user.
     reserve_pool_size: int = 0
     max_db_connections: int = 0
+    # PgBouncer's per-database server settings, sent in the server's startup packet
+    # (None: the server's own default)
+    client_encoding: str | None = None
+    datestyle: str | None = None
+    timezone: str | None = None
 
 
 @dataclass(frozen=True)

@@ -526,4 +526,7 @@ class _Builder:
             prepared_statements_cache_size=b.integer("max_prepared_statements"),
             reserve_pool_size=reserve,
             max_db_connections=max_db,
+            client_encoding=opts.get("client_encoding"),
+            datestyle=opts.get("datestyle"),
+            timezone=opts.get("timezone"),
         )
