@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: test lint types unit coverage corpus fuzz bench-core bench bench-profile clean demo soak \
-	dist dist-check docker-check
+	dist dist-check docker-check pgbouncer-compare
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,13 @@ fuzz: $(STAMP)
 ## make soak SIM_SOAK=40: the long randomized simulation of the engine
 soak: $(STAMP)
 	$(PY) -m pytest -q -m soak tests/test_simulation.py
+
+## make pgbouncer-compare: the same pgbouncer.ini and client script against the real
+## PgBouncer and pgsansio, compared (errors, SQLSTATEs, console columns)
+pgbouncer-compare: $(STAMP)
+	@command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer || \
+		(apt-get update -qq && apt-get install -y -qq pgbouncer)
+	$(PY) -m pytest -q -s -m pgbouncer_compare tests/test_pgbouncer_side_by_side.py
 
 ## make bench-core: pytest-benchmark figures for the protocol core
 bench-core: $(STAMP)

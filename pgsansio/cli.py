@@ -28,6 +28,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
+from pgsansio._convert_cmd import register_convert
 from pgsansio.recorder import RECORDER_ID, AsyncRecordingRelay
 
 if TYPE_CHECKING:
@@ -412,6 +413,7 @@ COMMANDS: list[Callable[["typer.Typer"], None]] = [
     _register_check,
     _register_demo,
     # Tools: add yours here.
+    register_convert,
     _register_record,
 ]
 """Functions that add their command(s) to the app, in ``--help`` order."""

@@ -66,7 +66,8 @@ def failed(w: World) -> list[str]:
             "eve",
             "pgbouncer",
             "adm1n-Pw",
-            'user "eve" is not the admin console\'s user (admin_username)',
+            'user "eve" may not use the admin console (not admin_username, admin_users or'
+            " stats_users)",
         ),
         ("admin", "pgbouncer", "n0pe-Pw", "wrong password for the admin console"),
     ],

@@ -20,7 +20,7 @@ _U32_MAX = 2**32 - 1
 class _Key:
     """How one scalar key is checked; the messages are built from these fields."""
 
-    kind: str  # "str" | "bool" | "uint" | "posint" | "port" | "enum"
+    kind: str  # "str" | "bool" | "uint" | "posint" | "port" | "enum" | "strlist"
     unit: str = ""  # shown in messages, e.g. "milliseconds"
     maximum: int | None = None
     minimum_port: int = 1
@@ -87,10 +87,29 @@ _GENERAL_KEYS: dict[str, _Key] = {
     "client_tls_sslmode": _Key("enum", choices={m: m for m in _SSLMODES}),
     "client_tls_ca_file": _Key("str"),
     "server_tls_ca_file": _Key("str"),
+    # Listening and client sockets
+    "listen_backlog": _Key("posint"),
+    "client_login_timeout": _Key("uint", _MS),
+    "client_tcp_keepalives_idle": _Key("uint", _S),
+    "client_tcp_keepalives_interval": _Key("uint", _S),
+    "client_tcp_keepalives_count": _Key("uint", maximum=_U32_MAX),
+    "client_tcp_user_timeout": _Key("uint", _MS),
     # Logging extensions (PgBouncer's names and meanings)
     "log_connections": _Key("bool"),
     "log_disconnections": _Key("bool"),
     "log_pooler_errors": _Key("bool"),
+    # PgBouncer compatibility: the Unix socket (pgsansio extension, PgBouncer's names)
+    "unix_socket_dir": _Key("str"),
+    "unix_socket_mode": _Key("uint", "octal, e.g. 0o777", maximum=0o7777),
+    "unix_socket_group": _Key("str"),
+    # PgBouncer's limits and timeouts (pgsansio extensions, PgBouncer's names)
+    "query_wait_timeout": _Key("uint", _MS),
+    "reserve_pool_timeout": _Key("uint", _MS),
+    "query_timeout": _Key("uint", _MS),
+    "client_idle_timeout": _Key("uint", _MS),
+    "admin_users": _Key("strlist"),
+    "stats_users": _Key("strlist"),
+    "application_name_add_host": _Key("bool"),
 }
 
 _POOL_KEYS: dict[str, _Key] = {
@@ -138,6 +157,12 @@ _POOL_KEYS: dict[str, _Key] = {
     # pgsansio extensions: replica lag bounds
     "replica_max_lag_ms": _Key("uint", _MS),
     "replica_max_lag_bytes": _Key("uint"),
+    # PgBouncer's limits (pgsansio extensions, PgBouncer's names)
+    "reserve_pool_size": _Key("uint"),
+    "max_db_connections": _Key("uint"),
+    "client_encoding": _Key("str"),
+    "datestyle": _Key("str"),
+    "timezone": _Key("str"),
 }
 _POOL_TABLES = ("users", "shards", "plugins")
 
@@ -159,6 +184,8 @@ _USER_KEYS: dict[str, _Key] = {
     "idle_timeout": _Key("uint", _MS),
     "connect_timeout": _Key("uint", _MS),
     "statement_timeout": _Key("uint", _MS),
+    # PgBouncer's limit (pgsansio extension, PgBouncer's name)
+    "max_user_connections": _Key("uint"),
 }
 
 _SHARD_KEYS: dict[str, _Key] = {

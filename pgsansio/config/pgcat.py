@@ -256,6 +256,12 @@ def _check(ctx: _Context, key: str, spec: _Key, value: object) -> object:
             got = _kind_of(value) if spec.secret else _show(value)
             raise ctx.error(key, f"must be a string (in quotes), got {got}")
         return value
+    if spec.kind == "strlist":
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ctx.error(
+                key, f'must be an array of user names, e.g. ["alice"], got {_show(value)}'
+            )
+        return tuple(value)
     if spec.kind == "bool":
         if not isinstance(value, bool):
             raise ctx.error(key, f"must be true or false, got {_show(value)}")

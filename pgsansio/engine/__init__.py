@@ -93,9 +93,11 @@ from ._effects import (
     Wakeup,
 )
 from ._engine import Engine
+from ._login import UNIX_OWNER_PEER
 from ._warnings import config_warnings
 
 __all__ = [
+    "UNIX_OWNER_PEER",
     "CloseClient",
     "CloseServer",
     "Effect",

@@ -88,6 +88,7 @@ class Control:
         self._pause_waiters: list[tuple[Client | None, str | None]] = []
         self._reload_waiters: list[Client] = []
         self._cut_off = False  # the shutdown ended clients (timeout, SHUTDOWN): said so
+        self._close_waiters: list[tuple[Client, str | None]] = []  # WAIT_CLOSE
         self.busy: set[int] = set()  # admin clients whose command is still running
 
     # === pause / resume ==============================================================
@@ -138,6 +139,30 @@ class Control:
                 self.ctx.log(logging.INFO, "paused: no server connection is open")
             elif who.state is not C_CLOSED:
                 self._admin_done(who, "PAUSE")
+            else:
+                self.busy.discard(who.cid)
+
+    def wait_close(self, db: str | None, who: Client) -> None:
+        """PgBouncer's WAIT_CLOSE: answer once no server of ``db`` (or of any database)
+        is still waiting to close after a RECONNECT or RELOAD (``close_needed``)."""
+        self._close_waiters.append((who, db))
+        self.close_progress()
+
+    def close_progress(self) -> None:
+        """Answer the WAIT_CLOSEs whose servers to close are all closed."""
+        # Taken first: an answer runs what its client sent next, maybe another WAIT_CLOSE.
+        pending, self._close_waiters = self._close_waiters, []
+        for who, db in pending:
+            left = any(
+                s.close_needed
+                for g in self._db_groups(db)
+                for p in g.all_pools()
+                for s in p.servers
+            )
+            if left and who.state is not C_CLOSED:
+                self._close_waiters.append((who, db))
+            elif who.state is not C_CLOSED:
+                self._admin_done(who, "WAIT_CLOSE")
             else:
                 self.busy.discard(who.cid)
 
@@ -275,6 +300,8 @@ class Control:
         if not self.ctx.life.shutting_down or self.ctx.life.exited:
             if self.ctx.life.pausing:
                 self.pause_progress()  # something closed: a PAUSE may be complete
+            if self._close_waiters:
+                self.close_progress()  # ... or a WAIT_CLOSE
             return
         if not force and any(not c.admin for c in self.ctx.clients.values()):
             return  # admin sessions do not keep the pooler alive

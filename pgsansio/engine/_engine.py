@@ -42,6 +42,7 @@ from ._control import Control
 from ._effects import Wakeup
 from ._errors import INTERNAL, NOT_POSTGRES, ClientFatal, fatal, how
 from ._health import Health
+from ._idle import ClientIdle
 from ._leaving import Leaving
 from ._lending import Lending
 from ._login import Login
@@ -94,6 +95,7 @@ class Engine:
         # The parts, each given the parts below it that it calls (the DAG drawn in the
         # package docstring).
         self.stats = Stats(ctx)
+        self.client_idle = ClientIdle(ctx)
         self.pools = Pools(ctx)
         self.health = Health(ctx)
         self.shards = Shards(ctx, health=self.health)
@@ -154,6 +156,7 @@ class Engine:
             leaving=self.leaving,
             show=self.show,
             control=self.control,
+            reconfigure=self._reconfigure,
         )
         self._signals = Signals()
         ctx.drop_client = self.leaving.drop_client
@@ -215,11 +218,14 @@ class Engine:
     def client_connected(self, cid: int, peer: str, now: float) -> list[Effect]:
         self.ctx.now = now
         self.login.connected(Client(cid, peer, now))
+        self.client_idle.arm()
         return self.flush()
 
     def client_data(self, cid: int, data: bytes, now: float) -> list[Effect]:
         self.ctx.now = now
         c = self.ctx.clients.get(cid)
+        if c is not None:
+            c.active_at = now
         if c is None and self.metrics.serves(cid):
             self.metrics.http_data(cid, data)
         elif c is not None and c.state is not C_CLOSED:
@@ -359,6 +365,13 @@ class Engine:
         ``close_needed``); clients keep their connections.
         """
         self.ctx.now = now
+        self._reconfigure(config)
+        self.ctx.log(logging.INFO, f"configuration reloaded from {config.path}")
+        self.control.reload_answer(None)
+        return self.flush()
+
+    def _reconfigure(self, config: Config) -> None:
+        """Run on ``config`` from now on (a RELOAD, or the console's SET)."""
         for warning in listen_changes(self.ctx.config.general, config.general):
             self.ctx.log(logging.WARNING, warning)
         self.ctx.config = config
@@ -366,9 +379,6 @@ class Engine:
         self.pools.reload(config)
         self.probes.start_probes()
         self._warn_unimplemented(config)
-        self.ctx.log(logging.INFO, f"configuration reloaded from {config.path}")
-        self.control.reload_answer(None)
-        return self.flush()
 
     def shutdown(
         self, now: float, *, wait_for_clients: bool = False, reason: str = "shutdown requested"

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 import curio
 import curio.io
 
-from pgsansio.frontends import EngineAPI, FrontendError, Ready, listen_failed, missing, peer_text
-from pgsansio.frontends._driver import OPERATOR_SIGNALS
+from pgsansio.frontends import EngineAPI, FrontendError, Ready, listen_failed, missing
+from pgsansio.frontends._driver import OPERATOR_SIGNALS, server_path
 from pgsansio.frontends._tasks import TaskConn, TaskDriver
 
 if TYPE_CHECKING:
@@ -63,6 +63,9 @@ class CurioFrontend(TaskDriver):
         try:
             for port, metrics in self._ports():
                 bound += [(listener, metrics) for listener in self._listen(port)]
+            unix = self._unix_listener(bound[0][0].getsockname()[1])
+            if unix is not None:
+                bound.append((unix, False))
             with _signals_to(self._wake_w) if handle_signals else contextlib.nullcontext():
                 async with curio.TaskGroup() as tg:
                     self._tg = tg
@@ -86,6 +89,7 @@ class CurioFrontend(TaskDriver):
                     await self._drain(curio.sleep)
                     await tg.cancel_remaining()  # the connections go when the group ends
         finally:
+            self._unlink_unix()
             for listener, _ in bound:
                 listener.close()
             self._wake_r.close()
@@ -100,9 +104,13 @@ class CurioFrontend(TaskDriver):
         host = self.config.general.host
         bound: list[socket.socket] = []
         try:
-            infos = socket.getaddrinfo(
-                host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )
+            infos = [
+                info
+                for h in self._hosts()
+                for info in socket.getaddrinfo(
+                    h, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+                )
+            ]
             for family, address in dict.fromkeys((i[0], i[4]) for i in infos):
                 if bound:
                     port = bound[0].getsockname()[1]
@@ -130,10 +138,13 @@ class CurioFrontend(TaskDriver):
 
     async def _accept_one(self, listener: curio.io.Socket) -> tuple[Any, str] | None:
         client, addr = await listener.accept()
-        return client, peer_text(addr)
+        return client, self.peer_of(_raw(client), addr)
 
     async def _open(self, host: str, port: int, handle: list[Any]) -> Any:
         try:
+            path = server_path(host, port)
+            if path is not None:
+                return await curio.open_unix_connection(path)
             return await curio.open_connection(host, port)
         except curio.CancelledError:
             return None  # the engine closed this id while it was connecting
