@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated
 
-from pgsansio.recorder import RECORDER_ID, AsyncRecordingRelay
+from pgsansio.conformance.recorder import RECORDER_ID, AsyncRecordingRelay
 
 if TYPE_CHECKING:
     import typer
@@ -78,7 +78,7 @@ def _register_record(app: "typer.Typer") -> None:
             "will not notice the difference. Each client connection is written to "
             "DIR/c1.jsonl, DIR/c2.jsonl, ... (compressed to .jsonl.gz above 256 KiB) in "
             "the pgsansio trace format, which the conformance tests and "
-            "pgsansio.trace.read_trace() read.\n\n"
+            "pgsansio.conformance.trace.read_trace() read.\n\n"
             "Runs until Ctrl-C or SIGTERM, then waits for open connections to finish "
             "(see --grace) so that every trace is complete.\n\n"
             "The relay sees plain bytes only: connect the client with sslmode=disable (or "

@@ -20,8 +20,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pgsansio.config import pgcat as config_module
 from pgsansio.config import ConfigError, effective_config_toml, load_config, parse_config
+from pgsansio.config import pgcat as config_module
 from pgsansio.config.model import (
     Config,
     General,
