@@ -24,6 +24,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated
 
+from pgsansio.conformance.cli import register as _register_conformance
 from pgsansio.conformance.recorder import RECORDER_ID, AsyncRecordingRelay
 
 if TYPE_CHECKING:
@@ -396,6 +397,7 @@ def _register_check(app: "typer.Typer") -> None:
 COMMANDS: list[Callable[["typer.Typer"], None]] = [_register_record, _register_run, _register_demo]
 """Functions that add their command(s) to the app, in ``--help`` order."""
 COMMANDS.append(_register_check)
+COMMANDS.append(_register_conformance)
 
 
 def build_app() -> "typer.Typer":
