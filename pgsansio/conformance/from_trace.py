@@ -134,10 +134,15 @@ def convert(trace: Trace, scenario_id: str, area: str = "corpus") -> str:
     # answers that arrived after them. Simpler and as faithful for a replay: all client
     # messages up to a Sync/Query/CopyDone/Flush boundary, then the answers up to the
     # next ReadyForQuery (or, after a Flush, whatever came before the next client send).
-    backend_events = [
-        BACKEND_READERS[c](b) for c, b in answers[first_rfq + 1 :] if c in BACKEND_READERS
-    ]
-    frontend_events = [FRONTEND_READERS[c](b) for c, b in sent if c in FRONTEND_READERS]
+    try:
+        backend_events = [
+            BACKEND_READERS[c](b) for c, b in answers[first_rfq + 1 :] if c in BACKEND_READERS
+        ]
+        frontend_events = [FRONTEND_READERS[c](b) for c, b in sent if c in FRONTEND_READERS]
+    except pg.ProtocolError as e:
+        raise TraceNotConvertible(
+            f"the recording holds a message that does not decode: {e}"
+        ) from e
     bi = 0
     for fe in frontend_events:
         line = _send_line(fe)

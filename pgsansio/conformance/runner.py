@@ -450,9 +450,10 @@ def _check_requires(s: Scenario, server_version: str) -> None:
 class _Play:
     """The state of one scenario's run against one target."""
 
-    def __init__(self, s: Scenario, target: Target) -> None:
+    def __init__(self, s: Scenario, target: Target, timeout: float = 5.0) -> None:
         self.s = s
         self.target = target
+        self.timeout = s.timeout if s.timeout is not None else timeout
         self.wires: dict[str, Wire] = {}
         self.transcript: list[str] = []
         self.compare: list[tuple[str, str, str]] = []
@@ -471,7 +472,7 @@ class _Play:
         w = self.wires.get(name)
         if w is None:
             try:
-                w = Wire(self.target, self.s.timeout)
+                w = Wire(self.target, self.timeout)
             except OSError as e:
                 raise ScenarioFailure(f"cannot connect to {self.target.address}: {e}") from None
             self.wires[name] = w
@@ -591,12 +592,12 @@ class _Play:
             key = w.key
         try:
             with socket.create_connection(
-                (self.target.host, self.target.port), timeout=self.s.timeout
+                (self.target.host, self.target.port), timeout=self.timeout
             ) as c:
                 c.sendall(bytes(pg.CancelRequest(*key)))
                 # The server closes the connection without an answer; wait for that, so
                 # the cancel has been delivered before the scenario goes on.
-                c.settimeout(self.s.timeout)
+                c.settimeout(self.timeout)
                 while c.recv(1024):
                     pass
         except OSError as e:
@@ -607,14 +608,18 @@ class _Play:
         params = [e for e in block if e.name == "ParameterStatus"]
         seen_params: list[Received] = []
         i = 0
-        while i < len(ordered) or (params and not self._params_ok(params, seen_params)):
+        # ParameterStatus comes before the ReadyForQuery that ends an answer, so once the
+        # ordered lines are matched, every expected ParameterStatus has come or never will.
+        while i < len(ordered) or (
+            not ordered and params and not self._params_ok(params, seen_params)
+        ):
             if i < len(ordered) and all(e.optional for e in ordered[i:]) and not params:
                 break
             msg = w.next()
             want = ordered[i] if i < len(ordered) else params[0]
             if msg is None:
                 raise ScenarioFailure(
-                    f"line {want.lineno}: no answer within {self.s.timeout:g}s",
+                    f"line {want.lineno}: no answer within {self.timeout:g}s",
                     expected=want.text,
                     got="(nothing)",
                 )
@@ -695,25 +700,38 @@ def _show(t: Token) -> str:
 
 
 class _Admin:
-    """The administrative connection: creates and drops the scenarios' own schemas."""
+    """The administrative connection: creates and drops the scenarios' own schemas.
+
+    A statement that does not finish in time (a lock left behind by the scenario, say)
+    costs this connection: it is closed and the next statement opens a new one, so one
+    stuck cleanup does not shift every later answer by one.
+    """
 
     def __init__(self, target: Target, timeout: float) -> None:
-        self.wire = Wire(target, timeout)
-        login(self.wire)
+        self.target = target
+        self.timeout = timeout
+        self.wire: Wire | None = None
+        self.server_version = self._connect().server_version
 
-    @property
-    def server_version(self) -> str:
-        return self.wire.server_version
+    def _connect(self) -> Wire:
+        if self.wire is None:
+            self.wire = Wire(self.target, self.timeout)
+            login(self.wire)
+        return self.wire
 
     def execute(self, sql: str) -> str | None:
         """Run one simple query; the error line if it failed."""
-        self.wire.send(bytes(pg.Query(sql)))
+        wire = self._connect()
+        wire.send(bytes(pg.Query(sql)))
         error = None
         while True:
-            msg = self.wire.next()
+            msg = wire.next()
             if msg is None or msg is _EOF:
+                self.close()
+                what = "closed" if msg is _EOF else f"gave no answer within {self.timeout:g}s"
                 raise ScenarioFailure(
-                    f"the administrative connection to {self.wire.target.address} broke"
+                    f"the administrative connection to {self.target.address} {what} "
+                    f"(running {sql[:60]!r})"
                 )
             if msg.name == "ErrorResponse":
                 error = msg.line
@@ -721,12 +739,14 @@ class _Admin:
                 return error
 
     def close(self) -> None:
-        self.wire.send(bytes(pg.Terminate()))
-        self.wire.close()
+        if self.wire is not None:
+            self.wire.send(bytes(pg.Terminate()))
+            self.wire.close()
+            self.wire = None
 
 
 def _play(s: Scenario, target: Target, admin: _Admin) -> tuple[_Play, ScenarioFailure | None]:
-    play = _Play(s, target)
+    play = _Play(s, target, admin.timeout)
     failure: ScenarioFailure | None = None
     if s.uses_schema:
         err = admin.execute(f"DROP SCHEMA IF EXISTS {s.schema} CASCADE; CREATE SCHEMA {s.schema}")
@@ -738,8 +758,18 @@ def _play(s: Scenario, target: Target, admin: _Admin) -> tuple[_Play, ScenarioFa
         failure = e
     finally:
         play.close()
-        if s.uses_schema:
-            admin.execute(f"DROP SCHEMA IF EXISTS {s.schema} CASCADE")
+    if s.uses_schema:
+        try:
+            err = admin.execute(
+                "BEGIN; SET LOCAL lock_timeout = '1s'; "
+                f"DROP SCHEMA IF EXISTS {s.schema} CASCADE; COMMIT"
+            )
+            if err:
+                admin.execute("ROLLBACK")
+                failure = failure or ScenarioFailure(f"cleanup: cannot drop the schema: {err}")
+        except ScenarioFailure as e:
+            # The scenario's own verdict comes first; a failed cleanup is one too.
+            failure = failure or ScenarioFailure(f"cleanup: {e.why}")
     return play, failure
 
 

@@ -369,7 +369,8 @@ class Scenario:
     startup: str = "login"
     requires: tuple[str, ...] = ()
     findings: tuple[str, ...] = ()
-    timeout: float = 5.0
+    timeout: float | None = None
+    """Seconds to wait for each answer; None: the runner's setting."""
     origin: str = ""
     path: str = ""
     lineno: int = 0
