@@ -13,7 +13,9 @@ converter cannot write is refused with :class:`TraceNotConvertible`, naming why.
 
 from __future__ import annotations
 
+import re
 import struct
+from collections.abc import Mapping
 
 from pgsansio import protocol as pg
 from pgsansio.protocol._readers import BACKEND_READERS, FRONTEND_READERS
@@ -30,30 +32,35 @@ class TraceNotConvertible(ValueError):
     """The trace cannot become a scenario; the message says why."""
 
 
-def _messages(data: bytes, readers: dict[bytes, object]) -> list[tuple[bytes, bytes]]:
+def _messages(data: bytes) -> list[tuple[bytes, bytes]]:
+    """Split a stream of typed messages into (type, body); a cut-off tail is dropped."""
     out = []
     pos = 0
     while pos + 5 <= len(data):
         code, length = _hdr(data, pos)
         out.append((code, data[pos + 5 : pos + 1 + length]))
         pos += 1 + length
-    del readers
     return out
 
 
-def _startup_end(data: bytes) -> int:
-    """Offset of the first typed frontend message (after startup packets)."""
-    pos = 0
+def _startup_end(data: bytes, answers: bytes) -> tuple[int, int]:
+    """Offsets of the first typed frontend message and of the first backend message.
+
+    An SSLRequest or GSSENCRequest the server refused (``N``) is skipped with its
+    one-byte answer: the conversation after it is plaintext and replays as any other.
+    """
+    pos = back = 0
     while pos + 8 <= len(data):
         (length,) = struct.unpack_from("!i", data, pos)
         (code,) = struct.unpack_from("!i", data, pos + 4)
         pos += length
         if code in (80877103, 80877104):  # SSLRequest / GSSENCRequest
-            raise TraceNotConvertible(
-                "the client asked for encryption; replaying it is not supported"
-            )
+            if answers[back : back + 1] != b"N":
+                raise TraceNotConvertible("the conversation is encrypted (TLS or GSSAPI)")
+            back += 1
+            continue
         if code >> 16 == 3:
-            return int(pos)
+            return int(pos), back
     raise TraceNotConvertible("no StartupMessage in the trace")
 
 
@@ -100,6 +107,14 @@ def _send_line(event: pg.Event) -> str:
         return f"> {type(event).__name__}"
     if isinstance(event, pg.CopyData):
         return f"> CopyData {_value(event.data)}"
+    if isinstance(event, pg.FunctionCall):
+        vals = []
+        for k, v in enumerate(event.args):
+            fmts = event.arg_formats
+            fmt = fmts[k] if len(fmts) > 1 else (fmts[0] if fmts else 0)
+            vals.append("NULL" if v is None else ("x'" + v.hex() + "'" if fmt else _value(v)))
+        res = [f"results={event.result_format}"] if event.result_format else []
+        return " ".join([f"> FunctionCall {event.function_oid}", *vals, *res])
     if isinstance(event, pg.CopyFail):
         return f"> CopyFail {quote(event.message)}"
     raise TraceNotConvertible(f"cannot write {type(event).__name__} as a scenario line")
@@ -112,20 +127,66 @@ def _expect_line(event: pg.Event) -> str:
     return f"< {line}"
 
 
-def convert(trace: Trace, scenario_id: str, area: str = "corpus") -> str:
-    """The scenario text (without the file header line) of one trace."""
+def _own_tables(sql: str, tables: Mapping[str, str]) -> str:
+    for name in tables:
+        sql = re.sub(rf"(?<![.\w]){re.escape(name)}\b", "{schema}." + name, sql)
+    return sql
+
+
+_SESSION_SQL = re.compile(
+    r"\b(SET|RESET|DISCARD|LISTEN|UNLISTEN|PREPARE|DEALLOCATE|DECLARE|TEMP|TEMPORARY|"
+    r"pg_advisory_lock)\b",
+    re.IGNORECASE,
+)
+
+
+def pooling_of(events: list[pg.Event]) -> str:
+    """``session`` if the conversation leans on session state, else ``transaction``.
+
+    Session state here: a named prepared statement, the unnamed one bound in a later
+    batch than it was parsed in, or SQL that sets, listens, prepares or declares.
+    A transaction pooler is judged only on the conversations that need none of it.
+    """
+    parsed_here = False
+    for e in events:
+        if isinstance(e, pg.Parse):
+            if e.name:
+                return "session"
+            parsed_here = True
+        elif isinstance(e, pg.Bind) and (e.statement or not parsed_here):
+            return "session"
+        elif isinstance(e, pg.Sync):
+            parsed_here = False
+        sql = e.sql if isinstance(e, pg.Query) else e.query if isinstance(e, pg.Parse) else ""
+        if _SESSION_SQL.search(sql):
+            return "session"
+    return "transaction"
+
+
+def convert(
+    trace: Trace,
+    scenario_id: str,
+    area: str = "corpus",
+    tables: Mapping[str, str] | None = None,
+) -> str:
+    """The scenario text (without the file header line) of one trace.
+
+    ``tables`` maps the names of tables the recording's harness created beforehand to
+    their column lists: the scenario creates each one the conversation mentions in a
+    schema of its own, and its SQL is rewritten to name them there.
+    """
     front = trace.stream(FRONTEND)
     back = trace.stream(BACKEND)
     if trace.header.get("replication") or b"replication\0" in front[:2000]:
         raise TraceNotConvertible("a replication connection")
-    start = _startup_end(front)
+    start, skip = _startup_end(front, back)
     # The answers start after the first ReadyForQuery (the end of the login).
-    answers = _messages(back, {})
+    answers = _messages(back[skip:])
     first_rfq = next((k for k, (c, _) in enumerate(answers) if c == b"Z"), None)
     if first_rfq is None:
         raise TraceNotConvertible("the login never completed (no ReadyForQuery)")
     # Skip the client's authentication messages: everything before its first non-'p'.
-    sent = _messages(front[start:], {})
+    sent = _messages(front[start:])
     while sent and sent[0][0] == b"p":
         sent.pop(0)
     lines: list[str] = []
@@ -143,11 +204,36 @@ def convert(trace: Trace, scenario_id: str, area: str = "corpus") -> str:
         raise TraceNotConvertible(
             f"the recording holds a message that does not decode: {e}"
         ) from e
+    used = {
+        n: cols
+        for n, cols in (tables or {}).items()
+        if any(
+            re.search(rf"\b{re.escape(n)}\b", e.sql if isinstance(e, pg.Query) else e.query)
+            for e in frontend_events
+            if isinstance(e, pg.Query | pg.Parse)
+        )
+    }
+    for name, cols in used.items():
+        lines += [
+            f"> Query {quote(f'CREATE TABLE {{schema}}.{name} ({cols})')}",
+            '< CommandComplete "CREATE TABLE"',
+            "< ReadyForQuery I",
+        ]
+    frontend_events = [
+        pg.Query(_own_tables(e.sql, used))
+        if isinstance(e, pg.Query)
+        else pg.Parse(e.name, _own_tables(e.query, used), e.param_types)
+        if isinstance(e, pg.Parse)
+        else e
+        for e in frontend_events
+    ]
     bi = 0
     for fe in frontend_events:
         line = _send_line(fe)
         pending.append(line)
-        if isinstance(fe, pg.Sync | pg.Query | pg.CopyDone | pg.CopyFail | pg.Terminate):
+        if isinstance(
+            fe, pg.Sync | pg.Query | pg.CopyDone | pg.CopyFail | pg.Terminate | pg.FunctionCall
+        ):
             lines.extend(pending)
             pending.clear()
             if isinstance(fe, pg.Terminate):
@@ -166,7 +252,7 @@ def convert(trace: Trace, scenario_id: str, area: str = "corpus") -> str:
     head = [
         f"=== {scenario_id}",
         f"area: {area}",
-        "pooling: session",
+        f"pooling: {pooling_of(frontend_events)}",
         f"description: Replays the recorded {trace.header.get('scenario', scenario_id)} "
         "conversation.",
         f"origin: {trace.path.parent.name if trace.path else scenario_id}",
