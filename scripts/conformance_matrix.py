@@ -190,23 +190,18 @@ def cell(results: list[Result], area: str) -> str:
 
 
 def table(runs: dict[str, list[Result]]) -> str:
+    """One row per target, one column per scenario area, and the total."""
     areas: list[str] = []
     for results in runs.values():
         for r in results:
             if r.scenario.area not in areas:
                 areas.append(r.scenario.area)
-    names = list(runs)
-    out = ["| area | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for area in areas:
-        out.append(f"| {area} | " + " | ".join(cell(runs[n], area) for n in names) + " |")
-    out.append(
-        "| **all** | "
-        + " | ".join(
-            f"{sum(r.status == 'pass' for r in runs[n])}/{sum(r.status != 'n/a' for r in runs[n])}"
-            for n in names
+    out = ["| target | " + " | ".join(areas) + " | all |", "|---|" + "---|" * (len(areas) + 1)]
+    for name, results in runs.items():
+        total = (
+            f"{sum(r.status == 'pass' for r in results)}/{sum(r.status != 'n/a' for r in results)}"
         )
-        + " |"
-    )
+        out.append(f"| {name} | " + " | ".join(cell(results, a) for a in areas) + f" | {total} |")
     return "\n".join(out)
 
 
@@ -322,7 +317,7 @@ def main() -> int:
                     for mode in ("session", "transaction"):
                         with pgsansio(f, c.port, mode, work) as port:
                             run(
-                                f"pgsansio {f} {mode[:5]}. (PG{version})",
+                                f"pgsansio {f} {mode}, PG {version}",
                                 port,
                                 mode,
                                 f"pgsansio-{mode}",
@@ -331,7 +326,7 @@ def main() -> int:
                     for mode in ("session", "transaction"):
                         with pgbouncer(bouncer, c.port, mode, work, c) as port:
                             run(
-                                f"PgBouncer {mode[:5]}. (PG{version})",
+                                f"PgBouncer {mode}, PG {version}",
                                 port,
                                 mode,
                                 f"pgbouncer-{mode}",

@@ -168,3 +168,11 @@ def test_a_wrong_answer_fails_with_both_sides_decoded(pg: Cluster) -> None:
 def test_select_by_pattern() -> None:
     chosen = select(builtin_scenarios(), ["cancel"])
     assert chosen and all(s.area == "cancel" for s in chosen)
+
+
+def test_the_documented_example_passes(pg: Cluster) -> None:
+    doc = (pathlib.Path(__file__).parent.parent / "docs" / "conformance.md").read_text("utf-8")
+    example = doc.split("```text\n", 1)[1].split("```", 1)[0]
+    (s,) = parse_scenarios(example, "docs/conformance.md")
+    (r,) = run_suite([s], _target(pg.port))
+    assert r.status == "pass", report.render([r], "text", "PostgreSQL 15")
