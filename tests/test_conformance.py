@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import socket
 from xml.etree import ElementTree as ET
 
 import pytest
@@ -176,3 +177,26 @@ def test_the_documented_example_passes(pg: Cluster) -> None:
     (s,) = parse_scenarios(example, "docs/conformance.md")
     (r,) = run_suite([s], _target(pg.port))
     assert r.status == "pass", report.render([r], "text", "PostgreSQL 15")
+
+
+def test_from_trace_command_writes_a_scenario_that_replays(
+    pg: Cluster, tmp_path: pathlib.Path
+) -> None:
+    out = tmp_path / "psql-md5.scenario"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["conformance", "from-trace", str(CORPUS / "psql-md5"), "--output", str(out)])
+    assert exit_info.value.code == 0
+    (s,) = parse_scenarios(out.read_text("utf-8"), str(out))
+    assert s.id == "corpus.psql-md5" and s.pooling == "transaction"
+    (r,) = run_suite([s], _target(pg.port))
+    assert r.status == "pass", report.render([r], "text", "PostgreSQL 15")
+
+
+def test_unreachable_target_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["conformance", "run", "--target", f"127.0.0.1:{port}", "--user", "x"])
+    assert exit_info.value.code == 2
+    assert "cannot reach" in capsys.readouterr().err

@@ -842,6 +842,13 @@ def select(scenarios: Iterable[Scenario], only: Sequence[str] = ()) -> list[Scen
     ]
 
 
+def _connect_admin(target: Target, timeout: float) -> _Admin:
+    try:
+        return _Admin(target, timeout)
+    except OSError as e:
+        raise ScenarioFailure(f"cannot reach {target.address}: {e.strerror or e}") from None
+
+
 def run_suite(
     scenarios: Iterable[Scenario],
     target: Target,
@@ -850,10 +857,12 @@ def run_suite(
     timeout: float = 5.0,
     progress: Callable[[Result], None] | None = None,
 ) -> list[Result]:
-    """Run scenarios in order against ``target``; raises OSError if it cannot be reached
-    and ScenarioFailure if the administrative login fails."""
-    admin = _Admin(target, timeout)
-    ref_admin = _Admin(reference, timeout) if reference is not None else None
+    """Run scenarios in order against ``target`` (and ``reference``).
+
+    Raises ScenarioFailure, saying why, if either cannot be reached or refuses the login.
+    """
+    admin = _connect_admin(target, timeout)
+    ref_admin = _connect_admin(reference, timeout) if reference is not None else None
     results: list[Result] = []
     try:
         for s in scenarios:
