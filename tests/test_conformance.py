@@ -200,3 +200,20 @@ def test_unreachable_target_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
         main(["conformance", "run", "--target", f"127.0.0.1:{port}", "--user", "x"])
     assert exit_info.value.code == 2
     assert "cannot reach" in capsys.readouterr().err
+
+
+def test_differential_mode_shows_what_the_scenario_left_open(pg: Cluster) -> None:
+    # The scenario accepts any FATAL; the comparison with PostgreSQL still tells the
+    # SQLSTATEs apart (pgsansio answers an unknown database like a wrong password).
+    (s,) = parse_scenarios(
+        "# pgsansio-conformance 1\n=== t.any-fatal\narea: t\npooling: transaction\n"
+        "startup: none\ndescription: any refusal\n"
+        "> Startup 3.0 user={user} database=conformance_nope\n! login\n"
+        "< ErrorResponse FATAL *\n< EOF\n"
+    )
+    config = make_config(pg, pool_mode="transaction", pool_size=2, users=(USER,))
+    with running(config) as pooler:
+        (r,) = run_suite([s], _target(pooler.port, "transaction"), _target(pg.port))
+    assert r.status == "fail" and "differs from the reference" in r.why
+    assert r.reference_got.startswith("ErrorResponse FATAL 3D000")
+    assert r.got.startswith("ErrorResponse FATAL 28P01")

@@ -19,9 +19,10 @@ Decisions:
   disagrees with the scenario); ``known`` for a failure the scenario records as a known
   finding for this kind of target (``finding: LABEL: why``), which does not fail the run.
 * **Differential mode.** With a reference (PostgreSQL, typically), each scenario runs
-  against both and the answers the scenario pins down are compared message by message;
-  error texts are left out (a pooler may word its own errors), severity and SQLSTATE are
-  not.
+  against both and every answer a required (not ``<?``) line matched is compared message
+  by message, in full, including what the scenario's ``*`` left open; only error and
+  notice texts are left out (a pooler may word its own errors), severity and SQLSTATE
+  are not.
 * **Isolation.** A scenario whose SQL mentions ``{schema}`` gets a schema of its own,
   created before and dropped after through a separate administrative connection, even
   when the scenario fails half-way.
@@ -651,7 +652,7 @@ class _Play:
                 )
             self.transcript.append(f"[{e.conn}] {msg.line}")
             if not e.optional:
-                self.compare.append((_pinned(e, msg), msg.line, msg.decoded))
+                self.compare.append((differential_form(msg.line), msg.line, msg.decoded))
             i += 1
         for p in params:
             if not any(line_matches(list(p.pattern), g.tokens) for g in seen_params):
@@ -671,32 +672,6 @@ class _Play:
             if not w.eof:
                 w.send(bytes(pg.Terminate()))
             w.close()
-
-
-def _pinned(e: Expect, msg: Received) -> str:
-    """The received line with what the expectation leaves open (``*``) masked."""
-    pattern = list(e.pattern)
-    parts = msg.line.split(" ")
-    if len(parts) != len(msg.tokens):
-        # A quoted token holds spaces: rebuild from the canonical rendering's tokens.
-        parts = [_show(t) for t in msg.tokens]
-    out = []
-    for k, part in enumerate(parts):
-        if k < len(pattern) and pattern[k] == Token("word", "*"):
-            out.append("*")
-            if k == len(pattern) - 1:
-                break
-        else:
-            out.append(part)
-    return differential_form(" ".join(out))
-
-
-def _show(t: Token) -> str:
-    if t.kind == "null":
-        return "NULL"
-    if isinstance(t.value, bytes):
-        return "x'" + t.value.hex() + "'"
-    return quote(t.value or "") if t.kind == "str" else (t.value or "")
 
 
 class _Admin:
