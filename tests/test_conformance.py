@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import pathlib
 import socket
+import subprocess
+import sys
 from xml.etree import ElementTree as ET
 
 import pytest
@@ -217,3 +219,21 @@ def test_differential_mode_shows_what_the_scenario_left_open(pg: Cluster) -> Non
     assert r.status == "fail" and "differs from the reference" in r.why
     assert r.reference_got.startswith("ErrorResponse FATAL 3D000")
     assert r.got.startswith("ErrorResponse FATAL 28P01")
+
+
+def test_the_package_imports_only_the_protocol_layer() -> None:
+    # The tester's package must not lean on the pooler it judges.
+    code = (
+        "import sys, pgsansio.conformance.cli as c, pgsansio.conformance.runner, "
+        "pgsansio.conformance.report, pgsansio.conformance.from_trace, "
+        "pgsansio.conformance.recorder\n"
+        "import typer\n"
+        "c.register(typer.Typer())\n"
+        "bad = sorted(m for m in sys.modules if m.startswith(('pgsansio.engine', "
+        "'pgsansio.frontends', 'pgsansio.config', 'pgsansio.routing')))\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]", out.stdout

@@ -10,4 +10,8 @@ thing it judges could not be trusted to judge another pooler the same way.
 * :mod:`.runner`: plays scenarios against a target (and a reference) and judges them.
 * :mod:`.report`: text, JSON and JUnit output.
 * :mod:`.from_trace`: turns a recorded trace into a scenario.
+* :mod:`.cli`: the ``pgsansio conformance`` commands (typer, imported only when run).
+
+The built-in scenarios are package data in ``scenarios/``; ``docs/conformance.md``
+documents the format.
 """

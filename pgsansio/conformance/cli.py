@@ -119,7 +119,10 @@ def register(app: "typer.Typer") -> None:
             raise typer.Exit(2)
 
         def progress(r: object) -> None:
-            if fmt == "text" and output is not None:
+            # A dot per scenario on stderr while the report goes to a file: a long run
+            # shows that it is alive.
+            del r
+            if output is not None:
                 sys.stderr.write(".")
                 sys.stderr.flush()
 

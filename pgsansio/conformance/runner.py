@@ -530,7 +530,7 @@ class _Play:
             time.sleep(float(d.args[0].text) if d.args else 0.1)
         elif d.name == "login":
             w = self.wire(d.conn)
-            login(w, self._login_extra(w, d), keep_error=True)
+            login(w, self._login_extra(d), keep_error=True)
         elif d.name == "close":
             self.wire(d.conn).close()
         elif d.name == "nothing":
@@ -570,7 +570,7 @@ class _Play:
                     return
                 w.unread(more)
 
-    def _login_extra(self, w: Wire, d: Directive) -> Callable[[Received], None]:
+    def _login_extra(self, d: Directive) -> Callable[[Received], None]:
         def extra(msg: Received) -> None:
             raise ScenarioFailure(
                 f"line {d.lineno}: unexpected message during login",
@@ -579,7 +579,6 @@ class _Play:
                 decoded=msg.decoded,
             )
 
-        del w
         return extra
 
     def cancel(self, d: Directive) -> None:
