@@ -63,8 +63,10 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
+    # SIGTERM, not SIGINT: a process started from a non-interactive shell's background job
+    # inherits SIGINT ignored, and would sit out the whole grace period.
     if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
