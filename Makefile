@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: test lint types unit coverage corpus fuzz bench-core bench bench-profile clean demo soak \
-	dist dist-check docker-check pgbouncer-compare
+	dist dist-check docker-check pgbouncer-compare conformance conformance-corpus
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,16 @@ coverage: $(STAMP)
 ## make corpus: re-record the traffic corpus against throwaway clusters
 corpus: $(STAMP)
 	$(PY) scripts/make_corpus.py --out tests/corpus
+
+## make conformance: the protocol conformance suite against PostgreSQL 15 and 18, pgsansio
+## (session and transaction mode, each frontend) and PgBouncer (both modes, when installed);
+## writes the results table into docs/conformance.md (a few minutes)
+conformance: $(STAMP)
+	$(PY) scripts/conformance_matrix.py --json-dir build/conformance
+
+## make conformance-corpus: re-convert tests/corpus into the corpus.scenario file
+conformance-corpus: $(STAMP)
+	$(PY) scripts/make_conformance_corpus.py
 
 ## make fuzz FUZZ_SECONDS=300: run the atheris harnesses
 FUZZ_SECONDS ?= 60

@@ -29,7 +29,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 from pgsansio._convert_cmd import register_convert
-from pgsansio.recorder import RECORDER_ID, AsyncRecordingRelay
+from pgsansio.conformance.cli import register as _register_conformance
+from pgsansio.conformance.recorder import RECORDER_ID, AsyncRecordingRelay
 
 if TYPE_CHECKING:
     import typer
@@ -83,7 +84,7 @@ def _register_record(app: "typer.Typer") -> None:
             "will not notice the difference. Each client connection is written to "
             "DIR/c1.jsonl, DIR/c2.jsonl, ... (compressed to .jsonl.gz above 256 KiB) in "
             "the pgsansio trace format, which the conformance tests and "
-            "pgsansio.trace.read_trace() read.\n\n"
+            "pgsansio.conformance.trace.read_trace() read.\n\n"
             "Runs until Ctrl-C or SIGTERM, then waits for open connections to finish "
             "(see --grace) so that every trace is complete.\n\n"
             "The relay sees plain bytes only: connect the client with sslmode=disable (or "
@@ -415,6 +416,7 @@ COMMANDS: list[Callable[["typer.Typer"], None]] = [
     # Tools: add yours here.
     register_convert,
     _register_record,
+    _register_conformance,  # a command group: typer lists it last anyway
 ]
 """Functions that add their command(s) to the app, in ``--help`` order."""
 
