@@ -249,6 +249,7 @@ GENERAL_DEFAULTS: dict[str, Any] = {
     "client_tls_sslmode": "prefer",
     "client_tls_ca_file": None,
     "server_tls_ca_file": None,
+    "pin_session_state": True,
 }
 
 POOL_DEFAULTS: dict[str, Any] = {
@@ -278,6 +279,7 @@ POOL_DEFAULTS: dict[str, Any] = {
     "table_mutation_cache_ms_ttl": 50,
     "replica_max_lag_ms": 0,
     "replica_max_lag_bytes": 0,
+    "pin_session_state": True,
     # inherited from [general] when unset
     "connect_timeout": 1000,
     "idle_timeout": 600000,
@@ -1423,3 +1425,12 @@ def test_replica_extensions_load_and_round_trip() -> None:
         1048576,
     )
     round_trip(config)
+
+
+def test_pin_session_state_pool_inherits_general() -> None:
+    config = parse(make(general="pin_session_state = false", pool=""))
+    assert config.general.pin_session_state is False
+    assert config.pools["db"].pin_session_state is False
+    config = parse(make(general="pin_session_state = false", pool="pin_session_state = true"))
+    assert config.pools["db"].pin_session_state is True
+    assert parse(make()).pools["db"].pin_session_state is True

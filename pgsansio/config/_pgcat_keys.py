@@ -87,6 +87,8 @@ _GENERAL_KEYS: dict[str, _Key] = {
     "client_tls_sslmode": _Key("enum", choices={m: m for m in _SSLMODES}),
     "client_tls_ca_file": _Key("str"),
     "server_tls_ca_file": _Key("str"),
+    # pgsansio extension: transaction pooling (the default of each pool's key)
+    "pin_session_state": _Key("bool"),
 }
 
 _POOL_KEYS: dict[str, _Key] = {
@@ -134,6 +136,8 @@ _POOL_KEYS: dict[str, _Key] = {
     # pgsansio extensions: replica lag bounds
     "replica_max_lag_ms": _Key("uint", _MS),
     "replica_max_lag_bytes": _Key("uint"),
+    # pgsansio extension: transaction pooling
+    "pin_session_state": _Key("bool"),
 }
 _POOL_TABLES = ("users", "shards", "plugins")
 

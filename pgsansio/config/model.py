@@ -61,6 +61,9 @@ class General:
     client_tls_sslmode: str = "prefer"
     client_tls_ca_file: str | None = None
     server_tls_ca_file: str | None = None
+    # Transaction pooling (pgsansio extension, see docs/transaction-pooling.md): the
+    # default of every pool's pin_session_state.
+    pin_session_state: bool = True
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,9 @@ class PoolConfig:
     # its primary gets no reads until it catches up.
     replica_max_lag_ms: int = 0
     replica_max_lag_bytes: int = 0
+    # Transaction pooling (pgsansio extension, see docs/transaction-pooling.md): a
+    # client that creates session state keeps its server until the state is gone.
+    pin_session_state: bool = True
 
 
 @dataclass(frozen=True)

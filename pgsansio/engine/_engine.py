@@ -53,6 +53,7 @@ from ._objects import (
     Client,
     ServerConn,
 )
+from ._pinning import Pinning
 from ._pooling import Pools
 from ._prepared import Statements
 from ._probes import Probes
@@ -101,8 +102,13 @@ class Engine:
             ctx, pools=self.pools, health=self.health, shards=self.shards, router=self.router
         )
         self.probes = Probes(ctx, pools=self.pools, health=self.health, lending=self.lending)
+        self.pinning = Pinning(ctx)
         self.sessions = Sessions(
-            ctx, pools=self.pools, lending=self.lending, send_pending=self._send_pending
+            ctx,
+            pools=self.pools,
+            lending=self.lending,
+            pinning=self.pinning,
+            send_pending=self._send_pending,
         )
         self.statements = Statements(ctx)
         self.relay = Relay(
@@ -113,6 +119,7 @@ class Engine:
             lending=self.lending,
             sessions=self.sessions,
             statements=self.statements,
+            pinning=self.pinning,
         )
         self.tls = Tls(ctx)
         self.login = Login(

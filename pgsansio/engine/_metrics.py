@@ -61,6 +61,7 @@ _POOL_GAUGES = (
     ("sv_login", "Server connections logging in"),
     ("maxwait", "Seconds the oldest waiting client has waited"),
     ("maxwait_us", "Microseconds part of maxwait"),
+    ("cl_pinned", "Clients keeping their server for session state they hold"),
 )
 _SERVER_STATES = {
     ServerState.ACTIVE: "active_count",
@@ -206,6 +207,20 @@ class Metrics:
         for db, user, counts, _, _ in self.show.pool_rows():
             for name, help_text in _POOL_GAUGES:
                 add(f"pools_{name}", "gauge", help_text, {"pool": db, "user": user}, counts[name])
+        pinned: dict[tuple[str, str, str], int] = {}
+        for x in self.ctx.clients.values():
+            if x.pin is not None and x.pin.pinned and x.group is not None:
+                for kind in x.pin.kinds():
+                    why = (x.group.name, x.group.user.username, kind)
+                    pinned[why] = pinned.get(why, 0) + 1
+        for (db, user, kind), count in sorted(pinned.items()):
+            add(
+                "clients_pinned",
+                "gauge",
+                "Clients keeping their server, by the kind of session state they hold",
+                {"pool": db, "user": user, "reason": kind},
+                count,
+            )
         for group in self.pools.groups.values():
             for pool in group.all_pools():
                 a = pool.address

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from pgsansio.config.model import PoolConfig, ServerAddress, UserConfig
     from pgsansio.protocol import ScramServer
 
+    from ._pinning import PinState
+
 __all__ = [
     "Client",
     "Entry",
@@ -112,6 +114,7 @@ class Client:
         "params",
         "peer",
         "pending",
+        "pin",
         "pool",
         "prepared",
         "primary_reads",
@@ -182,6 +185,8 @@ class Client:
         # None: not chosen), and the shard of the request being placed.
         self.shard: int | None = None
         self.checkout_shard = 0
+        # Session state that keeps it on its server in transaction mode (see _pinning).
+        self.pin: PinState | None = None
 
 
 class ServerConn:

@@ -157,19 +157,26 @@ def strip_comments(sql: str) -> str:
             i = n if end < 0 else end
             out.append(" ")
         elif sql.startswith("/*", i):
-            depth, i = 1, i + 2
-            while i < n and depth:  # PostgreSQL's block comments nest
-                if sql.startswith("/*", i):
-                    depth, i = depth + 1, i + 2
-                elif sql.startswith("*/", i):
-                    depth, i = depth - 1, i + 2
-                else:
-                    i += 1
+            i = block_comment_end(sql, i)
             out.append(" ")
         else:
             out.append(ch)
             i += 1
     return "".join(out)
+
+
+def block_comment_end(sql: str, i: int) -> int:
+    """Where the ``/* */`` comment starting at ``i`` ends (PostgreSQL's nest)."""
+    n = len(sql)
+    depth, i = 1, i + 2
+    while i < n and depth:
+        if sql.startswith("/*", i):
+            depth, i = depth + 1, i + 2
+        elif sql.startswith("*/", i):
+            depth, i = depth - 1, i + 2
+        else:
+            i += 1
+    return i
 
 
 def parse_simple_set(sql: str) -> tuple[str, str | None] | None:

@@ -73,6 +73,7 @@ from ._objects import (
     ServerConn,
 )
 from ._params import TRACKED, parse_simple_set, strip_comments
+from ._pinning import may_pin
 from ._shards import SHARD_COMMAND_BYTES
 from ._states import (
     C_CLOSED,
@@ -83,6 +84,7 @@ from ._states import (
 if TYPE_CHECKING:
     from ._context import Context
     from ._lending import Lending
+    from ._pinning import Pinning
     from ._pooling import Pools
     from ._prepared import Statements
     from ._routing import Routes
@@ -147,6 +149,7 @@ class Relay:
         lending: Lending,
         sessions: Sessions,
         statements: Statements,
+        pinning: Pinning,
     ) -> None:
         self.ctx = ctx
         self.stats = stats
@@ -155,6 +158,7 @@ class Relay:
         self.lending = lending
         self.sessions = sessions
         self.statements = statements
+        self.pinning = pinning
 
     # --- client -> server ------------------------------------------------------------
 
@@ -199,6 +203,7 @@ class Relay:
                 assert isinstance(e, Parse)
                 if _SET_CONFIG.search(e.query):
                     s.dirty = True
+                self.pinning.query(c, s, e.query, simple=False, reused=bool(e.name))
                 st.client_parse_count += 1
                 if e.name and rewrite:
                     new = self.statements.client_parse(c, s, e)
@@ -265,9 +270,13 @@ class Relay:
             # than a case-insensitive scan.
             low = sql.lower()
             if "set" not in low and "discard" not in low and "deallocate" not in low:
+                if may_pin(low):
+                    self.pinning.query(c, s, sql)
                 return Entry(K_QUERY)  # the common query: nothing below can apply
         elif _SESSION_WORDS.search(sql) is None:
+            self.pinning.query(c, s, sql)
             return Entry(K_QUERY)
+        self.pinning.query(c, s, sql)
         sql = strip_comments(sql)
         if _SET_CONFIG.search(sql):
             s.dirty = True  # set_config(..., false) leaves no SET tag to notice
@@ -337,6 +346,8 @@ class Relay:
                     self._unanswered(s, x)
             elif t is ErrorResponse:
                 assert isinstance(e, ErrorResponse)
+                if c is not None and c.pin is not None:
+                    self.pinning.failed(c)
                 if entry is not None:
                     if entry.kind in EXTENDED:
                         q.popleft()

@@ -11,8 +11,10 @@ The ``Sessions`` part of the engine. Decisions (PgBouncer's and PgCat's):
 - **Release.** Transaction mode hands a server back on ReadyForQuery ``I`` with
   nothing outstanding, no COPY open and no unnamed statement waiting for its Bind
   (pg8000 sends Parse, Describe and Bind in separate round trips, each with its own
-  Sync). Session mode keeps it until the client leaves. A client idle in a
-  transaction longer than ``idle_client_in_transaction_timeout`` is ended with 25P03.
+  Sync). Session mode keeps it until the client leaves. A client holding session
+  state (a temporary table, a lock...) keeps its server too (see :mod:`._pinning`).
+  A client idle in a transaction longer than ``idle_client_in_transaction_timeout``
+  is ended with 25P03.
 - **Statement timeout** (PgCat's ``statement_timeout``): the server is not trusted
   again: its query is cancelled, the connection closed and its address banned, and
   the client gets 57014.
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 
     from ._context import Context
     from ._lending import Lending
+    from ._pinning import Pinning
     from ._pooling import Pools
 
 
@@ -52,11 +55,13 @@ class Sessions:
         *,
         pools: Pools,
         lending: Lending,
+        pinning: Pinning,
         send_pending: Callable[[Client, ServerConn], None],
     ) -> None:
         self.ctx = ctx
         self.pools = pools
         self.lending = lending
+        self.pinning = pinning
         self._send_pending = send_pending
 
     def link(self, c: Client, s: ServerConn) -> None:
@@ -123,6 +128,8 @@ class Sessions:
             return
         if c.user.pool_mode != "transaction" or c.unnamed_pending or c.pending:
             return
+        if c.pin is not None and self.pinning.held(c, s):
+            return  # it holds session state on this server (see _pinning)
         self.unlink(c, s)
         self.pools.server_free(s)
 
