@@ -49,10 +49,11 @@ def ops(sql: str, *, followed: bool = True, reused: bool = False) -> list[tuple[
         ("RESET ROLE", [("-", "set", "role")]),
         ("SET SESSION AUTHORIZATION bob", [("+", "set", "session authorization")]),
         (
-            "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+            "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
             [("+", "set", "session characteristics")],
         ),
         ("SET work_mem = '4MB'", []),  # followed: replayed on every server
+        ("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", []),  # followed too
         ("SET LOCAL work_mem = '4MB'", []),
         ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", []),
         ("SET TIME ZONE 'UTC'", []),  # reported: followed through ParameterStatus

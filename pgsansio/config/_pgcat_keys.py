@@ -138,6 +138,14 @@ _POOL_KEYS: dict[str, _Key] = {
     "replica_max_lag_bytes": _Key("uint"),
     # pgsansio extension: transaction pooling
     "pin_session_state": _Key("bool"),
+    "begin_routing": _Key(
+        "enum",
+        choices={
+            "declared": "declared",
+            "first_statement": "first_statement",
+            "primary": "primary",
+        },
+    ),
 }
 _POOL_TABLES = ("users", "shards", "plugins")
 

@@ -151,6 +151,11 @@ class PoolConfig:
     # Transaction pooling (pgsansio extension, see docs/transaction-pooling.md): a
     # client that creates session state keeps its server until the state is gone.
     pin_session_state: bool = True
+    # Read/write splitting of transactions (see pgsansio.engine._readonly): "declared"
+    # holds a plain BEGIN until the first statement (SET TRANSACTION READ ONLY: a
+    # replica), "first_statement" also sends a transaction whose first statement reads
+    # to a replica (a later write gets 25006), "primary" is PgCat's behaviour.
+    begin_routing: str = "declared"
 
 
 @dataclass(frozen=True)

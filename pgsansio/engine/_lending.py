@@ -250,6 +250,7 @@ class Lending:
         self, c: Client, pending: list[tuple[bytes, list[Event], list[int]]], error: ErrorResponse
     ) -> None:
         """Answer requests no server will see with ``error``, as a server would."""
+        c.held_begin = None  # its transaction ends with them
         failed = False
         try:
             for _, events, _ in pending:

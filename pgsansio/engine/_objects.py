@@ -110,6 +110,7 @@ class Client:
         "connected",
         "database",
         "group",
+        "held_begin",
         "login_deadline",
         "params",
         "peer",
@@ -187,6 +188,8 @@ class Client:
         self.checkout_shard = 0
         # Session state that keeps it on its server in transaction mode (see _pinning).
         self.pin: PinState | None = None
+        # A plain BEGIN answered by the pooler, sent with the first statement (_readonly).
+        self.held_begin: str | None = None
 
 
 class ServerConn:

@@ -275,6 +275,8 @@ def _set_ops(stmt: str, *, followed: bool, undo: bool) -> list[Op]:
         name = "session " + name
         if _SET_AUTH_OFF.match(stmt):
             return [("-", SET, name)] if undo else []
+        if followed and parse_simple_set(stmt) is not None:
+            return []  # READ ONLY / READ WRITE: followed as default_transaction_read_only
     elif name == "role":
         if _SET_ROLE_OFF.match(stmt):
             return [("-", SET, name)] if undo else []

@@ -624,6 +624,9 @@ class Relay:
             return
 
     def flush_pending(self, c: Client, s: ServerConn) -> None:
+        if c.held_begin is not None:  # answered by us earlier (see _readonly): send it now
+            self.pools.send_internal(s, c.held_begin, "begin")
+            c.held_begin = None
         pending, c.pending = c.pending, []
         if len(pending) == 1:
             data, events, _ = pending[0]
@@ -671,6 +674,7 @@ class Relay:
             and not c.pending
             and not c.blocked
             and c.waiting_since is None
+            and c.held_begin is None
         ):
             ready = self.lending.ready_server(c, group)
             if ready is not None:  # what checkout would do, without the pending list

@@ -54,6 +54,7 @@ from pgsansio.protocol import (
 
 from ._answers import command_error, show_one
 from ._objects import Client, Pool
+from ._readonly import Begins, held_transaction_write, session_read_only
 from ._shards import SHARD_LEAD, Refusal
 
 if TYPE_CHECKING:
@@ -86,6 +87,7 @@ class Routes:
         self._routers: dict[int, Router] = {}
         self._rr: dict[tuple[str, str, int, str], int] = {}
         self._parser_missing: str | None = None
+        self.begins = Begins(ctx)
 
     def _router(self, max_length: int | None) -> Router | None:
         """The classifier, or None when pglast is not installed (said once at start)."""
@@ -153,6 +155,7 @@ class Routes:
         if router is None:
             return None
         found: bool | None = None
+        ro_session = session_read_only(c)
         for _, events, _ in c.pending:
             for e in events:
                 t = type(e)
@@ -174,8 +177,10 @@ class Routes:
                 d = router.classify(sql)
                 if d.hint is not None:
                     write = d.hint == "primary"
+                elif c.held_begin is not None:  # the first statement decides (_readonly)
+                    return held_transaction_write(c.group.cfg.begin_routing, d, ro_session)
                 elif d.begin:
-                    write = d.read_only is not True
+                    write = d.read_only is False or (d.read_only is None and not ro_session)
                 else:
                     write = d.write
                 if write:
@@ -357,7 +362,10 @@ class Routes:
         router = self._router(c.group.cfg.query_parser_max_length)
         if router is None:
             return False
-        command = router.classify(query.sql).command
+        decision = router.classify(query.sql)
+        if self.begins.query(c, query.sql, decision):
+            return True  # a plain BEGIN held until the first statement (see _readonly)
+        command = decision.command
         if command is None:
             return False
         name, value = command
