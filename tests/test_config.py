@@ -281,6 +281,7 @@ POOL_DEFAULTS: dict[str, Any] = {
     "replica_max_lag_bytes": 0,
     "pin_session_state": True,
     "begin_routing": "declared",
+    "listen_fanout": True,
     # inherited from [general] when unset
     "connect_timeout": 1000,
     "idle_timeout": 600000,

@@ -117,7 +117,8 @@ def run(conn: psycopg.Connection[tuple[object, ...]], statements: list[str]) -> 
 
 
 def test_each_kind_of_session_state_keeps_its_server(pg15: Cluster) -> None:
-    cfg = make_config(pg15, pool_size=3, users=(USER,))
+    # listen_fanout off: LISTEN pins (with it on, test_listen_postgres: it does not).
+    cfg = make_config(pg15, pool_size=3, users=(USER,), pool={"listen_fanout": False})
     with running(cfg) as p, busy(p) as done:
         for name, (create, use, remove) in KINDS.items():
             conn = psycopg.connect(p.dsn(USER), autocommit=True)

@@ -146,6 +146,7 @@ _POOL_KEYS: dict[str, _Key] = {
             "primary": "primary",
         },
     ),
+    "listen_fanout": _Key("bool"),
 }
 _POOL_TABLES = ("users", "shards", "plugins")
 

@@ -156,6 +156,9 @@ class PoolConfig:
     # replica), "first_statement" also sends a transaction whose first statement reads
     # to a replica (a later write gets 25006), "primary" is PgCat's behaviour.
     begin_routing: str = "declared"
+    # LISTEN in transaction mode through one listener connection per (pool, user)
+    # instead of pinning (see pgsansio.engine._listen).
+    listen_fanout: bool = True
 
 
 @dataclass(frozen=True)

@@ -44,11 +44,13 @@ from ._errors import INTERNAL, ClientFatal, fatal
 from ._health import Health
 from ._leaving import Leaving
 from ._lending import Lending
+from ._listen import Listen
 from ._login import Login
 from ._metrics import Metrics
 from ._objects import (
     P_AUTH_QUERY,
     P_CANCEL,
+    P_LISTEN,
     P_PROBE,
     Client,
     ServerConn,
@@ -102,7 +104,8 @@ class Engine:
             ctx, pools=self.pools, health=self.health, shards=self.shards, router=self.router
         )
         self.probes = Probes(ctx, pools=self.pools, health=self.health, lending=self.lending)
-        self.pinning = Pinning(ctx)
+        self.listen = Listen(ctx, pools=self.pools)
+        self.pinning = Pinning(ctx, listen=self.listen)
         self.sessions = Sessions(
             ctx,
             pools=self.pools,
@@ -120,6 +123,7 @@ class Engine:
             sessions=self.sessions,
             statements=self.statements,
             pinning=self.pinning,
+            listen=self.listen,
         )
         self.tls = Tls(ctx)
         self.login = Login(
@@ -130,6 +134,7 @@ class Engine:
             lending=self.lending,
             probes=self.probes,
             tls=self.tls,
+            listen=self.listen,
         )
         self.leaving = Leaving(
             ctx,
@@ -139,6 +144,7 @@ class Engine:
             sessions=self.sessions,
             statements=self.statements,
             login=self.login,
+            listen=self.listen,
         )
         self.show = Show(ctx, stats=self.stats, pools=self.pools, health=self.health)
         self.metrics = Metrics(
@@ -313,6 +319,8 @@ class Engine:
             self.login.read_auth_query(s)
         elif s.purpose == P_PROBE:
             self.probes.read_probe(s)
+        elif s.purpose == P_LISTEN:
+            self.listen.read(s)
         else:
             self.relay.read_server(s)
 

@@ -17,7 +17,7 @@ from ._stats import NOWHERE
 
 if TYPE_CHECKING:
     from pgsansio.config.model import PoolConfig, ServerAddress, UserConfig
-    from pgsansio.protocol import ScramServer
+    from pgsansio.protocol import NotificationResponse, ScramServer
 
     from ._pinning import PinState
 
@@ -35,6 +35,7 @@ P_POOL = 0
 P_CANCEL = 1
 P_AUTH_QUERY = 2
 P_PROBE = 3  # the health/role/lag probe of one address (see _health)
+P_LISTEN = 4  # the LISTEN connection of one (pool, user) (see _listen)
 
 # --- response-queue entry kinds: which server message ends the request's answer ---------
 K_PARSE = 0  # ParseComplete
@@ -111,7 +112,9 @@ class Client:
         "database",
         "group",
         "held_begin",
+        "listens",
         "login_deadline",
+        "notes",
         "params",
         "peer",
         "pending",
@@ -190,6 +193,10 @@ class Client:
         self.pin: PinState | None = None
         # A plain BEGIN answered by the pooler, sent with the first statement (_readonly).
         self.held_begin: str | None = None
+        # LISTEN served by the pool's listener (see _listen): its channels, and the
+        # notifications waiting for it to be idle.
+        self.listens: set[str] | None = None
+        self.notes: list[NotificationResponse] | None = None
 
 
 class ServerConn:

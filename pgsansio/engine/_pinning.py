@@ -60,6 +60,7 @@ from ._params import TRACKED, block_comment_end, parse_simple_set
 
 if TYPE_CHECKING:
     from ._context import Context
+    from ._listen import Listen
     from ._objects import Client, Pool, ServerConn
 
 __all__ = ["KINDS", "PinState", "Pinning", "may_pin", "pinned_in"]
@@ -405,8 +406,9 @@ class PinState:
 class Pinning:
     """Keeps each client's PinState on ``Client.pin``; see the module docstring."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, *, listen: Listen) -> None:
         self.ctx = ctx
+        self.listen = listen
         self.pinnings = 0  # clients pinned since start (for /metrics)
 
     def watching(self, c: Client) -> bool:
@@ -439,6 +441,17 @@ class Pinning:
         ops: list[Op] = []
         for stmt in statements:
             ops.extend(_ops(stmt, followed=followed, reused=reused))
+        if ops and any(kind == LISTEN for _, kind, _ in ops) and self.listen.fans_out(c):
+            # The pool's listener serves LISTEN (see _listen): no pin for it.
+            for sign, kind, name in ops:
+                if kind == LISTEN:
+                    if sign == "+":
+                        self.listen.listen(c, name)
+                    else:
+                        self.listen.unlisten(c, name or None)
+                elif kind == "all" and not reused:
+                    self.listen.unlisten(c, None)  # DISCARD ALL: UNLISTEN * too
+            ops = [op for op in ops if op[1] != LISTEN]
         if not ops:
             return
         st = c.pin

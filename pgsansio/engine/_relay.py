@@ -42,6 +42,7 @@ from pgsansio.protocol import (
     Execute,
     FunctionCall,
     NoData,
+    NotificationResponse,
     ParameterStatus,
     Parse,
     ParseComplete,
@@ -84,6 +85,7 @@ from ._states import (
 if TYPE_CHECKING:
     from ._context import Context
     from ._lending import Lending
+    from ._listen import Listen
     from ._pinning import Pinning
     from ._pooling import Pools
     from ._prepared import Statements
@@ -116,7 +118,14 @@ _SESSION_WORDS = re.compile("set|discard|deallocate", re.I)
 _INTERNAL_NAME = re.compile(r"PGSANSIO_U?\d+")
 # Messages that need the full loop of _to_client, unless the span's last one.
 _NOT_PLAIN = frozenset(
-    {ErrorResponse, ParameterStatus, CopyInResponse, CopyBothResponse, ReadyForQuery}
+    {
+        ErrorResponse,
+        ParameterStatus,
+        CopyInResponse,
+        CopyBothResponse,
+        ReadyForQuery,
+        NotificationResponse,
+    }
 )
 # The ``sent`` of a span forwarded untouched: never appended to (see _forward).
 _NOTHING_SENT: list[Event] = []
@@ -150,6 +159,7 @@ class Relay:
         sessions: Sessions,
         statements: Statements,
         pinning: Pinning,
+        listen: Listen,
     ) -> None:
         self.ctx = ctx
         self.stats = stats
@@ -159,6 +169,7 @@ class Relay:
         self.sessions = sessions
         self.statements = statements
         self.pinning = pinning
+        self.listen = listen
 
     # --- client -> server ------------------------------------------------------------
 
@@ -363,6 +374,9 @@ class Relay:
                     # timeout ...): the client has been told; nothing more to add.
                     s.close_needed = True
                     s.fatal_forwarded = not drop and c is not None
+            elif t is NotificationResponse:
+                if c is not None and c.listens:
+                    drop = True  # the pool's listener delivers it (see _listen)
             elif t is ParameterStatus:
                 assert isinstance(e, ParameterStatus)
                 s.params[e.name] = e.value
@@ -416,6 +430,8 @@ class Relay:
                 self.sessions.internal_done(s, entry)
         if s.client is not None:
             self.sessions.release_if_done(s)
+            if c is not None and c.notes:
+                self.listen.deliver(c)
         elif s.close_needed and not q and s.conn.idle and s.state is not S_CLOSED:
             # An abandoned server whose cancelled query has answered.
             self.pools.close_server(s)
@@ -459,6 +475,8 @@ class Relay:
             c.stats.sent += len(data)
             self.ctx.out.append(SendClient(c.cid, data))
         self.sessions.release_if_done(s)
+        if c.notes:
+            self.listen.deliver(c)
 
     # --- the fast lane ---------------------------------------------------------------
     #
