@@ -282,6 +282,7 @@ POOL_DEFAULTS: dict[str, Any] = {
     "pin_session_state": True,
     "begin_routing": "declared",
     "listen_fanout": True,
+    "read_your_writes": False,
     # inherited from [general] when unset
     "connect_timeout": 1000,
     "idle_timeout": 600000,

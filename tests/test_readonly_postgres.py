@@ -39,14 +39,21 @@ def pair() -> Iterator[tuple[Cluster, Cluster]]:
             "GRANT ALL ON ro_items, ro_items_id_seq TO PUBLIC;",
             dbname=TEST_DATABASE,
         )
-        made.append(primary.make_replica())
-        yield primary, made[1]
+        replica = primary.make_replica(start=False)
+        made.append(replica)
+        # Replays WAL 2 s late: reads on it are stale unless read-your-writes waits.
+        with open(replica.datadir / "postgresql.auto.conf", "a") as conf:
+            conf.write("\nrecovery_min_apply_delay = '2s'\n")
+        replica.start()
+        yield primary, replica
     finally:
         for c in reversed(made):
             c.cleanup()
 
 
-def splitting(pair: tuple[Cluster, Cluster], begin_routing: str) -> Config:
+def splitting(
+    pair: tuple[Cluster, Cluster], begin_routing: str = "declared", **pool: object
+) -> Config:
     primary, replica = pair
     return make_config(
         primary,
@@ -57,7 +64,9 @@ def splitting(pair: tuple[Cluster, Cluster], begin_routing: str) -> Config:
             "query_parser_enabled": True,
             "query_parser_read_write_splitting": True,
             "begin_routing": begin_routing,
+            **pool,
         },
+        general={"healthcheck_interval": 200},
     )
 
 
@@ -118,3 +127,38 @@ def test_primary_strategy_is_pgcats(pair: tuple[Cluster, Cluster]) -> None:
     primary, _ = pair
     with running(splitting(pair, "primary")) as p, psycopg.connect(p.dsn(USER)) as conn:
         assert port(conn, "SET TRANSACTION READ ONLY") == primary.port
+
+
+def _insert_then_read(conn: psycopg.Connection[tuple[int]], tries: int) -> tuple[int, set[int]]:
+    """(stale reads, servers that answered the reads) for ``tries`` insert-then-read."""
+    stale = 0
+    ports: set[int] = set()
+    for _ in range(tries):
+        row = conn.execute("INSERT INTO ro_items (v) VALUES (7) RETURNING id").fetchone()
+        assert row is not None
+        seen = conn.execute(
+            "SELECT count(*), inet_server_port() FROM ro_items WHERE id = %s", row
+        ).fetchone()
+        assert seen is not None
+        stale += seen[0] == 0
+        ports.add(seen[1])
+    return stale, ports
+
+
+def test_read_your_writes(pair: tuple[Cluster, Cluster]) -> None:
+    """With it on, a client reads its own rows every time although the replica
+    replays 2 s late, and a client that wrote nothing still reads from the replica;
+    with it off, the same reads are stale (so the test proves something)."""
+    primary, replica = pair
+    tries = 1000
+    with running(splitting(pair, read_your_writes=True)) as p:
+        with psycopg.connect(p.dsn(USER), autocommit=True) as writer:
+            stale, ports = _insert_then_read(writer, tries)
+            assert stale == 0, f"{stale} stale reads of {tries} with read-your-writes"
+            assert ports == {primary.port}  # the replica had not replayed them yet
+        with psycopg.connect(p.dsn(USER), autocommit=True) as reader:
+            assert port(reader) == replica.port  # no write of its own: the replica
+    off = splitting(pair, read_your_writes=False)
+    with running(off) as p, psycopg.connect(p.dsn(USER), autocommit=True) as writer:
+        stale, ports = _insert_then_read(writer, 20)
+        assert stale == 20 and ports == {replica.port}, (stale, ports)

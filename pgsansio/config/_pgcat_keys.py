@@ -147,6 +147,7 @@ _POOL_KEYS: dict[str, _Key] = {
         },
     ),
     "listen_fanout": _Key("bool"),
+    "read_your_writes": _Key("bool"),
 }
 _POOL_TABLES = ("users", "shards", "plugins")
 

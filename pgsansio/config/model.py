@@ -159,6 +159,9 @@ class PoolConfig:
     # LISTEN in transaction mode through one listener connection per (pool, user)
     # instead of pinning (see pgsansio.engine._listen).
     listen_fanout: bool = True
+    # Read-your-writes (see pgsansio.engine._routing): after a client's write commits,
+    # its reads go only to replicas that have replayed it, else to the primary.
+    read_your_writes: bool = False
 
 
 @dataclass(frozen=True)

@@ -124,6 +124,8 @@ class Client:
         "primary_reads",
         "query_start",
         "route_role",
+        "ryw_lsn",
+        "ryw_wrote",
         "server",
         "settings",
         "shard",
@@ -197,6 +199,10 @@ class Client:
         # notifications waiting for it to be idle.
         self.listens: set[str] | None = None
         self.notes: list[NotificationResponse] | None = None
+        # Read-your-writes (see _routing): its last write's transaction is ending; the
+        # WAL position its reads must wait for (-1: not known, the primary serves).
+        self.ryw_wrote = False
+        self.ryw_lsn: int | None = None
 
 
 class ServerConn:

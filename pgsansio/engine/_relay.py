@@ -335,6 +335,16 @@ class Relay:
                 q.popleft()
                 if t is CommandComplete:
                     self._command_tag(s, e, entry)
+            elif t is CommandComplete and entry is not None and entry.tag == "lsn":
+                # Our read-your-writes query (see _sessions): its one value, from the
+                # DataRow just before (undecoded in spans), which the client must not see.
+                start = _end(data, offsets, i - 1) if i else 0
+                entry.value = _first_value(data, start, offsets[i])
+                if out is None:
+                    out = []
+                    sent = list(events[:i])
+                out.append(data[copied:start])
+                copied = offsets[i]
             elif t is ReadyForQuery:
                 while q:
                     x = q.popleft()
@@ -718,6 +728,16 @@ def _forward(
     payload = b"".join(out)
     conn.send_span(Span(payload, sent, []))
     return payload
+
+
+def _first_value(data: bytes, start: int, end: int) -> str | None:
+    """The first column of the DataRow in ``data[start:end]``, if that is one."""
+    if end - start < 11 or data[start : start + 1] != b"D":
+        return None
+    size = int.from_bytes(data[start + 7 : start + 11], "big", signed=True)
+    if size < 0 or start + 11 + size > end:
+        return None
+    return bytes(data[start + 11 : start + 11 + size]).decode("ascii", "replace")
 
 
 def _end(data: bytes, offsets: list[int], i: int) -> int:

@@ -137,6 +137,8 @@ class Routes:
                 write = self._classify_pending(c)
                 if write is not None:
                     role = "primary" if write else "replica"
+                    if write and cfg.read_your_writes:
+                        c.ryw_wrote = True  # learn its WAL position at the end (_sessions)
         if role == "replica" and self._primary_reads(c):
             role = "any"
         return role
@@ -299,9 +301,21 @@ class Routes:
                 for p in replicas
                 if (k := _key(p)) not in bans and k not in tried and (name, k) not in lagging
             ]
+        if c.ryw_lsn is not None and replicas:
+            replicas = self._caught_up(c, replicas)
         if want == "any":
             return replicas + primary
         return replicas or primary  # no replica left: the primary serves the reads
+
+    def _caught_up(self, c: Client, replicas: list[Pool]) -> list[Pool]:
+        """Read-your-writes: the replicas that have replayed ``c``'s last write (as
+        last probed); once all have, the client is like any other again."""
+        lsn = c.ryw_lsn
+        assert lsn is not None
+        ready = [p for p in replicas if lsn >= 0 and (self.health.replayed(_key(p)) or -1) >= lsn]
+        if len(ready) == len(replicas):
+            c.ryw_lsn = None
+        return ready
 
     def _balance(self, c: Client, candidates: list[Pool], want: str) -> Pool:
         assert c.group is not None

@@ -31,11 +31,15 @@ from pgsansio.protocol import ErrorResponse
 
 from ._effects import ReadClient, ReadServer
 from ._errors import TERMINATING, fatal
+from ._health import lsn_to_int
 from ._objects import Client, Entry, ServerConn
 from ._params import TRACKED, sync_sql
 from ._states import C_CLOSED, S_CLOSED, SI_LINKED, SI_RELEASED, ServerState, server_to
 
 __all__ = ["Sessions"]
+
+# Read-your-writes: a WAL position at or past the client's commit (NULL on a standby).
+_LSN_SQL = "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_insert_lsn() END"
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -130,6 +134,12 @@ class Sessions:
             return
         if c.pin is not None and self.pinning.held(c, s):
             return  # it holds session state on this server (see _pinning)
+        if c.ryw_wrote:
+            # Read-your-writes: learn a WAL position at or past its commit, on this
+            # connection, before anyone else gets it (internal_done releases it).
+            c.ryw_wrote = False
+            self.pools.send_internal(s, _LSN_SQL, "lsn")
+            return
         self.unlink(c, s)
         self.pools.server_free(s)
 
@@ -174,6 +184,17 @@ class Sessions:
             )
             self.pools.close_server(s)
             return
+        if entry.tag == "lsn":
+            owner = s.client
+            if owner is not None:
+                try:
+                    lsn = lsn_to_int(entry.value or "")
+                except ValueError:
+                    lsn = -1  # not read (a standby?): the primary serves its reads
+                owner.ryw_lsn = max(lsn, owner.ryw_lsn or -1)
+                if not s.queue:
+                    self.release_if_done(s)
+                return
         if entry.tag == "sync":
             s.syncing = False
             owner = s.client
