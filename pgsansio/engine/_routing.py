@@ -383,7 +383,10 @@ class Routes:
         if command is None:
             return False
         name, value = command
-        status = s.conn.transaction_status if s is not None else "I"
+        if s is not None:
+            status = s.conn.transaction_status
+        else:
+            status = "I" if c.held_begin is None else "T"  # a held BEGIN (_readonly)
         if name == "set_server_role":
             role = (value or "").lower()
             if role not in _ROLES:
