@@ -11,7 +11,9 @@ pgsansio.engine._listen.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
+import urllib.request
 from collections import Counter
 
 import asyncpg
@@ -103,10 +105,20 @@ async def _scenario(p: Pooler, cluster: Cluster) -> tuple[int, int]:
 
 
 def test_notifications_reach_exactly_their_listeners(pg15: Cluster) -> None:
-    cfg = make_config(pg15, pool_size=2, users=(USER,))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        metrics_port = probe.getsockname()[1]
+    general = {"enable_prometheus_exporter": True, "prometheus_exporter_port": metrics_port}
+    cfg = make_config(pg15, pool_size=2, users=(USER,), general=general)
     with running(cfg) as p:
         want, delivered = asyncio.run(_scenario(p, pg15))
         assert delivered == want == 2 * CLIENTS * PER_CHANNEL
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            body = answer.read().decode()
+        labels = f'{{pool="{TEST_DATABASE}",user="{USER}"}}'
+        assert f"pgcat_listen_notifications_delivered{labels} {want}" in body
+        assert f"pgcat_listen_connected{labels} 1" in body
         with psycopg.connect(p.dsn("admin", "admin", dbname="pgbouncer"), autocommit=True) as a:
             pools = a.execute("SHOW POOLS").fetchall()
             assert all(row[-1] == 0 for row in pools)  # cl_pinned: nobody pinned

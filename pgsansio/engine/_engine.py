@@ -148,7 +148,12 @@ class Engine:
         )
         self.show = Show(ctx, stats=self.stats, pools=self.pools, health=self.health)
         self.metrics = Metrics(
-            ctx, stats=self.stats, pools=self.pools, health=self.health, show=self.show
+            ctx,
+            stats=self.stats,
+            pools=self.pools,
+            health=self.health,
+            show=self.show,
+            listen=self.listen,
         )
         self.control = Control(
             ctx,

@@ -70,7 +70,7 @@ def _ident(name: str) -> str:
 class Listener:
     """The listener connection of one (pool, user) and the channels it serves."""
 
-    __slots__ = ("busy", "channels", "conn", "lost", "pool", "server_has")
+    __slots__ = ("busy", "channels", "conn", "delivered", "lost", "pool", "server_has")
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
@@ -79,6 +79,7 @@ class Listener:
         self.server_has: set[str] = set()  # what the connection LISTENs on (as sent)
         self.busy = False  # a LISTEN/UNLISTEN query is outstanding
         self.lost = False  # it was lost: say so once it is back
+        self.delivered = 0  # notifications handed to clients
 
 
 class Listen:
@@ -88,7 +89,6 @@ class Listen:
         self.ctx = ctx
         self.pools = pools
         self._listeners: dict[tuple[str, str], Listener] = {}
-        self.delivered = 0  # notifications handed to clients (for tests and /metrics)
 
     def fans_out(self, c: Client) -> bool:
         """Whether ``c``'s LISTEN is served by a listener (else it pins)."""
@@ -154,7 +154,18 @@ class Listen:
             self.ctx.send_client(c, note)
         except ProtocolError:
             return
-        self.delivered += 1
+        if c.group is not None:
+            listener = self._listeners.get((c.group.name, c.group.user.username))
+            if listener is not None:
+                listener.delivered += 1
+
+    def counts(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """Per (pool, user): (1 if the listener is up, notifications delivered)."""
+        down = (ServerState.CONNECTING, ServerState.LOGIN, ServerState.CLOSED)
+        return {
+            key: (int(x.conn is not None and x.conn.state not in down), x.delivered)
+            for key, x in self._listeners.items()
+        }
 
     # --- the listener connection -------------------------------------------------------
 

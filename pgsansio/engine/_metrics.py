@@ -26,6 +26,7 @@ from ._stats import STATS_COLUMNS
 if TYPE_CHECKING:
     from ._context import Context
     from ._health import Health
+    from ._listen import Listen
     from ._pooling import Pools
     from ._show import Show
     from ._stats import Stats
@@ -101,12 +102,14 @@ class Metrics:
         pools: Pools,
         health: Health,
         show: Show,
+        listen: Listen,
     ) -> None:
         self.ctx = ctx
         self.stats = stats
         self.pools = pools
         self.health = health
         self.show = show
+        self.listen = listen
         self.http: dict[int, bytearray] = {}
 
     _http: dict[int, bytearray]
@@ -213,6 +216,22 @@ class Metrics:
                 for kind in x.pin.kinds():
                     why = (x.group.name, x.group.user.username, kind)
                     pinned[why] = pinned.get(why, 0) + 1
+        for (db, user), (connected, delivered) in sorted(self.listen.counts().items()):
+            labels = {"pool": db, "user": user}
+            add(
+                "listen_connected",
+                "gauge",
+                "1 if the LISTEN fan-out connection is up",
+                labels,
+                connected,
+            )
+            add(
+                "listen_notifications_delivered",
+                "counter",
+                "Notifications the LISTEN fan-out handed to clients",
+                labels,
+                delivered,
+            )
         for (db, user, kind), count in sorted(pinned.items()):
             add(
                 "clients_pinned",
