@@ -50,7 +50,7 @@ def _kill(cluster: Cluster, pid: int) -> None:
         conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
 
 
-async def _scenario(p: Pooler, cluster: Cluster) -> tuple[int, int]:
+async def _scenario(p: Pooler, cluster: Cluster) -> tuple[int, int, int]:
     got: list[Counter[tuple[str, str]]] = [Counter() for _ in range(CLIENTS)]
     dsn = f"postgresql://{USER}@127.0.0.1:{p.port}/{TEST_DATABASE}"
     listeners = [await asyncpg.connect(dsn, statement_cache_size=0) for _ in range(CLIENTS)]
@@ -98,7 +98,20 @@ async def _scenario(p: Pooler, cluster: Cluster) -> tuple[int, int]:
             want = {(mine, f"{t}-{n}") for t in "ab" for n in range(PER_CHANNEL)}
             assert set(counts) == want, (i, set(counts) ^ want)
             assert max(counts.values()) == 1, (i, counts.most_common(3))
-        return first + second, sum(sum(c.values()) for c in got)
+        total = sum(sum(c.values()) for c in got)
+
+        # DISCARD ALL and UNLISTEN * end a client's listening; the others go on.
+        await listeners[0].execute("DISCARD ALL")
+        await listeners[5].execute("UNLISTEN *")
+        await sender.execute(f"SELECT pg_notify('{CHANNELS[0]}', 'after')")
+        others = [i for i in range(10, CLIENTS, len(CHANNELS))]
+        deadline = time.monotonic() + 10
+        while not all(got[i][(CHANNELS[0], "after")] for i in others):
+            assert time.monotonic() < deadline, "the last notification did not arrive"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
+        assert got[0][(CHANNELS[0], "after")] == got[5][(CHANNELS[0], "after")] == 0
+        return first + second, total, sum(sum(c.values()) for c in got)
     finally:
         for conn in [*listeners, sender]:
             await conn.close()
@@ -111,13 +124,13 @@ def test_notifications_reach_exactly_their_listeners(pg15: Cluster) -> None:
     general = {"enable_prometheus_exporter": True, "prometheus_exporter_port": metrics_port}
     cfg = make_config(pg15, pool_size=2, users=(USER,), general=general)
     with running(cfg) as p:
-        want, delivered = asyncio.run(_scenario(p, pg15))
+        want, delivered, in_all = asyncio.run(_scenario(p, pg15))
         assert delivered == want == 2 * CLIENTS * PER_CHANNEL
         url = f"http://127.0.0.1:{metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=10) as answer:
             body = answer.read().decode()
         labels = f'{{pool="{TEST_DATABASE}",user="{USER}"}}'
-        assert f"pgcat_listen_notifications_delivered{labels} {want}" in body
+        assert f"pgcat_listen_notifications_delivered{labels} {in_all}" in body
         assert f"pgcat_listen_connected{labels} 1" in body
         with psycopg.connect(p.dsn("admin", "admin", dbname="pgbouncer"), autocommit=True) as a:
             pools = a.execute("SHOW POOLS").fetchall()

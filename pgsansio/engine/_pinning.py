@@ -441,17 +441,8 @@ class Pinning:
         ops: list[Op] = []
         for stmt in statements:
             ops.extend(_ops(stmt, followed=followed, reused=reused))
-        if ops and any(kind == LISTEN for _, kind, _ in ops) and self.listen.fans_out(c):
-            # The pool's listener serves LISTEN (see _listen): no pin for it.
-            for sign, kind, name in ops:
-                if kind == LISTEN:
-                    if sign == "+":
-                        self.listen.listen(c, name)
-                    else:
-                        self.listen.unlisten(c, name or None)
-                elif kind == "all" and not reused:
-                    self.listen.unlisten(c, None)  # DISCARD ALL: UNLISTEN * too
-            ops = [op for op in ops if op[1] != LISTEN]
+        if c.listens is not None or any(kind == LISTEN for _, kind, _ in ops):
+            ops = self._fan_out(c, ops, reused=reused)
         if not ops:
             return
         st = c.pin
@@ -473,6 +464,21 @@ class Pinning:
                     f"{self.ctx.where(s)}: it created session state ({why}); it keeps this "
                     "server until that state is gone or it disconnects",
                 )
+
+    def _fan_out(self, c: Client, ops: list[Op], *, reused: bool) -> list[Op]:
+        """LISTEN/UNLISTEN (and DISCARD ALL's UNLISTEN *) go to the pool's listener
+        when it serves ``c`` (see _listen); what is left may pin."""
+        if not self.listen.fans_out(c):
+            return ops
+        for sign, kind, name in ops:
+            if kind == LISTEN:
+                if sign == "+":
+                    self.listen.listen(c, name)
+                else:
+                    self.listen.unlisten(c, name or None)
+            elif kind == "all" and not reused:
+                self.listen.unlisten(c, None)
+        return [op for op in ops if op[1] != LISTEN]
 
     def failed(self, c: Client) -> None:
         """An error reached ``c``: what it sent may not have run; keep every pin."""
