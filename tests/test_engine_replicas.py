@@ -492,3 +492,18 @@ def test_a_read_only_session_sends_its_transactions_to_a_replica() -> None:
         c.query("begin")
         assert server_of(c.query("select pg_backend_pid()")) in {"pg1", "pg2"}
         c.query("commit")
+
+
+def test_read_your_writes_query_is_never_seen_by_the_client() -> None:
+    """The WAL-position query after a write runs on the client's server before it is
+    released; its answer (here an error: the fake server has no such function) goes
+    nowhere, and the client's next requests are answered as usual."""
+    w = world(splitting(pool_read_your_writes=True))
+    c = logged_in(w)
+    for n in range(3):
+        got = c.query(f"insert into t values ({n})")
+        assert not errors(got) and ready(got) == ["I"], got
+        got = c.query("select pg_backend_pid()")
+        assert not errors(got) and ready(got) == ["I"], got
+    sent = b"".join(b"".join(log) for log in w.server_log.values())
+    assert sent.count(b"pg_current_wal_insert_lsn") == 3

@@ -200,7 +200,7 @@ class Client:
         self.listens: set[str] | None = None
         self.notes: list[NotificationResponse] | None = None
         # Read-your-writes (see _routing): its last write's transaction is ending; the
-        # WAL position its reads must wait for (-1: not known, the primary serves).
+        # WAL position its reads must wait for (None: none).
         self.ryw_wrote = False
         self.ryw_lsn: int | None = None
 

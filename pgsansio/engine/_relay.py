@@ -320,6 +320,12 @@ class Relay:
                 else:
                     self._plain_answer(c, s, span, head)
                     return
+        if q and q[0].tag == "lsn":
+            rest = self._lsn_answer(s, span)
+            if rest is None:
+                return
+            span = rest
+            events = span.events
         data = span.data
         offsets = span.offsets
         out: list[bytes] | None = None
@@ -335,16 +341,6 @@ class Relay:
                 q.popleft()
                 if t is CommandComplete:
                     self._command_tag(s, e, entry)
-            elif t is CommandComplete and entry is not None and entry.tag == "lsn":
-                # Our read-your-writes query (see _sessions): its one value, from the
-                # DataRow just before (undecoded in spans), which the client must not see.
-                start = _end(data, offsets, i - 1) if i else 0
-                entry.value = _first_value(data, start, offsets[i])
-                if out is None:
-                    out = []
-                    sent = list(events[:i])
-                out.append(data[copied:start])
-                copied = offsets[i]
             elif t is ReadyForQuery:
                 while q:
                     x = q.popleft()
@@ -447,6 +443,35 @@ class Relay:
             self.pools.close_server(s)
             if s.pool is not None:
                 self.pools.refill(s.pool)
+
+    def _lsn_answer(self, s: ServerConn, span: Span) -> Span | None:
+        """Our read-your-writes query's answer (see _sessions) at the head of ``span``,
+        however the reads cut it: its row (undecoded in spans, so walked here) is
+        taken and never forwarded. Returns the rest of ``span``, if any."""
+        q = s.queue
+        entry = q[0]
+        data = span.data
+        events = span.events
+        offsets = span.offsets
+        pos, k, n = 0, 0, len(data)
+        while pos < n:
+            end = _message_end(data, pos)
+            if k < len(events) and offsets[k] == pos:
+                e = events[k]
+                k += 1
+                if type(e) is ErrorResponse:
+                    entry.error = e
+                elif type(e) is ReadyForQuery:
+                    q.popleft()
+                    pos = end
+                    self.sessions.internal_done(s, entry)
+                    break
+            elif data[pos : pos + 1] == b"D" and entry.value is None:
+                entry.value = _first_value(data, pos, end)
+            pos = end
+        if pos >= n or s.state is S_CLOSED:
+            return None
+        return Span(data[pos:], events[k:], [o - pos for o in offsets[k:]])
 
     def _plain_answer(self, c: Client, s: ServerConn, span: Span, entry: Entry) -> None:
         """The common answer, in one span: the whole answer to the client's one

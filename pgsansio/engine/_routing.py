@@ -312,7 +312,7 @@ class Routes:
         last probed); once all have, the client is like any other again."""
         lsn = c.ryw_lsn
         assert lsn is not None
-        ready = [p for p in replicas if lsn >= 0 and (self.health.replayed(_key(p)) or -1) >= lsn]
+        ready = [p for p in replicas if (self.health.replayed(_key(p)) or -1) >= lsn]
         if len(ready) == len(replicas):
             c.ryw_lsn = None
         return ready

@@ -160,6 +160,18 @@ class Sessions:
             return
         if entry.tag == "healthcheck" and self.lending.health_done(s, entry):
             return
+        if entry.tag == "lsn":
+            owner = s.client
+            if owner is not None:
+                try:
+                    lsn = -1 if entry.error is not None else lsn_to_int(entry.value or "")
+                except ValueError:
+                    lsn = -1  # NULL: a standby, where no write can have committed
+                if lsn >= 0:
+                    owner.ryw_lsn = max(lsn, owner.ryw_lsn or 0)
+                if not s.queue:
+                    self.release_if_done(s)
+                return
         if entry.error is not None:
             if entry.tag == "sync" and s.client is not None:
                 c = s.client
@@ -184,17 +196,6 @@ class Sessions:
             )
             self.pools.close_server(s)
             return
-        if entry.tag == "lsn":
-            owner = s.client
-            if owner is not None:
-                try:
-                    lsn = lsn_to_int(entry.value or "")
-                except ValueError:
-                    lsn = -1  # not read (a standby?): the primary serves its reads
-                owner.ryw_lsn = max(lsn, owner.ryw_lsn or -1)
-                if not s.queue:
-                    self.release_if_done(s)
-                return
         if entry.tag == "sync":
             s.syncing = False
             owner = s.client
