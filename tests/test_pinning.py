@@ -153,3 +153,21 @@ def test_off_means_pgbouncer_behaviour() -> None:
     a.query("CREATE TEMP TABLE t (a int)")
     assert rows(b.query("select 2")) == [("2",)]
     assert not any("pinned" in line for line in w.logs)
+
+
+def test_a_listen_the_listener_cannot_confirm_fails_cleanly() -> None:
+    """listen_fanout: a simple-query LISTEN is answered only once the pool's listener
+    LISTENs; the fake server refuses LISTEN, so after connect_timeout the client gets
+    08006 and goes on as before, unpinned."""
+    w = World(config(pool_size=1, connect_timeout=500))
+    a, b = logged_in(w), logged_in(w)
+    a.send(Query("LISTEN jobs"))
+    assert a.events() == []  # waiting for the listener
+    a.send(Query("select 1"))  # queued behind the LISTEN
+    w.advance(0.6)
+    got = a.events()
+    errs = [e for e in got if isinstance(e, ErrorResponse)]
+    assert [e.sqlstate for e in errs] == ["08006"]
+    assert rows(got) == [("1",)]
+    assert rows(b.query("select 2")) == [("2",)]  # nobody pinned
+    assert any("LISTEN not confirmed" in line for line in w.logs)

@@ -104,7 +104,7 @@ class Engine:
             ctx, pools=self.pools, health=self.health, shards=self.shards, router=self.router
         )
         self.probes = Probes(ctx, pools=self.pools, health=self.health, lending=self.lending)
-        self.listen = Listen(ctx, pools=self.pools)
+        self.listen = Listen(ctx, pools=self.pools, lending=self.lending)
         self.pinning = Pinning(ctx, listen=self.listen)
         self.sessions = Sessions(
             ctx,

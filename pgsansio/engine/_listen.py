@@ -12,8 +12,13 @@ PgDog does instead:
   listen on; ``UNLISTEN name``, ``UNLISTEN *`` and clients leaving shrink the union
   (the listener sends the matching ``UNLISTEN``). It is not part of the pool and does
   not count against ``pool_size``.
-- A client's ``LISTEN``/``UNLISTEN`` still runs on whatever server its transaction
-  has (so it answers as PostgreSQL would, errors included); that server is reset with
+- A lone simple-query ``LISTEN x`` / ``UNLISTEN x|*`` from a client with no server is
+  answered here, a ``LISTEN`` only once the listener has answered its own ``LISTEN x``
+  (PostgreSQL's promise: what is committed after LISTEN returned is delivered); the
+  client's later requests wait behind it, and after ``connect_timeout`` it fails with
+  08006. Any other form (extended protocol, inside a transaction, among other
+  statements) runs on the client's server as usual and is registered as it is sent
+  (it may return a moment before the listener listens); that server is reset with
   ``DISCARD ALL`` before the next client gets it, and notifications it receives are
   dropped, as the listener delivers them.
 - Each **NotificationResponse** the listener receives goes to every client listening
@@ -37,16 +42,20 @@ gives it (not a pooler id).
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING
 
 from pgsansio.protocol import NEED_DATA as _NEED_DATA
 from pgsansio.protocol import PAUSED as _PAUSED
 from pgsansio.protocol import (
+    CommandComplete,
     ErrorResponse,
+    Event,
     NotificationResponse,
     ProtocolError,
     Query,
     ReadyForQuery,
+    Span,
 )
 
 from ._effects import OpenServer
@@ -55,12 +64,26 @@ from ._states import C_CLOSED, C_READY, S_CLOSED, ServerInput, ServerState, serv
 
 if TYPE_CHECKING:
     from ._context import Context
+    from ._lending import Lending
     from ._pooling import Pools
 
 __all__ = ["MAX_QUEUED", "RECONNECT_DELAY", "Listen"]
 
 MAX_QUEUED = 10_000  # notifications waiting for one busy client
 RECONNECT_DELAY = 0.5  # seconds before a lost listener connects again
+
+
+_LISTEN_ONLY = re.compile(
+    r'^\s*(UN)?LISTEN\s+("(?:[^"]|"")+"|[A-Za-z_\x80-\uffff][A-Za-z0-9_$\x80-\uffff]*|\*)\s*;?\s*$',
+    re.IGNORECASE,
+)
+
+
+def _unquote(raw: str) -> str:
+    """A channel name as PostgreSQL folds it."""
+    if raw.startswith('"'):
+        return raw[1:-1].replace('""', '"')
+    return raw.lower()
 
 
 def _ident(name: str) -> str:
@@ -70,7 +93,18 @@ def _ident(name: str) -> str:
 class Listener:
     """The listener connection of one (pool, user) and the channels it serves."""
 
-    __slots__ = ("busy", "channels", "conn", "delivered", "lost", "pool", "server_has")
+    __slots__ = (
+        "busy",
+        "channels",
+        "confirmed",
+        "conn",
+        "delivered",
+        "failed",
+        "lost",
+        "pool",
+        "server_has",
+        "waiting",
+    )
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
@@ -80,14 +114,18 @@ class Listener:
         self.busy = False  # a LISTEN/UNLISTEN query is outstanding
         self.lost = False  # it was lost: say so once it is back
         self.delivered = 0  # notifications handed to clients
+        self.confirmed: set[str] = set()  # what the server has answered LISTEN for
+        self.failed = False  # the last LISTEN/UNLISTEN query failed
+        self.waiting: list[tuple[Client, str]] = []  # LISTENs answered once confirmed
 
 
 class Listen:
     """Owns the listener connections and who listens on what; see the module docstring."""
 
-    def __init__(self, ctx: Context, *, pools: Pools) -> None:
+    def __init__(self, ctx: Context, *, pools: Pools, lending: Lending) -> None:
         self.ctx = ctx
         self.pools = pools
+        self.lending = lending
         self._listeners: dict[tuple[str, str], Listener] = {}
 
     def fans_out(self, c: Client) -> bool:
@@ -127,6 +165,86 @@ class Listen:
                         del listener.channels[name]
         if listener is not None:
             self._sync(listener)
+
+    def client_query(self, c: Client, span: Span) -> bool:
+        """A lone simple-query ``LISTEN x`` / ``UNLISTEN x|*`` from a client with no
+        server: answered here, a LISTEN only once the listener listens on ``x`` (so a
+        notification committed after the client's LISTEN returned always reaches it,
+        as PostgreSQL promises). True if so."""
+        events = span.events
+        if (
+            len(events) != 1
+            or type(events[0]) is not Query
+            or c.pending
+            or c.waiting_since is not None
+            or c.held_begin is not None
+            or not self.fans_out(c)
+        ):
+            return False
+        query = events[0]
+        assert isinstance(query, Query)
+        m = _LISTEN_ONLY.match(query.sql)
+        if m is None:
+            return False
+        raw = m.group(2)
+        if m.group(1) is not None:
+            self.unlisten(c, None if raw == "*" else _unquote(raw))
+            self._answer(c, CommandComplete("UNLISTEN"))
+            return True
+        if raw == "*":
+            return False  # LISTEN * is a syntax error: the server says so
+        channel = _unquote(raw)
+        self.listen(c, channel)
+        listener = self._listener(c)
+        if channel in listener.confirmed:
+            self._answer(c, CommandComplete("LISTEN"))
+            return True
+        # Wait for the listener (its new requests queue behind, as for a server).
+        c.waiting_since = self.ctx.now
+        listener.waiting.append((c, channel))
+        assert c.user is not None
+        gen = c.wait_gen = c.wait_gen + 1
+        self.ctx.at(
+            self.ctx.now + c.user.connect_timeout / 1000,
+            lambda: self._wait_timeout(listener, c, gen),
+        )
+        return True
+
+    def _answer(self, c: Client, event: Event) -> None:
+        self.ctx.send_client(c, event)
+        self.ctx.send_client(c, ReadyForQuery("I"))
+
+    def _resume(self, c: Client) -> None:
+        """``c`` waited for the listener: its later requests go on."""
+        c.waiting_since = None
+        if c.pending and c.state is C_READY:
+            self.lending.checkout(c)
+        elif c.notes:
+            self.deliver(c)
+
+    def _wait_timeout(self, listener: Listener, c: Client, gen: int) -> None:
+        if c.wait_gen != gen or c.state is C_CLOSED:
+            return
+        waits = [(x, ch) for x, ch in listener.waiting if x is c]
+        if not waits:
+            return
+        listener.waiting = [(x, ch) for x, ch in listener.waiting if x is not c]
+        for _, channel in waits:
+            self.unlisten(c, channel)
+        self.ctx.log(
+            logging.WARNING,
+            f"client {c.cid}: LISTEN not confirmed by the pool's listener connection "
+            "within connect_timeout",
+        )
+        self._answer(
+            c,
+            ErrorResponse.build(
+                "08006",
+                "LISTEN failed: the pooler's listener connection to the primary is not "
+                "available (see the pooler's log); retry",
+            ),
+        )
+        self._resume(c)
 
     def client_gone(self, c: Client) -> None:
         self.unlisten(c, None)
@@ -208,6 +326,7 @@ class Listen:
         s = ServerConn(self.ctx.next_sid, pool, pool.address, self.ctx.now, P_LISTEN)
         listener.conn = s
         listener.server_has = set()
+        listener.confirmed = set()
         listener.busy = False
         self.ctx.servers[s.sid] = s
         self.ctx.out.append(OpenServer(s.sid, s.address.host, s.address.port))
@@ -247,12 +366,49 @@ class Listen:
             if isinstance(event, NotificationResponse):
                 self._fan_out(listener, event)
             elif isinstance(event, ErrorResponse):
-                self.ctx.log(logging.WARNING, f"listener {self.ctx.where(s)}: {event.message}")
+                self.ctx.log(
+                    logging.WARNING,
+                    f"listener {self.ctx.where(s)}: {event.message}; trying again in "
+                    f"{RECONNECT_DELAY:g} s",
+                )
                 listener.server_has = set()  # not sure what ran: send everything again
+                listener.confirmed = set()
+                listener.failed = True
             elif isinstance(event, ReadyForQuery):
                 server_to(s, ServerInput.IDLED)
                 listener.busy = False
+                if listener.failed:
+                    # Not at once: a LISTEN that fails would fail again, in a loop.
+                    listener.failed = False
+                    listener.busy = True
+                    self.ctx.at(self.ctx.now + RECONNECT_DELAY, lambda: self._retry(listener))
+                    continue
+                listener.confirmed = set(listener.server_has)
+                self._answer_waiting(listener)
                 self._sync(listener)
+
+    def _retry(self, listener: Listener) -> None:
+        listener.busy = False
+        self._sync(listener)
+
+    def _answer_waiting(self, listener: Listener) -> None:
+        """The LISTENs that were waiting for the listener to listen: answered now."""
+        if not listener.waiting:
+            return
+        still: list[tuple[Client, str]] = []
+        ready: list[Client] = []
+        for c, channel in listener.waiting:
+            if c.state is C_CLOSED:
+                continue
+            if channel in listener.confirmed:
+                self._answer(c, CommandComplete("LISTEN"))
+                ready.append(c)
+            else:
+                still.append((c, channel))
+        listener.waiting = still
+        for c in ready:
+            if not any(x is c for x, _ in still):
+                self._resume(c)
 
     def _fan_out(self, listener: Listener, note: NotificationResponse) -> None:
         for c in list(listener.channels.get(note.channel, ())):
@@ -280,6 +436,7 @@ class Listen:
             return
         listener.conn = None
         listener.server_has = set()
+        listener.confirmed = set()
         listener.busy = False
         if not listener.channels or self.ctx.life.shutting_down:
             return

@@ -130,6 +130,8 @@ _NOT_PLAIN = frozenset(
 # The ``sent`` of a span forwarded untouched: never appended to (see _forward).
 _NOTHING_SENT: list[Event] = []
 _TRACKED_LOWER = frozenset(name.lower() for name in TRACKED)
+# How a LISTEN or UNLISTEN query text may start (fast_query leaves those to client_span).
+_LISTEN_HEADS = frozenset({b"LI", b"li", b"Li", b"lI", b"UN", b"un", b"Un", b"uN"})
 
 
 def _splice_statement(raw: bytes, name: str) -> bytes:
@@ -541,6 +543,7 @@ class Relay:
             or group is None
             or group.cfg.query_parser_enabled
             or SHARD_COMMAND_BYTES.match(data, 5) is not None
+            or data[5:7] in _LISTEN_HEADS  # maybe LISTEN/UNLISTEN: see _listen
         ):
             return False
         s = c.server
@@ -709,6 +712,8 @@ class Relay:
         group = c.group
         if group is not None and self.router.custom_command(c, span):
             return
+        if s is None and self.listen.client_query(c, span):
+            return  # a LISTEN served by the pool's listener
         leaving = bool(events) and type(events[-1]) is Terminate
         if s is not None and not s.syncing:
             self._to_server(c, s, span)
