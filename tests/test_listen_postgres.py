@@ -32,7 +32,7 @@ pytestmark = [
 USER = "trust_user"
 CLIENTS = 50
 CHANNELS = [f"chan_{i}" for i in range(5)]
-PER_CHANNEL = 20
+PER_CHANNEL = 10
 
 
 def _listener_pids(cluster: Cluster) -> list[int]:

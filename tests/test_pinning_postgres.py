@@ -2,7 +2,7 @@
 
 Transaction mode, a pool of three servers, two other clients busy all along. For each
 kind of session state (docs/transaction-pooling.md) a psycopg client creates it, uses
-it in 25 statements (each would land on any of the three servers without pinning),
+it in 21 statements (each would land on any of the three servers without pinning),
 removes it and is shown unpinned, creates it again and leaves; then three clients,
 holding all three servers at once, find none of it anywhere. The admin console and
 /metrics show the pinned client and why. Last, a pool whose only server is pinned
@@ -28,7 +28,7 @@ pytestmark = [
 ]
 
 USER = "md5_user"
-ROUNDS = 25
+ROUNDS = 21
 
 # name -> (create, use (must return the same row every time while kept), remove)
 KINDS: dict[str, tuple[list[str], str, list[str]]] = {
