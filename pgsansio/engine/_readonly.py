@@ -34,21 +34,29 @@ for them read scaling did nothing. What we do:
   WRITE``), so its plain ``BEGIN`` goes to a replica.
 
 A held BEGIN is only held in pools that have a replica to route to.
+
+Read-your-writes (``read_your_writes``; the routing is in :mod:`._routing`, the query
+in :mod:`._sessions`): :func:`take_lsn_answer` takes the answer to the pooler's
+WAL-position query off the head of a server's answers, for the relay.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pgsansio.protocol import CommandComplete, ReadyForQuery
+from pgsansio.protocol import CommandComplete, ErrorResponse, ReadyForQuery, Span
+
+from ._states import S_CLOSED
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pgsansio.routing import Decision
 
     from ._context import Context
-    from ._objects import Client
+    from ._objects import Client, Entry, ServerConn
 
-__all__ = ["Begins", "held_transaction_write", "session_read_only"]
+__all__ = ["Begins", "held_transaction_write", "session_read_only", "take_lsn_answer"]
 
 BEGIN_ROUTINGS = ("declared", "first_statement", "primary")
 _TRUE = frozenset({"on", "true", "yes", "1", "t", "y", "tr", "tru", "ye"})
@@ -122,3 +130,46 @@ class Begins:
             self.ctx.send_client(c, ReadyForQuery("I"))
             return True
         return False
+
+
+def take_lsn_answer(
+    s: ServerConn, span: Span, done: Callable[[ServerConn, Entry], None]
+) -> Span | None:
+    """The answer to our WAL-position query (``s.queue[0]``) at the head of ``span``,
+    however the reads cut it: its row (undecoded in spans, so walked here) is taken
+    and never forwarded; ``done`` is told when it is complete. Returns the rest of
+    ``span``, if any (the client's answers that follow)."""
+    q = s.queue
+    entry = q[0]
+    data = span.data
+    events = span.events
+    offsets = span.offsets
+    pos, k, n = 0, 0, len(data)
+    while pos < n:
+        end = pos + 1 + int.from_bytes(data[pos + 1 : pos + 5], "big")
+        if k < len(events) and offsets[k] == pos:
+            e = events[k]
+            k += 1
+            if type(e) is ErrorResponse:
+                entry.error = e
+            elif type(e) is ReadyForQuery:
+                q.popleft()
+                pos = end
+                done(s, entry)
+                break
+        elif data[pos : pos + 1] == b"D" and entry.value is None:
+            entry.value = _first_value(data, pos, end)
+        pos = end
+    if pos >= n or s.state is S_CLOSED:
+        return None
+    return Span(data[pos:], events[k:], [o - pos for o in offsets[k:]])
+
+
+def _first_value(data: bytes, start: int, end: int) -> str | None:
+    """The first column of the DataRow in ``data[start:end]``."""
+    if end - start < 11:
+        return None
+    size = int.from_bytes(data[start + 7 : start + 11], "big", signed=True)
+    if size < 0 or start + 11 + size > end:
+        return None
+    return bytes(data[start + 11 : start + 11 + size]).decode("ascii", "replace")

@@ -75,6 +75,7 @@ from ._objects import (
 )
 from ._params import TRACKED, parse_simple_set, strip_comments
 from ._pinning import may_pin
+from ._readonly import take_lsn_answer
 from ._shards import SHARD_COMMAND_BYTES
 from ._states import (
     C_CLOSED,
@@ -323,7 +324,7 @@ class Relay:
                     self._plain_answer(c, s, span, head)
                     return
         if q and q[0].tag == "lsn":
-            rest = self._lsn_answer(s, span)
+            rest = take_lsn_answer(s, span, self.sessions.internal_done)
             if rest is None:
                 return
             span = rest
@@ -445,35 +446,6 @@ class Relay:
             self.pools.close_server(s)
             if s.pool is not None:
                 self.pools.refill(s.pool)
-
-    def _lsn_answer(self, s: ServerConn, span: Span) -> Span | None:
-        """Our read-your-writes query's answer (see _sessions) at the head of ``span``,
-        however the reads cut it: its row (undecoded in spans, so walked here) is
-        taken and never forwarded. Returns the rest of ``span``, if any."""
-        q = s.queue
-        entry = q[0]
-        data = span.data
-        events = span.events
-        offsets = span.offsets
-        pos, k, n = 0, 0, len(data)
-        while pos < n:
-            end = _message_end(data, pos)
-            if k < len(events) and offsets[k] == pos:
-                e = events[k]
-                k += 1
-                if type(e) is ErrorResponse:
-                    entry.error = e
-                elif type(e) is ReadyForQuery:
-                    q.popleft()
-                    pos = end
-                    self.sessions.internal_done(s, entry)
-                    break
-            elif data[pos : pos + 1] == b"D" and entry.value is None:
-                entry.value = _first_value(data, pos, end)
-            pos = end
-        if pos >= n or s.state is S_CLOSED:
-            return None
-        return Span(data[pos:], events[k:], [o - pos for o in offsets[k:]])
 
     def _plain_answer(self, c: Client, s: ServerConn, span: Span, entry: Entry) -> None:
         """The common answer, in one span: the whole answer to the client's one
@@ -758,16 +730,6 @@ def _forward(
     payload = b"".join(out)
     conn.send_span(Span(payload, sent, []))
     return payload
-
-
-def _first_value(data: bytes, start: int, end: int) -> str | None:
-    """The first column of the DataRow in ``data[start:end]``, if that is one."""
-    if end - start < 11 or data[start : start + 1] != b"D":
-        return None
-    size = int.from_bytes(data[start + 7 : start + 11], "big", signed=True)
-    if size < 0 or start + 11 + size > end:
-        return None
-    return bytes(data[start + 11 : start + 11 + size]).decode("ascii", "replace")
 
 
 def _end(data: bytes, offsets: list[int], i: int) -> int:
