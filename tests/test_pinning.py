@@ -13,7 +13,7 @@ from test_admin import admin, show
 from test_engine import Client, World, config, logged_in, rows
 from test_metrics import scrape
 
-from pgsansio.engine._pinning import PinState, _ops, _statements
+from pgsansio.engine._pinning import PinState, _ops, _statements, _worth_reading
 from pgsansio.protocol import ErrorResponse, Query
 
 
@@ -171,3 +171,21 @@ def test_a_listen_the_listener_cannot_confirm_fails_cleanly() -> None:
     assert rows(got) == [("1",)]
     assert rows(b.query("select 2")) == [("2",)]  # nobody pinned
     assert any("LISTEN not confirmed" in line for line in w.logs)
+
+
+@pytest.mark.parametrize(
+    ("sql", "worth"),
+    [
+        ("update pgbench_accounts set abalance = abalance + 1 where aid = 5;", False),
+        ("select * from t offset 1", False),
+        ("set work_mem = 1", True),
+        ("(set x = 1)", True),
+        ("select 1; reset all", True),
+        ("select set_config('a', 'b', false)", True),
+        ("/* hint */ set role x", True),
+        ("create temp table t (a int)", True),
+    ],
+)
+def test_the_quick_look_reads_only_what_may_matter(sql: str, *, worth: bool) -> None:
+    """UPDATE ... SET is the common query with "set" in it: not read further."""
+    assert _worth_reading(sql) is worth

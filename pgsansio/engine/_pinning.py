@@ -71,6 +71,24 @@ _WORDS = ("temp", "prepare", "deallocate", "advisory", "listen", "hold", "set", 
 _ANY_WORD = re.compile("|".join(_WORDS), re.I)
 
 
+_SET_STATEMENT = re.compile(r"(?:^|;)[\s(]*(?:re)?set\b")
+
+
+def _worth_reading(low: str) -> bool:
+    """Whether the lowered text may pin or unpin: one of the words, and for "set"
+    (also in every UPDATE) a statement that starts with SET/RESET, set_config(), or a
+    comment that could hide where a statement starts."""
+    if may_pin(low) or "discard" in low or "deallocate" in low:
+        return True
+    if "set" not in low:
+        return False
+    if "set_config" in low or "--" in low or "/*" in low:
+        return True
+    if ";" not in low.rstrip().rstrip(";"):  # one statement: look at its start only
+        return low.lstrip(" \t\r\n(").startswith(("set", "reset"))
+    return _SET_STATEMENT.search(low) is not None
+
+
 def may_pin(low: str) -> bool:
     """For the relay, which has already looked for set/discard/deallocate in the
     lowered text: whether one of the other words is there (the hot path's test)."""
@@ -426,11 +444,7 @@ class Pinning:
         (``simple`` False; ``reused`` if it is named). Pins ``c`` to ``s`` at once if
         it creates state; what removes state counts once the request has succeeded."""
         if sql.isascii():
-            low = sql.lower()
-            for word in _WORDS:
-                if word in low:
-                    break
-            else:
+            if not _worth_reading(sql.lower()):
                 return  # the common query: nothing here
         elif _ANY_WORD.search(sql) is None:
             return
