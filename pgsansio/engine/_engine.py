@@ -232,7 +232,11 @@ class Engine:
                     c.conn.receive_data(data)
                     self.read_client(c)
             except ProtocolError as exc:
-                self.leaving.drop_client(c, fatal(exc.sqlstate, f"protocol error: {exc}"))
+                if exc.reply:
+                    self.leaving.drop_client(c, fatal(exc.sqlstate, f"protocol error: {exc}"))
+                else:  # what PostgreSQL only logs (e.g. a Terminate as startup packet)
+                    self.ctx.log(logging.INFO, f"client {cid} from {c.peer}: {exc}; closed")
+                    self.leaving.drop_client(c)
             except ClientFatal as exc:
                 self.leaving.drop_client(c, exc.error)
             except Exception:  # a bug of ours: it costs this client, never the others
