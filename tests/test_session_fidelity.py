@@ -29,9 +29,16 @@ from _pooler import Pooler, make_config, running
 from pgsansio.protocol import (
     CLIENT,
     NEED_DATA,
+    Bind,
+    Close,
     Connection,
     ConnectionClosed,
+    DataRow,
+    ErrorResponse,
     Event,
+    Execute,
+    NoticeResponse,
+    ParameterStatus,
     Parse,
     Query,
     ReadyForQuery,
@@ -119,8 +126,9 @@ def eof_without_a_byte(sock: socket.socket) -> bytes:
     return got
 
 
-def logged_in(port: int) -> socket.socket:
-    """A raw socket logged in as trust_user (no password asked), after ReadyForQuery."""
+def logged_in(port: int) -> tuple[socket.socket, Connection]:
+    """A raw socket logged in as trust_user (no password asked), after ReadyForQuery,
+    and the client-role Connection that read the login."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
     conn = Connection(CLIENT)
     sock.sendall(conn.send(StartupMessage({"user": "trust_user", "database": TEST_DATABASE})))
@@ -131,7 +139,7 @@ def logged_in(port: int) -> socket.socket:
             continue
         assert isinstance(event, Event) and not isinstance(event, ConnectionClosed), event
         if isinstance(event, ReadyForQuery):
-            return sock
+            return sock, conn
 
 
 TERMINATE = b"X\0\0\0\x04"
@@ -165,7 +173,8 @@ def test_bytes_after_terminate_are_not_answered(pg15: Cluster) -> None:
     """A client's Terminate and more messages in one read: PostgreSQL stops reading at
     the Terminate and closes; nothing is answered."""
     for where, port in each_target(pg15, {}):
-        with logged_in(port) as sock:
+        sock, _ = logged_in(port)
+        with sock:
             sock.sendall(TERMINATE + AFTER)
             assert eof_without_a_byte(sock) == b"", where
 
@@ -225,3 +234,141 @@ def test_node_postgres_end_while_connecting(
     )
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout) == ["end", "ended"]
+
+
+# --- item 1: the client's statement names, exactly as PostgreSQL keeps them -------------
+
+
+class Raw:
+    """A raw client (trust_user) that sends batches of messages, each ending in Sync,
+    and notes each answer as (message type, SQLSTATE, message): what a driver sees."""
+
+    def __init__(self, port: int) -> None:
+        self.sock, self.conn = logged_in(port)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def batch(self, *events: Event) -> list[tuple[str, ...]]:
+        self.sock.sendall(b"".join(self.conn.send(e) for e in (*events, Sync())))
+        seen: list[tuple[str, ...]] = []
+        while True:
+            event = self.conn.next_event()
+            if event is NEED_DATA:
+                self.conn.receive_data(self.sock.recv(65536))
+                continue
+            assert isinstance(event, Event) and not isinstance(event, ConnectionClosed), seen
+            if isinstance(event, ErrorResponse):
+                seen.append(("ErrorResponse", event.sqlstate or "", event.message or ""))
+            elif isinstance(event, DataRow):
+                seen.append(("DataRow", *(v.decode() if v else "" for v in event.values)))
+            elif not isinstance(event, (ParameterStatus, NoticeResponse)):
+                seen.append((type(event).__name__,))
+            if isinstance(event, ReadyForQuery):
+                return seen
+
+
+def run_script(port: int, script: list[list[Event]]) -> list[list[tuple[str, ...]]]:
+    raw = Raw(port)
+    try:
+        return [raw.batch(*batch) for batch in script]
+    finally:
+        raw.close()
+
+
+def use(name: str, *args: str) -> list[Event]:
+    """Bind and Execute statement ``name`` (an unnamed portal), as drivers do."""
+    return [Bind("", name, (), [a.encode() for a in args]), Execute("", 0)]
+
+
+BAD = "SELEC 1"  # a syntax error: its Parse fails
+SCRIPTS: dict[str, list[list[Event]]] = {
+    # The issue's case: after a failed Parse the name is free again.
+    "reprepare-after-failed-parse": [
+        [Parse("s", BAD)],
+        [Parse("s", "SELECT 1"), *use("s")],
+        [*use("s")],
+    ],
+    # ... also when the Parse is the one a server already has (shared, answered by us).
+    "failed-then-shared-text": [
+        [Parse("t", "SELECT 2")],
+        [Parse("s", BAD)],
+        [Parse("s", "SELECT 2"), *use("s")],
+    ],
+    # An error earlier in the pipeline: the Parse after it is skipped, never prepared.
+    "parse-skipped-after-error": [
+        [Parse("a", BAD), Parse("b", "SELECT 3")],
+        [*use("b")],
+        [Parse("b", "SELECT 3"), *use("b")],
+    ],
+    # ... a shared one too (answered by us unless skipped).
+    "shared-parse-skipped-after-error": [
+        [Parse("t", "SELECT 4")],
+        [Parse("a", BAD), Parse("b", "SELECT 4")],
+        [*use("b")],
+    ],
+    # A Close skipped after an error leaves the statement prepared.
+    "close-skipped-after-error": [
+        [Parse("s", "SELECT 5")],
+        [Parse("a", BAD), Close("S", "s")],
+        [*use("s")],
+    ],
+    # Close then Parse again under the same name, skipped together: still the old one.
+    "close-and-reparse-skipped": [
+        [Parse("s", "SELECT 6")],
+        [*use("s", "x"), Close("S", "s"), Parse("s", "SELECT 7"), *use("s")],
+        [*use("s")],
+    ],
+    # pg8000's close, then the same name prepared again (it reuses freed names).
+    "close-then-reprepare": [
+        [Parse("s", "SELECT 8")],
+        [Close("S", "s")],
+        [Parse("s", "SELECT 9"), *use("s")],
+        [Parse("s", "SELECT 9")],
+    ],
+    "close-unknown-then-use": [[Close("S", "nope")], [*use("nope")]],
+    # A duplicate name: 42P05, and the first statement stays.
+    "duplicate-name": [
+        [Parse("s", "SELECT 10")],
+        [Parse("s", "SELECT 11")],
+        [*use("s")],
+    ],
+    "deallocate-all": [
+        [Parse("s", "SELECT 12")],
+        [Query("DEALLOCATE ALL")],
+        [*use("s")],
+        [Parse("s", "SELECT 13"), *use("s")],
+    ],
+}
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_statement_names_as_postgresql_keeps_them(
+    name: str, pg15: Cluster, poolers: dict[str, Pooler]
+) -> None:
+    """Each script gets the same answers through pgsansio (both modes) as directly."""
+    script = SCRIPTS[name]
+    direct = run_script(pg15.port, script)
+    for mode in MODES:
+        assert run_script(poolers[mode].port, script) == direct, mode
+
+
+def test_pg8000_prepare_fail_close_reprepare(
+    target: str, pg15: Cluster, poolers: dict[str, Pooler]
+) -> None:
+    """pg8000 reuses a closed statement's name for its next prepare: no 42P05; and a
+    prepare that failed leaves the connection usable."""
+    con = pg8000_connect(port_of(target, pg15, poolers))
+    try:
+        with pytest.raises(pg8000.native.DatabaseError) as failed:
+            con.prepare("SELEC :v")
+        assert failed.value.args[0]["C"] == "42601"
+        for round_ in range(3):
+            ps = con.prepare("SELECT :v::int + :n::int")
+            assert ps.run(v=1, n=round_) == [[1 + round_]]
+            ps.close()
+            other = con.prepare(f"SELECT :v::int * {round_ + 2}")
+            assert other.run(v=5) == [[5 * (round_ + 2)]]
+            other.close()
+    finally:
+        con.close()
