@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pg8000.native
+import psycopg
 import pytest
 from _pooler import Pooler, make_config, running
 
@@ -372,3 +373,50 @@ def test_pg8000_prepare_fail_close_reprepare(
             other.close()
     finally:
         con.close()
+
+
+# --- item 6: client_encoding as PostgreSQL spells it ------------------------------------
+
+
+def psycopg_dsn(port: int) -> str:
+    return (
+        f"host=127.0.0.1 port={port} user={USER} password={PASSWORD} dbname={TEST_DATABASE}"
+        " connect_timeout=10"
+    )
+
+
+@pytest.mark.parametrize(
+    ("asked", "reported"),
+    [("euc-jp", "EUC_JP"), ("utf8", "UTF8"), ("Unicode", "UTF8"), ("iso-8859-1", "LATIN1")],
+)
+def test_client_encoding_is_reported_as_postgresql_spells_it(
+    target: str, pg15: Cluster, poolers: dict[str, Pooler], asked: str, reported: str
+) -> None:
+    """psycopg maps the reported name to a codec: it must be the server's name."""
+    dsn = psycopg_dsn(port_of(target, pg15, poolers))
+    with psycopg.connect(dsn, client_encoding=asked, autocommit=True) as conn:
+        assert conn.info.parameter_status("client_encoding") == reported
+        assert conn.execute("SHOW client_encoding").fetchone() == (reported,)
+        assert conn.info.parameter_status("client_encoding") == reported
+
+
+def test_unknown_client_encoding_is_refused_alike(
+    target: str, pg15: Cluster, poolers: dict[str, Pooler]
+) -> None:
+    dsn = psycopg_dsn(port_of(target, pg15, poolers))
+    with pytest.raises(psycopg.OperationalError) as refused:
+        psycopg.connect(dsn, client_encoding="no-such-encoding")
+    assert 'invalid value for parameter "client_encoding": "no-such-encoding"' in str(
+        refused.value
+    )
+
+
+def test_encoding_names_fold_as_postgresql_folds_them() -> None:
+    from pgsansio.engine._encodings import canonical_encoding
+
+    assert canonical_encoding("EUC_JP") == canonical_encoding("euc-jp") == "EUC_JP"
+    assert canonical_encoding("UTF-8") == canonical_encoding("unicode") == "UTF8"
+    assert canonical_encoding("Windows-1252") == "WIN1252"
+    assert canonical_encoding("Shift_JIS") == "SJIS"
+    assert canonical_encoding("ISO-8859-15") == "LATIN9"
+    assert canonical_encoding("klingon") is None

@@ -53,6 +53,7 @@ from pgsansio.protocol import (
 )
 
 from ._effects import OpenServer, SendClient
+from ._encodings import canonical_encoding
 from ._errors import ClientFatal, as_fatal, fatal
 from ._objects import (
     P_AUTH_QUERY,
@@ -90,6 +91,15 @@ ADMIN_DATABASES = ("pgcat", "pgbouncer")
 _CANCELED = ErrorResponse.build("57014", "canceling statement due to user request")
 _TRACKED_LOWER = {name.lower(): name for name in TRACKED}
 _WELCOMES_KEPT = 64  # distinct ParameterStatus sets kept encoded (see _welcome)
+
+
+def _client_encoding(value: str) -> str:
+    """The name PostgreSQL reports for the encoding a client asked for (the welcome
+    shows it before any server has seen the setting); an unknown one is refused."""
+    name = canonical_encoding(value)
+    if name is None:
+        raise ClientFatal("22023", f'invalid value for parameter "client_encoding": "{value}"')
+    return name
 
 
 class Login:
@@ -154,7 +164,9 @@ class Login:
                 pairs = {name: value}
             for key, val in pairs.items():
                 canonical = _TRACKED_LOWER.get(key.lower())
-                if canonical is not None:
+                if canonical == "client_encoding":
+                    tracked[canonical] = _client_encoding(val)
+                elif canonical is not None:
                     tracked[canonical] = val
                 else:
                     settings[key.lower()] = quote_literal(val)
