@@ -19,6 +19,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -420,3 +421,52 @@ def test_encoding_names_fold_as_postgresql_folds_them() -> None:
     assert canonical_encoding("Shift_JIS") == "SJIS"
     assert canonical_encoding("ISO-8859-15") == "LATIN9"
     assert canonical_encoding("klingon") is None
+
+
+# --- item 5: session mode hands out the server's own process ID --------------------------
+
+
+@pytest.fixture(params=("direct", "session"))
+def session_target(
+    request: pytest.FixtureRequest, pg15: Cluster, poolers: dict[str, Pooler]
+) -> int:
+    """PostgreSQL itself, or pgsansio in session mode: the port."""
+    return port_of(request.param, pg15, poolers)
+
+
+def test_backend_pid_is_the_servers(session_target: int) -> None:
+    """conn.info.backend_pid, pg_backend_pid(), pg_stat_activity and the pid of a
+    NotificationResponse agree, so a program can ignore its own NOTIFYs."""
+    dsn = psycopg_dsn(session_target)
+    with psycopg.connect(dsn, autocommit=True, application_name="fidelity") as conn:
+        pid = conn.info.backend_pid
+        assert conn.execute("SELECT pg_backend_pid()").fetchone() == (pid,)
+        assert conn.execute(
+            "SELECT application_name FROM pg_stat_activity WHERE pid = %s", (pid,)
+        ).fetchone() == ("fidelity",)
+        conn.execute("LISTEN fidelity")
+        conn.execute("NOTIFY fidelity, 'hello'")
+        (note,) = list(conn.notifies(timeout=TIMEOUT, stop_after=1))
+        assert (note.channel, note.payload, note.pid) == ("fidelity", "hello", pid)
+
+
+def test_terminating_my_backend_pid(session_target: int) -> None:
+    """pg_terminate_backend(<the client's backend_pid>) ends that client's session with
+    the server's own 57P01, whoever runs it; cancel requests still work."""
+    dsn = psycopg_dsn(session_target)
+    with psycopg.connect(dsn, autocommit=True) as victim, psycopg.connect(dsn) as other:
+        # The cancel key handed out still reaches the right query. (cancel_safe:
+        # libpq's blocking PQcancel holds the GIL, and the pooler runs in this process.)
+        timer = threading.Timer(0.3, lambda: victim.cancel_safe(timeout=5))
+        timer.start()
+        try:
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                victim.execute("SELECT pg_sleep(10)")
+        finally:
+            timer.join()
+        assert other.execute(
+            "SELECT pg_terminate_backend(%s)", (victim.info.backend_pid,)
+        ).fetchone() == (True,)
+        with pytest.raises(psycopg.errors.AdminShutdown) as ended:
+            victim.execute("SELECT 1")
+        assert ended.value.sqlstate == "57P01"

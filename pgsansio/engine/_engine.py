@@ -68,6 +68,7 @@ from ._states import (
     S_ACTIVE,
     S_CLOSED,
     S_LOGIN,
+    ClientState,
     ServerInput,
     ServerState,
     server_to,
@@ -163,7 +164,10 @@ class Engine:
 
     def _send_pending(self, c: Client, s: ServerConn) -> None:
         """Sessions' one call upward: ``s`` is ready for ``c`` (linked, its settings
-        applied); the Relay sends the requests ``c`` queued while it waited."""
+        applied); the Relay sends the requests ``c`` queued while it waited. A
+        session-mode client linked while logging in is welcomed first."""
+        if c.state is ClientState.WELCOME:
+            self.login.welcome_linked(c, s)
         self.relay.flush_pending(c, s)
 
     def _resume_console(self, c: Client) -> None:

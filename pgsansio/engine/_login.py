@@ -102,6 +102,13 @@ def _client_encoding(value: str) -> str:
     return name
 
 
+def _links_at_login(group: PoolGroup) -> bool:
+    """Session mode, and only one server address the client could get: it is linked
+    before it is welcomed. With replicas or shards the first query may choose the
+    server (PgCat's routing), so those clients are welcomed first, as before."""
+    return group.user.pool_mode == "session" and len(group.pools) == 1 and len(group.pools[0]) == 1
+
+
 class Login:
     """Owns the clients logging in, the cancel keys, the SCRAM secrets and the
     encoded welcome messages."""
@@ -312,6 +319,12 @@ class Login:
             )
             return
         self.ctx.send_client(c, AuthenticationOk())
+        if _links_at_login(group):
+            # Session mode: the server comes first, so that the welcome carries its own
+            # process ID and parameters (welcome_linked), as a direct connection would.
+            client_to(c, ClientInput.AUTHENTICATED)
+            self.lending.checkout(c)
+            return
         if group.server_params is None:
             client_to(c, ClientInput.AUTHENTICATED)
             group.login_waiters.append(c)
@@ -322,10 +335,20 @@ class Login:
             return
         self._welcome(c)
 
-    def _welcome(self, c: Client) -> None:
+    def welcome_linked(self, c: Client, s: ServerConn) -> None:
+        """Welcome a session-mode client whose server is linked and set up: what that
+        server reports, and its real process ID (pg_backend_pid(), the pid in a
+        NotificationResponse and pg_terminate_backend all agree with the client's).
+        The secret key stays ours, so cancel requests still come to us and are checked."""
+        self._welcome(c, s)
+
+    def _welcome(self, c: Client, s: ServerConn | None = None) -> None:
         group = c.group
-        assert group is not None and group.server_params is not None
+        assert group is not None
+        assert group.server_params is not None
         shown = dict(group.server_params)
+        if s is not None:  # the names a server reports at login, with its values now
+            shown = {name: s.params.get(name, value) for name, value in shown.items()}
         for name in TRACKED:
             if name not in shown:
                 # Not reported by this server version (search_path before 18): keep
@@ -334,9 +357,9 @@ class Login:
                 if value is not None:
                     c.settings[name.lower()] = param_sql(name, value)
                 continue
-            if name in c.params:
+            if name in c.params and s is None:
                 shown[name] = c.params[name]
-            else:
+            else:  # a linked server reports the client's settings in its own spelling
                 c.params[name] = shown[name]
         # One write for the whole welcome (and the AuthenticationOk just before it), not
         # one per message: a frontend writes each effect with its own system call, and
@@ -357,6 +380,8 @@ class Login:
             cached = self.welcomes[key] = Span(b"".join(encoded), events, offsets)
         parts = [conn.send_span(cached)]  # checked and fed to the client's state as sent
         pid = self.ctx.rng.randrange(1, 2**31)
+        if s is not None and s.backend_key is not None:
+            pid = s.backend_key[0]
         secret = self.ctx.rng.randbytes(4)
         c.cancel_key = (pid, secret)
         self.cancel_keys[c.cancel_key] = c
