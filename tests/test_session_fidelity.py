@@ -20,6 +20,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -153,7 +154,7 @@ def each_target(pg15: Cluster, config: Any) -> Iterator[tuple[str, int]]:
     """PostgreSQL itself, then pgsansio (the test's frontend) in each pool mode."""
     yield "direct", pg15.port
     for mode in MODES:
-        with running(make_config(pg15, pool_mode=mode, pool_size=1, **config)) as p:
+        with running(make_config(pg15, pool_mode=mode, **{"pool_size": 2, **config})) as p:
             yield mode, p.port
 
 
@@ -470,3 +471,27 @@ def test_terminating_my_backend_pid(session_target: int) -> None:
         with pytest.raises(psycopg.errors.AdminShutdown) as ended:
             victim.execute("SELECT 1")
         assert ended.value.sqlstate == "57P01"
+
+
+# --- item 7: a server terminated under its client: the server's own error ---------------
+
+
+@pytest.mark.usefixtures("pooler_frontend")
+def test_terminated_server_reaches_the_client_as_57p01(pg15: Cluster) -> None:
+    """pg_terminate_backend on the server a client holds (its session, or its open
+    transaction): the client's next statement fails with the server's FATAL 57P01,
+    every time, as on a direct connection; never a made-up 08006."""
+    for where, port in each_target(pg15, {}):
+        dsn = psycopg_dsn(port)
+        with psycopg.connect(dsn, autocommit=True) as other:
+            for round_ in range(8):
+                with psycopg.connect(dsn) as victim:  # a transaction holds the server
+                    row = victim.execute("SELECT pg_backend_pid()").fetchone()
+                    assert row is not None
+                    killed = other.execute("SELECT pg_terminate_backend(%s)", row)
+                    assert killed.fetchone() == (True,)
+                    if round_ % 2:  # sometimes after the FATAL arrived, sometimes racing it
+                        time.sleep(0.05)
+                    with pytest.raises(psycopg.OperationalError) as ended:
+                        victim.execute("SELECT 1")
+                    assert ended.value.sqlstate == "57P01", (where, round_, ended.value)

@@ -334,6 +334,11 @@ class Relay:
                     self._unanswered(s, x)
             elif t is ErrorResponse:
                 assert isinstance(e, ErrorResponse)
+                if drop and c is not None and e.severity in ("FATAL", "PANIC"):
+                    # Even in the answer to a request of ours (a settings sync just
+                    # after linking): the server is ending the client's session, and
+                    # its reason (57P01 ...) is the client's error, not our 08006.
+                    drop = False
                 if entry is not None:
                     if entry.kind in EXTENDED:
                         skipped = [q.popleft()]
