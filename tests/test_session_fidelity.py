@@ -28,6 +28,8 @@ import pg8000.native
 import psycopg
 import pytest
 from _pooler import Pooler, make_config, running
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pgsansio.protocol import (
     CLIENT,
@@ -37,6 +39,7 @@ from pgsansio.protocol import (
     Connection,
     ConnectionClosed,
     DataRow,
+    Describe,
     ErrorResponse,
     Event,
     Execute,
@@ -356,6 +359,33 @@ def test_statement_names_as_postgresql_keeps_them(
         assert run_script(poolers[mode].port, script) == direct, mode
 
 
+_NAMES = st.sampled_from(["a", "b"])
+_TEXTS = st.sampled_from(["SELECT 1", "SELECT 2", BAD])
+_MESSAGE = st.one_of(
+    st.builds(lambda n, q: [Parse(n, q)], _NAMES, _TEXTS),
+    st.builds(lambda n: [Close("S", n)], _NAMES),
+    st.builds(use, _NAMES),
+    st.builds(lambda n: [Describe("S", n)], _NAMES),
+)
+_BATCH = st.one_of(
+    st.lists(_MESSAGE, min_size=1, max_size=4).map(lambda ms: [m for x in ms for m in x]),
+    st.just([Query("DEALLOCATE ALL")]),
+)
+
+
+@settings(max_examples=12, deadline=None, derandomize=True)
+@given(script=st.lists(_BATCH, min_size=1, max_size=5))
+def test_any_sequence_of_parse_close_and_errors(
+    pg15: Cluster, poolers: dict[str, Pooler], script: list[list[Event]]
+) -> None:
+    """Property: any sequence of Parse (good or failing), Close, Bind/Execute and
+    Describe of two names, in pipelines with errors, is answered through pgsansio
+    exactly as PostgreSQL answers it (derandomized: the same 12 sequences each run)."""
+    direct = run_script(pg15.port, script)
+    for mode in MODES:
+        assert run_script(poolers[mode].port, script) == direct, mode
+
+
 def test_pg8000_prepare_fail_close_reprepare(
     target: str, pg15: Cluster, poolers: dict[str, Pooler]
 ) -> None:
@@ -484,7 +514,7 @@ def test_terminated_server_reaches_the_client_as_57p01(pg15: Cluster) -> None:
     for where, port in each_target(pg15, {}):
         dsn = psycopg_dsn(port)
         with psycopg.connect(dsn, autocommit=True) as other:
-            for round_ in range(8):
+            for round_ in range(4):
                 with psycopg.connect(dsn) as victim:  # a transaction holds the server
                     row = victim.execute("SELECT pg_backend_pid()").fetchone()
                     assert row is not None
