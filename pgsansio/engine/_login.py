@@ -323,6 +323,7 @@ class Login:
             # Session mode: the server comes first, so that the welcome carries its own
             # process ID and parameters (welcome_linked), as a direct connection would.
             client_to(c, ClientInput.AUTHENTICATED)
+            c.stats = self.stats.stats_for(group.name)  # its wait and assignment count
             self.lending.checkout(c)
             return
         if group.server_params is None:
