@@ -404,6 +404,19 @@ def test_cancel_request(key: bytes) -> None:
     assert p.client.their_closed
 
 
+def test_a_span_ends_at_terminate() -> None:
+    """PostgreSQL reads nothing after a Terminate: what follows in the same read is
+    not part of the span (and not a protocol error a proxy would answer)."""
+    server = ready_server()
+    wire = bytes(Query("SELECT 1")) + bytes(Terminate())
+    server.receive_data(wire + bytes(Parse("s", "q")) + bytes(Sync()))
+    span = server.next_span()
+    assert isinstance(span, Span)
+    assert span.data == wire
+    assert span.events == [Query("SELECT 1"), Terminate()]
+    assert server.state is State.CLOSED
+
+
 def test_nothing_after_cancel_request() -> None:
     server = Connection(SERVER)
     server.receive_data(bytes(CancelRequest(1, KEY4)) + bytes(Query("x")))

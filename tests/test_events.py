@@ -722,6 +722,30 @@ def test_empty_messages_share_an_encoding() -> None:
     assert BACKEND_READERS[b"Z"](b"I") is BACKEND_READERS[b"Z"](b"I")
 
 
+@pytest.mark.parametrize("n", [32_767, 32_768, 40_000, 65_535])
+def test_counts_are_unsigned_16_bit(n: int) -> None:
+    """PostgreSQL reads every Int16 count (parameters, values, formats, columns) with
+    pq_getmsgint(msg, 2), unsigned: up to 65,535, both ways, through our readers."""
+    events: list[Event] = [
+        Parse("s", "q", [23] * n),
+        Bind("", "s", [1] * n, [b"1"] * n, [0] * n),
+        FunctionCall(1, [0] * n, [None] * n, 0),
+    ]
+    for event in events:
+        wire = bytes(event)
+        assert FRONTEND_READERS[wire[:1]](wire[5:]) == event
+    backend: list[Event] = [
+        ParameterDescription([23] * n),
+        DataRow([b"x"] * n),
+        RowDescription([Field(f"c{i}") for i in range(n)]),
+        CopyInResponse(0, [0] * n),
+    ]
+    for event in backend:
+        wire = bytes(event)
+        assert wire[5:7] == n.to_bytes(2, "big") or wire[6:8] == n.to_bytes(2, "big")
+        assert BACKEND_READERS[wire[:1]](wire[5:]) == event
+
+
 # --- what cannot be encoded -----------------------------------------------------------------
 
 UNENCODABLE: list[tuple[Event, str]] = [
@@ -729,7 +753,7 @@ UNENCODABLE: list[tuple[Event, str]] = [
     (Query("\ud800"), "surrogates"),
     (Parse("s\0", "q"), "NUL"),
     (Parse("", "q", [-1]), "can't encode Parse"),
-    (Parse("", "q", [0] * 32768), "can't encode Parse"),
+    (Parse("", "q", [0] * 65536), "can't encode Parse"),
     (Bind("", "", [70000]), "can't encode Bind"),
     (Bind("", "", result_formats=[-32769]), "can't encode Bind"),
     (Execute("", 2**31), "can't encode Execute"),
@@ -761,7 +785,7 @@ UNENCODABLE: list[tuple[Event, str]] = [
     (ReadyForQuery(""), "invalid transaction status"),
     (RowDescription([Field("a", table_oid=-1)]), "can't encode RowDescription"),
     (RowDescription([Field("a\0")]), "NUL"),
-    (DataRow([b""] * 32768), "can't encode DataRow"),
+    (DataRow([b""] * 65536), "can't encode DataRow"),
     (ParameterDescription([2**32]), "can't encode ParameterDescription"),
     (NotificationResponse(-1, "c"), "can't encode NotificationResponse"),
     (CommandComplete("\0"), "NUL"),
@@ -828,13 +852,13 @@ FRONTEND_MALFORMED = [
     (b"P", b"s\0", "string without NUL"),
     (b"P", b"s\0q\0", "too short"),
     (b"P", b"s\0q\0\x00", "too short"),
-    (b"P", b"s\0q\0\xff\xff", "negative count -1"),
+    (b"P", b"s\0q\0\xff\xff", "too short"),  # 65,535 types: unsigned
     (b"P", b"s\0q\0\x00\x01\x00\x00", "too short"),
     (b"P", b"s\0q\0\x00\x00x", "1 unexpected trailing bytes"),
     (b"B", b"\0s\0\x00\x00\x00\x01\xff\xff\xff\xfe\x00\x00", "negative value length -2"),
     (b"B", b"\0s\0\x00\x00\x00\x01\x00\x00\x00\x09ab\x00\x00", "too short"),
     (b"B", b"\0s\0\x00\x00\x00\x01\x00\x00", "too short"),
-    (b"B", b"\0s\0\x80\x00", "negative count"),
+    (b"B", b"\0s\0\x80\x00", "too short"),
     (b"B", b"\0s\0\x00\x00\x00\x00\x00\x00ab", "2 unexpected trailing bytes"),
     (b"B", b"\0s\0\x00\x00\x00\x00", "too short"),
     (b"D", b"X\0", "kind must be S or P, not b'X'"),
@@ -847,7 +871,7 @@ FRONTEND_MALFORMED = [
     (b"E", b"\0\0\0\0\0x", "1 unexpected trailing bytes"),
     (b"F", b"\x00\x00", "too short"),
     (b"F", b"\x00\x00\x03\xb8\x00\x00\x00\x00\x00\x00\x00", "1 unexpected trailing bytes"),
-    (b"F", b"\x00\x00\x03\xb8\x00\x00\xff\xfe", "negative count"),
+    (b"F", b"\x00\x00\x03\xb8\x00\x00\xff\xfe", "too short"),
 ]
 
 
@@ -892,7 +916,7 @@ BACKEND_MALFORMED: list[tuple[Setup, bytes, bytes, str]] = [
     (client_authenticated, b"S", b"name\0value\0x", "1 unexpected trailing bytes"),
     (client_authenticated, b"Z", b"X", "status b'X' is not I, T or E"),
     (client_authenticated, b"Z", b"\0", "is not I, T or E"),
-    (client_in_query, b"T", b"\xff\xff", "negative count"),
+    (client_in_query, b"T", b"\xff\xff", "string without NUL"),
     (client_in_query, b"T", b"\x00\x01a\x00\x00\x00", "too short"),
     (client_in_query, b"T", b"\x00\x01a", "string without NUL"),
     (client_in_query, b"T", b"\x00\x00x", "1 unexpected trailing bytes"),
@@ -901,11 +925,11 @@ BACKEND_MALFORMED: list[tuple[Setup, bytes, bytes, str]] = [
     (client_in_query, b"D", b"\x00\x01\xff\xff\xff\xfe", "negative value length -2"),
     (client_in_query, b"D", b"\x00\x02\x00\x00\x00\x01a", "too short"),
     (client_in_query, b"D", b"\x00\x01\x00\x00\x00\x05abc", "too short"),
-    (client_in_query, b"D", b"\xff\xff", "column count does not match"),
+    (client_in_query, b"D", b"\xff\xff", "too short"),
     (client_in_query, b"D", b"\x00\x00x", "column count does not match"),
     (client_in_query, b"D", b"\x00\x01\x00\x00\x00\x01ab", "column count does not match"),
     (client_in_query, b"C", b"SELECT 1", "expected one string"),
-    (client_in_query, b"t", b"\x80\x00", "negative count"),
+    (client_in_query, b"t", b"\x80\x00", "too short"),
     (client_in_query, b"t", b"\x00\x01\x00\x00", "too short"),
     (client_in_query, b"V", b"\xff\xff\xff\xfe", "negative value length -2"),
     (client_in_query, b"V", b"\xff\xff\xff\xffx", "1 unexpected trailing bytes"),
@@ -918,7 +942,7 @@ BACKEND_MALFORMED: list[tuple[Setup, bytes, bytes, str]] = [
     (client_in_query, b"E", b"\0x", "1 unexpected trailing bytes"),
     (client_in_query, b"N", b"Mhi\0", "too short"),
     (client_in_query, b"G", b"", "too short"),
-    (client_in_query, b"G", b"\x00\xff\xff", "negative count"),
+    (client_in_query, b"G", b"\x00\xff\xff", "too short"),
     (client_in_query, b"H", b"\x00\x00\x01", "too short"),
     (client_in_query, b"W", b"\x00\x00\x00x", "1 unexpected trailing bytes"),
 ]

@@ -72,6 +72,7 @@ from ._states import (
     S_ACTIVE,
     S_CLOSED,
     S_LOGIN,
+    ClientState,
     ServerInput,
     ServerState,
     server_to,
@@ -185,7 +186,10 @@ class Engine:
 
     def _send_pending(self, c: Client, s: ServerConn) -> None:
         """Sessions' one call upward: ``s`` is ready for ``c`` (linked, its settings
-        applied); the Relay sends the requests ``c`` queued while it waited."""
+        applied); the Relay sends the requests ``c`` queued while it waited. A
+        session-mode client linked while logging in is welcomed first."""
+        if c.state is ClientState.WELCOME:
+            self.login.welcome_linked(c, s)
         self.relay.flush_pending(c, s)
 
     def _resume_console(self, c: Client) -> None:
@@ -252,7 +256,11 @@ class Engine:
                     c.conn.receive_data(data)
                     self.read_client(c)
             except ProtocolError as exc:
-                self.leaving.drop_client(c, fatal(exc.sqlstate, f"protocol error: {exc}"))
+                if exc.reply:
+                    self.leaving.drop_client(c, fatal(exc.sqlstate, f"protocol error: {exc}"))
+                else:  # what PostgreSQL only logs (e.g. a Terminate as startup packet)
+                    self.ctx.log(logging.INFO, f"client {cid} from {c.peer}: {exc}; closed")
+                    self.leaving.drop_client(c)
             except ClientFatal as exc:
                 self.leaving.drop_client(c, exc.error)
             except Exception:  # a bug of ours: it costs this client, never the others

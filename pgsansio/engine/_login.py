@@ -53,6 +53,7 @@ from pgsansio.protocol import (
 )
 
 from ._effects import OpenServer, SendClient
+from ._encodings import canonical_encoding
 from ._errors import ClientFatal, as_fatal, fatal
 from ._eventlog import LOGIN, LOGIN_FAILED, client_tag
 from ._objects import (
@@ -100,6 +101,22 @@ ADMIN_DATABASES = ("pgcat", "pgbouncer")
 _CANCELED = ErrorResponse.build("57014", "canceling statement due to user request")
 _TRACKED_LOWER = {name.lower(): name for name in TRACKED}
 _WELCOMES_KEPT = 64  # distinct ParameterStatus sets kept encoded (see _welcome)
+
+
+def _client_encoding(value: str) -> str:
+    """The name PostgreSQL reports for the encoding a client asked for (the welcome
+    shows it before any server has seen the setting); an unknown one is refused."""
+    name = canonical_encoding(value)
+    if name is None:
+        raise ClientFatal("22023", f'invalid value for parameter "client_encoding": "{value}"')
+    return name
+
+
+def _links_at_login(group: PoolGroup) -> bool:
+    """Session mode, and only one server address the client could get: it is linked
+    before it is welcomed. With replicas or shards the first query may choose the
+    server (PgCat's routing), so those clients are welcomed first, as before."""
+    return group.user.pool_mode == "session" and len(group.pools) == 1 and len(group.pools[0]) == 1
 
 
 class Login:
@@ -166,7 +183,9 @@ class Login:
                 pairs = {name: value}
             for key, val in pairs.items():
                 canonical = _TRACKED_LOWER.get(key.lower())
-                if canonical is not None:
+                if canonical == "client_encoding":
+                    tracked[canonical] = _client_encoding(val)
+                elif canonical is not None:
                     tracked[canonical] = val
                 else:
                     settings[key.lower()] = quote_literal(val)
@@ -323,6 +342,13 @@ class Login:
             )
             return
         self.ctx.send_client(c, AuthenticationOk())
+        if _links_at_login(group):
+            # Session mode: the server comes first, so that the welcome carries its own
+            # process ID and parameters (welcome_linked), as a direct connection would.
+            client_to(c, ClientInput.AUTHENTICATED)
+            c.stats = self.stats.stats_for(group.name)  # its wait and assignment count
+            self.lending.checkout(c)
+            return
         if group.server_params is None:
             client_to(c, ClientInput.AUTHENTICATED)
             group.login_waiters.append(c)
@@ -333,10 +359,20 @@ class Login:
             return
         self._welcome(c)
 
-    def _welcome(self, c: Client) -> None:
+    def welcome_linked(self, c: Client, s: ServerConn) -> None:
+        """Welcome a session-mode client whose server is linked and set up: what that
+        server reports, and its real process ID (pg_backend_pid(), the pid in a
+        NotificationResponse and pg_terminate_backend all agree with the client's).
+        The secret key stays ours, so cancel requests still come to us and are checked."""
+        self._welcome(c, s)
+
+    def _welcome(self, c: Client, s: ServerConn | None = None) -> None:
         group = c.group
-        assert group is not None and group.server_params is not None
+        assert group is not None
+        assert group.server_params is not None
         shown = dict(group.server_params)
+        if s is not None:  # the names a server reports at login, with its values now
+            shown = {name: s.params.get(name, value) for name, value in shown.items()}
         for name in TRACKED:
             if name not in shown:
                 # Not reported by this server version (search_path before 18): keep
@@ -345,9 +381,9 @@ class Login:
                 if value is not None:
                     c.settings[name.lower()] = param_sql(name, value)
                 continue
-            if name in c.params:
+            if name in c.params and s is None:
                 shown[name] = c.params[name]
-            else:
+            else:  # a linked server reports the client's settings in its own spelling
                 c.params[name] = shown[name]
         # One write for the whole welcome (and the AuthenticationOk just before it), not
         # one per message: a frontend writes each effect with its own system call, and
@@ -368,6 +404,8 @@ class Login:
             cached = self.welcomes[key] = Span(b"".join(encoded), events, offsets)
         parts = [conn.send_span(cached)]  # checked and fed to the client's state as sent
         pid = self.ctx.rng.randrange(1, 2**31)
+        if s is not None and s.backend_key is not None:
+            pid = s.backend_key[0]
         secret = self.ctx.rng.randbytes(4)
         c.cancel_key = (pid, secret)
         self.cancel_keys[c.cancel_key] = c

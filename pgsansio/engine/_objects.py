@@ -54,6 +54,11 @@ SKIP = 1  # our own request: swallow the answer
 FAKE = 2  # answered by us: emit ``Entry.fake`` when its turn comes
 
 
+# A client's statement name, what it meant before a request and what it means after
+# (None: not prepared); see Entry.binding.
+Binding = tuple[str, "Prepared | None", "Prepared | None"]
+
+
 class Entry:
     """One request sent to a server (or answered by us) whose answer is still due.
 
@@ -64,7 +69,7 @@ class Entry:
     that stays prepared on the server).
     """
 
-    __slots__ = ("error", "fake", "kind", "mode", "name", "tag", "value")
+    __slots__ = ("binding", "error", "fake", "kind", "mode", "name", "tag", "value")
 
     def __init__(
         self,
@@ -83,6 +88,9 @@ class Entry:
         self.tag = tag  # what an internal query was for, for logs and callbacks
         self.value = value  # a tracked SET's value (SQL), committed when it succeeds
         self.error: Event | None = None
+        # A client's Parse or Close of a named statement: (its name, what the name
+        # meant before, what it means now), undone if the server skips the request.
+        self.binding: Binding | None = None
 
 
 class Prepared:

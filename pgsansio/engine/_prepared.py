@@ -22,10 +22,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pgsansio.protocol import Close, Event, Parse, ParseComplete
+from pgsansio.protocol import Close, CloseComplete, Event, Parse, ParseComplete
 
 from ._effects import SendClient
-from ._objects import FAKE, FWD, K_CLOSE, K_PARSE, SKIP, Client, Entry, Prepared, ServerConn
+from ._objects import (
+    FAKE,
+    FWD,
+    K_CLOSE,
+    K_PARSE,
+    SKIP,
+    Binding,
+    Client,
+    Entry,
+    Prepared,
+    ServerConn,
+)
 
 __all__ = ["STATEMENT_PREFIX", "Statements"]
 
@@ -72,14 +83,43 @@ class Statements:
             self._by_key[key] = p
         p.refs += 1
         c.prepared[e.name] = p
+        # The name is the client's from now on, as the server will see it; if the
+        # server skips or refuses this Parse, undo() forgets it again.
+        binding: Binding = (e.name, None, p)
         if p.name in s.prepared:
             s.prepared.move_to_end(p.name)
-            self.fake(c, s, K_PARSE, ParseComplete())
+            self.fake(c, s, K_PARSE, ParseComplete(), binding)
             return []
         new = self.register(c, s, p)
-        s.queue.append(Entry(K_PARSE, FWD, name=p.name))
+        entry = Entry(K_PARSE, FWD, name=p.name)
+        entry.binding = binding
+        s.queue.append(entry)
         new.append(p.parse)
         return new
+
+    def client_close(self, c: Client, s: ServerConn, name: str) -> None:
+        """A client's Close of its statement ``name``: answered by us (the shared
+        statement stays on the server for others); undone if the server would have
+        skipped it (an earlier error in the same pipeline)."""
+        p = c.prepared.pop(name, None)
+        if p is not None:
+            self.unref(p)
+        self.fake(c, s, K_CLOSE, CloseComplete(), None if p is None else (name, p, None))
+
+    def undo(self, c: Client, bindings: list[Binding]) -> None:
+        """Requests the server skipped or refused (a failed Parse, or anything after
+        an error up to Sync), latest first: the client's names mean again what they
+        meant before, as they would on a direct connection."""
+        for name, before, after in bindings:
+            if c.prepared.get(name) is not after:
+                continue  # a later request (DEALLOCATE ALL) changed it meanwhile
+            if after is not None:
+                del c.prepared[name]
+                self.unref(after)
+            if before is not None:
+                c.prepared[name] = before
+                before.refs += 1
+                self._by_key.setdefault(before.key, before)
 
     def ensure(self, s: ServerConn, p: Prepared) -> list[Event | bytes]:
         """Messages to send first so that ``p`` exists on ``s`` (a silent re-Parse)."""
@@ -111,9 +151,13 @@ class Statements:
             # same text gets a new name, which is harmless.
             del self._by_key[p.key]
 
-    def fake(self, c: Client, s: ServerConn, kind: int, event: Event) -> None:
+    def fake(
+        self, c: Client, s: ServerConn, kind: int, event: Event, binding: Binding | None = None
+    ) -> None:
         if s.queue:
-            s.queue.append(Entry(kind, FAKE, fake=event))
+            entry = Entry(kind, FAKE, fake=event)
+            entry.binding = binding
+            s.queue.append(entry)
         else:
             self.ctx.out.append(SendClient(c.cid, c.conn.send(event)))
 

@@ -239,10 +239,7 @@ class Relay:
             elif t is Close:
                 assert isinstance(e, Close)
                 if e.kind == "S" and e.name and rewrite:
-                    p_old = c.prepared.pop(e.name, None)
-                    if p_old is not None:
-                        self.statements.unref(p_old)
-                    self.statements.fake(c, s, K_CLOSE, CloseComplete())
+                    self.statements.client_close(c, s, e.name)
                     new = []
                 else:
                     q.append(Entry(K_CLOSE))
@@ -368,12 +365,20 @@ class Relay:
                 assert isinstance(e, ErrorResponse)
                 if c is not None and c.pin is not None:
                     self.pinning.failed(c)
+                if drop and c is not None and e.severity in ("FATAL", "PANIC"):
+                    # Even in the answer to a request of ours (a settings sync just
+                    # after linking): the server is ending the client's session, and
+                    # its reason (57P01 ...) is the client's error, not our 08006.
+                    drop = False
                 if entry is not None:
                     if entry.kind in EXTENDED:
-                        q.popleft()
+                        skipped = [q.popleft()]
                         self._unanswered(s, entry, failed=True)
                         while q and q[0].kind != K_SYNC:
-                            self._unanswered(s, q.popleft())
+                            skipped.append(q.popleft())
+                            self._unanswered(s, skipped[-1])
+                        if c is not None:
+                            self._undo(c, skipped)
                     else:
                         entry.error = e
                 if not drop and c is not None and (c.prepared or c.aliases):
@@ -579,6 +584,13 @@ class Relay:
         status, tags = answer
         self._answered(c, s, last, tags, status=status, data=c.conn.pass_answer(data, status))
         return True
+
+    def _undo(self, c: Client, skipped: list[Entry]) -> None:
+        """The client's statement names as the refused and skipped requests left them
+        (see Statements.undo)."""
+        bindings = [x.binding for x in reversed(skipped) if x.binding is not None]
+        if bindings:
+            self.statements.undo(c, bindings)
 
     def _unanswered(self, s: ServerConn, x: Entry, *, failed: bool = False) -> None:
         """A request skipped after an error (or the failed one itself)."""

@@ -258,9 +258,12 @@ class Connection:
                 "(direct SSL negotiation is not supported; use sslnegotiation=postgres)"
             )
         if not 8 <= length <= self.max_startup_size:
+            # ProcessStartupPacket logs "invalid length of startup packet" and
+            # closes without an answer (COMMERROR): so do we (reply=False).
             raise RemoteProtocolError(
                 f"invalid startup packet length {length}",
                 "54000" if length > self.max_startup_size else "08P01",
+                reply=False,
             )
         if len(buf) - pos < length:
             return NEED_DATA
@@ -399,9 +402,11 @@ class Connection:
                         passable = _ROWS if conv.pending else ()
                     else:
                         passable = self._passable()
-                # Defensive: no query-phase event changes the phase today
-                # (Terminate sets frontend_closed); a span never crosses one.
-                if conv.phase is not State.READY:  # pragma: no cover
+                # A span never crosses a Terminate: PostgreSQL reads nothing after
+                # it and closes, so what follows in the same read is left unread
+                # (and a proxy closes silently too). No query-phase event changes
+                # the phase today; that test is defensive.
+                if conv.frontend_closed or conv.phase is not State.READY:
                     break
         except ProtocolError as exc:
             raise self._fail(exc) from None

@@ -35,13 +35,20 @@ class ProtocolError(Exception):
     Attributes:
         sqlstate: the SQLSTATE PostgreSQL would report for this failure
             (``08P01`` protocol_violation unless a more precise code fits).
+        reply: False where PostgreSQL only logs the failure and closes without a
+            word (its COMMERROR level: a startup packet of impossible length, which
+            is also what a Terminate sent before any startup packet looks like), so
+            a proxy should close silently too; its peer may not speak the protocol.
     """
 
-    def __init__(self, msg: str, sqlstate: str = SQLSTATE_PROTOCOL_VIOLATION) -> None:
+    def __init__(
+        self, msg: str, sqlstate: str = SQLSTATE_PROTOCOL_VIOLATION, *, reply: bool = True
+    ) -> None:
         if type(self) is ProtocolError:
             raise TypeError("tried to directly instantiate ProtocolError")
         super().__init__(msg)
         self.sqlstate = sqlstate
+        self.reply = reply
 
 
 class LocalProtocolError(ProtocolError):

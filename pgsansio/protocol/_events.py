@@ -37,6 +37,9 @@ CANCEL_REQUEST_CODE = 80877102
 
 _pack_header = struct.Struct("!ci").pack
 _pack_i16 = struct.Struct("!h").pack
+# "Int16" counts (parameters, columns, format codes) are read by PostgreSQL as
+# unsigned 16-bit numbers (pq_getmsgint(msg, 2)): up to 65,535 parameters.
+_pack_count = struct.Struct("!H").pack
 _pack_i32 = struct.Struct("!i").pack
 _pack_u32 = struct.Struct("!I").pack
 _pack_ii = struct.Struct("!ii").pack
@@ -53,12 +56,13 @@ def _cstr(text: str) -> bytes:
 
 
 def _i16_array(values: tuple[int, ...]) -> bytes:
-    return _pack_i16(len(values)) + b"".join(_pack_i16(v) for v in values)
+    """An unsigned 16-bit count, then one signed Int16 per value (format codes)."""
+    return _pack_count(len(values)) + b"".join(_pack_i16(v) for v in values)
 
 
 def _values(values: tuple[bytes | None, ...]) -> bytes:
-    """Int16 count then (Int32 length or -1 for NULL, bytes) per value."""
-    parts = [_pack_i16(len(values))]
+    """Unsigned 16-bit count then (Int32 length or -1 for NULL, bytes) per value."""
+    parts = [_pack_count(len(values))]
     for v in values:
         if v is None:
             parts.append(b"\xff\xff\xff\xff")

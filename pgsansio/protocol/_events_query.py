@@ -18,6 +18,7 @@ from ._events import (
     _Empty,
     _FrontendData,
     _i16_array,
+    _pack_count,
     _set,
     _values,
 )
@@ -70,7 +71,7 @@ class Parse(Event):
         return (
             _cstr(self.name)
             + _cstr(self.query)
-            + _pack_i16(len(types))
+            + _pack_count(len(types))
             + b"".join(_pack_u32(t) for t in types)
         )
 
@@ -338,7 +339,7 @@ class RowDescription(Event):
         _set(self, "fields", tuple(Field(*f) for f in fields))
 
     def _body(self) -> bytes:
-        parts = [_pack_i16(len(self.fields))]
+        parts = [_pack_count(len(self.fields))]
         for f in self.fields:
             parts.append(_cstr(f.name))
             parts.append(
@@ -379,7 +380,7 @@ class ParameterDescription(Event):
         _set(self, "type_oids", tuple(type_oids))
 
     def _body(self) -> bytes:
-        return _pack_i16(len(self.type_oids)) + b"".join(_pack_u32(t) for t in self.type_oids)
+        return _pack_count(len(self.type_oids)) + b"".join(_pack_u32(t) for t in self.type_oids)
 
 
 class FunctionCallResponse(Event):

@@ -33,6 +33,8 @@ __all__ = [
 ]
 
 _i16 = struct.Struct("!h").unpack_from
+# Counts are unsigned 16-bit numbers, as PostgreSQL reads them (see _Body.count).
+_u16 = struct.Struct("!H").unpack_from
 _i32 = struct.Struct("!i").unpack_from
 _u32 = struct.Struct("!I").unpack_from
 _field = struct.Struct("!IhIhih")
@@ -80,10 +82,9 @@ class _Body:
         return int(_u32(self.data, self.need(4))[0])
 
     def count(self) -> int:
-        n = self.i16()
-        if n < 0:
-            raise self.fail(f"negative count {n}")
-        return n
+        # pq_getmsgint(msg, 2) and libpq's pqGetInt(.., 2) read counts as unsigned:
+        # a Parse or Bind may carry up to 65,535 parameters.
+        return int(_u16(self.data, self.need(2))[0])
 
     def i16s(self) -> tuple[int, ...]:
         n = self.count()
@@ -405,7 +406,7 @@ _read_row_description_cached, _ROW_DESCRIPTIONS = _cached(_read_row_description)
 def _read_data_row(body: bytes) -> ev.Event:
     # The one reader on a per-row path: written out rather than via _Body.
     try:
-        (n,) = _i16(body, 0)
+        (n,) = _u16(body, 0)
         pos = 2
         values: list[bytes | None] = []
         append = values.append
@@ -426,7 +427,7 @@ def _read_data_row(body: bytes) -> ev.Event:
             pos = end
     except struct.error:
         raise LocalProtocolError("malformed DataRow message: too short") from None
-    if pos != len(body) or n < 0:
+    if pos != len(body):
         raise LocalProtocolError("malformed DataRow message: column count does not match")
     return qe.DataRow(values)
 
