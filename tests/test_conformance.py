@@ -137,6 +137,11 @@ def test_pgsansio_passes_the_suite(pg: Cluster, mode: str) -> None:
 FIXED_FINDINGS = (
     "protocol.terminate-mid-pipeline",
     "protocol.terminate-mid-pipeline-releases-locks",
+    "protocol.bind-malformed",
+    "protocol.bind-malformed-in-transaction",
+    "protocol.bind-malformed-rolls-back-pipeline",
+    "protocol.parse-malformed",
+    "protocol.execute-malformed",
 )
 
 

@@ -41,6 +41,7 @@ from pgsansio.protocol import (
     Event,
     Execute,
     FunctionCall,
+    MalformedMessage,
     NoData,
     ParameterStatus,
     Parse,
@@ -119,6 +120,7 @@ _NOT_PLAIN = frozenset(
 # The ``sent`` of a span forwarded untouched: never appended to (see _forward).
 _NOTHING_SENT: list[Event] = []
 _TRACKED_LOWER = frozenset(name.lower() for name in TRACKED)
+_MALFORMED_KIND = {b"P": K_PARSE, b"B": K_BIND, b"D": K_DESCRIBE, b"E": K_EXECUTE, b"C": K_CLOSE}
 
 
 def _splice_statement(raw: bytes, name: str) -> bytes:
@@ -231,6 +233,11 @@ class Relay:
                 q.append(Entry(K_QUERY))
             elif t is Terminate:
                 new = []  # the client is leaving; the server stays ours to reuse
+            elif t is MalformedMessage:
+                # Forwarded as it came: PostgreSQL answers it (ERROR 08P01, then skips
+                # to Sync) exactly as it would a direct client, aborting what it must.
+                assert isinstance(e, MalformedMessage)
+                q.append(Entry(_MALFORMED_KIND[e.code]))
             if new is not None:
                 if out is None:
                     out = []
