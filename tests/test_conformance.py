@@ -142,6 +142,11 @@ FIXED_FINDINGS = (
     "protocol.bind-malformed-rolls-back-pipeline",
     "protocol.parse-malformed",
     "protocol.execute-malformed",
+    "params.reset-all",
+    "params.discard-all",
+    "params.reset-all-startup-values",
+    "params.reset-startup-parameter",
+    "params.discard-all-startup-values",
 )
 
 

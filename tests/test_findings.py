@@ -83,3 +83,24 @@ def test_terminate_mid_pipeline_releases_locks_at_once(
                 time.sleep(0.05)
         row = check.execute(f"SELECT count(*) FROM {TABLE}").fetchone()
     assert row == (0,)  # the implicit transaction was not committed
+
+
+@pytest.mark.parametrize("reset", ["RESET ALL", "DISCARD ALL", "RESET application_name"])
+@pytest.mark.parametrize("target", TARGETS)
+def test_resets_go_back_to_the_startup_values(
+    targets: dict[str, int], target: str, reset: str
+) -> None:
+    with _connect(
+        targets[target], application_name="findings-app", options="-c statement_timeout=4321"
+    ) as conn:
+        conn.execute("SET application_name = 'other'")
+        conn.execute("SET statement_timeout = 1000")
+        assert conn.info.parameter_status("application_name") == "other"
+        conn.execute(reset)
+        # Reported to the driver, and what the server session really has.
+        assert conn.info.parameter_status("application_name") == "findings-app"
+        row = conn.execute(
+            "SELECT current_setting('application_name'), current_setting('statement_timeout')"
+        ).fetchone()
+        timeout = "1s" if reset == "RESET application_name" else "4321ms"
+        assert row == ("findings-app", timeout)

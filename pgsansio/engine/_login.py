@@ -333,6 +333,7 @@ class Login:
         group = c.group
         assert group is not None and group.server_params is not None
         shown = dict(group.server_params)
+        sent: dict[str, str] = {}
         for name in TRACKED:
             if name not in shown:
                 # Not reported by this server version (search_path before 18): keep
@@ -343,8 +344,10 @@ class Login:
                 continue
             if name in c.params:
                 shown[name] = c.params[name]
+                sent[name] = c.params[name]
             else:
                 c.params[name] = shown[name]
+        c.startup = (sent, dict(c.settings))
         # One write for the whole welcome (and the AuthenticationOk just before it), not
         # one per message: a frontend writes each effect with its own system call, and
         # a client that connects per transaction (pgbench -C) pays them all each time.

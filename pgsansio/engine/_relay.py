@@ -73,7 +73,7 @@ from ._objects import (
     Entry,
     ServerConn,
 )
-from ._params import TRACKED, parse_simple_set, strip_comments
+from ._params import TRACKED, parse_simple_set, restore_sql, strip_comments
 from ._shards import SHARD_COMMAND_BYTES
 from ._states import (
     C_CLOSED,
@@ -181,8 +181,13 @@ class Relay:
                 q.append(Entry(K_EXECUTE))
             elif t is Query:
                 assert isinstance(e, Query)
-                q.append(self._query_entry(c, s, e.sql))
+                entry = self._query_entry(c, s, e.sql)
+                q.append(entry)
                 c.unnamed_pending = False
+                if entry.tag:
+                    restore = self._restore(c, s, entry)
+                    if restore is not None:
+                        new = [data[offsets[i] : _end(data, offsets, i)], restore]
             elif t is Bind:
                 assert isinstance(e, Bind)
                 if e.statement and rewrite:
@@ -313,6 +318,7 @@ class Relay:
         sent = _NOTHING_SENT  # replaced by a list of its own before anything is added
         copied = 0
         done: list[Entry] | None = None
+        prefix: list[Event] | None = None  # to send before the current message
         for i, e in enumerate(events):
             t = type(e)
             entry = q[0] if q else None
@@ -335,11 +341,15 @@ class Relay:
                             assert isinstance(e, ReadyForQuery)
                             self.stats.count_query(c, e.status)
                         if x.tag == "set" and c is not None and x.error is None:
+                            if x.value is None:
+                                prefix = self._back_to_startup(c, x.name)
                             self._commit_set(c, s, x)
                         elif x.tag == "resetall" and c is not None and x.error is None:
-                            c.settings.clear()
-                            s.applied.clear()
+                            # Back to the startup settings (our restore query follows).
+                            c.settings = dict(c.startup[1])
+                            s.applied = dict(c.startup[1])
                             c.sync_key = s.sync_key = None
+                            prefix = self._back_to_startup(c, None)
                         break
                     self._unanswered(s, x)
             elif t is ErrorResponse:
@@ -363,6 +373,16 @@ class Relay:
                 assert isinstance(e, ParameterStatus)
                 s.params[e.name] = e.value
                 s.sync_key = None
+                if (
+                    entry is not None
+                    and c is not None
+                    and e.name in c.startup[0]
+                    and _resets(entry)
+                    and (entry.tag == "resetall" or entry.name == e.name.lower())
+                ):
+                    # The pooled connection's startup value, not the client's: the
+                    # client's is reported with the ReadyForQuery (_back_to_startup).
+                    drop = True
                 if not drop and c is not None:
                     c.params[e.name] = e.value
                     c.sync_key = None
@@ -382,12 +402,17 @@ class Relay:
                     fake = q.popleft().fake
                     assert fake is not None
                     fakes.append(fake)
-            if drop or fakes is not None or replacement is not None:
+            if drop or fakes is not None or replacement is not None or prefix is not None:
                 if out is None:
                     out = []
                     sent = list(events[:i])
                 out.append(data[copied : offsets[i]])
                 end = _message_end(data, offsets[i])
+                if prefix is not None:
+                    for extra in prefix:
+                        out.append(bytes(extra))
+                        sent.append(extra)
+                    prefix = None
                 if not drop:
                     if replacement is not None:
                         out.append(bytes(replacement))
@@ -508,9 +533,38 @@ class Relay:
     def _send_query(self, c: Client, s: ServerConn, data: bytes, sql: str) -> None:
         """What _to_server does for a span of one Query, for less."""
         self._count_request(c, len(data))
-        s.queue.append(self._query_entry(c, s, sql))
+        entry = self._query_entry(c, s, sql)
+        s.queue.append(entry)
         c.unnamed_pending = False
-        self.ctx.out.append(SendServer(s.sid, s.conn.pass_query(data, sql)))
+        payload = s.conn.pass_query(data, sql)
+        if entry.tag:
+            restore = self._restore(c, s, entry)
+            if restore is not None:  # in the same write, as _to_server sends it
+                payload = payload + s.conn.send(restore)
+        self.ctx.out.append(SendServer(s.sid, payload))
+
+    def _restore(self, c: Client, s: ServerConn, entry: Entry) -> Query | None:
+        """After the client's RESET ALL, DISCARD ALL or RESET name, our query that puts
+        back what its startup packet set (the server went back to the pooled
+        connection's own startup values); None when there is nothing to put back."""
+        if not _resets(entry):
+            return None
+        sql = restore_sql(c.startup, None if entry.tag == "resetall" else entry.name)
+        if not sql:
+            return None
+        s.queue.append(Entry(K_QUERY, SKIP, tag="restore"))
+        return Query(sql)
+
+    def _back_to_startup(self, c: Client, name: str | None) -> list[Event] | None:
+        """The ParameterStatus messages PostgreSQL sends when a reset puts the
+        client's startup values back (only those that differ from what it last saw)."""
+        out: list[Event] = []
+        for n, v in c.startup[0].items():
+            if (name is None or n.lower() == name) and c.params.get(n) != v:
+                c.params[n] = v
+                c.sync_key = None
+                out.append(ParameterStatus(n, v))
+        return out or None
 
     def fast_answer(self, s: ServerConn, data: bytes) -> bool:
         """``data`` from ``s`` sent to its client, if it is the whole ordinary answer
@@ -580,7 +634,10 @@ class Relay:
         if x.name in _TRACKED_LOWER and any(k.lower() == x.name for k in s.params):
             return  # reported: its ParameterStatus already updated both sides
         c.sync_key = s.sync_key = None
-        if x.value is None:
+        startup = c.startup[1].get(x.name) if x.value is None else None
+        if startup is not None:  # RESET name: back to the startup value (restored)
+            c.settings[x.name] = s.applied[x.name] = startup
+        elif x.value is None:
             c.settings.pop(x.name, None)
             s.applied.pop(x.name, None)
         else:
@@ -696,3 +753,8 @@ def _forward(
 
 def _end(data: bytes, offsets: list[int], i: int) -> int:
     return _message_end(data, offsets[i])
+
+
+def _resets(entry: Entry) -> bool:
+    """The client's RESET ALL, DISCARD ALL or RESET name (see _query_entry)."""
+    return entry.tag == "resetall" or (entry.tag == "set" and entry.value is None)
