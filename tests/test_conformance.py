@@ -140,6 +140,7 @@ FIXED_FINDINGS = (
     "protocol.bind-malformed",
     "protocol.bind-malformed-in-transaction",
     "protocol.bind-malformed-rolls-back-pipeline",
+    "protocol.bind-malformed-named",
     "protocol.parse-malformed",
     "protocol.execute-malformed",
     "params.reset-all",

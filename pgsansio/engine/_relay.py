@@ -132,6 +132,15 @@ def _splice_statement(raw: bytes, name: str) -> bytes:
     return b"B" + (len(new) + 4).to_bytes(4, "big") + new
 
 
+def _bind_statement(body: bytes) -> str | None:
+    """The statement a Bind body names, if its first two strings are whole."""
+    end_portal = body.find(0)
+    end_statement = body.find(0, end_portal + 1) if end_portal >= 0 else -1
+    if end_statement < 0:
+        return None
+    return body[end_portal + 1 : end_statement].decode("utf-8", "surrogateescape")
+
+
 def _message_end(data: bytes, offset: int) -> int:
     return offset + 1 + int.from_bytes(data[offset + 1 : offset + 5], "big")
 
@@ -191,13 +200,9 @@ class Relay:
             elif t is Bind:
                 assert isinstance(e, Bind)
                 if e.statement and rewrite:
-                    p = c.prepared.get(e.statement)
-                    raw = data[offsets[i] : _end(data, offsets, i)]
-                    if p is None:  # let the server say it does not exist, as it would
-                        new = [_splice_statement(raw, self.statements.alias(c, e.statement))]
-                    else:
-                        new = self.statements.ensure(s, p)
-                        new.append(_splice_statement(raw, p.name))
+                    new = self._bind_to(
+                        c, s, data[offsets[i] : _end(data, offsets, i)], e.statement
+                    )
                 elif not e.statement:
                     c.unnamed_pending = False
                 st.bind_count += 1
@@ -241,7 +246,12 @@ class Relay:
             elif t is MalformedMessage:
                 # Forwarded as it came: PostgreSQL answers it (ERROR 08P01, then skips
                 # to Sync) exactly as it would a direct client, aborting what it must.
+                # A Bind names its statement before what is wrong with it, and
+                # PostgreSQL looks that up first: it gets the server's name for it.
                 assert isinstance(e, MalformedMessage)
+                name = _bind_statement(e.body) if e.code == b"B" and rewrite else None
+                if name:
+                    new = self._bind_to(c, s, data[offsets[i] : _end(data, offsets, i)], name)
                 q.append(Entry(_MALFORMED_KIND[e.code]))
             if new is not None:
                 if out is None:
@@ -261,6 +271,18 @@ class Relay:
         payload = _forward(s.conn, span, out, copied, sent)
         if payload:
             self.ctx.out.append(SendServer(s.sid, payload))
+
+    def _bind_to(
+        self, c: Client, s: ServerConn, raw: bytes, statement: str
+    ) -> list[Event | bytes]:
+        """A client's Bind of its named statement, as ``s`` must get it: under the
+        shared name (prepared on ``s`` first if need be)."""
+        p = c.prepared.get(statement)
+        if p is None:  # let the server say it does not exist, as it would
+            return [_splice_statement(raw, self.statements.alias(c, statement))]
+        new = self.statements.ensure(s, p)
+        new.append(_splice_statement(raw, p.name))
+        return new
 
     def _count_request(self, c: Client, size: int) -> None:
         """Statistics of client bytes on their way to a server: the bytes, and the
