@@ -148,6 +148,7 @@ FIXED_FINDINGS = (
     "params.reset-all-startup-values",
     "params.reset-startup-parameter",
     "params.discard-all-startup-values",
+    "params.discard-all-pipelined-in-transaction",
 )
 
 

@@ -157,7 +157,10 @@ class Leaving:
             self.ctx.at(self.ctx.now + ABANDON_GRACE, lambda: self._close_abandoned(s))
             return
         if s.queue:
-            return  # our own query (a SET) is running; Sessions.internal_done frees it
+            # Our own query (a SET) is running; Sessions.internal_done frees it. After
+            # the client's own reset (a restore), its transaction may be open: close.
+            s.close_needed = s.close_needed or any(x.tag == "restore" for x in s.queue)
+            return
         if not s.conn.idle:
             # Extended-protocol messages without their Sync, all answered (the client
             # sent Flush): as above.

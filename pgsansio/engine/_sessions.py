@@ -147,7 +147,9 @@ class Sessions:
             return
         if entry.tag == "healthcheck" and self.lending.health_done(s, entry):
             return
-        if entry.error is not None:
+        # A failed restore (see Relay._restore) is no failure: the client's RESET ALL
+        # (or DISCARD ALL...) ran in a transaction that failed, so it reset nothing.
+        if entry.error is not None and entry.tag != "restore":
             if entry.tag == "sync" and s.client is not None:
                 c = s.client
                 s.syncing = False
