@@ -396,16 +396,24 @@ class Relay:
                 s.params[e.name] = e.value
                 s.sync_key = None
                 if (
-                    entry is not None
+                    not drop
+                    and entry is not None
                     and c is not None
                     and e.name in c.startup[0]
                     and _resets(entry)
                     and (entry.tag == "resetall" or entry.name == e.name.lower())
                 ):
-                    # The pooled connection's startup value, not the client's: the
-                    # client's is reported with the ReadyForQuery (_back_to_startup).
-                    drop = True
-                if not drop and c is not None:
+                    # The pooled connection's startup value: the client's own takes its
+                    # place (reported only if it changes what the client saw; one the
+                    # server did not report comes with the ReadyForQuery).
+                    value = c.startup[0][e.name]
+                    if c.params.get(e.name) == value:
+                        drop = True
+                    else:
+                        replacement = ParameterStatus(e.name, value)
+                        c.params[e.name] = value
+                        c.sync_key = None
+                if not drop and c is not None and replacement is None:
                     c.params[e.name] = e.value
                     c.sync_key = None
             elif t is CommandComplete:
