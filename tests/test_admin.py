@@ -174,12 +174,15 @@ def test_show_help_is_a_notice_listing_every_command() -> None:
 def test_columns_follow_pgbouncer() -> None:
     w = World(config())
     c = admin(w)
-    assert columns(c.query("SHOW CLIENTS")) == SOCKET_COLUMNS
+    # PgBouncer's columns, then pgsansio's own at the end (as PgBouncer adds them).
+    assert columns(c.query("SHOW CLIENTS")) == [*SOCKET_COLUMNS, "pinned"]
     assert columns(c.query("SHOW SERVERS")) == SOCKET_COLUMNS
     assert columns(c.query("SHOW POOLS"))[:4] == [
         "database", "user", "cl_active", "cl_waiting"
     ]  # fmt: skip
-    assert columns(c.query("SHOW POOLS"))[-3:] == ["maxwait_us", "pool_mode", "load_balance_hosts"]
+    assert columns(c.query("SHOW POOLS"))[-4:] == [
+        "maxwait_us", "pool_mode", "load_balance_hosts", "cl_pinned"
+    ]  # fmt: skip
     stats_columns = columns(c.query("SHOW STATS"))
     assert stats_columns[:4] == ["database", "total_server_assignment_count", "total_xact_count",
                                  "total_query_count"]  # fmt: skip

@@ -280,6 +280,7 @@ GENERAL_DEFAULTS: dict[str, Any] = {
     "admin_users": (),
     "stats_users": (),
     "application_name_add_host": False,
+    "pin_session_state": True,
 }
 
 POOL_DEFAULTS: dict[str, Any] = {
@@ -314,6 +315,10 @@ POOL_DEFAULTS: dict[str, Any] = {
     "client_encoding": None,
     "datestyle": None,
     "timezone": None,
+    "pin_session_state": True,
+    "begin_routing": "declared",
+    "listen_fanout": True,
+    "read_your_writes": False,
     # inherited from [general] when unset
     "connect_timeout": 1000,
     "idle_timeout": 600000,
@@ -1478,3 +1483,12 @@ def test_replica_extensions_load_and_round_trip() -> None:
         1048576,
     )
     round_trip(config)
+
+
+def test_pin_session_state_pool_inherits_general() -> None:
+    config = parse(make(general="pin_session_state = false", pool=""))
+    assert config.general.pin_session_state is False
+    assert config.pools["db"].pin_session_state is False
+    config = parse(make(general="pin_session_state = false", pool="pin_session_state = true"))
+    assert config.pools["db"].pin_session_state is True
+    assert parse(make()).pools["db"].pin_session_state is True

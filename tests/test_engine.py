@@ -585,12 +585,27 @@ def test_startup_options_are_applied() -> None:
 
 
 def test_untracked_set_makes_the_server_dirty_and_it_is_reset() -> None:
-    w = World(config(pool_size=1))
+    # pin_session_state off: PgBouncer's behaviour, the SET is lost, not leaked.
+    w = World(config(pool_size=1, pool_pin_session_state=False))
     a, b = logged_in(w), logged_in(w)
     a.query("begin")
     a.query("set statement_timeout = 99")  # inside a transaction: not followed
     a.query("commit")
     assert rows(b.query("show statement_timeout")) == [("0",)]
+
+
+def test_untracked_set_pins_the_client_until_reset_all() -> None:
+    w = World(config(pool_size=1))
+    a, b = logged_in(w), logged_in(w)
+    a.query("begin")
+    a.query("set statement_timeout = 99")  # inside a transaction: not followed, so pinned
+    a.query("commit")
+    b.send(Query("show statement_timeout"))
+    assert b.events() == []  # A keeps the only server
+    assert rows(a.query("show statement_timeout")) == [("99",)]
+    a.query("reset all")  # the state is gone: B gets the server, clean
+    assert rows(b.events()) == [("0",)]
+    assert any("pinned to server" in line and "set statement_timeout" in line for line in w.logs)
 
 
 def test_session_mode_resets_the_server_when_the_client_leaves() -> None:

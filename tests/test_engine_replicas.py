@@ -442,3 +442,68 @@ def test_a_read_with_no_server_left_says_why_for_each_address() -> None:
     w.dbs["pg1", 5432].accepting = True  # a standby comes back: reads go to it
     w.advance(1.0)
     assert server_of(c.query("select pg_backend_pid()")) == "pg1"
+
+
+# --- read-only transactions (pgsansio.engine._readonly) --------------------------------
+
+
+def test_a_held_begin_commit_needs_no_server() -> None:
+    w = world(splitting())
+    c = logged_in(w)
+    got = c.query("begin")
+    assert ready(got) == ["T"] and not errors(got)
+    assert ready(c.query("commit")) == ["I"]
+    sent = b"".join(b"".join(log) for log in w.server_log.values())
+    assert b"begin" not in sent and b"commit" not in sent  # answered by the pooler
+    c.query("begin")
+    c.query("select 1")
+    sent = b"".join(b"".join(log) for log in w.server_log.values())
+    assert b"begin" in sent  # sent with the first statement
+
+
+def test_first_statement_strategy_sends_reading_transactions_to_a_replica() -> None:
+    w = world(splitting(pool_begin_routing="first_statement"))
+    c = logged_in(w)
+    c.query("begin")
+    assert server_of(c.query("select pg_backend_pid()")) in {"pg1", "pg2"}
+    c.query("commit")
+    c.query("begin")
+    got = c.query("insert into t values (5)")
+    assert not errors(got)
+    assert server_of(c.query("select pg_backend_pid()")) == "pg0"
+    assert ready(c.query("commit")) == ["I"]
+    assert w.dbs["pg0", 5432].rows("t") == [("5",)]
+
+
+def test_declared_and_primary_strategies_keep_a_plain_begin_on_the_primary() -> None:
+    for strategy in ("declared", "primary"):
+        w = world(splitting(pool_begin_routing=strategy))
+        c = logged_in(w)
+        c.query("begin")
+        assert server_of(c.query("select pg_backend_pid()")) == "pg0"
+        c.query("commit")
+
+
+def test_a_read_only_session_sends_its_transactions_to_a_replica() -> None:
+    w = world(splitting())
+    c = logged_in(w)
+    c.query("set default_transaction_read_only = on")
+    for _ in range(3):
+        c.query("begin")
+        assert server_of(c.query("select pg_backend_pid()")) in {"pg1", "pg2"}
+        c.query("commit")
+
+
+def test_read_your_writes_query_is_never_seen_by_the_client() -> None:
+    """The WAL-position query after a write runs on the client's server before it is
+    released; its answer (here an error: the fake server has no such function) goes
+    nowhere, and the client's next requests are answered as usual."""
+    w = world(splitting(pool_read_your_writes=True))
+    c = logged_in(w)
+    for n in range(3):
+        got = c.query(f"insert into t values ({n})")
+        assert not errors(got) and ready(got) == ["I"], got
+        got = c.query("select pg_backend_pid()")
+        assert not errors(got) and ready(got) == ["I"], got
+    sent = b"".join(b"".join(log) for log in w.server_log.values())
+    assert sent.count(b"pg_current_wal_insert_lsn") == 3

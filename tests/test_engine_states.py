@@ -167,7 +167,7 @@ def test_a_real_session_only_takes_table_transitions(monkeypatch: pytest.MonkeyP
                 if getattr(module, fn, None) is getattr(_states, fn):
                     monkeypatch.setattr(module, fn, recording(kind, getattr(_states, fn)))
 
-    w = World(config(pool_mode="transaction"))
+    w = World(config(pool_mode="transaction", pool_pin_session_state=False))
     a = logged_in(w)
     assert rows(a.query("select 1")) == [("1",)]  # linked, answered, released to the pool
     a.query("begin")

@@ -1096,11 +1096,22 @@ UNFOLLOWABLE = {
 
 @pytest.mark.parametrize("how", list(UNFOLLOWABLE))
 def test_settings_the_pooler_cannot_follow_never_leak(pg15: Cluster, how: str) -> None:
-    """Whatever the pooler does for their author, the next client must not see them."""
+    """Whatever the pooler does for their author, the next client must not see them.
+
+    With pin_session_state (the default) the author keeps its server, and its setting,
+    until it leaves; without it (PgBouncer's way) the setting is lost at once."""
     sql = "SELECT current_setting('lock_timeout'), current_setting('transaction_read_only')"
     with direct(pg15) as conn:
         defaults = conn.execute(sql).fetchone()
-    with running(make_config(pg15, pool_size=1)) as p, connect(p) as a, connect(p) as b:
+    with running(make_config(pg15, pool_size=1)) as p, connect(p) as b:
+        with connect(p) as a:
+            for statement in UNFOLLOWABLE[how]:
+                a.execute(statement)
+            assert a.execute(sql).fetchone() != defaults
+        for _ in range(2):
+            assert b.execute(sql).fetchone() == defaults
+    cfg = make_config(pg15, pool_size=1, pool={"pin_session_state": False})
+    with running(cfg) as p, connect(p) as a, connect(p) as b:
         for statement in UNFOLLOWABLE[how]:
             a.execute(statement)
         for _ in range(2):
@@ -1108,8 +1119,14 @@ def test_settings_the_pooler_cannot_follow_never_leak(pg15: Cluster, how: str) -
 
 
 def test_extended_protocol_set_never_leaks(pg15: Cluster) -> None:
-    with running(make_config(pg15, pool_size=1)) as p, connect(p) as a, connect(p) as b:
-        a.execute("SET lock_timeout = 1111", prepare=True)  # Parse/Bind/Execute/Sync
+    with running(make_config(pg15, pool_size=1)) as p, connect(p) as b:
+        with connect(p) as a:  # Parse/Bind/Execute/Sync: not followed, so pinned
+            a.execute("SET lock_timeout = 1111", prepare=True)
+            assert a.execute("SHOW lock_timeout").fetchone() == ("1111ms",)
+        assert b.execute("SHOW lock_timeout").fetchone() == ("0",)
+    cfg = make_config(pg15, pool_size=1, pool={"pin_session_state": False})
+    with running(cfg) as p, connect(p) as a, connect(p) as b:
+        a.execute("SET lock_timeout = 1111", prepare=True)
         assert b.execute("SHOW lock_timeout").fetchone() == ("0",)
 
 

@@ -34,6 +34,7 @@ import random
 import subprocess
 import sys
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from sim.direct import CrossedProxy, DirectProxy
@@ -605,3 +606,30 @@ def test_bug_cancel_request_refused_while_draining() -> None:
     steps = [("send", "SELECT pg_sleep(1.5)"), 0.3, ("cancel",), ("wait", 1)]
     (replies,), _ = run_scripts(steps, faults=[shutdown_at(0.1)])
     assert replies[1].codes == ["57014"], replies[1].brief()
+
+
+@pytest.mark.parametrize("seed", [3, 11])
+def test_a_pinned_client_keeps_its_server_and_nobody_else_gets_it(seed: int) -> None:
+    """Pinning (pgsansio.engine._pinning): two clients make a SET the pooler cannot
+    follow (inside a transaction); each of their later statements runs on one server,
+    and none of six busy clients' statements runs on either of those servers while
+    they are pinned. Their RESET ALL unpins them, and they share the pool again."""
+    pinned_script: list[Any] = ["BEGIN", "SET work_mem = '5MB'", "COMMIT"]
+    pinned_script += ["SELECT pg_backend_pid()", 0.01] * 25 + [3.0, "RESET ALL"]
+    busy_script: list[Any] = ["SELECT pg_backend_pid()", 0.005] * 30
+    scripts = [pinned_script, pinned_script, *([busy_script] * 6)]
+    outs, _ = run_scripts(*scripts, config=make_config(pool_size=4), seed=seed, stagger=0.02)
+
+    def pids(replies: list[Any]) -> list[bytes]:
+        return [r.rows[0][0] for r in replies[1:] if r.rows and len(r.rows[0]) == 1]
+
+    held = []
+    for replies in outs[:2]:
+        seen = set(pids(replies))
+        assert len(seen) == 1, seen  # every statement on one server
+        held.extend(seen)
+        assert replies[-1].codes == [], replies[-1].brief()  # RESET ALL succeeded
+    assert held[0] != held[1]
+    others = [pid for replies in outs[2:] for pid in pids(replies)]
+    assert len(others) == 6 * 30
+    assert not set(others) & set(held), "a busy client got a pinned client's server"

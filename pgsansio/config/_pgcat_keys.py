@@ -110,6 +110,8 @@ _GENERAL_KEYS: dict[str, _Key] = {
     "admin_users": _Key("strlist"),
     "stats_users": _Key("strlist"),
     "application_name_add_host": _Key("bool"),
+    # pgsansio extension: transaction pooling (the default of each pool's key)
+    "pin_session_state": _Key("bool"),
 }
 
 _POOL_KEYS: dict[str, _Key] = {
@@ -163,6 +165,18 @@ _POOL_KEYS: dict[str, _Key] = {
     "client_encoding": _Key("str"),
     "datestyle": _Key("str"),
     "timezone": _Key("str"),
+    # pgsansio extension: transaction pooling
+    "pin_session_state": _Key("bool"),
+    "begin_routing": _Key(
+        "enum",
+        choices={
+            "declared": "declared",
+            "first_statement": "first_statement",
+            "primary": "primary",
+        },
+    ),
+    "listen_fanout": _Key("bool"),
+    "read_your_writes": _Key("bool"),
 }
 _POOL_TABLES = ("users", "shards", "plugins")
 

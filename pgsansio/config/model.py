@@ -91,6 +91,9 @@ class General:
     admin_users: tuple[str, ...] = ()
     stats_users: tuple[str, ...] = ()
     application_name_add_host: bool = False  # "<name> - <host>:<port>", as PgBouncer
+    # Transaction pooling (pgsansio extension, see docs/transaction-pooling.md): the
+    # default of every pool's pin_session_state.
+    pin_session_state: bool = True
 
 
 @dataclass(frozen=True)
@@ -186,6 +189,20 @@ class PoolConfig:
     client_encoding: str | None = None
     datestyle: str | None = None
     timezone: str | None = None
+    # Transaction pooling (pgsansio extension, see docs/transaction-pooling.md): a
+    # client that creates session state keeps its server until the state is gone.
+    pin_session_state: bool = True
+    # Read/write splitting of transactions (see pgsansio.engine._readonly): "declared"
+    # holds a plain BEGIN until the first statement (SET TRANSACTION READ ONLY: a
+    # replica), "first_statement" also sends a transaction whose first statement reads
+    # to a replica (a later write gets 25006), "primary" is PgCat's behaviour.
+    begin_routing: str = "declared"
+    # LISTEN in transaction mode through one listener connection per (pool, user)
+    # instead of pinning (see pgsansio.engine._listen).
+    listen_fanout: bool = True
+    # Read-your-writes (see pgsansio.engine._routing): after a client's write commits,
+    # its reads go only to replicas that have replayed it, else to the primary.
+    read_your_writes: bool = False
 
 
 @dataclass(frozen=True)

@@ -478,8 +478,8 @@ def _read_pool(
 
     # Inherited values are stored resolved, so the engine (and the effective config)
     # never need to know where they came from.
-    for key in ("connect_timeout", "idle_timeout", "server_lifetime"):
-        values.setdefault(key, inherited[key])
+    for key in ("connect_timeout", "idle_timeout", "server_lifetime", "pin_session_state"):
+        values.setdefault(key, getattr(general, key))
     for key in ("auth_query", "auth_query_user", "auth_query_password"):
         if values.get(key) is None and inherited[key] is not None:
             values[key] = inherited[key]

@@ -40,17 +40,22 @@ so the calls form this DAG (bottom to top; every part also gets the Context)::
     Metrics       the /metrics endpoint         -> Show Stats Health Pools
     Show          SHOW rows                     -> Stats Health Pools
     Leaving       clients leaving, servers lost -> Login Sessions Statements Probes
-                                                   Lending Pools
-    Login         client auth, server login,    -> Probes Lending Routes Tls Stats Pools
-                  cancel keys, auth_query
-    Relay         requests out, answers back    -> Sessions Statements Lending Routes
-                  (the hot path, the fast lane)    Stats Pools
+                                                   Listen Lending Pools
+    Login         client auth, server login,    -> Probes Listen Lending Routes Tls Stats
+                  cancel keys, auth_query          Pools
+    Relay         requests out, answers back    -> Sessions Pinning Listen Statements
+                  (the hot path, the fast lane)    Lending Routes Stats Pools
     Probes        probe connections, roles      -> Lending Health Pools
-    Sessions      link, settings sync, release  -> Lending Pools
+    Sessions      link, settings sync, release  -> Pinning Lending Pools
+    Pinning       session state that keeps a    -> Listen
+                  client on its server
+    Listen        LISTEN fan-out: a listener    -> Pools
+                  connection per (pool, user)
     Lending       checkout, waiting, bans that  -> Routes Shards Health Pools
                   move clients, PAUSE parking
     Routes        which pool: role, balancing,  -> Shards Health
-                  PgCat's role commands
+                  PgCat's role commands, held
+                  BEGINs (_readonly)
     Shards        which shard: automatic key,   -> Health
                   comments, SET SHARD, default
     Health  Pools  Stats  Statements  Tls         (the Context only)

@@ -45,15 +45,18 @@ from ._health import Health
 from ._idle import ClientIdle
 from ._leaving import Leaving
 from ._lending import Lending
+from ._listen import Listen
 from ._login import Login
 from ._metrics import Metrics
 from ._objects import (
     P_AUTH_QUERY,
     P_CANCEL,
+    P_LISTEN,
     P_PROBE,
     Client,
     ServerConn,
 )
+from ._pinning import Pinning
 from ._pooling import Pools
 from ._prepared import Statements
 from ._probes import Probes
@@ -104,8 +107,14 @@ class Engine:
             ctx, pools=self.pools, health=self.health, shards=self.shards, router=self.router
         )
         self.probes = Probes(ctx, pools=self.pools, health=self.health, lending=self.lending)
+        self.listen = Listen(ctx, pools=self.pools, lending=self.lending)
+        self.pinning = Pinning(ctx, listen=self.listen)
         self.sessions = Sessions(
-            ctx, pools=self.pools, lending=self.lending, send_pending=self._send_pending
+            ctx,
+            pools=self.pools,
+            lending=self.lending,
+            pinning=self.pinning,
+            send_pending=self._send_pending,
         )
         self.statements = Statements(ctx)
         self.relay = Relay(
@@ -116,6 +125,8 @@ class Engine:
             lending=self.lending,
             sessions=self.sessions,
             statements=self.statements,
+            pinning=self.pinning,
+            listen=self.listen,
         )
         self.tls = Tls(ctx)
         self.login = Login(
@@ -126,6 +137,7 @@ class Engine:
             lending=self.lending,
             probes=self.probes,
             tls=self.tls,
+            listen=self.listen,
         )
         self.leaving = Leaving(
             ctx,
@@ -135,10 +147,16 @@ class Engine:
             sessions=self.sessions,
             statements=self.statements,
             login=self.login,
+            listen=self.listen,
         )
         self.show = Show(ctx, stats=self.stats, pools=self.pools, health=self.health)
         self.metrics = Metrics(
-            ctx, stats=self.stats, pools=self.pools, health=self.health, show=self.show
+            ctx,
+            stats=self.stats,
+            pools=self.pools,
+            health=self.health,
+            show=self.show,
+            listen=self.listen,
         )
         self.control = Control(
             ctx,
@@ -305,6 +323,8 @@ class Engine:
             self.login.read_auth_query(s)
         elif s.purpose == P_PROBE:
             self.probes.read_probe(s)
+        elif s.purpose == P_LISTEN:
+            self.listen.read(s)
         else:
             self.relay.read_server(s)
 

@@ -242,9 +242,16 @@ class Health:
     # === replica lag ===============================================================
 
     def lag_bounds(self) -> bool:
+        """Whether probes must read WAL positions (lag bounds, or read-your-writes)."""
         return any(
-            p.replica_max_lag_ms or p.replica_max_lag_bytes for p in self.ctx.config.pools.values()
+            p.replica_max_lag_ms or p.replica_max_lag_bytes or p.read_your_writes
+            for p in self.ctx.config.pools.values()
         )
+
+    def replayed(self, key: Key) -> int | None:
+        """The WAL position ``key`` last reported (replayed, for a replica)."""
+        sample = self._lsn.get(key)
+        return sample[0] if sample is not None else None
 
     def _lag(self, primary: Key, replica: Key) -> tuple[float, int] | None:
         """(seconds, bytes) ``replica`` was behind ``primary`` when last probed; None if

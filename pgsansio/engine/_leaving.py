@@ -18,12 +18,23 @@ from pgsansio.protocol import CopyFail, ErrorResponse, ProtocolError, Terminate
 
 from ._effects import CloseClient, SendClient
 from ._eventlog import DISCONNECT, LOGIN_FAILED, SERVER_FAILED, age, client_tag, server_tag
-from ._objects import EXTENDED, FAKE, P_AUTH_QUERY, P_POOL, P_PROBE, SKIP, Client, ServerConn
+from ._objects import (
+    EXTENDED,
+    FAKE,
+    P_AUTH_QUERY,
+    P_LISTEN,
+    P_POOL,
+    P_PROBE,
+    SKIP,
+    Client,
+    ServerConn,
+)
 from ._states import S_CLOSED, S_LOGIN, ClientInput, ClientState, ServerState, client_to
 
 if TYPE_CHECKING:
     from ._context import Context
     from ._lending import Lending
+    from ._listen import Listen
     from ._login import Login
     from ._pooling import Pools
     from ._prepared import Statements
@@ -48,6 +59,7 @@ class Leaving:
         sessions: Sessions,
         statements: Statements,
         login: Login,
+        listen: Listen,
     ) -> None:
         self.ctx = ctx
         self.pools = pools
@@ -56,6 +68,7 @@ class Leaving:
         self.sessions = sessions
         self.statements = statements
         self.login = login
+        self.listen = listen
 
     def drop_client(
         self, c: Client, error: ErrorResponse | None = None, *, closed: bool = False
@@ -86,6 +99,8 @@ class Leaving:
         for p in c.prepared.values():
             self.statements.unref(p)
         c.prepared.clear()
+        if c.listens is not None or c.notes is not None:
+            self.listen.client_gone(c)
         c.pending = []
         s = c.server
         if s is not None:
@@ -221,6 +236,8 @@ class Leaving:
             self.login.auth_query_failed(s, error)
         elif s.purpose == P_PROBE:
             self.probes.probe_lost(s, error)
+        elif s.purpose == P_LISTEN:
+            self.listen.lost(s)
         if s.purpose != P_POOL:
             return
         pool = s.pool

@@ -47,6 +47,7 @@ from pgsansio.protocol import (
 from ._errors import fatal
 from ._health import BANNED, NOT_BANNED, Health, key_of
 from ._objects import Client, Entry, Pool, PoolGroup, ServerConn
+from ._pinning import pinned_in
 from ._pooling import Pools
 from ._routing import WAIT_FOR_PRIMARY, Routes
 from ._shards import Refusal
@@ -230,6 +231,7 @@ class Lending:
 
     def _checkout_timeout(self, c: Client) -> None:
         assert c.pool is not None and c.user is not None
+        pinned = pinned_in(c.pool)
         c.wait_deadline = None
         c.pool.waiters.remove(c)
         c.waiting_since = None
@@ -246,12 +248,20 @@ class Lending:
         self.ctx.log(
             logging.WARNING,
             f'client {c.cid} ("{c.username}" to "{c.database}") waited more than '
-            f"connect_timeout ({c.user.connect_timeout} ms) for a server connection",
+            f"connect_timeout ({c.user.connect_timeout} ms) for a server connection"
+            + (f" ({pinned} of the pool's servers are pinned by clients)" if pinned else ""),
         )
         error = ErrorResponse.build(
             "53300",
             "no server connection became free within connect_timeout "
-            f"({c.user.connect_timeout} ms); all {c.user.pool_size} are busy",
+            f"({c.user.connect_timeout} ms); all {c.user.pool_size} are busy"
+            + (
+                f", {pinned} of them pinned to clients that hold session state (temporary "
+                "tables, SQL PREPARE, advisory locks, LISTEN, WITH HOLD cursors, SET; see "
+                "SHOW CLIENTS)"
+                if pinned
+                else ""
+            ),
         )
         c.checkout_failures += 1
         limit = c.group.cfg.checkout_failure_limit if c.group is not None else None
@@ -272,6 +282,7 @@ class Lending:
         self, c: Client, pending: list[tuple[bytes, list[Event], list[int]]], error: ErrorResponse
     ) -> None:
         """Answer requests no server will see with ``error``, as a server would."""
+        c.held_begin = None  # its transaction ends with them
         failed = False
         try:
             for _, events, _ in pending:

@@ -57,6 +57,7 @@ from ._errors import ClientFatal, as_fatal, fatal
 from ._eventlog import LOGIN, LOGIN_FAILED, client_tag
 from ._objects import (
     P_AUTH_QUERY,
+    P_LISTEN,
     P_PROBE,
     Client,
     PoolGroup,
@@ -79,6 +80,7 @@ if TYPE_CHECKING:
 
     from ._context import Context
     from ._lending import Lending
+    from ._listen import Listen
     from ._pooling import Pools
     from ._probes import Probes
     from ._routing import Routes
@@ -114,6 +116,7 @@ class Login:
         lending: Lending,
         probes: Probes,
         tls: Tls,
+        listen: Listen,
     ) -> None:
         self.ctx = ctx
         self.stats = stats
@@ -122,6 +125,7 @@ class Login:
         self.lending = lending
         self.probes = probes
         self.tls = tls
+        self.listen = listen
         self.mock_seed = ctx.rng.randbytes(16)
         self.cancel_keys: dict[tuple[int, bytes], Client] = {}
         # a login's ParameterStatus messages, encoded, by (name, value) pairs
@@ -561,6 +565,9 @@ class Login:
             elif isinstance(event, ReadyForQuery):
                 if s.purpose == P_PROBE:
                     self.probes.probe_ready(s)
+                    return
+                if s.purpose == P_LISTEN:
+                    self.listen.ready(s)
                     return
                 if s.purpose == P_AUTH_QUERY:
                     server_to(s, ServerInput.LOGGED_IN)

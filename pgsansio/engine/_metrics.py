@@ -26,6 +26,7 @@ from ._stats import STATS_COLUMNS
 if TYPE_CHECKING:
     from ._context import Context
     from ._health import Health
+    from ._listen import Listen
     from ._pooling import Pools
     from ._show import Show
     from ._stats import Stats
@@ -61,6 +62,7 @@ _POOL_GAUGES = (
     ("sv_login", "Server connections logging in"),
     ("maxwait", "Seconds the oldest waiting client has waited"),
     ("maxwait_us", "Microseconds part of maxwait"),
+    ("cl_pinned", "Clients keeping their server for session state they hold"),
 )
 _SERVER_STATES = {
     ServerState.ACTIVE: "active_count",
@@ -100,12 +102,14 @@ class Metrics:
         pools: Pools,
         health: Health,
         show: Show,
+        listen: Listen,
     ) -> None:
         self.ctx = ctx
         self.stats = stats
         self.pools = pools
         self.health = health
         self.show = show
+        self.listen = listen
         self.http: dict[int, bytearray] = {}
 
     _http: dict[int, bytearray]
@@ -206,6 +210,36 @@ class Metrics:
         for db, user, counts, _, _ in self.show.pool_rows():
             for name, help_text in _POOL_GAUGES:
                 add(f"pools_{name}", "gauge", help_text, {"pool": db, "user": user}, counts[name])
+        pinned: dict[tuple[str, str, str], int] = {}
+        for x in self.ctx.clients.values():
+            if x.pin is not None and x.pin.pinned and x.group is not None:
+                for kind in x.pin.kinds():
+                    why = (x.group.name, x.group.user.username, kind)
+                    pinned[why] = pinned.get(why, 0) + 1
+        for (db, user), (connected, delivered) in sorted(self.listen.counts().items()):
+            labels = {"pool": db, "user": user}
+            add(
+                "listen_connected",
+                "gauge",
+                "1 if the LISTEN fan-out connection is up",
+                labels,
+                connected,
+            )
+            add(
+                "listen_notifications_delivered",
+                "counter",
+                "Notifications the LISTEN fan-out handed to clients",
+                labels,
+                delivered,
+            )
+        for (db, user, kind), count in sorted(pinned.items()):
+            add(
+                "clients_pinned",
+                "gauge",
+                "Clients keeping their server, by the kind of session state they hold",
+                {"pool": db, "user": user, "reason": kind},
+                count,
+            )
         for group in self.pools.groups.values():
             for pool in group.all_pools():
                 a = pool.address

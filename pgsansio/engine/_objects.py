@@ -17,7 +17,9 @@ from ._stats import NOWHERE
 
 if TYPE_CHECKING:
     from pgsansio.config.model import PoolConfig, ServerAddress, UserConfig
-    from pgsansio.protocol import ScramServer
+    from pgsansio.protocol import NotificationResponse, ScramServer
+
+    from ._pinning import PinState
 
 __all__ = [
     "Client",
@@ -33,6 +35,7 @@ P_POOL = 0
 P_CANCEL = 1
 P_AUTH_QUERY = 2
 P_PROBE = 3  # the health/role/lag probe of one address (see _health)
+P_LISTEN = 4  # the LISTEN connection of one (pool, user) (see _listen)
 
 # --- response-queue entry kinds: which server message ends the request's answer ---------
 K_PARSE = 0  # ParseComplete
@@ -109,15 +112,21 @@ class Client:
         "connected",
         "database",
         "group",
+        "held_begin",
+        "listens",
         "login_deadline",
+        "notes",
         "params",
         "peer",
         "pending",
+        "pin",
         "pool",
         "prepared",
         "primary_reads",
         "query_start",
         "route_role",
+        "ryw_lsn",
+        "ryw_wrote",
         "server",
         "settings",
         "shard",
@@ -190,6 +199,18 @@ class Client:
         # None: not chosen), and the shard of the request being placed.
         self.shard: int | None = None
         self.checkout_shard = 0
+        # Session state that keeps it on its server in transaction mode (see _pinning).
+        self.pin: PinState | None = None
+        # A plain BEGIN answered by the pooler, sent with the first statement (_readonly).
+        self.held_begin: str | None = None
+        # LISTEN served by the pool's listener (see _listen): its channels, and the
+        # notifications waiting for it to be idle.
+        self.listens: set[str] | None = None
+        self.notes: list[NotificationResponse] | None = None
+        # Read-your-writes (see _routing): its last write's transaction is ending; the
+        # WAL position its reads must wait for (None: none).
+        self.ryw_wrote = False
+        self.ryw_lsn: int | None = None
 
 
 class ServerConn:

@@ -54,6 +54,12 @@ _SET = re.compile(
     ([A-Za-z_][A-Za-z0-9_$.]*)\s*(?:=|\bTO\b)\s*(.+?)\s*;?\s*$""",
     re.IGNORECASE | re.VERBOSE | re.DOTALL,
 )
+# The session's default access mode (PgJDBC's setReadOnly with readOnlyMode=always):
+# followed as the setting it changes, default_transaction_read_only.
+_CHARACTERISTICS = re.compile(
+    r"^\s*SET\s+SESSION\s+CHARACTERISTICS\s+AS\s+TRANSACTION\s+READ\s+(ONLY|WRITE)\s*;?\s*$",
+    re.IGNORECASE,
+)
 _RESET = re.compile(r"^\s*RESET\s+([A-Za-z_][A-Za-z0-9_$.]*)\s*;?\s*$", re.IGNORECASE)
 _VALUE = re.compile(
     r"""^(?:'(?:[^']|'')*'|[A-Za-z0-9_.+\-]+|"(?:[^"]|"")*")
@@ -158,19 +164,26 @@ def strip_comments(sql: str) -> str:
             i = n if end < 0 else end
             out.append(" ")
         elif sql.startswith("/*", i):
-            depth, i = 1, i + 2
-            while i < n and depth:  # PostgreSQL's block comments nest
-                if sql.startswith("/*", i):
-                    depth, i = depth + 1, i + 2
-                elif sql.startswith("*/", i):
-                    depth, i = depth - 1, i + 2
-                else:
-                    i += 1
+            i = block_comment_end(sql, i)
             out.append(" ")
         else:
             out.append(ch)
             i += 1
     return "".join(out)
+
+
+def block_comment_end(sql: str, i: int) -> int:
+    """Where the ``/* */`` comment starting at ``i`` ends (PostgreSQL's nest)."""
+    n = len(sql)
+    depth, i = 1, i + 2
+    while i < n and depth:
+        if sql.startswith("/*", i):
+            depth, i = depth + 1, i + 2
+        elif sql.startswith("*/", i):
+            depth, i = depth - 1, i + 2
+        else:
+            i += 1
+    return i
 
 
 def parse_simple_set(sql: str) -> tuple[str, str | None] | None:
@@ -182,6 +195,9 @@ def parse_simple_set(sql: str) -> tuple[str, str | None] | None:
     sql = strip_comments(sql)
     if ";" in sql.rstrip().rstrip(";"):
         return None  # several statements: not followed, the server gets DISCARD ALL
+    m = _CHARACTERISTICS.match(sql)
+    if m is not None:
+        return "default_transaction_read_only", "on" if m.group(1).lower() == "only" else "off"
     m = _SET.match(sql)
     if m is not None:
         value = m.group(2).strip()

@@ -88,13 +88,14 @@ class Probes:
         self._probes = {}
         self.health.down.clear()
         general = self.ctx.config.general
-        needed = any(
-            a.role == "auto"
-            for p in self.ctx.config.pools.values()
-            for s in p.shards
-            for a in s.servers
-        ) or any(
-            p.replica_max_lag_ms or p.replica_max_lag_bytes for p in self.ctx.config.pools.values()
+        needed = (
+            any(
+                a.role == "auto"
+                for p in self.ctx.config.pools.values()
+                for s in p.shards
+                for a in s.servers
+            )
+            or self.health.lag_bounds()
         )
         interval = general.healthcheck_interval / 1000
         if not interval and needed:

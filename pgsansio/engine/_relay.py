@@ -43,6 +43,7 @@ from pgsansio.protocol import (
     FunctionCall,
     MalformedMessage,
     NoData,
+    NotificationResponse,
     ParameterStatus,
     Parse,
     ParseComplete,
@@ -74,6 +75,8 @@ from ._objects import (
     ServerConn,
 )
 from ._params import TRACKED, parse_simple_set, restore_sql, strip_comments
+from ._pinning import may_pin
+from ._readonly import take_lsn_answer
 from ._shards import SHARD_COMMAND_BYTES
 from ._states import (
     C_CLOSED,
@@ -84,6 +87,8 @@ from ._states import (
 if TYPE_CHECKING:
     from ._context import Context
     from ._lending import Lending
+    from ._listen import Listen
+    from ._pinning import Pinning
     from ._pooling import Pools
     from ._prepared import Statements
     from ._routing import Routes
@@ -115,12 +120,21 @@ _SESSION_WORDS = re.compile("set|discard|deallocate", re.I)
 _INTERNAL_NAME = re.compile(r"PGSANSIO_U?\d+")
 # Messages that need the full loop of _to_client, unless the span's last one.
 _NOT_PLAIN = frozenset(
-    {ErrorResponse, ParameterStatus, CopyInResponse, CopyBothResponse, ReadyForQuery}
+    {
+        ErrorResponse,
+        ParameterStatus,
+        CopyInResponse,
+        CopyBothResponse,
+        ReadyForQuery,
+        NotificationResponse,
+    }
 )
 # The ``sent`` of a span forwarded untouched: never appended to (see _forward).
 _NOTHING_SENT: list[Event] = []
 _TRACKED_LOWER = frozenset(name.lower() for name in TRACKED)
 _MALFORMED_KIND = {b"P": K_PARSE, b"B": K_BIND, b"D": K_DESCRIBE, b"E": K_EXECUTE, b"C": K_CLOSE}
+# How a LISTEN or UNLISTEN query text may start (fast_query leaves those to client_span).
+_LISTEN_HEADS = frozenset({b"LI", b"li", b"Li", b"lI", b"UN", b"un", b"Un", b"uN"})
 
 
 def _splice_statement(raw: bytes, name: str) -> bytes:
@@ -158,6 +172,8 @@ class Relay:
         lending: Lending,
         sessions: Sessions,
         statements: Statements,
+        pinning: Pinning,
+        listen: Listen,
     ) -> None:
         self.ctx = ctx
         self.stats = stats
@@ -166,6 +182,8 @@ class Relay:
         self.lending = lending
         self.sessions = sessions
         self.statements = statements
+        self.pinning = pinning
+        self.listen = listen
 
     # --- client -> server ------------------------------------------------------------
 
@@ -211,6 +229,7 @@ class Relay:
                 assert isinstance(e, Parse)
                 if _SET_CONFIG.search(e.query):
                     s.dirty = True
+                self.pinning.query(c, s, e.query, simple=False, reused=bool(e.name))
                 st.client_parse_count += 1
                 if e.name and rewrite:
                     new = self.statements.client_parse(c, s, e)
@@ -299,9 +318,13 @@ class Relay:
             # than a case-insensitive scan.
             low = sql.lower()
             if "set" not in low and "discard" not in low and "deallocate" not in low:
+                if may_pin(low):
+                    self.pinning.query(c, s, sql)
                 return Entry(K_QUERY)  # the common query: nothing below can apply
         elif _SESSION_WORDS.search(sql) is None:
+            self.pinning.query(c, s, sql)
             return Entry(K_QUERY)
+        self.pinning.query(c, s, sql)
         sql = strip_comments(sql)
         if _SET_CONFIG.search(sql):
             s.dirty = True  # set_config(..., false) leaves no SET tag to notice
@@ -334,6 +357,12 @@ class Relay:
                 else:
                     self._plain_answer(c, s, span, head)
                     return
+        if q and q[0].tag == "lsn":
+            rest = take_lsn_answer(s, span, self.sessions.internal_done)
+            if rest is None:
+                return
+            span = rest
+            events = span.events
         data = span.data
         offsets = span.offsets
         out: list[bytes] | None = None
@@ -376,6 +405,8 @@ class Relay:
                     self._unanswered(s, x)
             elif t is ErrorResponse:
                 assert isinstance(e, ErrorResponse)
+                if c is not None and c.pin is not None:
+                    self.pinning.failed(c)
                 if entry is not None:
                     if entry.kind in EXTENDED:
                         q.popleft()
@@ -391,6 +422,9 @@ class Relay:
                     # timeout ...): the client has been told; nothing more to add.
                     s.close_needed = True
                     s.fatal_forwarded = not drop and c is not None
+            elif t is NotificationResponse:
+                if c is not None and c.listens:
+                    drop = True  # the pool's listener delivers it (see _listen)
             elif t is ParameterStatus:
                 assert isinstance(e, ParameterStatus)
                 s.params[e.name] = e.value
@@ -467,6 +501,8 @@ class Relay:
                 self.sessions.internal_done(s, entry)
         if s.client is not None:
             self.sessions.release_if_done(s)
+            if c is not None and c.notes:
+                self.listen.deliver(c)
         elif s.close_needed and not q and s.conn.idle and s.state is not S_CLOSED:
             # An abandoned server whose cancelled query has answered.
             self.pools.close_server(s)
@@ -510,6 +546,8 @@ class Relay:
             c.stats.sent += len(data)
             self.ctx.out.append(SendClient(c.cid, data))
         self.sessions.release_if_done(s)
+        if c.notes:
+            self.listen.deliver(c)
 
     # --- the fast lane ---------------------------------------------------------------
     #
@@ -539,6 +577,7 @@ class Relay:
             or group is None
             or group.cfg.query_parser_enabled
             or SHARD_COMMAND_BYTES.match(data, 5) is not None
+            or data[5:7] in _LISTEN_HEADS  # maybe LISTEN/UNLISTEN: see _listen
         ):
             return False
         s = c.server
@@ -707,6 +746,9 @@ class Relay:
             return
 
     def flush_pending(self, c: Client, s: ServerConn) -> None:
+        if c.held_begin is not None:  # answered by us earlier (see _readonly): send it now
+            self.pools.send_internal(s, c.held_begin, "begin")
+            c.held_begin = None
         pending, c.pending = c.pending, []
         if len(pending) == 1:
             data, events, _ = pending[0]
@@ -736,6 +778,8 @@ class Relay:
         group = c.group
         if group is not None and self.router.custom_command(c, span):
             return
+        if s is None and self.listen.client_query(c, span):
+            return  # a LISTEN served by the pool's listener
         leaving = bool(events) and type(events[-1]) is Terminate
         if s is not None and not s.syncing:
             self._to_server(c, s, span)
@@ -754,6 +798,7 @@ class Relay:
             and not c.pending
             and not c.blocked
             and c.waiting_since is None
+            and c.held_begin is None
         ):
             ready = self.lending.ready_server(c, group)
             if ready is not None:  # what checkout would do, without the pending list

@@ -53,6 +53,7 @@ from pgsansio.protocol import (
 
 from ._answers import command_error, show_one
 from ._objects import Client, Pool
+from ._readonly import Begins, held_transaction_write, session_read_only
 from ._shards import SHARD_LEAD, Refusal
 
 if TYPE_CHECKING:
@@ -85,6 +86,7 @@ class Routes:
         self._routers: dict[int, Router] = {}
         self._rr: dict[tuple[str, str, int, str], int] = {}
         self._parser_missing: str | None = None
+        self.begins = Begins(ctx)
 
     def _router(self, max_length: int | None) -> Router | None:
         """The classifier, or None when pglast is not installed (said once at start)."""
@@ -122,6 +124,8 @@ class Routes:
                 write = self._classify_pending(c)
                 if write is not None:
                     role = "primary" if write else "replica"
+                    if write and cfg.read_your_writes:
+                        c.ryw_wrote = True  # learn its WAL position at the end (_sessions)
         if role == "replica" and self._primary_reads(c):
             role = "any"
         return role
@@ -140,6 +144,7 @@ class Routes:
         if router is None:
             return None
         found: bool | None = None
+        ro_session = session_read_only(c)
         for _, events, _ in c.pending:
             for e in events:
                 t = type(e)
@@ -161,8 +166,10 @@ class Routes:
                 d = router.classify(sql)
                 if d.hint is not None:
                     write = d.hint == "primary"
+                elif c.held_begin is not None:  # the first statement decides (_readonly)
+                    return held_transaction_write(c.group.cfg.begin_routing, d, ro_session)
                 elif d.begin:
-                    write = d.read_only is not True
+                    write = d.read_only is False or (d.read_only is None and not ro_session)
                 else:
                     write = d.write
                 if write:
@@ -281,9 +288,21 @@ class Routes:
                 for p in replicas
                 if (k := _key(p)) not in bans and k not in tried and (name, k) not in lagging
             ]
+        if c.ryw_lsn is not None and replicas:
+            replicas = self._caught_up(c, replicas)
         if want == "any":
             return replicas + primary
         return replicas or primary  # no replica left: the primary serves the reads
+
+    def _caught_up(self, c: Client, replicas: list[Pool]) -> list[Pool]:
+        """Read-your-writes: the replicas that have replayed ``c``'s last write (as
+        last probed); once all have, the client is like any other again."""
+        lsn = c.ryw_lsn
+        assert lsn is not None
+        ready = [p for p in replicas if (self.health.replayed(_key(p)) or -1) >= lsn]
+        if len(ready) == len(replicas):
+            c.ryw_lsn = None
+        return ready
 
     def _balance(self, c: Client, candidates: list[Pool], want: str) -> Pool:
         assert c.group is not None
@@ -344,11 +363,17 @@ class Routes:
         router = self._router(c.group.cfg.query_parser_max_length)
         if router is None:
             return False
-        command = router.classify(query.sql).command
+        decision = router.classify(query.sql)
+        if self.begins.query(c, query.sql, decision):
+            return True  # a plain BEGIN held until the first statement (see _readonly)
+        command = decision.command
         if command is None:
             return False
         name, value = command
-        status = s.conn.transaction_status if s is not None else "I"
+        if s is not None:
+            status = s.conn.transaction_status
+        else:
+            status = "I" if c.held_begin is None else "T"  # a held BEGIN (_readonly)
         if name == "set_server_role":
             role = (value or "").lower()
             if role not in _ROLES:

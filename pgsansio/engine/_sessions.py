@@ -11,8 +11,10 @@ The ``Sessions`` part of the engine. Decisions (PgBouncer's and PgCat's):
 - **Release.** Transaction mode hands a server back on ReadyForQuery ``I`` with
   nothing outstanding, no COPY open and no unnamed statement waiting for its Bind
   (pg8000 sends Parse, Describe and Bind in separate round trips, each with its own
-  Sync). Session mode keeps it until the client leaves. A client idle in a
-  transaction longer than ``idle_client_in_transaction_timeout`` is ended with 25P03.
+  Sync). Session mode keeps it until the client leaves. A client holding session
+  state (a temporary table, a lock...) keeps its server too (see :mod:`._pinning`).
+  A client idle in a transaction longer than ``idle_client_in_transaction_timeout``
+  is ended with 25P03.
 - **Statement timeout** (PgCat's ``statement_timeout``): the server is not trusted
   again: its query is cancelled, the connection closed and its address banned, and
   the client gets 57014.
@@ -29,17 +31,22 @@ from pgsansio.protocol import ErrorResponse
 
 from ._effects import ReadClient, ReadServer
 from ._errors import TERMINATING, fatal
+from ._health import lsn_to_int
 from ._objects import Client, Entry, ServerConn
 from ._params import TRACKED, sync_sql
 from ._states import C_CLOSED, S_CLOSED, SI_LINKED, SI_RELEASED, ServerState, server_to
 
 __all__ = ["Sessions"]
 
+# Read-your-writes: a WAL position at or past the client's commit (NULL on a standby).
+_LSN_SQL = "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_insert_lsn() END"
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ._context import Context
     from ._lending import Lending
+    from ._pinning import Pinning
     from ._pooling import Pools
 
 
@@ -52,11 +59,13 @@ class Sessions:
         *,
         pools: Pools,
         lending: Lending,
+        pinning: Pinning,
         send_pending: Callable[[Client, ServerConn], None],
     ) -> None:
         self.ctx = ctx
         self.pools = pools
         self.lending = lending
+        self.pinning = pinning
         self._send_pending = send_pending
 
     def link(self, c: Client, s: ServerConn) -> None:
@@ -123,6 +132,14 @@ class Sessions:
             return
         if c.user.pool_mode != "transaction" or c.unnamed_pending or c.pending:
             return
+        if c.pin is not None and self.pinning.held(c, s):
+            return  # it holds session state on this server (see _pinning)
+        if c.ryw_wrote:
+            # Read-your-writes: learn a WAL position at or past its commit, on this
+            # connection, before anyone else gets it (internal_done releases it).
+            c.ryw_wrote = False
+            self.pools.send_internal(s, _LSN_SQL, "lsn")
+            return
         self.unlink(c, s)
         self.pools.server_free(s)
 
@@ -147,6 +164,18 @@ class Sessions:
             return
         if entry.tag == "healthcheck" and self.lending.health_done(s, entry):
             return
+        if entry.tag == "lsn":
+            owner = s.client
+            if owner is not None:
+                try:
+                    lsn = -1 if entry.error is not None else lsn_to_int(entry.value or "")
+                except ValueError:
+                    lsn = -1  # NULL: a standby, where no write can have committed
+                if lsn >= 0:
+                    owner.ryw_lsn = max(lsn, owner.ryw_lsn or 0)
+                if not s.queue:
+                    self.release_if_done(s)
+                return
         # A failed restore (see Relay._restore) is no failure: the client's RESET ALL
         # (or DISCARD ALL...) ran in a transaction that failed, so it reset nothing.
         if entry.error is not None and entry.tag != "restore":

@@ -84,6 +84,8 @@ _SOCKET_COLUMNS: Columns = (
     ("prepared_statements", INT8),
     ("id", INT8),
 )
+# pgsansio: why a client keeps its server in transaction mode (see _pinning), or "".
+_CLIENT_COLUMNS: Columns = (*_SOCKET_COLUMNS, ("pinned", TEXT))
 _SERVER_STATES = {
     ServerState.ACTIVE: "active",
     ServerState.IDLE: "idle",
@@ -243,7 +245,7 @@ class Show:
         for key, g in self.pools.groups.items():
             n = counts[key] = dict.fromkeys(
                 ("cl_idle", "cl_active", "cl_waiting", "sv_active", "sv_idle", "sv_used"), 0
-            ) | dict.fromkeys(("sv_tested", "sv_login", "maxwait", "maxwait_us"), 0)
+            ) | dict.fromkeys(("sv_tested", "sv_login", "maxwait", "maxwait_us", "cl_pinned"), 0)
             for p in g.all_pools():
                 for s in p.servers:
                     state = s.state
@@ -270,6 +272,8 @@ class Show:
                 n["cl_active"] += 1
                 if x.server is None:
                     n["cl_idle"] += 1
+            if x.pin is not None and x.pin.pinned:
+                n["cl_pinned"] += 1
         for key, since in oldest.items():
             counts[key]["maxwait"], counts[key]["maxwait_us"] = _wait(self.ctx.now, since)
         return [
@@ -297,6 +301,7 @@ class Show:
                 n["maxwait_us"],
                 mode,
                 balance,
+                n["cl_pinned"],
             )
             for db, user, n, mode, balance in self.pool_rows()
         ]
@@ -318,13 +323,15 @@ class Show:
             ("maxwait_us", INT8),
             ("pool_mode", TEXT),
             ("load_balance_hosts", TEXT),
+            ("cl_pinned", INT8),  # pgsansio: clients keeping their server (see _pinning)
         )
         self.rows(c, columns, rows)
 
     def _show_clients(self, c: Client) -> None:
-        self.rows(c, _SOCKET_COLUMNS, self._client_rows())
+        self.rows(c, _CLIENT_COLUMNS, self._client_rows(pinned=True))
 
-    def _client_rows(self) -> list[Row]:
+    def _client_rows(self, *, pinned: bool = False) -> list[Row]:
+        """CLIENTS' rows; ``pinned`` adds pgsansio's last column (SOCKETS has none)."""
         general = self.ctx.config.general
         rows: list[Row] = []
         for x in sorted(self.ctx.clients.values(), key=lambda x: x.cid):
@@ -364,6 +371,9 @@ class Show:
                     x.cid,
                 )
             )
+            if pinned:
+                why = x.pin.describe() if x.pin is not None and x.pin.pinned else ""
+                rows[-1] = (*rows[-1], why)
         return rows
 
     def _show_servers(self, c: Client) -> None:
