@@ -133,6 +133,39 @@ def test_pgsansio_passes_the_suite(pg: Cluster, mode: str) -> None:
         assert "notify.self" in na and "simple.select-one" not in na
 
 
+# Findings of the suite that were fixed: each must now pass where its pooling applies.
+FIXED_FINDINGS = (
+    "protocol.terminate-mid-pipeline",
+    "protocol.terminate-mid-pipeline-releases-locks",
+    "protocol.bind-malformed",
+    "protocol.bind-malformed-in-transaction",
+    "protocol.bind-malformed-rolls-back-pipeline",
+    "protocol.bind-malformed-named",
+    "protocol.parse-malformed",
+    "protocol.execute-malformed",
+    "params.reset-all",
+    "params.discard-all",
+    "params.reset-all-startup-values",
+    "params.reset-startup-parameter",
+    "params.discard-all-startup-values",
+    "params.discard-all-pipelined-in-transaction",
+)
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_fixed_findings_pass_through_pgsansio(pg: Cluster, mode: str) -> None:
+    chosen = [s for s in builtin_scenarios() if s.id in FIXED_FINDINGS]
+    assert len(chosen) == len(FIXED_FINDINGS)
+    assert not any(s.findings for s in chosen)  # no longer excused
+    config = make_config(pg, pool_mode=mode, pool_size=4, users=(USER,))
+    with running(config) as pooler:
+        results = run_suite(chosen, _target(pooler.port, mode, f"pgsansio-{mode}"))
+    applicable = [r for r in results if r.status != "n/a"]
+    assert applicable and all(r.status == "pass" for r in applicable), _failures(results)
+    if mode == "session":
+        assert len(applicable) == len(FIXED_FINDINGS)
+
+
 def test_differential_mode_and_reports(pg: Cluster, tmp_path: pathlib.Path) -> None:
     config = make_config(pg, pool_mode="transaction", pool_size=4, users=(USER,))
     with running(config) as pooler:

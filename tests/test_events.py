@@ -69,6 +69,7 @@ from pgsansio.protocol import (
     GSSENCResponse,
     GSSResponse,
     LocalProtocolError,
+    MalformedMessage,
     NegotiateProtocolVersion,
     NoData,
     NoticeResponse,
@@ -86,6 +87,7 @@ from pgsansio.protocol import (
     RowDescription,
     SASLInitialResponse,
     SASLResponse,
+    Span,
     SSLRequest,
     SSLResponse,
     StartupMessage,
@@ -557,7 +559,8 @@ def test_every_message_class_has_a_case() -> None:
             out |= concrete(sub)
         return out
 
-    classes = concrete(Event) - {Authentication}
+    # MalformedMessage is read, never built from fields: see test_malformed_frontend_message.
+    classes = concrete(Event) - {Authentication, MalformedMessage}
     assert classes == {type(e) for e in ALL_EVENTS}
     assert all(cls.__name__ in pg.__all__ for cls in classes)
 
@@ -879,7 +882,28 @@ FRONTEND_MALFORMED = [
 def test_malformed_frontend_message(code: bytes, body: bytes, what: str) -> None:
     with pytest.raises(LocalProtocolError, match=re.escape(what)):
         FRONTEND_READERS[code](body)
-    _check_malformed(server_ready(), msg(code, body), what)
+    if code not in b"PBDEC":
+        _check_malformed(server_ready(), msg(code, body), what)
+        return
+    # An extended-query message: PostgreSQL answers ERROR and skips to Sync, so the
+    # connection reads it as MalformedMessage and goes on (by event and by span).
+    for how in ("event", "span"):
+        conn = server_ready()
+        conn.receive_data(msg(code, body) + bytes(Sync()))
+        if how == "event":
+            got = [conn.next_event(), conn.next_event()]
+        else:
+            span = conn.next_span()
+            assert isinstance(span, Span)
+            assert span.data == msg(code, body) + bytes(Sync())
+            got = list(span.events)
+        bad = got[0]
+        assert isinstance(bad, MalformedMessage) and got[1] == Sync()
+        assert bad.code == code and bad.body == body and what in bad.reason
+        assert bytes(bad) == msg(code, body)
+        conn.send(ErrorResponse.build("08P01", bad.reason))
+        conn.send(ReadyForQuery("I"))
+        assert conn.idle
 
 
 @pytest.mark.parametrize("code", [b"S", b"H", b"X", b"c"])

@@ -43,6 +43,7 @@ from pgsansio.protocol import (
     Event,
     Execute,
     Flush,
+    MalformedMessage,
     Parse,
     Query,
     ReadyForQuery,
@@ -73,7 +74,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Admin"]
 
-_EXTENDED = (Parse, Bind, Describe, Execute, Close)
+_EXTENDED = (Parse, Bind, Describe, Execute, Close, MalformedMessage)
 _TOKEN = re.compile(r'"((?:[^"]|"")*)"|([^\s,"]+)')
 
 

@@ -5,7 +5,8 @@ behind is never handed to anyone else dirty. Idle and clean, it goes back to the
 in a transaction it gets ``ROLLBACK`` (and ``server_reset_query`` in session mode);
 with a query running it gets a CancelRequest and is closed once it has answered; in
 COPY FROM STDIN it gets CopyFail; with extended-protocol messages awaiting their Sync
-it is closed (our own Sync would commit what the client never committed).
+it is closed at once, with a Terminate (our own Sync would commit what the client
+never committed, and without one PostgreSQL sends none of the answers a drain waits for).
 """
 
 from __future__ import annotations
@@ -13,11 +14,21 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from pgsansio.protocol import CopyFail, ErrorResponse, ProtocolError
+from pgsansio.protocol import CopyFail, ErrorResponse, ProtocolError, Terminate
 
 from ._effects import CloseClient, SendClient
 from ._eventlog import DISCONNECT, LOGIN_FAILED, SERVER_FAILED, age, client_tag, server_tag
-from ._objects import P_AUTH_QUERY, P_LISTEN, P_POOL, P_PROBE, SKIP, Client, ServerConn
+from ._objects import (
+    EXTENDED,
+    FAKE,
+    P_AUTH_QUERY,
+    P_LISTEN,
+    P_POOL,
+    P_PROBE,
+    SKIP,
+    Client,
+    ServerConn,
+)
 from ._states import S_CLOSED, S_LOGIN, ClientInput, ClientState, ServerState, client_to
 
 if TYPE_CHECKING:
@@ -140,6 +151,19 @@ class Leaving:
             self.ctx.send_server(s, s.conn.send(CopyFail("the client disconnected")))
             self.ctx.at(self.ctx.now + ABANDON_GRACE, lambda: self._close_abandoned(s))
             return
+        if _unsynced(s):
+            # Extended-protocol messages without their Sync: PostgreSQL answers none of
+            # them until a Sync or Flush (waiting for those answers hung the server,
+            # locks held, for ABANDON_GRACE), and a Sync of ours would commit the
+            # implicit transaction the client never committed. Directly connected,
+            # PostgreSQL would finish what it runs, read the client's Terminate and end
+            # the session, rolling back. So we pass the Terminate on and close, as
+            # PgBouncer closes an "unclean server" (plus a cancel, in case an Execute
+            # still runs: the backend reads the Terminate only once it is done).
+            if any(x.mode != SKIP for x in s.queue):
+                self.pools.cancel_server(s)
+            self._close_unclean(s)
+            return
         if any(x.mode != SKIP for x in s.queue):
             # A query runs: cancel it, let the answer drain (nobody reads it), then
             # close this connection; never later than ABANDON_GRACE seconds.
@@ -148,14 +172,14 @@ class Leaving:
             self.ctx.at(self.ctx.now + ABANDON_GRACE, lambda: self._close_abandoned(s))
             return
         if s.queue:
-            return  # our own query (a SET) is running; Sessions.internal_done frees it
+            # Our own query (a SET) is running; Sessions.internal_done frees it. After
+            # the client's own reset (a restore), its transaction may be open: close.
+            s.close_needed = s.close_needed or any(x.tag == "restore" for x in s.queue)
+            return
         if not s.conn.idle:
-            # Extended-protocol messages without their Sync (an implicit transaction
-            # is open, or the server skips to a Sync after an error). A Sync of ours
-            # would commit what the client never committed: close instead.
-            self.pools.close_server(s)
-            if s.pool is not None:
-                self.pools.refill(s.pool)
+            # Extended-protocol messages without their Sync, all answered (the client
+            # sent Flush): as above.
+            self._close_unclean(s)
             return
         assert c.user is not None
         if s.conn.transaction_status != "I":
@@ -166,6 +190,17 @@ class Leaving:
             self.pools.internal_query(s, self.ctx.config.general.server_reset_query, "reset")
         else:
             self.pools.server_free(s)
+
+    def _close_unclean(self, s: ServerConn) -> None:
+        """Close ``s`` with a Terminate, so that its backend ends (and releases its
+        locks) as soon as it reads it, not when it notices the socket closed."""
+        try:
+            self.ctx.send_server(s, s.conn.send(Terminate()))
+        except ProtocolError:
+            pass  # the connection's state allows no Terminate: just close
+        self.pools.close_server(s)
+        if s.pool is not None:
+            self.pools.refill(s.pool)
 
     def _close_abandoned(self, s: ServerConn) -> None:
         if s.state is not S_CLOSED and s.client is None:
@@ -230,3 +265,12 @@ class Leaving:
                     self.drop_client(w, error)
         elif pool.waiters:
             self.pools.refill(pool)
+
+
+def _unsynced(s: ServerConn) -> bool:
+    """Requests queued on ``s`` after its last Sync (or Query): answers that will never
+    come, since PostgreSQL holds them back until a Sync or Flush."""
+    for x in reversed(s.queue):
+        if x.mode != FAKE:
+            return x.kind in EXTENDED
+    return False

@@ -373,6 +373,7 @@ class Login:
         shown = dict(group.server_params)
         if s is not None:  # the names a server reports at login, with its values now
             shown = {name: s.params.get(name, value) for name, value in shown.items()}
+        sent: dict[str, str] = {}  # what the startup packet set: RESET goes back to it
         for name in TRACKED:
             if name not in shown:
                 # Not reported by this server version (search_path before 18): keep
@@ -381,10 +382,13 @@ class Login:
                 if value is not None:
                     c.settings[name.lower()] = param_sql(name, value)
                 continue
+            if name in c.params:
+                sent[name] = c.params[name]
             if name in c.params and s is None:
                 shown[name] = c.params[name]
             else:  # a linked server reports the client's settings in its own spelling
                 c.params[name] = shown[name]
+        c.startup = (sent, dict(c.settings))
         # One write for the whole welcome (and the AuthenticationOk just before it), not
         # one per message: a frontend writes each effect with its own system call, and
         # a client that connects per transaction (pgbench -C) pays them all each time.

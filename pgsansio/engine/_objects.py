@@ -138,6 +138,7 @@ class Client:
         "server",
         "settings",
         "shard",
+        "startup",
         "state",
         "stats",
         "stats_only",
@@ -173,6 +174,9 @@ class Client:
         self.params: dict[str, str] = {}
         # Other settings from the startup packet or a plain session SET: re-applied.
         self.settings: dict[str, str] = {}
+        # What its startup packet set (reported values; other settings as SQL): what
+        # RESET ALL, DISCARD ALL and RESET name go back to, as on a direct connection.
+        self.startup: tuple[dict[str, str], dict[str, str]] = ({}, {})
         # What the session should look like, as a comparable key (None: recompute).
         self.sync_key: tuple[object, ...] | None = None
         self.server: ServerConn | None = None

@@ -25,6 +25,7 @@ __all__ = [
     "parse_options",
     "parse_simple_set",
     "quote_literal",
+    "restore_sql",
     "sync_sql",
 ]
 
@@ -207,6 +208,20 @@ def parse_simple_set(sql: str) -> tuple[str, str | None] | None:
     if m is not None and m.group(1).lower() != "all":
         return m.group(1).lower(), None
     return None
+
+
+def restore_sql(startup: tuple[dict[str, str], dict[str, str]], name: str | None = None) -> str:
+    """The query that puts back what a client's startup packet set (all of it, or just
+    ``name``), after a RESET ALL, DISCARD ALL or RESET name of the client reset the
+    server to the pooled connection's own startup values; or ``""``."""
+    params, settings = startup
+    parts = [
+        f"SET {n} = {param_sql(n, v)}"
+        for n, v in params.items()
+        if name is None or n.lower() == name
+    ]
+    parts += [f"SET {n} = {v}" for n, v in settings.items() if name is None or n == name]
+    return ";".join(parts)
 
 
 def sync_sql(

@@ -41,6 +41,7 @@ from pgsansio.protocol import (
     Event,
     Execute,
     FunctionCall,
+    MalformedMessage,
     NoData,
     NotificationResponse,
     ParameterStatus,
@@ -73,7 +74,7 @@ from ._objects import (
     Entry,
     ServerConn,
 )
-from ._params import TRACKED, parse_simple_set, strip_comments
+from ._params import TRACKED, parse_simple_set, restore_sql, strip_comments
 from ._pinning import may_pin
 from ._readonly import take_lsn_answer
 from ._shards import SHARD_COMMAND_BYTES
@@ -131,6 +132,7 @@ _NOT_PLAIN = frozenset(
 # The ``sent`` of a span forwarded untouched: never appended to (see _forward).
 _NOTHING_SENT: list[Event] = []
 _TRACKED_LOWER = frozenset(name.lower() for name in TRACKED)
+_MALFORMED_KIND = {b"P": K_PARSE, b"B": K_BIND, b"D": K_DESCRIBE, b"E": K_EXECUTE, b"C": K_CLOSE}
 # How a LISTEN or UNLISTEN query text may start (fast_query leaves those to client_span).
 _LISTEN_HEADS = frozenset({b"LI", b"li", b"Li", b"lI", b"UN", b"un", b"Un", b"uN"})
 
@@ -142,6 +144,15 @@ def _splice_statement(raw: bytes, name: str) -> bytes:
     end_statement = body.index(0, end_portal + 1)
     new = body[: end_portal + 1] + name.encode() + b"\0" + body[end_statement + 1 :]
     return b"B" + (len(new) + 4).to_bytes(4, "big") + new
+
+
+def _bind_statement(body: bytes) -> str | None:
+    """The statement a Bind body names, if its first two strings are whole."""
+    end_portal = body.find(0)
+    end_statement = body.find(0, end_portal + 1) if end_portal >= 0 else -1
+    if end_statement < 0:
+        return None
+    return body[end_portal + 1 : end_statement].decode("utf-8", "surrogateescape")
 
 
 def _message_end(data: bytes, offset: int) -> int:
@@ -197,18 +208,19 @@ class Relay:
                 q.append(Entry(K_EXECUTE))
             elif t is Query:
                 assert isinstance(e, Query)
-                q.append(self._query_entry(c, s, e.sql))
+                entry = self._query_entry(c, s, e.sql)
+                q.append(entry)
                 c.unnamed_pending = False
+                if entry.tag:
+                    restore = self._restore(c, s, entry)
+                    if restore is not None:
+                        new = [data[offsets[i] : _end(data, offsets, i)], restore]
             elif t is Bind:
                 assert isinstance(e, Bind)
                 if e.statement and rewrite:
-                    p = c.prepared.get(e.statement)
-                    raw = data[offsets[i] : _end(data, offsets, i)]
-                    if p is None:  # let the server say it does not exist, as it would
-                        new = [_splice_statement(raw, self.statements.alias(c, e.statement))]
-                    else:
-                        new = self.statements.ensure(s, p)
-                        new.append(_splice_statement(raw, p.name))
+                    new = self._bind_to(
+                        c, s, data[offsets[i] : _end(data, offsets, i)], e.statement
+                    )
                 elif not e.statement:
                     c.unnamed_pending = False
                 st.bind_count += 1
@@ -247,6 +259,16 @@ class Relay:
                 q.append(Entry(K_QUERY))
             elif t is Terminate:
                 new = []  # the client is leaving; the server stays ours to reuse
+            elif t is MalformedMessage:
+                # Forwarded as it came: PostgreSQL answers it (ERROR 08P01, then skips
+                # to Sync) exactly as it would a direct client, aborting what it must.
+                # A Bind names its statement before what is wrong with it, and
+                # PostgreSQL looks that up first: it gets the server's name for it.
+                assert isinstance(e, MalformedMessage)
+                name = _bind_statement(e.body) if e.code == b"B" and rewrite else None
+                if name:
+                    new = self._bind_to(c, s, data[offsets[i] : _end(data, offsets, i)], name)
+                q.append(Entry(_MALFORMED_KIND[e.code]))
             if new is not None:
                 if out is None:
                     out = []
@@ -265,6 +287,18 @@ class Relay:
         payload = _forward(s.conn, span, out, copied, sent)
         if payload:
             self.ctx.out.append(SendServer(s.sid, payload))
+
+    def _bind_to(
+        self, c: Client, s: ServerConn, raw: bytes, statement: str
+    ) -> list[Event | bytes]:
+        """A client's Bind of its named statement, as ``s`` must get it: under the
+        shared name (prepared on ``s`` first if need be)."""
+        p = c.prepared.get(statement)
+        if p is None:  # let the server say it does not exist, as it would
+            return [_splice_statement(raw, self.statements.alias(c, statement))]
+        new = self.statements.ensure(s, p)
+        new.append(_splice_statement(raw, p.name))
+        return new
 
     def _count_request(self, c: Client, size: int) -> None:
         """Statistics of client bytes on their way to a server: the bytes, and the
@@ -332,6 +366,7 @@ class Relay:
         sent = _NOTHING_SENT  # replaced by a list of its own before anything is added
         copied = 0
         done: list[Entry] | None = None
+        prefix: list[Event] | None = None  # to send before the current message
         for i, e in enumerate(events):
             t = type(e)
             entry = q[0] if q else None
@@ -354,11 +389,15 @@ class Relay:
                             assert isinstance(e, ReadyForQuery)
                             self.stats.count_query(c, e.status)
                         if x.tag == "set" and c is not None and x.error is None:
+                            if x.value is None:
+                                prefix = self._back_to_startup(c, x.name)
                             self._commit_set(c, s, x)
                         elif x.tag == "resetall" and c is not None and x.error is None:
-                            c.settings.clear()
-                            s.applied.clear()
+                            # Back to the startup settings (our restore query follows).
+                            c.settings = dict(c.startup[1])
+                            s.applied = dict(c.startup[1])
                             c.sync_key = s.sync_key = None
+                            prefix = self._back_to_startup(c, None)
                         break
                     self._unanswered(s, x)
             elif t is ErrorResponse:
@@ -395,7 +434,25 @@ class Relay:
                 assert isinstance(e, ParameterStatus)
                 s.params[e.name] = e.value
                 s.sync_key = None
-                if not drop and c is not None:
+                if (
+                    not drop
+                    and entry is not None
+                    and c is not None
+                    and e.name in c.startup[0]
+                    and _resets(entry)
+                    and (entry.tag == "resetall" or entry.name == e.name.lower())
+                ):
+                    # The pooled connection's startup value: the client's own takes its
+                    # place (reported only if it changes what the client saw; one the
+                    # server did not report comes with the ReadyForQuery).
+                    value = c.startup[0][e.name]
+                    if c.params.get(e.name) == value:
+                        drop = True
+                    else:
+                        replacement = ParameterStatus(e.name, value)
+                        c.params[e.name] = value
+                        c.sync_key = None
+                if not drop and c is not None and replacement is None:
                     c.params[e.name] = e.value
                     c.sync_key = None
             elif t is CommandComplete:
@@ -414,12 +471,17 @@ class Relay:
                     fake = q.popleft().fake
                     assert fake is not None
                     fakes.append(fake)
-            if drop or fakes is not None or replacement is not None:
+            if drop or fakes is not None or replacement is not None or prefix is not None:
                 if out is None:
                     out = []
                     sent = list(events[:i])
                 out.append(data[copied : offsets[i]])
                 end = _message_end(data, offsets[i])
+                if prefix is not None:
+                    for extra in prefix:
+                        out.append(bytes(extra))
+                        sent.append(extra)
+                    prefix = None
                 if not drop:
                     if replacement is not None:
                         out.append(bytes(replacement))
@@ -545,9 +607,38 @@ class Relay:
     def _send_query(self, c: Client, s: ServerConn, data: bytes, sql: str) -> None:
         """What _to_server does for a span of one Query, for less."""
         self._count_request(c, len(data))
-        s.queue.append(self._query_entry(c, s, sql))
+        entry = self._query_entry(c, s, sql)
+        s.queue.append(entry)
         c.unnamed_pending = False
-        self.ctx.out.append(SendServer(s.sid, s.conn.pass_query(data, sql)))
+        payload = s.conn.pass_query(data, sql)
+        if entry.tag:
+            restore = self._restore(c, s, entry)
+            if restore is not None:  # in the same write, as _to_server sends it
+                payload = payload + s.conn.send(restore)
+        self.ctx.out.append(SendServer(s.sid, payload))
+
+    def _restore(self, c: Client, s: ServerConn, entry: Entry) -> Query | None:
+        """After the client's RESET ALL, DISCARD ALL or RESET name, our query that puts
+        back what its startup packet set (the server went back to the pooled
+        connection's own startup values); None when there is nothing to put back."""
+        if not _resets(entry):
+            return None
+        sql = restore_sql(c.startup, None if entry.tag == "resetall" else entry.name)
+        if not sql:
+            return None
+        s.queue.append(Entry(K_QUERY, SKIP, tag="restore"))
+        return Query(sql)
+
+    def _back_to_startup(self, c: Client, name: str | None) -> list[Event] | None:
+        """The ParameterStatus messages PostgreSQL sends when a reset puts the
+        client's startup values back (only those that differ from what it last saw)."""
+        out: list[Event] = []
+        for n, v in c.startup[0].items():
+            if (name is None or n.lower() == name) and c.params.get(n) != v:
+                c.params[n] = v
+                c.sync_key = None
+                out.append(ParameterStatus(n, v))
+        return out or None
 
     def fast_answer(self, s: ServerConn, data: bytes) -> bool:
         """``data`` from ``s`` sent to its client, if it is the whole ordinary answer
@@ -624,7 +715,10 @@ class Relay:
         if x.name in _TRACKED_LOWER and any(k.lower() == x.name for k in s.params):
             return  # reported: its ParameterStatus already updated both sides
         c.sync_key = s.sync_key = None
-        if x.value is None:
+        startup = c.startup[1].get(x.name) if x.value is None else None
+        if startup is not None:  # RESET name: back to the startup value (restored)
+            c.settings[x.name] = s.applied[x.name] = startup
+        elif x.value is None:
             c.settings.pop(x.name, None)
             s.applied.pop(x.name, None)
         else:
@@ -746,3 +840,8 @@ def _forward(
 
 def _end(data: bytes, offsets: list[int], i: int) -> int:
     return _message_end(data, offsets[i])
+
+
+def _resets(entry: Entry) -> bool:
+    """The client's RESET ALL, DISCARD ALL or RESET name (see _query_entry)."""
+    return entry.tag == "resetall" or (entry.tag == "set" and entry.value is None)

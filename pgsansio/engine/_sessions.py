@@ -176,7 +176,9 @@ class Sessions:
                 if not s.queue:
                     self.release_if_done(s)
                 return
-        if entry.error is not None:
+        # A failed restore (see Relay._restore) is no failure: the client's RESET ALL
+        # (or DISCARD ALL...) ran in a transaction that failed, so it reset nothing.
+        if entry.error is not None and entry.tag != "restore":
             if entry.tag == "sync" and s.client is not None:
                 c = s.client
                 s.syncing = False

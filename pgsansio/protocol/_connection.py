@@ -80,6 +80,10 @@ _STATUS: Final = {ord(x): x for x in "ITE"}  # ReadyForQuery's status byte
 _EMPTY_REPLIES: Final = frozenset((b"I", b"1", b"2", b"3", b"n", b"s"))
 _DESCRIPTIONS: Final = frozenset((b"T", b"t"))  # RowDescription, ParameterDescription
 _COPY_DATA: Final = (b"d",)
+# A client's messages whose malformed body PostgreSQL answers with ERROR 08P01, skipping
+# to the next Sync, and survives (Parse, Bind, Describe, Execute, Close).
+_MALFORMED_OK: Final = frozenset((b"P", b"B", b"D", b"E", b"C"))
+_NONE: Final = frozenset[bytes]()
 
 
 class Connection:
@@ -316,6 +320,11 @@ class Connection:
         body = buf[pos + 5 : end]
         if type(body) is not bytes:
             body = bytes(body)
+        if self.role is SERVER and code in _MALFORMED_OK:
+            try:
+                return self._decode(code, body)
+            except LocalProtocolError as exc:  # answered with an ERROR (see next_span)
+                return qe.MalformedMessage(code, body, str(exc))
         return self._decode(code, body)
 
     def _decode(self, code: bytes, body: bytes) -> ev.Event:
@@ -365,6 +374,7 @@ class Connection:
         # never changes). A bulk type that is not legal takes the slow path,
         # where the state machine says what is wrong.
         passable = self._passable() if client else _COPY_DATA
+        skippable = _NONE if client else _MALFORMED_OK
         try:
             while size - pos >= 5:
                 code, length = _hdr(buf, pos)
@@ -391,7 +401,15 @@ class Connection:
                 body = buf[pos + 5 : end]
                 if type(body) is not bytes:
                     body = bytes(body)
-                event = self._decode(code, body) if code == b"p" else readers[code](body)
+                try:
+                    event = self._decode(code, body) if code == b"p" else readers[code](body)
+                except LocalProtocolError as exc:
+                    # A body that does not parse, in a good frame: for the extended
+                    # messages PostgreSQL answers ERROR and carries on (see
+                    # MalformedMessage); anything else is fatal, as before.
+                    if code not in skippable:
+                        raise
+                    event = qe.MalformedMessage(code, body, str(exc))
                 process(event)
                 events.append(event)
                 offsets.append(pos - start)

@@ -176,6 +176,35 @@ class Terminate(_FrontendEmpty):
     type_code = b"X"
 
 
+class MalformedMessage(Event):
+    """A client's extended-query message (Parse, Bind, Describe, Execute, Close) that
+    is framed correctly but whose body does not parse.
+
+    PostgreSQL answers such a message with ERROR 08P01 and skips to the next Sync;
+    the session goes on. So a server-role connection reads it as this event, not as a
+    protocol error, and a proxy may forward it untouched (the server then answers it
+    itself) or answer the error itself. A broken frame (a bad length, an unknown type)
+    still raises: nothing after it can be trusted.
+    """
+
+    __slots__ = ("body", "code", "reason")
+    frontend = True
+    code: bytes  # the message's type byte
+    body: bytes  # as received, without type byte and length
+    reason: str  # what is wrong with it, for an ErrorResponse or a log
+
+    def __init__(self, code: bytes, body: bytes, reason: str) -> None:
+        _set(self, "code", code)
+        _set(self, "body", body)
+        _set(self, "reason", reason)
+
+    def _body(self) -> bytes:
+        return self.body
+
+    def __bytes__(self) -> bytes:
+        return self.code + _pack_i32(len(self.body) + 4) + self.body
+
+
 class FunctionCall(Event):
     """The legacy fast-path call (libpq's large-object functions use it)."""
 

@@ -91,7 +91,8 @@ _AUTH_ANSWERS: dict[type[ev.Event], type[ev.Event] | None] = {
 }
 # Messages a server may send at any time after startup ("Asynchronous Operations").
 _ASYNC_BACKEND = (ev.ParameterStatus, qe.NoticeResponse, qe.NotificationResponse)
-_EXTENDED = (qe.Parse, qe.Bind, qe.Describe, qe.Execute, qe.Close)
+# A malformed one is answered (with an error) like the rest, and a Sync ends it.
+_EXTENDED = (qe.Parse, qe.Bind, qe.Describe, qe.Execute, qe.Close, qe.MalformedMessage)
 # The replies to a request; with nothing outstanding they are a violation.
 _REPLIES = (
     qe.ParseComplete,
