@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint types unit coverage corpus fuzz bench-core bench bench-profile clean demo soak
+.PHONY: test lint types unit coverage corpus fuzz bench-core bench bench-profile clean demo soak reliability
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ fuzz: $(STAMP)
 ## make soak SIM_SOAK=40: the long randomized simulation of the engine
 soak: $(STAMP)
 	$(PY) -m pytest -q -m soak tests/test_simulation.py
+
+## make reliability: socket-level reliability runs against the real daemon on every
+## frontend, and PgBouncer side by side (docs/reliability.md)
+reliability: $(STAMP)
+	$(PY) -m pytest -q -m reliability tests/test_reliability.py
 
 ## make bench-core: pytest-benchmark figures for the protocol core
 bench-core: $(STAMP)

@@ -27,11 +27,13 @@ _CLUSTER_FIXTURES = frozenset({"pg15", "pg18", "pg_cluster_factory"})
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # The soak runs only when asked for (make soak, or -m soak): deselected, not
     # skipped, so the default run does not list 40 skips.
-    if "soak" not in (config.getoption("markexpr") or ""):
-        soak = [item for item in items if item.get_closest_marker("soak")]
-        if soak:
-            config.hook.pytest_deselected(items=soak)
-            items[:] = [item for item in items if not item.get_closest_marker("soak")]
+    # So does the reliability suite (make reliability).
+    for marker in ("soak", "reliability"):
+        if marker not in (config.getoption("markexpr") or ""):
+            left_out = [item for item in items if item.get_closest_marker(marker)]
+            if left_out:
+                config.hook.pytest_deselected(items=left_out)
+                items[:] = [item for item in items if not item.get_closest_marker(marker)]
     for item in items:
         if _CLUSTER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.postgres)

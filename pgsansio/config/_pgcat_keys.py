@@ -87,6 +87,13 @@ _GENERAL_KEYS: dict[str, _Key] = {
     "client_tls_sslmode": _Key("enum", choices={m: m for m in _SSLMODES}),
     "client_tls_ca_file": _Key("str"),
     "server_tls_ca_file": _Key("str"),
+    # Reliability extensions (PgBouncer's names; docs/reliability.md)
+    "listen_backlog": _Key("posint", maximum=65535),
+    "client_login_timeout": _Key("uint", _MS),
+    "client_tcp_keepalives_idle": _Key("uint", _S),
+    "client_tcp_keepalives_interval": _Key("uint", _S),
+    "client_tcp_keepalives_count": _Key("uint", maximum=_U32_MAX),
+    "client_tcp_user_timeout": _Key("uint", _MS),
 }
 
 _POOL_KEYS: dict[str, _Key] = {

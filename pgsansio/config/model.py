@@ -61,6 +61,18 @@ class General:
     client_tls_sslmode: str = "prefer"
     client_tls_ca_file: str | None = None
     server_tls_ca_file: str | None = None
+    # Reliability at the socket (pgsansio extensions, docs/reliability.md). The
+    # listener's queue of connections not yet accepted, and the time a new client has to
+    # log in (ms; PgBouncer's keys). Client sockets get their own keepalive settings,
+    # PgBouncer's client_tcp_* split: 0 leaves the operating system's default, so a
+    # client that stops reading or misses a probe is never cut by the server-side
+    # tcp_* values above.
+    listen_backlog: int = 128
+    client_login_timeout: int = 60000
+    client_tcp_keepalives_idle: int = 0
+    client_tcp_keepalives_interval: int = 0
+    client_tcp_keepalives_count: int = 0
+    client_tcp_user_timeout: int = 0
 
 
 @dataclass(frozen=True)

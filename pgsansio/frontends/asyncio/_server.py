@@ -65,7 +65,7 @@ class _Protocol(asyncio.Protocol):
         fe = self._fe
         fe.connection_made()
         stream = cast(asyncio.Transport, transport)  # uvloop's do not subclass Transport
-        _tune(transport.get_extra_info("socket"), fe.config.general)
+        _tune(transport.get_extra_info("socket"), fe.config.general, server=self.server)
         if not self.server:
             peer = peer_text(transport.get_extra_info("peername"))
             self.key = fe.client_made(stream, peer, metrics=self.metrics)

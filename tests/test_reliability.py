@@ -1,0 +1,123 @@
+"""Reliability at the socket, against the real daemon, real PostgreSQL and real clients.
+
+The short forms run in the default suite; the long forms (thousands of clients, a
+network hiccup in a private namespace, storms, side-by-side with PgBouncer) carry the
+``reliability`` marker and run with ``make reliability`` (see docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+from _pooler import make_config, running
+from _wire import drain_result, login, query, socket_to, tcp_options
+
+from pgsansio.testing.cluster import TEST_DATABASE, Cluster
+
+every_frontend = pytest.mark.usefixtures("pooler_frontend")
+
+
+def _os_defaults() -> dict[str, int]:
+    with socket.socket() as fresh:
+        fresh.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        fresh.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return tcp_options(fresh)
+
+
+@every_frontend
+@pytest.mark.parametrize("client_keys", [False, True], ids=["os-defaults", "client_tcp_keys"])
+def test_client_and_server_sockets_get_their_own_options(pg15: Cluster, client_keys: bool) -> None:
+    """Clients: client_tcp_* (OS defaults by default); servers: PgCat's tcp_* keys."""
+    general: dict[str, object] = {
+        "tcp_keepalives_idle": 6,
+        "tcp_keepalives_interval": 4,
+        "tcp_keepalives_count": 3,
+        "tcp_user_timeout": 9000,
+    }
+    if client_keys:
+        general |= {
+            "client_tcp_keepalives_idle": 300,
+            "client_tcp_keepalives_interval": 30,
+            "client_tcp_keepalives_count": 7,
+            "client_tcp_user_timeout": 120000,
+        }
+    with running(make_config(pg15, general=general)) as p:
+        client = login(p.port, "trust_user", TEST_DATABASE)
+        try:
+            client.sendall(query("select 1"))  # a server connection is made and kept
+            drain_result(client, 10)
+            ours = socket_to(client.getsockname()[:2])
+            theirs = socket_to(("127.0.0.1", pg15.port))
+            assert ours is not None and theirs is not None
+            with ours, theirs:
+                client_opts, server_opts = tcp_options(ours), tcp_options(theirs)
+        finally:
+            client.close()
+    assert server_opts == {
+        "SO_KEEPALIVE": 1,
+        "TCP_NODELAY": 1,
+        "TCP_KEEPIDLE": 6,
+        "TCP_KEEPINTVL": 4,
+        "TCP_KEEPCNT": 3,
+        "TCP_USER_TIMEOUT": 9000,
+    }
+    if client_keys:
+        expected = {
+            "SO_KEEPALIVE": 1,
+            "TCP_NODELAY": 1,
+            "TCP_KEEPIDLE": 300,
+            "TCP_KEEPINTVL": 30,
+            "TCP_KEEPCNT": 7,
+            "TCP_USER_TIMEOUT": 120000,
+        }
+    else:
+        expected = _os_defaults()
+        assert expected["TCP_USER_TIMEOUT"] == 0
+    assert client_opts == expected
+
+
+BIG_RESULT = "select repeat('x', 1048576) from generate_series(1, 24)"
+"""About 24 MB of rows: far more than the socket buffers on both sides hold."""
+
+
+def stalled_client_survives(port: int, stall: float) -> None:
+    """A client stops reading a big result for ``stall`` seconds, then reads it all."""
+    client = login(port, "trust_user", TEST_DATABASE, rcvbuf=4096)
+    try:
+        client.sendall(query(BIG_RESULT))
+        time.sleep(stall)  # a zero receive window all along: the pooler cannot send
+        total, _ = drain_result(client, 60)
+        assert total > 24 * 1048576
+    finally:
+        client.close()
+
+
+def test_client_that_stops_reading_is_not_reset(pg15: Cluster) -> None:
+    """The server-side TCP_USER_TIMEOUT (1 s here) no longer reaches client sockets.
+
+    Before the split, this client got ECONNRESET when it resumed reading. The options
+    are checked on every frontend above; the kernel's behaviour once here, on asyncio
+    (on every frontend with PgCat's 10 s in ``make reliability``).
+    """
+    general = {"tcp_user_timeout": 1000}
+    with running(make_config(pg15, general=general)) as p:
+        stalled_client_survives(p.port, 2.5)
+
+
+@pytest.mark.reliability
+@every_frontend
+def test_client_that_stops_reading_longer_than_any_timeout(pg15: Cluster) -> None:
+    """With PgCat's defaults (10 s user timeout on servers), a 12 s stall, every frontend."""
+    with running(make_config(pg15)) as p:
+        stalled_client_survives(p.port, 12)
+
+
+@pytest.mark.reliability
+@every_frontend
+def test_control_a_client_user_timeout_does_reset_a_stalled_client(pg15: Cluster) -> None:
+    """The stall test detects the old behaviour: a 1 s client user timeout resets it."""
+    config = make_config(pg15, general={"client_tcp_user_timeout": 1000})
+    with running(config) as p, pytest.raises(OSError):
+        stalled_client_survives(p.port, 3)
