@@ -7,14 +7,21 @@ network hiccup in a private namespace, storms, side-by-side with PgBouncer) carr
 
 from __future__ import annotations
 
+import os
+import pathlib
+import shutil
+import signal
 import socket
+import subprocess
 import time
 
+import psycopg
 import pytest
-from _pooler import make_config, running
+import trustme
+from _pooler import Pooler, make_config, running
 from _wire import drain_result, login, query, socket_to, tcp_options
 
-from pgsansio.testing.cluster import TEST_DATABASE, Cluster
+from pgsansio.testing.cluster import TEST_DATABASE, TEST_USERS, Cluster
 
 every_frontend = pytest.mark.usefixtures("pooler_frontend")
 
@@ -121,3 +128,98 @@ def test_control_a_client_user_timeout_does_reset_a_stalled_client(pg15: Cluster
     config = make_config(pg15, general={"client_tcp_user_timeout": 1000})
     with running(config) as p, pytest.raises(OSError):
         stalled_client_survives(p.port, 3)
+
+
+# ------------------------------------------------------------ refusals a client can read
+
+PSQL = shutil.which("psql")
+
+
+def psql_error(port: int, user: str = "md5_user", **env: str) -> str:
+    """What psql says when it cannot log in through the pooler (libpq's sslmode=prefer)."""
+    assert PSQL is not None, "psql is part of the PostgreSQL client the tests need"
+    proc = subprocess.run(
+        [
+            PSQL,
+            "-X",
+            "-w",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-U",
+            user,
+            "-c",
+            "select 1",
+            TEST_DATABASE,
+        ],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=30,
+        env={
+            **os.environ,
+            "PGSSLMODE": "prefer",
+            "PGCONNECT_TIMEOUT": "10",
+            "PGPASSWORD": TEST_USERS[user][1] or "",
+            **env,
+        },
+    )
+    assert proc.returncode != 0, proc.stdout
+    return proc.stderr
+
+
+def psycopg_error(p: Pooler, user: str = "md5_user") -> str:
+    with pytest.raises(psycopg.OperationalError) as info:
+        psycopg.connect(p.dsn(user) + " sslmode=prefer connect_timeout=10")
+    return str(info.value)
+
+
+def assert_readable(said: str, reason: str) -> None:
+    assert reason in said, said
+    assert "during SSL exchange" not in said, said
+
+
+@every_frontend
+@pytest.mark.parametrize("tls", [False, True], ids=["no-tls", "tls"])
+def test_max_client_conn_refusal_reaches_libpq(
+    pg15: Cluster, tls: bool, tmp_path: pathlib.Path
+) -> None:
+    """Over max_client_conn, the SSLRequest is answered (N, or TLS) before the error."""
+    general: dict[str, object] = {"max_client_conn": 1}
+    if tls:
+        ca = trustme.CA()
+        leaf = ca.issue_cert("127.0.0.1")
+        cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+        leaf.cert_chain_pems[0].write_to_path(str(cert))
+        leaf.private_key_pem.write_to_path(str(key))
+        general |= {"tls_certificate": str(cert), "tls_private_key": str(key)}
+    with (
+        running(make_config(pg15, general=general)) as p,
+        psycopg.connect(p.dsn("md5_user") + " sslmode=prefer") as held,
+    ):
+        assert held.pgconn.ssl_in_use is tls
+        reason = "no more connections allowed (max_client_conn)"
+        assert_readable(psql_error(p.port), reason)
+        assert_readable(psycopg_error(p), reason)
+        assert held.execute("select 1").fetchone() == (1,)
+
+
+@every_frontend
+def test_shutdown_refusal_reaches_libpq(pg15: Cluster) -> None:
+    """SIGTERM: new clients are refused, readably, while the last one finishes."""
+    with running(make_config(pg15)) as p:
+        held = psycopg.connect(p.dsn("md5_user") + " sslmode=prefer")
+        try:
+            held.execute("begin")
+            p.signal(signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            said = psql_error(p.port)
+            while "shutting down" not in said and time.monotonic() < deadline:
+                time.sleep(0.05)  # the signal reaches the engine on the pooler's thread
+                said = psql_error(p.port)
+            assert_readable(said, "pgsansio is shutting down")
+            assert_readable(psycopg_error(p), "pgsansio is shutting down")
+            held.execute("commit")
+        finally:
+            held.close()

@@ -31,6 +31,11 @@ pgsansio extensions to the format (PgCat ignores them, so one file can serve bot
   accepts ``"round_robin"``; ``general.healthcheck_interval`` (ms) probes every server
   on a deadline; ``pools.X.replica_max_lag_ms`` / ``replica_max_lag_bytes`` keep reads
   off lagging replicas. See :mod:`pgsansio.engine._health`.
+* Reliability at the socket (PgBouncer's names and meanings, docs/reliability.md):
+  ``general.listen_backlog`` (default 128), ``general.client_login_timeout`` (ms,
+  default 60000, 0 = none), and ``general.client_tcp_keepalives_idle`` /
+  ``_interval`` / ``_count`` / ``client_tcp_user_timeout`` for client sockets (default
+  0 = the operating system's); PgCat's ``tcp_*`` keys apply to server sockets only.
 * ``pools.X.prepared_statements_cache_size`` defaults to 500 (on) rather than PgCat's
   0 (off), as PgBouncer 1.24 and PgDog do; ``0`` turns it off.
 

@@ -213,8 +213,8 @@ class Control:
             return
         self.ctx.log(logging.INFO, "shutting down: waiting for clients to finish")
         for c in list(self.ctx.clients.values()):
-            if c.admin:
-                continue
+            if c.admin or c.state is ClientState.STARTUP:
+                continue  # not logged in yet: refused after its startup packet (_login)
             s = c.server
             if s is None or (not s.queue and s.conn.idle and s.conn.transaction_status == "I"):
                 self.leaving.drop_client(c, TERMINATING)

@@ -17,7 +17,7 @@ from ._stats import NOWHERE
 
 if TYPE_CHECKING:
     from pgsansio.config.model import PoolConfig, ServerAddress, UserConfig
-    from pgsansio.protocol import ScramServer
+    from pgsansio.protocol import ErrorResponse, ScramServer
 
 __all__ = [
     "Client",
@@ -116,6 +116,7 @@ class Client:
         "prepared",
         "primary_reads",
         "query_start",
+        "refusal",
         "route_role",
         "server",
         "settings",
@@ -167,6 +168,9 @@ class Client:
         self.wait_deadline: float | None = None  # connect_timeout, while waiting
         self.checkout_failures = 0
         self.login_deadline = now
+        # Set when the client is to be refused before its startup packet was read (see
+        # Login.connected): it is refused with this error once that packet arrives.
+        self.refusal: ErrorResponse | None = None
         # Statistics (see _stats): where it counts, and when its query / transaction
         # started (None: none running).
         self.connected = now
