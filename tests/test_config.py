@@ -492,7 +492,7 @@ def test_reliability_keys() -> None:
     ).general
     assert (general.listen_backlog, general.client_login_timeout) == (4096, 5000)
     assert (general.client_tcp_keepalives_idle, general.client_tcp_user_timeout) == (60, 30000)
-    with pytest.raises(ConfigError, match="general.listen_backlog"):
+    with pytest.raises(ConfigError, match=r"general\.listen_backlog"):
         parse(make(general="listen_backlog = 0"))
 
 
