@@ -45,8 +45,9 @@ soak: $(STAMP)
 
 ## make reliability: socket-level reliability runs against the real daemon on every
 ## frontend, and PgBouncer side by side (docs/reliability.md)
+## BEFORE=/path/to/other/tree adds that tree's pgsansio to the side-by-side figures.
 reliability: $(STAMP)
-	$(PY) -m pytest -q -m reliability tests/test_reliability.py
+	PGSANSIO_BEFORE_TREE=$(BEFORE) $(PY) -m pytest -q -s -m reliability tests/test_reliability.py
 
 ## make bench-core: pytest-benchmark figures for the protocol core
 bench-core: $(STAMP)

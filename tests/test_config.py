@@ -250,7 +250,7 @@ GENERAL_DEFAULTS: dict[str, Any] = {
     "client_tls_ca_file": None,
     "server_tls_ca_file": None,
     # reliability extensions (docs/reliability.md)
-    "listen_backlog": 128,
+    "listen_backlog": 4096,
     "client_login_timeout": 60000,
     "client_tcp_keepalives_idle": 0,
     "client_tcp_keepalives_interval": 0,

@@ -18,8 +18,18 @@ import time
 import psycopg
 import pytest
 import trustme
+from _daemons import pgbouncer, pgsansio
 from _pooler import Pooler, make_config, running
-from _wire import drain_result, login, query, socket_to, tcp_options
+from _storm import raise_fd_limit, serial_connects, simultaneous_logins
+from _wire import (
+    drain_result,
+    error_fields,
+    login,
+    query,
+    socket_to,
+    startup_packet,
+    tcp_options,
+)
 
 from pgsansio.testing.cluster import TEST_DATABASE, TEST_USERS, Cluster
 
@@ -223,3 +233,104 @@ def test_shutdown_refusal_reaches_libpq(pg15: Cluster) -> None:
             held.execute("commit")
         finally:
             held.close()
+
+
+# ---------------------------------------------------------------- listener and login time
+
+
+def listen_queue(port: int) -> int:
+    """The accept queue's size of the socket listening on ``port`` (ss's Send-Q)."""
+    ss = shutil.which("ss") or "/usr/bin/ss"
+    out = subprocess.run(
+        [ss, "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out and out[0] == "LISTEN", out
+    return int(out[2])
+
+
+@every_frontend
+def test_listen_backlog_is_used_by_the_listener(pg15: Cluster) -> None:
+    with running(make_config(pg15, general={"listen_backlog": 777})) as p:
+        assert listen_queue(p.port) == 777
+
+
+@every_frontend
+def test_client_login_timeout_bounds_a_byte_at_a_time_startup(pg15: Cluster) -> None:
+    """A client trickling its startup packet is cut at client_login_timeout, with 08006."""
+    with running(make_config(pg15, general={"client_login_timeout": 400})) as p:
+        packet = startup_packet("trust_user", TEST_DATABASE)
+        with socket.create_connection(("127.0.0.1", p.port)) as slow:
+            started = time.monotonic()
+            slow.settimeout(5)
+            answer = b""
+            for byte in packet:
+                try:
+                    slow.sendall(bytes([byte]))
+                except OSError:
+                    break  # reset after the pooler closed: the answer is read below
+                time.sleep(0.05)
+                slow.setblocking(False)
+                try:
+                    answer += slow.recv(4096)
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    break
+                finally:
+                    slow.settimeout(5)
+                if answer:
+                    break
+            waited = time.monotonic() - started
+        assert answer[:1] == b"E", answer
+        assert error_fields(answer)["C"] == "08006"
+        assert 0.35 < waited < 0.05 * len(packet), waited
+
+
+# ----------------------------------------------------------- side by side with PgBouncer
+
+FRONTENDS = ("asyncio", "uvloop", "anyio", "trio", "curio")
+BEFORE = os.environ.get("PGSANSIO_BEFORE_TREE")
+"""Another source tree of pgsansio to measure as "before" (make reliability BEFORE=...)."""
+
+
+def report(title: str, rows: list[tuple[str, str]]) -> None:
+    """Figures go to stdout (make reliability runs pytest with -s) and the log."""
+    width = max(len(name) for name, _ in rows)
+    text = "\n".join(f"  {name:<{width}}  {figures}" for name, figures in rows)
+    print(f"\n{title}\n{text}", flush=True)
+
+
+@pytest.mark.reliability
+def test_connect_storms(pg15: Cluster, tmp_path: pathlib.Path) -> None:
+    """1,000 serial connect-and-close and 2,000 simultaneous logins, each daemon.
+
+    No SYN may be dropped by pgsansio's listener (a drop costs the client a 1 s
+    retransmission) and every login must succeed; PgBouncer's figures are reported.
+    """
+    raise_fd_limit(20000)
+    rows = []
+    daemons = [
+        (f"pgsansio {fe}", lambda fe=fe: pgsansio(pg15, tmp_path, frontend=fe)) for fe in FRONTENDS
+    ]
+    if BEFORE:
+        daemons.insert(
+            0,
+            (
+                "before: pgsansio uvloop",
+                lambda: pgsansio(pg15, tmp_path, tree=pathlib.Path(BEFORE), name="before"),
+            ),
+        )
+    daemons.append(("PgBouncer 1.18", lambda: pgbouncer(pg15)))
+    results = {}
+    for name, start in daemons:
+        with start() as d:
+            serial = serial_connects(d.port, 1000)
+            crowd = simultaneous_logins(d.port, 2000)
+        results[name] = (serial, crowd)
+        rows.append((name, f"serial 1000: {serial.text()}"))
+        rows.append(("", f"2000 at once: {crowd.text()}"))
+    report("connect storms", rows)
+    for name, (serial, crowd) in results.items():
+        if name.startswith("pgsansio"):
+            assert serial.failures == 0 and crowd.failures == 0, name
+            assert max(serial.latencies) < 1.0, f"{name}: a SYN was dropped"

@@ -62,12 +62,13 @@ class General:
     client_tls_ca_file: str | None = None
     server_tls_ca_file: str | None = None
     # Reliability at the socket (pgsansio extensions, docs/reliability.md). The
-    # listener's queue of connections not yet accepted, and the time a new client has to
-    # log in (ms; PgBouncer's keys). Client sockets get their own keepalive settings,
+    # listener's queue of connections not yet accepted (PgBouncer's key; 4096 rather
+    # than its 128, which overflows in a connect storm), and the time a new client has
+    # to log in (ms; PgBouncer's key). Client sockets get their own keepalive settings,
     # PgBouncer's client_tcp_* split: 0 leaves the operating system's default, so a
     # client that stops reading or misses a probe is never cut by the server-side
     # tcp_* values above.
-    listen_backlog: int = 128
+    listen_backlog: int = 4096
     client_login_timeout: int = 60000
     client_tcp_keepalives_idle: int = 0
     client_tcp_keepalives_interval: int = 0

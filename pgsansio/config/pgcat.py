@@ -32,7 +32,8 @@ pgsansio extensions to the format (PgCat ignores them, so one file can serve bot
   on a deadline; ``pools.X.replica_max_lag_ms`` / ``replica_max_lag_bytes`` keep reads
   off lagging replicas. See :mod:`pgsansio.engine._health`.
 * Reliability at the socket (PgBouncer's names and meanings, docs/reliability.md):
-  ``general.listen_backlog`` (default 128), ``general.client_login_timeout`` (ms,
+  ``general.listen_backlog`` (default 4096 where PgBouncer has 128, which overflows in
+  a connect storm), ``general.client_login_timeout`` (ms,
   default 60000, 0 = none), and ``general.client_tcp_keepalives_idle`` /
   ``_interval`` / ``_count`` / ``client_tcp_user_timeout`` for client sockets (default
   0 = the operating system's); PgCat's ``tcp_*`` keys apply to server sockets only.

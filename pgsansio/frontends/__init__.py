@@ -34,7 +34,10 @@ Choices a frontend makes the same way everywhere:
   :mod:`pgsansio.engine._signals`); on its ``Reload`` the frontend re-reads the file the
   pooler was started with (a file that does not load is logged, handed to
   ``reload_failed``, and the running configuration stays);
-* listening: ``general.host``:``general.port`` for clients, and, when
+* listening: with ``general.listen_backlog`` (PgBouncer's key; the kernel caps it at
+  ``net.core.somaxconn``) as the queue of connections not accepted yet, which a
+  connect storm fills (a dropped SYN costs the client a 1 s retransmission);
+  ``general.host``:``general.port`` for clients, and, when
   ``enable_prometheus_exporter`` is set, ``general.host``:``prometheus_exporter_port``
   for scrapers, whose connections the engine learns of through ``metrics_connected``
   and then handles like any client (it speaks the HTTP; the frontend only moves bytes);

@@ -106,7 +106,9 @@ class AnyioFrontend(TaskDriver):
         """Listeners on every address the host resolves to, as asyncio's create_server."""
         host = self.config.general.host
         try:
-            multi = await anyio.create_tcp_listener(local_host=host, local_port=port)
+            multi = await anyio.create_tcp_listener(
+                local_host=host, local_port=port, backlog=self.config.general.listen_backlog
+            )
         except OSError as exc:
             raise FrontendError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         return [cast(anyio.abc.SocketListener, listener) for listener in multi.listeners]

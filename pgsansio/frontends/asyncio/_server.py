@@ -144,7 +144,11 @@ class AsyncioFrontend(Driver):
         host = self.config.general.host
         try:
             return await asyncio.get_running_loop().create_server(
-                lambda: _Protocol(self, metrics=metrics), host, port, reuse_address=True
+                lambda: _Protocol(self, metrics=metrics),
+                host,
+                port,
+                reuse_address=True,
+                backlog=self.config.general.listen_backlog,
             )
         except OSError as exc:
             raise FrontendError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
