@@ -32,6 +32,11 @@ def message(kind: bytes, body: bytes) -> bytes:
     return _HEADER.pack(kind, len(body) + 4) + body
 
 
+def query_header(length: int) -> bytes:
+    """The header of a Query message whose length word is ``length``."""
+    return _HEADER.pack(b"Q", length)
+
+
 def query(sql: str) -> bytes:
     return message(b"Q", sql.encode() + b"\0")
 
@@ -142,3 +147,40 @@ def tcp_options(sock: socket.socket) -> dict[str, int]:
     ):
         opts[name] = sock.getsockopt(socket.IPPROTO_TCP, getattr(socket, name))
     return opts
+
+
+def send_partial_query(sock: socket.socket, length: int, sent: int) -> bool:
+    """Start a Query of ``length`` bytes (a comment padding ``select 1``), send ``sent``
+    bytes of it; False if the pooler cut the connection meanwhile (it refused it)."""
+    sql_head = b"select 1 -- "
+    header = _HEADER.pack(b"Q", length)
+    chunk = b"x" * (1 << 20)
+    try:
+        sock.sendall(header + sql_head)
+        left = sent - len(header) - len(sql_head)
+        while left > 0:
+            n = min(left, len(chunk))
+            sock.sendall(chunk[:n])
+            left -= n
+    except OSError:
+        return False
+    return True
+
+
+def finish_partial_query(sock: socket.socket, length: int, sent: int) -> list[bytes]:
+    """Send the rest of the Query begun by :func:`send_partial_query`; its answer."""
+    rest = length + 1 - sent  # the message is the kind byte plus ``length``
+    sock.sendall(b"x" * (rest - 1) + b"\0")
+    return read_messages(sock)
+
+
+def answer_now(sock: socket.socket, wait: float = 0.5) -> bytes | None:
+    """What the pooler has sent (b"" if it closed without a word), None if nothing yet."""
+    sock.settimeout(wait)
+    try:
+        data = sock.recv(1 << 16)
+    except TimeoutError:
+        return None
+    except OSError:
+        return b""
+    return data

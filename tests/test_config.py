@@ -256,6 +256,8 @@ GENERAL_DEFAULTS: dict[str, Any] = {
     "client_tcp_keepalives_interval": 0,
     "client_tcp_keepalives_count": 0,
     "client_tcp_user_timeout": 0,
+    "client_buffer_limit": 64 * 1024 * 1024,
+    "total_buffer_limit": 256 * 1024 * 1024,
 }
 
 POOL_DEFAULTS: dict[str, Any] = {

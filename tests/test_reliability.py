@@ -13,19 +13,25 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 
 import psycopg
 import pytest
 import trustme
-from _daemons import pgbouncer, pgsansio
+from _daemons import USER, pgbouncer, pgsansio
 from _pooler import Pooler, make_config, running
 from _storm import raise_fd_limit, serial_connects, simultaneous_logins
 from _wire import (
+    answer_now,
     drain_result,
     error_fields,
+    finish_partial_query,
     login,
     query,
+    query_header,
+    read_messages,
+    send_partial_query,
     socket_to,
     startup_packet,
     tcp_options,
@@ -334,3 +340,58 @@ def test_connect_storms(pg15: Cluster, tmp_path: pathlib.Path) -> None:
         if name.startswith("pgsansio"):
             assert serial.failures == 0 and crowd.failures == 0, name
             assert max(serial.latencies) < 1.0, f"{name}: a SYN was dropped"
+
+
+# ------------------------------------------------------------- bounded memory
+
+
+def held_clients(port: int, n: int, length: int, sent: int) -> tuple[list[socket.socket], int]:
+    """``n`` logged-in clients each send ``sent`` bytes of a ``length``-byte Query;
+    (the clients, how many of them the pooler refused, with their errors checked)."""
+    clients = [login(port, USER, TEST_DATABASE) for _ in range(n)]
+    for sock in clients:
+        send_partial_query(sock, length, sent)
+    refused = 0
+    for sock in clients:
+        answer = answer_now(sock, 0.3)
+        if answer is None:
+            continue
+        assert answer[:1] == b"E", answer[:100]
+        fields = error_fields(answer)
+        assert fields["C"] == "53200" and "total_buffer_limit" in fields["M"], fields
+        refused += 1
+    return clients, refused
+
+
+def test_partial_huge_messages_stay_under_the_caps(pg15: Cluster) -> None:
+    """16 clients each send 5 of a 6 MiB query: the pooler holds at most its cap.
+
+    The daemon runs as its own process, so its RSS is the pooler's alone.
+    """
+    mib = 1024 * 1024
+    caps = {"client_buffer_limit": 8 * mib, "total_buffer_limit": 32 * mib}
+    with (
+        tempfile.TemporaryDirectory() as work,
+        pgsansio(pg15, pathlib.Path(work), general=caps) as d,
+    ):
+        before = d.rss_kib()
+        clients, refused = held_clients(d.port, 16, 6 * mib, 5 * mib)
+        try:
+            grown = (d.rss_kib() - before) / 1024
+            print(f"RSS grew {grown:.1f} MiB; {refused} of 16 refused")
+            assert 16 - refused <= 32 // 5 + 1, refused  # those that fit under the cap
+            assert refused >= 16 - 32 // 5 - 1
+            # The cap, bytearray growth (1/8) and the frontend's read buffers.
+            assert grown < 32 * 1.25 + 16, f"RSS grew by {grown:.0f} MiB"
+            # A message longer than client_buffer_limit is refused at its header.
+            with login(d.port, USER, TEST_DATABASE) as big:
+                big.sendall(query_header(9 * mib))
+                fields = error_fields(read_messages(big, until=b"E")[-1])
+                assert fields["C"] == "54000" and "client_buffer_limit" in fields["M"]
+            # A held client finishes its query and is answered.
+            kept = next(s for s in clients if answer_now(s, 0.05) is None)
+            answer = finish_partial_query(kept, 6 * mib, 5 * mib)
+            assert answer[-1][:1] == b"Z" and b"C" in (m[:1] for m in answer)
+        finally:
+            for sock in clients:
+                sock.close()

@@ -94,6 +94,8 @@ _GENERAL_KEYS: dict[str, _Key] = {
     "client_tcp_keepalives_interval": _Key("uint", _S),
     "client_tcp_keepalives_count": _Key("uint", maximum=_U32_MAX),
     "client_tcp_user_timeout": _Key("uint", _MS),
+    "client_buffer_limit": _Key("posint", "bytes", maximum=0x3FFFFFFF),
+    "total_buffer_limit": _Key("posint", "bytes"),
 }
 
 _POOL_KEYS: dict[str, _Key] = {

@@ -74,6 +74,11 @@ class General:
     client_tcp_keepalives_interval: int = 0
     client_tcp_keepalives_count: int = 0
     client_tcp_user_timeout: int = 0
+    # Bytes the pooler holds for one client (its unfinished message plus what waits
+    # for a server; a longer message is refused at its header), and for everyone
+    # together, unfinished messages from servers included (see pgsansio.engine._buffers).
+    client_buffer_limit: int = 64 * 1024 * 1024
+    total_buffer_limit: int = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)

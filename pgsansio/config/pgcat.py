@@ -36,7 +36,9 @@ pgsansio extensions to the format (PgCat ignores them, so one file can serve bot
   a connect storm), ``general.client_login_timeout`` (ms,
   default 60000, 0 = none), and ``general.client_tcp_keepalives_idle`` /
   ``_interval`` / ``_count`` / ``client_tcp_user_timeout`` for client sockets (default
-  0 = the operating system's); PgCat's ``tcp_*`` keys apply to server sockets only.
+  0 = the operating system's); PgCat's ``tcp_*`` keys apply to server sockets only;
+  ``general.client_buffer_limit`` / ``total_buffer_limit`` (bytes; 64 MiB / 256 MiB)
+  cap what the pooler holds in unfinished messages (see pgsansio.engine._buffers).
 * ``pools.X.prepared_statements_cache_size`` defaults to 500 (on) rather than PgCat's
   0 (off), as PgBouncer 1.24 and PgDog do; ``0`` turns it off.
 

@@ -37,6 +37,7 @@ from pgsansio.protocol import (
 )
 
 from ._admin import Admin
+from ._buffers import SMALL, Buffers
 from ._context import Context
 from ._control import Control
 from ._effects import Wakeup
@@ -93,6 +94,7 @@ class Engine:
         # The parts, each given the parts below it that it calls (the DAG drawn in the
         # package docstring).
         self.stats = Stats(ctx)
+        self.buffers = Buffers(ctx)
         self.pools = Pools(ctx)
         self.health = Health(ctx)
         self.shards = Shards(ctx, health=self.health)
@@ -218,7 +220,9 @@ class Engine:
 
     def client_connected(self, cid: int, peer: str, now: float) -> list[Effect]:
         self.ctx.now = now
-        self.login.connected(Client(cid, peer, now))
+        c = Client(cid, peer, now)
+        self.buffers.client_connected(c)
+        self.login.connected(c)
         return self.flush()
 
     def client_data(self, cid: int, data: bytes, now: float) -> list[Effect]:
@@ -229,10 +233,18 @@ class Engine:
         elif c is not None and c.state is not C_CLOSED:
             try:
                 if not self.relay.fast_query(c, data):
-                    c.conn.receive_data(data)
+                    conn = c.conn
+                    conn.receive_data(data)
                     self.read_client(c)
+                    if (conn.buffered >= SMALL or c.pending) and c.state is not C_CLOSED:
+                        error = self.buffers.check_client(c)
+                        if error is not None:
+                            self.leaving.drop_client(c, error)
             except ProtocolError as exc:
-                self.leaving.drop_client(c, fatal(exc.sqlstate, f"protocol error: {exc}"))
+                error = self.buffers.too_large(c, exc)
+                if error is None:
+                    error = fatal(exc.sqlstate, f"protocol error: {exc}")
+                self.leaving.drop_client(c, error)
             except ClientFatal as exc:
                 self.leaving.drop_client(c, exc.error)
             except Exception:  # a bug of ours: it costs this client, never the others
@@ -282,6 +294,10 @@ class Engine:
             try:
                 if s.state is not S_ACTIVE or not self.relay.fast_answer(s, data):
                     self._server_bytes(s, data)
+                    if s.conn.buffered >= SMALL and s.state is not S_CLOSED:
+                        error = self.buffers.check_server(s)
+                        if error is not None:
+                            self.leaving.server_gone(s, error)
             except ProtocolError as exc:
                 self.ctx.log(logging.WARNING, f"server {self.ctx.where(s)}: protocol error: {exc}")
                 self.leaving.server_gone(s, fatal("08P01", f"server protocol error: {exc}"))

@@ -166,6 +166,11 @@ class Connection:
         return self._eof and self._pos >= len(self._data)
 
     @property
+    def buffered(self) -> int:
+        """How many received bytes wait to be read (part of a message, at most)."""
+        return len(self._data) - self._pos
+
+    @property
     def trailing_data(self) -> bytes:
         """Bytes received but not yet read as messages."""
         return bytes(self._data[self._pos :])
