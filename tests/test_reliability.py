@@ -7,12 +7,14 @@ network hiccup in a private namespace, storms, side-by-side with PgBouncer) carr
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -395,3 +397,102 @@ def test_partial_huge_messages_stay_under_the_caps(pg15: Cluster) -> None:
         finally:
             for sock in clients:
                 sock.close()
+
+
+# ------------------------------------------------------------- idle clients, a hiccup
+
+HICCUP_CLIENTS = int(os.environ.get("PGSANSIO_HICCUP_CLIENTS", "2000"))
+
+
+def _can_make_namespaces() -> str:
+    """Why a private network namespace with tc cannot be made here ('' if it can)."""
+    if os.geteuid() != 0:
+        return "needs root (unshare -n and tc)"
+    for tool in ("unshare", "tc", "ip"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    return ""
+
+
+@pytest.mark.reliability
+def test_idle_clients_survive_a_network_hiccup() -> None:
+    """Thousands of idle clients, 6 s of a loopback that passes nothing, then a query.
+
+    In a private network namespace (tests/_hiccup.py), every frontend, then the control
+    (PgCat's keepalives on client sockets, as before) and PgBouncer 1.18.
+    """
+    why_not = _can_make_namespaces()
+    if why_not:
+        pytest.skip(f"the hiccup needs a private network namespace: {why_not}")
+    script = pathlib.Path(__file__).parent / "_hiccup.py"
+    proc = subprocess.run(
+        [
+            "unshare",
+            "-n",
+            sys.executable,
+            str(script),
+            "--clients",
+            str(HICCUP_CLIENTS),
+            "--hiccup",
+            "6",
+            "--frontends",
+            ",".join(FRONTENDS),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).parent.parent)},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    report(
+        f"{HICCUP_CLIENTS} idle clients, a 6 s hiccup",
+        [
+            (
+                r["pooler"],
+                f"ok {r['ok']}, reset {r['reset']}, timed out {r['timeout']}, "
+                f"closed {r['closed']}, other errors {r['error']}",
+            )
+            for r in rows
+        ],
+    )
+    for r in rows:
+        if "PgCat's keepalives" in r["pooler"]:
+            assert r["reset"] > 0, f"the hiccup did not bite: {r}"
+        elif r["pooler"].startswith("pgsansio"):
+            assert r["ok"] == HICCUP_CLIENTS, r
+
+
+@pytest.mark.reliability
+def test_big_messages_side_by_side(pg15: Cluster) -> None:
+    """The issue's case: 20 clients each send 49 of a 50 MB query, default caps.
+
+    pgsansio must stay under its total_buffer_limit (256 MiB) plus overhead; every
+    frontend, and PgBouncer's RSS reported (it streams to the server).
+    """
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        pg = pg15
+        daemons = [
+            (f"pgsansio {fe}", lambda fe=fe: pgsansio(pg, pathlib.Path(work), frontend=fe))
+            for fe in FRONTENDS
+        ]
+        daemons.append(("PgBouncer 1.18", lambda: pgbouncer(pg)))
+        for name, start in daemons:
+            with start() as d:
+                before = d.rss_kib()
+                clients, refused = held_clients(d.port, 20, 50 * 1000 * 1000, 49 * 1000 * 1000)
+                grown = (d.rss_kib() - before) / 1024
+                for sock in clients:
+                    sock.close()
+            rows.append(
+                (
+                    name,
+                    f"RSS {before / 1024:.0f} -> {before / 1024 + grown:.0f} MiB "
+                    f"(+{grown:.0f}), {refused} of 20 refused",
+                )
+            )
+            if name.startswith("pgsansio"):
+                assert grown < 256 * 1.25 + 32, (name, grown)
+    report("20 clients x 49 of a 50 MB query", rows)
