@@ -149,12 +149,15 @@ def tcp_options(sock: socket.socket) -> dict[str, int]:
     return opts
 
 
-def send_partial_query(sock: socket.socket, length: int, sent: int) -> bool:
+def send_partial_query(sock: socket.socket, length: int, sent: int) -> str:
     """Start a Query of ``length`` bytes (a comment padding ``select 1``), send ``sent``
-    bytes of it; False if the pooler cut the connection meanwhile (it refused it)."""
+    bytes of it. "sent"; "refused" if the pooler cut the connection meanwhile; "stalled"
+    if the pooler stopped reading it for a second (backpressure: PgBouncer reads a
+    client only once it has a server for it)."""
     sql_head = b"select 1 -- "
     header = _HEADER.pack(b"Q", length)
     chunk = b"x" * (1 << 20)
+    sock.settimeout(1)
     try:
         sock.sendall(header + sql_head)
         left = sent - len(header) - len(sql_head)
@@ -162,9 +165,11 @@ def send_partial_query(sock: socket.socket, length: int, sent: int) -> bool:
             n = min(left, len(chunk))
             sock.sendall(chunk[:n])
             left -= n
+    except TimeoutError:
+        return "stalled"
     except OSError:
-        return False
-    return True
+        return "refused"
+    return "sent"
 
 
 def finish_partial_query(sock: socket.socket, length: int, sent: int) -> list[bytes]:
