@@ -21,7 +21,7 @@ import time
 import psycopg
 import pytest
 import trustme
-from _daemons import USER, pgbouncer, pgsansio
+from _daemons import USER, Daemon, pgbouncer, pgsansio
 from _pooler import Pooler, make_config, running
 from _storm import raise_fd_limit, serial_connects, simultaneous_logins
 from _wire import (
@@ -501,3 +501,55 @@ def test_big_messages_side_by_side(pg15: Cluster) -> None:
             if name.startswith("pgsansio"):
                 assert grown < 256 * 1.25 + 32, (name, grown)
     report("20 clients x 49 of a 50 MB query", rows)
+
+
+IDLE_CLIENTS = 2000
+
+
+def idle_cost(d: Daemon) -> float:
+    """Bytes of RSS each of IDLE_CLIENTS idle logged-in clients costs the daemon."""
+    raise_fd_limit(IDLE_CLIENTS + 1000)
+    warm = [login(d.port, USER, TEST_DATABASE) for _ in range(50)]  # pools, caches
+    before = d.rss_kib()
+    clients = [login(d.port, USER, TEST_DATABASE) for _ in range(IDLE_CLIENTS)]
+    time.sleep(0.5)
+    after = d.rss_kib()
+    for sock in clients + warm:
+        sock.close()
+    return (after - before) * 1024 / IDLE_CLIENTS
+
+
+@pytest.mark.reliability
+def test_idle_memory_per_client(pg15: Cluster) -> None:
+    """What an idle logged-in client costs, every frontend and PgBouncer (reported)."""
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        daemons = [
+            (f"pgsansio {fe}", lambda fe=fe: pgsansio(pg15, pathlib.Path(work), frontend=fe))
+            for fe in FRONTENDS
+        ]
+        if BEFORE:
+            daemons.insert(
+                0,
+                (
+                    "before: pgsansio uvloop",
+                    lambda: pgsansio(
+                        pg15, pathlib.Path(work), tree=pathlib.Path(BEFORE), name="before"
+                    ),
+                ),
+            )
+        daemons.append(("PgBouncer 1.18", lambda: pgbouncer(pg15)))
+        costs = {}
+        for name, start in daemons:
+            with start() as d:
+                costs[name] = idle_cost(d)
+            rows.append((name, f"{costs[name] / 1024:.1f} KiB per idle client"))
+    report(f"RSS per idle client ({IDLE_CLIENTS} clients)", rows)
+    # Ceilings a little above what was measured: asyncio's own transports cost more
+    # than uvloop's, and trio and curio run three tasks per connection (the shared
+    # reader/writer loops of pgsansio.frontends._tasks).
+    ceilings = {"asyncio": 8, "uvloop": 5, "anyio": 9, "trio": 24, "curio": 20}
+    for name, cost in costs.items():
+        frontend = name.removeprefix("pgsansio ")
+        if frontend in ceilings:
+            assert cost < ceilings[frontend] * 1024, (name, cost)

@@ -92,6 +92,22 @@ class Connection:
         max_startup_size: the largest startup packet accepted.
     """
 
+    # Slots: a pooler holds one of these per client and per server connection, and
+    # an instance dict would be the largest part of an idle client's cost.
+    __slots__ = (
+        "_conv",
+        "_data",
+        "_eof",
+        "_limits",
+        "_pos",
+        "_process_received",
+        "_process_sent",
+        "_readers",
+        "max_message_size",
+        "max_startup_size",
+        "role",
+    )
+
     def __init__(
         self,
         role: Role,
