@@ -101,7 +101,9 @@ def pgsansio(
 
 
 @contextlib.contextmanager
-def pgbouncer(pg: Cluster, *, pool_size: int = 4, extra: str = "") -> Iterator[Daemon]:
+def pgbouncer(
+    pg: Cluster, *, pool_size: int = 4, max_client_conn: int = 20000, extra: str = ""
+) -> Iterator[Daemon]:
     """PgBouncer 1.18 with the same pool (trust, transaction mode), as an unprivileged user.
 
     Its files live in a directory of their own that this user can reach (pytest's
@@ -110,12 +112,14 @@ def pgbouncer(pg: Cluster, *, pool_size: int = 4, extra: str = "") -> Iterator[D
     with tempfile.TemporaryDirectory(prefix="pgsansio-bouncer-") as where:
         work = pathlib.Path(where)
         work.chmod(0o755)
-        with _pgbouncer(pg, work, pool_size, extra) as daemon:
+        with _pgbouncer(pg, work, pool_size, max_client_conn, extra) as daemon:
             yield daemon
 
 
 @contextlib.contextmanager
-def _pgbouncer(pg: Cluster, work: pathlib.Path, pool_size: int, extra: str) -> Iterator[Daemon]:
+def _pgbouncer(
+    pg: Cluster, work: pathlib.Path, pool_size: int, max_client_conn: int, extra: str
+) -> Iterator[Daemon]:
     port = free_port()
     ini, users, log = work / "pgbouncer.ini", work / "userlist.txt", work / "pgbouncer.log"
     ini.write_text(f"""\
@@ -130,7 +134,7 @@ auth_type = trust
 auth_file = {users}
 pool_mode = transaction
 default_pool_size = {pool_size}
-max_client_conn = 20000
+max_client_conn = {max_client_conn}
 log_connections = 0
 log_disconnections = 0
 logfile = {log}

@@ -553,3 +553,49 @@ def test_idle_memory_per_client(pg15: Cluster) -> None:
         frontend = name.removeprefix("pgsansio ")
         if frontend in ceilings:
             assert cost < ceilings[frontend] * 1024, (name, cost)
+
+
+def first_login(port: int) -> socket.socket:
+    """The one client max_client_conn = 1 lets in (once the daemon has seen the probe
+    connection that found it listening go away)."""
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            return login(port, USER, TEST_DATABASE)
+        except (AssertionError, OSError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+@pytest.mark.reliability
+def test_refusals_side_by_side(pg15: Cluster) -> None:
+    """What psql (sslmode=prefer) shows at max_client_conn, pgsansio and PgBouncer."""
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        limit = {"max_client_conn": 1}
+        daemons = [
+            ("pgsansio uvloop", lambda: pgsansio(pg15, pathlib.Path(work), general=limit)),
+            ("PgBouncer 1.18", lambda: pgbouncer(pg15, max_client_conn=1)),
+        ]
+        if BEFORE:
+            daemons.insert(
+                0,
+                (
+                    "before: pgsansio uvloop",
+                    lambda: pgsansio(
+                        pg15,
+                        pathlib.Path(work),
+                        tree=pathlib.Path(BEFORE),
+                        general=limit,
+                        name="before",
+                    ),
+                ),
+            )
+        said = {}
+        for name, start in daemons:
+            with start() as d, first_login(d.port):
+                said[name] = psql_error(d.port, USER).strip()
+            rows.append((name, said[name]))
+    report("psql at max_client_conn (sslmode=prefer)", rows)
+    assert_readable(said["pgsansio uvloop"], "no more connections allowed (max_client_conn)")
