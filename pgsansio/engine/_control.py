@@ -271,8 +271,11 @@ class Control:
             if self.ctx.life.pausing:
                 self.pause_progress()  # something closed: a PAUSE may be complete
             return
-        if not force and any(not c.admin for c in self.ctx.clients.values()):
-            return  # admin sessions do not keep the pooler alive
+        if not force and any(
+            not c.admin and c.state is not ClientState.STARTUP for c in self.ctx.clients.values()
+        ):
+            return  # admin sessions (and clients yet to send a startup packet) do not
+            # keep the pooler alive
         self.ctx.life.exited = True
         self.exit_leftovers()
         for s in list(self.ctx.servers.values()):
