@@ -599,3 +599,22 @@ def test_refusals_side_by_side(pg15: Cluster) -> None:
             rows.append((name, said[name]))
     report("psql at max_client_conn (sslmode=prefer)", rows)
     assert_readable(said["pgsansio uvloop"], "no more connections allowed (max_client_conn)")
+
+
+def test_a_single_huge_row_counts_towards_total_buffer_limit(pg15: Cluster) -> None:
+    """A server row is held whole until it has arrived: within the cap it passes, over
+    it the client gets 53200 and the pooler goes on."""
+    mib = 1024 * 1024
+    with running(make_config(pg15, general={"total_buffer_limit": 8 * mib})) as p:
+        with login(p.port, USER, TEST_DATABASE) as fits:
+            fits.sendall(query(f"select repeat('x', {4 * mib})"))
+            total, _ = drain_result(fits, 30)
+            assert total > 4 * mib
+        with login(p.port, USER, TEST_DATABASE) as huge:
+            huge.sendall(query(f"select repeat('x', {16 * mib})"))
+            msgs = read_messages(huge, until=b"E", timeout=30)
+            fields = error_fields(msgs[-1])
+            assert fields["C"] == "53200" and "total_buffer_limit" in fields["M"], fields
+        with login(p.port, USER, TEST_DATABASE) as after:
+            after.sendall(query("select 1"))
+            assert read_messages(after)[-1][:1] == b"Z"
