@@ -1,13 +1,26 @@
-"""Early refusals in the engine alone: the SSLRequest is answered before the error.
+"""Reliability at the socket, in the engine alone: early refusals (the SSLRequest is
+answered before the error), the login timeout, the buffer caps, listen_backlog reloads.
 
-The same behaviour through libpq on every frontend is in tests/test_reliability.py.
+The same behaviours through real sockets on every frontend are in
+tests/test_reliability.py.
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
+
 from test_engine import DB, Client, World, config, errors, logged_in
 
-from pgsansio.protocol import CLIENT, Connection, SSLRequest, SSLResponse, StartupMessage
+from pgsansio.engine import Log
+from pgsansio.protocol import (
+    CLIENT,
+    Connection,
+    Query,
+    SSLRequest,
+    SSLResponse,
+    StartupMessage,
+)
 
 
 def raw_client(w: World) -> Client:
@@ -59,3 +72,34 @@ def test_during_a_shutdown_a_new_client_is_refused_after_its_startup_packet() ->
     assert late.events() == [SSLResponse(False)]
     late.send(StartupMessage({"user": "alice", "database": DB}))
     assert [e.sqlstate for e in errors(late.events())] == ["57P01"]
+
+
+def test_a_client_waiting_for_a_server_may_not_pile_up_more_than_its_limit() -> None:
+    w = World(config(general_client_buffer_limit=100_000))
+    a = logged_in(w)
+    a.query("begin")  # pool_size 1: b waits for a's server
+    b = logged_in(w)
+    b.send(Query("select 1"))
+    assert not b.closed
+    b.send(*(Query("select '" + "x" * 1000 + "'") for _ in range(120)))
+    (error,) = errors(b.events())
+    assert error.sqlstate == "54000" and "client_buffer_limit" in error.message
+    assert b.closed and not a.closed
+
+
+def test_a_message_over_client_buffer_limit_is_refused_at_its_header() -> None:
+    w = World(config(general_client_buffer_limit=100_000))
+    a = logged_in(w)
+    a.send_raw(b"Q" + (200_000).to_bytes(4, "big") + b"select")
+    (error,) = errors(a.events())
+    assert error.sqlstate == "54000" and "client_buffer_limit" in error.message
+    assert a.closed
+
+
+def test_changing_listen_backlog_on_reload_is_logged_as_needing_a_restart() -> None:
+    cfg = config()
+    w = World(cfg)
+    new = replace(cfg, general=replace(cfg.general, listen_backlog=64))
+    effects = w.engine.reload(new, w.now)
+    said = [e.message for e in effects if isinstance(e, Log) and e.level >= logging.WARNING]
+    assert any("listen_backlog changed" in m and "restarted" in m for m in said), said
