@@ -32,9 +32,9 @@ def message(kind: bytes, body: bytes) -> bytes:
     return _HEADER.pack(kind, len(body) + 4) + body
 
 
-def query_header(length: int) -> bytes:
-    """The header of a Query message whose length word is ``length``."""
-    return _HEADER.pack(b"Q", length)
+def message_header(kind: bytes, length: int) -> bytes:
+    """The header of a message of type ``kind`` whose length word is ``length``."""
+    return _HEADER.pack(kind, length)
 
 
 def query(sql: str) -> bytes:
@@ -149,13 +149,13 @@ def tcp_options(sock: socket.socket) -> dict[str, int]:
     return opts
 
 
-def send_partial_query(sock: socket.socket, length: int, sent: int) -> str:
-    """Start a Query of ``length`` bytes (a comment padding ``select 1``), send ``sent``
-    bytes of it. "sent"; "refused" if the pooler cut the connection meanwhile; "stalled"
-    if the pooler stopped reading it for a second (backpressure: PgBouncer reads a
-    client only once it has a server for it)."""
-    sql_head = b"select 1 -- "
-    header = _HEADER.pack(b"Q", length)
+def send_partial_query(sock: socket.socket, length: int, sent: int, kind: bytes = b"Q") -> str:
+    """Start a Query (or a Parse: ``kind``) of ``length`` bytes (a comment padding
+    ``select 1``), send ``sent`` bytes of it. "sent"; "refused" if the pooler cut the
+    connection meanwhile; "stalled" if the pooler stopped reading it for a second
+    (backpressure: a client waiting for a server is not read)."""
+    sql_head = b"select 1 -- " if kind == b"Q" else b"\0select 1 -- "
+    header = _HEADER.pack(kind, length)
     chunk = b"x" * (1 << 20)
     sock.settimeout(1)
     try:

@@ -38,7 +38,8 @@ pgsansio extensions to the format (PgCat ignores them, so one file can serve bot
   ``_interval`` / ``_count`` / ``client_tcp_user_timeout`` for client sockets (default
   0 = the operating system's); PgCat's ``tcp_*`` keys apply to server sockets only;
   ``general.client_buffer_limit`` / ``total_buffer_limit`` (bytes; 64 MiB / 256 MiB)
-  cap what the pooler holds in unfinished messages (see pgsansio.engine._buffers).
+  cap what the pooler holds whole of unfinished messages (long queries and COPY rows
+  are streamed; see pgsansio.engine._buffers).
 * ``pools.X.prepared_statements_cache_size`` defaults to 500 (on) rather than PgCat's
   0 (off), as PgBouncer 1.24 and PgDog do; ``0`` turns it off.
 

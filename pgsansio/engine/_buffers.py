@@ -1,20 +1,28 @@
-"""Bounded memory: caps on the bytes the pooler holds for unfinished messages.
+"""Bounded memory: long messages streamed, caps on what is held whole.
 
 The ``Buffers`` part of the engine. The protocol core frames whole messages, so a
-message is held in full before it is forwarded; without a bound, twenty clients each
-sending half of a 50 MB query made the pooler hold a gigabyte (PgBouncer streams such
-a message to the server and holds a few kilobytes). Until large messages are streamed
-too, two caps keep memory bounded, with an error a client and an operator understand:
+message used to be held in full before it was forwarded: twenty clients each sending
+half of a 50 MB query made the pooler hold a gigabyte, where PgBouncer streams such a
+message to the server and holds a few kilobytes. Now:
 
-* ``client_buffer_limit`` (64 MiB by default): the longest message a client may send,
-  and the most the pooler holds for it while it waits for a server. A longer message
-  is refused at its header, before its body is read (SQLSTATE 54000, as PostgreSQL
-  refuses a message over 1 GiB), naming the key.
-* ``total_buffer_limit`` (256 MiB): the most the pooler holds in unfinished messages
-  for all connections together, clients' and servers' (a single huge row from a
-  server is held whole too). The connection whose bytes push the total over is
-  refused: a client with 53200 (out of memory), a server connection is closed and its
-  client told the same. The others are not harmed.
+* a Query or CopyData of :data:`STREAM_MIN` bytes or more from a logged-in client (on
+  a pool without the query parser and with one shard: routing needs the whole text)
+  is handed out by the core in pieces (``Connection.stream_min``) and the relay
+  forwards each as it arrives; while it waits for a server the client is not read
+  (``_relay.client_span``), so nothing piles up. The server is reset before its next
+  client (its text was never seen whole);
+* what is still held whole is capped, with an error a client and an operator
+  understand:
+
+  - ``client_buffer_limit`` (64 MiB by default): the longest message a client may send
+    that is not streamed, and the most the pooler holds for it while it waits for a
+    server. A longer message is refused at its header, before its body is read
+    (SQLSTATE 54000, as PostgreSQL refuses a message over 1 GiB), naming the key.
+  - ``total_buffer_limit`` (256 MiB): the most the pooler holds in unfinished messages
+    for all connections together, clients' and servers' (a single huge row from a
+    server is held whole). The connection whose bytes push the total over is refused:
+    a client with 53200 (out of memory), a server connection is closed and its client
+    told the same. The others are not harmed.
 
 Only connections holding at least :data:`SMALL` bytes are tracked (a handful at any
 time), and the engine asks only when a connection holds that much or a client has
@@ -22,9 +30,9 @@ messages waiting for a server, so the ordinary path pays one comparison. The tot
 recounted over the tracked connections at each check, so a connection that finished
 its message or closed needs no bookkeeping elsewhere.
 
-Where this departs from PgBouncer: PgBouncer streams, so it has no such limits and
-passes a message of any length the server accepts. Here a message longer than
-``client_buffer_limit`` is refused; raise the key if clients send longer ones.
+Where this departs from PgBouncer: PgBouncer streams every message and row; here rows,
+messages other than Query/CopyData, and those of pools that route on the text are held
+whole, under the caps.
 """
 
 from __future__ import annotations
@@ -42,10 +50,14 @@ if TYPE_CHECKING:
     from ._context import Context
     from ._objects import ServerConn
 
-__all__ = ["SMALL", "Buffers"]
+__all__ = ["SMALL", "STREAM_MIN", "Buffers"]
 
 SMALL = 64 * 1024
 """Connections holding less than this are not tracked (nor counted)."""
+
+STREAM_MIN = 1024 * 1024
+"""A Query or CopyData from a logged-in client this long or longer is forwarded in
+pieces as it arrives (the protocol core's ``stream_min``), not held whole."""
 
 
 def _mb(n: int) -> str:

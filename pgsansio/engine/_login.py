@@ -66,6 +66,7 @@ from pgsansio.protocol import (
     scram_verifier,
 )
 
+from ._buffers import STREAM_MIN
 from ._effects import OpenServer, SendClient
 from ._errors import ClientFatal, as_fatal, fatal
 from ._objects import (
@@ -325,6 +326,8 @@ class Login:
     def _welcome(self, c: Client) -> None:
         group = c.group
         assert group is not None and group.server_params is not None
+        if not group.cfg.query_parser_enabled and len(group.cfg.shards) == 1:
+            c.conn.stream_min = STREAM_MIN  # long messages pass in pieces (_buffers)
         shown = dict(group.server_params)
         for name in TRACKED:
             if name not in shown:

@@ -123,6 +123,7 @@ class Client:
         "shard",
         "state",
         "stats",
+        "stream_wait",
         "sync_key",
         "tls",
         "tried",
@@ -171,6 +172,9 @@ class Client:
         # Set when the client is to be refused before its startup packet was read (see
         # Login.connected): it is refused with this error once that packet arrives.
         self.refusal: ErrorResponse | None = None
+        # Not read while the long message it is sending in pieces waits for a server
+        # (see _relay.client_span): PgBouncer's backpressure, rather than holding it.
+        self.stream_wait = False
         # Statistics (see _stats): where it counts, and when its query / transaction
         # started (None: none running).
         self.connected = now
