@@ -455,12 +455,7 @@ class Connection:
         except ProtocolError as exc:
             raise self._fail(exc) from None
         if pos == start:
-            if self._eof:
-                try:
-                    return self._closed()
-                except ProtocolError as exc:
-                    raise self._fail(exc) from None
-            return NEED_DATA
+            return self._nothing_whole()
         self._pos = pos
         # The whole chunk as received is forwarded without a copy.
         if start == 0 and pos == size and isinstance(buf, bytes):
@@ -468,6 +463,15 @@ class Connection:
         else:
             data = bytes(buf[start:pos])
         return Span(data, events, offsets, bulk)
+
+    def _nothing_whole(self) -> type[NEED_DATA] | qe.ConnectionClosed:
+        """``next_span`` found nothing to hand out: more is needed, or the peer left."""
+        if self._eof:
+            try:
+                return self._closed()
+            except ProtocolError as exc:
+                raise self._fail(exc) from None
+        return NEED_DATA
 
     def _streamable(self, code: bytes, length: int) -> bool:
         """Whether a client's message may be handed out in pieces (``stream_min``).
@@ -511,12 +515,7 @@ class Connection:
         buf, pos = self._data, self._pos
         n = min(self._left, len(buf) - pos)
         if n <= 0:
-            if self._eof:
-                try:
-                    return self._closed()
-                except ProtocolError as exc:
-                    raise self._fail(exc) from None
-            return NEED_DATA
+            return self._nothing_whole()
         if pos == 0 and n == len(buf) and isinstance(buf, bytes):
             data = buf
         else:
