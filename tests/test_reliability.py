@@ -640,3 +640,24 @@ def test_a_single_huge_row_counts_towards_total_buffer_limit(pg15: Cluster) -> N
         with login(p.port, USER, TEST_DATABASE) as after:
             after.sendall(query("select 1"))
             assert read_messages(after)[-1][:1] == b"Z"
+
+
+def test_long_copy_rows_and_queries_through_real_clients(pg15: Cluster) -> None:
+    """psycopg's 6 MB CopyData and a 3 MB simple Query arrive whole at PostgreSQL,
+    through a pooler that may hold no more than 2 MiB: they were streamed."""
+    mib = 1024 * 1024
+    caps = {"client_buffer_limit": 2 * mib, "total_buffer_limit": 2 * mib}
+    with (
+        running(make_config(pg15, pool_size=1, general=caps)) as p,
+        psycopg.connect(p.dsn("md5_user"), autocommit=True) as conn,
+    ):
+        with conn.transaction():
+            conn.execute("create temporary table big2 (t text) on commit drop")
+            with conn.cursor().copy("copy big2 from stdin") as copy:
+                copy.write(b"y" * (6 * mib) + b"\n")
+            got = conn.execute("select length(t) from big2").fetchone()
+        assert got == (6 * mib,)
+        text = "select length('" + "z" * (3 * mib) + "')"
+        cur = psycopg.ClientCursor(conn)
+        assert cur.execute(text).fetchone() == (3 * mib,)
+        assert conn.execute("select 1").fetchone() == (1,)
