@@ -501,7 +501,13 @@ def test_big_messages_side_by_side(pg15: Cluster) -> None:
     with tempfile.TemporaryDirectory() as work:
         pg = pg15
         daemons = [
-            (f"pgsansio {fe}", lambda fe=fe: pgsansio(pg, pathlib.Path(work), frontend=fe))
+            (
+                f"pgsansio {fe}",
+                # Waiting clients wait (PgBouncer's query_wait_timeout is 120 s).
+                lambda fe=fe: pgsansio(
+                    pg, pathlib.Path(work), frontend=fe, general={"connect_timeout": 60000}
+                ),
+            )
             for fe in FRONTENDS
         ]
         daemons.append(("PgBouncer 1.18", lambda: pgbouncer(pg)))
@@ -516,7 +522,7 @@ def test_big_messages_side_by_side(pg15: Cluster) -> None:
                 (
                     name,
                     f"RSS {before / 1024:.0f} -> {before / 1024 + grown:.0f} MiB "
-                    f"(+{grown:.0f}); of 20 clients: {counts['held']} held, "
+                    f"(+{grown:.0f}); of 20 clients: {counts['held']} streaming to a server, "
                     f"{counts['refused']} refused, {counts['stalled']} not read (waiting)",
                 )
             )
