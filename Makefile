@@ -4,7 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint types unit coverage corpus fuzz bench-core bench bench-profile clean demo soak reliability
+.PHONY: test lint types unit coverage corpus fuzz bench-core bench bench-profile clean demo soak \
+	dist dist-check docker-check pgbouncer-compare conformance conformance-corpus reliability
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +34,16 @@ coverage: $(STAMP)
 corpus: $(STAMP)
 	$(PY) scripts/make_corpus.py --out tests/corpus
 
+## make conformance: the protocol conformance suite against PostgreSQL 15 and 18, pgsansio
+## (session and transaction mode, each frontend) and PgBouncer (both modes, when installed);
+## writes the results table into docs/conformance.md (a few minutes)
+conformance: $(STAMP)
+	$(PY) scripts/conformance_matrix.py --json-dir build/conformance
+
+## make conformance-corpus: re-convert tests/corpus into the corpus.scenario file
+conformance-corpus: $(STAMP)
+	$(PY) scripts/make_conformance_corpus.py
+
 ## make fuzz FUZZ_SECONDS=300: run the atheris harnesses
 FUZZ_SECONDS ?= 60
 fuzz: $(STAMP)
@@ -42,6 +53,13 @@ fuzz: $(STAMP)
 ## make soak SIM_SOAK=40: the long randomized simulation of the engine
 soak: $(STAMP)
 	$(PY) -m pytest -q -m soak tests/test_simulation.py
+
+## make pgbouncer-compare: the same pgbouncer.ini and client script against the real
+## PgBouncer and pgsansio, compared (errors, SQLSTATEs, console columns)
+pgbouncer-compare: $(STAMP)
+	@command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer || \
+		(apt-get update -qq && apt-get install -y -qq pgbouncer)
+	$(PY) -m pytest -q -s -m pgbouncer_compare tests/test_pgbouncer_side_by_side.py
 
 ## make reliability: socket-level reliability runs against the real daemon on every
 ## frontend, and PgBouncer side by side (docs/reliability.md)
@@ -77,5 +95,20 @@ bench-profile: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m pgsansio demo
 
+## make dist: a wheel and an sdist in dist/ (install with
+## pip install 'dist/pgsansio-<version>-py3-none-any.whl[cli,uvloop]')
+dist: $(STAMP)
+	$(PY) -m build --outdir dist .
+
+## make dist-check: build, install the wheel into a fresh venv, run pgsansio --version
+## there (tests marked dist; needs the package index for the wheel's dependencies)
+dist-check: $(STAMP)
+	$(PY) -m pytest -q -m dist tests/test_ops_deploy.py
+
+## make docker-check: build deploy/Dockerfile and serve a query through the container
+## against a PostgreSQL container (needs a running Docker engine)
+docker-check:
+	sh deploy/docker-check.sh
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov
+	rm -rf dist $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov

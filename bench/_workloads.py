@@ -25,7 +25,7 @@ import struct
 from collections.abc import Callable, Iterator
 
 import pgsansio as pg
-from pgsansio.trace import read_trace
+from pgsansio.conformance.trace import read_trace
 
 __all__ = ["Workload", "mix_streams", "rows_stream", "workloads"]
 

@@ -9,7 +9,7 @@ with the selector byte of the starting phase it belongs to (see ``_drive``).
 Sources:
 
 * the recorded corpus, ``tests/corpus/*/c*.jsonl[.gz]`` (read with
-  :func:`pgsansio.trace.read_trace`), cut into its startup and query phases;
+  :func:`pgsansio.conformance.trace.read_trace`), cut into its startup and query phases;
 * conversations built from our own events, covering every message type,
   every authentication method with valid SCRAM proofs, COPY and pipelining;
 * the malformed messages behind real CVEs and bugs in other poolers
@@ -426,7 +426,7 @@ def _first_auth(backend: bytes) -> str:
 
 def corpus_seeds(root: pathlib.Path = CORPUS) -> Iterator[tuple[str, str, bytes]]:
     """(harness, name, seed) from every recorded trace, whole and query phase alone."""
-    from pgsansio.trace import read_trace
+    from pgsansio.conformance.trace import read_trace
 
     if not root.is_dir():
         return

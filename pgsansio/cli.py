@@ -4,11 +4,15 @@ typer is an optional dependency (the ``cli`` extra) because the protocol library
 must install with no dependencies at all. So nothing here imports typer at module level:
 :func:`main` imports it, and tells the operator how to install it if it is missing.
 
-Adding a command: write a ``register(app: typer.Typer) -> None`` function that declares
-it with ``@app.command(...)`` (import typer and your own heavy modules inside it, so that
-``pgsansio --help`` stays fast and one broken optional dependency does not take down the
-other commands), then append it to :data:`COMMANDS`. ``run``, ``check``, ``demo`` and
-``conformance`` are meant to be added that way.
+Adding a command: write a ``register(app: typer.Typer) -> None`` function in your own
+module that declares it with ``@app.command(...)`` (import typer and your own heavy
+modules inside it, so that ``pgsansio --help`` stays fast and one broken optional
+dependency does not take down the other commands), then add it to :data:`COMMANDS`, in
+the "tools" part: ``--help`` lists the operator's commands first (run, check, demo),
+then the tools, in the list's order.
+
+Help text is for an operator: no ``<bool>`` / ``<str>`` type labels (see
+:func:`_quiet_type_labels`); an option that takes a value says what with ``metavar``.
 
 No ``from __future__ import annotations`` here on purpose: typer reads the command
 functions' annotations at runtime, and those mention ``typer`` and ``Annotated``, which
@@ -22,9 +26,11 @@ import re
 import signal
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pgsansio.recorder import RECORDER_ID, AsyncRecordingRelay
+from pgsansio._convert_cmd import register_convert
+from pgsansio.conformance.cli import register as _register_conformance
+from pgsansio.conformance.recorder import RECORDER_ID, AsyncRecordingRelay
 
 if TYPE_CHECKING:
     import typer
@@ -35,7 +41,7 @@ _TRACE_FILE = re.compile(r"^c\d+\.jsonl(\.gz)?$")
 
 _TYPER_MISSING = (
     "pgsansio: the command-line tool needs the 'typer' package, which is not installed; "
-    "install it with: pip install 'pgsansio[cli]'"
+    "install it with: pip install typer (pgsansio's 'cli' extra)"
 )
 
 
@@ -78,7 +84,7 @@ def _register_record(app: "typer.Typer") -> None:
             "will not notice the difference. Each client connection is written to "
             "DIR/c1.jsonl, DIR/c2.jsonl, ... (compressed to .jsonl.gz above 256 KiB) in "
             "the pgsansio trace format, which the conformance tests and "
-            "pgsansio.trace.read_trace() read.\n\n"
+            "pgsansio.conformance.trace.read_trace() read.\n\n"
             "Runs until Ctrl-C or SIGTERM, then waits for open connections to finish "
             "(see --grace) so that every trace is complete.\n\n"
             "The relay sees plain bytes only: connect the client with sslmode=disable (or "
@@ -182,10 +188,10 @@ def _register_record(app: "typer.Typer") -> None:
             try:
                 await relay.start()
             except OSError as e:
+                from pgsansio.frontends import listen_failed  # noqa: PLC0415
+
                 typer.echo(
-                    f"pgsansio record: cannot listen on {listen_host}:{listen_port}: "
-                    f"{e.strerror or e}",
-                    err=True,
+                    f"pgsansio record: {listen_failed(listen_host, listen_port, e)}", err=True
                 )
                 return 1
             typer.echo(
@@ -244,7 +250,7 @@ def _frontend_options() -> tuple[object, object, object]:
             FRONTENDS,
             "Runtime: asyncio, uvloop, anyio (on asyncio), trio (anyio on trio), curio, "
             "or auto (uvloop when it is installed, else asyncio). Each but asyncio needs "
-            "its extra: pip install 'pgsansio[NAME]'.",
+            "its package installed (trio needs anyio too).",
         ),
         choice("--log-level", LOG_LEVELS, "Least severe level logged."),
         choice(
@@ -264,10 +270,15 @@ def _register_run(app: "typer.Typer") -> None:
         "run",
         help=(
             "Run the connection pooler.\n\n"
-            "CONFIG is a PgCat pgcat.toml (default: $CONFIG_FILE, else ./pgcat.toml). "
-            "SIGHUP re-reads it without dropping clients (a file that does not load is "
-            "logged and the running configuration stays); SIGINT or SIGTERM shut down "
-            "gracefully, and a second one exits at once.\n\n"
+            "CONFIG is a PgCat pgcat.toml (default: $CONFIG_FILE, else ./pgcat.toml); "
+            "`pgsansio check CONFIG` validates it first.\n\n"
+            "Signals: SIGHUP re-reads CONFIG without dropping clients (a file that does "
+            "not load is logged and the running configuration stays). SIGINT shuts down "
+            "now: new clients are refused, idle clients disconnected, open transactions "
+            "may finish for up to shutdown_timeout. SIGTERM shuts down gently: new clients "
+            "are refused and the pooler exits when the last client has left (PgBouncer "
+            "1.23's meaning). A second SIGINT or SIGTERM exits at once. SIGUSR1 pauses "
+            "every database, SIGUSR2 resumes.\n\n"
             "Exit codes: 0 after a clean shutdown, 78 when the configuration does not "
             "load, 1 when the pooler cannot start (address in use, runtime missing)."
         ),
@@ -296,8 +307,6 @@ def _register_run(app: "typer.Typer") -> None:
         except ConfigError as e:
             typer.echo(str(e), err=True)
             raise typer.Exit(EX_CONFIG) from None
-        for warning in loaded.warnings:
-            logging.getLogger("pgsansio.config").warning("%s", warning)
         try:
             code = run(frontend, loaded, config_path=config)
         except FrontendError as e:
@@ -324,7 +333,10 @@ def _register_demo(app: "typer.Typer") -> None:
     )
     def demo_command(
         port: Annotated[
-            int, typer.Option("--port", min=0, max=65535, help="Port the pooler listens on.")
+            int,
+            typer.Option(
+                "--port", metavar="PORT", min=0, max=65535, help="Port the pooler listens on."
+            ),
         ] = 6432,
         frontend: Annotated[str, frontend_opt] = "auto",
         log_level: Annotated[str, log_level_opt] = "info",
@@ -375,44 +387,137 @@ def _register_check(app: "typer.Typer") -> None:
             effective_config_toml,
             load_config,
         )
+        from pgsansio.engine import config_warnings  # noqa: PLC0415
 
         try:
             loaded = load_config(config)
         except ConfigError as e:
             typer.echo(str(e), err=True)
             raise typer.Exit(78) from None  # EX_CONFIG, PgCat's exit code for a bad file
-        for warning in loaded.warnings:
+        # The very list `run` logs (the engine logs it at start and reload).
+        warnings = config_warnings(loaded)
+        for warning in warnings:
             typer.echo(f"warning: {warning}", err=True)
         typer.echo(effective_config_toml(loaded), nl=False)
         users = sum(len(p.users) for p in loaded.pools.values())
         shards = sum(len(p.shards) for p in loaded.pools.values())
         typer.echo(
             f"{config}: OK ({len(loaded.pools)} pool(s), {users} user(s), {shards} shard(s), "
-            f"{len(loaded.warnings)} warning(s))",
+            f"{len(warnings)} warning(s))",
             err=True,
         )
 
 
-COMMANDS: list[Callable[["typer.Typer"], None]] = [_register_record, _register_run, _register_demo]
+COMMANDS: list[Callable[["typer.Typer"], None]] = [
+    # What an operator needs, in the order they need it.
+    _register_run,
+    _register_check,
+    _register_demo,
+    # Tools: add yours here.
+    register_convert,
+    _register_record,
+    _register_conformance,  # a command group: typer lists it last anyway
+]
 """Functions that add their command(s) to the app, in ``--help`` order."""
-COMMANDS.append(_register_check)
+
+
+def core_description() -> str:
+    """How the protocol core runs in this installation, for ``--version``.
+
+    The one place that says it: there is no compiled core yet, so it is pure Python.
+    When one exists, say here whether it is the one in use.
+    """
+    return "pure Python"
+
+
+def version_text() -> str:
+    """What ``pgsansio --version`` prints: the version and what this install can run."""
+    import platform  # noqa: PLC0415
+    from importlib.util import find_spec  # noqa: PLC0415
+
+    from pgsansio import __version__  # noqa: PLC0415
+    from pgsansio.frontends import FRONTENDS, missing  # noqa: PLC0415
+
+    runnable = [f for f in FRONTENDS if f != "auto" and missing(f) is None]
+    parser = (
+        "installed (read/write splitting, automatic_sharding_key)"
+        if find_spec("pglast") is not None
+        else "not installed (pip install pglast, for query_parser_enabled)"
+    )
+    return "\n".join(
+        (
+            f"pgsansio {__version__}",
+            f"Python {platform.python_version()} ({platform.python_implementation()}, "
+            f"{sys.platform})",
+            f"frontends available: {', '.join(runnable)}",
+            f"query parser (pglast): {parser}",
+            f"protocol core: {core_description()}",
+        )
+    )
+
+
+def _quiet_type_labels() -> None:
+    """Stop typer's rich help from printing ``<bool>`` / ``<str>`` after each name.
+
+    Recent typer versions label every parameter with its Python type in the help;
+    for an operator "--overwrite <bool>" reads as if the flag took a value. A flag
+    gets no label, a parameter with a ``metavar`` shows it, the others keep typer's.
+    Versions without the hook are left as they are.
+    """
+    from typer import core  # noqa: PLC0415
+
+    for cls in (getattr(core, "TyperArgument", None), getattr(core, "TyperOption", None)):
+        original = getattr(cls, "display_type_rich", None)
+        if cls is None or original is None or getattr(original, "_pgsansio", False):
+            continue
+
+        def label(self: Any, ctx: Any, _original: Any = original) -> str | None:
+            if getattr(self, "is_flag", False) or getattr(self, "count", False):
+                return None
+            if isinstance(self, core.TyperArgument):
+                return None  # the name already is the metavar (CONFIG)
+            text = _original(self, ctx)
+            return None if text in ("<bool>", "<str>") else text
+
+        label._pgsansio = True  # type: ignore[attr-defined]
+        cls.display_type_rich = label
 
 
 def build_app() -> "typer.Typer":
     """Create the typer app with every command in :data:`COMMANDS` (needs typer)."""
     import typer  # noqa: PLC0415 - optional dependency, see the module docstring
 
+    _quiet_type_labels()
     app = typer.Typer(
         name="pgsansio",
         no_args_is_help=True,
         add_completion=False,
-        help="pgsansio: a PostgreSQL connection pooler and wire-protocol toolkit.",
+        help=(
+            "pgsansio: a PostgreSQL connection pooler (PgCat's pgcat.toml, PgBouncer's "
+            "admin console) and wire-protocol toolkit.\n\n"
+            "Start with `pgsansio demo` to try it, `pgsansio check CONFIG` to validate a "
+            "configuration, `pgsansio run CONFIG` to serve."
+        ),
     )
 
+    def show_version(value: bool) -> None:
+        if value:
+            typer.echo(version_text())
+            raise typer.Exit()
+
     @app.callback()
-    def _root() -> None:
-        # A callback makes typer keep subcommands even while only one exists, so
-        # `pgsansio record ...` keeps working when more commands are added.
+    def _root(
+        version: Annotated[
+            bool,
+            typer.Option(
+                "--version",
+                callback=show_version,
+                is_eager=True,
+                help="Print the version, the Python and the runtimes available, and exit.",
+            ),
+        ] = False,
+    ) -> None:
+        # A callback also makes typer keep subcommands even while only one exists.
         pass
 
     for register in COMMANDS:

@@ -15,6 +15,14 @@ speak; the client side asks for MD5 as PgCat does by default. Reads and writes a
 split by PgCat's query parser keys, with ``default_role = "primary"`` for what the
 parser cannot classify (or while routing by statement is not available), so a write
 typed into the demo never lands on the read-only replica.
+
+The banner is the demo's manual: how to connect, the admin console (user ``admin``,
+password ``admin``), the Prometheus ``/metrics`` endpoint (on in the demo, on 9930 when
+that port is free), and one caveat said up front rather than discovered: the replica
+replays the primary's writes a moment later (the clusters run with
+``synchronous_commit = off`` and a 200 ms WAL writer delay), so a read right after a
+write may not see it. When read-your-writes routing lands, turn it on in
+:func:`demo_config` and drop that paragraph.
 """
 
 from __future__ import annotations
@@ -28,11 +36,24 @@ import sys
 import tempfile
 from typing import Final, TextIO
 
-__all__ = ["DEMO_DATABASE", "DEMO_PASSWORD", "DEMO_USER", "DemoError", "demo_config", "run_demo"]
+__all__ = [
+    "ADMIN_PASSWORD",
+    "ADMIN_USER",
+    "DEMO_DATABASE",
+    "DEMO_PASSWORD",
+    "DEMO_USER",
+    "DemoError",
+    "demo_banner",
+    "demo_config",
+    "run_demo",
+]
 
 DEMO_USER: Final = "demo"
 DEMO_PASSWORD: Final = "demo"
 DEMO_DATABASE: Final = "demo"
+ADMIN_USER: Final = "admin"
+ADMIN_PASSWORD: Final = "admin"
+METRICS_PORT: Final = 9930  # PgCat's default prometheus_exporter_port
 _HOST: Final = "127.0.0.1"
 
 
@@ -40,15 +61,25 @@ class DemoError(Exception):
     """The demo cannot start; ``str()`` says why and what to do."""
 
 
-def demo_config(*, port: int, primary: tuple[str, int], replica: tuple[str, int]) -> str:
+def demo_config(
+    *,
+    port: int,
+    primary: tuple[str, int],
+    replica: tuple[str, int],
+    metrics_port: int = METRICS_PORT,
+) -> str:
     """The demo's ``pgcat.toml``: a pool ``demo`` on one shard with a primary and a replica."""
     return f"""\
 # Written by `pgsansio demo`. A PgCat-style config: copy it as a starting point.
 [general]
 host = "{_HOST}"
 port = {port}
-admin_username = "admin"
-admin_password = "admin"
+# The admin console: connect to database "pgbouncer" (or "pgcat") as this user.
+admin_username = "{ADMIN_USER}"
+admin_password = "{ADMIN_PASSWORD}"
+# Prometheus metrics on http://{_HOST}:{metrics_port}/metrics
+enable_prometheus_exporter = true
+prometheus_exporter_port = {metrics_port}
 # Ctrl-C waits at most this long for clients to finish (milliseconds).
 shutdown_timeout = 5000
 
@@ -75,6 +106,57 @@ servers = [
     ["{replica[0]}", {replica[1]}, "replica"],
 ]
 """
+
+
+def demo_banner(
+    *,
+    pooler: tuple[str, int],
+    primary: tuple[str, int],
+    replica: tuple[str, int],
+    version: str,
+    config_path: str,
+    metrics_port: int,
+) -> str:
+    """What the demo prints once the pooler listens: how to use every part of it."""
+    host, port = pooler
+    psql = f"psql -h {host} -p {port}"
+    return (
+        f"\npgsansio demo is running:\n"
+        f"  primary  PostgreSQL {version} on {primary[0]}:{primary[1]}\n"
+        f"  replica  streaming from it on {replica[0]}:{replica[1]}\n"
+        f"  config   {config_path}\n"
+        f"  pooler   {host}:{port}, pool {DEMO_DATABASE!r}, transaction mode\n"
+        f"  metrics  http://{_HOST}:{metrics_port}/metrics\n\n"
+        f"Connect with:\n"
+        f"  PGPASSWORD={DEMO_PASSWORD} {psql} -U {DEMO_USER} {DEMO_DATABASE}\n\n"
+        f"The admin console (user {ADMIN_USER}, password {ADMIN_PASSWORD}; database "
+        f"pgbouncer or pgcat):\n"
+        f"  PGPASSWORD={ADMIN_PASSWORD} {psql} -U {ADMIN_USER} pgbouncer -c 'SHOW POOLS'\n"
+        "  (also SHOW SERVERS, SHOW CLIENTS, SHOW STATS, SHOW HELP)\n\n"
+        f"Prometheus metrics:\n"
+        f"  curl http://{_HOST}:{metrics_port}/metrics\n\n"
+        "Reads go to the replica and writes to the primary. The replica replays the "
+        "primary's\nwrites a moment later (up to about 200 ms here), so a read right "
+        "after a write may\nnot see it yet: a table you have just created can be "
+        '"not found" for a moment.\nInside a transaction (BEGIN ... COMMIT) every '
+        "statement goes to the primary, and so\ndoes a query that starts with "
+        "/* pgsansio_role: primary */.\n\n"
+        "Press Ctrl-C to stop (twice to stop at once); the clusters and their data are "
+        "deleted.\n"
+    )
+
+
+def _metrics_port() -> int:
+    """9930 (PgCat's default) when it is free, else a free port."""
+    for wanted in (METRICS_PORT, 0):
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((_HOST, wanted))
+            except OSError:
+                continue
+            return int(probe.getsockname()[1])
+    raise DemoError("no free port for the metrics endpoint")
 
 
 def _check_port_free(port: int) -> None:
@@ -128,11 +210,13 @@ def run_demo(*, port: int = 6432, frontend: str = "auto", out: TextIO | None = N
         except ClusterError as exc:
             raise DemoError(f"could not start PostgreSQL: {exc}") from None
         path = workdir / "pgcat.toml"
+        metrics_port = _metrics_port()
         path.write_text(
             demo_config(
                 port=port,
                 primary=(primary.host, primary.port),
                 replica=(replica.host, replica.port),
+                metrics_port=metrics_port,
             ),
             encoding="utf-8",
         )
@@ -140,18 +224,15 @@ def run_demo(*, port: int = 6432, frontend: str = "auto", out: TextIO | None = N
         major, minor = primary.server_version
 
         def ready(address: tuple[str, int]) -> None:
-            host, bound = address
             say(
-                f"\npgsansio demo is running:\n"
-                f"  primary  PostgreSQL {major}.{minor} on {primary.host}:{primary.port}\n"
-                f"  replica  streaming from it on {replica.host}:{replica.port}\n"
-                f"  config   {path}\n"
-                f"  pooler   {host}:{bound}, pool {DEMO_DATABASE!r}, transaction mode\n\n"
-                f"Connect with:\n"
-                f"  PGPASSWORD={DEMO_PASSWORD} psql -h {host} -p {bound} "
-                f"-U {DEMO_USER} {DEMO_DATABASE}\n\n"
-                "Press Ctrl-C to stop (twice to stop at once); the clusters and their "
-                "data are deleted.\n"
+                demo_banner(
+                    pooler=address,
+                    primary=(primary.host, primary.port),
+                    replica=(replica.host, replica.port),
+                    version=f"{major}.{minor}",
+                    config_path=str(path),
+                    metrics_port=metrics_port,
+                )
             )
 
         return run(frontend, config, config_path=str(path), ready=ready)

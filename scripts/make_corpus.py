@@ -7,7 +7,7 @@
     python scripts/make_corpus.py --list
 
 For every scenario registered in ``scripts/corpus/scenarios_*.py`` this starts a fresh
-recording relay (:class:`pgsansio.recorder.RecordingRelay`) in front of the right
+recording relay (:class:`pgsansio.conformance.recorder.RecordingRelay`) in front of the right
 server, runs the scenario, and stores the traces plus a ``meta.json`` in
 ``<out>/<scenario id>/``, replacing what was there. A scenario that fails leaves the
 previous recording untouched, so a flaky client never destroys a good corpus entry.
@@ -56,9 +56,9 @@ sys.path.insert(0, str(ROOT))
 import corpus  # noqa: E402 - needs the sys.path entries above
 from corpus import SCENARIOS, Env, Scenario  # noqa: E402
 
-from pgsansio.recorder import RECORDER_ID, RecordingRelay  # noqa: E402
+from pgsansio.conformance.recorder import RECORDER_ID, RecordingRelay  # noqa: E402
+from pgsansio.conformance.trace import Trace, iter_corpus, read_trace  # noqa: E402
 from pgsansio.testing.cluster import TEST_DATABASE, TEST_USERS, Cluster  # noqa: E402
-from pgsansio.trace import Trace, iter_corpus, read_trace  # noqa: E402
 
 # A scenario module may import the framework as `scripts.corpus`; make that the same
 # module object, or its registrations would land in a second, unseen registry.

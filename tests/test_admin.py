@@ -556,10 +556,11 @@ def test_connection_logs_are_one_line_per_event_and_never_hold_a_secret() -> Non
     a.close()
     c.close()
     bob_client.close()
-    logins = [line for line in w.logs if "logged in" in line]
+    logins = [line for line in w.logs if "login attempt" in line]
     assert len(logins) == 3 and all("\n" not in line for line in logins)
-    # Four: the client refused for its password is logged leaving too.
-    assert len([line for line in w.logs if "disconnected" in line]) == 4
+    # The client refused for its password has its own line, with the cause.
+    assert len([line for line in w.logs if "closing because" in line]) == 3
+    assert len([line for line in w.logs if "login failed: wrong password" in line]) == 1
     for line in w.logs:
         for secret in (alice_pw, bob_pw, admin_pw):
             assert secret not in line, line

@@ -20,8 +20,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pgsansio.config import pgcat as config_module
 from pgsansio.config import ConfigError, effective_config_toml, load_config, parse_config
+from pgsansio.config import pgcat as config_module
 from pgsansio.config.model import (
     Config,
     General,
@@ -62,6 +62,20 @@ database = "postgres"
 """
 
 PRIMARY = 'servers = [["127.0.0.1", 5432, "primary"]]'
+
+# What PgCat's example file asks for that pgsansio does not do, each with what happens
+# instead (the same list `check` prints and `run` logs).
+EXAMPLE_WARNINGS = (
+    "general.autoreload: ignored: the file is not watched; send SIGHUP (or RELOAD on the "
+    "admin console) to reload it",
+    "general.worker_threads: ignored: pgsansio serves every client from one event loop in "
+    "one process (one CPU core), whatever this says; to use more cores, run several "
+    "pgsansio processes",
+    "plugins: ignored: PgCat's plugins (query blocking, table access, query logging, "
+    "intercept) are not implemented; every query is sent to the server as it is",
+    "pools.sharded_db.shards.0.mirrors: ignored: mirroring is not implemented; no traffic "
+    "is copied to these hosts",
+)
 
 
 def make(
@@ -180,10 +194,8 @@ def test_example_file_loads() -> None:
     assert report.backend_password == "s3cret-on-the-server"
     assert len(simple.shards) == 1 and simple.shards[0].database == "some_db"
 
-    # The top-level [plugins] block is accepted, and the operator told it does nothing.
-    assert config.warnings == (
-        f"{EXAMPLE}: plugins: pgsansio does not implement PgCat's plugins yet; ignored",
-    )
+    # What is accepted but not acted on is named, with what happens instead.
+    assert config.warnings == tuple(f"{EXAMPLE}: {w}" for w in EXAMPLE_WARNINGS)
 
 
 def test_pgcat_minimal_file() -> None:
@@ -249,13 +261,26 @@ GENERAL_DEFAULTS: dict[str, Any] = {
     "client_tls_sslmode": "prefer",
     "client_tls_ca_file": None,
     "server_tls_ca_file": None,
-    # reliability extensions (docs/reliability.md)
+    # reliability (docs/reliability.md)
     "listen_backlog": 4096,
     "client_login_timeout": 60000,
     "client_tcp_keepalives_idle": 0,
     "client_tcp_keepalives_interval": 0,
     "client_tcp_keepalives_count": 0,
     "client_tcp_user_timeout": 0,
+    "log_connections": True,
+    "log_disconnections": True,
+    "log_pooler_errors": True,
+    "unix_socket_dir": "",
+    "unix_socket_mode": 0o777,
+    "unix_socket_group": "",
+    "query_wait_timeout": 0,
+    "reserve_pool_timeout": 5000,
+    "query_timeout": 0,
+    "client_idle_timeout": 0,
+    "admin_users": (),
+    "stats_users": (),
+    "application_name_add_host": False,
     "client_buffer_limit": 64 * 1024 * 1024,
     "total_buffer_limit": 256 * 1024 * 1024,
 }
@@ -287,6 +312,11 @@ POOL_DEFAULTS: dict[str, Any] = {
     "table_mutation_cache_ms_ttl": 50,
     "replica_max_lag_ms": 0,
     "replica_max_lag_bytes": 0,
+    "reserve_pool_size": 0,
+    "max_db_connections": 0,
+    "client_encoding": None,
+    "datestyle": None,
+    "timezone": None,
     # inherited from [general] when unset
     "connect_timeout": 1000,
     "idle_timeout": 600000,
@@ -300,6 +330,7 @@ USER_DEFAULTS: dict[str, Any] = {
     "min_pool_size": 0,
     "pool_mode": "transaction",
     "statement_timeout": 0,
+    "max_user_connections": 0,
     "connect_timeout": 1000,
     "idle_timeout": 600000,
     "server_lifetime": 3600000,
@@ -1065,16 +1096,18 @@ def test_empty_file() -> None:
     [
         (
             make(general="conect_timeout = 5000"),
-            "general.conect_timeout: unknown key, ignored (did you mean connect_timeout?)",
+            "general.conect_timeout: unknown key, ignored (did you mean connect_timeout? "
+            "connect_timeout stays 1000 milliseconds)",
         ),
         (
             make(general="verify_config = true"),
-            "general.verify_config: unknown key, ignored (did you mean validate_config?)",
+            "general.verify_config: unknown key, ignored (did you mean validate_config? "
+            "validate_config stays true)",
         ),
         (
             make(pool="query_parser_enable = true"),
             "pools.db.query_parser_enable: unknown key, ignored (did you mean "
-            "query_parser_enabled?)",
+            "query_parser_enabled? query_parser_enabled stays false)",
         ),
         (
             make(pool="pool_size = 20"),
@@ -1084,11 +1117,12 @@ def test_empty_file() -> None:
         (
             make(user="statment_timeout = 5"),
             "pools.db.users.0.statment_timeout: unknown key, ignored (did you mean "
-            "statement_timeout?)",
+            "statement_timeout? statement_timeout stays 0 milliseconds)",
         ),
         (
             make(shard=PRIMARY + '\ndatabse = "x"'),
-            "pools.db.shards.0.databse: unknown key, ignored (did you mean database?)",
+            "pools.db.shards.0.databse: unknown key, ignored (did you mean database? database is "
+            'also set in this section, to "appdb")',
         ),
         (
             make(general="default_pool_size = 20"),
@@ -1105,16 +1139,18 @@ def test_empty_file() -> None:
                 pool="query_parser_enabled = true",
                 extra="[pools.db.plugins.intercept]\nenabled = true",
             ),
-            "pools.db.plugins: pgsansio does not implement PgCat's plugins yet; ignored",
+            "pools.db.plugins: ignored: PgCat's plugins (query blocking, table access, query "
+            "logging, intercept) are not implemented; every query is sent to the server as it "
+            "is",
         ),
         (
             make(pool='automatic_sharding_key = "t.id"'),
             "pools.db.automatic_sharding_key: has no effect unless query_parser_enabled = true",
         ),
         (
-            make(shard=PRIMARY + '\nmirrors = [["m", 5432, 3]]'),
-            "pools.db.shards.0.mirrors.0: server_index 3 does not match any entry in servers "
-            "(0 to 0), so this mirror never receives traffic",
+            make(shard=PRIMARY + '\nmirrors = [["m", 5432, 0]]'),
+            "pools.db.shards.0.mirrors: ignored: mirroring is not implemented; no traffic is "
+            "copied to these hosts",
         ),
         (
             make().replace("[pools.db.shards.0]", "[pools.db.shards.1]"),
@@ -1131,6 +1167,13 @@ def test_empty_file() -> None:
 )
 def test_warning(text: str, warning: str) -> None:
     assert parse(text).warnings == (f"test.toml: {warning}",)
+
+
+def test_mirror_out_of_range_is_a_warning_too() -> None:
+    assert parse(make(shard=PRIMARY + '\nmirrors = [["m", 5432, 3]]')).warnings[0] == (
+        "test.toml: pools.db.shards.0.mirrors.0: server_index 3 does not match any entry in "
+        "servers (0 to 0), so this mirror never receives traffic"
+    )
 
 
 def test_pool_without_users_is_a_warning() -> None:
@@ -1166,7 +1209,13 @@ def round_trip(config: Config) -> Config:
 def test_effective_config_round_trips_the_example() -> None:
     config = load_config(EXAMPLE)
     again = round_trip(config)
-    assert again.warnings == ()  # everything written back is a known key
+    # Everything written back is a known key; only what pgsansio does not act on is named.
+    assert [w.split(": ")[1] for w in again.warnings] == [
+        "general.worker_threads",
+        "general.autoreload",
+        "general.validate_config",
+        "pools.sharded_db.shards.0.mirrors",
+    ]
     assert masked(config).pools == again.pools
 
 
@@ -1371,8 +1420,8 @@ def test_check_valid_file() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout == effective_config_toml(load_config(EXAMPLE))
     assert result.stderr.splitlines() == [
-        f"warning: {EXAMPLE}: plugins: pgsansio does not implement PgCat's plugins yet; ignored",
-        f"{EXAMPLE}: OK (2 pool(s), 4 user(s), 4 shard(s), 1 warning(s))",
+        *(f"warning: {EXAMPLE}: {w}" for w in EXAMPLE_WARNINGS),
+        f"{EXAMPLE}: OK (2 pool(s), 4 user(s), 4 shard(s), 4 warning(s))",
     ]
 
 

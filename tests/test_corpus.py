@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 import pgsansio as pg
-from pgsansio.trace import Trace, iter_corpus
+from pgsansio.conformance.trace import Trace, iter_corpus
 
 CORPUS = Path(__file__).parent / "corpus"
 BYTE_BY_BYTE_LIMIT = 64 * 1024

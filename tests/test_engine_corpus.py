@@ -30,8 +30,8 @@ from test_corpus import replay as read_both
 import pgsansio.engine as pe
 import pgsansio.protocol as pg
 from pgsansio.config import model as cm
+from pgsansio.conformance.trace import Trace, iter_corpus
 from pgsansio.engine._params import TRACKED
-from pgsansio.trace import Trace, iter_corpus
 
 CORPUS = Path(__file__).parent / "corpus"
 CID = 1

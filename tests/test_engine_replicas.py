@@ -429,7 +429,7 @@ def test_a_read_with_no_server_left_says_why_for_each_address() -> None:
     w.advance(1.0)  # the next probe round finds all three down
     (err,) = errors(c.query("select 1"))
     assert err.message == f'no server is available in pool "{DB}": ' + "; ".join(
-        f"{h}:5432 banned (failed health check (could not connect to server {h}:5432: "
+        f"{h}:5432 banned (failed health check (could not connect to the server: "
         "Connection refused))"
         for h in HOSTS
     )

@@ -53,7 +53,7 @@ def test_a_second_shutdown_signal_exits_at_once(first: str, second: str) -> None
     code = 128 + signal.Signals[second].value
     assert again[-1] == Exit(code, at_once=True)
     assert isinstance(again[0], Log) and again[0].level == logging.WARNING
-    assert "during shutdown: exiting now" in again[0].message
+    assert "during shutdown, so at once" in again[0].message
 
 
 def test_sigterm_waits_for_the_last_client() -> None:

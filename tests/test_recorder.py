@@ -1,4 +1,4 @@
-"""The recording relay (pgsansio.recorder) and the ``pgsansio record`` command."""
+"""The recording relay (pgsansio.conformance.recorder) and the ``pgsansio record`` command."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from pgsansio.cli import parse_host_port
-from pgsansio.recorder import RecordingRelay
+from pgsansio.conformance.recorder import RecordingRelay
+from pgsansio.conformance.trace import Chunk, read_trace
 from pgsansio.testing.cluster import TEST_DATABASE, Cluster
-from pgsansio.trace import Chunk, read_trace
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -327,4 +327,4 @@ def test_cli_without_typer() -> None:
     )
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0
-    assert "pip install 'pgsansio[cli]'" in proc.stderr
+    assert "pip install typer (pgsansio's 'cli' extra)" in proc.stderr

@@ -1,4 +1,4 @@
-"""The trace format (pgsansio.trace): round trips, compression, validation, the corpus."""
+"""The trace format (pgsansio.conformance.trace): round trips, compression, the corpus."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from pgsansio.trace import Chunk, Trace, TraceWriter, iter_corpus, read_trace, trace_filename
+from pgsansio.conformance.trace import (
+    Chunk,
+    Trace,
+    TraceWriter,
+    iter_corpus,
+    read_trace,
+    trace_filename,
+)
 
 CORPUS = Path(__file__).parent / "corpus"
 

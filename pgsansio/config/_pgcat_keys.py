@@ -7,7 +7,7 @@ the file, the key and the problem when something does not fit.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 _U32_MAX = 2**32 - 1
@@ -20,7 +20,7 @@ _U32_MAX = 2**32 - 1
 class _Key:
     """How one scalar key is checked; the messages are built from these fields."""
 
-    kind: str  # "str" | "bool" | "uint" | "posint" | "port" | "enum"
+    kind: str  # "str" | "bool" | "uint" | "posint" | "port" | "enum" | "strlist"
     unit: str = ""  # shown in messages, e.g. "milliseconds"
     maximum: int | None = None
     minimum_port: int = 1
@@ -87,13 +87,30 @@ _GENERAL_KEYS: dict[str, _Key] = {
     "client_tls_sslmode": _Key("enum", choices={m: m for m in _SSLMODES}),
     "client_tls_ca_file": _Key("str"),
     "server_tls_ca_file": _Key("str"),
-    # Reliability extensions (PgBouncer's names; docs/reliability.md)
+    # Listening and client sockets (PgBouncer's names; docs/reliability.md)
     "listen_backlog": _Key("posint", maximum=65535),
     "client_login_timeout": _Key("uint", _MS),
     "client_tcp_keepalives_idle": _Key("uint", _S),
     "client_tcp_keepalives_interval": _Key("uint", _S),
     "client_tcp_keepalives_count": _Key("uint", maximum=_U32_MAX),
     "client_tcp_user_timeout": _Key("uint", _MS),
+    # Logging extensions (PgBouncer's names and meanings)
+    "log_connections": _Key("bool"),
+    "log_disconnections": _Key("bool"),
+    "log_pooler_errors": _Key("bool"),
+    # PgBouncer compatibility: the Unix socket (pgsansio extension, PgBouncer's names)
+    "unix_socket_dir": _Key("str"),
+    "unix_socket_mode": _Key("uint", "octal, e.g. 0o777", maximum=0o7777),
+    "unix_socket_group": _Key("str"),
+    # PgBouncer's limits and timeouts (pgsansio extensions, PgBouncer's names)
+    "query_wait_timeout": _Key("uint", _MS),
+    "reserve_pool_timeout": _Key("uint", _MS),
+    "query_timeout": _Key("uint", _MS),
+    "client_idle_timeout": _Key("uint", _MS),
+    "admin_users": _Key("strlist"),
+    "stats_users": _Key("strlist"),
+    "application_name_add_host": _Key("bool"),
+    # Bounded memory (pgsansio extensions; docs/reliability.md)
     "client_buffer_limit": _Key("posint", "bytes", maximum=0x3FFFFFFF),
     "total_buffer_limit": _Key("posint", "bytes"),
 }
@@ -143,6 +160,12 @@ _POOL_KEYS: dict[str, _Key] = {
     # pgsansio extensions: replica lag bounds
     "replica_max_lag_ms": _Key("uint", _MS),
     "replica_max_lag_bytes": _Key("uint"),
+    # PgBouncer's limits (pgsansio extensions, PgBouncer's names)
+    "reserve_pool_size": _Key("uint"),
+    "max_db_connections": _Key("uint"),
+    "client_encoding": _Key("str"),
+    "datestyle": _Key("str"),
+    "timezone": _Key("str"),
 }
 _POOL_TABLES = ("users", "shards", "plugins")
 
@@ -164,12 +187,76 @@ _USER_KEYS: dict[str, _Key] = {
     "idle_timeout": _Key("uint", _MS),
     "connect_timeout": _Key("uint", _MS),
     "statement_timeout": _Key("uint", _MS),
+    # PgBouncer's limit (pgsansio extension, PgBouncer's name)
+    "max_user_connections": _Key("uint"),
 }
 
 _SHARD_KEYS: dict[str, _Key] = {
     "database": _Key("str", required=True, hint="the database name on the servers"),
 }
 _SHARD_LISTS = ("servers", "mirrors")
+
+
+def _always(value: object) -> bool:
+    return True
+
+
+def _on(value: object) -> bool:
+    return value is True
+
+
+def _off(value: object) -> bool:
+    return value is False
+
+
+_NOT_ACTED_ON: dict[str, tuple[Callable[[object], bool], str]] = {
+    # PgCat keys pgsansio accepts (so a PgCat file loads unchanged) but does not act on:
+    # key -> (does this value ask for something we do not do?, what happens instead).
+    # `pgsansio check` and `pgsansio run` both print these. Remove an entry in the
+    # commit that implements its key.
+    "worker_threads": (
+        _always,
+        "ignored: pgsansio serves every client from one event loop in one process (one "
+        "CPU core), whatever this says; to use more cores, run several pgsansio processes",
+    ),
+    "autoreload": (
+        _always,
+        "ignored: the file is not watched; send SIGHUP (or RELOAD on the admin console) "
+        "to reload it",
+    ),
+    "dns_cache_enabled": (
+        _on,
+        "ignored: there is no DNS cache; a server's host name is resolved by the system "
+        "each time a server connection is opened (dns_max_ttl does not apply)",
+    ),
+    "validate_config": (
+        _on,
+        "ignored: servers are not contacted to validate the configuration at start or "
+        "reload; a wrong server address or password shows in the log at the first login "
+        "that needs that server",
+    ),
+    "cleanup_server_connections": (
+        _off,
+        "ignored: a server connection is always cleaned with RESET ALL before reuse when "
+        "a client changed a setting pgsansio cannot carry to its next server",
+    ),
+    "log_client_parameter_status_changes": (
+        _on,
+        "ignored: parameter changes are not logged (they are still carried from server "
+        "to server for each client)",
+    ),
+    "db_activity_based_routing": (
+        _on,
+        "ignored: reads are not routed by recent writes (db_activity_init_delay, "
+        "db_activity_ttl and table_mutation_cache_ms_ttl do nothing); they go where "
+        "query_parser_read_write_splitting and default_role send them",
+    ),
+}
+_PLUGINS_IGNORED = (
+    "ignored: PgCat's plugins (query blocking, table access, query logging, intercept) "
+    "are not implemented; every query is sent to the server as it is"
+)
+_MIRRORS_IGNORED = "ignored: mirroring is not implemented; no traffic is copied to these hosts"
 
 _TOP_KEYS: dict[str, _Key] = {"path": _Key("str")}
 _TOP_TABLES = ("general", "pools", "plugins")

@@ -31,28 +31,31 @@ _SECRET_POOL = frozenset({"auth_query_password"})
 _SECRET_USER = frozenset({"password", "server_password"})
 
 
-def effective_config_toml(config: Config) -> str:
+def effective_config_toml(config: Config, *, mask: bool = True) -> str:
     """Render ``config`` as ``pgcat.toml`` text with every default written out.
 
     What ``pgsansio check`` prints, so an operator can see what the pooler will really
     do, including the values inherited from [general] and the pool. Secrets are
     replaced by ``"********"``: this output ends up in tickets and chat. Reading the
-    text back gives the same configuration, apart from those passwords.
+    text back gives the same configuration, apart from those passwords. ``mask=False``
+    writes them out (``pgsansio convert``, whose output is a file to run with).
     """
     lines = [
         f"# The effective configuration read from {config.path}.",
-        "# Every default is filled in, inherited values are resolved, passwords are masked.",
+        "# Every default is filled in, inherited values are resolved"
+        + (", passwords are masked." if mask else "."),
         "",
         "[general]",
     ]
-    lines += _emit_fields(config.general, (), _SECRET_GENERAL)
+    none: frozenset[str] = frozenset()
+    lines += _emit_fields(config.general, (), _SECRET_GENERAL if mask else none)
     for name, pool in config.pools.items():
         prefix = _join("pools", name)
         lines += ["", f"[{prefix}]"]
-        lines += _emit_fields(pool, ("name", "users", "shards"), _SECRET_POOL)
+        lines += _emit_fields(pool, ("name", "users", "shards"), _SECRET_POOL if mask else none)
         for i, user in enumerate(pool.users.values()):
             lines += ["", f"[{prefix}.users.{i}]"]
-            lines += _emit_fields(user, (), _SECRET_USER)
+            lines += _emit_fields(user, (), _SECRET_USER if mask else none)
         for shard in pool.shards:
             lines += ["", f"[{prefix}.shards.{shard.index}]"]
             lines.append(f"database = {_toml_str(shard.database)}")

@@ -12,8 +12,9 @@ __all__ = ["ConfigError"]
 class ConfigError(Exception):
     """A configuration file that cannot be used, and the one thing wrong with it.
 
-    ``key`` is the dotted TOML path of the offending value (``None`` when the file as a
-    whole is at fault); ``line`` is set for TOML syntax errors, which have no key yet.
+    ``key`` is the dotted TOML path of the offending value, or ``[section] key`` in a
+    pgbouncer.ini (``None`` when the file as a whole is at fault); ``line`` is set for
+    TOML syntax errors, which have no key yet, and for every pgbouncer.ini error.
     """
 
     def __init__(
@@ -26,6 +27,8 @@ class ConfigError(Exception):
         super().__init__(path, key, problem)
 
     def __str__(self) -> str:
+        if self.key is not None and self.line is not None:
+            return f"{self.path}:{self.line}: {self.key}: {self.problem}"
         if self.key is not None:
             return f"{self.path}: {self.key}: {self.problem}"
         if self.line is not None:

@@ -61,19 +61,41 @@ class General:
     client_tls_sslmode: str = "prefer"
     client_tls_ca_file: str | None = None
     server_tls_ca_file: str | None = None
-    # Reliability at the socket (pgsansio extensions, docs/reliability.md). The
-    # listener's queue of connections not yet accepted (PgBouncer's key; 4096 rather
-    # than its 128, which overflows in a connect storm), and the time a new client has
-    # to log in (ms; PgBouncer's key). Client sockets get their own keepalive settings,
-    # PgBouncer's client_tcp_* split: 0 leaves the operating system's default, so a
-    # client that stops reading or misses a probe is never cut by the server-side
-    # tcp_* values above.
+    # Reliability at the socket (docs/reliability.md). The listener's queue of
+    # connections not yet accepted (PgBouncer's key; 4096 rather than its 128, which
+    # overflows in a connect storm), and the time a new client has to log in (ms;
+    # PgBouncer's key). Client sockets get their own keepalive settings, PgBouncer's
+    # client_tcp_* split: 0 leaves the operating system's default, so a client that
+    # stops reading or misses a probe is never cut by the server-side tcp_* values.
     listen_backlog: int = 4096
     client_login_timeout: int = 60000
     client_tcp_keepalives_idle: int = 0
     client_tcp_keepalives_interval: int = 0
     client_tcp_keepalives_count: int = 0
     client_tcp_user_timeout: int = 0
+    # Logging (pgsansio extensions with PgBouncer's names and defaults; see
+    # pgsansio.engine._eventlog): each login, each logged-in client leaving, and each
+    # failed login or server connection with its cause.
+    log_connections: bool = True
+    log_disconnections: bool = True
+    log_pooler_errors: bool = True
+    # PgBouncer compatibility: a Unix socket to listen on,
+    # <unix_socket_dir>/.s.PGSQL.<port>; "" listens on TCP only.
+    unix_socket_dir: str = ""
+    unix_socket_mode: int = 0o777
+    unix_socket_group: str = ""
+    # PgBouncer's limits and timeouts (milliseconds, 0 = off):
+    # query_wait_timeout > 0 replaces connect_timeout as the wait for a server and
+    # closes the client when it passes (PgBouncer), instead of PgCat's 53300 error.
+    query_wait_timeout: int = 0
+    reserve_pool_timeout: int = 5000
+    query_timeout: int = 0
+    client_idle_timeout: int = 0
+    # Console users besides admin_username (PgBouncer's lists; their passwords are
+    # their pool users' ones): admin_users may do everything, stats_users only SHOW.
+    admin_users: tuple[str, ...] = ()
+    stats_users: tuple[str, ...] = ()
+    application_name_add_host: bool = False  # "<name> - <host>:<port>", as PgBouncer
     # Bytes the pooler holds for one client (its unfinished message plus what waits
     # for a server; a longer message is refused at its header), and for everyone
     # together, unfinished messages from servers included (see pgsansio.engine._buffers).
@@ -113,6 +135,8 @@ class UserConfig:
     idle_timeout: int = 600000
     connect_timeout: int = 1000
     statement_timeout: int = 0
+    # PgBouncer's cap on one user's server connections over every pool (0 = none)
+    max_user_connections: int = 0
 
     @property
     def backend_username(self) -> str:
@@ -163,6 +187,15 @@ class PoolConfig:
     # its primary gets no reads until it catches up.
     replica_max_lag_ms: int = 0
     replica_max_lag_bytes: int = 0
+    # PgBouncer's limits (0 = none): connections over pool_size once a client waited
+    # reserve_pool_timeout, and a cap on the database's connections over every user.
+    reserve_pool_size: int = 0
+    max_db_connections: int = 0
+    # PgBouncer's per-database server settings, sent in the server's startup packet
+    # (None: the server's own default)
+    client_encoding: str | None = None
+    datestyle: str | None = None
+    timezone: str | None = None
 
 
 @dataclass(frozen=True)

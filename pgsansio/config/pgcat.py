@@ -40,6 +40,11 @@ pgsansio extensions to the format (PgCat ignores them, so one file can serve bot
   ``general.client_buffer_limit`` / ``total_buffer_limit`` (bytes; 64 MiB / 256 MiB)
   cap what the pooler holds whole of unfinished messages (long queries and COPY rows
   are streamed; see pgsansio.engine._buffers).
+* ``general.log_connections``, ``log_disconnections`` and ``log_pooler_errors`` (each
+  default true, PgBouncer's names and meanings): log each login, each logged-in client
+  leaving, and each failed login or server connection with its cause (see
+  :mod:`pgsansio.engine._eventlog`). PgCat's ``log_client_connections`` /
+  ``log_client_disconnections`` turn the first two on too.
 * ``pools.X.prepared_statements_cache_size`` defaults to 500 (on) rather than PgCat's
   0 (off), as PgBouncer 1.24 and PgDog do; ``0`` turns it off.
 
@@ -75,11 +80,15 @@ import os
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
+from dataclasses import MISSING, fields
 from typing import Any
 
 from pgsansio.config._pgcat_keys import (
     _DEFAULT_SHARD,
     _GENERAL_KEYS,
+    _MIRRORS_IGNORED,
+    _NOT_ACTED_ON,
+    _PLUGINS_IGNORED,
     _POOL_KEYS,
     _POOL_TABLES,
     _SECTION_OF,
@@ -110,6 +119,14 @@ from pgsansio.config.model import (
 __all__ = ["ConfigError", "effective_config_toml", "load_config", "parse_config"]
 
 _ADMIN_DATABASES = ("pgcat", "pgbouncer")
+_INHERITED_FROM_GENERAL = (
+    "connect_timeout",
+    "idle_timeout",
+    "server_lifetime",
+    "auth_query",
+    "auth_query_user",
+    "auth_query_password",
+)
 
 
 # --------------------------------------------------------------------------------------
@@ -248,6 +265,12 @@ def _check(ctx: _Context, key: str, spec: _Key, value: object) -> object:
             got = _kind_of(value) if spec.secret else _show(value)
             raise ctx.error(key, f"must be a string (in quotes), got {got}")
         return value
+    if spec.kind == "strlist":
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ctx.error(
+                key, f'must be an array of user names, e.g. ["alice"], got {_show(value)}'
+            )
+        return tuple(value)
     if spec.kind == "bool":
         if not isinstance(value, bool):
             raise ctx.error(key, f"must be true or false, got {_show(value)}")
@@ -283,34 +306,90 @@ def _read_keys(
     data: Mapping[str, Any],
     spec: Mapping[str, _Key],
     tables: Iterable[str] = (),
+    *,
+    fallback: Mapping[str, object] | None = None,
 ) -> dict[str, Any]:
     """Check the scalar keys of one section; warn about the keys nobody knows.
 
     Keys named in ``tables`` are left to the caller. Checking happens in file order, so
-    the error reported is the first one in the file.
+    the error reported is the first one in the file. ``fallback`` is what each key is
+    when the section does not set it (its default, or what it inherits), so that a
+    misspelt key's warning can say which value is used instead.
     """
     tables = tuple(tables)
     out: dict[str, Any] = {}
+    unknown: list[str] = []
     for key, value in data.items():
         if key in spec:
             out[key] = _check(ctx, _join(prefix, key), spec[key], value)
+            note = _NOT_ACTED_ON.get(key)
+            if note is not None and note[0](out[key]):
+                ctx.warn(_join(prefix, key), note[1])
         elif key not in tables:
-            _warn_unknown(ctx, _join(prefix, key), key, [*spec, *tables])
+            unknown.append(key)
     for key, s in spec.items():
         if s.required and key not in data:
             hint = f" ({s.hint})" if s.hint else ""
             raise ctx.error(_join(prefix, key), f"is required but missing{hint}")
+    for key in unknown:
+        _warn_unknown(
+            ctx,
+            _join(prefix, key),
+            key,
+            spec,
+            known=[*spec, *tables],
+            values=out,
+            fallback=fallback or {},
+        )
     return out
 
 
-def _warn_unknown(ctx: _Context, dotted: str, key: str, known: list[str]) -> None:
-    close = difflib.get_close_matches(key, known, n=1)
-    if key in _SECTION_OF:
+def _warn_unknown(
+    ctx: _Context,
+    dotted: str,
+    key: str,
+    spec: Mapping[str, _Key],
+    *,
+    known: list[str],
+    values: Mapping[str, object],
+    fallback: Mapping[str, object],
+) -> None:
+    """An unknown key is ignored; say what the key it most likely meant is instead.
+
+    A misspelt key falling back to its default is PgCat's classic misconfiguration
+    (``prot = 6432`` leaves the pooler on 5432, where a local PostgreSQL may listen),
+    so the warning names the value that is really used.
+    """
+    if key in _SECTION_OF and key not in spec:
         ctx.warn(dotted, f"unknown key here, ignored ({key} is {_SECTION_OF[key]})")
-    elif close:
-        ctx.warn(dotted, f"unknown key, ignored (did you mean {close[0]}?)")
-    else:
+        return
+    close = difflib.get_close_matches(key, known, n=1)
+    if not close:
         ctx.warn(dotted, "unknown key, ignored")
+        return
+    meant = close[0]
+    secret = meant in spec and spec[meant].secret
+    if meant in values:
+        used = "" if secret else f", to {_show(values[meant])}"
+        instead = f"{meant} is also set in this section{used}"
+    elif meant in fallback:
+        value = fallback[meant]
+        if secret or value is None:
+            instead = f"{meant} stays unset"
+        else:
+            unit = spec[meant].unit if meant in spec else ""
+            instead = f"{meant} stays {_show(value)}{' ' + unit if unit else ''}"
+            if meant == "port" and value == 5432:
+                instead += ", which a local PostgreSQL may already use"
+    else:
+        ctx.warn(dotted, f"unknown key, ignored (did you mean {meant}?)")
+        return
+    ctx.warn(dotted, f"unknown key, ignored (did you mean {meant}? {instead})")
+
+
+def _defaults(cls: type) -> dict[str, object]:
+    """The field defaults of a model dataclass: what a key is when a file leaves it out."""
+    return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
 
 
 def _read_config(ctx: _Context, data: dict[str, Any]) -> Config:
@@ -324,7 +403,7 @@ def _read_config(ctx: _Context, data: dict[str, Any]) -> Config:
     general = _read_general(ctx, _table(ctx, "general", data["general"], "[general]"))
     if "plugins" in data:
         _table(ctx, "plugins", data["plugins"], "[plugins]")
-        ctx.warn("plugins", "pgsansio does not implement PgCat's plugins yet; ignored")
+        ctx.warn("plugins", _PLUGINS_IGNORED)
     if "pools" not in data:
         raise ctx.error(
             "pools", "no pools are configured; add at least one [pools.<database>] section"
@@ -344,7 +423,7 @@ def _read_config(ctx: _Context, data: dict[str, Any]) -> Config:
 
 
 def _read_general(ctx: _Context, data: dict[str, Any]) -> General:
-    values = _read_keys(ctx, "general", data, _GENERAL_KEYS)
+    values = _read_keys(ctx, "general", data, _GENERAL_KEYS, fallback=_defaults(General))
     cert, key = values.get("tls_certificate"), values.get("tls_private_key")
     if cert is not None and key is None:
         raise ctx.error(
@@ -401,15 +480,18 @@ def _check_auth_query(ctx: _Context, prefix: str, values: Mapping[str, Any]) -> 
 def _read_pool(
     ctx: _Context, general: General, name: str, prefix: str, data: dict[str, Any]
 ) -> PoolConfig:
-    values = _read_keys(ctx, prefix, data, _POOL_KEYS, _POOL_TABLES)
+    inherited = {k: getattr(general, k) for k in _INHERITED_FROM_GENERAL}
+    values = _read_keys(
+        ctx, prefix, data, _POOL_KEYS, _POOL_TABLES, fallback=_defaults(PoolConfig) | inherited
+    )
 
     # Inherited values are stored resolved, so the engine (and the effective config)
     # never need to know where they came from.
     for key in ("connect_timeout", "idle_timeout", "server_lifetime"):
-        values.setdefault(key, getattr(general, key))
+        values.setdefault(key, inherited[key])
     for key in ("auth_query", "auth_query_user", "auth_query_password"):
-        if values.get(key) is None and getattr(general, key) is not None:
-            values[key] = getattr(general, key)
+        if values.get(key) is None and inherited[key] is not None:
+            values[key] = inherited[key]
     _check_auth_query(ctx, prefix, values)
 
     parser = values.get("query_parser_enabled", False)
@@ -426,9 +508,7 @@ def _read_pool(
                 _join(prefix, "plugins"),
                 "plugins need query_parser_enabled = true in the same pool",
             )
-        ctx.warn(
-            _join(prefix, "plugins"), "pgsansio does not implement PgCat's plugins yet; ignored"
-        )
+        ctx.warn(_join(prefix, "plugins"), _PLUGINS_IGNORED)
     for key in ("sharding_key_regex", "shard_id_regex"):
         pattern = values.get(key)
         if pattern is not None:
@@ -514,10 +594,16 @@ def _read_users(
     has_auth_query = pool.get("auth_query") is not None
     users: dict[str, UserConfig] = {}
     labels: dict[str, str] = {}
+    user_fallback = _defaults(UserConfig) | {"pool_mode": pool_mode}
+    user_fallback |= {k: pool[k] for k in ("connect_timeout", "idle_timeout", "server_lifetime")}
     for label, user_data in users_data.items():
         uprefix = _join(users_key, label)
         values = _read_keys(
-            ctx, uprefix, _table(ctx, uprefix, user_data, f"[{uprefix}]"), _USER_KEYS
+            ctx,
+            uprefix,
+            _table(ctx, uprefix, user_data, f"[{uprefix}]"),
+            _USER_KEYS,
+            fallback=user_fallback,
         )
         username = values["username"]
         if not username:
@@ -707,4 +793,6 @@ def _read_mirrors(
                 f"{n_servers - 1}), so this mirror never receives traffic",
             )
         mirrors.append((host, port, target))
+    if mirrors:
+        ctx.warn(mkey, _MIRRORS_IGNORED)
     return tuple(mirrors)

@@ -19,11 +19,13 @@ in order::
     engine.reload(config, now)               # a new, already validated Config
     engine.shutdown(now)                     # graceful drain (SIGINT); Exit() when done
     engine.shutdown(now, wait_for_clients=True)  # SIGTERM: exit when the last client leaves
+    engine.shutdown(now, reason="SIGINT")    # reason: for the last log line ("stopped: ...")
     engine.pause(now) / engine.resume(now)   # SIGUSR1 / SIGUSR2: PAUSE / RESUME everything
     engine.signal(name, now)                 # an operator's signal ("SIGHUP", "SIGINT"...):
                                              # the engine decides (see ._signals)
     engine.reload_failed(error, now)         # answer to Reload() when the file does not load
     engine.metrics_connected(cid, peer, now)  # a Prometheus scrape; then client_data/closed
+    config_warnings(config)                  # what `check` prints and start/reload log
 
 ``now`` is monotonic seconds. Effects are in :mod:`pgsansio.engine._effects`.
 
@@ -92,8 +94,11 @@ from ._effects import (
     Wakeup,
 )
 from ._engine import Engine
+from ._login import UNIX_OWNER_PEER
+from ._warnings import config_warnings
 
 __all__ = [
+    "UNIX_OWNER_PEER",
     "CloseClient",
     "CloseServer",
     "Effect",
@@ -108,4 +113,5 @@ __all__ = [
     "SendServer",
     "StartTls",
     "Wakeup",
+    "config_warnings",
 ]

@@ -56,10 +56,13 @@ from ._errors import fatal
 from ._objects import (
     Client,
 )
+from ._settings import SET_STATEMENT, apply_set
 from ._show import TEXT, Show
 from ._states import C_CLOSED, ClientState
 
 if TYPE_CHECKING:
+    from pgsansio.config.model import Config
+
     from ._context import Context
     from ._control import Control
     from ._health import Health
@@ -87,8 +90,11 @@ class Admin:
         leaving: Leaving,
         show: Show,
         control: Control,
+        reconfigure: Callable[[Config], None],
     ) -> None:
         self.ctx = ctx
+        self._reconfigure = reconfigure  # the one call upward: SET applies like RELOAD
+        self._raw_sql = ""  # the command being run, as typed (SET needs its quotes)
         self.pools = pools
         self.health = health
         self.lending = lending
@@ -164,6 +170,7 @@ class Admin:
             ]
             if any(";" in w for w in words):
                 raise AdminError("42601", "the admin console runs one command per query")
+            self._raw_sql = text
             tag = self._admin_command(c, words)
         except AdminError as exc:
             self.ctx.send_client(c, ErrorResponse.build(exc.sqlstate, exc.message))
@@ -187,13 +194,18 @@ class Admin:
                     "42601", f"{command} takes one item, e.g. {command} POOLS (SHOW HELP)"
                 )
             item = args[0].upper()
+            if item == "FDS" and c.stats_only:
+                raise AdminError("42501", "admin access needed")
             if not self.show.run(item, c):
                 raise AdminError(
                     "42704", f'unknown {command} item "{args[0]}"; SHOW HELP lists them'
                 )
             return None
         if command == "SET":
-            return "SET"
+            return self._set(c)
+        if c.stats_only:
+            # PgBouncer's stats_users: read, never act (its words).
+            raise AdminError("42501", "admin access needed")
         if command == "SHUTDOWN":
             mode = " ".join(args).upper()
             if mode == "" and c.database == "pgcat":
@@ -224,6 +236,20 @@ class Admin:
         return action(self, c, command, args)
 
     # === commands that act ===========================================================
+
+    def _set(self, c: Client) -> str:
+        m = SET_STATEMENT.match(self._raw_sql)
+        if m is None:
+            return "SET"  # a driver's session setup: accepted and ignored
+        value = m[2].replace("''", "'") if m[2] is not None else m[3]
+        new = apply_set(self.ctx.config, m[1], value)
+        if new is None:
+            return "SET"
+        if c.stats_only:
+            raise AdminError("42501", "admin access needed")
+        self.ctx.log(logging.INFO, f"SET {m[1].lower()} = {value!r} from the admin console")
+        self._reconfigure(new)
+        return "SET"
 
     def _one_db(self, command: str, args: list[str], *, required: bool) -> str | None:
         if len(args) > 1:
@@ -266,6 +292,12 @@ class Admin:
     def _cmd_reconnect(self, c: Client, command: str, args: list[str]) -> str | None:
         self.control.reconnect(self._one_db(command, args, required=False))
         return "RECONNECT"
+
+    def _cmd_wait_close(self, c: Client, command: str, args: list[str]) -> str | None:
+        db = self._one_db(command, args, required=False)
+        self.control.busy.add(c.cid)
+        self.control.wait_close(db, c)
+        return None
 
     def _cmd_kill(self, c: Client, command: str, args: list[str]) -> str | None:
         db = self._one_db(command, args, required=False)
@@ -337,6 +369,7 @@ class Admin:
         "DISABLE": _cmd_disable,
         "ENABLE": _cmd_disable,
         "RECONNECT": _cmd_reconnect,
+        "WAIT_CLOSE": _cmd_wait_close,
         "KILL": _cmd_kill,
         "KILL_CLIENT": _cmd_kill_client,
         "BAN": _cmd_ban,

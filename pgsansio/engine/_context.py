@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from ._effects import Log, SendClient, SendServer
+from ._eventlog import LogBudget
 
 if TYPE_CHECKING:
     from pgsansio.config.model import Config
@@ -53,11 +54,20 @@ class Lifecycle:
     paused or the pooler is going down needs these flags, not the Control part.
     """
 
-    __slots__ = ("disabled", "exited", "paused", "pausing", "shutting_down", "wait_for_clients")
+    __slots__ = (
+        "disabled",
+        "exited",
+        "paused",
+        "pausing",
+        "shutting_down",
+        "stop_reason",
+        "wait_for_clients",
+    )
 
     def __init__(self) -> None:
         self.shutting_down = False  # SIGINT/SIGTERM or SHUTDOWN: no new clients
         self.wait_for_clients = False  # ... and exit only once the last client has left
+        self.stop_reason = ""  # why: the pooler's last log line says it
         self.exited = False  # Exit() has been emitted
         self.paused: set[str] = set()  # databases under PAUSE
         self.pausing = False  # any database paused (the hot path checks only this)
@@ -69,6 +79,7 @@ class Context:
 
     __slots__ = (
         "_seq",
+        "budget",
         "clients",
         "config",
         "drop_client",
@@ -95,6 +106,7 @@ class Context:
         self.servers: dict[int, ServerConn] = {}
         self.next_sid = 0
         self.life = Lifecycle()
+        self.budget = LogBudget()
         # The upcalls: the four things a part may ask of the parts above it (see the
         # engine's package docstring). The Engine points each at its owner once.
         self.drop_client: DropClient = _unwired  # end a client's session (Leaving)
@@ -110,6 +122,12 @@ class Context:
 
     def log(self, level: int, message: str) -> None:
         self.out.append(Log(level, message))
+
+    def event(self, kind: str, level: int, message: str) -> None:
+        """Log a line of a ``kind`` that can flood (logins, failures), within its budget
+        (see :mod:`._eventlog`)."""
+        if self.budget.admit(kind, self.now, self.log, self.at):
+            self.log(level, message)
 
     def internal_error(self, where: str) -> None:
         detail = "".join(traceback.format_exc(limit=8))

@@ -87,6 +87,8 @@ class Control:
         # Who waits for a PAUSE to complete: (admin client or None for SIGUSR1, db).
         self._pause_waiters: list[tuple[Client | None, str | None]] = []
         self._reload_waiters: list[Client] = []
+        self._cut_off = False  # the shutdown ended clients (timeout, SHUTDOWN): said so
+        self._close_waiters: list[tuple[Client, str | None]] = []  # WAIT_CLOSE
         self.busy: set[int] = set()  # admin clients whose command is still running
 
     # === pause / resume ==============================================================
@@ -137,6 +139,30 @@ class Control:
                 self.ctx.log(logging.INFO, "paused: no server connection is open")
             elif who.state is not C_CLOSED:
                 self._admin_done(who, "PAUSE")
+            else:
+                self.busy.discard(who.cid)
+
+    def wait_close(self, db: str | None, who: Client) -> None:
+        """PgBouncer's WAIT_CLOSE: answer once no server of ``db`` (or of any database)
+        is still waiting to close after a RECONNECT or RELOAD (``close_needed``)."""
+        self._close_waiters.append((who, db))
+        self.close_progress()
+
+    def close_progress(self) -> None:
+        """Answer the WAIT_CLOSEs whose servers to close are all closed."""
+        # Taken first: an answer runs what its client sent next, maybe another WAIT_CLOSE.
+        pending, self._close_waiters = self._close_waiters, []
+        for who, db in pending:
+            left = any(
+                s.close_needed
+                for g in self._db_groups(db)
+                for p in g.all_pools()
+                for s in p.servers
+            )
+            if left and who.state is not C_CLOSED:
+                self._close_waiters.append((who, db))
+            elif who.state is not C_CLOSED:
+                self._admin_done(who, "WAIT_CLOSE")
             else:
                 self.busy.discard(who.cid)
 
@@ -197,12 +223,15 @@ class Control:
 
     # === shutdown ====================================================================
 
-    def begin_shutdown(self, *, wait_for_clients: bool) -> None:
+    def begin_shutdown(
+        self, *, wait_for_clients: bool, reason: str = "SHUTDOWN from the admin console"
+    ) -> None:
         if self.ctx.life.shutting_down and (
             wait_for_clients or not self.ctx.life.wait_for_clients
         ):
             return  # already in this mode, or in the stricter drain
         self.ctx.life.shutting_down = True
+        self.ctx.life.stop_reason = reason
         self.ctx.life.wait_for_clients = wait_for_clients
         if wait_for_clients:
             self.ctx.log(
@@ -224,8 +253,9 @@ class Control:
 
     def shutdown_now(self) -> None:
         self.ctx.life.shutting_down = True
+        self.ctx.life.stop_reason = "SHUTDOWN from the admin console"
         self.ctx.log(logging.INFO, "SHUTDOWN from the admin console: exiting now")
-        self.shutdown_timeout()
+        self.shutdown_timeout(at_once=True)
 
     def exit_leftovers(self) -> None:
         """The pooler is exiting: admin sessions and metrics requests are let go."""
@@ -270,6 +300,8 @@ class Control:
         if not self.ctx.life.shutting_down or self.ctx.life.exited:
             if self.ctx.life.pausing:
                 self.pause_progress()  # something closed: a PAUSE may be complete
+            if self._close_waiters:
+                self.close_progress()  # ... or a WAIT_CLOSE
             return
         if not force and any(
             not c.admin and c.state is not ClientState.STARTUP for c in self.ctx.clients.values()
@@ -284,9 +316,23 @@ class Control:
                 self.ctx.servers.pop(s.sid, None)
                 self.ctx.out.append(CloseServer(s.sid))
         self.ctx.timers.clear()
+        life = self.ctx.life
+        if force or self._cut_off:
+            how = ""  # shutdown_timeout said why, or SHUTDOWN asked for it at once
+        else:
+            how = "; the last client left" if life.wait_for_clients else "; every client finished"
+        self.ctx.log(logging.INFO, f"pgsansio stopped: {life.stop_reason or 'shutdown'}{how}")
         self.ctx.out.append(Exit(0))
 
-    def shutdown_timeout(self) -> None:
+    def shutdown_timeout(self, *, at_once: bool = False) -> None:
+        self._cut_off = True
+        cut = sum(1 for c in self.ctx.clients.values() if not c.admin)
+        if cut and not at_once:
+            ms = self.ctx.config.general.shutdown_timeout
+            self.ctx.life.stop_reason += (
+                f"; shutdown_timeout ({ms} ms) passed with {cut} client(s) still connected, "
+                "who were disconnected"
+            )
         for c in list(self.ctx.clients.values()):
             self.leaving.drop_client(
                 c, fatal("57P01", "terminating connection due to administrator command")

@@ -41,8 +41,9 @@ from ._buffers import SMALL, Buffers
 from ._context import Context
 from ._control import Control
 from ._effects import Wakeup
-from ._errors import INTERNAL, ClientFatal, fatal
+from ._errors import INTERNAL, NOT_POSTGRES, ClientFatal, fatal, how
 from ._health import Health
+from ._idle import ClientIdle
 from ._leaving import Leaving
 from ._lending import Lending
 from ._login import Login
@@ -75,6 +76,7 @@ from ._states import (
 )
 from ._stats import Stats
 from ._tls import Tls
+from ._warnings import config_warnings
 
 if TYPE_CHECKING:
     from pgsansio.config.model import Config
@@ -94,6 +96,7 @@ class Engine:
         # The parts, each given the parts below it that it calls (the DAG drawn in the
         # package docstring).
         self.stats = Stats(ctx)
+        self.client_idle = ClientIdle(ctx)
         self.buffers = Buffers(ctx)
         self.pools = Pools(ctx)
         self.health = Health(ctx)
@@ -155,6 +158,7 @@ class Engine:
             leaving=self.leaving,
             show=self.show,
             control=self.control,
+            reconfigure=self._reconfigure,
         )
         self._signals = Signals()
         ctx.drop_client = self.leaving.drop_client
@@ -209,25 +213,23 @@ class Engine:
         return self.flush()
 
     def _warn_unimplemented(self, config: Config) -> None:
-        """Say which configured PgCat features this version does not act on yet."""
-        self.router.check_parser()
-        general = config.general
-        if general.autoreload:
-            self.ctx.log(
-                logging.WARNING,
-                "autoreload is not implemented yet: send SIGHUP to reload the configuration",
-            )
+        """Say what in the configuration this pooler will not do (as ``check`` does)."""
+        for warning in config_warnings(config):
+            self.ctx.log(logging.WARNING, warning)
 
     def client_connected(self, cid: int, peer: str, now: float) -> list[Effect]:
         self.ctx.now = now
         c = Client(cid, peer, now)
         self.buffers.client_connected(c)
         self.login.connected(c)
+        self.client_idle.arm()
         return self.flush()
 
     def client_data(self, cid: int, data: bytes, now: float) -> list[Effect]:
         self.ctx.now = now
         c = self.ctx.clients.get(cid)
+        if c is not None:
+            c.active_at = now
         if c is None and self.metrics.serves(cid):
             self.metrics.http_data(cid, data)
         elif c is not None and c.state is not C_CLOSED:
@@ -279,11 +281,9 @@ class Engine:
         self.ctx.now = now
         s = self.ctx.servers.get(sid)
         if s is not None:
-            where = f"{s.address.host}:{s.address.port}"
+            # No address for the client: it is in the pooler's log line (Leaving).
             self.leaving.server_gone(
-                s,
-                fatal("08001", f"could not connect to server {where}: {error}"),
-                closed=True,
+                s, fatal("08001", f"could not connect to the server: {error}"), closed=True
             )
         return self.flush()
 
@@ -299,8 +299,7 @@ class Engine:
                         if error is not None:
                             self.leaving.server_gone(s, error)
             except ProtocolError as exc:
-                self.ctx.log(logging.WARNING, f"server {self.ctx.where(s)}: protocol error: {exc}")
-                self.leaving.server_gone(s, fatal("08P01", f"server protocol error: {exc}"))
+                self.leaving.server_gone(s, fatal("08P01", NOT_POSTGRES), detail=how(exc))
             except ClientFatal as exc:  # a client we were answering turned out broken
                 if s.client is not None:
                     self.leaving.drop_client(s.client, exc.error)
@@ -382,6 +381,13 @@ class Engine:
         ``close_needed``); clients keep their connections.
         """
         self.ctx.now = now
+        self._reconfigure(config)
+        self.ctx.log(logging.INFO, f"configuration reloaded from {config.path}")
+        self.control.reload_answer(None)
+        return self.flush()
+
+    def _reconfigure(self, config: Config) -> None:
+        """Run on ``config`` from now on (a RELOAD, or the console's SET)."""
         for warning in listen_changes(self.ctx.config.general, config.general):
             self.ctx.log(logging.WARNING, warning)
         self.ctx.config = config
@@ -389,15 +395,15 @@ class Engine:
         self.pools.reload(config)
         self.probes.start_probes()
         self._warn_unimplemented(config)
-        self.ctx.log(logging.INFO, f"configuration reloaded from {config.path}")
-        self.control.reload_answer(None)
-        return self.flush()
 
-    def shutdown(self, now: float, *, wait_for_clients: bool = False) -> list[Effect]:
+    def shutdown(
+        self, now: float, *, wait_for_clients: bool = False, reason: str = "shutdown requested"
+    ) -> list[Effect]:
         """Drain and Exit (SIGINT); or, ``wait_for_clients`` (SIGTERM), refuse new
-        clients and Exit when the last one leaves. See :mod:`._control`."""
+        clients and Exit when the last one leaves. See :mod:`._control`. ``reason`` is
+        for the pooler's last log line ("pgsansio stopped: ...")."""
         self.ctx.now = now
-        self.control.begin_shutdown(wait_for_clients=wait_for_clients)
+        self.control.begin_shutdown(wait_for_clients=wait_for_clients, reason=reason)
         return self.flush()
 
     def pause(self, now: float) -> list[Effect]:

@@ -11,7 +11,22 @@ from __future__ import annotations
 
 from pgsansio.protocol import ErrorResponse
 
-__all__ = ["INTERNAL", "TERMINATING", "ClientFatal", "as_fatal", "fatal"]
+__all__ = ["INTERNAL", "NOT_POSTGRES", "TERMINATING", "ClientFatal", "as_fatal", "fatal", "how"]
+
+NOT_POSTGRES = (
+    "the server is not speaking the PostgreSQL protocol: check its host and port in the "
+    "pooler's configuration"
+)
+"""What a client is told when its server sent bytes that are not PostgreSQL's protocol
+(the pooler's log names the server and what it sent: :func:`how`)."""
+
+_HTTP = "invalid length 1414811695 for a message of type 'H'"  # b"HTTP/" read as a header
+
+
+def how(exc: Exception) -> str:
+    """What the server sent, for the log line (never for the client)."""
+    hint = "; it answered like an HTTP server" if _HTTP in str(exc) else ""
+    return f" ({exc}{hint})"
 
 
 def fatal(sqlstate: str, message: str) -> ErrorResponse:

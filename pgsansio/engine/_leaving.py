@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from pgsansio.protocol import CopyFail, ErrorResponse, ProtocolError
 
 from ._effects import CloseClient, SendClient
+from ._eventlog import DISCONNECT, LOGIN_FAILED, SERVER_FAILED, age, client_tag, server_tag
 from ._objects import P_AUTH_QUERY, P_POOL, P_PROBE, SKIP, Client, ServerConn
 from ._states import S_CLOSED, S_LOGIN, ClientInput, ClientState, ServerState, client_to
 
@@ -58,7 +59,8 @@ class Leaving:
     def drop_client(
         self, c: Client, error: ErrorResponse | None = None, *, closed: bool = False
     ) -> None:
-        if c.state is ClientState.CLOSED:
+        was = c.state
+        if was is ClientState.CLOSED:
             return
         if error is not None and not closed:
             try:
@@ -87,9 +89,39 @@ class Leaving:
         s = c.server
         if s is not None:
             self._abandon(c, s)
-        if self.ctx.config.general.log_client_disconnections and (c.group is not None or c.admin):
-            self.ctx.log(logging.INFO, f"client {c.cid} from {c.peer} disconnected")
+        self._log_leaving(c, was, error, closed=closed)
         self.ctx.maybe_exit()
+
+    def _log_leaving(
+        self, c: Client, was: ClientState, error: ErrorResponse | None, *, closed: bool
+    ) -> None:
+        """PgBouncer's "closing because" for a logged-in client; a login that ends in an
+        error is a failed login (a wrong password was logged, with its cause, by Login).
+        A client that closes before logging in (psql asking for a password, a load
+        balancer's TCP check) is not worth a line."""
+        general = self.ctx.config.general
+        if was is ClientState.READY:
+            if general.log_disconnections or general.log_client_disconnections:
+                if error is not None:
+                    reason = error.message or "error"
+                else:
+                    reason = "client close request" if closed else "closed by the pooler"
+                self.ctx.event(
+                    DISCONNECT,
+                    logging.INFO,
+                    f"{client_tag(c)} closing because: {reason} {age(c.connected, self.ctx.now)}",
+                )
+        elif (
+            was in (ClientState.STARTUP, ClientState.AUTH)
+            and error is not None
+            and error.sqlstate != "28P01"
+            and general.log_pooler_errors
+        ):
+            # Later in a login (FETCH, WELCOME) only a server's failure ends it, and that
+            # is logged once, as the server's line, not again for each client waiting.
+            self.ctx.event(
+                LOGIN_FAILED, logging.WARNING, f"{client_tag(c)} login failed: {error.message}"
+            )
 
     def _abandon(self, c: Client, s: ServerConn) -> None:
         """The client left while holding ``s``: make it clean for the next one."""
@@ -136,10 +168,29 @@ class Leaving:
             if s.pool is not None:
                 self.pools.refill(s.pool)
 
-    def server_gone(self, s: ServerConn, error: ErrorResponse, *, closed: bool = False) -> None:
-        """``s`` failed or closed: tell whoever depended on it, then forget it."""
+    def server_gone(
+        self, s: ServerConn, error: ErrorResponse, *, closed: bool = False, detail: str = ""
+    ) -> None:
+        """``s`` failed or closed: tell whoever depended on it, then forget it.
+
+        A server that could not be opened or logged in, or that broke the protocol
+        (``detail`` then says how, for the log only), is logged with its address;
+        clients are never told the address.
+        """
         was = s.state
         c = s.client
+        if (
+            was in (ServerState.CONNECTING, S_LOGIN) or detail
+        ) and self.ctx.config.general.log_pooler_errors:
+            # Class 08 is ours (connect, timeout, protocol); anything else during the
+            # login is PostgreSQL's own answer to the pooler's credentials or database.
+            ours = (error.sqlstate or "08").startswith("08")
+            why = error.message if ours else f"the server refused the login: {error.message}"
+            self.ctx.event(
+                SERVER_FAILED,
+                logging.WARNING,
+                f"{server_tag(s)} closing because: {why}{detail} {age(s.created, self.ctx.now)}",
+            )
         self.pools.close_server(s, send=not closed)
         if s.purpose == P_AUTH_QUERY:
             self.login.auth_query_failed(s, error)

@@ -118,7 +118,7 @@ class Lending:
         assert group is not None
         if group.removed:
             # A reload changed or removed this pool: move to its new incarnation.
-            new = self.pools.groups.get((group.name, group.user.username))
+            new = self.pools.find_group(group.name, group.user.username)
             if new is None:
                 self.ctx.drop_client(
                     c,
@@ -151,9 +151,32 @@ class Lending:
         c.waiting_since = self.ctx.now
         c.wait_gen += 1
         pool.waiters.append(c)
-        if len(pool.servers) < group.user.pool_size:
-            self.pools.open_server(pool)
-        self._wait_until(c, self.ctx.now + group.user.connect_timeout / 1000)
+        if not self.pools.grow(pool) and group.cfg.reserve_pool_size:
+            self._reserve_at(pool)
+        wait = self.ctx.config.general.query_wait_timeout or group.user.connect_timeout
+        self._wait_until(c, self.ctx.now + wait / 1000)
+
+    def _reserve_at(self, pool: Pool, *, again: bool = False) -> None:
+        """Look at ``pool`` again when its first waiter may take a reserve connection
+        (``again``: one more reserve_pool_timeout from now, after one was taken or
+        while one is being opened, so at most one is opened per timeout)."""
+        timeout = self.ctx.config.general.reserve_pool_timeout / 1000
+        first = pool.waiters[0].waiting_since if pool.waiters else None
+        if not timeout or first is None or (pool.reserve_at is not None and not again):
+            return  # off, nobody waits, or already armed (one timer per pool)
+        due = self.ctx.now + timeout if again else max(first + timeout, self.ctx.now)
+        pool.reserve_at = due
+        self.ctx.at(due, lambda: self._reserve(pool))
+
+    def _reserve(self, pool: Pool) -> None:
+        pool.reserve_at = None
+        if not pool.waiters or pool.group.removed:
+            return
+        if self.ctx.life.pausing and pool.group.name in self.ctx.life.paused:
+            return
+        if not pool.opening:
+            self.pools.grow(pool)
+        self._reserve_at(pool, again=True)
 
     def _wait_until(self, c: Client, deadline: float) -> None:
         """``c`` now waits in ``c.pool.waiters`` until ``deadline`` (connect_timeout).
@@ -211,6 +234,15 @@ class Lending:
         c.pool.waiters.remove(c)
         c.waiting_since = None
         pending, c.pending = c.pending, []
+        if self.ctx.config.general.query_wait_timeout:
+            # PgBouncer's rule and words: the client is let go.
+            self.ctx.log(
+                logging.WARNING,
+                f'client {c.cid} ("{c.username}" to "{c.database}") waited more than '
+                "query_wait_timeout for a server connection; closing it",
+            )
+            self.ctx.drop_client(c, fatal("08P01", "query_wait_timeout"))
+            return
         self.ctx.log(
             logging.WARNING,
             f'client {c.cid} ("{c.username}" to "{c.database}") waited more than '
@@ -425,7 +457,7 @@ class Lending:
             c.wait_deadline = None  # as before: no connect_timeout for this wait
         assert c.user is not None
         if len(pool.servers) < c.user.pool_size:
-            self.pools.open_server(pool)
+            self.pools.grow(pool)
 
     def _no_server(self, c: Client, message: str, sqlstate: str = "57P03") -> None:
         """No server can take ``c``'s requests: answer them as a server would."""

@@ -69,6 +69,7 @@ from pgsansio.protocol import (
 from ._buffers import STREAM_MIN
 from ._effects import OpenServer, SendClient
 from ._errors import ClientFatal, as_fatal, fatal
+from ._eventlog import LOGIN, LOGIN_FAILED, client_tag
 from ._objects import (
     P_AUTH_QUERY,
     P_PROBE,
@@ -89,6 +90,8 @@ from ._states import (
 )
 
 if TYPE_CHECKING:
+    from pgsansio.config.model import UserConfig
+
     from ._context import Context
     from ._lending import Lending
     from ._pooling import Pools
@@ -97,7 +100,12 @@ if TYPE_CHECKING:
     from ._stats import Stats
     from ._tls import Tls
 
-__all__ = ["ADMIN_DATABASES", "Login", "fatal"]
+__all__ = ["ADMIN_DATABASES", "UNIX_OWNER_PEER", "Login", "fatal"]
+
+UNIX_OWNER_PEER = "unix socket (same OS user)"
+"""The peer a frontend reports for a Unix-socket client running as the pooler's own OS
+user (SO_PEERCRED). PgBouncer lets such a client into the console without a password
+as user ``pgbouncer``, and as anyone when no ``admin_users`` are set; so do we."""
 
 ADMIN_DATABASES = ("pgcat", "pgbouncer")
 _CANCELED = ErrorResponse.build("57014", "canceling statement due to user request")
@@ -171,9 +179,13 @@ class Login:
                     tracked[canonical] = val
                 else:
                     settings[key.lower()] = quote_literal(val)
+        if self.ctx.config.general.application_name_add_host:
+            # PgBouncer's application_name_add_host: where the client connects from
+            name = tracked.get("application_name", "")
+            tracked["application_name"] = f"{name} - {c.peer}"
         c.params = tracked
         c.settings = settings
-        group = self.pools.groups.get((c.database, c.username))
+        group = self.pools.find_group(c.database, c.username)
         if c.database in ADMIN_DATABASES and group is None:
             c.admin = True  # the console (see _admin), after the same password check
         c.group = group
@@ -215,7 +227,13 @@ class Login:
                 return "trust" if c.user.auth_type == "trust" and secret else "md5"
             return c.user.auth_type
         if c.admin:
-            return self.ctx.config.general.admin_auth_type
+            if self._peer_admin(c):
+                return "trust"
+            console = self._console_user(c)
+            if console is not None:
+                return console.auth_type
+            method: str = self.ctx.config.general.admin_auth_type
+            return method
         # Unknown user or database: the method most users here have, so that the
         # challenge itself says nothing about who exists.
         methods = [u.auth_type for p in self.ctx.config.pools.values() for u in p.users.values()]
@@ -227,7 +245,8 @@ class Login:
         if c.admin:
             general = self.ctx.config.general
             if c.username != general.admin_username:
-                return None
+                console = self._console_user(c)
+                return console.password if console is not None else None
             return general.admin_password or None
         if c.user is None:
             return None
@@ -266,7 +285,7 @@ class Login:
                 and md5_verify(c.username, password, state, event.password)
             )
             if not ok:
-                self.ctx.drop_client(c, failed)
+                self._refuse(c, failed)
                 return
             self._authenticated(c)
             return
@@ -283,7 +302,7 @@ class Login:
                 if (
                     group is not None
                     and c.user is not None
-                    and c.user.password is None
+                    and (c.user.password is None or c.user.password.startswith("SCRAM-SHA-256$"))
                     and state.client_key is not None
                 ):
                     # Pass-through: the proof gave us ClientKey, which logs us in to
@@ -293,7 +312,7 @@ class Login:
             else:
                 raise ClientFatal("08P01", "expected a SASL response")
         except AuthenticationFailed:
-            self.ctx.drop_client(c, failed)
+            self._refuse(c, failed)
 
     def _authenticated(self, c: Client) -> None:
         if c.admin:
@@ -304,11 +323,11 @@ class Login:
         group = c.group
         if group is not None and group.removed:
             # A reload while this client was logging in: take the pool's new version.
-            group = self.pools.groups.get((group.name, group.user.username))
+            group = self.pools.find_group(group.name, group.user.username)
             if group is not None:
                 c.group, c.user = group, group.user
         if group is None or group.removed:
-            self.ctx.drop_client(
+            self._refuse(
                 c, fatal("28P01", f'password authentication failed for user "{c.username}"')
             )
             return
@@ -319,7 +338,7 @@ class Login:
             if not any(p.opening or p.servers for p in group.all_pools()):
                 pool = self.router.choose_pool(c)
                 if len(pool.servers) < group.user.pool_size:
-                    self.pools.open_server(pool)
+                    self.pools.grow(pool)
             return
         self._welcome(c)
 
@@ -376,11 +395,53 @@ class Login:
         self.logging_in.pop(c, None)
         c.stats = self.stats.stats_for(group.name)
         c.stats.client_login_count += 1
-        if self.ctx.config.general.log_client_connections:
-            self.ctx.log(
+        self._log_login(c, "")
+
+    def _log_login(self, c: Client, what: str) -> None:
+        general = self.ctx.config.general
+        if general.log_connections or general.log_client_connections:
+            self.ctx.event(
+                LOGIN,
                 logging.INFO,
-                f'client {c.cid} from {c.peer} logged in as "{c.username}" to "{c.database}"',
+                f"{client_tag(c)} login attempt: db={c.database} user={c.username} "
+                f"tls={'yes' if c.tls else 'no'}{what}",
             )
+
+    def _refuse(self, c: Client, error: ErrorResponse) -> None:
+        """End a login that failed, after logging its real cause (the client is told
+        only "password authentication failed", whatever it was, so that the answer
+        does not tell a stranger which databases and users exist)."""
+        if self.ctx.config.general.log_pooler_errors:
+            self.ctx.event(
+                LOGIN_FAILED,
+                logging.WARNING,
+                f"{client_tag(c)} login failed: {self._why_refused(c)} (the client is told "
+                '"password authentication failed", whatever the cause)',
+            )
+        self.ctx.drop_client(c, error)
+
+    def _why_refused(self, c: Client) -> str:
+        config = self.ctx.config
+        if c.admin:
+            general = config.general
+            if c.username != general.admin_username and c.username not in (
+                general.admin_users + general.stats_users
+            ):
+                return (
+                    f'user "{c.username}" may not use the admin console (not admin_username,'
+                    " admin_users or stats_users)"
+                )
+            return "wrong password for the admin console"
+        group = c.group
+        if group is None:
+            if c.database not in config.pools:
+                return f'no such database: "{c.database}" (no [pools.{c.database}] section)'
+            return f'no such user: "{c.username}" is not a user of pool "{c.database}"'
+        if group.removed:
+            return f'pool "{c.database}" was removed by a reload while the client logged in'
+        if self._password(c) is None:
+            return "no password is known for this user (auth_query found none)"
+        return "wrong password"
 
     def read(self, c: Client) -> None:
         """Read what ``c`` sent while logging in: until it is logged in or gone, more
@@ -477,7 +538,7 @@ class Login:
                         s, fatal("28000", "the server offers no SASL mechanism we support")
                     )
                     return
-                if password is not None:
+                if password is not None and not password.startswith("SCRAM-SHA-256$"):
                     client = ScramClient(password)
                 elif group.scram_keys is not None and s.purpose != P_AUTH_QUERY:
                     client = ScramClient(
@@ -646,13 +707,41 @@ class Login:
         for c in waiters:
             self.ctx.drop_client(c, error)
 
+    def _console_user(self, c: Client) -> UserConfig | None:
+        """A user of ``admin_users``/``stats_users`` (other than admin_username), with
+        the secret and method it has in the pools, as PgBouncer takes them from its
+        auth_file."""
+        general = self.ctx.config.general
+        if c.username == general.admin_username or (
+            c.username not in general.admin_users and c.username not in general.stats_users
+        ):
+            return None
+        for pool in self.ctx.config.pools.values():
+            user = pool.users.get(c.username)
+            if user is not None:
+                return user
+        return None
+
+    def _peer_admin(self, c: Client) -> bool:
+        return c.peer == UNIX_OWNER_PEER and (
+            c.username == "pgbouncer" or not self.ctx.config.general.admin_username
+        )
+
     def admin_welcome(self, c: Client) -> None:
         general = self.ctx.config.general
-        if not general.admin_username or c.username != general.admin_username:
-            self.ctx.drop_client(
+        named = c.username in general.admin_users or c.username in general.stats_users
+        allowed = (general.admin_username and c.username == general.admin_username) or named
+        if not allowed and not self._peer_admin(c):
+            self._refuse(
                 c, fatal("28P01", f'password authentication failed for user "{c.username}"')
             )
             return
+        c.stats_only = (
+            c.username in general.stats_users
+            and c.username not in general.admin_users
+            and c.username != general.admin_username
+            and not self._peer_admin(c)
+        )
         self.ctx.send_client(c, AuthenticationOk())
         for name, value in (
             ("server_version", f"pgsansio {__version__}"),
@@ -672,9 +761,4 @@ class Login:
         self.ctx.send_client(c, ReadyForQuery("I"))
         client_to(c, ClientInput.LOGGED_IN)
         self.logging_in.pop(c, None)
-        if general.log_client_connections:
-            self.ctx.log(
-                logging.INFO,
-                f'client {c.cid} from {c.peer} logged in as "{c.username}" to the admin '
-                f'console ("{c.database}")',
-            )
+        self._log_login(c, " (admin console)")

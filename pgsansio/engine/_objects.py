@@ -96,6 +96,7 @@ class Prepared:
 
 class Client:
     __slots__ = (
+        "active_at",
         "admin",
         "aliases",
         "auth",
@@ -123,6 +124,7 @@ class Client:
         "shard",
         "state",
         "stats",
+        "stats_only",
         "stream_wait",
         "sync_key",
         "tls",
@@ -147,6 +149,7 @@ class Client:
         self.group: PoolGroup | None = None
         self.pool: Pool | None = None  # the address pool it waits on or holds a server of
         self.admin = False
+        self.stats_only = False  # a console user of stats_users: SHOW only
         self.blocked = False  # its socket's send buffer is full: don't read its server
         self.tls = False  # the frontend completed a TLS handshake with it
         self.auth: tuple[str, bytes | ScramServer | None] | None = None
@@ -169,6 +172,7 @@ class Client:
         self.wait_deadline: float | None = None  # connect_timeout, while waiting
         self.checkout_failures = 0
         self.login_deadline = now
+        self.active_at = now  # when it last sent anything (client_idle_timeout)
         # Set when the client is to be refused before its startup packet was read (see
         # Login.connected): it is refused with this error once that packet arrives.
         self.refusal: ErrorResponse | None = None
@@ -260,7 +264,17 @@ class ServerConn:
 class Pool:
     """The server connections of one (pool, user, shard, address), as PgCat keys them."""
 
-    __slots__ = ("address", "group", "idle", "opening", "reap_at", "servers", "shard", "waiters")
+    __slots__ = (
+        "address",
+        "group",
+        "idle",
+        "opening",
+        "reap_at",
+        "reserve_at",
+        "servers",
+        "shard",
+        "waiters",
+    )
 
     def __init__(self, group: PoolGroup, shard: int, address: ServerAddress) -> None:
         self.group = group
@@ -271,6 +285,7 @@ class Pool:
         self.waiters: deque[Client] = deque()
         self.opening = 0
         self.reap_at: float | None = None  # when the reaper next looks at idle servers
+        self.reserve_at: float | None = None  # when the reserve pool is next looked at
 
     @property
     def busy(self) -> int:

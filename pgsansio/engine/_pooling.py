@@ -21,6 +21,7 @@ from pgsansio.protocol import (
 
 from ._effects import CloseServer, OpenServer
 from ._errors import fatal
+from ._limits import capped, pool_limit, sharing
 from ._objects import (
     K_QUERY,
     P_CANCEL,
@@ -47,8 +48,12 @@ if TYPE_CHECKING:
 
     from ._context import Context
 
-__all__ = ["INTERNAL_QUERY_TIMEOUT", "Pools"]
+__all__ = ["ANY_USER", "FALLBACK_POOL", "INTERNAL_QUERY_TIMEOUT", "Pools"]
 
+FALLBACK_POOL = "*"  # PgBouncer's fallback database (see Pools.find_group)
+ANY_USER = "*"  # any user, looked up with auth_query (see Pools.find_group)
+
+SCRAM_PREFIX = "SCRAM-SHA-256$"  # a stored verifier: it logs in only by pass-through
 INTERNAL_QUERY_TIMEOUT = 10.0  # seconds for our own SET / ROLLBACK / DISCARD ALL
 
 # The extended-protocol requests whose failure the server reports once per batch.
@@ -91,6 +96,9 @@ class Pools:
             if c.state is not C_CLOSED:
                 self.ctx.link(c, s)
                 return
+        limited = s.group.cfg.max_db_connections or s.group.user.max_user_connections
+        if limited and self._hand_over(s):
+            return
         server_to(s, SI_IDLED)
         pool.idle.append(s)
         user = s.group.user
@@ -122,6 +130,61 @@ class Pools:
         if first is not None:
             self.ctx.at(max(first, self.ctx.now + 0.001), lambda: self._reap(pool, first))
 
+    def grow(self, pool: Pool) -> bool:
+        """Open one more connection for ``pool``'s clients if its limits allow (see
+        :mod:`._limits`), closing an idle one of another pool under the same cap to make
+        room; whether it did."""
+        limit = pool_limit(pool, self.ctx.now, self.ctx.config.general.reserve_pool_timeout)
+        if len(pool.servers) >= limit:
+            return False
+        if capped(pool.group, self.groups.values()) is not None:
+            victim = next(
+                (
+                    idle
+                    for g in sharing(pool.group, self.groups.values())
+                    for p in g.all_pools()
+                    if p is not pool
+                    for idle in p.idle
+                ),
+                None,
+            )
+            if victim is None:
+                return False  # a release will hand its connection over (_hand_over)
+            self.close_server(victim, wake=False)
+            if capped(pool.group, self.groups.values()) is not None:
+                return False
+        if len(pool.servers) >= pool.group.user.pool_size:
+            self.ctx.log(
+                logging.INFO,
+                f'taking connection from reserve_pool for "{pool.group.name}" '
+                f'user "{pool.group.user.username}"',
+            )
+        self.open_server(pool)
+        return True
+
+    def _hand_over(self, s: ServerConn) -> bool:
+        """``s`` was released with nobody waiting on its pool: if a pool under the same
+        cap has clients waiting for room, close ``s`` and open one for them."""
+        assert s.group is not None
+        for g in sharing(s.group, self.groups.values()):
+            for p in g.all_pools():
+                if p is s.pool or not p.waiters or g.removed:
+                    continue
+                if len(p.servers) < pool_limit(
+                    p, self.ctx.now, self.ctx.config.general.reserve_pool_timeout
+                ):
+                    self.close_server(s, wake=False)
+                    self.open_server(p)
+                    return True
+        return False
+
+    def _wake_capped(self, group: PoolGroup) -> None:
+        """A connection under a cap closed: pools waiting for room may open one."""
+        for g in sharing(group, self.groups.values()):
+            for p in g.all_pools():
+                if p.waiters and not p.opening:
+                    self.refill(p)
+
     def open_server(self, pool: Pool) -> ServerConn:
         self.ctx.next_sid += 1
         s = ServerConn(self.ctx.next_sid, pool, pool.address, self.ctx.now)
@@ -135,11 +198,9 @@ class Pools:
 
     def _login_deadline(self, s: ServerConn) -> None:
         if s.state in (ServerState.CONNECTING, S_LOGIN):
-            self.ctx.server_gone(
-                s, fatal("08001", f"timed out connecting to server {self.ctx.where(s)}")
-            )
+            self.ctx.server_gone(s, fatal("08001", "timed out connecting to the server"))
 
-    def close_server(self, s: ServerConn, *, send: bool = True) -> None:
+    def close_server(self, s: ServerConn, *, send: bool = True, wake: bool = True) -> None:
         if s.state is S_CLOSED:
             return
         if (
@@ -162,6 +223,8 @@ class Pools:
         s.queue.clear()
         if send:
             self.ctx.out.append(CloseServer(s.sid))
+        if wake and s.group is not None and s.purpose == P_POOL:
+            self._wake_capped(s.group)
         self.ctx.maybe_exit()
 
     def refill(self, pool: Pool) -> None:
@@ -171,7 +234,7 @@ class Pools:
         ):
             return
         if pool.waiters and len(pool.servers) < pool.group.user.pool_size:
-            self.open_server(pool)
+            self.grow(pool)
         elif not pool.group.removed:
             need = pool.group.user.min_pool_size - len(pool.servers)
             for _ in range(max(0, need)):
@@ -202,8 +265,9 @@ class Pools:
         self._schedule_reap(pool)
 
     def prewarm(self, group: PoolGroup) -> None:
-        if group.user.backend_password is None and group.scram_keys is None:
-            return  # auth_query users: no credentials until a client logs in
+        password = group.user.backend_password
+        if (password is None or password.startswith(SCRAM_PREFIX)) and group.scram_keys is None:
+            return  # auth_query / stored SCRAM: no credentials until a client logs in
         if self.ctx.life.pausing and group.name in self.ctx.life.paused:
             return
         for pool in group.all_pools():
@@ -233,11 +297,40 @@ class Pools:
         for group in self.groups.values():
             self.prewarm(group)
 
+    def find_group(self, database: str, username: str) -> PoolGroup | None:
+        """The group for (database, user), made on first use from PgBouncer's fallbacks.
+
+        A pool named ``*`` serves every database name that has no pool of its own (each
+        as its own pool, on the server database of that name); a user named ``*`` in a
+        pool with ``auth_query`` stands for every user not listed, whose secret
+        auth_query looks up (PgBouncer's ``auth_user``). Made groups are kept; a reload
+        rebuilds them lazily."""
+        group = self.groups.get((database, username))
+        if group is not None or database in ("pgcat", "pgbouncer") or username == ANY_USER:
+            return group
+        pools = self.ctx.config.pools
+        cfg = pools.get(database)
+        if cfg is None:
+            cfg = pools.get(FALLBACK_POOL)
+            if cfg is None:
+                return None
+            shards = tuple(replace(shard, database=database) for shard in cfg.shards)
+            cfg = replace(cfg, name=database, shards=shards)
+        user = cfg.users.get(username)
+        if user is None:
+            template = cfg.users.get(ANY_USER) if cfg.auth_query else None
+            if template is None:
+                return None
+            user = replace(template, username=username)
+        group = self.groups[(database, username)] = PoolGroup(cfg, user)
+        return group
+
     def build_groups(self, config: Config) -> None:
         self.groups = {}
         for pool_cfg in config.pools.values():
             for user in pool_cfg.users.values():
-                self.groups[(pool_cfg.name, user.username)] = PoolGroup(pool_cfg, user)
+                if user.username != ANY_USER:  # a template (see find_group)
+                    self.groups[(pool_cfg.name, user.username)] = PoolGroup(pool_cfg, user)
 
     def internal_query(self, s: ServerConn, sql: str, tag: str) -> None:
         server_to(s, ServerInput.QUERIED)

@@ -37,7 +37,6 @@ when a client with no server sends something (transaction mode) or logs in (sess
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 from pgsansio.protocol import (
@@ -103,18 +102,6 @@ class Routes:
                 return None
             router = self._routers[size] = Router(max_length=size)
         return router
-
-    def check_parser(self) -> None:
-        """At start and reload: say plainly if the query parser cannot run here."""
-        pools = [p.name for p in self.ctx.config.pools.values() if p.query_parser_enabled]
-        if pools and self._router(None) is None:
-            self.ctx.log(
-                logging.ERROR,
-                f"query_parser_enabled is set (pool {', '.join(pools)}) but the SQL parser "
-                f"cannot be loaded ({self._parser_missing}): install pgsansio[routing] "
-                "(pglast); until then servers are chosen by default_role alone, and "
-                "automatic_sharding_key finds no key",
-            )
 
     # === the role a client's pending requests need =================================
 

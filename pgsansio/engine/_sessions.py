@@ -135,6 +135,10 @@ class Sessions:
             if timeout:
                 gen = s.query_gen
                 self.ctx.at(self.ctx.now + timeout / 1000, lambda: self.statement_timeout(s, gen))
+            timeout = self.ctx.config.general.query_timeout
+            if timeout:
+                gen = s.query_gen
+                self.ctx.at(self.ctx.now + timeout / 1000, lambda: self.query_timeout(s, gen))
         elif s.client is c:
             self.release_if_done(s)
 
@@ -206,6 +210,26 @@ class Sessions:
                 f"({c.user.statement_timeout} ms)",
             ),
         )
+
+    def query_timeout(self, s: ServerConn, gen: int) -> None:
+        """PgBouncer's ``query_timeout``: the server is closed (a cancel stops what it
+        runs) and the client let go with PgBouncer's words; unlike PgCat's
+        statement_timeout nothing is banned, the query was slow, not the server. As in
+        PgBouncer the time counts from the client's last request until the server is
+        idle outside a transaction, so a client idle in a transaction is let go too
+        (compared side by side with PgBouncer 1.18)."""
+        c = s.client
+        if c is None or s.query_gen != gen:
+            return  # released, or another request came since
+        if not s.queue and s.conn.transaction_status == "I":
+            return  # answered and idle: PgBouncer's clock runs until the server is ready
+        self.ctx.log(logging.WARNING, f"client {c.cid}: query_timeout on {self.ctx.where(s)}")
+        self.unlink(c, s)
+        self.pools.cancel_server(s)
+        self.pools.close_server(s)
+        if s.pool is not None:
+            self.pools.refill(s.pool)
+        self.ctx.drop_client(c, fatal("08P01", "query timeout"))  # PgBouncer's words
 
     def client_writable(self, c: Client, writable: bool) -> None:
         """Backpressure: a client that reads slowly stops its server being read."""

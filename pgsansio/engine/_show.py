@@ -44,12 +44,14 @@ _RESTART_ONLY = frozenset({"host", "port", "worker_threads"})
 HELP = """\
 SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION|STATE|BANS
 SHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS|LISTS
+SHOW SOCKETS|ACTIVE_SOCKETS|FDS|MEM|DNS_HOSTS|DNS_ZONES|PEERS|PEER_POOLS
 SET key = arg (accepted and ignored)
 PAUSE [<db>]
 RESUME [<db>]
 DISABLE <db>
 ENABLE <db>
 RECONNECT [<db>]
+WAIT_CLOSE [<db>]
 KILL [<db>]
 KILL_CLIENT <id>
 BAN <host>[:<port>] <seconds>
@@ -201,11 +203,11 @@ class Show:
                         forced.pop() if len(forced) == 1 else None,
                         max((u.pool_size for u in users), default=0),
                         max((u.min_pool_size for u in users), default=0),
-                        0,
+                        pool_cfg.reserve_pool_size,
                         max((u.server_lifetime for u in users), default=0) // 1000,
                         pool_cfg.pool_mode,
                         pool_cfg.load_balancing_mode,
-                        0,
+                        pool_cfg.max_db_connections,
                         current,
                         0,
                         client_counts.get(name, 0),
@@ -320,8 +322,11 @@ class Show:
         self.rows(c, columns, rows)
 
     def _show_clients(self, c: Client) -> None:
+        self.rows(c, _SOCKET_COLUMNS, self._client_rows())
+
+    def _client_rows(self) -> list[Row]:
         general = self.ctx.config.general
-        rows = []
+        rows: list[Row] = []
         for x in sorted(self.ctx.clients.values(), key=lambda x: x.cid):
             if x.waiting_since is not None:
                 state = "waiting"
@@ -359,15 +364,37 @@ class Show:
                     x.cid,
                 )
             )
-        self.rows(c, _SOCKET_COLUMNS, rows)
+        return rows
 
     def _show_servers(self, c: Client) -> None:
+        self.rows(c, _SOCKET_COLUMNS, self._server_rows())
+
+    def _server_rows(self) -> list[Row]:
         rows = []
         for s in sorted(self.ctx.servers.values(), key=lambda s: s.sid):
             if s.group is None or s.pool is None:
                 continue  # a cancel request or an auth_query lookup in flight
             rows.append(self._server_row(s))
-        self.rows(c, _SOCKET_COLUMNS, rows)
+        return rows
+
+    def _show_sockets(self, c: Client, *, active: bool = False) -> None:
+        """PgBouncer's SOCKETS: CLIENTS and SERVERS with its buffer columns, which
+        have no counterpart here (pgsansio's buffers are the runtime's): 0."""
+        state = _SOCKET_COLUMNS.index(("state", TEXT))
+        rows = [
+            (*row, 0, 0, 0, 0, 0, 0, 0)
+            for row in [*self._client_rows(), *self._server_rows()]
+            if not active or row[state] in ("active", "waiting")
+        ]
+        self.rows(c, (*_SOCKET_COLUMNS, *_BUFFER_COLUMNS), rows)
+
+    def _show_active_sockets(self, c: Client) -> None:
+        self._show_sockets(c, active=True)
+
+    def _show_empty(self, c: Client, item: str) -> None:
+        """Views of what pgsansio does not have (its own DNS cache, peers, slab
+        allocator, descriptors to hand over): PgBouncer's columns, no rows."""
+        self.rows(c, _EMPTY_VIEWS[item], [])
 
     def _server_row(self, s: ServerConn) -> Row:
         assert s.group is not None
@@ -398,17 +425,17 @@ class Show:
 
     def _show_users(self, c: Client) -> None:
         users: dict[str, list[int]] = {}
-        modes: dict[str, tuple[int, str]] = {}
+        modes: dict[str, tuple[int, str, int]] = {}
         for g in self.pools.groups.values():
             u = g.user
             entry = users.setdefault(u.username, [0, 0])
             entry[0] += sum(len(p.servers) for p in g.all_pools())
-            modes.setdefault(u.username, (u.pool_size, u.pool_mode))
+            modes.setdefault(u.username, (u.pool_size, u.pool_mode, u.max_user_connections))
         for x in self.ctx.clients.values():
             if x.group is not None and x.username in users:
                 users[x.username][1] += 1
         rows = [
-            (name, modes[name][0], 0, modes[name][1], 0, servers, 0, clients)
+            (name, modes[name][0], 0, modes[name][1], modes[name][2], servers, 0, clients)
             for name, (servers, clients) in sorted(users.items())
         ]
         columns = (
@@ -545,7 +572,64 @@ class Show:
         "STATS_AVERAGES": _show_stats_averages,
         "TOTALS": _show_totals,
         "BANS": _show_bans,
+        "SOCKETS": _show_sockets,
+        "ACTIVE_SOCKETS": _show_active_sockets,
+        **{
+            item: lambda self, c, item=item: self._show_empty(c, item)  # type: ignore[misc]
+            for item in ("FDS", "MEM", "DNS_HOSTS", "DNS_ZONES", "PEERS", "PEER_POOLS")
+        },
     }
+
+
+_BUFFER_COLUMNS: Columns = tuple(
+    (name, INT8)
+    for name in (
+        "recv_pos",
+        "pkt_pos",
+        "pkt_remain",
+        "send_pos",
+        "send_remain",
+        "pkt_avail",
+        "send_avail",
+    )
+)
+
+_EMPTY_VIEWS: dict[str, Columns] = {
+    "FDS": tuple(
+        (name, INT8 if name in ("fd", "port", "cancel", "link") else TEXT)
+        for name in [
+            "fd",
+            "task",
+            "user",
+            "database",
+            "addr",
+            "port",
+            "cancel",
+            "link",
+            "client_encoding",
+            "std_strings",
+            "datestyle",
+            "timezone",
+            "password",
+            "scram_client_key",
+            "scram_server_key",
+        ]
+    ),
+    "MEM": (("name", TEXT), ("size", INT8), ("used", INT8), ("free", INT8), ("memtotal", INT8)),
+    "DNS_HOSTS": (("hostname", TEXT), ("ttl", INT8), ("addrs", TEXT)),
+    "DNS_ZONES": (("zonename", TEXT), ("serial", INT8), ("count", INT8)),
+    "PEERS": (("peer_id", INT8), ("host", TEXT), ("port", INT8), ("pool_size", INT8)),
+    "PEER_POOLS": tuple(
+        (name, INT8)
+        for name in (
+            "peer_id",
+            "cl_active_cancel_req",
+            "cl_waiting_cancel_req",
+            "sv_active_cancel",
+            "sv_login",
+        )
+    ),
+}
 
 
 def _text(value: object) -> str:

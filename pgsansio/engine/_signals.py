@@ -46,7 +46,9 @@ class _Inputs(Protocol):
 
     def pause(self, now: float) -> Iterable[Effect]: ...
     def resume(self, now: float) -> Iterable[Effect]: ...
-    def shutdown(self, now: float, *, wait_for_clients: bool = False) -> Iterable[Effect]: ...
+    def shutdown(
+        self, now: float, *, wait_for_clients: bool = False, reason: str = ...
+    ) -> Iterable[Effect]: ...
 
 
 class Signals:
@@ -71,7 +73,8 @@ class Signals:
             return [
                 Log(
                     logging.WARNING,
-                    f"{name} during shutdown: exiting now, closing every connection",
+                    f"pgsansio stopped: {name} during shutdown, so at once: every connection "
+                    "was closed",
                 ),
                 Exit(128 + signal.Signals[name].value, at_once=True),
             ]
@@ -79,14 +82,14 @@ class Signals:
         if name == "SIGINT":
             return [
                 Log(logging.INFO, "SIGINT: shutting down; send it again to exit at once"),
-                *engine.shutdown(now),
+                *engine.shutdown(now, reason="SIGINT"),
             ]
         return [
             Log(
                 logging.INFO,
                 "SIGTERM: shutting down once every client has left; send it again to exit at once",
             ),
-            *engine.shutdown(now, wait_for_clients=True),
+            *engine.shutdown(now, wait_for_clients=True, reason="SIGTERM"),
         ]
 
 

@@ -128,5 +128,14 @@ class Tls:
             assert s.pool is not None
             user_name = group.user.backend_username
             database = group.cfg.shards[s.pool.shard].database
-        startup = StartupMessage({"user": user_name, "database": database})
+        params = {"user": user_name, "database": database}
+        cfg = group.cfg
+        for name, value in (
+            ("client_encoding", cfg.client_encoding),
+            ("DateStyle", cfg.datestyle),
+            ("TimeZone", cfg.timezone),
+        ):
+            if value is not None:  # PgBouncer's per-database server settings
+                params[name] = value
+        startup = StartupMessage(params)
         self.ctx.send_server(s, s.conn.send(startup))

@@ -57,7 +57,9 @@ Choices a frontend makes the same way everywhere:
 
 from __future__ import annotations
 
+import errno
 import importlib.util
+import os
 import socket
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Final, Protocol
@@ -72,6 +74,7 @@ __all__ = [
     "EngineAPI",
     "FrontendError",
     "Ready",
+    "listen_failed",
     "missing",
     "peer_text",
     "real_engine",
@@ -103,6 +106,28 @@ class FrontendError(Exception):
 
     ``str()`` is a complete message for the operator.
     """
+
+
+def listen_failed(host: str, port: int, exc: OSError) -> FrontendError:
+    """The operator's message for an address the pooler cannot listen on.
+
+    Said once, in words: each runtime wraps the errno in its own text (asyncio's
+    "error while attempting to bind on address (...): address already in use"), so
+    the text is rebuilt from the errno.
+    """
+    if exc.errno:
+        why = os.strerror(exc.errno)
+        why = why[:1].lower() + why[1:]
+    else:
+        why = str(exc)
+    hint = ""
+    if exc.errno == errno.EADDRINUSE:
+        hint = " (another program, perhaps a PostgreSQL, already listens there)"
+    elif exc.errno == errno.EACCES and 0 < port < 1024:
+        hint = " (ports below 1024 need privileges: use a higher port)"
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        hint = " (no interface of this machine has that address: change host)"
+    return FrontendError(f"cannot listen on {host}:{port}: {why}{hint}")
 
 
 class EngineAPI(Protocol):
@@ -203,8 +228,8 @@ def missing(name: str) -> str | None:
             alternative = "asyncio" if name != "asyncio" else "auto"
             return (
                 f"the {name} frontend was asked for, but the {package!r} package is not "
-                f"installed; install it with: pip install 'pgsansio[{name}]' "
-                f"(or choose --frontend {alternative})"
+                f"installed; install it with: pip install {' '.join(_NEEDS[name])} "
+                f"(pgsansio's '{name}' extra), or choose --frontend {alternative}"
             )
     return None
 

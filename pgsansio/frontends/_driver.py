@@ -55,9 +55,15 @@ runtime calls only.
 
 from __future__ import annotations
 
+import contextlib
+import grp
 import itertools
 import logging
+import os
 import signal
+import socket
+import ssl
+import sys
 import threading
 import time
 from collections import deque
@@ -65,6 +71,7 @@ from collections.abc import Awaitable, Callable, Iterable, KeysView
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from pgsansio.engine import (
+    UNIX_OWNER_PEER,
     CloseClient,
     CloseServer,
     Exit,
@@ -78,7 +85,7 @@ from pgsansio.engine import (
     StartTls,
     Wakeup,
 )
-from pgsansio.frontends import EX_SOFTWARE, FrontendError, Ready, real_engine
+from pgsansio.frontends import EX_SOFTWARE, FrontendError, Ready, peer_text, real_engine
 from pgsansio.frontends._tls import tls_contexts
 
 if TYPE_CHECKING:
@@ -91,10 +98,13 @@ __all__ = [
     "HIGH_WATER",
     "LOW_WATER",
     "OPERATOR_SIGNALS",
+    "UNIX_OWNER_PEER",
     "Conn",
     "Driver",
     "Outbox",
     "error_text",
+    "server_path",
+    "unix_socket_path",
 ]
 
 log = logging.getLogger("pgsansio.frontend")
@@ -119,6 +129,17 @@ OPERATOR_SIGNALS: Final = (
 """The signals a frontend catches and hands to the engine."""
 
 
+def unix_socket_path(directory: str, port: int) -> str:
+    """The socket file libpq and PgBouncer use for ``port`` in ``directory``."""
+    return os.path.join(directory, f".s.PGSQL.{port}")
+
+
+def server_path(host: str, port: int) -> str | None:
+    """The socket file to reach a server whose host is a directory (as in libpq: a
+    host starting with ``/``), or None for a TCP host."""
+    return unix_socket_path(host, port) if host.startswith("/") else None
+
+
 class Conn(Protocol):
     """One connection as the driver uses it (an asyncio transport is one as it is).
 
@@ -138,11 +159,24 @@ def error_text(exc: BaseException) -> str:
 
     anyio reports a refused connection as "All connection attempts failed" with the
     real errors in its cause; the first of those says what happened, as asyncio does.
+    Words, not errno numbers or socket addresses: the text reaches clients, and the
+    engine's log line names the server ("[Errno 111] Connect call failed ('10.0.0.5',
+    5432)" becomes "connection refused").
     """
     cause = exc.__cause__
     if isinstance(cause, BaseExceptionGroup) and cause.exceptions:
         return error_text(cause.exceptions[0])
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, socket.gaierror) and exc.strerror:
+        return f"cannot resolve the host name ({_lower_first(exc.strerror)})"
+    if isinstance(exc, OSError) and exc.errno and not isinstance(exc, ssl.SSLError):
+        return _lower_first(os.strerror(exc.errno))
     return str(exc) or type(exc).__name__
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
 
 
 class Outbox:
@@ -218,6 +252,7 @@ class Driver:
         self._live = 0  # connections the runtime has not finished closing
         self.address: tuple[str, int] | None = None
         """The bound (host, port) once ``serve`` listens (port 0 is resolved)."""
+        self._unix_path: str | None = None  # our Unix socket's file, removed at exit
 
     @classmethod
     async def serve_config(
@@ -481,8 +516,6 @@ class Driver:
         except (ConfigError, FrontendError) as exc:
             log.error("reload failed; the running configuration stays in force:\n%s", exc)
             return self.engine.reload_failed(str(exc), now)
-        for warning in new.warnings:
-            log.warning("%s", warning)
         self.config = new
         self.tls = tls
         return self.engine.reload(new, now)
@@ -501,6 +534,76 @@ class Driver:
         if general.enable_prometheus_exporter:
             ports.append((general.prometheus_exporter_port, True))
         return ports
+
+    def _hosts(self) -> list[str | None]:
+        """The addresses to listen on: ``host`` may list several, comma-separated, and
+        ``*`` means every interface, IPv4 and IPv6 (PgBouncer's ``listen_addr``)."""
+        hosts = [h.strip() for h in self.config.general.host.split(",") if h.strip()]
+        return [None if h == "*" else h for h in hosts] or [None]
+
+    def _unix_listener(self, port: int) -> socket.socket | None:
+        """PgBouncer's Unix socket, ``<unix_socket_dir>/.s.PGSQL.<port>``, bound and
+        listening (non-blocking), or None when ``unix_socket_dir`` is not set.
+
+        ``port`` is the TCP port really bound, as PgBouncer names its socket after
+        ``listen_port``. A socket file left by a pooler that died is replaced; one that
+        still answers belongs to a running pooler and is an error, as in PostgreSQL."""
+        general = self.config.general
+        if not general.unix_socket_dir:
+            return None
+        path = unix_socket_path(general.unix_socket_dir, port)
+        if os.path.exists(path):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+            except OSError:
+                os.unlink(path)  # stale: nobody listens there any more
+            else:
+                raise FrontendError(f"cannot listen on {path}: another server is running there")
+            finally:
+                probe.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+            self._unix_path = path
+            os.chmod(path, general.unix_socket_mode)
+            if general.unix_socket_group:
+                os.chown(path, -1, grp.getgrnam(general.unix_socket_group).gr_gid)
+            sock.listen(general.listen_backlog)
+        except (OSError, KeyError) as exc:
+            sock.close()
+            reason = (
+                f"no group {general.unix_socket_group!r}" if isinstance(exc, KeyError) else exc
+            )
+            raise FrontendError(f"cannot listen on {path}: {reason}") from None
+        sock.setblocking(False)
+        log.info("listening on %s (Unix socket)", path)
+        return sock
+
+    def _unlink_unix(self) -> None:
+        """Remove our socket file at exit, as PgBouncer and PostgreSQL do."""
+        if self._unix_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._unix_path)
+            self._unix_path = None
+
+    def peer_of(self, sock: Any, peername: object) -> str:
+        """A client's peer for the engine: ``host:port``, or for a Unix socket
+        :data:`UNIX_OWNER_PEER` when the client runs as our own OS user (found with
+        SO_PEERCRED; the engine decides what that allows) and ``unix socket`` otherwise."""
+        family = getattr(sock, "family", None)
+        if family != socket.AF_UNIX:
+            return peer_text(peername)
+        creds = getattr(socket, "SO_PEERCRED", None)
+        if creds is not None:
+            try:
+                raw = sock.getsockopt(socket.SOL_SOCKET, creds, 12)  # struct ucred: 3 ints
+                uid = int.from_bytes(raw[4:8], sys.byteorder)
+            except (OSError, ValueError):
+                uid = -1
+            if uid == os.getuid():
+                return UNIX_OWNER_PEER
+        return "unix socket"
 
     def _started(self, ready: Ready | None, address: Any, what: str) -> None:
         """Listening at ``address``: start the engine, say so, call ``ready``."""

@@ -34,9 +34,9 @@ try:
     from pglast.parser import parse_sql_json
 except ImportError as exc:
     raise ImportError(
-        "read/write splitting (pgsansio.routing) needs the pglast package, which is not"
-        " installed: install pgsansio with the 'routing' extra, e.g."
-        " pip install 'pgsansio[routing]'"
+        "read/write splitting and automatic_sharding_key (pgsansio.routing) need the pglast"
+        " package, which is not installed: install it with pip install pglast (pgsansio's"
+        " 'routing' extra)"
     ) from exc
 
 from ._functions import READ_SAFE_FUNCTIONS

@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 
-from pgsansio.trace import Trace
+from pgsansio.conformance.trace import Trace
 
 from . import Env, scenario
 

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pgsansio.trace import Trace
+from pgsansio.conformance.trace import Trace
 
 from . import Env, scenario
 

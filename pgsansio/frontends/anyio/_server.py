@@ -45,11 +45,11 @@ from pgsansio.frontends import (
     EngineAPI,
     FrontendError,
     Ready,
+    listen_failed,
     missing,
-    peer_text,
     real_engine,
 )
-from pgsansio.frontends._driver import OPERATOR_SIGNALS, Driver
+from pgsansio.frontends._driver import OPERATOR_SIGNALS, Driver, server_path
 from pgsansio.frontends._tasks import TaskConn, TaskDriver
 from pgsansio.frontends.asyncio import AsyncioFrontend
 
@@ -81,6 +81,10 @@ class AnyioFrontend(TaskDriver):
         try:
             for port, metrics in self._ports():
                 bound += [(listener, metrics) for listener in await self._listen(port)]
+            local = bound[0][0].extra(SocketAttribute.local_address)
+            unix = self._unix_listener(int(local[1]))
+            if unix is not None:
+                bound.append((await anyio.abc.SocketListener.from_socket(unix), False))
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 for listener, metrics in bound:
@@ -88,8 +92,7 @@ class AnyioFrontend(TaskDriver):
                 tg.start_soon(self._run_timer)
                 if handle_signals:
                     await tg.start(self._handle_signals)
-                address = bound[0][0].extra(SocketAttribute.local_address)
-                self._started(ready, address, f"anyio frontend, {_backend_name()} backend")
+                self._started(ready, local, f"anyio frontend, {_backend_name()} backend")
                 await self._done.wait()
                 for listener, _ in bound:
                     await listener.aclose()
@@ -97,6 +100,7 @@ class AnyioFrontend(TaskDriver):
                 await self._drain(anyio.sleep)
                 tg.cancel_scope.cancel()
         finally:
+            self._unlink_unix()
             with anyio.CancelScope(shield=True):
                 for listener, _ in bound:
                     await listener.aclose()
@@ -104,14 +108,20 @@ class AnyioFrontend(TaskDriver):
 
     async def _listen(self, port: int) -> list[anyio.abc.SocketListener]:
         """Listeners on every address the host resolves to, as asyncio's create_server."""
-        host = self.config.general.host
-        try:
-            multi = await anyio.create_tcp_listener(
-                local_host=host, local_port=port, backlog=self.config.general.listen_backlog
-            )
-        except OSError as exc:
-            raise FrontendError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        return [cast(anyio.abc.SocketListener, listener) for listener in multi.listeners]
+        bound: list[anyio.abc.SocketListener] = []
+        for host in self._hosts():
+            if bound and not port:  # port 0: the one the first address got, for all
+                port = int(bound[0].extra(SocketAttribute.local_port))
+            try:
+                multi = await anyio.create_tcp_listener(
+                    local_host=host, local_port=port, backlog=self.config.general.listen_backlog
+                )
+            except OSError as exc:
+                for listener in bound:
+                    await listener.aclose()
+                raise listen_failed(host or "*", port, exc) from None
+            bound += [cast(anyio.abc.SocketListener, listener) for listener in multi.listeners]
+        return bound
 
     async def _handle_signals(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         with anyio.open_signal_receiver(*OPERATOR_SIGNALS) as signals:
@@ -130,10 +140,14 @@ class AnyioFrontend(TaskDriver):
             stream = await listener.accept()
         except anyio.ClosedResourceError:
             return None
-        return stream, peer_text(stream.extra(SocketAttribute.remote_address, None))
+        remote = stream.extra(SocketAttribute.remote_address, None)
+        return stream, self.peer_of(stream.extra(SocketAttribute.raw_socket, None), remote)
 
     async def _open(self, host: str, port: int, handle: anyio.CancelScope) -> Any:
         with handle:
+            path = server_path(host, port)
+            if path is not None:
+                return await anyio.connect_unix(path)
             return await anyio.connect_tcp(host, port)
         return None  # cancelled: the engine closed this id while it was connecting
 

@@ -29,9 +29,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-from pgsansio.frontends import EngineAPI, FrontendError, Ready, missing, peer_text
+from pgsansio.frontends import EngineAPI, FrontendError, Ready, listen_failed, missing
 from pgsansio.frontends import tune_socket as _tune
-from pgsansio.frontends._driver import OPERATOR_SIGNALS, Driver
+from pgsansio.frontends._driver import OPERATOR_SIGNALS, Driver, server_path
 
 if TYPE_CHECKING:
     from pgsansio.config.model import Config
@@ -67,7 +67,9 @@ class _Protocol(asyncio.Protocol):
         stream = cast(asyncio.Transport, transport)  # uvloop's do not subclass Transport
         _tune(transport.get_extra_info("socket"), fe.config.general, server=self.server)
         if not self.server:
-            peer = peer_text(transport.get_extra_info("peername"))
+            peer = fe.peer_of(
+                transport.get_extra_info("socket"), transport.get_extra_info("peername")
+            )
             self.key = fe.client_made(stream, peer, metrics=self.metrics)
         elif not fe.server_made(self.key, stream):
             transport.close()  # the engine closed this id while it was connecting
@@ -121,6 +123,9 @@ class AsyncioFrontend(Driver):
         try:
             for port, metrics in self._ports():
                 listeners.append(await self._listen(port, metrics))
+            unix = self._unix_listener(listeners[0].sockets[0].getsockname()[1])
+            if unix is not None:
+                listeners.append(await loop.create_unix_server(lambda: _Protocol(self), sock=unix))
             if handle_signals:
                 for signum in OPERATOR_SIGNALS:
                     loop.add_signal_handler(signum, self.signal, signum)
@@ -134,6 +139,7 @@ class AsyncioFrontend(Driver):
                     loop.remove_signal_handler(signum)
             for listener in listeners:
                 listener.close()
+            self._unlink_unix()
             self._close_everything()
             for task in self._upgrading:
                 task.cancel()
@@ -142,16 +148,18 @@ class AsyncioFrontend(Driver):
 
     async def _listen(self, port: int, metrics: bool) -> asyncio.Server:
         host = self.config.general.host
+        hosts = self._hosts()
+        listen: list[str] | None = None if None in hosts else [h for h in hosts if h]
         try:
             return await asyncio.get_running_loop().create_server(
                 lambda: _Protocol(self, metrics=metrics),
-                host,
+                listen,
                 port,
                 reuse_address=True,
                 backlog=self.config.general.listen_backlog,
             )
         except OSError as exc:
-            raise FrontendError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+            raise listen_failed(host, port, exc) from None
 
     def signal_threadsafe(self, signum: int) -> None:
         """:meth:`signal` from another thread (tests, embedders), once serving."""
@@ -172,9 +180,14 @@ class AsyncioFrontend(Driver):
 
     async def _connect(self, sid: int, host: str, port: int) -> None:
         try:
-            await asyncio.get_running_loop().create_connection(
-                lambda: _Protocol(self, sid=sid, host=host), host, port
-            )
+            loop = asyncio.get_running_loop()
+            path = server_path(host, port)
+            if path is not None:
+                await loop.create_unix_connection(lambda: _Protocol(self, sid=sid), path)
+            else:
+                await loop.create_connection(
+                    lambda: _Protocol(self, sid=sid, host=host), host, port
+                )
         except Exception as exc:  # OSError mostly; anything else still fails only this sid
             self.server_failed(sid, exc)
 

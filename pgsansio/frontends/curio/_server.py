@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 import curio
 import curio.io
 
-from pgsansio.frontends import EngineAPI, FrontendError, Ready, missing, peer_text
-from pgsansio.frontends._driver import OPERATOR_SIGNALS
+from pgsansio.frontends import EngineAPI, FrontendError, Ready, listen_failed, missing
+from pgsansio.frontends._driver import OPERATOR_SIGNALS, server_path
 from pgsansio.frontends._tasks import TaskConn, TaskDriver
 
 if TYPE_CHECKING:
@@ -61,6 +61,9 @@ class CurioFrontend(TaskDriver):
         try:
             for port, metrics in self._ports():
                 bound += [(listener, metrics) for listener in self._listen(port)]
+            unix = self._unix_listener(bound[0][0].getsockname()[1])
+            if unix is not None:
+                bound.append((unix, False))
             with _signals_to(self._wake_w) if handle_signals else contextlib.nullcontext():
                 async with curio.TaskGroup() as tg:
                     self._tg = tg
@@ -84,6 +87,7 @@ class CurioFrontend(TaskDriver):
                     await self._drain(curio.sleep)
                     await tg.cancel_remaining()  # the connections go when the group ends
         finally:
+            self._unlink_unix()
             for listener, _ in bound:
                 listener.close()
             self._wake_r.close()
@@ -98,9 +102,13 @@ class CurioFrontend(TaskDriver):
         host = self.config.general.host
         bound: list[socket.socket] = []
         try:
-            infos = socket.getaddrinfo(
-                host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )
+            infos = [
+                info
+                for h in self._hosts()
+                for info in socket.getaddrinfo(
+                    h, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+                )
+            ]
             for family, address in dict.fromkeys((i[0], i[4]) for i in infos):
                 if bound:
                     port = bound[0].getsockname()[1]
@@ -112,7 +120,7 @@ class CurioFrontend(TaskDriver):
         except OSError as exc:
             for sock in bound:
                 sock.close()
-            raise FrontendError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+            raise listen_failed(host, port, exc) from None
         return bound
 
     async def _handle_signals(self) -> None:
@@ -130,10 +138,13 @@ class CurioFrontend(TaskDriver):
 
     async def _accept_one(self, listener: curio.io.Socket) -> tuple[Any, str] | None:
         client, addr = await listener.accept()
-        return client, peer_text(addr)
+        return client, self.peer_of(_raw(client), addr)
 
     async def _open(self, host: str, port: int, handle: list[Any]) -> Any:
         try:
+            path = server_path(host, port)
+            if path is not None:
+                return await curio.open_unix_connection(path)
             return await curio.open_connection(host, port)
         except curio.CancelledError:
             return None  # the engine closed this id while it was connecting

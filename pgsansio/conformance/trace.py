@@ -1,7 +1,7 @@
 """Read and write recorded PostgreSQL conversations ("traces").
 
 A trace is one TCP connection between a PostgreSQL client and a server, recorded byte
-for byte by :mod:`pgsansio.recorder` (or any other tool that speaks this format). The
+for byte by :mod:`pgsansio.conformance.recorder` (or any other tool that speaks this format). The
 conformance tests replay traces through the protocol state machines at the *recorded*
 chunk boundaries as well as at arbitrary ones, so a trace keeps every ``recv()`` chunk
 separately, in arrival order, with both directions interleaved.

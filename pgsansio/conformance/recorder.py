@@ -2,7 +2,7 @@
 
 This is an I/O tool, not part of the sans-IO core. It listens on a port, opens one
 connection to the target for every client it accepts, passes bytes through unchanged in
-both directions, and records each connection as a trace (:mod:`pgsansio.trace`).
+both directions, and records each connection as a trace (:mod:`pgsansio.conformance.trace`).
 
 Why a relay rather than packet capture: it needs no root, sees exactly the chunks that
 ``recv()`` returned on each side (which is what a proxy's parser is fed, so the
@@ -45,7 +45,7 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Final
 
-from pgsansio.trace import BACKEND, FRONTEND, TraceWriter, trace_filename
+from pgsansio.conformance.trace import BACKEND, FRONTEND, TraceWriter, trace_filename
 
 __all__ = [
     "COMPRESS_ABOVE",
