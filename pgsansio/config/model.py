@@ -64,8 +64,8 @@ class General:
     # Reliability at the socket (docs/reliability.md). The listener's queue of
     # connections not yet accepted (PgBouncer's key; 4096 rather than its 128, which
     # overflows in a connect storm), and the time a new client has to log in (ms;
-    # PgBouncer's key). Client sockets get their own keepalive settings, PgBouncer's
-    # client_tcp_* split: 0 leaves the operating system's default, so a client that
+    # PgBouncer's key). Client sockets get keepalive settings of their own: 0 leaves
+    # the operating system's default (as PostgreSQL and PgBouncer do), so a client that
     # stops reading or misses a probe is never cut by the server-side tcp_* values.
     listen_backlog: int = 4096
     client_login_timeout: int = 60000
