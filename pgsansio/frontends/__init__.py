@@ -176,8 +176,9 @@ def tune_socket(sock: _SockOpts | None, general: General, *, server: bool) -> No
 
     The two sides get different settings (see docs/reliability.md). Servers get PgCat's
     ``tcp_keepalives_*`` and ``tcp_user_timeout`` (5 s, 5 s, 5 probes, 10 s): a dead
-    server must free its pool slot quickly. Clients get ``client_tcp_*``, by default 0 = the operating system's
-    defaults (keepalive probes after two hours, no user timeout): with PgCat's values
+    server must free its pool slot quickly. Clients get ``client_tcp_*``, by default 0 =
+    the operating system's defaults (keepalive probes after two hours, no user timeout):
+    with PgCat's values
     a client that stopped reading a big result for 10 s (a zero receive window) or
     missed one probe in a network hiccup was reset without a word, where PostgreSQL and
     PgBouncer keep it. A value of 0 leaves the option alone; options the platform
