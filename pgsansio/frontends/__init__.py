@@ -180,8 +180,8 @@ def tune_socket(sock: _SockOpts | None, general: General, *, server: bool) -> No
     the operating system's defaults (keepalive probes after two hours, no user timeout):
     with PgCat's values a client that stopped reading a big result for 10 s (a zero
     receive window) or missed one probe in a network hiccup was reset without a word,
-    where PostgreSQL and PgBouncer keep it. A value of 0 leaves the option alone; options the platform
-    lacks are skipped; a socket that is not TCP is left alone.
+    where PostgreSQL and PgBouncer keep it. A value of 0 leaves the option alone;
+    options the platform lacks are skipped; a socket that is not TCP is left alone.
     """
     if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
