@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: test lint types unit coverage corpus fuzz bench-core bench bench-profile clean demo soak \
-	dist dist-check docker-check pgbouncer-compare conformance conformance-corpus
+	dist dist-check docker-check pgbouncer-compare conformance conformance-corpus reliability
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,12 @@ pgbouncer-compare: $(STAMP)
 	@command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer || \
 		(apt-get update -qq && apt-get install -y -qq pgbouncer)
 	$(PY) -m pytest -q -s -m pgbouncer_compare tests/test_pgbouncer_side_by_side.py
+
+## make reliability: socket-level reliability runs against the real daemon on every
+## frontend, and PgBouncer side by side (docs/reliability.md)
+## BEFORE=/path/to/other/tree adds that tree's pgsansio to the side-by-side figures.
+reliability: $(STAMP)
+	PGSANSIO_BEFORE_TREE=$(BEFORE) $(PY) -m pytest -q -s -m reliability tests/test_reliability.py
 
 ## make bench-core: pytest-benchmark figures for the protocol core
 bench-core: $(STAMP)

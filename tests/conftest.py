@@ -25,10 +25,11 @@ _CLUSTER_FIXTURES = frozenset({"pg15", "pg18", "pg_cluster_factory"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # The soak, the dist check and the side-by-side run with PgBouncer run only when
-    # asked for (make soak / dist-check / pgbouncer-compare, or -m <marker>):
-    # deselected, not skipped, so the default run lists no skips.
-    for marker in ("soak", "dist", "pgbouncer_compare"):
+    # The soak, the dist check, the side-by-side run with PgBouncer and the reliability
+    # suite run only when asked for (make soak / dist-check / pgbouncer-compare /
+    # reliability, or -m <marker>): deselected, not skipped, so the default run lists
+    # no skips.
+    for marker in ("soak", "dist", "pgbouncer_compare", "reliability"):
         if marker not in (config.getoption("markexpr") or ""):
             left_out = [item for item in items if item.get_closest_marker(marker)]
             if left_out:

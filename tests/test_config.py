@@ -261,7 +261,8 @@ GENERAL_DEFAULTS: dict[str, Any] = {
     "client_tls_sslmode": "prefer",
     "client_tls_ca_file": None,
     "server_tls_ca_file": None,
-    "listen_backlog": 128,
+    # reliability (docs/reliability.md)
+    "listen_backlog": 4096,
     "client_login_timeout": 60000,
     "client_tcp_keepalives_idle": 0,
     "client_tcp_keepalives_interval": 0,
@@ -281,6 +282,8 @@ GENERAL_DEFAULTS: dict[str, Any] = {
     "stats_users": (),
     "application_name_add_host": False,
     "pin_session_state": True,
+    "client_buffer_limit": 64 * 1024 * 1024,
+    "total_buffer_limit": 256 * 1024 * 1024,
 }
 
 POOL_DEFAULTS: dict[str, Any] = {
@@ -516,6 +519,19 @@ def test_extension_keys() -> None:
     assert config.general.server_reset_query == ""
     assert config.general.max_client_conn == 500
     assert config.pools["db"].prepared_statements_cache_size == 0
+
+
+def test_reliability_keys() -> None:
+    general = parse(
+        make(
+            general="listen_backlog = 4096\nclient_login_timeout = 5000\n"
+            "client_tcp_keepalives_idle = 60\nclient_tcp_user_timeout = 30000"
+        )
+    ).general
+    assert (general.listen_backlog, general.client_login_timeout) == (4096, 5000)
+    assert (general.client_tcp_keepalives_idle, general.client_tcp_user_timeout) == (60, 30000)
+    with pytest.raises(ConfigError, match=r"general\.listen_backlog"):
+        parse(make(general="listen_backlog = 0"))
 
 
 def test_automatic_sharding_key_quotes_are_stripped() -> None:

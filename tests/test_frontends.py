@@ -1092,21 +1092,34 @@ def test_run_rejects_an_unknown_frontend(tmp_path: pathlib.Path) -> None:
 
 
 def test_tune_socket_sets_keepalive_options() -> None:
-    general = General(tcp_keepalives_idle=7, tcp_keepalives_interval=3, tcp_keepalives_count=4)
-    with socket.socket() as sock:
-        tune_socket(sock, general)
-        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
-        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
-        if hasattr(socket, "TCP_KEEPIDLE"):
-            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 7
-            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 3
-            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 4
-        if hasattr(socket, "TCP_USER_TIMEOUT"):
-            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 10000
+    general = General(
+        tcp_keepalives_idle=7,
+        tcp_keepalives_interval=3,
+        tcp_keepalives_count=4,
+        client_tcp_keepalives_idle=70,
+        client_tcp_keepalives_interval=30,
+        client_tcp_keepalives_count=8,
+        client_tcp_user_timeout=0,
+    )
+    for server, idle, interval, count, user_timeout in (
+        (True, 7, 3, 4, 10000),
+        (False, 70, 30, 8, 0),
+    ):
+        with socket.socket() as sock:
+            tune_socket(sock, general, server=server)
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            if hasattr(socket, "TCP_KEEPIDLE"):
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == idle
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == interval
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == count
+            if hasattr(socket, "TCP_USER_TIMEOUT"):
+                got = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+                assert got == user_timeout
     if hasattr(socket, "AF_UNIX"):
         with socket.socket(socket.AF_UNIX) as unix:
-            tune_socket(unix, general)  # not TCP: left alone, no error
-    tune_socket(None, general)
+            tune_socket(unix, general, server=False)  # not TCP: left alone, no error
+    tune_socket(None, general, server=True)
 
 
 def imported_names(path: pathlib.Path) -> Iterator[tuple[int, str]]:

@@ -87,8 +87,8 @@ _GENERAL_KEYS: dict[str, _Key] = {
     "client_tls_sslmode": _Key("enum", choices={m: m for m in _SSLMODES}),
     "client_tls_ca_file": _Key("str"),
     "server_tls_ca_file": _Key("str"),
-    # Listening and client sockets
-    "listen_backlog": _Key("posint"),
+    # Listening and client sockets (PgBouncer's names; docs/reliability.md)
+    "listen_backlog": _Key("posint", maximum=65535),
     "client_login_timeout": _Key("uint", _MS),
     "client_tcp_keepalives_idle": _Key("uint", _S),
     "client_tcp_keepalives_interval": _Key("uint", _S),
@@ -112,6 +112,9 @@ _GENERAL_KEYS: dict[str, _Key] = {
     "application_name_add_host": _Key("bool"),
     # pgsansio extension: transaction pooling (the default of each pool's key)
     "pin_session_state": _Key("bool"),
+    # Bounded memory (pgsansio extensions; docs/reliability.md)
+    "client_buffer_limit": _Key("posint", "bytes", maximum=0x3FFFFFFF),
+    "total_buffer_limit": _Key("posint", "bytes"),
 }
 
 _POOL_KEYS: dict[str, _Key] = {

@@ -61,8 +61,13 @@ class General:
     client_tls_sslmode: str = "prefer"
     client_tls_ca_file: str | None = None
     server_tls_ca_file: str | None = None
-    # Listening and client sockets
-    listen_backlog: int = 128
+    # Reliability at the socket (docs/reliability.md). The listener's queue of
+    # connections not yet accepted (PgBouncer's key; 4096 rather than its 128, which
+    # overflows in a connect storm), and the time a new client has to log in (ms;
+    # PgBouncer's key). Client sockets get keepalive settings of their own: 0 leaves
+    # the operating system's default (as PostgreSQL and PgBouncer do), so a client that
+    # stops reading or misses a probe is never cut by the server-side tcp_* values.
+    listen_backlog: int = 4096
     client_login_timeout: int = 60000
     client_tcp_keepalives_idle: int = 0
     client_tcp_keepalives_interval: int = 0
@@ -94,6 +99,11 @@ class General:
     # Transaction pooling (pgsansio extension, see docs/transaction-pooling.md): the
     # default of every pool's pin_session_state.
     pin_session_state: bool = True
+    # Bytes the pooler holds for one client (its unfinished message plus what waits
+    # for a server; a longer message is refused at its header), and for everyone
+    # together, unfinished messages from servers included (see pgsansio.engine._buffers).
+    client_buffer_limit: int = 64 * 1024 * 1024
+    total_buffer_limit: int = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,15 @@ pgsansio extensions to the format (PgCat ignores them, so one file can serve bot
   accepts ``"round_robin"``; ``general.healthcheck_interval`` (ms) probes every server
   on a deadline; ``pools.X.replica_max_lag_ms`` / ``replica_max_lag_bytes`` keep reads
   off lagging replicas. See :mod:`pgsansio.engine._health`.
+* Reliability at the socket (PgBouncer's names and meanings, docs/reliability.md):
+  ``general.listen_backlog`` (default 4096 where PgBouncer has 128, which overflows in
+  a connect storm), ``general.client_login_timeout`` (ms,
+  default 60000, 0 = none), and ``general.client_tcp_keepalives_idle`` /
+  ``_interval`` / ``_count`` / ``client_tcp_user_timeout`` for client sockets (default
+  0 = the operating system's); PgCat's ``tcp_*`` keys apply to server sockets only;
+  ``general.client_buffer_limit`` / ``total_buffer_limit`` (bytes; 64 MiB / 256 MiB)
+  cap what the pooler holds whole of unfinished messages (long queries and COPY rows
+  are streamed; see pgsansio.engine._buffers).
 * ``general.log_connections``, ``log_disconnections`` and ``log_pooler_errors`` (each
   default true, PgBouncer's names and meanings): log each login, each logged-in client
   leaving, and each failed login or server connection with its cause (see

@@ -59,6 +59,7 @@ so the calls form this DAG (bottom to top; every part also gets the Context)::
     Shards        which shard: automatic key,   -> Health
                   comments, SET SHARD, default
     Health  Pools  Stats  Statements  Tls         (the Context only)
+    Buffers       caps on unfinished messages   (the Context only; the Engine asks)
      |
     Context       effects being built (``out``), ``now``, timers, rng, config, the
                   client and server tables, the Lifecycle flags (shutdown, PAUSE,

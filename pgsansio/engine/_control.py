@@ -242,8 +242,8 @@ class Control:
             return
         self.ctx.log(logging.INFO, "shutting down: waiting for clients to finish")
         for c in list(self.ctx.clients.values()):
-            if c.admin:
-                continue
+            if c.admin or c.state is ClientState.STARTUP:
+                continue  # not logged in yet: refused after its startup packet (_login)
             s = c.server
             if s is None or (not s.queue and s.conn.idle and s.conn.transaction_status == "I"):
                 self.leaving.drop_client(c, TERMINATING)
@@ -303,8 +303,11 @@ class Control:
             if self._close_waiters:
                 self.close_progress()  # ... or a WAIT_CLOSE
             return
-        if not force and any(not c.admin for c in self.ctx.clients.values()):
-            return  # admin sessions do not keep the pooler alive
+        if not force and any(
+            not c.admin and c.state is not ClientState.STARTUP for c in self.ctx.clients.values()
+        ):
+            return  # admin sessions (and clients yet to send a startup packet) do not
+            # keep the pooler alive
         self.ctx.life.exited = True
         self.exit_leftovers()
         for s in list(self.ctx.servers.values()):

@@ -37,6 +37,7 @@ from pgsansio.protocol import (
 )
 
 from ._admin import Admin
+from ._buffers import SMALL, Buffers
 from ._context import Context
 from ._control import Control
 from ._effects import Wakeup
@@ -100,6 +101,7 @@ class Engine:
         # package docstring).
         self.stats = Stats(ctx)
         self.client_idle = ClientIdle(ctx)
+        self.buffers = Buffers(ctx)
         self.pools = Pools(ctx)
         self.health = Health(ctx)
         self.shards = Shards(ctx, health=self.health)
@@ -239,7 +241,9 @@ class Engine:
 
     def client_connected(self, cid: int, peer: str, now: float) -> list[Effect]:
         self.ctx.now = now
-        self.login.connected(Client(cid, peer, now))
+        c = Client(cid, peer, now)
+        self.buffers.client_connected(c)
+        self.login.connected(c)
         self.client_idle.arm()
         return self.flush()
 
@@ -253,11 +257,19 @@ class Engine:
         elif c is not None and c.state is not C_CLOSED:
             try:
                 if not self.relay.fast_query(c, data):
-                    c.conn.receive_data(data)
+                    conn = c.conn
+                    conn.receive_data(data)
                     self.read_client(c)
+                    if (conn.buffered >= SMALL or c.pending) and c.state is not C_CLOSED:
+                        error = self.buffers.check_client(c)
+                        if error is not None:
+                            self.leaving.drop_client(c, error)
             except ProtocolError as exc:
                 if exc.reply:
-                    self.leaving.drop_client(c, fatal(exc.sqlstate, f"protocol error: {exc}"))
+                    error = self.buffers.too_large(c, exc)
+                    if error is None:
+                        error = fatal(exc.sqlstate, f"protocol error: {exc}")
+                    self.leaving.drop_client(c, error)
                 else:  # what PostgreSQL only logs (e.g. a Terminate as startup packet)
                     self.ctx.log(logging.INFO, f"client {cid} from {c.peer}: {exc}; closed")
                     self.leaving.drop_client(c)
@@ -308,6 +320,10 @@ class Engine:
             try:
                 if s.state is not S_ACTIVE or not self.relay.fast_answer(s, data):
                     self._server_bytes(s, data)
+                    if s.conn.buffered >= SMALL and s.state is not S_CLOSED:
+                        error = self.buffers.check_server(s)
+                        if error is not None:
+                            self.leaving.server_gone(s, error)
             except ProtocolError as exc:
                 self.leaving.server_gone(s, fatal("08P01", NOT_POSTGRES), detail=how(exc))
             except ClientFatal as exc:  # a client we were answering turned out broken

@@ -281,8 +281,14 @@ class Lending:
     def fail_requests(
         self, c: Client, pending: list[tuple[bytes, list[Event], list[int]]], error: ErrorResponse
     ) -> None:
-        """Answer requests no server will see with ``error``, as a server would."""
+        """Answer requests no server will see with ``error``, as a server would.
+
+        A client still sending a long message in pieces (see _buffers) cannot be
+        answered before its end: it is let go with the error instead."""
         c.held_begin = None  # its transaction ends with them
+        if c.conn.streaming:
+            self.ctx.drop_client(c, fatal(error.sqlstate or "53300", error.message or ""))
+            return
         failed = False
         try:
             for _, events, _ in pending:

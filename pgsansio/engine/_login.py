@@ -5,6 +5,20 @@ SCRAM-SHA-256 against the configured password or a stored verifier); server
 authentication answers what the server asks (cleartext, MD5, SCRAM) with the user's
 ``server_password``/``password``, or with what auth_query pass-through recovered.
 Cancel requests arrive as startup packets and are handled here too.
+
+Refusals a client can read (PgBouncer's order): a client refused before it has sent
+its startup packet (over ``max_client_conn``) is not answered at once. Its SSLRequest
+is answered as for anyone (``N``, or TLS), its GSSENCRequest with ``N``, and the error
+goes out after its startup packet, where libpq expects one. Writing it on accept, as
+PgCat does, lands in the middle of libpq's SSL negotiation (``sslmode=prefer``, its
+default), which then reports "server sent an error response during SSL exchange"
+instead of the reason. The refused client is still bound by ``client_login_timeout``.
+Other refusals (shutting down, a disabled database, an unknown user) come after the
+startup packet already.
+
+``client_login_timeout`` (ms, PgBouncer's key; 60 s by default, 0 = none) bounds the
+whole login, from accept to the welcome, so that a client sending its startup packet a
+byte at a time cannot hold a connection slot longer.
 """
 
 from __future__ import annotations
@@ -52,6 +66,7 @@ from pgsansio.protocol import (
     scram_verifier,
 )
 
+from ._buffers import STREAM_MIN
 from ._effects import OpenServer, SendClient
 from ._encodings import canonical_encoding
 from ._errors import ClientFatal, as_fatal, fatal
@@ -88,14 +103,12 @@ if TYPE_CHECKING:
     from ._stats import Stats
     from ._tls import Tls
 
-__all__ = ["ADMIN_DATABASES", "CLIENT_LOGIN_TIMEOUT", "UNIX_OWNER_PEER", "Login", "fatal"]
+__all__ = ["ADMIN_DATABASES", "UNIX_OWNER_PEER", "Login", "fatal"]
 
 UNIX_OWNER_PEER = "unix socket (same OS user)"
 """The peer a frontend reports for a Unix-socket client running as the pooler's own OS
 user (SO_PEERCRED). PgBouncer lets such a client into the console without a password
 as user ``pgbouncer``, and as anyone when no ``admin_users`` are set; so do we."""
-
-CLIENT_LOGIN_TIMEOUT = 60.0  # seconds a new client has to log in
 
 ADMIN_DATABASES = ("pgcat", "pgbouncer")
 _CANCELED = ErrorResponse.build("57014", "canceling statement due to user request")
@@ -368,8 +381,9 @@ class Login:
 
     def _welcome(self, c: Client, s: ServerConn | None = None) -> None:
         group = c.group
-        assert group is not None
-        assert group.server_params is not None
+        assert group is not None and group.server_params is not None
+        if not group.cfg.query_parser_enabled and len(group.cfg.shards) == 1:
+            c.conn.stream_min = STREAM_MIN  # long messages pass in pieces (_buffers)
         shown = dict(group.server_params)
         if s is not None:  # the names a server reports at login, with its values now
             shown = {name: s.params.get(name, value) for name, value in shown.items()}
@@ -495,6 +509,9 @@ class Login:
                 self.cancel_request(c, event)
             elif t is StartupMessage:
                 assert isinstance(event, StartupMessage)
+                if c.refusal is not None:
+                    self.ctx.drop_client(c, c.refusal)  # now libpq can read it
+                    return
                 self.tls.check_client_tls(c)
                 self.startup(c, event)
             elif c.state is ClientState.AUTH and isinstance(event, Event):
@@ -503,30 +520,32 @@ class Login:
                 raise ClientFatal("08P01", f"unexpected {t.__name__} during login")
 
     def connected(self, c: Client) -> None:
-        """A new client: refused over ``max_client_conn``, else given
-        CLIENT_LOGIN_TIMEOUT seconds to log in."""
+        """A new client: given ``client_login_timeout`` to log in, and refused after
+        its startup packet when over ``max_client_conn`` (see the module)."""
         self.ctx.clients[c.cid] = c
-        limit = self.ctx.config.general.max_client_conn
+        general = self.ctx.config.general
+        limit = general.max_client_conn
         if limit and len(self.ctx.clients) > limit:
-            self.ctx.drop_client(
-                c, fatal("53300", "no more connections allowed (max_client_conn)")
-            )
+            c.refusal = fatal("53300", "no more connections allowed (max_client_conn)")
+        if not general.client_login_timeout:
             return
-        c.login_deadline = self.ctx.now + CLIENT_LOGIN_TIMEOUT
+        c.login_deadline = self.ctx.now + general.client_login_timeout / 1000
         self.logging_in[c] = None
         if self.login_sweep_at is None:
             self.login_sweep_at = c.login_deadline
             self.ctx.at(c.login_deadline, self.login_sweep)
 
     def login_sweep(self) -> None:
-        """Drop the clients still logging in after CLIENT_LOGIN_TIMEOUT.
+        """Drop the clients still logging in after ``client_login_timeout``.
 
         One timer for all of them, not one per connection: a client that logs in (or
         leaves) is taken out of ``_logging_in`` at once, while a timer of its own would
         stay in the heap for the whole timeout -- at thousands of connections a second,
         a heap of stale entries. The timeout is the same for everyone and ``now`` never
         goes back, so ``_logging_in`` (a dict, in insertion order) is in deadline order
-        and the sweep looks at no more than the expired clients and the next one."""
+        and the sweep looks at no more than the expired clients and the next one. (A
+        reload that shortens the timeout reaches new clients no later than the old
+        timeout would have.)"""
         self.login_sweep_at = None
         waiting = self.logging_in
         while waiting:

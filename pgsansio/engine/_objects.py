@@ -17,7 +17,7 @@ from ._stats import NOWHERE
 
 if TYPE_CHECKING:
     from pgsansio.config.model import PoolConfig, ServerAddress, UserConfig
-    from pgsansio.protocol import NotificationResponse, ScramServer
+    from pgsansio.protocol import ErrorResponse, NotificationResponse, ScramServer
 
     from ._pinning import PinState
 
@@ -132,6 +132,7 @@ class Client:
         "prepared",
         "primary_reads",
         "query_start",
+        "refusal",
         "route_role",
         "ryw_lsn",
         "ryw_wrote",
@@ -142,6 +143,7 @@ class Client:
         "state",
         "stats",
         "stats_only",
+        "stream_wait",
         "sync_key",
         "tls",
         "tried",
@@ -192,6 +194,12 @@ class Client:
         self.checkout_failures = 0
         self.login_deadline = now
         self.active_at = now  # when it last sent anything (client_idle_timeout)
+        # Set when the client is to be refused before its startup packet was read (see
+        # Login.connected): it is refused with this error once that packet arrives.
+        self.refusal: ErrorResponse | None = None
+        # Not read while the long message it is sending in pieces waits for a server
+        # (see _relay.client_span): PgBouncer's backpressure, rather than holding it.
+        self.stream_wait = False
         # Statistics (see _stats): where it counts, and when its query / transaction
         # started (None: none running).
         self.connected = now

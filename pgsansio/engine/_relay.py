@@ -56,7 +56,7 @@ from pgsansio.protocol import (
     Terminate,
 )
 
-from ._effects import SendClient, SendServer
+from ._effects import ReadClient, SendClient, SendServer
 from ._errors import fatal
 from ._objects import (
     EXTENDED,
@@ -215,6 +215,8 @@ class Relay:
                     restore = self._restore(c, s, entry)
                     if restore is not None:
                         new = [data[offsets[i] : _end(data, offsets, i)], restore]
+                if not e.sql and _message_end(data, offsets[i]) > len(data):
+                    s.dirty = True  # streamed, its text unseen (_buffers): reset after
             elif t is Bind:
                 assert isinstance(e, Bind)
                 if e.statement and rewrite:
@@ -761,11 +763,20 @@ class Relay:
         if c.held_begin is not None:  # answered by us earlier (see _readonly): send it now
             self.pools.send_internal(s, c.held_begin, "begin")
             c.held_begin = None
+        if c.stream_wait:
+            c.stream_wait = False
+            if not s.blocked:
+                self.ctx.out.append(ReadClient(c.cid, True))
         pending, c.pending = c.pending, []
         if len(pending) == 1:
             data, events, _ = pending[0]
             first = events[0] if len(events) == 1 else None
-            if isinstance(first, Query) and c.state is not C_CLOSED and c.server is s:
+            if (
+                isinstance(first, Query)
+                and first.sql
+                and c.state is not C_CLOSED
+                and c.server is s
+            ):
                 # One Query (the fast lane's waiting client): _to_server's work, for less.
                 self._send_query(c, s, data, first.sql)
                 self.sessions.after_client_data(c, s)
@@ -820,6 +831,9 @@ class Relay:
                 self.sessions.after_client_data(c, ready)
                 return
         c.pending.append((span.data, events, span.offsets))
+        if c.conn.streaming and not c.stream_wait:
+            c.stream_wait = True  # read the rest once a server takes it (flush_pending)
+            self.ctx.out.append(ReadClient(c.cid, False))
         if s is None and c.waiting_since is None:
             self.lending.checkout(c)
 

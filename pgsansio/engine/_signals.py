@@ -105,6 +105,7 @@ def listen_changes(old: General, new: General) -> list[str]:
                 (old.enable_prometheus_exporter, old.prometheus_exporter_port),
                 (new.enable_prometheus_exporter, new.prometheus_exporter_port),
             ),
+            ("listen_backlog", old.listen_backlog, new.listen_backlog),
         )
         if before != after
     ]

@@ -34,7 +34,10 @@ Choices a frontend makes the same way everywhere:
   :mod:`pgsansio.engine._signals`); on its ``Reload`` the frontend re-reads the file the
   pooler was started with (a file that does not load is logged, handed to
   ``reload_failed``, and the running configuration stays);
-* listening: ``general.host``:``general.port`` for clients, and, when
+* listening: with ``general.listen_backlog`` (PgBouncer's key; the kernel caps it at
+  ``net.core.somaxconn``) as the queue of connections not accepted yet, which a
+  connect storm fills (a dropped SYN costs the client a 1 s retransmission);
+  ``general.host``:``general.port`` for clients, and, when
   ``enable_prometheus_exporter`` is set, ``general.host``:``prometheus_exporter_port``
   for scrapers, whose connections the engine learns of through ``metrics_connected``
   and then handles like any client (it speaks the HTTP; the frontend only moves bytes);
@@ -164,27 +167,40 @@ class _SockOpts(Protocol):
     def setsockopt(self, level: int, optname: int, value: int, /) -> None: ...
 
 
-def tune_socket(sock: _SockOpts | None, general: General) -> None:
-    """Set TCP_NODELAY and keepalives on a connected TCP socket (client or server side).
+def tune_socket(sock: _SockOpts | None, general: General, *, server: bool) -> None:
+    """Set TCP_NODELAY and keepalives on a connected TCP socket, a client's or a server's.
 
     TCP_NODELAY because the protocol is request/response in small messages, where
-    Nagle's algorithm only adds latency. Keepalives and TCP_USER_TIMEOUT, with PgCat's
-    ``tcp_keepalives_*`` and ``tcp_user_timeout`` keys, so a peer that vanished without
-    a FIN (a crashed host, a dropped NAT entry) is noticed instead of holding a pool
-    slot forever. Options the platform lacks are skipped; a socket that is not TCP is
-    left alone.
+    Nagle's algorithm only adds latency. SO_KEEPALIVE on both sides, so a peer that
+    vanished without a FIN (a crashed host, a dropped NAT entry) is noticed in the end.
+
+    The two sides get different settings (see docs/reliability.md). Servers get PgCat's
+    ``tcp_keepalives_*`` and ``tcp_user_timeout`` (5 s, 5 s, 5 probes, 10 s): a dead
+    server must free its pool slot quickly. Clients get ``client_tcp_*``, by default 0 =
+    the operating system's defaults (keepalive probes after two hours, no user timeout):
+    with PgCat's values a client that stopped reading a big result for 10 s (a zero
+    receive window) or missed one probe in a network hiccup was reset without a word,
+    where PostgreSQL and PgBouncer keep it. A value of 0 leaves the option alone;
+    options the platform lacks are skipped; a socket that is not TCP is left alone.
     """
     if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    g = general
+    if server:
+        idle, interval = g.tcp_keepalives_idle, g.tcp_keepalives_interval
+        count, user_timeout = g.tcp_keepalives_count, g.tcp_user_timeout
+    else:
+        idle, interval = g.client_tcp_keepalives_idle, g.client_tcp_keepalives_interval
+        count, user_timeout = g.client_tcp_keepalives_count, g.client_tcp_user_timeout
     # TCP_KEEPIDLE is TCP_KEEPALIVE on macOS; getattr keeps this portable.
     for name, value in (
-        ("TCP_KEEPIDLE", general.tcp_keepalives_idle),
-        ("TCP_KEEPALIVE", general.tcp_keepalives_idle),
-        ("TCP_KEEPINTVL", general.tcp_keepalives_interval),
-        ("TCP_KEEPCNT", general.tcp_keepalives_count),
-        ("TCP_USER_TIMEOUT", general.tcp_user_timeout),
+        ("TCP_KEEPIDLE", idle),
+        ("TCP_KEEPALIVE", idle),
+        ("TCP_KEEPINTVL", interval),
+        ("TCP_KEEPCNT", count),
+        ("TCP_USER_TIMEOUT", user_timeout),
     ):
         option = getattr(socket, name, None)
         if option is not None and value > 0:

@@ -207,10 +207,11 @@ class TaskDriver(Driver):
                 if self._todo:
                     await self._kick()
 
-    def _conn(self, stream: Any, host: str = "") -> TaskConn:
-        conn = TaskConn(self, host)
+    def _conn(self, stream: Any, host: str | None = None) -> TaskConn:
+        """A client's connection, or (``host`` given) a server's."""
+        conn = TaskConn(self, host or "")
         self._attach(conn, stream)
-        tune_socket(self.raw_socket(stream), self.config.general)
+        tune_socket(self.raw_socket(stream), self.config.general, server=host is not None)
         return conn
 
     async def _accept(self, listener: Any, metrics: bool) -> None:

@@ -11,6 +11,11 @@ For proxies, ``next_span`` returns every whole message buffered as one
 ``bytes`` plus the decoded events that matter for pooling, without building an
 object per DataRow or CopyData; ``send_span`` forwards such a span through the
 connection on the other side, updating its state from those events alone.
+With ``stream_min`` set on a server-role connection, a Query or CopyData from the
+client at least that long comes out of ``next_span`` in pieces as it arrives (its
+start with the event the state machine needs, then raw spans), so a proxy need not
+hold it whole; such a message is bounded by PostgreSQL's limit, not
+``max_message_size``.
 
 Narrower still, for the round trips that dominate a transaction pooler's work, a
 pair of calls for each direction: one simple Query (``take_query`` reads it from the
@@ -84,6 +89,7 @@ _COPY_DATA: Final = (b"d",)
 # to the next Sync, and survives (Parse, Bind, Describe, Execute, Close).
 _MALFORMED_OK: Final = frozenset((b"P", b"B", b"D", b"E", b"C"))
 _NONE: Final = frozenset[bytes]()
+_STREAMED: Final = frozenset((b"Q", b"d"))  # what next_span may hand out in pieces
 
 
 class Connection:
@@ -95,6 +101,24 @@ class Connection:
             length word included); PostgreSQL's own limit by default.
         max_startup_size: the largest startup packet accepted.
     """
+
+    # Slots: a pooler holds one of these per client and per server connection, and
+    # an instance dict would be the largest part of an idle client's cost.
+    __slots__ = (
+        "_conv",
+        "_data",
+        "_eof",
+        "_left",
+        "_limits",
+        "_pos",
+        "_process_received",
+        "_process_sent",
+        "_readers",
+        "max_message_size",
+        "max_startup_size",
+        "role",
+        "stream_min",
+    )
 
     def __init__(
         self,
@@ -110,6 +134,10 @@ class Connection:
         self._data: bytes | bytearray = b""
         self._pos = 0
         self._eof = False
+        self.stream_min = 0
+        """Messages from a client this long or longer (a Query or CopyData) are
+        handed out in pieces by ``next_span``, as they arrive (0: never; see there)."""
+        self._left = 0  # bytes of a message handed out in pieces still to come
         if role is CLIENT:
             self._readers = _readers.BACKEND_READERS
             self._limits = _readers.BACKEND_LIMITS
@@ -168,6 +196,16 @@ class Connection:
     def their_closed(self) -> bool:
         """The peer closed its side (EOF) and everything it sent has been read."""
         return self._eof and self._pos >= len(self._data)
+
+    @property
+    def streaming(self) -> bool:
+        """A message is being handed out in pieces; more of it is to come."""
+        return self._left > 0
+
+    @property
+    def buffered(self) -> int:
+        """How many received bytes wait to be read (part of a message, at most)."""
+        return len(self._data) - self._pos
 
     @property
     def trailing_data(self) -> bytes:
@@ -243,6 +281,11 @@ class Connection:
             raise self._fail(exc) from None
 
     def _closed(self) -> qe.ConnectionClosed:
+        if self._left:
+            raise RemoteProtocolError(
+                f"the peer closed the connection in the middle of a message "
+                f"({self._left} bytes of it missing)"
+            )
         if self._pos < len(self._data):
             raise RemoteProtocolError(
                 f"the peer closed the connection in the middle of a message "
@@ -357,6 +400,8 @@ class Connection:
             if isinstance(event, ev.Event) and type(event) is not qe.ConnectionClosed:
                 return Span(bytes(data[start : self._pos]), [event], [0])
             return event
+        if self._left:
+            return self._next_piece()
         buf, start = self._data, self._pos
         pos, size = start, len(buf)
         events: list[ev.Event] = []
@@ -382,6 +427,8 @@ class Connection:
                     # The hot loop: a row is framed, counted and passed over.
                     end = pos + 1 + length
                     if end > size:
+                        if pos == start and self._streamable(code, length):
+                            return self._first_piece(code, end)
                         break
                     bulk += 1
                     pos = end
@@ -393,10 +440,12 @@ class Connection:
                     bounds is None
                     or length < bounds[0]
                     or length > length_cap(bounds[1], bulk_max)
-                ):
+                ) and not self._streamable(code, length):
                     self._header(buf, pos)
                 end = pos + 1 + length
                 if end > size:
+                    if pos == start and self._streamable(code, length):
+                        return self._first_piece(code, end)
                     break
                 body = buf[pos + 5 : end]
                 if type(body) is not bytes:
@@ -429,12 +478,7 @@ class Connection:
         except ProtocolError as exc:
             raise self._fail(exc) from None
         if pos == start:
-            if self._eof:
-                try:
-                    return self._closed()
-                except ProtocolError as exc:
-                    raise self._fail(exc) from None
-            return NEED_DATA
+            return self._nothing_whole()
         self._pos = pos
         # The whole chunk as received is forwarded without a copy.
         if start == 0 and pos == size and isinstance(buf, bytes):
@@ -442,6 +486,75 @@ class Connection:
         else:
             data = bytes(buf[start:pos])
         return Span(data, events, offsets, bulk)
+
+    def _nothing_whole(self) -> type[NEED_DATA] | qe.ConnectionClosed:
+        """``next_span`` found nothing to hand out: more is needed, or the peer left."""
+        if self._eof:
+            try:
+                return self._closed()
+            except ProtocolError as exc:
+                raise self._fail(exc) from None
+        return NEED_DATA
+
+    def _streamable(self, code: bytes, length: int) -> bool:
+        """Whether a client's message may be handed out in pieces (``stream_min``).
+
+        Such a message is bounded by PostgreSQL's limit rather than
+        ``max_message_size``, which then caps what must be held whole."""
+        return (
+            code in _STREAMED
+            and 0 < self.stream_min <= length <= DEFAULT_MAX_MESSAGE_SIZE
+            and self.role is SERVER
+        )
+
+    def _first_piece(self, code: bytes, end: int) -> Span:
+        """The start of a long Query or CopyData from a client, handed out before the
+        rest has arrived (``stream_min``), so a proxy forwards it as it comes instead
+        of holding it whole. The state machine sees a Query (its text unknown: the
+        span's event is ``Query("")``) or a CopyData now; ``next_span`` then returns
+        the rest in pieces (spans of raw bytes, no events) until the message is
+        complete. Only called in the query phase, on a server-role connection, with
+        the message's header checked and nothing before it in the buffer."""
+        buf, pos = self._data, self._pos
+        size = len(buf)
+        events: list[ev.Event] = []
+        bulk = 0
+        try:
+            if code == b"Q":
+                event = qe.Query("")
+                self._process_received(event)
+                events.append(event)
+            else:
+                bulk = 1
+        except ProtocolError as exc:
+            raise self._fail(exc) from None
+        data = buf if pos == 0 and isinstance(buf, bytes) else bytes(buf[pos:size])
+        self._pos = size
+        self._left = end - size
+        return Span(data, events, [0] if events else [], bulk)
+
+    def _next_piece(self) -> Span | type[NEED_DATA] | qe.ConnectionClosed:
+        """The next piece of a message being handed out (see ``_first_piece``)."""
+        buf, pos = self._data, self._pos
+        n = min(self._left, len(buf) - pos)
+        if n <= 0:
+            return self._nothing_whole()
+        if pos == 0 and n == len(buf) and isinstance(buf, bytes):
+            data = buf
+        else:
+            data = bytes(buf[pos : pos + n])
+        self._pos = pos + n
+        self._left -= n
+        if self._left or self._pos == len(buf):
+            return Span(data, [], [], 0)
+        # The message ended inside this chunk: what follows it goes in the same span
+        # (a caller reads one span per chunk; a CopyDone must not wait for more bytes).
+        rest = self.next_span()
+        if not isinstance(rest, Span):
+            return Span(data, [], [], 0)
+        shift = len(data)
+        offsets = [offset + shift for offset in rest.offsets]
+        return Span(data + rest.data, rest.events, offsets, rest.bulk)
 
     def _passable(self) -> tuple[bytes, ...]:
         """The message types ``next_span`` may frame without decoding, now, when
@@ -573,6 +686,7 @@ class Connection:
             or conv.frontend_copy_open
             or conv.frontend_closed
             or self._eof
+            or self._left
             or self._pos < len(self._data)
             or int.from_bytes(data[1:5], "big") != n - 1
             or n - 1 > self.max_message_size

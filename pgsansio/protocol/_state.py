@@ -19,7 +19,6 @@ handed to another client.
 from __future__ import annotations
 
 import enum
-from collections import deque
 
 from . import _events as ev
 from . import _events_query as qe
@@ -216,7 +215,9 @@ class ConversationState:
 
     def __init__(self) -> None:
         self.phase = State.STARTUP
-        self.pending: deque[str] = deque()
+        # A list, not a deque: a deque allocates a block of 64 slots (over 600 bytes)
+        # for every connection, and this queue is short (the pipeline's depth).
+        self.pending: list[str] = []
         self.copy: State | None = None
         self.frontend_copy_open = False
         self.failed = False
@@ -351,7 +352,7 @@ class ConversationState:
             # only a Sync answers.
             answers = (_SYNC,) if self.failed else (_SYNC, _QUERY, _CALL)
             while pending:
-                if pending.popleft() in answers:
+                if pending.pop(0) in answers:
                     break
             self.transaction_status = event.status  # type: ignore[attr-defined]
             self.failed = False

@@ -113,7 +113,9 @@ class AnyioFrontend(TaskDriver):
             if bound and not port:  # port 0: the one the first address got, for all
                 port = int(bound[0].extra(SocketAttribute.local_port))
             try:
-                multi = await anyio.create_tcp_listener(local_host=host, local_port=port)
+                multi = await anyio.create_tcp_listener(
+                    local_host=host, local_port=port, backlog=self.config.general.listen_backlog
+                )
             except OSError as exc:
                 for listener in bound:
                     await listener.aclose()

@@ -65,7 +65,7 @@ class _Protocol(asyncio.Protocol):
         fe = self._fe
         fe.connection_made()
         stream = cast(asyncio.Transport, transport)  # uvloop's do not subclass Transport
-        _tune(transport.get_extra_info("socket"), fe.config.general)
+        _tune(transport.get_extra_info("socket"), fe.config.general, server=self.server)
         if not self.server:
             peer = fe.peer_of(
                 transport.get_extra_info("socket"), transport.get_extra_info("peername")
@@ -152,7 +152,11 @@ class AsyncioFrontend(Driver):
         listen: list[str] | None = None if None in hosts else [h for h in hosts if h]
         try:
             return await asyncio.get_running_loop().create_server(
-                lambda: _Protocol(self, metrics=metrics), listen, port, reuse_address=True
+                lambda: _Protocol(self, metrics=metrics),
+                listen,
+                port,
+                reuse_address=True,
+                backlog=self.config.general.listen_backlog,
             )
         except OSError as exc:
             raise listen_failed(host, port, exc) from None

@@ -41,8 +41,6 @@ if TYPE_CHECKING:
 
 __all__ = ["CurioFrontend", "run", "serve"]
 
-_BACKLOG = 511  # what asyncio's create_server asks for (capped by somaxconn)
-
 
 class CurioFrontend(TaskDriver):
     """The driver on curio's kernel."""
@@ -114,7 +112,9 @@ class CurioFrontend(TaskDriver):
             for family, address in dict.fromkeys((i[0], i[4]) for i in infos):
                 if bound:
                     port = bound[0].getsockname()[1]
-                sock = socket.create_server((address[0], port), family=family, backlog=_BACKLOG)
+                sock = socket.create_server(
+                    (address[0], port), family=family, backlog=self.config.general.listen_backlog
+                )
                 sock.setblocking(False)
                 bound.append(sock)
         except OSError as exc:
