@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from dataclasses import replace
+from typing import Any
 
 import psycopg
 import pytest
@@ -91,6 +92,18 @@ def _ids_per_shard(conn: psycopg.Connection[tuple[int]], tag: str) -> list[list[
     return per_shard
 
 
+async def _asyncpg_connect(asyncpg: Any, port: int, **kw: object) -> Any:
+    return await asyncpg.connect(
+        host="127.0.0.1",
+        port=port,
+        user=USER,
+        password=TEST_USERS[USER][1],
+        database=TEST_DATABASE,
+        ssl=False,
+        **kw,
+    )
+
+
 def test_automatic_sharding_key_routes_psycopg_and_asyncpg(shards: Cluster) -> None:
     """The key found in the SQL and in the Bind parameters (text and binary), through
     two drivers: every row lands where PostgreSQL's partitioning puts it (it refuses
@@ -131,14 +144,7 @@ def test_automatic_sharding_key_routes_psycopg_and_asyncpg(shards: Cluster) -> N
         first = next(k for k in range(300, 400) if shard_for_key(k, SHARDS) == 0)
 
         async def with_asyncpg() -> list[int]:
-            apg = await asyncpg.connect(
-                host="127.0.0.1",
-                port=p.port,
-                user=USER,
-                password=TEST_USERS[USER][1],
-                database=TEST_DATABASE,
-                ssl=False,
-            )
+            apg = await _asyncpg_connect(asyncpg, p.port)
             try:
                 # asyncpg prepares a text (Parse, Describe, Flush) and binds it in a
                 # second step on the same server: that first execution goes where no
@@ -157,3 +163,63 @@ def test_automatic_sharding_key_routes_psycopg_and_asyncpg(shards: Cluster) -> N
             per_shard = _ids_per_shard(conn, "apg")
         assert sorted(i for ids in per_shard for i in ids) == [first, *range(400, 420)]
         assert all(per_shard)
+
+
+def test_bind_keys_route_the_first_execution(shards: Cluster) -> None:
+    """A statement whose key is a ``$n`` parameter is prepared before its Bind
+    arrives (asyncpg: Parse, Describe, Flush; pg8000: Parse, Describe, Sync; psycopg's
+    prepare=True: Parse, Sync). The Bind moves the client to the key's shard before
+    the statement runs, so even the first execution lands where PostgreSQL's
+    partitioning puts the row (it refuses any other), whichever shard the Parse met."""
+    pytest.importorskip("pglast", reason="automatic_sharding_key needs pglast")
+    asyncpg = pytest.importorskip("asyncpg", reason="asyncpg is a dev dependency (pgsansio[dev])")
+    pg8000 = pytest.importorskip("pg8000.native", reason="pg8000 is a dev dependency")
+    cfg = sharded(shards, query_parser_enabled=True, automatic_sharding_key="data.id")
+    # Keys off the default shard (shard_0), where a misrouted first execution went.
+    off = [k for k in range(10_000, 10_400) if shard_for_key(k, SHARDS) != 0]
+    groups = [off[i * 12 : (i + 1) * 12] for i in range(4)]
+    with running(cfg, frontend="asyncio") as p:
+
+        async def with_asyncpg(keys: list[int], cache: int) -> list[int | None]:
+            # statement_cache_size=0: unnamed statements
+            apg = await _asyncpg_connect(asyncpg, p.port, statement_cache_size=cache)
+            try:
+                got: list[int | None] = []
+                for key in keys:  # each text new: its first execution every time
+                    await apg.execute(f"INSERT INTO data (id, v) VALUES ($1, 'b{key}')", key)
+                    got.append(
+                        await apg.fetchval(f"SELECT id /* {key} */ FROM data WHERE id = $1", key)
+                    )
+                return got
+            finally:
+                await apg.close()
+
+        assert asyncio.run(with_asyncpg(groups[0], 100)) == groups[0]
+        assert asyncio.run(with_asyncpg(groups[1], 0)) == groups[1]
+        with psycopg.connect(p.dsn(USER), autocommit=True) as conn:
+            for key in groups[2]:
+                sql = f"INSERT INTO data (id, v) VALUES (%s, 'b{key}')"
+                conn.execute(sql, (key,), prepare=True)
+                cur = conn.execute("SELECT id FROM data WHERE id = %s", (key,), prepare=True)
+                assert cur.fetchall() == [(key,)]
+        con = pg8000.Connection(
+            USER,
+            host="127.0.0.1",
+            port=p.port,
+            database=TEST_DATABASE,
+            password=TEST_USERS[USER][1],
+        )
+        try:
+            for key in groups[3]:
+                con.run(f"INSERT INTO data (id, v) VALUES (:k, 'b{key}')", k=key)
+                assert con.run("SELECT id FROM data WHERE id = :k", k=key) == [[key]]
+        finally:
+            con.close()
+        with psycopg.connect(p.dsn(USER), autocommit=True) as conn:
+            per_shard = []
+            for r in range(SHARDS):
+                conn.execute(f"SET SHARD TO '{r}'")
+                cur = conn.execute("SELECT id FROM data WHERE v LIKE 'b%' ORDER BY id")
+                per_shard.append([row[0] for row in cur.fetchall()])
+    assert sorted(i for ids in per_shard for i in ids) == sorted(k for g in groups for k in g)
+    assert not per_shard[0]

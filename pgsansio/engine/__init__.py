@@ -42,7 +42,7 @@ so the calls form this DAG (bottom to top; every part also gets the Context)::
     Login         client auth, server login,    -> Probes Lending Routes Tls Stats Pools
                   cancel keys, auth_query
     Relay         requests out, answers back    -> Sessions Statements Lending Routes
-                  (the hot path, the fast lane)    Stats Pools
+                  (the hot path, the fast lane)    Shards Stats Pools
     Probes        probe connections, roles      -> Lending Health Pools
     Sessions      link, settings sync, release  -> Lending Pools
     Lending       checkout, waiting, bans that  -> Routes Shards Health Pools

@@ -113,6 +113,7 @@ class Engine:
             lending=self.lending,
             sessions=self.sessions,
             statements=self.statements,
+            shards=self.shards,
         )
         self.tls = Tls(ctx)
         self.login = Login(

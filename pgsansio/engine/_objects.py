@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from pgsansio.config.model import PoolConfig, ServerAddress, UserConfig
     from pgsansio.protocol import ScramServer
 
+    from ._shards import Unkeyed
+
 __all__ = [
     "Client",
     "Entry",
@@ -125,6 +127,7 @@ class Client:
         "sync_key",
         "tls",
         "tried",
+        "unkeyed",
         "unnamed_pending",
         "user",
         "username",
@@ -182,6 +185,9 @@ class Client:
         # None: not chosen), and the shard of the request being placed.
         self.shard: int | None = None
         self.checkout_shard = 0
+        # The server was placed with no key and has run nothing yet: the statements
+        # prepared on it since, so that a keyed Bind may move (see _shards.Unkeyed).
+        self.unkeyed: Unkeyed | None = None
 
 
 class ServerConn:

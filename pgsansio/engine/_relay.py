@@ -73,7 +73,7 @@ from ._objects import (
     ServerConn,
 )
 from ._params import TRACKED, parse_simple_set, strip_comments
-from ._shards import SHARD_COMMAND_BYTES
+from ._shards import HOLD, SHARD_COMMAND_BYTES
 from ._states import (
     C_CLOSED,
     C_READY,
@@ -87,6 +87,7 @@ if TYPE_CHECKING:
     from ._prepared import Statements
     from ._routing import Routes
     from ._sessions import Sessions
+    from ._shards import Shards
     from ._stats import Stats
 
 __all__ = ["Relay"]
@@ -147,8 +148,10 @@ class Relay:
         lending: Lending,
         sessions: Sessions,
         statements: Statements,
+        shards: Shards,
     ) -> None:
         self.ctx = ctx
+        self.shards = shards
         self.stats = stats
         self.pools = pools
         self.router = router
@@ -613,6 +616,14 @@ class Relay:
             return
 
     def flush_pending(self, c: Client, s: ServerConn) -> None:
+        unkeyed = c.unkeyed
+        if unkeyed is not None and unkeyed.shard is not None:
+            # Moved here by a keyed Bind: what the client prepared on the server it
+            # left goes first, silently (it has had those answers).
+            c.unkeyed = None
+            for parse in unkeyed.parses.values():
+                s.queue.append(Entry(K_PARSE, SKIP))
+                self.ctx.send_server(s, s.conn.send(parse))
         pending, c.pending = c.pending, []
         if len(pending) == 1:
             data, events, _ = pending[0]
@@ -643,6 +654,8 @@ class Relay:
         if group is not None and self.router.custom_command(c, span):
             return
         leaving = bool(events) and type(events[-1]) is Terminate
+        if s is not None and c.unkeyed is not None and not s.syncing and self._rekey(c, s, span):
+            return
         if s is not None and not s.syncing:
             self._to_server(c, s, span)
             if leaving:
@@ -671,6 +684,38 @@ class Relay:
         c.pending.append((span.data, events, span.offsets))
         if s is None and c.waiting_since is None:
             self.lending.checkout(c)
+
+    def _rekey(self, c: Client, s: ServerConn, span: Span) -> bool:
+        """Move ``c``, placed on ``s`` with no key and having run nothing there, to
+        the shard its Binds' keys name (Shards.rekey): ``s`` is let go (after a
+        silent Sync if the client's batch there is still open) and the request waits
+        for a server of that shard. False: ``span`` goes to ``s`` as usual."""
+        u = c.unkeyed
+        assert u is not None
+        held = u.held
+        events = span.events
+        if held:
+            events = [e for h in held for e in h.events]
+            events.extend(span.events)
+        shard = self.shards.rekey(c, s, events)
+        if shard == HOLD:
+            held.append(span)
+            return True
+        u.held = []
+        if shard is None:
+            for h in held:
+                self._to_server(c, s, h)
+            return False
+        self.sessions.unlink(c, s)
+        if s.conn.idle:
+            self.pools.server_free(s)
+        else:
+            s.queue.append(Entry(K_SYNC, SKIP, tag="unkeyed"))
+            self.ctx.send_server(s, s.conn.send(Sync()))
+        c.pending.extend((h.data, h.events, h.offsets) for h in held)
+        c.pending.append((span.data, span.events, span.offsets))
+        self.lending.checkout(c)
+        return True
 
 
 def _forward(

@@ -38,6 +38,21 @@ for the shard of every checkout and hands it the shard commands. Decisions:
   query" and keeps the first statement's shard); Binds of named statements are read
   too (PgCat reads a Bind only after its Parse). Nothing is parsed on a pool without
   the key, or with one shard.
+- **A key that arrives after its statement** (transaction mode): drivers prepare
+  before they bind -- asyncpg sends Parse, Describe, Flush and binds once it has the
+  answer; pg8000 syncs in between; psycopg's ``prepare=True`` sends Parse, Sync --
+  so the checkout sees no key and the statement is prepared on ``default_shard``.
+  Such a client is *unkeyed* (:class:`Unkeyed`) while it has run nothing there:
+  when its Bind names a key on another shard, and the server has answered
+  everything with no transaction open and no failed batch, the client lets that
+  server go (after a silent Sync if its batch is open) and the request is placed on
+  the key's shard, preceded by silent re-Parses of what the new server lacks
+  (unnamed statements; named ones the prepared statement cache does not re-Parse
+  itself). A span that only prepares and asks for no answer (no Flush or Sync) is
+  held back until its Bind comes (asyncpg re-sends an unnamed statement's Parse just
+  before the Bind, and the two may arrive apart). Where this cannot apply (session
+  mode, a Bind pipelined before the Parse's answer, an open transaction) the first
+  execution stays where the Parse went, as in PgCat.
 - **Shard commands** (PgCat's ``CUSTOM_SQL_REGEXES``): ``SET SHARD TO 'n' | 'ANY'``
   (``ANY``: a random shard, drawn once), ``SET SHARDING KEY TO 'k'`` (the shard
   holding ``k`` by the pool's ``sharding_function``, see :mod:`pgsansio.sharding`) and
@@ -64,7 +79,18 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, NamedTuple
 
-from pgsansio.protocol import Bind, CommandComplete, Parse, Query, ReadyForQuery
+from pgsansio.protocol import (
+    Bind,
+    Close,
+    CommandComplete,
+    Describe,
+    Flush,
+    Parse,
+    Query,
+    ReadyForQuery,
+    State,
+    Sync,
+)
 from pgsansio.sharding import parse_int64, shard_for_key
 
 from ._answers import command_error, show_one
@@ -73,13 +99,14 @@ from ._objects import Pool
 
 if TYPE_CHECKING:
     from pgsansio.config.model import PoolConfig
+    from pgsansio.protocol import Event, Span
     from pgsansio.routing import KeyFinder, ShardKeys
 
     from ._context import Context
     from ._health import Health
-    from ._objects import Client
+    from ._objects import Client, ServerConn
 
-__all__ = ["SHARD_COMMAND_BYTES", "SHARD_LEAD", "Refusal", "Shards"]
+__all__ = ["HOLD", "SHARD_COMMAND_BYTES", "SHARD_LEAD", "Refusal", "Shards", "Unkeyed"]
 
 # The start of a shard command. A dotted name (``SET shard.x TO 1``, a custom setting)
 # is SQL and is not taken.
@@ -154,11 +181,54 @@ def _keys_shard(
     return shard if shard >= 0 else None
 
 
+# What a client may send to a server it was placed on without a key, and still move.
+_PREPARING = (Describe, Flush, Sync)
+
+
+def _keep_preparing(e: Event, parses: dict[str, Parse], cached: bool) -> bool:
+    """Whether ``e`` only prepares (then note in ``parses`` the statement a new server
+    would lack: unnamed, or named with no cache to re-Parse it), or runs something."""
+    t = type(e)
+    if t is Parse:
+        assert isinstance(e, Parse)
+        if not e.name or not cached:
+            parses[e.name] = e
+        return True
+    if t is Close:
+        assert isinstance(e, Close)
+        if e.kind == "S":
+            parses.pop(e.name, None)
+        return True
+    return t in _PREPARING
+
+
 class Refusal(NamedTuple):
     """Why a request cannot be placed, for an ErrorResponse with this SQLSTATE."""
 
     sqlstate: str
     message: str
+
+
+class Unkeyed:
+    """A transaction-mode client whose server was placed with no key and has run
+    nothing since its checkout (only Parse, Describe, Close, Flush, Sync): the
+    statements it prepared there that a new server would lack (unnamed ones, and named
+    ones when no prepared statement cache renames them), by name. ``shard``: where a
+    keyed Bind is moving it (the next checkout goes there and replays ``parses``)."""
+
+    __slots__ = ("held", "parses", "shard")
+
+    def __init__(self, parses: dict[str, Parse]) -> None:
+        self.parses = parses
+        self.shard: int | None = None
+        # Spans that only prepare and ask for no answer yet (no Flush, no Sync: the
+        # server would not answer them before one), kept back until the request they
+        # begin shows its Bind: asyncpg sends an unnamed statement's Parse again
+        # before its Bind, and the two may arrive apart.
+        self.held: list[Span] = []
+
+
+HOLD = -1  # Shards.rekey: keep the span back (see Unkeyed.held)
 
 
 class Shards:
@@ -202,10 +272,16 @@ class Shards:
         assert group is not None
         cfg = group.cfg
         n = len(group.pools)
+        unkeyed = c.unkeyed
+        if unkeyed is not None:
+            if unkeyed.shard is not None and unkeyed.shard < n:
+                return unkeyed.shard  # a keyed Bind is moving it (see rekey)
+            c.unkeyed = None
         if cfg.automatic_sharding_key is not None and cfg.query_parser_enabled and n > 1:
             automatic = self._automatic_shard(c, n)
             if automatic is not None:
                 return automatic
+            c.unkeyed = self._unkeyed(c)
         if cfg.shard_id_regex is not None or cfg.sharding_key_regex is not None:
             found = self._comment_shard(c, n)
             if found is not None:
@@ -351,6 +427,75 @@ class Shards:
                 if shard is None or (found is not None and shard != found):
                     return None
                 found = shard
+        return found
+
+    def _unkeyed(self, c: Client) -> Unkeyed | None:
+        """An Unkeyed for ``c`` if what it sends now only prepares statements, in
+        transaction mode (a session-mode server never moves)."""
+        assert c.user is not None and c.group is not None
+        if c.user.pool_mode != "transaction":
+            return None
+        cached = c.group.cfg.prepared_statements_cache_size > 0
+        parses: dict[str, Parse] = {}
+        for _, events, _ in c.pending:
+            for e in events:
+                if not _keep_preparing(e, parses, cached):
+                    return None
+        return Unkeyed(parses)
+
+    def rekey(self, c: Client, s: ServerConn, events: list[Event]) -> int | None:
+        """The shard a client placed without a key (``c.unkeyed``) must move to
+        before ``events`` go on: the one shard their Binds' keys land on, when that
+        is not ``s``'s and ``s`` can be left (everything answered, no transaction,
+        no failed extended batch). Else None, and the client stays; it stops being
+        Unkeyed once something runs there. HOLD: ``events`` only prepare and ask
+        for no answer yet."""
+        u = c.unkeyed
+        group = c.group
+        assert u is not None and group is not None
+        cfg = group.cfg
+        n = len(group.pools)
+        finder = self._finder(cfg)
+        found: int | None = None
+        cached = cfg.prepared_statements_cache_size > 0
+        parses = dict(u.parses)  # with this span's, to read its Binds' statements
+        for e in events:
+            t = type(e)
+            if t is Bind:
+                assert isinstance(e, Bind)
+                parse = parses.get(e.statement)
+                if parse is None and e.statement:
+                    p = c.prepared.get(e.statement)
+                    if p is not None:
+                        assert isinstance(p.parse, Parse)
+                        parse = p.parse
+                keys = finder.find(parse.query) if finder is not None and parse else None
+                shard = _keys_shard(keys, e, parse, n, cfg.sharding_function) if keys else None
+                if shard is None or (found is not None and shard != found):
+                    c.unkeyed = None
+                    return None
+                found = shard
+            elif found is None and not _keep_preparing(e, parses, False):
+                c.unkeyed = None  # it runs something there: it stays
+                return None
+        if found is None:
+            if not any(type(e) is Flush or type(e) is Sync for e in events):
+                return HOLD
+            for e in events:  # still only preparing: note what a new server would lack
+                _keep_preparing(e, u.parses, cached)
+            return None
+        conn = s.conn
+        if (
+            s.pool is None
+            or found == s.pool.shard
+            or s.queue
+            or s.syncing
+            or conn.transaction_status != "I"
+            or conn.state not in (State.READY, State.IN_QUERY)
+        ):
+            c.unkeyed = None
+            return None
+        u.shard = found
         return found
 
     def gone(self, c: Client, shard: int) -> str:
