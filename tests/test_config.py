@@ -278,6 +278,7 @@ POOL_DEFAULTS: dict[str, Any] = {
     "table_mutation_cache_ms_ttl": 50,
     "replica_max_lag_ms": 0,
     "replica_max_lag_bytes": 0,
+    "sharding_key_type": "bigint",
     # inherited from [general] when unset
     "connect_timeout": 1000,
     "idle_timeout": 600000,
@@ -654,6 +655,12 @@ ERRORS: list[tuple[str, str, str, str]] = [
         make(pool='sharding_function = "md5"'),
         "pools.db.sharding_function",
         'must be one of "pg_bigint_hash", "sha1", got "md5"',
+    ),
+    (
+        "sharding_key_type",
+        make(pool='sharding_key_type = "int"'),
+        "pools.db.sharding_key_type",
+        'must be one of "bigint", "text", "uuid", got "int"',
     ),
     (
         "default_shard out of range",

@@ -7,6 +7,8 @@ partition hash, bit for bit). One frontend: routing is the engine's.
 from __future__ import annotations
 
 import asyncio
+import random
+import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -16,7 +18,7 @@ import pytest
 from _pooler import make_config, running
 
 from pgsansio.config.model import Config, ServerAddress, ShardConfig
-from pgsansio.sharding import shard_for_key
+from pgsansio.sharding import shard_for_key, shard_for_typed_key
 from pgsansio.testing.cluster import TEST_DATABASE, TEST_USERS, Cluster
 
 pytestmark = pytest.mark.postgres
@@ -35,7 +37,15 @@ def shards(pg15: Cluster) -> Iterator[Cluster]:
             "CREATE TABLE data (id bigint NOT NULL, v text) PARTITION BY HASH (id);"
             f"CREATE TABLE data_{r} PARTITION OF data"
             f" FOR VALUES WITH (MODULUS {SHARDS}, REMAINDER {r});"
-            "GRANT ALL ON data, data_" + str(r) + " TO PUBLIC;",
+            "GRANT ALL ON data, data_" + str(r) + " TO PUBLIC;"
+            # text and uuid keys (sharding_key_type)
+            "CREATE TABLE tdata (k text NOT NULL, v text) PARTITION BY HASH (k);"
+            f"CREATE TABLE tdata_{r} PARTITION OF tdata"
+            f" FOR VALUES WITH (MODULUS {SHARDS}, REMAINDER {r});"
+            "CREATE TABLE udata (k uuid NOT NULL, v text) PARTITION BY HASH (k);"
+            f"CREATE TABLE udata_{r} PARTITION OF udata"
+            f" FOR VALUES WITH (MODULUS {SHARDS}, REMAINDER {r});"
+            f"GRANT ALL ON tdata, tdata_{r}, udata, udata_{r} TO PUBLIC;",
             dbname=name,
         )
     yield pg15
@@ -223,3 +233,81 @@ def test_bind_keys_route_the_first_execution(shards: Cluster) -> None:
                 per_shard.append([row[0] for row in cur.fetchall()])
     assert sorted(i for ids in per_shard for i in ids) == sorted(k for g in groups for k in g)
     assert not per_shard[0]
+
+
+@pytest.mark.parametrize("key_type", ["text", "uuid"])
+def test_text_and_uuid_keys_land_where_postgresql_partitions_them(
+    shards: Cluster, key_type: str
+) -> None:
+    """sharding_key_type = text / uuid: SET SHARDING KEY, the key comment and the
+    automatic key (literals; Bind parameters in text and binary, through psycopg and
+    asyncpg) put each row on the shard PostgreSQL's hash partitioning of a text or
+    uuid column gives it; it refuses any other."""
+    pytest.importorskip("pglast", reason="automatic_sharding_key needs pglast")
+    asyncpg = pytest.importorskip("asyncpg", reason="asyncpg is a dev dependency (pgsansio[dev])")
+    table = "tdata" if key_type == "text" else "udata"
+    rng = random.Random(12)
+    if key_type == "text":
+        words = ["", "a", "é", "日本語", "key with spaces", "O'Brien"[:1], "x" * 300]
+        keys = [*words, *(f"user-{rng.randrange(10**9)}" for _ in range(53))]
+    else:
+        keys = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(60)]
+    cfg = sharded(
+        shards,
+        sharding_key_type=key_type,
+        sharding_key_regex=r"/\* key: ([^ ]*) \*/",
+        query_parser_enabled=True,
+        automatic_sharding_key=f"{table}.k",
+    )
+    cast = "::uuid" if key_type == "uuid" else ""
+    with running(cfg, frontend="asyncio") as p:
+        with psycopg.connect(p.dsn(USER), autocommit=True) as conn:
+            for i, key in enumerate(keys[:40]):
+                how = i % 5
+                if how == 0:
+                    # (prepare=False: the shard commands are simple-protocol only,
+                    # and psycopg prepares a text run five times)
+                    conn.execute(f"SET SHARDING KEY TO '{key}'", prepare=False)
+                    conn.execute(f"INSERT INTO {table} VALUES (%s{cast}, 'set')", (key,))
+                    conn.execute("SET SHARD TO '0'", prepare=False)  # no key for the next
+                elif how == 1:  # the comment; the statement has no key itself
+                    conn.execute(
+                        f"/* key: {key} */ INSERT INTO {table} SELECT %s{cast}, 'comment'",
+                        (key,),
+                    )
+                elif how == 2:  # a literal (simple protocol)
+                    lit = key.replace("'", "''")
+                    conn.execute(f"INSERT INTO {table} (k, v) VALUES ('{lit}'{cast}, 'lit')")
+                elif how == 3:  # a text-format parameter
+                    conn.execute(f"INSERT INTO {table} (k, v) VALUES (%s{cast}, 'txt')", (key,))
+                else:  # binary: text / uuid on the wire
+                    value = key if key_type == "text" else uuid.UUID(key)
+                    conn.execute(f"INSERT INTO {table} (k, v) VALUES (%b, 'bin')", (value,))
+            for key in keys[:40]:  # every keyed read finds its row
+                cur = conn.execute(f"SELECT v FROM {table} WHERE k = %s{cast}", (key,))
+                assert len(cur.fetchall()) == 1, key
+
+        async def with_asyncpg() -> None:
+            apg = await _asyncpg_connect(asyncpg, p.port)
+            try:
+                for key in keys[40:]:  # binary parameters, first executions included
+                    value = key if key_type == "text" else uuid.UUID(key)
+                    await apg.execute(f"INSERT INTO {table} (k, v) VALUES ($1, 'apg')", value)
+                    assert await apg.fetchval(f"SELECT v FROM {table} WHERE k = $1", value)
+            finally:
+                await apg.close()
+
+        asyncio.run(with_asyncpg())
+        with psycopg.connect(p.dsn(USER), autocommit=True) as conn:
+            per_shard = []
+            for r in range(SHARDS):
+                conn.execute(f"SET SHARD TO '{r}'")
+                cur = conn.execute(f"SELECT k::text FROM {table}")
+                per_shard.append(sorted(row[0] for row in cur.fetchall()))
+            conn.execute("SET SHARD TO '0'")
+            wrong = next(k for k in keys if shard_for_typed_key(k, SHARDS, key_type=key_type))
+            with pytest.raises(psycopg.errors.CheckViolation):  # the check means something
+                conn.execute(f"INSERT INTO {table} VALUES (%s{cast}, 'wrong')", (wrong,))
+    assert sorted(k for ids in per_shard for k in ids) == sorted(keys)
+    for r, ids in enumerate(per_shard):
+        assert ids and all(shard_for_typed_key(k, SHARDS, key_type=key_type) == r for k in ids)

@@ -134,6 +134,10 @@ _POOL_KEYS: dict[str, _Key] = {
     # pgsansio extensions: replica lag bounds
     "replica_max_lag_ms": _Key("uint", _MS),
     "replica_max_lag_bytes": _Key("uint"),
+    # pgsansio extensions: sharding (docs/sharding.md)
+    "sharding_key_type": _Key(
+        "enum", choices={"bigint": "bigint", "text": "text", "uuid": "uuid"}
+    ),
 }
 _POOL_TABLES = ("users", "shards", "plugins")
 

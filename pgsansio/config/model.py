@@ -145,6 +145,9 @@ class PoolConfig:
     # its primary gets no reads until it catches up.
     replica_max_lag_ms: int = 0
     replica_max_lag_bytes: int = 0
+    # Sharding beyond PgCat (see docs/sharding.md): the type of the sharding key
+    # ("bigint" | "text" | "uuid"), how the hash of pg_bigint_hash reads it.
+    sharding_key_type: str = "bigint"
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,17 @@ for the shard of every checkout and hands it the shard commands. Decisions:
   before the Bind, and the two may arrive apart). Where this cannot apply (session
   mode, a Bind pipelined before the Parse's answer, an open transaction) the first
   execution stays where the Parse went, as in PgCat.
+- **Key types** (beyond PgCat; PgDog has a data type per sharded column): the pool's
+  ``sharding_key_type`` (``bigint``, the default and PgCat's only one; ``text``;
+  ``uuid``) says what every key is -- a comment's, ``SET SHARDING KEY``'s, a
+  literal's and a Bind parameter's -- and
+  :func:`pgsansio.sharding.shard_for_typed_key` hashes it: ``pg_bigint_hash`` is then
+  PostgreSQL's partition hash of a column of that type (``hashtextextended``,
+  ``uuid_hash_extended``), ``sha1`` the SHA-1 of its text (a uuid's canonical text).
+  A Bind parameter is read as text in text format; in binary, as int2 / int4 / int8
+  for bigint, as UTF-8 for text (type text, varchar or unspecified) and as 16 bytes
+  for uuid. A value that is not of the type (``'abc'`` for bigint, ``'x'`` for uuid)
+  is no key.
 - **Shard commands** (PgCat's ``CUSTOM_SQL_REGEXES``): ``SET SHARD TO 'n' | 'ANY'``
   (``ANY``: a random shard, drawn once), ``SET SHARDING KEY TO 'k'`` (the shard
   holding ``k`` by the pool's ``sharding_function``, see :mod:`pgsansio.sharding`) and
@@ -77,6 +88,7 @@ for the shard of every checkout and hands it the shard commands. Decisions:
 from __future__ import annotations
 
 import re
+import uuid
 from typing import TYPE_CHECKING, NamedTuple
 
 from pgsansio.protocol import (
@@ -91,7 +103,7 @@ from pgsansio.protocol import (
     State,
     Sync,
 )
-from pgsansio.sharding import parse_int64, shard_for_key
+from pgsansio.sharding import shard_for_typed_key
 
 from ._answers import command_error, show_one
 from ._health import key_of
@@ -115,7 +127,8 @@ SHARD_LEAD = re.compile(r"\s*(set|show)\s+(shard|sharding\s+key)(?![\w.$])", re.
 SHARD_COMMAND_BYTES = re.compile(rb"\s*(?:set|show)\s+shard(?:ing\s+key)?(?![\w.$])", re.I)
 _SET_VALUE = re.compile(r"\s+to\s+(?:'([^']*)'|([^\s';]+))", re.I | re.A)
 _SHARD_SYNTAX = "SET SHARD TO takes a shard number or 'ANY', e.g. SET SHARD TO '1'"
-_KEY_SYNTAX = "SET SHARDING KEY TO takes an integer key, e.g. SET SHARDING KEY TO '1234'"
+_KEY_SYNTAX = "SET SHARDING KEY TO takes a key, e.g. SET SHARDING KEY TO '1234'"
+_KEY_TYPE_NAMES = {"bigint": "a 64-bit integer", "text": "text", "uuid": "a UUID"}
 
 
 def _shard_range(n: int) -> str:
@@ -124,11 +137,16 @@ def _shard_range(n: int) -> str:
 
 # The binary integer types a Bind parameter may carry a key in: OID -> size.
 _BINARY_INTS = {20: 8, 23: 4, 21: 2}  # int8, int4, int2
+# The types whose binary form is the text's UTF-8 bytes: text, varchar (0: unsaid).
+_BINARY_TEXTS = frozenset({0, 25, 1043})
+_UUID_OID = 2950
 
 
-def _bind_key(bind: Bind, parse: Parse, number: int) -> int | None:
-    """Parameter ``$number`` of ``bind`` as an int64, if it is one: text, or binary
-    int2 / int4 / int8 (by the type the Parse gives it, else by its length)."""
+def _bind_key(bind: Bind, parse: Parse, number: int, key_type: str) -> str | int | None:
+    """Parameter ``$number`` of ``bind`` as a key of ``key_type``, if it can be one:
+    text format, or binary int2 / int4 / int8 for a bigint key (by the type the
+    Parse gives it, else by its length), text / varchar for a text key, uuid for a
+    uuid key."""
     i = number - 1
     params = bind.params
     if i >= len(params):
@@ -145,13 +163,19 @@ def _bind_key(bind: Bind, parse: Parse, number: int) -> int | None:
         binary = formats[i] == 1
     else:
         return None
-    if not binary:
-        try:
-            return parse_int64(raw.decode().strip())
-        except UnicodeDecodeError:
-            return None
     types = parse.param_types
     oid = types[i] if i < len(types) else 0
+    if not binary or (key_type == "text" and oid in _BINARY_TEXTS):
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            return None
+    if key_type == "uuid":
+        if oid in (0, _UUID_OID) and len(raw) == 16:
+            return str(uuid.UUID(bytes=raw))
+        return None
+    if key_type != "bigint":
+        return None
     if oid:
         if _BINARY_INTS.get(oid) != len(raw):
             return None  # another type, or a malformed value
@@ -161,20 +185,26 @@ def _bind_key(bind: Bind, parse: Parse, number: int) -> int | None:
 
 
 def _keys_shard(
-    keys: ShardKeys, bind: Bind | None, parse: Parse | None, n: int, function: str
+    keys: ShardKeys, bind: Bind | None, parse: Parse | None, n: int, cfg: PoolConfig
 ) -> int | None:
     """The one shard all ``keys`` land on (literals, and parameters read from
-    ``bind``), else None: keys on different shards, or one that is not an int64."""
+    ``bind``), else None: keys on different shards, or one that is not of the
+    pool's sharding_key_type."""
     shard = -1
+    function = cfg.sharding_function
+    key_type = cfg.sharding_key_type
     for value in keys.values:
-        key = parse_int64(value.strip())
-        s = shard_for_key(key, n, function) if key is not None else None
+        s = shard_for_typed_key(value, n, function, key_type)
         if s is None or (shard >= 0 and s != shard):
             return None
         shard = s
     for number in keys.params:
-        key = _bind_key(bind, parse, number) if bind is not None and parse is not None else None
-        s = shard_for_key(key, n, function) if key is not None else None
+        key = (
+            _bind_key(bind, parse, number, key_type)
+            if bind is not None and parse is not None
+            else None
+        )
+        s = shard_for_typed_key(key, n, function, key_type) if key is not None else None
         if s is None or (shard >= 0 and s != shard):
             return None
         shard = s
@@ -374,7 +404,9 @@ class Shards:
                 if key_re is not None and key_re.groups:
                     m = key_re.search(head)
                     if m is not None and m.group(1) is not None:
-                        shard_or_none = shard_for_key(m.group(1), n, cfg.sharding_function)
+                        shard_or_none = shard_for_typed_key(
+                            m.group(1), n, cfg.sharding_function, cfg.sharding_key_type
+                        )
                         if shard_or_none is not None:
                             return shard_or_none
         return None
@@ -389,7 +421,6 @@ class Shards:
         finder = self._finder(cfg)
         if finder is None:
             return None
-        function = cfg.sharding_function
         found: int | None = None
         parsed: dict[str, Parse] | None = None  # Parse messages pending, by name
         for _, events, _ in c.pending:
@@ -401,7 +432,7 @@ class Shards:
                     if not keys:
                         continue
                     # ($n in a simple Query is an error: no shard, the server says so)
-                    shard = _keys_shard(keys, None, None, n, function)
+                    shard = _keys_shard(keys, None, None, n, cfg)
                 elif t is Parse:
                     assert isinstance(e, Parse)
                     if parsed is None:
@@ -421,7 +452,7 @@ class Shards:
                     keys = finder.find(parse.query)
                     if not keys:
                         continue
-                    shard = _keys_shard(keys, e, parse, n, function)
+                    shard = _keys_shard(keys, e, parse, n, cfg)
                 else:
                     continue
                 if shard is None or (found is not None and shard != found):
@@ -470,7 +501,7 @@ class Shards:
                         assert isinstance(p.parse, Parse)
                         parse = p.parse
                 keys = finder.find(parse.query) if finder is not None and parse else None
-                shard = _keys_shard(keys, e, parse, n, cfg.sharding_function) if keys else None
+                shard = _keys_shard(keys, e, parse, n, cfg) if keys else None
                 if shard is None or (found is not None and shard != found):
                     c.unkeyed = None
                     return None
@@ -550,13 +581,13 @@ class Shards:
             if value is None:
                 command_error(self.ctx, c, _KEY_SYNTAX, status)
                 return
-            shard = shard_for_key(value, n, cfg.sharding_function)
+            shard = shard_for_typed_key(value, n, cfg.sharding_function, cfg.sharding_key_type)
             if shard is None:
                 command_error(
                     self.ctx,
                     c,
-                    f"sharding key {value!r} is not a 64-bit integer "
-                    f"({cfg.sharding_function} shards by integer keys)",
+                    f"sharding key {value!r} is not {_KEY_TYPE_NAMES[cfg.sharding_key_type]} "
+                    f'(pool "{cfg.name}" has sharding_key_type = "{cfg.sharding_key_type}")',
                     status,
                     "22023",
                 )
