@@ -279,6 +279,7 @@ POOL_DEFAULTS: dict[str, Any] = {
     "replica_max_lag_ms": 0,
     "replica_max_lag_bytes": 0,
     "sharding_key_type": "bigint",
+    "cross_shard": "off",
     # inherited from [general] when unset
     "connect_timeout": 1000,
     "idle_timeout": 600000,

@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 from _pooler import make_config, running
+from _shard_databases import create_partitioned, drop_shards
 
 from pgsansio.config.model import Config, ServerAddress, ShardConfig
 from pgsansio.sharding import shard_for_key, shard_for_typed_key
@@ -30,27 +31,18 @@ USER = "md5_user"
 
 @pytest.fixture(scope="module")
 def shards(pg15: Cluster) -> Iterator[Cluster]:
-    for r, name in enumerate(NAMES):
-        pg15.execute(f"DROP DATABASE IF EXISTS {name};")
-        pg15.create_database(name)
-        pg15.execute(
-            "CREATE TABLE data (id bigint NOT NULL, v text) PARTITION BY HASH (id);"
-            f"CREATE TABLE data_{r} PARTITION OF data"
-            f" FOR VALUES WITH (MODULUS {SHARDS}, REMAINDER {r});"
-            "GRANT ALL ON data, data_" + str(r) + " TO PUBLIC;"
+    create_partitioned(
+        pg15,
+        NAMES,
+        [
+            ("data", "id bigint NOT NULL, v text", "id"),
             # text and uuid keys (sharding_key_type)
-            "CREATE TABLE tdata (k text NOT NULL, v text) PARTITION BY HASH (k);"
-            f"CREATE TABLE tdata_{r} PARTITION OF tdata"
-            f" FOR VALUES WITH (MODULUS {SHARDS}, REMAINDER {r});"
-            "CREATE TABLE udata (k uuid NOT NULL, v text) PARTITION BY HASH (k);"
-            f"CREATE TABLE udata_{r} PARTITION OF udata"
-            f" FOR VALUES WITH (MODULUS {SHARDS}, REMAINDER {r});"
-            f"GRANT ALL ON tdata, tdata_{r}, udata, udata_{r} TO PUBLIC;",
-            dbname=name,
-        )
+            ("tdata", "k text NOT NULL, v text", "k"),
+            ("udata", "k uuid NOT NULL, v text", "k"),
+        ],
+    )
     yield pg15
-    for name in NAMES:
-        pg15.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE);")
+    drop_shards(pg15, NAMES)
 
 
 def sharded(cluster: Cluster, **pool_kw: object) -> Config:

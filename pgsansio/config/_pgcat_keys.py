@@ -138,6 +138,7 @@ _POOL_KEYS: dict[str, _Key] = {
     "sharding_key_type": _Key(
         "enum", choices={"bigint": "bigint", "text": "text", "uuid": "uuid"}
     ),
+    "cross_shard": _Key("enum", choices={"off": "off", "fan_out": "fan_out"}),
 }
 _POOL_TABLES = ("users", "shards", "plugins")
 

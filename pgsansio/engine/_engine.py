@@ -41,6 +41,7 @@ from ._context import Context
 from ._control import Control
 from ._effects import Wakeup
 from ._errors import INTERNAL, ClientFatal, fatal
+from ._fanout import FanOut
 from ._health import Health
 from ._leaving import Leaving
 from ._lending import Lending
@@ -105,6 +106,12 @@ class Engine:
             ctx, pools=self.pools, lending=self.lending, send_pending=self._send_pending
         )
         self.statements = Statements(ctx)
+        self.fanout = FanOut(
+            ctx,
+            lending=self.lending,
+            shards=self.shards,
+            resume=lambda c, span: self.relay.client_span(c, span),  # noqa: PLW0108 (relay: below)
+        )
         self.relay = Relay(
             ctx,
             stats=self.stats,
@@ -114,6 +121,7 @@ class Engine:
             sessions=self.sessions,
             statements=self.statements,
             shards=self.shards,
+            fanout=self.fanout,
         )
         self.tls = Tls(ctx)
         self.login = Login(
@@ -325,6 +333,8 @@ class Engine:
         c = self.ctx.clients.get(cid)
         if c is not None:
             self.sessions.client_writable(c, writable)
+            if c.fanout is not None and writable:
+                self.fanout.client_writable(c)
         return self.flush()
 
     def server_writable(self, sid: int, writable: bool, now: float) -> list[Effect]:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from pgsansio.config.model import PoolConfig, ServerAddress, UserConfig
     from pgsansio.protocol import ScramServer
 
+    from ._fanout import CrossShardJob
     from ._shards import Unkeyed
 
 __all__ = [
@@ -109,6 +110,7 @@ class Client:
         "conn",
         "connected",
         "database",
+        "fanout",
         "group",
         "login_deadline",
         "params",
@@ -188,6 +190,8 @@ class Client:
         # The server was placed with no key and has run nothing yet: the statements
         # prepared on it since, so that a keyed Bind may move (see _shards.Unkeyed).
         self.unkeyed: Unkeyed | None = None
+        # Its cross-shard query running (see _fanout), if any.
+        self.fanout: CrossShardJob | None = None
 
 
 class ServerConn:

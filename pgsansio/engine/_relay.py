@@ -82,6 +82,7 @@ from ._states import (
 
 if TYPE_CHECKING:
     from ._context import Context
+    from ._fanout import FanOut
     from ._lending import Lending
     from ._pooling import Pools
     from ._prepared import Statements
@@ -149,9 +150,11 @@ class Relay:
         sessions: Sessions,
         statements: Statements,
         shards: Shards,
+        fanout: FanOut,
     ) -> None:
         self.ctx = ctx
         self.shards = shards
+        self.fanout = fanout
         self.stats = stats
         self.pools = pools
         self.router = router
@@ -654,6 +657,9 @@ class Relay:
         if group is not None and self.router.custom_command(c, span):
             return
         leaving = bool(events) and type(events[-1]) is Terminate
+        if c.fanout is not None and not leaving:
+            self.fanout.wait(c, span)  # after the cross-shard query running
+            return
         if s is not None and c.unkeyed is not None and not s.syncing and self._rekey(c, s, span):
             return
         if s is not None and not s.syncing:
@@ -666,6 +672,15 @@ class Relay:
         if leaving:
             # Nothing of it reached a server yet: what came before Terminate is dropped.
             self.ctx.drop_client(c)
+            return
+        if (
+            s is None
+            and group is not None
+            and group.cfg.cross_shard != "off"
+            and not c.pending
+            and c.waiting_since is None
+            and self.fanout.start(c, span)
+        ):
             return
         if (
             s is None

@@ -369,7 +369,29 @@ class Shards:
             compiled = self._regexes[pattern] = re.compile(pattern)
         return compiled
 
-    def _comment_shard(self, c: Client, n: int) -> int | Refusal | None:
+    def keyed_shard(
+        self, c: Client, pending: list[tuple[bytes, list[Event], list[int]]]
+    ) -> int | Refusal | None:
+        """The shard ``pending`` names itself (its automatic key or a comment), else
+        None: what a cross-shard read must not have."""
+        group = c.group
+        assert group is not None
+        cfg = group.cfg
+        n = len(group.pools)
+        if cfg.automatic_sharding_key is not None and cfg.query_parser_enabled:
+            automatic = self._automatic_shard(c, n, pending)
+            if automatic is not None:
+                return automatic
+        if cfg.shard_id_regex is not None or cfg.sharding_key_regex is not None:
+            return self._comment_shard(c, n, pending)
+        return None
+
+    def _comment_shard(
+        self,
+        c: Client,
+        n: int,
+        pending: list[tuple[bytes, list[Event], list[int]]] | None = None,
+    ) -> int | Refusal | None:
         """The shard named by ``shard_id_regex`` or ``sharding_key_regex`` in the first
         pending Query or Parse text that has one (PgCat tries the shard id first)."""
         assert c.group is not None
@@ -379,7 +401,7 @@ class Shards:
         key_re = (
             self._regex(cfg.sharding_key_regex) if cfg.sharding_key_regex is not None else None
         )
-        for _, events, _ in c.pending:
+        for _, events, _ in c.pending if pending is None else pending:
             for e in events:
                 if type(e) is Query:
                     assert isinstance(e, Query)
@@ -411,7 +433,12 @@ class Shards:
                             return shard_or_none
         return None
 
-    def _automatic_shard(self, c: Client, n: int) -> int | None:
+    def _automatic_shard(
+        self,
+        c: Client,
+        n: int,
+        pending: list[tuple[bytes, list[Event], list[int]]] | None = None,
+    ) -> int | None:
         """The shard that the automatic_sharding_key values of ``c``'s pending
         statements (Query texts, and Parse texts with their Bind parameters) land on;
         None if they name no key, or keys on different shards, or a value that is
@@ -423,7 +450,7 @@ class Shards:
             return None
         found: int | None = None
         parsed: dict[str, Parse] | None = None  # Parse messages pending, by name
-        for _, events, _ in c.pending:
+        for _, events, _ in c.pending if pending is None else pending:
             for e in events:
                 t = type(e)
                 if t is Query:

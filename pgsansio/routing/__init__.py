@@ -21,6 +21,19 @@ from __future__ import annotations
 from ._router import Decision, Router
 
 # isort: split
+from ._fanout import Aggregate, FanOutPlan, SortKey, Unmergeable, plan_fan_out
 from ._keys import NO_KEYS, KeyFinder, ShardKeys, find_keys
 
-__all__ = ["NO_KEYS", "Decision", "KeyFinder", "Router", "ShardKeys", "find_keys"]
+__all__ = [
+    "NO_KEYS",
+    "Aggregate",
+    "Decision",
+    "FanOutPlan",
+    "KeyFinder",
+    "Router",
+    "ShardKeys",
+    "SortKey",
+    "Unmergeable",
+    "find_keys",
+    "plan_fan_out",
+]

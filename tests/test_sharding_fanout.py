@@ -1,0 +1,219 @@
+"""Cross-shard reads (``cross_shard = "fan_out"``) against real PostgreSQL, differentially.
+
+Three shard databases each hold their REMAINDER of a hash-partitioned ``fdata`` table
+(PostgreSQL refuses any other row), and a fourth, unsharded, holds every row. The same
+query runs through the pooler (on the three shards, merged) and directly on the
+unsharded database; the answers must be equal. hypothesis makes the rows and the
+queries (ORDER BY, LIMIT/OFFSET, aggregates, GROUP BY). The default run is short; set
+``FANOUT_EXAMPLES`` (e.g. ``make fanout``-style: ``FANOUT_EXAMPLES=300``) for a long one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import replace
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+from _pooler import make_config, running
+from _shard_databases import create_partitioned, drop_shards
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pgsansio.config.model import Config, ServerAddress, ShardConfig
+from pgsansio.sharding import shard_for_key
+from pgsansio.testing.cluster import Cluster
+
+pytestmark = pytest.mark.postgres
+pytest.importorskip("pglast", reason="cross_shard needs the routing extra (pglast)")
+
+SHARDS = 3
+NAMES = tuple(f"pgsansio_fan_{r}" for r in range(SHARDS))
+WHOLE = "pgsansio_fan_all"
+USER = "md5_user"
+EXAMPLES = int(os.environ.get("FANOUT_EXAMPLES", "12"))
+COLUMNS = 'id bigint NOT NULL, g int, n numeric(12,2), f float8, t text COLLATE "C"'
+
+
+def _connect(cluster: Cluster, name: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(
+        host="127.0.0.1", port=cluster.port, user=cluster.superuser, dbname=name, autocommit=True
+    )
+
+
+@pytest.fixture(scope="module")
+def fan(pg15: Cluster) -> Iterator[Cluster]:
+    create_partitioned(pg15, NAMES, [("fdata", COLUMNS, "id")])
+    pg15.execute(f"DROP DATABASE IF EXISTS {WHOLE} WITH (FORCE);")
+    pg15.create_database(WHOLE)
+    pg15.execute(f"CREATE TABLE fdata ({COLUMNS}); GRANT ALL ON fdata TO PUBLIC;", dbname=WHOLE)
+    yield pg15
+    drop_shards(pg15, (*NAMES, WHOLE))
+
+
+def fan_config(cluster: Cluster) -> Config:
+    base = make_config(cluster, users=(USER,))
+    (pool,) = base.pools.values()
+    server = (ServerAddress("127.0.0.1", cluster.port, "primary"),)
+    pool = replace(
+        pool,
+        shards=tuple(ShardConfig(r, NAMES[r], server) for r in range(SHARDS)),
+        query_parser_enabled=True,
+        automatic_sharding_key="fdata.id",
+        cross_shard="fan_out",
+    )
+    return replace(base, pools={pool.name: pool})
+
+
+Row = tuple[int, int | None, Decimal | None, float | None, str | None]
+
+
+def load(cluster: Cluster, rows: list[Row]) -> None:
+    conns = [_connect(cluster, name) for name in (*NAMES, WHOLE)]
+    try:
+        for conn in conns:
+            conn.execute("TRUNCATE fdata")
+        insert = "INSERT INTO fdata VALUES (%s, %s, %s, %s, %s)"
+        for row in rows:
+            conns[shard_for_key(row[0], SHARDS) or 0].execute(insert, row)
+        with conns[-1].cursor() as cur:
+            cur.executemany(insert, rows)
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+rows_strategy = st.lists(
+    st.tuples(
+        st.integers(-(2**40), 2**40),
+        st.one_of(st.none(), st.integers(-3, 3)),
+        st.one_of(st.none(), st.decimals(-(10**6), 10**6, places=2)),
+        st.one_of(st.none(), st.integers(-1000, 1000).map(lambda i: i / 4)),
+        st.one_of(st.none(), st.text("abcXYZ é", max_size=3)),
+    ),
+    max_size=60,
+    unique_by=lambda r: r[0],
+)
+
+_WHERE = st.sampled_from(["", " WHERE g IS NOT NULL", " WHERE id > 0", " WHERE t < 'b'"])
+_LIMIT = st.sampled_from(["", " LIMIT 0", " LIMIT 3", " LIMIT 7 OFFSET 2", " OFFSET 5"])
+_ORDER = st.sampled_from(
+    [
+        "id",
+        "id DESC",
+        "g NULLS FIRST, id",
+        "g DESC, id",
+        "n DESC NULLS LAST, id",
+        "f, id DESC",
+        't COLLATE "C" DESC, id',
+    ]
+)
+_AGG = st.sampled_from(
+    [
+        "count(*)",
+        "count(g)",
+        "sum(g)",
+        "sum(n)",
+        "min(n)",
+        "max(f)",
+        "avg(g)",
+        "avg(n)",
+        "sum(id)",
+        "avg(id)",
+        "min(id)",
+        "sum(f)",
+    ]
+)
+
+
+@st.composite
+def queries(draw: st.DrawFn) -> tuple[str, bool]:
+    """A query text, and whether its row order is defined (else compared as a set)."""
+    where = draw(_WHERE)
+    kind = draw(st.sampled_from(["plain", "ordered", "aggregate", "grouped"]))
+    if kind == "plain":
+        return f"SELECT id, g, t FROM fdata{where}", False
+    if kind == "ordered":
+        order = draw(_ORDER)
+        return f"SELECT id, g, n, f, t FROM fdata{where} ORDER BY {order}{draw(_LIMIT)}", True
+    aggs = ", ".join(draw(st.lists(_AGG, min_size=1, max_size=4)))
+    if kind == "aggregate":
+        return f"SELECT {aggs} FROM fdata{where}", True
+    key = draw(st.sampled_from(["g", "t"]))
+    desc = draw(st.sampled_from(["", " DESC"]))
+    collate = ' COLLATE "C"' if key == "t" else ""
+    order = f" ORDER BY {key}{collate}{desc}"
+    return f"SELECT {key}, {aggs} FROM fdata{where} GROUP BY {key}{order}{draw(_LIMIT)}", True
+
+
+def _close(a: object, b: object) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
+    return a == b
+
+
+def _same(got: list[tuple[Any, ...]], want: list[tuple[Any, ...]], ordered: bool) -> bool:
+    if not ordered:
+        got, want = sorted(got, key=repr), sorted(want, key=repr)
+    return len(got) == len(want) and all(
+        len(g) == len(w) and all(_close(x, y) for x, y in zip(g, w, strict=True))
+        for g, w in zip(got, want, strict=True)
+    )
+
+
+def test_cross_shard_reads_equal_one_database(fan: Cluster) -> None:
+    with running(fan_config(fan), frontend="asyncio") as p:
+
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+        )
+        @given(rows=rows_strategy, qs=st.lists(queries(), min_size=4, max_size=8))
+        def check(rows: list[Row], qs: list[tuple[str, bool]]) -> None:
+            load(fan, rows)
+            with (
+                psycopg.connect(p.dsn(USER), autocommit=True) as pooled,
+                _connect(fan, WHOLE) as direct,
+            ):
+                for sql, ordered in qs:
+                    want = direct.execute(sql).fetchall()
+                    got = pooled.execute(sql, prepare=False).fetchall()
+                    assert _same(got, want, ordered), (sql, got, want)
+
+        check()
+
+
+def test_what_is_not_merged_is_refused(fan: Cluster) -> None:
+    load(fan, [(1, 1, Decimal(1), 1.0, "a"), (2, 2, Decimal(2), 2.0, "b")])
+    with (
+        running(fan_config(fan), frontend="asyncio") as p,
+        psycopg.connect(p.dsn(USER), autocommit=True) as conn,
+    ):
+        for sql, words in [
+            ("SELECT DISTINCT g FROM fdata", "DISTINCT"),
+            ("SELECT g, count(*) FROM fdata GROUP BY g HAVING count(*) > 1", "HAVING"),
+            ("SELECT id, row_number() OVER () FROM fdata", "window"),
+            ("SELECT string_agg(t, ',') FROM fdata", "string_agg"),
+            ("SELECT sum(g) + 1 FROM fdata", "inside an expression"),
+            ("SELECT id FROM fdata ORDER BY g", "not a result column"),
+            ("SELECT t FROM fdata ORDER BY t", 'COLLATE "C"'),
+            ("SELECT id FROM fdata UNION SELECT id FROM fdata", "UNION"),
+            ("INSERT INTO fdata (g) VALUES (1)", "write with no sharding key"),
+            ("UPDATE fdata SET g = 2", "write with no sharding key"),
+            ("DELETE FROM fdata", "write with no sharding key"),
+        ]:
+            with pytest.raises(psycopg.errors.FeatureNotSupported, match=words):
+                conn.execute(sql, prepare=False)
+        # The session goes on; keyed statements and statements with no table still work.
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        conn.execute("INSERT INTO fdata (id, g) VALUES (3, 3)")
+        assert conn.execute("SELECT g FROM fdata WHERE id = 3").fetchall() == [(3,)]
+        assert conn.execute("SELECT count(*) FROM fdata").fetchone() == (3,)
+        assert conn.execute("SELECT id FROM fdata ORDER BY id DESC LIMIT 2").fetchall() == [
+            (3,),
+            (2,),
+        ]
