@@ -183,6 +183,13 @@ def test_cross_shard_reads_equal_one_database(fan: Cluster) -> None:
                     want = direct.execute(sql).fetchall()
                     got = pooled.execute(sql, prepare=False).fetchall()
                     assert _same(got, want, ordered), (sql, got, want)
+                    # the extended protocol: a prepared statement (Parse, Sync; then
+                    # Bind, Describe, Execute, Sync), and unnamed with a parameter
+                    got = pooled.execute(sql, prepare=True).fetchall()
+                    assert _same(got, want, ordered), ("prepared", sql, got, want)
+                    with_param = sql.replace(" FROM fdata", " FROM fdata, (SELECT %s) p", 1)
+                    got = pooled.execute(with_param, (1,), prepare=False).fetchall()
+                    assert _same(got, want, ordered), ("bound", sql, got, want)
 
         check()
 
@@ -217,3 +224,37 @@ def test_what_is_not_merged_is_refused(fan: Cluster) -> None:
             (3,),
             (2,),
         ]
+
+
+def test_large_results_stream_in_order(fan: Cluster) -> None:
+    """60,000 rows merged in order (the shard ahead of the others waits, paused past
+    a bound, and is read again as the merge goes on): nothing is lost or reordered,
+    and the pool's servers are usable afterwards (not left unread)."""
+    for r, name in enumerate(NAMES):
+        with _connect(fan, name) as conn:
+            conn.execute("TRUNCATE fdata")
+            conn.execute(
+                "INSERT INTO fdata (id, g) SELECT i, i % 7 FROM generate_series(1, 60000) i"
+                f" WHERE satisfies_hash_partition('fdata'::regclass, {SHARDS}, {r}, i::bigint)"
+            )
+    with (
+        running(fan_config(fan), frontend="asyncio") as p,
+        psycopg.connect(p.dsn(USER), autocommit=True) as conn,
+    ):
+        with conn.cursor() as cur:
+            cur.execute("SELECT id, g FROM fdata ORDER BY id DESC", prepare=False)
+            got = []
+            while batch := cur.fetchmany(5000):
+                got.extend(row[0] for row in batch)
+        assert got == list(range(60000, 0, -1))
+        total = conn.execute("SELECT count(*), sum(id), avg(g) FROM fdata").fetchone()
+        assert total is not None
+        assert total[:2] == (60000, 60000 * 60001 // 2)
+        rows = conn.execute(
+            "SELECT g, count(*) FROM fdata GROUP BY g ORDER BY g", prepare=False
+        ).fetchall()
+        assert rows == [(g, sum(1 for i in range(1, 60001) if i % 7 == g)) for g in range(7)]
+        first = conn.execute("SELECT id FROM fdata ORDER BY id LIMIT 3").fetchall()
+        assert first == [(1,), (2,), (3,)]  # the legs still sending were cancelled
+        threes = sum(1 for i in range(1, 60001) if i % 7 == 3)
+        assert conn.execute("SELECT count(*) FROM fdata WHERE g = 3").fetchone() == (threes,)

@@ -11,7 +11,11 @@ one shard); PgDog merges cross-shard results. Decisions:
   answers merge, is :func:`pgsansio.routing.plan_fan_out`'s to say (pglast): a read of
   a table runs on every shard; a write is refused (0A000: it needs a key); a
   statement that reads no table, or is not a SELECT, goes to ``default_shard`` as
-  before. The extended protocol is not fanned out yet: there, no key still means
+  before. In the extended protocol, a request of [Parse (unnamed)], Bind, [Describe
+  of the portal], Execute (all rows), Sync on the unnamed portal, its statement
+  parsed with it or prepared earlier (cached): each leg runs the rewritten text
+  unnamed, and the client gets ParseComplete / BindComplete / the RowDescription in
+  their places. Binary results are refused (0A000). Other extended requests go to
   ``default_shard``.
 - **How.** One *leg* per shard: a Client of our own (negative id, never in the
   client table) carrying the client's user, settings and parameters, whose shard is
@@ -54,16 +58,24 @@ from typing import TYPE_CHECKING, cast
 
 from pgsansio.protocol import (
     SERVER,
+    Bind,
+    BindComplete,
     CommandComplete,
     Connection,
     DataRow,
+    Describe,
     ErrorResponse,
     Event,
+    Execute,
+    NoData,
     NoticeResponse,
+    Parse,
+    ParseComplete,
     Query,
     ReadyForQuery,
     RowDescription,
     Span,
+    Sync,
 )
 
 from ._effects import ReadServer, SendClient
@@ -93,6 +105,8 @@ _TEXTS = frozenset({25, 1043, 19})  # text, varchar, name
 _TYPE_NAMES = {20: "bigint", 21: "smallint", 23: "integer", 700: "real", 701: "double precision"}
 
 Value = bytes | None
+# Stands for the RowDescription among the answers of an extended request.
+_DESCRIBE: Event = NoData()
 SortValue = object
 
 
@@ -215,7 +229,7 @@ class CrossShardJob:
         ]
         self.finished = [False] * n  # the leg's CommandComplete (or error) came
         self.descriptions: list[RowDescription | None] = [None] * n
-        self.paused: set[int] = set()
+        self.paused: dict[int, int] = {}  # leg -> the server id not being read
         self.started = False  # the RowDescription went to the client
         self.oids: list[int] = []
         self.sort_columns: list[int] = []
@@ -224,6 +238,9 @@ class CrossShardJob:
         self.group: list[Value] | None = None  # the group being combined
         self.group_key: tuple[SortValue, ...] | None = None
         self.waiting: list[Span] = []  # what the client sent meanwhile
+        # Extended protocol: the answers due before the rows (_DESCRIBE: the
+        # RowDescription); None: a simple Query.
+        self.answers: list[Event] | None = None
         self.over = False
 
 
@@ -287,24 +304,81 @@ class FanOut:
             or c.user.pool_mode != "transaction"
             or c.shard is not None
             or len(group.pools) < 2
-            or len(events) != 1
-            or type(events[0]) is not Query
         ):
             return False
-        query = events[0]
-        assert isinstance(query, Query)
-        plan = self._plan(query.sql)
+        request = self._request(c, events)
+        if request is None:
+            return False
+        sql, leg_events, answers = request
+        plan = self._plan(sql)
         if plan is None:
             return False
         pending = [(span.data, events, span.offsets)]
         if self.shards.keyed_shard(c, pending) is not None:
             return False  # the query names its shard
+        message = None
         if self._refusal is not None and isinstance(plan, self._refusal):
             message = cast("Unmergeable", plan).message
+        elif answers is not None and any(
+            isinstance(e, Bind) and any(f != 0 for f in e.result_formats) for e in events
+        ):
+            message = "binary results are not merged across shards: ask for text results"
+        if message is not None:
             self.lending.fail_requests(c, pending, ErrorResponse.build("0A000", message))
             return True
-        self._launch(c, cast("FanOutPlan", plan))
+        plan = cast("FanOutPlan", plan)
+        if answers is not None:  # extended: the rewritten statement, unnamed
+            first = leg_events[0]
+            assert isinstance(first, Parse)
+            leg_events[0] = Parse("", plan.sql, first.param_types)
+        else:
+            leg_events = [Query(plan.sql)]
+        self._launch(c, plan, leg_events, answers)
         return True
+
+    def _request(
+        self, c: Client, events: list[Event]
+    ) -> tuple[str, list[Event], list[Event] | None] | None:
+        """The statement text of a request that may run across shards, the messages a
+        leg sends (to be rewritten), and in the extended protocol the answers the
+        client gets before its rows (None: a simple Query). Simple: one Query.
+        Extended: [Parse (unnamed)], Bind, [Describe of the portal], Execute (all
+        rows), Sync, of the unnamed portal."""
+        if len(events) == 1 and type(events[0]) is Query:
+            query = events[0]
+            assert isinstance(query, Query)
+            return query.sql, [query], None
+        kinds = [type(e) for e in events]
+        parse: Parse | None = None
+        answers: list[Event] = []
+        if kinds and kinds[0] is Parse:
+            parse = cast("Parse", events[0])
+            if parse.name:
+                return None  # a named statement the client keeps: not ours to take
+            answers.append(ParseComplete())
+            events = events[1:]
+            kinds = kinds[1:]
+        if kinds not in ([Bind, Describe, Execute, Sync], [Bind, Execute, Sync]):
+            return None
+        bind = cast("Bind", events[0])
+        execute = cast("Execute", events[-2])
+        if bind.portal or execute.portal or execute.max_rows:
+            return None
+        if len(kinds) == 4:
+            describe = cast("Describe", events[1])
+            if describe.kind != "P" or describe.name:
+                return None
+        if parse is None or bind.statement != parse.name:
+            prepared = c.prepared.get(bind.statement) if bind.statement else None
+            if prepared is None:
+                return None
+            parse = cast("Parse", prepared.parse)
+        answers.append(BindComplete())
+        if len(kinds) == 4:
+            answers.append(_DESCRIBE)
+        leg = [parse, Bind("", "", bind.param_formats, bind.params), Describe("P", ""), Execute()]
+        leg.append(Sync())
+        return parse.query, leg, answers
 
     def _plan(self, sql: str) -> FanOutPlan | Unmergeable | None:
         if self._parser_missing:
@@ -322,15 +396,21 @@ class FanOut:
         self._refusal = Unmergeable
         return plan_fan_out(sql)
 
-    def _launch(self, c: Client, plan: FanOutPlan) -> None:
+    def _launch(
+        self, c: Client, plan: FanOutPlan, events: list[Event], answers: list[Event] | None
+    ) -> None:
         group = c.group
         assert group is not None
         n = len(group.pools)
         job = CrossShardJob(self, c, plan, n)
+        job.answers = answers
         c.fanout = job
         self.jobs += 1
-        query = Query(plan.sql)
-        data = bytes(query)
+        chunks = [bytes(e) for e in events]
+        data = b"".join(chunks)
+        offsets = [0]
+        for chunk in chunks[:-1]:
+            offsets.append(offsets[-1] + len(chunk))
         for i in range(n):
             self._next_leg -= 1
             leg = Client(self._next_leg, c.peer, self.ctx.now)
@@ -346,7 +426,7 @@ class FanOut:
             leg.route_role = c.route_role
             leg.primary_reads = c.primary_reads
             leg.shard = i
-            leg.pending = [(data, [query], [0])]
+            leg.pending = [(data, list(events), offsets)]
             job.legs.append(leg)
         for leg in list(job.legs):
             if job.over:
@@ -367,7 +447,10 @@ class FanOut:
                 assert isinstance(e, RowDescription)
                 job.descriptions[i] = e
             elif t is ReadyForQuery:
-                job.finished[i] = True  # (its server is released right after this)
+                # All of it is read: its server is released right after this, and
+                # must be read again by whoever gets it next.
+                job.finished[i] = True
+                self._unpause(job, i)
             elif t is ErrorResponse:
                 assert isinstance(e, ErrorResponse)
                 self._fail(job, e)
@@ -390,11 +473,16 @@ class FanOut:
             cols = job.sort_columns
             for r in rows:
                 buf.append((r, self._key(r, cols, oids)))
-        if len(buf) > _PAUSE_ROWS and i not in job.paused:
+        if len(buf) > _PAUSE_ROWS and i not in job.paused and not job.finished[i]:
             s = job.legs[i].server
             if s is not None:
-                job.paused.add(i)
+                job.paused[i] = s.sid
                 self.ctx.out.append(ReadServer(s.sid, False))
+
+    def _unpause(self, job: CrossShardJob, i: int) -> None:
+        sid = job.paused.pop(i, None)
+        if sid is not None:
+            self.ctx.out.append(ReadServer(sid, True))
 
     @staticmethod
     def _key(row: list[Value], cols: list[int], oids: list[int]) -> tuple[SortValue, ...] | None:
@@ -478,7 +566,11 @@ class FanOut:
         job.oids = oids
         job.sort_columns = sort_columns
         job.started = True
-        self._send(job, [RowDescription(fields)])
+        description = RowDescription(fields)
+        if job.answers is None:
+            self._send(job, [description])
+        else:  # what the client's Parse, Bind and Describe get, in order
+            self._send(job, [description if e is _DESCRIBE else e for e in job.answers])
         for buf in job.rows:  # rows that came before every description did
             for k, (r, _) in enumerate(buf):
                 buf[k] = (r, self._key(r, sort_columns, oids))
@@ -559,10 +651,7 @@ class FanOut:
             self._send(job, out)
         for i in list(job.paused):
             if len(rows[i]) < _RESUME_ROWS:
-                job.paused.discard(i)
-                s = job.legs[i].server
-                if s is not None:
-                    self.ctx.out.append(ReadServer(s.sid, True))
+                self._unpause(job, i)
         if self._full(job) or (all(job.finished) and not any(rows) and job.group is None):
             self._finish(job)
 
@@ -697,11 +786,9 @@ class FanOut:
         if c.fanout is job:
             c.fanout = None
         for i, leg in enumerate(job.legs):
+            self._unpause(job, i)
             if leg.state is C_CLOSED or job.finished[i]:
                 continue  # done: the Relay hands its server back
-            s = leg.server
-            if i in job.paused and s is not None:
-                self.ctx.out.append(ReadServer(s.sid, True))
             self.ctx.drop_client(leg)
         waiting, job.waiting = job.waiting, []
         while waiting and c.state is not C_CLOSED:
