@@ -11,6 +11,7 @@ queries (ORDER BY, LIMIT/OFFSET, aggregates, GROUP BY). The default run is short
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from decimal import Decimal
@@ -258,3 +259,16 @@ def test_large_results_stream_in_order(fan: Cluster) -> None:
         assert first == [(1,), (2,), (3,)]  # the legs still sending were cancelled
         threes = sum(1 for i in range(1, 60001) if i % 7 == 3)
         assert conn.execute("SELECT count(*) FROM fdata WHERE g = 3").fetchone() == (threes,)
+        # A client that leaves in the middle: its job ends, the legs' queries are
+        # cancelled, and the servers serve the next queries.
+        for _ in range(3):
+            gone = psycopg.connect(p.dsn(USER), autocommit=True)
+            gone.pgconn.send_query(b"SELECT id, g FROM fdata ORDER BY id")
+            time.sleep(0.05)
+            gone.close()
+        deadline = time.monotonic() + 10
+        while p.engine.fanout.jobs and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert p.engine.fanout.jobs == 0
+        for _ in range(5):
+            assert conn.execute("SELECT count(*) FROM fdata").fetchone() == (60000,)

@@ -94,6 +94,7 @@ if TYPE_CHECKING:
 __all__ = ["CrossShardJob", "FanOut"]
 
 _PAUSE_ROWS = 1000
+_WATCH_SECONDS = 1.0
 _RESUME_ROWS = 200
 
 _INTS = frozenset({20, 21, 23, 26})  # int8, int2, int4, oid
@@ -432,6 +433,17 @@ class FanOut:
             if job.over:
                 break
             self.lending.checkout(leg)
+        self._watch(job)
+
+    def _watch(self, job: CrossShardJob) -> None:
+        """Once a second: a client that left (from any path: its socket closed, KILL,
+        a timeout) ends its job, even while every leg is paused and says nothing."""
+        if job.over:
+            return
+        if job.client.state is C_CLOSED:
+            self._end(job)
+            return
+        self.ctx.at(self.ctx.now + _WATCH_SECONDS, lambda: self._watch(job))
 
     # --- the legs' answers -------------------------------------------------------
 
