@@ -272,3 +272,33 @@ def test_large_results_stream_in_order(fan: Cluster) -> None:
         assert p.engine.fanout.jobs == 0
         for _ in range(5):
             assert conn.execute("SELECT count(*) FROM fdata").fetchone() == (60000,)
+
+
+def test_a_multi_row_insert_is_split_per_shard_all_or_nothing(fan: Cluster) -> None:
+    """A multi-row INSERT with rows for several shards runs as one INSERT per shard
+    (PostgreSQL refuses a misplaced row), committed only once every shard inserted;
+    a row one shard refuses rolls the others back."""
+    load(fan, [])
+    keys = list(range(1000, 1030))
+    assert len({shard_for_key(k, SHARDS) for k in keys}) == SHARDS
+    values = ", ".join(f"({k}, {k % 5}, 't{k}')" for k in keys)
+    with (
+        running(fan_config(fan), frontend="asyncio") as p,
+        psycopg.connect(p.dsn(USER), autocommit=True) as conn,
+    ):
+        cur = conn.execute(f"INSERT INTO fdata (id, g, t) VALUES {values}", prepare=False)
+        assert cur.rowcount == len(keys)
+        for r, name in enumerate(NAMES):  # each shard holds its own rows, directly
+            with _connect(fan, name) as direct:
+                ids = [row[0] for row in direct.execute("SELECT id FROM fdata ORDER BY id")]
+            assert ids == [k for k in keys if shard_for_key(k, SHARDS) == r]
+        # One shard refuses its row (numeric(12,2) overflows): nothing is inserted.
+        bad = next(k for k in range(2000, 2100) if shard_for_key(k, SHARDS) == 2)
+        rows = ", ".join(f"({k}, 1)" for k in range(3000, 3010))
+        with pytest.raises(psycopg.errors.NumericValueOutOfRange):
+            conn.execute(f"INSERT INTO fdata (id, n) VALUES {rows}, ({bad}, 1e20)", prepare=False)
+        assert conn.execute("SELECT count(*) FROM fdata").fetchone() == (len(keys),)
+        assert conn.execute("SELECT count(*) FROM fdata WHERE id >= 2000").fetchone() == (0,)
+        # The session goes on, and single-shard INSERTs are not split.
+        conn.execute("INSERT INTO fdata (id) VALUES (5000), (5000)")
+        assert conn.execute("SELECT count(*) FROM fdata WHERE id = 5000").fetchone() == (2,)

@@ -43,6 +43,12 @@ one shard); PgDog merges cross-shard results. Decisions:
   legs are abandoned as a leaving client's would be (their queries cancelled). Rows
   already sent stay sent, as when a query fails mid-result on one server. A LIMIT
   reached early ends the job the same way.
+- **A multi-row INSERT** (simple protocol) whose literal keys land on several shards
+  (:func:`pgsansio.routing.split_insert`) runs as ``BEGIN; INSERT <its rows>`` on
+  each of those shards (an :class:`InsertJob`); once all have answered, ``COMMIT``
+  everywhere if all inserted, else ``ROLLBACK`` everywhere and the first error. A
+  COMMIT failing after another succeeded (no two-phase commit: PgDog uses one) is
+  40003 naming the shards that committed: never a success for rows not written.
 - **Meanwhile** the client's next requests wait; a cancel request from the client
   does not reach the legs (not yet).
 """
@@ -77,6 +83,7 @@ from pgsansio.protocol import (
     Span,
     Sync,
 )
+from pgsansio.sharding import shard_for_typed_key
 
 from ._effects import ReadServer, SendClient
 from ._objects import Client
@@ -91,7 +98,7 @@ if TYPE_CHECKING:
     from ._lending import Lending
     from ._shards import Shards
 
-__all__ = ["CrossShardJob", "FanOut"]
+__all__ = ["CrossShardJob", "FanOut", "InsertJob"]
 
 _PAUSE_ROWS = 1000
 _WATCH_SECONDS = 1.0
@@ -203,7 +210,7 @@ def _avg_text(total: Decimal, count: int) -> bytes:
 class _LegConn(Connection):
     """A leg's client side: what would go to a client socket goes to the job."""
 
-    def __init__(self, job: CrossShardJob, index: int) -> None:
+    def __init__(self, job: CrossShardJob | InsertJob, index: int) -> None:
         super().__init__(SERVER)
         self.job = job
         self.index = index
@@ -245,6 +252,29 @@ class CrossShardJob:
         self.over = False
 
 
+class InsertJob:
+    """One multi-row INSERT split across shards (see FanOut._split_insert)."""
+
+    def __init__(self, owner: FanOut, client: Client, shards: list[int]) -> None:
+        self.owner = owner
+        self.client = client
+        self.shards = shards  # the shard of each leg
+        self.legs: list[Client] = []
+        self.answered = [False] * len(shards)  # this phase's ReadyForQuery came
+        self.phase = ""  # "" (BEGIN; INSERT), then "COMMIT" or "ROLLBACK"
+        self.inserted = 0
+        self.error: ErrorResponse | None = None
+        self.committed: list[int] = []
+        self.failed: list[tuple[int, str]] = []
+        self.waiting: list[Span] = []
+        self.over = False
+        self.paused: dict[int, int] = {}
+
+    @property
+    def finished(self) -> list[bool]:
+        return self.answered
+
+
 def _data_rows(data: bytes) -> list[list[Value]]:
     """The DataRow messages in ``data``, decoded (text format)."""
     rows: list[list[Value]] = []
@@ -269,6 +299,9 @@ def _data_rows(data: bytes) -> list[list[Value]]:
             rows.append(values)
         i += 1 + length
     return rows
+
+
+Job = CrossShardJob | InsertJob
 
 
 class FanOut:
@@ -317,6 +350,8 @@ class FanOut:
         pending = [(span.data, events, span.offsets)]
         if self.shards.keyed_shard(c, pending) is not None:
             return False  # the query names its shard
+        if answers is None and self._split_insert(c, sql):
+            return True
         message = None
         if self._refusal is not None and isinstance(plan, self._refusal):
             message = cast("Unmergeable", plan).message
@@ -381,6 +416,120 @@ class FanOut:
         leg.append(Sync())
         return parse.query, leg, answers
 
+    def _split_insert(self, c: Client, sql: str) -> bool:
+        """Run a multi-row INSERT whose rows belong to several shards as one INSERT
+        per shard, each in a transaction committed only once all have inserted."""
+        group = c.group
+        assert group is not None
+        cfg = group.cfg
+        if cfg.automatic_sharding_key is None:
+            return False
+        from pgsansio.routing import split_insert  # noqa: PLC0415 (optional extra)
+
+        split = split_insert(sql, cfg.automatic_sharding_key)
+        if split is None:
+            return False
+        n = len(group.pools)
+        by_shard: dict[int, list[int]] = {}
+        for row, key in enumerate(split.keys):
+            shard = shard_for_typed_key(key, n, cfg.sharding_function, cfg.sharding_key_type)
+            if shard is None:
+                return False  # a key not of the key's type: refused as a keyless write
+            by_shard.setdefault(shard, []).append(row)
+        job = InsertJob(self, c, sorted(by_shard))
+        c.fanout = job
+        self.jobs += 1
+        for shard in job.shards:
+            query = Query(f"BEGIN; {split.sql(by_shard[shard])}")
+            leg = self._leg(job, c, shard, len(job.legs))
+            leg.pending = [(bytes(query), [query], [0])]
+        for leg in list(job.legs):
+            if not job.over:
+                self.lending.checkout(leg)
+        self._watch(job)
+        return True
+
+    def _leg(self, job: CrossShardJob | InsertJob, c: Client, shard: int, index: int) -> Client:
+        """A leg of ``job`` on ``shard``: a client of our own with ``c``'s session."""
+        self._next_leg -= 1
+        leg = Client(self._next_leg, c.peer, self.ctx.now)
+        leg.conn = _LegConn(job, index)
+        leg.state = ClientState.READY
+        leg.username = c.username
+        leg.database = c.database
+        leg.user = c.user
+        leg.group = c.group
+        leg.params = dict(c.params)
+        leg.settings = dict(c.settings)
+        leg.sync_key = c.sync_key
+        leg.route_role = c.route_role
+        leg.primary_reads = c.primary_reads
+        leg.shard = shard
+        job.legs.append(leg)
+        return leg
+
+    def _insert_events(self, job: InsertJob, i: int, events: list[Event]) -> None:
+        """A leg of a split INSERT answered: BEGIN and INSERT, then COMMIT or ROLLBACK
+        once every leg has (see the module docstring)."""
+        for e in events:
+            t = type(e)
+            if t is CommandComplete:
+                assert isinstance(e, CommandComplete)
+                if e.tag.startswith("INSERT"):
+                    job.inserted += int(e.tag.rsplit(" ", 1)[-1])
+                elif e.tag == "COMMIT":
+                    job.committed.append(job.shards[i])
+            elif t is ErrorResponse:
+                assert isinstance(e, ErrorResponse)
+                if job.error is None:
+                    job.error = e
+                if job.phase == "COMMIT":
+                    job.failed.append((job.shards[i], e.message or ""))
+                if job.legs[i].server is None:
+                    job.answered[i] = True  # it had no server, or lost it: no more
+            elif t is ReadyForQuery:
+                assert isinstance(e, ReadyForQuery)
+                job.answered[i] = True
+                if job.phase == "" and e.status != "T" and job.error is None:
+                    job.error = ErrorResponse.build(
+                        "XX000", "the shard did not open the transaction"
+                    )
+        self._insert_step(job)
+
+    def _insert_step(self, job: InsertJob) -> None:
+        if job.over or not all(job.answered):
+            return
+        if job.client.state is C_CLOSED:
+            self._end(job)
+            return
+        if job.phase == "":
+            job.phase = "ROLLBACK" if job.error is not None else "COMMIT"
+            job.answered = [leg.server is None for leg in job.legs]
+            query = Query(job.phase)
+            data = bytes(query)
+            for leg, done in zip(job.legs, job.answered, strict=True):
+                if not done:
+                    self._resume(leg, Span(data, [query], [0]))
+            self._insert_step(job)
+            return
+        if job.phase == "ROLLBACK" or (job.error is not None and not job.committed):
+            assert job.error is not None
+            self._fail(job, job.error)
+        elif job.failed:
+            committed = ", ".join(str(s) for s in job.committed) or "none"
+            failed = "; ".join(f"shard {s}: {m}" for s, m in job.failed)
+            self._fail(
+                job,
+                ErrorResponse.build(
+                    "40003",
+                    f"the INSERT was split across shards and only partly committed: "
+                    f"committed on shard(s) {committed}, not on {failed}",
+                ),
+            )
+        else:
+            self._send(job, [CommandComplete(f"INSERT 0 {job.inserted}"), ReadyForQuery("I")])
+            self._end(job)
+
     def _plan(self, sql: str) -> FanOutPlan | Unmergeable | None:
         if self._parser_missing:
             return None
@@ -413,29 +562,15 @@ class FanOut:
         for chunk in chunks[:-1]:
             offsets.append(offsets[-1] + len(chunk))
         for i in range(n):
-            self._next_leg -= 1
-            leg = Client(self._next_leg, c.peer, self.ctx.now)
-            leg.conn = _LegConn(job, i)
-            leg.state = ClientState.READY
-            leg.username = c.username
-            leg.database = c.database
-            leg.user = c.user
-            leg.group = group
-            leg.params = dict(c.params)
-            leg.settings = dict(c.settings)
-            leg.sync_key = c.sync_key
-            leg.route_role = c.route_role
-            leg.primary_reads = c.primary_reads
-            leg.shard = i
+            leg = self._leg(job, c, i, i)
             leg.pending = [(data, list(events), offsets)]
-            job.legs.append(leg)
         for leg in list(job.legs):
             if job.over:
                 break
             self.lending.checkout(leg)
         self._watch(job)
 
-    def _watch(self, job: CrossShardJob) -> None:
+    def _watch(self, job: Job) -> None:
         """Once a second: a client that left (from any path: its socket closed, KILL,
         a timeout) ends its job, even while every leg is paused and says nothing."""
         if job.over:
@@ -443,12 +578,24 @@ class FanOut:
         if job.client.state is C_CLOSED:
             self._end(job)
             return
+        if isinstance(job, InsertJob):  # a leg dropped (its server lost) says no more
+            for i, leg in enumerate(job.legs):
+                if leg.state is C_CLOSED:
+                    job.answered[i] = True
+            self._insert_step(job)
+            if job.over:
+                return
         self.ctx.at(self.ctx.now + _WATCH_SECONDS, lambda: self._watch(job))
 
     # --- the legs' answers -------------------------------------------------------
 
-    def leg_events(self, job: CrossShardJob, i: int, events: list[Event], data: bytes) -> None:
+    def leg_events(
+        self, job: CrossShardJob | InsertJob, i: int, events: list[Event], data: bytes
+    ) -> None:
         if job.over:
+            return
+        if isinstance(job, InsertJob):
+            self._insert_events(job, i, events)
             return
         if job.client.state is C_CLOSED:
             self._end(job)
@@ -491,7 +638,7 @@ class FanOut:
                 job.paused[i] = s.sid
                 self.ctx.out.append(ReadServer(s.sid, False))
 
-    def _unpause(self, job: CrossShardJob, i: int) -> None:
+    def _unpause(self, job: Job, i: int) -> None:
         sid = job.paused.pop(i, None)
         if sid is not None:
             self.ctx.out.append(ReadServer(sid, True))
@@ -766,7 +913,7 @@ class FanOut:
 
     # --- the end -------------------------------------------------------------------
 
-    def _send(self, job: CrossShardJob, events: list[Event]) -> None:
+    def _send(self, job: Job, events: list[Event]) -> None:
         c = job.client
         if c.state is C_CLOSED or not events:
             return
@@ -780,7 +927,7 @@ class FanOut:
         self._send(job, [CommandComplete(f"SELECT {job.sent}"), ReadyForQuery("I")])
         self._end(job)
 
-    def _fail(self, job: CrossShardJob, error: ErrorResponse) -> None:
+    def _fail(self, job: Job, error: ErrorResponse) -> None:
         if job.over:
             return
         fields = [
@@ -789,7 +936,7 @@ class FanOut:
         self._send(job, [ErrorResponse(fields), ReadyForQuery("I")])
         self._end(job)
 
-    def _end(self, job: CrossShardJob) -> None:
+    def _end(self, job: Job) -> None:
         """The job is over: legs still running are abandoned (as a leaving client's
         server: its query cancelled), and what the client sent meanwhile goes on."""
         job.over = True
@@ -812,7 +959,7 @@ class FanOut:
     def wait(self, c: Client, span: Span) -> None:
         """``span`` arrived while ``c``'s cross-shard query runs: it waits for it."""
         job = c.fanout
-        assert isinstance(job, CrossShardJob)
+        assert job is not None
         job.waiting.append(span)
 
     def client_writable(self, c: Client) -> None:

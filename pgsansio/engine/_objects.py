@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from pgsansio.config.model import PoolConfig, ServerAddress, UserConfig
     from pgsansio.protocol import ScramServer
 
-    from ._fanout import CrossShardJob
+    from ._fanout import Job
     from ._shards import Unkeyed
 
 __all__ = [
@@ -191,7 +191,7 @@ class Client:
         # prepared on it since, so that a keyed Bind may move (see _shards.Unkeyed).
         self.unkeyed: Unkeyed | None = None
         # Its cross-shard query running (see _fanout), if any.
-        self.fanout: CrossShardJob | None = None
+        self.fanout: Job | None = None
 
 
 class ServerConn:

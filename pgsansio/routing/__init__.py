@@ -21,7 +21,15 @@ from __future__ import annotations
 from ._router import Decision, Router
 
 # isort: split
-from ._fanout import Aggregate, FanOutPlan, SortKey, Unmergeable, plan_fan_out
+from ._fanout import (
+    Aggregate,
+    FanOutPlan,
+    InsertSplit,
+    SortKey,
+    Unmergeable,
+    plan_fan_out,
+    split_insert,
+)
 from ._keys import NO_KEYS, KeyFinder, ShardKeys, find_keys
 
 __all__ = [
@@ -29,6 +37,7 @@ __all__ = [
     "Aggregate",
     "Decision",
     "FanOutPlan",
+    "InsertSplit",
     "KeyFinder",
     "Router",
     "ShardKeys",
@@ -36,4 +45,5 @@ __all__ = [
     "Unmergeable",
     "find_keys",
     "plan_fan_out",
+    "split_insert",
 ]

@@ -423,3 +423,68 @@ def _result_column(node: Any, targets: list[Any], original: tuple[Any, ...] | No
         if t.val is not None and not isinstance(t.val, ast.A_Star) and _text(t.val) == text:
             return i
     return None
+
+
+class InsertSplit:
+    """A multi-row ``INSERT INTO t (..., key, ...) VALUES (...), ...`` whose key is a
+    literal in every row: each row's key (``keys``, as written) and the statement for
+    any of its rows (:meth:`sql`), so that each shard gets its own rows."""
+
+    def __init__(self, stmt: Any, keys: tuple[str, ...]) -> None:
+        self._stmt = stmt
+        self._rows = stmt.selectStmt.valuesLists
+        self.keys = keys
+
+    def sql(self, rows: list[int]) -> str:
+        """The INSERT of rows ``rows`` (indexes into ``keys``) only."""
+        select = self._stmt.selectStmt
+        select.valuesLists = tuple(self._rows[i] for i in rows)
+        try:
+            return _text(self._stmt)
+        finally:
+            select.valuesLists = self._rows
+
+
+def split_insert(sql: str, key: str) -> InsertSplit | None:
+    """The rows of ``sql`` by key, if it is one INSERT ... VALUES of several rows into
+    the table of ``key`` (``table.column`` or ``*.column``, automatic_sharding_key's
+    form), naming the column, each row's key a literal; else None. RETURNING and
+    WITH are not split (their answers would have to be merged)."""
+    table, _, column = key.rpartition(".")
+    try:
+        stmts = parse_sql(sql)
+    except ParseError:
+        return None
+    if len(stmts) != 1:
+        return None
+    stmt = stmts[0].stmt
+    if not isinstance(stmt, ast.InsertStmt) or stmt.withClause or stmt.returningClause:
+        return None
+    if table not in ("*", stmt.relation.relname):
+        return None
+    cols = [c.name for c in stmt.cols or ()]
+    select = stmt.selectStmt
+    if column not in cols or not isinstance(select, ast.SelectStmt):
+        return None
+    rows = select.valuesLists
+    if not rows or len(rows) < 2 or select.withClause:
+        return None
+    index = cols.index(column)
+    keys: list[str] = []
+    for row in rows:
+        items = row if isinstance(row, (list, tuple)) else row.items
+        value = items[index] if index < len(items) else None
+        if isinstance(value, ast.TypeCast):
+            value = value.arg
+        if not isinstance(value, ast.A_Const) or value.isnull:
+            return None
+        literal = value.val
+        if isinstance(literal, ast.Integer):
+            keys.append(str(literal.ival))
+        elif isinstance(literal, ast.Float):
+            keys.append(str(literal.fval))
+        elif isinstance(literal, ast.String):
+            keys.append(str(literal.sval))
+        else:
+            return None
+    return InsertSplit(stmt, tuple(keys))
