@@ -35,7 +35,7 @@ SHARDS = 3
 NAMES = tuple(f"pgsansio_fan_{r}" for r in range(SHARDS))
 WHOLE = "pgsansio_fan_all"
 USER = "md5_user"
-EXAMPLES = int(os.environ.get("FANOUT_EXAMPLES", "12"))
+EXAMPLES = int(os.environ.get("FANOUT_EXAMPLES", "8"))
 COLUMNS = 'id bigint NOT NULL, g int, n numeric(12,2), f float8, t text COLLATE "C"'
 
 
@@ -302,3 +302,28 @@ def test_a_multi_row_insert_is_split_per_shard_all_or_nothing(fan: Cluster) -> N
         # The session goes on, and single-shard INSERTs are not split.
         conn.execute("INSERT INTO fdata (id) VALUES (5000), (5000)")
         assert conn.execute("SELECT count(*) FROM fdata WHERE id = 5000").fetchone() == (2,)
+
+
+def test_fan_out_on_every_frontend(fan: Cluster, pooler_frontend: str) -> None:
+    """The legs' effects (reads paused and resumed, answers to ids no socket has)
+    are the frontends' too: the same merges on each of them."""
+    for r, name in enumerate(NAMES):
+        with _connect(fan, name) as conn:
+            conn.execute("TRUNCATE fdata")
+            conn.execute(
+                "INSERT INTO fdata (id, g) SELECT i, i % 3 FROM generate_series(1, 9000) i"
+                f" WHERE satisfies_hash_partition('fdata'::regclass, {SHARDS}, {r}, i::bigint)"
+            )
+    with (
+        running(fan_config(fan)) as p,
+        psycopg.connect(p.dsn(USER), autocommit=True) as conn,
+    ):
+        rows = conn.execute("SELECT id FROM fdata ORDER BY id DESC", prepare=False).fetchall()
+        assert [row[0] for row in rows] == list(range(9000, 0, -1))
+        assert conn.execute("SELECT g, count(*) FROM fdata GROUP BY g ORDER BY g").fetchall() == [
+            (0, 3000),
+            (1, 3000),
+            (2, 3000),
+        ]
+        conn.execute("INSERT INTO fdata (id) VALUES (10001), (10002), (10003), (10004)")
+        assert conn.execute("SELECT max(id), count(*) FROM fdata").fetchone() == (10004, 9004)
