@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint types unit coverage corpus fuzz bench-core bench bench-profile clean demo soak
+.PHONY: test lint types unit coverage corpus fuzz bench-core bench bench-profile clean demo soak fanout-soak
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ fuzz: $(STAMP)
 ## make soak SIM_SOAK=40: the long randomized simulation of the engine
 soak: $(STAMP)
 	$(PY) -m pytest -q -m soak tests/test_simulation.py
+
+## make fanout-soak FANOUT_EXAMPLES=300: the cross-shard merge differential, long
+FANOUT_EXAMPLES ?= 300
+fanout-soak: $(STAMP)
+	FANOUT_EXAMPLES=$(FANOUT_EXAMPLES) $(PY) -m pytest -q tests/test_sharding_fanout.py -k equal_one_database
 
 ## make bench-core: pytest-benchmark figures for the protocol core
 bench-core: $(STAMP)

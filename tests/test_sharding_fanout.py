@@ -4,8 +4,8 @@ Three shard databases each hold their REMAINDER of a hash-partitioned ``fdata`` 
 (PostgreSQL refuses any other row), and a fourth, unsharded, holds every row. The same
 query runs through the pooler (on the three shards, merged) and directly on the
 unsharded database; the answers must be equal. hypothesis makes the rows and the
-queries (ORDER BY, LIMIT/OFFSET, aggregates, GROUP BY). The default run is short; set
-``FANOUT_EXAMPLES`` (e.g. ``make fanout``-style: ``FANOUT_EXAMPLES=300``) for a long one.
+queries (ORDER BY, LIMIT/OFFSET, aggregates, GROUP BY). The default run is short (8
+examples); ``make fanout-soak`` runs 300 (``FANOUT_EXAMPLES``).
 """
 
 from __future__ import annotations
