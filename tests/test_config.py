@@ -664,6 +664,13 @@ ERRORS: list[tuple[str, str, str, str]] = [
         'must be one of "bigint", "text", "uuid", got "int"',
     ),
     (
+        "cross_shard without the parser",
+        make(pool='cross_shard = "fan_out"'),
+        "pools.db.cross_shard",
+        '"fan_out" reads each query to merge it across shards: it needs '
+        "query_parser_enabled = true in the same pool",
+    ),
+    (
         "default_shard out of range",
         make(pool='default_shard = "shard_1"'),
         "pools.db.default_shard",

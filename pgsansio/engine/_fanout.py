@@ -465,6 +465,7 @@ class FanOut:
         leg.route_role = c.route_role
         leg.primary_reads = c.primary_reads
         leg.shard = shard
+        leg.stats = c.stats  # SHOW STATS counts each shard's part of the query
         job.legs.append(leg)
         return leg
 
