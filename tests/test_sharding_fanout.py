@@ -11,6 +11,7 @@ examples); ``make fanout-soak`` runs 300 (``FANOUT_EXAMPLES``).
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -327,3 +328,30 @@ def test_fan_out_on_every_frontend(fan: Cluster, pooler_frontend: str) -> None:
         ]
         conn.execute("INSERT INTO fdata (id) VALUES (10001), (10002), (10003), (10004)")
         assert conn.execute("SELECT max(id), count(*) FROM fdata").fetchone() == (10004, 9004)
+
+
+def test_a_cancel_request_cancels_every_shard_s_part(fan: Cluster) -> None:
+    load(fan, [(k, 1, None, None, None) for k in range(1, 10)])
+    with (
+        running(fan_config(fan), frontend="asyncio") as p,
+        psycopg.connect(p.dsn(USER), autocommit=True) as conn,
+    ):
+        outcome: list[BaseException | None] = []
+
+        def sleeper() -> None:
+            try:
+                conn.execute("SELECT pg_sleep(5), id FROM fdata", prepare=False)
+                outcome.append(None)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=sleeper)
+        started = time.monotonic()
+        thread.start()
+        time.sleep(0.5)  # (conn.cancel() would hold the GIL: the pooler could not run)
+        conn.cancel_safe(timeout=5)
+        thread.join(5)
+        assert not thread.is_alive(), "the query was not cancelled"
+        assert time.monotonic() - started < 4
+        assert len(outcome) == 1 and isinstance(outcome[0], psycopg.errors.QueryCanceled)
+        assert conn.execute("SELECT count(*) FROM fdata").fetchone() == (9,)

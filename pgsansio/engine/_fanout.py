@@ -49,8 +49,8 @@ one shard); PgDog merges cross-shard results. Decisions:
   everywhere if all inserted, else ``ROLLBACK`` everywhere and the first error. A
   COMMIT failing after another succeeded (no two-phase commit: PgDog uses one) is
   40003 naming the shards that committed: never a success for rows not written.
-- **Meanwhile** the client's next requests wait; a cancel request from the client
-  does not reach the legs (not yet).
+- **Meanwhile** the client's next requests wait; its cancel request cancels every
+  leg (Login reaches them through ``Client.fanout``).
 """
 
 from __future__ import annotations
