@@ -41,8 +41,10 @@ so the calls form this DAG (bottom to top; every part also gets the Context)::
                                                    Lending Pools
     Login         client auth, server login,    -> Probes Lending Routes Tls Stats Pools
                   cancel keys, auth_query
-    Relay         requests out, answers back    -> Sessions Statements Lending Routes
-                  (the hot path, the fast lane)    Shards Stats Pools
+    Relay         requests out, answers back    -> FanOut Sessions Statements Lending
+                  (the hot path, the fast lane)    Routes Shards Stats Pools
+    FanOut        cross-shard reads: one leg    -> Lending Shards
+                  per shard, merged answers
     Probes        probe connections, roles      -> Lending Health Pools
     Sessions      link, settings sync, release  -> Lending Pools
     Lending       checkout, waiting, bans that  -> Routes Shards Health Pools
@@ -57,7 +59,7 @@ so the calls form this DAG (bottom to top; every part also gets the Context)::
                   client and server tables, the Lifecycle flags (shutdown, PAUSE,
                   DISABLE)
 
-Three things must still reach upward, and each is named where it is handed over:
+Four things must still reach upward, and each is named where it is handed over:
 
 - The Context's four upcalls, set once by the Engine: ``drop_client`` and
   ``server_gone`` (Leaving: end a client's session; a server connection failed),
@@ -68,6 +70,8 @@ Three things must still reach upward, and each is named where it is handed over:
   the Relay sends what the client queued meanwhile.
 - ``Control(resume_console=...)``: a console command that had to wait (PAUSE, RELOAD)
   is answered, and the console goes on with what the admin client sent meanwhile.
+- ``FanOut(resume=...)``: a request that waited for a cross-shard query goes on
+  through the Relay.
 
 Client and server states are enums with one transition table (:mod:`._states`); every
 state change goes through :func:`~._states.client_to` / :func:`~._states.server_to`.
