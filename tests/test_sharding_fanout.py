@@ -211,6 +211,8 @@ def test_what_is_not_merged_is_refused(fan: Cluster) -> None:
             ("SELECT id FROM fdata ORDER BY g", "not a result column"),
             ("SELECT t FROM fdata ORDER BY t", 'COLLATE "C"'),
             ("SELECT id FROM fdata UNION SELECT id FROM fdata", "UNION"),
+            ("SELECT id FROM fdata WHERE g = (SELECT max(g) FROM fdata)", "subquery"),
+            ("WITH x AS (SELECT id FROM fdata LIMIT 1) SELECT id FROM x", "WITH query"),
             ("INSERT INTO fdata (g) VALUES (1)", "write with no sharding key"),
             ("UPDATE fdata SET g = 2", "write with no sharding key"),
             ("DELETE FROM fdata", "write with no sharding key"),

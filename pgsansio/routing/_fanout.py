@@ -27,6 +27,11 @@ Merged (one SELECT reading at least one table):
   (by the group columns: the user's ORDER BY if it is exactly those, else one we add)
   and the pooler merges them, combining equal groups as they meet.
 
+Each shard runs the query over its own rows: joins and plain subqueries are right
+for tables sharded on the same key and joined on it (co-located), or copied to every
+shard; a subquery or WITH query that computes over all its rows (aggregates,
+DISTINCT, GROUP BY, LIMIT, windows) would be wrong per shard and is refused.
+
 Refused (Unmergeable, naming the shape): UNION / INTERSECT / EXCEPT, DISTINCT,
 HAVING, window functions, GROUPING SETS / ROLLUP / CUBE, an aggregate inside an
 expression (``sum(x) + 1``) or other than the five, aggregates with DISTINCT /
@@ -232,7 +237,50 @@ def plan_fan_out(sql: str) -> FanOutPlan | Unmergeable | None:
     return _plan_select(stmt)
 
 
+def _nested_selects(stmt: Any) -> list[Any]:
+    """Every SELECT inside ``stmt`` (subqueries, WITH queries), at any depth."""
+    found: list[Any] = []
+    stack: list[object] = [getattr(stmt, slot, None) for slot in stmt.__slots__]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, ast.Node):
+            if isinstance(n, ast.SelectStmt):
+                found.append(n)
+            stack.extend(getattr(n, slot, None) for slot in n.__slots__)
+        elif isinstance(n, (list, tuple)):
+            stack.extend(n)
+    return found
+
+
+def _over_all_rows(select: Any) -> bool:
+    """Whether a subquery computes over all its rows (aggregates, DISTINCT, GROUP BY,
+    LIMIT, windows...): on a shard it would see that shard's rows only."""
+    return bool(
+        select.groupClause
+        or select.distinctClause
+        or select.havingClause is not None
+        or select.limitCount is not None
+        or select.limitOffset is not None
+        or select.windowClause
+        or any(
+            _aggregate_inside(t.val) or _window_inside(t.val)
+            for t in select.targetList or ()
+            if isinstance(t, ast.ResTarget)
+        )
+    )
+
+
+def _window_inside(node: Any) -> bool:
+    return any(isinstance(n, ast.FuncCall) and n.over is not None for n in _walk(node))
+
+
 def _plan_select(stmt: Any) -> FanOutPlan | Unmergeable:
+    if any(_over_all_rows(sub) for sub in _nested_selects(stmt)):
+        return Unmergeable(
+            "a subquery or WITH query with aggregates, DISTINCT, GROUP BY, LIMIT or "
+            "window functions is not merged across shards: each shard would compute it "
+            "over its own rows only"
+        )
     if stmt.distinctClause:
         return Unmergeable("DISTINCT is not merged across shards")
     if stmt.havingClause is not None:
@@ -252,11 +300,8 @@ def _plan_select(stmt: Any) -> FanOutPlan | Unmergeable:
             star = True
             aggregates.append(None)
             continue
-        for node in _walk(val):
-            if isinstance(node, ast.FuncCall) and node.over is not None:
-                return Unmergeable("window functions are not merged across shards")
-            if isinstance(node, ast.SubLink):
-                continue
+        if _window_inside(val):
+            return Unmergeable("window functions are not merged across shards")
         if isinstance(val, ast.FuncCall) and _funcname(val) in _MERGED:
             function = _funcname(val)
             if val.agg_distinct:
