@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: test lint types unit coverage corpus fuzz bench-core bench bench-profile clean demo soak \
-	dist dist-check docker-check pgbouncer-compare conformance conformance-corpus reliability
+	dist dist-check docker-check pgbouncer-compare conformance conformance-corpus reliability fanout-soak
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -66,6 +66,11 @@ pgbouncer-compare: $(STAMP)
 ## BEFORE=/path/to/other/tree adds that tree's pgsansio to the side-by-side figures.
 reliability: $(STAMP)
 	PGSANSIO_BEFORE_TREE=$(BEFORE) $(PY) -m pytest -q -s -m reliability tests/test_reliability.py
+
+## make fanout-soak FANOUT_EXAMPLES=300: the cross-shard merge differential, long
+FANOUT_EXAMPLES ?= 300
+fanout-soak: $(STAMP)
+	FANOUT_EXAMPLES=$(FANOUT_EXAMPLES) $(PY) -m pytest -q tests/test_sharding_fanout.py -k equal_one_database
 
 ## make bench-core: pytest-benchmark figures for the protocol core
 bench-core: $(STAMP)

@@ -28,7 +28,9 @@ that burns CPU also slows PostgreSQL down: that is part of what is measured.
 PgBouncer has no ``max_prepared_statements`` before 1.21; with an older one the
 ``-M prepared`` workload has no PgBouncer figure, and the run says so.
 
-Sharded workloads (optional, by name only: ``--workloads "-S sharded c32"``): the cost
+Sharded workloads (optional, by name only: ``--workloads "-S sharded c32"``; the
+cross-shard read ``"count(*) fan-out c8"``, ``SELECT count(*), max(abalance)`` with no
+key, runs on pool ``shard_fanout`` with ``cross_shard = "fan_out"``): the cost
 of routing each query to one of three shards. Three more databases on the same cluster
 (``bench_shard_0`` .. ``_2``) each hold only their REMAINDER of a ``pgbench_accounts``
 hash-partitioned by ``aid`` (``MODULUS 3``, as PgCat's sharding tests lay them out), and
@@ -145,6 +147,7 @@ SHARD_DATABASES: Final = tuple(f"{DATABASE}_shard_{r}" for r in range(SHARDS))
 SHARDED_SUFFIX: Final = "-3shards"
 COMMENT_POOL: Final = "shard_comment"
 AUTO_POOL: Final = "shard_auto"
+FANOUT_POOL: Final = "shard_fanout"
 # -S's own script, the key in a comment for sharding_key_regex; \gset fails the client
 # (no row) when a query reaches a shard that does not hold its aid.
 COMMENT_SCRIPT: Final = """\
@@ -154,6 +157,10 @@ COMMENT_SCRIPT: Final = """\
 AUTO_SCRIPT: Final = """\
 \\set aid random(1, 100000 * :scale)
 SELECT abalance FROM pgbench_accounts WHERE aid = :aid \\gset
+"""
+# A read with no key: on the fan-out pool it runs on the three shards, merged.
+FANOUT_SCRIPT: Final = """\
+SELECT count(*), max(abalance) FROM pgbench_accounts \\gset
 """
 
 
@@ -175,6 +182,14 @@ def sharded_workloads(scale: int) -> list[Workload]:
             script=AUTO_SCRIPT,
             script_file="sharded_auto.sql",
             shard_pool=AUTO_POOL,
+        ),
+        Workload(
+            "count(*) fan-out c8",
+            ("-f", "fanout_count.sql", "-s", str(scale)),
+            8,
+            script=FANOUT_SCRIPT,
+            script_file="fanout_count.sql",
+            shard_pool=FANOUT_POOL,
         ),
     ]
 
@@ -297,6 +312,7 @@ shutdown_timeout = 2000
     routing = {
         COMMENT_POOL: "sharding_key_regex = '/\\* sharding_key: (\\d+) \\*/'",
         AUTO_POOL: 'query_parser_enabled = true\nautomatic_sharding_key = "pgbench_accounts.aid"',
+        FANOUT_POOL: 'query_parser_enabled = true\ncross_shard = "fan_out"',
     }
     for pool, lines in routing.items():
         out.append(
@@ -815,7 +831,8 @@ class Bench:
                 f"holding its REMAINDER of pgbench_accounts (hash-partitioned by aid, "
                 f"MODULUS {SHARDS}); pgsansio-<frontend>{SHARDED_SUFFIX} has pools "
                 f"{COMMENT_POOL} (sharding_key_regex on a /* sharding_key: n */ comment) and "
-                f"{AUTO_POOL} (automatic_sharding_key pgbench_accounts.aid, query parser on), "
+                f"{AUTO_POOL} (automatic_sharding_key pgbench_accounts.aid, query parser on) and "
+                f"{FANOUT_POOL} (cross_shard = fan_out: count(*) on every shard, merged), "
                 f"{self.shard_pool_size} servers per shard; the same script (-S's SELECT, "
                 "ending in \\gset so that a misrouted query aborts pgbench) runs through the "
                 "one-pool pgsansio and directly against the unsplit table"
@@ -846,7 +863,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--workloads",
         help="comma-separated workload names to run; the sharded ones ('-S sharded c32', "
-        "'-S sharded auto-key c32': routing cost through 3 shards) run only when named",
+        "'-S sharded auto-key c32': routing cost through 3 shards; 'count(*) fan-out c8': "
+        "a cross-shard read) run only when named",
     )
     parser.add_argument(
         "--shard-pool-size",

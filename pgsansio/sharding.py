@@ -89,6 +89,7 @@ __all__ = [
     "INT64_MAX",
     "INT64_MIN",
     "SHARDING_FUNCTIONS",
+    "SHARDING_KEY_TYPES",
     "hash_bytes_extended",
     "hash_uint32_extended",
     "int8_hash",
@@ -98,6 +99,7 @@ __all__ = [
     "sha1_hash",
     "shard_for_key",
     "shard_for_text",
+    "shard_for_typed_key",
     "shard_for_uuid",
     "text_hash",
     "uuid_hash",
@@ -352,3 +354,49 @@ def shard_for_uuid(key: str, shards: int) -> int:
     """
     _check_shards(shards)
     return partition_hash(uuid_hash(key)) % shards
+
+
+# The types a sharding key may have (a pool's ``sharding_key_type``).
+SHARDING_KEY_TYPES: Final = ("bigint", "text", "uuid")
+
+
+def shard_for_typed_key(
+    key: str | int, shards: int, function: str = "pg_bigint_hash", key_type: str = "bigint"
+) -> int | None:
+    """The shard of ``key``, a value of the pool's ``sharding_key_type``.
+
+    ``bigint``: :func:`shard_for_key` (a ``str`` may have spaces around the digits, as
+    ``int8in`` allows). ``text``: ``pg_bigint_hash`` is PostgreSQL's partition hash of
+    a text column (:func:`shard_for_text`), ``sha1`` hashes the text itself. ``uuid``:
+    the text is read as a UUID (None if it is not one); ``pg_bigint_hash`` is the
+    partition hash of a uuid column (:func:`shard_for_uuid`), ``sha1`` hashes its
+    canonical text (lower case, hyphenated), so every spelling of a UUID lands on one
+    shard. None when the key cannot be of that type. Raises :class:`ValueError` for
+    an unknown function or type, or a shard count below 1.
+    """
+    if key_type == "bigint":
+        return shard_for_key(key.strip() if isinstance(key, str) else key, shards, function)
+    if function not in SHARDING_FUNCTIONS:
+        shard_for_key(0, shards, function)  # raises, naming the functions
+    text = key if isinstance(key, str) else str(key)
+    if key_type == "text":
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError:
+            return None  # a lone surrogate: no PostgreSQL text is that
+        _check_shards(shards)
+        if function == "sha1":
+            return sha1_hash(text) % shards
+        return partition_hash(hash_bytes_extended(data, HASH_PARTITION_SEED)) % shards
+    if key_type == "uuid":
+        try:
+            value = uuid.UUID(text.strip())
+        except ValueError:
+            return None
+        _check_shards(shards)
+        if function == "sha1":
+            return sha1_hash(str(value)) % shards
+        return partition_hash(hash_bytes_extended(value.bytes, HASH_PARTITION_SEED)) % shards
+    raise ValueError(
+        f"unknown sharding key type {key_type!r}; expected one of {', '.join(SHARDING_KEY_TYPES)}"
+    )

@@ -18,7 +18,25 @@ from psycopg.rows import TupleRow
 
 from pgsansio.testing.cluster import Cluster
 
-__all__ = ["create_shards", "drop_shards", "reset_shards", "shard_rows"]
+__all__ = [
+    "create_partitioned",
+    "create_shards",
+    "drop_shards",
+    "partition_sql",
+    "reset_shards",
+    "shard_rows",
+]
+
+
+def partition_sql(table: str, columns: str, key: str, r: int, n: int) -> str:
+    """SQL creating ``table (columns)``, hash-partitioned by ``key``, holding only its
+    REMAINDER ``r`` of ``n`` (any other row is refused), open to every user."""
+    return (
+        f"CREATE TABLE {table} ({columns}) PARTITION BY HASH ({key});"
+        f"CREATE TABLE {table}_{r} PARTITION OF {table}"
+        f" FOR VALUES WITH (MODULUS {n}, REMAINDER {r});"
+        f"GRANT ALL ON {table}, {table}_{r} TO PUBLIC;"
+    )
 
 
 def create_shards(cluster: Cluster, names: tuple[str, ...]) -> None:
@@ -38,6 +56,18 @@ def create_shards(cluster: Cluster, names: tuple[str, ...]) -> None:
             f"GRANT ALL ON data, data_{r}, shard_info TO PUBLIC;",
             dbname=name,
         )
+
+
+def create_partitioned(
+    cluster: Cluster, names: tuple[str, ...], tables: list[tuple[str, str, str]]
+) -> None:
+    """(Re)create the databases ``names``, each with ``tables`` (name, columns, key)
+    holding only its partition (:func:`partition_sql`)."""
+    for r, name in enumerate(names):
+        cluster.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE);")
+        cluster.create_database(name)
+        sql = "".join(partition_sql(t, columns, key, r, len(names)) for t, columns, key in tables)
+        cluster.execute(sql, dbname=name)
 
 
 def drop_shards(cluster: Cluster, names: tuple[str, ...]) -> None:

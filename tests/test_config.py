@@ -322,6 +322,8 @@ POOL_DEFAULTS: dict[str, Any] = {
     "begin_routing": "declared",
     "listen_fanout": True,
     "read_your_writes": False,
+    "sharding_key_type": "bigint",
+    "cross_shard": "off",
     # inherited from [general] when unset
     "connect_timeout": 1000,
     "idle_timeout": 600000,
@@ -712,6 +714,19 @@ ERRORS: list[tuple[str, str, str, str]] = [
         make(pool='sharding_function = "md5"'),
         "pools.db.sharding_function",
         'must be one of "pg_bigint_hash", "sha1", got "md5"',
+    ),
+    (
+        "sharding_key_type",
+        make(pool='sharding_key_type = "int"'),
+        "pools.db.sharding_key_type",
+        'must be one of "bigint", "text", "uuid", got "int"',
+    ),
+    (
+        "cross_shard without the parser",
+        make(pool='cross_shard = "fan_out"'),
+        "pools.db.cross_shard",
+        '"fan_out" reads each query to merge it across shards: it needs '
+        "query_parser_enabled = true in the same pool",
     ),
     (
         "default_shard out of range",

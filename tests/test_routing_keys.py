@@ -27,6 +27,9 @@ CASES: list[tuple[str, tuple[str, ...], tuple[int, ...]]] = [
     ("SELECT * FROM data WHERE id = '42'", ("42",), ()),
     ("SELECT * FROM data WHERE id = 42::bigint", ("42",), ()),
     ("SELECT * FROM data WHERE id = '42'::int8", ("42",), ()),
+    ("SELECT * FROM data WHERE id = 'abc'::text", ("abc",), ()),  # text keys
+    ("SELECT * FROM data WHERE id = $1::uuid", (), (1,)),  # uuid keys
+    ("SELECT * FROM data WHERE id = 'x'::varchar", ("x",), ()),
     ("SELECT * FROM data WHERE id = CAST($1 AS integer)", (), (1,)),
     ("SELECT * FROM data WHERE id = $1", (), (1,)),
     ("SELECT * FROM data WHERE id = $2 AND v = $1", (), (2,)),
@@ -83,7 +86,8 @@ NONE = [
     "SELECT * FROM data WHERE id = v",
     "SELECT * FROM data WHERE id = NULL",
     "SELECT * FROM data WHERE id = true",
-    "SELECT * FROM data WHERE id = 5::text",
+    "SELECT * FROM data WHERE id = 5::varchar(1)",  # a length may cut the value
+    "SELECT * FROM data WHERE id = 5::numeric",
     "SELECT * FROM data WHERE id = (SELECT 5)",
     "SELECT * FROM data WHERE id IN (SELECT k FROM o)",
     "SELECT * FROM data WHERE id IN (5, v)",

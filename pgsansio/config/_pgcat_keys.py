@@ -180,6 +180,11 @@ _POOL_KEYS: dict[str, _Key] = {
     ),
     "listen_fanout": _Key("bool"),
     "read_your_writes": _Key("bool"),
+    # pgsansio extensions: sharding (docs/sharding.md)
+    "sharding_key_type": _Key(
+        "enum", choices={"bigint": "bigint", "text": "text", "uuid": "uuid"}
+    ),
+    "cross_shard": _Key("enum", choices={"off": "off", "fan_out": "fan_out"}),
 }
 _POOL_TABLES = ("users", "shards", "plugins")
 

@@ -213,6 +213,12 @@ class PoolConfig:
     # Read-your-writes (see pgsansio.engine._routing): after a client's write commits,
     # its reads go only to replicas that have replayed it, else to the primary.
     read_your_writes: bool = False
+    # Sharding beyond PgCat (see docs/sharding.md): the type of the sharding key
+    # ("bigint" | "text" | "uuid"), how the hash of pg_bigint_hash reads it.
+    sharding_key_type: str = "bigint"
+    # What a read with no shard does: "off" (default_shard) | "fan_out" (every shard,
+    # merged by the pooler; needs query_parser_enabled).
+    cross_shard: str = "off"
 
 
 @dataclass(frozen=True)

@@ -565,6 +565,12 @@ def _read_pool(
             'must be "shard_<n>" (for example "shard_0"), "random" or "random_healthy", '
             f"got {_show(default_shard)}",
         )
+    if values.get("cross_shard") == "fan_out" and not values.get("query_parser_enabled"):
+        raise ctx.error(
+            _join(prefix, "cross_shard"),
+            '"fan_out" reads each query to merge it across shards: it needs '
+            "query_parser_enabled = true in the same pool",
+        )
     if name in _ADMIN_DATABASES:
         ctx.warn(
             prefix,

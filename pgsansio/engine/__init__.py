@@ -43,8 +43,11 @@ so the calls form this DAG (bottom to top; every part also gets the Context)::
                                                    Listen Lending Pools
     Login         client auth, server login,    -> Probes Listen Lending Routes Tls Stats
                   cancel keys, auth_query          Pools
-    Relay         requests out, answers back    -> Sessions Pinning Listen Statements
-                  (the hot path, the fast lane)    Lending Routes Stats Pools
+    Relay         requests out, answers back    -> FanOut Sessions Pinning Listen
+                  (the hot path, the fast lane)    Statements Lending Routes Shards Stats
+                                                   Pools
+    FanOut        cross-shard reads: one leg    -> Lending Shards
+                  per shard, merged answers
     Probes        probe connections, roles      -> Lending Health Pools
     Sessions      link, settings sync, release  -> Pinning Lending Pools
     Pinning       session state that keeps a    -> Listen
@@ -65,7 +68,7 @@ so the calls form this DAG (bottom to top; every part also gets the Context)::
                   client and server tables, the Lifecycle flags (shutdown, PAUSE,
                   DISABLE)
 
-Three things must still reach upward, and each is named where it is handed over:
+Four things must still reach upward, and each is named where it is handed over:
 
 - The Context's four upcalls, set once by the Engine: ``drop_client`` and
   ``server_gone`` (Leaving: end a client's session; a server connection failed),
@@ -76,6 +79,8 @@ Three things must still reach upward, and each is named where it is handed over:
   the Relay sends what the client queued meanwhile.
 - ``Control(resume_console=...)``: a console command that had to wait (PAUSE, RELOAD)
   is answered, and the console goes on with what the admin client sent meanwhile.
+- ``FanOut(resume=...)``: a request that waited for a cross-shard query goes on
+  through the Relay.
 
 Client and server states are enums with one transition table (:mod:`._states`); every
 state change goes through :func:`~._states.client_to` / :func:`~._states.server_to`.

@@ -42,6 +42,7 @@ from ._context import Context
 from ._control import Control
 from ._effects import Wakeup
 from ._errors import INTERNAL, NOT_POSTGRES, ClientFatal, fatal, how
+from ._fanout import FanOut
 from ._health import Health
 from ._idle import ClientIdle
 from ._leaving import Leaving
@@ -120,6 +121,12 @@ class Engine:
             send_pending=self._send_pending,
         )
         self.statements = Statements(ctx)
+        self.fanout = FanOut(
+            ctx,
+            lending=self.lending,
+            shards=self.shards,
+            resume=lambda c, span: self.relay.client_span(c, span),  # noqa: PLW0108 (relay: below)
+        )
         self.relay = Relay(
             ctx,
             stats=self.stats,
@@ -130,6 +137,8 @@ class Engine:
             statements=self.statements,
             pinning=self.pinning,
             listen=self.listen,
+            shards=self.shards,
+            fanout=self.fanout,
         )
         self.tls = Tls(ctx)
         self.login = Login(
@@ -367,6 +376,8 @@ class Engine:
         c = self.ctx.clients.get(cid)
         if c is not None:
             self.sessions.client_writable(c, writable)
+            if c.fanout is not None and writable:
+                self.fanout.client_writable(c)
         return self.flush()
 
     def server_writable(self, sid: int, writable: bool, now: float) -> list[Effect]:

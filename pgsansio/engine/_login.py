@@ -680,7 +680,15 @@ class Login:
         # PostgreSQL answers a cancel request with nothing but closing the connection.
         target = self.cancel_keys.get((req.process_id, req.secret_key))
         self.ctx.drop_client(c, None)
-        if target is None:
+        if target is not None:
+            self._cancel(target)
+
+    def _cancel(self, target: Client) -> None:
+        if target.server is None and target.fanout is not None:
+            # A cross-shard query (see _fanout): cancel each shard's part.
+            for leg in list(target.fanout.legs):
+                if leg.state is not C_CLOSED:
+                    self._cancel(leg)
             return
         if target.server is None:
             if target.waiting_since is not None and target.pool is not None:

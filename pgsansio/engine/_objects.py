@@ -19,7 +19,9 @@ if TYPE_CHECKING:
     from pgsansio.config.model import PoolConfig, ServerAddress, UserConfig
     from pgsansio.protocol import ErrorResponse, NotificationResponse, ScramServer
 
+    from ._fanout import Job
     from ._pinning import PinState
+    from ._shards import Unkeyed
 
 __all__ = [
     "Client",
@@ -119,6 +121,7 @@ class Client:
         "conn",
         "connected",
         "database",
+        "fanout",
         "group",
         "held_begin",
         "listens",
@@ -147,6 +150,7 @@ class Client:
         "sync_key",
         "tls",
         "tried",
+        "unkeyed",
         "unnamed_pending",
         "user",
         "username",
@@ -227,6 +231,11 @@ class Client:
         # WAL position its reads must wait for (None: none).
         self.ryw_wrote = False
         self.ryw_lsn: int | None = None
+        # The server was placed with no key and has run nothing yet: the statements
+        # prepared on it since, so that a keyed Bind may move (see _shards.Unkeyed).
+        self.unkeyed: Unkeyed | None = None
+        # Its cross-shard query running (see _fanout), if any.
+        self.fanout: Job | None = None
 
 
 class ServerConn:

@@ -77,7 +77,7 @@ from ._objects import (
 from ._params import TRACKED, parse_simple_set, restore_sql, strip_comments
 from ._pinning import may_pin
 from ._readonly import take_lsn_answer
-from ._shards import SHARD_COMMAND_BYTES
+from ._shards import HOLD, SHARD_COMMAND_BYTES
 from ._states import (
     C_CLOSED,
     C_READY,
@@ -86,6 +86,7 @@ from ._states import (
 
 if TYPE_CHECKING:
     from ._context import Context
+    from ._fanout import FanOut
     from ._lending import Lending
     from ._listen import Listen
     from ._pinning import Pinning
@@ -93,6 +94,7 @@ if TYPE_CHECKING:
     from ._prepared import Statements
     from ._routing import Routes
     from ._sessions import Sessions
+    from ._shards import Shards
     from ._stats import Stats
 
 __all__ = ["Relay"]
@@ -174,8 +176,12 @@ class Relay:
         statements: Statements,
         pinning: Pinning,
         listen: Listen,
+        shards: Shards,
+        fanout: FanOut,
     ) -> None:
         self.ctx = ctx
+        self.shards = shards
+        self.fanout = fanout
         self.stats = stats
         self.pools = pools
         self.router = router
@@ -760,6 +766,14 @@ class Relay:
             return
 
     def flush_pending(self, c: Client, s: ServerConn) -> None:
+        unkeyed = c.unkeyed
+        if unkeyed is not None and unkeyed.shard is not None:
+            # Moved here by a keyed Bind: what the client prepared on the server it
+            # left goes first, silently (it has had those answers).
+            c.unkeyed = None
+            for parse in unkeyed.parses.values():
+                s.queue.append(Entry(K_PARSE, SKIP))
+                self.ctx.send_server(s, s.conn.send(parse))
         if c.held_begin is not None:  # answered by us earlier (see _readonly): send it now
             self.pools.send_internal(s, c.held_begin, "begin")
             c.held_begin = None
@@ -804,6 +818,11 @@ class Relay:
         if s is None and self.listen.client_query(c, span):
             return  # a LISTEN served by the pool's listener
         leaving = bool(events) and type(events[-1]) is Terminate
+        if c.fanout is not None and not leaving:
+            self.fanout.wait(c, span)  # after the cross-shard query running
+            return
+        if s is not None and c.unkeyed is not None and not s.syncing and self._rekey(c, s, span):
+            return
         if s is not None and not s.syncing:
             self._to_server(c, s, span)
             if leaving:
@@ -814,6 +833,15 @@ class Relay:
         if leaving:
             # Nothing of it reached a server yet: what came before Terminate is dropped.
             self.ctx.drop_client(c)
+            return
+        if (
+            s is None
+            and group is not None
+            and group.cfg.cross_shard != "off"
+            and not c.pending
+            and c.waiting_since is None
+            and self.fanout.start(c, span)
+        ):
             return
         if (
             s is None
@@ -836,6 +864,38 @@ class Relay:
             self.ctx.out.append(ReadClient(c.cid, False))
         if s is None and c.waiting_since is None:
             self.lending.checkout(c)
+
+    def _rekey(self, c: Client, s: ServerConn, span: Span) -> bool:
+        """Move ``c``, placed on ``s`` with no key and having run nothing there, to
+        the shard its Binds' keys name (Shards.rekey): ``s`` is let go (after a
+        silent Sync if the client's batch there is still open) and the request waits
+        for a server of that shard. False: ``span`` goes to ``s`` as usual."""
+        u = c.unkeyed
+        assert u is not None
+        held = u.held
+        events = span.events
+        if held:
+            events = [e for h in held for e in h.events]
+            events.extend(span.events)
+        shard = self.shards.rekey(c, s, events)
+        if shard == HOLD:
+            held.append(span)
+            return True
+        u.held = []
+        if shard is None:
+            for h in held:
+                self._to_server(c, s, h)
+            return False
+        self.sessions.unlink(c, s)
+        if s.conn.idle:
+            self.pools.server_free(s)
+        else:
+            s.queue.append(Entry(K_SYNC, SKIP, tag="unkeyed"))
+            self.ctx.send_server(s, s.conn.send(Sync()))
+        c.pending.extend((h.data, h.events, h.offsets) for h in held)
+        c.pending.append((span.data, span.events, span.offsets))
+        self.lending.checkout(c)
+        return True
 
 
 def _forward(

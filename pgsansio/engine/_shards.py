@@ -38,6 +38,32 @@ for the shard of every checkout and hands it the shard commands. Decisions:
   query" and keeps the first statement's shard); Binds of named statements are read
   too (PgCat reads a Bind only after its Parse). Nothing is parsed on a pool without
   the key, or with one shard.
+- **A key that arrives after its statement** (transaction mode): drivers prepare
+  before they bind -- asyncpg sends Parse, Describe, Flush and binds once it has the
+  answer; pg8000 syncs in between; psycopg's ``prepare=True`` sends Parse, Sync --
+  so the checkout sees no key and the statement is prepared on ``default_shard``.
+  Such a client is *unkeyed* (:class:`Unkeyed`) while it has run nothing there:
+  when its Bind names a key on another shard, and the server has answered
+  everything with no transaction open and no failed batch, the client lets that
+  server go (after a silent Sync if its batch is open) and the request is placed on
+  the key's shard, preceded by silent re-Parses of what the new server lacks
+  (unnamed statements; named ones the prepared statement cache does not re-Parse
+  itself). A span that only prepares and asks for no answer (no Flush or Sync) is
+  held back until its Bind comes (asyncpg re-sends an unnamed statement's Parse just
+  before the Bind, and the two may arrive apart). Where this cannot apply (session
+  mode, a Bind pipelined before the Parse's answer, an open transaction) the first
+  execution stays where the Parse went, as in PgCat.
+- **Key types** (beyond PgCat; PgDog has a data type per sharded column): the pool's
+  ``sharding_key_type`` (``bigint``, the default and PgCat's only one; ``text``;
+  ``uuid``) says what every key is -- a comment's, ``SET SHARDING KEY``'s, a
+  literal's and a Bind parameter's -- and
+  :func:`pgsansio.sharding.shard_for_typed_key` hashes it: ``pg_bigint_hash`` is then
+  PostgreSQL's partition hash of a column of that type (``hashtextextended``,
+  ``uuid_hash_extended``), ``sha1`` the SHA-1 of its text (a uuid's canonical text).
+  A Bind parameter is read as text in text format; in binary, as int2 / int4 / int8
+  for bigint, as UTF-8 for text (type text, varchar or unspecified) and as 16 bytes
+  for uuid. A value that is not of the type (``'abc'`` for bigint, ``'x'`` for uuid)
+  is no key.
 - **Shard commands** (PgCat's ``CUSTOM_SQL_REGEXES``): ``SET SHARD TO 'n' | 'ANY'``
   (``ANY``: a random shard, drawn once), ``SET SHARDING KEY TO 'k'`` (the shard
   holding ``k`` by the pool's ``sharding_function``, see :mod:`pgsansio.sharding`) and
@@ -62,10 +88,22 @@ for the shard of every checkout and hands it the shard commands. Decisions:
 from __future__ import annotations
 
 import re
+import uuid
 from typing import TYPE_CHECKING, NamedTuple
 
-from pgsansio.protocol import Bind, CommandComplete, Parse, Query, ReadyForQuery
-from pgsansio.sharding import parse_int64, shard_for_key
+from pgsansio.protocol import (
+    Bind,
+    Close,
+    CommandComplete,
+    Describe,
+    Flush,
+    Parse,
+    Query,
+    ReadyForQuery,
+    State,
+    Sync,
+)
+from pgsansio.sharding import shard_for_typed_key
 
 from ._answers import command_error, show_one
 from ._health import key_of
@@ -73,13 +111,14 @@ from ._objects import Pool
 
 if TYPE_CHECKING:
     from pgsansio.config.model import PoolConfig
+    from pgsansio.protocol import Event, Span
     from pgsansio.routing import KeyFinder, ShardKeys
 
     from ._context import Context
     from ._health import Health
-    from ._objects import Client
+    from ._objects import Client, ServerConn
 
-__all__ = ["SHARD_COMMAND_BYTES", "SHARD_LEAD", "Refusal", "Shards"]
+__all__ = ["HOLD", "SHARD_COMMAND_BYTES", "SHARD_LEAD", "Refusal", "Shards", "Unkeyed"]
 
 # The start of a shard command. A dotted name (``SET shard.x TO 1``, a custom setting)
 # is SQL and is not taken.
@@ -88,7 +127,8 @@ SHARD_LEAD = re.compile(r"\s*(set|show)\s+(shard|sharding\s+key)(?![\w.$])", re.
 SHARD_COMMAND_BYTES = re.compile(rb"\s*(?:set|show)\s+shard(?:ing\s+key)?(?![\w.$])", re.I)
 _SET_VALUE = re.compile(r"\s+to\s+(?:'([^']*)'|([^\s';]+))", re.I | re.A)
 _SHARD_SYNTAX = "SET SHARD TO takes a shard number or 'ANY', e.g. SET SHARD TO '1'"
-_KEY_SYNTAX = "SET SHARDING KEY TO takes an integer key, e.g. SET SHARDING KEY TO '1234'"
+_KEY_SYNTAX = "SET SHARDING KEY TO takes a key, e.g. SET SHARDING KEY TO '1234'"
+_KEY_TYPE_NAMES = {"bigint": "a 64-bit integer", "text": "text", "uuid": "a UUID"}
 
 
 def _shard_range(n: int) -> str:
@@ -97,11 +137,16 @@ def _shard_range(n: int) -> str:
 
 # The binary integer types a Bind parameter may carry a key in: OID -> size.
 _BINARY_INTS = {20: 8, 23: 4, 21: 2}  # int8, int4, int2
+# The types whose binary form is the text's UTF-8 bytes: text, varchar (0: unsaid).
+_BINARY_TEXTS = frozenset({0, 25, 1043})
+_UUID_OID = 2950
 
 
-def _bind_key(bind: Bind, parse: Parse, number: int) -> int | None:
-    """Parameter ``$number`` of ``bind`` as an int64, if it is one: text, or binary
-    int2 / int4 / int8 (by the type the Parse gives it, else by its length)."""
+def _bind_key(bind: Bind, parse: Parse, number: int, key_type: str) -> str | int | None:
+    """Parameter ``$number`` of ``bind`` as a key of ``key_type``, if it can be one:
+    text format, or binary int2 / int4 / int8 for a bigint key (by the type the
+    Parse gives it, else by its length), text / varchar for a text key, uuid for a
+    uuid key."""
     i = number - 1
     params = bind.params
     if i >= len(params):
@@ -118,13 +163,19 @@ def _bind_key(bind: Bind, parse: Parse, number: int) -> int | None:
         binary = formats[i] == 1
     else:
         return None
-    if not binary:
-        try:
-            return parse_int64(raw.decode().strip())
-        except UnicodeDecodeError:
-            return None
     types = parse.param_types
     oid = types[i] if i < len(types) else 0
+    if not binary or (key_type == "text" and oid in _BINARY_TEXTS):
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            return None
+    if key_type == "uuid":
+        if oid in (0, _UUID_OID) and len(raw) == 16:
+            return str(uuid.UUID(bytes=raw))
+        return None
+    if key_type != "bigint":
+        return None
     if oid:
         if _BINARY_INTS.get(oid) != len(raw):
             return None  # another type, or a malformed value
@@ -134,24 +185,51 @@ def _bind_key(bind: Bind, parse: Parse, number: int) -> int | None:
 
 
 def _keys_shard(
-    keys: ShardKeys, bind: Bind | None, parse: Parse | None, n: int, function: str
+    keys: ShardKeys, bind: Bind | None, parse: Parse | None, n: int, cfg: PoolConfig
 ) -> int | None:
     """The one shard all ``keys`` land on (literals, and parameters read from
-    ``bind``), else None: keys on different shards, or one that is not an int64."""
+    ``bind``), else None: keys on different shards, or one that is not of the
+    pool's sharding_key_type."""
     shard = -1
+    function = cfg.sharding_function
+    key_type = cfg.sharding_key_type
     for value in keys.values:
-        key = parse_int64(value.strip())
-        s = shard_for_key(key, n, function) if key is not None else None
+        s = shard_for_typed_key(value, n, function, key_type)
         if s is None or (shard >= 0 and s != shard):
             return None
         shard = s
     for number in keys.params:
-        key = _bind_key(bind, parse, number) if bind is not None and parse is not None else None
-        s = shard_for_key(key, n, function) if key is not None else None
+        key = (
+            _bind_key(bind, parse, number, key_type)
+            if bind is not None and parse is not None
+            else None
+        )
+        s = shard_for_typed_key(key, n, function, key_type) if key is not None else None
         if s is None or (shard >= 0 and s != shard):
             return None
         shard = s
     return shard if shard >= 0 else None
+
+
+# What a client may send to a server it was placed on without a key, and still move.
+_PREPARING = (Describe, Flush, Sync)
+
+
+def _keep_preparing(e: Event, parses: dict[str, Parse], cached: bool) -> bool:
+    """Whether ``e`` only prepares (then note in ``parses`` the statement a new server
+    would lack: unnamed, or named with no cache to re-Parse it), or runs something."""
+    t = type(e)
+    if t is Parse:
+        assert isinstance(e, Parse)
+        if not e.name or not cached:
+            parses[e.name] = e
+        return True
+    if t is Close:
+        assert isinstance(e, Close)
+        if e.kind == "S":
+            parses.pop(e.name, None)
+        return True
+    return t in _PREPARING
 
 
 class Refusal(NamedTuple):
@@ -159,6 +237,28 @@ class Refusal(NamedTuple):
 
     sqlstate: str
     message: str
+
+
+class Unkeyed:
+    """A transaction-mode client whose server was placed with no key and has run
+    nothing since its checkout (only Parse, Describe, Close, Flush, Sync): the
+    statements it prepared there that a new server would lack (unnamed ones, and named
+    ones when no prepared statement cache renames them), by name. ``shard``: where a
+    keyed Bind is moving it (the next checkout goes there and replays ``parses``)."""
+
+    __slots__ = ("held", "parses", "shard")
+
+    def __init__(self, parses: dict[str, Parse]) -> None:
+        self.parses = parses
+        self.shard: int | None = None
+        # Spans that only prepare and ask for no answer yet (no Flush, no Sync: the
+        # server would not answer them before one), kept back until the request they
+        # begin shows its Bind: asyncpg sends an unnamed statement's Parse again
+        # before its Bind, and the two may arrive apart.
+        self.held: list[Span] = []
+
+
+HOLD = -1  # Shards.rekey: keep the span back (see Unkeyed.held)
 
 
 class Shards:
@@ -202,10 +302,16 @@ class Shards:
         assert group is not None
         cfg = group.cfg
         n = len(group.pools)
+        unkeyed = c.unkeyed
+        if unkeyed is not None:
+            if unkeyed.shard is not None and unkeyed.shard < n:
+                return unkeyed.shard  # a keyed Bind is moving it (see rekey)
+            c.unkeyed = None
         if cfg.automatic_sharding_key is not None and cfg.query_parser_enabled and n > 1:
             automatic = self._automatic_shard(c, n)
             if automatic is not None:
                 return automatic
+            c.unkeyed = self._unkeyed(c)
         if cfg.shard_id_regex is not None or cfg.sharding_key_regex is not None:
             found = self._comment_shard(c, n)
             if found is not None:
@@ -263,7 +369,29 @@ class Shards:
             compiled = self._regexes[pattern] = re.compile(pattern)
         return compiled
 
-    def _comment_shard(self, c: Client, n: int) -> int | Refusal | None:
+    def keyed_shard(
+        self, c: Client, pending: list[tuple[bytes, list[Event], list[int]]]
+    ) -> int | Refusal | None:
+        """The shard ``pending`` names itself (its automatic key or a comment), else
+        None: what a cross-shard read must not have."""
+        group = c.group
+        assert group is not None
+        cfg = group.cfg
+        n = len(group.pools)
+        if cfg.automatic_sharding_key is not None and cfg.query_parser_enabled:
+            automatic = self._automatic_shard(c, n, pending)
+            if automatic is not None:
+                return automatic
+        if cfg.shard_id_regex is not None or cfg.sharding_key_regex is not None:
+            return self._comment_shard(c, n, pending)
+        return None
+
+    def _comment_shard(
+        self,
+        c: Client,
+        n: int,
+        pending: list[tuple[bytes, list[Event], list[int]]] | None = None,
+    ) -> int | Refusal | None:
         """The shard named by ``shard_id_regex`` or ``sharding_key_regex`` in the first
         pending Query or Parse text that has one (PgCat tries the shard id first)."""
         assert c.group is not None
@@ -273,7 +401,7 @@ class Shards:
         key_re = (
             self._regex(cfg.sharding_key_regex) if cfg.sharding_key_regex is not None else None
         )
-        for _, events, _ in c.pending:
+        for _, events, _ in c.pending if pending is None else pending:
             for e in events:
                 if type(e) is Query:
                     assert isinstance(e, Query)
@@ -298,12 +426,19 @@ class Shards:
                 if key_re is not None and key_re.groups:
                     m = key_re.search(head)
                     if m is not None and m.group(1) is not None:
-                        shard_or_none = shard_for_key(m.group(1), n, cfg.sharding_function)
+                        shard_or_none = shard_for_typed_key(
+                            m.group(1), n, cfg.sharding_function, cfg.sharding_key_type
+                        )
                         if shard_or_none is not None:
                             return shard_or_none
         return None
 
-    def _automatic_shard(self, c: Client, n: int) -> int | None:
+    def _automatic_shard(
+        self,
+        c: Client,
+        n: int,
+        pending: list[tuple[bytes, list[Event], list[int]]] | None = None,
+    ) -> int | None:
         """The shard that the automatic_sharding_key values of ``c``'s pending
         statements (Query texts, and Parse texts with their Bind parameters) land on;
         None if they name no key, or keys on different shards, or a value that is
@@ -313,10 +448,9 @@ class Shards:
         finder = self._finder(cfg)
         if finder is None:
             return None
-        function = cfg.sharding_function
         found: int | None = None
         parsed: dict[str, Parse] | None = None  # Parse messages pending, by name
-        for _, events, _ in c.pending:
+        for _, events, _ in c.pending if pending is None else pending:
             for e in events:
                 t = type(e)
                 if t is Query:
@@ -325,7 +459,7 @@ class Shards:
                     if not keys:
                         continue
                     # ($n in a simple Query is an error: no shard, the server says so)
-                    shard = _keys_shard(keys, None, None, n, function)
+                    shard = _keys_shard(keys, None, None, n, cfg)
                 elif t is Parse:
                     assert isinstance(e, Parse)
                     if parsed is None:
@@ -345,12 +479,81 @@ class Shards:
                     keys = finder.find(parse.query)
                     if not keys:
                         continue
-                    shard = _keys_shard(keys, e, parse, n, function)
+                    shard = _keys_shard(keys, e, parse, n, cfg)
                 else:
                     continue
                 if shard is None or (found is not None and shard != found):
                     return None
                 found = shard
+        return found
+
+    def _unkeyed(self, c: Client) -> Unkeyed | None:
+        """An Unkeyed for ``c`` if what it sends now only prepares statements, in
+        transaction mode (a session-mode server never moves)."""
+        assert c.user is not None and c.group is not None
+        if c.user.pool_mode != "transaction":
+            return None
+        cached = c.group.cfg.prepared_statements_cache_size > 0
+        parses: dict[str, Parse] = {}
+        for _, events, _ in c.pending:
+            for e in events:
+                if not _keep_preparing(e, parses, cached):
+                    return None
+        return Unkeyed(parses)
+
+    def rekey(self, c: Client, s: ServerConn, events: list[Event]) -> int | None:
+        """The shard a client placed without a key (``c.unkeyed``) must move to
+        before ``events`` go on: the one shard their Binds' keys land on, when that
+        is not ``s``'s and ``s`` can be left (everything answered, no transaction,
+        no failed extended batch). Else None, and the client stays; it stops being
+        Unkeyed once something runs there. HOLD: ``events`` only prepare and ask
+        for no answer yet."""
+        u = c.unkeyed
+        group = c.group
+        assert u is not None and group is not None
+        cfg = group.cfg
+        n = len(group.pools)
+        finder = self._finder(cfg)
+        found: int | None = None
+        cached = cfg.prepared_statements_cache_size > 0
+        parses = dict(u.parses)  # with this span's, to read its Binds' statements
+        for e in events:
+            t = type(e)
+            if t is Bind:
+                assert isinstance(e, Bind)
+                parse = parses.get(e.statement)
+                if parse is None and e.statement:
+                    p = c.prepared.get(e.statement)
+                    if p is not None:
+                        assert isinstance(p.parse, Parse)
+                        parse = p.parse
+                keys = finder.find(parse.query) if finder is not None and parse else None
+                shard = _keys_shard(keys, e, parse, n, cfg) if keys else None
+                if shard is None or (found is not None and shard != found):
+                    c.unkeyed = None
+                    return None
+                found = shard
+            elif found is None and not _keep_preparing(e, parses, False):
+                c.unkeyed = None  # it runs something there: it stays
+                return None
+        if found is None:
+            if not any(type(e) is Flush or type(e) is Sync for e in events):
+                return HOLD
+            for e in events:  # still only preparing: note what a new server would lack
+                _keep_preparing(e, u.parses, cached)
+            return None
+        conn = s.conn
+        if (
+            s.pool is None
+            or found == s.pool.shard
+            or s.queue
+            or s.syncing
+            or conn.transaction_status != "I"
+            or conn.state not in (State.READY, State.IN_QUERY)
+        ):
+            c.unkeyed = None
+            return None
+        u.shard = found
         return found
 
     def gone(self, c: Client, shard: int) -> str:
@@ -405,13 +608,13 @@ class Shards:
             if value is None:
                 command_error(self.ctx, c, _KEY_SYNTAX, status)
                 return
-            shard = shard_for_key(value, n, cfg.sharding_function)
+            shard = shard_for_typed_key(value, n, cfg.sharding_function, cfg.sharding_key_type)
             if shard is None:
                 command_error(
                     self.ctx,
                     c,
-                    f"sharding key {value!r} is not a 64-bit integer "
-                    f"({cfg.sharding_function} shards by integer keys)",
+                    f"sharding key {value!r} is not {_KEY_TYPE_NAMES[cfg.sharding_key_type]} "
+                    f'(pool "{cfg.name}" has sharding_key_type = "{cfg.sharding_key_type}")',
                     status,
                     "22023",
                 )

@@ -21,6 +21,29 @@ from __future__ import annotations
 from ._router import Decision, Router
 
 # isort: split
+from ._fanout import (
+    Aggregate,
+    FanOutPlan,
+    InsertSplit,
+    SortKey,
+    Unmergeable,
+    plan_fan_out,
+    split_insert,
+)
 from ._keys import NO_KEYS, KeyFinder, ShardKeys, find_keys
 
-__all__ = ["NO_KEYS", "Decision", "KeyFinder", "Router", "ShardKeys", "find_keys"]
+__all__ = [
+    "NO_KEYS",
+    "Aggregate",
+    "Decision",
+    "FanOutPlan",
+    "InsertSplit",
+    "KeyFinder",
+    "Router",
+    "ShardKeys",
+    "SortKey",
+    "Unmergeable",
+    "find_keys",
+    "plan_fan_out",
+    "split_insert",
+]

@@ -11,7 +11,8 @@ land on one shard.
 Recognised, in each statement (SELECT, UPDATE, DELETE, INSERT, and EXPLAIN of one):
 
 - ``column = v`` or ``v = column``, where ``v`` is an integer or string literal or a
-  parameter ``$n``, bare or cast to an integer type (``5::bigint``, ``$1::int8``);
+  parameter ``$n``, bare or cast to an integer type (``5::bigint``, ``$1::int8``),
+  to ``text``, ``varchar`` (no length) or ``uuid`` (``'a0ee...'::uuid``);
   ``column IN (v1, v2, ...)`` (every item such a value).
 - In the WHERE clause and in the ON condition of an INNER JOIN (``JOIN ... ON``),
   which are ANDed: under AND, the conditions that name the key are kept and the
@@ -54,9 +55,12 @@ __all__ = ["NO_KEYS", "KeyFinder", "ShardKeys", "find_keys"]
 Node = dict[str, Any]
 Value = str | int  # a literal's text, or a parameter's number
 
-# Integer types a value may be cast to and still be the key (pg_catalog names, and
-# the names one may write with no schema).
-_INT_TYPES = frozenset({"int2", "int4", "int8", "smallint", "integer", "bigint", "int"})
+# Types a value may be cast to and still be the key (pg_catalog names, and the names
+# one may write with no schema): integers, text and uuid (sharding_key_type; whether
+# the value is one is the engine's to say).
+_KEY_TYPES = frozenset(
+    {"int2", "int4", "int8", "smallint", "integer", "bigint", "int"} | {"text", "varchar", "uuid"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,9 +136,10 @@ def _value(node: Node | None) -> Value | None:
         return None
     cast = node.get("TypeCast")
     if cast is not None:
-        names = cast.get("typeName", {}).get("names", ())
-        if not names or _sval(names[-1]) not in _INT_TYPES:
-            return None
+        type_name = cast.get("typeName", {})
+        names = type_name.get("names", ())
+        if not names or _sval(names[-1]) not in _KEY_TYPES or "typmods" in type_name:
+            return None  # (a length, as in varchar(3), may cut the value)
         node = cast.get("arg")
         if node is None:
             return None
