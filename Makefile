@@ -114,3 +114,4 @@ docker-check:
 
 clean:
 	rm -rf dist build $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov
+	find pgsansio -name '*.so' -delete  # a compiled editable install's modules
