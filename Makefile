@@ -42,7 +42,7 @@ compiled: $(STAMP)
 ## make test-compiled: the protocol, engine and fast-lane tests against the compiled build
 COMPILED_TESTS ?= tests/test_events.py tests/test_state.py tests/test_connection.py \
 	tests/test_properties.py tests/test_corpus.py tests/test_auth.py tests/test_engine*.py \
-	tests/test_fastlane.py tests/test_simulation.py tests/test_ops_cli.py
+	tests/test_fastlane.py tests/test_simulation.py tests/test_ops_cli.py tests/test_compiled.py
 test-compiled: compiled
 	PYTHONSAFEPATH=1 PYTHONPATH=$(CURDIR)/$(COMPILED)/lib:$(CURDIR) $(PY) -m pytest -q -p no:cacheprovider $(COMPILED_TESTS) $(PYTEST_ARGS)
 
