@@ -13,7 +13,8 @@ import pathlib
 import signal
 import subprocess
 import sys
-import textwrap
+
+from test_frontends import VALID_TOML
 
 from pgsansio import __version__
 from pgsansio.cli import core_description
@@ -21,25 +22,6 @@ from pgsansio.cli import core_description
 # The modules setup.py compiles, and those it leaves as Python on purpose.
 COMPILABLE = ("_auth", "_connection", "_errors", "_readers", "_saslprep", "_span", "_state")
 ALWAYS_PYTHON = ("_events", "_events_query", "_sentinels")
-
-CONFIG = textwrap.dedent(
-    """\
-    [general]
-    host = "127.0.0.1"
-    port = 0
-    admin_username = "admin"
-    admin_password = "admin-secret"
-
-    [pools.db.users.0]
-    username = "u"
-    password = "p"
-    pool_size = 1
-
-    [pools.db.shards.0]
-    database = "db"
-    servers = [["127.0.0.1", 5999, "primary"]]
-    """
-)
 
 
 def _compiled(name: str) -> bool:
@@ -66,7 +48,7 @@ def test_the_sentinels_read_the_same_in_both_builds() -> None:
 
 def test_run_says_which_core_in_its_first_log_line(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "pgcat.toml"
-    path.write_text(CONFIG)
+    path.write_text(VALID_TOML)  # servers need not be up: it only starts
     proc = subprocess.Popen(
         [sys.executable, "-m", "pgsansio", "run", str(path), "--frontend", "asyncio"],
         stderr=subprocess.PIPE,
