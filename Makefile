@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: test lint types unit coverage corpus fuzz bench-core bench bench-profile clean demo soak \
+	compiled test-compiled bench-core-compiled \
 	dist dist-check docker-check pgbouncer-compare conformance conformance-corpus reliability fanout-soak
 
 $(STAMP): pyproject.toml
@@ -25,6 +26,25 @@ types: $(STAMP)
 
 unit: $(STAMP)
 	$(PY) -m pytest -q --cov=pgsansio --cov-branch --cov-report=term:skip-covered $(PYTEST_ARGS)
+
+## make compiled: the mypyc build of the hot path (setup.py says which modules) in
+## build/compiled/lib, beside the source tree: the editable install stays pure Python,
+## and PYTHONSAFEPATH=1 PYTHONPATH=build/compiled/lib runs anything against the compiled
+## modules (PYTHONSAFEPATH keeps the source tree in the current directory off sys.path).
+COMPILED := build/compiled
+compiled: $(STAMP)
+	rm -rf $(COMPILED)
+	PGSANSIO_COMPILE=1 $(PY) setup.py --quiet build_py --build-lib $(COMPILED)/lib \
+		build_ext --build-lib $(COMPILED)/lib --build-temp $(COMPILED)/temp
+	PYTHONSAFEPATH=1 PYTHONPATH=$(CURDIR)/$(COMPILED)/lib:$(CURDIR) $(PY) -c 'from pgsansio.cli import core_description as d; \
+		print("protocol core:", d()); assert d().startswith("compiled")'
+
+## make test-compiled: the protocol, engine and fast-lane tests against the compiled build
+COMPILED_TESTS ?= tests/test_events.py tests/test_state.py tests/test_connection.py \
+	tests/test_properties.py tests/test_corpus.py tests/test_auth.py tests/test_engine*.py \
+	tests/test_fastlane.py tests/test_simulation.py tests/test_ops_cli.py tests/test_compiled.py
+test-compiled: compiled
+	PYTHONSAFEPATH=1 PYTHONPATH=$(CURDIR)/$(COMPILED)/lib:$(CURDIR) $(PY) -m pytest -q -p no:cacheprovider $(COMPILED_TESTS) $(PYTEST_ARGS)
 
 ## make coverage: branch coverage of the protocol package alone
 coverage: $(STAMP)
@@ -76,6 +96,11 @@ fanout-soak: $(STAMP)
 bench-core: $(STAMP)
 	$(PY) -m pytest -q bench/ --benchmark-enable --benchmark-only --benchmark-columns=min,mean,ops
 
+## make bench-core-compiled: the same figures against the compiled build
+bench-core-compiled: compiled
+	PYTHONSAFEPATH=1 PYTHONPATH=$(CURDIR)/$(COMPILED)/lib:$(CURDIR) $(PY) -m pytest -q -p no:cacheprovider bench/ --benchmark-enable \
+		--benchmark-only --benchmark-columns=min,mean,ops
+
 ## make bench: pgbench through pgsansio (each frontend), PgBouncer and directly, in one
 ## run (~15 min; installs PgBouncer with apt-get when missing and root). Knobs:
 ## BENCH_SECONDS=n per pgbench run, BENCH_FRONTENDS=asyncio,uvloop, BENCH_ARGS=--quick.
@@ -116,4 +141,5 @@ docker-check:
 	sh deploy/docker-check.sh
 
 clean:
-	rm -rf dist $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov
+	rm -rf dist build $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov
+	find pgsansio -name '*.so' -delete  # a compiled editable install's modules

@@ -297,11 +297,15 @@ def _register_run(app: "typer.Typer") -> None:
         log_level: Annotated[str, log_level_opt] = "info",
         log_format: Annotated[str, log_format_opt] = "text",
     ) -> None:
+        from pgsansio import __version__  # noqa: PLC0415
         from pgsansio.config import ConfigError, load_config  # noqa: PLC0415
         from pgsansio.frontends import FrontendError, run  # noqa: PLC0415
         from pgsansio.logconfig import configure_logging  # noqa: PLC0415
 
         configure_logging(log_level, log_format)
+        logging.getLogger("pgsansio").info(
+            "pgsansio %s, protocol core: %s", __version__, core_description()
+        )
         try:
             loaded = load_config(config)
         except ConfigError as e:
@@ -422,12 +426,18 @@ COMMANDS: list[Callable[["typer.Typer"], None]] = [
 
 
 def core_description() -> str:
-    """How the protocol core runs in this installation, for ``--version``.
+    """How the protocol core runs in this installation, for ``--version`` and ``run``'s log.
 
-    The one place that says it: there is no compiled core yet, so it is pure Python.
-    When one exists, say here whether it is the one in use.
+    The one place that says it, read from the modules actually imported (a build with
+    ``PGSANSIO_COMPILE=1`` puts mypyc extension modules beside the ``.py`` files, and
+    Python prefers them), so an operator sees what runs, not what was asked for.
     """
-    return "pure Python"
+    from pgsansio.protocol import _connection  # noqa: PLC0415
+
+    path = _connection.__file__ or ""
+    if path.endswith(".py"):
+        return "pure Python"
+    return f"compiled with mypyc ({pathlib.PurePath(path).name})"
 
 
 def version_text() -> str:

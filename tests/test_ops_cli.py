@@ -43,7 +43,13 @@ def test_version_says_what_this_install_can_run() -> None:
         lines[3]
         == "query parser (pglast): installed (read/write splitting, automatic_sharding_key)"
     )
-    assert lines[4] == "protocol core: pure Python"
+    # What runs: the package's own modules, compiled (make test-compiled) or not.
+    from pgsansio.protocol import _connection
+
+    if _connection.__file__.endswith(".py"):
+        assert lines[4] == "protocol core: pure Python"
+    else:
+        assert lines[4].startswith("protocol core: compiled with mypyc (_connection.cpython-")
 
 
 def test_version_without_pglast_says_how_to_get_it() -> None:

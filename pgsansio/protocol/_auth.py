@@ -65,10 +65,11 @@ class AuthenticationFailed(Exception):
     PostgreSQL does, and a protocol violation is ``08P01``.
     """
 
-    sqlstate: str = SQLSTATE_INVALID_PASSWORD
-
     def __init__(self, msg: str = "password authentication failed") -> None:
         super().__init__(msg)
+        # Set here, not as a class-level default: a mypyc-compiled exception class
+        # does not give its instances class-level defaults.
+        self.sqlstate: str = SQLSTATE_INVALID_PASSWORD
 
 
 def _utf8(text: str) -> bytes:

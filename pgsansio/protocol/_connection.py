@@ -42,6 +42,7 @@ from . import _events_query as qe
 from . import _readers
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError, as_remote
 from ._readers import length_cap
+from ._sentinels import NEED_DATA, PAUSED
 from ._span import Span, backend_span
 from ._state import _QUERY, _SYNC, ConversationState, State
 
@@ -63,19 +64,6 @@ class Role(enum.Enum):
 
 CLIENT: Final = Role.CLIENT
 SERVER: Final = Role.SERVER
-
-
-class _Sentinel(type):
-    def __repr__(cls) -> str:
-        return cls.__name__
-
-
-class NEED_DATA(metaclass=_Sentinel):
-    """``next_event`` found no whole message: call ``receive_data`` first."""
-
-
-class PAUSED(metaclass=_Sentinel):
-    """``next_event`` must wait for us to send something first (the SSL answer)."""
 
 
 _ROWS: Final = (b"D",)
@@ -656,7 +644,7 @@ class Connection:
 
     # --- the common round trip ----------------------------------------------------------
 
-    def take_query(self, data: bytes) -> str | None:
+    def take_query(self, data: bytes | bytearray | memoryview) -> str | None:
         """Read ``data`` as one whole Query from an idle client, and return its text.
 
         The fast path for the commonest request a proxy sees. It applies when this
@@ -672,12 +660,13 @@ class Connection:
             The Query's text; or None, with nothing changed, for anything else: use
             ``receive_data`` and ``next_span`` for it (they report what is wrong).
         """
+        if type(data) is not bytes:  # declined, not a TypeError, in the compiled build too
+            return None
         conv = self._conv
         n = len(data)
         if (
             n < 6
             or data[0] != 0x51  # Q
-            or type(data) is not bytes
             or conv.phase is not State.READY
             or conv.pending
             or self.role is not SERVER
@@ -718,7 +707,7 @@ class Connection:
         return self.send_span(Span(data, [qe.Query(sql)], [0]))
 
     def take_answer(
-        self, data: bytes, check: Callable[[bytes], bool] | None = None
+        self, data: bytes | bytearray | memoryview, check: Callable[[bytes], bool] | None = None
     ) -> tuple[str, list[qe.CommandComplete]] | None:
         """Read ``data`` as the whole answer to the one Query, or the one batch of
         extended messages closed by a Sync, outstanding on this client-role connection.
@@ -744,12 +733,13 @@ class Connection:
             error, a notice, COPY, a partial message, a refusal ...): use
             ``receive_data`` and ``next_span`` for it (they report what is wrong).
         """
+        if type(data) is not bytes:  # declined, not a TypeError, in the compiled build too
+            return None
         conv = self._conv
         pending = conv.pending
         n = len(data)
         if (
             n < 6
-            or type(data) is not bytes
             or conv.phase is not State.READY
             or len(pending) != 1
             or (pending[0] != _QUERY and pending[0] != _SYNC)
