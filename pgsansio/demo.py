@@ -17,12 +17,13 @@ parser cannot classify (or while routing by statement is not available), so a wr
 typed into the demo never lands on the read-only replica.
 
 The banner is the demo's manual: how to connect, the admin console (user ``admin``,
-password ``admin``), the Prometheus ``/metrics`` endpoint (on in the demo, on 9930 when
-that port is free), and one caveat said up front rather than discovered: the replica
-replays the primary's writes a moment later (the clusters run with
-``synchronous_commit = off`` and a 200 ms WAL writer delay), so a read right after a
-write may not see it. When read-your-writes routing lands, turn it on in
-:func:`demo_config` and drop that paragraph.
+password ``admin``) and the Prometheus ``/metrics`` endpoint (on in the demo, on 9930
+when that port is free). The replica replays the primary's writes a moment later (the
+clusters run with ``synchronous_commit = off`` and a 200 ms WAL writer delay), so the
+demo turns ``read_your_writes`` on: a client's reads after its own write go to the
+primary until the replica has replayed it, and a table just created is found at once.
+Other sessions' writes may still take that moment to show on the replica; the banner
+says so.
 """
 
 from __future__ import annotations
@@ -90,6 +91,9 @@ pool_mode = "transaction"
 query_parser_enabled = true
 query_parser_read_write_splitting = true
 default_role = "primary"
+# After a client writes, its reads go to the primary until the replica has replayed
+# that write, so it always sees its own writes.
+read_your_writes = true
 
 [pools.{DEMO_DATABASE}.users.0]
 username = "{DEMO_USER}"
@@ -135,11 +139,12 @@ def demo_banner(
         "  (also SHOW SERVERS, SHOW CLIENTS, SHOW STATS, SHOW HELP)\n\n"
         f"Prometheus metrics:\n"
         f"  curl http://{_HOST}:{metrics_port}/metrics\n\n"
-        "Reads go to the replica and writes to the primary. The replica replays the "
-        "primary's\nwrites a moment later (up to about 200 ms here), so a read right "
-        "after a write may\nnot see it yet: a table you have just created can be "
-        '"not found" for a moment.\nInside a transaction (BEGIN ... COMMIT) every '
-        "statement goes to the primary, and so\ndoes a query that starts with "
+        "Reads go to the replica and writes to the primary. After you write, your own "
+        "reads go\nto the primary until the replica has replayed the write "
+        "(read_your_writes), so a table\nyou have just created is found at once; "
+        "another session's writes may take a moment\n(up to about 200 ms here) to "
+        "show on the replica. Inside a transaction (BEGIN ...\nCOMMIT) every "
+        "statement goes to the primary, and so does a query that starts with\n"
         "/* pgsansio_role: primary */.\n\n"
         "Press Ctrl-C to stop (twice to stop at once); the clusters and their data are "
         "deleted.\n"

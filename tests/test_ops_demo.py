@@ -1,4 +1,4 @@
-"""The demo's banner tells a first-time user everything the demo offers, and its one trap.
+"""The demo's banner tells a first-time user everything the demo offers.
 
 The real demo (clusters, pooler, psql, the console, /metrics) runs in
 tests/test_frontends.py::test_demo_runs_and_cleans_up; here the banner and the config
@@ -34,12 +34,12 @@ def test_the_banner_shows_how_to_connect_to_each_part() -> None:
     assert "  replica  streaming from it on 127.0.0.1:40002\n" in text
 
 
-def test_the_banner_warns_that_a_read_right_after_a_write_may_miss_it() -> None:
+def test_the_banner_says_a_client_reads_its_own_writes() -> None:
     text = " ".join(banner().split())
     assert (
-        "The replica replays the primary's writes a moment later (up to about 200 ms here), so "
-        "a read right after a write may not see it yet: a table you have just created can be "
-        '"not found" for a moment.'
+        "After you write, your own reads go to the primary until the replica has replayed the "
+        "write (read_your_writes), so a table you have just created is found at once; another "
+        "session's writes may take a moment (up to about 200 ms here) to show on the replica."
     ) in text
     assert "Inside a transaction (BEGIN ... COMMIT) every statement goes to the primary" in text
     assert "/* pgsansio_role: primary */" in text
@@ -55,3 +55,4 @@ def test_the_demo_config_turns_metrics_on_and_is_warning_free() -> None:
     assert general.enable_prometheus_exporter and general.prometheus_exporter_port == 9931
     assert (general.admin_username, general.admin_password) == ("admin", "admin")
     assert config.warnings == ()
+    assert config.pools["demo"].read_your_writes

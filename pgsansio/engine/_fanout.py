@@ -452,9 +452,8 @@ class FanOut:
     def _leg(self, job: CrossShardJob | InsertJob, c: Client, shard: int, index: int) -> Client:
         """A leg of ``job`` on ``shard``: a client of our own with ``c``'s session."""
         self._next_leg -= 1
-        leg = Client(self._next_leg, c.peer, self.ctx.now)
+        leg = Client(self._next_leg, c.peer, self.ctx.now, ClientState.READY)
         leg.conn = _LegConn(job, index)
-        leg.state = ClientState.READY
         leg.username = c.username
         leg.database = c.database
         leg.user = c.user

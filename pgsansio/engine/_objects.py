@@ -160,11 +160,13 @@ class Client:
         "xact_start",
     )
 
-    def __init__(self, cid: int, peer: str, now: float) -> None:
+    def __init__(
+        self, cid: int, peer: str, now: float, state: ClientState = ClientState.STARTUP
+    ) -> None:
         self.cid = cid
         self.peer = peer
         self.conn = Connection(SERVER)
-        self.state = ClientState.STARTUP
+        self.state = state  # READY only for a cross-shard leg (_fanout), born logged in
         self.username = ""
         self.database = ""
         self.user: UserConfig | None = None
