@@ -115,6 +115,9 @@ _GENERAL_KEYS: dict[str, _Key] = {
     # Bounded memory (pgsansio extensions; docs/reliability.md)
     "client_buffer_limit": _Key("posint", "bytes", maximum=0x3FFFFFFF),
     "total_buffer_limit": _Key("posint", "bytes"),
+    # Process files (pgsansio extensions, PgBouncer's names; docs/pgbouncer.md)
+    "logfile": _Key("str"),
+    "pidfile": _Key("str"),
 }
 
 _POOL_KEYS: dict[str, _Key] = {
