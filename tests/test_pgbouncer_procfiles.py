@@ -1,7 +1,8 @@
 """PgBouncer's ``logfile`` and ``pidfile`` with ``pgsansio run pgbouncer.ini`` as a
 process of its own, against a real PostgreSQL: the log is appended to and follows a
 logrotate-style move, the pidfile holds the pooler's pid until exit, and files that
-cannot be used stop the start with a message naming them.
+cannot be used stop the start with a message naming them. Then the limits the ini
+maps onto the model's: listen_backlog (4096 unless set) and max_packet_size.
 """
 
 from __future__ import annotations
@@ -15,7 +16,11 @@ import threading
 import time
 
 import psycopg
+import pytest
+from _pooler import running
+from test_reliability import listen_queue
 
+from pgsansio.config import load_config
 from pgsansio.testing.cluster import TEST_DATABASE, Cluster
 
 
@@ -111,3 +116,24 @@ def test_unusable_process_files_stop_the_start(pg15: Cluster, tmp_path: pathlib.
     out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 1
     assert f"cannot open logfile '{missing}': No such file or directory" in out.stderr
+
+
+def test_listen_backlog_and_max_packet_size(pg15: Cluster, tmp_path: pathlib.Path) -> None:
+    """Unset, listen_backlog is 4096 on the real listener (PgBouncer's 128 overflows in
+    a connect storm); max_packet_size caps a client's message (54000), the rest runs."""
+    ini = _ini(pg15, tmp_path, "", "")
+    with running(load_config(ini), config_path=str(ini)) as p:
+        assert listen_queue(p.port) == 4096
+    ini.write_text(ini.read_text() + "listen_backlog = 128\nmax_packet_size = 10000\n")
+    with running(load_config(ini), config_path=str(ini)) as p:
+        assert listen_queue(p.port) == 128
+        dsn = f"host=127.0.0.1 port={p.port} user=md5_user password=md5-secret "
+        dsn += f"dbname={TEST_DATABASE}"
+        with psycopg.connect(dsn, connect_timeout=10) as conn:
+            row = conn.execute("SELECT length(%s::text)", ["x" * 5000]).fetchone()
+            assert row == (5000,)
+        with psycopg.connect(dsn, connect_timeout=10) as conn:
+            with pytest.raises(psycopg.OperationalError) as failed:
+                conn.execute("SELECT length(%s::text)", ["x" * 20000])
+            assert failed.value.sqlstate == "54000"
+            assert "at most 10000 bytes from a client (client_buffer_limit)" in str(failed.value)
