@@ -1,4 +1,4 @@
-"""The files a running pooler keeps besides its sockets: PgBouncer's logfile and pidfile.
+"""Where a running pooler's process leaves traces: PgBouncer's logfile, pidfile, syslog.
 
 Used by the ``run`` command only: the engine does no I/O, and the frontends serve
 sockets. Decisions, compared with PgBouncer:
@@ -14,7 +14,12 @@ sockets. Decisions, compared with PgBouncer:
   running process stops the start (two poolers on one pidfile is a mistake to report),
   and a file left behind by a dead process is replaced. The file is removed only if it
   still holds our pid, so a second pooler that took the file over keeps it.
-* Both are read at start; a RELOAD that changes them takes effect at the next start.
+* ``syslog``: records also go to the local syslog daemon through ``/dev/log``, tagged
+  ``<syslog_ident>[<pid>]:`` with ``syslog_facility``, the level mapped to syslog's
+  priority, and no timestamp (syslog adds its own). Where ``/dev/log`` does not exist
+  (a container without a syslog daemon) PgBouncer's messages are silently lost; here
+  a warning says so at start and logging goes on to stderr and the logfile.
+* All are read at start; a RELOAD that changes them takes effect at the next start.
 """
 
 from __future__ import annotations
@@ -36,15 +41,35 @@ class ProcFileError(Exception):
 
 
 @contextlib.contextmanager
-def process_files(general: General, log_format: str = "text") -> Iterator[None]:
-    """Log to ``general.logfile`` and hold ``general.pidfile`` for the ``with`` body.
+def process_files(
+    general: General, log_format: str = "text", *, syslog_address: str = "/dev/log"
+) -> Iterator[None]:
+    """Log to ``general.logfile`` (and syslog) and hold ``general.pidfile`` meanwhile.
+
+    ``syslog_address`` is the syslog daemon's datagram socket (another path in tests).
 
     Raises:
         ProcFileError: the log file cannot be opened, or the pidfile cannot be written
             or names a running process.
     """
-    with _logfile(general.logfile, log_format), _pidfile(general.pidfile):
+    with (
+        _logfile(general.logfile, log_format),
+        _syslog(general, syslog_address),
+        _pidfile(general.pidfile),
+    ):
         yield
+
+
+@contextlib.contextmanager
+def _handler(handler: logging.Handler) -> Iterator[None]:
+    """``handler`` on the root logger for the ``with`` body, then closed."""
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
 
 
 @contextlib.contextmanager
@@ -57,13 +82,33 @@ def _logfile(path: str, log_format: str) -> Iterator[None]:
     except OSError as e:
         raise ProcFileError(f"cannot open logfile {path!r}: {e.strerror or e}") from None
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
+    with _handler(handler):
         yield
-    finally:
-        root.removeHandler(handler)
-        handler.close()
+
+
+@contextlib.contextmanager
+def _syslog(general: General, address: str) -> Iterator[None]:
+    if not general.syslog:
+        yield
+        return
+    if not os.path.exists(address):
+        logging.getLogger("pgsansio").warning(
+            "syslog is on, but %s does not exist (no syslog daemon on this machine?): "
+            "logging to stderr%s only",
+            address,
+            " and the logfile" if general.logfile else "",
+        )
+        yield
+        return
+    facility = logging.handlers.SysLogHandler.facility_names[general.syslog_facility]
+    try:
+        handler = logging.handlers.SysLogHandler(address, facility)
+    except OSError as e:
+        raise ProcFileError(f"cannot reach syslog at {address!r}: {e.strerror or e}") from None
+    handler.ident = f"{general.syslog_ident}[{os.getpid()}]: "
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    with _handler(handler):
+        yield
 
 
 def _running_pid(path: str) -> int | None:

@@ -286,6 +286,9 @@ GENERAL_DEFAULTS: dict[str, Any] = {
     "total_buffer_limit": 256 * 1024 * 1024,
     "logfile": "",
     "pidfile": "",
+    "syslog": False,
+    "syslog_ident": "pgsansio",
+    "syslog_facility": "daemon",
 }
 
 POOL_DEFAULTS: dict[str, Any] = {

@@ -99,6 +99,10 @@ def test_keys_and_overrides(tmp_path: pathlib.Path) -> None:
     assert config.general.max_client_conn == 500
     assert (config.general.listen_backlog, config.general.client_buffer_limit) == (128, 100000)
     assert (config.general.logfile, config.general.pidfile) == ("p.log", "p.pid")
+    assert (config.general.syslog, config.general.syslog_ident) == (False, "pgbouncer")
+    bad_facility = "[pgbouncer]\nsyslog_facility = kern\n[databases]\n"
+    with pytest.raises(ConfigError, match=r":2: \[pgbouncer\] syslog_facility: must be one of"):
+        load_config(_write(tmp_path, bad_facility))
     huge = load_config(
         _write(tmp_path, "[pgbouncer]\nmax_packet_size = 2147483647\n[databases]\n")
     )
@@ -112,12 +116,12 @@ def test_every_unhonoured_key_is_warned_by_name(tmp_path: pathlib.Path) -> None:
     path = _write(
         tmp_path,
         "[databases]\nappdb = host=x connect_query='SELECT 1' bogus=1\n"
-        "[pgbouncer]\nlisten_addr = 127.0.0.1\nsyslog = 1\nso_reuseport = 1\n"
+        "[pgbouncer]\nlisten_addr = 127.0.0.1\npkt_buf = 8192\nso_reuseport = 1\n"
         "transaction_timeout = 30\nmisspelt_key = 3\nserver_fast_close = 1\n",
     )
     warnings = "\n".join(load_config(path).warnings)
     for name in (
-        "syslog",
+        "pkt_buf",
         "so_reuseport",
         "transaction_timeout",
         "connect_query",
@@ -126,7 +130,7 @@ def test_every_unhonoured_key_is_warned_by_name(tmp_path: pathlib.Path) -> None:
         assert f"{name}" in warnings, name
     assert "misspelt_key: unknown key" in warnings
     assert "unknown setting bogus" in warnings
-    assert f"{path}:5: [pgbouncer] syslog" in warnings  # file and line
+    assert f"{path}:5: [pgbouncer] pkt_buf" in warnings  # file and line
 
 
 @pytest.mark.parametrize(
@@ -254,10 +258,12 @@ def _cli(command: str, path: pathlib.Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_check_command(tmp_path: pathlib.Path) -> None:
-    path = _write(tmp_path, "[databases]\na = host=x\n[pgbouncer]\nlisten_addr=*\nsyslog = 1\n")
+    path = _write(
+        tmp_path, "[databases]\na = host=x\n[pgbouncer]\nlisten_addr=*\npkt_buf = 8192\n"
+    )
     out = _cli("check", path)
     assert out.returncode == 0, out.stderr
-    assert "[pgbouncer] syslog: not honoured" in out.stderr
+    assert "[pgbouncer] pkt_buf: not honoured" in out.stderr
     assert '[pools.a.shards.0]\ndatabase = "a"' in out.stdout
 
 
@@ -271,12 +277,14 @@ def test_convert_round_trip(tmp_path: pathlib.Path) -> None:
         "* = host=/var/run/postgresql max_db_connections=4\n"
         "[pgbouncer]\nlisten_addr = 127.0.0.1\nauth_file = userlist.txt\nadmin_users = admin\n"
         "query_timeout = 2\nreserve_pool_size = 2\nlogfile = /var/log/x.log\n"
-        "syslog = 1\nmax_packet_size = 100000\n",
+        "pkt_buf = 8192\nmax_packet_size = 100000\n"
+        "syslog = 1\nsyslog_facility = local3\n",
     )
     out = _cli("convert", ini)
     assert out.returncode == 0, out.stderr
-    assert "not carried over: " in out.stderr and "syslog" in out.stderr
+    assert "not carried over: " in out.stderr and "pkt_buf" in out.stderr
     assert "logfile" not in out.stderr and "max_packet_size" not in out.stderr
+    assert "syslog" not in out.stderr
     toml = _write(tmp_path, out.stdout, "pgcat.toml")
     back, original = load_config(toml), load_config(ini)
     assert back.general == original.general

@@ -2,14 +2,17 @@
 process of its own, against a real PostgreSQL: the log is appended to and follows a
 logrotate-style move, the pidfile holds the pooler's pid until exit, and files that
 cannot be used stop the start with a message naming them. Then the limits the ini
-maps onto the model's: listen_backlog (4096 unless set) and max_packet_size.
+maps onto the model's: listen_backlog (4096 unless set) and max_packet_size. Last,
+syslog, through a real datagram socket standing in for /dev/log.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +24,8 @@ from _pooler import running
 from test_reliability import listen_queue
 
 from pgsansio.config import load_config
+from pgsansio.config.model import General
+from pgsansio.procfiles import process_files
 from pgsansio.testing.cluster import TEST_DATABASE, Cluster
 
 
@@ -137,3 +142,36 @@ def test_listen_backlog_and_max_packet_size(pg15: Cluster, tmp_path: pathlib.Pat
                 conn.execute("SELECT length(%s::text)", ["x" * 20000])
             assert failed.value.sqlstate == "54000"
             assert "at most 10000 bytes from a client (client_buffer_limit)" in str(failed.value)
+
+
+def test_syslog(pg15: Cluster, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
+    """syslog = 1: each record reaches the syslog socket as <priority>ident[pid]: ...,
+    the priority made of syslog_facility and the level. No socket: a warning, no error."""
+    caplog.set_level(logging.INFO)
+    ini = _ini(pg15, tmp_path, "", "")
+    ini.write_text(
+        ini.read_text() + "syslog = 1\nsyslog_ident = pgb-test\nsyslog_facility = local3\n"
+    )
+    config = load_config(ini)
+    address = str(tmp_path / "log")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as daemon:
+        daemon.bind(address)
+        daemon.settimeout(10)
+        with (
+            process_files(config.general, syslog_address=address),
+            running(config, config_path=str(ini)) as p,
+        ):
+            _login(p.port)
+        received = []
+        while not any("login attempt" in r for r in received):
+            received.append(daemon.recv(65536).decode())
+    local3_info = 19 * 8 + 6  # LOG_LOCAL3, LOG_INFO
+    login = next(r for r in received if "login attempt" in r)
+    assert login.startswith(f"<{local3_info}>pgb-test[{os.getpid()}]: INFO pgsansio")
+    assert f"login attempt: db={TEST_DATABASE} user=md5_user" in login
+
+    caplog.clear()
+    missing = str(tmp_path / "no-syslog-here")
+    with process_files(General(syslog=True), syslog_address=missing):
+        pass
+    assert f"syslog is on, but {missing} does not exist" in caplog.text

@@ -109,6 +109,15 @@ class General:
     # well as stderr, the pooler's pid in ``pidfile`` until exit. "" = none.
     logfile: str = ""
     pidfile: str = ""
+    # Also to syslog (PgBouncer's keys): through /dev/log, as ident[pid], with this
+    # facility (one of SYSLOG_FACILITIES).
+    syslog: bool = False
+    syslog_ident: str = "pgsansio"
+    syslog_facility: str = "daemon"
+
+
+# The facilities PgBouncer's syslog_facility accepts.
+SYSLOG_FACILITIES = ("auth", "authpriv", "daemon", "user", *(f"local{n}" for n in range(8)))
 
 
 @dataclass(frozen=True)

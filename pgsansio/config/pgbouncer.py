@@ -46,7 +46,7 @@ Where we differ from PgBouncer on purpose:
 * ``max_packet_size`` becomes ``client_buffer_limit``, capped at 1 GiB; unset, the
   limit is 64 MiB rather than PgBouncer's 2 GiB. It caps what a client sends that is
   held whole, not rows from servers (``total_buffer_limit`` bounds those).
-* ``logfile`` and ``pidfile`` are honoured by the ``run`` command
+* ``logfile``, ``pidfile`` and ``syslog`` are honoured by the ``run`` command
   (:mod:`pgsansio.procfiles`), not by the engine, which does no I/O.
 * Errors are raised for what PgBouncer would refuse to start with, naming the file,
   the line and the key; a few things PgBouncer logs and skips (a database entry it
@@ -69,6 +69,7 @@ from pgsansio.config._ini import (
 from pgsansio.config._pgbouncer_keys import BOUNCER_KEYS, DB_KEYS, USER_KEYS
 from pgsansio.config.errors import ConfigError
 from pgsansio.config.model import (
+    SYSLOG_FACILITIES,
     Config,
     General,
     PoolConfig,
@@ -392,6 +393,9 @@ class _Builder:
             client_buffer_limit=self._max_packet_size(),
             logfile=b.text("logfile"),
             pidfile=b.text("pidfile"),
+            syslog=b.flag("syslog"),
+            syslog_ident=b.text("syslog_ident"),
+            syslog_facility=b.choice("syslog_facility", SYSLOG_FACILITIES),
         )
 
     def _max_packet_size(self) -> int:
