@@ -311,9 +311,12 @@ def _register_run(app: "typer.Typer") -> None:
         except ConfigError as e:
             typer.echo(str(e), err=True)
             raise typer.Exit(EX_CONFIG) from None
+        from pgsansio.procfiles import ProcFileError, process_files  # noqa: PLC0415
+
         try:
-            code = run(frontend, loaded, config_path=config)
-        except FrontendError as e:
+            with process_files(loaded.general, log_format):  # logfile, pidfile
+                code = run(frontend, loaded, config_path=config)
+        except (FrontendError, ProcFileError) as e:
             typer.echo(f"pgsansio: {e}", err=True)
             raise typer.Exit(1) from None
         if code:

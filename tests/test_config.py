@@ -284,6 +284,11 @@ GENERAL_DEFAULTS: dict[str, Any] = {
     "pin_session_state": True,
     "client_buffer_limit": 64 * 1024 * 1024,
     "total_buffer_limit": 256 * 1024 * 1024,
+    "logfile": "",
+    "pidfile": "",
+    "syslog": False,
+    "syslog_ident": "pgsansio",
+    "syslog_facility": "daemon",
 }
 
 POOL_DEFAULTS: dict[str, Any] = {
@@ -534,6 +539,14 @@ def test_reliability_keys() -> None:
     assert (general.client_tcp_keepalives_idle, general.client_tcp_user_timeout) == (60, 30000)
     with pytest.raises(ConfigError, match=r"general\.listen_backlog"):
         parse(make(general="listen_backlog = 0"))
+
+
+def test_process_file_keys() -> None:
+    """general.logfile / pidfile: PgBouncer's keys as pgcat.toml extensions."""
+    general = parse(make(general='logfile = "/var/log/p.log"\npidfile = "/run/p.pid"')).general
+    assert (general.logfile, general.pidfile) == ("/var/log/p.log", "/run/p.pid")
+    with pytest.raises(ConfigError, match=r"general\.pidfile"):
+        parse(make(general="pidfile = 5"))
 
 
 def test_automatic_sharding_key_quotes_are_stripped() -> None:

@@ -56,6 +56,9 @@ def test_pgbouncer_defaults(tmp_path: pathlib.Path) -> None:
     assert (g.host, g.port, g.max_client_conn) == ("*", 6432, 100)
     assert (g.connect_timeout, g.idle_timeout, g.server_lifetime) == (15000, 600000, 3600000)
     assert g.client_login_timeout == 60000 and g.client_tls_sslmode == "disable"
+    # not PgBouncer's 128 and 2 GiB: the model's connect-storm backlog and 64 MiB cap
+    assert (g.listen_backlog, g.client_buffer_limit) == (4096, 64 * 1024 * 1024)
+    assert (g.logfile, g.pidfile) == ("", "")
     pool = config.pools["appdb"]
     assert pool.pool_mode == "session"
     assert pool.shards[0].database == "real"
@@ -81,7 +84,8 @@ def test_keys_and_overrides(tmp_path: pathlib.Path) -> None:
         "[users]\nalice = pool_mode=session\n"
         "[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = 6500\nauth_type = md5\n"
         "auth_file = userlist.txt\nadmin_users = admin\nserver_lifetime = 1.5\n"
-        "query_wait_timeout = 120\nmax_client_conn = 500\n%include more.ini\n",
+        "query_wait_timeout = 120\nmax_client_conn = 500\nlisten_backlog = 128\n"
+        "max_packet_size = 100000\nlogfile = p.log\npidfile = p.pid\n%include more.ini\n",
     )
     config = load_config(path)
     pool = config.pools["appdb"]
@@ -93,6 +97,16 @@ def test_keys_and_overrides(tmp_path: pathlib.Path) -> None:
     assert bob.auth_type == "scram-sha-256"  # md5 uses SCRAM for a SCRAM secret
     assert config.general.admin_username == "admin" and config.general.admin_password == "adm"
     assert config.general.max_client_conn == 500
+    assert (config.general.listen_backlog, config.general.client_buffer_limit) == (128, 100000)
+    assert (config.general.logfile, config.general.pidfile) == ("p.log", "p.pid")
+    assert (config.general.syslog, config.general.syslog_ident) == (False, "pgbouncer")
+    bad_facility = "[pgbouncer]\nsyslog_facility = kern\n[databases]\n"
+    with pytest.raises(ConfigError, match=r":2: \[pgbouncer\] syslog_facility: must be one of"):
+        load_config(_write(tmp_path, bad_facility))
+    huge = load_config(
+        _write(tmp_path, "[pgbouncer]\nmax_packet_size = 2147483647\n[databases]\n")
+    )
+    assert huge.general.client_buffer_limit == 0x3FFFFFFF  # the protocol's own limit
     inc = config.pools["included"].shards[0].servers[0]
     assert (inc.host, inc.port) == ("/var/run/postgresql", 5433)
     assert config.warnings == ()  # query_wait_timeout at its default says nothing
@@ -102,12 +116,12 @@ def test_every_unhonoured_key_is_warned_by_name(tmp_path: pathlib.Path) -> None:
     path = _write(
         tmp_path,
         "[databases]\nappdb = host=x connect_query='SELECT 1' bogus=1\n"
-        "[pgbouncer]\nlisten_addr = 127.0.0.1\nlogfile = /var/log/p.log\nso_reuseport = 1\n"
+        "[pgbouncer]\nlisten_addr = 127.0.0.1\npkt_buf = 8192\nso_reuseport = 1\n"
         "transaction_timeout = 30\nmisspelt_key = 3\nserver_fast_close = 1\n",
     )
     warnings = "\n".join(load_config(path).warnings)
     for name in (
-        "logfile",
+        "pkt_buf",
         "so_reuseport",
         "transaction_timeout",
         "connect_query",
@@ -116,7 +130,7 @@ def test_every_unhonoured_key_is_warned_by_name(tmp_path: pathlib.Path) -> None:
         assert f"{name}" in warnings, name
     assert "misspelt_key: unknown key" in warnings
     assert "unknown setting bogus" in warnings
-    assert f"{path}:5: [pgbouncer] logfile" in warnings  # file and line
+    assert f"{path}:5: [pgbouncer] pkt_buf" in warnings  # file and line
 
 
 @pytest.mark.parametrize(
@@ -245,11 +259,11 @@ def _cli(command: str, path: pathlib.Path) -> subprocess.CompletedProcess[str]:
 
 def test_check_command(tmp_path: pathlib.Path) -> None:
     path = _write(
-        tmp_path, "[databases]\na = host=x\n[pgbouncer]\nlisten_addr=*\nlogfile = /tmp/x.log\n"
+        tmp_path, "[databases]\na = host=x\n[pgbouncer]\nlisten_addr=*\npkt_buf = 8192\n"
     )
     out = _cli("check", path)
     assert out.returncode == 0, out.stderr
-    assert "[pgbouncer] logfile: not honoured" in out.stderr
+    assert "[pgbouncer] pkt_buf: not honoured" in out.stderr
     assert '[pools.a.shards.0]\ndatabase = "a"' in out.stdout
 
 
@@ -262,11 +276,15 @@ def test_convert_round_trip(tmp_path: pathlib.Path) -> None:
         "[databases]\nappdb = host=db1 port=6000 dbname=real user=app password=x pool_size=7\n"
         "* = host=/var/run/postgresql max_db_connections=4\n"
         "[pgbouncer]\nlisten_addr = 127.0.0.1\nauth_file = userlist.txt\nadmin_users = admin\n"
-        "query_timeout = 2\nreserve_pool_size = 2\nlogfile = /var/log/x.log\n",
+        "query_timeout = 2\nreserve_pool_size = 2\nlogfile = /var/log/x.log\n"
+        "pkt_buf = 8192\nmax_packet_size = 100000\n"
+        "syslog = 1\nsyslog_facility = local3\n",
     )
     out = _cli("convert", ini)
     assert out.returncode == 0, out.stderr
-    assert "not carried over: " in out.stderr and "logfile" in out.stderr
+    assert "not carried over: " in out.stderr and "pkt_buf" in out.stderr
+    assert "logfile" not in out.stderr and "max_packet_size" not in out.stderr
+    assert "syslog" not in out.stderr
     toml = _write(tmp_path, out.stdout, "pgcat.toml")
     back, original = load_config(toml), load_config(ini)
     assert back.general == original.general
@@ -435,7 +453,7 @@ def test_debian_default_ini_runs(tmp_path: pathlib.Path) -> None:
         "auth_file = userlist.txt\n",
     )
     config = load_config(ini)
-    assert not config.pools and len(config.warnings) == 3
+    assert not config.pools and len(config.warnings) == 1  # listen_addr; logfile is honoured
     with running(config, config_path=str(ini)) as p:
         dsn = f"host={sockets} port={p.port} user=pgbouncer dbname=pgbouncer"
         with psycopg.connect(dsn, autocommit=True) as console:

@@ -10,6 +10,8 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from pgsansio.config.model import SYSLOG_FACILITIES
+
 _U32_MAX = 2**32 - 1
 # --------------------------------------------------------------------------------------
 # Key specifications
@@ -115,6 +117,12 @@ _GENERAL_KEYS: dict[str, _Key] = {
     # Bounded memory (pgsansio extensions; docs/reliability.md)
     "client_buffer_limit": _Key("posint", "bytes", maximum=0x3FFFFFFF),
     "total_buffer_limit": _Key("posint", "bytes"),
+    # Process files (pgsansio extensions, PgBouncer's names; docs/pgbouncer.md)
+    "logfile": _Key("str"),
+    "pidfile": _Key("str"),
+    "syslog": _Key("bool"),
+    "syslog_ident": _Key("str"),
+    "syslog_facility": _Key("enum", choices={f: f for f in SYSLOG_FACILITIES}),
 }
 
 _POOL_KEYS: dict[str, _Key] = {

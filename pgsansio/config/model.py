@@ -104,6 +104,20 @@ class General:
     # together, unfinished messages from servers included (see pgsansio.engine._buffers).
     client_buffer_limit: int = 64 * 1024 * 1024
     total_buffer_limit: int = 256 * 1024 * 1024
+    # Process files (PgBouncer's logfile and pidfile; docs/pgbouncer.md). The ``run``
+    # command writes them, never the engine: log records appended to ``logfile`` as
+    # well as stderr, the pooler's pid in ``pidfile`` until exit. "" = none.
+    logfile: str = ""
+    pidfile: str = ""
+    # Also to syslog (PgBouncer's keys): through /dev/log, as ident[pid], with this
+    # facility (one of SYSLOG_FACILITIES).
+    syslog: bool = False
+    syslog_ident: str = "pgsansio"
+    syslog_facility: str = "daemon"
+
+
+# The facilities PgBouncer's syslog_facility accepts.
+SYSLOG_FACILITIES = ("auth", "authpriv", "daemon", "user", *(f"local{n}" for n in range(8)))
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,13 @@ Where we differ from PgBouncer on purpose:
   ``auth_file`` logs in with the secret ``auth_query`` finds, as in PgBouncer (the
   engine makes that user's pool on first use).
 * ``statement`` pool mode runs as ``transaction``, with a warning.
+* ``listen_backlog`` defaults to 4096, not 128 (which overflows in a connect storm,
+  docs/reliability.md), unless the file sets it.
+* ``max_packet_size`` becomes ``client_buffer_limit``, capped at 1 GiB; unset, the
+  limit is 64 MiB rather than PgBouncer's 2 GiB. It caps what a client sends that is
+  held whole, not rows from servers (``total_buffer_limit`` bounds those).
+* ``logfile``, ``pidfile`` and ``syslog`` are honoured by the ``run`` command
+  (:mod:`pgsansio.procfiles`), not by the engine, which does no I/O.
 * Errors are raised for what PgBouncer would refuse to start with, naming the file,
   the line and the key; a few things PgBouncer logs and skips (a database entry it
   cannot parse) are errors here, because skipping them silently loses a database.
@@ -62,6 +69,7 @@ from pgsansio.config._ini import (
 from pgsansio.config._pgbouncer_keys import BOUNCER_KEYS, DB_KEYS, USER_KEYS
 from pgsansio.config.errors import ConfigError
 from pgsansio.config.model import (
+    SYSLOG_FACILITIES,
     Config,
     General,
     PoolConfig,
@@ -203,6 +211,9 @@ def parse_pgbouncer(text: str, path: str = "pgbouncer.ini") -> Config:
     return _Builder(ini, path).build()
 
 
+_MAX_PACKET = 0x3FFFFFFF  # the longest message PostgreSQL's protocol allows
+
+
 class _Builder:
     def __init__(self, ini: Ini, path: str) -> None:
         self.ini = ini
@@ -332,7 +343,13 @@ class _Builder:
         return General(
             host=host,
             port=b.integer("listen_port"),
-            listen_backlog=b.integer("listen_backlog", 1),
+            # PgBouncer's 128 overflows in a connect storm (docs/reliability.md): the
+            # model's default unless the file sets it
+            listen_backlog=(
+                b.integer("listen_backlog", 1)
+                if "listen_backlog" in b.entries
+                else General.listen_backlog
+            ),
             connect_timeout=b.ms("server_connect_timeout"),
             idle_timeout=b.ms("server_idle_timeout"),
             server_lifetime=b.ms("server_lifetime"),
@@ -373,7 +390,20 @@ class _Builder:
             admin_users=tuple(admins),
             stats_users=tuple(b.items("stats_users")),
             application_name_add_host=b.flag("application_name_add_host"),
+            client_buffer_limit=self._max_packet_size(),
+            logfile=b.text("logfile"),
+            pidfile=b.text("pidfile"),
+            syslog=b.flag("syslog"),
+            syslog_ident=b.text("syslog_ident"),
+            syslog_facility=b.choice("syslog_facility", SYSLOG_FACILITIES),
         )
+
+    def _max_packet_size(self) -> int:
+        """PgBouncer's max_packet_size as client_buffer_limit, capped at 1 GiB (the
+        protocol's own limit); unset, the model's 64 MiB rather than PgBouncer's 2 GiB."""
+        if "max_packet_size" not in self.bouncer.entries:
+            return General.client_buffer_limit
+        return min(self.bouncer.integer("max_packet_size", 1), _MAX_PACKET)
 
     def _mode(self) -> int:
         value = self.bouncer.raw("unix_socket_mode")

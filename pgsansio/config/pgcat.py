@@ -45,6 +45,11 @@ pgsansio extensions to the format (PgCat ignores them, so one file can serve bot
   leaving, and each failed login or server connection with its cause (see
   :mod:`pgsansio.engine._eventlog`). PgCat's ``log_client_connections`` /
   ``log_client_disconnections`` turn the first two on too.
+* ``general.logfile`` / ``general.pidfile`` (PgBouncer's names; default "" = none):
+  the ``run`` command appends the log to that file as well as stderr, and keeps its pid
+  in the pidfile until exit; ``general.syslog`` / ``syslog_ident`` (default
+  "pgsansio") / ``syslog_facility`` (default "daemon") also send it to /dev/log
+  (see :mod:`pgsansio.procfiles`, docs/pgbouncer.md).
 * ``pools.X.prepared_statements_cache_size`` defaults to 500 (on) rather than PgCat's
   0 (off), as PgBouncer 1.24 and PgDog do; ``0`` turns it off.
 
