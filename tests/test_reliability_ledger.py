@@ -37,6 +37,7 @@ pytestmark = pytest.mark.reliability
 
 ACCOUNTS = 100
 WORKERS = 8
+FRONTENDS = ("uvloop", "asyncio", "anyio", "trio", "curio")
 RECOVERY_CAP = 25.0
 """Longest wait for the first commit after a crash (PgBouncer retries a failed server
 login after ``server_login_retry``, 15 s by default)."""
@@ -219,7 +220,10 @@ def fmt(seconds: float | None) -> str:
 
 DAEMONS: dict[str, Callable[[Cluster, pathlib.Path], contextlib.AbstractContextManager[Daemon]]]
 DAEMONS = {
-    "pgsansio uvloop": lambda pg, work: pgsansio(pg, work, pool_size=4),
+    **{
+        f"pgsansio {fe}": lambda pg, work, fe=fe: pgsansio(pg, work, frontend=fe, pool_size=4)
+        for fe in FRONTENDS
+    },
     "PgBouncer 1.18": lambda pg, work: pgbouncer(pg, pool_size=4),
 }
 
