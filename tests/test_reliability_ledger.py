@@ -287,10 +287,18 @@ trace of a statement costs (its text alone, a dict entry and a name run to well 
 while the allocator's noise over 35 s of tens of thousands of statements passes."""
 
 
-def churn_client(port: int, worker: int, stop: threading.Event, counts: list[int]) -> None:
-    """Prepare statement after statement, each text new: every one misses the cache."""
+def churn_client(
+    port: int, worker: int, stop: threading.Event, counts: list[int], keep: bool
+) -> None:
+    """Prepare statement after statement, each text new: every one misses the cache.
+
+    psycopg keeps its 100 latest statements and closes older ones; with ``keep`` it
+    closes none, so the pooler must remember every one (the control: growth).
+    """
     dsn = f"host=127.0.0.1 port={port} user={USER} dbname={TEST_DATABASE}"
     with psycopg.connect(dsn, autocommit=True, prepare_threshold=0) as conn:
+        if keep:
+            conn.prepared_max = 10**9
         k = 0
         while not stop.is_set():
             row = conn.execute(f"SELECT %s::int + {k} /* w{worker} */", (k,)).fetchone()
@@ -309,56 +317,89 @@ def slope_per_minute(samples: list[tuple[float, int]]) -> float:
     return 60 * num / den
 
 
-def test_rss_trend_under_prepared_statement_churn(pg15: Cluster) -> None:
-    """Prepared statements beyond the cache for 45 s: RSS flat after a warm-up."""
+@dataclass
+class Trend:
+    statements: int
+    samples: list[tuple[float, int]]
+    steady: list[tuple[float, int]]
+    slope: float
+    bytes_per_statement: float
+
+
+def rss_trend(pg: Cluster, seconds: float, warm_up: float, *, keep: bool) -> Trend:
+    """Churn for ``seconds``, RSS sampled every second; the slope after ``warm_up``."""
     stop = threading.Event()
     counts = [0] * CHURN_WORKERS
     samples: list[tuple[float, int]] = []
     with (
         tempfile.TemporaryDirectory(prefix="pgsansio-rss-") as work,
         pgsansio(
-            pg15,
+            pg,
             pathlib.Path(work),
             pool_size=2,
             pool={"prepared_statements_cache_size": CACHE_SIZE},
         ) as d,
     ):
         threads = [
-            threading.Thread(target=churn_client, args=(d.port, w, stop, counts), daemon=True)
+            threading.Thread(
+                target=churn_client, args=(d.port, w, stop, counts, keep), daemon=True
+            )
             for w in range(CHURN_WORKERS)
         ]
         for t in threads:
             t.start()
         start = time.monotonic()
         try:
-            while (now := time.monotonic() - start) < RSS_SECONDS:
+            while (now := time.monotonic() - start) < seconds:
                 samples.append((now, d.rss_kib()))
                 time.sleep(1)
         finally:
             stop.set()
             for t in threads:
                 t.join(15)
-        alive = d.proc.poll() is None
+        assert d.proc.poll() is None, "the daemon died under the churn"
+    assert all(counts), f"a client prepared nothing: {counts}"
     statements = sum(counts)
-    steady = [(t, r) for t, r in samples if t >= WARM_UP]
+    steady = [(t, r) for t, r in samples if t >= warm_up]
     slope = slope_per_minute(steady)
-    per_minute = statements / RSS_SECONDS * 60
-    bytes_per_statement = slope * 1024 / per_minute if per_minute else float("inf")
+    per_minute = statements / seconds * 60
+    return Trend(statements, samples, steady, slope, slope * 1024 / per_minute)
+
+
+def report_trend(title: str, trend: Trend, seconds: float) -> None:
+    first, settled, last = trend.samples[0][1], trend.steady[0][1], trend.samples[-1][1]
     report(
-        f"RSS trend, pgsansio uvloop, prepare on every statement, each text new "
-        f"(prepared_statements_cache_size = {CACHE_SIZE}, {CHURN_WORKERS} clients)",
+        title,
         [
-            ("statements prepared", f"{statements:,} in {RSS_SECONDS:.0f} s"),
-            (
-                "RSS start / after warm-up / end",
-                f"{samples[0][1]:,} / {steady[0][1]:,} / {samples[-1][1]:,} KiB",
-            ),
-            ("slope after warm-up", f"{slope:+.0f} KiB/min"),
-            ("per statement", f"{bytes_per_statement:+.2f} bytes"),
+            ("statements prepared", f"{trend.statements:,} in {seconds:.0f} s"),
+            ("RSS start / after warm-up / end", f"{first:,} / {settled:,} / {last:,} KiB"),
+            ("slope after warm-up", f"{trend.slope:+.0f} KiB/min"),
+            ("per statement", f"{trend.bytes_per_statement:+.2f} bytes"),
         ],
     )
-    assert alive, "the daemon died under the churn"
-    assert all(counts), f"a client prepared nothing: {counts}"
-    assert bytes_per_statement < LEAK_BYTES_PER_STATEMENT, (
-        f"RSS grows {slope:.0f} KiB/min, {bytes_per_statement:.1f} bytes per statement"
+
+
+def test_rss_trend_under_prepared_statement_churn(pg15: Cluster) -> None:
+    """Prepared statements beyond the cache for 45 s: RSS flat after a warm-up."""
+    trend = rss_trend(pg15, RSS_SECONDS, WARM_UP, keep=False)
+    report_trend(
+        f"RSS trend, pgsansio uvloop, prepare on every statement, each text new "
+        f"(prepared_statements_cache_size = {CACHE_SIZE}, {CHURN_WORKERS} clients)",
+        trend,
+        RSS_SECONDS,
+    )
+    assert trend.bytes_per_statement < LEAK_BYTES_PER_STATEMENT, (
+        f"RSS grows {trend.slope:.0f} KiB/min, {trend.bytes_per_statement:.1f} bytes per statement"
+    )
+
+
+def test_control_rss_trend_grows_when_statements_are_kept(pg15: Cluster) -> None:
+    """The control: clients that never close a statement make the pooler remember each.
+
+    The slope must then pass the bound, or the measurement could not see a leak.
+    """
+    trend = rss_trend(pg15, 20.0, 5.0, keep=True)
+    report_trend("RSS trend, control: clients keep every statement prepared", trend, 20.0)
+    assert trend.bytes_per_statement > LEAK_BYTES_PER_STATEMENT, (
+        f"the control grew only {trend.bytes_per_statement:.1f} bytes per statement"
     )
