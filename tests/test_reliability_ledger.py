@@ -38,7 +38,7 @@ pytestmark = pytest.mark.reliability
 ACCOUNTS = 100
 WORKERS = 8
 FRONTENDS = ("uvloop", "asyncio", "anyio", "trio", "curio")
-RECOVERY_CAP = 25.0
+RECOVERY_CAP = 20.0
 """Longest wait for the first commit after a crash (PgBouncer retries a failed server
 login after ``server_login_retry``, 15 s by default)."""
 
