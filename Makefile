@@ -85,7 +85,7 @@ pgbouncer-compare: $(STAMP)
 ## frontend, and PgBouncer side by side (docs/reliability.md)
 ## BEFORE=/path/to/other/tree adds that tree's pgsansio to the side-by-side figures.
 reliability: $(STAMP)
-	PGSANSIO_BEFORE_TREE=$(BEFORE) $(PY) -m pytest -q -s -m reliability tests/test_reliability.py
+	PGSANSIO_BEFORE_TREE=$(BEFORE) $(PY) -m pytest -q -s -m reliability tests/test_reliability.py tests/test_reliability_ledger.py
 
 ## make fanout-soak FANOUT_EXAMPLES=300: the cross-shard merge differential, long
 FANOUT_EXAMPLES ?= 300

@@ -46,8 +46,18 @@ class Daemon:
         raise RuntimeError(f"{self.name}: no VmRSS")
 
 
-def pgsansio_toml(port: int, pg: Cluster, pool_size: int, general: dict[str, object]) -> str:
-    extra = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in general.items())
+def _toml_keys(keys: dict[str, object]) -> str:
+    return "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in keys.items())
+
+
+def pgsansio_toml(
+    port: int,
+    pg: Cluster,
+    pool_size: int,
+    general: dict[str, object],
+    pool: dict[str, object] | None = None,
+) -> str:
+    extra = _toml_keys(general)
     return f"""\
 [general]
 host = "127.0.0.1"
@@ -58,7 +68,7 @@ shutdown_timeout = 2000
 {extra}
 [pools.{TEST_DATABASE}]
 pool_mode = "transaction"
-
+{_toml_keys(pool or {})}
 [pools.{TEST_DATABASE}.users.0]
 username = "{USER}"
 password = "unused: trust"
@@ -80,13 +90,14 @@ def pgsansio(
     tree: pathlib.Path = ROOT,
     pool_size: int = 4,
     general: dict[str, object] | None = None,
+    pool: dict[str, object] | None = None,
     name: str = "",
 ) -> Iterator[Daemon]:
     """``pgsansio run`` from source tree ``tree`` (another tree: a before/after figure)."""
     name = name or f"pgsansio-{frontend}"
     port = free_port()
     toml = work / f"{name}.toml"
-    toml.write_text(pgsansio_toml(port, pg, pool_size, general or {}))
+    toml.write_text(pgsansio_toml(port, pg, pool_size, general or {}, pool))
     log = work / f"{name}.log"
     cmd = [sys.executable, "-m", "pgsansio", "run", str(toml), "--frontend", frontend]
     cmd += ["--log-level", "warning"]
@@ -159,3 +170,10 @@ logfile = {log}
         yield Daemon("pgbouncer", port, proc)
     finally:
         stop(proc)
+
+
+def report(title: str, rows: list[tuple[str, str]]) -> None:
+    """Figures go to stdout (make reliability runs pytest with -s) and the log."""
+    width = max(len(name) for name, _ in rows)
+    text = "\n".join(f"  {name:<{width}}  {figures}" for name, figures in rows)
+    print(f"\n{title}\n{text}", flush=True)

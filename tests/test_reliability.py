@@ -21,7 +21,7 @@ import time
 import psycopg
 import pytest
 import trustme
-from _daemons import USER, Daemon, pgbouncer, pgsansio
+from _daemons import USER, Daemon, pgbouncer, pgsansio, report
 from _pooler import Pooler, make_config, running
 from _storm import raise_fd_limit, serial_connects, simultaneous_logins
 from _wire import (
@@ -299,13 +299,6 @@ def test_client_login_timeout_bounds_a_byte_at_a_time_startup(pg15: Cluster) -> 
 FRONTENDS = ("asyncio", "uvloop", "anyio", "trio", "curio")
 BEFORE = os.environ.get("PGSANSIO_BEFORE_TREE")
 """Another source tree of pgsansio to measure as "before" (make reliability BEFORE=...)."""
-
-
-def report(title: str, rows: list[tuple[str, str]]) -> None:
-    """Figures go to stdout (make reliability runs pytest with -s) and the log."""
-    width = max(len(name) for name, _ in rows)
-    text = "\n".join(f"  {name:<{width}}  {figures}" for name, figures in rows)
-    print(f"\n{title}\n{text}", flush=True)
 
 
 @pytest.mark.reliability
