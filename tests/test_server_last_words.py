@@ -28,11 +28,13 @@ import threading
 import time
 from dataclasses import dataclass
 
+import psycopg
 import pytest
 from _daemons import pgsansio
 from _frontend_thread import frontend_params
+from _pooler import make_config, running
 
-from pgsansio.testing.cluster import TEST_DATABASE
+from pgsansio.testing.cluster import TEST_DATABASE, Cluster
 
 ROUNDS = 6
 TIMEOUT = 10.0
@@ -214,3 +216,56 @@ def test_fatal_unread_when_a_write_fails_still_reaches_the_client(
                     assert "administrator command" in error["M"]
     finally:
         fake.close()
+
+
+LOADED = 6
+
+
+@pytest.mark.usefixtures("pooler_frontend")
+def test_pg_terminate_backend_under_load_is_57p01_for_every_client(pg15: Cluster) -> None:
+    """Real PostgreSQL: clients run statements back to back through the pooler (session
+    mode) while every one of their backends is terminated at once; each client's
+    statement fails with the server's own 57P01, never the pooler's 08006.
+
+    What a direct connection shows is the bar: there too, a client whose next statement
+    reaches the backend after it exited may have its FATAL thrown away by the reset
+    (PostgreSQL closes with the statement unread) and libpq then reports the connection
+    lost with no SQLSTATE ("lost" here). So "lost" is allowed, a made-up 08006 is not."""
+    config = make_config(pg15, pool_mode="session", pool_size=LOADED)
+    with running(config) as pooler:
+        dsn = pooler.dsn("md5_user") + " connect_timeout=10"
+        pids: list[int] = []
+        outcomes: list[str] = []
+        started = threading.Barrier(LOADED + 1, timeout=TIMEOUT)
+
+        def client() -> None:
+            try:
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    row = conn.execute("SELECT pg_backend_pid()").fetchone()
+                    assert row is not None
+                    pids.append(row[0])
+                    started.wait()
+                    deadline = time.monotonic() + TIMEOUT
+                    while time.monotonic() < deadline:
+                        conn.execute("SELECT 1").fetchone()
+                    outcomes.append("never ended")
+            except psycopg.Error as exc:
+                # No SQLSTATE: libpq saw the connection end without a message.
+                outcomes.append(exc.sqlstate or "lost")
+
+        threads = [threading.Thread(target=client) for _ in range(LOADED)]
+        for t in threads:
+            t.start()
+        started.wait()
+        time.sleep(0.05)  # let them run
+        with psycopg.connect(pg15.dsn(dbname=TEST_DATABASE), autocommit=True) as admin:
+            ended = admin.execute(
+                "SELECT count(*) FROM unnest(%s::int[]) AS p WHERE pg_terminate_backend(p)",
+                (pids,),
+            ).fetchone()
+        for t in threads:
+            t.join(TIMEOUT + 5)
+        assert ended == (LOADED,)
+        assert len(outcomes) == LOADED, outcomes
+        assert set(outcomes) <= {"57P01", "lost"}, outcomes
+        assert "57P01" in outcomes, outcomes
