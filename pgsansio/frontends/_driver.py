@@ -35,8 +35,9 @@ An adapter is a subclass. It implements ``serve`` (listen, accept, run until ``_
 on itself it uses ``_check_thread``, ``_ports``, ``_started``, ``_close_everything``
 and ``_drain``), a connection class (:class:`Conn`), and the hooks only the driver
 calls, on itself: ``_open_server`` / ``_cancel_open``, ``_start_tls``, ``_arm`` (one
-timer) and ``_stop`` (wake ``serve``). The adapter and its connection objects may call
-on the driver these names, and no underscored one:
+timer), ``_stop`` (wake ``serve``) and ``_plain_socket`` (a server's OS socket, for what
+it left unread when it went away; the default, None, reads nothing). The adapter and
+its connection objects may call on the driver these names, and no underscored one:
 
 * ``call(method, *args)``: feed ``engine.method`` one input and apply the effects (the
   per-message path is ``call(engine.client_data, cid, data)``, nothing in between);
@@ -67,7 +68,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, KeysView
+from collections.abc import Awaitable, Callable, Iterable, Iterator, KeysView
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from pgsansio.engine import (
@@ -96,6 +97,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DRAIN_SECONDS",
     "HIGH_WATER",
+    "LEFTOVER_LIMIT",
     "LOW_WATER",
     "OPERATOR_SIGNALS",
     "UNIX_OWNER_PEER",
@@ -103,6 +105,7 @@ __all__ = [
     "Driver",
     "Outbox",
     "error_text",
+    "read_left",
     "server_path",
     "unix_socket_path",
 ]
@@ -177,6 +180,45 @@ def error_text(exc: BaseException) -> str:
 
 def _lower_first(text: str) -> str:
     return text[:1].lower() + text[1:]
+
+
+LEFTOVER_LIMIT: Final = 16 * 1024 * 1024
+"""The most :func:`read_left` reads from a server that went away.
+
+What it reads is already in the kernel's receive buffer (which Linux caps at
+``net.ipv4.tcp_rmem``'s maximum, 6 MiB by default), so it never waits; the cap only
+keeps a misconfigured kernel from making it unbounded."""
+
+
+def read_left(sock: Any) -> Iterator[bytes]:
+    """Read, without waiting, what a closed peer left in a socket's receive buffer.
+
+    Linux keeps the bytes a peer sent before its FIN or RST readable after the RST, and
+    a failed write does not drop them; they end with EOF, a reset or "would block". The
+    socket is read through a duplicate of its descriptor with ``MSG_DONTWAIT``, so this
+    works on whatever socket object a runtime hands out (asyncio's ``TransportSocket``
+    cannot ``recv``) and never blocks, nor changes the runtime's own socket.
+    """
+    if sock is None:
+        return
+    try:
+        fd = sock.fileno()
+        if fd < 0:  # the runtime closed it already
+            return
+        dup = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return
+    with dup:
+        total = 0
+        while total < LEFTOVER_LIMIT:
+            try:
+                data = dup.recv(256 * 1024, socket.MSG_DONTWAIT)
+            except OSError:  # nothing more for now, or the reset after the last byte
+                return
+            if not data:
+                return
+            total += len(data)
+            yield data
 
 
 class Outbox:
@@ -435,13 +477,36 @@ class Driver:
 
         ``conn`` None: whatever connection the id has (asyncio's protocol outlives the
         transport a TLS upgrade replaces).
+
+        A server's last words come first: a write that fails because the server
+        already closed (its FATAL sent, then EPIPE or ECONNRESET on our next write)
+        ends the connection before the FATAL, still in the kernel's receive buffer, was
+        read. The engine gets those bytes (:meth:`_unread`) before it hears the server
+        is gone, so the client sees the server's own error (57P01 for
+        ``pg_terminate_backend``) and not our 08006. If the engine closes the server on
+        what it read, there is nothing more to report.
         """
         table = self.servers if server else self.clients
         current = table.get(key)
-        if current is not None and (conn is None or current is conn):
-            del table[key]
-            engine = self.engine
-            self.call(engine.server_closed if server else engine.client_closed, key)
+        if current is None or (conn is not None and current is not conn):
+            return
+        engine = self.engine
+        if server:
+            for data in self._unread(current):
+                self.call(engine.server_data, key, data)
+            if table.get(key) is not current:
+                return
+        del table[key]
+        self.call(engine.server_closed if server else engine.client_closed, key)
+
+    def _unread(self, conn: Conn) -> Iterator[bytes]:
+        """What a server that went away sent and nobody has read yet (see peer_gone)."""
+        return read_left(self._plain_socket(conn))
+
+    def _plain_socket(self, conn: Conn) -> Any:
+        """The OS socket under a server connection; None under TLS (the bytes in the
+        kernel are encrypted, for the TLS layer only)."""
+        return None
 
     def writable(self, server: bool, key: int, on: bool) -> None:
         if key in (self.servers if server else self.clients):

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pgsansio.frontends import tune_socket
@@ -49,7 +49,7 @@ class TaskConn:
     """One connection, client or server, and the state its two tasks share."""
 
     __slots__ = (
-        "closing", "direct", "fe", "host", "key", "out", "pair", "reading", "receive",
+        "closing", "direct", "fe", "held", "host", "key", "out", "pair", "reading", "receive",
         "resumed", "send", "server", "stream", "upgrade", "upgrading", "wake",
     )  # fmt: skip
 
@@ -71,6 +71,7 @@ class TaskConn:
         self.receive: Callable[[], Awaitable[bytes]]
         self.send: Callable[[bytes], Awaitable[Any]]
         self.direct: socket.socket | None = None  # takes bytes at once (see the module)
+        self.held = b""  # received while reading was paused, not yet handed over
 
     def write(self, data: bytes) -> None:
         out = self.out
@@ -194,6 +195,16 @@ class TaskDriver(Driver):
     def _arm(self, at: float | None) -> None:
         self.set_event(self._timer_changed)
 
+    def _unread(self, conn: TaskConn) -> Iterator[bytes]:  # type: ignore[override]
+        """The bytes the reader held while paused, then what the socket still holds."""
+        if conn.held:
+            yield conn.held
+            conn.held = b""
+        yield from super()._unread(conn)
+
+    def _plain_socket(self, conn: TaskConn) -> Any:  # type: ignore[override]
+        return conn.direct  # a plain OS socket; None under TLS (or where it cannot send)
+
     async def _run_timer(self) -> None:
         while True:
             changed = self._timer_changed = self.Event()
@@ -272,9 +283,13 @@ class TaskDriver(Driver):
                 data = await conn.receive()
                 if not data:
                     break  # the peer closed its end
-                # Paused while that receive was under way: hold the bytes until resumed.
-                while not conn.reading and not conn.closing:
-                    await conn.resumed.wait()
+                # Paused while that receive was under way: hold the bytes until resumed
+                # (where peer_gone finds them if the writer fails meanwhile).
+                if not conn.reading:
+                    conn.held = data
+                    while not conn.reading and not conn.closing:
+                        await conn.resumed.wait()
+                    conn.held = b""
                 if conn.closing:
                     break
                 self.call(data_in, conn.key, data)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from pgsansio.frontends import EngineAPI, FrontendError, Ready, listen_failed, missing
 from pgsansio.frontends import tune_socket as _tune
@@ -190,6 +190,13 @@ class AsyncioFrontend(Driver):
                 )
         except Exception as exc:  # OSError mostly; anything else still fails only this sid
             self.server_failed(sid, exc)
+
+    def _plain_socket(self, conn: asyncio.Transport) -> Any:  # type: ignore[override]
+        # connection_lost comes before the transport closes its socket (asyncio's and
+        # uvloop's), so what the server left is still there to read.
+        if conn.get_extra_info("ssl_object") is not None:
+            return None
+        return conn.get_extra_info("socket")
 
     def _start_tls(self, kind: str, key: int, conn: asyncio.Transport) -> None:  # type: ignore[override]
         task = asyncio.ensure_future(self._handshake(kind, key, conn))
