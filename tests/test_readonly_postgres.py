@@ -162,3 +162,50 @@ def test_read_your_writes(pair: tuple[Cluster, Cluster]) -> None:
     with running(off) as p, psycopg.connect(p.dsn(USER), autocommit=True) as writer:
         stale, ports = _insert_then_read(writer, 20)
         assert stale == 20 and ports == {replica.port}, (stale, ports)
+
+
+def test_sqlalchemy_read_only_session_and_default_mode(pair: tuple[Cluster, Cluster]) -> None:
+    """SQLAlchemy over psycopg, in its default (non-autocommit) mode. A plain Session
+    opens a plain ``BEGIN``, which "first_statement" routes by its first statement. A
+    Session whose engine says ``postgresql_readonly=True`` makes psycopg open every
+    transaction with ``BEGIN READ ONLY`` (a replica under any strategy but "primary").
+    Once SQLAlchemy has set that option it resets it to False, not to unset, when the
+    connection returns to its pool: psycopg then opens ``BEGIN READ WRITE``, a
+    declaration the pooler follows (the primary)."""
+    sqlalchemy = pytest.importorskip("sqlalchemy")
+    from sqlalchemy import text
+    from sqlalchemy.orm import Session
+
+    primary, replica = pair
+
+    def server(session: Session, *before: str) -> int:
+        for sql in before:
+            session.execute(text(sql))
+        port = int(session.execute(text(PORT)).scalar_one())
+        session.commit()
+        return port
+
+    for strategy, plain_read in (("first_statement", replica.port), ("declared", primary.port)):
+        with running(splitting(pair, strategy)) as p:
+            dsn = p.dsn(USER)
+            engine = sqlalchemy.create_engine(
+                "postgresql+psycopg://", creator=lambda dsn=dsn: psycopg.connect(dsn)
+            )
+            try:
+                with Session(engine) as session:
+                    assert server(session) == plain_read, strategy
+                    assert server(session, "SELECT count(*) FROM ro_items") == plain_read
+                    # A transaction that writes first: the primary, to its end.
+                    written = server(session, "INSERT INTO ro_items (v) VALUES (5)")
+                    assert written == primary.port, strategy
+                read_only = engine.execution_options(postgresql_readonly=True)
+                with Session(read_only) as session:
+                    assert server(session) == replica.port, strategy
+                    assert server(session, "SELECT count(*) FROM ro_items") == replica.port
+                    with pytest.raises(sqlalchemy.exc.InternalError, match="read-only"):
+                        session.execute(text("INSERT INTO ro_items (v) VALUES (4)"))
+                    session.rollback()
+                with Session(engine) as session:  # BEGIN READ WRITE now
+                    assert server(session) == primary.port, strategy
+            finally:
+                engine.dispose()
