@@ -8,6 +8,7 @@ server ran a statement.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import psycopg
@@ -209,3 +210,27 @@ def test_sqlalchemy_read_only_session_and_default_mode(pair: tuple[Cluster, Clus
                     assert server(session) == primary.port, strategy
             finally:
                 engine.dispose()
+
+
+def test_read_your_writes_wait_bound(pair: tuple[Cluster, Cluster]) -> None:
+    """With read_your_writes_wait_ms, a read after the client's own write waits for a
+    probe to find the replica caught up (2 s late here) and reads there, rows included;
+    with a bound shorter than the replica's delay the primary serves it at the bound."""
+    primary, replica = pair
+    for bound, reader in ((100, primary.port), (5000, replica.port)):
+        cfg = splitting(pair, read_your_writes=True, read_your_writes_wait_ms=bound)
+        with running(cfg) as p, psycopg.connect(p.dsn(USER), autocommit=True) as conn:
+            # Until the first probe has answered, the replica's role is not known
+            # and reads go to the primary: wait for that (a few hundred ms at most).
+            deadline = time.monotonic() + 5
+            while port(conn) != replica.port:
+                assert time.monotonic() < deadline, "the replica was never probed"
+                time.sleep(0.05)
+            row = conn.execute("INSERT INTO ro_items (v) VALUES (8) RETURNING id").fetchone()
+            # A read sent at once may still find the primary's connection linked to
+            # this client while the pooler asks it for the WAL position: let it go.
+            time.sleep(0.1)
+            seen = conn.execute(
+                "SELECT count(*), inet_server_port() FROM ro_items WHERE id = %s", row
+            ).fetchone()
+            assert seen == (1, reader), bound
