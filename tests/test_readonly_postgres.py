@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import psycopg
 import psycopg.errors
 import pytest
 
-from pgsansio.config.model import Config
+from pgsansio.config.model import Config, ServerAddress
 from pgsansio.testing.cluster import TEST_DATABASE, Cluster
 from tests._pooler import make_config, running
 
@@ -234,3 +235,24 @@ def test_read_your_writes_wait_bound(pair: tuple[Cluster, Cluster]) -> None:
                 "SELECT count(*), inet_server_port() FROM ro_items WHERE id = %s", row
             ).fetchone()
             assert seen == (1, reader), bound
+
+
+def test_listener_connects_to_the_probed_primary(pair: tuple[Cluster, Cluster]) -> None:
+    """With role = "auto" and the replica listed first, the LISTEN listener waits for
+    the probes and connects to the server they found to be the primary (a standby
+    refuses LISTEN), so a NOTIFY sent through the pooler reaches the listening client."""
+    primary, replica = pair
+    cfg = splitting(pair)
+    (shard,) = cfg.pools[TEST_DATABASE].shards
+    auto = tuple(ServerAddress("127.0.0.1", c.port, "auto") for c in (replica, primary))
+    pool = replace(cfg.pools[TEST_DATABASE], shards=(replace(shard, servers=auto),))
+    cfg = replace(cfg, pools={TEST_DATABASE: pool})
+    with (
+        running(cfg) as p,
+        psycopg.connect(p.dsn(USER), autocommit=True) as listener,
+        psycopg.connect(p.dsn(USER), autocommit=True) as sender,
+    ):
+        listener.execute("LISTEN auto_chan")
+        sender.execute("NOTIFY auto_chan, 'hello'")
+        got = [n.payload for n in listener.notifies(timeout=5, stop_after=1)]
+        assert got == ["hello"]
