@@ -329,6 +329,7 @@ POOL_DEFAULTS: dict[str, Any] = {
     "read_your_writes": False,
     "sharding_key_type": "bigint",
     "cross_shard": "off",
+    "read_your_writes_wait_ms": 0,
     # inherited from [general] when unset
     "connect_timeout": 1000,
     "idle_timeout": 600000,

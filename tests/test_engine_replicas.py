@@ -496,8 +496,8 @@ def test_a_read_only_session_sends_its_transactions_to_a_replica() -> None:
 
 def test_read_your_writes_query_is_never_seen_by_the_client() -> None:
     """The WAL-position query after a write runs on the client's server before it is
-    released; its answer (here an error: the fake server has no such function) goes
-    nowhere, and the client's next requests are answered as usual."""
+    released; its answer goes nowhere, and the client's next requests are answered as
+    usual."""
     w = world(splitting(pool_read_your_writes=True))
     c = logged_in(w)
     for n in range(3):
@@ -507,3 +507,59 @@ def test_read_your_writes_query_is_never_seen_by_the_client() -> None:
         assert not errors(got) and ready(got) == ["I"], got
     sent = b"".join(b"".join(log) for log in w.server_log.values())
     assert sent.count(b"pg_current_wal_insert_lsn") == 3
+
+
+def _ryw_world(wait_ms: int) -> tuple[World, Database]:
+    """Read-your-writes over a primary and one replica (probed every second) that
+    starts caught up; the primary's fake database to compare positions with."""
+    w = world(
+        splitting(
+            roles=("primary", "replica"),
+            pool_read_your_writes=True,
+            pool_read_your_writes_wait_ms=wait_ms,
+            general_healthcheck_interval=1000,
+        ),
+        standbys=(1,),
+    )
+    primary = w.dbs["pg0", 5432]
+    w.dbs["pg1", 5432].wal_lsn = primary.wal_lsn
+    w.advance(1.0)
+    return w, primary
+
+
+def test_read_your_writes_without_a_wait_bound_reads_on_the_primary_at_once() -> None:
+    w, _ = _ryw_world(0)
+    c = logged_in(w)
+    assert server_of(c.query("select pg_backend_pid()")) == "pg1"
+    assert not errors(c.query("insert into t values (1)"))
+    assert server_of(c.query("select pg_backend_pid()")) == "pg0"  # not replayed yet
+
+
+def test_read_your_writes_waits_up_to_its_bound_for_a_probe_to_find_the_replica() -> None:
+    """With read_your_writes_wait_ms, a read that no replica can serve yet waits for the
+    next probe: the replica when that probe finds it caught up, else, at the bound, the
+    primary. Other clients' reads are not held up meanwhile."""
+    w, primary = _ryw_world(1500)
+    replica = w.dbs["pg1", 5432]
+    c, other = logged_in(w), logged_in(w, "bob")
+    assert not errors(c.query("insert into t values (1)"))
+    c.send(Query("select pg_backend_pid()"))
+    assert c.events() == []  # waiting for a probe
+    assert server_of(other.query("select pg_backend_pid()")) == "pg1"
+    replica.wal_lsn = primary.wal_lsn  # it replays the insert
+    w.advance(1.0)  # the next probe round sees it
+    assert server_of(c.events()) == "pg1"
+    # Not replayed within the bound: the primary, 1.5 s after the read came.
+    assert not errors(c.query("insert into t values (2)"))
+    c.send(Query("select pg_backend_pid()"))
+    w.advance(1.0)  # a probe: still behind
+    assert c.events() == []
+    w.advance(0.5)
+    assert server_of(c.events()) == "pg0"
+    # The next read waits afresh, and a caught-up replica ends the waiting.
+    c.send(Query("select pg_backend_pid()"))
+    assert c.events() == []
+    replica.wal_lsn = primary.wal_lsn
+    w.advance(1.0)
+    assert server_of(c.events()) == "pg1"
+    assert server_of(c.query("select pg_backend_pid()")) == "pg1"  # no wait now

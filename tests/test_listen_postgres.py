@@ -11,6 +11,8 @@ pgsansio.engine._listen.
 from __future__ import annotations
 
 import asyncio
+import pathlib
+import signal
 import socket
 import time
 import urllib.request
@@ -21,7 +23,7 @@ import psycopg
 import pytest
 from _pooler import Pooler, make_config, running
 
-from pgsansio.testing.cluster import TEST_DATABASE, Cluster
+from pgsansio.testing.cluster import TEST_DATABASE, TEST_USERS, Cluster
 
 pytestmark = [
     pytest.mark.postgres,
@@ -135,3 +137,68 @@ def test_notifications_reach_exactly_their_listeners(pg15: Cluster) -> None:
         with psycopg.connect(p.dsn("admin", "admin", dbname="pgbouncer"), autocommit=True) as a:
             pools = a.execute("SHOW POOLS").fetchall()
             assert all(row[-1] == 0 for row in pools)  # cl_pinned: nobody pinned
+
+
+RELOAD_USER = "md5_user"
+
+
+def _listener_databases(cluster: Cluster) -> list[str]:
+    with psycopg.connect(cluster.dsn(dbname=TEST_DATABASE), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT datname FROM pg_stat_activity WHERE usename = %s AND query LIKE 'LISTEN%%'",
+            (RELOAD_USER,),
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _notify_and_receive(p: Pooler, listener: psycopg.Connection[tuple[object]], tag: str) -> bool:
+    with psycopg.connect(p.dsn(RELOAD_USER), autocommit=True) as sender:
+        sender.execute(f"NOTIFY reload_chan, '{tag}'")
+    got = [n.payload for n in listener.notifies(timeout=5, stop_after=1)]
+    return got == [tag]
+
+
+def test_the_listener_follows_a_reload(pg15: Cluster, tmp_path: pathlib.Path) -> None:
+    """A reload that points the pool at another database (notifications are per
+    database, as they would be per server) moves the listener there: a NOTIFY sent
+    through the pooler after the reload reaches the client that listened before it."""
+    other = "listen_reload"
+    pg15.create_database(other)
+    path = tmp_path / "pgcat.toml"
+    path.write_text(
+        f"""[general]
+host = "127.0.0.1"
+port = 0
+admin_username = "admin"
+admin_password = "admin"
+
+[pools.{TEST_DATABASE}]
+pool_mode = "transaction"
+
+[pools.{TEST_DATABASE}.users.0]
+username = "{RELOAD_USER}"
+password = "{TEST_USERS[RELOAD_USER][1]}"
+pool_size = 2
+
+[pools.{TEST_DATABASE}.shards.0]
+database = "{other}"
+servers = [["127.0.0.1", {pg15.port}, "primary"]]
+"""
+    )
+    try:
+        cfg = make_config(pg15, pool_size=2, users=(RELOAD_USER,))
+        with (
+            running(cfg, config_path=str(path)) as p,
+            psycopg.connect(p.dsn(RELOAD_USER), autocommit=True) as listener,
+        ):
+            listener.execute("LISTEN reload_chan")
+            assert _notify_and_receive(p, listener, "before")
+            assert _listener_databases(pg15) == [TEST_DATABASE]
+            p.signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while _listener_databases(pg15) != [other]:
+                assert time.monotonic() < deadline, _listener_databases(pg15)
+                time.sleep(0.05)
+            assert _notify_and_receive(p, listener, "after")
+    finally:
+        pg15.execute(f"DROP DATABASE IF EXISTS {other} WITH (FORCE)")

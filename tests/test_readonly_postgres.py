@@ -8,13 +8,15 @@ server ran a statement.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import psycopg
 import psycopg.errors
 import pytest
 
-from pgsansio.config.model import Config
+from pgsansio.config.model import Config, ServerAddress
 from pgsansio.testing.cluster import TEST_DATABASE, Cluster
 from tests._pooler import make_config, running
 
@@ -162,3 +164,95 @@ def test_read_your_writes(pair: tuple[Cluster, Cluster]) -> None:
     with running(off) as p, psycopg.connect(p.dsn(USER), autocommit=True) as writer:
         stale, ports = _insert_then_read(writer, 20)
         assert stale == 20 and ports == {replica.port}, (stale, ports)
+
+
+def test_sqlalchemy_read_only_session_and_default_mode(pair: tuple[Cluster, Cluster]) -> None:
+    """SQLAlchemy over psycopg, in its default (non-autocommit) mode. A plain Session
+    opens a plain ``BEGIN``, which "first_statement" routes by its first statement. A
+    Session whose engine says ``postgresql_readonly=True`` makes psycopg open every
+    transaction with ``BEGIN READ ONLY`` (a replica under any strategy but "primary").
+    Once SQLAlchemy has set that option it resets it to False, not to unset, when the
+    connection returns to its pool: psycopg then opens ``BEGIN READ WRITE``, a
+    declaration the pooler follows (the primary)."""
+    sqlalchemy = pytest.importorskip("sqlalchemy")
+    from sqlalchemy import text
+    from sqlalchemy.orm import Session
+
+    primary, replica = pair
+
+    def server(session: Session, *before: str) -> int:
+        for sql in before:
+            session.execute(text(sql))
+        port = int(session.execute(text(PORT)).scalar_one())
+        session.commit()
+        return port
+
+    for strategy, plain_read in (("first_statement", replica.port), ("declared", primary.port)):
+        with running(splitting(pair, strategy)) as p:
+            dsn = p.dsn(USER)
+            engine = sqlalchemy.create_engine(
+                "postgresql+psycopg://", creator=lambda dsn=dsn: psycopg.connect(dsn)
+            )
+            try:
+                with Session(engine) as session:
+                    assert server(session) == plain_read, strategy
+                    assert server(session, "SELECT count(*) FROM ro_items") == plain_read
+                    # A transaction that writes first: the primary, to its end.
+                    written = server(session, "INSERT INTO ro_items (v) VALUES (5)")
+                    assert written == primary.port, strategy
+                read_only = engine.execution_options(postgresql_readonly=True)
+                with Session(read_only) as session:
+                    assert server(session) == replica.port, strategy
+                    assert server(session, "SELECT count(*) FROM ro_items") == replica.port
+                    with pytest.raises(sqlalchemy.exc.InternalError, match="read-only"):
+                        session.execute(text("INSERT INTO ro_items (v) VALUES (4)"))
+                    session.rollback()
+                with Session(engine) as session:  # BEGIN READ WRITE now
+                    assert server(session) == primary.port, strategy
+            finally:
+                engine.dispose()
+
+
+def test_read_your_writes_wait_bound(pair: tuple[Cluster, Cluster]) -> None:
+    """With read_your_writes_wait_ms, a read after the client's own write waits for a
+    probe to find the replica caught up (2 s late here) and reads there, rows included;
+    with a bound shorter than the replica's delay the primary serves it at the bound."""
+    primary, replica = pair
+    for bound, reader in ((100, primary.port), (5000, replica.port)):
+        cfg = splitting(pair, read_your_writes=True, read_your_writes_wait_ms=bound)
+        with running(cfg) as p, psycopg.connect(p.dsn(USER), autocommit=True) as conn:
+            # Until the first probe has answered, the replica's role is not known
+            # and reads go to the primary: wait for that (a few hundred ms at most).
+            deadline = time.monotonic() + 5
+            while port(conn) != replica.port:
+                assert time.monotonic() < deadline, "the replica was never probed"
+                time.sleep(0.05)
+            row = conn.execute("INSERT INTO ro_items (v) VALUES (8) RETURNING id").fetchone()
+            # A read sent at once may still find the primary's connection linked to
+            # this client while the pooler asks it for the WAL position: let it go.
+            time.sleep(0.1)
+            seen = conn.execute(
+                "SELECT count(*), inet_server_port() FROM ro_items WHERE id = %s", row
+            ).fetchone()
+            assert seen == (1, reader), bound
+
+
+def test_listener_connects_to_the_probed_primary(pair: tuple[Cluster, Cluster]) -> None:
+    """With role = "auto" and the replica listed first, the LISTEN listener waits for
+    the probes and connects to the server they found to be the primary (a standby
+    refuses LISTEN), so a NOTIFY sent through the pooler reaches the listening client."""
+    primary, replica = pair
+    cfg = splitting(pair)
+    (shard,) = cfg.pools[TEST_DATABASE].shards
+    auto = tuple(ServerAddress("127.0.0.1", c.port, "auto") for c in (replica, primary))
+    pool = replace(cfg.pools[TEST_DATABASE], shards=(replace(shard, servers=auto),))
+    cfg = replace(cfg, pools={TEST_DATABASE: pool})
+    with (
+        running(cfg) as p,
+        psycopg.connect(p.dsn(USER), autocommit=True) as listener,
+        psycopg.connect(p.dsn(USER), autocommit=True) as sender,
+    ):
+        listener.execute("LISTEN auto_chan")
+        sender.execute("NOTIFY auto_chan, 'hello'")
+        got = [n.payload for n in listener.notifies(timeout=5, stop_after=1)]
+        assert got == ["hello"]

@@ -193,6 +193,8 @@ _POOL_KEYS: dict[str, _Key] = {
         "enum", choices={"bigint": "bigint", "text": "text", "uuid": "uuid"}
     ),
     "cross_shard": _Key("enum", choices={"off": "off", "fan_out": "fan_out"}),
+    # pgsansio extension: read-your-writes (docs/transaction-pooling.md)
+    "read_your_writes_wait_ms": _Key("uint", unit=_MS),
 }
 _POOL_TABLES = ("users", "shards", "plugins")
 

@@ -233,6 +233,9 @@ class PoolConfig:
     # What a read with no shard does: "off" (default_shard) | "fan_out" (every shard,
     # merged by the pooler; needs query_parser_enabled).
     cross_shard: str = "off"
+    # Read-your-writes: how long (ms) a read that no caught-up replica can serve waits
+    # for the next probe to find one, before the primary serves it (0: at once).
+    read_your_writes_wait_ms: int = 0
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ so the calls form this DAG (bottom to top; every part also gets the Context)::
     Sessions      link, settings sync, release  -> Pinning Lending Pools
     Pinning       session state that keeps a    -> Listen
                   client on its server
-    Listen        LISTEN fan-out: a listener    -> Pools
+    Listen        LISTEN fan-out: a listener    -> Health Pools
                   connection per (pool, user)
     Lending       checkout, waiting, bans that  -> Routes Shards Health Pools
                   move clients, PAUSE parking

@@ -111,7 +111,7 @@ class Engine:
             ctx, pools=self.pools, health=self.health, shards=self.shards, router=self.router
         )
         self.probes = Probes(ctx, pools=self.pools, health=self.health, lending=self.lending)
-        self.listen = Listen(ctx, pools=self.pools, lending=self.lending)
+        self.listen = Listen(ctx, pools=self.pools, health=self.health, lending=self.lending)
         self.pinning = Pinning(ctx, listen=self.listen)
         self.sessions = Sessions(
             ctx,
@@ -432,6 +432,7 @@ class Engine:
         self.ctx.config = config
         self.login.scram_secrets.clear()
         self.pools.reload(config)
+        self.listen.follow()
         self.probes.start_probes()
         self._warn_unimplemented(config)
 

@@ -49,7 +49,7 @@ from ._health import BANNED, NOT_BANNED, Health, key_of
 from ._objects import Client, Entry, Pool, PoolGroup, ServerConn
 from ._pinning import pinned_in
 from ._pooling import Pools
-from ._routing import WAIT_FOR_PRIMARY, Routes
+from ._routing import WAIT_FOR_PRIMARY, WAIT_FOR_REPLAY, Routes
 from ._shards import Refusal
 from ._states import C_CLOSED, S_CLOSED, S_LOGIN, ClientState, ServerInput, ServerState, server_to
 
@@ -100,14 +100,17 @@ class Lending:
         if isinstance(pool, Refusal):
             self._no_server(c, pool.message, pool.sqlstate)
         elif pool == WAIT_FOR_PRIMARY:
-            c.waiting_since = self.ctx.now
-            c.pool = None
-            self._role_waiters.append(c)
+            gen = self._wait_for_probe(c)
             assert c.user is not None
-            gen = c.wait_gen = c.wait_gen + 1
             self.ctx.at(
                 self.ctx.now + c.user.connect_timeout / 1000, lambda: self._role_timeout(c, gen)
             )
+        elif pool == WAIT_FOR_REPLAY:
+            # Read-your-writes: each probe retries it (retry_role_waiters); at the
+            # bound Routes sends it to the primary.
+            gen = self._wait_for_probe(c)
+            assert c.ryw_wait_until is not None
+            self.ctx.at(c.ryw_wait_until, lambda: self._replay_timeout(c, gen))
         else:
             self._no_server(c, pool)
         return None
@@ -477,6 +480,21 @@ class Lending:
         c.pool = None
         pending, c.pending = c.pending, []
         self.fail_requests(c, pending, ErrorResponse.build(sqlstate, message))
+
+    def _wait_for_probe(self, c: Client) -> int:
+        """Park ``c`` until the next probe answers (retry_role_waiters); its wait_gen."""
+        c.waiting_since = self.ctx.now
+        c.pool = None
+        self._role_waiters.append(c)
+        gen = c.wait_gen = c.wait_gen + 1
+        return gen
+
+    def _replay_timeout(self, c: Client, gen: int) -> None:
+        if c in self._role_waiters and c.wait_gen == gen:
+            self._role_waiters.remove(c)
+            if c.state is not C_CLOSED and c.server is None:
+                c.waiting_since = None
+                self.checkout(c)  # past its bound: the primary serves it
 
     def _role_timeout(self, c: Client, gen: int) -> None:
         if c in self._role_waiters and c.wait_gen == gen:

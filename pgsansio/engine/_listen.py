@@ -1,17 +1,20 @@
 """LISTEN/NOTIFY in transaction mode without pinning: one listener per (pool, user).
 
-The ``Listen`` part of the engine (the Context and Pools only). A client in
+The ``Listen`` part of the engine (the Context, Pools and Health only). A client in
 transaction mode that runs ``LISTEN`` would need its server for as long as it listens
 (PgBouncer and PgCat lose its notifications; pinning, :mod:`._pinning`, keeps a server
 per listening client). With ``listen_fanout`` (a pool key, on by default) we do what
 PgDog does instead:
 
 - One **listener connection** per (pool, user), to the primary of the first shard (a
-  NOTIFY runs on the primary; a standby cannot run one), logged in as that user, opened
-  when the first client listens. It LISTENs on the union of the channels its clients
-  listen on; ``UNLISTEN name``, ``UNLISTEN *`` and clients leaving shrink the union
-  (the listener sends the matching ``UNLISTEN``). It is not part of the pool and does
-  not count against ``pool_size``.
+  NOTIFY runs on the primary; a standby cannot run one; with ``role = "auto"`` the one
+  the probes found, and none while no primary is known), logged in as that user, opened
+  when the first client listens. It follows the configuration: a reload that changes
+  the pool (its addresses, database, credentials) moves it to the new primary at once,
+  and a lost listener connects to whichever server is the primary then. It LISTENs on
+  the union of the channels its clients listen on; ``UNLISTEN name``, ``UNLISTEN *``
+  and clients leaving shrink the union (the listener sends the matching ``UNLISTEN``).
+  It is not part of the pool and does not count against ``pool_size``.
 - A lone simple-query ``LISTEN x`` / ``UNLISTEN x|*`` from a client with no server is
   answered here, a ``LISTEN`` only once the listener has answered its own ``LISTEN x``
   (PostgreSQL's promise: what is committed after LISTEN returned is delivered); the
@@ -64,6 +67,7 @@ from ._states import C_CLOSED, C_READY, S_CLOSED, ServerInput, ServerState, serv
 
 if TYPE_CHECKING:
     from ._context import Context
+    from ._health import Health
     from ._lending import Lending
     from ._pooling import Pools
 
@@ -100,13 +104,15 @@ class Listener:
         "conn",
         "delivered",
         "failed",
+        "key",
         "lost",
         "pool",
         "server_has",
         "waiting",
     )
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, key: tuple[str, str], pool: Pool) -> None:
+        self.key = key  # (pool name, user): where a reload finds its pool again
         self.pool = pool
         self.conn: ServerConn | None = None
         self.channels: dict[str, dict[Client, None]] = {}  # channel -> clients, in order
@@ -122,9 +128,10 @@ class Listener:
 class Listen:
     """Owns the listener connections and who listens on what; see the module docstring."""
 
-    def __init__(self, ctx: Context, *, pools: Pools, lending: Lending) -> None:
+    def __init__(self, ctx: Context, *, pools: Pools, health: Health, lending: Lending) -> None:
         self.ctx = ctx
         self.pools = pools
+        self.health = health
         self.lending = lending
         self._listeners: dict[tuple[str, str], Listener] = {}
 
@@ -293,8 +300,44 @@ class Listen:
         key = (group.name, group.user.username)
         listener = self._listeners.get(key)
         if listener is None:
-            listener = self._listeners[key] = Listener(_primary_pool(group))
+            pool = self._primary(group) or group.pools[0][0]  # _connect looks again
+            listener = self._listeners[key] = Listener(key, pool)
         return listener
+
+    def _primary(self, group: PoolGroup) -> Pool | None:
+        """The pool of the first shard's primary (a NOTIFY can only run there): as
+        configured, or as probed for ``role = "auto"`` (None while no probe has found
+        one). A shard with no primary at all (replicas only) listens on its first."""
+        shard = group.pools[0]
+        for pool in shard:
+            if self.health.role(pool.address) == "primary":
+                return pool
+        if any(pool.address.role == "auto" for pool in shard):
+            return None
+        return shard[0]
+
+    def _target(self, listener: Listener) -> Pool | None:
+        """Where the listener should be connected now (None: nowhere yet)."""
+        group = self.pools.find_group(*listener.key)
+        return None if group is None else self._primary(group)
+
+    def follow(self) -> None:
+        """After a reload (or a change of primary): a listener whose pool changed or is
+        no longer the primary's moves to the one that is, LISTENing on every channel
+        again."""
+        for listener in self._listeners.values():
+            target = self._target(listener)
+            s = listener.conn
+            if target is None or target is listener.pool or s is None:
+                continue
+            self.ctx.log(
+                logging.WARNING,
+                f"listener for {self.ctx.where(s)} moves to {target.address.host}:"
+                f"{target.address.port} (the configuration or the primary changed)",
+            )
+            self.pools.close_server(s)
+            self.lost(s)
+            self._sync(listener)  # at once: nothing is wrong with the new server
 
     def _sync(self, listener: Listener) -> None:
         """Make the connection LISTEN on exactly the channels wanted (one query at a time)."""
@@ -321,7 +364,12 @@ class Listen:
         self.ctx.send_server(s, s.conn.send(Query(sql)))
 
     def _connect(self, listener: Listener) -> None:
-        pool = listener.pool
+        pool = self._target(listener)
+        if pool is None:
+            # No primary known yet (probes, or the pool was removed): try again soon.
+            self.ctx.at(self.ctx.now + RECONNECT_DELAY, lambda: self._sync(listener))
+            return
+        listener.pool = pool
         self.ctx.next_sid += 1
         s = ServerConn(self.ctx.next_sid, pool, pool.address, self.ctx.now, P_LISTEN)
         listener.conn = s
@@ -447,12 +495,3 @@ class Listen:
             f"in {RECONNECT_DELAY:g} s: notifications sent meanwhile may be missed",
         )
         self.ctx.at(self.ctx.now + RECONNECT_DELAY, lambda: self._sync(listener))
-
-
-def _primary_pool(group: PoolGroup) -> Pool:
-    """The pool of the first shard's primary (a NOTIFY can only run there)."""
-    shard = group.pools[0]
-    for pool in shard:
-        if pool.address.role == "primary":
-            return pool
-    return shard[0]

@@ -138,6 +138,7 @@ class Client:
         "refusal",
         "route_role",
         "ryw_lsn",
+        "ryw_wait_until",
         "ryw_wrote",
         "server",
         "settings",
@@ -230,9 +231,11 @@ class Client:
         self.listens: set[str] | None = None
         self.notes: list[NotificationResponse] | None = None
         # Read-your-writes (see _routing): its last write's transaction is ending; the
-        # WAL position its reads must wait for (None: none).
+        # WAL position its reads must wait for (None: none); until when its read waits
+        # for a probe to find a replica caught up (read_your_writes_wait_ms).
         self.ryw_wrote = False
         self.ryw_lsn: int | None = None
+        self.ryw_wait_until: float | None = None
         # The server was placed with no key and has run nothing yet: the statements
         # prepared on it since, so that a keyed Bind may move (see _shards.Unkeyed).
         self.unkeyed: Unkeyed | None = None

@@ -24,6 +24,11 @@ when a client with no server sends something (transaction mode) or logs in (sess
   tried. If every replica is banned they are unbanned (PgCat); if no replica is left
   (all lagging, say) reads go to the primary. A write with no primary known fails
   at once with 57P03.
+- **Read-your-writes** (``read_your_writes``): a client's reads after its own write
+  go only to replicas whose probed replay position has reached it, else to the
+  primary at once, or, with ``read_your_writes_wait_ms``, after waiting up to that long
+  for a probe round to find one (the client waits with the probe waiters in
+  :mod:`._lending`; its deadline is kept on the client, from the Context's time).
 - **The shard** is :class:`~._shards.Shards`' decision (PgCat's sharding: the
   automatic key, comments, ``SET SHARD``, ``default_shard``); Routes then picks the
   server within that shard.
@@ -63,9 +68,12 @@ if TYPE_CHECKING:
     from ._health import Health, Key
     from ._shards import Shards
 
-__all__ = ["WAIT_FOR_PRIMARY", "Refusal", "Routes"]  # Refusal: see ._shards
+__all__ = ["WAIT_FOR_PRIMARY", "WAIT_FOR_REPLAY", "Refusal", "Routes"]  # Refusal: see ._shards
 
 WAIT_FOR_PRIMARY = ""  # what route() says while no probe has answered yet
+# ... and while a read waits for a probe to find a replica that has replayed the
+# client's own write (read_your_writes_wait_ms); never a message for a client.
+WAIT_FOR_REPLAY = "\0replay"
 
 _TEXT_OID = 25
 _EXTENDED = (Parse, Bind, Describe, Execute, Close)
@@ -200,6 +208,8 @@ class Routes:
             return shard[0]
         want = self._wanted_role(c)
         candidates = self._candidates(c, shard, want)
+        if candidates is None:
+            return WAIT_FOR_REPLAY
         if (
             not candidates
             and want == "primary"
@@ -258,7 +268,9 @@ class Routes:
             parts.append(f"{k[0]}:{k[1]} {why}")
         return "; ".join(parts)
 
-    def _candidates(self, c: Client, shard: list[Pool], want: str) -> list[Pool]:
+    def _candidates(self, c: Client, shard: list[Pool], want: str) -> list[Pool] | None:
+        """The pools that may serve ``c``; None: a read that waits for a replica to
+        replay ``c``'s own write (read-your-writes with a wait bound)."""
         tried = c.tried or ()
         primary: list[Pool] = []
         replicas: list[Pool] = []
@@ -290,6 +302,8 @@ class Routes:
             ]
         if c.ryw_lsn is not None and replicas:
             replicas = self._caught_up(c, replicas)
+            if not replicas and want == "replica" and self._wait_for_replay(c):
+                return None
         if want == "any":
             return replicas + primary
         return replicas or primary  # no replica left: the primary serves the reads
@@ -302,7 +316,27 @@ class Routes:
         ready = [p for p in replicas if (self.health.replayed(_key(p)) or -1) >= lsn]
         if len(ready) == len(replicas):
             c.ryw_lsn = None
+        if ready:
+            c.ryw_wait_until = None
         return ready
+
+    def _wait_for_replay(self, c: Client) -> bool:
+        """Whether ``c``'s read, which no replica has caught up for, waits for a probe
+        rather than going to the primary now: only within ``read_your_writes_wait_ms``
+        of when it started waiting. Past the bound it goes to the primary, and the next
+        read that finds no replica waits afresh."""
+        assert c.group is not None
+        bound = c.group.cfg.read_your_writes_wait_ms
+        if not bound:
+            return False
+        now = self.ctx.now
+        if c.ryw_wait_until is None:
+            c.ryw_wait_until = now + bound / 1000
+            return True
+        if now < c.ryw_wait_until:
+            return True
+        c.ryw_wait_until = None
+        return False
 
     def _balance(self, c: Client, candidates: list[Pool], want: str) -> Pool:
         assert c.group is not None

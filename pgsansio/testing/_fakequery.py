@@ -470,6 +470,10 @@ class QueryMixin:
         elif e.kind == "func":
             args = [self._eval(a, params, sleep) for a in e.args]
             value = self._call(e.value or "", args, sleep)
+        elif e.kind == "case":
+            cond, then, other = e.args
+            taken = then if self._eval(cond, params, sleep) == "t" else other
+            value = self._eval(taken, params, sleep)
         else:
             raise SqlError("42601", f"{e.kind} is not allowed here")
         if value is not None and e.cast in (INT4, INT8):
@@ -486,8 +490,8 @@ class QueryMixin:
             return str(self.pid)
         if func == "pg_is_in_recovery":
             return "t" if self.db.in_recovery else "f"
-        if func in ("pg_current_wal_lsn", "pg_last_wal_replay_lsn"):
-            if (func == "pg_current_wal_lsn") == self.db.in_recovery:
+        if func in ("pg_current_wal_lsn", "pg_current_wal_insert_lsn", "pg_last_wal_replay_lsn"):
+            if (func != "pg_last_wal_replay_lsn") == self.db.in_recovery:
                 if self.db.in_recovery:
                     raise SqlError("55000", "recovery is in progress")
                 return None  # a primary that never was a standby has replayed nothing

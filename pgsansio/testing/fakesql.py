@@ -7,7 +7,8 @@ quoted identifiers, ``--`` and nested ``/* */`` comments, ``$n`` parameters,
 did ``str.split(";")`` would hide the bugs we are looking for.
 
 Statements (keywords are case-insensitive; ``expr`` is an integer, a string
-literal, ``$n``, ``NULL``, ``true``/``false``, ``pg_backend_pid()``,
+literal, ``$n``, ``NULL``, ``true``/``false``, ``CASE WHEN expr THEN expr ELSE expr
+END``, ``pg_backend_pid()``,
 ``pg_sleep(seconds)``, ``current_setting('name')``, ``pg_cancel_backend(expr)``,
 ``pg_terminate_backend(expr)``, each with an optional ``::type`` and ``AS alias``)::
 
@@ -339,6 +340,8 @@ class _Parser:
             e = Expr("const", None)
         elif tok.kind == "ident" and tok.text in ("true", "false"):
             e = Expr("const", tok.text[0], type_oid=BOOL, name="bool")
+        elif tok.kind == "ident" and tok.text == "case":
+            e = self.case()
         elif tok.kind == "ident" and self.accept("("):
             e = self.call(tok.text)
         else:
@@ -354,6 +357,20 @@ class _Parser:
             alias = self.name()
             e = Expr(e.kind, e.value, e.args, e.type_oid, e.cast, alias)
         return e
+
+    def case(self) -> Expr:
+        """``CASE WHEN cond THEN a ELSE b END`` (one WHEN; what read-your-writes'
+        WAL-position query needs). Only the branch taken is evaluated."""
+        self.expect("when")
+        cond = self.expr()
+        self.expect("then")
+        then = self.expr()
+        self.expect("else")
+        other = self.expr()
+        self.expect("end")
+        untyped = then.kind == "const" and then.value is None  # THEN NULL: ELSE's type
+        oid = other.type_oid if untyped else then.type_oid
+        return Expr("case", args=(cond, then, other), type_oid=oid, name="case")
 
     def call(self, func: str) -> Expr:
         args: list[Expr] = []
@@ -374,6 +391,7 @@ class _Parser:
             "generate_series": (2, INT4),
             "pg_is_in_recovery": (0, BOOL),
             "pg_current_wal_lsn": (0, TEXT),
+            "pg_current_wal_insert_lsn": (0, TEXT),
             "pg_last_wal_replay_lsn": (0, TEXT),
         }
         if func not in arity:
