@@ -357,3 +357,33 @@ def test_a_cancel_request_cancels_every_shard_s_part(fan: Cluster) -> None:
         assert time.monotonic() - started < 4
         assert len(outcome) == 1 and isinstance(outcome[0], psycopg.errors.QueryCanceled)
         assert conn.execute("SELECT count(*) FROM fdata").fetchone() == (9,)
+
+
+def test_admin_console_shows_a_pool_row_per_shard(fan: Cluster) -> None:
+    """SHOW POOLS: the pool's row, then one per shard named as SHOW DATABASES names it;
+    a client in a transaction on shard 1 counts there, with its server."""
+    with (
+        running(fan_config(fan), frontend="asyncio") as p,
+        psycopg.connect(p.dsn(USER), autocommit=True) as conn,
+        psycopg.connect(p.dsn("admin", "admin", dbname="pgbouncer"), autocommit=True) as admin,
+    ):
+        conn.execute("SET SHARD TO '1'")
+        conn.execute("BEGIN")
+        conn.execute("SELECT count(*) FROM fdata").fetchall()  # on shard 1, in a transaction
+        (name,) = fan_config(fan).pools
+        shards = [f"{name}_shard_{r}_primary" for r in range(SHARDS)]
+        databases = admin.execute("SHOW DATABASES").fetchall()
+        assert [(r[0], r[3]) for r in databases] == list(zip(shards, NAMES, strict=True))
+        cur = admin.execute("SHOW POOLS")
+        columns = [d.name for d in cur.description or ()]
+        pools = {(r[0], r[1]): dict(zip(columns, r, strict=True)) for r in cur.fetchall()}
+        assert sorted(pools) == sorted([(name, USER)] + [(s, USER) for s in shards])
+        assert pools[name, USER]["cl_active"] == 1 and pools[name, USER]["sv_active"] == 1
+        held = pools[shards[1], USER]
+        assert (held["cl_active"], held["sv_active"], held["pool_mode"]) == (1, 1, "transaction")
+        for other in (shards[0], shards[2]):
+            assert (pools[other, USER]["cl_active"], pools[other, USER]["sv_active"]) == (0, 0)
+        conn.execute("ROLLBACK")
+        pools = {r[0]: r for r in admin.execute("SHOW POOLS").fetchall()}
+        assert pools[shards[1]][columns.index("sv_idle")] == 1
+        assert pools[shards[1]][columns.index("cl_active")] == 0
