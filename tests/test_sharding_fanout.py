@@ -387,3 +387,86 @@ def test_admin_console_shows_a_pool_row_per_shard(fan: Cluster) -> None:
         pools = {r[0]: r for r in admin.execute("SHOW POOLS").fetchall()}
         assert pools[shards[1]][columns.index("sv_idle")] == 1
         assert pools[shards[1]][columns.index("cl_active")] == 0
+
+
+def _shard_ids(cluster: Cluster) -> list[list[int]]:
+    out = []
+    for name in NAMES:
+        with _connect(cluster, name) as direct:
+            out.append([row[0] for row in direct.execute("SELECT id FROM fdata ORDER BY id")])
+    return out
+
+
+def _by_shard(keys: list[int]) -> list[list[int]]:
+    return [sorted(k for k in keys if shard_for_key(k, SHARDS) == r) for r in range(SHARDS)]
+
+
+def test_copy_from_stdin_sends_each_row_to_its_shard(fan: Cluster) -> None:
+    """COPY FROM STDIN, text and CSV: each row lands on its key's shard (PostgreSQL
+    refuses a misplaced row), rows cut across CopyData messages, the client's tag the
+    total; a big row passes in pieces."""
+    load(fan, [])
+    keys = list(range(5000, 5200))
+    with (
+        running(fan_config(fan), frontend="asyncio") as p,
+        psycopg.connect(p.dsn(USER), autocommit=True) as conn,
+        conn.cursor() as cur,
+    ):
+        with cur.copy("COPY fdata (g, id, t) FROM STDIN") as copy:
+            data = "".join(f"{k % 7}\t{k}\tt\\t{k}\n" for k in keys[:100]).encode()
+            for i in range(0, len(data), 37):  # rows cut anywhere between messages
+                copy.write(data[i : i + 37])
+        assert cur.rowcount == 100
+        with cur.copy("COPY fdata (id, t) FROM STDIN WITH (FORMAT csv, HEADER)") as copy:
+            copy.write(b"id,t\n")
+            for k in keys[100:199]:
+                copy.write(f'"{k}","a,""b""\nc"\n'.encode())
+            copy.write(f"{keys[199]},{'x' * 1_500_000}".encode())  # no newline at the end
+        assert cur.rowcount == 100
+        assert _shard_ids(fan) == _by_shard(keys)
+        assert conn.execute("SELECT count(*), sum(length(t)) FROM fdata").fetchone() == (
+            200,
+            sum(len(f"t\t{k}") for k in keys[:100]) + 99 * len('a,"b"\nc') + 1_500_000,
+        )
+
+
+def test_a_copy_that_fails_anywhere_writes_nothing(fan: Cluster) -> None:
+    """A bad key, a shard refusing a row, or the client's CopyFail: every shard rolls
+    back, the client gets the error, and its session goes on."""
+    load(fan, [])
+    good = list(range(6000, 6030))
+    overflow = next(k for k in range(7000, 7100) if shard_for_key(k, SHARDS) == 2)
+    with (
+        running(fan_config(fan), frontend="asyncio") as p,
+        psycopg.connect(p.dsn(USER), autocommit=True) as conn,
+        conn.cursor() as cur,
+    ):
+        with (
+            pytest.raises(psycopg.errors.InvalidTextRepresentation, match='"abc"'),
+            cur.copy("COPY fdata (id) FROM STDIN") as copy,
+        ):
+            copy.write("".join(f"{k}\n" for k in good).encode())
+            copy.write(b"abc\n")
+            copy.write(b"6100\n")
+        with (
+            pytest.raises(psycopg.errors.NumericValueOutOfRange),
+            cur.copy("COPY fdata (id, n) FROM STDIN (FORMAT csv)") as copy,
+        ):
+            copy.write("".join(f"{k},1\n" for k in good).encode())
+            copy.write(f"{overflow},1e20\n".encode())
+        with (
+            pytest.raises(ZeroDivisionError),
+            cur.copy("COPY fdata (id) FROM STDIN") as copy,
+        ):
+            copy.write("".join(f"{k}\n" for k in good).encode())
+            1 / 0  # noqa: B018 (the client's CopyFail)
+        with (
+            pytest.raises(psycopg.errors.FeatureNotSupported, match="column list"),
+            cur.copy("COPY fdata FROM STDIN") as copy,
+        ):
+            copy.write(b"1\n")
+        assert _shard_ids(fan) == [[], [], []]
+        assert conn.execute("SELECT count(*) FROM fdata").fetchone() == (0,)
+        with cur.copy("COPY fdata (id) FROM STDIN") as copy:
+            copy.write("".join(f"{k}\n" for k in good).encode())
+        assert _shard_ids(fan) == _by_shard(good)
