@@ -470,3 +470,32 @@ def test_a_copy_that_fails_anywhere_writes_nothing(fan: Cluster) -> None:
         with cur.copy("COPY fdata (id) FROM STDIN") as copy:
             copy.write("".join(f"{k}\n" for k in good).encode())
         assert _shard_ids(fan) == _by_shard(good)
+
+
+def test_a_slow_shard_holds_the_copy_s_client_back(fan: Cluster) -> None:
+    """A shard that reads its COPY slowly (a trigger sleeps on each row) stops the
+    pooler reading the client, rather than the pooler buffering what the shard has
+    not taken."""
+    load(fan, [])
+    slow = NAMES[1]
+    fan.execute(
+        "CREATE FUNCTION nap() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN PERFORM pg_sleep(0.001); RETURN NEW; END $$; "
+        "CREATE TRIGGER nap BEFORE INSERT ON fdata FOR EACH ROW EXECUTE FUNCTION nap();",
+        dbname=slow,
+    )
+    keys = [k for k in range(20000, 24000) if shard_for_key(k, SHARDS) == 1][:800]
+    try:
+        with (
+            running(fan_config(fan), frontend="asyncio") as p,
+            psycopg.connect(p.dsn(USER), autocommit=True) as conn,
+            conn.cursor() as cur,
+        ):
+            with cur.copy("COPY fdata (id, t) FROM STDIN") as copy:
+                for k in keys:
+                    copy.write(f"{k}\t{'y' * 10_000}\n".encode())
+            assert cur.rowcount == len(keys)
+            assert p.engine.fanout.copy_holds > 0
+        assert _shard_ids(fan) == [[], sorted(keys), []]
+    finally:
+        fan.execute("DROP TRIGGER nap ON fdata; DROP FUNCTION nap();", dbname=slow)

@@ -60,7 +60,8 @@ one shard); PgDog merges cross-shard results. Decisions:
   be read (22P02, as PostgreSQL words it), a NULL key (22004), a shard's error or the
   client's CopyFail aborts every shard's COPY (CopyFail) and rolls back everywhere;
   the client's remaining CopyData is dropped and it gets the first error once it ends
-  its COPY (PostgreSQL answers at once; a client must end its COPY either way).
+  its COPY (PostgreSQL answers at once; a client must end its COPY either way). A
+  shard whose server reads slowly stops the client being read until it catches up.
 - **Meanwhile** the client's next requests wait; its cancel request cancels every
   leg (Login reaches them through ``Client.fanout``).
 """
@@ -101,7 +102,7 @@ from pgsansio.protocol import (
 )
 from pgsansio.sharding import shard_for_typed_key
 
-from ._effects import ReadServer, SendClient
+from ._effects import ReadClient, ReadServer, SendClient
 from ._objects import Client
 from ._states import C_CLOSED, ClientState
 
@@ -308,6 +309,7 @@ class CopyJob(InsertJob):
         self.code = 0  # the message being read, and the bytes of it still to come
         self.left = 0
         self.body = bytearray()  # a CopyFail's body (CopyData is fed as it comes)
+        self.held = False  # the client is not read: a shard reads slowly
 
 
 def _data_rows(data: bytes) -> list[list[Value]]:
@@ -359,6 +361,7 @@ class FanOut:
         self._parser_missing = False
         self._refusal: type | None = None
         self.jobs = 0  # running, for tests
+        self.copy_holds = 0  # times a slow shard stopped a COPY's client being read, for tests
 
     # --- starting ----------------------------------------------------------------
 
@@ -643,6 +646,23 @@ class FanOut:
         else:
             span = Span(bytes(event), [], [], 1)  # (a span holds no CopyData event)
         self._resume(leg, span)
+
+    def leg_writable(self, leg: Client) -> None:
+        """Backpressure for a split COPY: a shard whose server reads slowly stops the
+        client being read, until every shard's server reads again."""
+        conn = leg.conn
+        if not isinstance(conn, _LegConn) or not isinstance(conn.job, CopyJob):
+            return
+        job = conn.job
+        blocked = not job.over and any(x.server is not None and x.server.blocked for x in job.legs)
+        self._hold(job, blocked)
+
+    def _hold(self, job: CopyJob, held: bool) -> None:
+        if held == job.held or job.client.state is C_CLOSED:
+            return
+        job.held = held
+        self.copy_holds += held
+        self.ctx.out.append(ReadClient(job.client.cid, not held))
 
     def _leg(self, job: CrossShardJob | InsertJob, c: Client, shard: int, index: int) -> Client:
         """A leg of ``job`` on ``shard``: a client of our own with ``c``'s session."""
@@ -1143,6 +1163,8 @@ class FanOut:
         server: its query cancelled), and what the client sent meanwhile goes on."""
         job.over = True
         self.jobs -= 1
+        if isinstance(job, CopyJob):
+            self._hold(job, False)
         c = job.client
         if c.fanout is job:
             c.fanout = None
