@@ -449,6 +449,12 @@ def test_a_copy_that_fails_anywhere_writes_nothing(fan: Cluster) -> None:
             copy.write(b"abc\n")
             copy.write(b"6100\n")
         with (
+            pytest.raises(psycopg.errors.NullValueNotAllowed, match="NULL"),
+            cur.copy("COPY fdata (g, id) FROM STDIN (FORMAT csv)") as copy,
+        ):
+            copy.write("".join(f"1,{k}\n" for k in good).encode())
+            copy.write(b"2,\n")
+        with (
             pytest.raises(psycopg.errors.NumericValueOutOfRange),
             cur.copy("COPY fdata (id, n) FROM STDIN (FORMAT csv)") as copy,
         ):

@@ -631,6 +631,7 @@ class FanOut:
     def _copy_abort(self, job: CopyJob, message: str) -> None:
         """End every shard's open COPY with CopyFail (each rolls back after)."""
         self._to_legs(job, CopyFail(message))
+        self._recheck_hold(job)
 
     def _to_legs(self, job: CopyJob, event: Event) -> None:
         for i in range(len(job.legs)):
@@ -653,8 +654,16 @@ class FanOut:
         conn = leg.conn
         if not isinstance(conn, _LegConn) or not isinstance(conn.job, CopyJob):
             return
-        job = conn.job
-        blocked = not job.over and any(x.server is not None and x.server.blocked for x in job.legs)
+        self._recheck_hold(conn.job)
+
+    def _recheck_hold(self, job: CopyJob) -> None:
+        """Hold the client while a shard's server is blocked; never after an error (its
+        data is dropped then) or once a blocked server is gone (no writable comes)."""
+        blocked = (
+            not job.over
+            and job.error is None
+            and any(x.server is not None and x.server.blocked for x in job.legs)
+        )
         self._hold(job, blocked)
 
     def _hold(self, job: CopyJob, held: bool) -> None:
@@ -807,6 +816,8 @@ class FanOut:
             self._insert_step(job)
             if job.over:
                 return
+        if isinstance(job, CopyJob):
+            self._recheck_hold(job)
         self.ctx.at(self.ctx.now + _WATCH_SECONDS, lambda: self._watch(job))
 
     # --- the legs' answers -------------------------------------------------------
