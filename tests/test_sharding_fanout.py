@@ -330,6 +330,11 @@ def test_fan_out_on_every_frontend(fan: Cluster, pooler_frontend: str) -> None:
         ]
         conn.execute("INSERT INTO fdata (id) VALUES (10001), (10002), (10003), (10004)")
         assert conn.execute("SELECT max(id), count(*) FROM fdata").fetchone() == (10004, 9004)
+        with conn.cursor() as cur:
+            with cur.copy("COPY fdata (id) FROM STDIN") as copy:
+                copy.write("".join(f"{k}\n" for k in range(20001, 20301)).encode())
+            assert cur.rowcount == 300
+        assert conn.execute("SELECT max(id), count(*) FROM fdata").fetchone() == (20300, 9304)
 
 
 def test_a_cancel_request_cancels_every_shard_s_part(fan: Cluster) -> None:
