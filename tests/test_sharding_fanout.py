@@ -330,6 +330,11 @@ def test_fan_out_on_every_frontend(fan: Cluster, pooler_frontend: str) -> None:
         ]
         conn.execute("INSERT INTO fdata (id) VALUES (10001), (10002), (10003), (10004)")
         assert conn.execute("SELECT max(id), count(*) FROM fdata").fetchone() == (10004, 9004)
+        with conn.cursor() as cur:
+            with cur.copy("COPY fdata (id) FROM STDIN") as copy:
+                copy.write("".join(f"{k}\n" for k in range(20001, 20301)).encode())
+            assert cur.rowcount == 300
+        assert conn.execute("SELECT max(id), count(*) FROM fdata").fetchone() == (20300, 9304)
 
 
 def test_a_cancel_request_cancels_every_shard_s_part(fan: Cluster) -> None:
@@ -357,3 +362,151 @@ def test_a_cancel_request_cancels_every_shard_s_part(fan: Cluster) -> None:
         assert time.monotonic() - started < 4
         assert len(outcome) == 1 and isinstance(outcome[0], psycopg.errors.QueryCanceled)
         assert conn.execute("SELECT count(*) FROM fdata").fetchone() == (9,)
+
+
+def test_admin_console_shows_a_pool_row_per_shard(fan: Cluster) -> None:
+    """SHOW POOLS: the pool's row, then one per shard named as SHOW DATABASES names it;
+    a client in a transaction on shard 1 counts there, with its server."""
+    with (
+        running(fan_config(fan), frontend="asyncio") as p,
+        psycopg.connect(p.dsn(USER), autocommit=True) as conn,
+        psycopg.connect(p.dsn("admin", "admin", dbname="pgbouncer"), autocommit=True) as admin,
+    ):
+        conn.execute("SET SHARD TO '1'")
+        conn.execute("BEGIN")
+        conn.execute("SELECT count(*) FROM fdata").fetchall()  # on shard 1, in a transaction
+        (name,) = fan_config(fan).pools
+        shards = [f"{name}_shard_{r}_primary" for r in range(SHARDS)]
+        databases = admin.execute("SHOW DATABASES").fetchall()
+        assert [(r[0], r[3]) for r in databases] == list(zip(shards, NAMES, strict=True))
+        cur = admin.execute("SHOW POOLS")
+        columns = [d.name for d in cur.description or ()]
+        pools = {(r[0], r[1]): dict(zip(columns, r, strict=True)) for r in cur.fetchall()}
+        assert sorted(pools) == sorted([(name, USER)] + [(s, USER) for s in shards])
+        assert pools[name, USER]["cl_active"] == 1 and pools[name, USER]["sv_active"] == 1
+        held = pools[shards[1], USER]
+        assert (held["cl_active"], held["sv_active"], held["pool_mode"]) == (1, 1, "transaction")
+        for other in (shards[0], shards[2]):
+            assert (pools[other, USER]["cl_active"], pools[other, USER]["sv_active"]) == (0, 0)
+        conn.execute("ROLLBACK")
+        pools = {r[0]: r for r in admin.execute("SHOW POOLS").fetchall()}
+        assert pools[shards[1]][columns.index("sv_idle")] == 1
+        assert pools[shards[1]][columns.index("cl_active")] == 0
+
+
+def _shard_ids(cluster: Cluster) -> list[list[int]]:
+    out = []
+    for name in NAMES:
+        with _connect(cluster, name) as direct:
+            out.append([row[0] for row in direct.execute("SELECT id FROM fdata ORDER BY id")])
+    return out
+
+
+def _by_shard(keys: list[int]) -> list[list[int]]:
+    return [sorted(k for k in keys if shard_for_key(k, SHARDS) == r) for r in range(SHARDS)]
+
+
+def test_copy_from_stdin_sends_each_row_to_its_shard(fan: Cluster) -> None:
+    """COPY FROM STDIN, text and CSV: each row lands on its key's shard (PostgreSQL
+    refuses a misplaced row), rows cut across CopyData messages, the client's tag the
+    total; a big row passes in pieces."""
+    load(fan, [])
+    keys = list(range(5000, 5200))
+    with (
+        running(fan_config(fan), frontend="asyncio") as p,
+        psycopg.connect(p.dsn(USER), autocommit=True) as conn,
+        conn.cursor() as cur,
+    ):
+        with cur.copy("COPY fdata (g, id, t) FROM STDIN") as copy:
+            data = "".join(f"{k % 7}\t{k}\tt\\t{k}\n" for k in keys[:100]).encode()
+            for i in range(0, len(data), 37):  # rows cut anywhere between messages
+                copy.write(data[i : i + 37])
+        assert cur.rowcount == 100
+        with cur.copy("COPY fdata (id, t) FROM STDIN WITH (FORMAT csv, HEADER)") as copy:
+            copy.write(b"id,t\n")
+            for k in keys[100:199]:
+                copy.write(f'"{k}","a,""b""\nc"\n'.encode())
+            copy.write(f"{keys[199]},{'x' * 1_500_000}".encode())  # no newline at the end
+        assert cur.rowcount == 100
+        assert _shard_ids(fan) == _by_shard(keys)
+        assert conn.execute("SELECT count(*), sum(length(t)) FROM fdata").fetchone() == (
+            200,
+            sum(len(f"t\t{k}") for k in keys[:100]) + 99 * len('a,"b"\nc') + 1_500_000,
+        )
+
+
+def test_a_copy_that_fails_anywhere_writes_nothing(fan: Cluster) -> None:
+    """A bad key, a shard refusing a row, or the client's CopyFail: every shard rolls
+    back, the client gets the error, and its session goes on."""
+    load(fan, [])
+    good = list(range(6000, 6030))
+    overflow = next(k for k in range(7000, 7100) if shard_for_key(k, SHARDS) == 2)
+    with (
+        running(fan_config(fan), frontend="asyncio") as p,
+        psycopg.connect(p.dsn(USER), autocommit=True) as conn,
+        conn.cursor() as cur,
+    ):
+        with (
+            pytest.raises(psycopg.errors.InvalidTextRepresentation, match='"abc"'),
+            cur.copy("COPY fdata (id) FROM STDIN") as copy,
+        ):
+            copy.write("".join(f"{k}\n" for k in good).encode())
+            copy.write(b"abc\n")
+            copy.write(b"6100\n")
+        with (
+            pytest.raises(psycopg.errors.NullValueNotAllowed, match="NULL"),
+            cur.copy("COPY fdata (g, id) FROM STDIN (FORMAT csv)") as copy,
+        ):
+            copy.write("".join(f"1,{k}\n" for k in good).encode())
+            copy.write(b"2,\n")
+        with (
+            pytest.raises(psycopg.errors.NumericValueOutOfRange),
+            cur.copy("COPY fdata (id, n) FROM STDIN (FORMAT csv)") as copy,
+        ):
+            copy.write("".join(f"{k},1\n" for k in good).encode())
+            copy.write(f"{overflow},1e20\n".encode())
+        with (
+            pytest.raises(ZeroDivisionError),
+            cur.copy("COPY fdata (id) FROM STDIN") as copy,
+        ):
+            copy.write("".join(f"{k}\n" for k in good).encode())
+            1 / 0  # noqa: B018 (the client's CopyFail)
+        with (
+            pytest.raises(psycopg.errors.FeatureNotSupported, match="column list"),
+            cur.copy("COPY fdata FROM STDIN") as copy,
+        ):
+            copy.write(b"1\n")
+        assert _shard_ids(fan) == [[], [], []]
+        assert conn.execute("SELECT count(*) FROM fdata").fetchone() == (0,)
+        with cur.copy("COPY fdata (id) FROM STDIN") as copy:
+            copy.write("".join(f"{k}\n" for k in good).encode())
+        assert _shard_ids(fan) == _by_shard(good)
+
+
+def test_a_slow_shard_holds_the_copy_s_client_back(fan: Cluster) -> None:
+    """A shard that reads its COPY slowly (a trigger sleeps on each row) stops the
+    pooler reading the client, rather than the pooler buffering what the shard has
+    not taken."""
+    load(fan, [])
+    slow = NAMES[1]
+    fan.execute(
+        "CREATE FUNCTION nap() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN PERFORM pg_sleep(0.001); RETURN NEW; END $$; "
+        "CREATE TRIGGER nap BEFORE INSERT ON fdata FOR EACH ROW EXECUTE FUNCTION nap();",
+        dbname=slow,
+    )
+    keys = [k for k in range(20000, 24000) if shard_for_key(k, SHARDS) == 1][:800]
+    try:
+        with (
+            running(fan_config(fan), frontend="asyncio") as p,
+            psycopg.connect(p.dsn(USER), autocommit=True) as conn,
+            conn.cursor() as cur,
+        ):
+            with cur.copy("COPY fdata (id, t) FROM STDIN") as copy:
+                for k in keys:
+                    copy.write(f"{k}\t{'y' * 10_000}\n".encode())
+            assert cur.rowcount == len(keys)
+            assert p.engine.fanout.copy_holds > 0
+        assert _shard_ids(fan) == [[], sorted(keys), []]
+    finally:
+        fan.execute("DROP TRIGGER nap ON fdata; DROP FUNCTION nap();", dbname=slow)

@@ -386,6 +386,8 @@ class Engine:
         s = self.ctx.servers.get(sid)
         if s is not None:
             self.sessions.server_writable(s, writable)
+            if s.client is not None and s.client.cid < 0:  # a leg of a split COPY
+                self.fanout.leg_writable(s.client)
         return self.flush()
 
     def client_tls(self, cid: int, error: str | None, now: float) -> list[Effect]:

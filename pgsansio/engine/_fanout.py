@@ -49,6 +49,19 @@ one shard); PgDog merges cross-shard results. Decisions:
   everywhere if all inserted, else ``ROLLBACK`` everywhere and the first error. A
   COMMIT failing after another succeeded (no two-phase commit: PgDog uses one) is
   40003 naming the shards that committed: never a success for rows not written.
+- **COPY ... FROM STDIN** (text or CSV) into the table of ``automatic_sharding_key``,
+  naming the key column (:func:`pgsansio.routing.plan_copy`), is a :class:`CopyJob`:
+  ``BEGIN; COPY ...`` on every shard; once every shard is in copy mode the client
+  gets one CopyInResponse. Its CopyData is framed here (big messages arrive in
+  pieces), cut into rows (:class:`pgsansio.routing.CopyRows`; a row may span
+  messages) and each row sent to its key's shard. The client's CopyDone ends every
+  shard's COPY; then COMMIT or ROLLBACK everywhere as for the INSERT split (same
+  40003 story), the client's tag the sum of the shards' ``COPY n``. A key that cannot
+  be read (22P02, as PostgreSQL words it), a NULL key (22004), a shard's error or the
+  client's CopyFail aborts every shard's COPY (CopyFail) and rolls back everywhere;
+  the client's remaining CopyData is dropped and it gets the first error once it ends
+  its COPY (PostgreSQL answers at once; a client must end its COPY either way). A
+  shard whose server reads slowly stops the client being read until it catches up.
 - **Meanwhile** the client's next requests wait; its cancel request cancels every
   leg (Login reaches them through ``Client.fanout``).
 """
@@ -68,6 +81,10 @@ from pgsansio.protocol import (
     BindComplete,
     CommandComplete,
     Connection,
+    CopyData,
+    CopyDone,
+    CopyFail,
+    CopyInResponse,
     DataRow,
     Describe,
     ErrorResponse,
@@ -85,20 +102,20 @@ from pgsansio.protocol import (
 )
 from pgsansio.sharding import shard_for_typed_key
 
-from ._effects import ReadServer, SendClient
+from ._effects import ReadClient, ReadServer, SendClient
 from ._objects import Client
 from ._states import C_CLOSED, ClientState
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from pgsansio.routing import FanOutPlan, Unmergeable
+    from pgsansio.routing import CopyRows, FanOutPlan, Unmergeable
 
     from ._context import Context
     from ._lending import Lending
     from ._shards import Shards
 
-__all__ = ["CrossShardJob", "FanOut", "InsertJob"]
+__all__ = ["CopyJob", "CrossShardJob", "FanOut", "InsertJob"]
 
 _PAUSE_ROWS = 1000
 _WATCH_SECONDS = 1.0
@@ -255,6 +272,8 @@ class CrossShardJob:
 class InsertJob:
     """One multi-row INSERT split across shards (see FanOut._split_insert)."""
 
+    what = "INSERT"
+
     def __init__(self, owner: FanOut, client: Client, shards: list[int]) -> None:
         self.owner = owner
         self.client = client
@@ -273,6 +292,24 @@ class InsertJob:
     @property
     def finished(self) -> list[bool]:
         return self.answered
+
+
+class CopyJob(InsertJob):
+    """One COPY FROM STDIN split across every shard (see FanOut._split_copy)."""
+
+    what = "COPY"
+
+    def __init__(self, owner: FanOut, client: Client, shards: list[int], rows: CopyRows) -> None:
+        super().__init__(owner, client, shards)
+        self.rows = rows
+        self.copying = True  # the client's COPY is not over (CopyDone or CopyFail)
+        self.in_copy = [False] * len(shards)  # the shard's COPY is open
+        self.started = False  # the client got its CopyInResponse
+        self.head = b""  # a message header in pieces
+        self.code = 0  # the message being read, and the bytes of it still to come
+        self.left = 0
+        self.body = bytearray()  # a CopyFail's body (CopyData is fed as it comes)
+        self.held = False  # the client is not read: a shard reads slowly
 
 
 def _data_rows(data: bytes) -> list[list[Value]]:
@@ -324,6 +361,7 @@ class FanOut:
         self._parser_missing = False
         self._refusal: type | None = None
         self.jobs = 0  # running, for tests
+        self.copy_holds = 0  # times a slow shard stopped a COPY's client being read, for tests
 
     # --- starting ----------------------------------------------------------------
 
@@ -344,10 +382,12 @@ class FanOut:
         if request is None:
             return False
         sql, leg_events, answers = request
+        pending = [(span.data, events, span.offsets)]
+        if answers is None and self._split_copy(c, sql, pending):
+            return True
         plan = self._plan(sql)
         if plan is None:
             return False
-        pending = [(span.data, events, span.offsets)]
         if self.shards.keyed_shard(c, pending) is not None:
             return False  # the query names its shard
         if answers is None and self._split_insert(c, sql):
@@ -437,17 +477,201 @@ class FanOut:
                 return False  # a key not of the key's type: refused as a keyless write
             by_shard.setdefault(shard, []).append(row)
         job = InsertJob(self, c, sorted(by_shard))
+        self._begin_legs(job, [f"BEGIN; {split.sql(by_shard[shard])}" for shard in job.shards])
+        return True
+
+    def _begin_legs(self, job: InsertJob, sqls: list[str]) -> None:
+        """One leg per shard of ``job``, each sending its query; the job runs."""
+        c = job.client
         c.fanout = job
         self.jobs += 1
-        for shard in job.shards:
-            query = Query(f"BEGIN; {split.sql(by_shard[shard])}")
+        for shard, sql in zip(job.shards, sqls, strict=True):
+            query = Query(sql)
             leg = self._leg(job, c, shard, len(job.legs))
             leg.pending = [(bytes(query), [query], [0])]
         for leg in list(job.legs):
             if not job.over:
                 self.lending.checkout(leg)
         self._watch(job)
+
+    def _split_copy(
+        self, c: Client, sql: str, pending: list[tuple[bytes, list[Event], list[int]]]
+    ) -> bool:
+        """Run a COPY FROM STDIN into the sharded table as one COPY per shard, each
+        row sent to its key's shard, committed only once every shard has copied."""
+        group = c.group
+        assert group is not None
+        cfg = group.cfg
+        if cfg.automatic_sharding_key is None or self._plan(sql) is None:
+            return False  # (_plan: None also when the parser is missing)
+        from pgsansio.routing import CopyRows, plan_copy  # noqa: PLC0415 (optional extra)
+
+        plan = plan_copy(sql, cfg.automatic_sharding_key)
+        if plan is None:
+            return False
+        if isinstance(plan, str):
+            self.lending.fail_requests(c, pending, ErrorResponse.build("0A000", plan))
+            return True
+        if self.shards.keyed_shard(c, pending) is not None:
+            return False  # a comment names the shard: all of it goes there
+        n = len(group.pools)
+        job = CopyJob(self, c, list(range(n)), CopyRows(plan))
+        self._begin_legs(job, [f"BEGIN; {sql}"] * n)
         return True
+
+    def _copy_events(self, job: CopyJob, i: int, events: list[Event]) -> bool:
+        """A shard's COPY opened (CopyInResponse), or failed: once every shard has
+        answered, the client gets its CopyInResponse, or the error. False: not
+        handled here (the INSERT split's handling goes on)."""
+        for e in events:
+            if type(e) is CopyInResponse:
+                job.in_copy[i] = True
+            elif type(e) is ErrorResponse:
+                job.in_copy[i] = False
+        if not job.started and job.copying:
+            if not all(a or b for a, b in zip(job.in_copy, job.answered, strict=True)):
+                return False
+            if job.error is None and all(job.in_copy):
+                first = next(e for e in events if type(e) is CopyInResponse)
+                job.started = True
+                self._send(job, [first])
+                return True
+            job.copying = False  # a shard could not open its COPY: no copy at all
+            self._copy_abort(job, "a shard could not start its COPY")
+        return False
+
+    def _copy_in(self, job: CopyJob, data: bytes, events: list[Event], offsets: list[int]) -> None:
+        """The client's bytes during its COPY: framed here (a CopyData may come in
+        pieces), each CopyData fed to the row cutter; after CopyDone or CopyFail
+        what follows waits for the job like any request."""
+        pos = 0
+        size = len(data)
+        while pos < size and job.copying:
+            if job.left == 0:
+                need = 5 - len(job.head)
+                job.head += data[pos : pos + need]
+                pos += min(need, size - pos)
+                if len(job.head) < 5:
+                    break
+                job.code = job.head[0]
+                job.left = int.from_bytes(job.head[1:5], "big") - 4
+                job.head = b""
+                job.body.clear()
+                if job.left <= 0:
+                    job.left = 0
+                    self._copy_message(job)
+                continue
+            take = min(job.left, size - pos)
+            piece = data[pos : pos + take]
+            pos += take
+            job.left -= take
+            if job.code == 0x64:  # 'd'
+                self._copy_rows(job, *job.rows.feed(piece))
+            elif len(job.body) < 65536:
+                job.body += piece
+            if job.left == 0:
+                self._copy_message(job)
+        if pos < size:
+            rest = [(e, o - pos) for e, o in zip(events, offsets, strict=True) if o >= pos]
+            job.waiting.append(Span(data[pos:], [e for e, _ in rest], [o for _, o in rest]))
+        self._insert_step(job)
+
+    def _copy_message(self, job: CopyJob) -> None:
+        code = job.code
+        if code == 0x63:  # 'c' CopyDone
+            self._copy_rows(job, *job.rows.finish())
+            job.copying = False
+            if job.error is None:
+                self._to_legs(job, CopyDone())
+            else:
+                self._copy_abort(job, "the COPY failed on another shard")
+        elif code == 0x66:  # 'f' CopyFail
+            job.copying = False
+            message = bytes(job.body).split(b"\0", 1)[0].decode("utf-8", "replace")
+            self._copy_abort(job, message)
+        # Flush and Sync are ignored in copy mode, as PostgreSQL ignores them.
+
+    def _copy_rows(
+        self, job: CopyJob, header: bytes | None, rows: list[tuple[str | None, bytes]]
+    ) -> None:
+        """Each row to its key's shard (the header to every shard), one CopyData per
+        shard; a key that cannot be hashed aborts the COPY."""
+        if job.error is not None:
+            return
+        cfg = job.client.group.cfg if job.client.group is not None else None
+        if cfg is None:
+            return
+        n = len(job.legs)
+        out: list[list[bytes]] = [[header] if header else [] for _ in range(n)]
+        for key, row in rows:
+            if key is None:
+                error = ErrorResponse.build(
+                    "22004",
+                    f"a COPY row's sharding key ({cfg.automatic_sharding_key}) is NULL: "
+                    "it belongs to no shard",
+                )
+                return self._copy_fail(job, error)
+            shard = shard_for_typed_key(key, n, cfg.sharding_function, cfg.sharding_key_type)
+            if shard is None:
+                error = ErrorResponse.build(
+                    "22P02", f'invalid input syntax for type {cfg.sharding_key_type}: "{key}"'
+                )
+                return self._copy_fail(job, error)
+            out[shard].append(row)
+        for i, chunks in enumerate(out):
+            if chunks:
+                self._to_leg(job, i, CopyData(b"".join(chunks)))
+        return None
+
+    def _copy_fail(self, job: CopyJob, error: ErrorResponse) -> None:
+        if job.error is None:
+            job.error = error
+        self._copy_abort(job, error.message or "the COPY failed")
+
+    def _copy_abort(self, job: CopyJob, message: str) -> None:
+        """End every shard's open COPY with CopyFail (each rolls back after)."""
+        self._to_legs(job, CopyFail(message))
+        self._recheck_hold(job)
+
+    def _to_legs(self, job: CopyJob, event: Event) -> None:
+        for i in range(len(job.legs)):
+            self._to_leg(job, i, event)
+
+    def _to_leg(self, job: CopyJob, i: int, event: Event) -> None:
+        leg = job.legs[i]
+        if not job.in_copy[i] or leg.server is None or leg.state is C_CLOSED:
+            return
+        if type(event) is not CopyData:
+            job.in_copy[i] = False
+            span = Span(bytes(event), [event], [0])
+        else:
+            span = Span(bytes(event), [], [], 1)  # (a span holds no CopyData event)
+        self._resume(leg, span)
+
+    def leg_writable(self, leg: Client) -> None:
+        """Backpressure for a split COPY: a shard whose server reads slowly stops the
+        client being read, until every shard's server reads again."""
+        conn = leg.conn
+        if not isinstance(conn, _LegConn) or not isinstance(conn.job, CopyJob):
+            return
+        self._recheck_hold(conn.job)
+
+    def _recheck_hold(self, job: CopyJob) -> None:
+        """Hold the client while a shard's server is blocked; never after an error (its
+        data is dropped then) or once a blocked server is gone (no writable comes)."""
+        blocked = (
+            not job.over
+            and job.error is None
+            and any(x.server is not None and x.server.blocked for x in job.legs)
+        )
+        self._hold(job, blocked)
+
+    def _hold(self, job: CopyJob, held: bool) -> None:
+        if held == job.held or job.client.state is C_CLOSED:
+            return
+        job.held = held
+        self.copy_holds += held
+        self.ctx.out.append(ReadClient(job.client.cid, not held))
 
     def _leg(self, job: CrossShardJob | InsertJob, c: Client, shard: int, index: int) -> Client:
         """A leg of ``job`` on ``shard``: a client of our own with ``c``'s session."""
@@ -469,13 +693,13 @@ class FanOut:
         return leg
 
     def _insert_events(self, job: InsertJob, i: int, events: list[Event]) -> None:
-        """A leg of a split INSERT answered: BEGIN and INSERT, then COMMIT or ROLLBACK
-        once every leg has (see the module docstring)."""
+        """A leg of a split INSERT (or COPY) answered: BEGIN and INSERT, then COMMIT or
+        ROLLBACK once every leg has (see the module docstring)."""
         for e in events:
             t = type(e)
             if t is CommandComplete:
                 assert isinstance(e, CommandComplete)
-                if e.tag.startswith("INSERT"):
+                if e.tag.startswith(job.what):
                     job.inserted += int(e.tag.rsplit(" ", 1)[-1])
                 elif e.tag == "COMMIT":
                     job.committed.append(job.shards[i])
@@ -494,10 +718,14 @@ class FanOut:
                     job.error = ErrorResponse.build(
                         "XX000", "the shard did not open the transaction"
                     )
+        if isinstance(job, CopyJob):
+            if job.error is not None and job.copying:
+                self._copy_abort(job, "the COPY failed on another shard")
+            self._copy_events(job, i, events)
         self._insert_step(job)
 
     def _insert_step(self, job: InsertJob) -> None:
-        if job.over or not all(job.answered):
+        if job.over or not all(job.answered) or (isinstance(job, CopyJob) and job.copying):
             return
         if job.client.state is C_CLOSED:
             self._end(job)
@@ -522,12 +750,15 @@ class FanOut:
                 job,
                 ErrorResponse.build(
                     "40003",
-                    f"the INSERT was split across shards and only partly committed: "
+                    f"the {job.what} was split across shards and only partly committed: "
                     f"committed on shard(s) {committed}, not on {failed}",
                 ),
             )
         else:
-            self._send(job, [CommandComplete(f"INSERT 0 {job.inserted}"), ReadyForQuery("I")])
+            tag = (
+                f"COPY {job.inserted}" if isinstance(job, CopyJob) else f"INSERT 0 {job.inserted}"
+            )
+            self._send(job, [CommandComplete(tag), ReadyForQuery("I")])
             self._end(job)
 
     def _plan(self, sql: str) -> FanOutPlan | Unmergeable | None:
@@ -585,6 +816,8 @@ class FanOut:
             self._insert_step(job)
             if job.over:
                 return
+        if isinstance(job, CopyJob):
+            self._recheck_hold(job)
         self.ctx.at(self.ctx.now + _WATCH_SECONDS, lambda: self._watch(job))
 
     # --- the legs' answers -------------------------------------------------------
@@ -941,6 +1174,8 @@ class FanOut:
         server: its query cancelled), and what the client sent meanwhile goes on."""
         job.over = True
         self.jobs -= 1
+        if isinstance(job, CopyJob):
+            self._hold(job, False)
         c = job.client
         if c.fanout is job:
             c.fanout = None
@@ -960,6 +1195,9 @@ class FanOut:
         """``span`` arrived while ``c``'s cross-shard query runs: it waits for it."""
         job = c.fanout
         assert job is not None
+        if isinstance(job, CopyJob) and job.copying and not job.waiting:
+            self._copy_in(job, span.data, span.events, span.offsets)
+            return
         job.waiting.append(span)
 
     def client_writable(self, c: Client) -> None:

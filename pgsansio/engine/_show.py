@@ -7,10 +7,11 @@ for the console's rules (column types, ``connect_time`` as an age, row naming).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from pgsansio import __version__
+from pgsansio.config.model import PoolConfig, ServerAddress
 from pgsansio.protocol import (
     CommandComplete,
     DataRow,
@@ -38,6 +39,10 @@ TEXT, INT8, NUMERIC = 25, 20, 1700
 Columns = Sequence[tuple[str, int]]
 Row = Sequence[object]
 
+_POOL_COUNTS = (
+    *("cl_idle", "cl_active", "cl_waiting", "sv_active", "sv_idle", "sv_used", "sv_tested"),
+    *("sv_login", "maxwait", "maxwait_us", "cl_pinned"),
+)
 _NOT_SECRET = ("admin_username", "auth_query_user")
 _RESTART_ONLY = frozenset({"host", "port", "worker_threads"})
 
@@ -176,18 +181,7 @@ class Show:
         rows: list[Row] = []
         for name, pool_cfg in self.ctx.config.pools.items():
             users = list(pool_cfg.users.values())
-            addresses = [(sh.index, a) for sh in pool_cfg.shards for a in sh.servers]
-            single = len(addresses) == 1
-            replica_index: dict[int, int] = {}
-            for shard_index, a in addresses:
-                if single:
-                    row_name = name
-                elif self.health.role(a) == "primary":
-                    row_name = f"{name}_shard_{shard_index}_primary"
-                else:
-                    i = replica_index.get(shard_index, 0)
-                    replica_index[shard_index] = i + 1
-                    row_name = f"{name}_shard_{shard_index}_replica_{i}"
+            for (shard_index, a), row_name in self.address_names(pool_cfg).items():
                 current = sum(
                     len(p.servers)
                     for g in self.pools.groups.values()
@@ -238,25 +232,31 @@ class Show:
         )
         self.rows(c, columns, rows)
 
+    def address_names(self, pool_cfg: PoolConfig) -> dict[tuple[int, ServerAddress], str]:
+        """PgCat's name for each (shard, address) of a pool: ``<pool>_shard_<n>_primary``
+        or ``_replica_<i>``; a pool of one address keeps its own name."""
+        addresses = [(sh.index, a) for sh in pool_cfg.shards for a in sh.servers]
+        if len(addresses) == 1:
+            return {addresses[0]: pool_cfg.name}
+        names: dict[tuple[int, ServerAddress], str] = {}
+        replica_index: dict[int, int] = {}
+        for shard_index, a in addresses:
+            if self.health.role(a) == "primary":
+                names[shard_index, a] = f"{pool_cfg.name}_shard_{shard_index}_primary"
+            else:
+                i = replica_index.get(shard_index, 0)
+                replica_index[shard_index] = i + 1
+                names[shard_index, a] = f"{pool_cfg.name}_shard_{shard_index}_replica_{i}"
+        return names
+
     def pool_rows(self) -> list[tuple[str, str, dict[str, int], str, str]]:
         """Per (database, user): the SHOW POOLS counts (shared with /metrics)."""
         counts: dict[tuple[str, str], dict[str, int]] = {}
         oldest: dict[tuple[str, str], float] = {}
         for key, g in self.pools.groups.items():
-            n = counts[key] = dict.fromkeys(
-                ("cl_idle", "cl_active", "cl_waiting", "sv_active", "sv_idle", "sv_used"), 0
-            ) | dict.fromkeys(("sv_tested", "sv_login", "maxwait", "maxwait_us", "cl_pinned"), 0)
+            n = counts[key] = dict.fromkeys(_POOL_COUNTS, 0)
             for p in g.all_pools():
-                for s in p.servers:
-                    state = s.state
-                    if state is ServerState.ACTIVE:
-                        n["sv_active"] += 1
-                    elif state is ServerState.IDLE:
-                        n["sv_idle"] += 1
-                    elif state is ServerState.INTERNAL:
-                        n["sv_tested"] += 1
-                    elif state in (ServerState.CONNECTING, ServerState.LOGIN):
-                        n["sv_login"] += 1
+                _count_servers(n, p.servers)
         for x in self.ctx.clients.values():
             if x.group is None or x.admin:
                 continue
@@ -281,6 +281,33 @@ class Show:
             for key, g in self.pools.groups.items()
         ]
 
+    def shard_pool_rows(self) -> list[tuple[str, str, dict[str, int], str, str]]:
+        """One row per (shard, address) of each pool with more than one address, as PgCat
+        lists them, named as SHOW DATABASES names them. A client counts on the address
+        whose server it holds (a cross-shard query's legs count as one client on each
+        shard), or waits on; an idle client holds no shard and shows only in its pool's
+        row, so the shard rows add up to the pool row's servers, not its clients."""
+        out: list[tuple[str, str, dict[str, int], str, str]] = []
+        for g in self.pools.groups.values():
+            names = self.address_names(g.cfg)
+            if len(names) == 1:
+                continue
+            for p in g.all_pools():
+                name = names.get((p.shard, p.address))
+                if name is None:  # an address a reload is removing
+                    continue
+                n = dict.fromkeys(_POOL_COUNTS, 0)
+                _count_servers(n, p.servers)
+                holders = {s.client for s in p.servers if s.client is not None}
+                n["cl_active"] = len(holders)
+                n["cl_pinned"] = sum(1 for x in holders if x.pin is not None and x.pin.pinned)
+                n["cl_waiting"] = len(p.waiters)
+                since = [x.waiting_since for x in p.waiters if x.waiting_since is not None]
+                if since:
+                    n["maxwait"], n["maxwait_us"] = _wait(self.ctx.now, min(since))
+                out.append((name, g.user.username, n, g.user.pool_mode, g.cfg.load_balancing_mode))
+        return out
+
     def _show_pools(self, c: Client) -> None:
         rows = [
             (
@@ -303,7 +330,7 @@ class Show:
                 balance,
                 n["cl_pinned"],
             )
-            for db, user, n, mode, balance in self.pool_rows()
+            for db, user, n, mode, balance in self.pool_rows() + self.shard_pool_rows()
         ]
         columns = (
             ("database", TEXT),
@@ -640,6 +667,19 @@ _EMPTY_VIEWS: dict[str, Columns] = {
         )
     ),
 }
+
+
+def _count_servers(n: dict[str, int], servers: Iterable[ServerConn]) -> None:
+    for s in servers:
+        state = s.state
+        if state is ServerState.ACTIVE:
+            n["sv_active"] += 1
+        elif state is ServerState.IDLE:
+            n["sv_idle"] += 1
+        elif state is ServerState.INTERNAL:
+            n["sv_tested"] += 1
+        elif state in (ServerState.CONNECTING, ServerState.LOGIN):
+            n["sv_login"] += 1
 
 
 def _text(value: object) -> str:

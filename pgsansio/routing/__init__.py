@@ -21,6 +21,7 @@ from __future__ import annotations
 from ._router import Decision, Router
 
 # isort: split
+from ._copy import CopyPlan, CopyRows, plan_copy
 from ._fanout import (
     Aggregate,
     FanOutPlan,
@@ -35,6 +36,8 @@ from ._keys import NO_KEYS, KeyFinder, ShardKeys, find_keys
 __all__ = [
     "NO_KEYS",
     "Aggregate",
+    "CopyPlan",
+    "CopyRows",
     "Decision",
     "FanOutPlan",
     "InsertSplit",
@@ -44,6 +47,7 @@ __all__ = [
     "SortKey",
     "Unmergeable",
     "find_keys",
+    "plan_copy",
     "plan_fan_out",
     "split_insert",
 ]

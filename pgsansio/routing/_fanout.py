@@ -490,19 +490,22 @@ class InsertSplit:
             select.valuesLists = self._rows
 
 
+def one_statement(sql: str) -> ast.Node | None:
+    """The statement of ``sql`` if it is one that parses; else None."""
+    try:
+        stmts = parse_sql(sql)
+    except ParseError:
+        return None
+    return stmts[0].stmt if len(stmts) == 1 else None
+
+
 def split_insert(sql: str, key: str) -> InsertSplit | None:
     """The rows of ``sql`` by key, if it is one INSERT ... VALUES of several rows into
     the table of ``key`` (``table.column`` or ``*.column``, automatic_sharding_key's
     form), naming the column, each row's key a literal; else None. RETURNING and
     WITH are not split (their answers would have to be merged)."""
     table, _, column = key.rpartition(".")
-    try:
-        stmts = parse_sql(sql)
-    except ParseError:
-        return None
-    if len(stmts) != 1:
-        return None
-    stmt = stmts[0].stmt
+    stmt = one_statement(sql)
     if not isinstance(stmt, ast.InsertStmt) or stmt.withClause or stmt.returningClause:
         return None
     if table not in ("*", stmt.relation.relname):
