@@ -11,6 +11,8 @@ examples); ``make fanout-soak`` runs 300 (``FANOUT_EXAMPLES``).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +24,7 @@ import psycopg
 import pytest
 from _pooler import make_config, running
 from _shard_databases import create_partitioned, drop_shards
+from _wire import error_fields, login, message, query, read_messages
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -56,8 +59,8 @@ def fan(pg15: Cluster) -> Iterator[Cluster]:
     drop_shards(pg15, (*NAMES, WHOLE))
 
 
-def fan_config(cluster: Cluster) -> Config:
-    base = make_config(cluster, users=(USER,))
+def fan_config(cluster: Cluster, auth_type: str = "md5") -> Config:
+    base = make_config(cluster, users=(USER,), auth_type=auth_type)
     (pool,) = base.pools.values()
     server = (ServerAddress("127.0.0.1", cluster.port, "primary"),)
     pool = replace(
@@ -510,3 +513,57 @@ def test_a_slow_shard_holds_the_copy_s_client_back(fan: Cluster) -> None:
         assert _shard_ids(fan) == [[], sorted(keys), []]
     finally:
         fan.execute("DROP TRIGGER nap ON fdata; DROP FUNCTION nap();", dbname=slow)
+
+
+_DIES_MID_COPY = """
+import os, sys
+import psycopg
+conn = psycopg.connect(sys.argv[1], autocommit=True)
+with conn.cursor() as cur, cur.copy("COPY fdata (id, t) FROM STDIN") as copy:
+    copy.write("".join(f"{k}\\tx\\n" for k in range(8000, 8100)).encode())
+    conn.pgconn.flush()
+    os._exit(0)  # the client's process dies mid-COPY: the kernel closes its socket
+"""
+
+
+def test_a_client_that_dies_mid_copy_writes_nothing(fan: Cluster) -> None:
+    """A client gone in the middle of a split COPY: every shard rolls back, and the
+    shards' servers serve the next COPY (none is left in copy-in mode)."""
+    load(fan, [])
+    keys = list(range(9000, 9060))
+    with running(fan_config(fan), frontend="asyncio") as p:
+        died = subprocess.run(
+            [sys.executable, "-c", _DIES_MID_COPY, p.dsn(USER)], timeout=30, check=False
+        )
+        assert died.returncode == 0
+        with psycopg.connect(p.dsn(USER), autocommit=True) as conn, conn.cursor() as cur:
+            for _ in range(3):  # as many COPYs as there are servers per shard, and more
+                with cur.copy("COPY fdata (id, t) FROM STDIN") as copy:
+                    copy.write("".join(f"{k}\ty\n" for k in keys[:20]).encode())
+                assert cur.rowcount == 20
+                keys = keys[20:]
+        assert _shard_ids(fan) == _by_shard(list(range(9000, 9060)))
+
+
+def test_a_message_other_than_copy_data_ends_a_split_copy(fan: Cluster) -> None:
+    """A Query in the middle of a split COPY gets PostgreSQL's 08P01, nothing is
+    written, and the session answers what follows (raw protocol: drivers never do it)."""
+    load(fan, [])
+    config = fan_config(fan, auth_type="trust")
+    (database,) = config.pools
+    with running(config, frontend="asyncio") as p:
+        sock = login(p.port, USER, database)
+        try:
+            sock.sendall(query("COPY fdata (id, t) FROM STDIN"))
+            assert read_messages(sock, until=b"G")[-1][:1] == b"G"
+            rows = "".join(f"{k}\tz\n" for k in range(9100, 9130)).encode()
+            sock.sendall(message(b"d", rows) + query("SELECT 1") + query("SELECT 2"))
+            answers = read_messages(sock) + read_messages(sock)
+            kinds = [m[:1] for m in answers]
+            assert kinds == [b"E", b"Z", b"T", b"D", b"C", b"Z"], kinds
+            fields = error_fields(answers[0])
+            assert fields["C"] == "08P01", fields
+            assert "unexpected message type 0x51 during COPY" in fields["M"]
+        finally:
+            sock.close()
+    assert _shard_ids(fan) == [[] for _ in range(SHARDS)]

@@ -589,7 +589,12 @@ class FanOut:
             job.copying = False
             message = bytes(job.body).split(b"\0", 1)[0].decode("utf-8", "replace")
             self._copy_abort(job, message)
-        # Flush and Sync are ignored in copy mode, as PostgreSQL ignores them.
+        elif code not in (0x64, 0x48, 0x53):  # CopyData; Flush and Sync are ignored
+            # Anything else (a Query ...) ends the COPY with PostgreSQL's 08P01: dropped,
+            # it would leave the client waiting for an answer that never comes.
+            job.copying = False
+            error = f"unexpected message type 0x{code:02X} during COPY from stdin"
+            self._copy_fail(job, ErrorResponse.build("08P01", error))
 
     def _copy_rows(
         self, job: CopyJob, header: bytes | None, rows: list[tuple[str | None, bytes]]
