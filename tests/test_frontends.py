@@ -688,7 +688,7 @@ SSL_REQUEST = b"\x00\x00\x00\x08\x04\xd2\x16\x2f"  # what libpq sends before the
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A CA, a certificate for localhost and 127.0.0.1 signed by it, and files for both."""
-    trustme = pytest.importorskip("trustme")
+    trustme = pytest.importorskip("trustme", reason="trustme is a dev dependency (pgsansio[dev])")
     ca = trustme.CA()
     leaf = ca.issue_cert("localhost", "127.0.0.1")
     where = tmp_path_factory.mktemp("pki")
@@ -829,7 +829,7 @@ def test_start_tls_towards_a_server(frontend: str, pki: dict[str, Any], verify: 
 def test_an_unverifiable_server_certificate_fails_the_handshake(
     frontend: str, pki: dict[str, Any], tmp_path: pathlib.Path
 ) -> None:
-    trustme = pytest.importorskip("trustme")
+    trustme = pytest.importorskip("trustme", reason="trustme is a dev dependency (pgsansio[dev])")
     other_ca = tmp_path / "other-ca.pem"
     trustme.CA().cert_pem.write_to_path(str(other_ca))
 
@@ -1246,7 +1246,7 @@ LISTENING = {
 
 
 def test_run_end_to_end(pg15: Any, tmp_path: pathlib.Path, frontend: str) -> None:
-    psycopg = pytest.importorskip("psycopg")
+    psycopg = pytest.importorskip("psycopg", reason="psycopg is a dev dependency (pgsansio[dev])")
     from pgsansio.testing.cluster import TEST_DATABASE
 
     config = tmp_path / "pgcat.toml"
@@ -1279,7 +1279,7 @@ def test_run_end_to_end(pg15: Any, tmp_path: pathlib.Path, frontend: str) -> Non
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_demo_runs_and_cleans_up(tmp_path: pathlib.Path) -> None:
-    psycopg = pytest.importorskip("psycopg")
+    psycopg = pytest.importorskip("psycopg", reason="psycopg is a dev dependency (pgsansio[dev])")
     proc = subprocess.Popen(
         [sys.executable, "-m", "pgsansio", "demo", "--port", "0"],
         stdout=subprocess.PIPE,

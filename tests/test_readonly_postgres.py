@@ -174,7 +174,9 @@ def test_sqlalchemy_read_only_session_and_default_mode(pair: tuple[Cluster, Clus
     Once SQLAlchemy has set that option it resets it to False, not to unset, when the
     connection returns to its pool: psycopg then opens ``BEGIN READ WRITE``, a
     declaration the pooler follows (the primary)."""
-    sqlalchemy = pytest.importorskip("sqlalchemy")
+    sqlalchemy = pytest.importorskip(
+        "sqlalchemy", reason="SQLAlchemy is a dev dependency (pgsansio[dev])"
+    )
     from sqlalchemy import text
     from sqlalchemy.orm import Session
 

@@ -123,7 +123,7 @@ def test_asyncpg_statement_cache_is_routed_by_the_prepared_text(
 ) -> None:
     """asyncpg prepares every statement under a name and binds it later: each Bind
     goes where the text it was prepared with says."""
-    asyncpg = pytest.importorskip("asyncpg")
+    asyncpg = pytest.importorskip("asyncpg", reason="asyncpg is a dev dependency (pgsansio[dev])")
     primary, r1, r2 = trio
     pooler = _splitting(primary, (r1, r2))
     pooler.start()
