@@ -8,6 +8,7 @@ version of this world is tests/test_simulation.py.)
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Iterable
 from dataclasses import replace
@@ -857,14 +858,26 @@ def test_server_lifetime_closes_idle_servers_and_min_pool_size_refills() -> None
     assert rows(a.query("select 1")) == [("1",)]
 
 
-def test_a_bug_costs_one_client_not_the_pooler(monkeypatch: pytest.MonkeyPatch) -> None:
-    w = World(config(pool_size=2))
-    a, b = logged_in(w), logged_in(w)
+class FailingRandom(random.Random):
+    """A random source that fails, standing in for a bug deep inside a checkout.
 
-    def boom(*args: object) -> None:
+    The engine's parts are compiled classes in the compiled build, whose methods cannot
+    be replaced on an instance; the random source is an ordinary object they call.
+    """
+
+    def randrange(self, *args: object, **kw: object) -> int:
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(w.engine.lending, "checkout", boom)
+
+def test_a_bug_costs_one_client_not_the_pooler(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = config(pool_size=2)
+    # Two servers, so that each checkout picks one at random (Routes._balance).
+    servers = (ServerAddress("pg", 5432, "primary"), ServerAddress("pg2", 5432, "replica"))
+    w = World(
+        replace(cfg, pools={DB: replace(cfg.pools[DB], shards=(ShardConfig(0, DB, servers),))})
+    )
+    a, b = logged_in(w), logged_in(w)
+    monkeypatch.setattr(w.engine.ctx, "rng", FailingRandom())
     a.send(Query("select 1"))
     err = errors(a.events())[0]
     assert err.sqlstate == "XX000" and a.closed

@@ -229,7 +229,7 @@ class Admin:
             self.ctx.send_client(c, ReadyForQuery("I"))
             self.control.begin_shutdown(wait_for_clients=mode == "WAIT_FOR_CLIENTS")
             return None
-        action = self._ACTIONS.get(command)
+        action = _ACTIONS.get(command)
         if action is None:
             raise AdminError(
                 "42601", f'invalid command "{words[0]}"; SHOW HELP lists the commands'
@@ -364,19 +364,22 @@ class Admin:
         self.control.reload(c)
         return None
 
-    _ACTIONS: dict[str, Callable[[Admin, Client, str, list[str]], str | None]] = {
-        "PAUSE": _cmd_pause,
-        "RESUME": _cmd_resume,
-        "DISABLE": _cmd_disable,
-        "ENABLE": _cmd_disable,
-        "RECONNECT": _cmd_reconnect,
-        "WAIT_CLOSE": _cmd_wait_close,
-        "KILL": _cmd_kill,
-        "KILL_CLIENT": _cmd_kill_client,
-        "BAN": _cmd_ban,
-        "UNBAN": _cmd_ban,
-        "RELOAD": _cmd_reload,
-    }
+
+# Built after the class, not in its body: a class compiled with mypyc cannot name its
+# own methods while it is being built (docs/compiled.md).
+_ACTIONS: dict[str, Callable[[Admin, Client, str, list[str]], str | None]] = {
+    "PAUSE": Admin._cmd_pause,
+    "RESUME": Admin._cmd_resume,
+    "DISABLE": Admin._cmd_disable,
+    "ENABLE": Admin._cmd_disable,
+    "RECONNECT": Admin._cmd_reconnect,
+    "WAIT_CLOSE": Admin._cmd_wait_close,
+    "KILL": Admin._cmd_kill,
+    "KILL_CLIENT": Admin._cmd_kill_client,
+    "BAN": Admin._cmd_ban,
+    "UNBAN": Admin._cmd_ban,
+    "RELOAD": Admin._cmd_reload,
+}
 
 
 def _is_number(text: str) -> bool:

@@ -78,8 +78,10 @@ class Lending:
         health: Health,
         shards: Shards,
         router: Routes,
+        fast_lane: bool = True,
     ) -> None:
         self.ctx = ctx
+        self.fast_lane = fast_lane  # False: ready_server finds none (Engine(fast_lane=))
         self.pools = pools
         self.health = health
         self.shards = shards
@@ -513,7 +515,7 @@ class Lending:
     def ready_server(self, c: Client, group: PoolGroup) -> ServerConn | None:
         """The idle server checkout would give ``c`` at once and link without a word
         to it first (no health check, no SET to sync), or None."""
-        if self.ctx.life.pausing or group.removed:
+        if not self.fast_lane or self.ctx.life.pausing or group.removed:
             return None
         index = self.shards.fixed_shard(c)
         if index is None:

@@ -587,35 +587,42 @@ class Show:
 
     def run(self, item: str, c: Client) -> bool:
         """Answer ``SHOW item``; False if there is no such item."""
-        show = self._SHOW.get(item)
+        show = _SHOW.get(item)
         if show is None:
             return False
         show(self, c)
         return True
 
-    _SHOW: dict[str, Callable[[Show, Client], None]] = {
-        "HELP": _show_help,
-        "VERSION": _show_version,
-        "STATE": _show_state,
-        "CONFIG": _show_config,
-        "DATABASES": _show_databases,
-        "POOLS": _show_pools,
-        "CLIENTS": _show_clients,
-        "SERVERS": _show_servers,
-        "USERS": _show_users,
-        "LISTS": _show_lists,
-        "STATS": _show_stats,
-        "STATS_TOTALS": _show_stats_totals,
-        "STATS_AVERAGES": _show_stats_averages,
-        "TOTALS": _show_totals,
-        "BANS": _show_bans,
-        "SOCKETS": _show_sockets,
-        "ACTIVE_SOCKETS": _show_active_sockets,
-        **{
-            item: lambda self, c, item=item: self._show_empty(c, item)  # type: ignore[misc]
-            for item in ("FDS", "MEM", "DNS_HOSTS", "DNS_ZONES", "PEERS", "PEER_POOLS")
-        },
-    }
+
+def _empty_view(item: str) -> Callable[[Show, Client], None]:
+    return lambda show, c: show._show_empty(c, item)
+
+
+# Built after the class, not in its body: a class compiled with mypyc cannot name its
+# own methods while it is being built (docs/compiled.md).
+_SHOW: dict[str, Callable[[Show, Client], None]] = {
+    "HELP": Show._show_help,
+    "VERSION": Show._show_version,
+    "STATE": Show._show_state,
+    "CONFIG": Show._show_config,
+    "DATABASES": Show._show_databases,
+    "POOLS": Show._show_pools,
+    "CLIENTS": Show._show_clients,
+    "SERVERS": Show._show_servers,
+    "USERS": Show._show_users,
+    "LISTS": Show._show_lists,
+    "STATS": Show._show_stats,
+    "STATS_TOTALS": Show._show_stats_totals,
+    "STATS_AVERAGES": Show._show_stats_averages,
+    "TOTALS": Show._show_totals,
+    "BANS": Show._show_bans,
+    "SOCKETS": Show._show_sockets,
+    "ACTIVE_SOCKETS": Show._show_active_sockets,
+    **{
+        item: _empty_view(item)
+        for item in ("FDS", "MEM", "DNS_HOSTS", "DNS_ZONES", "PEERS", "PEER_POOLS")
+    },
+}
 
 
 _BUFFER_COLUMNS: Columns = tuple(

@@ -440,13 +440,13 @@ class Connection:
                     body = bytes(body)
                 try:
                     event = self._decode(code, body) if code == b"p" else readers[code](body)
-                except LocalProtocolError as exc:
+                except LocalProtocolError as bad:  # not ``exc``: compiled, one name, one type
                     # A body that does not parse, in a good frame: for the extended
                     # messages PostgreSQL answers ERROR and carries on (see
                     # MalformedMessage); anything else is fatal, as before.
                     if code not in skippable:
                         raise
-                    event = qe.MalformedMessage(code, body, str(exc))
+                    event = qe.MalformedMessage(code, body, str(bad))
                 process(event)
                 events.append(event)
                 offsets.append(pos - start)
