@@ -5,17 +5,23 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: test lint types unit coverage corpus fuzz bench-core bench bench-profile clean demo soak \
-	compiled test-compiled bench-core-compiled \
+	compiled test-compiled unit-compiled unit-pure compiled-suite bench-core-compiled \
 	dist dist-check docker-check pgbouncer-compare conformance conformance-corpus reliability fanout-soak
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	PGSANSIO_COMPILE=0 $(PY) -m pip install --quiet -e '.[dev]'  # pure: no stale .so in the tree
 	touch $(STAMP)
 
-## make test: lint, format check, types and the whole default test suite
-test: $(STAMP) lint types unit
+## make test: lint, format check, types and the whole default test suite, against the
+## compiled build (mypyc) and, for the protocol, engine and fast-lane tests, pure Python too.
+## Two at a time (2 cores): the pure-Python run beside the compile, then lint and types;
+## then the whole suite against the compiled build. ~12 min on 2 quiet cores.
+test: $(STAMP)
+	rm -f .coverage
+	$(MAKE) --no-print-directory -j2 --output-sync=target unit-pure compiled lint types PURE_REPORT=
+	$(MAKE) --no-print-directory compiled-suite
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pgsansio tests examples fuzz scripts bench
@@ -24,27 +30,56 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(VENV)/bin/mypy
 
-unit: $(STAMP)
-	$(PY) -m pytest -q --cov=pgsansio --cov-branch --cov-report=term:skip-covered $(PYTEST_ARGS)
-
-## make compiled: the mypyc build of the hot path (setup.py says which modules) in
-## build/compiled/lib, beside the source tree: the editable install stays pure Python,
-## and PYTHONSAFEPATH=1 PYTHONPATH=build/compiled/lib runs anything against the compiled
-## modules (PYTHONSAFEPATH keeps the source tree in the current directory off sys.path).
+## The tests that run against pure Python as well (the code setup.py compiles).
+PURE_TESTS ?= tests/test_events.py tests/test_state.py tests/test_connection.py \
+	tests/test_properties.py tests/test_corpus.py tests/test_auth.py tests/test_engine*.py \
+	tests/test_fastlane.py tests/test_simulation.py tests/test_compiled.py
 COMPILED := build/compiled
+## Run anything against make compiled's copy: PYTHONSAFEPATH keeps the source tree in
+## the current directory off sys.path (else `python -m` imports the .py files first), and
+## PGSANSIO_TEST_BUILD makes tests/conftest.py stop if the wrong build is imported.
+## Subprocesses (python -m pgsansio) inherit both variables.
+COMPILED_ENV = PYTHONSAFEPATH=1 PYTHONPATH=$(CURDIR)/$(COMPILED)/lib:$(CURDIR)
+
+## make unit: the tests without lint and types: the pure-Python run beside the compile,
+## then the whole suite compiled. Branch coverage adds the two runs up: coverage cannot
+## see inside compiled modules, so the pure run is what measures the protocol and the
+## engine; the compiled run measures the rest (frontends, config, CLI) in make compiled's
+## copy, which pyproject.toml's [tool.coverage.paths] counts as the source tree.
+unit: $(STAMP)
+	rm -f .coverage
+	$(MAKE) --no-print-directory -j2 --output-sync=target unit-pure compiled PURE_REPORT=
+	$(MAKE) --no-print-directory compiled-suite
+
+## make unit-pure: PURE_TESTS against pure Python, with branch coverage
+PURE_REPORT ?= term:skip-covered
+unit-pure: $(STAMP)
+	PGSANSIO_TEST_BUILD=pure $(PY) -m pytest -q --cov=pgsansio --cov-branch \
+		--cov-report=$(PURE_REPORT) $(PURE_TESTS) $(PYTEST_ARGS)
+
+## make unit-compiled: build, then the whole suite against the compiled build
+unit-compiled: compiled
+	$(MAKE) --no-print-directory compiled-suite
+
+compiled-suite:
+	$(COMPILED_ENV) PGSANSIO_TEST_BUILD=compiled $(PY) -m pytest -q -p no:cacheprovider \
+		--cov=$(CURDIR)/$(COMPILED)/lib/pgsansio --cov-branch --cov-append \
+		--cov-report=term:skip-covered $(PYTEST_ARGS)
+
+## make compiled: the mypyc build of the protocol core and the engine (setup.py says which
+## modules) in build/compiled/lib, beside the source tree: the editable install stays pure
+## Python. About 1.5 min of one core.
 compiled: $(STAMP)
 	rm -rf $(COMPILED)
 	PGSANSIO_COMPILE=1 $(PY) setup.py --quiet build_py --build-lib $(COMPILED)/lib \
 		build_ext --build-lib $(COMPILED)/lib --build-temp $(COMPILED)/temp
-	PYTHONSAFEPATH=1 PYTHONPATH=$(CURDIR)/$(COMPILED)/lib:$(CURDIR) $(PY) -c 'from pgsansio.cli import core_description as d; \
-		print("protocol core:", d()); assert d().startswith("compiled")'
+	$(COMPILED_ENV) $(PY) -c 'from pgsansio.cli import core_description as d; \
+		print("core:", d()); assert d().startswith("protocol and engine compiled")'
 
 ## make test-compiled: the protocol, engine and fast-lane tests against the compiled build
-COMPILED_TESTS ?= tests/test_events.py tests/test_state.py tests/test_connection.py \
-	tests/test_properties.py tests/test_corpus.py tests/test_auth.py tests/test_engine*.py \
-	tests/test_fastlane.py tests/test_simulation.py tests/test_ops_cli.py tests/test_compiled.py
 test-compiled: compiled
-	PYTHONSAFEPATH=1 PYTHONPATH=$(CURDIR)/$(COMPILED)/lib:$(CURDIR) $(PY) -m pytest -q -p no:cacheprovider $(COMPILED_TESTS) $(PYTEST_ARGS)
+	$(COMPILED_ENV) PGSANSIO_TEST_BUILD=compiled $(PY) -m pytest -q -p no:cacheprovider \
+		$(PURE_TESTS) tests/test_ops_cli.py $(PYTEST_ARGS)
 
 ## make coverage: branch coverage of the protocol package alone
 coverage: $(STAMP)
@@ -98,7 +133,7 @@ bench-core: $(STAMP)
 
 ## make bench-core-compiled: the same figures against the compiled build
 bench-core-compiled: compiled
-	PYTHONSAFEPATH=1 PYTHONPATH=$(CURDIR)/$(COMPILED)/lib:$(CURDIR) $(PY) -m pytest -q -p no:cacheprovider bench/ --benchmark-enable \
+	$(COMPILED_ENV) $(PY) -m pytest -q -p no:cacheprovider bench/ --benchmark-enable \
 		--benchmark-only --benchmark-columns=min,mean,ops
 
 ## make bench: pgbench through pgsansio (each frontend), PgBouncer and directly, in one

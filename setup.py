@@ -29,9 +29,13 @@ it unused, and ``--no-build-isolation`` builds with what the current environment
 will compile, but that needs an in-tree backend module beside this file for one
 saved download; not worth it.
 
-Compiling all of it takes a while (about 1.5-2 min of CPU at ``opt_level`` 3; each
-module is its own extension, so ``build_ext --parallel N`` spreads it over N cores).
-``PGSANSIO_OPT_LEVEL`` (0-3, default 3) trades speed of the result for build time.
+Compiling all of it takes about 1.5 min of one core (at ``opt_level`` 3): mypyc writes
+one C file for all the modules, so that they call each other directly. Separate
+extensions per module (``separate=True``, which ``build_ext --parallel`` can spread
+over cores) cost a third more CPU in all, since each carries its own copy of mypyc's
+runtime, and pay only with idle cores; ``make test`` keeps the second core busy with
+the pure-Python run instead (docs/compiled.md). ``PGSANSIO_OPT_LEVEL`` (0-3, default
+3) trades the speed of the result for build time.
 
 Which modules compile, and why the others do not (docs/compiled.md has the figures):
 
@@ -114,13 +118,13 @@ def _compiler_problem() -> str | None:
 
 def _ext_modules() -> list[object]:
     mode = _mode()
-    if mode == "pure":
-        _say("PGSANSIO_COMPILE=0: installing pure Python")
-        return []
     commands = set(sys.argv[1:])
     if not commands & BUILDING:
         if commands & {"editable_wheel", "develop"}:
             _say("editable install: pure Python (compiled modules would go stale)")
+        return []
+    if mode == "pure":
+        _say("PGSANSIO_COMPILE=0: installing pure Python")
         return []
     try:
         from mypyc.build import mypycify  # noqa: PLC0415 - only when compiling
@@ -148,10 +152,10 @@ def _ext_modules() -> list[object]:
     try:
         return list(
             mypycify(
-                COMPILED,
+                # its own mypy cache: `make test` runs mypy beside the compile
+                [f"--cache-dir={os.path.join('build', 'mypyc', 'cache')}", *COMPILED],
                 opt_level=opt_level,
                 debug_level="1",
-                separate=True,  # one extension per module: build_ext --parallel works
                 target_dir=os.path.join("build", "mypyc"),
             )
         )
@@ -181,4 +185,5 @@ class BuildExt(build_ext):
         return super().get_outputs() if self.extensions else []
 
 
-setup(ext_modules=_ext_modules(), cmdclass={"build_ext": BuildExt})
+if __name__ == "__main__":  # setuptools runs this file as __main__; tests read COMPILED
+    setup(ext_modules=_ext_modules(), cmdclass={"build_ext": BuildExt})

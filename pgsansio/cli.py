@@ -304,7 +304,7 @@ def _register_run(app: "typer.Typer") -> None:
 
         configure_logging(log_level, log_format)
         logging.getLogger("pgsansio").info(
-            "pgsansio %s, protocol core: %s", __version__, core_description()
+            "pgsansio %s, core: %s", __version__, core_description()
         )
         try:
             loaded = load_config(config)
@@ -429,18 +429,23 @@ COMMANDS: list[Callable[["typer.Typer"], None]] = [
 
 
 def core_description() -> str:
-    """How the protocol core runs in this installation, for ``--version`` and ``run``'s log.
+    """What runs compiled in this installation, for ``--version`` and ``run``'s log.
 
-    The one place that says it, read from the modules actually imported (a build with
-    ``PGSANSIO_COMPILE=1`` puts mypyc extension modules beside the ``.py`` files, and
-    Python prefers them), so an operator sees what runs, not what was asked for.
+    The one place that says it, read from the modules actually imported (a compiled
+    build puts mypyc extension modules beside the ``.py`` files, and Python prefers
+    them), so an operator sees what runs, not what was asked for: the protocol core
+    (``pgsansio.protocol``) and the engine (``pgsansio.engine``) are compiled together
+    by ``setup.py``, but a copy built before the engine compiled has only the first.
     """
+    from pgsansio.engine import _engine  # noqa: PLC0415
     from pgsansio.protocol import _connection  # noqa: PLC0415
 
-    path = _connection.__file__ or ""
-    if path.endswith(".py"):
-        return "pure Python"
-    return f"compiled with mypyc ({pathlib.PurePath(path).name})"
+    protocol = _connection.__file__ or ""
+    engine = not (_engine.__file__ or "").endswith(".py")
+    if protocol.endswith(".py"):
+        return "pure Python" + (" (but the engine compiled with mypyc)" if engine else "")
+    what = "protocol and engine" if engine else "protocol (not the engine)"
+    return f"{what} compiled with mypyc ({pathlib.PurePath(protocol).name})"
 
 
 def version_text() -> str:
@@ -464,7 +469,7 @@ def version_text() -> str:
             f"{sys.platform})",
             f"frontends available: {', '.join(runnable)}",
             f"query parser (pglast): {parser}",
-            f"protocol core: {core_description()}",
+            f"core: {core_description()}",
         )
     )
 

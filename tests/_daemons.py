@@ -102,6 +102,9 @@ def pgsansio(
     cmd = [sys.executable, "-m", "pgsansio", "run", str(toml), "--frontend", frontend]
     cmd += ["--log-level", "warning"]
     env = {**os.environ, "PYTHONPATH": str(tree)}
+    if tree == ROOT and os.environ.get("PYTHONPATH"):
+        # This checkout as the tests run it (the compiled build first, make test).
+        env["PYTHONPATH"] = os.pathsep.join((os.environ["PYTHONPATH"], str(tree)))
     with open(log, "wb") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=tree, env=env)
     try:

@@ -13,15 +13,42 @@ marked ``postgres`` automatically, so ``-m "not postgres"`` leaves them out.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import pytest
+from _build import ENGINE_COMPILED, PROTOCOL_COMPILED
 from _frontend_thread import frontend_params
 from _pooler import FRONTEND
 
 from pgsansio.testing.cluster import TEST_DATABASE, Cluster, ClusterError
 
 _CLUSTER_FIXTURES = frozenset({"pg15", "pg18", "pg_cluster_factory"})
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    from pgsansio.cli import core_description
+
+    return f"pgsansio core: {core_description()}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # make test runs the suite twice, compiled and pure Python, and says which it wants
+    # in PGSANSIO_TEST_BUILD: a wrong path (a stale build, the source tree first on
+    # sys.path) must stop the run, not test the other build unnoticed.
+    want = os.environ.get("PGSANSIO_TEST_BUILD")
+    got = {
+        (True, True): "compiled",
+        (False, False): "pure",
+    }.get((PROTOCOL_COMPILED, ENGINE_COMPILED), "mixed")
+    if want and want != got:
+        import pgsansio.engine._engine as engine
+
+        raise pytest.UsageError(
+            f"PGSANSIO_TEST_BUILD={want}, but the {got} build was imported "
+            f"(pgsansio.engine._engine from {engine.__file__}); check PYTHONPATH and "
+            "PYTHONSAFEPATH (make test sets them)"
+        )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,8 +1,9 @@
-"""Which protocol core runs (pure Python or mypyc-compiled), as the operator sees it.
+"""Which core runs (pure Python or mypyc-compiled), as the operator sees it.
 
-The same tests pass in both builds: ``make test`` runs them on the pure-Python source,
-``make test-compiled`` on the modules ``setup.py`` compiles (docs/compiled.md). The
-truth they compare with is the file each protocol module was imported from.
+The same tests pass in both builds: ``make test`` runs the whole suite on the modules
+``setup.py`` compiles and the protocol, engine and fast-lane tests on the pure-Python
+source too (docs/compiled.md). The truth they compare with is the file each module was
+imported from.
 """
 
 from __future__ import annotations
@@ -14,29 +15,51 @@ import signal
 import subprocess
 import sys
 
+from _build import compiled
 from test_frontends import VALID_TOML
 
 from pgsansio import __version__
 from pgsansio.cli import core_description
 
-# The modules setup.py compiles, and those it leaves as Python on purpose.
-COMPILABLE = ("_auth", "_connection", "_errors", "_readers", "_saslprep", "_span", "_state")
-ALWAYS_PYTHON = ("_events", "_events_query", "_sentinels")
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# The modules setup.py compiles (every engine module), and those it leaves as Python
+# on purpose.
+COMPILABLE = (
+    *(
+        f"pgsansio.protocol.{name}"
+        for name in ("_auth", "_connection", "_errors", "_readers", "_saslprep", "_span", "_state")
+    ),
+    *(f"pgsansio.engine.{p.stem}" for p in sorted((ROOT / "pgsansio" / "engine").glob("*.py"))),
+)
+ALWAYS_PYTHON = tuple(
+    f"pgsansio.protocol.{name}" for name in ("_events", "_events_query", "_sentinels")
+)
 
 
 def _compiled(name: str) -> bool:
-    path = importlib.import_module(f"pgsansio.protocol.{name}").__file__ or ""
-    return not path.endswith(".py")
+    return compiled(importlib.import_module(name))
 
 
 def test_the_core_is_all_compiled_or_all_python_and_says_which() -> None:
-    compiled = [_compiled(name) for name in COMPILABLE]
-    assert all(compiled) or not any(compiled), dict(zip(COMPILABLE, compiled, strict=True))
+    built = {name: _compiled(name) for name in COMPILABLE}
+    assert all(built.values()) or not any(built.values()), built
     assert not any(_compiled(name) for name in ALWAYS_PYTHON)
-    if compiled[0]:
-        assert core_description().startswith("compiled with mypyc (_connection.cpython-")
+    if all(built.values()):
+        assert core_description().startswith(
+            "protocol and engine compiled with mypyc (_connection.cpython-"
+        )
     else:
         assert core_description() == "pure Python"
+
+
+def test_setup_compiles_every_engine_module_and_the_listed_protocol_ones() -> None:
+    import runpy
+
+    listed = runpy.run_path(str(ROOT / "setup.py"), run_name="not_main")["COMPILED"]
+    assert {p.removesuffix(".py").replace("/", ".").removesuffix(".__init__") for p in listed} == {
+        name.removesuffix(".__init__") for name in COMPILABLE
+    } | {"pgsansio.protocol"}
 
 
 def test_the_sentinels_read_the_same_in_both_builds() -> None:
@@ -64,5 +87,5 @@ def test_run_says_which_core_in_its_first_log_line(tmp_path: pathlib.Path) -> No
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=30)
     assert first.rstrip("\n").endswith(
-        f" INFO pgsansio: pgsansio {__version__}, protocol core: {core_description()}"
+        f" INFO pgsansio: pgsansio {__version__}, core: {core_description()}"
     ), first

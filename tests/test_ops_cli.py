@@ -44,12 +44,15 @@ def test_version_says_what_this_install_can_run() -> None:
         == "query parser (pglast): installed (read/write splitting, automatic_sharding_key)"
     )
     # What runs: the package's own modules, compiled (make test-compiled) or not.
-    from pgsansio.protocol import _connection
+    from _build import ENGINE_COMPILED, PROTOCOL_COMPILED
 
-    if _connection.__file__.endswith(".py"):
-        assert lines[4] == "protocol core: pure Python"
+    if not PROTOCOL_COMPILED and not ENGINE_COMPILED:
+        assert lines[4] == "core: pure Python"
     else:
-        assert lines[4].startswith("protocol core: compiled with mypyc (_connection.cpython-")
+        assert PROTOCOL_COMPILED and ENGINE_COMPILED
+        assert lines[4].startswith(
+            "core: protocol and engine compiled with mypyc (_connection.cpython-"
+        )
 
 
 def test_version_without_pglast_says_how_to_get_it() -> None:
