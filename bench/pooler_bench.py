@@ -2,8 +2,8 @@
 r"""``make bench``: pgbench through pgsansio (every frontend), through PgBouncer, and direct.
 
 One run starts a throwaway PostgreSQL cluster, loads ``pgbench -i``, starts one
-pgsansio process per installed frontend and one PgBouncer, all in transaction mode
-with the same pool size, and then runs every workload against every target. The
+pgsansio process per installed frontend and build and one PgBouncer, all in transaction
+mode with the same pool size, and then runs every workload against every target. The
 targets of a workload take turns (round-robin, and in reverse order on every second
 round), so a machine that gets slower or faster during the run hits all of them
 alike; on a shared machine that matters more than the length of each run.
@@ -18,10 +18,38 @@ Figures, per workload and target:
   ``--aggregate-interval`` gives min/max/sum but no percentiles, so the sampled log is
   the cheapest way to a percentile.
 * ratio to PgBouncer: the target's TPS divided by PgBouncer's in the same workload.
-* pooler CPU per transaction: utime + stime of the pooler process (all its threads)
-  from ``/proc/<pid>/stat`` before and after each pgbench run, divided by the
-  transactions pgbench completed. Only the two poolers have it; PostgreSQL's and
-  pgbench's own CPU is not counted.
+* ratio to uvloop: a pgsansio target's TPS divided by that of the uvloop target of the
+  same build (and workers, and tree): how far each runtime is from the fastest loop.
+* pooler CPU per transaction: utime + stime of the pooler's process tree (all threads of
+  the process and of every live descendant, plus cutime + cstime, the CPU of children
+  it has reaped) from ``/proc/<pid>/stat`` before and after each pgbench run, divided
+  by the transactions pgbench completed. For a pooler with ``workers = N`` that is the
+  supervisor and all its workers; a worker that exits during a run keeps its time in
+  the sum. Only the poolers have it; PostgreSQL's and pgbench's own CPU is not counted.
+
+Builds (``--compiled-frontends``, default all; ``--pure-frontends``, default uvloop):
+pgsansio runs as the mypyc build and as pure Python. The compiled build is the tree's
+own ``make compiled``, run on a copy of the tree in the run's temporary directory (so
+benchmarking another tree writes nothing into it), or an existing build given with
+``--compiled-lib``; targets run with ``PYTHONSAFEPATH=1`` and ``PYTHONPATH`` set to the
+build (pure: the tree), and each build's ``pgsansio --version`` must say on its
+``protocol core:`` line what the label says, or its targets do not run (Left out says
+why). Targets are named ``pgsansio-<frontend>-<build>``. By default every frontend runs
+compiled and uvloop also pure: the pure/compiled comparison on the frontend that
+matters, at the cost of one more target instead of five.
+
+Workers (``--workers N``, default 2): the workloads marked for it (``-S c200``, and
+``-S -C c16``, which is login-bound, so that the pooler is the bottleneck even on two
+cores) also run through ``pgsansio-uvloop-<build>-wN``, a pgsansio with ``workers = N``
+in ``[general]`` (a supervisor and N worker processes sharing the port), beside its
+one-worker twin and PgBouncer. A pgsansio that refuses the key, or ignores it (its log
+says ``unknown key``, or no worker process appears), does not run them: their cells say
+so, and Left out quotes its log.
+
+The report (``bench/results/latest.md``) starts with a summary, one row per workload:
+PgBouncer's TPS and CPU per transaction; uvloop pure and compiled as a ratio to
+PgBouncer, with their CPU per transaction; every other runtime as a ratio to uvloop;
+and N workers against one (TPS ratio, CPU per transaction of both).
 
 Everything shares one machine (pgbench, the poolers and PostgreSQL), so a pooler
 that burns CPU also slows PostgreSQL down: that is part of what is measured.
@@ -49,9 +77,12 @@ sharded pooler has about as many server connections as the one pool. PgBouncer c
 route by shard and does not run these workloads (nor does ``--baseline-tree``).
 
 Run it through ``make bench`` (``BENCH_SECONDS=n``, ``BENCH_FRONTENDS=asyncio,uvloop``,
-``BENCH_ARGS=--quick``), or directly: ``.venv/bin/python bench/pooler_bench.py --help``.
+``BENCH_COMPILED``, ``BENCH_PURE``, ``BENCH_WORKERS``, ``BENCH_ARGS=--quick``), or
+directly: ``.venv/bin/python bench/pooler_bench.py --help``. ``--tree DIR`` benches
+another tree's pgsansio (results still land here).
 The pure parts (parsing pgbench's output and log, ``/proc/<pid>/stat``, the table and
-Markdown writers) are tested in ``tests/test_pooler_bench.py`` on recorded text.
+Markdown writers) are tested in ``tests/test_pooler_bench.py`` on recorded text, and
+the process-tree CPU sum on a real parent and child.
 """
 
 from __future__ import annotations
@@ -369,6 +400,13 @@ def copy_tree(tree: pathlib.Path, dest: pathlib.Path) -> None:
             shutil.copy2(source, dest / rel)
 
 
+def copy_of(tree: pathlib.Path, work: pathlib.Path, what: str) -> pathlib.Path:
+    """A fresh copy of ``tree`` in ``work`` (see :func:`copy_tree`)."""
+    src = work / f"{what}-{tree.name}-{len(list(work.glob(f'{what}-*')))}"
+    copy_tree(tree, src)
+    return src
+
+
 def build_compiled(tree: pathlib.Path, work: pathlib.Path) -> pathlib.Path:
     """``make compiled`` on a copy of ``tree`` in ``work``; the copy's directory.
 
@@ -376,8 +414,7 @@ def build_compiled(tree: pathlib.Path, work: pathlib.Path) -> pathlib.Path:
     Makefile, so that the build is the one its tests run. The venv stamp is treated
     as up to date (``-o``): building must not reinstall anything.
     """
-    src = work / f"compiled-{tree.name}-{len(list(work.glob('compiled-*')))}"
-    copy_tree(tree, src)
+    src = copy_of(tree, work, "compiled")
     print(f"pooler_bench: make compiled (mypyc) on a copy of {tree} ...", flush=True)
     started = time.monotonic()
     proc = subprocess.run(
@@ -397,9 +434,15 @@ def make_runner(
     tree: pathlib.Path, build: str, work: pathlib.Path, compiled_lib: pathlib.Path | None
 ) -> Runner:
     """The runner of ``tree`` in ``build``, built if need be, and checked: its
-    ``pgsansio --version`` must say the protocol core it is labelled with."""
-    if build == PURE:
+    ``pgsansio --version`` must say the protocol core it is labelled with. Only this
+    tree runs in place (pure); any other runs from a copy, so nothing is written into
+    it."""
+    if build == PURE and tree == ROOT:
         cwd, path = tree, str(tree)
+    elif build == PURE:
+        # Another tree runs from a copy too: Python writes its bytecode caches there.
+        src = copy_of(tree, work, "pure")
+        cwd, path = src, str(src)
     elif compiled_lib is not None:
         cwd, path = tree, f"{compiled_lib}:{tree}"
     else:
