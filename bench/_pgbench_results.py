@@ -13,7 +13,7 @@ import os
 import pathlib
 import re
 from collections.abc import Iterable, Sequence
-from typing import Final
+from typing import Any, Final
 
 __all__ = [
     "CLK_TCK",
@@ -443,24 +443,63 @@ def markdown_report(
 
 
 def ratio_series(
-    cells: dict[tuple[str, str], Cell], targets: Sequence[str], names: Sequence[str]
-) -> dict[str, list[float]]:
-    """TPS / PgBouncer TPS for each target other than PgBouncer (NaN where missing)."""
-    series: dict[str, list[float]] = {}
+    cells: dict[tuple[str, str], Cell],
+    targets: Sequence[str],
+    names: Sequence[str],
+    *,
+    cpu: bool = False,
+) -> dict[str, list[float | None]]:
+    """TPS / PgBouncer TPS (``cpu``: pooler CPU per transaction / PgBouncer's) for each
+    target other than PgBouncer: NaN where a figure is missing, None where the target
+    does not run the workload at all (no bar, no "n/a"). With ``cpu``, only targets with
+    a CPU figure (not direct)."""
+    series: dict[str, list[float | None]] = {}
     for target in targets:
-        if target == PGBOUNCER:
+        if target == PGBOUNCER or (cpu and target == DIRECT):
             continue
-        values = []
+        values: list[float | None] = []
         for name in names:
             cell, base = cells.get((target, name)), cells.get((PGBOUNCER, name))
-            ok = cell is not None and cell.ok and base is not None and base.ok
-            values.append(cell.mean_tps / base.mean_tps if ok else math.nan)  # type: ignore[union-attr]
+            if cell is None:
+                values.append(None)
+                continue
+            ok = cell.ok and base is not None and base.ok
+            if not cpu:
+                values.append(cell.mean_tps / base.mean_tps if ok else math.nan)  # type: ignore[union-attr]
+                continue
+            mine = cell.cpu_us_per_tx
+            theirs = base.cpu_us_per_tx if ok else None  # type: ignore[union-attr]
+            values.append(mine / theirs if mine and theirs else math.nan)
         series[target] = values
     return series
 
 
-def plot_ratios(series: dict[str, list[float]], names: Sequence[str], path: pathlib.Path) -> str:
-    """Write a grouped bar chart of TPS ratios; return why not if matplotlib is missing."""
+def _bars(ax: Any, series: dict[str, list[float | None]], names: Sequence[str]) -> None:
+    """One group of bars per workload, one bar per target; "n/a" where a figure is
+    missing."""
+    width = 0.8 / max(1, len(series))
+    for i, (target, values) in enumerate(series.items()):
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(names))]
+        shown = [(x, v) for x, v in zip(xs, values, strict=True) if v is not None]
+        ax.bar(
+            [x for x, _ in shown],
+            [0 if math.isnan(v) else v for _, v in shown],
+            width,
+            label=target,
+        )
+        for x, v in shown:
+            if math.isnan(v):
+                ax.text(x, 0.02, "n/a", ha="center", va="bottom", fontsize="x-small", rotation=90)
+
+
+def plot_ratios(
+    series: dict[str, list[float | None]],
+    names: Sequence[str],
+    path: pathlib.Path,
+    cpu: dict[str, list[float | None]] | None = None,
+) -> str:
+    """Write a grouped bar chart of TPS ratios (and, given ``cpu``, a second one of CPU
+    per transaction ratios); return why not if matplotlib is missing."""
     try:
         import matplotlib  # noqa: PLC0415 - optional: the bench extra
 
@@ -468,19 +507,25 @@ def plot_ratios(series: dict[str, list[float]], names: Sequence[str], path: path
         import matplotlib.pyplot as plt  # noqa: PLC0415
     except ImportError:
         return "matplotlib is not installed (pip install -e '.[bench]'), so no chart"
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(names)), 4.0))
-    width = 0.8 / max(1, len(series))
-    for i, (target, values) in enumerate(series.items()):
-        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(names))]
-        ax.bar(xs, [0 if math.isnan(v) else v for v in values], width, label=target)
-        for x, v in zip(xs, values, strict=True):
-            if math.isnan(v):
-                ax.text(x, 0.02, "n/a", ha="center", va="bottom", fontsize="x-small", rotation=90)
+    panels = 2 if cpu else 1
+    fig, axes = plt.subplots(
+        panels, 1, figsize=(max(6.0, 1.6 * len(names)), 4.0 * panels), squeeze=False
+    )
+    ax = axes[0][0]
+    _bars(ax, series, names)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(names)), list(names), rotation=20, ha="right")
     ax.set_ylabel("TPS relative to PgBouncer (1.0)")
     ax.set_title("pgbench TPS through each target / through PgBouncer")
     ax.legend(fontsize="small")
+    if cpu:
+        ax = axes[1][0]
+        _bars(ax, cpu, names)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.axhline(1.5, color="grey", linewidth=0.8, linestyle="--")
+        ax.set_xticks(range(len(names)), list(names), rotation=20, ha="right")
+        ax.set_ylabel("pooler CPU per transaction / PgBouncer's")
+        ax.set_title("pooler CPU per transaction relative to PgBouncer (dashed: 1.5x)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1151,11 +1151,11 @@ class Bench:
         chart = out_dir / f"{stem}.png"
         # The chart is TPS / PgBouncer's: the sharded workloads have no PgBouncer.
         charted = [w.name for w in self.chosen if not w.shard_pool]
-        series = ratio_series(
-            self.cells, [t for t in self.targets if t not in self.skipped], charted
-        )
+        shown = [t for t in self.targets if t not in self.skipped]
+        series = ratio_series(self.cells, shown, charted)
+        cpu = ratio_series(self.cells, shown, charted, cpu=True)
         why_no_chart = (
-            plot_ratios(series, charted, chart)
+            plot_ratios(series, charted, chart, cpu)
             if charted
             else "only sharded workloads, which have no PgBouncer figure to chart against"
         )

@@ -224,18 +224,23 @@ def test_summary_of_builds_runtimes_and_workers() -> None:
 
 
 def test_ratio_series_for_the_chart() -> None:
-    series = r.ratio_series(_cells(), [UV, "pgbouncer", "direct"], ["-S c32", "prep"])
+    series = r.ratio_series(_cells(), [UV, "pgbouncer", "direct"], ["-S c32", "prep", "gone"])
     assert list(series) == [UV, "direct"]
     assert series[UV][0] == 0.5
     assert series["direct"][0] == 2.0
-    assert math.isnan(series[UV][1])
+    assert math.isnan(series[UV][1])  # no PgBouncer figure: n/a
+    assert series[UV][2] is None  # not run at all: no bar
+    cpu = r.ratio_series(_cells(), [UV, "pgbouncer", "direct"], ["-S c32", "prep"], cpu=True)
+    assert list(cpu) == [UV]  # direct has no pooler CPU
+    assert cpu[UV][0] == pytest.approx((50 / 150000) / (20 / 300000))
+    assert math.isnan(cpu[UV][1])
 
 
 def test_chart_or_the_reason_there_is_none(tmp_path: pathlib.Path) -> None:
     # matplotlib comes with the bench extra, not with dev: both outcomes are checked.
     path = tmp_path / "chart.png"
-    series = {"pgsansio-uvloop": [0.5, math.nan], "direct": [2.0, 4.0]}
-    why_not = r.plot_ratios(series, ["-S c32", "prep"], path)
+    series: dict[str, list[float | None]] = {UV: [0.5, math.nan], "direct": [2.0, None]}
+    why_not = r.plot_ratios(series, ["-S c32", "prep"], path, {UV: [2.5, math.nan]})
     if importlib.util.find_spec("matplotlib") is None:
         assert "pip install -e '.[bench]'" in why_not
         assert not path.exists()
