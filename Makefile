@@ -102,12 +102,12 @@ bench-core-compiled: compiled
 		--benchmark-only --benchmark-columns=min,mean,ops
 
 ## make bench: pgbench through pgsansio (each frontend), PgBouncer and directly, in one
-## run (~15 min; installs PgBouncer with apt-get when missing and root). pgsansio runs
-## compiled (the mypyc build: `make compiled` on a copy of the tree) on every frontend and
-## also as pure Python on uvloop; each target's `pgsansio --version` is checked against
-## its label. '-S c200' and '-S -C c16' also run through a pgsansio with `workers = 2`
-## (skipped, with a note, by a pgsansio without that key). The table's CPU per
-## transaction is the pooler's whole process tree (supervisor and workers). Knobs:
+## run (~12 min, 14 when the engine compiles too; installs PgBouncer with apt-get when
+## missing and root). pgsansio runs compiled (the mypyc build: `make compiled` on a copy
+## of the tree) on every frontend and also as pure Python on uvloop; each target's
+## `pgsansio --version` is checked against its label. '-S c200' and '-S -C c16' also run
+## through a pgsansio with `workers = 2` (skipped, with a note, by a pgsansio without
+## that key). CPU per transaction counts the pooler's whole process tree. Knobs:
 ## BENCH_SECONDS=n per pgbench run, BENCH_FRONTENDS=asyncio,uvloop, BENCH_COMPILED=all|none|
 ## list (frontends run compiled), BENCH_PURE=uvloop|all|none|list (frontends also run pure),
 ## BENCH_WORKERS=n (the workers target; 1: none), BENCH_ARGS=--quick (or --tree DIR,
