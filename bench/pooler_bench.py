@@ -400,6 +400,25 @@ def copy_tree(tree: pathlib.Path, dest: pathlib.Path) -> None:
             shutil.copy2(source, dest / rel)
 
 
+def tree_version(tree: pathlib.Path) -> str:
+    """``<tree> at <commit>`` (and whether files differ from it), for the report."""
+    head = subprocess.run(
+        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if head.returncode != 0:
+        return f"{tree} (not a git checkout)"
+    dirty = subprocess.run(
+        ["git", "-C", str(tree), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return f"{tree} at {head.stdout.strip()}" + (" with uncommitted changes" if dirty else "")
+
+
 def copy_of(tree: pathlib.Path, work: pathlib.Path, what: str) -> pathlib.Path:
     """A fresh copy of ``tree`` in ``work`` (see :func:`copy_tree`)."""
     src = work / f"{what}-{tree.name}-{len(list(work.glob(f'{what}-*')))}"
@@ -1073,7 +1092,10 @@ class Bench:
 
     def build_lines(self) -> list[str]:
         """The setup's lines on the builds: what each one runs, as --version said it."""
-        out = []
+        trees = [self.tree] + ([self.args.baseline_tree] if self.args.baseline_tree else [])
+        out = [
+            f"pgsansio tree{'s' if len(trees) > 1 else ''}: " + "; ".join(map(tree_version, trees))
+        ]
         for (tree, build), runner in self.runners.items():
             where = "" if tree == self.tree else f" (tree {tree})"
             how = {
