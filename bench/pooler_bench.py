@@ -791,8 +791,15 @@ class Bench:
         # The workers target: the first build of --workers-frontend, with N workers,
         # after its one-worker twin.
         one = next((s for s in plain if s.frontend == args.workers_frontend), None)
-        if args.workers > 1 and one is not None and any(w.workers for w in chosen):
-            specs.insert(specs.index(one) + 1, dataclasses.replace(one, workers=args.workers))
+        if args.workers > 1 and any(w.workers for w in chosen):
+            if one is None:
+                self.omitted.append(
+                    f"workers = {args.workers}: --workers-frontend {args.workers_frontend} "
+                    "is not among the frontends that run, so no workers target"
+                )
+            else:
+                multi = dataclasses.replace(one, workers=args.workers)
+                specs.insert(specs.index(one) + 1, multi)
         self.specs: dict[str, TargetName] = {str(s): s for s in specs}
         if args.baseline_tree:
             for spec in plain:
