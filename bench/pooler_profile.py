@@ -11,9 +11,17 @@ protocol core (``pgsansio/protocol``), the engine (``pgsansio/engine``), the fro
 (``pgsansio/frontends``), and the event loop and everything else.
 ``bench/PROFILE.md`` quotes its output.
 
+``--compiled`` profiles the mypyc build instead of pure Python: made as ``make bench``
+makes it (``make compiled`` on a copy of the tree, or ``--compiled-lib DIR``) and checked
+with ``pgsansio --version``. py-spy's ``--native`` shows a compiled function as a C
+frame (``CPyDef_<module>___<Class>___<method>``); those frames are counted as the
+function they compile, in its layer, instead of being charged to the Python code that
+called them, so the two builds' tables read alike.
+
 Usage::
 
     .venv/bin/python bench/pooler_profile.py [--frontend uvloop] [--seconds 20] [--top 30]
+        [--compiled] [--connect --clients 16] [--tree DIR]
 """
 
 from __future__ import annotations
