@@ -1,7 +1,9 @@
 """The pure parts of ``make bench`` (bench/_pgbench_results.py) on recorded text.
 
 pgbench's output and per-transaction log in tests/data/pgbench were recorded from
-pgbench 15 against a throwaway cluster. No pgbench runs here.
+pgbench 15 against a throwaway cluster. No pgbench runs here. Also: the process-tree
+CPU sum (on a real parent and child process) and how ``pooler_profile.py`` counts
+mypyc-compiled frames.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ sys.path.insert(0, str(BENCH))
 
 import _pgbench_results as r  # noqa: E402
 import pooler_bench as pb  # noqa: E402
+import pooler_profile as pp  # noqa: E402
 
 DATA = pathlib.Path(__file__).resolve().parent / "data" / "pgbench"
 
@@ -271,3 +274,23 @@ def test_process_tree_cpu_counts_workers_and_reaped_children() -> None:
     finally:
         pb.stop(proc)
     assert proc.returncode is not None
+
+
+def test_profile_counts_compiled_frames_as_their_functions() -> None:
+    body = "CPyDef__connection___Connection___take_answer (__native_ab.c:27852)"
+    wrapper = "CPyPy__connection___Connection___take_answer (__native_ab.c:27800)"
+    named = "Connection.take_answer (pgsansio/protocol/_connection.py, compiled)"
+    assert pp.mypyc_frame(body) == named
+    assert pp.mypyc_frame(wrapper) == named
+    assert pp.mypyc_frame("Py_DECREF (object.h:537)") is None
+    caller = "fast_answer (/x/pgsansio/engine/_relay.py:651)"
+    stack = ["main (/x/pgsansio/cli.py:1)", caller, wrapper, body, "Py_DECREF (object.h:537)"]
+    where, functions = pp.attribute(stack)
+    assert where == named  # not charged to its Python caller
+    assert functions == [stack[0], caller, named]  # wrapper and body: one call
+    assert pp.layer_of(where) == "protocol"
+    table = pp.summarize([(stack, 3), ([*stack[:2], "write (libc.so.6)"], 1)], 5)
+    # shares of the user-space samples: the one with write() at its leaf is left out
+    assert "1 (25 %) with a system call at the leaf" in table
+    assert "| protocol | 100.0 | 100.0 |" in table
+    assert "`Connection.take_answer (protocol/_connection.py, compiled)`" in table
