@@ -743,7 +743,13 @@ def pick_frontends(requested: str, available: Sequence[str]) -> list[str]:
         return list(available)
     if requested.strip() in {"none", ""}:
         return []
+    from pgsansio.frontends import FRONTENDS  # noqa: PLC0415
+
     wanted = {n.strip() for n in requested.split(",") if n.strip()}
+    unknown = sorted(wanted - set(FRONTENDS))
+    if unknown:
+        known = ", ".join(n for n in FRONTENDS if n != "auto")
+        raise BenchError(f"unknown frontend {unknown[0]!r}; pgsansio has {known}, or all, none")
     return [f for f in available if f in wanted]
 
 
