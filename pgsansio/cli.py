@@ -315,7 +315,12 @@ def _register_run(app: "typer.Typer") -> None:
 
         try:
             with process_files(loaded.general, log_format):  # logfile, pidfile
-                code = run(frontend, loaded, config_path=config)
+                if loaded.general.workers > 1:
+                    from pgsansio.workers import supervise  # noqa: PLC0415
+
+                    code = supervise(frontend, loaded, config_path=config)
+                else:
+                    code = run(frontend, loaded, config_path=config)
         except (FrontendError, ProcFileError) as e:
             typer.echo(f"pgsansio: {e}", err=True)
             raise typer.Exit(1) from None

@@ -289,6 +289,7 @@ GENERAL_DEFAULTS: dict[str, Any] = {
     "syslog": False,
     "syslog_ident": "pgsansio",
     "syslog_facility": "daemon",
+    "workers": 1,
 }
 
 POOL_DEFAULTS: dict[str, Any] = {

@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from pgsansio.config.model import SYSLOG_FACILITIES
+from pgsansio.config.model import MAX_WORKERS, SYSLOG_FACILITIES
 
 _U32_MAX = 2**32 - 1
 # --------------------------------------------------------------------------------------
@@ -123,6 +123,8 @@ _GENERAL_KEYS: dict[str, _Key] = {
     "syslog": _Key("bool"),
     "syslog_ident": _Key("str"),
     "syslog_facility": _Key("enum", choices={f: f for f in SYSLOG_FACILITIES}),
+    # worker processes (pgsansio extension; docs/workers.md)
+    "workers": _Key("posint", maximum=MAX_WORKERS),
 }
 
 _POOL_KEYS: dict[str, _Key] = {

@@ -41,8 +41,8 @@ so the calls form this DAG (bottom to top; every part also gets the Context)::
     Show          SHOW rows                     -> Stats Health Pools
     Leaving       clients leaving, servers lost -> Login Sessions Statements Probes
                                                    Listen Lending Pools
-    Login         client auth, server login,    -> Probes Listen Lending Routes Tls Stats
-                  cancel keys, auth_query          Pools
+    Login         client auth, server login,    -> Peers Probes Listen Lending Routes Tls
+                  cancel keys, auth_query          Stats Pools
     Relay         requests out, answers back    -> FanOut Sessions Pinning Listen
                   (the hot path, the fast lane)    Statements Lending Routes Shards Stats
                                                    Pools
@@ -62,6 +62,8 @@ so the calls form this DAG (bottom to top; every part also gets the Context)::
     Shards        which shard: automatic key,   -> Health
                   comments, SET SHARD, default
     Health  Pools  Stats  Statements  Tls         (the Context only)
+    Peers         worker processes: cancel keys, (the Context only)
+                  forwarding foreign cancels
     Buffers       caps on unfinished messages   (the Context only; the Engine asks)
      |
     Context       effects being built (``out``), ``now``, timers, rng, config, the
@@ -105,6 +107,7 @@ from ._effects import (
 )
 from ._engine import Engine
 from ._login import UNIX_OWNER_PEER
+from ._peers import WorkerInfo
 from ._warnings import config_warnings
 
 __all__ = [
@@ -123,5 +126,6 @@ __all__ = [
     "SendServer",
     "StartTls",
     "Wakeup",
+    "WorkerInfo",
     "config_warnings",
 ]

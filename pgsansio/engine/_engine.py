@@ -53,11 +53,13 @@ from ._metrics import Metrics
 from ._objects import (
     P_AUTH_QUERY,
     P_CANCEL,
+    P_FORWARD,
     P_LISTEN,
     P_PROBE,
     Client,
     ServerConn,
 )
+from ._peers import Peers, WorkerInfo, split_config
 from ._pinning import Pinning
 from ._pooling import Pools
 from ._prepared import Statements
@@ -95,7 +97,14 @@ __all__ = ["Engine"]
 class Engine:
     """See the package docstring for the inputs and effects."""
 
-    def __init__(self, config: Config, *, seed: int | None = None) -> None:
+    def __init__(
+        self, config: Config, *, seed: int | None = None, worker: WorkerInfo | None = None
+    ) -> None:
+        """``worker``: which of the worker processes this engine runs in (see ._peers);
+        its limits are its share of ``config``'s, at start and at every reload."""
+        self._worker = worker
+        if worker is not None:
+            config = split_config(config, worker)
         self.ctx = ctx = Context(config, seed)
         self._announced: float | None = None
         # The parts, each given the parts below it that it calls (the DAG drawn in the
@@ -141,8 +150,10 @@ class Engine:
             fanout=self.fanout,
         )
         self.tls = Tls(ctx)
+        self.peers = Peers(ctx, worker)
         self.login = Login(
             ctx,
+            peers=self.peers,
             stats=self.stats,
             pools=self.pools,
             router=self.router,
@@ -306,6 +317,9 @@ class Engine:
         if s is not None and s.state is ServerState.CONNECTING:
             if s.purpose == P_CANCEL:
                 self.pools.send_cancel(s)
+            elif s.purpose == P_FORWARD:
+                self.ctx.send_server(s, self.peers.connected(s) or b"")
+                self.pools.close_server(s)
             else:
                 server_to(s, ServerInput.CONNECTED)
                 if not self.tls.server_ssl_request(s):
@@ -315,7 +329,9 @@ class Engine:
     def server_failed(self, sid: int, error: str, now: float) -> list[Effect]:
         self.ctx.now = now
         s = self.ctx.servers.get(sid)
-        if s is not None:
+        if s is not None and s.purpose == P_FORWARD:
+            self._forward_lost(s, error)
+        elif s is not None:
             # No address for the client: it is in the pooler's log line (Leaving).
             self.leaving.server_gone(
                 s, fatal("08001", f"could not connect to the server: {error}"), closed=True
@@ -364,11 +380,23 @@ class Engine:
     def server_closed(self, sid: int, now: float) -> list[Effect]:
         self.ctx.now = now
         s = self.ctx.servers.get(sid)
-        if s is not None:
+        if s is not None and s.purpose == P_FORWARD:
+            self._forward_lost(s, "the worker closed the connection")
+        elif s is not None:
             self.leaving.server_gone(
                 s, fatal("08006", "the server closed the connection unexpectedly"), closed=True
             )
         return self.flush()
+
+    def _forward_lost(self, s: ServerConn, error: str) -> None:
+        """A cancel request could not reach the worker that owns it (being restarted:
+        its clients are gone, so there is nothing left to cancel)."""
+        self.peers.gone(s)
+        self.pools.close_server(s, send=False)
+        self.ctx.log(
+            logging.INFO,
+            f"a cancel request for worker {s.address.port} was dropped: {error}",
+        )
 
     def client_writable(self, cid: int, writable: bool, now: float) -> list[Effect]:
         """Backpressure: a client that reads slowly stops its server being read."""
@@ -422,6 +450,8 @@ class Engine:
         ``close_needed``); clients keep their connections.
         """
         self.ctx.now = now
+        if self._worker is not None:
+            config = split_config(config, self._worker)
         self._reconfigure(config)
         self.ctx.log(logging.INFO, f"configuration reloaded from {config.path}")
         self.control.reload_answer(None)
