@@ -30,8 +30,9 @@ operator's page; the decisions:
   :data:`STABLE_SECONDS` of its start waits twice as long as the last time before it is
   started again, from :data:`FIRST_DELAY` up to :data:`MAX_DELAY`, so a crash loop does
   not spin; each death and restart is logged with its reason. A worker that exits on
-  its own with status 0 was shut down from its admin console (``SHUTDOWN``): the
-  supervisor shuts the others down the same way, and exits.
+  its own with status 0 was shut down from the admin console (``SHUTDOWN``), which
+  passed the command to every worker (see :mod:`pgsansio.engine._admin`): the
+  supervisor restarts nobody and exits when the others have.
 * **Start-up is all or nothing.** If a worker cannot start (the address is taken, a
   TLS file is missing), the supervisor stops the others and exits 1, as a lone pooler
   that cannot listen does; ``ready`` (tests, embedders) is called once every worker
@@ -177,12 +178,17 @@ class _Supervisor:
             self.stop(signal.SIGTERM)  # no clients yet; kills one still starting up
             return
         if code == 0:
+            # SHUTDOWN on the console: the worker told the others itself (a signal now
+            # would be their second, which exits at once); wait for them.
             log.info(
-                "worker %d was shut down from its admin console; shutting down the others",
+                "worker %d was shut down from the admin console, which told the other "
+                "workers; waiting for them to finish",
                 w.index,
             )
             self._record(0)
-            self.stop(signal.SIGINT)
+            self.stopping = True
+            for other in self.workers.values():
+                other.restart_at = None
             return
         ran = time.monotonic() - w.started
         w.delay = (

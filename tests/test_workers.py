@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -51,7 +52,8 @@ def workers_run(
     port = free_port()
     toml = work / "pgcat.toml"
     keys = {"workers": workers, **(general or {})}
-    toml.write_text(pgsansio_toml(port, pg, pool_size, keys))
+    text = pgsansio_toml(port, pg, pool_size, keys)
+    toml.write_text(text.replace("= True\n", "= true\n").replace("= False\n", "= false\n"))
     log = work / "pooler.log"
     cmd = [sys.executable, "-m", "pgsansio", "run", str(toml), "--frontend", frontend]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -302,3 +304,58 @@ def test_a_worker_that_cannot_listen_stops_the_pooler(
     assert done.returncode == 1, err
     assert f"cannot listen on 127.0.0.1:{port}: address already in use" in err
     assert "Traceback" not in err
+
+
+def test_the_console_and_metrics_speak_for_every_worker(
+    pg15: Cluster, tmp_path: pathlib.Path
+) -> None:
+    """SHOW answers one row per worker (a worker column), /metrics one series per
+    worker (a worker label), and PAUSE, RESUME and SHUTDOWN act on every worker,
+    whichever worker the console connection landed on."""
+    mport = free_port()
+    general = {"enable_prometheus_exporter": True, "prometheus_exporter_port": mport}
+    with workers_run(pg15, tmp_path, general=general) as (proc, port, log):
+        clients = [psycopg.connect(dsn(port), autocommit=True) for _ in range(8)]
+        for conn in clients:
+            conn.execute("select 1")
+        admin = psycopg.connect(
+            f"host=127.0.0.1 port={port} dbname=pgbouncer user=admin password=admin",
+            autocommit=True,
+        )
+        cur = admin.execute("SHOW POOLS")
+        assert cur.description is not None
+        assert cur.description[-1].name == "worker"
+        pools = cur.fetchall()
+        assert sorted(row[-1] for row in pools) == [1, 2]
+        cl_active = [d.name for d in cur.description].index("cl_active")
+        assert sum(row[cl_active] for row in pools if row[1] == "trust_user") == 8
+        rows = admin.execute("SHOW CLIENTS").fetchall()
+        assert len([r for r in rows if r[1] == "trust_user"]) == 8
+        with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        for worker in (1, 2):
+            assert f'pgcat_pools_cl_active{{pool="{TEST_DATABASE}",user="trust_user",' in text
+            assert f'worker="{worker}"}}' in text
+        assert text.count("# TYPE pgcat_pools_cl_active gauge") == 1
+        assert admin.execute("PAUSE").statusmessage == "PAUSE"
+        wait_for(
+            lambda: (
+                [r[1:] for r in admin.execute("SHOW STATE").fetchall() if r[0] == "paused"]
+                == [("yes", 1), ("yes", 2)]
+            ),
+            "every worker to be paused",
+        )
+        assert admin.execute("RESUME").statusmessage == "RESUME"
+        wait_for(
+            lambda: (
+                [r[1:] for r in admin.execute("SHOW STATE").fetchall() if r[0] == "paused"]
+                == [("no", 1), ("no", 2)]
+            ),
+            "every worker to resume",
+        )
+        for conn in clients:
+            assert conn.execute("select 1").fetchone() == (1,)
+            conn.close()
+        admin.execute("SHUTDOWN")
+        assert proc.wait(15) == 0
+        assert log.read_text().count("SHUTDOWN from the admin console: exiting now") == 2

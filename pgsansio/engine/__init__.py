@@ -35,9 +35,10 @@ so the calls form this DAG (bottom to top; every part also gets the Context)::
 
     Engine        inputs -> dispatch; owns the Context, the signal policy, the Wakeup
      |
-    Admin         the console: parse, answer   -> Control Show Leaving Lending Health Pools
+    Admin         the console: parse, answer   -> Control Metrics Show Leaving Lending Health
+                                                   Peers Pools
     Control       PAUSE, RELOAD, KILL, shutdown -> Leaving Metrics Lending Pools
-    Metrics       the /metrics endpoint         -> Show Stats Health Pools
+    Metrics       the /metrics endpoint         -> Show Stats Health Peers Pools
     Show          SHOW rows                     -> Stats Health Pools
     Leaving       clients leaving, servers lost -> Login Sessions Statements Probes
                                                    Listen Lending Pools
@@ -62,8 +63,9 @@ so the calls form this DAG (bottom to top; every part also gets the Context)::
     Shards        which shard: automatic key,   -> Health
                   comments, SET SHARD, default
     Health  Pools  Stats  Statements  Tls         (the Context only)
-    Peers         worker processes: cancel keys, (the Context only)
-                  forwarding foreign cancels
+    Peers         worker processes: cancel keys, -> Pools
+                  forwarding foreign cancels,
+                  asking the others' consoles
     Buffers       caps on unfinished messages   (the Context only; the Engine asks)
      |
     Context       effects being built (``out``), ``now``, timers, rng, config, the

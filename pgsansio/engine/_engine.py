@@ -55,6 +55,7 @@ from ._objects import (
     P_CANCEL,
     P_FORWARD,
     P_LISTEN,
+    P_PEER,
     P_PROBE,
     Client,
     ServerConn,
@@ -150,7 +151,7 @@ class Engine:
             fanout=self.fanout,
         )
         self.tls = Tls(ctx)
-        self.peers = Peers(ctx, worker)
+        self.peers = Peers(ctx, worker, pools=self.pools)
         self.login = Login(
             ctx,
             peers=self.peers,
@@ -180,6 +181,7 @@ class Engine:
             health=self.health,
             show=self.show,
             listen=self.listen,
+            peers=self.peers,
         )
         self.control = Control(
             ctx,
@@ -197,6 +199,8 @@ class Engine:
             leaving=self.leaving,
             show=self.show,
             control=self.control,
+            peers=self.peers,
+            metrics=self.metrics,
             reconfigure=self._reconfigure,
         )
         self._signals = Signals()
@@ -317,9 +321,8 @@ class Engine:
         if s is not None and s.state is ServerState.CONNECTING:
             if s.purpose == P_CANCEL:
                 self.pools.send_cancel(s)
-            elif s.purpose == P_FORWARD:
-                self.ctx.send_server(s, self.peers.connected(s) or b"")
-                self.pools.close_server(s)
+            elif s.purpose >= P_FORWARD:
+                self.peers.connected(s)
             else:
                 server_to(s, ServerInput.CONNECTED)
                 if not self.tls.server_ssl_request(s):
@@ -329,9 +332,7 @@ class Engine:
     def server_failed(self, sid: int, error: str, now: float) -> list[Effect]:
         self.ctx.now = now
         s = self.ctx.servers.get(sid)
-        if s is not None and s.purpose == P_FORWARD:
-            self._forward_lost(s, error)
-        elif s is not None:
+        if s is not None and not (s.purpose >= P_FORWARD and self.peers.gone(s, error)):
             # No address for the client: it is in the pooler's log line (Leaving).
             self.leaving.server_gone(
                 s, fatal("08001", f"could not connect to the server: {error}"), closed=True
@@ -374,29 +375,21 @@ class Engine:
             self.probes.read_probe(s)
         elif s.purpose == P_LISTEN:
             self.listen.read(s)
+        elif s.purpose == P_PEER:
+            self.peers.read(s)
         else:
             self.relay.read_server(s)
 
     def server_closed(self, sid: int, now: float) -> list[Effect]:
         self.ctx.now = now
         s = self.ctx.servers.get(sid)
-        if s is not None and s.purpose == P_FORWARD:
-            self._forward_lost(s, "the worker closed the connection")
-        elif s is not None:
+        if s is not None and not (
+            s.purpose >= P_FORWARD and self.peers.gone(s, "the worker closed the connection")
+        ):
             self.leaving.server_gone(
                 s, fatal("08006", "the server closed the connection unexpectedly"), closed=True
             )
         return self.flush()
-
-    def _forward_lost(self, s: ServerConn, error: str) -> None:
-        """A cancel request could not reach the worker that owns it (being restarted:
-        its clients are gone, so there is nothing left to cancel)."""
-        self.peers.gone(s)
-        self.pools.close_server(s, send=False)
-        self.ctx.log(
-            logging.INFO,
-            f"a cancel request for worker {s.address.port} was dropped: {error}",
-        )
 
     def client_writable(self, cid: int, writable: bool, now: float) -> list[Effect]:
         """Backpressure: a client that reads slowly stops its server being read."""

@@ -25,6 +25,15 @@ the workers' Unix sockets) and nothing else about the others. Decisions:
   at most (:data:`~pgsansio.config.model.MAX_WORKERS` = 64), so 26 to 31 random bits
   remain beside the 31 of the process ID in transaction mode. PgBouncer's peering
   spends 14 bits of its 8-byte key on ``peer_id`` the same way.
+* **The admin console and /metrics speak for the whole pooler, one row (one series)
+  per worker.** A console connection or a scrape lands on one worker, which asks the
+  others (:meth:`Peers.ask`) over the same Unix sockets: it logs in to each one's
+  console as PgBouncer's ``pgbouncer`` user over a Unix socket of our own OS user (so
+  no password), with ``application_name`` :data:`PEER_APPLICATION`, runs the same
+  command, and the answers are merged above (see ._admin and ._metrics). A worker that
+  does not answer within :data:`ASK_SECONDS` (being restarted) is left out and named
+  in the log. A console session marked as a peer's is answered by its own worker
+  alone, so a question never travels further.
 * **A CancelRequest for another worker is forwarded to it**, as PgBouncer forwards a
   foreign key to its ``[peers]``: over a connection to that worker's Unix socket
   (``<directory>/.s.PGSQL.<worker>``), opened with the ordinary ``OpenServer`` effect
@@ -43,16 +52,47 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from pgsansio.config.model import ServerAddress
+from pgsansio.protocol import (
+    NEED_DATA,
+    PAUSED,
+    Authentication,
+    AuthenticationOk,
+    DataRow,
+    ErrorResponse,
+    ProtocolError,
+    Query,
+    ReadyForQuery,
+    RowDescription,
+    StartupMessage,
+    Terminate,
+)
 
 from ._effects import OpenServer
-from ._objects import P_FORWARD, ServerConn
+from ._objects import P_FORWARD, P_PEER, ServerConn
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pgsansio.config.model import Config
 
     from ._context import Context
+    from ._pooling import Pools
 
-__all__ = ["Peers", "WorkerInfo", "share", "split_config"]
+__all__ = [
+    "ASK_SECONDS",
+    "PEER_APPLICATION",
+    "Answer",
+    "Peers",
+    "WorkerInfo",
+    "share",
+    "split_config",
+]
+
+PEER_APPLICATION = "pgsansio worker"
+"""The ``application_name`` a worker logs in to another's console with."""
+
+ASK_SECONDS = 5.0
+"""How long a question to the other workers waits for their answers."""
 
 
 @dataclass(frozen=True)
@@ -103,13 +143,52 @@ def split_config(config: Config, worker: WorkerInfo) -> Config:
     return replace(config, general=general, pools=pools)
 
 
-class Peers:
-    """This engine's place among the workers: cancel keys, and forwarding the cancel
-    requests that belong to another worker. Owns the forwards under way."""
+class Answer:
+    """One worker's answer to a console command: its columns (name, type OID) and
+    rows as text, or why there is none (``error``)."""
 
-    def __init__(self, ctx: Context, worker: WorkerInfo | None) -> None:
-        self.ctx = ctx
+    __slots__ = ("columns", "error", "rows")
+
+    def __init__(self) -> None:
+        self.columns: list[tuple[str, int]] = []
+        self.rows: list[tuple[str | None, ...]] = []
+        self.error: str | None = None
+
+
+class _Question:
+    """A console command put to every other worker, and the answers so far."""
+
+    __slots__ = ("answers", "done", "expected", "sql")
+
+    def __init__(self, sql: str, expected: int, done: Callable[[dict[int, Answer]], None]) -> None:
+        self.sql = sql
+        self.expected = expected
+        self.done = done
+        self.answers: dict[int, Answer] = {}
+
+
+class _Talk:
+    """One console session with another worker, for one question."""
+
+    __slots__ = ("answer", "asked", "question", "worker")
+
+    def __init__(self, question: _Question, worker: int) -> None:
+        self.question = question
         self.worker = worker
+        self.answer = Answer()
+        self.asked = False
+
+
+class Peers:
+    """This engine's place among the workers: cancel keys, forwarding the cancel
+    requests that belong to another worker, and questions to the other workers'
+    consoles. Owns the forwards and the console sessions under way."""
+
+    def __init__(self, ctx: Context, worker: WorkerInfo | None, *, pools: Pools) -> None:
+        self.ctx = ctx
+        self.pools = pools
+        self.worker = worker
+        self._talks: dict[int, _Talk] = {}  # sid -> the console session on it
         bits = (worker.count - 1).bit_length() if worker is not None else 0
         self._mask = (1 << bits) - 1
         self._forwards: dict[int, bytes] = {}  # sid -> the CancelRequest to pass on
@@ -144,10 +223,138 @@ class Peers:
         ctx.log(logging.INFO, f"cancel request for worker {owner}: forwarded to it")
         return True
 
-    def connected(self, s: ServerConn) -> bytes | None:
-        """The request to send on forward ``s``, now connected (None: not a forward)."""
-        return self._forwards.pop(s.sid, None)
+    @property
+    def others(self) -> list[int]:
+        """The other workers' numbers (none when the pooler is one process)."""
+        worker = self.worker
+        if worker is None:
+            return []
+        return [k for k in range(1, worker.count + 1) if k != worker.index]
 
-    def gone(self, s: ServerConn) -> None:
-        """Forward ``s`` failed or closed before it was sent: forget it."""
-        self._forwards.pop(s.sid, None)
+    def ask(self, sql: str, done: Callable[[dict[int, Answer]], None]) -> None:
+        """Run console command ``sql`` on every other worker; ``done`` gets the answers
+        by worker number once all are in or :data:`ASK_SECONDS` have passed (a missing
+        worker's answer then has ``error`` set)."""
+        others = self.others
+        question = _Question(sql, len(others), done)
+        worker = self.worker
+        if worker is None or not others:
+            done(question.answers)
+            return
+        ctx = self.ctx
+        for k in others:
+            ctx.next_sid += 1
+            address = ServerAddress(worker.directory, k, "primary")
+            s = ServerConn(ctx.next_sid, None, address, ctx.now, purpose=P_PEER)
+            ctx.servers[s.sid] = s
+            self._talks[s.sid] = _Talk(question, k)
+            ctx.out.append(OpenServer(s.sid, worker.directory, k))
+        ctx.at(ctx.now + ASK_SECONDS, lambda: self._expire(question))
+
+    def connected(self, s: ServerConn) -> None:
+        """Forward or console session ``s`` is connected: send what it is for."""
+        request = self._forwards.pop(s.sid, None)
+        if request is not None:
+            self.ctx.send_server(s, request)
+            self.pools.close_server(s)
+            return
+        if s.sid in self._talks:
+            startup = StartupMessage(
+                {
+                    "user": "pgbouncer",
+                    "database": "pgbouncer",
+                    "application_name": PEER_APPLICATION,
+                }
+            )
+            self.ctx.send_server(s, s.conn.send(startup))
+
+    def read(self, s: ServerConn) -> None:
+        """What another worker's console answered on ``s``."""
+        talk = self._talks.get(s.sid)
+        if talk is None:
+            return
+        answer = talk.answer
+        try:
+            while True:
+                event = s.conn.next_event()
+                if event is NEED_DATA or event is PAUSED:
+                    return
+                if isinstance(event, ReadyForQuery):
+                    if talk.asked:
+                        self._finish(s, None)
+                        return
+                    talk.asked = True
+                    self.ctx.send_server(s, s.conn.send(Query(talk.question.sql)))
+                elif isinstance(event, RowDescription):
+                    answer.columns = [(f.name, f.type_oid) for f in event.fields]
+                elif isinstance(event, DataRow):
+                    answer.rows.append(
+                        tuple(None if v is None else bytes(v).decode() for v in event.values)
+                    )
+                elif isinstance(event, ErrorResponse):
+                    answer.error = event.message or "error"
+                    if not talk.asked:  # refused at login: no ReadyForQuery will come
+                        self._finish(s, answer.error)
+                        return
+                elif isinstance(event, Authentication) and not isinstance(event, AuthenticationOk):
+                    self._finish(s, "it asks for a password (is admin_users set up?)")
+                    return
+        except ProtocolError as exc:
+            self._finish(s, f"it answered with something that is not PostgreSQL's: {exc}")
+
+    def gone(self, s: ServerConn, error: str) -> bool:
+        """``s``, a forward or a console session, failed or closed; whether it was one
+        of ours (a forward is then dropped, a question answered with ``error``)."""
+        if self._forwards.pop(s.sid, None) is not None:
+            self.pools.close_server(s, send=False)
+            self.ctx.log(
+                logging.INFO, f"a cancel request for worker {s.address.port} was dropped: {error}"
+            )
+            return True
+        if s.sid in self._talks:
+            self._finish(s, error, send=False)
+            return True
+        return False
+
+    def _finish(self, s: ServerConn, error: str | None, *, send: bool = True) -> None:
+        talk = self._talks.pop(s.sid, None)
+        if send:
+            self.ctx.send_server(s, s.conn.send(Terminate()) if error is None else b"")
+        self.pools.close_server(s, send=send)
+        if talk is None:
+            return
+        if error is not None:
+            talk.answer.error = error
+        question = talk.question
+        question.answers[talk.worker] = talk.answer
+        if len(question.answers) == question.expected:
+            self._answered(question)
+
+    def _expire(self, question: _Question) -> None:
+        if len(question.answers) >= question.expected:
+            return
+        for sid, talk in list(self._talks.items()):
+            if talk.question is question:
+                s = self.ctx.servers.get(sid)
+                if s is not None:
+                    self._finish(s, f"no answer within {ASK_SECONDS:g} s", send=True)
+                else:
+                    del self._talks[sid]
+        for k in self.others:
+            if k not in question.answers:
+                missing = question.answers[k] = Answer()
+                missing.error = f"no answer within {ASK_SECONDS:g} s"
+        self._answered(question)
+
+    def _answered(self, question: _Question) -> None:
+        if question.expected < 0:
+            return  # already answered (the deadline came first)
+        question.expected = -1
+        for k, answer in sorted(question.answers.items()):
+            if answer.error is not None:
+                self.ctx.log(
+                    logging.WARNING,
+                    f"worker {k} could not run {question.sql!r} for the console of "
+                    f"worker {self.worker.index if self.worker else 1}: {answer.error}",
+                )
+        question.done(question.answers)
