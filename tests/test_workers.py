@@ -306,6 +306,11 @@ def test_a_worker_that_cannot_listen_stops_the_pooler(
     assert "Traceback" not in err
 
 
+def paused_column(admin: psycopg.Connection[tuple[object, ...]]) -> list[tuple[object, ...]]:
+    """SHOW STATE's ``paused`` rows: (value, worker) for each worker."""
+    return [row[1:] for row in admin.execute("SHOW STATE").fetchall() if row[0] == "paused"]
+
+
 def test_the_console_and_metrics_speak_for_every_worker(
     pg15: Cluster, tmp_path: pathlib.Path
 ) -> None:
@@ -337,22 +342,12 @@ def test_the_console_and_metrics_speak_for_every_worker(
             assert f'pgcat_pools_cl_active{{pool="{TEST_DATABASE}",user="trust_user",' in text
             assert f'worker="{worker}"}}' in text
         assert text.count("# TYPE pgcat_pools_cl_active gauge") == 1
-        assert admin.execute("PAUSE").statusmessage == "PAUSE"
-        wait_for(
-            lambda: (
-                [r[1:] for r in admin.execute("SHOW STATE").fetchall() if r[0] == "paused"]
-                == [("yes", 1), ("yes", 2)]
-            ),
-            "every worker to be paused",
-        )
-        assert admin.execute("RESUME").statusmessage == "RESUME"
-        wait_for(
-            lambda: (
-                [r[1:] for r in admin.execute("SHOW STATE").fetchall() if r[0] == "paused"]
-                == [("no", 1), ("no", 2)]
-            ),
-            "every worker to resume",
-        )
+        for command, paused in (("PAUSE", "yes"), ("RESUME", "no")):
+            assert admin.execute(command).statusmessage == command
+            wait_for(
+                lambda paused=paused: paused_column(admin) == [(paused, 1), (paused, 2)],
+                f"every worker to {command}",
+            )
         for conn in clients:
             assert conn.execute("select 1").fetchone() == (1,)
             conn.close()
