@@ -316,11 +316,20 @@ def test_the_console_and_metrics_speak_for_every_worker(
 ) -> None:
     """SHOW answers one row per worker (a worker column), /metrics one series per
     worker (a worker label), and PAUSE, RESUME and SHUTDOWN act on every worker,
-    whichever worker the console connection landed on."""
+    whichever worker the console connection landed on. The Unix socket
+    (unix_socket_dir) is one, shared by the workers, and removed at exit."""
     mport = free_port()
-    general = {"enable_prometheus_exporter": True, "prometheus_exporter_port": mport}
+    general = {
+        "enable_prometheus_exporter": True,
+        "prometheus_exporter_port": mport,
+        "unix_socket_dir": str(tmp_path),
+    }
     with workers_run(pg15, tmp_path, general=general) as (proc, port, log):
-        clients = [psycopg.connect(dsn(port), autocommit=True) for _ in range(8)]
+        clients = [psycopg.connect(dsn(port), autocommit=True) for _ in range(6)]
+        clients += [
+            psycopg.connect(dsn(port).replace("127.0.0.1", str(tmp_path)), autocommit=True)
+            for _ in range(2)
+        ]
         for conn in clients:
             conn.execute("select 1")
         admin = psycopg.connect(
@@ -354,3 +363,4 @@ def test_the_console_and_metrics_speak_for_every_worker(
         admin.execute("SHUTDOWN")
         assert proc.wait(15) == 0
         assert log.read_text().count("SHUTDOWN from the admin console: exiting now") == 2
+        assert not (tmp_path / f".s.PGSQL.{port}").exists()
