@@ -269,6 +269,12 @@ def test_a_killed_worker_is_restarted_and_signals_reach_every_worker(
         for _ in range(12):
             with psycopg.connect(dsn(port)) as conn:
                 assert conn.execute("select 1").fetchone() == (1,)
+        for signum, said in ((signal.SIGUSR1, "SIGUSR1: pausing;"), (signal.SIGUSR2, "SIGUSR2")):
+            proc.send_signal(signum)
+            wait_for(
+                lambda said=said: all(f"worker {i}: {said}" in log.read_text() for i in (1, 2)),
+                f"both workers to hear {said}",
+            )
         proc.send_signal(signal.SIGHUP)
         wait_for(
             lambda: all(f"worker {i}: configuration reloaded" in log.read_text() for i in (1, 2)),
@@ -351,12 +357,11 @@ def test_the_console_and_metrics_speak_for_every_worker(
             assert f'pgcat_pools_cl_active{{pool="{TEST_DATABASE}",user="trust_user",' in text
             assert f'worker="{worker}"}}' in text
         assert text.count("# TYPE pgcat_pools_cl_active gauge") == 1
-        for command, paused in (("PAUSE", "yes"), ("RESUME", "no")):
-            assert admin.execute(command).statusmessage == command
-            wait_for(
-                lambda paused=paused: paused_column(admin) == [(paused, 1), (paused, 2)],
-                f"every worker to {command}",
-            )
+        # PAUSE answers once every worker is paused; RESUME reaches the others after.
+        assert admin.execute("PAUSE").statusmessage == "PAUSE"
+        assert paused_column(admin) == [("yes", 1), ("yes", 2)]
+        assert admin.execute("RESUME").statusmessage == "RESUME"
+        wait_for(lambda: paused_column(admin) == [("no", 1), ("no", 2)], "both to resume")
         for conn in clients:
             assert conn.execute("select 1").fetchone() == (1,)
             conn.close()

@@ -27,12 +27,12 @@ database. What a PgBouncer operator expects, written down:
   per-worker limits would not be, and it shows how evenly the kernel spread the
   clients. The commands that change the pooler (PAUSE, RESUME, DISABLE, ENABLE,
   RECONNECT, KILL, WAIT_CLOSE, BAN, UNBAN, RELOAD, SET, SHUTDOWN) run here and are
-  passed to every other worker; this worker answers for itself (so PAUSE answers when
-  its own servers are closed), and a worker that fails or does not answer is named in
-  the log. The plain SHUTDOWN (exit at once) waits for the others' answers before this
-  worker exits. KILL_CLIENT takes an id of this worker's (ids are per worker: use
-  SHOW CLIENTS on the worker's own connection). SHOW HELP and VERSION are this
-  worker's alone.
+  passed to every other worker, and a worker that fails or does not answer is named
+  in the log. PAUSE and WAIT_CLOSE answer when every worker has: the others first
+  (together), then this one. The plain SHUTDOWN (exit at once) waits for the others'
+  answers before this worker exits. KILL_CLIENT takes an id of this worker's (ids
+  are per worker: SHOW CLIENTS's worker column says whose). SHOW HELP and VERSION are
+  this worker's alone.
 - **Errors** name the command and what is wrong: 42601 for syntax (unknown command,
   missing or extra argument), 42704 for an unknown database, client or host, 55000
   for a state that does not allow it (RESUME of what is not paused).
@@ -108,6 +108,10 @@ _RELAYED = frozenset(
     )
 )
 """Console commands every worker runs (see the module docstring)."""
+
+_WAIT_FOR_ALL = frozenset(("PAUSE", "WAIT_CLOSE"))
+"""Relayed commands answered only once every worker has done them (PgBouncer answers
+PAUSE when the servers are closed: so an operator may then restart PostgreSQL)."""
 
 _LOCAL_ITEMS = frozenset(("HELP", "VERSION"))
 """SHOW items the worker the console is connected to answers alone."""
@@ -293,6 +297,13 @@ class Admin:
             raise AdminError(
                 "42601", f'invalid command "{words[0]}"; SHOW HELP lists the commands'
             )
+        if command in _WAIT_FOR_ALL and self._everywhere(c):
+            # Answered when every worker is done: the others first (in parallel), then
+            # here, whose answer (when its own servers are closed) is the console's.
+            self._one_db(command, args, required=False)  # a bad name fails here, alone
+            self.control.busy.add(c.cid)
+            self.peers.ask(self._raw_sql, lambda _: self._then_here(c, command, args))
+            return None
         answer = action(self, c, command, args)
         if command in _RELAYED and self._everywhere(c):
             self._relay()  # it ran here (an error would have been raised): now there
@@ -341,6 +352,23 @@ class Admin:
                 tag,
             )
         self.admin_resume(c)
+
+    def _then_here(self, c: Client, command: str, args: list[str]) -> None:
+        """Run ``command`` here once the other workers have (see _WAIT_FOR_ALL)."""
+        self._answered_later(c)
+        try:
+            answer = self._ACTIONS[command](self, c, command, args)
+        except AdminError as exc:
+            if c.state is not C_CLOSED:
+                self.ctx.send_client(c, ErrorResponse.build(exc.sqlstate, exc.message))
+                self.ctx.send_client(c, ReadyForQuery("I"))
+            self.admin_resume(c)
+            return
+        if answer is not None and c.state is not C_CLOSED:
+            self.ctx.send_client(c, CommandComplete(answer))
+            self.ctx.send_client(c, ReadyForQuery("I"))
+        if c.cid not in self.control.busy:
+            self.admin_resume(c)
 
     def _relay(self) -> None:
         """Run the command being run here on every other worker too."""
