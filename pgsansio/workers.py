@@ -158,6 +158,10 @@ class _Supervisor:
         except FrontendError as exc:
             log.error("cannot start: %s", exc)
             return EX_STARTUP
+        except KeyboardInterrupt:
+            # A second SIGINT as the runtime was closing (asyncio puts Python's own
+            # handler back as it stops): it asked for an exit at once, which this is.
+            return 128 + signal.SIGINT
         except BaseException:  # a worker must never return into the supervisor
             log.critical("stopped by an error, which is a bug in pgsansio:\n%s", _trace())
             return EX_SOFTWARE

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -245,12 +246,37 @@ def test_pool_size_is_split_between_workers(pg15: Cluster, tmp_path: pathlib.Pat
         assert 1 <= most <= 3
 
 
+def workers_of(port: int, conns: list[psycopg.Connection[tuple[int]]]) -> list[int]:
+    """The worker each of ``conns`` is on, from SHOW CLIENTS (matched by client port)."""
+    with psycopg.connect(
+        f"host=127.0.0.1 port={port} dbname=pgbouncer user=admin password=admin",
+        autocommit=True,
+    ) as admin:
+        cur = admin.execute("SHOW CLIENTS")
+        assert cur.description is not None
+        names = [d.name for d in cur.description]
+        by_port = {row[names.index("port")]: row[-1] for row in cur.fetchall()}
+    ports = []
+    for conn in conns:
+        with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+            ports.append(sock.getsockname()[1])
+    return [int(by_port[p]) for p in ports]
+
+
+def worker_pids(log: pathlib.Path) -> dict[int, int]:
+    """Worker number -> pid, from the supervisor's "listening" line."""
+    line = next(x for x in log.read_text().splitlines() if "worker processes listening" in x)
+    pids = line.rsplit("(pids ", 1)[1].rstrip(")").split(", ")
+    return {i: int(pid) for i, pid in enumerate(pids, 1)}
+
+
 def test_a_killed_worker_is_restarted_and_signals_reach_every_worker(
     pg15: Cluster, tmp_path: pathlib.Path
 ) -> None:
     with workers_run(pg15, tmp_path, frontend="uvloop") as (proc, port, log):
         conns = [psycopg.connect(dsn(port), autocommit=True) for _ in range(12)]
-        victim = children(proc.pid)[0]
+        where = workers_of(port, conns)
+        victim = worker_pids(log)[where[0]]
         os.kill(victim, signal.SIGKILL)
         # The victim's clients get an error at once (no hang); the others go on.
         outcomes = []
@@ -260,9 +286,10 @@ def test_a_killed_worker_is_restarted_and_signals_reach_every_worker(
             except psycopg.OperationalError:
                 outcomes.append(False)
             conn.close()
-        assert all(isinstance(o, bool) for o in outcomes)
+        assert outcomes == [w != where[0] for w in where]
         wait_for(lambda: "starting worker" in log.read_text(), "the restart", 30)
-        wait_for(lambda: log.read_text().count(" listening on ") == 3, "the new worker")
+        listening = re.compile(r"worker \d: listening on ")
+        wait_for(lambda: len(listening.findall(log.read_text())) == 3, "the new worker")
         assert victim not in children(proc.pid)
         assert "was killed by SIGKILL" in log.read_text()
         # Every new client is served, on either worker.
