@@ -29,11 +29,20 @@ import pytest
 from _daemons import pgsansio_toml
 from _frontend_thread import frontend_params
 from _pooler import make_config
+from _wire import query, startup_packet
 from pooler_bench import free_port, stop, wait_for_port
 
 from pgsansio.config import ConfigError, load_config
-from pgsansio.engine import Engine, WorkerInfo
-from pgsansio.engine._peers import share, split_config
+from pgsansio.engine import (
+    UNIX_OWNER_PEER,
+    CloseServer,
+    Engine,
+    Log,
+    OpenServer,
+    SendClient,
+    WorkerInfo,
+)
+from pgsansio.engine._peers import ASK_SECONDS, share, split_config
 from pgsansio.testing.cluster import TEST_DATABASE, Cluster
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -155,6 +164,34 @@ def test_cancel_keys_name_their_worker(pg15: Cluster) -> None:
                 (int.from_bytes(s, "big") & ((1 << bits) - 1)) + 1 == index for s in secrets
             )
             assert len(secrets) > 150  # still random above the worker's bits
+
+
+def test_a_worker_that_does_not_answer_the_console_is_left_out(pg15: Cluster) -> None:
+    """The engine alone (sans-IO): SHOW asks the other worker over its Unix socket; a
+    worker that cannot be reached, or does not answer in time, is left out of the
+    rows and named in the log, and the console gets its answer."""
+    engine = Engine(make_config(pg15), seed=1, worker=WorkerInfo(1, 2, "/run/w"))
+    engine.start(0.0)
+    engine.client_connected(7, UNIX_OWNER_PEER, 0.0)
+    welcome = engine.client_data(7, startup_packet("pgbouncer", "pgbouncer"), 0.0)
+    assert any(isinstance(e, SendClient) and e.data.endswith(b"Z\0\0\0\x05I") for e in welcome)
+    now = 1.0
+    for item, fail in (("POOLS", True), ("STATS", False)):
+        asked = engine.client_data(7, query(f"SHOW {item}"), now)
+        opened = [e for e in asked if isinstance(e, OpenServer)]
+        assert [(e.host, e.port) for e in opened] == [("/run/w", 2)]  # .s.PGSQL.2 there
+        assert not any(isinstance(e, SendClient) for e in asked)  # not before the answer
+        if fail:
+            answer = engine.server_failed(opened[0].sid, "connection refused", now)
+        else:
+            engine.server_connected(opened[0].sid, now)
+            answer = engine.tick(now + ASK_SECONDS)  # the worker never answers
+            assert CloseServer(opened[0].sid) in answer
+        sent = b"".join(e.data for e in answer if isinstance(e, SendClient))
+        assert b"worker\0" in sent and sent.endswith(b"Z\0\0\0\x05I")
+        logs = [e.message for e in answer if isinstance(e, Log)]
+        assert any(f"worker 2 could not run 'SHOW {item}'" in m for m in logs), logs
+        now += ASK_SECONDS + 1
 
 
 def test_workers_key_is_checked(tmp_path: pathlib.Path, pg15: Cluster) -> None:
