@@ -199,6 +199,15 @@ class _Supervisor:
             FIRST_DELAY if ran >= STABLE_SECONDS else min(MAX_DELAY, 2 * w.delay or FIRST_DELAY)
         )
         w.restart_at = time.monotonic() + w.delay
+        if not w.ready:
+            log.error(
+                "worker %d (pid %d) could not start (%s); starting it again in %.1f s",
+                w.index,
+                pid,
+                _how_it_ended(code),
+                w.delay,
+            )
+            return
         log.error(
             "worker %d (pid %d) %s after %.0f s; its clients were disconnected, the other "
             "workers take the new connections; starting it again in %.1f s",

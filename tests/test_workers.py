@@ -13,10 +13,12 @@ from __future__ import annotations
 import os
 import pathlib
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -57,8 +59,10 @@ def workers_run(
     workers: int = 2,
     pool_size: int = 16,
     general: dict[str, object] | None = None,
+    tmpdir: str | None = None,
 ) -> Iterator[tuple[subprocess.Popen[bytes], int, pathlib.Path]]:
-    """``pgsansio run`` with ``workers``; (process, port, log file). Logs at info."""
+    """``pgsansio run`` with ``workers``; (process, port, log file). Logs at info.
+    ``tmpdir``: its TMPDIR (where the supervisor makes the workers' directory)."""
     port = free_port()
     toml = work / "pgcat.toml"
     keys = {"workers": workers, **(general or {})}
@@ -66,7 +70,7 @@ def workers_run(
     toml.write_text(text.replace("= True\n", "= true\n").replace("= False\n", "= false\n"))
     log = work / "pooler.log"
     cmd = [sys.executable, "-m", "pgsansio", "run", str(toml), "--frontend", frontend]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **({"TMPDIR": tmpdir} if tmpdir else {})}
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
@@ -433,3 +437,29 @@ def test_the_console_and_metrics_speak_for_every_worker(
         assert proc.wait(15) == 0
         assert log.read_text().count("SHUTDOWN from the admin console: exiting now") == 2
         assert not (tmp_path / f".s.PGSQL.{port}").exists()
+
+
+def test_a_worker_that_keeps_failing_waits_longer_each_time(
+    pg15: Cluster, tmp_path: pathlib.Path
+) -> None:
+    """A worker that cannot start again (its Unix socket's directory is gone) is
+    retried after 0.5 s, then 1 s...: a crash loop does not spin, and each failure is
+    logged with its reason. Once the cause is gone, the next attempt serves again."""
+    short = tempfile.mkdtemp(prefix="w", dir="/tmp")  # Unix socket paths are short
+    try:
+        with workers_run(pg15, tmp_path, tmpdir=short) as (_, port, log):
+            (directory,) = pathlib.Path(short).iterdir()
+            shutil.rmtree(directory)
+            os.kill(worker_pids(log)[2], signal.SIGKILL)
+            wait_for(lambda: "starting it again in 1.0 s" in log.read_text(), "a second failure")
+            text = log.read_text()
+            assert "starting it again in 0.5 s" in text
+            assert f"worker 2: cannot start: cannot listen on {directory}/.s.PGSQL.2" in text
+            directory.mkdir(mode=0o700)
+            listening = re.compile(r"worker 2: listening on ")
+            wait_for(lambda: len(listening.findall(log.read_text())) == 2, "worker 2 back")
+            for _ in range(6):
+                with psycopg.connect(dsn(port)) as conn:
+                    assert conn.execute("select 1").fetchone() == (1,)
+    finally:
+        shutil.rmtree(short, ignore_errors=True)

@@ -27,6 +27,7 @@ import socket
 from dataclasses import dataclass, field
 
 from pgsansio.engine import WorkerInfo
+from pgsansio.frontends import FrontendError
 
 __all__ = ["WorkerProcess", "become_worker", "current_worker"]
 
@@ -46,7 +47,11 @@ class WorkerProcess:
 
     def peer_listener(self, backlog: int) -> tuple[socket.socket, str]:
         """This worker's own Unix socket, bound and listening (non-blocking), and its
-        path. A file left by the worker this one replaces is removed first."""
+        path. A file left by the worker this one replaces is removed first.
+
+        Raises:
+            FrontendError: the socket cannot be made (the message names the path).
+        """
         path = self.peer_path
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
@@ -54,9 +59,13 @@ class WorkerProcess:
         try:
             sock.bind(path)
             sock.listen(backlog)
-        except OSError:
+        except OSError as exc:
             sock.close()
-            raise
+            why = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+            raise FrontendError(
+                f"cannot listen on {path}, the socket other workers forward cancel "
+                f"requests to: {why}"
+            ) from None
         sock.setblocking(False)
         return sock, path
 
