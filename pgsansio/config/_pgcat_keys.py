@@ -247,8 +247,8 @@ _NOT_ACTED_ON: dict[str, tuple[Callable[[object], bool], str]] = {
     # commit that implements its key.
     "worker_threads": (
         _always,
-        "ignored: pgsansio serves every client from one event loop in one process (one "
-        "CPU core), whatever this says; to use more cores, run several pgsansio processes",
+        "ignored: each pgsansio process serves its clients from one event loop (one CPU "
+        "core), whatever this says; to use more cores, set workers = N (docs/workers.md)",
     ),
     "autoreload": (
         _always,
