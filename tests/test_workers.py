@@ -385,6 +385,12 @@ def paused_column(admin: psycopg.Connection[tuple[object, ...]]) -> list[tuple[o
     return [row[1:] for row in admin.execute("SHOW STATE").fetchall() if row[0] == "paused"]
 
 
+def max_client_conn(admin: psycopg.Connection[tuple[object, ...]]) -> list[tuple[object, ...]]:
+    """SHOW CONFIG's (max_client_conn, worker) for each worker."""
+    rows = admin.execute("SHOW CONFIG").fetchall()
+    return sorted((row[1], row[-1]) for row in rows if row[0] == "max_client_conn")
+
+
 def test_the_console_and_metrics_speak_for_every_worker(
     pg15: Cluster, tmp_path: pathlib.Path
 ) -> None:
@@ -433,6 +439,9 @@ def test_the_console_and_metrics_speak_for_every_worker(
         for conn in clients:
             assert conn.execute("select 1").fetchone() == (1,)
             conn.close()
+        # SET is not split: every worker takes the value (docs/workers.md).
+        assert admin.execute("SET max_client_conn = 500").statusmessage == "SET"
+        wait_for(lambda: max_client_conn(admin) == [("500", 1), ("500", 2)], "SET everywhere")
         admin.execute("SHUTDOWN")
         assert proc.wait(15) == 0
         assert log.read_text().count("SHUTDOWN from the admin console: exiting now") == 2

@@ -257,9 +257,10 @@ class Admin:
                 )
             return None
         if command == "SET":
+            before = self.ctx.config
             tag = self._set(c)
-            if self._everywhere(c) and not c.stats_only:
-                self._relay()
+            if self.ctx.config is not before and self._everywhere(c):
+                self._relay()  # a setting changed (a driver's session SET changes none)
             return tag
         if c.stats_only:
             # PgBouncer's stats_users: read, never act (its words).
