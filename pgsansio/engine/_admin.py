@@ -248,10 +248,15 @@ class Admin:
                 columns = (("family", TEXT), ("type", TEXT), ("help", TEXT), ("line", TEXT))
                 self.show.rows(c, columns, self.metrics.samples())
                 return None
-            everywhere = self._everywhere(c) and item not in _LOCAL_ITEMS
-            if everywhere and self._show_everywhere(c, item):
+            everywhere = self._everywhere(c)
+            if everywhere and item not in _LOCAL_ITEMS and self._show_everywhere(c, item):
                 return None
-            if not self.show.run(item, c):
+            self.show.hidden = None if everywhere or not self.peers.others else c.cid
+            try:
+                known = self.show.run(item, c)
+            finally:
+                self.show.hidden = None
+            if not known:
                 raise AdminError(
                     "42704", f'unknown {command} item "{args[0]}"; SHOW HELP lists them'
                 )

@@ -125,6 +125,9 @@ class Show:
         self.pools = pools
         self.health = health
         self._taken: list[tuple[Columns, list[Row], str]] | None = None  # see table()
+        self.hidden: int | None = None
+        """A client left out of CLIENTS and SOCKETS: another worker's console session
+        asking this one (see ._peers), which is not the operator's business."""
 
     def table(self, item: str, c: Client) -> tuple[Columns, list[Row], str] | None:
         """``SHOW item``'s columns, rows and tag, answering nobody (the console of a
@@ -381,6 +384,8 @@ class Show:
         general = self.ctx.config.general
         rows: list[Row] = []
         for x in sorted(self.ctx.clients.values(), key=lambda x: x.cid):
+            if x.cid == self.hidden:
+                continue
             if x.waiting_since is not None:
                 state = "waiting"
             elif x.state is not ClientState.READY:
