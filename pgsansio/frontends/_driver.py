@@ -247,14 +247,19 @@ def listen_unix(general: General, port: int) -> tuple[socket.socket, str] | None
         finally:
             probe.close()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    bound = False
     try:
         sock.bind(path)
+        bound = True
         os.chmod(path, general.unix_socket_mode)
         if general.unix_socket_group:
             os.chown(path, -1, grp.getgrnam(general.unix_socket_group).gr_gid)
         sock.listen(general.listen_backlog)
     except (OSError, KeyError) as exc:
         sock.close()
+        if bound:  # not left behind for the next start to find
+            with contextlib.suppress(OSError):
+                os.unlink(path)
         reason = f"no group {general.unix_socket_group!r}" if isinstance(exc, KeyError) else exc
         raise FrontendError(f"cannot listen on {path}: {reason}") from None
     sock.setblocking(False)
