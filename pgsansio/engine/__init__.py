@@ -5,6 +5,8 @@ calls these methods of :class:`Engine`, each returning a list of effects to carr
 in order::
 
     engine = Engine(config, seed=None)
+    Engine(config, seed=None, worker=WorkerInfo(k, n, directory))  # worker k of n
+                                            # (general.workers; see ._peers)
     engine.start(now)                       # pre-warms min_pool_size
     engine.client_connected(cid, peer, now)  # cid: an int the frontend picks, unique
     engine.client_data(cid, data, now)
