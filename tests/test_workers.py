@@ -255,8 +255,9 @@ def test_cancel_reaches_the_worker_that_runs_the_query(
 
 def test_pool_size_is_split_between_workers(pg15: Cluster, tmp_path: pathlib.Path) -> None:
     """pool_size 3 over two workers (2 + 1): 10 clients in concurrent transactions
-    never hold more than 3 server connections, and every one of them is served."""
-    with workers_run(pg15, tmp_path, pool_size=3) as (_, port, _log), direct(pg15) as pg:
+    never hold more than 3 server connections, and every one of them is served. Then
+    SIGTERM: every worker waits for its clients, and the pooler exits 0."""
+    with workers_run(pg15, tmp_path, pool_size=3) as (proc, port, log), direct(pg15) as pg:
         most = 0
         done: list[int] = []
         stop_watch = threading.Event()
@@ -285,6 +286,14 @@ def test_pool_size_is_split_between_workers(pg15: Cluster, tmp_path: pathlib.Pat
         watcher.join()
         assert len(done) == 10
         assert 1 <= most <= 3
+        held = psycopg.connect(dsn(port))
+        proc.send_signal(signal.SIGTERM)
+        gentle = "SIGTERM: shutting down once every client has left"
+        wait_for(lambda: log.read_text().count(gentle) == 2, "both workers to hear SIGTERM")
+        assert held.execute("select 1").fetchone() == (1,)  # its worker waits for it
+        assert proc.poll() is None
+        held.close()
+        assert proc.wait(15) == 0
 
 
 def workers_of(port: int, conns: list[psycopg.Connection[tuple[int]]]) -> list[int]:
