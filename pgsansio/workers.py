@@ -237,7 +237,11 @@ class _Supervisor:
     # ------------------------------------------------------------------- the loop
 
     def run(self) -> int:
-        self._listen_shared()
+        try:
+            self._listen_shared()
+        except BaseException:
+            self._cleanup()  # the directory and anything bound: nothing is left behind
+            raise
         previous = {s: signal.signal(s, _no_op) for s in (*OPERATOR_SIGNALS, signal.SIGCHLD)}
         self.sig_w.setblocking(False)
         old_fd = signal.set_wakeup_fd(self.sig_w.fileno(), warn_on_full_buffer=False)

@@ -371,22 +371,42 @@ def test_a_killed_worker_is_restarted_and_signals_reach_every_worker(
     assert "Traceback" not in text
 
 
-def test_a_worker_that_cannot_listen_stops_the_pooler(
+def test_a_pooler_that_cannot_listen_stops_and_leaves_nothing_behind(
     pg15: Cluster, tmp_path: pathlib.Path
 ) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        toml = tmp_path / "pgcat.toml"
-        toml.write_text(pgsansio_toml(port, pg15, 4, {"workers": 2}))
-        cmd = [sys.executable, "-m", "pgsansio", "run", str(toml), "--frontend", "asyncio"]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        done = subprocess.run(cmd, capture_output=True, env=env, timeout=60, check=False)
-    err = done.stderr.decode()
-    assert done.returncode == 1, err
-    assert f"cannot listen on 127.0.0.1:{port}: address already in use" in err
-    assert "Traceback" not in err
+    """A TCP port taken by another program: the workers cannot listen, the others are
+    stopped, exit 1 with the reason. A Unix socket a server answers on: the supervisor
+    cannot make it, exit 1. Either way its directory is gone."""
+    short = tempfile.mkdtemp(prefix="w", dir="/tmp")  # TMPDIR, and the Unix socket
+    toml = tmp_path / "pgcat.toml"
+    cmd = [sys.executable, "-m", "pgsansio", "run", str(toml), "--frontend", "asyncio"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": short}
+    try:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            toml.write_text(pgsansio_toml(port, pg15, 4, {"workers": 2}))
+            done = subprocess.run(cmd, capture_output=True, env=env, timeout=60, check=False)
+        err = done.stderr.decode()
+        assert done.returncode == 1, err
+        assert f"cannot listen on 127.0.0.1:{port}: address already in use" in err
+        assert "Traceback" not in err
+        assert os.listdir(short) == []
+        port = free_port()
+        with socket.socket(socket.AF_UNIX) as other:
+            other.bind(f"{short}/.s.PGSQL.{port}")
+            other.listen()
+            keys = {"workers": 2, "unix_socket_dir": short}
+            toml.write_text(pgsansio_toml(port, pg15, 4, keys))
+            done = subprocess.run(cmd, capture_output=True, env=env, timeout=60, check=False)
+        err = done.stderr.decode()
+        assert done.returncode == 1, err
+        assert "another server is running there" in err
+        assert "Traceback" not in err
+        assert os.listdir(short) == [f".s.PGSQL.{port}"]  # the other server's, alone
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
 
 
 def paused_column(admin: psycopg.Connection[tuple[object, ...]]) -> list[tuple[object, ...]]:
