@@ -137,21 +137,36 @@ bench-core-compiled: compiled
 		--benchmark-only --benchmark-columns=min,mean,ops
 
 ## make bench: pgbench through pgsansio (each frontend), PgBouncer and directly, in one
-## run (~15 min; installs PgBouncer with apt-get when missing and root). Knobs:
-## BENCH_SECONDS=n per pgbench run, BENCH_FRONTENDS=asyncio,uvloop, BENCH_ARGS=--quick.
-## Writes bench/results/latest.md and latest.png (quick.md/.png with --quick).
-## Sharding's routing cost (3 shards vs one pool, not in the default set):
+## run (~12 min, 14 when the engine compiles too; installs PgBouncer with apt-get when
+## missing and root). pgsansio runs compiled (the mypyc build: `make compiled` on a copy
+## of the tree) on every frontend and also as pure Python on uvloop; each target's
+## `pgsansio --version` is checked against its label. '-S c200' and '-S -C c16' also run
+## through a pgsansio with `workers = 2` (skipped, with a note, by a pgsansio without
+## that key). CPU per transaction counts the pooler's whole process tree. Knobs:
+## BENCH_SECONDS=n per pgbench run, BENCH_FRONTENDS=asyncio,uvloop, BENCH_COMPILED=all|none|
+## list (frontends run compiled), BENCH_PURE=uvloop|all|none|list (frontends also run pure),
+## BENCH_WORKERS=n (the workers target; 1: none), BENCH_ARGS=--quick (or --tree DIR,
+## --baseline-tree DIR, --compiled-lib DIR: see bench/pooler_bench.py --help).
+## Writes bench/results/latest.md (a summary table first) and latest.png (quick.md/.png
+## with --quick). Sharding's routing cost (3 shards vs one pool, not in the default set):
 ## BENCH_ARGS='--workloads "-S sharded c32,-S sharded auto-key c32"'.
 BENCH_SECONDS ?=
 BENCH_FRONTENDS ?=
+BENCH_COMPILED ?=
+BENCH_PURE ?=
+BENCH_WORKERS ?=
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) bench/pooler_bench.py $(if $(BENCH_SECONDS),--seconds $(BENCH_SECONDS)) \
-		$(if $(BENCH_FRONTENDS),--frontends $(BENCH_FRONTENDS)) $(BENCH_ARGS)
+		$(if $(BENCH_FRONTENDS),--frontends $(BENCH_FRONTENDS)) \
+		$(if $(BENCH_COMPILED),--compiled-frontends $(BENCH_COMPILED)) \
+		$(if $(BENCH_PURE),--pure-frontends $(BENCH_PURE)) \
+		$(if $(BENCH_WORKERS),--workers $(BENCH_WORKERS)) $(BENCH_ARGS)
 
 ## make bench-profile: py-spy profile of pgsansio (uvloop) under pgbench -S -c 32 (~1 min);
-## bench/PROFILE.md quotes it. BENCH_ARGS passes options (--seconds, --mode prepared ...).
+## bench/PROFILE.md quotes it. BENCH_ARGS passes options (--seconds, --mode prepared,
+## --compiled for the mypyc build, --connect for -C ...).
 bench-profile: $(STAMP)
 	$(VENV)/bin/py-spy --version >/dev/null 2>&1 || $(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) bench/pooler_profile.py $(BENCH_ARGS)

@@ -11,9 +11,17 @@ protocol core (``pgsansio/protocol``), the engine (``pgsansio/engine``), the fro
 (``pgsansio/frontends``), and the event loop and everything else.
 ``bench/PROFILE.md`` quotes its output.
 
+``--compiled`` profiles the mypyc build instead of pure Python: made as ``make bench``
+makes it (``make compiled`` on a copy of the tree, or ``--compiled-lib DIR``) and checked
+with ``pgsansio --version``. py-spy's ``--native`` shows a compiled function as a C
+frame (``CPyDef_<module>___<Class>___<method>``); those frames are counted as the
+function they compile, in its layer, instead of being charged to the Python code that
+called them, so the two builds' tables read alike.
+
 Usage::
 
     .venv/bin/python bench/pooler_profile.py [--frontend uvloop] [--seconds 20] [--top 30]
+        [--compiled] [--connect --clients 16] [--tree DIR]
 """
 
 from __future__ import annotations
@@ -57,6 +65,38 @@ SYSCALLS = frozenset(
 )
 
 
+#: A function compiled by mypyc, as py-spy's ``--native`` names it: ``CPyDef_`` (the
+#: native body) or ``CPyPy_`` (its Python-callable wrapper), then the module's shortest
+#: unique name, class and function joined by ``___``.
+_MYPYC = re.compile(r"^CPy(?:Def|Py)_(\S+) \(")
+
+
+def _module_dirs() -> dict[str, str]:
+    """Module name -> its package directory under pgsansio (protocol, engine, ...)."""
+    out: dict[str, str] = {}
+    for path in sorted((pb.ROOT / "pgsansio").glob("*/*.py")):
+        out.setdefault(path.stem, path.parent.name)
+    return out
+
+
+_DIRS = _module_dirs()
+
+
+def mypyc_frame(frame: str) -> str | None:
+    """A compiled function's native frame as ``Class.method (pgsansio/dir/module.py,
+    compiled)``, so that it is counted like the Python function it was; None for any
+    other frame."""
+    match = _MYPYC.match(frame)
+    if match is None:
+        return None
+    parts = match.group(1).split("___")
+    for i, part in enumerate(parts):
+        if part in _DIRS and part != "__init__":
+            name = ".".join(parts[i + 1 :]) or "<module>"
+            return f"{name} (pgsansio/{_DIRS[part]}/{part}.py, compiled)"
+    return f"{'.'.join(parts)} (compiled)"
+
+
 def layer_of(frame: str) -> str:
     for name, marker in LAYERS:
         if marker in frame:
@@ -65,14 +105,20 @@ def layer_of(frame: str) -> str:
 
 
 def attribute(frames: list[str]) -> tuple[str, list[str]]:
-    """(where the sample's time goes, the Python frames of the stack).
+    """(where the sample's time goes, the functions of the stack).
 
     With py-spy's ``--native`` a stack ends in C frames. A libc system-call wrapper at
     the leaf is time in the kernel (``syscall write`` ...); any other C frame is
-    charged to the innermost Python frame that called it, as py-spy does without
-    ``--native``.
+    charged to the innermost function that called it, as py-spy does without
+    ``--native``. Functions are the Python frames and, in the compiled build, the
+    native frames of mypyc-compiled functions (see :func:`mypyc_frame`).
     """
-    python = [f for f in frames if _PY_FRAME.search(f)]
+    python: list[str] = []
+    for frame in frames:
+        if _PY_FRAME.search(frame):
+            python.append(frame)
+        elif (compiled := mypyc_frame(frame)) is not None and python[-1:] != [compiled]:
+            python.append(compiled)  # the wrapper and the body of one call count once
     leaf = frames[-1]
     name = leaf.partition(" (")[0]
     if not _PY_FRAME.search(leaf) and name in SYSCALLS:
@@ -169,6 +215,21 @@ def main() -> int:
         help="extra py-spy record flags: '' for per-line samples, '--native' for C frames",
     )
     parser.add_argument("--raw", type=pathlib.Path, help="keep py-spy's raw stacks here")
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="profile the compiled (mypyc) build: `make compiled` on a copy of the tree, "
+        "checked with pgsansio --version (default: pure Python)",
+    )
+    parser.add_argument(
+        "--compiled-lib",
+        type=pathlib.Path,
+        metavar="DIR",
+        help="with --compiled: use this build (build/compiled/lib) instead of making one",
+    )
+    parser.add_argument(
+        "--tree", type=pathlib.Path, metavar="DIR", help="profile the pgsansio in DIR"
+    )
     args = parser.parse_args()
     py_spy = shutil.which("py-spy") or str(pathlib.Path(sys.executable).parent / "py-spy")
     if not os.access(py_spy, os.X_OK):
@@ -176,7 +237,14 @@ def main() -> int:
         return 1
     work = pathlib.Path(tempfile.mkdtemp(prefix="pgsansio-profile-"))
     raw = args.raw or work / "profile.txt"
+    tree = (args.tree or pb.ROOT).resolve()
+    lib = args.compiled_lib.resolve() if args.compiled_lib else None
     try:
+        try:
+            runner = pb.make_runner(tree, pb.COMPILED if args.compiled else pb.PURE, work, lib)
+        except pb.BenchError as e:
+            print(f"pooler_profile: {e}", file=sys.stderr)
+            return 1
         with pb.Cluster(host="127.0.0.1") as cluster:
             cluster.add_user(pb.USER, pb.PASSWORD, auth="md5")
             cluster.create_database(pb.DATABASE, owner=pb.USER)
@@ -194,7 +262,9 @@ def main() -> int:
             cmd = [sys.executable, "-m", "pgsansio", "run", str(toml)]
             cmd += ["--frontend", args.frontend, "--log-level", "warning"]
             with open(log, "wb") as logf:
-                proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=pb.ROOT)
+                proc = subprocess.Popen(
+                    cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=runner.cwd, env=runner.env()
+                )
             try:
                 pb.wait_for_port(port, proc, "pgsansio", log)
                 warm = pb.Workload("warm-up", ("-S",), args.pool_size, sampling=0.01)
@@ -227,7 +297,8 @@ def main() -> int:
             ]
             print(
                 f"pgbench {' '.join(flags)} -c {args.clients} -j 2 -T {args.seconds} through "
-                f"pgsansio --frontend {args.frontend} under py-spy ({args.rate} Hz): "
+                f"pgsansio --frontend {args.frontend} (protocol core: {runner.core}) under "
+                f"py-spy ({args.rate} Hz): "
                 f"{summary.tps:,.0f} tps; pgsansio CPU per transaction: user "
                 f"{per_tx[0]:.1f} us, system {per_tx[1]:.1f} us (/proc/<pid>/stat)\n"
             )

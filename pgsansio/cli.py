@@ -279,6 +279,9 @@ def _register_run(app: "typer.Typer") -> None:
             "are refused and the pooler exits when the last client has left (PgBouncer "
             "1.23's meaning). A second SIGINT or SIGTERM exits at once. SIGUSR1 pauses "
             "every database, SIGUSR2 resumes.\n\n"
+            "With general.workers = N (N > 1), the pooler is N processes sharing the "
+            "port (docs/workers.md): this one supervises them, passes each signal on to "
+            "every worker and restarts a worker that dies.\n\n"
             "Exit codes: 0 after a clean shutdown, 78 when the configuration does not "
             "load, 1 when the pooler cannot start (address in use, runtime missing)."
         ),
@@ -315,7 +318,12 @@ def _register_run(app: "typer.Typer") -> None:
 
         try:
             with process_files(loaded.general, log_format):  # logfile, pidfile
-                code = run(frontend, loaded, config_path=config)
+                if loaded.general.workers > 1:
+                    from pgsansio.workers import supervise  # noqa: PLC0415
+
+                    code = supervise(frontend, loaded, config_path=config)
+                else:
+                    code = run(frontend, loaded, config_path=config)
         except (FrontendError, ProcFileError) as e:
             typer.echo(f"pgsansio: {e}", err=True)
             raise typer.Exit(1) from None

@@ -68,9 +68,9 @@ PRIMARY = 'servers = [["127.0.0.1", 5432, "primary"]]'
 EXAMPLE_WARNINGS = (
     "general.autoreload: ignored: the file is not watched; send SIGHUP (or RELOAD on the "
     "admin console) to reload it",
-    "general.worker_threads: ignored: pgsansio serves every client from one event loop in "
-    "one process (one CPU core), whatever this says; to use more cores, run several "
-    "pgsansio processes",
+    "general.worker_threads: ignored: each pgsansio process serves its clients from one "
+    "event loop (one CPU core), whatever this says; to use more cores, set workers = N "
+    "(docs/workers.md)",
     "plugins: ignored: PgCat's plugins (query blocking, table access, query logging, "
     "intercept) are not implemented; every query is sent to the server as it is",
     "pools.sharded_db.shards.0.mirrors: ignored: mirroring is not implemented; no traffic "
@@ -289,6 +289,7 @@ GENERAL_DEFAULTS: dict[str, Any] = {
     "syslog": False,
     "syslog_ident": "pgsansio",
     "syslog_facility": "daemon",
+    "workers": 1,
 }
 
 POOL_DEFAULTS: dict[str, Any] = {

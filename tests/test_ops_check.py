@@ -59,9 +59,9 @@ SHARDED = textwrap.dedent(
 )
 
 WORKER_THREADS = (
-    "general.worker_threads: ignored: pgsansio serves every client from one event loop in one "
-    "process (one CPU core), whatever this says; to use more cores, run several pgsansio "
-    "processes"
+    "general.worker_threads: ignored: each pgsansio process serves its clients from one "
+    "event loop (one CPU core), whatever this says; to use more cores, set workers = N "
+    "(docs/workers.md)"
 )
 DNS_CACHE = (
     "general.dns_cache_enabled: ignored: there is no DNS cache; a server's host name is "

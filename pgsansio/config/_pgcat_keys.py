@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from pgsansio.config.model import SYSLOG_FACILITIES
+from pgsansio.config.model import MAX_WORKERS, SYSLOG_FACILITIES
 
 _U32_MAX = 2**32 - 1
 # --------------------------------------------------------------------------------------
@@ -123,6 +123,8 @@ _GENERAL_KEYS: dict[str, _Key] = {
     "syslog": _Key("bool"),
     "syslog_ident": _Key("str"),
     "syslog_facility": _Key("enum", choices={f: f for f in SYSLOG_FACILITIES}),
+    # worker processes (pgsansio extension; docs/workers.md)
+    "workers": _Key("posint", maximum=MAX_WORKERS),
 }
 
 _POOL_KEYS: dict[str, _Key] = {
@@ -245,8 +247,8 @@ _NOT_ACTED_ON: dict[str, tuple[Callable[[object], bool], str]] = {
     # commit that implements its key.
     "worker_threads": (
         _always,
-        "ignored: pgsansio serves every client from one event loop in one process (one "
-        "CPU core), whatever this says; to use more cores, run several pgsansio processes",
+        "ignored: each pgsansio process serves its clients from one event loop (one CPU "
+        "core), whatever this says; to use more cores, set workers = N (docs/workers.md)",
     ),
     "autoreload": (
         _always,

@@ -114,7 +114,15 @@ class General:
     syslog: bool = False
     syslog_ident: str = "pgsansio"
     syslog_facility: str = "daemon"
+    # worker processes (pgsansio extension; docs/workers.md): with N > 1, ``run``
+    # starts a supervisor and N processes, each its own engine, all listening on the
+    # same port (SO_REUSEPORT); pool_size and max_client_conn are split between them.
+    workers: int = 1
 
+
+# The most worker processes general.workers allows: the worker is encoded in the low
+# bits of each client's cancel key (6 here), which the secret's entropy pays for.
+MAX_WORKERS = 64
 
 # The facilities PgBouncer's syslog_facility accepts.
 SYSLOG_FACILITIES = ("auth", "authpriv", "daemon", "user", *(f"local{n}" for n in range(8)))

@@ -5,6 +5,8 @@ calls these methods of :class:`Engine`, each returning a list of effects to carr
 in order::
 
     engine = Engine(config, seed=None)
+    Engine(config, seed=None, worker=WorkerInfo(k, n, directory))  # worker k of n
+                                            # (general.workers; see ._peers)
     engine.start(now)                       # pre-warms min_pool_size
     engine.client_connected(cid, peer, now)  # cid: an int the frontend picks, unique
     engine.client_data(cid, data, now)
@@ -35,14 +37,15 @@ so the calls form this DAG (bottom to top; every part also gets the Context)::
 
     Engine        inputs -> dispatch; owns the Context, the signal policy, the Wakeup
      |
-    Admin         the console: parse, answer   -> Control Show Leaving Lending Health Pools
+    Admin         the console: parse, answer   -> Control Metrics Show Leaving Lending Health
+                                                   Peers Pools
     Control       PAUSE, RELOAD, KILL, shutdown -> Leaving Metrics Lending Pools
-    Metrics       the /metrics endpoint         -> Show Stats Health Pools
+    Metrics       the /metrics endpoint         -> Show Stats Health Peers Pools
     Show          SHOW rows                     -> Stats Health Pools
     Leaving       clients leaving, servers lost -> Login Sessions Statements Probes
                                                    Listen Lending Pools
-    Login         client auth, server login,    -> Probes Listen Lending Routes Tls Stats
-                  cancel keys, auth_query          Pools
+    Login         client auth, server login,    -> Peers Probes Listen Lending Routes Tls
+                  cancel keys, auth_query          Stats Pools
     Relay         requests out, answers back    -> FanOut Sessions Pinning Listen
                   (the hot path, the fast lane)    Statements Lending Routes Shards Stats
                                                    Pools
@@ -62,6 +65,9 @@ so the calls form this DAG (bottom to top; every part also gets the Context)::
     Shards        which shard: automatic key,   -> Health
                   comments, SET SHARD, default
     Health  Pools  Stats  Statements  Tls         (the Context only)
+    Peers         worker processes: cancel keys, -> Pools
+                  forwarding foreign cancels,
+                  asking the others' consoles
     Buffers       caps on unfinished messages   (the Context only; the Engine asks)
      |
     Context       effects being built (``out``), ``now``, timers, rng, config, the
@@ -105,6 +111,7 @@ from ._effects import (
 )
 from ._engine import Engine
 from ._login import UNIX_OWNER_PEER
+from ._peers import WorkerInfo
 from ._warnings import config_warnings
 
 __all__ = [
@@ -123,5 +130,6 @@ __all__ = [
     "SendServer",
     "StartTls",
     "Wakeup",
+    "WorkerInfo",
     "config_warnings",
 ]

@@ -21,6 +21,18 @@ database. What a PgBouncer operator expects, written down:
 - **SHUTDOWN** with no argument is PgBouncer's on ``pgbouncer`` (no row, exit at
   once) and PgCat's on ``pgcat``: one row ``success`` = ``t``, then the graceful drain
   of SIGINT (in-flight transactions may finish).
+- **Several workers** (``general.workers``; see ._peers): a console connection lands
+  on one worker, which speaks for all. ``SHOW`` answers one row per worker row, with a
+  ``worker`` column added at the end (1..N): exact, where sums of averages and of
+  per-worker limits would not be, and it shows how evenly the kernel spread the
+  clients. The commands that change the pooler (PAUSE, RESUME, DISABLE, ENABLE,
+  RECONNECT, KILL, WAIT_CLOSE, BAN, UNBAN, RELOAD, SET, SHUTDOWN) run here and are
+  passed to every other worker, and a worker that fails or does not answer is named
+  in the log. PAUSE and WAIT_CLOSE answer when every worker has: the others first
+  (together), then this one. The plain SHUTDOWN (exit at once) waits for the others'
+  answers before this worker exits. KILL_CLIENT takes an id of this worker's (ids
+  are per worker: SHOW CLIENTS's worker column says whose). SHOW HELP and VERSION are
+  this worker's alone.
 - **Errors** name the command and what is wrong: 42601 for syntax (unknown command,
   missing or extra argument), 42704 for an unknown database, client or host, 55000
   for a state that does not allow it (RESUME of what is not paused).
@@ -54,11 +66,14 @@ from pgsansio.protocol import (
 
 from ._control import AdminError, Control
 from ._errors import fatal
+from ._login import UNIX_OWNER_PEER
+from ._metrics import SAMPLES_ITEM
 from ._objects import (
     Client,
 )
+from ._peers import PEER_APPLICATION
 from ._settings import SET_STATEMENT, apply_set
-from ._show import TEXT, Show
+from ._show import INT4, TEXT, Show
 from ._states import C_CLOSED, ClientState
 
 if TYPE_CHECKING:
@@ -69,10 +84,37 @@ if TYPE_CHECKING:
     from ._health import Health
     from ._leaving import Leaving
     from ._lending import Lending
+    from ._metrics import Metrics
+    from ._peers import Answer, Peers
     from ._pooling import Pools
-    from ._show import Show
+    from ._show import Columns, Row, Show
 
 __all__ = ["Admin"]
+
+_RELAYED = frozenset(
+    (
+        "PAUSE",
+        "RESUME",
+        "DISABLE",
+        "ENABLE",
+        "RECONNECT",
+        "KILL",
+        "WAIT_CLOSE",
+        "BAN",
+        "UNBAN",
+        "RELOAD",
+        "SET",
+        "SHUTDOWN",
+    )
+)
+"""Console commands every worker runs (see the module docstring)."""
+
+_WAIT_FOR_ALL = frozenset(("PAUSE", "WAIT_CLOSE"))
+"""Relayed commands answered only once every worker has done them (PgBouncer answers
+PAUSE when the servers are closed: so an operator may then restart PostgreSQL)."""
+
+_LOCAL_ITEMS = frozenset(("HELP", "VERSION"))
+"""SHOW items the worker the console is connected to answers alone."""
 
 _EXTENDED = (Parse, Bind, Describe, Execute, Close, MalformedMessage)
 _TOKEN = re.compile(r'"((?:[^"]|"")*)"|([^\s,"]+)')
@@ -91,9 +133,13 @@ class Admin:
         leaving: Leaving,
         show: Show,
         control: Control,
+        peers: Peers,
+        metrics: Metrics,
         reconfigure: Callable[[Config], None],
     ) -> None:
         self.ctx = ctx
+        self.peers = peers
+        self.metrics = metrics
         self._reconfigure = reconfigure  # the one call upward: SET applies like RELOAD
         self._raw_sql = ""  # the command being run, as typed (SET needs its quotes)
         self.pools = pools
@@ -197,16 +243,41 @@ class Admin:
             item = args[0].upper()
             if item == "FDS" and c.stats_only:
                 raise AdminError("42501", "admin access needed")
-            if not self.show.run(item, c):
+            if item == SAMPLES_ITEM and self.peers.others and not self._everywhere(c):
+                # Another worker being scraped asks for this one's samples (._metrics).
+                columns = (("family", TEXT), ("type", TEXT), ("help", TEXT), ("line", TEXT))
+                self.show.rows(c, columns, self.metrics.samples())
+                return None
+            everywhere = self._everywhere(c)
+            if everywhere and item not in _LOCAL_ITEMS and self._show_everywhere(c, item):
+                return None
+            self.show.hidden = None if everywhere or not self.peers.others else c.cid
+            try:
+                known = self.show.run(item, c)
+            finally:
+                self.show.hidden = None
+            if not known:
                 raise AdminError(
                     "42704", f'unknown {command} item "{args[0]}"; SHOW HELP lists them'
                 )
             return None
         if command == "SET":
-            return self._set(c)
+            before = self.ctx.config
+            tag = self._set(c)
+            if self.ctx.config is not before and self._everywhere(c):
+                self._relay()  # a setting changed (a driver's session SET changes none)
+            return tag
         if c.stats_only:
             # PgBouncer's stats_users: read, never act (its words).
             raise AdminError("42501", "admin access needed")
+        if command == "SHUTDOWN" and args == [] and c.database != "pgcat":
+            if self._everywhere(c):
+                # Exit once the others have heard it: after, nothing would reach them.
+                self.control.busy.add(c.cid)
+                self.peers.ask(self._raw_sql, lambda _: self._shutdown_now(c))
+                return None
+        elif command == "SHUTDOWN" and self._everywhere(c):
+            self._relay()  # before: when no client is left, its Exit ends this batch
         if command == "SHUTDOWN":
             mode = " ".join(args).upper()
             if mode == "" and c.database == "pgcat":
@@ -216,9 +287,7 @@ class Admin:
                 self.control.begin_shutdown(wait_for_clients=False)
                 return None
             if mode == "":
-                self.ctx.send_client(c, CommandComplete("SHUTDOWN"))
-                self.ctx.send_client(c, ReadyForQuery("I"))
-                self.control.shutdown_now()
+                self._shutdown_now(c)
                 return None
             if mode not in ("WAIT_FOR_SERVERS", "WAIT_FOR_CLIENTS"):
                 raise AdminError(
@@ -234,7 +303,93 @@ class Admin:
             raise AdminError(
                 "42601", f'invalid command "{words[0]}"; SHOW HELP lists the commands'
             )
-        return action(self, c, command, args)
+        if command in _WAIT_FOR_ALL and self._everywhere(c):
+            # Answered when every worker is done: the others first (in parallel), then
+            # here, whose answer (when its own servers are closed) is the console's.
+            self._one_db(command, args, required=False)  # a bad name fails here, alone
+            self.control.busy.add(c.cid)
+            self.peers.ask(self._raw_sql, lambda _: self._then_here(c, command, args))
+            return None
+        answer = action(self, c, command, args)
+        if command in _RELAYED and self._everywhere(c):
+            self._relay()  # it ran here (an error would have been raised): now there
+        return answer
+
+    # === a pooler of several workers (see the module docstring and ._peers) =========
+
+    def _everywhere(self, c: Client) -> bool:
+        """Whether ``c``'s commands speak for every worker: there are others, and ``c``
+        is not another worker asking this one."""
+        if not self.peers.others:
+            return False
+        name = c.params.get("application_name", "")
+        return not (c.peer == UNIX_OWNER_PEER and name.startswith(PEER_APPLICATION))
+
+    def _show_everywhere(self, c: Client, item: str) -> bool:
+        """Answer ``SHOW item`` with every worker's rows once they are in; False for an
+        item this worker does not know (then nobody is asked)."""
+        local = self.show.table(item, c)
+        if local is None:
+            return False
+        index = self.peers.worker.index if self.peers.worker is not None else 1
+        self.control.busy.add(c.cid)
+        self.peers.ask(f"SHOW {item}", lambda answers: self._show_merged(c, local, index, answers))
+        return True
+
+    def _show_merged(
+        self,
+        c: Client,
+        local: tuple[Columns, list[Row], str],
+        index: int,
+        answers: dict[int, Answer],
+    ) -> None:
+        columns, rows, tag = local
+        merged: list[tuple[int, Row]] = [(index, row) for row in rows]
+        for k, answer in answers.items():
+            if answer.error is None and len(answer.columns) == len(columns):
+                merged.extend((k, row) for row in answer.rows)
+        merged.sort(key=lambda pair: pair[0])  # stable: each worker's order is kept
+        self._answered_later(c)
+        if c.state is not C_CLOSED:
+            self.show.rows(
+                c,
+                (*columns, ("worker", INT4)),
+                [(*row, k) for k, row in merged],
+                tag,
+            )
+        self.admin_resume(c)
+
+    def _then_here(self, c: Client, command: str, args: list[str]) -> None:
+        """Run ``command`` here once the other workers have (see _WAIT_FOR_ALL)."""
+        self._answered_later(c)
+        try:
+            answer = _ACTIONS[command](self, c, command, args)
+        except AdminError as exc:
+            if c.state is not C_CLOSED:
+                self.ctx.send_client(c, ErrorResponse.build(exc.sqlstate, exc.message))
+                self.ctx.send_client(c, ReadyForQuery("I"))
+            self.admin_resume(c)
+            return
+        if answer is not None and c.state is not C_CLOSED:
+            self.ctx.send_client(c, CommandComplete(answer))
+            self.ctx.send_client(c, ReadyForQuery("I"))
+        if c.cid not in self.control.busy:
+            self.admin_resume(c)
+
+    def _relay(self) -> None:
+        """Run the command being run here on every other worker too."""
+        self.peers.ask(self._raw_sql, lambda _: None)  # failures: logged by Peers
+
+    def _shutdown_now(self, c: Client) -> None:
+        """PgBouncer's plain SHUTDOWN: answer, then exit at once."""
+        self._answered_later(c)
+        if c.state is not C_CLOSED:
+            self.ctx.send_client(c, CommandComplete("SHUTDOWN"))
+            self.ctx.send_client(c, ReadyForQuery("I"))
+        self.control.shutdown_now()
+
+    def _answered_later(self, c: Client) -> None:
+        self.control.busy.discard(c.cid)
 
     # === commands that act ===========================================================
 

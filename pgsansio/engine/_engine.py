@@ -53,11 +53,14 @@ from ._metrics import Metrics
 from ._objects import (
     P_AUTH_QUERY,
     P_CANCEL,
+    P_FORWARD,
     P_LISTEN,
+    P_PEER,
     P_PROBE,
     Client,
     ServerConn,
 )
+from ._peers import Peers, WorkerInfo, split_config
 from ._pinning import Pinning
 from ._pooling import Pools
 from ._prepared import Statements
@@ -95,12 +98,24 @@ __all__ = ["Engine"]
 class Engine:
     """See the package docstring for the inputs and effects."""
 
-    def __init__(self, config: Config, *, seed: int | None = None, fast_lane: bool = True) -> None:
-        # ``fast_lane=False`` sends every byte the general way (tests/test_fastlane.py
-        # compares the two): an argument, not a patched method, since the compiled
-        # build's parts cannot be patched. ``fast_taken`` counts the inputs the lane took.
+    def __init__(
+        self,
+        config: Config,
+        *,
+        seed: int | None = None,
+        worker: WorkerInfo | None = None,
+        fast_lane: bool = True,
+    ) -> None:
+        """``worker``: which of the worker processes this engine runs in (see ._peers);
+        its limits are its share of ``config``'s, at start and at every reload.
+        ``fast_lane=False`` sends every byte the general way (tests/test_fastlane.py
+        compares the two): an argument, not a patched method, since the compiled
+        build's parts cannot be patched. ``fast_taken`` counts the inputs the lane took."""
         self.fast_lane = fast_lane
         self.fast_taken = 0
+        self._worker = worker
+        if worker is not None:
+            config = split_config(config, worker)
         self.ctx = ctx = Context(config, seed)
         self._announced: float | None = None
         # The parts, each given the parts below it that it calls (the DAG drawn in the
@@ -151,8 +166,10 @@ class Engine:
             fanout=self.fanout,
         )
         self.tls = Tls(ctx)
+        self.peers = Peers(ctx, worker, pools=self.pools)
         self.login = Login(
             ctx,
+            peers=self.peers,
             stats=self.stats,
             pools=self.pools,
             router=self.router,
@@ -179,6 +196,7 @@ class Engine:
             health=self.health,
             show=self.show,
             listen=self.listen,
+            peers=self.peers,
         )
         self.control = Control(
             ctx,
@@ -196,6 +214,8 @@ class Engine:
             leaving=self.leaving,
             show=self.show,
             control=self.control,
+            peers=self.peers,
+            metrics=self.metrics,
             reconfigure=self._reconfigure,
         )
         self._signals = Signals()
@@ -318,6 +338,8 @@ class Engine:
         if s is not None and s.state is ServerState.CONNECTING:
             if s.purpose == P_CANCEL:
                 self.pools.send_cancel(s)
+            elif s.purpose >= P_FORWARD:
+                self.peers.connected(s)
             else:
                 server_to(s, ServerInput.CONNECTED)
                 if not self.tls.server_ssl_request(s):
@@ -327,7 +349,7 @@ class Engine:
     def server_failed(self, sid: int, error: str, now: float) -> list[Effect]:
         self.ctx.now = now
         s = self.ctx.servers.get(sid)
-        if s is not None:
+        if s is not None and not (s.purpose >= P_FORWARD and self.peers.gone(s, error)):
             # No address for the client: it is in the pooler's log line (Leaving).
             self.leaving.server_gone(
                 s, fatal("08001", f"could not connect to the server: {error}"), closed=True
@@ -372,13 +394,17 @@ class Engine:
             self.probes.read_probe(s)
         elif s.purpose == P_LISTEN:
             self.listen.read(s)
+        elif s.purpose == P_PEER:
+            self.peers.read(s)
         else:
             self.relay.read_server(s)
 
     def server_closed(self, sid: int, now: float) -> list[Effect]:
         self.ctx.now = now
         s = self.ctx.servers.get(sid)
-        if s is not None:
+        if s is not None and not (
+            s.purpose >= P_FORWARD and self.peers.gone(s, "the worker closed the connection")
+        ):
             self.leaving.server_gone(
                 s, fatal("08006", "the server closed the connection unexpectedly"), closed=True
             )
@@ -436,6 +462,8 @@ class Engine:
         ``close_needed``); clients keep their connections.
         """
         self.ctx.now = now
+        if self._worker is not None:
+            config = split_config(config, self._worker)
         self._reconfigure(config)
         self.ctx.log(logging.INFO, f"configuration reloaded from {config.path}")
         self.control.reload_answer(None)

@@ -97,6 +97,7 @@ if TYPE_CHECKING:
     from ._context import Context
     from ._lending import Lending
     from ._listen import Listen
+    from ._peers import Peers
     from ._pooling import Pools
     from ._probes import Probes
     from ._routing import Routes
@@ -147,8 +148,10 @@ class Login:
         probes: Probes,
         tls: Tls,
         listen: Listen,
+        peers: Peers,
     ) -> None:
         self.ctx = ctx
+        self.peers = peers
         self.stats = stats
         self.pools = pools
         self.router = router
@@ -424,7 +427,7 @@ class Login:
         pid = self.ctx.rng.randrange(1, 2**31)
         if s is not None and s.backend_key is not None:
             pid = s.backend_key[0]
-        secret = self.ctx.rng.randbytes(4)
+        secret = self.peers.secret()
         c.cancel_key = (pid, secret)
         self.cancel_keys[c.cancel_key] = c
         parts.append(conn.send(BackendKeyData(pid, secret)))
@@ -678,8 +681,10 @@ class Login:
 
     def cancel_request(self, c: Client, req: CancelRequest) -> None:
         # PostgreSQL answers a cancel request with nothing but closing the connection.
-        target = self.cancel_keys.get((req.process_id, req.secret_key))
         self.ctx.drop_client(c, None)
+        if self.peers.forward(req.secret_key, bytes(req)):
+            return  # another worker's client (see _peers)
+        target = self.cancel_keys.get((req.process_id, req.secret_key))
         if target is not None:
             self._cancel(target)
 

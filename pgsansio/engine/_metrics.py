@@ -8,6 +8,9 @@ end as ``client_closed``, like a client's. One request per connection (no keep-a
 - ``GET /metrics`` (or HEAD) -> 200 ``text/plain; version=0.0.4`` with PgCat's metric
   families ``pgcat_stats_*`` (per pool: SHOW STATS), ``pgcat_pools_*`` (per pool and
   user: SHOW POOLS), ``pgcat_servers_*`` and ``pgcat_databases_*`` (per server address);
+- with several workers (``general.workers``), the worker that is scraped asks the
+  others for their samples (see ._peers) and answers for all: every sample has a
+  ``worker`` label, one series per worker (``sum without (worker)`` adds them up);
 - another path -> 404; another method -> 405; a request head over 8 KiB or one that is
   not HTTP/1.x -> 400. The connection is closed after the answer.
 
@@ -27,11 +30,15 @@ if TYPE_CHECKING:
     from ._context import Context
     from ._health import Health
     from ._listen import Listen
+    from ._peers import Answer, Peers
     from ._pooling import Pools
     from ._show import Show
     from ._stats import Stats
 
-__all__ = ["MAX_REQUEST", "Metrics"]
+__all__ = ["MAX_REQUEST", "SAMPLES_ITEM", "Metrics"]
+
+SAMPLES_ITEM = "PGSANSIO_WORKER_SAMPLES"
+"""The console item a worker asks the others for their samples with (see ._peers)."""
 
 MAX_REQUEST = 8192
 """Bytes of request head we accept before answering 400."""
@@ -103,6 +110,7 @@ class Metrics:
         health: Health,
         show: Show,
         listen: Listen,
+        peers: Peers,
     ) -> None:
         self.ctx = ctx
         self.stats = stats
@@ -110,7 +118,9 @@ class Metrics:
         self.health = health
         self.show = show
         self.listen = listen
+        self.peers = peers
         self.http: dict[int, bytearray] = {}
+        self.asking: set[int] = set()  # scrapes waiting for the other workers' samples
 
     _http: dict[int, bytearray]
 
@@ -120,10 +130,11 @@ class Metrics:
 
     def serves(self, cid: int) -> bool:
         """Whether ``cid`` is a connection to the Prometheus port."""
-        return cid in self.http
+        return cid in self.http or cid in self.asking
 
     def disconnected(self, cid: int) -> None:
         self.http.pop(cid, None)
+        self.asking.discard(cid)
 
     def http_data(self, cid: int, data: bytes) -> None:
         buf = self.http.get(cid)
@@ -154,14 +165,61 @@ class Metrics:
         elif path != "/metrics":
             self._http_answer(cid, "404 Not Found", b"metrics are at /metrics\n")
         else:
-            body = self._metrics_text().encode()
-            self._http_answer(
-                cid,
-                "200 OK",
-                body,
-                content_type="text/plain; version=0.0.4; charset=utf-8",
-                head_only=method == "HEAD",
+            families, types = self.families()
+            head_only = method == "HEAD"
+            if not self.peers.others:
+                self._metrics_answer(cid, families, types, head_only)
+                return
+            del self.http[cid]  # answered once the other workers' samples are in
+            self.asking.add(cid)
+            self.peers.ask(
+                f"SHOW {SAMPLES_ITEM}",
+                lambda answers: self._merged(cid, families, types, head_only, answers),
             )
+
+    def _merged(
+        self,
+        cid: int,
+        families: dict[str, list[str]],
+        types: dict[str, tuple[str, str]],
+        head_only: bool,
+        answers: dict[int, Answer],
+    ) -> None:
+        """Every worker's samples, in one answer (see ._peers: one series per worker)."""
+        if cid not in self.asking:
+            return  # the scraper left meanwhile
+        self.asking.discard(cid)
+        for _, answer in sorted(answers.items()):
+            if answer.error is not None or len(answer.columns) != 4:
+                continue
+            for name, kind, help_text, line in answer.rows:
+                if name is None or kind is None or help_text is None or line is None:
+                    continue
+                types.setdefault(name, (kind, help_text))
+                families.setdefault(name, []).append(line)
+        self.http[cid] = bytearray()
+        self._metrics_answer(cid, families, types, head_only)
+
+    def _metrics_answer(
+        self,
+        cid: int,
+        families: dict[str, list[str]],
+        types: dict[str, tuple[str, str]],
+        head_only: bool,
+    ) -> None:
+        self._http_answer(
+            cid,
+            "200 OK",
+            _render(families, types).encode(),
+            content_type="text/plain; version=0.0.4; charset=utf-8",
+            head_only=head_only,
+        )
+
+    def samples(self) -> list[tuple[str, str, str, str]]:
+        """This worker's samples as rows (family, type, help, line), for the worker
+        that was scraped (``SHOW`` :data:`SAMPLES_ITEM`, asked by a peer only)."""
+        families, types = self.families()
+        return [(name, *types[name], line) for name, lines in families.items() for line in lines]
 
     def _http_answer(
         self,
@@ -181,20 +239,27 @@ class Metrics:
         self.ctx.out.append(CloseClient(cid))
 
     def close_http(self) -> None:
-        for cid in list(self.http):
+        for cid in [*self.http, *self.asking]:
             self.ctx.out.append(CloseClient(cid))
         self.http.clear()
+        self.asking.clear()
 
     # === the text format =============================================================
 
-    def _metrics_text(self) -> str:
+    def families(self) -> tuple[dict[str, list[str]], dict[str, tuple[str, str]]]:
+        """This worker's samples: the lines of each family, and its (type, help).
+
+        With several workers each sample has a ``worker`` label (see ._peers)."""
         families: dict[str, list[str]] = {}
         types: dict[str, tuple[str, str]] = {}
+        worker = self.peers.worker
+        tag = {"worker": worker.index} if worker is not None and worker.count > 1 else {}
 
         def add(name: str, kind: str, text: str, labels: Mapping[str, object], v: int) -> None:
             full = f"pgcat_{name}"
             types.setdefault(full, (kind, text))
-            families.setdefault(full, []).append(f"{full}{{{_labels(labels)}}} {v}")
+            line = f"{full}{{{_labels({**labels, **tag})}}} {v}"
+            families.setdefault(full, []).append(line)
 
         for pool_name, pool_cfg in self.ctx.config.pools.items():
             st = self.stats.by_db.get(pool_name)
@@ -291,10 +356,15 @@ class Metrics:
                     labels,
                     len(pool.servers),
                 )
-        out: list[str] = []
-        for name, lines in families.items():
-            kind, help_text = types[name]
-            out.append(f"# HELP {name} {help_text}")
-            out.append(f"# TYPE {name} {kind}")
-            out.extend(lines)
-        return "\n".join(out) + "\n"
+        return families, types
+
+
+def _render(families: Mapping[str, list[str]], types: Mapping[str, tuple[str, str]]) -> str:
+    """The text format: each family's HELP and TYPE once, then its samples."""
+    out: list[str] = []
+    for name, lines in families.items():
+        kind, help_text = types[name]
+        out.append(f"# HELP {name} {help_text}")
+        out.append(f"# TYPE {name} {kind}")
+        out.extend(lines)
+    return "\n".join(out) + "\n"

@@ -38,6 +38,8 @@ P_CANCEL = 1
 P_AUTH_QUERY = 2
 P_PROBE = 3  # the health/role/lag probe of one address (see _health)
 P_LISTEN = 4  # the LISTEN connection of one (pool, user) (see _listen)
+P_FORWARD = 5  # a CancelRequest on its way to the worker that owns it (see _peers)
+P_PEER = 6  # a console session with another worker (see _peers)
 
 # --- response-queue entry kinds: which server message ends the request's answer ---------
 K_PARSE = 0  # ParseComplete

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = ["INT8", "NUMERIC", "TEXT", "Show"]
 
-TEXT, INT8, NUMERIC = 25, 20, 1700
+TEXT, INT8, NUMERIC, INT4 = 25, 20, 1700, 23
 Columns = Sequence[tuple[str, int]]
 Row = Sequence[object]
 
@@ -124,8 +124,30 @@ class Show:
         self.stats = stats
         self.pools = pools
         self.health = health
+        self._taken: list[tuple[Columns, list[Row], str]] | None = None  # see table()
+        self.hidden: int | None = None
+        """A client left out of CLIENTS and SOCKETS: another worker's console session
+        asking this one (see ._peers), which is not the operator's business."""
+
+    def table(self, item: str, c: Client) -> tuple[Columns, list[Row], str] | None:
+        """``SHOW item``'s columns, rows and tag, answering nobody (the console of a
+        pooler of several workers merges them with the others'; see ._peers). None
+        for an unknown item and for HELP, which is no table."""
+        show = _SHOW.get(item)
+        if show is None or item == "HELP":
+            return None
+        self._taken = []
+        try:
+            show(self, c)
+            taken = self._taken
+        finally:
+            self._taken = None
+        return taken[0] if taken else None
 
     def rows(self, c: Client, columns: Columns, rows: Sequence[Row], tag: str = "SHOW") -> None:
+        if self._taken is not None:
+            self._taken.append((columns, list(rows), tag))
+            return
         self.ctx.send_client(c, RowDescription([(n, 0, 0, oid, -1, -1, 0) for n, oid in columns]))
         for row in rows:
             self.ctx.send_client(c, DataRow([None if v is None else str(v).encode() for v in row]))
@@ -362,6 +384,8 @@ class Show:
         general = self.ctx.config.general
         rows: list[Row] = []
         for x in sorted(self.ctx.clients.values(), key=lambda x: x.cid):
+            if x.cid == self.hidden:
+                continue
             if x.waiting_since is not None:
                 state = "waiting"
             elif x.state is not ClientState.READY:

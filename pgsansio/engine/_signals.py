@@ -109,6 +109,7 @@ def listen_changes(old: General, new: General) -> list[str]:
                 (new.enable_prometheus_exporter, new.prometheus_exporter_port),
             ),
             ("listen_backlog", old.listen_backlog, new.listen_backlog),
+            ("workers", old.workers, new.workers),
         )
         if before != after
     ]

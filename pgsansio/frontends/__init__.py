@@ -74,6 +74,7 @@ __all__ = [
     "EngineAPI",
     "FrontendError",
     "Ready",
+    "chosen",
     "listen_failed",
     "missing",
     "peer_text",
@@ -233,6 +234,23 @@ def missing(name: str) -> str | None:
     return None
 
 
+def chosen(name: str) -> str:
+    """The frontend ``name`` stands for (``auto`` resolved), checked to be runnable.
+
+    Raises:
+        FrontendError: its runtime is not installed (the message says what to install).
+        ValueError: ``name`` is not one of :data:`FRONTENDS`.
+    """
+    if name not in FRONTENDS:
+        raise ValueError(f"unknown frontend {name!r}; choose one of {', '.join(FRONTENDS)}")
+    if name == "auto":
+        name = "uvloop" if uvloop_available() else "asyncio"
+    problem = missing(name)
+    if problem is not None:
+        raise FrontendError(problem)
+    return name
+
+
 def run(
     name: str,
     config: Config,
@@ -246,13 +264,7 @@ def run(
         FrontendError: the frontend cannot start (see its message).
         ValueError: ``name`` is not one of :data:`FRONTENDS`.
     """
-    if name not in FRONTENDS:
-        raise ValueError(f"unknown frontend {name!r}; choose one of {', '.join(FRONTENDS)}")
-    if name == "auto":
-        name = "uvloop" if uvloop_available() else "asyncio"
-    problem = missing(name)
-    if problem is not None:
-        raise FrontendError(problem)
+    name = chosen(name)
     # Lazy imports: only the runtime asked for is loaded.
     if name in ("anyio", "trio"):
         from pgsansio.frontends.anyio import run as run_anyio  # noqa: PLC0415
@@ -268,7 +280,12 @@ def run(
 
 
 def real_engine(config: Config) -> EngineAPI:
-    """The pooler's engine for ``config``, imported only when a real run needs it."""
+    """The pooler's engine for ``config``, imported only when a real run needs it (in a
+    worker process, that worker's: see :mod:`._peers`)."""
     from pgsansio.engine import Engine  # noqa: PLC0415
+    from pgsansio.frontends._peers import current_worker  # noqa: PLC0415
 
-    return Engine(config, seed=None)
+    worker = current_worker()
+    if worker is None:
+        return Engine(config, seed=None)
+    return Engine(config, seed=None, worker=worker.info)

@@ -87,10 +87,11 @@ from pgsansio.engine import (
     Wakeup,
 )
 from pgsansio.frontends import EX_SOFTWARE, FrontendError, Ready, peer_text, real_engine
+from pgsansio.frontends._peers import current_worker
 from pgsansio.frontends._tls import tls_contexts
 
 if TYPE_CHECKING:
-    from pgsansio.config.model import Config
+    from pgsansio.config.model import Config, General
     from pgsansio.engine import Effect
     from pgsansio.frontends import EngineAPI
 
@@ -105,6 +106,7 @@ __all__ = [
     "Driver",
     "Outbox",
     "error_text",
+    "listen_unix",
     "read_left",
     "server_path",
     "unix_socket_path",
@@ -221,6 +223,50 @@ def read_left(sock: Any) -> Iterator[bytes]:
             yield data
 
 
+def listen_unix(general: General, port: int) -> tuple[socket.socket, str] | None:
+    """PgBouncer's Unix socket, ``<unix_socket_dir>/.s.PGSQL.<port>``, bound and
+    listening (non-blocking), and its path; None when ``unix_socket_dir`` is not set.
+
+    A socket file left by a pooler that died is replaced; one that still answers
+    belongs to a running pooler and is an error, as in PostgreSQL.
+
+    Raises:
+        FrontendError: the socket cannot be made (its message names the path).
+    """
+    if not general.unix_socket_dir:
+        return None
+    path = unix_socket_path(general.unix_socket_dir, port)
+    if os.path.exists(path):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # stale: nobody listens there any more
+        else:
+            raise FrontendError(f"cannot listen on {path}: another server is running there")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    bound = False
+    try:
+        sock.bind(path)
+        bound = True
+        os.chmod(path, general.unix_socket_mode)
+        if general.unix_socket_group:
+            os.chown(path, -1, grp.getgrnam(general.unix_socket_group).gr_gid)
+        sock.listen(general.listen_backlog)
+    except (OSError, KeyError) as exc:
+        sock.close()
+        if bound:  # not left behind for the next start to find
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        reason = f"no group {general.unix_socket_group!r}" if isinstance(exc, KeyError) else exc
+        raise FrontendError(f"cannot listen on {path}: {reason}") from None
+    sock.setblocking(False)
+    log.info("listening on %s (Unix socket)", path)
+    return sock, path
+
+
 class Outbox:
     """Bytes for one peer that a runtime without write buffers has not taken yet.
 
@@ -295,6 +341,11 @@ class Driver:
         self.address: tuple[str, int] | None = None
         """The bound (host, port) once ``serve`` listens (port 0 is resolved)."""
         self._unix_path: str | None = None  # our Unix socket's file, removed at exit
+        self.worker = current_worker()
+        """This process's place among the worker processes (``general.workers`` > 1),
+        else None; see :mod:`._peers`."""
+        self.reuse_port = self.worker is not None
+        """Whether TCP listeners set SO_REUSEPORT: the workers share one port."""
 
     @classmethod
     async def serve_config(
@@ -606,44 +657,24 @@ class Driver:
         hosts = [h.strip() for h in self.config.general.host.split(",") if h.strip()]
         return [None if h == "*" else h for h in hosts] or [None]
 
-    def _unix_listener(self, port: int) -> socket.socket | None:
-        """PgBouncer's Unix socket, ``<unix_socket_dir>/.s.PGSQL.<port>``, bound and
-        listening (non-blocking), or None when ``unix_socket_dir`` is not set.
+    def _unix_listeners(self, port: int) -> list[socket.socket]:
+        """The Unix sockets to accept clients on, bound and listening (non-blocking).
 
-        ``port`` is the TCP port really bound, as PgBouncer names its socket after
-        ``listen_port``. A socket file left by a pooler that died is replaced; one that
-        still answers belongs to a running pooler and is an error, as in PostgreSQL."""
-        general = self.config.general
-        if not general.unix_socket_dir:
-            return None
-        path = unix_socket_path(general.unix_socket_dir, port)
-        if os.path.exists(path):
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(path)
-            except OSError:
-                os.unlink(path)  # stale: nobody listens there any more
-            else:
-                raise FrontendError(f"cannot listen on {path}: another server is running there")
-            finally:
-                probe.close()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(path)
-            self._unix_path = path
-            os.chmod(path, general.unix_socket_mode)
-            if general.unix_socket_group:
-                os.chown(path, -1, grp.getgrnam(general.unix_socket_group).gr_gid)
-            sock.listen(general.listen_backlog)
-        except (OSError, KeyError) as exc:
-            sock.close()
-            reason = (
-                f"no group {general.unix_socket_group!r}" if isinstance(exc, KeyError) else exc
-            )
-            raise FrontendError(f"cannot listen on {path}: {reason}") from None
-        sock.setblocking(False)
-        log.info("listening on %s (Unix socket)", path)
-        return sock
+        PgBouncer's ``<unix_socket_dir>/.s.PGSQL.<port>`` when ``unix_socket_dir`` is
+        set (see :func:`listen_unix`; ``port`` is the TCP port really bound, as
+        PgBouncer names its socket after ``listen_port``). In a worker process (see
+        :mod:`._peers`) that one is the supervisor's, shared by every worker, and the
+        worker's own socket, which other workers forward cancel requests to, is added.
+        """
+        worker = self.worker
+        if worker is not None:
+            sock, self._unix_path = worker.peer_listener(self.config.general.listen_backlog)
+            return [*worker.inherited, sock]
+        bound = listen_unix(self.config.general, port)
+        if bound is None:
+            return []
+        sock, self._unix_path = bound
+        return [sock]
 
     def _unlink_unix(self) -> None:
         """Remove our socket file at exit, as PgBouncer and PostgreSQL do."""

@@ -82,8 +82,7 @@ class AnyioFrontend(TaskDriver):
             for port, metrics in self._ports():
                 bound += [(listener, metrics) for listener in await self._listen(port)]
             local = bound[0][0].extra(SocketAttribute.local_address)
-            unix = self._unix_listener(int(local[1]))
-            if unix is not None:
+            for unix in self._unix_listeners(int(local[1])):
                 bound.append((await anyio.abc.SocketListener.from_socket(unix), False))
             async with anyio.create_task_group() as tg:
                 self._tg = tg
@@ -114,7 +113,10 @@ class AnyioFrontend(TaskDriver):
                 port = int(bound[0].extra(SocketAttribute.local_port))
             try:
                 multi = await anyio.create_tcp_listener(
-                    local_host=host, local_port=port, backlog=self.config.general.listen_backlog
+                    local_host=host,
+                    local_port=port,
+                    backlog=self.config.general.listen_backlog,
+                    reuse_port=self.reuse_port,
                 )
             except OSError as exc:
                 for listener in bound:

@@ -123,8 +123,7 @@ class AsyncioFrontend(Driver):
         try:
             for port, metrics in self._ports():
                 listeners.append(await self._listen(port, metrics))
-            unix = self._unix_listener(listeners[0].sockets[0].getsockname()[1])
-            if unix is not None:
+            for unix in self._unix_listeners(listeners[0].sockets[0].getsockname()[1]):
                 listeners.append(await loop.create_unix_server(lambda: _Protocol(self), sock=unix))
             if handle_signals:
                 for signum in OPERATOR_SIGNALS:
@@ -156,6 +155,7 @@ class AsyncioFrontend(Driver):
                 listen,
                 port,
                 reuse_address=True,
+                reuse_port=self.reuse_port,
                 backlog=self.config.general.listen_backlog,
             )
         except OSError as exc:

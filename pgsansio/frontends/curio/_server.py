@@ -61,9 +61,7 @@ class CurioFrontend(TaskDriver):
         try:
             for port, metrics in self._ports():
                 bound += [(listener, metrics) for listener in self._listen(port)]
-            unix = self._unix_listener(bound[0][0].getsockname()[1])
-            if unix is not None:
-                bound.append((unix, False))
+            bound += [(unix, False) for unix in self._unix_listeners(bound[0][0].getsockname()[1])]
             with _signals_to(self._wake_w) if handle_signals else contextlib.nullcontext():
                 async with curio.TaskGroup() as tg:
                     self._tg = tg
@@ -113,7 +111,10 @@ class CurioFrontend(TaskDriver):
                 if bound:
                     port = bound[0].getsockname()[1]
                 sock = socket.create_server(
-                    (address[0], port), family=family, backlog=self.config.general.listen_backlog
+                    (address[0], port),
+                    family=family,
+                    backlog=self.config.general.listen_backlog,
+                    reuse_port=self.reuse_port,
                 )
                 sock.setblocking(False)
                 bound.append(sock)
