@@ -74,7 +74,7 @@ compiled: $(STAMP)
 	PGSANSIO_COMPILE=1 $(PY) setup.py --quiet build_py --build-lib $(COMPILED)/lib \
 		build_ext --build-lib $(COMPILED)/lib --build-temp $(COMPILED)/temp
 	$(COMPILED_ENV) $(PY) -c 'from pgsansio.cli import core_description as d; \
-		print("core:", d()); assert d().startswith("protocol and engine compiled")'
+		print("protocol core:", d()); assert d().startswith("compiled with mypyc, the engine too")'
 
 ## make test-compiled: the protocol, engine and fast-lane tests against the compiled build
 test-compiled: compiled

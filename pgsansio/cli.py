@@ -307,7 +307,7 @@ def _register_run(app: "typer.Typer") -> None:
 
         configure_logging(log_level, log_format)
         logging.getLogger("pgsansio").info(
-            "pgsansio %s, core: %s", __version__, core_description()
+            "pgsansio %s, protocol core: %s", __version__, core_description()
         )
         try:
             loaded = load_config(config)
@@ -452,8 +452,8 @@ def core_description() -> str:
     engine = not (_engine.__file__ or "").endswith(".py")
     if protocol.endswith(".py"):
         return "pure Python" + (" (but the engine compiled with mypyc)" if engine else "")
-    what = "protocol and engine" if engine else "protocol (not the engine)"
-    return f"{what} compiled with mypyc ({pathlib.PurePath(protocol).name})"
+    engine_too = "the engine too" if engine else "not the engine"
+    return f"compiled with mypyc, {engine_too} ({pathlib.PurePath(protocol).name})"
 
 
 def version_text() -> str:
@@ -477,7 +477,7 @@ def version_text() -> str:
             f"{sys.platform})",
             f"frontends available: {', '.join(runnable)}",
             f"query parser (pglast): {parser}",
-            f"core: {core_description()}",
+            f"protocol core: {core_description()}",
         )
     )
 

@@ -47,7 +47,7 @@ def test_the_core_is_all_compiled_or_all_python_and_says_which() -> None:
     assert not any(_compiled(name) for name in ALWAYS_PYTHON)
     if all(built.values()):
         assert core_description().startswith(
-            "protocol and engine compiled with mypyc (_connection.cpython-"
+            "compiled with mypyc, the engine too (_connection.cpython-"
         )
     else:
         assert core_description() == "pure Python"
@@ -87,5 +87,5 @@ def test_run_says_which_core_in_its_first_log_line(tmp_path: pathlib.Path) -> No
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=30)
     assert first.rstrip("\n").endswith(
-        f" INFO pgsansio: pgsansio {__version__}, core: {core_description()}"
+        f" INFO pgsansio: pgsansio {__version__}, protocol core: {core_description()}"
     ), first

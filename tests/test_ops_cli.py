@@ -47,11 +47,11 @@ def test_version_says_what_this_install_can_run() -> None:
     from _build import ENGINE_COMPILED, PROTOCOL_COMPILED
 
     if not PROTOCOL_COMPILED and not ENGINE_COMPILED:
-        assert lines[4] == "core: pure Python"
+        assert lines[4] == "protocol core: pure Python"
     else:
         assert PROTOCOL_COMPILED and ENGINE_COMPILED
         assert lines[4].startswith(
-            "core: protocol and engine compiled with mypyc (_connection.cpython-"
+            "protocol core: compiled with mypyc, the engine too (_connection.cpython-"
         )
 
 

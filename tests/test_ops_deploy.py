@@ -163,9 +163,9 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs(tmp_path: pathlib.Path) -
     )
     assert version.stdout.splitlines()[0] == f"pgsansio {__version__}"
     assert (
-        "core: pure Python"
+        "protocol core: pure Python"
         if pure
-        else "core: protocol and engine compiled with mypyc (_connection.cpython-"
+        else "protocol core: compiled with mypyc, the engine too (_connection.cpython-"
     ) in version.stdout, version.stdout
     check = subprocess.run(
         [str(bin_dir / "pgsansio"), "check", str(DEPLOY / "pgcat.toml")],
