@@ -9,6 +9,9 @@ test, and says why in its reason. Every other test runs the same in both builds.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from pgsansio.engine import _engine
@@ -20,6 +23,7 @@ def compiled(module: object) -> bool:
     return not (getattr(module, "__file__", None) or "").endswith(".py")
 
 
+ROOT = Path(__file__).resolve().parent.parent
 PROTOCOL_COMPILED = compiled(_connection)
 ENGINE_COMPILED = compiled(_engine)
 
@@ -29,3 +33,17 @@ def pure_only(why: str) -> pytest.MarkDecorator:
     directly; ``why`` says what the test watches and where the compiled build is
     covered instead. ``make test`` runs it in its pure-Python pass."""
     return pytest.mark.skipif(ENGINE_COMPILED, reason=f"pure-Python build only: {why}")
+
+
+def pythonpath(tree: Path = ROOT) -> str:
+    """``PYTHONPATH`` for a ``python -m pgsansio`` child running ``tree``.
+
+    For this checkout, the inherited path comes first, so that the child runs the build
+    the tests run (make test's compiled run puts ``build/compiled/lib`` there, and its
+    ``PYTHONSAFEPATH=1`` keeps the current directory out); another tree (a before/after
+    figure) is that tree's own source alone.
+    """
+    inherited = os.environ.get("PYTHONPATH")
+    if tree == ROOT and inherited:
+        return os.pathsep.join((inherited, str(tree)))
+    return str(tree)

@@ -17,6 +17,8 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from _build import pythonpath
+
 from pgsansio.testing.cluster import TEST_DATABASE, Cluster, _get_run_as
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -101,10 +103,7 @@ def pgsansio(
     log = work / f"{name}.log"
     cmd = [sys.executable, "-m", "pgsansio", "run", str(toml), "--frontend", frontend]
     cmd += ["--log-level", "warning"]
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    if tree == ROOT and os.environ.get("PYTHONPATH"):
-        # This checkout as the tests run it (the compiled build first, make test).
-        env["PYTHONPATH"] = os.pathsep.join((os.environ["PYTHONPATH"], str(tree)))
+    env = {**os.environ, "PYTHONPATH": pythonpath(tree)}
     with open(log, "wb") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=tree, env=env)
     try:

@@ -21,6 +21,7 @@ import time
 import psycopg
 import pytest
 import trustme
+from _build import pythonpath
 from _daemons import USER, Daemon, pgbouncer, pgsansio, report
 from _pooler import Pooler, make_config, running
 from _storm import raise_fd_limit, serial_connects, simultaneous_logins
@@ -460,7 +461,7 @@ def test_idle_clients_survive_a_network_hiccup() -> None:
         text=True,
         timeout=900,
         check=False,
-        env={**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).parent.parent)},
+        env={**os.environ, "PYTHONPATH": pythonpath()},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]

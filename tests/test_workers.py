@@ -28,6 +28,7 @@ from dataclasses import replace
 
 import psycopg
 import pytest
+from _build import pythonpath
 from _daemons import pgsansio_toml
 from _frontend_thread import frontend_params
 from _pooler import make_config
@@ -70,7 +71,7 @@ def workers_run(
     toml.write_text(text.replace("= True\n", "= true\n").replace("= False\n", "= false\n"))
     log = work / "pooler.log"
     cmd = [sys.executable, "-m", "pgsansio", "run", str(toml), "--frontend", frontend]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **({"TMPDIR": tmpdir} if tmpdir else {})}
+    env = {**os.environ, "PYTHONPATH": pythonpath(), **({"TMPDIR": tmpdir} if tmpdir else {})}
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
@@ -380,7 +381,7 @@ def test_a_pooler_that_cannot_listen_stops_and_leaves_nothing_behind(
     short = tempfile.mkdtemp(prefix="w", dir="/tmp")  # TMPDIR, and the Unix socket
     toml = tmp_path / "pgcat.toml"
     cmd = [sys.executable, "-m", "pgsansio", "run", str(toml), "--frontend", "asyncio"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": short}
+    env = {**os.environ, "PYTHONPATH": pythonpath(), "TMPDIR": short}
     try:
         with socket.socket() as taken:
             taken.bind(("127.0.0.1", 0))
