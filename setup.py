@@ -22,7 +22,7 @@ the old code after every edit.
 
 Build requirements (the decision): ``[build-system] requires`` lists mypy, so that a
 plain ``pip install .`` or ``pip wheel .`` in pip's isolated build environment can
-compile. It is a build-time download only (about 13 MB, the mypy wheel), never a
+compile. It is a build-time download only (about 18 MB with its dependencies), never a
 runtime dependency of the installed package; ``PGSANSIO_COMPILE=0`` builds pure with
 it unused, and ``--no-build-isolation`` builds with what the current environment has
 (pure Python when it has no mypy). PEP 517 lets a backend ask for mypy only when it
