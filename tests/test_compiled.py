@@ -89,3 +89,42 @@ def test_run_says_which_core_in_its_first_log_line(tmp_path: pathlib.Path) -> No
     assert first.rstrip("\n").endswith(
         f" INFO pgsansio: pgsansio {__version__}, protocol core: {core_description()}"
     ), first
+
+
+def _build(tmp_path: pathlib.Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """``setup.py build_py build_ext`` into ``tmp_path``, with ``env`` added."""
+    lib, temp = tmp_path / "lib", tmp_path / "temp"
+    argv = [sys.executable, "setup.py", "--quiet", "build_py", "--build-lib", str(lib)]
+    argv += ["build_ext", "--build-lib", str(lib), "--build-temp", str(temp)]
+    return subprocess.run(
+        argv,
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_without_a_c_compiler_the_build_is_pure_python_and_says_why(
+    tmp_path: pathlib.Path,
+) -> None:
+    done = _build(tmp_path, CC="false", PGSANSIO_COMPILE="")
+    assert done.returncode == 0, done.stderr
+    assert "pgsansio: no working C compiler, so installing pure Python" in done.stderr
+    assert (tmp_path / "lib" / "pgsansio" / "engine" / "_engine.py").exists()
+    assert not list((tmp_path / "lib").rglob("*.so"))
+
+
+def test_a_compiled_build_asked_for_fails_without_a_c_compiler(tmp_path: pathlib.Path) -> None:
+    done = _build(tmp_path, CC="false", PGSANSIO_COMPILE="1")
+    assert done.returncode != 0
+    assert "PGSANSIO_COMPILE=1 needs a C compiler and Python headers" in done.stderr
+
+
+def test_pgsansio_compile_0_builds_pure_python_without_looking(tmp_path: pathlib.Path) -> None:
+    done = _build(tmp_path, PGSANSIO_COMPILE="0")
+    assert done.returncode == 0, done.stderr
+    assert "pgsansio: PGSANSIO_COMPILE=0: installing pure Python" in done.stderr
+    assert not list((tmp_path / "lib").rglob("*.so"))
