@@ -176,7 +176,8 @@ demo: $(STAMP)
 	$(PY) -m pgsansio demo
 
 ## make dist: a wheel and an sdist in dist/ (install with
-## pip install 'dist/pgsansio-<version>-py3-none-any.whl[cli,uvloop]')
+## pip install 'dist/pgsansio-<version>-<tags>.whl[cli,uvloop]'): compiled with mypyc where a
+## C compiler is (cp3XX-<platform> tags), py3-none-any otherwise or with PGSANSIO_COMPILE=0
 dist: $(STAMP)
 	$(PY) -m build --outdir dist .
 
