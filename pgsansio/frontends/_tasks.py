@@ -42,7 +42,11 @@ if TYPE_CHECKING:
     from pgsansio.config.model import Config
     from pgsansio.frontends import EngineAPI
 
-__all__ = ["TaskConn", "TaskDriver", "send_now"]
+__all__ = ["READ_SIZE", "TaskConn", "TaskDriver", "send_now"]
+
+READ_SIZE = 256 * 1024
+"""The most one read takes from a plain socket (asyncio's selector transports' size):
+a large result arrives in few reads, and a small one costs no more."""
 
 
 class TaskConn:
@@ -171,6 +175,10 @@ class TaskDriver(Driver):
     async def _sleep(self, seconds: float) -> None:
         raise NotImplementedError
 
+    async def _wait_readable(self, sock: socket.socket) -> None:
+        """Wait until the OS socket ``sock`` (a connection's ``direct``) has bytes or EOF."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------- written once here
 
     async def _kick(self) -> None:
@@ -275,12 +283,21 @@ class TaskDriver(Driver):
         """Hand what arrives to the engine; returns when the peer left (ending the pair)."""
         engine = self.engine
         data_in = engine.server_data if conn.server else engine.client_data
+        wait_readable = self._wait_readable
         try:
             while not conn.closing:
                 if not conn.reading:
                     await conn.resumed.wait()
                     continue
-                data = await conn.receive()
+                raw = conn.direct
+                if raw is None:
+                    data = await conn.receive()
+                else:  # straight from the OS socket: one wait, one recv, no wrapper
+                    await wait_readable(raw)
+                    try:
+                        data = raw.recv(READ_SIZE)
+                    except (BlockingIOError, InterruptedError):
+                        continue  # a spurious wake-up
                 if not data:
                     break  # the peer closed its end
                 # Paused while that receive was under way: hold the bytes until resumed

@@ -72,6 +72,12 @@ class AnyioFrontend(TaskDriver):
         self._tg: anyio.abc.TaskGroup | None = None
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self._direct = _backend_name() == "trio"  # see the module's docstring
+        # trio's own wait where it runs: anyio's looks the backend up on every call.
+        self._readable: Callable[[socket.socket], Awaitable[None]] = anyio.wait_readable
+        if self._direct:
+            import trio.lowlevel  # noqa: PLC0415 - present whenever trio runs
+
+            self._readable = trio.lowlevel.wait_readable
 
     async def serve(self, ready: Ready | None = None, *, handle_signals: bool = True) -> int:
         """See ``Driver.serve``."""
@@ -212,6 +218,9 @@ class AnyioFrontend(TaskDriver):
 
     async def _sleep(self, seconds: float) -> None:
         await anyio.sleep(seconds)
+
+    async def _wait_readable(self, sock: socket.socket) -> None:
+        await self._readable(sock)
 
 
 async def _first(

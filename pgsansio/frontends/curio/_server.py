@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import curio
 import curio.io
+import curio.traps
 
 from pgsansio.frontends import EngineAPI, FrontendError, Ready, listen_failed, missing
 from pgsansio.frontends._driver import OPERATOR_SIGNALS, server_path
@@ -207,6 +208,9 @@ class CurioFrontend(TaskDriver):
 
     async def _sleep(self, seconds: float) -> None:
         await curio.sleep(seconds)
+
+    async def _wait_readable(self, sock: socket.socket) -> None:
+        await curio.traps._read_wait(sock)
 
 
 def _raw(sock: curio.io.Socket) -> socket.socket:
