@@ -49,7 +49,7 @@ from pgsansio.engine import (
 )
 from pgsansio.engine._signals import Signals
 from pgsansio.frontends import EX_SOFTWARE, FRONTENDS, FrontendError, tune_socket
-from pgsansio.frontends._driver import HIGH_WATER, LOW_WATER, Outbox
+from pgsansio.frontends._driver import HIGH_WATER, LOW_WATER, Driver, Outbox
 from pgsansio.logconfig import configure_logging
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -674,6 +674,62 @@ def test_outbox_water_marks() -> None:
     assert not box.sent(len(data) - LOW_WATER - 1)  # still above the low mark
     assert box.sent(1)  # at the low mark: writable again, said once
     assert not box.sent(LOW_WATER)
+
+
+class _Recorder:
+    """A connection that records what the driver does to it (a unit test of the batch)."""
+
+    def __init__(self, name: str, log: list[tuple[str, Any]]) -> None:
+        self.name = name
+        self.log = log
+
+    def write(self, data: bytes) -> None:
+        self.log.append((self.name, bytes(data)))
+
+    def close(self) -> None:
+        self.log.append((self.name, "close"))
+
+    def abort(self) -> None:
+        self.log.append((self.name, "abort"))
+
+    def pause_reading(self) -> None:
+        self.log.append((self.name, "pause"))
+
+    def resume_reading(self) -> None:
+        self.log.append((self.name, "resume"))
+
+
+def test_a_batch_joins_consecutive_sends_to_one_connection() -> None:
+    """One write per run of sends to the same peer; order and other effects unchanged."""
+    log: list[tuple[str, Any]] = []
+    driver = Driver(FakeEngine(), local_config(), config_path=None)
+    driver.clients.update({1: _Recorder("c1", log), 2: _Recorder("c2", log)})
+    driver.servers[7] = _Recorder("s7", log)
+    driver._apply(  # the batch itself, without a runtime
+        [
+            SendClient(1, b"a"),
+            SendClient(1, memoryview(b"b")),
+            SendClient(1, b"c"),
+            SendServer(7, b"q"),
+            SendClient(9, b"gone"),  # an id that is gone: dropped, the run goes on
+            SendServer(7, b"r"),
+            ReadClient(2, on=False),
+            SendClient(2, b"x"),
+            SendClient(1, b"d"),
+            SendClient(1, b"e"),
+            CloseClient(1),
+            SendClient(2, b"y"),
+        ]
+    )
+    assert log == [
+        ("c1", b"abc"),
+        ("s7", b"qr"),
+        ("c2", "pause"),
+        ("c2", b"x"),
+        ("c1", b"de"),
+        ("c1", "close"),
+        ("c2", b"y"),
+    ]
 
 
 def test_frontend_names_match_the_cli() -> None:
