@@ -49,9 +49,8 @@ its connection objects may call on the driver these names, and no underscored on
   owns the tables).
 
 Tests and embedders also use ``signal``, ``signal_threadsafe`` (each adapter's),
-``address``, ``wakeup_at`` and ``opening``. The runtimes whose connections are a reader
-and a writer task (anyio, curio) share those in :mod:`._tasks`, which leaves them the
-runtime calls only.
+``address``, ``wakeup_at`` and ``opening``. The runtimes whose connections are tasks (anyio
+on trio, curio) share those in :mod:`._tasks`, which leaves them the runtime calls only.
 """
 
 from __future__ import annotations

@@ -1,31 +1,42 @@
-"""Connections served by two tasks: what the anyio and curio adapters share.
+"""Connections served by tasks: what the curio and anyio-on-trio adapters share.
 
-anyio and curio offer "send this and wait until it is gone" rather than asyncio's
-buffering transports. So each connection (a :class:`TaskConn`) has a reader task that
-hands what arrives to the engine and a writer task that sends what the engine wrote
-into the connection's :class:`~pgsansio.frontends._driver.Outbox`; the pair ends when
-either task does. ``write`` only buffers and wakes the writer, so a batch that writes to
-one peer several times costs one send. Where the runtime hands out a plain OS socket
-that holds no bytes of ours in user space (curio, anyio on trio), ``write`` first
-offers the bytes to it directly when nothing is queued, which saves the task switch to
-the writer; what the socket does not take goes to the writer.
+curio and trio offer "send this and wait until it is gone" rather than asyncio's
+buffering transports. So a connection (a :class:`TaskConn`) is a task that reads and
+hands what arrives to the engine, and, only while the engine's bytes wait to be sent, a
+writer task beside it that sends what waits in the connection's
+:class:`~pgsansio.frontends._driver.Outbox`; the pair ends when either ends it.
+
+* **Writes.** On a plain socket (the OS socket itself, holding no bytes of ours in user
+  space) ``write`` offers the bytes to the socket at once when nothing is queued: most
+  writes cost one ``send`` and no task switch. What the kernel does not take goes to
+  the Outbox and starts a writer, which sends it and, with nothing left, ends (writes
+  go direct again). Under TLS the bytes go through the runtime's TLS stream: there the
+  writer stays and every write wakes it (TLS keeps the stream path).
+* **Reads.** On a plain socket the reader waits for the socket to be readable (the
+  runtime's own wait) and takes up to :data:`READ_SIZE` bytes with one ``recv``: no
+  stream wrapper and no speculative ``recv`` that fails. Under TLS it reads the stream.
+* **Idle memory.** An idle plain connection is that one task (no writer, no events
+  made), not three: what 2,000 idle clients cost is measured with
+  ``scripts/idle_clients_rss.py``.
 
 :class:`TaskDriver` is the driver with those loops written once: the reader, the
 writer (which also does a TLS upgrade after the ``S`` went out, and flushes on close),
 one connection's life, the accept loop, connecting, the timer. An adapter supplies the
 runtime calls, in the same order in both adapters: ``serve``, ``_listen``,
 ``_handle_signals``, ``signal_threadsafe``, then ``_accept_one``, ``_open``,
-``_open_server``, ``_spawn``, ``cancel``, ``_pair``, ``_close_stream``, ``_wrap_tls``,
-``_attach``, ``raw_socket``, ``set_event``, ``_wait``, ``_sleep``, and the class
-attributes :attr:`TaskDriver.Event` and :attr:`TaskDriver.GONE`. The underscored ones
-only the driver calls, on itself. A :class:`TaskConn` calls ``cancel``, ``set_event``
-and ``Event`` on its driver (and the driver's ``writable``), which are public for that
-(see the adapter API in :mod:`._driver`); ``raw_socket`` is public for tests.
+``_open_server``, ``_spawn``, ``cancel``, ``_pair``, ``start_writer``,
+``_close_stream``, ``_wrap_tls``, ``_attach``, ``raw_socket``, ``set_event``,
+``_wait``, ``_sleep``, ``_wait_readable``, and the class attributes
+:attr:`TaskDriver.Event` and :attr:`TaskDriver.GONE`. The underscored ones only the
+driver calls, on itself. A :class:`TaskConn` calls ``cancel``, ``start_writer``,
+``set_event`` and ``Event`` on its driver (and the driver's ``writable``), which are
+public for that (see the adapter API in :mod:`._driver`); ``raw_socket`` is public for
+tests.
 
 Waking a task is an ``await`` in curio and the driver's batch is synchronous, so
-``set_event`` may note the wake-up in ``_todo`` instead; every task that calls into
-the driver runs those (:meth:`TaskDriver._kick`) right after. anyio's ``set_event`` is
-direct and its ``_todo`` stays empty.
+``set_event`` (and ``start_writer``, ``cancel``) may note the wake-up in ``_todo``
+instead; every task that calls into the driver runs those (:meth:`TaskDriver._kick`)
+right after. anyio's are direct and its ``_todo`` stays empty.
 """
 
 from __future__ import annotations
@@ -50,11 +61,12 @@ a large result arrives in few reads, and a small one costs no more."""
 
 
 class TaskConn:
-    """One connection, client or server, and the state its two tasks share."""
+    """One connection, client or server, and the state its reader and writer share."""
 
     __slots__ = (
-        "closing", "direct", "fe", "held", "host", "key", "out", "pair", "reading", "receive",
-        "resumed", "send", "server", "stream", "upgrade", "upgrading", "wake",
+        "closing", "direct", "fe", "group", "held", "host", "key", "out", "pair", "reading",
+        "receive", "resumed", "send", "server", "stream", "upgrade", "upgrading", "wake",
+        "writing",
     )  # fmt: skip
 
     def __init__(self, fe: TaskDriver, host: str = "") -> None:
@@ -63,13 +75,16 @@ class TaskConn:
         self.host = host  # a server's name, which a verified certificate must carry
         self.key = 0
         self.out = Outbox()
-        self.wake = fe.Event()  # set when the writer has something to do
+        # The events are made when first needed: an idle connection holds none.
+        self.wake: Any = None  # set when a waiting writer has something to do
+        self.writing = False  # a writer task runs (or is about to start)
         self.reading = True
-        self.resumed = fe.Event()  # set when reading is switched back on
+        self.resumed: Any = None  # set when reading is switched back on
         self.closing = False  # closed by the engine (or aborted): read no more
         self.upgrade: str | None = None  # StartTls asked for ("client"/"server")
         self.upgrading = False  # the handshake is under way
-        self.pair: Any = None  # the adapter's handle on the two tasks, for cancel
+        self.pair: Any = None  # the adapter's handle on the connection's tasks, for cancel
+        self.group: Any = None  # the adapter's handle for starting the writer beside it
         # The stream and its calls: the adapter's _attach sets them (and again on TLS).
         self.stream: Any = None
         self.receive: Callable[[], Awaitable[bytes]]
@@ -85,12 +100,21 @@ class TaskConn:
                 return
         if out.put(data):
             self.fe.writable(self.server, self.key, False)
-        self.fe.set_event(self.wake)
+        self.to_writer()
+
+    def to_writer(self) -> None:
+        """Give the writer something to do: wake it, or start one if none runs."""
+        if not self.writing:
+            self.writing = True
+            if self.group is not None:  # else the pair starts it (TaskDriver._paired)
+                self.fe.start_writer(self)
+        elif self.wake is not None:
+            self.fe.set_event(self.wake)
 
     def close(self) -> None:
         """Flush, then close; a TLS handshake (in the writer) is cut short."""
         self.closing = True
-        self.fe.set_event(self.wake)
+        self.to_writer()
         if self.upgrading:
             self.fe.cancel(self.pair)
 
@@ -102,17 +126,19 @@ class TaskConn:
             self.fe.cancel(self.pair)
 
     def pause_reading(self) -> None:
-        self.reading = False
+        if self.reading:
+            self.reading = False
+            self.resumed = self.fe.Event()
 
     def resume_reading(self) -> None:
         if not self.reading:
             self.reading = True
             self.fe.set_event(self.resumed)
-            self.resumed = self.fe.Event()
 
 
 class TaskDriver(Driver):
-    """The driver for a runtime whose connections are a reader and a writer task."""
+    """The driver for a runtime whose connections are a reader task (and a writer task
+    while bytes wait)."""
 
     Event: ClassVar[type[Any]]
     """The runtime's event class (``await event.wait()``; set through ``set_event``)."""
@@ -145,7 +171,14 @@ class TaskDriver(Driver):
         raise NotImplementedError
 
     async def _pair(self, conn: TaskConn) -> None:
-        """Run ``_reader`` and ``_writer`` until either returns; ``conn.pair`` cancels."""
+        """Run ``_reader`` in this task, in a scope ``conn.pair`` cancels, beside which
+        ``start_writer`` runs ``_writer``; the pair ends when the reader returns or the
+        writer returns True (the other is cancelled). Calls ``_paired`` once
+        ``conn.pair`` and ``conn.group`` are set."""
+        raise NotImplementedError
+
+    def start_writer(self, conn: TaskConn) -> None:
+        """Run ``_writer(conn)`` in a task beside the reader (see ``_pair``)."""
         raise NotImplementedError
 
     async def _close_stream(self, conn: TaskConn) -> None:
@@ -198,7 +231,13 @@ class TaskDriver(Driver):
     def _start_tls(self, kind: str, key: int, conn: TaskConn) -> None:  # type: ignore[override]
         conn.upgrade = kind
         conn.direct = None  # not one byte in clear from now on
-        self.set_event(conn.wake)
+        conn.to_writer()
+
+    def _paired(self, conn: TaskConn) -> None:
+        """The pair's scope exists: start the writer a write or close asked for before."""
+        if conn.writing or conn.closing:
+            conn.writing = True
+            self.start_writer(conn)
 
     def _arm(self, at: float | None) -> None:
         self.set_event(self._timer_changed)
@@ -314,11 +353,17 @@ class TaskDriver(Driver):
                     await self._kick()
         except self.GONE:
             pass
-        if conn.closing:  # closed by us: the writer flushes, then ends the pair
+        if conn.closing and conn.writing:  # closed by us: the writer flushes, then ends it
             await self.Event().wait()
 
-    async def _writer(self, conn: TaskConn) -> None:
-        """Send what waits, do a TLS upgrade, flush on close; returning ends the pair."""
+    async def _writer(self, conn: TaskConn) -> bool:
+        """Send what waits, do a TLS upgrade, flush on close; True ends the pair.
+
+        On a plain socket the writer returns False (and the connection goes on) once it
+        has nothing left to do: writes go to the socket directly again, and the next one
+        the socket does not take starts another writer. So an idle connection is one
+        task. On a stream (TLS) it waits for the next write instead.
+        """
         out = conn.out
         try:
             while True:
@@ -331,14 +376,18 @@ class TaskDriver(Driver):
                             await self._kick()
                 elif conn.upgrade is not None and not conn.closing:
                     if not await self._handshake(conn, conn.upgrade):
-                        return
+                        return True
                 elif conn.closing:
-                    return
+                    return True
+                elif conn.direct is not None:
+                    conn.writing = False
+                    conn.wake = None
+                    return False
                 else:
                     conn.wake = self.Event()
                     await conn.wake.wait()
         except self.GONE:
-            return
+            return True
 
     async def _handshake(self, conn: TaskConn, kind: str) -> bool:
         """Upgrade to TLS (after the S went out) and report it; whether it succeeded."""

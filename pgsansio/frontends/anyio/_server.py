@@ -1,8 +1,10 @@
 """The anyio adapter: one code path for asyncio (``--frontend anyio``) and trio.
 
-Each connection is a reader and a writer task (:mod:`pgsansio.frontends._tasks`, which
-it shares with curio) on anyio's byte streams, in a task group of their own that ends
-when either task does. Everything else (ids, the batch, the timer's meaning, signals,
+Each connection is a reader task, and a writer task while bytes wait
+(:mod:`pgsansio.frontends._tasks`, which it shares with curio), in a task group of
+their own whose body is the reader. Plain connections are read and written on the OS
+socket (trio's ``wait_readable``, then ``recv``; ``send``); TLS ones on anyio's TLS
+stream. Everything else (ids, the batch, the timer's meaning, signals,
 reload, shutdown) is :mod:`pgsansio.frontends._driver`'s. What is anyio's own:
 
 * TLS is ``TLSStream.wrap`` over the plain stream, done by the writer after the ``S``
@@ -10,7 +12,7 @@ reload, shutdown) is :mod:`pgsansio.frontends._driver`'s. What is anyio's own:
 * the timer is one task waiting until the deadline (``move_on_after``) or until a new
   one replaces it, for the difference from ``time.monotonic()`` (trio's clock starts
   at a random offset);
-* ``abort`` cancels a connection's two tasks; the stream is then closed forcefully when
+* ``abort`` cancels the connection's task group; the stream is then closed forcefully when
   the exit is forced;
 * direct sends (``write`` offering the bytes to the socket instead of waking the
   writer): there ``send()`` returns once the kernel has every byte, and
@@ -173,10 +175,17 @@ class AnyioFrontend(TaskDriver):
         handle.cancel()
 
     async def _pair(self, conn: TaskConn) -> None:
-        async with anyio.create_task_group() as pair:
-            conn.pair = pair.cancel_scope
-            pair.start_soon(_first, conn.pair, self._writer, conn)
-            pair.start_soon(_first, conn.pair, self._reader, conn)
+        async with anyio.create_task_group() as group:
+            conn.pair = group.cancel_scope
+            conn.group = group
+            self._paired(conn)
+            try:
+                await _first(conn.pair, self._reader, conn)
+            finally:
+                conn.group = None  # the pair is ending: no writer starts now
+
+    def start_writer(self, conn: TaskConn) -> None:
+        conn.group.start_soon(_first, conn.pair, self._writer, conn)
 
     async def _close_stream(self, conn: TaskConn) -> None:
         with anyio.CancelScope(shield=True):
@@ -224,11 +233,12 @@ class AnyioFrontend(TaskDriver):
 
 
 async def _first(
-    scope: anyio.CancelScope, task: Callable[[TaskConn], Awaitable[None]], conn: TaskConn
+    scope: anyio.CancelScope, task: Callable[[TaskConn], Awaitable[bool | None]], conn: TaskConn
 ) -> None:
-    """Run one of a pair's tasks; when it returns, the other is cancelled."""
-    await task(conn)
-    scope.cancel()
+    """Run the reader or the writer; when it ends the pair (see ``_pair``), cancel the
+    other."""
+    if await task(conn) is not False:
+        scope.cancel()
 
 
 def _backend_name() -> str:
