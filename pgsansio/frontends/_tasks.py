@@ -150,6 +150,7 @@ class TaskDriver(Driver):
         super().__init__(engine, config, config_path=config_path)
         self._todo: dict[Callable[[], Awaitable[Any]], None] = {}  # wake-ups to await
         self._timer_changed = self.Event()
+        self._timer_until: float | None = 0.0  # what the timer task waits for (None: ever)
         self._done = self.Event()
 
     # ------------------------------------------------------------ the adapter's part
@@ -240,7 +241,12 @@ class TaskDriver(Driver):
             self.start_writer(conn)
 
     def _arm(self, at: float | None) -> None:
-        self.set_event(self._timer_changed)
+        """Wake the timer task only for a deadline earlier than the one it waits for: one
+        that moved later (or went) it finds when it wakes, and waits again; no task
+        switch for a deadline that moves with every transaction."""
+        until = self._timer_until
+        if at is not None and (until is None or at < until):
+            self.set_event(self._timer_changed)
 
     def _unread(self, conn: TaskConn) -> Iterator[bytes]:  # type: ignore[override]
         """The bytes the reader held while paused, then what the socket still holds."""
@@ -255,12 +261,13 @@ class TaskDriver(Driver):
     async def _run_timer(self) -> None:
         while True:
             changed = self._timer_changed = self.Event()
-            at = self.wakeup_at
+            at = self._timer_until = self.wakeup_at
             if at is None:
                 await changed.wait()
             elif at > time.monotonic():
                 await self._wait(changed, at - time.monotonic())
             else:
+                self._timer_until = 0.0  # running: it looks at the deadline again next
                 self.timer_fired()
                 if self._todo:
                     await self._kick()
