@@ -26,7 +26,7 @@ runtime calls, in the same order in both adapters: ``serve``, ``_listen``,
 ``_handle_signals``, ``signal_threadsafe``, then ``_accept_one``, ``_open``,
 ``_open_server``, ``_spawn``, ``cancel``, ``_pair``, ``start_writer``,
 ``_close_stream``, ``_wrap_tls``, ``_attach``, ``raw_socket``, ``set_event``,
-``_wait``, ``_sleep``, ``_wait_readable``, and the class attributes
+``_wait``, ``_sleep``, the attribute ``_wait_readable`` and the class attributes
 :attr:`TaskDriver.Event` and :attr:`TaskDriver.GONE`. The underscored ones only the
 driver calls, on itself. A :class:`TaskConn` calls ``cancel``, ``start_writer``,
 ``set_event`` and ``Event`` on its driver (and the driver's ``writable``), which are
@@ -214,9 +214,10 @@ class TaskDriver(Driver):
     async def _sleep(self, seconds: float) -> None:
         raise NotImplementedError
 
-    async def _wait_readable(self, sock: socket.socket) -> None:
-        """Wait until the OS socket ``sock`` (a connection's ``direct``) has bytes or EOF."""
-        raise NotImplementedError
+    _wait_readable: Callable[[socket.socket], Awaitable[Any]]
+    """The runtime's own wait until an OS socket (a connection's ``direct``) has bytes or
+    EOF, set in the adapter's ``__init__``: the function itself, not a method around it,
+    so each read resumes one coroutine frame fewer."""
 
     # ------------------------------------------------------------- written once here
 

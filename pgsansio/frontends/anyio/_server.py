@@ -75,11 +75,11 @@ class AnyioFrontend(TaskDriver):
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self._direct = _backend_name() == "trio"  # see the module's docstring
         # trio's own wait where it runs: anyio's looks the backend up on every call.
-        self._readable: Callable[[socket.socket], Awaitable[None]] = anyio.wait_readable
+        self._wait_readable = anyio.wait_readable
         if self._direct:
             import trio.lowlevel  # noqa: PLC0415 - present whenever trio runs
 
-            self._readable = trio.lowlevel.wait_readable
+            self._wait_readable = trio.lowlevel.wait_readable
 
     async def serve(self, ready: Ready | None = None, *, handle_signals: bool = True) -> int:
         """See ``Driver.serve``."""
@@ -180,9 +180,10 @@ class AnyioFrontend(TaskDriver):
             conn.group = group
             self._paired(conn)
             try:
-                await _first(conn.pair, self._reader, conn)
+                await self._reader(conn)  # not through _first: one frame less per read
             finally:
                 conn.group = None  # the pair is ending: no writer starts now
+            group.cancel_scope.cancel()
 
     def start_writer(self, conn: TaskConn) -> None:
         conn.group.start_soon(_first, conn.pair, self._writer, conn)
@@ -227,9 +228,6 @@ class AnyioFrontend(TaskDriver):
 
     async def _sleep(self, seconds: float) -> None:
         await anyio.sleep(seconds)
-
-    async def _wait_readable(self, sock: socket.socket) -> None:
-        await self._readable(sock)
 
 
 async def _first(

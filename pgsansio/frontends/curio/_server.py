@@ -58,6 +58,7 @@ class CurioFrontend(TaskDriver):
         self._tg: Any = None  # curio.TaskGroup, untyped
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_w.setblocking(False)
+        self._wait_readable = curio.traps._read_wait
 
     async def serve(self, ready: Ready | None = None, *, handle_signals: bool = True) -> int:
         """See ``Driver.serve``."""
@@ -244,9 +245,6 @@ class CurioFrontend(TaskDriver):
 
     async def _sleep(self, seconds: float) -> None:
         await curio.sleep(seconds)
-
-    async def _wait_readable(self, sock: socket.socket) -> None:
-        await curio.traps._read_wait(sock)
 
 
 def _raw(sock: curio.io.Socket) -> socket.socket:
