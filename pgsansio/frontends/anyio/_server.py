@@ -1,18 +1,19 @@
 """The anyio adapter: one code path for asyncio (``--frontend anyio``) and trio.
 
 Each connection is a reader task, and a writer task while bytes wait
-(:mod:`pgsansio.frontends._tasks`, which it shares with curio), in a task group of
-their own whose body is the reader. Plain connections are read and written on the OS
-socket (trio's ``wait_readable``, then ``recv``; ``send``); TLS ones on anyio's TLS
-stream. Everything else (ids, the batch, the timer's meaning, signals,
-reload, shutdown) is :mod:`pgsansio.frontends._driver`'s. What is anyio's own:
+(:mod:`pgsansio.frontends._tasks`, which it shares with curio), each in a cancel scope
+of its own in the pooler's task group; whichever ends the pair cancels the other's.
+Plain connections are read and written on the OS socket (trio's ``wait_readable``, then
+``recv``; ``send``); TLS ones on anyio's TLS stream. Everything else (ids, the batch,
+the timer's meaning, signals, reload, shutdown) is :mod:`pgsansio.frontends._driver`'s.
+What is anyio's own:
 
 * TLS is ``TLSStream.wrap`` over the plain stream, done by the writer after the ``S``
   went out; the encrypted stream takes the plain one's place;
 * the timer is one task waiting until the deadline (``move_on_after``) or until a new
   one replaces it, for the difference from ``time.monotonic()`` (trio's clock starts
   at a random offset);
-* ``abort`` cancels the connection's task group; the stream is then closed forcefully when
+* ``abort`` cancels the connection's scopes; the stream is then closed forcefully when
   the exit is forced;
 * direct sends (``write`` offering the bytes to the socket instead of waking the
   writer): there ``send()`` returns once the kernel has every byte, and
@@ -32,6 +33,7 @@ log. The stream adapter below is what runs on trio.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import socket
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -56,8 +58,6 @@ from pgsansio.frontends._tasks import TaskConn, TaskDriver
 from pgsansio.frontends.asyncio import AsyncioFrontend
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
-
     from pgsansio.config.model import Config
 
 __all__ = ["AnyioFrontend", "AnyioOnAsyncio", "make_frontend", "run", "serve"]
@@ -171,22 +171,40 @@ class AnyioFrontend(TaskDriver):
         assert self._tg is not None
         self._tg.start_soon(self._connection, conn)
 
-    def cancel(self, handle: anyio.CancelScope) -> None:
-        handle.cancel()
+    def cancel(self, handle: anyio.CancelScope | list[anyio.CancelScope]) -> None:
+        for scope in handle if isinstance(handle, list) else (handle,):
+            scope.cancel()
 
     async def _pair(self, conn: TaskConn) -> None:
-        async with anyio.create_task_group() as group:
-            conn.pair = group.cancel_scope
-            conn.group = group
+        # conn.pair lists the cancel scopes of the connection's tasks: this one's while
+        # it reads, the writer's while it runs (in the pooler's task group: no task group
+        # of its own per connection, which an idle client would pay for).
+        with anyio.CancelScope() as scope:
+            conn.pair = [scope]
+            conn.group = self._tg
             self._paired(conn)
             try:
-                await self._reader(conn)  # not through _first: one frame less per read
+                await self._reader(conn)
             finally:
                 conn.group = None  # the pair is ending: no writer starts now
-            group.cancel_scope.cancel()
+                conn.pair.remove(scope)
+                self.cancel(conn.pair)
 
     def start_writer(self, conn: TaskConn) -> None:
-        conn.group.start_soon(_first, conn.pair, self._writer, conn)
+        scope = anyio.CancelScope()
+        conn.pair.append(scope)
+        assert self._tg is not None
+        self._tg.start_soon(self._beside, conn, scope)
+
+    async def _beside(self, conn: TaskConn, scope: anyio.CancelScope) -> None:
+        """The writer; when it ends the pair, it cancels the reader's scope."""
+        ends = False
+        with scope:
+            ends = await self._writer(conn)
+        with contextlib.suppress(ValueError):
+            conn.pair.remove(scope)
+        if ends:
+            self.cancel(conn.pair)
 
     async def _close_stream(self, conn: TaskConn) -> None:
         with anyio.CancelScope(shield=True):
@@ -228,15 +246,6 @@ class AnyioFrontend(TaskDriver):
 
     async def _sleep(self, seconds: float) -> None:
         await anyio.sleep(seconds)
-
-
-async def _first(
-    scope: anyio.CancelScope, task: Callable[[TaskConn], Awaitable[bool | None]], conn: TaskConn
-) -> None:
-    """Run the reader or the writer; when it ends the pair (see ``_pair``), cancel the
-    other."""
-    if await task(conn) is not False:
-        scope.cancel()
 
 
 def _backend_name() -> str:
