@@ -641,6 +641,40 @@ def test_slow_client_is_reported_not_writable_then_writable(frontend: str) -> No
     run_async(main())
 
 
+@pytest.mark.parametrize("frontend", ["trio", "curio"])
+def test_a_writer_task_runs_only_while_bytes_wait(frontend: str) -> None:
+    """On the task runtimes an idle plain connection is one task: writes go straight to
+    the socket, and a writer task runs only while the kernel would not take them all."""
+    chunk = b"x" * (1 << 20)
+    count = 8  # more than the kernel's buffers on both ends can hold
+
+    def answer(cid: int, data: bytes) -> list[Any]:
+        return [SendClient(cid, chunk)] * count if data == b"go" else [SendClient(cid, data)]
+
+    engine = FakeEngine(client_data=answer)
+
+    async def main() -> None:
+        async with Running(engine, frontend) as running:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            sock.connect(running.address)
+            reader, writer = await asyncio.open_connection(sock=sock)
+            writer.write(b"hi")
+            assert await reader.readexactly(2) == b"hi"
+            conn = running.frontend.clients[1]
+            assert not conn.writing  # the echo went to the socket at once
+            writer.write(b"go")
+            await until(lambda: conn.writing)  # the kernel took part: a writer sends the rest
+            assert await reader.readexactly(count * len(chunk)) == chunk * count
+            await until(lambda: not conn.writing)  # drained: the writer ended
+            writer.write(b"hi")
+            assert await reader.readexactly(2) == b"hi"
+            assert not conn.writing
+            writer.close()
+
+    run_async(main())
+
+
 def test_read_client_off_holds_data_until_on(frontend: str) -> None:
     """After ReadClient(cid, False) no data reaches the engine until reading is on again."""
     engine = FakeEngine(
