@@ -431,6 +431,35 @@ def test_a_later_wakeup_replaces_an_earlier_one(frontend: str) -> None:
     run_async(main())
 
 
+@pytest.mark.parametrize("step", [-29.9, 0.2], ids=["earlier", "later"])
+def test_a_wakeup_from_a_later_batch_moves_the_waiting_timer(frontend: str, step: float) -> None:
+    """The timer already waits for the first deadline when a later input moves it: earlier
+    (the timer must wake sooner) or later (it must not tick at the first one)."""
+    first = 30.0 if step < 0 else 0.05
+    moved: list[float] = []
+
+    def connected(cid: int, peer: str) -> list[Any]:
+        moved.append(time.monotonic() + first + step)
+        return [Wakeup(moved[0])]
+
+    engine = FakeEngine(
+        start=lambda: [Wakeup(time.monotonic() + first)],
+        client_connected=connected,
+        tick=lambda: [Exit(3)],
+    )
+
+    async def main() -> None:
+        async with Running(engine, frontend) as running:
+            await asyncio.sleep(0.02)  # the timer task waits for the first deadline
+            _, writer = await running.connect()
+            assert await running.exit_code() == 3
+            writer.close()
+        assert engine.names() == ["start", "client_connected", "tick"]
+        assert engine.times[-1] >= moved[0]
+
+    run_async(main())
+
+
 def test_exit_stops_listening_and_closes_connections(
     frontend: str,
 ) -> None:
