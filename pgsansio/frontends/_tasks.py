@@ -1,23 +1,28 @@
 """Connections served by tasks: what the curio and anyio-on-trio adapters share.
 
 curio and trio offer "send this and wait until it is gone" rather than asyncio's
-buffering transports. So a connection (a :class:`TaskConn`) is a task that reads and
-hands what arrives to the engine, and, only while the engine's bytes wait to be sent, a
-writer task beside it that sends what waits in the connection's
+buffering transports. So a connection (a :class:`TaskConn`) is a task of its own that
+owns its life (reporting the peer gone, closing), and, only while the engine's bytes wait
+to be sent, a writer task beside it that sends what waits in the connection's
 :class:`~pgsansio.frontends._driver.Outbox`; the pair ends when either ends it.
 
+* **Reads.** A plain connection's task does not read: it parks, and one task for the
+  whole driver, the poller, reads every plain socket (:meth:`TaskDriver._run_poller`).
+  The runtime waits for the driver's own epoll object to be readable, then each ready
+  socket is read with one ``recv_into`` of up to :data:`READ_SIZE` and fed to the
+  engine, as an event loop does: one wake-up of the runtime's scheduler per batch of
+  ready sockets instead of a task switch per socket, and no re-arming of each socket
+  in the runtime's epoll (trio's ``EPOLLONESHOT`` costs an ``epoll_ctl`` per wait). When
+  the peer leaves, the poller hands the connection back to its task. Under TLS (from
+  ``StartTls`` on) the connection's task reads the runtime's TLS stream itself.
 * **Writes.** On a plain socket (the OS socket itself, holding no bytes of ours in user
   space) ``write`` offers the bytes to the socket at once when nothing is queued: most
   writes cost one ``send`` and no task switch. What the kernel does not take goes to
   the Outbox and starts a writer, which sends it and, with nothing left, ends (writes
   go direct again). Under TLS the bytes go through the runtime's TLS stream: there the
   writer stays and every write wakes it (TLS keeps the stream path).
-* **Reads.** On a plain socket the reader waits for the socket to be readable (the
-  runtime's own wait) and takes up to :data:`READ_SIZE` bytes with one ``recv``: no
-  stream wrapper and no speculative ``recv`` that fails. Under TLS it reads the stream.
-* **Idle memory.** An idle plain connection is that one task (no writer, no events
-  made), not three: what 2,000 idle clients cost is measured with
-  ``scripts/idle_clients_rss.py``.
+* **Idle memory.** An idle plain connection is its one parked task (no writer), not
+  three: what 2,000 idle clients cost is measured with ``scripts/idle_clients_rss.py``.
 
 :class:`TaskDriver` is the driver with those loops written once: the reader, the
 writer (which also does a TLS upgrade after the ``S`` went out, and flushes on close),
@@ -26,9 +31,10 @@ runtime calls, in the same order in both adapters: ``serve``, ``_listen``,
 ``_handle_signals``, ``signal_threadsafe``, then ``_accept_one``, ``_open``,
 ``_open_server``, ``_spawn``, ``cancel``, ``_pair``, ``start_writer``,
 ``_close_stream``, ``_wrap_tls``, ``_attach``, ``raw_socket``, ``set_event``,
-``_wait``, ``_sleep``, the attribute ``_wait_readable`` and the class attributes
+``_wait``, ``_sleep``, the attribute ``_wait_readable`` (and starting
+``_run_poller`` beside ``_run_timer``), and the class attributes
 :attr:`TaskDriver.Event` and :attr:`TaskDriver.GONE`. The underscored ones only the
-driver calls, on itself. A :class:`TaskConn` calls ``cancel``, ``start_writer``,
+driver calls, on itself. A :class:`TaskConn` calls ``cancel``, ``start_writer``, ``poll_interest``,
 ``set_event`` and ``Event`` on its driver (and the driver's ``writable``), which are
 public for that (see the adapter API in :mod:`._driver`); ``raw_socket`` is public for
 tests.
@@ -41,6 +47,8 @@ right after. anyio's are direct and its ``_todo`` stays empty.
 
 from __future__ import annotations
 
+import contextlib
+import select
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -66,9 +74,9 @@ class TaskConn:
     """One connection, client or server, and the state its reader and writer share."""
 
     __slots__ = (
-        "closing", "direct", "fe", "group", "held", "host", "key", "out", "pair", "reading",
-        "receive", "resumed", "send", "server", "stream", "upgrade", "upgrading", "wake",
-        "writing",
+        "closing", "direct", "fe", "group", "held", "host", "key", "out", "pair", "parked",
+        "polled", "reading", "receive", "resumed", "send", "server", "stream", "upgrade",
+        "upgrading", "wake", "writing",
     )  # fmt: skip
 
     def __init__(self, fe: TaskDriver, host: str = "") -> None:
@@ -93,6 +101,8 @@ class TaskConn:
         self.send: Callable[[bytes], Awaitable[Any]]
         self.direct: socket.socket | None = None  # takes bytes at once (see the module)
         self.held = b""  # received while reading was paused, not yet handed over
+        self.polled = -1  # the descriptor the driver's poller reads for it (-1: none)
+        self.parked: Any = None  # set when the poller hands the connection back
 
     def write(self, data: bytes) -> None:
         out = self.out
@@ -131,11 +141,15 @@ class TaskConn:
         if self.reading:
             self.reading = False
             self.resumed = self.fe.Event()
+            if self.polled >= 0:
+                self.fe.poll_interest(self)
 
     def resume_reading(self) -> None:
         if not self.reading:
             self.reading = True
             self.fe.set_event(self.resumed)
+            if self.polled >= 0:
+                self.fe.poll_interest(self)
 
 
 class TaskDriver(Driver):
@@ -155,6 +169,10 @@ class TaskDriver(Driver):
         # Every plain read lands here first (see READ_SIZE); the bytes are copied out
         # before the reader awaits anything, so one buffer serves every connection.
         self._read_view = memoryview(bytearray(READ_SIZE))
+        # Plain connections are read by one task, the poller, through an epoll object of
+        # the driver's own (see _run_poller); fd -> the connection.
+        self._epoll = select.epoll()
+        self._polled: dict[int, TaskConn] = {}
         self._timer_until: float | None = 0.0  # what the timer task waits for (None: ever)
         self._done = self.Event()
 
@@ -214,10 +232,10 @@ class TaskDriver(Driver):
     async def _sleep(self, seconds: float) -> None:
         raise NotImplementedError
 
-    _wait_readable: Callable[[socket.socket], Awaitable[Any]]
-    """The runtime's own wait until an OS socket (a connection's ``direct``) has bytes or
-    EOF, set in the adapter's ``__init__``: the function itself, not a method around it,
-    so each read resumes one coroutine frame fewer."""
+    _wait_readable: Callable[[Any], Awaitable[Any]]
+    """The runtime's own wait until a file descriptor (the poller's epoll object) is
+    readable, set in the adapter's ``__init__``: the function itself, not a method
+    around it, so each wake-up resumes one coroutine frame fewer."""
 
     # ------------------------------------------------------------- written once here
 
@@ -238,6 +256,9 @@ class TaskDriver(Driver):
     def _start_tls(self, kind: str, key: int, conn: TaskConn) -> None:  # type: ignore[override]
         conn.upgrade = kind
         conn.direct = None  # not one byte in clear from now on
+        if conn.polled >= 0:  # the connection's own task reads the TLS stream
+            self._poll_remove(conn)
+            self.set_event(conn.parked)
         conn.to_writer()
 
     def _paired(self, conn: TaskConn) -> None:
@@ -263,6 +284,68 @@ class TaskDriver(Driver):
 
     def _plain_socket(self, conn: TaskConn) -> Any:  # type: ignore[override]
         return conn.direct  # a plain OS socket; None under TLS (or where it cannot send)
+
+    async def _run_poller(self) -> None:
+        """Read every plain connection that has bytes: one task wake-up per batch.
+
+        The runtime waits for the driver's epoll object to be readable (an epoll
+        descriptor is itself pollable), then every ready socket is read and fed to the
+        engine in turn, as an event loop does. So a transaction costs the runtime's
+        scheduler one wake-up per batch of ready sockets, not one task switch per socket.
+        The interest follows ``reading``; a connection closing or leaving is unregistered,
+        and a peer that left (EOF, an error) hands the connection back to its own task.
+        """
+        ep = self._epoll
+        polled = self._polled
+        view = self._read_view
+        engine = self.engine
+        wait_readable = self._wait_readable
+        try:
+            while True:
+                await wait_readable(ep)
+                for fd, _ in ep.poll(0):
+                    conn = polled.get(fd)
+                    if conn is None or not conn.reading:
+                        continue
+                    if conn.closing:  # read no more; the writer flushes, then ends it
+                        self._poll_remove(conn)
+                        continue
+                    try:
+                        n = conn.direct.recv_into(view)  # type: ignore[union-attr]
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError:  # a reset: gone, as EOF
+                        n = 0
+                    if not n:
+                        self._poll_remove(conn)
+                        self.set_event(conn.parked)
+                        continue
+                    data_in = engine.server_data if conn.server else engine.client_data
+                    self.call(data_in, conn.key, view[:n].tobytes())
+                if self._todo:
+                    await self._kick()
+        finally:
+            ep.close()
+
+    def poll_interest(self, conn: TaskConn) -> None:
+        """Reading was switched on or off: the poller's interest in the socket follows."""
+        with contextlib.suppress(OSError, ValueError):
+            self._epoll.modify(conn.polled, select.EPOLLIN if conn.reading else 0)
+
+    def _poll_add(self, conn: TaskConn, raw: socket.socket) -> None:
+        fd = raw.fileno()
+        self._epoll.register(fd, select.EPOLLIN if conn.reading else 0)
+        conn.polled = fd
+        self._polled[fd] = conn
+
+    def _poll_remove(self, conn: TaskConn) -> None:
+        fd = conn.polled
+        if fd >= 0:
+            conn.polled = -1
+            if self._polled.get(fd) is conn:
+                del self._polled[fd]
+            with contextlib.suppress(OSError, ValueError):  # closed at the pooler's exit
+                self._epoll.unregister(fd)
 
     async def _run_timer(self) -> None:
         while True:
@@ -335,22 +418,23 @@ class TaskDriver(Driver):
         """Hand what arrives to the engine; returns when the peer left (ending the pair)."""
         engine = self.engine
         data_in = engine.server_data if conn.server else engine.client_data
-        wait_readable = self._wait_readable
-        view = self._read_view
         try:
             while not conn.closing:
                 if not conn.reading:
                     await conn.resumed.wait()
                     continue
                 raw = conn.direct
-                if raw is None:
-                    data = await conn.receive()
-                else:  # straight from the OS socket: one wait, one recv, no wrapper
-                    await wait_readable(raw)
+                if raw is not None:  # the poller reads it until the peer leaves or TLS
+                    conn.parked = self.Event()
+                    self._poll_add(conn, raw)
                     try:
-                        data = view[: raw.recv_into(view)].tobytes()
-                    except (BlockingIOError, InterruptedError):
-                        continue  # a spurious wake-up
+                        await conn.parked.wait()
+                    finally:
+                        self._poll_remove(conn)
+                    if conn.direct is None:
+                        continue  # TLS from now on: the stream, read here
+                    break  # the peer left
+                data = await conn.receive()
                 if not data:
                     break  # the peer closed its end
                 # Paused while that receive was under way: hold the bytes until resumed

@@ -98,6 +98,7 @@ class AnyioFrontend(TaskDriver):
                 for listener, metrics in bound:
                     tg.start_soon(self._accept, listener, metrics)
                 tg.start_soon(self._run_timer)
+                tg.start_soon(self._run_poller)
                 if handle_signals:
                     await tg.start(self._handle_signals)
                 self._started(ready, local, f"anyio frontend, {_backend_name()} backend")

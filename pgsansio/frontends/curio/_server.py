@@ -78,6 +78,7 @@ class CurioFrontend(TaskDriver):
                         for listener, metrics in bound
                     ]
                     await tg.spawn(self._run_timer)
+                    await tg.spawn(self._run_poller)
                     await tg.spawn(self._handle_signals)
                     self._started(ready, bound[0][0].getsockname(), "curio frontend")
                     await self._kick()
