@@ -14,7 +14,9 @@ to be sent, a writer task beside it that sends what waits in the connection's
   ready sockets instead of a task switch per socket, and no re-arming of each socket
   in the runtime's epoll (trio's ``EPOLLONESHOT`` costs an ``epoll_ctl`` per wait). When
   the peer leaves, the poller hands the connection back to its task. Under TLS (from
-  ``StartTls`` on) the connection's task reads the runtime's TLS stream itself.
+  ``StartTls`` on) the connection's task reads the runtime's TLS stream itself. Where
+  there is no epoll (not Linux), each connection's task waits for its own socket with
+  the runtime's wait and reads it the same way.
 * **Writes.** On a plain socket (the OS socket itself, holding no bytes of ours in user
   space) ``write`` offers the bytes to the socket at once when nothing is queued: most
   writes cost one ``send`` and no task switch. What the kernel does not take goes to
@@ -34,10 +36,10 @@ runtime calls, in the same order in both adapters: ``serve``, ``_listen``,
 ``_wait``, ``_sleep``, the attribute ``_wait_readable`` (and starting
 ``_run_poller`` beside ``_run_timer``), and the class attributes
 :attr:`TaskDriver.Event` and :attr:`TaskDriver.GONE`. The underscored ones only the
-driver calls, on itself. A :class:`TaskConn` calls ``cancel``, ``start_writer``, ``poll_interest``,
-``set_event`` and ``Event`` on its driver (and the driver's ``writable``), which are
-public for that (see the adapter API in :mod:`._driver`); ``raw_socket`` is public for
-tests.
+driver calls, on itself. A :class:`TaskConn` calls ``cancel``, ``start_writer``,
+``poll_interest``, ``set_event`` and ``Event`` on its driver (and the driver's
+``writable``), which are public for that (see the adapter API in :mod:`._driver`);
+``raw_socket`` is public for tests.
 
 Waking a task is an ``await`` in curio and the driver's batch is synchronous, so
 ``set_event`` (and ``start_writer``, ``cancel``) may note the wake-up in ``_todo``
@@ -171,7 +173,7 @@ class TaskDriver(Driver):
         self._read_view = memoryview(bytearray(READ_SIZE))
         # Plain connections are read by one task, the poller, through an epoll object of
         # the driver's own (see _run_poller); fd -> the connection.
-        self._epoll = select.epoll()
+        self._epoll = select.epoll() if hasattr(select, "epoll") else None
         self._polled: dict[int, TaskConn] = {}
         self._timer_until: float | None = 0.0  # what the timer task waits for (None: ever)
         self._done = self.Event()
@@ -296,6 +298,8 @@ class TaskDriver(Driver):
         and a peer that left (EOF, an error) hands the connection back to its own task.
         """
         ep = self._epoll
+        if ep is None:
+            return  # no epoll here: each connection's task reads its own socket
         polled = self._polled
         view = self._read_view
         engine = self.engine
@@ -329,10 +333,12 @@ class TaskDriver(Driver):
 
     def poll_interest(self, conn: TaskConn) -> None:
         """Reading was switched on or off: the poller's interest in the socket follows."""
-        with contextlib.suppress(OSError, ValueError):
-            self._epoll.modify(conn.polled, select.EPOLLIN if conn.reading else 0)
+        if self._epoll is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._epoll.modify(conn.polled, select.EPOLLIN if conn.reading else 0)
 
     def _poll_add(self, conn: TaskConn, raw: socket.socket) -> None:
+        assert self._epoll is not None
         fd = raw.fileno()
         self._epoll.register(fd, select.EPOLLIN if conn.reading else 0)
         conn.polled = fd
@@ -344,8 +350,8 @@ class TaskDriver(Driver):
             conn.polled = -1
             if self._polled.get(fd) is conn:
                 del self._polled[fd]
-            with contextlib.suppress(OSError, ValueError):  # closed at the pooler's exit
-                self._epoll.unregister(fd)
+            with contextlib.suppress(OSError, ValueError, AttributeError):  # closed at exit
+                self._epoll.unregister(fd)  # type: ignore[union-attr]
 
     async def _run_timer(self) -> None:
         while True:
@@ -424,7 +430,13 @@ class TaskDriver(Driver):
                     await conn.resumed.wait()
                     continue
                 raw = conn.direct
-                if raw is not None:  # the poller reads it until the peer leaves or TLS
+                if raw is not None and self._epoll is None:  # no poller: read it here
+                    await self._wait_readable(raw)
+                    try:
+                        data = self._read_view[: raw.recv_into(self._read_view)].tobytes()
+                    except (BlockingIOError, InterruptedError):
+                        continue  # a spurious wake-up
+                elif raw is not None:  # the poller reads it until the peer leaves or TLS
                     conn.parked = self.Event()
                     self._poll_add(conn, raw)
                     try:
@@ -434,7 +446,8 @@ class TaskDriver(Driver):
                     if conn.direct is None:
                         continue  # TLS from now on: the stream, read here
                     break  # the peer left
-                data = await conn.receive()
+                else:
+                    data = await conn.receive()
                 if not data:
                     break  # the peer closed its end
                 # Paused while that receive was under way: hold the bytes until resumed
