@@ -14,9 +14,9 @@ picks a frontend by name and imports it lazily (as hypercorn's ``run.py`` picks 
 worker), so a missing optional runtime only matters when it is asked for.
 :mod:`._driver` is what runs inside every frontend alike (the id tables, applying a
 batch of effects, the timer, signals, reload, shutdown); each runtime package is a
-small adapter on it (connections, listening, connecting, TLS, one timer). anyio and
-curio, whose connections are a reader and a writer task each, share those loops in
-:mod:`._tasks` and keep only the runtime calls.
+small adapter on it (connections, listening, connecting, TLS, one timer). anyio on
+trio and curio, whose connections are tasks (a reader, and a writer while bytes wait),
+share those loops in :mod:`._tasks` and keep only the runtime calls.
 
 The frontends: ``asyncio`` (the standard library's loop), ``uvloop`` (the same code on
 uvloop's faster loop), ``anyio`` (anyio on asyncio), ``trio`` (the same anyio code on
