@@ -75,7 +75,7 @@ from ._objects import (
     ServerConn,
 )
 from ._params import TRACKED, parse_simple_set, restore_sql, strip_comments
-from ._pinning import may_pin
+from ._pinning import inert, may_pin
 from ._readonly import take_lsn_answer
 from ._shards import HOLD, SHARD_COMMAND_BYTES
 from ._states import (
@@ -136,6 +136,9 @@ _NOTHING_SENT: list[Event] = []
 _TRACKED_LOWER = frozenset(name.lower() for name in TRACKED)
 _MALFORMED_KIND = {b"P": K_PARSE, b"B": K_BIND, b"D": K_DESCRIBE, b"E": K_EXECUTE, b"C": K_CLOSE}
 # How a LISTEN or UNLISTEN query text may start (fast_query leaves those to client_span).
+# The Parse texts _parse_seen remembers, and the longest it remembers.
+_QUIET_KEPT = 256
+_QUIET_MAX_TEXT = 4096
 # How an extended batch for the lane starts: a Parse, or a Bind of a prepared statement.
 _BATCH_HEADS = frozenset({b"P", b"B"})
 _LISTEN_HEADS = frozenset({b"LI", b"li", b"Li", b"lI", b"UN", b"un", b"Un", b"uN"})
@@ -192,6 +195,8 @@ class Relay:
         self.statements = statements
         self.pinning = pinning
         self.listen = listen
+        # Parse texts that neither dirty nor pin a session (see _parse_seen).
+        self._quiet: dict[str, bool] = {}
 
     # --- client -> server ------------------------------------------------------------
 
@@ -297,9 +302,20 @@ class Relay:
 
     def _parse_seen(self, c: Client, s: ServerConn, e: Parse) -> None:
         """What any Parse on its way to a server tells: session state it may leave."""
-        if _SET_CONFIG.search(e.query):
-            s.dirty = True
-        self.pinning.query(c, s, e.query, simple=False, reused=bool(e.name))
+        query = e.query
+        quiet = self._quiet.get(query)
+        if quiet is None:
+            # A client parses the same few texts again and again (pgbench -M extended
+            # every time): whether one says anything is found once per text.
+            quiet = _SET_CONFIG.search(query) is None and inert(query)
+            if len(query) <= _QUIET_MAX_TEXT:
+                if len(self._quiet) >= _QUIET_KEPT:
+                    self._quiet.clear()
+                self._quiet[query] = quiet
+        if not quiet:
+            if _SET_CONFIG.search(query):
+                s.dirty = True
+            self.pinning.query(c, s, query, simple=False, reused=bool(e.name))
         c.stats.client_parse_count += 1
 
     def _bind_to(

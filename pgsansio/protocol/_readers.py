@@ -88,6 +88,8 @@ class _Body:
 
     def i16s(self) -> tuple[int, ...]:
         n = self.count()
+        if not n:
+            return ()  # the common case (no format codes): no format string to build
         pos = self.need(2 * n)
         return struct.unpack_from(f"!{n}h", self.data, pos)
 
