@@ -632,9 +632,20 @@ class Connection:
                         raise self._wrong_direction(event)
                     process(event)
             else:
+                after_status = False
                 for event in events:
-                    if not event.backend:
-                        raise self._wrong_direction(event)
+                    if type(event) is ev.ParameterStatus:
+                        # One accepted ParameterStatus leaves the state as it was (a
+                        # loop in AUTHENTICATED, asynchronous in READY), so the next
+                        # one is accepted alike and changes nothing either: a login's
+                        # run of them (the welcome) goes to the state machine once.
+                        if after_status:
+                            continue
+                        after_status = True
+                    else:
+                        after_status = False
+                        if not event.backend:
+                            raise self._wrong_direction(event)
                     process(event)
         except LocalProtocolError:
             conv.phase = State.ERROR
