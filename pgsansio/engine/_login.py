@@ -446,9 +446,8 @@ class Login:
 
     def _log_login(self, c: Client, what: str) -> None:
         general = self.ctx.config.general
-        if general.log_connections or general.log_client_connections:
-            self.ctx.event(
-                LOGIN,
+        if (general.log_connections or general.log_client_connections) and self.ctx.admits(LOGIN):
+            self.ctx.log(
                 logging.INFO,
                 f"{client_tag(c)} login attempt: db={c.database} user={c.username} "
                 f"tls={'yes' if c.tls else 'no'}{what}",
