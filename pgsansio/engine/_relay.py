@@ -586,10 +586,13 @@ class Relay:
 
     # --- the fast lane ---------------------------------------------------------------
     #
-    # One simple Query from a client, and a whole answer (rows, CommandComplete,
-    # ReadyForQuery) in one read, to a Query or to extended messages up to one Sync:
-    # most of what a transaction pooler does (pgbench -S and TPC-B, psql, drivers'
-    # answers to Bind/Execute/Sync). When everything about the client,
+    # One simple Query or one extended batch closed by a Sync from a client, and a
+    # whole answer (rows, CommandComplete, ReadyForQuery) in one read, to a Query or to
+    # extended messages up to one Sync: most of what a transaction pooler does (pgbench
+    # -S and TPC-B, psql, drivers' Parse/Bind/Describe/Execute/Sync and their answers).
+    # A batch's named statements are renamed here too when they are prepared on the
+    # server already (nothing to send first); anything else about a batch goes to
+    # _to_server with the events take_batch read. When everything about the client,
     # the server and the bytes is ordinary, they take these two methods instead of the
     # general path (spans, the pending list, checkout, _to_server/_to_client), which
     # cost about three times as much. "Ordinary" is checked before anything changes,

@@ -19,9 +19,11 @@ hold it whole; such a message is bounded by PostgreSQL's limit, not
 
 Narrower still, for the round trips that dominate a transaction pooler's work, a
 pair of calls for each direction: one simple Query (``take_query`` reads it from the
-client, ``pass_query`` sends it on to the server), and the whole answer to a Query or
-to extended messages up to one Sync (``take_answer`` reads it from the server,
-``pass_answer`` sends it on to the client). Like every call here, each reads and
+client, ``pass_query`` sends it on to the server), one batch of extended messages
+closed by a Sync, as drivers send a statement with parameters (``take_batch`` /
+``pass_batch``), and the whole answer to a Query or to extended messages up to one
+Sync (``take_answer`` reads it from the server, ``pass_answer`` sends it on to the
+client). Like every call here, each reads and
 changes its own connection only. A ``take_`` call makes the checks that
 ``receive_data`` + ``next_span`` would and leaves its connection in the same state,
 without building a span or an event for anything but a CommandComplete (and the
