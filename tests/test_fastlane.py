@@ -63,7 +63,7 @@ def GeneralOnly(*args: Any, **kw: Any) -> Engine:
     relay = engine.relay
     relay.fast_query = lambda c, data: False  # type: ignore[method-assign]
     relay.fast_answer = lambda s, data: False  # type: ignore[method-assign]
-    relay._send_batch = relay._to_server  # type: ignore[method-assign] # a waiting batch too
+    relay.fast_lane = False  # a waiting client's batch too
     # every checkout through Pools.checkout and the pending list
     engine.lending.ready_server = lambda c, group: None  # type: ignore[method-assign]
     return engine

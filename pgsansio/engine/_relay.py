@@ -197,6 +197,9 @@ class Relay:
         self.listen = listen
         # Parse texts that neither dirty nor pin a session (see _parse_seen).
         self._quiet: dict[str, bool] = {}
+        # False: a waiting client's batch goes through _to_server too (the lane's other
+        # half, fast_query, is the Engine's to skip); tests compare the two paths.
+        self.fast_lane = True
 
     # --- client -> server ------------------------------------------------------------
 
@@ -931,7 +934,12 @@ class Relay:
                 self._send_query(c, s, data, first.sql)
                 self.sessions.after_client_data(c, s)
                 return
-            if _is_batch(data, events, offsets) and c.state is not C_CLOSED and c.server is s:
+            if (
+                self.fast_lane
+                and _is_batch(data, events, offsets)
+                and c.state is not C_CLOSED
+                and c.server is s
+            ):
                 # One extended batch (the lane's waiting client): the same, for less.
                 self._send_batch(c, s, Span(data, events, offsets))
                 self.sessions.after_client_data(c, s)
