@@ -131,6 +131,13 @@ _NOT_PLAIN = frozenset(
         NotificationResponse,
     }
 )
+# A batch's plain requests (the client's, unnamed or renamed in place): nothing ever
+# writes to such an entry (errors are noted on Sync and Query entries, bindings on the
+# named Parses Statements makes), so _send_batch queues these shared ones.
+_PLAIN_BIND = Entry(K_BIND)
+_PLAIN_EXECUTE = Entry(K_EXECUTE)
+_PLAIN_PARSE = Entry(K_PARSE)
+_PLAIN_DESCRIBE = Entry(K_DESCRIBE)
 # The ``sent`` of a span forwarded untouched: never appended to (see _forward).
 _NOTHING_SENT: list[Event] = []
 _TRACKED_LOWER = frozenset(name.lower() for name in TRACKED)
@@ -717,9 +724,9 @@ class Relay:
                 elif not e.statement:
                     c.unnamed_pending = False
                 st.bind_count += 1
-                q.append(Entry(K_BIND))
+                q.append(_PLAIN_BIND)
             elif t is Execute:
-                q.append(Entry(K_EXECUTE))
+                q.append(_PLAIN_EXECUTE)
             elif t is Sync:
                 q.append(Entry(K_SYNC))
             elif t is Parse:
@@ -728,7 +735,7 @@ class Relay:
                 st.server_parse_count += 1
                 if not e.name:
                     c.unnamed_pending = True
-                q.append(Entry(K_PARSE))
+                q.append(_PLAIN_PARSE)
             else:
                 assert isinstance(e, Describe)
                 if e.kind == "S" and e.name and rewrite:
@@ -739,7 +746,7 @@ class Relay:
                     if sent is events:
                         sent = list(events)
                     sent[i] = described
-                q.append(Entry(K_DESCRIBE))
+                q.append(_PLAIN_DESCRIBE)
             if piece is not None:
                 if out is None:
                     out = []
