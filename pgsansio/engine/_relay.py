@@ -650,19 +650,20 @@ class Relay:
         elif s.syncing or s.queue or s.blocked or s.fatal_forwarded or not s.conn.idle:
             return False
         sql: str | None = None
+        batch: tuple[list[Event], list[int]] | None = None
         if query:
             sql = c.conn.take_query(data)
             if sql is None:
                 return False
-            events: list[Event] = [Query(sql)] if s is None else _NOTHING_SENT
-            offsets = [0]
         else:
             batch = c.conn.take_batch(data)
             if batch is None:
                 return False
-            events, offsets = batch
         if s is None:  # it waits for a server, as client_span would have made it wait
-            c.pending.append((data, events, offsets))
+            if batch is None:
+                assert sql is not None
+                batch = [Query(sql)], [0]
+            c.pending.append((data, batch[0], batch[1]))
             self.lending.checkout(c)
             return True
         if c.server is None:
@@ -671,7 +672,8 @@ class Relay:
         if sql is not None:
             self._send_query(c, s, data, sql)
         else:
-            self._send_batch(c, s, Span(data, events, offsets))
+            assert batch is not None
+            self._send_batch(c, s, Span(data, batch[0], batch[1]))
         self.sessions.after_client_data(c, s)
         return True
 
