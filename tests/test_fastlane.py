@@ -671,7 +671,9 @@ def _server_side(name: str) -> Connection:
     return server_side
 
 
-def _drive(factory: Any, steps: list[tuple[str, int, bytes]]) -> list[tuple[str, int, bytes]]:
+def _drive(
+    factory: Any, steps: list[tuple[str, int, bytes]], **general: Any
+) -> list[tuple[str, int, bytes]]:
     """Two trust clients on a pool of one server (cache of two shared statements)
     through ``factory``'s engine and fakepg: every byte written, in order. A step is
     ("send", cid, bytes), ("hold", 0, b"") (keep what goes to the server from now on)
@@ -694,7 +696,7 @@ def _drive(factory: Any, steps: list[tuple[str, int, bytes]]) -> list[tuple[str,
         shards=(ShardConfig(0, "db", (ServerAddress("h", 1, "primary"),)),),
         prepared_statements_cache_size=2,
     )
-    engine = factory(Config(General(), {"db": pool}), seed=1)
+    engine = factory(Config(General(**general), {"db": pool}), seed=1)
     db = Database(users={"u": FakeUser("pw", "trust")}, databases=["db"])
     fakes: dict[int, Any] = {}
     written: list[tuple[str, int, bytes]] = []
@@ -779,3 +781,19 @@ def test_extended_batches_take_the_lane_with_the_general_path_s_effects() -> Non
     answers = b"".join(data for side, _, data in fast if side == "client")
     assert answers.count(b"26000") == 2  # zz was never prepared; c was closed
     assert b"PGSANSIO_" not in answers  # the client's names, never ours
+
+
+def test_a_large_request_that_must_wait_is_held_to_the_buffer_limits() -> None:
+    """A request of SMALL bytes or more that would wait for a server takes the
+    general path, where Buffers counts it against client_buffer_limit (here a batch
+    of two Binds under the limit each, over it together: 54000, as without the lane)."""
+    big = _batch(
+        Bind("", "", (), [b"x" * 70_000], ()),
+        Bind("", "", (), [b"y" * 70_000], ()),
+        Execute("", 0),
+    )
+    steps = [("hold", 0, b""), ("send", 1, QUERY), ("send", 2, big), ("release", 0, b"")]
+    fast = _drive(Counting, steps, client_buffer_limit=100_000)
+    assert fast == _drive(GeneralOnly, steps, client_buffer_limit=100_000)
+    refused = [data for side, cid, data in fast if side == "client" and cid == 2]
+    assert refused and b"54000" in refused[-1]

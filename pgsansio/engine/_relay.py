@@ -56,6 +56,7 @@ from pgsansio.protocol import (
     Terminate,
 )
 
+from ._buffers import SMALL
 from ._effects import ReadClient, SendClient, SendServer
 from ._errors import fatal
 from ._objects import (
@@ -647,6 +648,10 @@ class Relay:
         s = c.server
         if s is None:
             s = self.lending.ready_server(c, group)
+            if s is None and len(data) >= SMALL:
+                # It would wait holding that much: the general path has Buffers check
+                # client_buffer_limit and total_buffer_limit (the Engine asks after it).
+                return False
         elif s.syncing or s.queue or s.blocked or s.fatal_forwarded or not s.conn.idle:
             return False
         sql: str | None = None
