@@ -168,7 +168,9 @@ class _SockOpts(Protocol):
     def setsockopt(self, level: int, optname: int, value: int, /) -> None: ...
 
 
-def tune_socket(sock: _SockOpts | None, general: General, *, server: bool) -> None:
+def tune_socket(
+    sock: _SockOpts | None, general: General, *, server: bool, nodelay: bool = True
+) -> None:
     """Set TCP_NODELAY and keepalives on a connected TCP socket, a client's or a server's.
 
     TCP_NODELAY because the protocol is request/response in small messages, where
@@ -183,10 +185,13 @@ def tune_socket(sock: _SockOpts | None, general: General, *, server: bool) -> No
     receive window) or missed one probe in a network hiccup was reset without a word,
     where PostgreSQL and PgBouncer keep it. A value of 0 leaves the option alone;
     options the platform lacks are skipped; a socket that is not TCP is left alone.
+    ``nodelay=False`` leaves TCP_NODELAY to a runtime that sets it itself (asyncio's and
+    uvloop's transports do).
     """
     if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if nodelay:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     g = general
     if server:
