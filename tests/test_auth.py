@@ -931,3 +931,44 @@ def test_unknown_user_salt_is_stable_per_user_and_seed() -> None:
     assert salt("nobody", b"a") == salt("nobody", b"a")
     assert salt("nobody", b"a") != salt("somebody", b"a")
     assert salt("nobody", b"a") != salt("nobody", b"b")
+
+
+def test_scram_keys_are_derived_once_per_password_salt_and_iterations(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pooler logs in to the same server with the same password and stored salt for
+    every connection it opens: PBKDF2 (milliseconds, on purpose) runs once for them."""
+    from pgsansio.protocol import _auth
+
+    calls: list[tuple[bytes, int]] = []
+    real = hashlib.pbkdf2_hmac
+
+    def counted(name: str, password: bytes, salt: bytes, iterations: int) -> bytes:
+        calls.append((salt, iterations))
+        return real(name, password, salt, iterations)
+
+    monkeypatch.setattr(hashlib, "pbkdf2_hmac", counted)
+    salt = b"a salt of its own for this test"
+    first = _auth._salted_keys(b"secret", salt, 4096)
+    assert _auth._salted_keys(b"secret", salt, 4096) == first
+    assert calls == [(salt, 4096)]
+    salted = real("sha256", b"secret", salt, 4096)
+    assert first == (
+        hmac.new(salted, b"Client Key", "sha256").digest(),
+        hmac.new(salted, b"Server Key", "sha256").digest(),
+    )
+    # Another password, salt or count is another derivation.
+    _auth._salted_keys(b"other", salt, 4096)
+    _auth._salted_keys(b"secret", salt + b"!", 4096)
+    _auth._salted_keys(b"secret", salt, 4097)
+    assert len(calls) == 4
+
+
+def test_md5_answers_follow_a_changed_password() -> None:
+    """The inner hash is kept per (user, password): a new password is a new hash."""
+    salt = b"\x01\x02\x03\x04"
+    for password in ("one", "two", "one", md5_hash("u", "two")):
+        expected = hashlib.md5(md5_hash("u", password)[3:].encode() + salt).hexdigest()
+        if password.startswith("md5"):
+            expected = hashlib.md5(password[3:].encode() + salt).hexdigest()
+        assert md5_response("u", password, salt) == "md5" + expected

@@ -864,6 +864,9 @@ FRONTEND_MALFORMED = [
     (b"B", b"\0s\0\x80\x00", "too short"),
     (b"B", b"\0s\0\x00\x00\x00\x00\x00\x00ab", "2 unexpected trailing bytes"),
     (b"B", b"\0s\0\x00\x00\x00\x00", "too short"),
+    (b"B", b"portal", "string without NUL"),
+    (b"B", b"\0statement", "string without NUL"),
+    (b"B", b"\0s\0\x00\x00", "too short"),  # no parameter count
     (b"D", b"X\0", "kind must be S or P, not b'X'"),
     (b"D", b"", "kind must be S or P, not b''"),
     (b"D", b"S", "string without NUL"),

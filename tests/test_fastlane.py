@@ -26,8 +26,11 @@ from pgsansio.engine import Engine
 from pgsansio.protocol import (
     CLIENT,
     SERVER,
+    AuthenticationOk,
+    BackendKeyData,
     Bind,
     BindComplete,
+    Close,
     CommandComplete,
     Connection,
     CopyOutResponse,
@@ -57,6 +60,18 @@ def GeneralOnly(*args: Any, **kw: Any) -> Engine:
     """The engine with its fast lane closed: every byte takes the general path, every
     checkout goes through Pools.checkout and the pending list."""
     return Engine(*args, fast_lane=False, **kw)
+
+
+def recording(made: list[Engine]) -> Any:
+    """An engine factory that keeps the engines it makes in ``made`` (to read their
+    ``fast_taken`` afterwards)."""
+
+    def make(*args: Any, **kw: Any) -> Engine:
+        engine = Engine(*args, **kw)
+        made.append(engine)
+        return engine
+
+    return make
 
 
 def _run(factory: Any, seed: int, **kw: Any) -> tuple[list[str], object, int, int]:
@@ -473,3 +488,293 @@ def test_pass_answer_does_what_send_span_does(name: str, answer: str) -> None:
     else:
         assert fast.pass_answer(data, span.ready) is data
     assert _state(fast) == _state(general)
+
+
+# --- the request half of the lane for the extended protocol -----------------------------
+
+PREPARED = bytes(Bind("", "P_1", (0,), [b"42", None], (1,))) + bytes(Describe("P", ""))
+PREPARED += bytes(Execute("", 0)) + bytes(Sync())
+BATCH_PIECES = [
+    bytes(Parse("", "select $1::int", (23,))),
+    bytes(Parse("s1", "select 1")),
+    bytes(Bind("", "", (), [b"1"], ())),
+    bytes(Bind("p", "s1", (1, 0), [None, b"x"], (1,))),
+    bytes(Describe("P", "")),
+    bytes(Describe("S", "s1")),
+    bytes(Execute("", 0)),
+    bytes(Execute("p", 5)),
+    bytes(Sync()),
+    bytes(Query("select 1")),
+    bytes(Close("S", "s1")),
+    bytes(FunctionCall(1, (), [], 0)),
+    b"B\0\0\0\x06\0\0",  # a malformed Bind: PostgreSQL answers 08P01 and goes on
+    b"E\0\0\0\x05\0",  # an Execute too short
+    b"D\0\0\0\x06X\0",  # a Describe of neither S nor P
+]
+
+
+@pytest.mark.parametrize("request_bytes", [EXTENDED, PREPARED], ids=["unnamed", "prepared"])
+def test_take_batch_leaves_the_state_of_the_general_path(request_bytes: bytes) -> None:
+    fast, general = _pair(), _pair()
+    taken = fast[0].take_batch(request_bytes)
+    assert taken is not None
+    events, offsets = taken
+    assert fast[1].pass_batch(request_bytes, events) is request_bytes
+    general[0].receive_data(request_bytes)
+    span = general[0].next_span()
+    assert isinstance(span, Span)
+    general[1].send_span(span)
+    assert (events, offsets) == (span.events, span.offsets)
+    assert [_state(c) for c in fast] == [_state(c) for c in general]
+    # ... and the answer and the next batch go on alike.
+    assert _forward_answer(*fast, EXTENDED_ANSWER) is not None
+    assert _forward_answer(*general, EXTENDED_ANSWER) is not None
+    assert fast[0].take_batch(request_bytes) is not None
+    assert [_state(c) for c in fast] != [_state(c) for c in general]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.lists(st.sampled_from(BATCH_PIECES[:8]), min_size=1, max_size=5),  # mostly taken
+        st.lists(st.sampled_from(BATCH_PIECES), max_size=6),
+    ),
+    st.sampled_from([0, 0, 0, 1, 3]),
+    st.booleans(),
+)
+def test_take_batch_declines_or_agrees_with_next_span(
+    pieces: list[bytes], cut: int, synced: bool
+) -> None:
+    """Any request: take_batch declines with nothing changed, or it reads what
+    receive_data + next_span read, with the same events and the same state after."""
+    request = b"".join(pieces) + (bytes(Sync()) if synced else b"")
+    request = request[: len(request) - cut] if cut < len(request) else request
+    fast, general = _pair(), _pair()
+    before = _state(fast[0])
+    taken = fast[0].take_batch(request)
+    if taken is None:
+        assert _state(fast[0]) == before
+        return
+    general[0].receive_data(request)
+    span = general[0].next_span()
+    assert isinstance(span, Span)
+    assert span.data == request
+    assert taken == (span.events, span.offsets)
+    assert not any(type(e).__name__ == "MalformedMessage" for e in span.events)
+    assert _state(fast[0]) == _state(general[0])
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        EXTENDED[:-1],  # partial
+        bytes(Sync()),  # a Sync alone: nothing to save
+        EXTENDED + EXTENDED,  # two batches
+        BIND_EXECUTE,  # no Sync
+        bytes(Bind("", "", (), [], ())) + bytes(Close("S", "a")) + bytes(Sync()),
+        bytes(Bind("", "", (), [], ())) + bytes(Sync()) + bytes(Sync()),
+        b"B\0\0\0\x06\0\0" + bytes(Sync()),  # malformed: the general path forwards it
+        bytearray(EXTENDED),
+    ],
+    ids=["partial", "sync", "two", "no-sync", "close", "two-syncs", "malformed", "bytearray"],
+)
+def test_take_batch_declines_and_changes_nothing(request_bytes: bytes) -> None:
+    client_side, _ = _pair()
+    before = _state(client_side)
+    assert client_side.take_batch(request_bytes) is None
+    assert _state(client_side) == before
+
+
+def test_take_batch_declines_with_something_outstanding_buffered_or_too_long() -> None:
+    assert _asked(QUERY).take_batch(EXTENDED) is None  # the query is outstanding
+    assert _asked(buffered=EXTENDED[:3]).take_batch(EXTENDED) is None
+    client_side, _ = _pair()
+    client_side.max_message_size = 8
+    assert client_side.take_batch(EXTENDED) is None  # over the cap: the general path says so
+    assert Connection(SERVER).take_batch(EXTENDED) is None  # still logging in
+
+
+@pytest.mark.parametrize("name", sorted(CLIENT_SIDES))
+def test_pass_batch_does_what_send_span_does(name: str) -> None:
+    """Through any server side, pass_batch leaves the state send_span leaves (its
+    short cut where it applies, send_span itself otherwise), or raises its error."""
+    client_side, _ = _pair()
+    taken = client_side.take_batch(EXTENDED)
+    assert taken is not None
+    events, offsets = taken
+    span = Span(EXTENDED, events, offsets)
+    # CLIENT_SIDES builds client sides; their mirror images are server sides that
+    # have sent the same requests.
+    fast, general = _server_side(name), _server_side(name)
+    try:
+        general.send_span(span)
+    except LocalProtocolError as exc:
+        with pytest.raises(LocalProtocolError) as raised:
+            fast.pass_batch(EXTENDED, events)
+        assert str(raised.value) == str(exc)
+    else:
+        assert fast.pass_batch(EXTENDED, events) is EXTENDED
+    assert _state(fast) == _state(general)
+
+
+def _server_side(name: str) -> Connection:
+    """A proxy's server side that sent what ``CLIENT_SIDES[name]`` read."""
+    if name == "still logging in":
+        return Connection(CLIENT)
+    if name == "wrong role":
+        return Connection(SERVER)
+    _, server_side = _pair()
+    requests = {
+        "one query": [QUERY],
+        "one sync": [EXTENDED],
+        "batch without sync": [BIND_EXECUTE],
+        "function call": [bytes(FunctionCall(1, (), [], 0))],
+        "two queries": [QUERY + QUERY],
+        "query and sync": [QUERY, EXTENDED],
+        "query then terminate": [QUERY + bytes(Terminate())],
+        "failed batch": [EXTENDED],
+        "bytes buffered": [QUERY],
+        "nothing asked": [],
+    }[name]
+    for request in requests:
+        helper = Connection(SERVER)
+        helper.receive_data(bytes(StartupMessage({"user": "u", "database": "d"})))
+        helper.next_event()
+        for event in (AuthenticationOk(), BackendKeyData(1, b"abcd"), ReadyForQuery("I")):
+            helper.send(event)
+        helper.receive_data(request)
+        span = helper.next_span()
+        assert isinstance(span, Span)
+        server_side.send_span(span)
+    if name == "failed batch":
+        server_side.receive_data(bytes(ErrorResponse.build("42P01", "no such table")))
+        assert server_side.next_span() is not None
+    return server_side
+
+
+def _drive(
+    factory: Any, steps: list[tuple[str, int, bytes]], **general: Any
+) -> list[tuple[str, int, bytes]]:
+    """Two trust clients on a pool of one server (cache of two shared statements)
+    through ``factory``'s engine and fakepg: every byte written, in order. A step is
+    ("send", cid, bytes), ("hold", 0, b"") (keep what goes to the server from now on)
+    or ("release", 0, b"") (deliver it, then go on delivering at once)."""
+    from pgsansio.config.model import (
+        Config,
+        General,
+        PoolConfig,
+        ServerAddress,
+        ShardConfig,
+        UserConfig,
+    )
+    from pgsansio.engine import OpenServer, SendClient, SendServer
+    from pgsansio.testing.fakepg import Database, FakeUser
+
+    user = UserConfig(username="u", password="pw", pool_size=1, auth_type="trust")
+    pool = PoolConfig(
+        name="db",
+        users={"u": user},
+        shards=(ShardConfig(0, "db", (ServerAddress("h", 1, "primary"),)),),
+        prepared_statements_cache_size=2,
+    )
+    engine = factory(Config(General(**general), {"db": pool}), seed=1)
+    db = Database(users={"u": FakeUser("pw", "trust")}, databases=["db"])
+    fakes: dict[int, Any] = {}
+    written: list[tuple[str, int, bytes]] = []
+    held: list[Any] = []
+    holding = False
+
+    def run(effects: list[Any]) -> None:
+        queue = list(effects)
+        while queue:
+            e = queue.pop(0)
+            if isinstance(e, OpenServer):
+                fakes[e.sid] = db.connect()
+                queue += engine.server_connected(e.sid, 1.0)
+            elif isinstance(e, SendServer):
+                written.append(("server", e.sid, e.data))
+                if holding:
+                    held.append(e)
+                    continue
+                reply = fakes[e.sid].receive(e.data, 1.0)
+                if reply:
+                    queue += engine.server_data(e.sid, reply, 1.0)
+            elif isinstance(e, SendClient):
+                written.append(("client", e.cid, e.data))
+
+    startup = bytes(StartupMessage({"user": "u", "database": "db"}))
+    for cid in (1, 2):
+        run(engine.client_connected(cid, "test", 1.0))
+        run(engine.client_data(cid, startup, 1.0))
+    for what, cid, data in steps:
+        if what == "send":
+            run(engine.client_data(cid, data, 1.0))
+        elif what == "hold":
+            holding = True
+        else:
+            holding = False
+            again, held[:] = list(held), []
+            run(again)
+    return written
+
+
+def _batch(*events: Any) -> bytes:
+    return b"".join(bytes(e) for e in (*events, Sync()))
+
+
+def _prepared(name: str, *params: bytes) -> bytes:
+    return _batch(Bind("", name, (), list(params), ()), Describe("P", ""), Execute("", 0))
+
+
+BATCH_STEPS = [
+    ("send", 1, _batch(Parse("a", "select $1::int"))),  # named: shared, renamed
+    ("send", 1, _prepared("a", b"1")),
+    ("send", 1, _batch(Describe("S", "a"))),
+    ("send", 1, _batch(Bind("", "a", (), [b"2"], ()), Describe("S", "a"), Execute("", 0))),
+    ("send", 2, _batch(Parse("b", "select $1::text"))),
+    ("send", 2, _batch(Parse("c", "select $1::bigint"))),  # evicts a from the server
+    ("send", 1, _prepared("a", b"3")),  # a is prepared again first
+    ("send", 1, _prepared("zz", b"4")),  # never prepared: 26000, as from PostgreSQL
+    ("send", 2, _batch(Parse("", "select $1::int + 1"), Bind("", "", (), [b"5"], ()))),
+    ("send", 2, EXTENDED),
+    ("send", 2, _batch(Parse("", "select set_config('a.b', 'c', false)"), Execute("", 0))),
+    ("send", 1, bytes(Query("begin"))),
+    ("send", 1, _prepared("a", b"6")),
+    ("hold", 0, b""),
+    ("send", 1, bytes(Query("commit"))),
+    ("send", 2, _prepared("c", b"7")),  # waits for the server: the pending list
+    ("release", 0, b""),
+    ("hold", 0, b""),
+    ("send", 1, _prepared("a", b"8")),
+    ("send", 2, EXTENDED),
+    ("release", 0, b""),
+    ("send", 2, _batch(Close("S", "c"))),
+    ("send", 2, _prepared("c", b"9")),  # closed: 26000
+]
+
+
+def test_extended_batches_take_the_lane_with_the_general_path_s_effects() -> None:
+    made: list[Engine] = []
+    fast = _drive(recording(made), BATCH_STEPS)
+    assert made[0].fast_taken >= 10
+    general = _drive(GeneralOnly, BATCH_STEPS)
+    assert fast == general
+    answers = b"".join(data for side, _, data in fast if side == "client")
+    assert answers.count(b"26000") == 2  # zz was never prepared; c was closed
+    assert b"PGSANSIO_" not in answers  # the client's names, never ours
+
+
+def test_a_large_request_that_must_wait_is_held_to_the_buffer_limits() -> None:
+    """A request of SMALL bytes or more that would wait for a server takes the
+    general path, where Buffers counts it against client_buffer_limit (here a batch
+    of two Binds under the limit each, over it together: 54000, as without the lane)."""
+    big = _batch(
+        Bind("", "", (), [b"x" * 70_000], ()),
+        Bind("", "", (), [b"y" * 70_000], ()),
+        Execute("", 0),
+    )
+    steps = [("hold", 0, b""), ("send", 1, QUERY), ("send", 2, big), ("release", 0, b"")]
+    fast = _drive(Engine, steps, client_buffer_limit=100_000)
+    assert fast == _drive(GeneralOnly, steps, client_buffer_limit=100_000)
+    refused = [data for side, cid, data in fast if side == "client" and cid == 2]
+    assert refused and b"54000" in refused[-1]

@@ -49,7 +49,7 @@ from pgsansio.engine import (
 )
 from pgsansio.engine._signals import Signals
 from pgsansio.frontends import EX_SOFTWARE, FRONTENDS, FrontendError, tune_socket
-from pgsansio.frontends._driver import HIGH_WATER, LOW_WATER, Outbox
+from pgsansio.frontends._driver import HIGH_WATER, LOW_WATER, Driver, Outbox
 from pgsansio.logconfig import configure_logging
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -431,6 +431,35 @@ def test_a_later_wakeup_replaces_an_earlier_one(frontend: str) -> None:
     run_async(main())
 
 
+@pytest.mark.parametrize("step", [-29.9, 0.2], ids=["earlier", "later"])
+def test_a_wakeup_from_a_later_batch_moves_the_waiting_timer(frontend: str, step: float) -> None:
+    """The timer already waits for the first deadline when a later input moves it: earlier
+    (the timer must wake sooner) or later (it must not tick at the first one)."""
+    first = 30.0 if step < 0 else 0.05
+    moved: list[float] = []
+
+    def connected(cid: int, peer: str) -> list[Any]:
+        moved.append(time.monotonic() + first + step)
+        return [Wakeup(moved[0])]
+
+    engine = FakeEngine(
+        start=lambda: [Wakeup(time.monotonic() + first)],
+        client_connected=connected,
+        tick=lambda: [Exit(3)],
+    )
+
+    async def main() -> None:
+        async with Running(engine, frontend) as running:
+            await asyncio.sleep(0.02)  # the timer task waits for the first deadline
+            _, writer = await running.connect()
+            assert await running.exit_code() == 3
+            writer.close()
+        assert engine.names() == ["start", "client_connected", "tick"]
+        assert engine.times[-1] >= moved[0]
+
+    run_async(main())
+
+
 def test_exit_stops_listening_and_closes_connections(
     frontend: str,
 ) -> None:
@@ -641,6 +670,40 @@ def test_slow_client_is_reported_not_writable_then_writable(frontend: str) -> No
     run_async(main())
 
 
+@pytest.mark.parametrize("frontend", ["trio", "curio"])
+def test_a_writer_task_runs_only_while_bytes_wait(frontend: str) -> None:
+    """On the task runtimes an idle plain connection is one task: writes go straight to
+    the socket, and a writer task runs only while the kernel would not take them all."""
+    chunk = b"x" * (1 << 20)
+    count = 8  # more than the kernel's buffers on both ends can hold
+
+    def answer(cid: int, data: bytes) -> list[Any]:
+        return [SendClient(cid, chunk)] * count if data == b"go" else [SendClient(cid, data)]
+
+    engine = FakeEngine(client_data=answer)
+
+    async def main() -> None:
+        async with Running(engine, frontend) as running:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            sock.connect(running.address)
+            reader, writer = await asyncio.open_connection(sock=sock)
+            writer.write(b"hi")
+            assert await reader.readexactly(2) == b"hi"
+            conn = running.frontend.clients[1]
+            assert not conn.writing  # the echo went to the socket at once
+            writer.write(b"go")
+            await until(lambda: conn.writing)  # the kernel took part: a writer sends the rest
+            assert await reader.readexactly(count * len(chunk)) == chunk * count
+            await until(lambda: not conn.writing)  # drained: the writer ended
+            writer.write(b"hi")
+            assert await reader.readexactly(2) == b"hi"
+            assert not conn.writing
+            writer.close()
+
+    run_async(main())
+
+
 def test_read_client_off_holds_data_until_on(frontend: str) -> None:
     """After ReadClient(cid, False) no data reaches the engine until reading is on again."""
     engine = FakeEngine(
@@ -674,6 +737,62 @@ def test_outbox_water_marks() -> None:
     assert not box.sent(len(data) - LOW_WATER - 1)  # still above the low mark
     assert box.sent(1)  # at the low mark: writable again, said once
     assert not box.sent(LOW_WATER)
+
+
+class _Recorder:
+    """A connection that records what the driver does to it (a unit test of the batch)."""
+
+    def __init__(self, name: str, log: list[tuple[str, Any]]) -> None:
+        self.name = name
+        self.log = log
+
+    def write(self, data: bytes) -> None:
+        self.log.append((self.name, bytes(data)))
+
+    def close(self) -> None:
+        self.log.append((self.name, "close"))
+
+    def abort(self) -> None:
+        self.log.append((self.name, "abort"))
+
+    def pause_reading(self) -> None:
+        self.log.append((self.name, "pause"))
+
+    def resume_reading(self) -> None:
+        self.log.append((self.name, "resume"))
+
+
+def test_a_batch_joins_consecutive_sends_to_one_connection() -> None:
+    """One write per run of sends to the same peer; order and other effects unchanged."""
+    log: list[tuple[str, Any]] = []
+    driver = Driver(FakeEngine(), local_config(), config_path=None)
+    driver.clients.update({1: _Recorder("c1", log), 2: _Recorder("c2", log)})
+    driver.servers[7] = _Recorder("s7", log)
+    driver._apply(  # the batch itself, without a runtime
+        [
+            SendClient(1, b"a"),
+            SendClient(1, memoryview(b"b")),
+            SendClient(1, b"c"),
+            SendServer(7, b"q"),
+            SendClient(9, b"gone"),  # an id that is gone: dropped, the run goes on
+            SendServer(7, b"r"),
+            ReadClient(2, on=False),
+            SendClient(2, b"x"),
+            SendClient(1, b"d"),
+            SendClient(1, b"e"),
+            CloseClient(1),
+            SendClient(2, b"y"),
+        ]
+    )
+    assert log == [
+        ("c1", b"abc"),
+        ("s7", b"qr"),
+        ("c2", "pause"),
+        ("c2", b"x"),
+        ("c1", b"de"),
+        ("c1", "close"),
+        ("c2", b"y"),
+    ]
 
 
 def test_frontend_names_match_the_cli() -> None:

@@ -129,6 +129,12 @@ class Context:
         if self.budget.admit(kind, self.now, self.log, self.at):
             self.log(level, message)
 
+    def admits(self, kind: str) -> bool:
+        """``event``'s budget alone, asked before the line is written: for the lines
+        of every login and logout, which a login storm would format by the thousand
+        only for the budget to count them."""
+        return self.budget.admit(kind, self.now, self.log, self.at)
+
     def internal_error(self, where: str) -> None:
         detail = "".join(traceback.format_exc(limit=8))
         self.log(logging.ERROR, f"internal error on {where} (a pgsansio bug):\n{detail}")

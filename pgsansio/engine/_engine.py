@@ -165,6 +165,7 @@ class Engine:
             shards=self.shards,
             fanout=self.fanout,
         )
+        self.relay.fast_lane = fast_lane  # a waiting client's batch (Relay's half)
         self.tls = Tls(ctx)
         self.peers = Peers(ctx, worker, pools=self.pools)
         self.login = Login(

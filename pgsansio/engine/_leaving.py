@@ -117,13 +117,14 @@ class Leaving:
         balancer's TCP check) is not worth a line."""
         general = self.ctx.config.general
         if was is ClientState.READY:
-            if general.log_disconnections or general.log_client_disconnections:
+            if (
+                general.log_disconnections or general.log_client_disconnections
+            ) and self.ctx.admits(DISCONNECT):
                 if error is not None:
                     reason = error.message or "error"
                 else:
                     reason = "client close request" if closed else "closed by the pooler"
-                self.ctx.event(
-                    DISCONNECT,
+                self.ctx.log(
                     logging.INFO,
                     f"{client_tag(c)} closing because: {reason} {age(c.connected, self.ctx.now)}",
                 )

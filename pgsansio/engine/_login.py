@@ -126,6 +126,11 @@ def _client_encoding(value: str) -> str:
     return name
 
 
+def _auth_failed(c: Client) -> ErrorResponse:
+    """What a client whose login failed is told, whatever the cause (see _refuse)."""
+    return fatal("28P01", f'password authentication failed for user "{c.username}"')
+
+
 def _links_at_login(group: PoolGroup) -> bool:
     """Session mode, and only one server address the client could get: it is linked
     before it is welcomed. With replicas or shards the first query may choose the
@@ -299,7 +304,6 @@ class Login:
     def auth_response(self, c: Client, event: Event) -> None:
         assert c.auth is not None
         kind, state = c.auth
-        failed = fatal("28P01", f'password authentication failed for user "{c.username}"')
         if kind == "md5":
             if not isinstance(event, PasswordMessage):
                 raise ClientFatal("08P01", "expected a password message")
@@ -311,7 +315,7 @@ class Login:
                 and md5_verify(c.username, password, state, event.password)
             )
             if not ok:
-                self._refuse(c, failed)
+                self._refuse(c, _auth_failed(c))
                 return
             self._authenticated(c)
             return
@@ -338,7 +342,7 @@ class Login:
             else:
                 raise ClientFatal("08P01", "expected a SASL response")
         except AuthenticationFailed:
-            self._refuse(c, failed)
+            self._refuse(c, _auth_failed(c))
 
     def _authenticated(self, c: Client) -> None:
         if c.admin:
@@ -353,9 +357,7 @@ class Login:
             if group is not None:
                 c.group, c.user = group, group.user
         if group is None or group.removed:
-            self._refuse(
-                c, fatal("28P01", f'password authentication failed for user "{c.username}"')
-            )
+            self._refuse(c, _auth_failed(c))
             return
         self.ctx.send_client(c, AuthenticationOk())
         if _links_at_login(group):
@@ -447,9 +449,8 @@ class Login:
 
     def _log_login(self, c: Client, what: str) -> None:
         general = self.ctx.config.general
-        if general.log_connections or general.log_client_connections:
-            self.ctx.event(
-                LOGIN,
+        if (general.log_connections or general.log_client_connections) and self.ctx.admits(LOGIN):
+            self.ctx.log(
                 logging.INFO,
                 f"{client_tag(c)} login attempt: db={c.database} user={c.username} "
                 f"tls={'yes' if c.tls else 'no'}{what}",
@@ -793,9 +794,7 @@ class Login:
         named = c.username in general.admin_users or c.username in general.stats_users
         allowed = (general.admin_username and c.username == general.admin_username) or named
         if not allowed and not self._peer_admin(c):
-            self._refuse(
-                c, fatal("28P01", f'password authentication failed for user "{c.username}"')
-            )
+            self._refuse(c, _auth_failed(c))
             return
         c.stats_only = (
             c.username in general.stats_users

@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from ._listen import Listen
     from ._objects import Client, Pool, ServerConn
 
-__all__ = ["KINDS", "PinState", "Pinning", "may_pin", "pinned_in"]
+__all__ = ["KINDS", "PinState", "Pinning", "inert", "may_pin", "pinned_in"]
 
 # Any statement that might pin or unpin names one of these (case-folded). "set"
 # also finds reset/offset/dataset: a false hit only costs the statement-level read.
@@ -87,6 +87,14 @@ def _worth_reading(low: str) -> bool:
     if ";" not in low.rstrip().rstrip(";"):  # one statement: look at its start only
         return low.lstrip(" \t\r\n(").startswith(("set", "reset"))
     return _SET_STATEMENT.search(low) is not None
+
+
+def inert(sql: str) -> bool:
+    """Whether ``sql`` can neither pin nor unpin a session, whoever sends it (then
+    it names none of the words, or only "set" in no SET statement)."""
+    if sql.isascii():
+        return not _worth_reading(sql.lower())
+    return _ANY_WORD.search(sql) is None
 
 
 def may_pin(low: str) -> bool:
@@ -443,11 +451,8 @@ class Pinning:
         """Note what ``sql`` does to the session: a simple Query, or a Parse
         (``simple`` False; ``reused`` if it is named). Pins ``c`` to ``s`` at once if
         it creates state; what removes state counts once the request has succeeded."""
-        if sql.isascii():
-            if not _worth_reading(sql.lower()):
-                return  # the common query: nothing here
-        elif _ANY_WORD.search(sql) is None:
-            return
+        if inert(sql):
+            return  # the common query: nothing here
         if not self.watching(c):
             return
         statements = _statements(sql)

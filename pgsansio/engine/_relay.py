@@ -56,6 +56,7 @@ from pgsansio.protocol import (
     Terminate,
 )
 
+from ._buffers import SMALL
 from ._effects import ReadClient, SendClient, SendServer
 from ._errors import fatal
 from ._objects import (
@@ -75,7 +76,7 @@ from ._objects import (
     ServerConn,
 )
 from ._params import TRACKED, parse_simple_set, restore_sql, strip_comments
-from ._pinning import may_pin
+from ._pinning import inert, may_pin
 from ._readonly import take_lsn_answer
 from ._shards import HOLD, SHARD_COMMAND_BYTES
 from ._states import (
@@ -131,11 +132,23 @@ _NOT_PLAIN = frozenset(
         NotificationResponse,
     }
 )
+# A batch's plain requests (the client's, unnamed or renamed in place): nothing ever
+# writes to such an entry (errors are noted on Sync and Query entries, bindings on the
+# named Parses Statements makes), so _send_batch queues these shared ones.
+_PLAIN_BIND = Entry(K_BIND)
+_PLAIN_EXECUTE = Entry(K_EXECUTE)
+_PLAIN_PARSE = Entry(K_PARSE)
+_PLAIN_DESCRIBE = Entry(K_DESCRIBE)
 # The ``sent`` of a span forwarded untouched: never appended to (see _forward).
 _NOTHING_SENT: list[Event] = []
 _TRACKED_LOWER = frozenset(name.lower() for name in TRACKED)
 _MALFORMED_KIND = {b"P": K_PARSE, b"B": K_BIND, b"D": K_DESCRIBE, b"E": K_EXECUTE, b"C": K_CLOSE}
 # How a LISTEN or UNLISTEN query text may start (fast_query leaves those to client_span).
+# The Parse texts _parse_seen remembers, and the longest it remembers.
+_QUIET_KEPT = 256
+_QUIET_MAX_TEXT = 4096
+# How an extended batch for the lane starts: a Parse, or a Bind of a prepared statement.
+_BATCH_HEADS = frozenset({b"P", b"B"})
 _LISTEN_HEADS = frozenset({b"LI", b"li", b"Li", b"lI", b"UN", b"un", b"Un", b"uN"})
 
 
@@ -190,6 +203,11 @@ class Relay:
         self.statements = statements
         self.pinning = pinning
         self.listen = listen
+        # Parse texts that neither dirty nor pin a session (see _parse_seen).
+        self._quiet: dict[str, bool] = {}
+        # False: a waiting client's batch goes through _to_server too (the lane's other
+        # half, fast_query, is the Engine's to skip); tests compare the two paths.
+        self.fast_lane = True
 
     # --- client -> server ------------------------------------------------------------
 
@@ -235,10 +253,7 @@ class Relay:
                 q.append(Entry(K_BIND))
             elif t is Parse:
                 assert isinstance(e, Parse)
-                if _SET_CONFIG.search(e.query):
-                    s.dirty = True
-                self.pinning.query(c, s, e.query, simple=False, reused=bool(e.name))
-                st.client_parse_count += 1
+                self._parse_seen(c, s, e)
                 if e.name and rewrite:
                     new = self.statements.client_parse(c, s, e)
                 else:
@@ -295,6 +310,24 @@ class Relay:
         payload = _forward(s.conn, span, out, copied, sent)
         if payload:
             self.ctx.out.append(SendServer(s.sid, payload))
+
+    def _parse_seen(self, c: Client, s: ServerConn, e: Parse) -> None:
+        """What any Parse on its way to a server tells: session state it may leave."""
+        query = e.query
+        quiet = self._quiet.get(query)
+        if quiet is None:
+            # A client parses the same few texts again and again (pgbench -M extended
+            # every time): whether one says anything is found once per text.
+            quiet = _SET_CONFIG.search(query) is None and inert(query)
+            if len(query) <= _QUIET_MAX_TEXT:
+                if len(self._quiet) >= _QUIET_KEPT:
+                    self._quiet.clear()
+                self._quiet[query] = quiet
+        if not quiet:
+            if _SET_CONFIG.search(query):
+                s.dirty = True
+            self.pinning.query(c, s, query, simple=False, reused=bool(e.name))
+        c.stats.client_parse_count += 1
 
     def _bind_to(
         self, c: Client, s: ServerConn, raw: bytes, statement: str
@@ -564,10 +597,13 @@ class Relay:
 
     # --- the fast lane ---------------------------------------------------------------
     #
-    # One simple Query from a client, and a whole answer (rows, CommandComplete,
-    # ReadyForQuery) in one read, to a Query or to extended messages up to one Sync:
-    # most of what a transaction pooler does (pgbench -S and TPC-B, psql, drivers'
-    # answers to Bind/Execute/Sync). When everything about the client,
+    # One simple Query or one extended batch closed by a Sync from a client, and a
+    # whole answer (rows, CommandComplete, ReadyForQuery) in one read, to a Query or to
+    # extended messages up to one Sync: most of what a transaction pooler does (pgbench
+    # -S and TPC-B, psql, drivers' Parse/Bind/Describe/Execute/Sync and their answers).
+    # A batch's named statements are renamed here too when they are prepared on the
+    # server already (nothing to send first); anything else about a batch goes to
+    # _to_server with the events take_batch read. When everything about the client,
     # the server and the bytes is ordinary, they take these two methods instead of the
     # general path (spans, the pending list, checkout, _to_server/_to_client), which
     # cost about three times as much. "Ordinary" is checked before anything changes,
@@ -578,10 +614,15 @@ class Relay:
     # connection, and a ``pass_`` call is ``send_span`` where its short cut does not fit.
 
     def fast_query(self, c: Client, data: bytes) -> bool:
-        """``data`` from ``c`` sent on, if it is the ordinary case; False if not."""
+        """``data`` from ``c`` sent on, if it is the ordinary case: one simple Query
+        (Connection.take_query) or one extended batch closed by a Sync
+        (Connection.take_batch) that client_span would send straight to a server, or
+        queue while the client waits for one; False if not."""
         group = c.group
+        head = data[:1]
+        query = head == b"Q"
         if (
-            data[:1] != b"Q"
+            not (query or head in _BATCH_HEADS)
             or c.state is not C_READY
             or c.pending
             or c.admin
@@ -589,28 +630,140 @@ class Relay:
             or c.waiting_since is not None
             or group is None
             or group.cfg.query_parser_enabled
-            or SHARD_COMMAND_BYTES.match(data, 5) is not None
-            or data[5:7] in _LISTEN_HEADS  # maybe LISTEN/UNLISTEN: see _listen
         ):
             return False
+        if query:
+            if (
+                SHARD_COMMAND_BYTES.match(data, 5) is not None
+                or data[5:7] in _LISTEN_HEADS  # maybe LISTEN/UNLISTEN: see _listen
+            ):
+                return False
+        elif (
+            c.fanout is not None
+            or c.unkeyed is not None
+            or c.held_begin is not None
+            or group.cfg.cross_shard != "off"
+        ):
+            return False  # client_span's other turns for a batch
         s = c.server
         if s is None:
             s = self.lending.ready_server(c, group)
-        elif s.syncing or s.queue or s.blocked or not s.conn.idle:
+            if s is None and len(data) >= SMALL:
+                # It would wait holding that much: the general path has Buffers check
+                # client_buffer_limit and total_buffer_limit (the Engine asks after it).
+                return False
+        elif s.syncing or s.queue or s.blocked or s.fatal_forwarded or not s.conn.idle:
             return False
-        sql = c.conn.take_query(data)
-        if sql is None:
-            return False
-        if s is None:  # it waits for a server, as next_span would have made it wait
-            c.pending.append((data, [Query(sql)], [0]))
+        sql: str | None = None
+        batch: tuple[list[Event], list[int]] | None = None
+        if query:
+            sql = c.conn.take_query(data)
+            if sql is None:
+                return False
+        else:
+            batch = c.conn.take_batch(data)
+            if batch is None:
+                return False
+        if s is None:  # it waits for a server, as client_span would have made it wait
+            if batch is None:
+                assert sql is not None
+                batch = [Query(sql)], [0]
+            c.pending.append((data, batch[0], batch[1]))
             self.lending.checkout(c)
             return True
         if c.server is None:
             self.lending.take(c, s)
             self.sessions.attach(c, s)
-        self._send_query(c, s, data, sql)
+        if sql is not None:
+            self._send_query(c, s, data, sql)
+        else:
+            assert batch is not None
+            self._send_batch(c, s, Span(data, batch[0], batch[1]))
         self.sessions.after_client_data(c, s)
         return True
+
+    def _send_batch(self, c: Client, s: ServerConn, span: Span) -> None:
+        """What _to_server does for an extended batch (Parse, Bind, Describe,
+        Execute, Sync) whose named statements are all the client's and prepared on
+        ``s`` already (renamed, nothing to send first), for less; anything else
+        goes to _to_server."""
+        events = span.events
+        rewrite = self.statements.cache_size(c) > 0
+        if rewrite:
+            for e in events:
+                t = type(e)
+                if t is Bind:
+                    assert isinstance(e, Bind)
+                    name = e.statement
+                elif t is Describe:
+                    assert isinstance(e, Describe)
+                    name = e.name if e.kind == "S" else ""
+                elif t is Parse:
+                    assert isinstance(e, Parse)
+                    if e.name:
+                        self._to_server(c, s, span)  # a named Parse: shared, renamed
+                        return
+                    continue
+                else:
+                    continue
+                if name:
+                    p = c.prepared.get(name)
+                    if p is None or p.name not in s.prepared:
+                        self._to_server(c, s, span)  # an alias, or a Parse goes first
+                        return
+        q = s.queue
+        data = span.data
+        offsets = span.offsets
+        st = c.stats
+        self._count_request(c, len(data))
+        out: list[bytes] | None = None
+        sent = events
+        copied = 0
+        for i, e in enumerate(events):
+            t = type(e)
+            piece: bytes | None = None
+            if t is Bind:
+                assert isinstance(e, Bind)
+                if e.statement and rewrite:
+                    p = c.prepared[e.statement]
+                    s.prepared.move_to_end(p.name)  # Statements.ensure, when it is there
+                    piece = _splice_statement(data[offsets[i] : offsets[i + 1]], p.name)
+                elif not e.statement:
+                    c.unnamed_pending = False
+                st.bind_count += 1
+                q.append(_PLAIN_BIND)
+            elif t is Execute:
+                q.append(_PLAIN_EXECUTE)
+            elif t is Sync:
+                q.append(Entry(K_SYNC))
+            elif t is Parse:
+                assert isinstance(e, Parse)
+                self._parse_seen(c, s, e)
+                st.server_parse_count += 1
+                if not e.name:
+                    c.unnamed_pending = True
+                q.append(_PLAIN_PARSE)
+            else:
+                assert isinstance(e, Describe)
+                if e.kind == "S" and e.name and rewrite:
+                    p = c.prepared[e.name]
+                    s.prepared.move_to_end(p.name)
+                    described = Describe("S", p.name)
+                    piece = bytes(described)
+                    if sent is events:
+                        sent = list(events)
+                    sent[i] = described
+                q.append(_PLAIN_DESCRIBE)
+            if piece is not None:
+                if out is None:
+                    out = []
+                out.append(data[copied : offsets[i]])
+                out.append(piece)
+                copied = offsets[i + 1]
+        if out is not None:
+            out.append(data[copied:])
+            data = b"".join(out)
+        self.ctx.out.append(SendServer(s.sid, s.conn.pass_batch(data, sent)))
 
     def _send_query(self, c: Client, s: ServerConn, data: bytes, sql: str) -> None:
         """What _to_server does for a span of one Query, for less."""
@@ -783,7 +936,7 @@ class Relay:
                 self.ctx.out.append(ReadClient(c.cid, True))
         pending, c.pending = c.pending, []
         if len(pending) == 1:
-            data, events, _ = pending[0]
+            data, events, offsets = pending[0]
             first = events[0] if len(events) == 1 else None
             if (
                 isinstance(first, Query)
@@ -793,6 +946,16 @@ class Relay:
             ):
                 # One Query (the fast lane's waiting client): _to_server's work, for less.
                 self._send_query(c, s, data, first.sql)
+                self.sessions.after_client_data(c, s)
+                return
+            if (
+                self.fast_lane
+                and _is_batch(data, events, offsets)
+                and c.state is not C_CLOSED
+                and c.server is s
+            ):
+                # One extended batch (the lane's waiting client): the same, for less.
+                self._send_batch(c, s, Span(data, events, offsets))
                 self.sessions.after_client_data(c, s)
                 return
         for data, events, offsets in pending:
@@ -910,6 +1073,24 @@ def _forward(
     payload = b"".join(out)
     conn.send_span(Span(payload, sent, []))
     return payload
+
+
+_BATCHED = (Parse, Bind, Describe, Execute)
+
+
+def _is_batch(data: bytes, events: Sequence[Event], offsets: list[int]) -> bool:
+    """Whether a span is one batch _send_batch takes: Parse, Bind, Describe and
+    Execute messages, back to back, closed by a Sync that ends ``data`` (what
+    Connection.take_batch reads)."""
+    last = len(events) - 1
+    if last < 1 or type(events[last]) is not Sync or offsets[last] != len(data) - 5:
+        return False
+    at = 0
+    for i in range(last):
+        if offsets[i] != at or type(events[i]) not in _BATCHED:
+            return False
+        at = _message_end(data, at)
+    return at == offsets[last]
 
 
 def _end(data: bytes, offsets: list[int], i: int) -> int:

@@ -14,9 +14,9 @@ picks a frontend by name and imports it lazily (as hypercorn's ``run.py`` picks 
 worker), so a missing optional runtime only matters when it is asked for.
 :mod:`._driver` is what runs inside every frontend alike (the id tables, applying a
 batch of effects, the timer, signals, reload, shutdown); each runtime package is a
-small adapter on it (connections, listening, connecting, TLS, one timer). anyio and
-curio, whose connections are a reader and a writer task each, share those loops in
-:mod:`._tasks` and keep only the runtime calls.
+small adapter on it (connections, listening, connecting, TLS, one timer). anyio on
+trio and curio, whose connections are tasks (a reader, and a writer while bytes wait),
+share those loops in :mod:`._tasks` and keep only the runtime calls.
 
 The frontends: ``asyncio`` (the standard library's loop), ``uvloop`` (the same code on
 uvloop's faster loop), ``anyio`` (anyio on asyncio), ``trio`` (the same anyio code on
@@ -168,7 +168,9 @@ class _SockOpts(Protocol):
     def setsockopt(self, level: int, optname: int, value: int, /) -> None: ...
 
 
-def tune_socket(sock: _SockOpts | None, general: General, *, server: bool) -> None:
+def tune_socket(
+    sock: _SockOpts | None, general: General, *, server: bool, nodelay: bool = True
+) -> None:
     """Set TCP_NODELAY and keepalives on a connected TCP socket, a client's or a server's.
 
     TCP_NODELAY because the protocol is request/response in small messages, where
@@ -183,10 +185,13 @@ def tune_socket(sock: _SockOpts | None, general: General, *, server: bool) -> No
     receive window) or missed one probe in a network hiccup was reset without a word,
     where PostgreSQL and PgBouncer keep it. A value of 0 leaves the option alone;
     options the platform lacks are skipped; a socket that is not TCP is left alone.
+    ``nodelay=False`` leaves TCP_NODELAY to a runtime that sets it itself (asyncio's and
+    uvloop's transports do).
     """
     if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if nodelay:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     g = general
     if server:

@@ -144,11 +144,26 @@ def _parse(message: bytes, what: str, names: str) -> tuple[str, list[tuple[str, 
     return text, pairs
 
 
+#: How many (password, salt, iterations) -> keys results _salted_keys keeps.
+_SALTED_KEPT = 64
+_salted: dict[tuple[bytes, bytes, int], tuple[bytes, bytes]] = {}
+
+
 def _salted_keys(password: bytes, salt: bytes, iterations: int) -> tuple[bytes, bytes]:
     # RFC 5802 section 3: SaltedPassword := Hi(Normalize(password), salt, i),
     # Hi() being PBKDF2-HMAC with one output block; returns (ClientKey, ServerKey).
-    salted = hashlib.pbkdf2_hmac("sha256", password, salt, iterations)
-    return _hmac(salted, b"Client Key"), _hmac(salted, b"Server Key")
+    # PBKDF2 is slow on purpose (4096 rounds by default: milliseconds), and a pooler
+    # logs in to the same server with the same password and the same stored salt for
+    # every connection it opens: the keys are found once, as PgBouncer keeps them.
+    key = (password, salt, iterations)
+    keys = _salted.get(key)
+    if keys is None:
+        salted = hashlib.pbkdf2_hmac("sha256", password, salt, iterations)
+        keys = _hmac(salted, b"Client Key"), _hmac(salted, b"Server Key")
+        if len(_salted) >= _SALTED_KEPT:
+            _salted.clear()
+        _salted[key] = keys
+    return keys
 
 
 def md5_hash(user: str, password: str | bytes) -> str:
@@ -163,6 +178,11 @@ def md5_hash(user: str, password: str | bytes) -> str:
     """
     raw = password if isinstance(password, bytes) else _utf8(password)
     return "md5" + _md5(raw + _utf8(user)).hexdigest()
+
+
+#: How many (user, password) -> inner MD5 hash results md5_response keeps.
+_INNER_KEPT = 256
+_inner_md5: dict[tuple[str, str | bytes], str] = {}
 
 
 def md5_response(user: str, password: str | bytes, salt: bytes) -> str:
@@ -185,10 +205,18 @@ def md5_response(user: str, password: str | bytes, salt: bytes) -> str:
     """
     if len(salt) != 4:
         raise ValueError(f"an MD5 salt is 4 bytes, got {len(salt)}")
-    if isinstance(password, str) and _MD5_HASH.fullmatch(password):
-        inner = password
-    else:
-        inner = md5_hash(user, password)
+    key = (user, password)
+    inner = _inner_md5.get(key)
+    if inner is None:
+        # The same for every login of a user (a pooler checks thousands a second):
+        # found once per (user, password).
+        if isinstance(password, str) and _MD5_HASH.fullmatch(password):
+            inner = password
+        else:
+            inner = md5_hash(user, password)
+        if len(_inner_md5) >= _INNER_KEPT:
+            _inner_md5.clear()
+        _inner_md5[key] = inner
     return "md5" + _md5(inner[3:].encode("ascii") + bytes(salt)).hexdigest()
 
 

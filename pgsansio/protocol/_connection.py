@@ -19,9 +19,11 @@ hold it whole; such a message is bounded by PostgreSQL's limit, not
 
 Narrower still, for the round trips that dominate a transaction pooler's work, a
 pair of calls for each direction: one simple Query (``take_query`` reads it from the
-client, ``pass_query`` sends it on to the server), and the whole answer to a Query or
-to extended messages up to one Sync (``take_answer`` reads it from the server,
-``pass_answer`` sends it on to the client). Like every call here, each reads and
+client, ``pass_query`` sends it on to the server), one batch of extended messages
+closed by a Sync, as drivers send a statement with parameters (``take_batch`` /
+``pass_batch``), and the whole answer to a Query or to extended messages up to one
+Sync (``take_answer`` reads it from the server, ``pass_answer`` sends it on to the
+client). Like every call here, each reads and
 changes its own connection only. A ``take_`` call makes the checks that
 ``receive_data`` + ``next_span`` would and leaves its connection in the same state,
 without building a span or an event for anything but a CommandComplete (and the
@@ -44,7 +46,7 @@ from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError, as_
 from ._readers import length_cap
 from ._sentinels import NEED_DATA, PAUSED
 from ._span import Span, backend_span
-from ._state import _QUERY, _SYNC, ConversationState, State
+from ._state import _BATCH, _QUERY, _SYNC, ConversationState, State
 
 __all__ = ["CLIENT", "NEED_DATA", "PAUSED", "SERVER", "Connection", "Role"]
 
@@ -78,6 +80,8 @@ _COPY_DATA: Final = (b"d",)
 _MALFORMED_OK: Final = frozenset((b"P", b"B", b"D", b"E", b"C"))
 _NONE: Final = frozenset[bytes]()
 _STREAMED: Final = frozenset((b"Q", b"d"))  # what next_span may hand out in pieces
+# The messages of an ordinary extended batch before its Sync (see take_batch).
+_BATCHED: Final = frozenset((b"P", b"B", b"D", b"E"))
 
 
 class Connection:
@@ -630,9 +634,20 @@ class Connection:
                         raise self._wrong_direction(event)
                     process(event)
             else:
+                after_status = False
                 for event in events:
-                    if not event.backend:
-                        raise self._wrong_direction(event)
+                    if type(event) is ev.ParameterStatus:
+                        # One accepted ParameterStatus leaves the state as it was (a
+                        # loop in AUTHENTICATED, asynchronous in READY), so the next
+                        # one is accepted alike and changes nothing either: a login's
+                        # run of them (the welcome) goes to the state machine once.
+                        if after_status:
+                            continue
+                        after_status = True
+                    else:
+                        after_status = False
+                        if not event.backend:
+                            raise self._wrong_direction(event)
                     process(event)
         except LocalProtocolError:
             conv.phase = State.ERROR
@@ -643,6 +658,24 @@ class Connection:
         return span.data
 
     # --- the common round trip ----------------------------------------------------------
+
+    def _waiting_client(self) -> bool:
+        """A server-role connection whose client may send a new request, with nothing
+        outstanding, buffered or half-read: where the ``take_`` calls for requests
+        apply."""
+        conv = self._conv
+        return (
+            conv.phase is State.READY
+            and not conv.pending
+            and self.role is SERVER
+            and not conv.failed
+            and conv.copy is None
+            and not conv.frontend_copy_open
+            and not conv.frontend_closed
+            and not self._eof
+            and not self._left
+            and self._pos >= len(self._data)
+        )
 
     def take_query(self, data: bytes | bytearray | memoryview) -> str | None:
         """Read ``data`` as one whole Query from an idle client, and return its text.
@@ -667,16 +700,7 @@ class Connection:
         if (
             n < 6
             or data[0] != 0x51  # Q
-            or conv.phase is not State.READY
-            or conv.pending
-            or self.role is not SERVER
-            or conv.failed
-            or conv.copy is not None
-            or conv.frontend_copy_open
-            or conv.frontend_closed
-            or self._eof
-            or self._left
-            or self._pos < len(self._data)
+            or not self._waiting_client()
             or int.from_bytes(data[1:5], "big") != n - 1
             or n - 1 > self.max_message_size
             or data.find(b"\0", 5) != n - 1
@@ -705,6 +729,91 @@ class Connection:
             conv.pending.append(_QUERY)
             return data
         return self.send_span(Span(data, [qe.Query(sql)], [0]))
+
+    def take_batch(
+        self, data: bytes | bytearray | memoryview
+    ) -> tuple[list[ev.Event], list[int]] | None:
+        """Read ``data`` as one whole batch of extended messages closed by one Sync,
+        from an idle client; return its events and their offsets, Sync included.
+
+        The request half of the lane for the extended protocol: Parse, Bind, Describe
+        and Execute (any number, any order), then a Sync that ends ``data``, as a
+        driver sends a statement with parameters (pgbench ``-M extended``:
+        Parse/Bind/Describe/Execute/Sync; a prepared statement: Bind/.../Sync). It
+        applies when this server-role connection has nothing buffered and nothing
+        outstanding; then it is read as ``receive_data`` plus ``next_span`` would
+        read it (the same events, the same checks, the same state afterwards) without
+        building a span or feeding the state machine message by message. A proxy
+        forwards it with the other connection's ``pass_batch``.
+
+        Returns:
+            The events and their offsets in ``data``, as a span of it would hold them;
+            or None, with nothing changed, for anything else (another message, a
+            malformed body, a partial message ...): use ``receive_data`` and
+            ``next_span`` for it (they report what is wrong).
+        """
+        if type(data) is not bytes:  # declined, not a TypeError, in the compiled build too
+            return None
+        conv = self._conv
+        n = len(data)
+        if n < 10 or data[n - 5 : n] != b"S\0\0\0\x04" or not self._waiting_client():
+            return None
+        readers = self._readers
+        limits = self._limits
+        cap = self.max_message_size
+        events: list[ev.Event] = []
+        offsets: list[int] = []
+        pos = 0
+        last = n - 5  # where the Sync starts
+        try:
+            while pos < last:
+                code, length = _hdr(data, pos)
+                end = pos + 1 + length
+                if code not in _BATCHED or end > last:
+                    return None
+                low, high = limits[code]
+                if length < low or length > length_cap(high, cap):
+                    return None
+                events.append(readers[code](data[pos + 5 : end]))
+                offsets.append(pos)
+                pos = end
+        except ProtocolError:
+            return None  # a malformed body: the general path forwards it as such
+        events.append(readers[b"S"](b""))
+        offsets.append(last)
+        conv.pending.append(_SYNC)
+        return events, offsets
+
+    def pass_batch(self, data: bytes, events: list[ev.Event]) -> bytes:
+        """Forward a batch that ``take_batch`` read on the other side of a proxy
+        (renamed, perhaps, as ``events`` say) through this client-role connection:
+        ``send_span`` of it, for less.
+
+        Args:
+            data: the batch's bytes: extended messages closed by one Sync at the end.
+            events: what ``data`` holds, as ``send_span`` would be given them.
+
+        Returns:
+            ``data``, to write to the server.
+
+        Raises:
+            LocalProtocolError: as ``send_span``, where the batch may not be sent now
+                (the connection is then in ``ERROR``).
+        """
+        conv = self._conv
+        pending = conv.pending
+        if (
+            self.role is CLIENT
+            and conv.phase is State.READY
+            and not conv.frontend_closed
+            and not (pending and pending[-1] == _BATCH)
+            and not (conv.frontend_copy_open and conv.copy is State.COPY_IN)
+        ):
+            # What send_span's events would do: the extended messages open a batch
+            # and the Sync closes it, one request more that ReadyForQuery answers.
+            pending.append(_SYNC)
+            return data
+        return self.send_span(Span(data, events, []))
 
     def take_answer(
         self, data: bytes | bytearray | memoryview, check: Callable[[bytes], bool] | None = None

@@ -1,16 +1,19 @@
 """The anyio adapter: one code path for asyncio (``--frontend anyio``) and trio.
 
-Each connection is a reader and a writer task (:mod:`pgsansio.frontends._tasks`, which
-it shares with curio) on anyio's byte streams, in a task group of their own that ends
-when either task does. Everything else (ids, the batch, the timer's meaning, signals,
-reload, shutdown) is :mod:`pgsansio.frontends._driver`'s. What is anyio's own:
+Each connection is a reader task, and a writer task while bytes wait
+(:mod:`pgsansio.frontends._tasks`, which it shares with curio), each in a cancel scope
+of its own in the pooler's task group; whichever ends the pair cancels the other's.
+Plain connections are read and written on the OS socket (trio's ``wait_readable``, then
+``recv``; ``send``); TLS ones on anyio's TLS stream. Everything else (ids, the batch,
+the timer's meaning, signals, reload, shutdown) is :mod:`pgsansio.frontends._driver`'s.
+What is anyio's own:
 
 * TLS is ``TLSStream.wrap`` over the plain stream, done by the writer after the ``S``
   went out; the encrypted stream takes the plain one's place;
 * the timer is one task waiting until the deadline (``move_on_after``) or until a new
   one replaces it, for the difference from ``time.monotonic()`` (trio's clock starts
   at a random offset);
-* ``abort`` cancels a connection's two tasks; the stream is then closed forcefully when
+* ``abort`` cancels the connection's scopes; the stream is then closed forcefully when
   the exit is forced;
 * direct sends (``write`` offering the bytes to the socket instead of waking the
   writer): there ``send()`` returns once the kernel has every byte, and
@@ -30,6 +33,7 @@ log. The stream adapter below is what runs on trio.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import socket
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -54,8 +58,6 @@ from pgsansio.frontends._tasks import TaskConn, TaskDriver
 from pgsansio.frontends.asyncio import AsyncioFrontend
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
-
     from pgsansio.config.model import Config
 
 __all__ = ["AnyioFrontend", "AnyioOnAsyncio", "make_frontend", "run", "serve"]
@@ -72,6 +74,12 @@ class AnyioFrontend(TaskDriver):
         self._tg: anyio.abc.TaskGroup | None = None
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self._direct = _backend_name() == "trio"  # see the module's docstring
+        # trio's own wait where it runs: anyio's looks the backend up on every call.
+        self._wait_readable = anyio.wait_readable
+        if self._direct:
+            import trio.lowlevel  # noqa: PLC0415 - present whenever trio runs
+
+            self._wait_readable = trio.lowlevel.wait_readable
 
     async def serve(self, ready: Ready | None = None, *, handle_signals: bool = True) -> int:
         """See ``Driver.serve``."""
@@ -89,6 +97,7 @@ class AnyioFrontend(TaskDriver):
                 for listener, metrics in bound:
                     tg.start_soon(self._accept, listener, metrics)
                 tg.start_soon(self._run_timer)
+                tg.start_soon(self._run_poller)
                 if handle_signals:
                     await tg.start(self._handle_signals)
                 self._started(ready, local, f"anyio frontend, {_backend_name()} backend")
@@ -165,14 +174,40 @@ class AnyioFrontend(TaskDriver):
         assert self._tg is not None
         self._tg.start_soon(self._connection, conn)
 
-    def cancel(self, handle: anyio.CancelScope) -> None:
-        handle.cancel()
+    def cancel(self, handle: anyio.CancelScope | list[anyio.CancelScope]) -> None:
+        for scope in handle if isinstance(handle, list) else (handle,):
+            scope.cancel()
 
     async def _pair(self, conn: TaskConn) -> None:
-        async with anyio.create_task_group() as pair:
-            conn.pair = pair.cancel_scope
-            pair.start_soon(_first, conn.pair, self._writer, conn)
-            pair.start_soon(_first, conn.pair, self._reader, conn)
+        # conn.pair lists the cancel scopes of the connection's tasks: this one's while
+        # it reads, the writer's while it runs (in the pooler's task group: no task group
+        # of its own per connection, which an idle client would pay for).
+        with anyio.CancelScope() as scope:
+            conn.pair = [scope]
+            conn.group = self._tg
+            self._paired(conn)
+            try:
+                await self._reader(conn)
+            finally:
+                conn.group = None  # the pair is ending: no writer starts now
+                conn.pair.remove(scope)
+                self.cancel(conn.pair)
+
+    def start_writer(self, conn: TaskConn) -> None:
+        scope = anyio.CancelScope()
+        conn.pair.append(scope)
+        assert self._tg is not None
+        self._tg.start_soon(self._beside, conn, scope)
+
+    async def _beside(self, conn: TaskConn, scope: anyio.CancelScope) -> None:
+        """The writer; when it ends the pair, it cancels the reader's scope."""
+        ends = False
+        with scope:
+            ends = await self._writer(conn)
+        with contextlib.suppress(ValueError):
+            conn.pair.remove(scope)
+        if ends:
+            self.cancel(conn.pair)
 
     async def _close_stream(self, conn: TaskConn) -> None:
         with anyio.CancelScope(shield=True):
@@ -214,14 +249,6 @@ class AnyioFrontend(TaskDriver):
 
     async def _sleep(self, seconds: float) -> None:
         await anyio.sleep(seconds)
-
-
-async def _first(
-    scope: anyio.CancelScope, task: Callable[[TaskConn], Awaitable[None]], conn: TaskConn
-) -> None:
-    """Run one of a pair's tasks; when it returns, the other is cancelled."""
-    await task(conn)
-    scope.cancel()
 
 
 def _backend_name() -> str:

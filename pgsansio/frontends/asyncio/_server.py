@@ -25,6 +25,7 @@ Everything else (ids, the batch, the timer's meaning, signals, reload, shutdown)
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -65,11 +66,10 @@ class _Protocol(asyncio.Protocol):
         fe = self._fe
         fe.connection_made()
         stream = cast(asyncio.Transport, transport)  # uvloop's do not subclass Transport
-        _tune(transport.get_extra_info("socket"), fe.config.general, server=self.server)
+        sock = transport.get_extra_info("socket")
+        fe.tune(sock, server=self.server)
         if not self.server:
-            peer = fe.peer_of(
-                transport.get_extra_info("socket"), transport.get_extra_info("peername")
-            )
+            peer = fe.peer_of(sock, transport.get_extra_info("peername"))
             self.key = fe.client_made(stream, peer, metrics=self.metrics)
         elif not fe.server_made(self.key, stream):
             transport.close()  # the engine closed this id while it was connecting
@@ -113,11 +113,13 @@ class AsyncioFrontend(Driver):
         self._timer: asyncio.TimerHandle | None = None
         self._done: asyncio.Future[None] | None = None
         self._upgrading: set[asyncio.Task[None]] = set()  # TLS handshakes under way
+        self._uvloop = False  # the running loop is uvloop's (see tune)
 
     async def serve(self, ready: Ready | None = None, *, handle_signals: bool = True) -> int:
         """See ``Driver.serve``."""
         self._check_thread(handle_signals)
         loop = self._loop = asyncio.get_running_loop()
+        self._uvloop = type(loop).__module__.startswith("uvloop")
         self._done = loop.create_future()
         listeners: list[asyncio.Server] = []
         try:
@@ -128,7 +130,7 @@ class AsyncioFrontend(Driver):
             if handle_signals:
                 for signum in OPERATOR_SIGNALS:
                     loop.add_signal_handler(signum, self.signal, signum)
-            flavour = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+            flavour = "uvloop" if self._uvloop else "asyncio"
             address = listeners[0].sockets[0].getsockname()
             self._started(ready, address, self.WHAT or f"asyncio frontend, {flavour} event loop")
             await self._done
@@ -160,6 +162,24 @@ class AsyncioFrontend(Driver):
             )
         except OSError as exc:
             raise listen_failed(host, port, exc) from None
+
+    def tune(self, sock: Any, *, server: bool) -> None:
+        """tune_socket, without what the loop does already: TCP_NODELAY is set on every
+        TCP transport by asyncio and uvloop alike. Under uvloop, through one socket
+        object for all the options, since its transport's socket makes a new one (and
+        a getsockname call) for every setsockopt: at a login per transaction
+        (pgbench -C) those system calls add up."""
+        if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return
+        general = self.config.general
+        if not self._uvloop:
+            _tune(sock, general, server=server, nodelay=False)
+            return
+        own = socket.socket(sock.family, socket.SOCK_STREAM, 0, sock.fileno())
+        try:
+            _tune(own, general, server=server, nodelay=False)
+        finally:
+            own.detach()  # the descriptor stays the transport's
 
     def signal_threadsafe(self, signum: int) -> None:
         """:meth:`signal` from another thread (tests, embedders), once serving."""

@@ -1,9 +1,13 @@
 """The curio adapter: tasks and non-blocking sockets on curio's kernel.
 
-Each connection is a reader and a writer task (:mod:`pgsansio.frontends._tasks`, which
-it shares with anyio) on curio's sockets, in a task group of their own that ends when
-either task does. Everything else (ids, the batch, the timer's meaning, signals,
-reload, shutdown) is :mod:`pgsansio.frontends._driver`'s. What is curio's own:
+Each connection is a reader task, and a writer task while bytes wait
+(:mod:`pgsansio.frontends._tasks`, which it shares with anyio); the writer ends the
+pair by cancelling the reader's task, the reader's task cancels the writer when the
+peer leaves. Plain connections are read with curio's ``_read_wait`` trap (its
+low-level wait for a file descriptor) and one ``recv``, and written with ``send``; TLS
+ones through curio's ``Socket`` over the ``ssl`` module's socket. Everything else (ids,
+the batch, the timer's meaning, signals, reload, shutdown) is
+:mod:`pgsansio.frontends._driver`'s. What is curio's own:
 
 * TLS is the ``ssl`` module's wrapping of the OS socket, then curio's
   ``do_handshake``, done by the writer after the ``S`` went out;
@@ -31,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import curio
 import curio.io
+import curio.traps
 
 from pgsansio.frontends import EngineAPI, FrontendError, Ready, listen_failed, missing
 from pgsansio.frontends._driver import OPERATOR_SIGNALS, server_path
@@ -53,6 +58,7 @@ class CurioFrontend(TaskDriver):
         self._tg: Any = None  # curio.TaskGroup, untyped
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_w.setblocking(False)
+        self._wait_readable = curio.traps._read_wait
 
     async def serve(self, ready: Ready | None = None, *, handle_signals: bool = True) -> int:
         """See ``Driver.serve``."""
@@ -70,6 +76,7 @@ class CurioFrontend(TaskDriver):
                         for listener, metrics in bound
                     ]
                     await tg.spawn(self._run_timer)
+                    await tg.spawn(self._run_poller)
                     await tg.spawn(self._handle_signals)
                     self._started(ready, bound[0][0].getsockname(), "curio frontend")
                     await self._kick()
@@ -167,13 +174,45 @@ class CurioFrontend(TaskDriver):
         await self._tg.spawn(self._connection, conn, daemon=True)
 
     def cancel(self, handle: list[Any]) -> None:
-        for task in handle:
-            self._todo[functools.partial(task.cancel, blocking=False)] = None
+        # The tasks are looked up when the wake-ups run: a connection's list changes.
+        async def cancel() -> None:
+            for task in list(handle):
+                await task.cancel(blocking=False)
+
+        self._todo[cancel] = None
 
     async def _pair(self, conn: TaskConn) -> None:
-        async with curio.TaskGroup(wait=any) as pair:
-            conn.pair = [await pair.spawn(self._writer, conn)]  # the pair ends with it
-            await pair.spawn(self._reader, conn)
+        # conn.pair lists the tasks to cancel: this one while it reads, and the writer
+        # while it runs. Cancelling this task is how the writer ends the pair.
+        me = await curio.current_task()
+        conn.pair = [me]
+        conn.group = self._tg
+        self._paired(conn)
+        try:
+            await self._reader(conn)
+        except curio.TaskCancelled:
+            pass  # the writer ended the pair, an abort, or the pooler's exit
+        finally:
+            conn.group = None
+            conn.pair.remove(me)
+            for task in list(conn.pair):
+                await task.cancel()
+
+    def start_writer(self, conn: TaskConn) -> None:
+        async def spawn() -> None:
+            if conn.group is not None:  # the pair has not ended meanwhile
+                conn.pair.append(await self._tg.spawn(self._beside, conn, daemon=True))
+
+        self._todo[spawn] = None
+
+    async def _beside(self, conn: TaskConn) -> None:
+        """The writer; when it ends the pair, it cancels the reader's task."""
+        ends = await self._writer(conn)
+        with contextlib.suppress(ValueError):  # not listed yet if it never waited
+            conn.pair.remove(await curio.current_task())
+        if ends:
+            for task in list(conn.pair):
+                await task.cancel(blocking=False)
 
     async def _close_stream(self, conn: TaskConn) -> None:
         await conn.stream.close()
