@@ -33,7 +33,6 @@ from typing import Any
 import pytest
 from _frontend_thread import FRONTEND_NAMES, FrontendThread, frontend_params
 
-import pgsansio
 from pgsansio.config.model import Config, General
 from pgsansio.engine import (
     CloseClient,
@@ -53,7 +52,7 @@ from pgsansio.frontends._driver import HIGH_WATER, LOW_WATER, Driver, Outbox
 from pgsansio.logconfig import configure_logging
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-FRONTENDS_DIR = pathlib.Path(pgsansio.__file__).parent / "frontends"
+FRONTENDS_DIR = ROOT / "pgsansio" / "frontends"  # the source (make test may import a build)
 
 ENGINE_METHODS = frozenset(
     {
