@@ -24,10 +24,12 @@ Everything else (ids, the batch, the timer's meaning, signals, reload, shutdown)
   (``SSLObject.read(256 KiB)`` under TLS), and glibc serves each such allocation
   with ``mmap``, then ``mremap`` to shrink it and ``munmap`` to free it, unless an
   earlier large free happened to raise its mmap threshold: three system calls more per
-  read, which nearly doubled the pooler's CPU per transaction in the compiled build
-  (where no such free came first). uvloop keeps ``data_received``:
-  it reads into a buffer of its own already and copies the bytes out in C, which a
-  Python ``get_buffer``/``buffer_updated`` pair per read would only slow;
+  read, which nearly doubled the pooler's CPU per transaction in whichever build's
+  allocation history left the threshold low (compiled in one run, pure Python in
+  another). uvloop keeps ``data_received``:
+  it reads into a buffer of its own and copies the bytes out in C already; a
+  ``get_buffer``/``buffer_updated`` pair per read measured no better there (same
+  system calls, same CPU per transaction within noise) and adds Python per read;
 * the loop's clock is not ``time.monotonic()`` under uvloop (whole milliseconds), so a
   timer may fire a hair early by our clock; the driver then re-arms it.
 """
