@@ -9,6 +9,7 @@ PostgreSQL is encrypted.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pathlib
 import subprocess
@@ -160,14 +161,19 @@ def query_server_ssl(p: Pooler) -> bool:
     return bool(row[0])
 
 
-def test_server_tls_to_postgres_with_verification(pg_ssl: Cluster, pki: Pki) -> None:
-    config = tls_config(
-        pg_ssl,
+def verified_server_tls(cluster: Cluster, pki: Pki) -> Config:
+    """TLS at both legs, the server's certificate checked against the test CA."""
+    return tls_config(
+        cluster,
         pki,
         server_tls=True,
         verify_server_certificate=True,
         server_tls_ca_file=pki.ca_file,
     )
+
+
+def test_server_tls_to_postgres_with_verification(pg_ssl: Cluster, pki: Pki) -> None:
+    config = verified_server_tls(pg_ssl, pki)
     with running(config) as p:
         assert query_server_ssl(p)
 
@@ -202,3 +208,19 @@ def test_server_verification_failures_reach_the_client_as_08001(
         assert message in str(info.value), what
         diag: Callable[[], Any] = lambda: getattr(info.value, "sqlstate", None)  # noqa: E731
         assert diag() in (None, "08001")
+
+
+def test_a_large_result_crosses_both_tls_legs_intact(pg_ssl: Cluster, pki: Pki) -> None:
+    """Several reads' worth (the asyncio adapter reads TLS into one shared buffer per
+    driver and copies each read out): every byte arrives, in order, at both legs."""
+    config = verified_server_tls(pg_ssl, pki)
+    agg = "string_agg(md5(i::text), '' ORDER BY i)"
+    sql = f"SELECT {agg}, md5({agg}) FROM generate_series(1, 40000) AS i"
+    with running(config) as p, psycopg.connect(dsn(p, sslmode="require")) as conn:
+        assert conn.pgconn.ssl_in_use
+        for _ in range(2):
+            row = conn.execute(sql).fetchone()
+            assert row is not None
+            assert len(row[0]) == 32 * 40000  # 1.25 MiB: five full reads of 256 KiB
+            assert hashlib.md5(row[0].encode()).hexdigest() == row[1]
+        assert query_server_ssl(p)
