@@ -55,6 +55,7 @@ from pgsansio.protocol import (
     ErrorResponse,
     Event,
     Execute,
+    NoticeResponse,
     ParameterStatus,
     Parse,
     PasswordMessage,
@@ -700,6 +701,81 @@ def test_deallocate_all_forgets_the_clients_names() -> None:
     assert ready(a.query("deallocate all")) == ["I"]
     assert ready(prepare(a, "s1", "select 2")) == ["I"]
     assert rows(execute(a, "s1")) == [("2",)]
+
+
+class SlowWorld(World):
+    """A World whose servers' answers wait until released: a client pipelines its
+    next requests before the answers to its last ones are back, as over a network."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.held: list[tuple[int, FakeServer, bytes]] = []
+        self.holding = False
+        super().__init__(cfg)
+
+    def _server_reply(self, sid: int, fake: FakeServer, reply: bytes) -> list[Effect]:
+        if self.holding and reply:
+            self.held.append((sid, fake, reply))
+            return []
+        return super()._server_reply(sid, fake, reply)
+
+    def release(self) -> None:
+        self.holding = False
+        held, self.held = self.held, []
+        for sid, fake, reply in held:
+            self.apply(super()._server_reply(sid, fake, reply))
+
+
+def answers(events: list[Event]) -> list[tuple[str, ...]]:
+    return [
+        (type(e).__name__, e.sqlstate or "", e.message or "")
+        if isinstance(e, ErrorResponse)
+        else (type(e).__name__,)
+        for e in events
+        if not isinstance(e, (ParameterStatus, NoticeResponse))
+    ]
+
+
+def test_pipelined_past_a_failed_close_errors_keep_the_clients_name() -> None:
+    """tests/test_session_fidelity.py's flaky script, its answers held back: a client
+    sends its next pipelines before an error skips its Close of ``b``. The server's
+    42P05 names our shared statement; the client must read its own name, and the
+    statement our next Parse meets must be the one the server has."""
+    w = SlowWorld(config(pool_size=1))
+    a = logged_in(w)
+    w.holding = True
+    a.send(Query("DEALLOCATE ALL"), Sync())
+    a.send(
+        Parse("b", "SELECT 1"), Parse("b", "SELECT 2"), Close("S", "a"), Close("S", "b"), Sync()
+    )
+    a.send(Parse("b", "SELECT 1"), Sync())  # before the error comes back
+    w.release()
+    got = answers(a.events())
+    assert got[:5] == [
+        ("CommandComplete",),
+        ("ReadyForQuery",),
+        ("ReadyForQuery",),
+        ("ParseComplete",),
+        ("ErrorResponse", "42P05", 'prepared statement "b" already exists'),
+    ], got
+    assert not [x for x in got if "PGSANSIO" in " ".join(x)], got
+
+
+def test_statements_parsed_after_a_pipelined_deallocate_all_stay_noted() -> None:
+    """DEALLOCATE ALL drops what the server had when it ran, not what the client's
+    pipelined Parse sent after it prepared: forgetting that one made our next silent
+    Parse of it fail with 42P05 (and the client's request with it)."""
+    w = SlowWorld(config(pool_size=1))
+    a, other = logged_in(w), logged_in(w)
+    assert ready(prepare(other, "o", "SELECT 1")) == ["I"]  # shared, on the server
+    w.holding = True
+    a.send(Query("DEALLOCATE ALL"), Sync())
+    a.send(Parse("b", "SELECT 2"), Sync())
+    w.release()
+    assert ready(a.events()) == ["I", "I", "I"]
+    for c in (a, other):  # one server: each Bind finds its statement there
+        got = execute(c, "b" if c is a else "o")
+        assert not errors(got), answers(got)
+        assert rows(got) == [("2",) if c is a else ("1",)]
 
 
 def test_session_mode_does_not_rename() -> None:

@@ -72,7 +72,9 @@ class Statements:
             # "already exists" (42P05), from the server itself: Parse again a statement
             # that is prepared there. The failed Parse leaves the old one in place.
             new = self.ensure(s, old)
-            s.queue.append(Entry(K_PARSE, FWD))
+            entry = Entry(K_PARSE, FWD)
+            entry.binding = (e.name, old, old)  # whose name the server's error is about
+            s.queue.append(entry)
             new.append(Parse(old.name, e.query, e.param_types))
             return new
         p = self._by_key.get(key)
@@ -111,7 +113,7 @@ class Statements:
         an error up to Sync), latest first: the client's names mean again what they
         meant before, as they would on a direct connection."""
         for name, before, after in bindings:
-            if c.prepared.get(name) is not after:
+            if before is after or c.prepared.get(name) is not after:
                 continue  # a later request (DEALLOCATE ALL) changed it meanwhile
             if after is not None:
                 del c.prepared[name]

@@ -450,6 +450,7 @@ class Relay:
                     # after linking): the server is ending the client's session, and
                     # its reason (57P01 ...) is the client's error, not our 08006.
                     drop = False
+                skipped: list[Entry] | None = None
                 if entry is not None:
                     if entry.kind in EXTENDED:
                         skipped = [q.popleft()]
@@ -461,8 +462,8 @@ class Relay:
                             self._undo(c, skipped)
                     else:
                         entry.error = e
-                if not drop and c is not None and (c.prepared or c.aliases):
-                    replacement = self._client_names(c, e)
+                if not drop and c is not None and (c.prepared or c.aliases or skipped):
+                    replacement = self._client_names(c, e, skipped)
                 if e.severity in ("FATAL", "PANIC"):
                     # The server is ending the session (administrator command, idle
                     # timeout ...): the client has been told; nothing more to add.
@@ -584,9 +585,9 @@ class Relay:
         data: bytes,
     ) -> None:
         """What both kinds of plain answer end with (see _plain_answer)."""
+        s.queue.clear()  # all answered: nothing sent after a DEALLOCATE ALL is pending
         for e in tags:
             self._command_tag(s, e, entry)
-        s.queue.clear()
         self.stats.count_query(c, status)
         if data:
             c.stats.sent += len(data)
@@ -862,14 +863,33 @@ class Relay:
             if not ours and (entry is None or entry.tag not in ("set", "resetall")):
                 s.dirty = True
         elif tag == "DISCARD ALL":
-            s.prepared.clear()
+            self._deallocated(s)
             s.applied.clear()
             s.sync_key = None
             s.dirty = False
         elif tag == "DEALLOCATE ALL":
-            s.prepared.clear()
+            self._deallocated(s)
         elif (tag in {"PREPARE", "LISTEN"}) and not ours:
             s.dirty = True
+
+    @staticmethod
+    def _deallocated(s: ServerConn) -> None:
+        """The server dropped every prepared statement: only those our requests sent
+        after it (still in the queue, answered in order) prepare are there now. A
+        client pipelining past its DEALLOCATE ALL has had them parsed already; were they
+        forgotten, our next silent Parse of one would fail with 42P05."""
+        keep: dict[str, None] = {}
+        for x in s.queue:
+            if x.name is not None and x.mode != FAKE:
+                if x.kind == K_PARSE:
+                    keep[x.name] = None
+                elif x.kind == K_CLOSE:
+                    keep.pop(x.name, None)
+        if not keep:
+            s.prepared.clear()
+            return
+        for name in [n for n in s.prepared if n not in keep]:
+            del s.prepared[name]
 
     def _commit_set(self, c: Client, s: ServerConn, x: Entry) -> None:
         assert x.name is not None
@@ -886,12 +906,24 @@ class Relay:
             c.settings[x.name] = x.value
             s.applied[x.name] = x.value
 
-    def _client_names(self, c: Client, e: ErrorResponse) -> ErrorResponse | None:
-        """The error with our shared statement names replaced by the client's own."""
+    def _client_names(
+        self, c: Client, e: ErrorResponse, skipped: list[Entry] | None = None
+    ) -> ErrorResponse | None:
+        """The error with our shared statement names replaced by the client's own.
+
+        The requests the error refused or skipped say best which client name stood for
+        a shared one (the failed request itself first): two client names may share a
+        statement, and a later pipeline may already have rebound the name."""
         if not any(_INTERNAL_NAME.search(v) for k, v in e.fields if k in "MDH"):
             return None
         names = {p.name: name for name, p in c.prepared.items()}
         names.update(c.aliases)
+        for x in reversed(skipped or ()):
+            if x.binding is not None:
+                name, before, after = x.binding
+                for p in (before, after):
+                    if p is not None:
+                        names[p.name] = name
 
         def fix(m: re.Match[str]) -> str:
             return names.get(m.group(0), m.group(0))
