@@ -17,11 +17,11 @@ PgBouncer's ``max_prepared_statements``, with the same idea:
   place in the answer stream); the server keeps the statement for others.
 - Session mode does none of this: the client's names go to the server as they are.
 - A client's names change when its request is sent, as if it will succeed; an error
-  that makes the server skip the request puts them back (undo). A pipeline the client
-  sends after that Sync but before the error is back was renamed on the first guess:
-  after a skipped ``Close b`` its ``Parse b`` is answered ParseComplete where
-  PostgreSQL says 42P05 (PgBouncer answers a Close itself in the same way). Errors
-  still carry the client's own name, and our record of each server stays true.
+  that makes the server skip the request puts them back (undo). What the client
+  pipelines after the Sync of a pipeline that renamed waits until that pipeline is
+  answered (Relay._hold): read on the first guess, a ``Parse b`` after a skipped
+  ``Close b`` was answered ParseComplete where PostgreSQL says 42P05. It costs a
+  driver that pipelines past a new statement one round trip, once.
 """
 
 from __future__ import annotations

@@ -15,7 +15,10 @@ request by looking at the queue's head:
   to the next Sync, so those entries are dropped unanswered (an injected Parse that
   never ran is forgotten, an eviction Close that never ran is remembered again);
 - ``FAKE`` entries (answers we give ourselves) are emitted as soon as everything ahead
-  of them has been answered, so they land exactly where the server's would have.
+  of them has been answered, so they land exactly where the server's would have;
+- what a client pipelines past the Sync of a pipeline that renamed its statements
+  (a named Parse or Close, transaction mode) waits for that pipeline's answer, which
+  says whether the renaming stood (_hold).
 """
 
 from __future__ import annotations
@@ -227,7 +230,18 @@ class Relay:
             t = type(e)
             new: list[Event | bytes] | None = None
             if t is Sync:
-                q.append(Entry(K_SYNC))
+                if c.rebinding:
+                    c.rebinding = False
+                    c.rebound = Entry(K_SYNC, tag="rebound")
+                    q.append(c.rebound)
+                    if i + 1 < len(events) and not span.bulk and type(events[-1]) is not Terminate:
+                        # What the client pipelined after it waits (see _hold).
+                        if out is not None:
+                            sent.append(e)
+                        span = self._hold_rest(c, span, i + 1)
+                        break
+                else:
+                    q.append(Entry(K_SYNC))
             elif t is Execute:
                 q.append(Entry(K_EXECUTE))
             elif t is Query:
@@ -256,6 +270,7 @@ class Relay:
                 self._parse_seen(c, s, e)
                 if e.name and rewrite:
                     new = self.statements.client_parse(c, s, e)
+                    c.rebinding = True
                 else:
                     st.server_parse_count += 1
                     if not e.name:
@@ -275,6 +290,7 @@ class Relay:
                 assert isinstance(e, Close)
                 if e.kind == "S" and e.name and rewrite:
                     self.statements.client_close(c, s, e.name)
+                    c.rebinding = True
                     new = []
                 else:
                     q.append(Entry(K_CLOSE))
@@ -407,6 +423,7 @@ class Relay:
         sent = _NOTHING_SENT  # replaced by a list of its own before anything is added
         copied = 0
         done: list[Entry] | None = None
+        rebound = False  # the answer to a pipeline that renamed: what waits may go
         prefix: list[Event] | None = None  # to send before the current message
         for i, e in enumerate(events):
             t = type(e)
@@ -433,6 +450,9 @@ class Relay:
                             if x.value is None:
                                 prefix = self._back_to_startup(c, x.name)
                             self._commit_set(c, s, x)
+                        elif x.tag == "rebound" and c is not None and c.rebound is x:
+                            c.rebound = None
+                            rebound = True
                         elif x.tag == "resetall" and c is not None and x.error is None:
                             # Back to the startup settings (our restore query follows).
                             c.settings = dict(c.startup[1])
@@ -546,6 +566,8 @@ class Relay:
         if done is not None:
             for entry in done:
                 self.sessions.internal_done(s, entry)
+        if rebound and c is not None and c.pending and s.client is c and c.state is not C_CLOSED:
+            self.flush_pending(c, s)
         if s.client is not None:
             self.sessions.release_if_done(s)
             if c is not None and c.notes:
@@ -990,9 +1012,12 @@ class Relay:
                 self._send_batch(c, s, Span(data, events, offsets))
                 self.sessions.after_client_data(c, s)
                 return
-        for data, events, offsets in pending:
+        for k, (data, events, offsets) in enumerate(pending):
             if c.state is C_CLOSED or c.server is not s:
                 return
+            if c.rebound is not None:
+                c.pending.extend(pending[k:])  # they wait again (see _hold)
+                break
             self._to_server(c, s, Span(data, events, offsets))
         if pending and c.state is not C_CLOSED and c.server is s:
             self.sessions.after_client_data(c, s)
@@ -1019,6 +1044,14 @@ class Relay:
         if s is not None and c.unkeyed is not None and not s.syncing and self._rekey(c, s, span):
             return
         if s is not None and not s.syncing:
+            if c.rebound is not None or c.pending:
+                if not leaving and c.unkeyed is None and self._hold(c, s, span):
+                    return
+                if c.pending:  # leaving: what waited goes first, on the first guess
+                    c.rebound = None
+                    self.flush_pending(c, s)
+                    if c.state is C_CLOSED or c.server is not s:
+                        return
             self._to_server(c, s, span)
             if leaving:
                 self.ctx.drop_client(c)  # PostgreSQL closes after Terminate; so do we
@@ -1059,6 +1092,35 @@ class Relay:
             self.ctx.out.append(ReadClient(c.cid, False))
         if s is None and c.waiting_since is None:
             self.lending.checkout(c)
+
+    def _hold_rest(self, c: Client, span: Span, cut: int) -> Span:
+        """Split ``span`` before its message ``cut``: the rest waits in ``pending``
+        (_hold), the head returned goes now."""
+        data = span.data
+        at = span.offsets[cut]
+        c.stats.received -= len(data) - at  # counted again when it is sent
+        c.pending.insert(0, (data[at:], span.events[cut:], [o - at for o in span.offsets[cut:]]))
+        return Span(data[:at], span.events[:cut], span.offsets[:cut])
+
+    def _hold(self, c: Client, s: ServerConn, span: Span) -> bool:
+        """Keep ``span`` back while the client's last pipeline that renamed (a named
+        Parse or Close) is unanswered: an error there makes the server skip the change
+        and the client's names mean what they meant before, which this span's names
+        must be read with. Sent by flush_pending once that ReadyForQuery is back.
+        Drivers rarely pipeline past a new statement; those that do wait one round
+        trip once. False: nothing is due (the span goes now)."""
+        r = c.rebound
+        if r is not None and r not in s.queue:
+            c.rebound = None  # its answer will not come (the queue was let go)
+            if c.pending:
+                self.flush_pending(c, s)
+        if c.rebound is None and not c.pending:
+            return False
+        c.pending.append((span.data, span.events, span.offsets))
+        if c.conn.streaming and not c.stream_wait:
+            c.stream_wait = True  # read the rest once it is sent (flush_pending)
+            self.ctx.out.append(ReadClient(c.cid, False))
+        return True
 
     def _rekey(self, c: Client, s: ServerConn, span: Span) -> bool:
         """Move ``c``, placed on ``s`` with no key and having run nothing there, to
