@@ -771,6 +771,24 @@ def test_pipelined_past_a_failed_close_errors_keep_the_clients_name(one_read: bo
     assert rows(a.events()) == [("3",)]
 
 
+def test_a_client_leaving_sends_what_waited_for_its_renaming_pipeline() -> None:
+    """PostgreSQL runs what a client sent before its Terminate: what waited for the
+    answer to a named Parse goes to the server too (on the first guess)."""
+    w = SlowWorld(config(pool_size=1))
+    a, other = logged_in(w), logged_in(w)
+    w.holding = True
+    a.send(Parse("b", "SELECT 1"), Sync())
+    a.send(Bind("", "b", (), []), Execute(), Sync())  # waits for the Parse's answer
+    sent = b"".join(b"".join(v) for v in w.server_log.values())
+    assert sent.count(b"B\x00") == 0
+    a.send(Query("SELECT 2"), Terminate())
+    w.release()
+    sent = b"".join(b"".join(v) for v in w.server_log.values())
+    assert re.search(rb"B\x00\x00\x00.\x00PGSANSIO_\d+\x00", sent, re.S), sent
+    assert sent.index(b"PGSANSIO_") < sent.index(b"SELECT 2")
+    assert rows(other.query("SELECT 3")) == [("3",)]  # the server went back to the pool
+
+
 def test_statements_parsed_after_a_pipelined_deallocate_all_stay_noted() -> None:
     """DEALLOCATE ALL drops what the server had when it ran, not what the client's
     pipelined Parse sent after it prepared: forgetting that one made our next silent

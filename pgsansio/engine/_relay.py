@@ -1015,7 +1015,7 @@ class Relay:
         for k, (data, events, offsets) in enumerate(pending):
             if c.state is C_CLOSED or c.server is not s:
                 return
-            if c.rebound is not None:
+            if c.rebound is not None and self._rebound_due(c, s):
                 c.pending.extend(pending[k:])  # they wait again (see _hold)
                 break
             self._to_server(c, s, Span(data, events, offsets))
@@ -1093,6 +1093,15 @@ class Relay:
         if s is None and c.waiting_since is None:
             self.lending.checkout(c)
 
+    @staticmethod
+    def _rebound_due(c: Client, s: ServerConn) -> bool:
+        """Whether the answer ``c.rebound`` waits for will still come from ``s``; if
+        not (the server was lost, the client moved), nothing waits for it any more."""
+        if c.rebound in s.queue:
+            return True
+        c.rebound = None
+        return False
+
     def _hold_rest(self, c: Client, span: Span, cut: int) -> Span:
         """Split ``span`` before its message ``cut``: the rest waits in ``pending``
         (_hold), the head returned goes now."""
@@ -1109,11 +1118,8 @@ class Relay:
         must be read with. Sent by flush_pending once that ReadyForQuery is back.
         Drivers rarely pipeline past a new statement; those that do wait one round
         trip once. False: nothing is due (the span goes now)."""
-        r = c.rebound
-        if r is not None and r not in s.queue:
-            c.rebound = None  # its answer will not come (the queue was let go)
-            if c.pending:
-                self.flush_pending(c, s)
+        if c.rebound is not None and not self._rebound_due(c, s) and c.pending:
+            self.flush_pending(c, s)
         if c.rebound is None and not c.pending:
             return False
         c.pending.append((span.data, span.events, span.offsets))
