@@ -807,6 +807,28 @@ def test_statements_parsed_after_a_pipelined_deallocate_all_stay_noted() -> None
         assert rows(got) == [("2",) if c is a else ("1",)]
 
 
+@pytest.mark.parametrize("one_read", [False, True], ids=["two-reads", "one-read"])
+def test_a_statement_prepared_right_after_deallocate_all_is_parsed_again(one_read: bool) -> None:
+    """The text is shared and on the server, but the client's DEALLOCATE ALL, ahead
+    of its Parse, drops it there: answering that Parse ourselves made the Bind after
+    it fail with 26000. What follows the DEALLOCATE ALL waits for its answer."""
+    w = SlowWorld(config(pool_size=1))
+    a, other = logged_in(w), logged_in(w)
+    assert ready(prepare(other, "o", "SELECT 1")) == ["I"]
+    w.holding = True
+    use = [Parse("b", "SELECT 1"), Bind("", "b", (), []), Execute(), Sync()]
+    if one_read:
+        a.send(Query("DEALLOCATE ALL"), *use)
+    else:
+        a.send(Query("DEALLOCATE ALL"))
+        a.send(*use)
+    w.release()
+    got = a.events()
+    assert not errors(got), answers(got)
+    assert rows(got) == [("1",)]
+    assert rows(execute(other, "o")) == [("1",)]
+
+
 def test_session_mode_does_not_rename() -> None:
     w = World(config(pool_mode="session"))
     a = logged_in(w)

@@ -234,8 +234,7 @@ class Relay:
                     c.rebinding = False
                     c.rebound = Entry(K_SYNC, tag="rebound")
                     q.append(c.rebound)
-                    if i + 1 < len(events) and not span.bulk and type(events[-1]) is not Terminate:
-                        # What the client pipelined after it waits (see _hold).
+                    if _more_to_hold(span, i):  # what the client pipelined after it waits
                         if out is not None:
                             sent.append(e)
                         span = self._hold_rest(c, span, i + 1)
@@ -250,6 +249,11 @@ class Relay:
                 q.append(entry)
                 c.unnamed_pending = False
                 if entry.tag:
+                    if entry is c.rebound and _more_to_hold(span, i):
+                        if out is not None:
+                            sent.append(e)
+                        span = self._hold_rest(c, span, i + 1)
+                        break
                     restore = self._restore(c, s, entry)
                     if restore is not None:
                         new = [data[offsets[i] : _end(data, offsets, i)], restore]
@@ -382,10 +386,12 @@ class Relay:
         sql = strip_comments(sql)
         if _SET_CONFIG.search(sql):
             s.dirty = True  # set_config(..., false) leaves no SET tag to notice
+        rebound = False
         if _CLEARS_PREPARED.match(sql):
             for p in c.prepared.values():
                 self.statements.unref(p)
             c.prepared.clear()
+            rebound = self.statements.cache_size(c) > 0
         head = sql[:64].upper()
         if s.conn.transaction_status == "I" and ("SET" in head or "DISCARD" in head):
             if _RESETS_ALL.match(sql):
@@ -393,6 +399,11 @@ class Relay:
             parsed = parse_simple_set(sql)
             if parsed is not None:
                 return Entry(K_QUERY, tag="set", name=parsed[0], value=parsed[1])
+        if rebound:
+            # What the client pipelines after its DEALLOCATE ALL waits for the answer
+            # (see _hold): then our record of the server's statements is true again.
+            c.rebound = Entry(K_QUERY, tag="rebound")
+            return c.rebound
         return Entry(K_QUERY)
 
     # --- server -> client ------------------------------------------------------------
@@ -1191,6 +1202,13 @@ def _is_batch(data: bytes, events: Sequence[Event], offsets: list[int]) -> bool:
             return False
         at = _message_end(data, at)
     return at == offsets[last]
+
+
+def _more_to_hold(span: Span, i: int) -> bool:
+    """Whether messages follow message ``i`` of a client's span that may wait in
+    ``pending`` (Relay._hold): not past a Terminate, nor a span with CopyData in it."""
+    events = span.events
+    return i + 1 < len(events) and not span.bulk and type(events[-1]) is not Terminate
 
 
 def _end(data: bytes, offsets: list[int], i: int) -> int:
