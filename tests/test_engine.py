@@ -56,6 +56,7 @@ from pgsansio.protocol import (
     ErrorResponse,
     Event,
     Execute,
+    NoticeResponse,
     ParameterStatus,
     Parse,
     PasswordMessage,
@@ -701,6 +702,132 @@ def test_deallocate_all_forgets_the_clients_names() -> None:
     assert ready(a.query("deallocate all")) == ["I"]
     assert ready(prepare(a, "s1", "select 2")) == ["I"]
     assert rows(execute(a, "s1")) == [("2",)]
+
+
+class SlowWorld(World):
+    """A World whose servers' answers wait until released: a client pipelines its
+    next requests before the answers to its last ones are back, as over a network."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.held: list[tuple[int, FakeServer, bytes]] = []
+        self.holding = False
+        super().__init__(cfg)
+
+    def _server_reply(self, sid: int, fake: FakeServer, reply: bytes) -> list[Effect]:
+        if self.holding and reply:
+            self.held.append((sid, fake, reply))
+            return []
+        return super()._server_reply(sid, fake, reply)
+
+    def release(self) -> None:
+        self.holding = False
+        held, self.held = self.held, []
+        for sid, fake, reply in held:
+            self.apply(super()._server_reply(sid, fake, reply))
+
+
+def answers(events: list[Event]) -> list[tuple[str, ...]]:
+    return [
+        (type(e).__name__, e.sqlstate or "", e.message or "")
+        if isinstance(e, ErrorResponse)
+        else (type(e).__name__,)
+        for e in events
+        if not isinstance(e, (ParameterStatus, NoticeResponse))
+    ]
+
+
+@pytest.mark.parametrize("one_read", [False, True], ids=["two-reads", "one-read"])
+def test_pipelined_past_a_failed_close_errors_keep_the_clients_name(one_read: bool) -> None:
+    """tests/test_session_fidelity.py's flaky script, its answers held back: a client
+    sends its next pipelines before an error skips its Close of ``b``. The server's
+    42P05 names our shared statement: the client must read its own name. Its next
+    pipeline waits for that answer, so that ``b`` means there what it means to
+    PostgreSQL (still prepared: a second Parse fails)."""
+    w = SlowWorld(config(pool_size=1))
+    a = logged_in(w)
+    w.holding = True
+    a.send(Query("DEALLOCATE ALL"), Sync())
+    failing = [Parse("b", "SELECT 1"), Parse("b", "SELECT 2"), Close("S", "a"), Close("S", "b")]
+    after = [Parse("b", "SELECT 1"), Sync()]  # before the error comes back
+    if one_read:  # both pipelines in one read: the second waits all the same
+        a.send(*failing, Sync(), *after)
+    else:
+        a.send(*failing, Sync())
+        a.send(*after)
+    w.release()
+    exists = ("ErrorResponse", "42P05", 'prepared statement "b" already exists')
+    got = answers(a.events())
+    assert got == [
+        ("CommandComplete",),
+        ("ReadyForQuery",),
+        ("ReadyForQuery",),
+        ("ParseComplete",),
+        exists,  # the Close of b after it is skipped: b is still SELECT 1
+        ("ReadyForQuery",),
+        exists,
+        ("ReadyForQuery",),
+    ]
+    a.send(Close("S", "b"), Sync())
+    a.send(Parse("b", "SELECT 3"), Bind("", "b", (), []), Execute(), Sync())
+    assert rows(a.events()) == [("3",)]
+
+
+def test_a_client_leaving_sends_what_waited_for_its_renaming_pipeline() -> None:
+    """PostgreSQL runs what a client sent before its Terminate: what waited for the
+    answer to a named Parse goes to the server too (on the first guess)."""
+    w = SlowWorld(config(pool_size=1))
+    a, other = logged_in(w), logged_in(w)
+    w.holding = True
+    a.send(Parse("b", "SELECT 1"), Sync())
+    a.send(Bind("", "b", (), []), Execute(), Sync())  # waits for the Parse's answer
+    sent = b"".join(b"".join(v) for v in w.server_log.values())
+    assert sent.count(b"B\x00") == 0
+    a.send(Query("SELECT 2"), Terminate())
+    w.release()
+    sent = b"".join(b"".join(v) for v in w.server_log.values())
+    assert re.search(rb"B\x00\x00\x00.\x00PGSANSIO_\d+\x00", sent, re.S), sent
+    assert sent.index(b"PGSANSIO_") < sent.index(b"SELECT 2")
+    assert rows(other.query("SELECT 3")) == [("3",)]  # the server went back to the pool
+
+
+def test_statements_parsed_after_a_pipelined_deallocate_all_stay_noted() -> None:
+    """DEALLOCATE ALL drops what the server had when it ran, not what the client's
+    pipelined Parse sent after it prepared: forgetting that one made our next silent
+    Parse of it fail with 42P05 (and the client's request with it)."""
+    w = SlowWorld(config(pool_size=1))
+    a, other = logged_in(w), logged_in(w)
+    assert ready(prepare(other, "o", "SELECT 1")) == ["I"]  # shared, on the server
+    w.holding = True
+    a.send(Query("DEALLOCATE ALL"), Sync())
+    a.send(Parse("b", "SELECT 2"), Sync())
+    w.release()
+    assert ready(a.events()) == ["I", "I", "I"]
+    for c in (a, other):  # one server: each Bind finds its statement there
+        got = execute(c, "b" if c is a else "o")
+        assert not errors(got), answers(got)
+        assert rows(got) == [("2",) if c is a else ("1",)]
+
+
+@pytest.mark.parametrize("one_read", [False, True], ids=["two-reads", "one-read"])
+def test_a_statement_prepared_right_after_deallocate_all_is_parsed_again(one_read: bool) -> None:
+    """The text is shared and on the server, but the client's DEALLOCATE ALL, ahead
+    of its Parse, drops it there: answering that Parse ourselves made the Bind after
+    it fail with 26000. What follows the DEALLOCATE ALL waits for its answer."""
+    w = SlowWorld(config(pool_size=1))
+    a, other = logged_in(w), logged_in(w)
+    assert ready(prepare(other, "o", "SELECT 1")) == ["I"]
+    w.holding = True
+    use = [Parse("b", "SELECT 1"), Bind("", "b", (), []), Execute(), Sync()]
+    if one_read:
+        a.send(Query("DEALLOCATE ALL"), *use)
+    else:
+        a.send(Query("DEALLOCATE ALL"))
+        a.send(*use)
+    w.release()
+    got = a.events()
+    assert not errors(got), answers(got)
+    assert rows(got) == [("1",)]
+    assert rows(execute(other, "o")) == [("1",)]
 
 
 def test_session_mode_does_not_rename() -> None:

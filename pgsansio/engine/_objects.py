@@ -137,6 +137,8 @@ class Client:
         "prepared",
         "primary_reads",
         "query_start",
+        "rebinding",
+        "rebound",
         "refusal",
         "route_role",
         "ryw_lsn",
@@ -196,6 +198,13 @@ class Client:
         self.prepared: dict[str, Prepared] = {}
         # Names we made up for statements the client never prepared (see _relay).
         self.aliases: dict[str, str] = {}
+        # A named Parse or Close since the last Sync changed what the client's names
+        # mean; ``rebound`` is that pipeline's Sync while its answer is due. What the
+        # client sends meanwhile waits in ``pending`` (see Relay.client_span): an
+        # error may yet skip the change, and the names must mean then what they mean
+        # to PostgreSQL.
+        self.rebinding = False
+        self.rebound: Entry | None = None
         self.unnamed_pending = False
         self.waiting_since: float | None = None
         self.wait_gen = 0

@@ -16,6 +16,12 @@ PgBouncer's ``max_prepared_statements``, with the same idea:
 - A client's Close of a shared statement is answered by us (CloseComplete in its
   place in the answer stream); the server keeps the statement for others.
 - Session mode does none of this: the client's names go to the server as they are.
+- A client's names change when its request is sent, as if it will succeed; an error
+  that makes the server skip the request puts them back (undo). What the client
+  pipelines after the Sync of a pipeline that renamed waits until that pipeline is
+  answered (Relay._hold): read on the first guess, a ``Parse b`` after a skipped
+  ``Close b`` was answered ParseComplete where PostgreSQL says 42P05. It costs a
+  driver that pipelines past a new statement one round trip, once.
 """
 
 from __future__ import annotations
@@ -72,7 +78,9 @@ class Statements:
             # "already exists" (42P05), from the server itself: Parse again a statement
             # that is prepared there. The failed Parse leaves the old one in place.
             new = self.ensure(s, old)
-            s.queue.append(Entry(K_PARSE, FWD))
+            entry = Entry(K_PARSE, FWD)
+            entry.binding = (e.name, old, old)  # whose name the server's error is about
+            s.queue.append(entry)
             new.append(Parse(old.name, e.query, e.param_types))
             return new
         p = self._by_key.get(key)
@@ -111,7 +119,7 @@ class Statements:
         an error up to Sync), latest first: the client's names mean again what they
         meant before, as they would on a direct connection."""
         for name, before, after in bindings:
-            if c.prepared.get(name) is not after:
+            if before is after or c.prepared.get(name) is not after:
                 continue  # a later request (DEALLOCATE ALL) changed it meanwhile
             if after is not None:
                 del c.prepared[name]

@@ -15,7 +15,10 @@ request by looking at the queue's head:
   to the next Sync, so those entries are dropped unanswered (an injected Parse that
   never ran is forgotten, an eviction Close that never ran is remembered again);
 - ``FAKE`` entries (answers we give ourselves) are emitted as soon as everything ahead
-  of them has been answered, so they land exactly where the server's would have.
+  of them has been answered, so they land exactly where the server's would have;
+- what a client pipelines past the Sync of a pipeline that renamed its statements
+  (a named Parse or Close, transaction mode) waits for that pipeline's answer, which
+  says whether the renaming stood (_hold).
 """
 
 from __future__ import annotations
@@ -227,7 +230,17 @@ class Relay:
             t = type(e)
             new: list[Event | bytes] | None = None
             if t is Sync:
-                q.append(Entry(K_SYNC))
+                if c.rebinding:
+                    c.rebinding = False
+                    c.rebound = Entry(K_SYNC, tag="rebound")
+                    q.append(c.rebound)
+                    if _more_to_hold(span, i):  # what the client pipelined after it waits
+                        if out is not None:
+                            sent.append(e)
+                        span = self._hold_rest(c, span, i + 1)
+                        break
+                else:
+                    q.append(Entry(K_SYNC))
             elif t is Execute:
                 q.append(Entry(K_EXECUTE))
             elif t is Query:
@@ -236,6 +249,11 @@ class Relay:
                 q.append(entry)
                 c.unnamed_pending = False
                 if entry.tag:
+                    if entry is c.rebound and _more_to_hold(span, i):
+                        if out is not None:
+                            sent.append(e)
+                        span = self._hold_rest(c, span, i + 1)
+                        break
                     restore = self._restore(c, s, entry)
                     if restore is not None:
                         new = [data[offsets[i] : _end(data, offsets, i)], restore]
@@ -256,6 +274,7 @@ class Relay:
                 self._parse_seen(c, s, e)
                 if e.name and rewrite:
                     new = self.statements.client_parse(c, s, e)
+                    c.rebinding = True
                 else:
                     st.server_parse_count += 1
                     if not e.name:
@@ -275,6 +294,7 @@ class Relay:
                 assert isinstance(e, Close)
                 if e.kind == "S" and e.name and rewrite:
                     self.statements.client_close(c, s, e.name)
+                    c.rebinding = True
                     new = []
                 else:
                     q.append(Entry(K_CLOSE))
@@ -366,10 +386,12 @@ class Relay:
         sql = strip_comments(sql)
         if _SET_CONFIG.search(sql):
             s.dirty = True  # set_config(..., false) leaves no SET tag to notice
+        rebound = False
         if _CLEARS_PREPARED.match(sql):
             for p in c.prepared.values():
                 self.statements.unref(p)
             c.prepared.clear()
+            rebound = self.statements.cache_size(c) > 0
         head = sql[:64].upper()
         if s.conn.transaction_status == "I" and ("SET" in head or "DISCARD" in head):
             if _RESETS_ALL.match(sql):
@@ -377,6 +399,11 @@ class Relay:
             parsed = parse_simple_set(sql)
             if parsed is not None:
                 return Entry(K_QUERY, tag="set", name=parsed[0], value=parsed[1])
+        if rebound:
+            # What the client pipelines after its DEALLOCATE ALL waits for the answer
+            # (see _hold): then our record of the server's statements is true again.
+            c.rebound = Entry(K_QUERY, tag="rebound")
+            return c.rebound
         return Entry(K_QUERY)
 
     # --- server -> client ------------------------------------------------------------
@@ -407,6 +434,7 @@ class Relay:
         sent = _NOTHING_SENT  # replaced by a list of its own before anything is added
         copied = 0
         done: list[Entry] | None = None
+        rebound = False  # the answer to a pipeline that renamed: what waits may go
         prefix: list[Event] | None = None  # to send before the current message
         for i, e in enumerate(events):
             t = type(e)
@@ -433,6 +461,9 @@ class Relay:
                             if x.value is None:
                                 prefix = self._back_to_startup(c, x.name)
                             self._commit_set(c, s, x)
+                        elif x.tag == "rebound" and c is not None and c.rebound is x:
+                            c.rebound = None
+                            rebound = True
                         elif x.tag == "resetall" and c is not None and x.error is None:
                             # Back to the startup settings (our restore query follows).
                             c.settings = dict(c.startup[1])
@@ -450,6 +481,7 @@ class Relay:
                     # after linking): the server is ending the client's session, and
                     # its reason (57P01 ...) is the client's error, not our 08006.
                     drop = False
+                skipped: list[Entry] | None = None
                 if entry is not None:
                     if entry.kind in EXTENDED:
                         skipped = [q.popleft()]
@@ -461,8 +493,8 @@ class Relay:
                             self._undo(c, skipped)
                     else:
                         entry.error = e
-                if not drop and c is not None and (c.prepared or c.aliases):
-                    replacement = self._client_names(c, e)
+                if not drop and c is not None and (c.prepared or c.aliases or skipped):
+                    replacement = self._client_names(c, e, skipped)
                 if e.severity in ("FATAL", "PANIC"):
                     # The server is ending the session (administrator command, idle
                     # timeout ...): the client has been told; nothing more to add.
@@ -545,6 +577,8 @@ class Relay:
         if done is not None:
             for entry in done:
                 self.sessions.internal_done(s, entry)
+        if rebound and c is not None and c.pending and s.client is c and c.state is not C_CLOSED:
+            self.flush_pending(c, s)
         if s.client is not None:
             self.sessions.release_if_done(s)
             if c is not None and c.notes:
@@ -584,9 +618,9 @@ class Relay:
         data: bytes,
     ) -> None:
         """What both kinds of plain answer end with (see _plain_answer)."""
+        s.queue.clear()  # all answered: nothing sent after a DEALLOCATE ALL is pending
         for e in tags:
             self._command_tag(s, e, entry)
-        s.queue.clear()
         self.stats.count_query(c, status)
         if data:
             c.stats.sent += len(data)
@@ -862,14 +896,33 @@ class Relay:
             if not ours and (entry is None or entry.tag not in ("set", "resetall")):
                 s.dirty = True
         elif tag == "DISCARD ALL":
-            s.prepared.clear()
+            self._deallocated(s)
             s.applied.clear()
             s.sync_key = None
             s.dirty = False
         elif tag == "DEALLOCATE ALL":
-            s.prepared.clear()
+            self._deallocated(s)
         elif (tag in {"PREPARE", "LISTEN"}) and not ours:
             s.dirty = True
+
+    @staticmethod
+    def _deallocated(s: ServerConn) -> None:
+        """The server dropped every prepared statement: only those our requests sent
+        after it (still in the queue, answered in order) prepare are there now. A
+        client pipelining past its DEALLOCATE ALL has had them parsed already; were they
+        forgotten, our next silent Parse of one would fail with 42P05."""
+        keep: dict[str, None] = {}
+        for x in s.queue:
+            if x.name is not None and x.mode != FAKE:
+                if x.kind == K_PARSE:
+                    keep[x.name] = None
+                elif x.kind == K_CLOSE:
+                    keep.pop(x.name, None)
+        if not keep:
+            s.prepared.clear()
+            return
+        for name in [n for n in s.prepared if n not in keep]:
+            del s.prepared[name]
 
     def _commit_set(self, c: Client, s: ServerConn, x: Entry) -> None:
         assert x.name is not None
@@ -886,12 +939,24 @@ class Relay:
             c.settings[x.name] = x.value
             s.applied[x.name] = x.value
 
-    def _client_names(self, c: Client, e: ErrorResponse) -> ErrorResponse | None:
-        """The error with our shared statement names replaced by the client's own."""
+    def _client_names(
+        self, c: Client, e: ErrorResponse, skipped: list[Entry] | None = None
+    ) -> ErrorResponse | None:
+        """The error with our shared statement names replaced by the client's own.
+
+        The requests the error refused or skipped say best which client name stood for
+        a shared one (the failed request itself first): two client names may share a
+        statement, and a later pipeline may already have rebound the name."""
         if not any(_INTERNAL_NAME.search(v) for k, v in e.fields if k in "MDH"):
             return None
         names = {p.name: name for name, p in c.prepared.items()}
         names.update(c.aliases)
+        for x in reversed(skipped or ()):
+            if x.binding is not None:
+                name, before, after = x.binding
+                for p in (before, after):
+                    if p is not None:
+                        names[p.name] = name
 
         def fix(m: re.Match[str]) -> str:
             return names.get(m.group(0), m.group(0))
@@ -958,9 +1023,12 @@ class Relay:
                 self._send_batch(c, s, Span(data, events, offsets))
                 self.sessions.after_client_data(c, s)
                 return
-        for data, events, offsets in pending:
+        for k, (data, events, offsets) in enumerate(pending):
             if c.state is C_CLOSED or c.server is not s:
                 return
+            if c.rebound is not None and self._rebound_due(c, s):
+                c.pending.extend(pending[k:])  # they wait again (see _hold)
+                break
             self._to_server(c, s, Span(data, events, offsets))
         if pending and c.state is not C_CLOSED and c.server is s:
             self.sessions.after_client_data(c, s)
@@ -987,6 +1055,14 @@ class Relay:
         if s is not None and c.unkeyed is not None and not s.syncing and self._rekey(c, s, span):
             return
         if s is not None and not s.syncing:
+            if c.rebound is not None or c.pending:
+                if not leaving and c.unkeyed is None and self._hold(c, s, span):
+                    return
+                if c.pending:  # leaving: what waited goes first, on the first guess
+                    c.rebound = None
+                    self.flush_pending(c, s)
+                    if c.state is C_CLOSED or c.server is not s:
+                        return
             self._to_server(c, s, span)
             if leaving:
                 self.ctx.drop_client(c)  # PostgreSQL closes after Terminate; so do we
@@ -1027,6 +1103,41 @@ class Relay:
             self.ctx.out.append(ReadClient(c.cid, False))
         if s is None and c.waiting_since is None:
             self.lending.checkout(c)
+
+    @staticmethod
+    def _rebound_due(c: Client, s: ServerConn) -> bool:
+        """Whether the answer ``c.rebound`` waits for will still come from ``s``; if
+        not (the server was lost, the client moved), nothing waits for it any more."""
+        if c.rebound in s.queue:
+            return True
+        c.rebound = None
+        return False
+
+    def _hold_rest(self, c: Client, span: Span, cut: int) -> Span:
+        """Split ``span`` before its message ``cut``: the rest waits in ``pending``
+        (_hold), the head returned goes now."""
+        data = span.data
+        at = span.offsets[cut]
+        c.stats.received -= len(data) - at  # counted again when it is sent
+        c.pending.insert(0, (data[at:], span.events[cut:], [o - at for o in span.offsets[cut:]]))
+        return Span(data[:at], span.events[:cut], span.offsets[:cut])
+
+    def _hold(self, c: Client, s: ServerConn, span: Span) -> bool:
+        """Keep ``span`` back while the client's last pipeline that renamed (a named
+        Parse or Close) is unanswered: an error there makes the server skip the change
+        and the client's names mean what they meant before, which this span's names
+        must be read with. Sent by flush_pending once that ReadyForQuery is back.
+        Drivers rarely pipeline past a new statement; those that do wait one round
+        trip once. False: nothing is due (the span goes now)."""
+        if c.rebound is not None and not self._rebound_due(c, s) and c.pending:
+            self.flush_pending(c, s)
+        if c.rebound is None and not c.pending:
+            return False
+        c.pending.append((span.data, span.events, span.offsets))
+        if c.conn.streaming and not c.stream_wait:
+            c.stream_wait = True  # read the rest once it is sent (flush_pending)
+            self.ctx.out.append(ReadClient(c.cid, False))
+        return True
 
     def _rekey(self, c: Client, s: ServerConn, span: Span) -> bool:
         """Move ``c``, placed on ``s`` with no key and having run nothing there, to
@@ -1091,6 +1202,13 @@ def _is_batch(data: bytes, events: Sequence[Event], offsets: list[int]) -> bool:
             return False
         at = _message_end(data, at)
     return at == offsets[last]
+
+
+def _more_to_hold(span: Span, i: int) -> bool:
+    """Whether messages follow message ``i`` of a client's span that may wait in
+    ``pending`` (Relay._hold): not past a Terminate, nor a span with CopyData in it."""
+    events = span.events
+    return i + 1 < len(events) and not span.bulk and type(events[-1]) is not Terminate
 
 
 def _end(data: bytes, offsets: list[int], i: int) -> int:
