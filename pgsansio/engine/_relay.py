@@ -1055,7 +1055,7 @@ class Relay:
         if s is not None and c.unkeyed is not None and not s.syncing and self._rekey(c, s, span):
             return
         if s is not None and not s.syncing:
-            if c.rebound is not None or c.pending:
+            if c.rebound is not None:  # (a pending of another kind is not ours to hold)
                 if not leaving and c.unkeyed is None and self._hold(c, s, span):
                     return
                 if c.pending:  # leaving: what waited goes first, on the first guess
